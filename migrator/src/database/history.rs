@@ -1,0 +1,71 @@
+//! refinery's history table, `refinery_schema_history`, read and written exactly as refinery
+//! does (RFC 3339 `applied_on`, decimal-text checksum), so projects switch without re-baselining.
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::error::Error;
+use crate::plan::Applied;
+use crate::source::MigrationFile;
+
+pub const TABLE: &str = "refinery_schema_history";
+
+/// refinery's own DDL (INT4 versions, its default).
+pub const CREATE: &str = "CREATE TABLE IF NOT EXISTS refinery_schema_history(
+             version int4 PRIMARY KEY,
+             name VARCHAR(255),
+             applied_on VARCHAR(255),
+             checksum VARCHAR(255))";
+
+pub const SELECT: &str = "SELECT CAST(version AS BIGINT), name, applied_on, checksum \
+                          FROM refinery_schema_history ORDER BY version ASC";
+
+pub const INSERT_PG: &str =
+    "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+                             VALUES ($1::int8, $2, $3, $4)";
+pub const INSERT_SQLITE: &str =
+    "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+                                 VALUES (?1, ?2, ?3, ?4)";
+
+pub struct Values {
+    pub version: i64,
+    pub name: String,
+    pub applied_on: String,
+    pub checksum: String,
+}
+
+impl Values {
+    pub fn as_params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4] {
+        [&self.version, &self.name, &self.applied_on, &self.checksum]
+    }
+}
+
+pub fn values(f: &MigrationFile) -> Values {
+    Values {
+        version: f.version,
+        name: f.name.clone(),
+        applied_on: OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .expect("RFC 3339 formats any UTC time"),
+        checksum: f.checksum.to_string(),
+    }
+}
+
+pub fn row(
+    version: i64,
+    name: Option<String>,
+    applied_on: Option<String>,
+    checksum: Option<String>,
+) -> Result<Applied, Error> {
+    let checksum = checksum.unwrap_or_default();
+    let checksum = checksum.parse().map_err(|_| Error::Database {
+        context: format!("reading {TABLE}"),
+        message: format!("version {version} has checksum `{checksum}`, not a number; was the table edited by hand?"),
+    })?;
+    Ok(Applied {
+        version,
+        name: name.unwrap_or_default(),
+        applied_on: applied_on.unwrap_or_default(),
+        checksum,
+    })
+}

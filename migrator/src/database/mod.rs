@@ -1,0 +1,73 @@
+//! The two engines behind one enum: open, lock, read history, apply a batch.
+
+pub mod history;
+pub mod postgres;
+pub mod sqlite;
+pub mod tls;
+pub mod url;
+
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::plan::Applied;
+use crate::source::MigrationFile;
+
+pub use url::{redact, DatabaseUrl, PgUrl, SslMode};
+
+pub enum Database {
+    Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
+}
+
+/// What opening a SQLite path may do when the file is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// The file must exist.
+    Existing,
+    /// Create the file if it is missing (only `migrate` does).
+    Create,
+}
+
+impl Database {
+    pub async fn open(url: &DatabaseUrl, mode: Open) -> Result<Database, Error> {
+        match url {
+            DatabaseUrl::Sqlite(path) => Ok(Database::Sqlite(sqlite::Sqlite::open(
+                path,
+                mode == Open::Create,
+            )?)),
+            DatabaseUrl::Postgres(pg) => {
+                Ok(Database::Postgres(postgres::Postgres::connect(pg).await?))
+            }
+        }
+    }
+
+    /// Takes the migration lock for the rest of this handle's life, waiting at most `timeout`.
+    pub async fn lock(&mut self, timeout: Duration) -> Result<(), Error> {
+        match self {
+            Database::Sqlite(db) => db.lock(timeout),
+            Database::Postgres(db) => db.lock(timeout).await,
+        }
+    }
+
+    /// The history table's rows, oldest first; empty if there is no table yet.
+    pub async fn applied(&mut self) -> Result<Vec<Applied>, Error> {
+        match self {
+            Database::Sqlite(db) => db.applied(),
+            Database::Postgres(db) => db.applied().await,
+        }
+    }
+
+    /// Applies `batch` in one transaction, recording each file in the history table; on any
+    /// error nothing is applied. `lock_timeout` bounds each wait for a table lock
+    /// (PostgreSQL `lock_timeout`; SQLite busy timeout).
+    pub async fn apply(
+        &mut self,
+        batch: &[&MigrationFile],
+        lock_timeout: Duration,
+    ) -> Result<(), Error> {
+        match self {
+            Database::Sqlite(db) => db.apply(batch, lock_timeout),
+            Database::Postgres(db) => db.apply(batch, lock_timeout).await,
+        }
+    }
+}

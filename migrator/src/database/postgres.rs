@@ -1,0 +1,248 @@
+//! PostgreSQL: the migration lock is a session advisory lock held for the whole run; the batch
+//! runs in one transaction with `SET LOCAL lock_timeout`, each file as one simple-query batch
+//! (so files may end without `;` and hold `DO $$ ... $$` blocks).
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::{DbError, ErrorPosition, SqlState};
+use tokio_postgres::Client;
+
+use super::url::PgUrl;
+use super::{history, tls};
+use crate::error::{humanize, Error};
+use crate::plan::Applied;
+use crate::source::MigrationFile;
+
+/// The advisory lock key: "dbward" and 1, so it is recognisable in `pg_locks`.
+pub const LOCK_KEY: i64 = 0x6462_7761_7264_0001;
+
+pub struct Postgres {
+    client: Client,
+    display: String,
+}
+
+impl Postgres {
+    pub async fn connect(url: &PgUrl) -> Result<Postgres, Error> {
+        let connector = tls::connector(url)?;
+        let (client, connection) =
+            url.config
+                .connect(connector)
+                .await
+                .map_err(|e| Error::Open {
+                    what: url.display.clone(),
+                    message: describe(&e),
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("postgres connection closed: {e}");
+            }
+        });
+        Ok(Postgres {
+            client,
+            display: url.display.clone(),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Takes the session advisory lock, waiting at most `timeout`. Held until the connection
+    /// closes (the process exits, or is killed: the server then releases it).
+    pub async fn lock(&mut self, timeout: Duration) -> Result<(), Error> {
+        let got: bool = self
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+            .await
+            .map_err(|e| Error::db("taking the migration lock", describe(&e)))?
+            .get(0);
+        if got {
+            return Ok(());
+        }
+        let holder = self.lock_holder().await;
+        tracing::info!(
+            "waiting up to {} for the migration lock, held by {}",
+            humanize(timeout),
+            holder.as_deref().unwrap_or("another session")
+        );
+        let ms = timeout.as_millis().max(1);
+        let started = Instant::now();
+        let result = self
+            .client
+            .batch_execute(&format!(
+                "SET lock_timeout = {ms}; SELECT pg_advisory_lock({LOCK_KEY}); RESET lock_timeout;"
+            ))
+            .await;
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    "got the migration lock after {}",
+                    humanize(started.elapsed())
+                );
+                Ok(())
+            }
+            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                let _ = self.client.batch_execute("RESET lock_timeout").await;
+                Err(Error::LockTimeout {
+                    what: self.display.clone(),
+                    waited: timeout,
+                    holder,
+                })
+            }
+            Err(e) => Err(Error::db("waiting for the migration lock", describe(&e))),
+        }
+    }
+
+    async fn lock_holder(&self) -> Option<String> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket'), \
+                        to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') \
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE l.locktype = 'advisory' AND l.granted \
+                   AND l.classid = ($1::int8 >> 32)::oid AND l.objid = ($1::int8 & 4294967295)::oid \
+                 LIMIT 1",
+                &[&LOCK_KEY],
+            )
+            .await
+            .ok()??;
+        let (pid, app, addr, since): (i32, String, String, String) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        Some(format!(
+            "pid {pid} `{app}` from {addr}, connected since {since}"
+        ))
+    }
+
+    pub async fn applied(&mut self) -> Result<Vec<Applied>, Error> {
+        let exists: bool = self
+            .client
+            .query_one(
+                &format!("SELECT to_regclass('{}') IS NOT NULL", history::TABLE),
+                &[],
+            )
+            .await
+            .map_err(|e| Error::db("reading the migration history", describe(&e)))?
+            .get(0);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .client
+            .query(history::SELECT, &[])
+            .await
+            .map_err(|e| Error::db("reading the migration history", describe(&e)))?;
+        rows.iter()
+            .map(|r| history::row(r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect()
+    }
+
+    pub async fn apply(
+        &mut self,
+        batch: &[&MigrationFile],
+        lock_timeout: Duration,
+    ) -> Result<(), Error> {
+        let c = &self.client;
+        let ctx = |e: tokio_postgres::Error| Error::db("applying the batch", describe(&e));
+        c.batch_execute("BEGIN").await.map_err(ctx)?;
+        let result = async {
+            c.batch_execute(&format!(
+                "SET LOCAL lock_timeout = {}",
+                lock_timeout.as_millis()
+            ))
+            .await
+            .map_err(ctx)?;
+            c.batch_execute(history::CREATE).await.map_err(ctx)?;
+            for f in batch {
+                tracing::info!("applying {}", f.file_name());
+                c.batch_execute(&f.sql)
+                    .await
+                    .map_err(|e| apply_error(f, &e, lock_timeout))?;
+                c.execute(history::INSERT_PG, &history::values(f).as_params())
+                    .await
+                    .map_err(ctx)?;
+            }
+            c.batch_execute("COMMIT").await.map_err(ctx)
+        }
+        .await;
+        if result.is_err() {
+            // Ignored: the error that matters is the one above, and a dead connection rolls back.
+            let _ = c.batch_execute("ROLLBACK").await;
+        }
+        result
+    }
+}
+
+fn apply_error(f: &MigrationFile, e: &tokio_postgres::Error, lock_timeout: Duration) -> Error {
+    let mut message = describe(e);
+    let mut position = None;
+    if let Some(db) = e.as_db_error() {
+        if let Some(ErrorPosition::Original(p)) = db.position() {
+            position = Some(line_col(&f.sql, *p as usize));
+        }
+        if db.code() == &SqlState::LOCK_NOT_AVAILABLE {
+            message.push_str(&format!(
+                "\nThe migration waited longer than database.lock_timeout ({}) for a lock another session holds \
+                 (a long query or open transaction on the same table). It was stopped so it would not stall \
+                 the application's queries behind it. Retry when that session is done, or raise database.lock_timeout.",
+                humanize(lock_timeout)
+            ));
+        }
+    }
+    Error::Apply {
+        file: f.path.clone(),
+        position,
+        message,
+    }
+}
+
+/// 1-based character position → 1-based (line, column).
+fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let before: String = text.chars().take(pos.saturating_sub(1)).collect();
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+/// The server's own words: severity, message, detail, hint, where.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        // Client-side: connection refused, TLS failure, ... `source` holds the reason.
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(inner) = src {
+            s.push_str(&format!(": {inner}"));
+            src = inner.source();
+        }
+        return s;
+    };
+    db_message(db)
+}
+
+fn db_message(db: &DbError) -> String {
+    let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    if let Some(d) = db.detail() {
+        s.push_str(&format!("\n  detail: {d}"));
+    }
+    if let Some(h) = db.hint() {
+        s.push_str(&format!("\n  hint: {h}"));
+    }
+    if let Some(w) = db.where_() {
+        s.push_str(&format!("\n  where: {w}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn line_col() {
+        assert_eq!(super::line_col("ab\ncd\nef", 5), (2, 2));
+        assert_eq!(super::line_col("é\nx", 3), (2, 1));
+    }
+}

@@ -1,0 +1,186 @@
+//! SQLite: the migration lock is an exclusive lock on `<db>.dbward-lock` beside the database;
+//! the batch runs in one `BEGIN IMMEDIATE` transaction, each file as one `execute_batch`.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use super::history;
+use crate::error::{humanize, Error};
+use crate::plan::Applied;
+use crate::source::MigrationFile;
+
+pub struct Sqlite {
+    conn: Connection,
+    path: PathBuf,
+    lock: Option<File>,
+}
+
+impl Sqlite {
+    /// Opens an existing database; with `create`, makes the file if it is missing.
+    pub fn open(path: &Path, create: bool) -> Result<Sqlite, Error> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        } else if !path.exists() {
+            return Err(Error::Open {
+                what: format!("sqlite:{}", path.display()),
+                message: "the file does not exist (only `migrate` creates it)".into(),
+            });
+        }
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::Open {
+            what: format!("sqlite:{}", path.display()),
+            message: e.to_string(),
+        })?;
+        Ok(Sqlite {
+            conn,
+            path: path.to_path_buf(),
+            lock: None,
+        })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The lock file beside the database.
+    pub fn lock_path(db: &Path) -> PathBuf {
+        let mut name = db.file_name().unwrap_or_default().to_os_string();
+        name.push(".dbward-lock");
+        db.with_file_name(name)
+    }
+
+    /// Takes the exclusive lock on the lock file, polling until `timeout`. The kernel releases it
+    /// when the process exits, however it exits.
+    pub fn lock(&mut self, timeout: Duration) -> Result<(), Error> {
+        let lock_path = Self::lock_path(&self.path);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::Open {
+                what: format!("lock file {}", lock_path.display()),
+                message: e.to_string(),
+            })?;
+        let started = Instant::now();
+        let mut announced = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    if started.elapsed() >= timeout {
+                        return Err(Error::LockTimeout {
+                            what: format!("sqlite:{}", self.path.display()),
+                            waited: timeout,
+                            holder: Some(format!("whoever locks {}", lock_path.display())),
+                        });
+                    }
+                    if !announced {
+                        tracing::info!(
+                            "waiting up to {} for the migration lock {}",
+                            humanize(timeout),
+                            lock_path.display()
+                        );
+                        announced = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(TryLockError::Error(e)) => {
+                    return Err(Error::Open {
+                        what: format!("lock file {}", lock_path.display()),
+                        message: e.to_string(),
+                    })
+                }
+            }
+        }
+        self.lock = Some(file);
+        Ok(())
+    }
+
+    pub fn applied(&mut self) -> Result<Vec<Applied>, Error> {
+        let ctx = |e: rusqlite::Error| Error::db("reading the migration history", e);
+        let exists: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [history::TABLE],
+                |r| r.get(0),
+            )
+            .map_err(ctx)?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare(history::SELECT).map_err(ctx)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(ctx)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ctx)?;
+        rows.into_iter()
+            .map(|(v, n, a, c)| history::row(v, n, a, c))
+            .collect()
+    }
+
+    /// `busy_timeout` bounds the wait for the application's write lock.
+    pub fn apply(&mut self, batch: &[&MigrationFile], busy_timeout: Duration) -> Result<(), Error> {
+        let ctx = |e: rusqlite::Error| Error::db("applying the batch", e);
+        self.conn.busy_timeout(busy_timeout).map_err(ctx)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| {
+                Error::db(
+                    "starting the batch",
+                    format!(
+                        "{e} (waited database.lock_timeout = {} for the application's write lock; nothing was applied)",
+                        humanize(busy_timeout)
+                    ),
+                )
+            })?;
+        tx.execute_batch(history::CREATE).map_err(ctx)?;
+        for f in batch {
+            tracing::info!("applying {}", f.file_name());
+            tx.execute_batch(&f.sql).map_err(|e| apply_error(f, e))?;
+            let v = history::values(f);
+            tx.execute(
+                history::INSERT_SQLITE,
+                rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
+            )
+            .map_err(ctx)?;
+        }
+        // Dropping an uncommitted transaction rolls it back.
+        tx.commit().map_err(ctx)
+    }
+}
+
+fn apply_error(f: &MigrationFile, e: rusqlite::Error) -> Error {
+    match e {
+        // `sql` is the rest of the file from the failing statement on; `offset` is in bytes.
+        rusqlite::Error::SqlInputError {
+            msg, sql, offset, ..
+        } => {
+            let start = f.sql.len().saturating_sub(sql.len()) + offset.max(0) as usize;
+            let before = f.sql.get(..start).unwrap_or(&f.sql);
+            let line = before.matches('\n').count() + 1;
+            let col = before
+                .rsplit('\n')
+                .next()
+                .map(|l| l.chars().count())
+                .unwrap_or(0)
+                + 1;
+            Error::Apply {
+                file: f.path.clone(),
+                position: Some((line, col)),
+                message: msg,
+            }
+        }
+        other => Error::Apply {
+            file: f.path.clone(),
+            position: None,
+            message: other.to_string(),
+        },
+    }
+}

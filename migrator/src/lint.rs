@@ -1,0 +1,459 @@
+//! Static checks of migration files, on tokens rather than raw text: comments, string literals
+//! and `$tag$` bodies are single tokens from sqlparser's tokenizer, so `COMMIT` in a comment or
+//! `BEGIN ... END` in a function body never trips a rule.
+//!
+//! Errors are statements that break the one-transaction batch (they end it, cannot run inside
+//! it, or are silently ignored inside it). Warnings are destructive statements.
+
+use std::path::PathBuf;
+
+use sqlparser::dialect::{Dialect as SqlDialect, PostgreSqlDialect, SQLiteDialect};
+use sqlparser::tokenizer::{Location, Token, Tokenizer};
+
+use crate::source::MigrationFile;
+
+/// Which database's rules and tokenizer to use. `Any` when linting without `--database`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Any,
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finding {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub severity: Severity,
+    /// A short stable name, e.g. `transaction-control`.
+    pub rule: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {sev}[{}]: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.rule,
+            self.message
+        )
+    }
+}
+
+/// Lints every file; findings come in file order, then line order.
+pub fn lint(files: &[MigrationFile], dialect: Dialect) -> Vec<Finding> {
+    files
+        .iter()
+        .flat_map(|f| {
+            lint_sql(&f.sql, dialect)
+                .into_iter()
+                .map(move |(at, severity, rule, message)| Finding {
+                    file: f.path.clone(),
+                    line: at.line,
+                    column: at.column,
+                    severity,
+                    rule,
+                    message,
+                })
+        })
+        .collect()
+}
+
+type RawFinding = (Location, Severity, &'static str, String);
+
+/// A significant token: an unquoted word (uppercased) or a symbol, with where it starts.
+#[derive(Debug)]
+struct Tok {
+    word: Option<String>,
+    at: Location,
+}
+
+/// Lints one file's text.
+pub fn lint_sql(sql: &str, dialect: Dialect) -> Vec<RawFinding> {
+    let d: &dyn SqlDialect = match dialect {
+        Dialect::Sqlite => &SQLiteDialect {},
+        Dialect::Any | Dialect::Postgres => &PostgreSqlDialect {},
+    };
+    let tokens = match Tokenizer::new(d, sql).tokenize_with_location() {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![(
+                e.location,
+                Severity::Error,
+                "syntax",
+                format!("cannot tokenize: {}", e.message),
+            )]
+        }
+    };
+    let mut findings = Vec::new();
+    let mut savepoints: Vec<String> = Vec::new();
+    for stmt in statements(tokens) {
+        check_statement(&stmt, dialect, &mut savepoints, &mut findings);
+    }
+    findings
+}
+
+/// Splits tokens into statements at top-level `;`. The bodies of SQLite triggers
+/// (`CREATE TRIGGER ... BEGIN ...; END`) and of PostgreSQL `BEGIN ATOMIC ... END` functions hold
+/// `;` of their own: inside them `BEGIN`/`CASE` ... `END` nest and `;` does not split. Only those
+/// two forms open a block, so a column named `begin` cannot swallow the rest of the file.
+fn statements(tokens: Vec<sqlparser::tokenizer::TokenWithSpan>) -> Vec<Vec<Tok>> {
+    // Significant tokens only; `None` word with `semi` for a `;`.
+    let toks: Vec<(Tok, bool)> = tokens
+        .into_iter()
+        .filter_map(|t| match &t.token {
+            Token::Whitespace(_) | Token::EOF => None,
+            Token::SemiColon => Some((
+                Tok {
+                    word: None,
+                    at: t.span.start,
+                },
+                true,
+            )),
+            Token::Word(w) if w.quote_style.is_none() => Some((
+                Tok {
+                    word: Some(w.value.to_ascii_uppercase()),
+                    at: t.span.start,
+                },
+                false,
+            )),
+            _ => Some((
+                Tok {
+                    word: None,
+                    at: t.span.start,
+                },
+                false,
+            )),
+        })
+        .collect();
+    let word = |i: usize| toks.get(i).and_then(|(t, _)| t.word.as_deref());
+
+    let mut out = Vec::new();
+    let mut cur: Vec<Tok> = Vec::new();
+    let mut depth = 0usize;
+    let mut trigger = false;
+    for (i, (tok, semi)) in toks.iter().enumerate() {
+        if *semi && depth == 0 {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            trigger = false;
+            continue;
+        }
+        if !cur.is_empty() {
+            match tok.word.as_deref() {
+                Some("TRIGGER") if cur[0].word.as_deref() == Some("CREATE") => trigger = true,
+                Some("BEGIN") if depth > 0 || trigger || word(i + 1) == Some("ATOMIC") => {
+                    depth += 1
+                }
+                Some("CASE") if depth > 0 => depth += 1,
+                Some("END") if depth > 0 => depth -= 1,
+                _ => {}
+            }
+        }
+        cur.push(Tok {
+            word: tok.word.clone(),
+            at: tok.at,
+        });
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+fn check_statement(
+    stmt: &[Tok],
+    dialect: Dialect,
+    savepoints: &mut Vec<String>,
+    findings: &mut Vec<RawFinding>,
+) {
+    let w = |i: usize| stmt.get(i).and_then(|t| t.word.as_deref()).unwrap_or("");
+    let has = |word: &str| stmt.iter().any(|t| t.word.as_deref() == Some(word));
+    let find = |word: &str| stmt.iter().find(|t| t.word.as_deref() == Some(word));
+    let at = stmt[0].at;
+    let mut error = |at: Location, rule: &'static str, msg: String| {
+        findings.push((at, Severity::Error, rule, msg))
+    };
+    const TX: &str = "dbward runs the whole batch in one transaction; remove it";
+    const NO_TX: &str = "it cannot run inside a transaction, and dbward applies the batch in one transaction; run it outside dbward (after the deploy)";
+
+    match w(0) {
+        "BEGIN" | "COMMIT" | "END" | "ABORT" => error(
+            at,
+            "transaction-control",
+            format!("`{}` ends or starts a transaction: {TX}", w(0)),
+        ),
+        "START" if w(1) == "TRANSACTION" => error(
+            at,
+            "transaction-control",
+            format!("`START TRANSACTION` starts a transaction: {TX}"),
+        ),
+        "ROLLBACK" => {
+            let to = stmt.iter().position(|t| t.word.as_deref() == Some("TO"));
+            match to {
+                Some(i) => {
+                    let name = savepoint_name(stmt, i + 1);
+                    if !savepoints.contains(&name) {
+                        error(
+                            at,
+                            "savepoint",
+                            format!(
+                                "`ROLLBACK TO {name}` names a savepoint this file never declared"
+                            ),
+                        );
+                    }
+                }
+                None => error(
+                    at,
+                    "transaction-control",
+                    format!("`ROLLBACK` ends the transaction: {TX}"),
+                ),
+            }
+        }
+        "SAVEPOINT" => savepoints.push(savepoint_name(stmt, 1)),
+        "RELEASE" => {
+            let name = savepoint_name(stmt, 1);
+            if !savepoints.contains(&name) {
+                error(
+                    at,
+                    "savepoint",
+                    format!("`RELEASE {name}` names a savepoint this file never declared"),
+                );
+            }
+        }
+        "VACUUM" => error(at, "no-transaction", format!("`VACUUM`: {NO_TX}")),
+        "CREATE" | "DROP" => {
+            let object = if w(1) == "UNIQUE" { w(2) } else { w(1) };
+            if object == "INDEX" && has("CONCURRENTLY") {
+                error(
+                    find("CONCURRENTLY").unwrap().at,
+                    "no-transaction",
+                    format!("`{} INDEX CONCURRENTLY`: {NO_TX}", w(0)),
+                );
+            }
+            if matches!(w(1), "DATABASE" | "TABLESPACE") {
+                error(
+                    at,
+                    "no-transaction",
+                    format!("`{} {}`: {NO_TX}", w(0), w(1)),
+                );
+            }
+        }
+        "REINDEX" => {
+            if has("CONCURRENTLY") {
+                error(
+                    at,
+                    "no-transaction",
+                    format!("`REINDEX ... CONCURRENTLY`: {NO_TX}"),
+                );
+            } else if has("DATABASE") || has("SYSTEM") {
+                error(
+                    at,
+                    "no-transaction",
+                    format!("`REINDEX DATABASE/SYSTEM`: {NO_TX}"),
+                );
+            }
+        }
+        "ALTER" if w(1) == "SYSTEM" => {
+            error(at, "no-transaction", format!("`ALTER SYSTEM`: {NO_TX}"))
+        }
+        "PRAGMA" if dialect != Dialect::Postgres => {
+            // `PRAGMA foreign_keys = ON` or `PRAGMA main.journal_mode = WAL`.
+            let ignored = |n: &str| matches!(n, "FOREIGN_KEYS" | "JOURNAL_MODE");
+            let name = if ignored(w(1)) { w(1) } else { w(3) };
+            if ignored(name) {
+                error(at, "ignored-in-transaction", format!("`PRAGMA {}` is silently ignored inside a transaction, and dbward applies the batch in one transaction; set it in the application's connection instead", name.to_ascii_lowercase()));
+            }
+        }
+        "ATTACH" | "DETACH" if dialect != Dialect::Postgres => {
+            error(at, "no-transaction", format!("`{}`: {NO_TX}", w(0)))
+        }
+        _ => {}
+    }
+
+    let mut warn = |at: Location, rule: &'static str, msg: String| {
+        findings.push((at, Severity::Warning, rule, msg))
+    };
+    match (w(0), w(1)) {
+        ("DROP", "TABLE") => warn(at, "destructive", "`DROP TABLE` deletes data; the pre-deploy snapshot is the way back".into()),
+        ("TRUNCATE", _) => warn(at, "destructive", "`TRUNCATE` deletes every row".into()),
+        ("DELETE", _) if !has("WHERE") => warn(at, "destructive", "`DELETE` without `WHERE` deletes every row".into()),
+        ("UPDATE", _) if !has("WHERE") => warn(at, "destructive", "`UPDATE` without `WHERE` changes every row".into()),
+        ("ALTER", "TABLE") => {
+            for (i, t) in stmt.iter().enumerate() {
+                if t.word.as_deref() != Some("DROP") {
+                    continue;
+                }
+                // `DROP COLUMN x` or PostgreSQL's bare `DROP x`; not `DROP CONSTRAINT`, `DROP DEFAULT`, ...
+                let next = w(i + 1);
+                let column = next == "COLUMN"
+                    || (stmt.get(i + 1).is_some()
+                        && !matches!(next, "CONSTRAINT" | "DEFAULT" | "NOT" | "IDENTITY" | "EXPRESSION"));
+                if column {
+                    warn(t.at, "destructive", "`ALTER TABLE ... DROP COLUMN` deletes the column's data".into());
+                }
+            }
+        }
+        ("ALTER", "TYPE") if has("ADD") && has("VALUE") => warn(at, "enum-value", "a value added by `ALTER TYPE ... ADD VALUE` cannot be used until the batch commits; later migrations of the same batch must not use it".into()),
+        _ => {}
+    }
+}
+
+fn savepoint_name(stmt: &[Tok], mut i: usize) -> String {
+    if stmt.get(i).and_then(|t| t.word.as_deref()) == Some("SAVEPOINT") {
+        i += 1;
+    }
+    stmt.get(i).and_then(|t| t.word.clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(sql: &str, dialect: Dialect) -> Vec<(u64, Severity, &'static str)> {
+        lint_sql(sql, dialect)
+            .into_iter()
+            .map(|(at, s, r, _)| (at.line, s, r))
+            .collect()
+    }
+
+    #[test]
+    fn transaction_control_is_an_error() {
+        for sql in [
+            "BEGIN;",
+            "commit;",
+            "END",
+            "ROLLBACK;",
+            "START TRANSACTION;",
+            "abort;",
+        ] {
+            assert_eq!(
+                rules(sql, Dialect::Any),
+                [(1, Severity::Error, "transaction-control")],
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_transaction_statements() {
+        for sql in [
+            "VACUUM;",
+            "CREATE INDEX CONCURRENTLY i ON t (a);",
+            "create unique index concurrently if not exists i on t (a);",
+            "DROP INDEX CONCURRENTLY i;",
+            "REINDEX TABLE CONCURRENTLY t;",
+            "REINDEX (VERBOSE) DATABASE d;",
+            "CREATE DATABASE x;",
+            "ALTER SYSTEM SET work_mem = '1GB';",
+        ] {
+            assert_eq!(
+                rules(sql, Dialect::Postgres),
+                [(1, Severity::Error, "no-transaction")],
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn words_in_comments_strings_and_bodies_are_ignored() {
+        let sql = r#"
+-- COMMIT; VACUUM; CREATE INDEX CONCURRENTLY
+/* BEGIN; ROLLBACK; */
+INSERT INTO notes (body) VALUES ('COMMIT; VACUUM; DROP TABLE x');
+CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  COMMIT;
+  EXECUTE 'CREATE INDEX CONCURRENTLY i ON t (a)';
+  RETURN NEW;
+END;
+$fn$;
+DO $$ BEGIN PERFORM 1; END $$;
+CREATE TABLE "commit" (id int);
+"#;
+        assert_eq!(rules(sql, Dialect::Postgres), []);
+    }
+
+    #[test]
+    fn sqlite_trigger_and_atomic_bodies_are_one_statement() {
+        let sql = "CREATE TRIGGER t AFTER INSERT ON a BEGIN\n  UPDATE b SET n = n + 1 WHERE id = NEW.id;\n  SELECT CASE WHEN 1 THEN 1 END;\nEND;\nCREATE TABLE c (id int);";
+        assert_eq!(rules(sql, Dialect::Sqlite), []);
+        let sql =
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END;\nVACUUM;";
+        assert_eq!(
+            rules(sql, Dialect::Postgres),
+            [(2, Severity::Error, "no-transaction")]
+        );
+        // A column named `begin` opens no block.
+        let sql = "CREATE TABLE ev (begin int, finish int);\nCOMMIT;";
+        assert_eq!(
+            rules(sql, Dialect::Postgres),
+            [(2, Severity::Error, "transaction-control")]
+        );
+    }
+
+    #[test]
+    fn sqlite_pragmas() {
+        assert_eq!(
+            rules("PRAGMA foreign_keys = ON;", Dialect::Sqlite),
+            [(1, Severity::Error, "ignored-in-transaction")]
+        );
+        assert_eq!(
+            rules("PRAGMA main.journal_mode=WAL;", Dialect::Any),
+            [(1, Severity::Error, "ignored-in-transaction")]
+        );
+        assert_eq!(rules("PRAGMA user_version = 3;", Dialect::Sqlite), []);
+    }
+
+    #[test]
+    fn savepoints_must_be_declared() {
+        assert_eq!(
+            rules(
+                "SAVEPOINT a; ROLLBACK TO SAVEPOINT a; RELEASE a;",
+                Dialect::Any
+            ),
+            []
+        );
+        assert_eq!(
+            rules("RELEASE SAVEPOINT b;", Dialect::Any),
+            [(1, Severity::Error, "savepoint")]
+        );
+    }
+
+    #[test]
+    fn destructive_statements_warn() {
+        let sql = "DROP TABLE a;\nALTER TABLE b DROP COLUMN c;\nALTER TABLE b DROP CONSTRAINT k, ALTER COLUMN d DROP NOT NULL;\nDELETE FROM d;\nDELETE FROM d WHERE id = 1;\nUPDATE e SET x = 1;\nTRUNCATE f;";
+        let got = rules(sql, Dialect::Any);
+        assert_eq!(
+            got.iter().map(|(l, _, _)| *l).collect::<Vec<_>>(),
+            [1, 2, 4, 6, 7]
+        );
+        assert!(got.iter().all(|(_, s, _)| *s == Severity::Warning));
+    }
+
+    #[test]
+    fn reports_the_line_of_the_statement() {
+        let sql = "CREATE TABLE a (id int);\n\n-- next\nCREATE INDEX\n  CONCURRENTLY i ON a (id);";
+        assert_eq!(
+            rules(sql, Dialect::Postgres),
+            [(5, Severity::Error, "no-transaction")]
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! Comparing the migrations folder with the database's history: what is applied, what is
+//! pending, and what has drifted (edited after it was applied, missing, or merged late).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::source::MigrationFile;
+
+/// One row of `refinery_schema_history`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Applied {
+    pub version: i64,
+    pub name: String,
+    pub applied_on: String,
+    /// refinery's checksum, stored as decimal text (and shown as text: JSON numbers lose u64s).
+    #[serde(serialize_with = "as_text")]
+    pub checksum: u64,
+}
+
+fn as_text<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// Why the folder and the database disagree.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "drift", rename_all = "kebab-case")]
+pub enum Drift {
+    /// Applied, but the file's checksum (name, version, text) differs from the recorded one.
+    Changed {
+        version: i64,
+        name: String,
+        file: PathBuf,
+    },
+    /// Applied, but no file has this version any more.
+    Missing { version: i64, name: String },
+    /// Not applied, with a version below the newest applied one (a late merge).
+    OutOfOrder {
+        version: i64,
+        file: PathBuf,
+        newest_applied: i64,
+    },
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Drift::Changed { file, .. } => write!(f, "{}: changed since it was applied (checksum differs)", file.display()),
+            Drift::Missing { version, name } => write!(f, "V{version}__{name}.sql: applied, but missing from the migrations folder"),
+            Drift::OutOfOrder { file, newest_applied, .. } => write!(f, "{}: not applied, but older than the newest applied migration V{newest_applied} (merged late)", file.display()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Plan<'a> {
+    pub applied: Vec<Applied>,
+    /// In version order: what `migrate` would apply, in one transaction.
+    pub pending: Vec<&'a MigrationFile>,
+    pub drift: Vec<Drift>,
+}
+
+impl<'a> Plan<'a> {
+    pub fn new(files: &'a [MigrationFile], mut applied: Vec<Applied>) -> Plan<'a> {
+        applied.sort_by_key(|a| a.version);
+        let by_version: BTreeMap<i64, &MigrationFile> =
+            files.iter().map(|f| (f.version, f)).collect();
+        let mut drift = Vec::new();
+        for a in &applied {
+            match by_version.get(&a.version) {
+                Some(f) if f.checksum != a.checksum => drift.push(Drift::Changed {
+                    version: a.version,
+                    name: a.name.clone(),
+                    file: f.path.clone(),
+                }),
+                Some(_) => {}
+                None => drift.push(Drift::Missing {
+                    version: a.version,
+                    name: a.name.clone(),
+                }),
+            }
+        }
+        let newest = applied.last().map(|a| a.version);
+        let mut pending = Vec::new();
+        for f in files {
+            if applied.iter().any(|a| a.version == f.version) {
+                continue;
+            }
+            match newest {
+                Some(n) if f.version < n => drift.push(Drift::OutOfOrder {
+                    version: f.version,
+                    file: f.path.clone(),
+                    newest_applied: n,
+                }),
+                _ => pending.push(f),
+            }
+        }
+        Plan {
+            applied,
+            pending,
+            drift,
+        }
+    }
+
+    /// The newest applied migration: the database's schema version.
+    pub fn head(&self) -> Option<&Applied> {
+        self.applied.last()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(version: i64, checksum: u64) -> MigrationFile {
+        MigrationFile {
+            path: format!("V{version}__m.sql").into(),
+            version,
+            name: "m".into(),
+            sql: "select 1".into(),
+            checksum,
+        }
+    }
+
+    fn applied(version: i64, checksum: u64) -> Applied {
+        Applied {
+            version,
+            name: "m".into(),
+            applied_on: String::new(),
+            checksum,
+        }
+    }
+
+    #[test]
+    fn pending_and_drift() {
+        let files = [
+            file(1, 10),
+            file(2, 20),
+            file(3, 30),
+            file(5, 50),
+            file(6, 60),
+        ];
+        let plan = Plan::new(
+            &files,
+            vec![
+                applied(1, 10),
+                applied(2, 21),
+                applied(4, 40),
+                applied(5, 50),
+            ],
+        );
+        assert_eq!(
+            plan.pending.iter().map(|f| f.version).collect::<Vec<_>>(),
+            [6]
+        );
+        assert_eq!(plan.head().unwrap().version, 5);
+        assert_eq!(
+            plan.drift,
+            [
+                Drift::Changed {
+                    version: 2,
+                    name: "m".into(),
+                    file: "V2__m.sql".into()
+                },
+                Drift::Missing {
+                    version: 4,
+                    name: "m".into()
+                },
+                Drift::OutOfOrder {
+                    version: 3,
+                    file: "V3__m.sql".into(),
+                    newest_applied: 5
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn fresh_database_has_everything_pending() {
+        let files = [file(1, 10), file(2, 20)];
+        let plan = Plan::new(&files, vec![]);
+        assert_eq!(plan.pending.len(), 2);
+        assert!(plan.drift.is_empty() && plan.head().is_none());
+    }
+}

@@ -1,0 +1,228 @@
+//! Finding migrations on disk: `V<version>__<name>.sql`, refinery's convention.
+//!
+//! Unlike refinery's loader, nothing is skipped silently: a `.sql` file whose name does not
+//! match, a duplicate version, a file that is empty or not UTF-8 is an error naming the file.
+//! The checksum is refinery's own ([`refinery_core::Migration::unapplied`]), so a history table
+//! written by refinery is read back without re-baselining.
+
+use std::path::{Path, PathBuf};
+
+use refinery_core::Migration;
+
+use crate::error::{Error, FileProblem};
+
+/// One migration file, read and checked.
+#[derive(Debug, Clone)]
+pub struct MigrationFile {
+    pub path: PathBuf,
+    pub version: i64,
+    pub name: String,
+    pub sql: String,
+    /// refinery's SipHash-1-3 of name, version and text.
+    pub checksum: u64,
+}
+
+impl MigrationFile {
+    /// `V3__add_orders.sql`: how the file is named in messages.
+    pub fn file_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Reads every migration under `dir` (recursively, as refinery does), sorted by version.
+pub fn discover(dir: &Path) -> Result<Vec<MigrationFile>, Error> {
+    let mut paths = Vec::new();
+    walk(dir, &mut paths).map_err(|source| Error::Folder {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    paths.sort();
+
+    let mut files: Vec<MigrationFile> = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        match read_one(&path) {
+            Ok(Some(file)) => files.push(file),
+            Ok(None) => {}
+            Err(problem) => problems.push(FileProblem {
+                file: path.clone(),
+                problem,
+            }),
+        }
+    }
+    files.sort_by_key(|f| f.version);
+    for pair in files.windows(2) {
+        if pair[0].version == pair[1].version {
+            problems.push(FileProblem {
+                file: pair[1].path.clone(),
+                problem: format!(
+                    "version {} is also used by {}; every migration needs its own version",
+                    pair[1].version,
+                    pair[0].path.display()
+                ),
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(files)
+    } else {
+        Err(Error::Files { problems })
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        // Follows symlinks, as a deploy tree made of links should work.
+        if std::fs::metadata(&path)?.is_dir() {
+            walk(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// `Ok(None)` for files that are not SQL (a README beside the migrations is fine).
+fn read_one(path: &Path) -> Result<Option<MigrationFile>, String> {
+    let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Err("file name is not valid UTF-8".into());
+    };
+    let Some((stem, ext)) = file_name.rsplit_once('.') else {
+        return Ok(None);
+    };
+    if !ext.eq_ignore_ascii_case("sql") {
+        return Ok(None);
+    }
+    let (version, name) = parse_name(stem, ext)?;
+
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let sql = String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not valid UTF-8 (first bad byte at offset {}); save the file as UTF-8",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    if sql.trim().is_empty() {
+        return Err("the file is empty; a migration must contain SQL".into());
+    }
+    let migration = Migration::unapplied(stem, &sql)
+        .map_err(|e| format!("refinery does not accept this name: {e}"))?;
+    debug_assert_eq!(i64::from(migration.version()), version);
+    debug_assert_eq!(migration.name(), name);
+    Ok(Some(MigrationFile {
+        path: path.to_path_buf(),
+        version,
+        name: name.to_string(),
+        sql,
+        checksum: migration.checksum(),
+    }))
+}
+
+/// `V12__add_users` → (12, "add_users"). Stricter than refinery's unanchored pattern, which
+/// would read `V1__add-users` as a migration named `add`.
+fn parse_name<'a>(stem: &'a str, ext: &str) -> Result<(i64, &'a str), String> {
+    const EXPECTED: &str = "expected V<version>__<name>.sql, e.g. V3__add_orders.sql, with a name of letters, digits and underscores";
+    if ext != "sql" {
+        return Err(format!("extension `.{ext}` must be lowercase `.sql`"));
+    }
+    if stem.starts_with('U') {
+        return Err(
+            "unversioned (U) migrations are not supported; rename it to V<version>__<name>.sql"
+                .into(),
+        );
+    }
+    let rest = stem
+        .strip_prefix('V')
+        .ok_or_else(|| format!("name does not start with V; {EXPECTED}"))?;
+    let (digits, name) = rest
+        .split_once("__")
+        .ok_or_else(|| format!("no `__` between version and name; {EXPECTED}"))?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "version `{digits}` is not a whole number; {EXPECTED}"
+        ));
+    }
+    if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        return Err(format!(
+            "name `{name}` has characters other than letters, digits and `_`; {EXPECTED}"
+        ));
+    }
+    // refinery stores versions as INT4 by default.
+    let version: i32 = digits
+        .parse()
+        .map_err(|_| format!("version {digits} is larger than {}", i32::MAX))?;
+    Ok((i64::from(version), name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(parse_name("V1__init", "sql"), Ok((1, "init")));
+        assert_eq!(
+            parse_name("V0012__add_users_2", "sql"),
+            Ok((12, "add_users_2"))
+        );
+        for bad in [
+            "V1__add-users",
+            "V1_init",
+            "v1__init",
+            "V__init",
+            "V1.1__x",
+            "V1__",
+            "U1__x",
+            "init",
+        ] {
+            assert!(parse_name(bad, "sql").is_err(), "{bad} must be refused");
+        }
+        assert!(parse_name("V1__init", "SQL").is_err());
+    }
+
+    #[test]
+    fn checksum_is_refinerys() {
+        // The value refinery computes for this name and text, so its history tables read back.
+        let m = Migration::unapplied("V1__initial", "CREATE TABLE t (id int);").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("V1__initial.sql"),
+            "CREATE TABLE t (id int);",
+        )
+        .unwrap();
+        let files = discover(dir.path()).unwrap();
+        assert_eq!(files[0].checksum, m.checksum());
+    }
+
+    #[test]
+    fn problems_name_every_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("V1__a.sql"), "select 1;").unwrap();
+        std::fs::write(p.join("V1__b.sql"), "select 1;").unwrap();
+        std::fs::write(p.join("V2__add-x.sql"), "select 1;").unwrap();
+        std::fs::write(p.join("V3__empty.sql"), "  \n").unwrap();
+        std::fs::write(p.join("V4__latin1.sql"), b"select '\xe9';").unwrap();
+        std::fs::write(p.join("README.md"), "notes").unwrap();
+        let Err(Error::Files { problems }) = discover(p) else {
+            panic!("expected file problems")
+        };
+        let names: Vec<String> = problems
+            .iter()
+            .map(|p| p.file.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "V2__add-x.sql",
+                "V3__empty.sql",
+                "V4__latin1.sql",
+                "V1__b.sql"
+            ]
+        );
+    }
+}

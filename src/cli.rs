@@ -1,0 +1,87 @@
+//! The command line: global setting flags (accepted before or after the command name) and the
+//! commands of DESIGN.md.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dbward",
+    version,
+    about = "Keeps a production database safe through deploys: atomic migrations, snapshots, restore, drills.",
+    after_help = "Settings: flag > environment > config file (--config, else ./dbward.toml) > default.\nExit codes: 0 ok, 1 failed, 2 usage/config, 3 refused by a safety check, 4 migration lock timeout, 5 unhealthy and restored."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every setting flag is global: every command accepts it and ignores the ones it does not need.
+#[derive(Debug, Default, Args)]
+pub struct GlobalArgs {
+    /// Config file (TOML). Default: ./dbward.toml if present.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON document on stdout (logs stay on stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+
+    /// Database URL: sqlite:PATH or postgres://user@host:port/db [env: DBWARD_DATABASE, DATABASE_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    pub database: Option<String>,
+    /// Migrations folder [env: DBWARD_MIGRATIONS] [default: ./migrations]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub migrations: Option<PathBuf>,
+    /// Snapshot store: s3://bucket/prefix or file:///abs/dir [env: DBWARD_STORE] [default: file://./.dbward/snapshots]
+    #[arg(long, global = true, value_name = "URL")]
+    pub store: Option<String>,
+    /// S3 endpoint for R2, MinIO, B2, ... [env: DBWARD_S3_ENDPOINT]
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [env: AWS_REGION] [default: us-east-1; auto for R2]
+    #[arg(long, global = true, value_name = "R")]
+    pub s3_region: Option<String>,
+    /// Path-style S3 addressing (MinIO, local servers) [env: DBWARD_S3_PATH_STYLE=1]
+    #[arg(long, global = true)]
+    pub s3_path_style: bool,
+    /// Local state directory [env: DBWARD_STATE_DIR] [default: ./.dbward]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Lint, lock, refuse on drift, then apply every pending migration in ONE transaction.
+    Migrate(MigrateArgs),
+    /// Show applied, pending and drifted migrations (exit 3 on drift).
+    Status,
+    /// Check the migrations folder without touching a database (exit 3 on errors).
+    Lint,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Print the plan and the lint result; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not take the pre-deploy snapshot.
+    #[arg(long)]
+    pub no_snapshot: bool,
+    /// How long to wait for another migrate run's lock (exit 4 after it), e.g. 30s, 10m.
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
+    pub lock_timeout: std::time::Duration,
+}
+
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 30s, 10m, 1h ({e})"))
+}

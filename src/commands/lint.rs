@@ -1,0 +1,41 @@
+//! `dbward lint`: the migrations folder alone; `--database` only selects the dialect's rules.
+
+use serde_json::json;
+
+use migrator::{DatabaseUrl, Dialect, Severity};
+
+use super::dialect;
+use crate::report::{Failure, Report, EXIT_REFUSED};
+use crate::settings::Settings;
+
+pub fn run(settings: &Settings) -> Result<Report, Failure> {
+    let dialect = match &settings.database {
+        Some(url) => dialect(&DatabaseUrl::parse(url)?),
+        None => Dialect::Any,
+    };
+    let files = migrator::discover(&settings.migrations)?;
+    let findings = migrator::lint::lint(&files, dialect);
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    let warnings = findings.len() - errors;
+
+    let mut text: String = findings.iter().map(|f| format!("{f}\n")).collect();
+    text.push_str(&format!(
+        "{} migration file(s) in {}: {errors} error(s), {warnings} warning(s)\n",
+        files.len(),
+        settings.migrations.display()
+    ));
+    Ok(Report {
+        text,
+        json: json!({
+            "migrations": settings.migrations,
+            "files": files.len(),
+            "errors": errors,
+            "warnings": warnings,
+            "findings": findings,
+        }),
+        code: if errors > 0 { EXIT_REFUSED } else { 0 },
+    })
+}

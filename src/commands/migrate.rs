@@ -1,0 +1,137 @@
+//! `dbward migrate`: discover and lint, take the migration lock, read the history under it,
+//! refuse on drift, then apply every pending migration in one transaction.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use migrator::database::Open;
+use migrator::{Database, DatabaseUrl, Plan, Severity};
+
+use super::{database_url, dialect};
+use crate::cli::MigrateArgs;
+use crate::report::{Failure, Report};
+use crate::settings::Settings;
+
+pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Failure> {
+    let started = Instant::now();
+    let url = database_url(settings)?;
+
+    // Everything that can be checked without the database is checked first.
+    let files = migrator::discover(&settings.migrations)?;
+    let findings = migrator::lint::lint(&files, dialect(&url));
+    let (errors, warnings): (Vec<_>, Vec<_>) = findings
+        .into_iter()
+        .partition(|f| f.severity == Severity::Error);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if !errors.is_empty() {
+        return Err(migrator::Error::Lint { findings: errors }.into());
+    }
+
+    if args.dry_run {
+        return dry_run(&url, &files, &warnings).await;
+    }
+
+    // A SQLite file that does not exist yet is a first deploy: nothing to snapshot.
+    let first_deploy = matches!(&url, DatabaseUrl::Sqlite(p) if !p.exists());
+    let mut db = Database::open(&url, Open::Create).await?;
+    db.lock(args.lock_timeout).await?;
+    // Read under the lock: a runner that waited sees what the other one applied.
+    let plan = Plan::new(&files, db.applied().await?);
+    if !plan.drift.is_empty() {
+        return Err(migrator::Error::Drift { drift: plan.drift }.into());
+    }
+    if plan.pending.is_empty() {
+        let head = head_text(&plan);
+        tracing::info!("nothing pending; {} is at {head}", url.display());
+        return Ok(Report {
+            text: format!("nothing pending; database at {head}\n"),
+            json: json!({ "database": url.display(), "applied": [], "head": plan.head(), "snapshot": null, "elapsed_ms": started.elapsed().as_millis() as u64 }),
+            code: 0,
+        });
+    }
+
+    // The pre-deploy snapshot goes here, under the lock, once something is pending.
+    let _take_snapshot = !first_deploy && !args.no_snapshot;
+
+    let names: Vec<String> = plan.pending.iter().map(|f| f.file_name()).collect();
+    tracing::info!(
+        "applying {} migration(s) in one transaction: {}",
+        names.len(),
+        names.join(", ")
+    );
+    db.apply(&plan.pending, settings.lock_timeout).await?;
+    let last = plan.pending.last().expect("pending is not empty");
+    let head = format!("V{} {}", last.version, last.name);
+    tracing::info!(
+        "applied {} migration(s) in {:.2}s; head is {head}",
+        names.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Report {
+        text: format!(
+            "applied {} migration(s): {}\nhead: {head}\n",
+            names.len(),
+            names.join(", ")
+        ),
+        json: json!({
+            "database": url.display(),
+            "applied": plan.pending.iter().map(|f| json!({ "version": f.version, "name": f.name, "file": f.path })).collect::<Vec<_>>(),
+            "head": { "version": last.version, "name": last.name, "checksum": last.checksum.to_string() },
+            "snapshot": null,
+            "elapsed_ms": started.elapsed().as_millis() as u64,
+        }),
+        code: 0,
+    })
+}
+
+fn head_text(plan: &Plan) -> String {
+    plan.head()
+        .map(|h| format!("V{} {}", h.version, h.name))
+        .unwrap_or_else(|| "no migration".into())
+}
+
+/// The plan and the lint result; reads the history (if there is a database) and changes nothing.
+async fn dry_run(
+    url: &DatabaseUrl,
+    files: &[migrator::MigrationFile],
+    warnings: &[migrator::Finding],
+) -> Result<Report, Failure> {
+    let applied = match url {
+        DatabaseUrl::Sqlite(p) if !p.exists() => Vec::new(),
+        _ => Database::open(url, Open::Existing).await?.applied().await?,
+    };
+    let plan = Plan::new(files, applied);
+    let mut text = format!("plan for {} (at {}):\n", url.display(), head_text(&plan));
+    for f in &plan.pending {
+        text.push_str(&format!("  apply {}\n", f.path.display()));
+    }
+    for d in &plan.drift {
+        text.push_str(&format!("  drift: {d}\n"));
+    }
+    text.push_str(&format!(
+        "{} migration(s) would be applied in one transaction; lint: 0 errors, {} warning(s); dry run, nothing changed\n",
+        plan.pending.len(),
+        warnings.len()
+    ));
+    let json = json!({
+        "database": url.display(),
+        "dry_run": true,
+        "head": plan.head(),
+        "pending": plan.pending.iter().map(|f| json!({ "version": f.version, "name": f.name, "file": f.path })).collect::<Vec<_>>(),
+        "drift": plan.drift,
+        "lint": warnings,
+    });
+    if !plan.drift.is_empty() {
+        let mut failure: Failure = migrator::Error::Drift { drift: plan.drift }.into();
+        failure.details = json;
+        return Err(failure);
+    }
+    Ok(Report {
+        text,
+        json,
+        code: 0,
+    })
+}

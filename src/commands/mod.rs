@@ -1,0 +1,66 @@
+//! One module per command. Each returns a [`Report`] or a [`Failure`]; none prints on stdout.
+
+mod lint;
+mod migrate;
+mod status;
+
+use migrator::{DatabaseUrl, Dialect};
+
+use crate::cli::{Cli, Command};
+use crate::report::{Failure, Report};
+use crate::settings::Settings;
+
+pub fn name(command: &Command) -> &'static str {
+    match command {
+        Command::Migrate(_) => "migrate",
+        Command::Status => "status",
+        Command::Lint => "lint",
+    }
+}
+
+pub async fn run(cli: &Cli) -> Result<Report, Failure> {
+    let settings = Settings::load(&cli.global)?;
+    match &cli.command {
+        Command::Migrate(args) => migrate::run(&settings, args).await,
+        Command::Status => status::run(&settings).await,
+        Command::Lint => lint::run(&settings),
+    }
+}
+
+/// The database setting, parsed (exit 2 if missing or malformed).
+fn database_url(settings: &Settings) -> Result<DatabaseUrl, Failure> {
+    Ok(DatabaseUrl::parse(settings.database()?)?)
+}
+
+fn dialect(url: &DatabaseUrl) -> Dialect {
+    match url {
+        DatabaseUrl::Sqlite(_) => Dialect::Sqlite,
+        DatabaseUrl::Postgres(_) => Dialect::Postgres,
+    }
+}
+
+/// A fixed-width table for people; the JSON form carries the same rows.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}

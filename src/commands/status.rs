@@ -1,0 +1,104 @@
+//! `dbward status`: applied / pending / drifted, read without the migration lock.
+
+use serde_json::json;
+
+use migrator::database::Open;
+use migrator::{Database, DatabaseUrl, Drift, Plan};
+
+use super::{database_url, table};
+use crate::report::{Failure, Report, EXIT_REFUSED};
+use crate::settings::Settings;
+
+pub async fn run(settings: &Settings) -> Result<Report, Failure> {
+    let url = database_url(settings)?;
+    let files = migrator::discover(&settings.migrations)?;
+    let missing_file = matches!(&url, DatabaseUrl::Sqlite(p) if !p.exists());
+    let applied = if missing_file {
+        Vec::new()
+    } else {
+        Database::open(&url, Open::Existing)
+            .await?
+            .applied()
+            .await?
+    };
+    let plan = Plan::new(&files, applied);
+
+    let mut rows = Vec::new();
+    let mut items = Vec::new();
+    for a in &plan.applied {
+        let state = match plan.drift.iter().find(|d| matches!(d, Drift::Changed { version, .. } | Drift::Missing { version, .. } if *version == a.version)) {
+            Some(Drift::Changed { .. }) => "changed",
+            Some(_) => "missing",
+            None => "applied",
+        };
+        rows.push(vec![
+            a.version.to_string(),
+            a.name.clone(),
+            state.into(),
+            a.applied_on.clone(),
+        ]);
+        items.push(json!({ "version": a.version, "name": a.name, "state": state, "applied_on": a.applied_on }));
+    }
+    for d in &plan.drift {
+        if let Drift::OutOfOrder { version, file, .. } = d {
+            let name = files
+                .iter()
+                .find(|f| f.version == *version)
+                .map(|f| f.name.clone())
+                .unwrap_or_default();
+            rows.push(vec![
+                version.to_string(),
+                name.clone(),
+                "out-of-order".into(),
+                String::new(),
+            ]);
+            items.push(
+                json!({ "version": version, "name": name, "state": "out-of-order", "file": file }),
+            );
+        }
+    }
+    for f in &plan.pending {
+        rows.push(vec![
+            f.version.to_string(),
+            f.name.clone(),
+            "pending".into(),
+            String::new(),
+        ]);
+        items.push(
+            json!({ "version": f.version, "name": f.name, "state": "pending", "file": f.path }),
+        );
+    }
+
+    let mut text = format!("{}\n", url.display());
+    if missing_file {
+        text.push_str("(the database file does not exist yet; `migrate` creates it)\n");
+    }
+    text.push_str(&table(&["VERSION", "NAME", "STATE", "APPLIED ON"], &rows));
+    let head = plan
+        .head()
+        .map(|h| format!("V{} {}", h.version, h.name))
+        .unwrap_or_else(|| "none".into());
+    text.push_str(&format!(
+        "head: {head}; {} pending; {} drifted\n",
+        plan.pending.len(),
+        plan.drift.len()
+    ));
+    for d in &plan.drift {
+        text.push_str(&format!("drift: {d}\n"));
+    }
+    Ok(Report {
+        text,
+        json: json!({
+            "database": url.display(),
+            "head": plan.head(),
+            "pending": plan.pending.len(),
+            "migrations": items,
+            "drift": plan.drift,
+        }),
+        code: if plan.drift.is_empty() {
+            0
+        } else {
+            EXIT_REFUSED
+        },
+    })
+}

@@ -1,0 +1,80 @@
+//! What a command hands back to `main`: a result for people and one JSON document for scripts,
+//! or a failure with its exit code. Exit codes live here and nowhere else.
+
+use serde_json::{json, Value};
+
+use crate::settings::SettingsError;
+
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_REFUSED: u8 = 3;
+pub const EXIT_LOCK_TIMEOUT: u8 = 4;
+
+pub struct Report {
+    /// Printed on stdout without `--json`.
+    pub text: String,
+    /// Printed on stdout with `--json`.
+    pub json: Value,
+    /// 0, or 3 for a `status` that found drift.
+    pub code: u8,
+}
+
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+    /// Structured details for `--json` (lint findings, drift, ...).
+    pub details: Value,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
+
+    pub fn to_json(&self, command: &str) -> Value {
+        let mut doc = json!({ "command": command, "ok": false, "exit_code": self.code, "error": self.message });
+        if let (Value::Object(doc), Value::Object(details)) = (&mut doc, &self.details) {
+            doc.extend(details.clone());
+        }
+        doc
+    }
+}
+
+impl From<SettingsError> for Failure {
+    fn from(e: SettingsError) -> Failure {
+        Failure::new(EXIT_USAGE, e.0)
+    }
+}
+
+impl From<migrator::Error> for Failure {
+    fn from(e: migrator::Error) -> Failure {
+        use migrator::{Error, ErrorKind};
+        let code = match e.kind() {
+            ErrorKind::Usage => EXIT_USAGE,
+            ErrorKind::Refused => EXIT_REFUSED,
+            ErrorKind::LockTimeout => EXIT_LOCK_TIMEOUT,
+            ErrorKind::Failed => EXIT_FAILED,
+        };
+        let details = match &e {
+            Error::Files { problems } => json!({ "file_problems": problems }),
+            Error::Lint { findings } => json!({ "lint": findings }),
+            Error::Drift { drift } => json!({ "drift": drift }),
+            Error::Apply { file, position, .. } => json!({
+                "failed_migration": file,
+                "line": position.map(|p| p.0),
+                "column": position.map(|p| p.1),
+            }),
+            _ => Value::Null,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+            details,
+        }
+    }
+}

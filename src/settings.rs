@@ -1,0 +1,250 @@
+//! Settings, resolved as DESIGN.md says: flag > environment > config file > default.
+//! Unknown config keys are an error naming the key. Paths in the config file are relative to
+//! the file's own directory; paths from flags and the environment to the working directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{parse_duration, GlobalArgs};
+
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // the store and state settings are read by the snapshot commands, next
+pub struct Settings {
+    /// The database URL as given (may hold a password: display it only through `redact`).
+    pub database: Option<String>,
+    pub migrations: PathBuf,
+    pub store: String,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_path_style: bool,
+    pub state_dir: PathBuf,
+    /// `database.lock_timeout`: how long one migration may wait for a table lock.
+    pub lock_timeout: Duration,
+}
+
+/// A setting problem: exit 2, naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingsError(pub String);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    database: DatabaseSection,
+    #[serde(default)]
+    store: StoreSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatabaseSection {
+    url: Option<String>,
+    migrations: Option<PathBuf>,
+    lock_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    url: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    path_style: Option<bool>,
+}
+
+impl Settings {
+    pub fn load(args: &GlobalArgs) -> Result<Settings, SettingsError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let file = match &args.config {
+            Some(path) => Some((read_config(path)?, base_dir(path))),
+            None => {
+                let default = Path::new("dbward.toml");
+                if default.exists() {
+                    Some((read_config(default)?, PathBuf::from(".")))
+                } else {
+                    None
+                }
+            }
+        };
+        resolve(args, env, file)
+    }
+
+    pub fn database(&self) -> Result<&str, SettingsError> {
+        self.database.as_deref().ok_or_else(|| {
+            SettingsError("no database: give --database URL, set DBWARD_DATABASE or DATABASE_URL, or `url` under [database] in the config file".into())
+        })
+    }
+}
+
+fn base_dir(config: &Path) -> PathBuf {
+    match config.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn read_config(path: &Path) -> Result<FileConfig, SettingsError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| SettingsError(format!("config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| SettingsError(format!("config file {}: {e}", path.display())))
+}
+
+/// The pure part of [`Settings::load`], with the environment and the file passed in.
+fn resolve(
+    args: &GlobalArgs,
+    env: impl Fn(&str) -> Option<String>,
+    file: Option<(FileConfig, PathBuf)>,
+) -> Result<Settings, SettingsError> {
+    let (file, base) = file.unwrap_or_default();
+    let rebase = |p: PathBuf| {
+        if p.is_relative() && base != Path::new("") {
+            base.join(p)
+        } else {
+            p
+        }
+    };
+    let rebase_url = |u: String| rebase_url(&u, &base);
+
+    let lock_timeout = match file.database.lock_timeout {
+        Some(s) => parse_duration(&s)
+            .map_err(|e| SettingsError(format!("config key database.lock_timeout: {e}")))?,
+        None => Duration::from_secs(5),
+    };
+    let path_style_env =
+        env("DBWARD_S3_PATH_STYLE").map(|v| matches!(v.as_str(), "1" | "true" | "yes"));
+    Ok(Settings {
+        database: args
+            .database
+            .clone()
+            .or_else(|| env("DBWARD_DATABASE"))
+            .or_else(|| env("DATABASE_URL"))
+            .or_else(|| file.database.url.map(rebase_url)),
+        migrations: args
+            .migrations
+            .clone()
+            .or_else(|| env("DBWARD_MIGRATIONS").map(PathBuf::from))
+            .or_else(|| file.database.migrations.map(rebase))
+            .unwrap_or_else(|| PathBuf::from("./migrations")),
+        store: args
+            .store
+            .clone()
+            .or_else(|| env("DBWARD_STORE"))
+            .or_else(|| file.store.url.map(rebase_url))
+            .unwrap_or_else(|| "file://./.dbward/snapshots".into()),
+        s3_endpoint: args
+            .s3_endpoint
+            .clone()
+            .or_else(|| env("DBWARD_S3_ENDPOINT"))
+            .or(file.store.endpoint),
+        s3_region: args
+            .s3_region
+            .clone()
+            .or_else(|| env("AWS_REGION"))
+            .or(file.store.region),
+        s3_path_style: args.s3_path_style
+            || path_style_env.or(file.store.path_style).unwrap_or(false),
+        state_dir: args
+            .state_dir
+            .clone()
+            .or_else(|| env("DBWARD_STATE_DIR").map(PathBuf::from))
+            .or_else(|| file.state_dir.map(rebase))
+            .unwrap_or_else(|| PathBuf::from("./.dbward")),
+        lock_timeout,
+    })
+}
+
+/// `sqlite:app.db` and `file://./snaps` in a config file are relative to the file's directory.
+fn rebase_url(url: &str, base: &Path) -> String {
+    if base == Path::new("") || base == Path::new(".") {
+        return url.to_string();
+    }
+    for prefix in ["sqlite://", "sqlite:", "file://"] {
+        if let Some(rest) = url.strip_prefix(prefix) {
+            if !rest.starts_with('/') {
+                return format!("{prefix}{}", base.join(rest).display());
+            }
+            return url.to_string();
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let cfg = "[database]\nurl = \"sqlite:file.db\"\nmigrations = \"m\"\n[store]\nurl = \"file://snaps\"";
+        let env: HashMap<&str, &str> = [
+            ("DATABASE_URL", "sqlite:env2.db"),
+            ("DBWARD_MIGRATIONS", "envm"),
+        ]
+        .into();
+        let get = |k: &str| env.get(k).map(|v| v.to_string());
+        let mut args = GlobalArgs::default();
+        let s = resolve(&args, get, Some((file(cfg), "/etc/app".into()))).unwrap();
+        assert_eq!(s.database.as_deref(), Some("sqlite:env2.db"));
+        assert_eq!(s.migrations, PathBuf::from("envm"));
+        assert_eq!(s.store, "file:///etc/app/snaps");
+        assert_eq!(s.state_dir, PathBuf::from("./.dbward"));
+        assert_eq!(s.lock_timeout, Duration::from_secs(5));
+
+        args.database = Some("sqlite:flag.db".into());
+        let s = resolve(&args, |_| None, Some((file(cfg), "/etc/app".into()))).unwrap();
+        assert_eq!(s.database.as_deref(), Some("sqlite:flag.db"));
+        assert_eq!(s.migrations, PathBuf::from("/etc/app/m"));
+
+        let s = resolve(
+            &GlobalArgs::default(),
+            |_| None,
+            Some((file(cfg), "/etc/app".into())),
+        )
+        .unwrap();
+        assert_eq!(s.database.as_deref(), Some("sqlite:/etc/app/file.db"));
+    }
+
+    #[test]
+    fn dbward_database_beats_database_url() {
+        let get = |k: &str| match k {
+            "DBWARD_DATABASE" => Some("sqlite:a.db".to_string()),
+            "DATABASE_URL" => Some("sqlite:b.db".to_string()),
+            _ => None,
+        };
+        let s = resolve(&GlobalArgs::default(), get, None).unwrap();
+        assert_eq!(s.database.as_deref(), Some("sqlite:a.db"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = toml::from_str::<FileConfig>("[database]\nurll = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("urll"), "{err}");
+        let err = toml::from_str::<FileConfig>("[databse]\nurl = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("databse"), "{err}");
+    }
+
+    #[test]
+    fn bad_durations_name_the_key() {
+        let err = resolve(
+            &GlobalArgs::default(),
+            |_| None,
+            Some((file("[database]\nlock_timeout = \"soon\""), ".".into())),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("database.lock_timeout"), "{err}");
+    }
+}
