@@ -37,6 +37,19 @@ impl Postgres {
                 tracing::debug!("postgres connection closed: {e}");
             }
         });
+        // If dbward dies mid-batch, the server would run the orphaned statement to its end,
+        // holding its locks. From PostgreSQL 14 it can check for a dead client while a query runs.
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(|e| Error::db("reading the server version", describe(&e)))?
+            .get(0);
+        if version >= 140000 {
+            client
+                .batch_execute("SET client_connection_check_interval = 1000")
+                .await
+                .map_err(|e| Error::db("setting client_connection_check_interval", describe(&e)))?;
+        }
         Ok(Postgres {
             client,
             display: url.display.clone(),

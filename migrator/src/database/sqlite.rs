@@ -143,7 +143,7 @@ impl Sqlite {
         tx.execute_batch(history::CREATE).map_err(ctx)?;
         for f in batch {
             tracing::info!("applying {}", f.file_name());
-            tx.execute_batch(&f.sql).map_err(|e| apply_error(f, e))?;
+            execute_file(&tx, f)?;
             let v = history::values(f);
             tx.execute(
                 history::INSERT_SQLITE,
@@ -156,31 +156,60 @@ impl Sqlite {
     }
 }
 
-fn apply_error(f: &MigrationFile, e: rusqlite::Error) -> Error {
-    match e {
+/// Runs one file statement by statement (as `execute_batch` does: one step each), so that an
+/// error can name the line of the statement that failed, also when SQLite gives no offset.
+fn execute_file(conn: &Connection, f: &MigrationFile) -> Result<(), Error> {
+    use rusqlite::fallible_iterator::FallibleIterator;
+    let mut batch = rusqlite::Batch::new(conn, &f.sql);
+    let mut cursor = 0;
+    loop {
+        let mut stmt = match batch.next() {
+            Ok(Some(stmt)) => stmt,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(apply_error(f, e, cursor)),
+        };
+        // The statement's own text, found from where the previous one ended.
+        let start = stmt.expanded_sql().and_then(|text| {
+            f.sql[cursor..]
+                .find(text.trim())
+                .map(|i| (cursor + i, text.trim().len()))
+        });
+        let at = start.map_or(cursor, |(at, _)| at);
+        stmt.raw_query().next().map_err(|e| apply_error(f, e, at))?;
+        if let Some((at, len)) = start {
+            cursor = at + len;
+        }
+    }
+}
+
+/// `at`: byte offset of the failing statement in the file (or where the search stood).
+fn apply_error(f: &MigrationFile, e: rusqlite::Error, at: usize) -> Error {
+    let (message, offset) = match e {
         // `sql` is the rest of the file from the failing statement on; `offset` is in bytes.
         rusqlite::Error::SqlInputError {
             msg, sql, offset, ..
-        } => {
-            let start = f.sql.len().saturating_sub(sql.len()) + offset.max(0) as usize;
-            let before = f.sql.get(..start).unwrap_or(&f.sql);
-            let line = before.matches('\n').count() + 1;
-            let col = before
-                .rsplit('\n')
-                .next()
-                .map(|l| l.chars().count())
-                .unwrap_or(0)
-                + 1;
-            Error::Apply {
-                file: f.path.clone(),
-                position: Some((line, col)),
-                message: msg,
-            }
-        }
-        other => Error::Apply {
-            file: f.path.clone(),
-            position: None,
-            message: other.to_string(),
-        },
+        } => (
+            msg,
+            f.sql.len().saturating_sub(sql.len()) + offset.max(0) as usize,
+        ),
+        other => (other.to_string(), skip_blank(&f.sql, at)),
+    };
+    let before = f.sql.get(..offset).unwrap_or(&f.sql);
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    Error::Apply {
+        file: f.path.clone(),
+        position: Some((line, col)),
+        message,
     }
+}
+
+fn skip_blank(text: &str, at: usize) -> usize {
+    let rest = text.get(at..).unwrap_or("");
+    at + (rest.len() - rest.trim_start().len())
 }

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it. Installs what is missing first (Debian, as root):
+# PostgreSQL server binaries, sqlite3, zstd, openssl, and the S3 test server s3s-fs.
+# Nothing in the suite skips: a dependency this script cannot install fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+missing=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v sqlite3 >/dev/null || missing+=(sqlite3)
+command -v zstd >/dev/null || missing+=(zstd)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  [ "$(id -u)" = 0 ] || { echo "need root to install ${missing[*]} (or install them yourself)" >&2; exit 1; }
+  apt-get update -qq
+  # policy-rc.d keeps the package from starting a system cluster we do not use.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+# Test clusters run as `postgres` when we are root (initdb refuses root).
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+  useradd --system --home-dir /var/lib/postgresql --shell /bin/sh postgres
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v s3s-fs >/dev/null; then
+  log "installing s3s-fs (the S3-compatible test server)"
+  cargo install s3s-fs --version 0.14.1 --locked --features binary --quiet
+fi
+command -v cargo-nextest >/dev/null || { log "installing cargo-nextest"; cargo install cargo-nextest --locked --quiet; }
+
+# Test servers left by a test process that was killed (Drop did not run).
+cleanup() { pkill -f 'dbward-test-pg-' 2>/dev/null || true; pkill -f 's3s-fs.*dbward-test-s3-' 2>/dev/null || true; }
+trap cleanup EXIT
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+log "tests"
+cargo nextest run --workspace --no-fail-fast "$@"

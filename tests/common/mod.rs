@@ -1,0 +1,301 @@
+//! Test harness: real dependencies on loopback, started per test and stopped on drop (also
+//! when the test panics). Nothing here skips: a missing dependency is a loud panic telling the
+//! reader to run `scripts/test.sh`, which installs it.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MISSING: &str = "run scripts/test.sh, which installs the test dependencies";
+
+/// The built binary, with no dbward setting inherited from the environment.
+pub fn dbward(cwd: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_dbward"));
+    c.current_dir(cwd);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DBWARD_") || k == "DATABASE_URL" || k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.stdin(Stdio::null());
+    c
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and returns (exit code, stdout, stderr).
+pub fn run(c: &mut Command) -> (i32, String, String) {
+    let o = c.output().expect("run dbward");
+    (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
+}
+
+pub fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{s}"))
+}
+
+/// A project directory with a `migrations/` folder.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir(dir.path().join("migrations")).unwrap();
+        Project { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn migration(&self, file: &str, sql: &str) -> &Self {
+        std::fs::write(self.path().join("migrations").join(file), sql).unwrap();
+        self
+    }
+
+    pub fn remove(&self, file: &str) {
+        std::fs::remove_file(self.path().join("migrations").join(file)).unwrap();
+    }
+
+    pub fn dbward(&self, database: &str) -> Command {
+        let mut c = dbward(self.path());
+        c.arg("--database").arg(database);
+        c
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe extern "C" {
+        fn geteuid() -> u32;
+    }
+    unsafe { geteuid() == 0 }
+}
+
+/// Runs a server-side PostgreSQL binary as `postgres` when we are root (initdb refuses root).
+fn as_pg_user(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+pub fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("DBWARD_TEST_PG_BINDIR") {
+        return dir.into();
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    candidates.sort();
+    candidates
+        .into_iter()
+        .rev()
+        .find(|d| d.join("initdb").exists())
+        .unwrap_or_else(|| panic!("PostgreSQL server binaries (initdb) not found under /usr/lib/postgresql: {MISSING}"))
+}
+
+/// A throwaway PostgreSQL cluster on a free loopback port, in a temp dir; superuser `postgres`,
+/// trust authentication. Stopped and removed on drop.
+pub struct Pg {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    pub bindir: PathBuf,
+}
+
+impl Pg {
+    pub fn start() -> Pg {
+        Pg::start_with(&[], None)
+    }
+
+    /// `conf`: extra `postgresql.conf` lines; `hba`: replaces `pg_hba.conf`. `setup` runs on the
+    /// data directory after initdb (to place certificates, say).
+    pub fn start_with(conf: &[&str], hba: Option<&str>) -> Pg {
+        Pg::start_full(conf, hba, |_| {})
+    }
+
+    pub fn start_full(conf: &[&str], hba: Option<&str>, setup: impl Fn(&Path)) -> Pg {
+        let bindir = pg_bindir();
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-test-pg-")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(
+                ok.success(),
+                "chown to postgres failed (is there a `postgres` user?): {MISSING}"
+            );
+        }
+        let out = as_pg_user(&bindir.join("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap_or_else(|e| panic!("initdb: {e}: {MISSING}"));
+        assert!(out.status.success(), "initdb failed: {}", stderr(&out));
+        let mut extra =
+            String::from("\nfsync = off\nlisten_addresses = '127.0.0.1'\nmax_connections = 50\n");
+        for line in conf {
+            extra.push_str(line);
+            extra.push('\n');
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap()
+            .write_all(extra.as_bytes())
+            .unwrap();
+        if let Some(hba) = hba {
+            std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        }
+        setup(&data);
+        if is_root() {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+        }
+        // A port picked free may be taken before the server binds it: try a few.
+        for _ in 0..5 {
+            let port = free_port();
+            let out = as_pg_user(&bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.path().join("log"))
+                .arg("-o")
+                .arg(format!("-p {port} -k {}", data.display()))
+                .args(["-w", "-t", "60", "start"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return Pg { dir, port, bindir };
+            }
+        }
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+        panic!("PostgreSQL did not start:\n{log}");
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Creates a database and returns its URL.
+    pub fn create_db(&self, name: &str) -> String {
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        self.url(name)
+    }
+
+    fn psql_cmd(&self, db: &str) -> Command {
+        let mut c = Command::new(self.bindir.join("psql"));
+        c.args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
+        .arg("-p")
+        .arg(self.port.to_string())
+        .arg("-d")
+        .arg(db);
+        c
+    }
+
+    /// Runs SQL, panics on error, returns the trimmed output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = self.psql_cmd(db).arg("-c").arg(sql).output().unwrap();
+        assert!(out.status.success(), "psql {sql}: {}", stderr(&out));
+        stdout(&out).trim().to_string()
+    }
+
+    /// An open session fed on stdin (for holding locks); ends when the child is killed.
+    pub fn session(&self, db: &str) -> Child {
+        self.psql_cmd(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Polls `sql` until it returns `want`, for up to 30 s.
+    pub fn wait_for(&self, db: &str, sql: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.psql(db, sql) != want {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for `{sql}` to return {want}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = as_pg_user(&self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
