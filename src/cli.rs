@@ -66,6 +66,24 @@ pub enum Command {
     Status,
     /// Check the migrations folder without touching a database (exit 3 on errors).
     Lint,
+    /// Snapshot the database to the store (kind `manual`).
+    Backup(BackupArgs),
+    /// List this database's snapshots, newest first.
+    Snapshots(SnapshotsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// A note stored in the manifest.
+    #[arg(long)]
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Show at most N snapshots.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -51,6 +51,21 @@ impl From<SettingsError> for Failure {
     }
 }
 
+impl From<backup::Error> for Failure {
+    fn from(e: backup::Error) -> Failure {
+        use backup::{Error, ErrorKind};
+        if let Error::Database(inner) = e {
+            return inner.into();
+        }
+        let code = match e.kind() {
+            ErrorKind::Usage => EXIT_USAGE,
+            ErrorKind::Refused => EXIT_REFUSED,
+            ErrorKind::Failed => EXIT_FAILED,
+        };
+        Failure::new(code, e.to_string())
+    }
+}
+
 impl From<migrator::Error> for Failure {
     fn from(e: migrator::Error) -> Failure {
         use migrator::{Error, ErrorKind};

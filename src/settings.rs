@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::cli::{parse_duration, GlobalArgs};
 
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // the store and state settings are read by the snapshot commands, next
+#[allow(dead_code)] // the S3 settings are read by the S3 store, next
 pub struct Settings {
     /// The database URL as given (may hold a password: display it only through `redact`).
     pub database: Option<String>,
@@ -71,6 +71,11 @@ impl Settings {
             }
         };
         resolve(args, env, file)
+    }
+
+    /// Where snapshots are staged before compression.
+    pub fn temp_dir(&self) -> PathBuf {
+        self.state_dir.join("tmp")
     }
 
     pub fn database(&self) -> Result<&str, SettingsError> {

@@ -1,1 +1,179 @@
-//! placeholder
+//! Snapshots: a consistent copy of the database in its standard format (a SQLite file, a
+//! `pg_dump` custom-format archive), zstd-compressed on the way to the store, with a manifest
+//! written last and only after the data object's size is confirmed in the store.
+//!
+//! [`take`] is the whole pipeline; [`list`] reads the manifests back. This crate does not know
+//! about migrations' locking or the command line: the binary decides when a snapshot is taken.
+
+pub mod engine;
+pub mod error;
+pub mod manifest;
+pub mod pipeline;
+pub mod store;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use migrator::DatabaseUrl;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+pub use error::{Error, ErrorKind};
+pub use manifest::{Kind, Manifest};
+pub use store::Store;
+
+pub struct Request<'a> {
+    pub database: &'a DatabaseUrl,
+    pub kind: Kind,
+    pub label: Option<String>,
+    /// zstd level (default 3).
+    pub level: i32,
+    /// Where a SQLite copy is staged before it is compressed.
+    pub temp_dir: &'a Path,
+    /// How long the snapshot may wait for a table lock (SQLite busy timeout, pg_dump's
+    /// `--lock-wait-timeout`), so a backup never stalls a deploy.
+    pub lock_timeout: Duration,
+}
+
+/// Takes one snapshot into `store` and returns its manifest (already stored).
+pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
+    let started = Instant::now();
+    let at = OffsetDateTime::now_utc();
+    let id = manifest::snapshot_id(at, req.kind);
+    let prepared = match req.database {
+        DatabaseUrl::Sqlite(path) => engine::sqlite::prepare(path, req.temp_dir, req.lock_timeout)?,
+        DatabaseUrl::Postgres(pg) => engine::postgres::prepare(pg, req.lock_timeout).await?,
+    };
+    let database = req.database.name();
+    let data_key = format!("{database}/{id}.{}.zst", prepared.format.extension());
+    let opts = pipeline::Options {
+        level: req.level,
+        workers: prepared.workers,
+        chunk_size: store.chunk_size(prepared.size_hint),
+    };
+    tracing::info!(
+        "snapshot {id}: {} → {}",
+        req.database.display(),
+        store.describe(&data_key)
+    );
+
+    let engine::Prepared {
+        format,
+        engine,
+        server_version,
+        pg_dump_version,
+        head,
+        row_counts,
+        mut reader,
+        finish,
+        keep,
+        ..
+    } = prepared;
+    // Two chunks in the channel: memory stays at a few chunks whatever the database's size.
+    let (tx, rx) = mpsc::channel(2);
+    let producer = tokio::task::spawn_blocking(move || {
+        pipeline::compress(&mut reader, finish, &opts, tx, &|_| {})
+    });
+    let (stored, produced) = tokio::join!(store.put_stream(&data_key, rx), producer);
+    let produced =
+        produced.map_err(|e| Error::Source(format!("the compression thread panicked: {e}")))?;
+    drop(keep); // ends the exporting transaction / removes the temp copy
+    let (stats, stored_size) = match (produced, stored) {
+        (Err(e @ Error::Source(_)), _) => return Err(e),
+        (_, Err(e)) => return Err(e),
+        (Err(e), _) => return Err(e),
+        (Ok(stats), Ok(size)) => (stats, size),
+    };
+    if stored_size != stats.stored_bytes {
+        let _ = store.delete(&data_key).await;
+        return Err(Error::Store {
+            what: store.describe(&data_key),
+            message: format!("holds {stored_size} bytes, {} were sent; the object was removed and no manifest written", stats.stored_bytes),
+        });
+    }
+
+    let elapsed = started.elapsed();
+    let manifest = Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        id: id.clone(),
+        kind: req.kind,
+        label: req.label.clone(),
+        created_at: manifest::now_rfc3339(at),
+        engine: engine.into(),
+        server_version,
+        pg_dump_version,
+        database: database.clone(),
+        host: hostname(),
+        dbward_version: env!("CARGO_PKG_VERSION").into(),
+        format,
+        data_key: data_key.clone(),
+        raw_bytes: stats.raw_bytes,
+        stored_bytes: stats.stored_bytes,
+        sha256: stats.sha256,
+        compression: manifest::Compression {
+            algorithm: "zstd".into(),
+            level: req.level,
+        },
+        migration_head: head,
+        row_counts,
+        duration_ms: elapsed.as_millis() as u64,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
+    store.put_new(&manifest_key(&database, &id), &json).await?;
+    tracing::info!(
+        "snapshot {id} stored: {} raw, {} stored ({:.1}x), {:.1}s, {:.0} MB/s",
+        bytes(stats.raw_bytes),
+        bytes(stats.stored_bytes),
+        stats.raw_bytes as f64 / stats.stored_bytes.max(1) as f64,
+        elapsed.as_secs_f64(),
+        stats.raw_bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-3),
+    );
+    Ok(manifest)
+}
+
+pub fn manifest_key(database: &str, id: &str) -> String {
+    format!("{database}/{id}.json")
+}
+
+/// Every snapshot of `database` in the store, newest first. Only manifests count: data without
+/// a manifest is not a snapshot.
+pub async fn list(store: &Store, database: &str) -> Result<Vec<Manifest>, Error> {
+    let mut out = Vec::new();
+    for obj in store.list(database).await? {
+        let name = obj.key.rsplit('/').next().unwrap_or(&obj.key);
+        if !name.ends_with(".json") || name.ends_with(".drill.json") || name.starts_with('.') {
+            continue;
+        }
+        let bytes = store.get_bytes(&obj.key).await?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
+            what: store.describe(&obj.key),
+            message: format!("not a dbward manifest: {e}"),
+        })?;
+        out.push(m);
+    }
+    out.sort_by(|a, b| (b.created(), &b.id).cmp(&(a.created(), &a.id)));
+    Ok(out)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// `1.2 GiB`: sizes in log lines are for people.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -53,8 +53,15 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         });
     }
 
-    // The pre-deploy snapshot goes here, under the lock, once something is pending.
-    let _take_snapshot = !first_deploy && !args.no_snapshot;
+    // The pre-deploy snapshot: under the lock, once something is pending. A first deploy has
+    // nothing to protect. If it fails, nothing is applied.
+    let snapshot = if first_deploy || args.no_snapshot {
+        None
+    } else {
+        let m = super::backup::snapshot(settings, &url, backup::Kind::PreDeploy, None).await?;
+        tracing::info!("pre-deploy snapshot {}", m.id);
+        Some(m.id)
+    };
 
     let names: Vec<String> = plan.pending.iter().map(|f| f.file_name()).collect();
     tracing::info!(
@@ -80,7 +87,7 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
             "database": url.display(),
             "applied": plan.pending.iter().map(|f| json!({ "version": f.version, "name": f.name, "file": f.path })).collect::<Vec<_>>(),
             "head": { "version": last.version, "name": last.name, "checksum": last.checksum.to_string() },
-            "snapshot": null,
+            "snapshot": snapshot,
             "elapsed_ms": started.elapsed().as_millis() as u64,
         }),
         code: 0,

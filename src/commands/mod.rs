@@ -1,7 +1,9 @@
 //! One module per command. Each returns a [`Report`] or a [`Failure`]; none prints on stdout.
 
+mod backup;
 mod lint;
 mod migrate;
+mod snapshots;
 mod status;
 
 use migrator::{DatabaseUrl, Dialect};
@@ -15,6 +17,8 @@ pub fn name(command: &Command) -> &'static str {
         Command::Migrate(_) => "migrate",
         Command::Status => "status",
         Command::Lint => "lint",
+        Command::Backup(_) => "backup",
+        Command::Snapshots(_) => "snapshots",
     }
 }
 
@@ -24,6 +28,8 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::Migrate(args) => migrate::run(&settings, args).await,
         Command::Status => status::run(&settings).await,
         Command::Lint => lint::run(&settings),
+        Command::Backup(args) => backup::run(&settings, args).await,
+        Command::Snapshots(args) => snapshots::run(&settings, args).await,
     }
 }
 

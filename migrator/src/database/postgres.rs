@@ -128,26 +128,7 @@ impl Postgres {
     }
 
     pub async fn applied(&mut self) -> Result<Vec<Applied>, Error> {
-        let exists: bool = self
-            .client
-            .query_one(
-                &format!("SELECT to_regclass('{}') IS NOT NULL", history::TABLE),
-                &[],
-            )
-            .await
-            .map_err(|e| Error::db("reading the migration history", describe(&e)))?
-            .get(0);
-        if !exists {
-            return Ok(Vec::new());
-        }
-        let rows = self
-            .client
-            .query(history::SELECT, &[])
-            .await
-            .map_err(|e| Error::db("reading the migration history", describe(&e)))?;
-        rows.iter()
-            .map(|r| history::row(r.get(0), r.get(1), r.get(2), r.get(3)))
-            .collect()
+        applied_on(&self.client).await
     }
 
     pub async fn apply(
@@ -184,6 +165,28 @@ impl Postgres {
         }
         result
     }
+}
+
+/// The history rows as `client` sees them (inside its transaction, if one is open).
+pub async fn applied_on(client: &Client) -> Result<Vec<Applied>, Error> {
+    let exists: bool = client
+        .query_one(
+            &format!("SELECT to_regclass('{}') IS NOT NULL", history::TABLE),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::db("reading the migration history", describe(&e)))?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(history::SELECT, &[])
+        .await
+        .map_err(|e| Error::db("reading the migration history", describe(&e)))?;
+    rows.iter()
+        .map(|r| history::row(r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
 }
 
 fn apply_error(f: &MigrationFile, e: &tokio_postgres::Error, lock_timeout: Duration) -> Error {

@@ -101,27 +101,7 @@ impl Sqlite {
     }
 
     pub fn applied(&mut self) -> Result<Vec<Applied>, Error> {
-        let ctx = |e: rusqlite::Error| Error::db("reading the migration history", e);
-        let exists: bool = self
-            .conn
-            .query_row(
-                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                [history::TABLE],
-                |r| r.get(0),
-            )
-            .map_err(ctx)?;
-        if !exists {
-            return Ok(Vec::new());
-        }
-        let mut stmt = self.conn.prepare(history::SELECT).map_err(ctx)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .map_err(ctx)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ctx)?;
-        rows.into_iter()
-            .map(|(v, n, a, c)| history::row(v, n, a, c))
-            .collect()
+        applied_on(&self.conn)
     }
 
     /// `busy_timeout` bounds the wait for the application's write lock.
@@ -154,6 +134,30 @@ impl Sqlite {
         // Dropping an uncommitted transaction rolls it back.
         tx.commit().map_err(ctx)
     }
+}
+
+/// The history rows of any SQLite connection (a snapshot's copy, say); empty without the table.
+pub fn applied_on(conn: &Connection) -> Result<Vec<Applied>, Error> {
+    let ctx = |e: rusqlite::Error| Error::db("reading the migration history", e);
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [history::TABLE],
+            |r| r.get(0),
+        )
+        .map_err(ctx)?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(history::SELECT).map_err(ctx)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .map_err(ctx)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ctx)?;
+    rows.into_iter()
+        .map(|(v, n, a, c)| history::row(v, n, a, c))
+        .collect()
 }
 
 /// Runs one file statement by statement (as `execute_batch` does: one step each), so that an

@@ -1,0 +1,43 @@
+//! Snapshot sources: a consistent byte stream of the database in its standard format, and the
+//! facts the manifest records (versions, migration head, row counts), taken from the same
+//! point in time as the bytes.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use crate::error::Error;
+use crate::manifest::{Format, Head};
+
+pub struct Prepared {
+    pub format: Format,
+    pub engine: &'static str,
+    pub server_version: String,
+    pub pg_dump_version: Option<String>,
+    pub head: Option<Head>,
+    pub row_counts: BTreeMap<String, u64>,
+    /// Uncompressed size estimate, to size multipart parts.
+    pub size_hint: u64,
+    /// zstd workers worth using for this source.
+    pub workers: u32,
+    pub reader: Box<dyn Read + Send>,
+    /// Called after EOF: may the bytes count as a snapshot?
+    pub finish: Box<dyn FnOnce() -> Result<(), Error> + Send>,
+    /// Kept alive until the stream is done (the temp copy, the exporting transaction).
+    pub keep: Keep,
+}
+
+pub enum Keep {
+    TempFile(#[allow(dead_code)] tempfile::TempPath),
+    Transaction(migrator::database::postgres::Postgres),
+}
+
+pub(crate) fn head(rows: Vec<migrator::Applied>) -> Option<Head> {
+    rows.into_iter().max_by_key(|a| a.version).map(|a| Head {
+        version: a.version,
+        name: a.name,
+        checksum: a.checksum.to_string(),
+    })
+}

@@ -1,0 +1,224 @@
+//! PostgreSQL: the real `pg_dump --format=custom --compress=0` (we compress), its stdout streamed
+//! and never spooled. Row counts and the migration head come from the same MVCC snapshot as the
+//! dump: a REPEATABLE READ transaction exports its snapshot and `pg_dump --snapshot` imports it.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use migrator::database::postgres::{applied_on, describe, Postgres};
+use migrator::database::{PgUrl, SslMode};
+use tokio_postgres::config::Host;
+
+use super::{head, Keep, Prepared};
+use crate::error::Error;
+use crate::manifest::Format;
+
+pub async fn prepare(url: &PgUrl, lock_wait_timeout: Duration) -> Result<Prepared, Error> {
+    let pg_dump_version = tool_version("pg_dump")?;
+    let db = Postgres::connect(url).await?;
+    let c = db.client();
+    let q = |e: tokio_postgres::Error| Error::Source(describe(&e));
+    let row = c
+        .query_one("SELECT current_setting('server_version'), current_setting('server_version_num')::int, pg_database_size(current_database())", &[])
+        .await
+        .map_err(q)?;
+    let (server_version, server_num, size): (String, i32, i64) =
+        (row.get(0), row.get(1), row.get(2));
+    let server_major = (server_num / 10000) as u32;
+    let dump_major = major(&pg_dump_version);
+    if dump_major < server_major {
+        return Err(Error::Refused(format!(
+            "pg_dump {pg_dump_version} is older than the server ({server_version}); it cannot dump it faithfully. \
+             Install the PostgreSQL {server_major} client tools (or newer) and put their pg_dump first on PATH."
+        )));
+    }
+
+    c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(q)?;
+    let snapshot: String = c
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(q)?
+        .get(0);
+    let applied = applied_on(c).await?;
+    let row_counts = row_counts(c).await?;
+
+    let mut cmd = Command::new("pg_dump");
+    cmd.args(["--format=custom", "--compress=0", "--no-password"])
+        .arg(format!("--snapshot={snapshot}"))
+        .arg(format!(
+            "--lock-wait-timeout={}",
+            lock_wait_timeout.as_millis().max(1)
+        ))
+        .arg(format!("--dbname={}", conninfo(url)))
+        .env("PGAPPNAME", "dbward pg_dump")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(pw) = url.config.get_password() {
+        // The environment, never the command line (visible in ps).
+        cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).into_owned());
+    }
+    cmd.env(
+        "PGSSLMODE",
+        match url.ssl_mode {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        },
+    );
+    if let Some(root) = &url.root_cert {
+        cmd.env("PGSSLROOTCERT", root);
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        Error::Source(format!(
+            "starting pg_dump: {e} (is it installed and on PATH?)"
+        ))
+    })?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    // Read stderr on its own thread so a chatty pg_dump never blocks on a full pipe.
+    let stderr_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let display = url.display.clone();
+    let finish = move || {
+        let status = child
+            .wait()
+            .map_err(|e| Error::Source(format!("waiting for pg_dump: {e}")))?;
+        let err = stderr_thread.join().unwrap_or_default();
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::Source(format!(
+                "pg_dump of {display} failed ({status}): {}",
+                err.trim()
+            )))
+        }
+    };
+    Ok(Prepared {
+        format: Format::Pgdump,
+        engine: "postgres",
+        server_version,
+        pg_dump_version: Some(pg_dump_version),
+        head: head(applied),
+        row_counts,
+        size_hint: size.max(0) as u64,
+        workers: 0, // pg_dump and its backend already keep both cores busy
+        reader: Box::new(stdout),
+        finish: Box::new(finish),
+        keep: Keep::Transaction(db),
+    })
+}
+
+/// Rows of every ordinary table (leaf partitions included, partitioned parents not, so no row
+/// counts twice), as this transaction's snapshot sees them.
+async fn row_counts(c: &tokio_postgres::Client) -> Result<BTreeMap<String, u64>, Error> {
+    let q = |e: tokio_postgres::Error| Error::Source(format!("counting rows: {}", describe(&e)));
+    let tables = c
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let (schema, table): (String, String) = (t.get(0), t.get(1));
+        let sql = format!(
+            "SELECT count(*) FROM ONLY {}.{}",
+            ident(&schema),
+            ident(&table)
+        );
+        let n: i64 = c.query_one(&sql, &[]).await.map_err(q)?.get(0);
+        out.insert(format!("{schema}.{table}"), n as u64);
+    }
+    Ok(out)
+}
+
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → `15.18`.
+pub fn tool_version(tool: &str) -> Result<String, Error> {
+    let out = Command::new(tool).arg("--version").output().map_err(|e| {
+        Error::Source(format!(
+            "running {tool} --version: {e} (are the PostgreSQL client tools installed?)"
+        ))
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(str::to_string)
+        .ok_or_else(|| Error::Source(format!("cannot read a version from `{}`", text.trim())))
+}
+
+pub fn major(version: &str) -> u32 {
+    version
+        .split(['.', ' '])
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A libpq key=value connection string without the password (that goes in PGPASSWORD).
+pub fn conninfo(url: &PgUrl) -> String {
+    let c = &url.config;
+    let mut parts = Vec::new();
+    if let Some(host) = c.get_hosts().first() {
+        let h = match host {
+            Host::Tcp(h) => h.clone(),
+            Host::Unix(p) => p.display().to_string(),
+        };
+        parts.push(format!("host={}", quote(&h)));
+    }
+    if let Some(port) = c.get_ports().first() {
+        parts.push(format!("port={port}"));
+    }
+    if let Some(user) = c.get_user() {
+        parts.push(format!("user={}", quote(user)));
+    }
+    if let Some(db) = c.get_dbname() {
+        parts.push(format!("dbname={}", quote(db)));
+    }
+    parts.join(" ")
+}
+
+fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(major("15.18"), 15);
+        assert_eq!(major("9.6.24"), 9);
+        assert_eq!(major("17devel"), 0);
+    }
+
+    #[test]
+    fn conninfo_has_no_password() {
+        let migrator::DatabaseUrl::Postgres(pg) = migrator::DatabaseUrl::parse(
+            "postgres://app:s3cret@db.internal:6432/shop?sslmode=require",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let c = conninfo(&pg);
+        assert_eq!(c, "host='db.internal' port=6432 user='app' dbname='shop'");
+    }
+}

@@ -1,0 +1,51 @@
+//! The one error type of this crate; the binary maps [`Error::kind`] to an exit code.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A setting is wrong (exit 2).
+    Usage,
+    /// Refused by a safety check before anything changed (exit 3).
+    Refused,
+    /// The operation failed (exit 1).
+    Failed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store URL `{url}`: {problem} (setting `store.url`, flag --store, env DBWARD_STORE)")]
+    StoreUrl { url: String, problem: String },
+
+    #[error("{what}: {message}")]
+    Store { what: String, message: String },
+
+    #[error("snapshot source failed: {0}\nNo manifest was written: the partial snapshot does not count.")]
+    Source(String),
+
+    #[error("{0}")]
+    Refused(String),
+
+    #[error(transparent)]
+    Database(#[from] migrator::Error),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::StoreUrl { .. } => ErrorKind::Usage,
+            Error::Refused(_) => ErrorKind::Refused,
+            Error::Database(e) if e.kind() == migrator::ErrorKind::Usage => ErrorKind::Usage,
+            _ => ErrorKind::Failed,
+        }
+    }
+
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+}

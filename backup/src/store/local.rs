@@ -1,0 +1,169 @@
+//! A local directory store. Data is written to a hidden temp name, fsynced, renamed into place,
+//! and the directory fsynced; a manifest is hard-linked into place, which fails if one exists.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tokio::sync::mpsc;
+
+use super::ObjectInfo;
+use crate::error::Error;
+use crate::pipeline::Msg;
+
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub fn new(root: PathBuf) -> LocalStore {
+        LocalStore { root }
+    }
+
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn temp_path(&self, key: &str) -> PathBuf {
+        let p = self.path(key);
+        let name = p
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        p.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+    }
+
+    fn prepare_dir(&self, key: &str) -> Result<PathBuf, Error> {
+        let p = self.path(key);
+        let dir = p.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(Error::io(format!(
+            "creating store directory {}",
+            dir.display()
+        )))?;
+        Ok(dir)
+    }
+
+    pub async fn put_stream(&self, key: &str, mut rx: mpsc::Receiver<Msg>) -> Result<u64, Error> {
+        let dir = self.prepare_dir(key)?;
+        let final_path = self.path(key);
+        let tmp = self.temp_path(key);
+        let io = |what: String| Error::io(what);
+        let mut file = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        let mut complete = false;
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Msg::Data(chunk) => {
+                    if let Err(e) = file.write_all(&chunk) {
+                        let _ = fs::remove_file(&tmp);
+                        return Err(Error::io(format!("writing {}", tmp.display()))(e));
+                    }
+                }
+                Msg::Done => {
+                    complete = true;
+                    break;
+                }
+            }
+        }
+        if !complete {
+            drop(file);
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::Source(
+                "the stream ended before the snapshot was complete".into(),
+            ));
+        }
+        file.sync_all()
+            .map_err(io(format!("fsync {}", tmp.display())))?;
+        drop(file);
+        if final_path.exists() {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::Store {
+                what: final_path.display().to_string(),
+                message: "already exists; not overwritten".into(),
+            });
+        }
+        fs::rename(&tmp, &final_path)
+            .map_err(io(format!("renaming to {}", final_path.display())))?;
+        sync_dir(&dir)?;
+        let size = fs::metadata(&final_path)
+            .map_err(io(format!("stat {}", final_path.display())))?
+            .len();
+        Ok(size)
+    }
+
+    pub fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
+        let dir = self.prepare_dir(key)?;
+        let final_path = self.path(key);
+        let tmp = self.temp_path(key);
+        let io = |what: String| Error::io(what);
+        let mut f = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(io(format!("writing {}", tmp.display())))?;
+        drop(f);
+        // A hard link fails if the name exists: never overwrite, atomically.
+        let linked = fs::hard_link(&tmp, &final_path);
+        let _ = fs::remove_file(&tmp);
+        linked.map_err(|e| Error::Store {
+            what: final_path.display().to_string(),
+            message: if e.kind() == std::io::ErrorKind::AlreadyExists {
+                "already exists; not overwritten".into()
+            } else {
+                e.to_string()
+            },
+        })?;
+        sync_dir(&dir)
+    }
+
+    pub fn get_bytes(&self, key: &str) -> Result<Vec<u8>, Error> {
+        let p = self.path(key);
+        fs::read(&p).map_err(Error::io(format!("reading {}", p.display())))
+    }
+
+    pub fn list(&self, dir: &str) -> Result<Vec<ObjectInfo>, Error> {
+        let d = self.path(dir);
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("listing {}", d.display()))(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(Error::io(format!("listing {}", d.display())))?;
+            let meta = entry
+                .metadata()
+                .map_err(Error::io(format!("stat {}", entry.path().display())))?;
+            if meta.is_file() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                out.push(ObjectInfo {
+                    key: join(dir, &name),
+                    size: meta.len(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn delete(&self, key: &str) -> Result<(), Error> {
+        let p = self.path(key);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("deleting {}", p.display()))(e)),
+        }
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{}/{name}", dir.trim_end_matches('/'))
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(format!("fsync directory {}", dir.display())))
+}

@@ -1,0 +1,40 @@
+//! `dbward backup`: one snapshot of kind `manual`. Also the snapshot step `migrate` uses.
+
+use serde_json::json;
+
+use migrator::DatabaseUrl;
+
+use super::database_url;
+use crate::cli::BackupArgs;
+use crate::report::{Failure, Report};
+use crate::settings::Settings;
+
+pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failure> {
+    let url = database_url(settings)?;
+    let m = snapshot(settings, &url, backup::Kind::Manual, args.label.clone()).await?;
+    Ok(Report {
+        text: format!("{}\n", m.id),
+        json: json!({ "snapshot": m }),
+        code: 0,
+    })
+}
+
+/// Takes one snapshot with the settings' store, temp dir and lock timeout.
+pub async fn snapshot(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    kind: backup::Kind,
+    label: Option<String>,
+) -> Result<backup::Manifest, Failure> {
+    let store = backup::Store::open(&settings.store).await?;
+    let temp_dir = settings.temp_dir();
+    let req = backup::Request {
+        database: url,
+        kind,
+        label,
+        level: 3,
+        temp_dir: &temp_dir,
+        lock_timeout: settings.lock_timeout,
+    };
+    Ok(backup::take(&store, &req).await?)
+}

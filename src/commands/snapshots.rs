@@ -1,0 +1,67 @@
+//! `dbward snapshots`: this database's snapshots, newest first, from their manifests.
+
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::{database_url, table};
+use crate::cli::SnapshotsArgs;
+use crate::report::{Failure, Report};
+use crate::settings::Settings;
+
+pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Failure> {
+    let url = database_url(settings)?;
+    let store = backup::Store::open(&settings.store).await?;
+    let mut all = backup::list(&store, &url.name()).await?;
+    if let Some(n) = args.limit {
+        all.truncate(n);
+    }
+    let now = OffsetDateTime::now_utc();
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|m| {
+            let age = m
+                .created()
+                .map(|t| age(now - t))
+                .unwrap_or_else(|| "?".into());
+            let head = m
+                .migration_head
+                .as_ref()
+                .map(|h| format!("V{} {}", h.version, h.name))
+                .unwrap_or_else(|| "-".into());
+            vec![
+                m.id.clone(),
+                m.kind.as_str().into(),
+                age,
+                backup::bytes(m.raw_bytes),
+                backup::bytes(m.stored_bytes),
+                format!("{:.1}x", m.raw_bytes as f64 / m.stored_bytes.max(1) as f64),
+                head,
+            ]
+        })
+        .collect();
+    let mut text = table(
+        &["ID", "KIND", "AGE", "RAW", "STORED", "RATIO", "HEAD"],
+        &rows,
+    );
+    text.push_str(&format!(
+        "{} snapshot(s) of {} in {}\n",
+        all.len(),
+        url.name(),
+        settings.store
+    ));
+    Ok(Report {
+        text,
+        json: json!({ "database": url.name(), "store": settings.store, "snapshots": all }),
+        code: 0,
+    })
+}
+
+fn age(d: time::Duration) -> String {
+    let s = d.whole_seconds().max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}

@@ -1,0 +1,315 @@
+//! `dbward backup`, `snapshots` and the pre-deploy snapshot of `migrate`, against real SQLite
+//! files and PostgreSQL, into a local directory store. Snapshots are checked with the standard
+//! tools alone: `zstd -d`, `sqlite3`, `pg_restore`, `sha256sum`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::{json, run, Pg, Project};
+
+fn tool(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}: {}", common::MISSING));
+    assert!(out.status.success(), "{cmd:?}: {}", common::stderr(&out));
+    common::stdout(&out).trim().to_string()
+}
+
+fn data_path(p: &Project, manifest: &serde_json::Value) -> PathBuf {
+    p.path()
+        .join(".dbward/snapshots")
+        .join(manifest["data_key"].as_str().unwrap())
+}
+
+fn backup(p: &Project, db: &str) -> serde_json::Value {
+    let (code, out, err) = run(p.dbward(db).args(["backup", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    json(&out)["snapshot"].clone()
+}
+
+/// The manifest's SHA-256 and size are those of the stored object; `zstd -d` decodes it.
+fn check_object(path: &Path, m: &serde_json::Value) -> PathBuf {
+    let sum = tool(Command::new("sha256sum").arg(path));
+    assert_eq!(
+        sum.split_whitespace().next().unwrap(),
+        m["sha256"].as_str().unwrap()
+    );
+    assert_eq!(
+        std::fs::metadata(path).unwrap().len(),
+        m["stored_bytes"].as_u64().unwrap()
+    );
+    let out = path.with_extension("decoded");
+    tool(
+        Command::new("zstd")
+            .args(["-q", "-d", "-f"])
+            .arg(path)
+            .arg("-o")
+            .arg(&out),
+    );
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().len(),
+        m["raw_bytes"].as_u64().unwrap()
+    );
+    out
+}
+
+#[test]
+fn sqlite_snapshot_under_a_concurrent_writer_restores_with_standard_tools() {
+    let p = Project::new();
+    p.migration(
+        "V1__events.sql",
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);\n",
+    );
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    let db = p.path().join("app.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) INSERT INTO events (body) SELECT printf('event %d with some padding text', i) FROM n;").unwrap();
+    }
+    // The application keeps committing while the snapshot is taken.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, db) = (stop.clone(), db.clone());
+        std::thread::spawn(move || {
+            let c = rusqlite::Connection::open(&db).unwrap();
+            c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+            let mut commits = 0;
+            while !stop.load(Ordering::Relaxed) {
+                c.execute("INSERT INTO events (body) VALUES ('live')", [])
+                    .unwrap();
+                commits += 1;
+            }
+            commits
+        })
+    };
+    let m = backup(&p, "sqlite:app.db");
+    stop.store(true, Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 0);
+
+    assert_eq!(m["kind"], "manual");
+    assert_eq!(m["format"], "sqlite");
+    assert_eq!(m["migration_head"]["version"], 1);
+    let restored = check_object(&data_path(&p, &m), &m);
+    assert_eq!(
+        tool(
+            Command::new("sqlite3")
+                .arg(&restored)
+                .arg("PRAGMA integrity_check")
+        ),
+        "ok"
+    );
+    let rows: u64 = tool(
+        Command::new("sqlite3")
+            .arg(&restored)
+            .arg("SELECT count(*) FROM events"),
+    )
+    .parse()
+    .unwrap();
+    assert_eq!(
+        rows,
+        m["row_counts"]["events"].as_u64().unwrap(),
+        "row counts come from the copy itself"
+    );
+    assert!(rows >= 200_000);
+}
+
+#[test]
+fn snapshots_lists_newest_first_and_migrate_takes_a_pre_deploy_snapshot_only_when_needed() {
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id int);\n");
+    // First deploy: the file does not exist, nothing to protect, no snapshot.
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["migrate", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(json(&out)["snapshot"].is_null());
+
+    p.migration("V2__b.sql", "CREATE TABLE b (id int);\n");
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["migrate", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let pre = json(&out)["snapshot"].as_str().unwrap().to_string();
+    assert!(pre.contains("-pre-deploy-"), "{pre}");
+
+    // Nothing pending: no snapshot.
+    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["migrate", "--json"]));
+    assert!(json(&out)["snapshot"].is_null());
+
+    let manual = backup(&p, "sqlite:app.db");
+    let (code, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
+    assert_eq!(code, 0);
+    let ids: Vec<String> = json(&out)["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().into())
+        .collect();
+    assert_eq!(
+        ids,
+        [manual["id"].as_str().unwrap().to_string(), pre.clone()]
+    );
+    let pre_manifest = &json(&out)["snapshots"][1];
+    assert_eq!(
+        pre_manifest["migration_head"]["version"], 1,
+        "taken before V2 applied"
+    );
+
+    let (_, text, _) = run(p.dbward("sqlite:app.db").arg("snapshots"));
+    assert!(text.contains(&pre) && text.contains("pre-deploy"), "{text}");
+}
+
+#[test]
+fn a_failed_pre_deploy_snapshot_applies_nothing() {
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id int);\n");
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    p.migration("V2__b.sql", "CREATE TABLE b (id int);\n");
+    // The store is a file where a directory should be.
+    std::fs::write(p.path().join("not-a-dir"), "x").unwrap();
+    let (code, _, err) =
+        run(p
+            .dbward("sqlite:app.db")
+            .args(["--store", "file://./not-a-dir/sub", "migrate"]));
+    assert_eq!(code, 1, "{err}");
+    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["status", "--json"]));
+    assert_eq!(json(&out)["pending"], 1);
+}
+
+const PG_SCHEMA: &str = "CREATE TABLE users (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text NOT NULL UNIQUE);
+CREATE SEQUENCE invoice_no START 1000;
+CREATE TABLE orders (id serial PRIMARY KEY, user_id bigint NOT NULL REFERENCES users (id), total numeric(10,2));
+CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;
+CREATE FUNCTION order_count(uid bigint) RETURNS bigint LANGUAGE sql STABLE AS $$ SELECT count(*) FROM orders WHERE user_id = uid $$;
+";
+
+#[test]
+fn postgres_snapshot_restores_with_pg_restore() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    p.migration("V1__schema.sql", PG_SCHEMA);
+    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
+    pg.psql("shop", "INSERT INTO users (email) SELECT 'u' || i || '@example.com' FROM generate_series(1, 500) i; INSERT INTO orders (user_id, total) SELECT 1 + i % 500, i FROM generate_series(1, 3000) i; SELECT nextval('invoice_no'), nextval('invoice_no');");
+
+    let m = backup(&p, &url);
+    assert_eq!(m["format"], "pgdump");
+    assert_eq!(m["engine"], "postgres");
+    assert!(m["pg_dump_version"]
+        .as_str()
+        .unwrap()
+        .starts_with(char::is_numeric));
+    assert_eq!(m["row_counts"]["public.orders"], 3000);
+    assert_eq!(m["row_counts"]["public.users"], 500);
+    assert_eq!(m["migration_head"]["version"], 1);
+
+    let dump = check_object(&data_path(&p, &m), &m);
+    pg.psql("postgres", "CREATE DATABASE restored");
+    tool(
+        Command::new(pg.bindir.join("pg_restore"))
+            .args([
+                "--exit-on-error",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "restored",
+            ])
+            .arg("-p")
+            .arg(pg.port.to_string())
+            .arg(&dump),
+    );
+    assert_eq!(pg.psql("restored", "SELECT count(*) FROM orders"), "3000");
+    assert_eq!(
+        pg.psql("restored", "SELECT count(*) FROM big_orders"),
+        "2900"
+    );
+    assert_eq!(pg.psql("restored", "SELECT order_count(1)"), "6");
+    assert_eq!(pg.psql("restored", "SELECT nextval('invoice_no')"), "1002");
+    assert_eq!(
+        pg.psql(
+            "restored",
+            "SELECT max(version) FROM refinery_schema_history"
+        ),
+        "1"
+    );
+}
+
+#[test]
+fn a_pg_dump_that_fails_leaves_no_manifest() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    p.migration("V1__schema.sql", PG_SCHEMA);
+    assert_eq!(run(p.dbward(&url).args(["migrate", "--no-snapshot"])).0, 0);
+    // A role that can read every table but not a sequence: our row counts succeed, pg_dump
+    // fails reading the sequence ("permission denied").
+    pg.psql(
+        "shop",
+        "CREATE ROLE limited LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO limited;",
+    );
+    let limited = format!(
+        "postgres://limited@127.0.0.1:{}/shop?sslmode=disable",
+        pg.port
+    );
+    let (code, out, err) = run(p.dbward(&limited).args(["backup", "--json"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("pg_dump") && err.contains("permission denied"),
+        "{err}"
+    );
+    assert_eq!(json(&out)["ok"], false);
+    let (_, out, _) = run(p.dbward(&limited).args(["snapshots", "--json"]));
+    assert_eq!(json(&out)["snapshots"].as_array().unwrap().len(), 0);
+    let dir = p.path().join(".dbward/snapshots/shop");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "no data object or temp file left: {left:?}"
+    );
+}
+
+#[test]
+fn a_pg_dump_killed_mid_stream_leaves_no_manifest() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    p.migration("V1__schema.sql", PG_SCHEMA);
+    assert_eq!(run(p.dbward(&url).args(["migrate", "--no-snapshot"])).0, 0);
+    pg.psql(
+        "shop",
+        "INSERT INTO users (email) SELECT 'u' || i FROM generate_series(1, 20000) i;",
+    );
+    // The real pg_dump, killed after 4 KiB of output.
+    let bin = tempfile::tempdir().unwrap();
+    let real = Command::new("sh")
+        .args(["-c", "command -v pg_dump"])
+        .output()
+        .unwrap();
+    let real = common::stdout(&real).trim().to_string();
+    let script = format!("#!/bin/sh\nif [ \"$1\" = --version ]; then exec {real} --version; fi\n{real} \"$@\" | head -c 4096\nexit 1\n");
+    std::fs::write(bin.path().join("pg_dump"), script).unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(bin.path().join("pg_dump"))
+        .status()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
+    let (code, _, err) = run(p
+        .dbward(&url)
+        .env("PATH", path)
+        .arg("backup")
+        .stdout(Stdio::null()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("No manifest was written"), "{err}");
+    let (_, out, _) = run(p.dbward(&url).args(["snapshots", "--json"]));
+    assert_eq!(json(&out)["snapshots"].as_array().unwrap().len(), 0);
+}
