@@ -70,6 +70,15 @@ pub enum Command {
     Backup(BackupArgs),
     /// List this database's snapshots, newest first.
     Snapshots(SnapshotsArgs),
+    /// Apply retention ([retention] keep_last/daily/weekly/monthly) and remove orphans.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

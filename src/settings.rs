@@ -22,6 +22,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// `database.lock_timeout`: how long one migration may wait for a table lock.
     pub lock_timeout: Duration,
+    /// `[retention]`: empty means keep everything.
+    pub retention: backup::retention::Policy,
 }
 
 /// A setting problem: exit 2, naming the setting.
@@ -37,6 +39,17 @@ struct FileConfig {
     database: DatabaseSection,
     #[serde(default)]
     store: StoreSection,
+    #[serde(default)]
+    retention: RetentionSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionSection {
+    keep_last: Option<u32>,
+    keep_daily: Option<u32>,
+    keep_weekly: Option<u32>,
+    keep_monthly: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +172,12 @@ fn resolve(
             .or_else(|| file.state_dir.map(rebase))
             .unwrap_or_else(|| PathBuf::from("./.dbward")),
         lock_timeout,
+        retention: backup::retention::Policy {
+            keep_last: file.retention.keep_last.unwrap_or(0),
+            keep_daily: file.retention.keep_daily.unwrap_or(0),
+            keep_weekly: file.retention.keep_weekly.unwrap_or(0),
+            keep_monthly: file.retention.keep_monthly.unwrap_or(0),
+        },
     })
 }
 

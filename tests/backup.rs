@@ -313,3 +313,84 @@ fn a_pg_dump_killed_mid_stream_leaves_no_manifest() {
     let (_, out, _) = run(p.dbward(&url).args(["snapshots", "--json"]));
     assert_eq!(json(&out)["snapshots"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn prune_keeps_what_the_policy_says_and_removes_old_orphans() {
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id int);\n");
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    let ids: Vec<String> = (0..4)
+        .map(|_| {
+            backup(&p, "sqlite:app.db")["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+
+    // No policy: prune refuses rather than guess.
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("prune"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("[retention]"), "{err}");
+
+    std::fs::write(p.path().join("dbward.toml"), "[retention]\nkeep_last = 2\n").unwrap();
+    let dir = p.path().join(".dbward/snapshots/app");
+    let old_orphan = dir.join("20200101T000000Z-manual-dead.sqlite.zst");
+    let new_orphan = dir.join("29990101T000000Z-manual-beef.sqlite.zst");
+    std::fs::write(&old_orphan, "x").unwrap();
+    std::fs::write(&new_orphan, "x").unwrap();
+    Command::new("touch")
+        .args(["-d", "2 days ago"])
+        .arg(&old_orphan)
+        .status()
+        .unwrap();
+
+    let (code, out, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["prune", "--dry-run", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["removed"].as_array().unwrap().len(), 2);
+    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
+    assert_eq!(
+        json(&out)["snapshots"].as_array().unwrap().len(),
+        4,
+        "dry run removed nothing"
+    );
+
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("prune"));
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
+    let left: Vec<String> = json(&out)["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().into())
+        .collect();
+    assert_eq!(left, [ids[3].clone(), ids[2].clone()]);
+    assert!(
+        !dir.join(format!("{}.sqlite.zst", ids[0])).exists(),
+        "data of a pruned snapshot is gone"
+    );
+    assert!(
+        !old_orphan.exists(),
+        "an orphan older than a day is removed"
+    );
+    assert!(
+        new_orphan.exists(),
+        "a young orphan may be an upload in progress"
+    );
+
+    // backup applies retention itself.
+    let newest = backup(&p, "sqlite:app.db");
+    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
+    let left: Vec<String> = json(&out)["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().into())
+        .collect();
+    assert_eq!(
+        left,
+        [newest["id"].as_str().unwrap().to_string(), ids[3].clone()]
+    );
+}

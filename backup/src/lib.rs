@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod manifest;
 pub mod pipeline;
+pub mod retention;
 pub mod store;
 
 use std::path::Path;
@@ -138,12 +139,21 @@ pub fn manifest_key(database: &str, id: &str) -> String {
 /// Every snapshot of `database` in the store, newest first. Only manifests count: data without
 /// a manifest is not a snapshot.
 pub async fn list(store: &Store, database: &str) -> Result<Vec<Manifest>, Error> {
+    let objects = store.list(database).await?;
+    read_manifests(store, &objects).await
+}
+
+fn is_manifest(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.ends_with(".json") && !name.ends_with(".drill.json") && !name.starts_with('.')
+}
+
+async fn read_manifests(
+    store: &Store,
+    objects: &[store::ObjectInfo],
+) -> Result<Vec<Manifest>, Error> {
     let mut out = Vec::new();
-    for obj in store.list(database).await? {
-        let name = obj.key.rsplit('/').next().unwrap_or(&obj.key);
-        if !name.ends_with(".json") || name.ends_with(".drill.json") || name.starts_with('.') {
-            continue;
-        }
+    for obj in objects.iter().filter(|o| is_manifest(&o.key)) {
         let bytes = store.get_bytes(&obj.key).await?;
         let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
             what: store.describe(&obj.key),
@@ -153,6 +163,71 @@ pub async fn list(store: &Store, database: &str) -> Result<Vec<Manifest>, Error>
     }
     out.sort_by(|a, b| (b.created(), &b.id).cmp(&(a.created(), &a.id)));
     Ok(out)
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct PruneReport {
+    pub policy: retention::Policy,
+    pub decisions: Vec<retention::Decision>,
+    /// Snapshot ids removed (or, with `dry_run`, that would be).
+    pub removed: Vec<String>,
+    /// Data objects and partial uploads without a manifest, older than a day, removed.
+    pub orphans: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Applies `policy` to `database`'s snapshots. For each snapshot removed, the manifest goes
+/// first, then the data: a crash in between leaves an orphan data object (removed by the next
+/// prune), never a manifest without its data. Orphans younger than a day are left alone: they
+/// may be an upload in progress.
+pub async fn prune(
+    store: &Store,
+    database: &str,
+    policy: &retention::Policy,
+    dry_run: bool,
+) -> Result<PruneReport, Error> {
+    let objects = store.list(database).await?;
+    let manifests = read_manifests(store, &objects).await?;
+    let decisions = retention::decide(&manifests, policy);
+    let mut removed = Vec::new();
+    for d in decisions.iter().filter(|d| !d.keep) {
+        let m = manifests
+            .iter()
+            .find(|m| m.id == d.id)
+            .expect("decisions come from these manifests");
+        if !dry_run {
+            store.delete(&manifest_key(database, &m.id)).await?;
+            store.delete(&m.data_key).await?;
+            tracing::info!("pruned snapshot {}", m.id);
+        }
+        removed.push(m.id.clone());
+    }
+    let day_ago = std::time::SystemTime::now() - Duration::from_secs(24 * 3600);
+    let mut orphans = Vec::new();
+    for obj in &objects {
+        let name = obj.key.rsplit('/').next().unwrap_or(&obj.key);
+        let partial = name.starts_with('.') && name.contains(".partial-");
+        let data = name.ends_with(".zst") && !partial;
+        let id = name.split('.').next().unwrap_or_default();
+        let has_manifest = manifests
+            .iter()
+            .any(|m| m.data_key == obj.key || m.id == id);
+        let old = obj.modified.is_some_and(|t| t < day_ago);
+        if (partial || (data && !has_manifest)) && old {
+            if !dry_run {
+                store.delete(&obj.key).await?;
+                tracing::info!("removed orphan {}", store.describe(&obj.key));
+            }
+            orphans.push(obj.key.clone());
+        }
+    }
+    Ok(PruneReport {
+        policy: *policy,
+        decisions,
+        removed,
+        orphans,
+        dry_run,
+    })
 }
 
 fn hostname() -> String {

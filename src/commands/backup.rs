@@ -12,9 +12,16 @@ use crate::settings::Settings;
 pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
     let m = snapshot(settings, &url, backup::Kind::Manual, args.label.clone()).await?;
+    // Then retention, when a policy is set; a new snapshot is the newest, so it is always kept.
+    let pruned = if settings.retention.is_empty() {
+        None
+    } else {
+        let store = backup::Store::open(&settings.store).await?;
+        Some(backup::prune(&store, &url.name(), &settings.retention, false).await?)
+    };
     Ok(Report {
         text: format!("{}\n", m.id),
-        json: json!({ "snapshot": m }),
+        json: json!({ "snapshot": m, "pruned": pruned.map(|p| p.removed) }),
         code: 0,
     })
 }

@@ -3,6 +3,7 @@
 mod backup;
 mod lint;
 mod migrate;
+mod prune;
 mod snapshots;
 mod status;
 
@@ -19,6 +20,7 @@ pub fn name(command: &Command) -> &'static str {
         Command::Lint => "lint",
         Command::Backup(_) => "backup",
         Command::Snapshots(_) => "snapshots",
+        Command::Prune(_) => "prune",
     }
 }
 
@@ -30,6 +32,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::Lint => lint::run(&settings),
         Command::Backup(args) => backup::run(&settings, args).await,
         Command::Snapshots(args) => snapshots::run(&settings, args).await,
+        Command::Prune(args) => prune::run(&settings, args).await,
     }
 }
 

@@ -138,6 +138,7 @@ impl LocalStore {
                 out.push(ObjectInfo {
                     key: join(dir, &name),
                     size: meta.len(),
+                    modified: meta.modified().ok(),
                 });
             }
         }

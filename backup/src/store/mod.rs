@@ -13,6 +13,7 @@ pub struct ObjectInfo {
     /// Relative to the store's prefix.
     pub key: String,
     pub size: u64,
+    pub modified: Option<std::time::SystemTime>,
 }
 
 pub enum Store {
