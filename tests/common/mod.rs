@@ -299,3 +299,71 @@ impl Drop for Pg {
             .status();
     }
 }
+
+/// A real S3-compatible server (s3s-fs) on a free loopback port, serving a temp directory.
+/// Killed on drop. Bucket names need at least 3 characters; `bucket` exists from the start.
+pub struct S3 {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub bucket: String,
+}
+
+pub const S3_ACCESS_KEY: &str = "dbward-test-key";
+pub const S3_SECRET_KEY: &str = "dbward-test-secret";
+
+impl S3 {
+    pub fn start() -> S3 {
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-test-s3-")
+            .tempdir()
+            .unwrap();
+        let bucket = "snapshots".to_string();
+        std::fs::create_dir(dir.path().join(&bucket)).unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("s3s-fs")
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("s3s-fs: {e}: {MISSING}"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return S3 {
+                        child,
+                        dir,
+                        port,
+                        bucket,
+                    };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break; // the port was taken: try another
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("s3s-fs did not start");
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server now (to simulate an outage mid-upload).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
