@@ -25,6 +25,18 @@ fn data_path(p: &Project, manifest: &serde_json::Value) -> PathBuf {
         .join(manifest["data_key"].as_str().unwrap())
 }
 
+/// The ids `dbward snapshots` lists, newest first.
+fn snapshot_ids(p: &Project, db: &str) -> Vec<String> {
+    let (code, out, err) = run(p.dbward(db).args(["snapshots", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    json(&out)["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn backup(p: &Project, db: &str) -> serde_json::Value {
     let (code, out, err) = run(p.dbward(db).args(["backup", "--json"]));
     assert_eq!(code, 0, "{err}");
@@ -261,8 +273,7 @@ fn a_pg_dump_that_fails_leaves_no_manifest() {
         "{err}"
     );
     assert_eq!(json(&out)["ok"], false);
-    let (_, out, _) = run(p.dbward(&limited).args(["snapshots", "--json"]));
-    assert_eq!(json(&out)["snapshots"].as_array().unwrap().len(), 0);
+    assert!(snapshot_ids(&p, &limited).is_empty());
     let dir = p.path().join(".dbward/snapshots/shop");
     let left: Vec<_> = std::fs::read_dir(&dir)
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
@@ -310,8 +321,7 @@ fn a_pg_dump_killed_mid_stream_leaves_no_manifest() {
         .stdout(Stdio::null()));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("No manifest was written"), "{err}");
-    let (_, out, _) = run(p.dbward(&url).args(["snapshots", "--json"]));
-    assert_eq!(json(&out)["snapshots"].as_array().unwrap().len(), 0);
+    assert!(snapshot_ids(&p, &url).is_empty());
 }
 
 #[test]
@@ -350,23 +360,18 @@ fn prune_keeps_what_the_policy_says_and_removes_old_orphans() {
         .args(["prune", "--dry-run", "--json"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["removed"].as_array().unwrap().len(), 2);
-    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
     assert_eq!(
-        json(&out)["snapshots"].as_array().unwrap().len(),
+        snapshot_ids(&p, "sqlite:app.db").len(),
         4,
         "dry run removed nothing"
     );
 
     let (code, _, err) = run(p.dbward("sqlite:app.db").arg("prune"));
     assert_eq!(code, 0, "{err}");
-    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
-    let left: Vec<String> = json(&out)["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().into())
-        .collect();
-    assert_eq!(left, [ids[3].clone(), ids[2].clone()]);
+    assert_eq!(
+        snapshot_ids(&p, "sqlite:app.db"),
+        [ids[3].clone(), ids[2].clone()]
+    );
     assert!(
         !dir.join(format!("{}.sqlite.zst", ids[0])).exists(),
         "data of a pruned snapshot is gone"
@@ -382,15 +387,8 @@ fn prune_keeps_what_the_policy_says_and_removes_old_orphans() {
 
     // backup applies retention itself.
     let newest = backup(&p, "sqlite:app.db");
-    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
-    let left: Vec<String> = json(&out)["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().into())
-        .collect();
     assert_eq!(
-        left,
+        snapshot_ids(&p, "sqlite:app.db"),
         [newest["id"].as_str().unwrap().to_string(), ids[3].clone()]
     );
 }

@@ -23,6 +23,14 @@ pub struct MigrationFile {
 }
 
 impl MigrationFile {
+    /// 1-based (line, column) of a byte offset in the file's text, for error messages.
+    pub fn line_col(&self, byte: usize) -> (usize, usize) {
+        let before = self.sql.get(..byte).unwrap_or(&self.sql);
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+
     /// `V3__add_orders.sql`: how the file is named in messages.
     pub fn file_name(&self) -> String {
         self.path

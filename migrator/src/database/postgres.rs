@@ -194,7 +194,7 @@ fn apply_error(f: &MigrationFile, e: &tokio_postgres::Error, lock_timeout: Durat
     let mut position = None;
     if let Some(db) = e.as_db_error() {
         if let Some(ErrorPosition::Original(p)) = db.position() {
-            position = Some(line_col(&f.sql, *p as usize));
+            position = Some(f.line_col(char_to_byte(&f.sql, *p as usize)));
         }
         if db.code() == &SqlState::LOCK_NOT_AVAILABLE {
             message.push_str(&format!(
@@ -212,17 +212,11 @@ fn apply_error(f: &MigrationFile, e: &tokio_postgres::Error, lock_timeout: Durat
     }
 }
 
-/// 1-based character position → 1-based (line, column).
-fn line_col(text: &str, pos: usize) -> (usize, usize) {
-    let before: String = text.chars().take(pos.saturating_sub(1)).collect();
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
-    (line, col)
+/// PostgreSQL reports 1-based character positions; the file is addressed in bytes.
+fn char_to_byte(text: &str, pos: usize) -> usize {
+    text.char_indices()
+        .nth(pos.saturating_sub(1))
+        .map_or(text.len(), |(i, _)| i)
 }
 
 /// The server's own words: severity, message, detail, hint, where.
@@ -257,8 +251,8 @@ fn db_message(db: &DbError) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn line_col() {
-        assert_eq!(super::line_col("ab\ncd\nef", 5), (2, 2));
-        assert_eq!(super::line_col("é\nx", 3), (2, 1));
+    fn char_positions_become_byte_offsets() {
+        assert_eq!(super::char_to_byte("ab\ncd", 5), 4);
+        assert_eq!(super::char_to_byte("é\nx", 3), 3);
     }
 }

@@ -198,17 +198,9 @@ fn apply_error(f: &MigrationFile, e: rusqlite::Error, at: usize) -> Error {
         ),
         other => (other.to_string(), skip_blank(&f.sql, at)),
     };
-    let before = f.sql.get(..offset).unwrap_or(&f.sql);
-    let line = before.matches('\n').count() + 1;
-    let col = before
-        .rsplit('\n')
-        .next()
-        .map(|l| l.chars().count())
-        .unwrap_or(0)
-        + 1;
     Error::Apply {
         file: f.path.clone(),
-        position: Some((line, col)),
+        position: Some(f.line_col(offset)),
         message,
     }
 }
