@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Installs what is missing first (Debian, as root):
-# PostgreSQL server binaries, sqlite3, zstd, openssl, and the S3 test server s3s-fs.
+# PostgreSQL server binaries, sqlite3, zstd, openssl, the S3 test server s3s-fs and boto3.
 # Nothing in the suite skips: a dependency this script cannot install fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,9 @@ fi
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/postgresql --shell /bin/sh postgres
 fi
+
+# boto3: the plain S3 client tests use to fetch snapshots without dbward.
+python3 -c 'import boto3' 2>/dev/null || { log "installing boto3"; python3 -m pip install --quiet boto3; }
 
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v s3s-fs >/dev/null; then

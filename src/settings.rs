@@ -10,7 +10,6 @@ use serde::Deserialize;
 use crate::cli::{parse_duration, GlobalArgs};
 
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // the S3 settings are read by the S3 store, next
 pub struct Settings {
     /// The database URL as given (may hold a password: display it only through `redact`).
     pub database: Option<String>,
@@ -19,6 +18,8 @@ pub struct Settings {
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     pub s3_path_style: bool,
+    /// `store.part_size`: fixed multipart part size in bytes.
+    pub s3_part_size: Option<usize>,
     pub state_dir: PathBuf,
     /// `database.lock_timeout`: how long one migration may wait for a table lock.
     pub lock_timeout: Duration,
@@ -67,6 +68,7 @@ struct StoreSection {
     endpoint: Option<String>,
     region: Option<String>,
     path_style: Option<bool>,
+    part_size: Option<String>,
 }
 
 impl Settings {
@@ -84,6 +86,21 @@ impl Settings {
             }
         };
         resolve(args, env, file)
+    }
+
+    pub fn s3_options(&self) -> backup::S3Options {
+        backup::S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            path_style: self.s3_path_style,
+            part_size: self.s3_part_size,
+            max_in_flight: 2,
+        }
+    }
+
+    /// Opens the snapshot store.
+    pub async fn store(&self) -> Result<backup::Store, backup::Error> {
+        backup::Store::open(&self.store, &self.s3_options()).await
     }
 
     /// Where snapshots are staged before compression.
@@ -132,6 +149,14 @@ fn resolve(
             .map_err(|e| SettingsError(format!("config key database.lock_timeout: {e}")))?,
         None => Duration::from_secs(5),
     };
+    let s3_part_size = match &file.store.part_size {
+        Some(v) => Some(parse_size(v).filter(|n| *n >= 5 << 20).ok_or_else(|| {
+            SettingsError(format!(
+                "config key store.part_size: `{v}` is not a size of at least 5MiB, like 16MiB"
+            ))
+        })?),
+        None => None,
+    };
     let path_style_env =
         env("DBWARD_S3_PATH_STYLE").map(|v| matches!(v.as_str(), "1" | "true" | "yes"));
     Ok(Settings {
@@ -165,6 +190,7 @@ fn resolve(
             .or(file.store.region),
         s3_path_style: args.s3_path_style
             || path_style_env.or(file.store.path_style).unwrap_or(false),
+        s3_part_size,
         state_dir: args
             .state_dir
             .clone()
@@ -179,6 +205,25 @@ fn resolve(
             keep_monthly: file.retention.keep_monthly.unwrap_or(0),
         },
     })
+}
+
+/// `16MiB`, `8MB`, `1GiB` or a number of bytes.
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: usize = n.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 /// `sqlite:app.db` and `file://./snaps` in a config file are relative to the file's directory.

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 pub use error::{Error, ErrorKind};
 pub use manifest::{Kind, Manifest};
-pub use store::Store;
+pub use store::{S3Options, Store};
 
 pub struct Request<'a> {
     pub database: &'a DatabaseUrl,

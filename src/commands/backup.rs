@@ -16,7 +16,7 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
     let pruned = if settings.retention.is_empty() {
         None
     } else {
-        let store = backup::Store::open(&settings.store).await?;
+        let store = settings.store().await?;
         Some(backup::prune(&store, &url.name(), &settings.retention, false).await?)
     };
     Ok(Report {
@@ -33,7 +33,7 @@ pub async fn snapshot(
     kind: backup::Kind,
     label: Option<String>,
 ) -> Result<backup::Manifest, Failure> {
-    let store = backup::Store::open(&settings.store).await?;
+    let store = settings.store().await?;
     let temp_dir = settings.temp_dir();
     let req = backup::Request {
         database: url,

@@ -15,7 +15,7 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
         ));
     }
     let url = database_url(settings)?;
-    let store = backup::Store::open(&settings.store).await?;
+    let store = settings.store().await?;
     let report = backup::prune(&store, &url.name(), &settings.retention, args.dry_run).await?;
     let rows: Vec<Vec<String>> = report
         .decisions

@@ -10,7 +10,7 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
-    let store = backup::Store::open(&settings.store).await?;
+    let store = settings.store().await?;
     let mut all = backup::list(&store, &url.name()).await?;
     if let Some(n) = args.limit {
         all.truncate(n);

@@ -320,12 +320,30 @@ impl S3 {
             .unwrap();
         let bucket = "snapshots".to_string();
         std::fs::create_dir(dir.path().join(&bucket)).unwrap();
+        let (child, port) = S3::spawn(dir.path());
+        S3 {
+            child,
+            dir,
+            port,
+            bucket,
+        }
+    }
+
+    /// Starts the server again on the same directory (on a new port), after [`S3::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        let (child, port) = S3::spawn(self.dir.path());
+        self.child = child;
+        self.port = port;
+    }
+
+    fn spawn(dir: &Path) -> (Child, u16) {
         for _ in 0..5 {
             let port = free_port();
             let mut child = Command::new("s3s-fs")
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
-                .arg(dir.path())
+                .arg(dir)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -333,12 +351,7 @@ impl S3 {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return S3 {
-                        child,
-                        dir,
-                        port,
-                        bucket,
-                    };
+                    return (child, port);
                 }
                 if child.try_wait().unwrap().is_some() {
                     break; // the port was taken: try another
@@ -349,6 +362,38 @@ impl S3 {
             let _ = child.wait();
         }
         panic!("s3s-fs did not start");
+    }
+
+    /// Points a dbward command at this server (path style, test credentials).
+    pub fn configure(&self, c: &mut Command) {
+        c.env("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+            .env("AWS_REGION", "us-east-1")
+            .env("DBWARD_STORE", format!("s3://{}/backups", self.bucket))
+            .env("DBWARD_S3_ENDPOINT", self.endpoint())
+            .env("DBWARD_S3_PATH_STYLE", "1");
+    }
+
+    /// Downloads `key` (relative to the bucket) with a plain S3 client (boto3), not dbward.
+    pub fn fetch(&self, key: &str, to: &Path) {
+        let script = format!(
+            "import boto3, botocore.config\n\
+             s3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='{S3_ACCESS_KEY}', aws_secret_access_key='{S3_SECRET_KEY}', region_name='us-east-1', config=botocore.config.Config(s3={{'addressing_style': 'path'}}))\n\
+             s3.download_file('{}', '{key}', '{}')\n",
+            self.endpoint(),
+            self.bucket,
+            to.display()
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "boto3 download of {key}: {} ({MISSING})",
+            stderr(&out)
+        );
     }
 
     pub fn endpoint(&self) -> String {

@@ -2,6 +2,9 @@
 //! store's prefix: `<database>/<snapshot-id>.<format>.zst` and `<database>/<snapshot-id>.json`.
 
 pub mod local;
+pub mod s3;
+
+pub use s3::S3Options;
 
 use tokio::sync::mpsc;
 
@@ -18,11 +21,26 @@ pub struct ObjectInfo {
 
 pub enum Store {
     Local(local::LocalStore),
+    S3(Box<s3::S3Store>),
 }
 
 impl Store {
-    /// `file:///abs/dir`, `file://./rel/dir` (relative to the working directory).
-    pub async fn open(url: &str) -> Result<Store, Error> {
+    /// `s3://bucket/prefix`, `file:///abs/dir`, `file://./rel/dir` (relative to the working
+    /// directory).
+    pub async fn open(url: &str, s3: &S3Options) -> Result<Store, Error> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::StoreUrl {
+                    url: url.into(),
+                    problem: "no bucket after s3://".into(),
+                });
+            }
+            let prefix = prefix.trim_matches('/').to_string();
+            return Ok(Store::S3(Box::new(
+                s3::S3Store::new(bucket.into(), prefix, s3.clone()).await,
+            )));
+        }
         if let Some(path) = url.strip_prefix("file://") {
             if path.is_empty() {
                 return Err(Error::StoreUrl {
@@ -39,14 +57,18 @@ impl Store {
     }
 
     /// The size of every chunk but the last for a stream of about `size_hint` bytes.
-    pub fn chunk_size(&self, _size_hint: u64) -> usize {
-        8 << 20
+    pub fn chunk_size(&self, size_hint: u64) -> usize {
+        match self {
+            Store::Local(_) => 8 << 20,
+            Store::S3(s) => s.chunk_size(size_hint),
+        }
     }
 
     /// Where `key` is, for messages.
     pub fn describe(&self, key: &str) -> String {
         match self {
             Store::Local(s) => s.path(key).display().to_string(),
+            Store::S3(s) => s.describe(key),
         }
     }
 
@@ -55,6 +77,7 @@ impl Store {
     pub async fn put_stream(&self, key: &str, rx: mpsc::Receiver<Msg>) -> Result<u64, Error> {
         match self {
             Store::Local(s) => s.put_stream(key, rx).await,
+            Store::S3(s) => s.put_stream(key, rx).await,
         }
     }
 
@@ -62,12 +85,14 @@ impl Store {
     pub async fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
         match self {
             Store::Local(s) => s.put_new(key, bytes),
+            Store::S3(s) => s.put_new(key, bytes).await,
         }
     }
 
     pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, Error> {
         match self {
             Store::Local(s) => s.get_bytes(key),
+            Store::S3(s) => s.get_bytes(key).await,
         }
     }
 
@@ -75,12 +100,28 @@ impl Store {
     pub async fn list(&self, dir: &str) -> Result<Vec<ObjectInfo>, Error> {
         match self {
             Store::Local(s) => s.list(dir),
+            Store::S3(s) => s.list(dir).await,
         }
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
         match self {
             Store::Local(s) => s.delete(key),
+            Store::S3(s) => s.delete(key).await,
+        }
+    }
+
+    /// Multipart uploads under `dir` older than `before`, aborted (S3 only; a local partial
+    /// file is an orphan like any other).
+    pub async fn abort_stale_uploads(
+        &self,
+        dir: &str,
+        before: std::time::SystemTime,
+        dry_run: bool,
+    ) -> Result<Vec<String>, Error> {
+        match self {
+            Store::Local(_) => Ok(Vec::new()),
+            Store::S3(s) => s.abort_stale_uploads(dir, before, dry_run).await,
         }
     }
 }

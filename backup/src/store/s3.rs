@@ -1,0 +1,453 @@
+//! An S3-compatible bucket: AWS S3, Cloudflare R2, MinIO, Backblaze B2.
+//!
+//! - Request and response checksums are `WhenRequired`: since SDK 1.69 the defaults add CRC32
+//!   trailers that R2, B2 and older MinIO reject. Integrity is our own SHA-256 in the manifest.
+//! - The data stream of unknown length goes up as a multipart upload of equal parts (R2 wants
+//!   them equal), at most `max_in_flight` at once; on any error the upload is aborted.
+//! - A manifest is written with `If-None-Match: *`: never overwritten.
+//! - Credentials come from the standard AWS chain; retries (throttling, 5xx, timeouts) are the
+//!   SDK's standard mode, bounded.
+
+use std::time::{Duration, SystemTime};
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::ObjectInfo;
+use crate::error::Error;
+use crate::pipeline::Msg;
+
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    /// Fixed part size; default: 8 MiB, or more so that 10,000 parts cover the database.
+    pub part_size: Option<usize>,
+    /// Parts uploading at once (default 2).
+    pub max_in_flight: usize,
+}
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    opts: S3Options,
+}
+
+const MIN_PART: usize = 8 << 20;
+const MAX_PARTS: u64 = 10_000;
+
+impl S3Store {
+    pub async fn new(bucket: String, prefix: String, opts: S3Options) -> S3Store {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let region = opts.region.clone().unwrap_or_else(|| {
+            let r2 = opts
+                .endpoint
+                .as_deref()
+                .is_some_and(|e| e.contains(".r2.cloudflarestorage.com"));
+            if r2 { "auto" } else { "us-east-1" }.to_string()
+        });
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new(region))
+            .retry_config(RetryConfig::standard().with_max_attempts(4))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(Duration::from_secs(300))
+                    .build(),
+            )
+            .load()
+            .await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(opts.path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(endpoint) = &opts.endpoint {
+            conf = conf.endpoint_url(endpoint);
+        }
+        S3Store {
+            client: Client::from_conf(conf.build()),
+            bucket,
+            prefix,
+            opts,
+        }
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{key}", self.prefix)
+        }
+    }
+
+    pub fn describe(&self, key: &str) -> String {
+        format!("s3://{}/{}", self.bucket, self.full_key(key))
+    }
+
+    pub fn chunk_size(&self, size_hint: u64) -> usize {
+        self.opts.part_size.unwrap_or_else(|| {
+            let needed = size_hint.div_ceil(MAX_PARTS) as usize;
+            needed.next_multiple_of(1 << 20).max(MIN_PART)
+        })
+    }
+
+    fn err<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        what: &str,
+        key: &str,
+        e: SdkError<E, HttpResponse>,
+    ) -> Error {
+        Error::Store {
+            what: format!("{what} {}", self.describe(key)),
+            message: sdk_message(&e),
+        }
+    }
+
+    pub async fn put_stream(&self, key: &str, mut rx: mpsc::Receiver<Msg>) -> Result<u64, Error> {
+        let full = self.full_key(key);
+        let incomplete =
+            || Error::Source("the stream ended before the snapshot was complete".into());
+        // One chunk then Done: a plain PUT. Otherwise a multipart upload.
+        let Some(Msg::Data(first)) = rx.recv().await else {
+            return Err(incomplete());
+        };
+        let second = match rx.recv().await {
+            Some(Msg::Done) => {
+                self.client
+                    .put_object()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .body(ByteStream::from(first))
+                    .send()
+                    .await
+                    .map_err(|e| self.err("uploading", key, e))?;
+                return self.size(key).await;
+            }
+            Some(Msg::Data(d)) => d,
+            None => return Err(incomplete()),
+        };
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.err("starting the multipart upload of", key, e))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_string();
+        let result = self
+            .upload_parts(key, &upload_id, first, second, &mut rx)
+            .await;
+        match result {
+            Ok(parts) => {
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .upload_id(&upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|e| self.err("completing the multipart upload of", key, e))?;
+                self.size(key).await
+            }
+            Err(e) => {
+                // Best effort: a dead server cannot take the abort either; prune cleans up later.
+                let abort = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                if let Err(a) = abort {
+                    tracing::warn!(
+                        "could not abort the multipart upload {upload_id}: {}",
+                        sdk_message(&a)
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: Vec<u8>,
+        second: Vec<u8>,
+        rx: &mut mpsc::Receiver<Msg>,
+    ) -> Result<Vec<CompletedPart>, Error> {
+        let full = self.full_key(key);
+        let max_in_flight = self.opts.max_in_flight.max(1);
+        let mut in_flight: JoinSet<Result<CompletedPart, Error>> = JoinSet::new();
+        let mut done_parts = Vec::new();
+        let mut pending = vec![first, second].into_iter();
+        let mut number = 0i32;
+        let mut complete = false;
+        loop {
+            let chunk = match pending.next() {
+                Some(c) => c,
+                None => match rx.recv().await {
+                    Some(Msg::Data(c)) => c,
+                    Some(Msg::Done) => {
+                        complete = true;
+                        break;
+                    }
+                    None => break,
+                },
+            };
+            while in_flight.len() >= max_in_flight {
+                done_parts.push(join(in_flight.join_next().await.expect("not empty"))?);
+            }
+            number += 1;
+            let req = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(&full)
+                .upload_id(upload_id)
+                .part_number(number)
+                .body(ByteStream::from(chunk));
+            let what = format!("uploading part {number} of {}", self.describe(key));
+            in_flight.spawn(async move {
+                let out = req.send().await.map_err(|e| Error::Store {
+                    what: what.clone(),
+                    message: sdk_message(&e),
+                })?;
+                Ok(CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(out.e_tag().map(str::to_string))
+                    .build())
+            });
+        }
+        while let Some(r) = in_flight.join_next().await {
+            done_parts.push(join(r)?);
+        }
+        if !complete {
+            return Err(Error::Source(
+                "the stream ended before the snapshot was complete".into(),
+            ));
+        }
+        done_parts.sort_by_key(|p| p.part_number());
+        Ok(done_parts)
+    }
+
+    async fn size(&self, key: &str) -> Result<u64, Error> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.err("checking", key, e))?;
+        Ok(head.content_length().unwrap_or(0).max(0) as u64)
+    }
+
+    pub async fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
+        let result = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .if_none_match("*")
+            .body(ByteStream::from(bytes.to_vec()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("PreconditionFailed") => Err(Error::Store {
+                what: self.describe(key),
+                message: "already exists; not overwritten".into(),
+            }),
+            Err(e) => Err(self.err("writing", key, e)),
+        }
+    }
+
+    pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, Error> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.err("reading", key, e))?;
+        let body = out.body.collect().await.map_err(|e| Error::Store {
+            what: format!("reading {}", self.describe(key)),
+            message: chain(&e),
+        })?;
+        Ok(body.into_bytes().to_vec())
+    }
+
+    pub async fn list(&self, dir: &str) -> Result<Vec<ObjectInfo>, Error> {
+        let prefix = format!("{}/", self.full_key(dir).trim_end_matches('/'));
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err("listing", dir, e))?;
+            for o in page.contents() {
+                let Some(k) = o.key() else { continue };
+                out.push(ObjectInfo {
+                    key: k.strip_prefix(&strip).unwrap_or(k).to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    modified: o
+                        .last_modified()
+                        .and_then(|t| SystemTime::try_from(*t).ok()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), Error> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.err("deleting", key, e))?;
+        Ok(())
+    }
+
+    /// Aborts multipart uploads under `dir` started before `before` (left by a killed run).
+    pub async fn abort_stale_uploads(
+        &self,
+        dir: &str,
+        before: SystemTime,
+        dry_run: bool,
+    ) -> Result<Vec<String>, Error> {
+        let prefix = format!("{}/", self.full_key(dir).trim_end_matches('/'));
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .send()
+            .await
+            .map_err(|e| self.err("listing multipart uploads of", dir, e))?;
+        let mut aborted = Vec::new();
+        for u in out.uploads() {
+            let started = u.initiated().and_then(|t| SystemTime::try_from(*t).ok());
+            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                continue;
+            };
+            if started.is_some_and(|s| s < before) {
+                if !dry_run {
+                    self.client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(key)
+                        .upload_id(id)
+                        .send()
+                        .await
+                        .map_err(|e| self.err("aborting a stale upload of", dir, e))?;
+                }
+                aborted.push(format!("{key} (upload {id})"));
+            }
+        }
+        Ok(aborted)
+    }
+}
+
+/// The service's code and message (and what to check), or the transport error's causes; not
+/// the SDK's debug dump.
+fn sdk_message<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    e: &SdkError<E, HttpResponse>,
+) -> String {
+    match e {
+        SdkError::ServiceError(se) => {
+            let err = se.err();
+            let code = err.code().unwrap_or("error");
+            let mut s = format!("{code} (HTTP {})", se.raw().status().as_u16());
+            if let Some(m) = err.message() {
+                s.push_str(&format!(": {m}"));
+            }
+            let hint = match code {
+                "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "AccessDenied" => {
+                    "; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the profile) and the bucket's permissions"
+                }
+                "NoSuchBucket" => "; create the bucket, or fix the bucket in store.url",
+                "PermanentRedirect" | "AuthorizationHeaderMalformed" => "; the region is wrong: set store.region (R2: auto)",
+                _ => "",
+            };
+            s + hint
+        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            format!(
+                "{}; is store.endpoint (--s3-endpoint) right and reachable?",
+                chain(e)
+            )
+        }
+        _ => chain(e),
+    }
+}
+
+/// An error and its causes, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(&format!(": {text}"));
+        }
+        src = inner.source();
+    }
+    s
+}
+
+fn join(
+    r: Result<Result<CompletedPart, Error>, tokio::task::JoinError>,
+) -> Result<CompletedPart, Error> {
+    r.map_err(|e| Error::Source(format!("an upload task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn parts_cover_the_database_in_10000() {
+        let s = S3Store::new("b".into(), String::new(), S3Options::default()).await;
+        assert_eq!(s.chunk_size(1 << 30), 8 << 20);
+        let tib = 1u64 << 40;
+        let part = s.chunk_size(tib) as u64;
+        assert!(part * MAX_PARTS >= tib && part.is_multiple_of(1 << 20));
+    }
+}
