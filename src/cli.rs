@@ -72,6 +72,27 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// Apply retention ([retention] keep_last/daily/weekly/monthly) and remove orphans.
     Prune(PruneArgs),
+    /// Restore a snapshot (id, `latest` or `pre-deploy`); the replaced database is kept aside.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// A snapshot id, `latest`, or `pre-deploy` (the one the last `migrate` took).
+    pub snapshot: String,
+    /// Do not ask for confirmation (required without a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// SQLite: restore even if another process has the database open; it keeps writing to the
+    /// file moved aside.
+    #[arg(long)]
+    pub force: bool,
+    /// PostgreSQL: end the sessions connected to the database instead of refusing.
+    #[arg(long)]
+    pub terminate_connections: bool,
+    /// Restore into this new SQLite file or PostgreSQL database instead; the live one is not touched.
+    #[arg(long, value_name = "PATH|URL")]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod report;
 mod settings;
+mod state;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;

@@ -23,6 +23,10 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// `database.lock_timeout`: how long one migration may wait for a table lock.
     pub lock_timeout: Duration,
+    /// `backup.level`: zstd level (1-19).
+    pub level: i32,
+    /// `backup.temp_dir`: where a SQLite copy is staged (default `<state_dir>/tmp`).
+    pub temp_dir: Option<PathBuf>,
     /// `[retention]`: empty means keep everything.
     pub retention: backup::retention::Policy,
 }
@@ -42,6 +46,15 @@ struct FileConfig {
     store: StoreSection,
     #[serde(default)]
     retention: RetentionSection,
+    #[serde(default)]
+    backup: BackupSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupSection {
+    level: Option<i32>,
+    temp_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,7 +118,9 @@ impl Settings {
 
     /// Where snapshots are staged before compression.
     pub fn temp_dir(&self) -> PathBuf {
-        self.state_dir.join("tmp")
+        self.temp_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("tmp"))
     }
 
     pub fn database(&self) -> Result<&str, SettingsError> {
@@ -198,6 +213,16 @@ fn resolve(
             .or_else(|| file.state_dir.map(rebase))
             .unwrap_or_else(|| PathBuf::from("./.dbward")),
         lock_timeout,
+        level: match file.backup.level {
+            Some(l) if (1..=19).contains(&l) => l,
+            Some(l) => {
+                return Err(SettingsError(format!(
+                    "config key backup.level: {l} is not a zstd level from 1 to 19"
+                )))
+            }
+            None => 3,
+        },
+        temp_dir: file.backup.temp_dir.map(rebase),
         retention: backup::retention::Policy {
             keep_last: file.retention.keep_last.unwrap_or(0),
             keep_daily: file.retention.keep_daily.unwrap_or(0),

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod manifest;
 pub mod pipeline;
+pub mod restore;
 pub mod retention;
 pub mod store;
 
@@ -34,7 +35,11 @@ pub struct Request<'a> {
     /// How long the snapshot may wait for a table lock (SQLite busy timeout, pg_dump's
     /// `--lock-wait-timeout`), so a backup never stalls a deploy.
     pub lock_timeout: Duration,
+    /// Called with (raw bytes read so far, estimated total) as the stream advances.
+    pub progress: Option<Progress>,
 }
+
+pub type Progress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// Takes one snapshot into `store` and returns its manifest (already stored).
 pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {

@@ -35,13 +35,40 @@ pub async fn snapshot(
 ) -> Result<backup::Manifest, Failure> {
     let store = settings.store().await?;
     let temp_dir = settings.temp_dir();
+    let bar = progress_bar();
     let req = backup::Request {
         database: url,
         kind,
         label,
-        level: 3,
+        level: settings.level,
         temp_dir: &temp_dir,
         lock_timeout: settings.lock_timeout,
+        progress: bar.clone().map(|bar| -> backup::Progress {
+            std::sync::Arc::new(move |done, total| {
+                bar.set_length(total.max(done));
+                bar.set_position(done);
+            })
+        }),
     };
-    Ok(backup::take(&store, &req).await?)
+    let result = backup::take(&store, &req).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(result?)
+}
+
+/// A byte progress bar on stderr when it is a terminal (never in the journal or a pipe).
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar =
+        indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} snapshot {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}",
+    )
+    .expect("a valid template");
+    bar.set_style(style);
+    Some(bar)
 }

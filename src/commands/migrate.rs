@@ -12,6 +12,7 @@ use super::{database_url, dialect};
 use crate::cli::MigrateArgs;
 use crate::report::{Failure, Report};
 use crate::settings::Settings;
+use crate::state;
 
 pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Failure> {
     let started = Instant::now();
@@ -44,6 +45,17 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         return Err(migrator::Error::Drift { drift: plan.drift }.into());
     }
     if plan.pending.is_empty() {
+        record(
+            settings,
+            &url,
+            None,
+            &[],
+            plan.head().map(|h| state::Head {
+                version: h.version,
+                name: h.name.clone(),
+                checksum: h.checksum.to_string(),
+            }),
+        )?;
         let head = head_text(&plan);
         tracing::info!("nothing pending; {} is at {head}", url.display());
         return Ok(Report {
@@ -71,6 +83,18 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     );
     db.apply(&plan.pending, settings.lock_timeout).await?;
     let last = plan.pending.last().expect("pending is not empty");
+    let applied: Vec<i64> = plan.pending.iter().map(|f| f.version).collect();
+    record(
+        settings,
+        &url,
+        snapshot.clone(),
+        &applied,
+        Some(state::Head {
+            version: last.version,
+            name: last.name.clone(),
+            checksum: last.checksum.to_string(),
+        }),
+    )?;
     let head = format!("V{} {}", last.version, last.name);
     tracing::info!(
         "applied {} migration(s) in {:.2}s; head is {head}",
@@ -91,6 +115,31 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
             "elapsed_ms": started.elapsed().as_millis() as u64,
         }),
         code: 0,
+    })
+}
+
+/// Records this deploy in the state dir, for `restore pre-deploy` and the health guard. A
+/// deploy that applied nothing is recorded too, so the guard never acts on an older one.
+fn record(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    snapshot: Option<String>,
+    applied: &[i64],
+    head: Option<state::Head>,
+) -> Result<(), Failure> {
+    let deploy = state::Deploy {
+        database: url.display(),
+        at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
+        pre_deploy_snapshot: snapshot,
+        applied: applied.to_vec(),
+        head,
+        restored: None,
+    };
+    state::write(&settings.state_dir, &url.name(), &deploy).map_err(|e| {
+        Failure::new(
+            crate::report::EXIT_FAILED,
+            format!("the migrations were applied, but recording the deploy failed: {e}"),
+        )
     })
 }
 

@@ -4,6 +4,7 @@ mod backup;
 mod lint;
 mod migrate;
 mod prune;
+mod restore;
 mod snapshots;
 mod status;
 
@@ -21,6 +22,7 @@ pub fn name(command: &Command) -> &'static str {
         Command::Backup(_) => "backup",
         Command::Snapshots(_) => "snapshots",
         Command::Prune(_) => "prune",
+        Command::Restore(_) => "restore",
     }
 }
 
@@ -33,6 +35,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::Backup(args) => backup::run(&settings, args).await,
         Command::Snapshots(args) => snapshots::run(&settings, args).await,
         Command::Prune(args) => prune::run(&settings, args).await,
+        Command::Restore(args) => restore::run(&settings, args).await,
     }
 }
 

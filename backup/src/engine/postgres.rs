@@ -46,35 +46,16 @@ pub async fn prepare(url: &PgUrl, lock_wait_timeout: Duration) -> Result<Prepare
     let applied = applied_on(c).await?;
     let row_counts = row_counts(c).await?;
 
-    let mut cmd = Command::new("pg_dump");
+    let mut cmd = libpq_command("pg_dump", url, None);
     cmd.args(["--format=custom", "--compress=0", "--no-password"])
         .arg(format!("--snapshot={snapshot}"))
         .arg(format!(
             "--lock-wait-timeout={}",
             lock_wait_timeout.as_millis().max(1)
         ))
-        .arg(format!("--dbname={}", conninfo(url)))
-        .env("PGAPPNAME", "dbward pg_dump")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(pw) = url.config.get_password() {
-        // The environment, never the command line (visible in ps).
-        cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).into_owned());
-    }
-    cmd.env(
-        "PGSSLMODE",
-        match url.ssl_mode {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        },
-    );
-    if let Some(root) = &url.root_cert {
-        cmd.env("PGSSLROOTCERT", root);
-    }
     let mut child = cmd.spawn().map_err(|e| {
         Error::Source(format!(
             "starting pg_dump: {e} (is it installed and on PATH?)"
@@ -172,8 +153,34 @@ pub fn major(version: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// A libpq tool (`pg_dump`, `pg_restore`, ...) connected to `url`'s server and database (or
+/// `dbname`): the password in PGPASSWORD, never on the command line (visible in `ps`); TLS as
+/// the URL's sslmode.
+pub fn libpq_command(tool: &str, url: &PgUrl, dbname: Option<&str>) -> Command {
+    let mut cmd = Command::new(tool);
+    cmd.arg(format!("--dbname={}", conninfo(url, dbname)))
+        .env("PGAPPNAME", format!("dbward {tool}"));
+    if let Some(pw) = url.config.get_password() {
+        cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).into_owned());
+    }
+    cmd.env(
+        "PGSSLMODE",
+        match url.ssl_mode {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        },
+    );
+    if let Some(root) = &url.root_cert {
+        cmd.env("PGSSLROOTCERT", root);
+    }
+    cmd
+}
+
 /// A libpq key=value connection string without the password (that goes in PGPASSWORD).
-pub fn conninfo(url: &PgUrl) -> String {
+pub fn conninfo(url: &PgUrl, dbname: Option<&str>) -> String {
     let c = &url.config;
     let mut parts = Vec::new();
     if let Some(host) = c.get_hosts().first() {
@@ -189,7 +196,7 @@ pub fn conninfo(url: &PgUrl) -> String {
     if let Some(user) = c.get_user() {
         parts.push(format!("user={}", quote(user)));
     }
-    if let Some(db) = c.get_dbname() {
+    if let Some(db) = dbname.or(c.get_dbname()) {
         parts.push(format!("dbname={}", quote(db)));
     }
     parts.join(" ")
@@ -218,7 +225,7 @@ mod tests {
         .unwrap() else {
             panic!()
         };
-        let c = conninfo(&pg);
+        let c = conninfo(&pg, None);
         assert_eq!(c, "host='db.internal' port=6432 user='app' dbname='shop'");
     }
 }

@@ -115,6 +115,13 @@ impl LocalStore {
         sync_dir(&dir)
     }
 
+    pub fn download(&self, key: &str, to: &mut impl Write) -> Result<(), Error> {
+        let p = self.path(key);
+        let mut f = File::open(&p).map_err(Error::io(format!("reading {}", p.display())))?;
+        std::io::copy(&mut f, to).map_err(Error::io(format!("copying {}", p.display())))?;
+        Ok(())
+    }
+
     pub fn get_bytes(&self, key: &str) -> Result<Vec<u8>, Error> {
         let p = self.path(key);
         fs::read(&p).map_err(Error::io(format!("reading {}", p.display())))

@@ -89,6 +89,23 @@ impl Store {
         }
     }
 
+    /// Streams `key` into `to` (fsynced); returns its size and hex SHA-256.
+    pub async fn download(
+        &self,
+        key: &str,
+        to: &mut std::fs::File,
+    ) -> Result<(u64, String), Error> {
+        let mut sink = HashingWriter::new(to);
+        match self {
+            Store::Local(s) => s.download(key, &mut sink)?,
+            Store::S3(s) => s.download(key, &mut sink).await?,
+        }
+        sink.finish().map_err(Error::io(format!(
+            "writing the download of {}",
+            self.describe(key)
+        )))
+    }
+
     pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, Error> {
         match self {
             Store::Local(s) => s.get_bytes(key),
@@ -123,5 +140,43 @@ impl Store {
             Store::Local(_) => Ok(Vec::new()),
             Store::S3(s) => s.abort_stale_uploads(dir, before, dry_run).await,
         }
+    }
+}
+
+/// Writes through to a file while counting and hashing.
+pub struct HashingWriter<'a> {
+    file: &'a mut std::fs::File,
+    hasher: sha2::Sha256,
+    len: u64,
+}
+
+impl<'a> HashingWriter<'a> {
+    fn new(file: &'a mut std::fs::File) -> Self {
+        use sha2::Digest;
+        HashingWriter {
+            file,
+            hasher: sha2::Sha256::new(),
+            len: 0,
+        }
+    }
+
+    fn finish(self) -> std::io::Result<(u64, String)> {
+        use sha2::Digest;
+        self.file.sync_all()?;
+        Ok((self.len, crate::pipeline::hex(&self.hasher.finalize())))
+    }
+}
+
+impl std::io::Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 }

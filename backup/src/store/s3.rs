@@ -286,6 +286,25 @@ impl S3Store {
         }
     }
 
+    pub async fn download(&self, key: &str, to: &mut impl std::io::Write) -> Result<(), Error> {
+        let mut out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+            .map_err(|e| self.err("downloading", key, e))?;
+        let failed = |m: String| Error::Store {
+            what: format!("downloading {}", self.describe(key)),
+            message: m,
+        };
+        while let Some(chunk) = out.body.try_next().await.map_err(|e| failed(chain(&e)))? {
+            to.write_all(&chunk).map_err(|e| failed(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, Error> {
         let out = self
             .client

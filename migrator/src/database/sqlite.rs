@@ -45,58 +45,9 @@ impl Sqlite {
         &self.conn
     }
 
-    /// The lock file beside the database.
-    pub fn lock_path(db: &Path) -> PathBuf {
-        let mut name = db.file_name().unwrap_or_default().to_os_string();
-        name.push(".dbward-lock");
-        db.with_file_name(name)
-    }
-
-    /// Takes the exclusive lock on the lock file, polling until `timeout`. The kernel releases it
-    /// when the process exits, however it exits.
+    /// Takes the migration lock for this handle's life; see [`lock_file`].
     pub fn lock(&mut self, timeout: Duration) -> Result<(), Error> {
-        let lock_path = Self::lock_path(&self.path);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::Open {
-                what: format!("lock file {}", lock_path.display()),
-                message: e.to_string(),
-            })?;
-        let started = Instant::now();
-        let mut announced = false;
-        loop {
-            match file.try_lock() {
-                Ok(()) => break,
-                Err(TryLockError::WouldBlock) => {
-                    if started.elapsed() >= timeout {
-                        return Err(Error::LockTimeout {
-                            what: format!("sqlite:{}", self.path.display()),
-                            waited: timeout,
-                            holder: Some(format!("whoever locks {}", lock_path.display())),
-                        });
-                    }
-                    if !announced {
-                        tracing::info!(
-                            "waiting up to {} for the migration lock {}",
-                            humanize(timeout),
-                            lock_path.display()
-                        );
-                        announced = true;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(TryLockError::Error(e)) => {
-                    return Err(Error::Open {
-                        what: format!("lock file {}", lock_path.display()),
-                        message: e.to_string(),
-                    })
-                }
-            }
-        }
-        self.lock = Some(file);
+        self.lock = Some(lock_file(&self.path, timeout)?);
         Ok(())
     }
 
@@ -133,6 +84,56 @@ impl Sqlite {
         }
         // Dropping an uncommitted transaction rolls it back.
         tx.commit().map_err(ctx)
+    }
+}
+
+/// The lock file beside the database: `<db>.dbward-lock`.
+pub fn lock_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".dbward-lock");
+    db.with_file_name(name)
+}
+
+/// Takes the exclusive lock on `db`'s lock file, polling until `timeout`; held while the returned
+/// file is open. The kernel releases it when the process exits, however it exits. `migrate` and
+/// `restore` both take it, so they never overlap.
+pub fn lock_file(db: &Path, timeout: Duration) -> Result<File, Error> {
+    let lock_path = lock_path(db);
+    let open_err = |e: std::io::Error| Error::Open {
+        what: format!("lock file {}", lock_path.display()),
+        message: e.to_string(),
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(open_err)?;
+    let started = Instant::now();
+    let mut announced = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) => {
+                if started.elapsed() >= timeout {
+                    return Err(Error::LockTimeout {
+                        what: format!("sqlite:{}", db.display()),
+                        waited: timeout,
+                        holder: Some(format!("whoever locks {}", lock_path.display())),
+                    });
+                }
+                if !announced {
+                    tracing::info!(
+                        "waiting up to {} for the migration lock {}",
+                        humanize(timeout),
+                        lock_path.display()
+                    );
+                    announced = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(TryLockError::Error(e)) => return Err(open_err(e)),
+        }
     }
 }
 

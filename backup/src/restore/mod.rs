@@ -1,0 +1,91 @@
+//! Restoring a snapshot: fetch it and check it against its manifest, decompress it, check the
+//! result, and only then put it in place. A snapshot that fails a check is refused
+//! ([`Error::Refused`], exit 3) before the live database is touched.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::path::Path;
+
+use crate::error::Error;
+use crate::manifest::Manifest;
+use crate::store::Store;
+
+/// Downloads the data object into a temp file in `dir`, refusing it unless its size and SHA-256
+/// are the manifest's.
+pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<tempfile::TempPath, Error> {
+    std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
+    let tmp = temp_in(dir, ".dbward-fetch-")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(Error::io(format!("opening {}", tmp.display())))?;
+    let (size, sha) = store.download(&m.data_key, &mut file).await?;
+    if size != m.stored_bytes || sha != m.sha256 {
+        return Err(Error::Refused(format!(
+            "snapshot {} failed its checksum: {} holds {size} bytes with SHA-256 {sha}, the manifest says {} bytes with {}. \
+             The snapshot is damaged; nothing was restored. Pick another one (`dbward snapshots`).",
+            m.id,
+            store.describe(&m.data_key),
+            m.stored_bytes,
+            m.sha256
+        )));
+    }
+    Ok(tmp)
+}
+
+/// Decompresses `src` (zstd) into a temp file in `dir`; a stream that does not decode to the
+/// end, or to the manifest's raw size, is refused.
+pub fn decompress(
+    src: &Path,
+    dir: &Path,
+    prefix: &str,
+    m: &Manifest,
+) -> Result<tempfile::TempPath, Error> {
+    let out = temp_in(dir, prefix)?;
+    let refuse = |why: String| {
+        Error::Refused(format!(
+            "snapshot {} does not decode: {why}; nothing was restored",
+            m.id
+        ))
+    };
+    let input =
+        std::fs::File::open(src).map_err(Error::io(format!("opening {}", src.display())))?;
+    let mut output = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&out)
+        .map_err(Error::io(format!("opening {}", out.display())))?;
+    let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| refuse(e.to_string()))?;
+    let n = std::io::copy(&mut decoder, &mut output).map_err(|e| refuse(e.to_string()))?;
+    if n != m.raw_bytes {
+        return Err(refuse(format!(
+            "{n} bytes, the manifest says {}",
+            m.raw_bytes
+        )));
+    }
+    output
+        .sync_all()
+        .map_err(Error::io(format!("fsync {}", out.display())))?;
+    Ok(out)
+}
+
+fn temp_in(dir: &Path, prefix: &str) -> Result<tempfile::TempPath, Error> {
+    Ok(tempfile::Builder::new()
+        .prefix(prefix)
+        .tempfile_in(dir)
+        .map_err(Error::io(format!(
+            "creating a temp file in {}",
+            dir.display()
+        )))?
+        .into_temp_path())
+}
+
+/// `20261123T143000Z`, for the names of replaced databases.
+pub fn stamp() -> String {
+    let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    time::OffsetDateTime::now_utc()
+        .format(&fmt)
+        .expect("formats any time")
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Benchmark: `dbward backup` against the standard tools, in the same run, with peak memory.
+#   SQLite (~SIZE MiB):  dbward backup  vs  sqlite3 .backup + zstd -3 -T2  (and zstd -T2 of the file alone)
+#   PostgreSQL (pgbench scale SCALE): dbward backup  vs  pg_dump -Fc -Z0 | zstd -3
+# Both into a local directory; medians of RUNS runs; peak RSS from /usr/bin/time.
+# Usage: bench/backup.sh [SIZE_MIB=1024] [SCALE=70] [RUNS=3]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE=${1:-1024}; SCALE=${2:-70}; RUNS=${3:-3}
+cargo build --release --quiet
+DBWARD=$PWD/target/release/dbward
+BINDIR=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+WORK=$(mktemp -d /tmp/dbward-bench-XXXX)
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+as_pg "$BINDIR/initdb" -A trust -U postgres -D "$WORK/data" >/dev/null
+as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/log" -o "-p $PORT -k $WORK/data -c listen_addresses=127.0.0.1" -w start >/dev/null
+trap 'as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null; rm -rf "$WORK"' EXIT
+
+# run LABEL CMD...: appends "seconds peak_kib" to $WORK/LABEL
+run() { local label=$1; shift; /usr/bin/time -f "%e %M" -o "$WORK/t" "$@" >/dev/null 2>&1; cat "$WORK/t" >> "$WORK/$label"; }
+sh_run() { local label=$1; shift; /usr/bin/time -f "%e %M" -o "$WORK/t" sh -c "$*" >/dev/null 2>&1; cat "$WORK/t" >> "$WORK/$label"; }
+
+echo "building a ~${SIZE} MiB SQLite database..." >&2
+DB=$WORK/app.db
+ROWS=$((SIZE * 1024 * 1024 / 200))
+sqlite3 "$DB" "PRAGMA journal_mode=WAL; CREATE TABLE events (id INTEGER PRIMARY KEY, user_id INT, kind TEXT, body TEXT, at TEXT);
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $ROWS)
+INSERT INTO events (user_id, kind, body, at) SELECT abs(random()) % 100000, 'kind-' || (abs(random()) % 20),
+  'event ' || i || ' payload ' || hex(randomblob(24)) || ' status=ok region=eu-west-1 agent=Mozilla/5.0', datetime('now', '-' || (i % 100000) || ' seconds') FROM n;" >/dev/null
+RAW=$(stat -c %s "$DB")
+
+for r in $(seq 1 "$RUNS"); do
+  rm -rf "$WORK/store" "$WORK/copy.db" "$WORK/copy.db.zst" "$WORK/app.db.zst"
+  run sqlite_dbward "$DBWARD" -q --database "sqlite:$DB" --store "file://$WORK/store" --state-dir "$WORK/state" backup
+  sh_run sqlite_std "sqlite3 '$DB' \".backup '$WORK/copy.db'\" && zstd -q -3 -T2 '$WORK/copy.db' -o '$WORK/copy.db.zst'"
+  run sqlite_zstd zstd -q -3 -T2 "$DB" -o "$WORK/app.db.zst"
+done
+STORED=$(stat -c %s "$WORK"/store/app/*.zst)
+
+echo "building pgbench scale $SCALE..." >&2
+PGB=("$BINDIR/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres)
+"$BINDIR/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE bench" >/dev/null
+"${PGB[@]}" -i -q -s "$SCALE" bench >/dev/null 2>&1
+PGSIZE=$("$BINDIR/psql" -X -tA -h 127.0.0.1 -p "$PORT" -U postgres -d bench -c "SELECT pg_database_size('bench')")
+URL="postgres://postgres@127.0.0.1:$PORT/bench?sslmode=disable"
+for r in $(seq 1 "$RUNS"); do
+  rm -rf "$WORK/pgstore" "$WORK/bench.dump.zst"
+  PATH="$BINDIR:$PATH" run pg_dbward "$DBWARD" -q --database "$URL" --store "file://$WORK/pgstore" --state-dir "$WORK/state" backup
+  sh_run pg_std "'$BINDIR/pg_dump' -Fc -Z0 -h 127.0.0.1 -p $PORT -U postgres bench | zstd -q -3 -o '$WORK/bench.dump.zst'"
+done
+
+python3 - "$WORK" "$RAW" "$STORED" "$PGSIZE" "$RUNS" <<'PY'
+import sys, statistics, os
+work, raw, stored, pgsize, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+def load(label):
+    rows = [l.split() for l in open(os.path.join(work, label)) if l.strip()]
+    return statistics.median(float(r[0]) for r in rows), max(int(r[1]) for r in rows) / 1024
+d, dm = load("sqlite_dbward"); s, sm = load("sqlite_std"); z, zm = load("sqlite_zstd")
+print(f"SQLite {raw/2**20:.0f} MiB (stored {stored/2**20:.0f} MiB, ratio {raw/stored:.1f}x), medians of {runs}:")
+print(f"  dbward backup                    {d:6.2f} s   peak RSS {dm:6.1f} MiB")
+print(f"  sqlite3 .backup + zstd -3 -T2    {s:6.2f} s   peak RSS {sm:6.1f} MiB   ratio dbward/std {d/s:.2f}x")
+print(f"  zstd -3 -T2 of the file alone    {z:6.2f} s   (no consistent copy; floor)")
+p, pm = load("pg_dbward"); q, qm = load("pg_std")
+print(f"PostgreSQL pgbench ({pgsize/2**20:.0f} MiB on disk), medians of {runs}:")
+print(f"  dbward backup                    {p:6.2f} s   peak RSS {pm:6.1f} MiB")
+print(f"  pg_dump -Fc -Z0 | zstd -3        {q:6.2f} s   ratio dbward/std {p/q:.2f}x")
+PY

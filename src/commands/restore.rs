@@ -1,0 +1,231 @@
+//! `dbward restore SNAPSHOT|latest|pre-deploy`: fetch and verify, restore beside the live
+//! database, check, then swap it in; the replaced database is kept. Also the restore step of
+//! the health guard.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use backup::restore;
+use migrator::DatabaseUrl;
+
+use super::database_url;
+use crate::cli::RestoreArgs;
+use crate::report::{Failure, Report, EXIT_FAILED, EXIT_USAGE};
+use crate::settings::Settings;
+use crate::state;
+
+pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Failure> {
+    let url = database_url(settings)?;
+    let store = settings.store().await?;
+    let m = resolve(settings, &store, &url, &args.snapshot).await?;
+    let target = args.to.as_deref().unwrap_or("the live database");
+    confirm(
+        args.yes,
+        &format!(
+            "Restore snapshot {} ({}, {}) over {} ({target})?",
+            m.id,
+            m.kind.as_str(),
+            m.created_at,
+            url.display()
+        ),
+    )?;
+    let opts = Options {
+        force: args.force,
+        terminate_connections: args.terminate_connections,
+        to: args.to.clone(),
+    };
+    let outcome = restore_snapshot(settings, &store, &url, &m, &opts).await?;
+    Ok(Report {
+        text: format!(
+            "restored {} into {}{}\n",
+            m.id,
+            outcome["database"].as_str().unwrap_or_default(),
+            outcome["replaced"]
+                .as_str()
+                .map(|r| format!("; the replaced database is kept as {r}"))
+                .unwrap_or_default()
+        ),
+        json: outcome,
+        code: 0,
+    })
+}
+
+/// How long a restore waits for a running `migrate` (the same default as `--lock-timeout`).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+pub struct Options {
+    pub force: bool,
+    pub terminate_connections: bool,
+    pub to: Option<String>,
+}
+
+/// Finds the manifest for an id, `latest`, or `pre-deploy` (from the state dir).
+pub async fn resolve(
+    settings: &Settings,
+    store: &backup::Store,
+    url: &DatabaseUrl,
+    which: &str,
+) -> Result<backup::Manifest, Failure> {
+    let all = backup::list(store, &url.name()).await?;
+    let id = match which {
+        "latest" => all.first().map(|m| m.id.clone()),
+        "pre-deploy" => {
+            let deploy = state::read(&settings.state_dir, &url.name())
+                .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+            match deploy.and_then(|d| d.pre_deploy_snapshot) {
+                Some(id) => Some(id),
+                None => return Err(Failure::new(EXIT_FAILED, format!("the last `migrate` of {} took no pre-deploy snapshot (nothing was pending, or it was a first deploy); name a snapshot id instead", url.display()))),
+            }
+        }
+        id => Some(id.to_string()),
+    };
+    let Some(id) = id else {
+        return Err(Failure::new(
+            EXIT_FAILED,
+            format!("no snapshot of {} in {}", url.name(), settings.store),
+        ));
+    };
+    all.into_iter().find(|m| m.id == id).ok_or_else(|| {
+        Failure::new(
+            EXIT_FAILED,
+            format!(
+                "snapshot {id} is not in {} (see `dbward snapshots`)",
+                settings.store
+            ),
+        )
+    })
+}
+
+/// Asks on a terminal; without one, `--yes` is required.
+fn confirm(yes: bool, question: &str) -> Result<(), Failure> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::new(
+            EXIT_USAGE,
+            "restore replaces the database: pass --yes to confirm (no terminal to ask on)",
+        ));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    if matches!(line.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            EXIT_USAGE,
+            "not confirmed; nothing was restored",
+        ))
+    }
+}
+
+/// The restore itself, for `restore` and the health guard. Returns the JSON result.
+pub async fn restore_snapshot(
+    settings: &Settings,
+    store: &backup::Store,
+    url: &DatabaseUrl,
+    m: &backup::Manifest,
+    opts: &Options,
+) -> Result<Value, Failure> {
+    let started = Instant::now();
+    tracing::info!(
+        "restoring snapshot {} ({}) into {}",
+        m.id,
+        backup::bytes(m.stored_bytes),
+        opts.to.as_deref().unwrap_or(&url.display())
+    );
+    let result = match url {
+        DatabaseUrl::Sqlite(live) => {
+            let target = opts
+                .to
+                .as_deref()
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| live.clone());
+            if opts.to.is_some() && target.exists() {
+                return Err(Failure::new(
+                    EXIT_USAGE,
+                    format!(
+                        "--to {}: the file exists; restore into a new path",
+                        target.display()
+                    ),
+                ));
+            }
+            // The migration lock: no `migrate` (or other restore) runs meanwhile.
+            let _lock = migrator::database::sqlite::lock_file(live, LOCK_WAIT)?;
+            restore::sqlite::clean_stray(&target);
+            if opts.to.is_none() && !opts.force {
+                let holders = restore::sqlite::holders(live);
+                if !holders.is_empty() {
+                    return Err(backup::Error::Refused(format!(
+                        "{} is open in {}; stop the application first, or pass --force (it keeps writing to the file moved aside). Nothing was replaced.",
+                        live.display(),
+                        holders.join(", ")
+                    ))
+                    .into());
+                }
+            }
+            let dir = restore::sqlite::dir_of(&target);
+            let fetched = restore::fetch(store, m, &dir).await?;
+            let restored = restore::decompress(&fetched, &dir, restore::sqlite::TEMP_PREFIX, m)?;
+            drop(fetched);
+            restore::sqlite::check(&restored, m)?;
+            if opts.to.is_some() {
+                std::fs::rename(&restored, &target).map_err(|e| {
+                    Failure::new(
+                        EXIT_FAILED,
+                        format!("renaming to {}: {e}", target.display()),
+                    )
+                })?;
+                let _ = restored.keep();
+                json!({ "database": target, "replaced": null })
+            } else {
+                let kept = restore::sqlite::swap_in(live, restored, opts.force)?;
+                json!({ "database": live, "replaced": kept })
+            }
+        }
+        DatabaseUrl::Postgres(pg) => {
+            let temp = settings.temp_dir();
+            let fetched = restore::fetch(store, m, &temp).await?;
+            let dump = restore::decompress(&fetched, &temp, ".dbward-restore-", m)?;
+            drop(fetched);
+            let (target_url, to) = match &opts.to {
+                Some(to) => match DatabaseUrl::parse(to)? {
+                    DatabaseUrl::Postgres(t) => {
+                        let name = t.config.get_dbname().unwrap_or_default().to_string();
+                        (t, Some(name))
+                    }
+                    DatabaseUrl::Sqlite(_) => {
+                        return Err(Failure::new(
+                            EXIT_USAGE,
+                            "--to: a PostgreSQL snapshot restores into a postgres:// URL",
+                        ))
+                    }
+                },
+                None => (pg.clone(), None),
+            };
+            let out = restore::postgres::restore(
+                &target_url,
+                &dump,
+                m,
+                &restore::postgres::Options {
+                    terminate_connections: opts.terminate_connections,
+                    to,
+                },
+            )
+            .await?;
+            json!(out)
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!("restored snapshot {} in {secs:.1}s", m.id);
+    let mut out = result;
+    if let Value::Object(map) = &mut out {
+        map.insert("snapshot".into(), m.id.clone().into());
+        map.insert("seconds".into(), json!(secs));
+    }
+    Ok(out)
+}
