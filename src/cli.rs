@@ -74,6 +74,50 @@ pub enum Command {
     Prune(PruneArgs),
     /// Restore a snapshot (id, `latest` or `pre-deploy`); the replaced database is kept aside.
     Restore(RestoreArgs),
+    /// Poll the health endpoint until healthy or timeout; --restore-on-failure restores the
+    /// pre-deploy snapshot of a deploy that broke it (exit 5).
+    Health(HealthArgs),
+    /// Migrate, start CMD, check health: on failure stop CMD and restore (exit 5); otherwise
+    /// forward SIGTERM/SIGINT to CMD and exit with its code. The docker-compose entrypoint.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthFlags {
+    /// Health endpoint, http://host:port/path [env: DBWARD_HEALTH_URL] [config: health.url]
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Give up after this long [config: health.timeout] [default: 60s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// Time between polls [config: health.interval] [default: 1s]
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub interval: Option<std::time::Duration>,
+    /// Healthy status codes, comma-separated [config: health.expect_status] [default: any 2xx]
+    #[arg(long, value_name = "CODES", value_delimiter = ',')]
+    pub expect_status: Vec<u16>,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub flags: HealthFlags,
+    /// If unhealthy and the last `migrate` applied migrations (and nobody migrated since),
+    /// restore its pre-deploy snapshot and exit 5.
+    #[arg(long)]
+    pub restore_on_failure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub health: HealthFlags,
+    /// How long CMD gets after SIGTERM before SIGKILL, when it is stopped for being unhealthy.
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+    /// The application and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
 }
 
 #[derive(Debug, Args)]

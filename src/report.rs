@@ -9,13 +9,14 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_REFUSED: u8 = 3;
 pub const EXIT_LOCK_TIMEOUT: u8 = 4;
+pub const EXIT_RESTORED: u8 = 5;
 
 pub struct Report {
     /// Printed on stdout without `--json`.
     pub text: String,
     /// Printed on stdout with `--json`.
     pub json: Value,
-    /// 0, or 3 for a `status` that found drift.
+    /// 0; 3 for a `status` that found drift; the command's own code for `run`.
     pub code: u8,
 }
 

@@ -27,6 +27,8 @@ pub struct Settings {
     pub level: i32,
     /// `backup.temp_dir`: where a SQLite copy is staged (default `<state_dir>/tmp`).
     pub temp_dir: Option<PathBuf>,
+    /// `[health]`: the application's health endpoint and how to poll it.
+    pub health: Health,
     /// `[retention]`: empty means keep everything.
     pub retention: backup::retention::Policy,
 }
@@ -48,6 +50,26 @@ struct FileConfig {
     retention: RetentionSection,
     #[serde(default)]
     backup: BackupSection,
+    #[serde(default)]
+    health: HealthSection,
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub url: Option<String>,
+    pub timeout: Duration,
+    pub interval: Duration,
+    /// Accepted status codes; empty means any 2xx.
+    pub expect_status: Vec<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthSection {
+    url: Option<String>,
+    timeout: Option<String>,
+    interval: Option<String>,
+    expect_status: Option<Vec<u16>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,6 +245,20 @@ fn resolve(
             None => 3,
         },
         temp_dir: file.backup.temp_dir.map(rebase),
+        health: Health {
+            url: env("DBWARD_HEALTH_URL").or(file.health.url),
+            timeout: duration_key(
+                "health.timeout",
+                file.health.timeout.as_deref(),
+                Duration::from_secs(60),
+            )?,
+            interval: duration_key(
+                "health.interval",
+                file.health.interval.as_deref(),
+                Duration::from_secs(1),
+            )?,
+            expect_status: file.health.expect_status.unwrap_or_default(),
+        },
         retention: backup::retention::Policy {
             keep_last: file.retention.keep_last.unwrap_or(0),
             keep_daily: file.retention.keep_daily.unwrap_or(0),
@@ -230,6 +266,17 @@ fn resolve(
             keep_monthly: file.retention.keep_monthly.unwrap_or(0),
         },
     })
+}
+
+fn duration_key(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+) -> Result<Duration, SettingsError> {
+    match value {
+        Some(v) => parse_duration(v).map_err(|e| SettingsError(format!("config key {key}: {e}"))),
+        None => Ok(default),
+    }
 }
 
 /// `16MiB`, `8MB`, `1GiB` or a number of bytes.

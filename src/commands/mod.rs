@@ -1,10 +1,12 @@
 //! One module per command. Each returns a [`Report`] or a [`Failure`]; none prints on stdout.
 
 mod backup;
+mod health;
 mod lint;
 mod migrate;
 mod prune;
 mod restore;
+mod run;
 mod snapshots;
 mod status;
 
@@ -23,6 +25,8 @@ pub fn name(command: &Command) -> &'static str {
         Command::Snapshots(_) => "snapshots",
         Command::Prune(_) => "prune",
         Command::Restore(_) => "restore",
+        Command::Health(_) => "health",
+        Command::Run(_) => "run",
     }
 }
 
@@ -36,6 +40,8 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::Snapshots(args) => snapshots::run(&settings, args).await,
         Command::Prune(args) => prune::run(&settings, args).await,
         Command::Restore(args) => restore::run(&settings, args).await,
+        Command::Health(args) => health::run(&settings, args).await,
+        Command::Run(args) => run::run(&settings, args).await,
     }
 }
 

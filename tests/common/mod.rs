@@ -412,3 +412,63 @@ impl Drop for S3 {
         self.kill();
     }
 }
+
+/// A real HTTP server on a free loopback port standing in for the application's health
+/// endpoint: it answers `status`, or 503 until `healthy_after` has passed and 200 from then on.
+pub struct Http {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Http {
+    pub fn status(status: u16) -> Http {
+        Http::start(status, None)
+    }
+
+    pub fn healthy_after(delay: Duration) -> Http {
+        Http::start(503, Some(delay))
+    }
+
+    fn start(status: u16, healthy_after: Option<Duration>) -> Http {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (stop2, hits2) = (stop.clone(), hits.clone());
+        let started = Instant::now();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let mut buf = [0u8; 1024];
+                let _ = std::io::Read::read(&mut conn, &mut buf);
+                hits2.fetch_add(1, Ordering::Relaxed);
+                let code = match healthy_after {
+                    Some(d) if started.elapsed() >= d => 200,
+                    _ => status,
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Http { port, stop, hits }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/healthz", self.port)
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}

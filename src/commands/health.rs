@@ -1,0 +1,184 @@
+//! `dbward health`: poll the application's health endpoint; with `--restore-on-failure`, the
+//! guard: restore the last deploy's pre-deploy snapshot if (and only if) that deploy applied
+//! migrations and nobody migrated since. Exit 5 after such a restore.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use migrator::database::Open;
+use migrator::Database;
+
+use super::database_url;
+use super::restore::{resolve, restore_snapshot, Options};
+use crate::cli::{HealthArgs, HealthFlags};
+use crate::probe;
+use crate::report::{Failure, Report, EXIT_FAILED, EXIT_RESTORED};
+use crate::settings::{Health, Settings};
+use crate::state;
+
+pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failure> {
+    let health = args.flags.apply(&settings.health);
+    match poll(&health).await {
+        Ok((status, waited)) => Ok(Report {
+            text: format!(
+                "healthy: {} answered {status} after {:.1}s\n",
+                health.url.as_deref().unwrap_or_default(),
+                waited.as_secs_f64()
+            ),
+            json: json!({ "healthy": true, "status": status, "seconds": waited.as_secs_f64() }),
+            code: 0,
+        }),
+        Err(reason) if args.restore_on_failure => Err(guard(settings, &reason).await),
+        Err(reason) => Err(Failure::new(EXIT_FAILED, format!("unhealthy: {reason}"))),
+    }
+}
+
+/// Polls until a status in `expect_status` (any 2xx by default) or the timeout. Returns the
+/// healthy status and how long it took, or why it was not healthy.
+pub async fn poll(h: &Health) -> Result<(u16, Duration), String> {
+    let Some(url) = h.url.clone() else {
+        return Err(
+            "no health URL: give --url, set DBWARD_HEALTH_URL, or `url` under [health]".into(),
+        );
+    };
+    let started = Instant::now();
+    loop {
+        let per_try = h.interval.max(Duration::from_secs(2)).min(h.timeout);
+        let u = url.clone();
+        let result = tokio::task::spawn_blocking(move || probe::status(&u, per_try))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        let last = match result {
+            Ok(code) if ok(code, &h.expect_status) => return Ok((code, started.elapsed())),
+            Ok(code) => format!("{url} answered {code}"),
+            Err(e) if e.contains("must start with http://") => return Err(e),
+            Err(e) => e,
+        };
+        if started.elapsed() + h.interval > h.timeout {
+            return Err(format!(
+                "{last} (still unhealthy after {})",
+                migrator::error::humanize(h.timeout)
+            ));
+        }
+        tokio::time::sleep(h.interval).await;
+    }
+}
+
+fn ok(code: u16, expect: &[u16]) -> bool {
+    if expect.is_empty() {
+        (200..300).contains(&code)
+    } else {
+        expect.contains(&code)
+    }
+}
+
+/// The restore-on-failure decision and action. Always a `Failure`: exit 5 when it restored,
+/// exit 1 (with the reason it did not) otherwise.
+pub async fn guard(settings: &Settings, reason: &str) -> Failure {
+    match guard_inner(settings, reason).await {
+        Ok(f) | Err(f) => f,
+    }
+}
+
+async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failure> {
+    let url = database_url(settings)?;
+    let not = |why: String| {
+        Failure::new(
+            EXIT_FAILED,
+            format!("unhealthy: {reason}. Not restoring: {why}"),
+        )
+    };
+    let Some(mut deploy) =
+        state::read(&settings.state_dir, &url.name()).map_err(|e| Failure::new(EXIT_FAILED, e))?
+    else {
+        return Err(not(format!(
+            "no deploy of {} is recorded in {}",
+            url.display(),
+            settings.state_dir.display()
+        )));
+    };
+    if let Some(at) = &deploy.restored {
+        return Err(not(format!("the pre-deploy snapshot of this deploy was already restored at {at}; it is never restored twice")));
+    }
+    if deploy.applied.is_empty() {
+        return Err(not(
+            "the last deploy applied no migrations, so the database is not what changed".into(),
+        ));
+    }
+    let Some(snapshot) = deploy.pre_deploy_snapshot.clone() else {
+        return Err(not(
+            "the last deploy took no pre-deploy snapshot (a first deploy, or --no-snapshot)".into(),
+        ));
+    };
+    let head = Database::open(&url, Open::Existing)
+        .await?
+        .applied()
+        .await?
+        .into_iter()
+        .max_by_key(|a| a.version);
+    let now = head.map(|h| (h.version, h.checksum.to_string()));
+    let then = deploy
+        .head
+        .as_ref()
+        .map(|h| (h.version, h.checksum.clone()));
+    if now != then {
+        return Err(not(format!(
+            "the migration head moved since that deploy (now {}, the deploy left {}); someone migrated since",
+            now.map(|n| format!("V{}", n.0)).unwrap_or_else(|| "none".into()),
+            then.map(|t| format!("V{}", t.0)).unwrap_or_else(|| "none".into())
+        )));
+    }
+    tracing::warn!(
+        "unhealthy after the deploy of {} that applied {:?}: restoring its pre-deploy snapshot {snapshot} \
+         as `dbward restore {snapshot} --yes --force --terminate-connections` would \
+         (a running SQLite app keeps writing to the file moved aside; PostgreSQL sessions are ended)",
+        deploy.at,
+        deploy.applied
+    );
+    let store = settings.store().await?;
+    let m = resolve(settings, &store, &url, &snapshot).await?;
+    let outcome = restore_snapshot(
+        settings,
+        &store,
+        &url,
+        &m,
+        &Options {
+            force: true,
+            terminate_connections: true,
+            to: None,
+        },
+    )
+    .await?;
+    deploy.restored = Some(backup::manifest::now_rfc3339(
+        time::OffsetDateTime::now_utc(),
+    ));
+    if let Err(e) = state::write(&settings.state_dir, &url.name(), &deploy) {
+        tracing::error!("restored, but recording it failed: {e}");
+    }
+    let kept = outcome["replaced"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_default();
+    Ok(Failure {
+        code: EXIT_RESTORED,
+        message: format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}"),
+        details: json!({ "restored": outcome }),
+    })
+}
+
+impl HealthFlags {
+    /// Flags over the `[health]` settings.
+    pub fn apply(&self, base: &Health) -> Health {
+        Health {
+            url: self.url.clone().or_else(|| base.url.clone()),
+            timeout: self.timeout.unwrap_or(base.timeout),
+            interval: self.interval.unwrap_or(base.interval),
+            expect_status: if self.expect_status.is_empty() {
+                base.expect_status.clone()
+            } else {
+                self.expect_status.clone()
+            },
+        }
+    }
+}

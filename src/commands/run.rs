@@ -1,0 +1,106 @@
+//! `dbward run -- CMD ARGS`: the docker-compose entrypoint. Migrate; start CMD; check health.
+//! Unhealthy (or CMD died first): stop CMD (SIGTERM, then SIGKILL after `--grace`) and let the
+//! guard restore (exit 5). Healthy: forward SIGTERM/SIGINT to CMD and exit with its code.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::{MigrateArgs, RunArgs};
+use crate::report::{Failure, Report, EXIT_FAILED, EXIT_USAGE};
+use crate::settings::Settings;
+
+pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure> {
+    let health = args.health.apply(&settings.health);
+    if health.url.is_none() {
+        return Err(Failure::new(
+            EXIT_USAGE,
+            "run needs a health URL: --url, DBWARD_HEALTH_URL, or `url` under [health]",
+        ));
+    }
+    let migrate = MigrateArgs {
+        dry_run: false,
+        no_snapshot: false,
+        lock_timeout: Duration::from_secs(600),
+    };
+    super::migrate::run(settings, &migrate).await?;
+
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))?;
+    let (program, rest) = args.cmd.split_first().expect("clap requires CMD");
+    let mut child = Command::new(program)
+        .args(rest)
+        .spawn()
+        .map_err(|e| Failure::new(EXIT_FAILED, format!("starting {program}: {e}")))?;
+    let pid = child.id().unwrap_or_default() as i32;
+    tracing::info!(
+        "started {} (pid {pid}); checking health at {}",
+        args.cmd.join(" "),
+        health.url.as_deref().unwrap_or_default()
+    );
+
+    let verdict = tokio::select! {
+        r = super::health::poll(&health) => r.map(|_| ()),
+        status = child.wait() => Err(format!("{program} exited ({}) before it was healthy", describe(status.ok()))),
+        _ = term.recv() => return forward_and_wait(&mut child, pid, libc::SIGTERM).await,
+        _ = int.recv() => return forward_and_wait(&mut child, pid, libc::SIGINT).await,
+    };
+    if let Err(reason) = verdict {
+        stop(&mut child, pid, args.grace).await;
+        return Err(super::health::guard(settings, &reason).await);
+    }
+    tracing::info!("healthy; waiting on {program}");
+    let status = tokio::select! {
+        s = child.wait() => s.ok(),
+        _ = term.recv() => return forward_and_wait(&mut child, pid, libc::SIGTERM).await,
+        _ = int.recv() => return forward_and_wait(&mut child, pid, libc::SIGINT).await,
+    };
+    Ok(finished(status))
+}
+
+async fn forward_and_wait(child: &mut Child, pid: i32, sig: i32) -> Result<Report, Failure> {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+    Ok(finished(child.wait().await.ok()))
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+async fn stop(child: &mut Child, pid: i32, grace: Duration) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!(
+            "pid {pid} ignored SIGTERM for {}; killing it",
+            migrator::error::humanize(grace)
+        );
+        let _ = child.kill().await;
+    }
+}
+
+/// CMD's exit code, or 128 + the signal that ended it (the shell's convention).
+fn finished(status: Option<ExitStatus>) -> Report {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .and_then(|s| s.code().or_else(|| s.signal().map(|n| 128 + n)))
+        .unwrap_or(1);
+    Report {
+        text: String::new(),
+        json: json!({ "command_exit_code": code }),
+        code: code.clamp(0, 255) as u8,
+    }
+}
+
+fn describe(status: Option<ExitStatus>) -> String {
+    status
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "unknown status".into())
+}

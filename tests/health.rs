@@ -1,0 +1,281 @@
+//! `dbward health --restore-on-failure` and `dbward run`: a deploy that applied migrations and
+//! then fails its health check gets its pre-deploy snapshot back (exit 5); anything else does not.
+//! The health endpoint is a real HTTP server on loopback.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{json, run, Http, Pg, Project};
+
+fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .unwrap_or_else(|e| panic!("sqlite3: {e}: {}", common::MISSING));
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        common::stderr(&out)
+    );
+    common::stdout(&out).trim().to_string()
+}
+
+/// V1 applied with data; then a deploy that applies V2 (drops a column, rewrites data).
+fn deployed(p: &Project) {
+    p.migration(
+        "V1__notes.sql",
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, author TEXT);\n",
+    );
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    sqlite(
+        &p.path().join("app.db"),
+        "INSERT INTO notes (body, author) VALUES ('one', 'ann'), ('two', 'bob');",
+    );
+    p.migration("V2__drop_author.sql", "ALTER TABLE notes DROP COLUMN author;\nUPDATE notes SET body = upper(body) WHERE id > 0;\n");
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("migrate"));
+    assert_eq!(code, 0, "{err}");
+}
+
+fn health(p: &Project, url: &str) -> Command {
+    let mut c = p.dbward("sqlite:app.db");
+    c.args([
+        "health",
+        "--restore-on-failure",
+        "--timeout",
+        "2s",
+        "--interval",
+        "200ms",
+        "--url",
+        url,
+    ]);
+    c
+}
+
+#[test]
+fn an_unhealthy_deploy_that_migrated_is_restored_with_exit_5_and_never_twice() {
+    let p = Project::new();
+    deployed(&p);
+    let server = Http::status(503);
+    let (code, out, err) = run(health(&p, &server.url()).arg("--json"));
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("Restored the pre-deploy snapshot"), "{err}");
+    let doc = json(&out);
+    let kept = doc["restored"]["replaced"].as_str().unwrap().to_string();
+    let db = p.path().join("app.db");
+    assert_eq!(
+        sqlite(&db, "SELECT max(version) FROM refinery_schema_history"),
+        "1",
+        "schema back"
+    );
+    assert_eq!(
+        sqlite(&db, "SELECT group_concat(body || ':' || author) FROM notes"),
+        "one:ann,two:bob",
+        "data back"
+    );
+    assert_eq!(
+        sqlite(
+            &p.path().join(&kept),
+            "SELECT group_concat(body) FROM notes"
+        ),
+        "ONE,TWO",
+        "the failed database is kept"
+    );
+
+    let (code, _, err) = run(&mut health(&p, &server.url()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("never restored twice"), "{err}");
+}
+
+#[test]
+fn a_no_op_deploy_that_fails_health_is_not_restored() {
+    let p = Project::new();
+    deployed(&p);
+    assert_eq!(
+        run(p.dbward("sqlite:app.db").arg("migrate")).0,
+        0,
+        "nothing pending: a no-op deploy"
+    );
+    let server = Http::status(503);
+    let (code, _, err) = run(&mut health(&p, &server.url()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("applied no migrations"), "{err}");
+    assert_eq!(
+        sqlite(
+            &p.path().join("app.db"),
+            "SELECT max(version) FROM refinery_schema_history"
+        ),
+        "2"
+    );
+}
+
+#[test]
+fn a_moved_head_is_not_restored() {
+    let p = Project::new();
+    deployed(&p);
+    // Someone migrated since the deploy (by hand, say).
+    sqlite(
+        &p.path().join("app.db"),
+        "INSERT INTO refinery_schema_history VALUES (3, 'by_hand', '2026-01-01T00:00:00Z', '1');",
+    );
+    let server = Http::status(500);
+    let (code, _, err) = run(&mut health(&p, &server.url()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("migration head moved"), "{err}");
+}
+
+#[test]
+fn healthy_after_a_delay_is_healthy() {
+    let p = Project::new();
+    deployed(&p);
+    let server = Http::healthy_after(Duration::from_millis(600));
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args([
+        "health",
+        "--restore-on-failure",
+        "--timeout",
+        "30s",
+        "--interval",
+        "100ms",
+        "--url",
+        &server.url(),
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["status"], 200);
+    assert!(
+        server.hits.load(std::sync::atomic::Ordering::Relaxed) > 1,
+        "polled until healthy"
+    );
+    assert_eq!(
+        sqlite(
+            &p.path().join("app.db"),
+            "SELECT max(version) FROM refinery_schema_history"
+        ),
+        "2"
+    );
+}
+
+#[test]
+fn run_restores_and_stops_an_unhealthy_command() {
+    let p = Project::new();
+    deployed(&p);
+    p.migration("V3__add_tags.sql", "CREATE TABLE tags (name TEXT);\n");
+    let server = Http::status(503);
+    let pidfile = p.path().join("app.pid");
+    let script = format!("echo $$ > {}; exec sleep 300", pidfile.display());
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args([
+        "run",
+        "--url",
+        &server.url(),
+        "--timeout",
+        "1s",
+        "--interval",
+        "200ms",
+        "--grace",
+        "2s",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert_eq!(code, 5, "{err}");
+    let db = p.path().join("app.db");
+    assert_eq!(
+        sqlite(&db, "SELECT max(version) FROM refinery_schema_history"),
+        "2",
+        "V3 undone"
+    );
+    let pid = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the command was stopped"
+    );
+}
+
+#[test]
+fn run_passes_on_the_command_exit_code_and_forwards_sigterm() {
+    let p = Project::new();
+    deployed(&p);
+    let server = Http::status(200);
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args([
+        "run",
+        "--url",
+        &server.url(),
+        "--",
+        "sh",
+        "-c",
+        "sleep 0.5; exit 7",
+    ]));
+    assert_eq!(code, 7, "{err}");
+
+    let child = p
+        .dbward("sqlite:app.db")
+        .args(["run", "--url", &server.url(), "--", "sleep", "300"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the command is up (healthy), then ask dbward to stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.hits.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    sigterm(child.id());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(128 + 15),
+        "{}",
+        common::stderr(&out)
+    );
+}
+
+fn sigterm(pid: u32) {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+#[test]
+fn postgres_unhealthy_deploy_is_restored_and_sessions_ended() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    p.migration(
+        "V1__t.sql",
+        "CREATE TABLE t (id int PRIMARY KEY, v text);\nINSERT INTO t VALUES (1, 'before');\n",
+    );
+    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
+    p.migration("V2__change.sql", "UPDATE t SET v = 'after' WHERE id = 1;\n");
+    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
+    // The new release is connected while it fails its health check.
+    let mut app = pg.session("shop");
+    std::io::Write::write_all(app.stdin.as_mut().unwrap(), b"SELECT 1;\n").unwrap();
+    pg.wait_for("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND application_name = 'psql'", "1");
+    let server = Http::status(503);
+    let (code, _, err) = run(p.dbward(&url).args([
+        "health",
+        "--restore-on-failure",
+        "--timeout",
+        "1s",
+        "--url",
+        &server.url(),
+    ]));
+    assert_eq!(code, 5, "{err}");
+    let _ = app.kill();
+    let _ = app.wait();
+    assert_eq!(pg.psql("shop", "SELECT v FROM t"), "before");
+    assert_eq!(
+        pg.psql("shop", "SELECT max(version) FROM refinery_schema_history"),
+        "1"
+    );
+}
