@@ -80,6 +80,22 @@ pub enum Command {
     /// Migrate, start CMD, check health: on failure stop CMD and restore (exit 5); otherwise
     /// forward SIGTERM/SIGINT to CMD and exit with its code. The docker-compose entrypoint.
     Run(RunArgs),
+    /// Restore a snapshot into a scratch database, check it, time it, remove it (exit 1 if any
+    /// check fails).
+    RestoreDrill(DrillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// A snapshot id, `latest` or `random`.
+    #[arg(default_value = "latest")]
+    pub snapshot: String,
+    /// Write the JSON report here too.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
+    /// Write Prometheus textfile metrics here (for node_exporter's textfile collector).
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -47,10 +47,12 @@ fn main() -> ExitCode {
             report.code
         }
         Err(failure) => {
-            tracing::error!("{}", failure.message);
             if cli.global.json {
                 let _ = writeln!(stdout, "{:#}", failure.to_json(command));
+            } else {
+                let _ = stdout.write_all(failure.text.as_bytes());
             }
+            tracing::error!("{}", failure.message);
             failure.code
         }
     };

@@ -26,6 +26,8 @@ pub struct Failure {
     pub message: String,
     /// Structured details for `--json` (lint findings, drift, ...).
     pub details: Value,
+    /// A result for people, printed on stdout without `--json` (a drill's check list).
+    pub text: String,
 }
 
 impl Failure {
@@ -34,6 +36,7 @@ impl Failure {
             code,
             message: message.into(),
             details: Value::Null,
+            text: String::new(),
         }
     }
 
@@ -91,6 +94,7 @@ impl From<migrator::Error> for Failure {
             code,
             message: e.to_string(),
             details,
+            text: String::new(),
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct Settings {
     pub temp_dir: Option<PathBuf>,
     /// `[health]`: the application's health endpoint and how to poll it.
     pub health: Health,
+    /// `[drill]`.
+    pub drill: Drill,
     /// `[retention]`: empty means keep everything.
     pub retention: backup::retention::Policy,
 }
@@ -52,6 +54,8 @@ struct FileConfig {
     backup: BackupSection,
     #[serde(default)]
     health: HealthSection,
+    #[serde(default)]
+    drill: DrillSection,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +65,24 @@ pub struct Health {
     pub interval: Duration,
     /// Accepted status codes; empty means any 2xx.
     pub expect_status: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Drill {
+    /// `drill.database`: the server for scratch databases (default: the live one's server).
+    pub database: Option<String>,
+    pub probes: Vec<String>,
+    pub max_rto: Option<Duration>,
+    pub max_snapshot_age: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrillSection {
+    database: Option<String>,
+    probes: Option<Vec<String>>,
+    max_rto: Option<String>,
+    max_snapshot_age: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +267,22 @@ fn resolve(
             None => 3,
         },
         temp_dir: file.backup.temp_dir.map(rebase),
+        drill: Drill {
+            database: env("DBWARD_DRILL_DATABASE").or(file.drill.database),
+            probes: file.drill.probes.unwrap_or_default(),
+            max_rto: file
+                .drill
+                .max_rto
+                .as_deref()
+                .map(|v| duration_key("drill.max_rto", Some(v), Duration::ZERO))
+                .transpose()?,
+            max_snapshot_age: file
+                .drill
+                .max_snapshot_age
+                .as_deref()
+                .map(|v| duration_key("drill.max_snapshot_age", Some(v), Duration::ZERO))
+                .transpose()?,
+        },
         health: Health {
             url: env("DBWARD_HEALTH_URL").or(file.health.url),
             timeout: duration_key(

@@ -137,6 +137,46 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
     Ok(manifest)
 }
 
+/// What a restore drill leaves next to the snapshot it proved (or failed to prove).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DrillReceipt {
+    pub snapshot: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub success: bool,
+    pub rto_seconds: Option<f64>,
+    /// The first check that failed.
+    pub failed_check: Option<String>,
+}
+
+pub fn receipt_key(database: &str, id: &str) -> String {
+    format!("{database}/{id}.drill.json")
+}
+
+/// The drill receipts of `database`'s snapshots, by snapshot id.
+pub async fn receipts(
+    store: &Store,
+    database: &str,
+) -> Result<std::collections::HashMap<String, DrillReceipt>, Error> {
+    let objects = store.list(database).await?;
+    read_receipts(store, &objects).await
+}
+
+async fn read_receipts(
+    store: &Store,
+    objects: &[store::ObjectInfo],
+) -> Result<std::collections::HashMap<String, DrillReceipt>, Error> {
+    let mut out = std::collections::HashMap::new();
+    for obj in objects.iter().filter(|o| o.key.ends_with(".drill.json")) {
+        let bytes = store.get_bytes(&obj.key).await?;
+        // A receipt that does not parse proves nothing; it is skipped, not fatal.
+        if let Ok(r) = serde_json::from_slice::<DrillReceipt>(&bytes) {
+            out.insert(r.snapshot.clone(), r);
+        }
+    }
+    Ok(out)
+}
+
 pub fn manifest_key(database: &str, id: &str) -> String {
     format!("{database}/{id}.json")
 }
@@ -193,7 +233,18 @@ pub async fn prune(
 ) -> Result<PruneReport, Error> {
     let objects = store.list(database).await?;
     let manifests = read_manifests(store, &objects).await?;
-    let decisions = retention::decide(&manifests, policy);
+    let mut decisions = retention::decide(&manifests, policy);
+    // The newest snapshot that passed a drill is the one known to restore: never removed.
+    let receipts = read_receipts(store, &objects).await?;
+    if let Some(proven) = manifests
+        .iter()
+        .find(|m| receipts.get(&m.id).is_some_and(|r| r.success))
+    {
+        if let Some(d) = decisions.iter_mut().find(|d| d.id == proven.id) {
+            d.keep = true;
+            d.reasons.push("drilled");
+        }
+    }
     let mut removed = Vec::new();
     for d in decisions.iter().filter(|d| !d.keep) {
         let m = manifests
@@ -203,6 +254,7 @@ pub async fn prune(
         if !dry_run {
             store.delete(&manifest_key(database, &m.id)).await?;
             store.delete(&m.data_key).await?;
+            store.delete(&receipt_key(database, &m.id)).await?;
             tracing::info!("pruned snapshot {}", m.id);
         }
         removed.push(m.id.clone());

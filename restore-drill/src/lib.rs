@@ -1,1 +1,600 @@
-//! placeholder
+//! Restore drills: a backup that has never been restored is a hope. A drill fetches a
+//! snapshot, restores it into a scratch database (never the live one), checks it the way
+//! DESIGN.md lists, times it, and always cleans up. Each check has its own verdict and time; the
+//! drill stops at the first failure but reports what ran.
+
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use backup::restore;
+use backup::{Manifest, Store};
+use migrator::database::postgres::{applied_on, describe, Postgres};
+use migrator::database::PgUrl;
+use migrator::{DatabaseUrl, MigrationFile};
+
+/// Where a PostgreSQL snapshot is restored for the drill.
+#[derive(Debug, Clone)]
+pub enum Scratch {
+    /// A database `dbward_drill_<id>` on the same server as the live one.
+    SameServer,
+    /// A database `dbward_drill_<id>` on this server (the URL's database is only used to connect).
+    Server(Box<PgUrl>),
+}
+
+pub struct Options {
+    pub scratch: Scratch,
+    /// SQL returning one boolean each; all must be true.
+    pub probes: Vec<String>,
+    pub max_rto: Option<Duration>,
+    pub max_snapshot_age: Option<Duration>,
+    /// The migrations folder, when known: the restored head must be one of its files.
+    pub migrations: Option<Vec<MigrationFile>>,
+    pub temp_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Passed,
+    Failed,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub verdict: Verdict,
+    pub seconds: f64,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub snapshot: String,
+    pub database: String,
+    pub engine: String,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    /// How old the snapshot was when drilled: the RPO this backup gives.
+    pub snapshot_age_seconds: f64,
+    /// Download + decode + restore: the RTO this backup gives. None if it never got there.
+    pub rto_seconds: Option<f64>,
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+    pub checks: Vec<Check>,
+    pub success: bool,
+}
+
+impl Report {
+    pub fn first_failure(&self) -> Option<&Check> {
+        self.checks.iter().find(|c| c.verdict == Verdict::Failed)
+    }
+}
+
+/// Runs the checks in order, stopping at the first failure.
+struct Checks {
+    list: Vec<Check>,
+    failed: bool,
+}
+
+impl Checks {
+    async fn run<T>(
+        &mut self,
+        name: &'static str,
+        f: impl Future<Output = Result<(T, String), String>>,
+    ) -> Option<T> {
+        if self.failed {
+            return None;
+        }
+        let started = Instant::now();
+        let result = f.await;
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok((value, detail)) => {
+                tracing::info!("drill check {name}: passed in {seconds:.2}s {detail}");
+                self.list.push(Check {
+                    name,
+                    verdict: Verdict::Passed,
+                    seconds,
+                    detail,
+                });
+                Some(value)
+            }
+            Err(detail) => {
+                tracing::error!("drill check {name}: FAILED in {seconds:.2}s: {detail}");
+                self.list.push(Check {
+                    name,
+                    verdict: Verdict::Failed,
+                    seconds,
+                    detail,
+                });
+                self.failed = true;
+                None
+            }
+        }
+    }
+
+    fn skipped(&mut self, name: &'static str, detail: String) {
+        tracing::warn!("drill check {name}: skipped: {detail}");
+        self.list.push(Check {
+            name,
+            verdict: Verdict::Skipped,
+            seconds: 0.0,
+            detail,
+        });
+    }
+}
+
+/// The scratch database's name for a snapshot id: `dbward_drill_<id>`, lowercase.
+pub fn scratch_name(id: &str) -> String {
+    format!("dbward_drill_{}", id.to_lowercase().replace('-', "_"))
+}
+
+/// Drills `m` (a snapshot of `live`). Never touches `live`. Cleans up on every path, Ctrl-C
+/// included (the scratch database of a drill killed outright is dropped by the next drill).
+pub async fn drill(store: &Store, live: &DatabaseUrl, m: &Manifest, opts: &Options) -> Report {
+    let now = time::OffsetDateTime::now_utc();
+    let age = m
+        .created()
+        .map(|c| (now - c).as_seconds_f64())
+        .unwrap_or(f64::NAN);
+    let mut checks = Checks {
+        list: Vec::new(),
+        failed: false,
+    };
+    let mut rto = None;
+    let mut scratch_pg: Option<(PgUrl, String)> = None;
+
+    let work = run_checks(store, live, m, opts, &mut checks, &mut rto, &mut scratch_pg);
+    tokio::select! {
+        _ = work => {}
+        _ = tokio::signal::ctrl_c() => {
+            checks.list.push(Check { name: "interrupted", verdict: Verdict::Failed, seconds: 0.0, detail: "Ctrl-C: the drill was stopped".into() });
+            checks.failed = true;
+        }
+    }
+    if let Some((server, name)) = scratch_pg {
+        drop_scratch(&server, &name).await;
+    }
+
+    if !checks.failed {
+        let started = Instant::now();
+        let mut problems = Vec::new();
+        if let (Some(max), Some(r)) = (opts.max_rto, rto) {
+            if r > max.as_secs_f64() {
+                problems.push(format!(
+                    "RTO {r:.1}s exceeds drill.max_rto {}",
+                    migrator::error::humanize(max)
+                ));
+            }
+        }
+        if let Some(max) = opts.max_snapshot_age {
+            // An unknown age (NaN) fails the threshold too.
+            if age.is_nan() || age > max.as_secs_f64() {
+                problems.push(format!(
+                    "the snapshot is {:.0}s old, more than drill.max_snapshot_age {}",
+                    age,
+                    migrator::error::humanize(max)
+                ));
+            }
+        }
+        if opts.max_rto.is_some() || opts.max_snapshot_age.is_some() {
+            let seconds = started.elapsed().as_secs_f64();
+            let verdict = if problems.is_empty() {
+                Verdict::Passed
+            } else {
+                Verdict::Failed
+            };
+            checks.failed |= verdict == Verdict::Failed;
+            checks.list.push(Check {
+                name: "thresholds",
+                verdict,
+                seconds,
+                detail: problems.join("; "),
+            });
+        }
+    }
+    Report {
+        snapshot: m.id.clone(),
+        database: m.database.clone(),
+        engine: m.engine.clone(),
+        started_at: backup::manifest::now_rfc3339(now),
+        snapshot_age_seconds: age,
+        rto_seconds: rto,
+        stored_bytes: m.stored_bytes,
+        raw_bytes: m.raw_bytes,
+        success: !checks.failed,
+        checks: checks.list,
+    }
+}
+
+async fn run_checks(
+    store: &Store,
+    live: &DatabaseUrl,
+    m: &Manifest,
+    opts: &Options,
+    checks: &mut Checks,
+    rto: &mut Option<f64>,
+    scratch_pg: &mut Option<(PgUrl, String)>,
+) {
+    let started = Instant::now();
+    let Some(fetched) = checks
+        .run("download", async {
+            let t = restore::fetch(store, m, &opts.temp_dir)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((
+                t,
+                format!("{} bytes, SHA-256 matches the manifest", m.stored_bytes),
+            ))
+        })
+        .await
+    else {
+        return;
+    };
+    let Some(decoded) = checks
+        .run("decode", async {
+            let t = restore::decompress(&fetched, &opts.temp_dir, ".dbward-drill-", m)
+                .map_err(|e| e.to_string())?;
+            Ok((t, format!("{} bytes", m.raw_bytes)))
+        })
+        .await
+    else {
+        return;
+    };
+    drop(fetched);
+
+    match live {
+        DatabaseUrl::Sqlite(live_path) => {
+            let Some(conn) = checks
+                .run("restore", async {
+                    if std::fs::canonicalize(&decoded).ok() == std::fs::canonicalize(live_path).ok()
+                    {
+                        return Err("the scratch file is the live database; refusing".into());
+                    }
+                    let c = rusqlite::Connection::open(&decoded).map_err(|e| e.to_string())?;
+                    Ok((c, format!("scratch file {}", decoded.display())))
+                })
+                .await
+            else {
+                return;
+            };
+            *rto = Some(started.elapsed().as_secs_f64());
+            let c = &conn;
+            if checks
+                .run("integrity", async {
+                    let v: String = c
+                        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                        .map_err(|e| e.to_string())?;
+                    if v != "ok" {
+                        return Err(format!("integrity_check: {v}"));
+                    }
+                    let fk: i64 = c
+                        .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                            r.get(0)
+                        })
+                        .map_err(|e| e.to_string())?;
+                    if fk > 0 {
+                        return Err(format!("foreign_key_check: {fk} violation(s)"));
+                    }
+                    Ok(((), "integrity_check ok, foreign_key_check clean".into()))
+                })
+                .await
+                .is_none()
+            {
+                return;
+            }
+            let head = migrator::database::sqlite::applied_on(c)
+                .map(|a| a.into_iter().max_by_key(|a| a.version));
+            if checks
+                .run("migration-head", async {
+                    head_matches(head.map_err(|e| e.to_string())?, m, opts)
+                })
+                .await
+                .is_none()
+            {
+                return;
+            }
+            let counts = backup::engine::sqlite::row_counts(c).map_err(|e| e.to_string());
+            if checks
+                .run("row-counts", async { counts_match(counts?, m) })
+                .await
+                .is_none()
+            {
+                return;
+            }
+            if opts.probes.is_empty() {
+                return;
+            }
+            checks
+                .run("probes", async {
+                    for p in &opts.probes {
+                        let ok: bool = c
+                            .query_row(p, [], |r| r.get(0))
+                            .map_err(|e| format!("`{p}`: {e}"))?;
+                        if !ok {
+                            return Err(format!("`{p}` returned false"));
+                        }
+                    }
+                    Ok(((), format!("{} probe(s) true", opts.probes.len())))
+                })
+                .await;
+        }
+        DatabaseUrl::Postgres(live_pg) => {
+            let server = match &opts.scratch {
+                Scratch::SameServer => (**live_pg).clone(),
+                Scratch::Server(s) => (**s).clone(),
+            };
+            let name = scratch_name(&m.id);
+            let Some(db) = checks
+                .run("restore", async {
+                    let same_server = matches!(opts.scratch, Scratch::SameServer);
+                    if same_server && live_pg.config.get_dbname() == Some(name.as_str()) {
+                        return Err("the scratch database is the live database; refusing".into());
+                    }
+                    create_scratch(&server, &name).await?;
+                    *scratch_pg = Some((server.clone(), name.clone()));
+                    let out =
+                        backup::engine::postgres::libpq_command("pg_restore", &server, Some(&name))
+                            .args([
+                                "--exit-on-error",
+                                "--no-owner",
+                                "--no-privileges",
+                                "--no-password",
+                                "--jobs=2",
+                            ])
+                            .arg(&decoded)
+                            .stdin(std::process::Stdio::null())
+                            .output()
+                            .map_err(|e| format!("running pg_restore: {e}"))?;
+                    if !out.status.success() {
+                        return Err(format!(
+                            "pg_restore failed ({}): {}",
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ));
+                    }
+                    let mut url = server.clone();
+                    url.config.dbname(&name);
+                    let db = Postgres::connect(&url).await.map_err(|e| e.to_string())?;
+                    Ok((db, format!("scratch database {name}")))
+                })
+                .await
+            else {
+                return;
+            };
+            *rto = Some(started.elapsed().as_secs_f64());
+            let c = db.client();
+            let Some(counts) = checks
+                .run("integrity", async {
+                    let counts = pg_row_counts(c).await?;
+                    Ok((
+                        counts.clone(),
+                        format!("all {} tables read to the end", counts.len()),
+                    ))
+                })
+                .await
+            else {
+                return;
+            };
+            let amcheck = match backup::engine::postgres::find_tool("pg_amcheck") {
+                None => {
+                    Err("pg_amcheck is not installed (PostgreSQL 14+ client tools)".to_string())
+                }
+                Some(_) => c
+                    .batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "the amcheck extension cannot be installed here: {}",
+                            describe(&e)
+                        )
+                    }),
+            };
+            match amcheck {
+                Ok(()) => {
+                    let r = checks
+                        .run("amcheck", async {
+                            let out = backup::engine::postgres::libpq_command(
+                                "pg_amcheck",
+                                &server,
+                                Some(&name),
+                            )
+                            .args(["--heapallindexed", "--no-password", "--jobs=2"])
+                            .output()
+                            .map_err(|e| format!("running pg_amcheck: {e}"))?;
+                            if !out.status.success() {
+                                let said = format!(
+                                    "{}{}",
+                                    String::from_utf8_lossy(&out.stdout),
+                                    String::from_utf8_lossy(&out.stderr)
+                                );
+                                return Err(format!(
+                                    "pg_amcheck found problems ({}): {}",
+                                    out.status,
+                                    said.trim()
+                                ));
+                            }
+                            Ok(((), "pg_amcheck --heapallindexed clean".into()))
+                        })
+                        .await;
+                    if r.is_none() {
+                        return;
+                    }
+                }
+                Err(why) => checks.skipped("amcheck", why),
+            }
+            let head = applied_on(c)
+                .await
+                .map(|a| a.into_iter().max_by_key(|a| a.version));
+            if checks
+                .run("migration-head", async {
+                    head_matches(head.map_err(|e| e.to_string())?, m, opts)
+                })
+                .await
+                .is_none()
+            {
+                return;
+            }
+            if checks
+                .run("row-counts", async { counts_match(counts, m) })
+                .await
+                .is_none()
+            {
+                return;
+            }
+            if opts.probes.is_empty() {
+                return;
+            }
+            checks
+                .run("probes", async {
+                    for p in &opts.probes {
+                        let row = c
+                            .query_one(p.as_str(), &[])
+                            .await
+                            .map_err(|e| format!("`{p}`: {}", describe(&e)))?;
+                        let ok: bool = row
+                            .try_get(0)
+                            .map_err(|e| format!("`{p}` must return one boolean: {e}"))?;
+                        if !ok {
+                            return Err(format!("`{p}` returned false"));
+                        }
+                    }
+                    Ok(((), format!("{} probe(s) true", opts.probes.len())))
+                })
+                .await;
+        }
+    }
+}
+
+fn head_matches(
+    head: Option<migrator::Applied>,
+    m: &Manifest,
+    opts: &Options,
+) -> Result<((), String), String> {
+    let got = head.as_ref().map(|h| (h.version, h.checksum.to_string()));
+    let want = m
+        .migration_head
+        .as_ref()
+        .map(|h| (h.version, h.checksum.clone()));
+    if got != want {
+        return Err(format!("restored head {got:?}, the manifest says {want:?}"));
+    }
+    if let (Some(files), Some((v, sum))) = (&opts.migrations, &got) {
+        match files.iter().find(|f| f.version == *v) {
+            Some(f) if f.checksum.to_string() == *sum => {}
+            Some(f) => {
+                return Err(format!(
+                    "head V{v} differs from {} in the migrations folder",
+                    f.path.display()
+                ))
+            }
+            None => return Err(format!("head V{v} is not in the migrations folder")),
+        }
+    }
+    Ok((
+        (),
+        got.map(|(v, _)| format!("V{v}"))
+            .unwrap_or_else(|| "no migration".into()),
+    ))
+}
+
+fn counts_match(got: BTreeMap<String, u64>, m: &Manifest) -> Result<((), String), String> {
+    let mut diffs = Vec::new();
+    for (t, want) in &m.row_counts {
+        match got.get(t) {
+            Some(g) if g == want => {}
+            Some(g) => diffs.push(format!("{t}: {g} rows, manifest {want}")),
+            None => diffs.push(format!("{t}: missing")),
+        }
+    }
+    for t in got.keys().filter(|t| !m.row_counts.contains_key(*t)) {
+        diffs.push(format!("{t}: not in the manifest"));
+    }
+    if diffs.is_empty() {
+        Ok(((), format!("{} tables match", got.len())))
+    } else {
+        Err(diffs.join("; "))
+    }
+}
+
+async fn pg_row_counts(c: &tokio_postgres::Client) -> Result<BTreeMap<String, u64>, String> {
+    let tables = c
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let (s, n): (String, String) = (t.get(0), t.get(1));
+        let q = format!(
+            "SELECT count(*) FROM ONLY \"{}\".\"{}\"",
+            s.replace('"', "\"\""),
+            n.replace('"', "\"\"")
+        );
+        let count: i64 = c
+            .query_one(&q, &[])
+            .await
+            .map_err(|e| format!("reading {s}.{n}: {}", describe(&e)))?
+            .get(0);
+        out.insert(format!("{s}.{n}"), count as u64);
+    }
+    Ok(out)
+}
+
+async fn admin(server: &PgUrl) -> Result<Postgres, String> {
+    let mut url = server.clone();
+    url.config.dbname("postgres");
+    Postgres::connect(&url).await.map_err(|e| e.to_string())
+}
+
+async fn create_scratch(server: &PgUrl, name: &str) -> Result<(), String> {
+    let a = admin(server).await?;
+    // Scratch databases of drills that were killed outright.
+    let stale = a
+        .client()
+        .query(
+            "SELECT datname FROM pg_database d WHERE datname LIKE 'dbward\\_drill\\_%' \
+             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity s WHERE s.datname = d.datname)",
+            &[],
+        )
+        .await
+        .map_err(|e| describe(&e))?;
+    for row in stale {
+        let n: String = row.get(0);
+        tracing::info!("dropping {n}, left by an interrupted drill");
+        let _ = a
+            .client()
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{n}\""))
+            .await;
+    }
+    a.client()
+        .batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE template0"))
+        .await
+        .map_err(|e| format!("creating scratch database {name}: {}", describe(&e)))
+}
+
+async fn drop_scratch(server: &PgUrl, name: &str) {
+    match admin(server).await {
+        Ok(a) => {
+            if let Err(e) = a
+                .client()
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                .await
+            {
+                tracing::error!("could not drop scratch database {name}: {}", describe(&e));
+            }
+        }
+        Err(e) => tracing::error!("could not drop scratch database {name}: {e}"),
+    }
+}

@@ -164,6 +164,7 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
         code: EXIT_RESTORED,
         message: format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}"),
         details: json!({ "restored": outcome }),
+        text: String::new(),
     })
 }
 

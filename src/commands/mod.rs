@@ -1,6 +1,7 @@
 //! One module per command. Each returns a [`Report`] or a [`Failure`]; none prints on stdout.
 
 mod backup;
+mod drill;
 mod health;
 mod lint;
 mod migrate;
@@ -27,6 +28,7 @@ pub fn name(command: &Command) -> &'static str {
         Command::Restore(_) => "restore",
         Command::Health(_) => "health",
         Command::Run(_) => "run",
+        Command::RestoreDrill(_) => "restore-drill",
     }
 }
 
@@ -42,6 +44,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::Restore(args) => restore::run(&settings, args).await,
         Command::Health(args) => health::run(&settings, args).await,
         Command::Run(args) => run::run(&settings, args).await,
+        Command::RestoreDrill(args) => drill::run(&settings, args).await,
     }
 }
 

@@ -12,6 +12,7 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
     let url = database_url(settings)?;
     let store = settings.store().await?;
     let mut all = backup::list(&store, &url.name()).await?;
+    let drills = backup::receipts(&store, &url.name()).await?;
     if let Some(n) = args.limit {
         all.truncate(n);
     }
@@ -21,13 +22,30 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
         .map(|m| {
             let age = m
                 .created()
-                .map(|t| age(now - t))
+                .map(|t| age_of(now - t))
                 .unwrap_or_else(|| "?".into());
             let head = m
                 .migration_head
                 .as_ref()
                 .map(|h| format!("V{} {}", h.version, h.name))
                 .unwrap_or_else(|| "-".into());
+            // When this snapshot was last proven restorable (or failed to be).
+            let drilled = match drills.get(&m.id) {
+                Some(r) => {
+                    let when = OffsetDateTime::parse(
+                        &r.at,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .map(|t| age_of(now - t) + " ago")
+                    .unwrap_or_else(|_| r.at.clone());
+                    if r.success {
+                        format!("ok {when}")
+                    } else {
+                        format!("FAILED {when}")
+                    }
+                }
+                None => "never".into(),
+            };
             vec![
                 m.id.clone(),
                 m.kind.as_str().into(),
@@ -36,11 +54,14 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
                 backup::bytes(m.stored_bytes),
                 format!("{:.1}x", m.raw_bytes as f64 / m.stored_bytes.max(1) as f64),
                 head,
+                drilled,
             ]
         })
         .collect();
     let mut text = table(
-        &["ID", "KIND", "AGE", "RAW", "STORED", "RATIO", "HEAD"],
+        &[
+            "ID", "KIND", "AGE", "RAW", "STORED", "RATIO", "HEAD", "DRILLED",
+        ],
         &rows,
     );
     text.push_str(&format!(
@@ -51,12 +72,12 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
     ));
     Ok(Report {
         text,
-        json: json!({ "database": url.name(), "store": settings.store, "snapshots": all }),
+        json: json!({ "database": url.name(), "store": settings.store, "snapshots": all, "drills": drills }),
         code: 0,
     })
 }
 
-fn age(d: time::Duration) -> String {
+fn age_of(d: time::Duration) -> String {
     let s = d.whole_seconds().max(0);
     match s {
         0..60 => format!("{s}s"),

@@ -153,13 +153,46 @@ pub fn major(version: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// Where a PostgreSQL client tool is: on PATH, else in the newest `/usr/lib/postgresql/*/bin`
+/// (Debian puts `pg_amcheck` and friends only there). `None` if it is nowhere.
+pub fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(tool))
+                .find(|c| c.is_file())
+        })
+        .unwrap_or_default();
+    on_path.or_else(|| {
+        let mut dirs: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                Some((
+                    e.file_name().to_str()?.parse().ok()?,
+                    e.path().join("bin").join(tool),
+                ))
+            })
+            .filter(|(_, p)| p.is_file())
+            .collect();
+        dirs.sort();
+        dirs.pop().map(|(_, p)| p)
+    })
+}
+
 /// A libpq tool (`pg_dump`, `pg_restore`, ...) connected to `url`'s server and database (or
 /// `dbname`): the password in PGPASSWORD, never on the command line (visible in `ps`); TLS as
 /// the URL's sslmode.
 pub fn libpq_command(tool: &str, url: &PgUrl, dbname: Option<&str>) -> Command {
-    let mut cmd = Command::new(tool);
-    cmd.arg(format!("--dbname={}", conninfo(url, dbname)))
-        .env("PGAPPNAME", format!("dbward {tool}"));
+    let mut cmd = Command::new(find_tool(tool).unwrap_or_else(|| tool.into()));
+    // pg_amcheck takes the connection string as its operand; the others as --dbname.
+    if tool == "pg_amcheck" {
+        cmd.arg(conninfo(url, dbname));
+    } else {
+        cmd.arg(format!("--dbname={}", conninfo(url, dbname)));
+    }
+    cmd.env("PGAPPNAME", format!("dbward {tool}"));
     if let Some(pw) = url.config.get_password() {
         cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).into_owned());
     }

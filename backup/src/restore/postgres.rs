@@ -225,11 +225,13 @@ async fn sessions(c: &tokio_postgres::Client, db: &str) -> Result<Vec<String>, E
 /// not an archive at all, is refused before any database is created.
 fn check_archive(dump: &Path, m: &Manifest) -> Result<(), Error> {
     let version = tool_version("pg_restore")?;
-    let out = std::process::Command::new("pg_restore")
-        .arg("--list")
-        .arg(dump)
-        .output()
-        .map_err(|e| Error::Source(format!("running pg_restore --list: {e}")))?;
+    let out = std::process::Command::new(
+        crate::engine::postgres::find_tool("pg_restore").unwrap_or_else(|| "pg_restore".into()),
+    )
+    .arg("--list")
+    .arg(dump)
+    .output()
+    .map_err(|e| Error::Source(format!("running pg_restore --list: {e}")))?;
     if out.status.success() {
         return Ok(());
     }

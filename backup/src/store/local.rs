@@ -122,6 +122,20 @@ impl LocalStore {
         Ok(())
     }
 
+    pub fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
+        let dir = self.prepare_dir(key)?;
+        let final_path = self.path(key);
+        let tmp = self.temp_path(key);
+        let io = |what: String| Error::io(what);
+        let mut f = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_all())
+            .map_err(io(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, &final_path)
+            .map_err(io(format!("renaming to {}", final_path.display())))?;
+        sync_dir(&dir)
+    }
+
     pub fn get_bytes(&self, key: &str) -> Result<Vec<u8>, Error> {
         let p = self.path(key);
         fs::read(&p).map_err(Error::io(format!("reading {}", p.display())))

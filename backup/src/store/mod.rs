@@ -89,6 +89,14 @@ impl Store {
         }
     }
 
+    /// Writes a small object, replacing any (drill receipts).
+    pub async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
+        match self {
+            Store::Local(s) => s.put(key, bytes),
+            Store::S3(s) => s.put(key, bytes).await,
+        }
+    }
+
     /// Streams `key` into `to` (fsynced); returns its size and hex SHA-256.
     pub async fn download(
         &self,

@@ -305,6 +305,18 @@ impl S3Store {
         Ok(())
     }
 
+    pub async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .body(ByteStream::from(bytes.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.err("writing", key, e))?;
+        Ok(())
+    }
+
     pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, Error> {
         let out = self
             .client

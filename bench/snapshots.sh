@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Benchmark: `dbward backup` against the standard tools, in the same run, with peak memory.
-#   SQLite (~SIZE MiB):  dbward backup  vs  sqlite3 .backup + zstd -3 -T2  (and zstd -T2 of the file alone)
-#   PostgreSQL (pgbench scale SCALE): dbward backup  vs  pg_dump -Fc -Z0 | zstd -3
-# Both into a local directory; medians of RUNS runs; peak RSS from /usr/bin/time.
-# Usage: bench/backup.sh [SIZE_MIB=1024] [SCALE=70] [RUNS=3]
+# Benchmark: `dbward backup` and `dbward restore` against the standard tools, in the same run,
+# with peak memory.
+#   SQLite (~SIZE MiB):
+#     backup:  dbward backup   vs  sqlite3 .backup + zstd -3 -T2  (and zstd -T2 of the file alone)
+#     restore: dbward restore  vs  zstd -d + cp
+#   PostgreSQL (pgbench scale SCALE):
+#     backup:  dbward backup   vs  pg_dump -Fc -Z0 | zstd -3
+#     restore: dbward restore  vs  zstd -dc | pg_restore into a new database
+# Local directory store; medians of RUNS runs; peak RSS from /usr/bin/time.
+# Usage: bench/snapshots.sh [SIZE_MIB=1024] [SCALE=70] [RUNS=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${1:-1024}; SCALE=${2:-70}; RUNS=${3:-3}
@@ -19,8 +24,12 @@ as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/log" -o "-p $PORT -k $WORK/data
 trap 'as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null; rm -rf "$WORK"' EXIT
 
 # run LABEL CMD...: appends "seconds peak_kib" to $WORK/LABEL
-run() { local label=$1; shift; /usr/bin/time -f "%e %M" -o "$WORK/t" "$@" >/dev/null 2>&1; cat "$WORK/t" >> "$WORK/$label"; }
-sh_run() { local label=$1; shift; /usr/bin/time -f "%e %M" -o "$WORK/t" sh -c "$*" >/dev/null 2>&1; cat "$WORK/t" >> "$WORK/$label"; }
+run() {
+  local label=$1; shift
+  /usr/bin/time -f "%e %M" -o "$WORK/t" "$@" >/dev/null 2>"$WORK/err" || { echo "$label failed:" >&2; cat "$WORK/err" >&2; exit 1; }
+  tail -1 "$WORK/t" >> "$WORK/$label"
+}
+sh_run() { run "$1" sh -c "$2"; }
 
 echo "building a ~${SIZE} MiB SQLite database..." >&2
 DB=$WORK/app.db
@@ -38,6 +47,15 @@ for r in $(seq 1 "$RUNS"); do
   run sqlite_zstd zstd -q -3 -T2 "$DB" -o "$WORK/app.db.zst"
 done
 STORED=$(stat -c %s "$WORK"/store/app/*.zst)
+SNAP=$(ls "$WORK"/store/app/*.zst)
+for r in $(seq 1 "$RUNS"); do
+  run sqlite_restore "$DBWARD" -q --database "sqlite:$DB" --store "file://$WORK/store" --state-dir "$WORK/state" restore latest --yes
+  rm -f "$WORK"/app.db.replaced-*
+  sh_run sqlite_restore_std "zstd -q -d -f '$SNAP' -o '$WORK/plain.db' && cp '$WORK/plain.db' '$WORK/live-copy.db'"
+  rm -f "$WORK/plain.db" "$WORK/live-copy.db"
+done
+# What dbward's restore spends on PRAGMA integrity_check, measured alone.
+run sqlite_integrity sqlite3 "$DB" "PRAGMA integrity_check"
 
 echo "building pgbench scale $SCALE..." >&2
 PGB=("$BINDIR/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres)
@@ -49,6 +67,15 @@ for r in $(seq 1 "$RUNS"); do
   rm -rf "$WORK/pgstore" "$WORK/bench.dump.zst"
   PATH="$BINDIR:$PATH" run pg_dbward "$DBWARD" -q --database "$URL" --store "file://$WORK/pgstore" --state-dir "$WORK/state" backup
   sh_run pg_std "'$BINDIR/pg_dump' -Fc -Z0 -h 127.0.0.1 -p $PORT -U postgres bench | zstd -q -3 -o '$WORK/bench.dump.zst'"
+done
+
+PGSNAP=$(ls "$WORK"/pgstore/bench/*.zst)
+PSQL=("$BINDIR/psql" -X -q -h 127.0.0.1 -p "$PORT" -U postgres -d postgres)
+for r in $(seq 1 "$RUNS"); do
+  PATH="$BINDIR:$PATH" run pg_restore "$DBWARD" -q --database "$URL" --store "file://$WORK/pgstore" --state-dir "$WORK/state" restore latest --yes
+  "${PSQL[@]}" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'bench\_replaced\_%'" | while read -r d; do "${PSQL[@]}" -c "DROP DATABASE \"$d\"" >/dev/null; done
+  "${PSQL[@]}" -c "DROP DATABASE IF EXISTS plain" -c "CREATE DATABASE plain" >/dev/null 2>&1
+  sh_run pg_restore_std "zstd -q -dc '$PGSNAP' | '$BINDIR/pg_restore' --exit-on-error -h 127.0.0.1 -p $PORT -U postgres -d plain"
 done
 
 python3 - "$WORK" "$RAW" "$STORED" "$PGSIZE" "$RUNS" <<'PY'
@@ -66,4 +93,12 @@ p, pm = load("pg_dbward"); q, qm = load("pg_std")
 print(f"PostgreSQL pgbench ({pgsize/2**20:.0f} MiB on disk), medians of {runs}:")
 print(f"  dbward backup                    {p:6.2f} s   peak RSS {pm:6.1f} MiB")
 print(f"  pg_dump -Fc -Z0 | zstd -3        {q:6.2f} s   ratio dbward/std {p/q:.2f}x")
+r, rm = load("sqlite_restore"); t, tm = load("sqlite_restore_std"); ic, _ = load("sqlite_integrity")
+print("SQLite restore:")
+print(f"  dbward restore                   {r:6.2f} s   peak RSS {rm:6.1f} MiB   (includes PRAGMA integrity_check, alone {ic:.2f} s)")
+print(f"  zstd -d + cp                     {t:6.2f} s   ratio dbward/std {r/t:.2f}x   without the check {(r-ic)/t:.2f}x")
+r, rm = load("pg_restore"); t, tm = load("pg_restore_std")
+print("PostgreSQL restore:")
+print(f"  dbward restore                   {r:6.2f} s   peak RSS {rm:6.1f} MiB   (pg_restore --jobs=2, plus row-count checks)")
+print(f"  zstd -dc | pg_restore            {t:6.2f} s   ratio dbward/std {r/t:.2f}x")
 PY

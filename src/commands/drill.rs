@@ -1,0 +1,144 @@
+//! `dbward restore-drill [SNAPSHOT|latest|random]`: prove a snapshot restores. Text report (one
+//! line per check), `--report` JSON, `--metrics` Prometheus textfile, and a receipt stored next
+//! to the snapshot. Exit 0 only when every check passed.
+
+use std::hash::{BuildHasher, Hasher};
+
+use serde_json::json;
+
+use migrator::DatabaseUrl;
+use restore_drill::{Options, Scratch, Verdict};
+
+use super::database_url;
+use super::restore::resolve;
+use crate::cli::DrillArgs;
+use crate::report::{Failure, Report, EXIT_FAILED, EXIT_USAGE};
+use crate::settings::Settings;
+
+pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failure> {
+    let url = database_url(settings)?;
+    let store = settings.store().await?;
+    let which = if args.snapshot == "random" {
+        let all = backup::list(&store, &url.name()).await?;
+        if all.is_empty() {
+            return Err(Failure::new(
+                EXIT_FAILED,
+                format!("no snapshot of {} in {}", url.name(), settings.store),
+            ));
+        }
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0);
+        all[(h.finish() % all.len() as u64) as usize].id.clone()
+    } else {
+        args.snapshot.clone()
+    };
+    let m = resolve(settings, &store, &url, &which).await?;
+
+    let scratch = match (&settings.drill.database, &url) {
+        (None, _) => Scratch::SameServer,
+        (Some(s), DatabaseUrl::Postgres(_)) => match DatabaseUrl::parse(s)? {
+            DatabaseUrl::Postgres(pg) => Scratch::Server(pg),
+            DatabaseUrl::Sqlite(_) => {
+                return Err(Failure::new(
+                    EXIT_USAGE,
+                    "drill.database must be a postgres:// URL for a PostgreSQL snapshot",
+                ))
+            }
+        },
+        (Some(_), DatabaseUrl::Sqlite(_)) => Scratch::SameServer,
+    };
+    // The migrations folder, when there is one, tells whether the restored head is known.
+    let migrations = if settings.migrations.is_dir() {
+        Some(migrator::discover(&settings.migrations)?)
+    } else {
+        None
+    };
+    let opts = Options {
+        scratch,
+        probes: settings.drill.probes.clone(),
+        max_rto: settings.drill.max_rto,
+        max_snapshot_age: settings.drill.max_snapshot_age,
+        migrations,
+        temp_dir: settings.temp_dir(),
+    };
+    tracing::info!(
+        "restore drill of snapshot {} ({}, {})",
+        m.id,
+        m.kind.as_str(),
+        backup::bytes(m.stored_bytes)
+    );
+    let report = restore_drill::drill(&store, &url, &m, &opts).await;
+
+    let receipt = backup::DrillReceipt {
+        snapshot: m.id.clone(),
+        at: report.started_at.clone(),
+        success: report.success,
+        rto_seconds: report.rto_seconds,
+        failed_check: report.first_failure().map(|c| c.name.to_string()),
+    };
+    let receipt_json = serde_json::to_vec_pretty(&receipt).expect("serializes");
+    if let Err(e) = store
+        .put(&backup::receipt_key(&url.name(), &m.id), &receipt_json)
+        .await
+    {
+        tracing::error!("could not store the drill receipt: {e}");
+    }
+    let report_json = serde_json::to_value(&report).expect("serializes");
+    if let Some(path) = &args.report {
+        std::fs::write(path, format!("{report_json:#}\n"))
+            .map_err(|e| Failure::new(EXIT_FAILED, format!("--report {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.metrics {
+        restore_drill::metrics::write(path, &report)
+            .map_err(|e| Failure::new(EXIT_FAILED, format!("--metrics {}: {e}", path.display())))?;
+    }
+
+    let mut text = format!(
+        "restore drill of {} ({} old)\n",
+        m.id,
+        age(report.snapshot_age_seconds)
+    );
+    for c in &report.checks {
+        let v = match c.verdict {
+            Verdict::Passed => "ok  ",
+            Verdict::Failed => "FAIL",
+            Verdict::Skipped => "skip",
+        };
+        text.push_str(&format!(
+            "  {v} {:<15} {:>7.2}s  {}\n",
+            c.name, c.seconds, c.detail
+        ));
+    }
+    match report.rto_seconds {
+        Some(r) => text.push_str(&format!("time to restore (RTO): {r:.2}s\n")),
+        None => text.push_str("time to restore (RTO): never restored\n"),
+    }
+    if report.success {
+        Ok(Report {
+            text,
+            json: json!({ "report": report_json }),
+            code: 0,
+        })
+    } else {
+        let failed = report
+            .first_failure()
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .unwrap_or_default();
+        Err(Failure {
+            code: EXIT_FAILED,
+            message: format!("restore drill of {} failed at {failed}", m.id),
+            details: json!({ "report": report_json }),
+            text,
+        })
+    }
+}
+
+fn age(seconds: f64) -> String {
+    let s = seconds.max(0.0) as u64;
+    match s {
+        0..120 => format!("{s}s"),
+        120..7200 => format!("{}m", s / 60),
+        7200..172800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
