@@ -83,6 +83,15 @@ pub enum Command {
     /// Restore a snapshot into a scratch database, check it, time it, remove it (exit 1 if any
     /// check fails).
     RestoreDrill(DrillArgs),
+    /// Run the [schedule] jobs (backup, drill, prune) on their cron expressions until SIGTERM.
+    Schedule(ScheduleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// Print each job's next five run times and exit.
+    #[arg(long)]
+    pub list: bool,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +176,9 @@ pub struct BackupArgs {
     /// A note stored in the manifest.
     #[arg(long)]
     pub label: Option<String>,
+    /// Mark the snapshot `scheduled` (set by `dbward schedule`).
+    #[arg(long, hide = true)]
+    pub scheduled: bool,
 }
 
 #[derive(Debug, Args)]

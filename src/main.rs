@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod notify;
 mod probe;
 mod report;
 mod settings;

@@ -31,6 +31,10 @@ pub struct Settings {
     pub health: Health,
     /// `[drill]`.
     pub drill: Drill,
+    /// `[schedule]`.
+    pub schedule: Schedule,
+    /// `[notify]`.
+    pub notify: Notify,
     /// `[retention]`: empty means keep everything.
     pub retention: backup::retention::Policy,
 }
@@ -56,6 +60,10 @@ struct FileConfig {
     health: HealthSection,
     #[serde(default)]
     drill: DrillSection,
+    #[serde(default)]
+    schedule: Schedule,
+    #[serde(default)]
+    notify: Notify,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +75,28 @@ pub struct Health {
     pub expect_status: Vec<u16>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// `UTC` (default) or `local`.
+    pub timezone: Option<String>,
+    pub backup: Option<String>,
+    pub drill: Option<String>,
+    pub prune: Option<String>,
+    /// healthchecks.io-style ping URL per job name.
+    #[serde(default, rename = "ping")]
+    pub pings: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    /// Receives a JSON POST when a scheduled job fails (and succeeds, with `on_success`).
+    pub url: Option<String>,
+    #[serde(default)]
+    pub on_success: bool,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Drill {
     /// `drill.database`: the server for scratch databases (default: the live one's server).
@@ -74,12 +104,15 @@ pub struct Drill {
     pub probes: Vec<String>,
     pub max_rto: Option<Duration>,
     pub max_snapshot_age: Option<Duration>,
+    /// `drill.metrics`: the Prometheus textfile a drill writes when `--metrics` is not given.
+    pub metrics: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DrillSection {
     database: Option<String>,
+    metrics: Option<PathBuf>,
     probes: Option<Vec<String>>,
     max_rto: Option<String>,
     max_snapshot_age: Option<String>,
@@ -270,6 +303,7 @@ fn resolve(
         drill: Drill {
             database: env("DBWARD_DRILL_DATABASE").or(file.drill.database),
             probes: file.drill.probes.unwrap_or_default(),
+            metrics: file.drill.metrics.map(rebase),
             max_rto: file
                 .drill
                 .max_rto
@@ -283,6 +317,8 @@ fn resolve(
                 .map(|v| duration_key("drill.max_snapshot_age", Some(v), Duration::ZERO))
                 .transpose()?,
         },
+        schedule: file.schedule,
+        notify: file.notify,
         health: Health {
             url: env("DBWARD_HEALTH_URL").or(file.health.url),
             timeout: duration_key(

@@ -11,7 +11,12 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
-    let m = snapshot(settings, &url, backup::Kind::Manual, args.label.clone()).await?;
+    let kind = if args.scheduled {
+        backup::Kind::Scheduled
+    } else {
+        backup::Kind::Manual
+    };
+    let m = snapshot(settings, &url, kind, args.label.clone()).await?;
     // Then retention, when a policy is set; a new snapshot is the newest, so it is always kept.
     let pruned = if settings.retention.is_empty() {
         None

@@ -88,7 +88,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
         std::fs::write(path, format!("{report_json:#}\n"))
             .map_err(|e| Failure::new(EXIT_FAILED, format!("--report {}: {e}", path.display())))?;
     }
-    if let Some(path) = &args.metrics {
+    if let Some(path) = args.metrics.as_ref().or(settings.drill.metrics.as_ref()) {
         restore_drill::metrics::write(path, &report)
             .map_err(|e| Failure::new(EXIT_FAILED, format!("--metrics {}: {e}", path.display())))?;
     }

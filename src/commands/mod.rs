@@ -8,6 +8,7 @@ mod migrate;
 mod prune;
 mod restore;
 mod run;
+mod schedule;
 mod snapshots;
 mod status;
 
@@ -29,6 +30,7 @@ pub fn name(command: &Command) -> &'static str {
         Command::Health(_) => "health",
         Command::Run(_) => "run",
         Command::RestoreDrill(_) => "restore-drill",
+        Command::Schedule(_) => "schedule",
     }
 }
 
@@ -45,6 +47,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::Health(args) => health::run(&settings, args).await,
         Command::Run(args) => run::run(&settings, args).await,
         Command::RestoreDrill(args) => drill::run(&settings, args).await,
+        Command::Schedule(args) => schedule::run(&settings, args).await,
     }
 }
 

@@ -419,6 +419,8 @@ pub struct Http {
     pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Every request received: request line, headers and body.
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Http {
@@ -437,7 +439,8 @@ impl Http {
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let hits = Arc::new(AtomicUsize::new(0));
-        let (stop2, hits2) = (stop.clone(), hits.clone());
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, hits2, requests2) = (stop.clone(), hits.clone(), requests.clone());
         let started = Instant::now();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -445,8 +448,34 @@ impl Http {
                     break;
                 }
                 let Ok(mut conn) = conn else { continue };
-                let mut buf = [0u8; 1024];
-                let _ = std::io::Read::read(&mut conn, &mut buf);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                // Headers, then as many body bytes as Content-Length says.
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = std::io::Read::read(&mut conn, &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if req.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                requests2
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&req).into_owned());
                 hits2.fetch_add(1, Ordering::Relaxed);
                 let code = match healthy_after {
                     Some(d) if started.elapsed() >= d => 200,
@@ -458,7 +487,12 @@ impl Http {
                 );
             }
         });
-        Http { port, stop, hits }
+        Http {
+            port,
+            stop,
+            hits,
+            requests,
+        }
     }
 
     pub fn url(&self) -> String {

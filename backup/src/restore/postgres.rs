@@ -146,9 +146,13 @@ pub async fn restore(
         ))
         .await
         .map_err(q("blocking new connections"))?;
-        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()", &[&live])
-            .await
-            .map_err(q("ending sessions"))?;
+        c.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+            &[&live],
+        )
+        .await
+        .map_err(q("ending sessions"))?;
         tracing::warn!(
             "ended {} session(s) on {live}: {}",
             sessions.len(),
@@ -202,11 +206,14 @@ pub async fn restore(
     })
 }
 
+/// Client sessions on `db`. Background workers (autovacuum) are not sessions: the rename asks
+/// them to leave by itself.
 async fn sessions(c: &tokio_postgres::Client, db: &str) -> Result<Vec<String>, Error> {
     let rows = c
         .query(
             "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(host(client_addr), 'local socket') \
-             FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() ORDER BY pid",
+             FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() \
+               AND backend_type = 'client backend' ORDER BY pid",
             &[&db],
         )
         .await

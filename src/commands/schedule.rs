@@ -1,0 +1,416 @@
+//! `dbward schedule`: runs the `[schedule]` jobs (backup, drill, prune) on cron expressions in
+//! the foreground until SIGTERM/SIGINT. Each run is a child `dbward` process (same flags and
+//! config), so a job that fails or crashes never takes the scheduler down, and stopping one
+//! mid-backup simply abandons it: no manifest is ever written without its data. A job never
+//! overlaps itself: a run that would is skipped and logged.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::process::Stdio;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Local, Utc};
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::ScheduleArgs;
+use crate::notify;
+use crate::report::{Failure, Report, EXIT_FAILED, EXIT_USAGE};
+use crate::settings::{Schedule, Settings};
+
+/// How long a running job gets after SIGTERM when the scheduler stops, before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+struct Job {
+    name: &'static str,
+    expr: String,
+    schedule: cron::Schedule,
+    args: Vec<&'static str>,
+    ping: Option<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Tz {
+    Utc,
+    Local,
+}
+
+impl Tz {
+    fn next_after(self, s: &cron::Schedule, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Tz::Utc => s.after(&t).next(),
+            Tz::Local => s
+                .after(&t.with_timezone(&Local))
+                .next()
+                .map(|d| d.with_timezone(&Utc)),
+        }
+    }
+
+    fn show(self, t: DateTime<Utc>) -> String {
+        match self {
+            Tz::Utc => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            Tz::Local => t
+                .with_timezone(&Local)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }
+    }
+}
+
+pub async fn run(settings: &Settings, args: &ScheduleArgs) -> Result<Report, Failure> {
+    let (jobs, tz) = jobs(&settings.schedule)?;
+    if jobs.is_empty() {
+        return Err(Failure::new(
+            EXIT_USAGE,
+            "no jobs: set backup, drill or prune (cron expressions) under [schedule]",
+        ));
+    }
+    if args.list {
+        let now = Utc::now();
+        let mut text = String::new();
+        let mut out = serde_json::Map::new();
+        for j in &jobs {
+            let mut times = Vec::new();
+            let mut t = now;
+            for _ in 0..5 {
+                match tz.next_after(&j.schedule, t) {
+                    Some(n) => {
+                        times.push(tz.show(n));
+                        t = n;
+                    }
+                    None => break,
+                }
+            }
+            text.push_str(&format!("{} ({}):\n", j.name, j.expr));
+            for t in &times {
+                text.push_str(&format!("  {t}\n"));
+            }
+            out.insert(
+                j.name.into(),
+                json!({ "expression": j.expr, "next": times }),
+            );
+        }
+        return Ok(Report {
+            text,
+            json: json!({ "jobs": out }),
+            code: 0,
+        });
+    }
+
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))?;
+    let running: Arc<Mutex<HashMap<&'static str, u32>>> = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut next: Vec<Option<DateTime<Utc>>> = jobs
+        .iter()
+        .map(|j| tz.next_after(&j.schedule, Utc::now()))
+        .collect();
+    for (j, n) in jobs.iter().zip(&next) {
+        tracing::info!(
+            "job {} ({}): next run {}",
+            j.name,
+            j.expr,
+            n.map(|t| tz.show(t)).unwrap_or_else(|| "never".into())
+        );
+    }
+    loop {
+        let Some((i, when)) = next
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.map(|t| (i, t)))
+            .min_by_key(|(_, t)| *t)
+        else {
+            tracing::info!("no job has a future run time; stopping");
+            break;
+        };
+        let wait = (when - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        }
+        let job = &jobs[i];
+        next[i] = tz.next_after(&job.schedule, when.max(Utc::now()));
+        if running.lock().expect("not poisoned").contains_key(job.name) {
+            tracing::warn!(
+                "job {}: the previous run is still going; this run is skipped",
+                job.name
+            );
+            continue;
+        }
+        tasks.spawn(run_job(
+            job.name,
+            job.args.clone(),
+            job.ping.clone(),
+            settings.notify.clone(),
+            running.clone(),
+        ));
+    }
+
+    // Stopping: running jobs get SIGTERM (a backup is abandoned, never half-written), then SIGKILL.
+    let pids: Vec<(&str, u32)> = running
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    for (name, pid) in &pids {
+        tracing::info!("stopping: job {name} (pid {pid}) is abandoned");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(*pid as i32, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(STOP_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        for (_, pid) in &pids {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(*pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+    tracing::info!("scheduler stopped");
+    Ok(Report {
+        text: String::new(),
+        json: json!({ "stopped": true }),
+        code: 0,
+    })
+}
+
+/// Runs one job as a child `dbward` with this process's own flags, its output forwarded to our
+/// stderr. Pings and notifies; never fails the scheduler.
+async fn run_job(
+    name: &'static str,
+    job_args: Vec<&'static str>,
+    ping: Option<String>,
+    notify_cfg: crate::settings::Notify,
+    running: Arc<Mutex<HashMap<&'static str, u32>>>,
+) {
+    if let Some(p) = &ping {
+        notify::ping(p, "/start");
+    }
+    let started = std::time::Instant::now();
+    let exe = std::env::current_exe().unwrap_or_else(|_| "dbward".into());
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(child_args(&job_args))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    tracing::info!("job {name}: starting");
+    let (code, last_error) = match cmd.spawn() {
+        Err(e) => (None, format!("could not start: {e}")),
+        Ok(mut child) => {
+            if let Some(pid) = child.id() {
+                running.lock().expect("not poisoned").insert(name, pid);
+            }
+            let mut last_error = String::new();
+            if let Some(stderr) = child.stderr.take() {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[{name}] {line}");
+                    if line.contains("ERROR") {
+                        last_error = line.trim().to_string();
+                    }
+                }
+            }
+            let status = child.wait().await;
+            running.lock().expect("not poisoned").remove(name);
+            (status.ok().and_then(|s| s.code()), last_error)
+        }
+    };
+    let ok = code == Some(0);
+    let secs = started.elapsed().as_secs_f64();
+    if ok {
+        tracing::info!("job {name}: done in {secs:.1}s");
+    } else {
+        tracing::error!(
+            "job {name}: failed (exit {}) after {secs:.1}s: {last_error}",
+            code.map_or("none".into(), |c| c.to_string())
+        );
+    }
+    if let Some(p) = &ping {
+        notify::ping(p, if ok { "" } else { "/fail" });
+    }
+    if let Some(url) = &notify_cfg.url {
+        if !ok || notify_cfg.on_success {
+            notify::post(
+                url,
+                json!({
+                    "job": name,
+                    "status": if ok { "succeeded" } else { "failed" },
+                    "exit_code": code,
+                    "error": if ok { None } else { Some(last_error) },
+                    "seconds": secs,
+                    "host": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
+                    "at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                }),
+            );
+        }
+    }
+}
+
+/// This process's arguments with `schedule [--list]` replaced by the job's command, so the job
+/// sees the same config file and setting flags.
+fn child_args(job: &[&str]) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut replaced = false;
+    for a in std::env::args_os().skip(1) {
+        if !replaced && a == "schedule" {
+            out.extend(job.iter().map(OsString::from));
+            replaced = true;
+        } else if a != "--list" {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn jobs(s: &Schedule) -> Result<(Vec<Job>, Tz), Failure> {
+    let tz = match s.timezone.as_deref().unwrap_or("UTC") {
+        "UTC" | "utc" => Tz::Utc,
+        "local" => Tz::Local,
+        other => {
+            return Err(Failure::new(
+                EXIT_USAGE,
+                format!("config key schedule.timezone: `{other}` is not UTC or local"),
+            ))
+        }
+    };
+    let mut jobs = Vec::new();
+    for (name, expr, args) in [
+        ("backup", &s.backup, vec!["backup", "--scheduled"]),
+        ("drill", &s.drill, vec!["restore-drill", "latest"]),
+        ("prune", &s.prune, vec!["prune"]),
+    ] {
+        let Some(expr) = expr else { continue };
+        let schedule = parse(expr).map_err(|e| {
+            Failure::new(
+                EXIT_USAGE,
+                format!("config key schedule.{name}: `{expr}`: {e}"),
+            )
+        })?;
+        jobs.push(Job {
+            name,
+            expr: expr.clone(),
+            schedule,
+            args,
+            ping: s.pings.get(name).cloned(),
+        });
+    }
+    Ok((jobs, tz))
+}
+
+/// A cron expression: the 5-field crontab form (`30 3 * * *`, day of week 0-7 with 0 and 7 =
+/// Sunday) or the cron crate's 6/7-field form with seconds (day of week 1-7, 1 = Sunday).
+pub fn parse(expr: &str) -> Result<cron::Schedule, String> {
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let full = match fields.len() {
+        5 => format!(
+            "0 {} {} {} {} {}",
+            fields[0],
+            fields[1],
+            fields[2],
+            fields[3],
+            crontab_dow(fields[4])?
+        ),
+        6 | 7 => fields.join(" "),
+        n => {
+            return Err(format!(
+                "{n} fields; expected 5 (crontab) or 6-7 (with seconds)"
+            ))
+        }
+    };
+    cron::Schedule::from_str(&full).map_err(|e| e.to_string())
+}
+
+/// Crontab day-of-week numbers (0-7, 0 and 7 = Sunday) to the cron crate's (1-7, 1 = Sunday).
+/// Numeric ranges are expanded so that `5-7` (Fri-Sun) does not become the invalid `6-1`.
+fn crontab_dow(field: &str) -> Result<String, String> {
+    let map = |n: u32| -> Result<u32, String> {
+        if n > 7 {
+            return Err(format!("day of week {n} is not 0-7"));
+        }
+        Ok(n % 7 + 1)
+    };
+    let mut out = Vec::new();
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (
+                r,
+                Some(
+                    s.parse::<u32>()
+                        .map_err(|_| format!("bad step in `{item}`"))?,
+                ),
+            ),
+            None => (item, None),
+        };
+        let bounds: Option<(u32, u32)> = if let Some((a, b)) = range.split_once('-') {
+            match (a.parse(), b.parse()) {
+                (Ok(a), Ok(b)) => Some((a, b)),
+                _ => None,
+            }
+        } else if let Ok(n) = range.parse::<u32>() {
+            Some((n, if step.is_some() { 7 } else { n }))
+        } else if range == "*" && step.is_some() {
+            Some((0, 6))
+        } else {
+            None
+        };
+        match bounds {
+            Some((a, b)) => {
+                let mut n = a;
+                while n <= b {
+                    out.push(map(n)?.to_string());
+                    n += step.unwrap_or(1).max(1);
+                }
+            }
+            None => out.push(item.to_string()), // `*`, names (MON-FRI), `?`
+        }
+    }
+    out.dedup();
+    Ok(out.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Datelike, TimeZone, Timelike};
+
+    fn next(expr: &str, after: DateTime<Utc>) -> DateTime<Utc> {
+        parse(expr).unwrap().after(&after).next().unwrap()
+    }
+
+    #[test]
+    fn crontab_five_fields() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap(); // a Monday
+        let n = next("30 3 * * *", t);
+        assert_eq!((n.day(), n.hour(), n.minute(), n.second()), (24, 3, 30, 0));
+        // 0 = Sunday in crontab.
+        assert_eq!(next("0 4 * * 0", t).weekday(), chrono::Weekday::Sun);
+        assert_eq!(next("0 4 * * 7", t).weekday(), chrono::Weekday::Sun);
+        assert_eq!(
+            next("0 4 * * 1", t + chrono::Duration::days(1)).weekday(),
+            chrono::Weekday::Mon
+        );
+        assert_eq!(next("0 4 * * 5-7", t).weekday(), chrono::Weekday::Fri);
+        assert_eq!(next("0 4 * * MON-FRI", t).weekday(), chrono::Weekday::Tue);
+    }
+
+    #[test]
+    fn seconds_form_passes_through() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        assert_eq!(next("*/10 * * * * *", t), t + chrono::Duration::seconds(10));
+        assert!(parse("1 2 3").is_err());
+        assert!(parse("0 4 * * 8").is_err());
+    }
+}
