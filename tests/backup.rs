@@ -9,15 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::{json, run, Pg, Project};
-
-fn tool(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}: {}", common::MISSING));
-    assert!(out.status.success(), "{cmd:?}: {}", common::stderr(&out));
-    common::stdout(&out).trim().to_string()
-}
+use common::{json, run, tool, Pg, Project};
 
 fn data_path(p: &Project, manifest: &serde_json::Value) -> PathBuf {
     p.path()

@@ -6,15 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{json, run, Pg, Project, S3};
-
-fn tool(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}: {}", common::MISSING));
-    assert!(out.status.success(), "{cmd:?}: {}", common::stderr(&out));
-    common::stdout(&out).trim().to_string()
-}
+use common::{json, run, tool, Pg, Project, S3};
 
 fn dbward(p: &Project, s3: &S3, db: &str) -> Command {
     let mut c = p.dbward(db);

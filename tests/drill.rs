@@ -277,3 +277,46 @@ fn a_postgres_drill_of_a_damaged_snapshot_fails_and_cleans_up() {
         "0"
     );
 }
+
+#[test]
+fn an_ephemeral_cluster_drill_works_as_root_and_is_removed() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    p.migration(
+        "V1__schema.sql",
+        "CREATE TABLE t (id int PRIMARY KEY);\nINSERT INTO t SELECT generate_series(1, 50);\n",
+    );
+    assert_eq!(run(p.dbward(&url).args(["migrate", "--no-snapshot"])).0, 0);
+    assert_eq!(run(p.dbward(&url).arg("backup")).0, 0);
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        "[drill]\ndatabase = \"ephemeral\"\nprobes = [\"SELECT count(*) = 50 FROM t\"]\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(p.dbward(&url).args(["restore-drill", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let doc = json(&out);
+    assert_eq!(doc["report"]["checks"][0]["name"], "download");
+    assert!(doc["report"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "cluster" && c["verdict"] == "passed"));
+    // Nothing of the cluster is left: no server process, no scratch database on the live server.
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", "dbward-drill-cluster-"])
+        .output()
+        .unwrap();
+    assert!(
+        common::stdout(&ps).trim().is_empty(),
+        "an ephemeral server is still running"
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'dbward\\_drill\\_%'"
+        ),
+        "0"
+    );
+}

@@ -8,21 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{json, run, Http, Pg, Project};
-
-fn sqlite(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .unwrap_or_else(|e| panic!("sqlite3: {e}: {}", common::MISSING));
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql}: {}",
-        common::stderr(&out)
-    );
-    common::stdout(&out).trim().to_string()
-}
+use common::{json, run, sqlite, Http, Pg, Project};
 
 /// V1 applied with data; then a deploy that applies V2 (drops a column, rewrites data).
 fn deployed(p: &Project) {

@@ -8,17 +8,7 @@ use std::time::{Duration, Instant};
 use common::{json, run, Project};
 
 fn sqlite(p: &Project, sql: &str) -> String {
-    let out = std::process::Command::new("sqlite3")
-        .arg(p.path().join("app.db"))
-        .arg(sql)
-        .output()
-        .unwrap_or_else(|e| panic!("sqlite3: {e}: {}", common::MISSING));
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql}: {}",
-        common::stderr(&out)
-    );
-    common::stdout(&out).trim().to_string()
+    common::sqlite(&p.path().join("app.db"), sql)
 }
 
 const DB: &str = "sqlite:app.db";

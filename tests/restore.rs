@@ -4,25 +4,10 @@
 mod common;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{json, run, Pg, Project};
-
-fn sqlite(db: &Path, sql: &str) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .unwrap_or_else(|e| panic!("sqlite3: {e}: {}", common::MISSING));
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql}: {}",
-        common::stderr(&out)
-    );
-    common::stdout(&out).trim().to_string()
-}
+use common::{json, run, sqlite, Pg, Project};
 
 fn app(p: &Project) -> std::path::PathBuf {
     p.path().join("app.db")

@@ -3,6 +3,7 @@
 //! DESIGN.md lists, times it, and always cleans up. Each check has its own verdict and time; the
 //! drill stops at the first failure but reports what ran.
 
+pub mod ephemeral;
 pub mod metrics;
 
 use std::collections::BTreeMap;
@@ -25,6 +26,8 @@ pub enum Scratch {
     SameServer,
     /// A database `dbward_drill_<id>` on this server (the URL's database is only used to connect).
     Server(Box<PgUrl>),
+    /// A throwaway local cluster started for the drill and removed after it.
+    Ephemeral,
 }
 
 pub struct Options {
@@ -327,9 +330,29 @@ async fn run_checks(
                 .await;
         }
         DatabaseUrl::Postgres(live_pg) => {
+            // An ephemeral cluster lives until this drill's checks and cleanup are done.
+            let mut _cluster = None;
             let server = match &opts.scratch {
                 Scratch::SameServer => (**live_pg).clone(),
                 Scratch::Server(s) => (**s).clone(),
+                Scratch::Ephemeral => {
+                    let major = m
+                        .pg_dump_version
+                        .as_deref()
+                        .map(backup::engine::postgres::major)
+                        .unwrap_or(0);
+                    let started = checks
+                        .run("cluster", async {
+                            let c = ephemeral::Ephemeral::start(major)?;
+                            let detail = format!("ephemeral cluster at {}", c.url.display);
+                            Ok((c, detail))
+                        })
+                        .await;
+                    let Some(c) = started else { return };
+                    let url = c.url.clone();
+                    _cluster = Some(c);
+                    url
+                }
             };
             let name = scratch_name(&m.id);
             let Some(db) = checks
@@ -339,7 +362,10 @@ async fn run_checks(
                         return Err("the scratch database is the live database; refusing".into());
                     }
                     create_scratch(&server, &name).await?;
-                    *scratch_pg = Some((server.clone(), name.clone()));
+                    // An ephemeral cluster goes away whole; on a real server the scratch database is dropped.
+                    if !matches!(opts.scratch, Scratch::Ephemeral) {
+                        *scratch_pg = Some((server.clone(), name.clone()));
+                    }
                     let out =
                         backup::engine::postgres::libpq_command("pg_restore", &server, Some(&name))
                             .args([

@@ -36,6 +36,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
 
     let scratch = match (&settings.drill.database, &url) {
         (None, _) => Scratch::SameServer,
+        (Some(e), DatabaseUrl::Postgres(_)) if e == "ephemeral" => Scratch::Ephemeral,
         (Some(s), DatabaseUrl::Postgres(_)) => match DatabaseUrl::parse(s)? {
             DatabaseUrl::Postgres(pg) => Scratch::Server(pg),
             DatabaseUrl::Sqlite(_) => {

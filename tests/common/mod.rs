@@ -38,6 +38,21 @@ pub fn run(c: &mut Command) -> (i32, String, String) {
     (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
 }
 
+/// Runs a standard tool (`sqlite3`, `zstd`, `pg_restore`, ...), panics unless it succeeds,
+/// returns its trimmed stdout.
+pub fn tool(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}: {MISSING}"));
+    assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+/// `sqlite3 DB SQL`, with the real sqlite3 CLI.
+pub fn sqlite(db: &Path, sql: &str) -> String {
+    tool(Command::new("sqlite3").arg(db).arg(sql))
+}
+
 pub fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s)
         .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{s}"))

@@ -91,16 +91,19 @@ impl LocalStore {
         Ok(size)
     }
 
-    pub fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
+    /// Writes `bytes` to a temp name beside `key`, fsynced; returns (dir, final path, temp path).
+    fn write_temp(&self, key: &str, bytes: &[u8]) -> Result<(PathBuf, PathBuf, PathBuf), Error> {
         let dir = self.prepare_dir(key)?;
-        let final_path = self.path(key);
         let tmp = self.temp_path(key);
-        let io = |what: String| Error::io(what);
-        let mut f = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        let mut f = File::create(&tmp).map_err(Error::io(format!("creating {}", tmp.display())))?;
         f.write_all(bytes)
             .and_then(|_| f.sync_all())
-            .map_err(io(format!("writing {}", tmp.display())))?;
-        drop(f);
+            .map_err(Error::io(format!("writing {}", tmp.display())))?;
+        Ok((dir, self.path(key), tmp))
+    }
+
+    pub fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
+        let (dir, final_path, tmp) = self.write_temp(key, bytes)?;
         // A hard link fails if the name exists: never overwrite, atomically.
         let linked = fs::hard_link(&tmp, &final_path);
         let _ = fs::remove_file(&tmp);
@@ -123,16 +126,9 @@ impl LocalStore {
     }
 
     pub fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
-        let dir = self.prepare_dir(key)?;
-        let final_path = self.path(key);
-        let tmp = self.temp_path(key);
-        let io = |what: String| Error::io(what);
-        let mut f = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
-        f.write_all(bytes)
-            .and_then(|_| f.sync_all())
-            .map_err(io(format!("writing {}", tmp.display())))?;
+        let (dir, final_path, tmp) = self.write_temp(key, bytes)?;
         fs::rename(&tmp, &final_path)
-            .map_err(io(format!("renaming to {}", final_path.display())))?;
+            .map_err(Error::io(format!("renaming to {}", final_path.display())))?;
         sync_dir(&dir)
     }
 
