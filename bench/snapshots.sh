@@ -56,6 +56,12 @@ for r in $(seq 1 "$RUNS"); do
 done
 # What dbward's restore spends on PRAGMA integrity_check, measured alone.
 run sqlite_integrity sqlite3 "$DB" "PRAGMA integrity_check"
+# The drill, next to the manual steps it replaces: copy the object, zstd -d, integrity_check.
+for r in $(seq 1 "$RUNS"); do
+  run sqlite_drill "$DBWARD" -q --database "sqlite:$DB" --store "file://$WORK/store" --state-dir "$WORK/state" restore-drill latest
+  sh_run sqlite_drill_std "cp '$SNAP' '$WORK/fetched.zst' && zstd -q -d -f '$WORK/fetched.zst' -o '$WORK/drill.db' && sqlite3 '$WORK/drill.db' 'PRAGMA integrity_check' | grep -qx ok"
+  rm -f "$WORK/fetched.zst" "$WORK/drill.db"
+done
 
 echo "building pgbench scale $SCALE..." >&2
 PGB=("$BINDIR/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres)
@@ -76,6 +82,13 @@ for r in $(seq 1 "$RUNS"); do
   "${PSQL[@]}" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'bench\_replaced\_%'" | while read -r d; do "${PSQL[@]}" -c "DROP DATABASE \"$d\"" >/dev/null; done
   "${PSQL[@]}" -c "DROP DATABASE IF EXISTS plain" -c "CREATE DATABASE plain" >/dev/null 2>&1
   sh_run pg_restore_std "zstd -q -dc '$PGSNAP' | '$BINDIR/pg_restore' --exit-on-error -h 127.0.0.1 -p $PORT -U postgres -d plain"
+done
+
+for r in $(seq 1 "$RUNS"); do
+  PATH="$BINDIR:$PATH" run pg_drill "$DBWARD" -q --database "$URL" --store "file://$WORK/pgstore" --state-dir "$WORK/state" restore-drill latest
+  "${PSQL[@]}" -c "DROP DATABASE IF EXISTS manual" -c "CREATE DATABASE manual" >/dev/null 2>&1
+  sh_run pg_drill_std "cp '$PGSNAP' '$WORK/fetched.zst' && zstd -q -dc '$WORK/fetched.zst' | '$BINDIR/pg_restore' --exit-on-error -h 127.0.0.1 -p $PORT -U postgres -d manual"
+  rm -f "$WORK/fetched.zst"
 done
 
 python3 - "$WORK" "$RAW" "$STORED" "$PGSIZE" "$RUNS" <<'PY'
@@ -101,4 +114,12 @@ r, rm = load("pg_restore"); t, tm = load("pg_restore_std")
 print("PostgreSQL restore:")
 print(f"  dbward restore                   {r:6.2f} s   peak RSS {rm:6.1f} MiB   (pg_restore --jobs=2, plus row-count checks)")
 print(f"  zstd -dc | pg_restore            {t:6.2f} s   ratio dbward/std {r/t:.2f}x")
+r, _ = load("sqlite_drill"); t, _ = load("sqlite_drill_std")
+print("SQLite restore drill (every check) vs the manual steps it replaces:")
+print(f"  dbward restore-drill             {r:6.2f} s")
+print(f"  cp + zstd -d + integrity_check   {t:6.2f} s   ratio {r/t:.2f}x")
+r, _ = load("pg_drill"); t, _ = load("pg_drill_std")
+print("PostgreSQL restore drill (every check, amcheck included) vs the manual steps it replaces:")
+print(f"  dbward restore-drill             {r:6.2f} s")
+print(f"  cp + zstd -dc | pg_restore       {t:6.2f} s   ratio {r/t:.2f}x")
 PY

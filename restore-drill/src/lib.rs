@@ -373,7 +373,6 @@ async fn run_checks(
                                 "--no-owner",
                                 "--no-privileges",
                                 "--no-password",
-                                "--jobs=2",
                             ])
                             .arg(&decoded)
                             .stdin(std::process::Stdio::null())
