@@ -112,7 +112,7 @@ print(f"  dbward restore                   {r:6.2f} s   peak RSS {rm:6.1f} MiB  
 print(f"  zstd -d + cp                     {t:6.2f} s   ratio dbward/std {r/t:.2f}x   without the check {(r-ic)/t:.2f}x")
 r, rm = load("pg_restore"); t, tm = load("pg_restore_std")
 print("PostgreSQL restore:")
-print(f"  dbward restore                   {r:6.2f} s   peak RSS {rm:6.1f} MiB   (pg_restore --jobs=2, plus row-count checks)")
+print(f"  dbward restore                   {r:6.2f} s   peak RSS {rm:6.1f} MiB   (pg_restore, plus row-count checks)")
 print(f"  zstd -dc | pg_restore            {t:6.2f} s   ratio dbward/std {r/t:.2f}x")
 r, _ = load("sqlite_drill"); t, _ = load("sqlite_drill_std")
 print("SQLite restore drill (every check) vs the manual steps it replaces:")

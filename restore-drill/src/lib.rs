@@ -243,8 +243,14 @@ async fn run_checks(
     };
     let Some(decoded) = checks
         .run("decode", async {
-            let t = restore::decompress(&fetched, &opts.temp_dir, ".dbward-drill-", m)
-                .map_err(|e| e.to_string())?;
+            let t = restore::decompress(
+                &fetched,
+                &opts.temp_dir,
+                ".dbward-drill-",
+                m,
+                restore::Lifetime::Scratch,
+            )
+            .map_err(|e| e.to_string())?;
             Ok((t, format!("{} bytes", m.raw_bytes)))
         })
         .await

@@ -170,7 +170,13 @@ pub async fn restore_snapshot(
             }
             let dir = restore::sqlite::dir_of(&target);
             let fetched = restore::fetch(store, m, &dir).await?;
-            let restored = restore::decompress(&fetched, &dir, restore::sqlite::TEMP_PREFIX, m)?;
+            let restored = restore::decompress(
+                &fetched,
+                &dir,
+                restore::sqlite::TEMP_PREFIX,
+                m,
+                restore::Lifetime::Durable,
+            )?;
             drop(fetched);
             restore::sqlite::check(&restored, m)?;
             if opts.to.is_some() {
@@ -190,7 +196,13 @@ pub async fn restore_snapshot(
         DatabaseUrl::Postgres(pg) => {
             let temp = settings.temp_dir();
             let fetched = restore::fetch(store, m, &temp).await?;
-            let dump = restore::decompress(&fetched, &temp, ".dbward-restore-", m)?;
+            let dump = restore::decompress(
+                &fetched,
+                &temp,
+                ".dbward-restore-",
+                m,
+                restore::Lifetime::Scratch,
+            )?;
             drop(fetched);
             let (target_url, to) = match &opts.to {
                 Some(to) => match DatabaseUrl::parse(to)? {

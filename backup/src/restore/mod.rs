@@ -35,6 +35,15 @@ pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<tempfile::
     Ok(tmp)
 }
 
+/// How long the decompressed file has to live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// It becomes the live database (SQLite restore): fsynced before anything is swapped.
+    Durable,
+    /// Read once and removed (a dump for pg_restore, a drill's scratch copy): no fsync.
+    Scratch,
+}
+
 /// Decompresses `src` (zstd) into a temp file in `dir`; a stream that does not decode to the
 /// end, or to the manifest's raw size, is refused.
 pub fn decompress(
@@ -42,6 +51,7 @@ pub fn decompress(
     dir: &Path,
     prefix: &str,
     m: &Manifest,
+    lifetime: Lifetime,
 ) -> Result<tempfile::TempPath, Error> {
     let out = temp_in(dir, prefix)?;
     let refuse = |why: String| {
@@ -65,9 +75,11 @@ pub fn decompress(
             m.raw_bytes
         )));
     }
-    output
-        .sync_all()
-        .map_err(Error::io(format!("fsync {}", out.display())))?;
+    if lifetime == Lifetime::Durable {
+        output
+            .sync_all()
+            .map_err(Error::io(format!("fsync {}", out.display())))?;
+    }
     Ok(out)
 }
 

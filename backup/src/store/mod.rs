@@ -97,7 +97,8 @@ impl Store {
         }
     }
 
-    /// Streams `key` into `to` (fsynced); returns its size and hex SHA-256.
+    /// Streams `key` into `to` (a temp file, not fsynced: it is read once and removed); returns
+    /// its size and hex SHA-256.
     pub async fn download(
         &self,
         key: &str,
@@ -170,7 +171,6 @@ impl<'a> HashingWriter<'a> {
 
     fn finish(self) -> std::io::Result<(u64, String)> {
         use sha2::Digest;
-        self.file.sync_all()?;
         Ok((self.len, crate::pipeline::hex(&self.hasher.finalize())))
     }
 }
