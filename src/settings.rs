@@ -299,7 +299,11 @@ fn resolve(
             }
             None => 3,
         },
-        temp_dir: file.backup.temp_dir.map(rebase),
+        temp_dir: args
+            .temp_dir
+            .clone()
+            .or_else(|| env("DBWARD_TEMP_DIR").map(PathBuf::from))
+            .or_else(|| file.backup.temp_dir.map(rebase)),
         drill: Drill {
             database: env("DBWARD_DRILL_DATABASE").or(file.drill.database),
             probes: file.drill.probes.unwrap_or_default(),

@@ -194,16 +194,7 @@ pub async fn restore_snapshot(
             }
         }
         DatabaseUrl::Postgres(pg) => {
-            let temp = settings.temp_dir();
-            let fetched = restore::fetch(store, m, &temp).await?;
-            let dump = restore::decompress(
-                &fetched,
-                &temp,
-                ".dbward-restore-",
-                m,
-                restore::Lifetime::Scratch,
-            )?;
-            drop(fetched);
+            let fetched = restore::fetch(store, m, &settings.temp_dir()).await?;
             let (target_url, to) = match &opts.to {
                 Some(to) => match DatabaseUrl::parse(to)? {
                     DatabaseUrl::Postgres(t) => {
@@ -221,7 +212,7 @@ pub async fn restore_snapshot(
             };
             let out = restore::postgres::restore(
                 &target_url,
-                &dump,
+                &fetched,
                 m,
                 &restore::postgres::Options {
                     terminate_connections: opts.terminate_connections,

@@ -1,4 +1,4 @@
-//! Putting a PostgreSQL snapshot in place: `pg_restore --exit-on-error` into a new database
+//! Putting a PostgreSQL snapshot in place: `zstd -dc | pg_restore --exit-on-error` into a new database
 //! `<db>_restore_<ts>`, checked (migration head, row counts) against the manifest, then swapped
 //! in by renaming `<db>` to `<db>_replaced_<ts>` and the new one to `<db>` in ONE transaction.
 //! Until that commit, the live database is untouched; after it, the old one is kept.
@@ -40,14 +40,16 @@ async fn connect_to(url: &PgUrl, db: &str) -> Result<Postgres, Error> {
     Ok(Postgres::connect(&other).await?)
 }
 
-/// Restores the decompressed archive `dump` (manifest `m`) as `url`'s database.
+/// Restores the snapshot `compressed` (its object, already checked against the manifest) as
+/// `url`'s database. The archive is decompressed straight into `pg_restore`'s stdin, never
+/// spooled to disk (as `zstd -dc | pg_restore` would).
 pub async fn restore(
     url: &PgUrl,
-    dump: &Path,
+    compressed: &Path,
     m: &Manifest,
     opts: &Options,
 ) -> Result<Outcome, Error> {
-    check_archive(dump, m)?;
+    let pg_restore_version = check_versions(m)?;
     let live = url.config.get_dbname().unwrap_or("postgres").to_string();
     let admin = connect_to(url, "postgres").await?;
     let c = admin.client();
@@ -97,19 +99,39 @@ pub async fn restore(
 
     let restored = async {
         // One job: on 2 cores `--jobs=2` measured slower (5.1 s vs 3.5 s for a 450 MB pgbench
-        // database), its index builds competing for the same cores.
-        let out = libpq_command("pg_restore", url, Some(&target))
+        // database), its index builds competing for the same cores; and it needs a file.
+        let mut child = libpq_command("pg_restore", url, Some(&target))
             .args(["--exit-on-error", "--no-password"])
-            .arg(dump)
-            .stdin(Stdio::null())
-            .output()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| Error::Source(format!("running pg_restore: {e}")))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let source = compressed.to_path_buf();
+        let feeder = std::thread::spawn(move || -> Result<u64, String> {
+            let input = std::fs::File::open(&source).map_err(|e| e.to_string())?;
+            let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| e.to_string())?;
+            std::io::copy(&mut decoder, &mut stdin).map_err(|e| e.to_string())
+        });
+        let out = child
+            .wait_with_output()
+            .map_err(|e| Error::Source(format!("waiting for pg_restore: {e}")))?;
+        let fed = feeder.join().unwrap_or_else(|_| Err("the decompression thread panicked".into()));
         if !out.status.success() {
-            return Err(Error::Source(format!(
-                "pg_restore into {target} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            if err.contains("unsupported version") {
+                return Err(Error::Refused(format!(
+                    "pg_restore {pg_restore_version} cannot read this archive, written by pg_dump {}: {err}",
+                    m.pg_dump_version.as_deref().unwrap_or("unknown")
+                )));
+            }
+            return Err(Error::Source(format!("pg_restore into {target} failed ({}): {err}", out.status)));
+        }
+        match fed {
+            Ok(n) if n == m.raw_bytes => {}
+            Ok(n) => return Err(Error::Refused(format!("snapshot {} decoded to {n} bytes, the manifest says {}", m.id, m.raw_bytes))),
+            Err(e) => return Err(Error::Refused(format!("snapshot {} does not decode: {e}", m.id))),
         }
         check_restored(&connect_to(url, &target).await?, m).await
     }
@@ -230,32 +252,19 @@ async fn sessions(c: &tokio_postgres::Client, db: &str) -> Result<Vec<String>, E
         .collect())
 }
 
-/// `pg_restore --list` reads the archive's header: an archive newer than this pg_restore, or
-/// not an archive at all, is refused before any database is created.
-fn check_archive(dump: &Path, m: &Manifest) -> Result<(), Error> {
+/// A `pg_restore` older than the `pg_dump` that wrote the archive is refused, naming both,
+/// before any database is created. Returns pg_restore's version.
+fn check_versions(m: &Manifest) -> Result<String, Error> {
     let version = tool_version("pg_restore")?;
-    let out = std::process::Command::new(
-        crate::engine::postgres::find_tool("pg_restore").unwrap_or_else(|| "pg_restore".into()),
-    )
-    .arg("--list")
-    .arg(dump)
-    .output()
-    .map_err(|e| Error::Source(format!("running pg_restore --list: {e}")))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    let dumped = m.pg_dump_version.as_deref().unwrap_or("unknown");
-    if err.contains("unsupported version") || major(&version) < major(dumped) {
+    let dumped = m.pg_dump_version.as_deref().unwrap_or("0");
+    if major(&version) < major(dumped) {
         return Err(Error::Refused(format!(
-            "pg_restore {version} cannot read this archive, written by pg_dump {dumped}: {err}. Install PostgreSQL {} client tools or newer.",
+            "pg_restore {version} is older than the pg_dump {dumped} that wrote snapshot {}; install PostgreSQL {} client tools or newer",
+            m.id,
             major(dumped)
         )));
     }
-    Err(Error::Refused(format!(
-        "snapshot {} is not a readable pg_dump archive: {err}",
-        m.id
-    )))
+    Ok(version)
 }
 
 /// The restored database's migration head and row counts must be the manifest's.
