@@ -262,15 +262,41 @@ async fn run_job(
 /// This process's arguments with `schedule [--list]` replaced by the job's command, so the job
 /// sees the same config file and setting flags.
 fn child_args(job: &[&str]) -> Vec<OsString> {
+    rewrite(std::env::args_os().skip(1).collect(), job)
+}
+
+/// The global flags that take a value: their values are never the command name.
+const VALUE_FLAGS: [&str; 8] = [
+    "--config",
+    "--database",
+    "--migrations",
+    "--store",
+    "--s3-endpoint",
+    "--s3-region",
+    "--state-dir",
+    "--temp-dir",
+];
+
+fn rewrite(args: Vec<OsString>, job: &[&str]) -> Vec<OsString> {
     let mut out = Vec::new();
     let mut replaced = false;
-    for a in std::env::args_os().skip(1) {
+    let mut value_next = false;
+    for a in args {
+        if value_next {
+            value_next = false;
+            out.push(a);
+            continue;
+        }
         if !replaced && a == "schedule" {
             out.extend(job.iter().map(OsString::from));
             replaced = true;
-        } else if a != "--list" {
-            out.push(a);
+            continue;
         }
+        if replaced && a == "--list" {
+            continue;
+        }
+        value_next = a.to_str().is_some_and(|s| VALUE_FLAGS.contains(&s));
+        out.push(a);
     }
     out
 }
@@ -404,6 +430,36 @@ mod tests {
         );
         assert_eq!(next("0 4 * * 5-7", t).weekday(), chrono::Weekday::Fri);
         assert_eq!(next("0 4 * * MON-FRI", t).weekday(), chrono::Weekday::Tue);
+    }
+
+    #[test]
+    fn the_command_is_found_past_flag_values() {
+        let args = [
+            "--state-dir",
+            "schedule",
+            "-q",
+            "schedule",
+            "--config",
+            "d.toml",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        let out: Vec<String> = rewrite(args, &["backup", "--scheduled"])
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            out,
+            [
+                "--state-dir",
+                "schedule",
+                "-q",
+                "backup",
+                "--scheduled",
+                "--config",
+                "d.toml"
+            ]
+        );
     }
 
     #[test]
