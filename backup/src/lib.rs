@@ -73,12 +73,20 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
         mut reader,
         finish,
         keep,
+        size_hint,
         ..
     } = prepared;
     // Two chunks in the channel: memory stays at a few chunks whatever the database's size.
     let (tx, rx) = mpsc::channel(2);
+    let progress = req.progress.clone();
+    let total = size_hint;
     let producer = tokio::task::spawn_blocking(move || {
-        pipeline::compress(&mut reader, finish, &opts, tx, &|_| {})
+        let report = |done: u64| {
+            if let Some(p) = &progress {
+                p(done, total)
+            }
+        };
+        pipeline::compress(&mut reader, finish, &opts, tx, &report)
     });
     let (stored, produced) = tokio::join!(store.put_stream(&data_key, rx), producer);
     let produced =
@@ -277,6 +285,12 @@ pub async fn prune(
             }
             orphans.push(obj.key.clone());
         }
+    }
+    // Multipart uploads a killed backup left behind (S3). A store that cannot list them must not
+    // stop retention from working.
+    match store.abort_stale_uploads(database, day_ago, dry_run).await {
+        Ok(aborted) => orphans.extend(aborted),
+        Err(e) => tracing::warn!("could not clean stale multipart uploads: {e}"),
     }
     Ok(PruneReport {
         policy: *policy,
