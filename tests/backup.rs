@@ -209,22 +209,7 @@ fn postgres_snapshot_restores_with_pg_restore() {
     assert_eq!(m["migration_head"]["version"], 1);
 
     let dump = check_object(&data_path(&p, &m), &m);
-    pg.psql("postgres", "CREATE DATABASE restored");
-    tool(
-        Command::new(pg.bindir.join("pg_restore"))
-            .args([
-                "--exit-on-error",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "restored",
-            ])
-            .arg("-p")
-            .arg(pg.port.to_string())
-            .arg(&dump),
-    );
+    pg.restore_into("restored", &dump);
     assert_eq!(pg.psql("restored", "SELECT count(*) FROM orders"), "3000");
     assert_eq!(
         pg.psql("restored", "SELECT count(*) FROM big_orders"),

@@ -178,21 +178,6 @@ fn postgres_snapshot_and_retention_on_s3() {
             .arg("-o")
             .arg(&dump),
     );
-    pg.psql("postgres", "CREATE DATABASE restored");
-    tool(
-        Command::new(pg.bindir.join("pg_restore"))
-            .args([
-                "--exit-on-error",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-d",
-                "restored",
-            ])
-            .arg("-p")
-            .arg(pg.port.to_string())
-            .arg(&dump),
-    );
+    pg.restore_into("restored", &dump);
     assert_eq!(pg.psql("restored", "SELECT count(*) FROM v"), "1000");
 }

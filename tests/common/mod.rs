@@ -298,6 +298,26 @@ impl Pg {
         }
     }
 
+    /// Creates `db` and restores a plain `pg_dump` archive into it with the real `pg_restore`.
+    pub fn restore_into(&self, db: &str, dump: &Path) {
+        self.psql("postgres", &format!("CREATE DATABASE {db}"));
+        tool(
+            Command::new(self.bindir.join("pg_restore"))
+                .args([
+                    "--exit-on-error",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    db,
+                ])
+                .arg("-p")
+                .arg(self.port.to_string())
+                .arg(dump),
+        );
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

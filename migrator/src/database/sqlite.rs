@@ -41,10 +41,6 @@ impl Sqlite {
         })
     }
 
-    pub fn connection(&self) -> &Connection {
-        &self.conn
-    }
-
     /// Takes the migration lock for this handle's life; see [`lock_file`].
     pub fn lock(&mut self, timeout: Duration) -> Result<(), Error> {
         self.lock = Some(lock_file(&self.path, timeout)?);
