@@ -180,6 +180,7 @@ pub async fn restore_snapshot(
             drop(fetched);
             restore::sqlite::check(&restored, m)?;
             if opts.to.is_some() {
+                restore::sqlite::adopt_ownership(&restored, None)?;
                 std::fs::rename(&restored, &target).map_err(|e| {
                     Failure::new(
                         EXIT_FAILED,

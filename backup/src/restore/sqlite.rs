@@ -64,6 +64,44 @@ pub fn check(path: &Path, m: &Manifest) -> Result<(), Error> {
     Ok(())
 }
 
+/// Gives `restored` the owner, group and mode of the file it is about to replace (`like`), so
+/// an application running as another user can still open its database after a restore by root;
+/// for a new file (`like` is `None`), the mode a plain `open(2)` gets under this process's umask
+/// (the temp file was created 0600).
+pub fn adopt_ownership(restored: &Path, like: Option<&Path>) -> Result<(), Error> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (mode, owner) = match like {
+        Some(live) => {
+            let meta =
+                std::fs::metadata(live).map_err(Error::io(format!("stat {}", live.display())))?;
+            (meta.mode() & 0o7777, Some((meta.uid(), meta.gid())))
+        }
+        None => (0o666 & !umask(), None),
+    };
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(restored, Some(uid), Some(gid)).map_err(Error::io(format!(
+            "giving {} the owner {uid}:{gid} of {}",
+            restored.display(),
+            like.map(|p| p.display().to_string()).unwrap_or_default()
+        )))?;
+    }
+    std::fs::set_permissions(restored, std::fs::Permissions::from_mode(mode)).map_err(Error::io(
+        format!("setting mode {mode:o} on {}", restored.display()),
+    ))
+}
+
+/// This process's umask, from /proc (reading it with umask(2) would change it meanwhile).
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
+}
+
 /// Processes other than this one that hold `db` (or its WAL) open, from /proc.
 pub fn holders(db: &Path) -> Vec<String> {
     let Ok(target) = std::fs::canonicalize(db) else {
@@ -113,6 +151,7 @@ pub fn swap_in(db: &Path, restored: tempfile::TempPath, force: bool) -> Result<P
         })
         .find(|k| !k.exists() && !suffixed(k, "-wal").exists() && !suffixed(k, "-shm").exists())
         .expect("some suffix is free");
+    adopt_ownership(&restored, db.exists().then_some(db))?;
     if db.exists() {
         if !force {
             // Nobody else has it open: fold the WAL into the main file so one file is the whole
@@ -122,8 +161,16 @@ pub fn swap_in(db: &Path, restored: tempfile::TempPath, force: bool) -> Result<P
             c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                 .map_err(|e| Error::Source(format!("checkpointing {}: {e}", db.display())))?;
         }
-        // WAL and shared memory go aside first, with names SQLite pairs with the kept file, so
-        // they are never applied to the restored one.
+        // The order makes every crash point safe. The live file is linked aside first: until
+        // its WAL moves, the live path is still the whole old database. Then the WAL and shared
+        // memory go aside under names SQLite pairs with the kept file (so they are never applied
+        // to the restored one): from here the kept copy is complete with its WAL. Only then is
+        // the restored file renamed over the live path.
+        std::fs::hard_link(db, &kept).map_err(Error::io(format!(
+            "keeping {} as {}",
+            db.display(),
+            kept.display()
+        )))?;
         for s in ["-wal", "-shm"] {
             let from = suffixed(db, s);
             if from.exists() {
@@ -131,11 +178,6 @@ pub fn swap_in(db: &Path, restored: tempfile::TempPath, force: bool) -> Result<P
                     .map_err(Error::io(format!("moving {} aside", from.display())))?;
             }
         }
-        std::fs::hard_link(db, &kept).map_err(Error::io(format!(
-            "keeping {} as {}",
-            db.display(),
-            kept.display()
-        )))?;
     }
     std::fs::rename(&restored, db).map_err(Error::io(format!(
         "renaming the restored file to {}",

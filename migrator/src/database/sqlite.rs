@@ -83,6 +83,17 @@ impl Sqlite {
     }
 }
 
+/// The lock file belongs to the database's owner, so that the application's own user can still
+/// run dbward after root did (the lock file is dbward's, by its name beside the database).
+fn give_db_owner(lock: &File, db: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(l), Ok(d)) = (lock.metadata(), std::fs::metadata(db)) {
+        if (l.uid(), l.gid()) != (d.uid(), d.gid()) {
+            let _ = std::os::unix::fs::fchown(lock, Some(d.uid()), Some(d.gid()));
+        }
+    }
+}
+
 /// The lock file beside the database: `<db>.dbward-lock`.
 pub fn lock_path(db: &Path) -> PathBuf {
     let mut name = db.file_name().unwrap_or_default().to_os_string();
@@ -105,6 +116,7 @@ pub fn lock_file(db: &Path, timeout: Duration) -> Result<File, Error> {
         .write(true)
         .open(&lock_path)
         .map_err(open_err)?;
+    give_db_owner(&file, db);
     let started = Instant::now();
     let mut announced = false;
     loop {
