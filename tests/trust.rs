@@ -73,5 +73,150 @@ fn d01_sqlite_restore_keeps_the_owner_and_mode_of_the_file_it_replaces() {
     assert_eq!(mode, 0o640, "0666 under umask 027");
 }
 
+fn store_dir(p: &Project) -> PathBuf {
+    p.path().join(".dbward/snapshots/app")
+}
+
+fn backdate(path: &Path) {
+    common::tool(
+        std::process::Command::new("touch")
+            .args(["-d", "2 days ago"])
+            .arg(path),
+    );
+}
+
+/// Defect 4: one unreadable or foreign `.json` in the database's folder made every listing,
+/// restore, drill and prune fail.
+#[test]
+fn d04_a_damaged_or_foreign_manifest_is_skipped_and_every_other_snapshot_stays_usable() {
+    let p = Project::new();
+    let first = sqlite_app(&p, 20);
+    let dir = store_dir(&p);
+    std::fs::write(dir.join("notes.json"), "remember to rotate the keys").unwrap();
+    std::fs::write(dir.join("20261122T093000Z-manual-0bad.json"), "{\"id\": 4").unwrap();
+
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let doc = json(&out);
+    assert_eq!(doc["snapshots"].as_array().unwrap().len(), 1);
+    let damaged: Vec<&str> = doc["damaged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(damaged.len(), 2, "{damaged:?}");
+    let (code, out, _) = run(p.dbward("sqlite:app.db").arg("snapshots"));
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("DAMAGED") && out.contains("notes.json"),
+        "{out}"
+    );
+
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["restore", "latest", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("notes.json"), "the warning names it: {err}");
+    let (code, _, err) =
+        run(p
+            .dbward("sqlite:app.db")
+            .args(["restore", "20261122T093000Z-manual-0bad", "--yes"]));
+    assert_eq!(code, 3, "a damaged snapshot is refused by name: {err}");
+    assert!(err.contains("damaged"), "{err}");
+    let (code, out, err) =
+        run(p
+            .dbward("sqlite:app.db")
+            .args(["restore-drill", "latest", "--json"]));
+    assert_eq!(code, 0, "{err}{out}");
+    std::fs::write(p.path().join("dbward.toml"), "[retention]\nkeep_last = 1\n").unwrap();
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("backup"));
+    assert_eq!(code, 0, "backup and its retention: {err}");
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("backup"));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("prune"));
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
+    let left = json(&out)["snapshots"].as_array().unwrap().len();
+    assert_eq!(
+        left, 2,
+        "retention still works: the newest and the drilled one"
+    );
+    assert!(
+        dir.join(format!("{first}.json")).exists(),
+        "the drilled one is kept"
+    );
+    assert!(
+        dir.join("notes.json").exists(),
+        "and never touches what is not its own"
+    );
+}
+
+/// Defect 7: prune deleted any old `*.zst` in the folder, and followed a manifest's data key
+/// outside the store.
+#[test]
+fn d07_prune_deletes_only_dbwards_own_names_inside_the_databases_folder() {
+    let p = Project::new();
+    sqlite_app(&p, 5);
+    let dir = store_dir(&p);
+    let export = dir.join("customer-export-2024.csv.zst");
+    std::fs::write(&export, "precious").unwrap();
+    let victim = p.path().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    // A manifest with dbward's form of id, pointing its data key out of the store.
+    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
+    let mut hostile = json(&out)["snapshots"][0].clone();
+    hostile["id"] = "20200101T000000Z-manual-beef".into();
+    hostile["created_at"] = "2020-01-01T00:00:00Z".into();
+    for key in ["../../victim.txt", &victim.display().to_string()] {
+        hostile["data_key"] = key.into();
+        std::fs::write(
+            dir.join("20200101T000000Z-manual-beef.json"),
+            hostile.to_string(),
+        )
+        .unwrap();
+        for f in [&export, &dir.join("20200101T000000Z-manual-beef.json")] {
+            backdate(f);
+        }
+        std::fs::write(p.path().join("dbward.toml"), "[retention]\nkeep_last = 1\n").unwrap();
+        let (code, out, err) = run(p.dbward("sqlite:app.db").args(["backup", "--json"]));
+        assert_eq!(code, 0, "{err}");
+        let (code, _, err) = run(p.dbward("sqlite:app.db").arg("prune"));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            victim.exists(),
+            "a file outside the store is never deleted ({key}): {out}"
+        );
+        assert!(
+            export.exists(),
+            "a foreign .zst in the folder is never deleted"
+        );
+        let (_, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
+        assert!(
+            out.contains("is not `app/20200101T000000Z-manual-beef.sqlite.zst`"),
+            "the hostile manifest is shown as damaged: {out}"
+        );
+    }
+
+    // The file system's root is never a store.
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["--store", "file:///", "snapshots"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("root"), "{err}");
+}
+
+/// Defect 13 (in part): a manifest whose data object is gone is a damaged snapshot (exit 3),
+/// not a raw ENOENT (exit 1).
+#[test]
+fn d13_a_snapshot_whose_data_is_gone_is_refused_as_damaged() {
+    let p = Project::new();
+    let id = sqlite_app(&p, 5);
+    std::fs::remove_file(store_dir(&p).join(format!("{id}.sqlite.zst"))).unwrap();
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args(["restore", &id, "--yes"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("damaged") && err.contains("missing"), "{err}");
+}
+
 #[allow(dead_code)]
 fn _uses(_: Pg) {}

@@ -24,6 +24,10 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
 
+    /// The object is not in the store.
+    #[error("{0} does not exist")]
+    Missing(String),
+
     #[error(transparent)]
     Database(#[from] migrator::Error),
 

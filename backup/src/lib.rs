@@ -51,7 +51,8 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
         DatabaseUrl::Postgres(pg) => engine::postgres::prepare(pg, req.lock_timeout).await?,
     };
     let database = req.database.name();
-    let data_key = format!("{database}/{id}.{}.zst", prepared.format.extension());
+    check_folder_name(&database)?;
+    let data_key = manifest::data_key(&database, &id, prepared.format);
     let opts = pipeline::Options {
         level: req.level,
         workers: prepared.workers,
@@ -166,20 +167,33 @@ pub async fn receipts(
     store: &Store,
     database: &str,
 ) -> Result<std::collections::HashMap<String, DrillReceipt>, Error> {
+    check_folder_name(database)?;
     let objects = store.list(database).await?;
-    read_receipts(store, &objects).await
+    read_receipts(store, database, &objects).await
 }
 
 async fn read_receipts(
     store: &Store,
+    database: &str,
     objects: &[store::ObjectInfo],
 ) -> Result<std::collections::HashMap<String, DrillReceipt>, Error> {
     let mut out = std::collections::HashMap::new();
-    for obj in objects.iter().filter(|o| o.key.ends_with(".drill.json")) {
+    for obj in objects {
+        let Some(manifest::OwnKey::Receipt(id)) = manifest::OwnKey::parse(database, &obj.key)
+        else {
+            continue;
+        };
         let bytes = store.get_bytes(&obj.key).await?;
-        // A receipt that does not parse proves nothing; it is skipped, not fatal.
-        if let Ok(r) = serde_json::from_slice::<DrillReceipt>(&bytes) {
-            out.insert(r.snapshot.clone(), r);
+        // A receipt that does not parse, or speaks of another snapshot, proves nothing; it is
+        // skipped, not fatal.
+        match serde_json::from_slice::<DrillReceipt>(&bytes) {
+            Ok(r) if r.snapshot == id => {
+                out.insert(id, r);
+            }
+            _ => tracing::warn!(
+                "ignoring drill receipt {}: not readable",
+                store.describe(&obj.key)
+            ),
         }
     }
     Ok(out)
@@ -189,32 +203,82 @@ pub fn manifest_key(database: &str, id: &str) -> String {
     format!("{database}/{id}.json")
 }
 
-/// Every snapshot of `database` in the store, newest first. Only manifests count: data without
-/// a manifest is not a snapshot.
-pub async fn list(store: &Store, database: &str) -> Result<Vec<Manifest>, Error> {
-    let objects = store.list(database).await?;
-    read_manifests(store, &objects).await
+/// A database's name is its folder in the store: one path segment, nothing that would lead
+/// out of the store's prefix.
+pub fn check_folder_name(database: &str) -> Result<(), Error> {
+    let bad = database.is_empty()
+        || database == "."
+        || database == ".."
+        || database.contains(['/', '\\', '\0']);
+    if bad {
+        return Err(Error::Refused(format!(
+            "the database name `{database}` cannot be a folder of the store (it would lead outside the store's prefix); nothing was read or written"
+        )));
+    }
+    Ok(())
 }
 
-fn is_manifest(key: &str) -> bool {
+/// An object in a database's folder that looks like a manifest but is not a usable one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Damaged {
+    pub key: String,
+    pub problem: String,
+}
+
+/// A database's snapshots (newest first) and the manifests that could not be used.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub snapshots: Vec<Manifest>,
+    pub damaged: Vec<Damaged>,
+}
+
+/// Every snapshot of `database` in the store, newest first. Only manifests count: data without
+/// a manifest is not a snapshot. A damaged manifest (one that does not parse, a foreign
+/// `.json`, names that are not dbward's) is skipped with a warning naming it; every other
+/// snapshot stays usable.
+pub async fn list(store: &Store, database: &str) -> Result<Vec<Manifest>, Error> {
+    let listing = list_all(store, database).await?;
+    for d in &listing.damaged {
+        tracing::warn!("skipping {}: {}", store.describe(&d.key), d.problem);
+    }
+    Ok(listing.snapshots)
+}
+
+/// [`list`], with the damaged manifests returned rather than logged.
+pub async fn list_all(store: &Store, database: &str) -> Result<Listing, Error> {
+    check_folder_name(database)?;
+    let objects = store.list(database).await?;
+    read_manifests(store, database, &objects).await
+}
+
+fn is_manifest_candidate(key: &str) -> bool {
     let name = key.rsplit('/').next().unwrap_or(key);
     name.ends_with(".json") && !name.ends_with(".drill.json") && !name.starts_with('.')
 }
 
 async fn read_manifests(
     store: &Store,
+    database: &str,
     objects: &[store::ObjectInfo],
-) -> Result<Vec<Manifest>, Error> {
-    let mut out = Vec::new();
-    for obj in objects.iter().filter(|o| is_manifest(&o.key)) {
+) -> Result<Listing, Error> {
+    let mut out = Listing::default();
+    for obj in objects.iter().filter(|o| is_manifest_candidate(&o.key)) {
+        // A read that fails is an error, not a damaged manifest: skipping it could make an
+        // older snapshot look like the latest.
         let bytes = store.get_bytes(&obj.key).await?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
-            what: store.describe(&obj.key),
-            message: format!("not a dbward manifest: {e}"),
-        })?;
-        out.push(m);
+        let checked = serde_json::from_slice::<Manifest>(&bytes)
+            .map_err(|e| format!("not a dbward manifest: {e}"))
+            .and_then(|m| m.check_names(database, &obj.key).map(|()| m));
+        match checked {
+            Ok(m) => out.snapshots.push(m),
+            Err(problem) => out.damaged.push(Damaged {
+                key: obj.key.clone(),
+                problem,
+            }),
+        }
     }
-    out.sort_by(|a, b| (b.created(), &b.id).cmp(&(a.created(), &a.id)));
+    out.snapshots
+        .sort_by(|a, b| (b.created(), &b.id).cmp(&(a.created(), &a.id)));
     Ok(out)
 }
 
@@ -239,11 +303,20 @@ pub async fn prune(
     policy: &retention::Policy,
     dry_run: bool,
 ) -> Result<PruneReport, Error> {
+    check_folder_name(database)?;
     let objects = store.list(database).await?;
-    let manifests = read_manifests(store, &objects).await?;
+    let listing = read_manifests(store, database, &objects).await?;
+    for d in &listing.damaged {
+        tracing::warn!(
+            "skipping {} (left alone): {}",
+            store.describe(&d.key),
+            d.problem
+        );
+    }
+    let manifests = listing.snapshots;
     let mut decisions = retention::decide(&manifests, policy);
     // The newest snapshot that passed a drill is the one known to restore: never removed.
-    let receipts = read_receipts(store, &objects).await?;
+    let receipts = read_receipts(store, database, &objects).await?;
     if let Some(proven) = manifests
         .iter()
         .find(|m| receipts.get(&m.id).is_some_and(|r| r.success))
@@ -260,25 +333,38 @@ pub async fn prune(
             .find(|m| m.id == d.id)
             .expect("decisions come from these manifests");
         if !dry_run {
+            // Every key deleted is built from the checked id by dbward's own scheme, never
+            // taken from the manifest's text.
             store.delete(&manifest_key(database, &m.id)).await?;
-            store.delete(&m.data_key).await?;
+            store
+                .delete(&manifest::data_key(database, &m.id, m.format))
+                .await?;
             store.delete(&receipt_key(database, &m.id)).await?;
             tracing::info!("pruned snapshot {}", m.id);
         }
         removed.push(m.id.clone());
     }
     let day_ago = std::time::SystemTime::now() - Duration::from_secs(24 * 3600);
+    // Orphans: only objects named by dbward's scheme (data or a receipt whose snapshot has no
+    // manifest, a partial write) and older than a day, since a younger one may be a backup in
+    // progress. Anything else in the folder is not dbward's and stays.
+    let damaged_ids: Vec<&str> = listing
+        .damaged
+        .iter()
+        .filter_map(|d| d.key.rsplit('/').next()?.strip_suffix(".json"))
+        .collect();
     let mut orphans = Vec::new();
     for obj in &objects {
-        let name = obj.key.rsplit('/').next().unwrap_or(&obj.key);
-        let partial = name.starts_with('.') && name.contains(".partial-");
-        let data = name.ends_with(".zst") && !partial;
-        let id = name.split('.').next().unwrap_or_default();
-        let has_manifest = manifests
-            .iter()
-            .any(|m| m.data_key == obj.key || m.id == id);
+        let orphan = match manifest::OwnKey::parse(database, &obj.key) {
+            Some(manifest::OwnKey::Data(id, _) | manifest::OwnKey::Receipt(id)) => {
+                // A damaged manifest's data is kept: someone may still want to inspect it.
+                !manifests.iter().any(|m| m.id == id) && !damaged_ids.contains(&id.as_str())
+            }
+            Some(manifest::OwnKey::Partial(_)) => true,
+            Some(manifest::OwnKey::Manifest(_)) | None => false,
+        };
         let old = obj.modified.is_some_and(|t| t < day_ago);
-        if (partial || (data && !has_manifest)) && old {
+        if orphan && old {
             if !dry_run {
                 store.delete(&obj.key).await?;
                 tracing::info!("removed orphan {}", store.describe(&obj.key));

@@ -105,6 +105,102 @@ pub fn snapshot_id(at: OffsetDateTime, kind: Kind) -> String {
     format!("{stamp}-{}-{:04x}", kind.as_str(), random_u16())
 }
 
+/// Whether `s` is an id [`snapshot_id`] makes: `YYYYMMDDTHHMMSSZ-<kind>-<4 hex>`. Only names
+/// built from such ids are dbward's to write, read as snapshots, or delete.
+pub fn is_snapshot_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() < 18 || !s.is_char_boundary(16) {
+        return false;
+    }
+    let stamp_ok = b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-';
+    let Some((kind, tag)) = s[17..].rsplit_once('-') else {
+        return false;
+    };
+    stamp_ok
+        && [Kind::PreDeploy, Kind::Scheduled, Kind::Manual]
+            .iter()
+            .any(|k| k.as_str() == kind)
+        && tag.len() == 4
+        && tag.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// What a key in a database's folder of the store is, by dbward's naming scheme. Anything else
+/// (a `notes.json`, a `customer-export.csv.zst`) is not dbward's and is never deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnKey {
+    /// `<id>.json`
+    Manifest(String),
+    /// `<id>.sqlite.zst`, `<id>.pgdump.zst`
+    Data(String, Format),
+    /// `<id>.drill.json`
+    Receipt(String),
+    /// `.<one of the above>.partial-<pid>`: a local store's object being written.
+    Partial(String),
+}
+
+impl OwnKey {
+    /// Parses `key` (`<database>/<name>`) as one of dbward's own names in `database`'s folder.
+    pub fn parse(database: &str, key: &str) -> Option<OwnKey> {
+        let name = key.strip_prefix(database)?.strip_prefix('/')?;
+        if name.contains('/') {
+            return None;
+        }
+        if let Some(rest) = name.strip_prefix('.') {
+            let (inner, pid) = rest.rsplit_once(".partial-")?;
+            let own = !pid.is_empty()
+                && pid.bytes().all(|c| c.is_ascii_digit())
+                && matches!(
+                    OwnKey::parse(database, &format!("{database}/{inner}")),
+                    Some(OwnKey::Manifest(_) | OwnKey::Data(..) | OwnKey::Receipt(_))
+                );
+            return own.then(|| OwnKey::Partial(inner.to_string()));
+        }
+        let (id, kind) = if let Some(id) = name.strip_suffix(".drill.json") {
+            (id, OwnKey::Receipt(id.into()))
+        } else if let Some(id) = name.strip_suffix(".json") {
+            (id, OwnKey::Manifest(id.into()))
+        } else if let Some(id) = name.strip_suffix(".sqlite.zst") {
+            (id, OwnKey::Data(id.into(), Format::Sqlite))
+        } else if let Some(id) = name.strip_suffix(".pgdump.zst") {
+            (id, OwnKey::Data(id.into(), Format::Pgdump))
+        } else {
+            return None;
+        };
+        is_snapshot_id(id).then_some(kind)
+    }
+}
+
+/// `<database>/<id>.<format>.zst`: the only key a snapshot's data may have.
+pub fn data_key(database: &str, id: &str, format: Format) -> String {
+    format!("{database}/{id}.{}.zst", format.extension())
+}
+
+impl Manifest {
+    /// A manifest read from `key` in `database`'s folder is one of dbward's only if its id has
+    /// dbward's form, it sits at `<id>.json`, and its data key is `<id>.<format>.zst` beside
+    /// it. Anything else is damaged: never restored from, never followed when deleting.
+    pub fn check_names(&self, database: &str, key: &str) -> Result<(), String> {
+        if !is_snapshot_id(&self.id) {
+            return Err(format!("its id `{}` is not a dbward snapshot id", self.id));
+        }
+        if key != format!("{database}/{}.json", self.id) {
+            return Err(format!(
+                "it names snapshot `{}` but is not at {}/{}.json",
+                self.id, database, self.id
+            ));
+        }
+        let want = data_key(database, &self.id, self.format);
+        if self.data_key != want {
+            return Err(format!("its data key `{}` is not `{want}`", self.data_key));
+        }
+        Ok(())
+    }
+}
+
 fn random_u16() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -138,5 +234,42 @@ mod tests {
         );
         assert!(a.starts_with("20261122T093000Z-pre-deploy-"), "{a}");
         assert!(a < b);
+        assert!(is_snapshot_id(&a) && is_snapshot_id(&b));
+    }
+
+    #[test]
+    fn only_dbward_names_are_its_own() {
+        let id = "20261122T093000Z-pre-deploy-3f2a";
+        assert_eq!(
+            OwnKey::parse("app", &format!("app/{id}.json")),
+            Some(OwnKey::Manifest(id.into()))
+        );
+        assert_eq!(
+            OwnKey::parse("app", &format!("app/{id}.sqlite.zst")),
+            Some(OwnKey::Data(id.into(), Format::Sqlite))
+        );
+        assert_eq!(
+            OwnKey::parse("app", &format!("app/{id}.drill.json")),
+            Some(OwnKey::Receipt(id.into()))
+        );
+        assert!(matches!(
+            OwnKey::parse("app", &format!("app/.{id}.pgdump.zst.partial-42")),
+            Some(OwnKey::Partial(_))
+        ));
+        for foreign in [
+            "app/notes.json",
+            "app/customer-export-2024.csv.zst",
+            "app/x.sqlite.zst",
+            "app/20261122T093000Z-pre-deploy-3F2A.json",
+            "app/20261122T093000Z-nightly-3f2a.json",
+            "app/20261122T093000Z-manual-3f2a.sqlite.zst.bak",
+            "app/.notes.json.partial-1",
+            "app/.20261122T093000Z-manual-3f2a.json.partial-",
+            "other/20261122T093000Z-manual-3f2a.json",
+            "app/sub/20261122T093000Z-manual-3f2a.json",
+            "app_x/20261122T093000Z-manual-3f2a.json",
+        ] {
+            assert_eq!(OwnKey::parse("app", foreign), None, "{foreign}");
+        }
     }
 }

@@ -68,7 +68,23 @@ pub async fn resolve(
     url: &DatabaseUrl,
     which: &str,
 ) -> Result<backup::Manifest, Failure> {
-    let all = backup::list(store, &url.name()).await?;
+    let listing = backup::list_all(store, &url.name()).await?;
+    for d in &listing.damaged {
+        tracing::warn!("skipping {}: {}", store.describe(&d.key), d.problem);
+    }
+    if let Some(d) = listing
+        .damaged
+        .iter()
+        .find(|d| d.key == backup::manifest_key(&url.name(), which))
+    {
+        return Err(backup::Error::Refused(format!(
+            "snapshot {which} is damaged: {} {}; nothing was restored. Pick another one (`dbward snapshots`).",
+            store.describe(&d.key),
+            d.problem
+        ))
+        .into());
+    }
+    let all = listing.snapshots;
     let id = match which {
         "latest" => all.first().map(|m| m.id.clone()),
         "pre-deploy" => {

@@ -11,7 +11,10 @@ use crate::settings::Settings;
 pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
     let store = settings.store().await?;
-    let mut all = backup::list(&store, &url.name()).await?;
+    let backup::Listing {
+        snapshots: mut all,
+        damaged,
+    } = backup::list_all(&store, &url.name()).await?;
     let drills = backup::receipts(&store, &url.name()).await?;
     if let Some(n) = args.limit {
         all.truncate(n);
@@ -64,6 +67,13 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
         ],
         &rows,
     );
+    for d in &damaged {
+        text.push_str(&format!(
+            "DAMAGED {}: {} (skipped; nothing reads it as a snapshot)\n",
+            store.describe(&d.key),
+            d.problem
+        ));
+    }
     text.push_str(&format!(
         "{} snapshot(s) of {} in {}\n",
         all.len(),
@@ -72,7 +82,7 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
     ));
     Ok(Report {
         text,
-        json: json!({ "database": url.name(), "store": settings.store, "snapshots": all, "drills": drills }),
+        json: json!({ "database": url.name(), "store": settings.store, "snapshots": all, "damaged": damaged, "drills": drills }),
         code: 0,
     })
 }

@@ -21,7 +21,15 @@ pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<tempfile::
         .truncate(true)
         .open(&tmp)
         .map_err(Error::io(format!("opening {}", tmp.display())))?;
-    let (size, sha) = store.download(&m.data_key, &mut file).await?;
+    let (size, sha) = match store.download(&m.data_key, &mut file).await {
+        Err(Error::Missing(what)) => {
+            return Err(Error::Refused(format!(
+                "snapshot {} is damaged: its data object {what} is missing from the store; nothing was restored. Pick another one (`dbward snapshots`).",
+                m.id
+            )))
+        }
+        other => other?,
+    };
     if size != m.stored_bytes || sha != m.sha256 {
         return Err(Error::Refused(format!(
             "snapshot {} failed its checksum: {} holds {size} bytes with SHA-256 {sha}, the manifest says {} bytes with {}. \
@@ -68,7 +76,10 @@ pub fn decompress(
         .open(&out)
         .map_err(Error::io(format!("opening {}", out.display())))?;
     let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| refuse(e.to_string()))?;
-    let n = std::io::copy(&mut decoder, &mut output).map_err(|e| refuse(e.to_string()))?;
+    // A read error is the snapshot's fault (exit 3); a write error (a full disk) is not.
+    let n = copy_split(&mut decoder, &mut output, refuse, |e| {
+        Error::io(format!("writing {} (is the disk full?)", out.display()))(e)
+    })?;
     if n != m.raw_bytes {
         return Err(refuse(format!(
             "{n} bytes, the manifest says {}",
@@ -81,6 +92,27 @@ pub fn decompress(
             .map_err(Error::io(format!("fsync {}", out.display())))?;
     }
     Ok(out)
+}
+
+/// `std::io::copy`, with read errors and write errors told apart.
+pub fn copy_split(
+    from: &mut impl std::io::Read,
+    to: &mut impl std::io::Write,
+    on_read: impl Fn(String) -> Error,
+    on_write: impl Fn(std::io::Error) -> Error,
+) -> Result<u64, Error> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let got = match from.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(on_read(e.to_string())),
+        };
+        to.write_all(&buf[..got]).map_err(&on_write)?;
+        n += got as u64;
+    }
 }
 
 fn temp_in(dir: &Path, prefix: &str) -> Result<tempfile::TempPath, Error> {

@@ -120,7 +120,10 @@ impl LocalStore {
 
     pub fn download(&self, key: &str, to: &mut impl Write) -> Result<(), Error> {
         let p = self.path(key);
-        let mut f = File::open(&p).map_err(Error::io(format!("reading {}", p.display())))?;
+        let mut f = File::open(&p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Missing(p.display().to_string()),
+            _ => Error::io(format!("reading {}", p.display()))(e),
+        })?;
         std::io::copy(&mut f, to).map_err(Error::io(format!("copying {}", p.display())))?;
         Ok(())
     }

@@ -48,6 +48,17 @@ impl Store {
                     problem: "no directory after file://".into(),
                 });
             }
+            let root = std::path::Path::new(path);
+            if root.is_absolute()
+                && !root
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(Error::StoreUrl {
+                    url: url.into(),
+                    problem: "the file system's root cannot be a store; name a directory of its own, such as file:///var/backups/app".into(),
+                });
+            }
             return Ok(Store::Local(local::LocalStore::new(path.into())));
         }
         Err(Error::StoreUrl {

@@ -294,7 +294,10 @@ impl S3Store {
             .key(self.full_key(key))
             .send()
             .await
-            .map_err(|e| self.err("downloading", key, e))?;
+            .map_err(|e| match e.code() {
+                Some("NoSuchKey") => Error::Missing(self.describe(key)),
+                _ => self.err("downloading", key, e),
+            })?;
         let failed = |m: String| Error::Store {
             what: format!("downloading {}", self.describe(key)),
             message: m,
