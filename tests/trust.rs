@@ -218,5 +218,199 @@ fn d13_a_snapshot_whose_data_is_gone_is_refused_as_damaged() {
     assert!(err.contains("damaged") && err.contains("missing"), "{err}");
 }
 
-#[allow(dead_code)]
-fn _uses(_: Pg) {}
+const PG_SCHEMA: &str = "CREATE TABLE accounts (id serial PRIMARY KEY, note text NOT NULL DEFAULT md5(random()::text));\n";
+
+/// A migrated PostgreSQL database `db` with `rows` rows and one snapshot; returns (URL, id).
+fn pg_app(pg: &Pg, p: &Project, db: &str, rows: u32) -> (String, String) {
+    let url = pg.create_db(db);
+    p.migration("V1__schema.sql", PG_SCHEMA);
+    let (code, _, err) = run(p.dbward(&url).args(["migrate", "--no-snapshot"]));
+    assert_eq!(code, 0, "{err}");
+    pg.psql(
+        db,
+        &format!("INSERT INTO accounts SELECT FROM generate_series(1, {rows})"),
+    );
+    let (code, out, err) = run(p.dbward(&url).args(["backup", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let id = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
+    (url, id)
+}
+
+fn databases(pg: &Pg) -> Vec<String> {
+    pg.psql("postgres", "SELECT datname FROM pg_database ORDER BY 1")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Defect 2: leftover cleanup dropped every database matching `<db>_restore_%` (with `_` a
+/// wildcard), including ones the user made and ones restored with `--to`.
+#[test]
+fn d02_postgres_restore_drops_only_the_leftovers_it_marked_as_its_own() {
+    let pg = Pg::start();
+    let p = Project::new();
+    let (url, id) = pg_app(&pg, &p, "my_app", 300_000);
+    for name in [
+        "myxapp_restore_keep",
+        "my_app_restore_inspect",
+        "my_app_restore_20260101t000000z",
+    ] {
+        pg.psql("postgres", &format!("CREATE DATABASE {name}"));
+    }
+    let to = pg.url("my_app_restore_copy");
+    let (code, _, err) = run(p.dbward(&url).args(["restore", &id, "--yes", "--to", &to]));
+    assert_eq!(code, 0, "{err}");
+
+    // A restore killed outright leaves its scratch database behind...
+    let mut child = p
+        .dbward(&url)
+        .args(["restore", &id, "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let leftover = loop {
+        let found = pg.psql(
+            "postgres",
+            "SELECT datname FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE 'dbward: restore in progress%'",
+        );
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restore database appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(databases(&pg).contains(&leftover), "{leftover}");
+
+    // ... which the next restore drops, and nothing else.
+    let (code, _, err) = run(p.dbward(&url).args(["restore", &id, "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    let after = databases(&pg);
+    assert!(!after.contains(&leftover), "{after:?}");
+    for kept in [
+        "myxapp_restore_keep",
+        "my_app_restore_inspect",
+        "my_app_restore_20260101t000000z",
+        "my_app_restore_copy",
+    ] {
+        assert!(
+            after.iter().any(|d| d == kept),
+            "{kept} was dropped: {after:?}"
+        );
+    }
+    assert_eq!(pg.psql("my_app", "SELECT count(*) FROM accounts"), "300000");
+    assert_eq!(
+        pg.psql("my_app_restore_copy", "SELECT count(*) FROM accounts"),
+        "300000"
+    );
+}
+
+/// Defects 3 and 10: a restore by a role that may not end other roles' sessions saw none of
+/// them (so ended none), and a restore killed while sessions were being ended left the live
+/// database refusing every connection.
+#[test]
+fn d03_d10_sessions_of_other_roles_are_counted_and_a_killed_swap_leaves_the_database_open() {
+    let pg = Pg::start();
+    pg.psql(
+        "postgres",
+        "CREATE ROLE owner LOGIN CREATEDB; CREATE ROLE clerk LOGIN",
+    );
+    pg.psql("postgres", "CREATE DATABASE shop OWNER owner");
+    let p = Project::new();
+    p.migration("V1__schema.sql", PG_SCHEMA);
+    let url = pg.url_as("owner", "shop");
+    let (code, _, err) = run(p.dbward(&url).args(["migrate", "--no-snapshot"]));
+    assert_eq!(code, 0, "{err}");
+    pg.psql(
+        "shop",
+        "INSERT INTO accounts SELECT FROM generate_series(1, 10)",
+    );
+    let (code, out, err) = run(p.dbward(&url).args(["backup", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let id = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
+    pg.psql("shop", "INSERT INTO accounts DEFAULT VALUES");
+
+    // The clerk's session: `owner` sees it only as another role's.
+    let mut clerk = pg.session_as("shop", "clerk");
+    pg.wait_for(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop' AND usename = 'clerk'",
+        "1",
+    );
+    let (code, _, err) = run(p.dbward(&url).args(["restore", &id, "--yes"]));
+    assert_eq!(code, 3, "the clerk's session is counted: {err}");
+    assert!(err.contains("1 session(s) are connected to shop"), "{err}");
+
+    // Killed while waiting for a session it may not end: the database still takes connections.
+    let mut child = p
+        .dbward(&url)
+        .args(["restore", &id, "--yes", "--terminate-connections"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    pg.wait_for(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'BEGIN; ALTER DATABASE%'",
+        "1",
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT datallowconn FROM pg_database WHERE datname = 'shop'"
+        ),
+        "t"
+    );
+    assert_eq!(
+        pg.psql("shop", "SELECT count(*) FROM accounts"),
+        "11",
+        "unchanged"
+    );
+
+    // Not killed: it fails, naming the session it could not end and the privilege it lacks.
+    let (code, _, err) =
+        run(p
+            .dbward(&url)
+            .args(["restore", &id, "--yes", "--terminate-connections"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("could not be ended") && err.contains("pg_signal_backend"),
+        "{err}"
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT datallowconn FROM pg_database WHERE datname = 'shop'"
+        ),
+        "t"
+    );
+    assert_eq!(
+        pg.psql("shop", "SELECT count(*) FROM accounts"),
+        "11",
+        "unchanged"
+    );
+
+    // With the privilege, the session is ended and the restore goes through.
+    pg.psql("postgres", "GRANT pg_signal_backend TO owner");
+    let (code, out, err) =
+        run(p
+            .dbward(&url)
+            .args(["restore", &id, "--yes", "--terminate-connections", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out)["terminated"].as_array().unwrap().len(),
+        1,
+        "{out}"
+    );
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM accounts"), "10");
+    let _ = clerk.kill();
+    let _ = clerk.wait();
+}

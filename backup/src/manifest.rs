@@ -201,7 +201,7 @@ impl Manifest {
     }
 }
 
-fn random_u16() -> u16 {
+pub(crate) fn random_u16() -> u16 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(OffsetDateTime::now_utc().unix_timestamp_nanos() as u128);

@@ -134,9 +134,17 @@ impl Checks {
     }
 }
 
-/// The scratch database's name for a snapshot id: `dbward_drill_<id>`, lowercase.
+/// The scratch database's name for a snapshot id: `dbward_drill_<id>_<4 hex>`, lowercase and
+/// unique, so two drills of one snapshot never share (or drop) each other's database.
 pub fn scratch_name(id: &str) -> String {
-    format!("dbward_drill_{}", id.to_lowercase().replace('-', "_"))
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    format!(
+        "dbward_drill_{}_{:04x}",
+        id.to_lowercase().replace('-', "_"),
+        h.finish() as u16
+    )
 }
 
 /// Drills `m` (a snapshot of `live`). Never touches `live`. Cleans up on every path, Ctrl-C
@@ -152,7 +160,7 @@ pub async fn drill(store: &Store, live: &DatabaseUrl, m: &Manifest, opts: &Optio
         failed: false,
     };
     let mut rto = None;
-    let mut scratch_pg: Option<(PgUrl, String)> = None;
+    let mut scratch_pg: Option<(Postgres, String)> = None;
 
     let work = run_checks(store, live, m, opts, &mut checks, &mut rto, &mut scratch_pg);
     tokio::select! {
@@ -162,8 +170,8 @@ pub async fn drill(store: &Store, live: &DatabaseUrl, m: &Manifest, opts: &Optio
             checks.failed = true;
         }
     }
-    if let Some((server, name)) = scratch_pg {
-        drop_scratch(&server, &name).await;
+    if let Some((admin, name)) = scratch_pg {
+        drop_scratch(&admin, &name).await;
     }
 
     if !checks.failed {
@@ -224,7 +232,7 @@ async fn run_checks(
     opts: &Options,
     checks: &mut Checks,
     rto: &mut Option<f64>,
-    scratch_pg: &mut Option<(PgUrl, String)>,
+    scratch_pg: &mut Option<(Postgres, String)>,
 ) {
     let started = Instant::now();
     let Some(fetched) = checks
@@ -367,10 +375,10 @@ async fn run_checks(
                     if same_server && live_pg.config.get_dbname() == Some(name.as_str()) {
                         return Err("the scratch database is the live database; refusing".into());
                     }
-                    create_scratch(&server, &name).await?;
+                    let admin = create_scratch(&server, &name).await?;
                     // An ephemeral cluster goes away whole; on a real server the scratch database is dropped.
                     if !matches!(opts.scratch, Scratch::Ephemeral) {
-                        *scratch_pg = Some((server.clone(), name.clone()));
+                        *scratch_pg = Some((admin, name.clone()));
                     }
                     let out =
                         backup::engine::postgres::libpq_command("pg_restore", &server, Some(&name))
@@ -589,43 +597,88 @@ async fn admin(server: &PgUrl) -> Result<Postgres, String> {
     Postgres::connect(&url).await.map_err(|e| e.to_string())
 }
 
-async fn create_scratch(server: &PgUrl, name: &str) -> Result<(), String> {
+/// The advisory-lock namespace of drill scratch databases ("dbwd").
+const DRILL_LOCK: i32 = 0x6462_7764;
+
+/// The comment on a scratch database: with the drill's lock, the proof that it is dbward's.
+fn scratch_marker(name: &str) -> String {
+    format!("dbward: restore drill scratch database {name:?}")
+}
+
+/// Creates the scratch database `name`, marked as dbward's, and returns the maintenance
+/// connection that holds the lock on its name for the drill's whole life. A leftover of a drill
+/// killed outright is recognised by its marker (its exact name in its own comment) and by its
+/// lock being free (no live drill holds it), and only then dropped.
+async fn create_scratch(server: &PgUrl, name: &str) -> Result<Postgres, String> {
     let a = admin(server).await?;
-    // Scratch databases of drills that were killed outright.
-    let stale = a
-        .client()
+    let c = a.client();
+    c.execute(
+        "SELECT pg_advisory_lock($1, hashtext($2))",
+        &[&DRILL_LOCK, &name],
+    )
+    .await
+    .map_err(|e| format!("locking the scratch name: {}", describe(&e)))?;
+    let marked = c
         .query(
-            "SELECT datname FROM pg_database d WHERE datname LIKE 'dbward\\_drill\\_%' \
-             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity s WHERE s.datname = d.datname)",
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database",
             &[],
         )
         .await
         .map_err(|e| describe(&e))?;
-    for row in stale {
-        let n: String = row.get(0);
+    for row in marked {
+        let (n, comment): (String, Option<String>) = (row.get(0), row.get(1));
+        if n == name || comment.as_deref() != Some(scratch_marker(&n).as_str()) {
+            continue;
+        }
+        let free: bool = c
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&DRILL_LOCK, &n],
+            )
+            .await
+            .map_err(|e| describe(&e))?
+            .get(0);
+        if !free {
+            continue; // a drill running now
+        }
         tracing::info!("dropping {n}, left by an interrupted drill");
-        let _ = a
-            .client()
+        if let Err(e) = c
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{n}\""))
+            .await
+        {
+            tracing::warn!("could not drop {n}: {}", describe(&e));
+        }
+        let _ = c
+            .execute(
+                "SELECT pg_advisory_unlock($1, hashtext($2))",
+                &[&DRILL_LOCK, &n],
+            )
             .await;
     }
-    a.client()
-        .batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE template0"))
+    c.batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE template0"))
         .await
-        .map_err(|e| format!("creating scratch database {name}: {}", describe(&e)))
+        .map_err(|e| format!("creating scratch database {name}: {}", describe(&e)))?;
+    if let Err(e) = c
+        .batch_execute(&format!(
+            "COMMENT ON DATABASE \"{name}\" IS '{}'",
+            scratch_marker(name).replace('\'', "''")
+        ))
+        .await
+    {
+        drop_scratch(&a, name).await;
+        return Err(format!("marking scratch database {name}: {}", describe(&e)));
+    }
+    Ok(a)
 }
 
-async fn drop_scratch(server: &PgUrl, name: &str) {
-    match admin(server).await {
-        Ok(a) => {
-            if let Err(e) = a
-                .client()
-                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .await
-            {
-                tracing::error!("could not drop scratch database {name}: {}", describe(&e));
-            }
-        }
-        Err(e) => tracing::error!("could not drop scratch database {name}: {e}"),
+/// Drops the scratch database this drill created (its exact name), on the connection that holds
+/// its lock.
+async fn drop_scratch(admin: &Postgres, name: &str) {
+    if let Err(e) = admin
+        .client()
+        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await
+    {
+        tracing::error!("could not drop scratch database {name}: {}", describe(&e));
     }
 }

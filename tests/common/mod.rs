@@ -277,6 +277,24 @@ impl Pg {
         stdout(&out).trim().to_string()
     }
 
+    /// A session as `user` (a role of this cluster), fed on stdin; ends when the child is killed.
+    pub fn session_as(&self, db: &str, user: &str) -> Child {
+        let mut c = self.psql_cmd(db);
+        c.arg("-U").arg(user);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// The URL of `db` for the role `user`.
+    pub fn url_as(&self, user: &str, db: &str) -> String {
+        format!(
+            "postgres://{user}@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+
     /// An open session fed on stdin (for holding locks); ends when the child is killed.
     pub fn session(&self, db: &str) -> Child {
         self.psql_cmd(db)

@@ -34,10 +34,40 @@ fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 async fn connect_to(url: &PgUrl, db: &str) -> Result<Postgres, Error> {
     let mut other = url.clone();
     other.config.dbname(db);
     Ok(Postgres::connect(&other).await?)
+}
+
+/// PostgreSQL's identifier limit (NAMEDATALEN - 1): longer names are silently truncated by the
+/// server, so dbward shortens the live name itself and always knows the exact name it made.
+const MAX_NAME: usize = 63;
+
+/// `<live>_<what>_<stamp>_<4 hex>`, unique (not second-resolution) and at most 63 bytes.
+fn derived_name(live: &str, what: &str) -> String {
+    let suffix = format!(
+        "_{what}_{}_{:04x}",
+        super::stamp().to_lowercase(),
+        crate::manifest::random_u16()
+    );
+    let mut cut = MAX_NAME.saturating_sub(suffix.len()).min(live.len());
+    while !live.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &live[..cut])
+}
+
+/// The comment dbward puts on a database it is restoring into, until it is swapped in (or, with
+/// `--to`, until it passed its checks). It is the proof of ownership: only a database whose
+/// name is exactly the one recorded in its own comment, for this live database, is ever dropped
+/// as a leftover. The comment is replaced in the same transaction as the swap.
+fn in_progress_marker(target: &str, live: &str) -> String {
+    format!("dbward: restore in progress into {target:?} for {live:?}; dropped by the next restore of {live:?} if left behind")
 }
 
 /// Restores the snapshot `compressed` (its object, already checked against the manifest) as
@@ -57,35 +87,50 @@ pub async fn restore(
         move |e: tokio_postgres::Error| Error::Source(format!("{what}: {}", describe(&e)))
     };
 
-    // Stray databases of a restore that was killed (and is not connected to).
+    // One restore of a database at a time (a session lock on the maintenance database, so it
+    // holds no session on the live one, and dies with this process).
+    c.execute(
+        "SELECT pg_advisory_lock(1684174706, hashtext($1))",
+        &[&live],
+    )
+    .await
+    .map_err(q("taking the restore lock"))?;
+
+    // Leftovers of a killed restore of this database: only databases that carry dbward's
+    // in-progress marker naming exactly themselves and this live database.
     let strays = c
         .query(
-            "SELECT datname FROM pg_database d WHERE datname LIKE $1 || '\\_restore\\_%' \
-             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",
-            &[&live],
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database",
+            &[],
         )
         .await
-        .map_err(q("listing stray restore databases"))?;
+        .map_err(q("listing leftover restore databases"))?;
     for s in strays {
-        let name: String = s.get(0);
-        tracing::info!("dropping {name}, left by an interrupted restore");
+        let (name, comment): (String, Option<String>) = (s.get(0), s.get(1));
+        if comment.as_deref() != Some(in_progress_marker(&name, &live).as_str()) {
+            continue;
+        }
+        tracing::info!("dropping {name}, left by an interrupted restore of {live}");
         c.batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&name)))
             .await
-            .map_err(q("dropping a stray restore database"))?;
+            .map_err(q("dropping a leftover restore database"))?;
     }
 
     let target = match &opts.to {
         Some(t) => t.clone(),
-        None => format!("{live}_restore_{}", super::stamp().to_lowercase()),
+        None => derived_name(&live, "restore"),
     };
-    let owner: Option<String> = c
+    let row = c
         .query_opt(
-            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            "SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
             &[&live],
         )
         .await
-        .map_err(q("reading the database owner"))?
-        .map(|r| r.get(0));
+        .map_err(q("reading the database owner"))?;
+    let (owner, live_comment): (Option<String>, Option<String>) = match &row {
+        Some(r) => (r.get(0), r.get(1)),
+        None => (None, None),
+    };
     let owner_clause = owner
         .map(|o| format!(" OWNER {}", ident(&o)))
         .unwrap_or_default();
@@ -95,6 +140,25 @@ pub async fn restore(
     ))
     .await
     .map_err(q("creating the restore database"))?;
+    let drop_target = || async {
+        if let Err(e) = c
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&target)))
+            .await
+        {
+            tracing::warn!("could not drop {target}: {}", describe(&e));
+        }
+    };
+    if let Err(e) = c
+        .batch_execute(&format!(
+            "COMMENT ON DATABASE {} IS {}",
+            ident(&target),
+            literal(&in_progress_marker(&target, &live))
+        ))
+        .await
+    {
+        drop_target().await;
+        return Err(q("marking the restore database as dbward's")(e));
+    }
     tracing::info!("pg_restore into {target}");
 
     let restored = async {
@@ -137,12 +201,14 @@ pub async fn restore(
     }
     .await;
     if let Err(e) = restored {
-        let _ = c
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&target)))
-            .await;
+        drop_target().await;
         return Err(e);
     }
     if opts.to.is_some() {
+        // Checked: from now on it is the user's database, never a leftover.
+        c.batch_execute(&format!("COMMENT ON DATABASE {} IS NULL", ident(&target)))
+            .await
+            .map_err(q("clearing the in-progress marker"))?;
         return Ok(Outcome {
             database: target,
             replaced: None,
@@ -150,104 +216,165 @@ pub async fn restore(
         });
     }
 
-    // The swap: no sessions on the live database, then both renames in one transaction.
+    // The swap. Without --terminate-connections, open sessions refuse it.
     let sessions = sessions(c, &live).await?;
-    let mut terminated = Vec::new();
-    if !sessions.is_empty() {
-        if !opts.terminate_connections {
-            let _ = c
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&target)))
-                .await;
-            return Err(Error::Refused(format!(
-                "{} session(s) are connected to {live}:\n  {}\nStop the application first, or pass --terminate-connections to end them. Nothing was replaced.",
-                sessions.len(),
-                sessions.join("\n  ")
-            )));
-        }
-        c.batch_execute(&format!(
-            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS false",
-            ident(&live)
-        ))
-        .await
-        .map_err(q("blocking new connections"))?;
-        c.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-            &[&live],
-        )
-        .await
-        .map_err(q("ending sessions"))?;
-        tracing::warn!(
-            "ended {} session(s) on {live}: {}",
+    if !sessions.is_empty() && !opts.terminate_connections {
+        drop_target().await;
+        return Err(Error::Refused(format!(
+            "{} session(s) are connected to {live}:\n  {}\nStop the application first, or pass --terminate-connections to end them. Nothing was replaced.",
             sessions.len(),
-            sessions.join("; ")
-        );
-        terminated = sessions;
-        // pg_terminate_backend only signals; wait until they are gone.
-        for _ in 0..100 {
-            if self::sessions(c, &live).await?.is_empty() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-    let replaced = format!("{live}_replaced_{}", super::stamp().to_lowercase());
-    let swap = c
-        .batch_execute(&format!(
-            "BEGIN; ALTER DATABASE {} RENAME TO {}; ALTER DATABASE {} RENAME TO {}; COMMIT;",
-            ident(&live),
-            ident(&replaced),
-            ident(&target),
-            ident(&live)
-        ))
-        .await;
-    if let Err(e) = swap {
-        let _ = c.batch_execute("ROLLBACK").await;
-        let _ = c
-            .batch_execute(&format!(
-                "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
-                ident(&live)
-            ))
-            .await;
-        let _ = c
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&target)))
-            .await;
-        return Err(Error::Source(format!(
-            "swapping in the restored database: {}; {live} is unchanged",
-            describe(&e)
+            sessions.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("\n  ")
         )));
     }
-    c.batch_execute(&format!(
-        "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
-        ident(&replaced)
-    ))
-    .await
-    .map_err(q("re-allowing connections to the replaced database"))?;
+    // Both renames in ONE transaction. The first takes an exclusive lock on the live database
+    // that makes new connections wait, then waits (up to 5 s) for the sessions on it to leave,
+    // while a second connection ends them. Nothing is changed until COMMIT: if this process is
+    // killed at any point, the transaction is rolled back and the live database stays as it was,
+    // accepting connections.
+    let replaced = derived_name(&live, "replaced");
+    let swap_sql = format!(
+        "BEGIN; ALTER DATABASE {live_i} RENAME TO {replaced_i}; ALTER DATABASE {target_i} RENAME TO {live_i}; COMMENT ON DATABASE {live_i} IS {comment}; COMMIT;",
+        live_i = ident(&live),
+        replaced_i = ident(&replaced),
+        target_i = ident(&target),
+        comment = live_comment.as_deref().map(literal).unwrap_or_else(|| "NULL".into()),
+    );
+    let terminator = if opts.terminate_connections {
+        Some(connect_to(url, "postgres").await?)
+    } else {
+        None
+    };
+    let swapper_pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(q("reading the session's pid"))?
+        .get(0);
+    let mut ended = Terminated::default();
+    let swap = {
+        let swap = c.batch_execute(&swap_sql);
+        tokio::pin!(swap);
+        match &terminator {
+            None => swap.await,
+            Some(t) => loop {
+                tokio::select! {
+                    r = &mut swap => break r,
+                    r = terminate_sessions(t.client(), &live, swapper_pid, &mut ended) => {
+                        r?;
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            },
+        }
+    };
+    if let Err(e) = swap {
+        let _ = c.batch_execute("ROLLBACK").await;
+        drop_target().await;
+        let mut msg = format!(
+            "swapping in the restored database: {}; {live} is unchanged",
+            describe(&e)
+        );
+        if !ended.refused.is_empty() {
+            msg.push_str(&format!(
+                ". These sessions could not be ended: {} (ending another role's session needs membership in that role or in pg_signal_backend, and a superuser's needs a superuser)",
+                ended.refused.join("; ")
+            ));
+        }
+        return Err(Error::Source(msg));
+    }
+    if !ended.ended.is_empty() {
+        tracing::warn!(
+            "ended {} session(s) on {live}: {}",
+            ended.ended.len(),
+            ended.ended.join("; ")
+        );
+    }
     Ok(Outcome {
         database: live,
         replaced: Some(replaced),
-        terminated,
+        terminated: ended.ended,
     })
 }
 
-/// Client sessions on `db`. Background workers (autovacuum) are not sessions: the rename asks
-/// them to leave by itself.
-async fn sessions(c: &tokio_postgres::Client, db: &str) -> Result<Vec<String>, Error> {
+#[derive(Default)]
+struct Terminated {
+    ended: Vec<String>,
+    /// Sessions this role may not end, with the server's reason.
+    refused: Vec<String>,
+}
+
+/// Ends every client session on `db` but the swapping one, one `pg_terminate_backend` per
+/// session so that one refusal (a missing privilege) does not stop the others.
+async fn terminate_sessions(
+    c: &tokio_postgres::Client,
+    db: &str,
+    swapper: i32,
+    out: &mut Terminated,
+) -> Result<(), Error> {
+    for s in sessions(c, db).await? {
+        if s.pid == swapper {
+            continue;
+        }
+        let r = c
+            .query_one("SELECT pg_terminate_backend($1)", &[&s.pid])
+            .await;
+        let label = s.to_string();
+        match r {
+            Ok(row) if row.get::<_, bool>(0) => {
+                if !out.ended.contains(&label) {
+                    out.ended.push(label);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let why = format!("{label}: {}", describe(&e));
+                if !out.refused.contains(&why) {
+                    tracing::warn!("could not end {why}");
+                    out.refused.push(why);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Session {
+    pid: i32,
+    user: String,
+    app: String,
+    from: String,
+}
+
+impl std::fmt::Display for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pid {} user {} `{}` from {}",
+            self.pid, self.user, self.app, self.from
+        )
+    }
+}
+
+/// Every session on `db` but this connection's. Another role's session shows NULL in most
+/// columns to a role without pg_read_all_stats, so it counts unless it is known to be a
+/// background process; background workers without a user (autovacuum) are not sessions: the
+/// rename asks them to leave by itself.
+async fn sessions(c: &tokio_postgres::Client, db: &str) -> Result<Vec<Session>, Error> {
     let rows = c
         .query(
-            "SELECT pid, coalesce(usename::text, ''), coalesce(application_name, ''), coalesce(host(client_addr), 'local socket') \
+            "SELECT pid, coalesce(usename::text, '(another role)'), coalesce(application_name, ''), coalesce(host(client_addr), 'local socket or hidden') \
              FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() \
-               AND backend_type = 'client backend' ORDER BY pid",
+               AND usesysid IS NOT NULL AND coalesce(backend_type, 'client backend') = 'client backend' ORDER BY pid",
             &[&db],
         )
         .await
         .map_err(|e| Error::Source(format!("listing sessions: {}", describe(&e))))?;
     Ok(rows
         .iter()
-        .map(|r| {
-            let (pid, user, app, from): (i32, String, String, String) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            format!("pid {pid} user {user} `{app}` from {from}")
+        .map(|r| Session {
+            pid: r.get(0),
+            user: r.get(1),
+            app: r.get(2),
+            from: r.get(3),
         })
         .collect())
 }
