@@ -11,7 +11,7 @@ use crate::cli::{parse_duration, GlobalArgs};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The database URL as given (may hold a password: display it only through `redact`).
+    /// The database URL as given (may hold a password: never display it; show the parsed `DatabaseUrl::display`).
     pub database: Option<String>,
     pub migrations: PathBuf,
     pub store: String,

@@ -414,3 +414,101 @@ fn d03_d10_sessions_of_other_roles_are_counted_and_a_killed_swap_leaves_the_data
     let _ = clerk.kill();
     let _ = clerk.wait();
 }
+
+/// Defect 5: a password holding `/` or `?` reached log lines, `status`, `--json` and the deploy
+/// record; child processes inherited the store's secret key.
+#[test]
+fn d05_passwords_with_url_characters_never_leak_and_children_get_no_store_secrets() {
+    let pg = Pg::start();
+    pg.psql(
+        "postgres",
+        "CREATE ROLE gen LOGIN SUPERUSER PASSWORD 'Pa/ss?w@rd'",
+    );
+    pg.psql("postgres", "CREATE DATABASE shop OWNER gen");
+    let url = format!(
+        "postgres://gen:Pa/ss?w@rd@127.0.0.1:{}/shop?sslmode=disable",
+        pg.port
+    );
+    let p = Project::new();
+    p.migration("V1__schema.sql", PG_SCHEMA);
+    // A pg_dump that records the environment it was given.
+    let bin = p.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let env_file = p.path().join("pg_dump.env");
+    std::fs::write(
+        bin.join("pg_dump"),
+        format!(
+            "#!/bin/sh\nenv > '{}'\nexec '{}' \"$@\"\n",
+            env_file.display(),
+            common::pg_bindir().join("pg_dump").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.join("pg_dump"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let mut outputs = String::new();
+    for args in [
+        vec!["migrate", "--no-snapshot"],
+        vec!["-v", "backup"],
+        vec!["backup", "--json"],
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["snapshots", "--json"],
+        vec!["migrate", "--json"],
+    ] {
+        let (code, out, err) = run(p
+            .dbward(&url)
+            .args(&args)
+            .env("PATH", &path)
+            .env("AWS_SECRET_ACCESS_KEY", "do-not-pass-me"));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        outputs.push_str(&out);
+        outputs.push_str(&err);
+    }
+    for dir in [p.path().join(".dbward")] {
+        for e in walk(&dir) {
+            outputs.push_str(&String::from_utf8_lossy(&std::fs::read(e).unwrap()));
+        }
+    }
+    assert!(outputs.contains("gen:***@127.0.0.1"), "{outputs}");
+    for secret in ["Pa/ss", "w@rd", "ss?w"] {
+        assert!(!outputs.contains(secret), "{secret} leaked:\n{outputs}");
+    }
+    let env = std::fs::read_to_string(&env_file).expect("the wrapper ran");
+    assert!(!env.contains("do-not-pass-me"), "{env}");
+    assert!(
+        !env.contains("Pa/ss") || env.contains("PGPASSWORD=Pa/ss?w@rd"),
+        "only in PGPASSWORD"
+    );
+    assert!(
+        env.contains("PGPASSWORD=Pa/ss?w@rd"),
+        "the password reaches pg_dump the libpq way"
+    );
+
+    // A libpq keyword string is refused (exit 2) without being echoed.
+    let (code, _, err) = run(p
+        .dbward("host=127.0.0.1 password=hunter2 dbname=shop")
+        .arg("status"));
+    assert_eq!(code, 2, "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // `postgres://` alone names no server: a usage error, not a failed connection.
+    let (code, _, err) = run(p.dbward("postgres://").arg("status"));
+    assert_eq!(code, 2, "{err}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if !p.to_string_lossy().ends_with(".zst") {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -186,6 +186,18 @@ pub fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
 /// the URL's sslmode.
 pub fn libpq_command(tool: &str, url: &PgUrl, dbname: Option<&str>) -> Command {
     let mut cmd = Command::new(find_tool(tool).unwrap_or_else(|| tool.into()));
+    // Only what libpq and the tool need: never the store's credentials (AWS_*), the
+    // database URL (DATABASE_URL holds the password), or anything else of dbward's.
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os() {
+        let k_str = k.to_string_lossy();
+        let keep = matches!(&*k_str, "PATH" | "HOME" | "LANG" | "TZ" | "TMPDIR" | "USER")
+            || k_str.starts_with("LC_")
+            || (k_str.starts_with("PG") && k_str != "PGPASSWORD");
+        if keep {
+            cmd.env(k, v);
+        }
+    }
     // pg_amcheck takes the connection string as its operand; the others as --dbname.
     if tool == "pg_amcheck" {
         cmd.arg(conninfo(url, dbname));

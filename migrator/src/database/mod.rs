@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::plan::Applied;
 use crate::source::MigrationFile;
 
-pub use url::{redact, DatabaseUrl, PgUrl, SslMode};
+pub use url::{DatabaseUrl, PgUrl, SslMode};
 
 pub enum Database {
     Sqlite(sqlite::Sqlite),

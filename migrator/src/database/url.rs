@@ -37,8 +37,9 @@ pub enum DatabaseUrl {
 
 impl DatabaseUrl {
     pub fn parse(url: &str) -> Result<DatabaseUrl, Error> {
+        // A URL that does not parse is never echoed: it may hold a password anywhere.
         let bad = |problem: String| Error::Url {
-            url: redact(url),
+            url: shape_of(url),
             problem,
         };
         if let Some(rest) = url.strip_prefix("sqlite:") {
@@ -49,53 +50,73 @@ impl DatabaseUrl {
             }
             return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
         }
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let (base, query) = url.split_once('?').unwrap_or((url, ""));
-            let mut ssl_mode = SslMode::Prefer;
-            let mut root_cert = None;
-            let mut kept = Vec::new();
-            for pair in query.split('&').filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                match k {
-                    "sslmode" => {
-                        ssl_mode = match v {
-                            "disable" => SslMode::Disable,
-                            "allow" | "prefer" => SslMode::Prefer,
-                            "require" => SslMode::Require,
-                            "verify-ca" => SslMode::VerifyCa,
-                            "verify-full" => SslMode::VerifyFull,
-                            other => return Err(bad(format!("sslmode `{other}` is not one of disable, prefer, require, verify-ca, verify-full"))),
-                        }
+        let Some(rest) = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+        else {
+            return Err(bad(
+                "expected `sqlite:PATH` or `postgres://user@host:port/db` (a libpq keyword string such as `host=... dbname=...` is not accepted: write it as a URL)".into(),
+            ));
+        };
+        // The user info ends at the LAST `@`: generated passwords hold `/`, `?` and `@`, which
+        // are encoded here rather than read as the path or the query.
+        let (userinfo, hostpart) = match rest.rfind('@') {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
+            None => (None, rest),
+        };
+        let (base, query) = hostpart.split_once('?').unwrap_or((hostpart, ""));
+        let mut ssl_mode = SslMode::Prefer;
+        let mut root_cert = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "sslmode" => {
+                    ssl_mode = match v {
+                        "disable" => SslMode::Disable,
+                        "allow" | "prefer" => SslMode::Prefer,
+                        "require" => SslMode::Require,
+                        "verify-ca" => SslMode::VerifyCa,
+                        "verify-full" => SslMode::VerifyFull,
+                        other => return Err(bad(format!("sslmode `{other}` is not one of disable, prefer, require, verify-ca, verify-full"))),
                     }
-                    "sslrootcert" => root_cert = Some(PathBuf::from(percent_decode(v))),
-                    _ => kept.push(pair),
                 }
+                "sslrootcert" => root_cert = Some(PathBuf::from(percent_decode(v))),
+                _ => kept.push(pair),
             }
-            let rebuilt = if kept.is_empty() {
-                base.to_string()
-            } else {
-                format!("{base}?{}", kept.join("&"))
-            };
-            let mut config: tokio_postgres::Config =
-                rebuilt.parse().map_err(|e| bad(format!("{e}")))?;
-            config.ssl_mode(match ssl_mode {
-                SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-                _ => tokio_postgres::config::SslMode::Require,
-            });
-            if config.get_application_name().is_none() {
-                config.application_name("dbward");
-            }
-            return Ok(DatabaseUrl::Postgres(Box::new(PgUrl {
-                config,
-                ssl_mode,
-                root_cert,
-                display: redact(url),
-            })));
         }
-        Err(bad(
-            "expected `sqlite:PATH` or `postgres://user@host:port/db`".into(),
-        ))
+        let mut rebuilt = String::from("postgres://");
+        if let Some(info) = userinfo {
+            rebuilt.push_str(&encode_userinfo(info));
+            rebuilt.push('@');
+        }
+        rebuilt.push_str(base);
+        if !kept.is_empty() {
+            rebuilt.push('?');
+            rebuilt.push_str(&kept.join("&"));
+        }
+        let mut config: tokio_postgres::Config =
+            rebuilt.parse().map_err(|e| bad(format!("{e}")))?;
+        if config.get_hosts().is_empty() {
+            return Err(bad(
+                "no host: name the server (`postgres://user@host/db`), or a Unix socket directory with `?host=/var/run/postgresql`".into(),
+            ));
+        }
+        config.ssl_mode(match ssl_mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        if config.get_application_name().is_none() {
+            config.application_name("dbward");
+        }
+        let display = display_of(&config, ssl_mode);
+        Ok(DatabaseUrl::Postgres(Box::new(PgUrl {
+            config,
+            ssl_mode,
+            root_cert,
+            display,
+        })))
     }
 
     /// The URL for messages, password redacted.
@@ -123,32 +144,96 @@ impl DatabaseUrl {
     }
 }
 
-/// Replaces the password of a URL (`user:secret@`) and any `password=` parameter with `***`.
-pub fn redact(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let auth_start = scheme_end + 3;
-        let auth_end = out[auth_start..]
-            .find(['/', '?'])
-            .map(|i| auth_start + i)
-            .unwrap_or(out.len());
-        if let Some(at) = out[auth_start..auth_end].rfind('@') {
-            let userinfo = &out[auth_start..auth_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(auth_start + colon + 1..auth_start + at, "***");
+/// What an unparsed URL looks like, for an error: its scheme only, since a password may sit
+/// anywhere in text that did not parse.
+fn shape_of(url: &str) -> String {
+    match url.split_once(':') {
+        Some((scheme, _)) if scheme.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            format!("{scheme}:... (the rest is not shown: it may hold a password)")
+        }
+        _ => "(not shown: it may hold a password)".into(),
+    }
+}
+
+/// Percent-encodes the characters of a user or password that a URL would read as structure;
+/// existing `%XX` escapes are kept.
+fn encode_userinfo(info: &str) -> String {
+    let (user, password) = match info.split_once(':') {
+        Some((u, p)) => (u, Some(p)),
+        None => (info, None),
+    };
+    let enc = |s: &str| {
+        let mut out = String::new();
+        for c in s.chars() {
+            match c {
+                '/' | '?' | '#' | '@' | ':' | '[' | ']' | ' ' | '&' | '=' => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("%{b:02X}"));
+                    }
+                }
+                c => out.push(c),
             }
         }
+        out
+    };
+    match password {
+        Some(p) => format!("{}:{}", enc(user), enc(p)),
+        None => enc(user),
     }
-    if let Some(q) = out.find('?') {
-        let (base, query) = out.split_at(q + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => p.to_string(),
-            })
-            .collect();
-        out = format!("{base}{}", query.join("&"));
+}
+
+/// The URL as shown in every message, built from the parsed settings (the same parse that
+/// connects), never from the text: a password cannot survive into it whatever it contains.
+fn display_of(c: &tokio_postgres::Config, ssl_mode: SslMode) -> String {
+    use tokio_postgres::config::Host;
+    let mut out = String::from("postgres://");
+    if let Some(user) = c.get_user() {
+        out.push_str(user);
+        if c.get_password().is_some() {
+            out.push_str(":***");
+        }
+        out.push('@');
+    }
+    let ports = c.get_ports();
+    let mut sockets = Vec::new();
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| match h {
+            Host::Tcp(h) => Some(match ports.get(i).or(ports.first()) {
+                Some(p) => format!("{h}:{p}"),
+                None => h.clone(),
+            }),
+            Host::Unix(p) => {
+                sockets.push(p.display().to_string());
+                None
+            }
+        })
+        .collect();
+    out.push_str(&hosts.join(","));
+    out.push('/');
+    out.push_str(c.get_dbname().unwrap_or(""));
+    let mut params = Vec::new();
+    for s in sockets {
+        params.push(format!("host={s}"));
+    }
+    if ssl_mode != SslMode::Prefer {
+        params.push(format!(
+            "sslmode={}",
+            match ssl_mode {
+                SslMode::Disable => "disable",
+                SslMode::Prefer => "prefer",
+                SslMode::Require => "require",
+                SslMode::VerifyCa => "verify-ca",
+                SslMode::VerifyFull => "verify-full",
+            }
+        ));
+    }
+    if !params.is_empty() {
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
     out
 }
@@ -179,17 +264,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redacts_passwords() {
+    fn passwords_never_reach_the_display_whatever_they_hold() {
+        for (url, secret) in [
+            ("postgres://app:s3cr%40t@db:5432/app", "s3cr"),
+            (
+                "postgres://app@db/app?password=hunter2&sslmode=require",
+                "hunter2",
+            ),
+            ("postgres://app:Pa/ss@db/app", "Pa/ss"),
+            ("postgres://app:Pa?ss@db/app?sslmode=disable", "Pa?ss"),
+            ("postgres://app:P@ss/w?rd#1@db:6432/app", "w?rd"),
+        ] {
+            let u = DatabaseUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            let DatabaseUrl::Postgres(pg) = &u else {
+                panic!()
+            };
+            assert!(!u.display().contains(secret), "{url} -> {}", u.display());
+            assert!(pg.config.get_password().is_some(), "{url}");
+            assert_eq!(u.name(), "app", "{url}");
+        }
+        let DatabaseUrl::Postgres(pg) =
+            DatabaseUrl::parse("postgres://app:Pa/ss?x@db/app").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(pg.config.get_password(), Some(&b"Pa/ss?x"[..]));
         assert_eq!(
-            redact("postgres://app:s3cr%40t@db:5432/app"),
-            "postgres://app:***@db:5432/app"
+            DatabaseUrl::parse("postgres://app:x@db:5433/app?sslmode=require")
+                .unwrap()
+                .display(),
+            "postgres://app:***@db:5433/app?sslmode=require"
         );
-        assert_eq!(
-            redact("postgres://app@db/app?password=x&sslmode=require"),
-            "postgres://app@db/app?password=***&sslmode=require"
-        );
-        assert_eq!(redact("postgres://db/app"), "postgres://db/app");
-        assert_eq!(redact("sqlite:app.db"), "sqlite:app.db");
+        let err = DatabaseUrl::parse("host=db password=hunter2 dbname=app")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]
