@@ -512,3 +512,106 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Defect 8 (correctness half; the speed is measured in bench/migrate.sh): a large seed file
+/// applies whole, and an error in its last statement names that statement's line.
+#[test]
+fn d08_a_large_seed_migration_applies_whole_and_errors_name_the_right_line() {
+    let p = Project::new();
+    let mut seed = String::from("CREATE TABLE seed (id INTEGER PRIMARY KEY, v TEXT);\n");
+    for i in 0..50_000 {
+        seed.push_str(&format!("INSERT INTO seed (v) VALUES ('row {i}');\n"));
+    }
+    p.migration("V1__seed.sql", &seed);
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("migrate"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sqlite(&app(&p), "SELECT count(*) FROM seed"), "50000");
+
+    let mut broken = String::new();
+    for i in 0..50_000 {
+        broken.push_str(&format!("INSERT INTO seed (v) VALUES ('more {i}');\n"));
+    }
+    broken.push_str("-- the last one is wrong\nINSERT INTO nowhere VALUES (1);\n");
+    p.migration("V2__more.sql", &broken);
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args(["migrate", "--no-snapshot"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("V2__more.sql:50002:"), "{err}");
+    assert!(err.contains("no such table: nowhere"), "{err}");
+    assert_eq!(
+        sqlite(&app(&p), "SELECT count(*) FROM seed"),
+        "50000",
+        "rolled back"
+    );
+}
+
+/// Defect 9: a NUL byte made SQLite stop reading the file, and the migration was recorded as
+/// applied with most of it never run.
+#[test]
+fn d09_a_migration_with_a_nul_byte_is_refused_before_anything_runs() {
+    let p = Project::new();
+    p.migration(
+        "V1__a.sql",
+        "CREATE TABLE a (id INTEGER);\n\0CREATE TABLE b (id INTEGER);\n",
+    );
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("migrate"));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("V1__a.sql") && err.contains("NUL byte at offset 29"),
+        "{err}"
+    );
+    assert!(!app(&p).exists() || sqlite(&app(&p), "SELECT count(*) FROM sqlite_master") == "0");
+}
+
+/// Defect 17: with foreign keys on (rusqlite's default), SQLite's documented table rebuild
+/// (`DROP TABLE parent`) cascaded into the children and emptied them.
+#[test]
+fn d17_a_sqlite_table_rebuild_keeps_the_child_rows_and_dangling_rows_fail_the_batch() {
+    let p = Project::new();
+    p.migration(
+        "V1__schema.sql",
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY, name TEXT);
+CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER NOT NULL REFERENCES parent(id) ON DELETE CASCADE);
+INSERT INTO parent VALUES (1, 'a'), (2, 'b');
+INSERT INTO child VALUES (10, 1), (11, 2), (12, 2);
+",
+    );
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    // The 12-step procedure: create new, copy, drop old, rename.
+    p.migration(
+        "V2__rebuild_parent.sql",
+        "CREATE TABLE parent_new (id INTEGER PRIMARY KEY, name TEXT NOT NULL DEFAULT '');
+INSERT INTO parent_new SELECT id, name FROM parent;
+DROP TABLE parent;
+ALTER TABLE parent_new RENAME TO parent;
+",
+    );
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args(["migrate", "--no-snapshot"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        sqlite(&app(&p), "SELECT count(*) FROM child"),
+        "3",
+        "no cascade"
+    );
+
+    p.migration("V3__orphan.sql", "DELETE FROM parent WHERE id = 2;\n");
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args(["migrate", "--no-snapshot"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("foreign_key_check") && err.contains("child rowid 11"),
+        "{err}"
+    );
+    assert_eq!(
+        sqlite(&app(&p), "SELECT count(*) FROM parent"),
+        "2",
+        "rolled back"
+    );
+
+    p.remove("V3__orphan.sql");
+    p.migration("V3__fk.sql", "PRAGMA foreign_keys = OFF;\n");
+    let (code, out, err) = run(p.dbward("sqlite:app.db").arg("lint"));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        (out + &err).contains("dbward already runs the batch with foreign keys off"),
+        "the lint message says why it is not needed"
+    );
+}

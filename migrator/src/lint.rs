@@ -278,7 +278,9 @@ fn check_statement(
             // `PRAGMA foreign_keys = ON` or `PRAGMA main.journal_mode = WAL`.
             let ignored = |n: &str| matches!(n, "FOREIGN_KEYS" | "JOURNAL_MODE");
             let name = if ignored(w(1)) { w(1) } else { w(3) };
-            if ignored(name) {
+            if name == "FOREIGN_KEYS" {
+                error(at, "ignored-in-transaction", "`PRAGMA foreign_keys` is silently ignored inside a transaction, and dbward applies the batch in one transaction. It is not needed: dbward already runs the batch with foreign keys off (as SQLite's 12-step table rebuild asks) and runs `PRAGMA foreign_key_check` before COMMIT, failing the batch if any row dangles".to_string());
+            } else if ignored(name) {
                 error(at, "ignored-in-transaction", format!("`PRAGMA {}` is silently ignored inside a transaction, and dbward applies the batch in one transaction; set it in the application's connection instead", name.to_ascii_lowercase()));
             }
         }

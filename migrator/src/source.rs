@@ -114,6 +114,11 @@ fn read_one(path: &Path) -> Result<Option<MigrationFile>, String> {
             e.utf8_error().valid_up_to()
         )
     })?;
+    if let Some(at) = sql.find('\0') {
+        return Err(format!(
+            "contains a NUL byte at offset {at}; SQLite would silently stop reading the file there. Remove it (a file saved as UTF-16, or binary data pasted in?)"
+        ));
+    }
     if sql.trim().is_empty() {
         return Err("the file is empty; a migration must contain SQL".into());
     }

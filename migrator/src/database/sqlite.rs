@@ -51,10 +51,17 @@ impl Sqlite {
         applied_on(&self.conn)
     }
 
-    /// `busy_timeout` bounds the wait for the application's write lock.
+    /// `busy_timeout` bounds the wait for the application's write lock. Foreign keys are off
+    /// for the batch, as SQLite's documented table rebuild needs (rusqlite's SQLite enforces
+    /// them by default, and `DROP TABLE parent` would then cascade into the children); before
+    /// COMMIT, `PRAGMA foreign_key_check` fails the batch if any row is left dangling.
     pub fn apply(&mut self, batch: &[&MigrationFile], busy_timeout: Duration) -> Result<(), Error> {
         let ctx = |e: rusqlite::Error| Error::db("applying the batch", e);
         self.conn.busy_timeout(busy_timeout).map_err(ctx)?;
+        // Only outside a transaction does this take effect.
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = OFF")
+            .map_err(ctx)?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -78,9 +85,45 @@ impl Sqlite {
             )
             .map_err(ctx)?;
         }
+        // Named after the batch's last file: the check covers the whole batch.
+        if let Some(last) = batch.last() {
+            foreign_key_check(&tx, &last.path)?;
+        }
         // Dropping an uncommitted transaction rolls it back.
         tx.commit().map_err(ctx)
     }
+}
+
+/// Rows whose parent is missing after the batch: the batch fails rather than commit them.
+fn foreign_key_check(conn: &Connection, last: &Path) -> Result<(), Error> {
+    let ctx = |e: rusqlite::Error| Error::db("checking foreign keys", e);
+    let mut stmt = conn.prepare("PRAGMA foreign_key_check").map_err(ctx)?;
+    let rows: Vec<(String, Option<i64>, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(ctx)?
+        .take(11)
+        .collect::<Result<_, _>>()
+        .map_err(ctx)?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = rows
+        .iter()
+        .take(10)
+        .map(|(table, rowid, parent)| match rowid {
+            Some(id) => format!("{table} rowid {id} (no parent in {parent})"),
+            None => format!("{table} (no parent in {parent})"),
+        })
+        .collect();
+    Err(Error::Apply {
+        file: last.to_path_buf(),
+        position: None,
+        message: format!(
+            "PRAGMA foreign_key_check after the batch: {}{}. The batch ran with foreign keys off (as a table rebuild needs) and would leave these rows without a parent",
+            shown.join("; "),
+            if rows.len() > 10 { "; ..." } else { "" }
+        ),
+    })
 }
 
 /// The lock file belongs to the database's owner, so that the application's own user can still
@@ -169,52 +212,94 @@ pub fn applied_on(conn: &Connection) -> Result<Vec<Applied>, Error> {
         .collect()
 }
 
-/// Runs one file statement by statement (as `execute_batch` does: one step each), so that an
-/// error can name the line of the statement that failed, also when SQLite gives no offset.
+/// Runs one file statement by statement, each stepped to its end, so that an error names the
+/// line of the statement that failed. The text is handed to SQLite NUL-terminated and prepared
+/// from a moving tail pointer: SQLite copies the rest of the text on every prepare when it is
+/// not NUL-terminated (rusqlite's `Batch`), which made large files quadratic.
 fn execute_file(conn: &Connection, f: &MigrationFile) -> Result<(), Error> {
-    use rusqlite::fallible_iterator::FallibleIterator;
-    let mut batch = rusqlite::Batch::new(conn, &f.sql);
-    let mut cursor = 0;
-    loop {
-        let mut stmt = match batch.next() {
-            Ok(Some(stmt)) => stmt,
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(apply_error(f, e, cursor)),
+    use rusqlite::ffi;
+    use std::ffi::{CStr, CString};
+    let text = CString::new(f.sql.as_bytes()).map_err(|e| Error::Apply {
+        file: f.path.clone(),
+        position: Some(f.line_col(e.nul_position())),
+        message: "a NUL byte in the file".into(),
+    })?;
+    // SAFETY: `db` is this connection's handle, used on this thread only while `conn` is
+    // borrowed; every statement prepared here is finalized before the next one, and `text`
+    // outlives them all.
+    unsafe {
+        let db = conn.handle();
+        let base = text.as_ptr();
+        let mut tail = base;
+        let errmsg = || {
+            CStr::from_ptr(ffi::sqlite3_errmsg(db))
+                .to_string_lossy()
+                .into_owned()
         };
-        // The statement's own text, found from where the previous one ended.
-        let start = stmt.expanded_sql().and_then(|text| {
-            f.sql[cursor..]
-                .find(text.trim())
-                .map(|i| (cursor + i, text.trim().len()))
-        });
-        let at = start.map_or(cursor, |(at, _)| at);
-        stmt.raw_query().next().map_err(|e| apply_error(f, e, at))?;
-        if let Some((at, len)) = start {
-            cursor = at + len;
+        while *tail != 0 {
+            let at = tail.offset_from(base) as usize;
+            let mut stmt = std::ptr::null_mut();
+            let mut next = std::ptr::null();
+            let rc = ffi::sqlite3_prepare_v2(db, tail, -1, &mut stmt, &mut next);
+            if rc != ffi::SQLITE_OK {
+                let offset = ffi::sqlite3_error_offset(db);
+                let pos = if offset >= 0 {
+                    at + offset as usize
+                } else {
+                    skip_blank(&f.sql, at)
+                };
+                return Err(Error::Apply {
+                    file: f.path.clone(),
+                    position: Some(f.line_col(pos)),
+                    message: errmsg(),
+                });
+            }
+            if stmt.is_null() {
+                // Only whitespace or comments were left.
+                break;
+            }
+            let rc = loop {
+                match ffi::sqlite3_step(stmt) {
+                    ffi::SQLITE_ROW => continue,
+                    rc => break rc,
+                }
+            };
+            let failed = (rc != ffi::SQLITE_DONE).then(errmsg);
+            ffi::sqlite3_finalize(stmt);
+            if let Some(message) = failed {
+                return Err(Error::Apply {
+                    file: f.path.clone(),
+                    position: Some(f.line_col(skip_blank(&f.sql, at))),
+                    message,
+                });
+            }
+            tail = next;
         }
     }
+    Ok(())
 }
 
-/// `at`: byte offset of the failing statement in the file (or where the search stood).
-fn apply_error(f: &MigrationFile, e: rusqlite::Error, at: usize) -> Error {
-    let (message, offset) = match e {
-        // `sql` is the rest of the file from the failing statement on; `offset` is in bytes.
-        rusqlite::Error::SqlInputError {
-            msg, sql, offset, ..
-        } => (
-            msg,
-            f.sql.len().saturating_sub(sql.len()) + offset.max(0) as usize,
-        ),
-        other => (other.to_string(), skip_blank(&f.sql, at)),
-    };
-    Error::Apply {
-        file: f.path.clone(),
-        position: Some(f.line_col(offset)),
-        message,
-    }
-}
-
+/// The offset of the first SQL token at or after `at`: whitespace and comments skipped, so an
+/// error points at the statement rather than the comment above it.
 fn skip_blank(text: &str, at: usize) -> usize {
-    let rest = text.get(at..).unwrap_or("");
-    at + (rest.len() - rest.trim_start().len())
+    let mut i = at;
+    let b = text.as_bytes();
+    loop {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if b[i..].starts_with(b"--") {
+            i += b[i..]
+                .iter()
+                .position(|&c| c == b'\n')
+                .unwrap_or(b.len() - i);
+        } else if b[i..].starts_with(b"/*") {
+            i += b[i + 2..]
+                .windows(2)
+                .position(|w| w == b"*/")
+                .map_or(b.len() - i, |p| p + 4);
+        } else {
+            return i.min(b.len());
+        }
+    }
 }
