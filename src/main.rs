@@ -28,7 +28,14 @@ fn main() -> ExitCode {
         .build()
         .expect("a single-threaded tokio runtime always builds");
     let command = commands::name(&cli.command);
-    let result = runtime.block_on(commands::run(&cli));
+    let (result, stopped) = runtime.block_on(run_until_signalled(&cli));
+    if stopped {
+        // What the dropped command held is gone; files still held by a blocking thread (a
+        // copy in progress) are removed with their run directories, and those threads are not
+        // waited for.
+        backup::scratch::remove_this_runs();
+        runtime.shutdown_background();
+    }
 
     let mut stdout = std::io::stdout().lock();
     let code = match result {
@@ -59,6 +66,41 @@ fn main() -> ExitCode {
     };
     let _ = stdout.flush();
     ExitCode::from(code)
+}
+
+/// Runs the command; SIGTERM or SIGINT stops it. Dropping the command's future undoes what is
+/// half done: an open transaction is rolled back with its connection, temp files are removed,
+/// a snapshot without its manifest never counts. `run`, `schedule` and `restore-drill` handle
+/// the signals themselves (forwarding them, ending a job, cleaning a scratch database).
+async fn run_until_signalled(cli: &Cli) -> (Result<report::Report, report::Failure>, bool) {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Registered before any work, for every command: from here on a signal never ends the
+    // process with its work half done; the commands that handle signals themselves listen too.
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    if matches!(
+        cli.command,
+        cli::Command::Run(_) | cli::Command::Schedule(_) | cli::Command::RestoreDrill(_)
+    ) {
+        return (commands::run(cli).await, false);
+    }
+    let (Ok(mut term), Ok(mut int)) = signals else {
+        return (commands::run(cli).await, false);
+    };
+    let stopped = |sig: &str, code: u8| {
+        report::Failure::new(
+            code,
+            format!("stopped by {sig} before the command finished: an unfinished migration batch is rolled back, temp files are removed, a snapshot without its manifest does not count, and a restore not yet swapped in leaves the database as it was (the log above shows how far it got)"),
+        )
+    };
+    tokio::select! {
+        biased;
+        r = commands::run(cli) => (r, false),
+        _ = term.recv() => (Err(stopped("SIGTERM", report::EXIT_SIGTERM)), true),
+        _ = int.recv() => (Err(stopped("SIGINT", report::EXIT_SIGINT)), true),
+    }
 }
 
 /// Logs go to stderr, plain (systemd's journal adds its own timestamps), coloured on a terminal.

@@ -615,3 +615,157 @@ ALTER TABLE parent_new RENAME TO parent;
         "the lint message says why it is not needed"
     );
 }
+
+/// The run directories (`.dbward-run-*`) under `dir`.
+fn run_dirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(".dbward-run-")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `cmd`, waits until a run directory with a file in it appears under `dir`, then sends
+/// `sig`; returns the exit status. Retries a few times if the command finished first.
+fn signal_mid_run(
+    mut make: impl FnMut() -> std::process::Command,
+    dir: &Path,
+    sig: i32,
+) -> std::process::ExitStatus {
+    for _ in 0..5 {
+        let mut child = make()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        loop {
+            let busy = run_dirs(dir)
+                .iter()
+                .any(|d| std::fs::read_dir(d).map(|e| e.count() > 1).unwrap_or(false));
+            if busy {
+                // SAFETY: kill(2) on our own child.
+                unsafe { libc::kill(child.id() as i32, sig) };
+                return child.wait().unwrap();
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+        }
+    }
+    panic!("the command always finished before its temp files could be seen");
+}
+
+/// Defect 6: a killed or stopped run left its temp files (a whole uncompressed copy of the
+/// database) forever.
+#[test]
+fn d06_temp_files_of_killed_runs_are_removed_and_a_signalled_run_removes_its_own() {
+    let p = Project::new();
+    sqlite_app(&p, 10);
+    sqlite(&app(&p), "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400000) INSERT INTO items (name) SELECT hex(randomblob(60)) FROM n;");
+    let tmp = p.path().join(".dbward/tmp");
+
+    // kill -9 mid-backup: the copy stays behind, and the next run removes it.
+    let status = signal_mid_run(
+        || {
+            let mut c = p.dbward("sqlite:app.db");
+            c.arg("backup");
+            c
+        },
+        &tmp,
+        libc::SIGKILL,
+    );
+    assert!(!status.success());
+    assert_eq!(run_dirs(&tmp).len(), 1, "a dead run's directory is left");
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("backup"));
+    assert_eq!(code, 0, "{err}");
+    assert!(run_dirs(&tmp).is_empty(), "{:?}", run_dirs(&tmp));
+
+    // SIGTERM mid-backup: exit 143, its own files gone at once.
+    let status = signal_mid_run(
+        || {
+            let mut c = p.dbward("sqlite:app.db");
+            c.arg("backup");
+            c
+        },
+        &tmp,
+        libc::SIGTERM,
+    );
+    assert_eq!(status.code(), Some(143));
+    assert!(run_dirs(&tmp).is_empty(), "{:?}", run_dirs(&tmp));
+
+    // SIGTERM mid-drill (`docker compose stop` on `schedule`): non-zero, scratch files gone.
+    let status = signal_mid_run(
+        || {
+            let mut c = p.dbward("sqlite:app.db");
+            c.args(["restore-drill", "latest"]);
+            c
+        },
+        &tmp,
+        libc::SIGTERM,
+    );
+    assert!(!status.success());
+    assert!(run_dirs(&tmp).is_empty(), "{:?}", run_dirs(&tmp));
+}
+
+/// Defect 11: a restore's cleanup deleted every `.dbward-*` file in the target's directory,
+/// including another restore's files in progress (and anything in /tmp for `--to /tmp/x.db`).
+#[test]
+fn d11_restores_side_by_side_never_remove_each_others_files_or_foreign_ones() {
+    let p = Project::new();
+    sqlite_app(&p, 10);
+    sqlite(&app(&p), "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) INSERT INTO items (name) SELECT hex(randomblob(60)) FROM n;");
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("backup"));
+    assert_eq!(code, 0, "{err}");
+    std::fs::copy(app(&p), p.path().join("other.db")).unwrap();
+    let (code, _, err) = run(p
+        .dbward("sqlite:other.db")
+        .args(["migrate", "--no-snapshot"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(p.dbward("sqlite:other.db").arg("backup"));
+    assert_eq!(code, 0, "{err}");
+    let foreign = p.path().join(".dbward-notes");
+    std::fs::write(&foreign, "not dbward's").unwrap();
+
+    // Two restores in one directory, at the same time: both succeed.
+    let spawn = |db: &str| {
+        p.dbward(&format!("sqlite:{db}"))
+            .args(["restore", "latest", "--yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let a = spawn("app.db");
+        let b = spawn("other.db");
+        for c in [a, b] {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    assert!(foreign.exists());
+    // `--to` into another directory touches nothing there but its own.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let keep = elsewhere.path().join(".dbward-restore-x");
+    std::fs::write(&keep, "not dbward's").unwrap();
+    let to = elsewhere.path().join("copy.db");
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["restore", "latest", "--yes", "--to"])
+        .arg(&to));
+    assert_eq!(code, 0, "{err}");
+    assert!(keep.exists() && to.exists());
+    assert!(run_dirs(elsewhere.path()).is_empty());
+}

@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod pipeline;
 pub mod restore;
 pub mod retention;
+pub mod scratch;
 pub mod store;
 
 use std::path::Path;

@@ -95,6 +95,9 @@ impl Checks {
         if self.failed {
             return None;
         }
+        // Checks are partly synchronous; yielding between them lets the runtime see a signal,
+        // so a stop request ends the drill at the next check instead of being missed.
+        tokio::task::yield_now().await;
         let started = Instant::now();
         let result = f.await;
         let seconds = started.elapsed().as_secs_f64();
@@ -163,10 +166,29 @@ pub async fn drill(store: &Store, live: &DatabaseUrl, m: &Manifest, opts: &Optio
     let mut scratch_pg: Option<(Postgres, String)> = None;
 
     let work = run_checks(store, live, m, opts, &mut checks, &mut rto, &mut scratch_pg);
+    // SIGINT (Ctrl-C) or SIGTERM (`docker compose stop`, systemd) stops the drill; the scratch
+    // copy is removed below either way.
+    // Registered now, before any work: a signal that came before the first poll would
+    // otherwise end the process with its scratch files in place.
+    use tokio::signal::unix::{signal, SignalKind};
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    let stop = async {
+        match signals {
+            (Ok(mut t), Ok(mut i)) => tokio::select! {
+                _ = t.recv() => "SIGTERM",
+                _ = i.recv() => "SIGINT",
+            },
+            _ => std::future::pending().await,
+        }
+    };
     tokio::select! {
+        biased;
         _ = work => {}
-        _ = tokio::signal::ctrl_c() => {
-            checks.list.push(Check { name: "interrupted", verdict: Verdict::Failed, seconds: 0.0, detail: "Ctrl-C: the drill was stopped".into() });
+        sig = stop => {
+            checks.list.push(Check { name: "interrupted", verdict: Verdict::Failed, seconds: 0.0, detail: format!("{sig}: the drill was stopped") });
             checks.failed = true;
         }
     }

@@ -172,7 +172,6 @@ pub async fn restore_snapshot(
             }
             // The migration lock: no `migrate` (or other restore) runs meanwhile.
             let _lock = migrator::database::sqlite::lock_file(live, LOCK_WAIT)?;
-            restore::sqlite::clean_stray(&target);
             if opts.to.is_none() && !opts.force {
                 let holders = restore::sqlite::holders(live);
                 if !holders.is_empty() {
@@ -203,7 +202,7 @@ pub async fn restore_snapshot(
                         format!("renaming to {}: {e}", target.display()),
                     )
                 })?;
-                let _ = restored.keep();
+                restored.keep();
                 json!({ "database": target, "replaced": null })
             } else {
                 let kept = restore::sqlite::swap_in(live, restored, opts.force)?;

@@ -30,7 +30,7 @@ pub struct Prepared {
 }
 
 pub enum Keep {
-    TempFile(#[allow(dead_code)] tempfile::TempPath),
+    TempFile(#[allow(dead_code)] crate::scratch::ScratchPath),
     Transaction(migrator::database::postgres::Postgres),
 }
 

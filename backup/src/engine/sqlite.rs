@@ -29,21 +29,9 @@ pub fn prepare(db: &Path, temp_dir: &Path, busy_timeout: Duration) -> Result<Pre
     .map_err(open_err)?;
     src.busy_timeout(busy_timeout).map_err(open_err)?;
 
-    std::fs::create_dir_all(temp_dir).map_err(Error::io(format!(
-        "creating temp dir {}",
-        temp_dir.display()
-    )))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".dbward-snapshot-")
-        .suffix(".sqlite")
-        .tempfile_in(temp_dir)
-        .map_err(Error::io(format!(
-            "creating a temp file in {}",
-            temp_dir.display()
-        )))?
-        .into_temp_path();
+    let tmp = crate::scratch::temp_in(temp_dir, "snapshot-")?;
     {
-        let mut dst = Connection::open(&tmp)
+        let mut dst = Connection::open(&*tmp)
             .map_err(|e| Error::Source(format!("opening the temp copy: {e}")))?;
         let backup = rusqlite::backup::Backup::new(&src, &mut dst)
             .map_err(|e| Error::Source(format!("starting the backup: {e}")))?;
@@ -62,21 +50,21 @@ pub fn prepare(db: &Path, temp_dir: &Path, busy_timeout: Duration) -> Result<Pre
         }
     }
     drop(src);
-    std::fs::File::open(&tmp)
+    std::fs::File::open(&*tmp)
         .and_then(|f| f.sync_all())
         .map_err(Error::io(format!("fsync {}", tmp.display())))?;
 
-    let copy = Connection::open_with_flags(&tmp, OpenFlags::SQLITE_OPEN_READ_ONLY)
+    let copy = Connection::open_with_flags(&*tmp, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| Error::Source(format!("opening the copy: {e}")))?;
     let row_counts =
         row_counts(&copy).map_err(|e| Error::Source(format!("counting rows in the copy: {e}")))?;
     let applied = migrator::database::sqlite::applied_on(&copy)?;
     drop(copy);
 
-    let size = std::fs::metadata(&tmp)
+    let size = std::fs::metadata(&*tmp)
         .map_err(Error::io("stat the copy"))?
         .len();
-    let reader = std::fs::File::open(&tmp).map_err(Error::io("opening the copy"))?;
+    let reader = std::fs::File::open(&*tmp).map_err(Error::io("opening the copy"))?;
     Ok(Prepared {
         format: Format::Sqlite,
         engine: "sqlite",

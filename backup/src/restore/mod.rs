@@ -9,13 +9,13 @@ use std::path::Path;
 
 use crate::error::Error;
 use crate::manifest::Manifest;
+use crate::scratch::{self, ScratchPath};
 use crate::store::Store;
 
 /// Downloads the data object into a temp file in `dir`, refusing it unless its size and SHA-256
 /// are the manifest's.
-pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<tempfile::TempPath, Error> {
-    std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
-    let tmp = temp_in(dir, ".dbward-fetch-")?;
+pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<ScratchPath, Error> {
+    let tmp = scratch::temp_in(dir, "fetch-")?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
@@ -60,8 +60,8 @@ pub fn decompress(
     prefix: &str,
     m: &Manifest,
     lifetime: Lifetime,
-) -> Result<tempfile::TempPath, Error> {
-    let out = temp_in(dir, prefix)?;
+) -> Result<ScratchPath, Error> {
+    let out = scratch::temp_in(dir, prefix)?;
     let refuse = |why: String| {
         Error::Refused(format!(
             "snapshot {} does not decode: {why}; nothing was restored",
@@ -113,17 +113,6 @@ pub fn copy_split(
         to.write_all(&buf[..got]).map_err(&on_write)?;
         n += got as u64;
     }
-}
-
-fn temp_in(dir: &Path, prefix: &str) -> Result<tempfile::TempPath, Error> {
-    Ok(tempfile::Builder::new()
-        .prefix(prefix)
-        .tempfile_in(dir)
-        .map_err(Error::io(format!(
-            "creating a temp file in {}",
-            dir.display()
-        )))?
-        .into_temp_path())
 }
 
 /// `20261123T143000Z`, for the names of replaced databases.

@@ -9,32 +9,18 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::error::Error;
 use crate::manifest::Manifest;
+use crate::scratch::ScratchPath;
 use crate::store::local::sync_dir;
 
-/// Temp files this module leaves beside the database; a killed restore's are removed by the
-/// next one.
-pub const TEMP_PREFIX: &str = ".dbward-restore-";
+/// The prefix of the restored file while it is checked, in the run directory beside the
+/// database (see [`crate::scratch`]).
+pub const TEMP_PREFIX: &str = "restore-";
 
 /// The directory a restore of `db` works in.
 pub fn dir_of(db: &Path) -> PathBuf {
     match db.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    }
-}
-
-/// Removes temp files of a restore that was killed.
-pub fn clean_stray(db: &Path) {
-    let dir = dir_of(db);
-    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(TEMP_PREFIX) || name.starts_with(".dbward-fetch-") {
-            tracing::info!(
-                "removing {} left by an interrupted restore",
-                e.path().display()
-            );
-            let _ = std::fs::remove_file(e.path());
-        }
     }
 }
 
@@ -136,7 +122,7 @@ pub fn holders(db: &Path) -> Vec<String> {
 /// Swaps `restored` (a checked file in the database's directory) in at `db`. Returns where the
 /// replaced database was kept. `force`: another process may still have it open; it keeps
 /// writing to the file moved aside, so nothing it writes is lost.
-pub fn swap_in(db: &Path, restored: tempfile::TempPath, force: bool) -> Result<PathBuf, Error> {
+pub fn swap_in(db: &Path, restored: ScratchPath, force: bool) -> Result<PathBuf, Error> {
     let dir = dir_of(db);
     let suffixed = |p: &Path, s: &str| PathBuf::from(format!("{}{s}", p.display()));
     // A name nothing uses yet, also when two restores happen in the same second.
@@ -184,7 +170,7 @@ pub fn swap_in(db: &Path, restored: tempfile::TempPath, force: bool) -> Result<P
         db.display()
     )))?;
     // The rename consumed the temp file; make sure its guard does not try to remove `db`.
-    let _ = restored.keep();
+    restored.keep();
     sync_dir(&dir)?;
     Ok(kept)
 }
