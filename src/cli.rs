@@ -200,6 +200,9 @@ pub struct MigrateArgs {
     /// Do not take the pre-deploy snapshot.
     #[arg(long)]
     pub no_snapshot: bool,
+    /// Apply a batch that the health guard rolled back before (refused otherwise, exit 3).
+    #[arg(long)]
+    pub retry_failed: bool,
     /// How long to wait for another migrate run's lock (exit 4 after it), e.g. 30s, 10m.
     #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
     pub lock_timeout: std::time::Duration,

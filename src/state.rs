@@ -44,17 +44,71 @@ pub fn read(state_dir: &Path, database: &str) -> Result<Option<Deploy>, String> 
 }
 
 pub fn write(state_dir: &Path, database: &str, deploy: &Deploy) -> Result<(), String> {
+    write_json(state_dir, &path(state_dir, database), deploy)
+}
+
+/// Temp name, fsync, rename, fsync of the directory.
+fn write_json(state_dir: &Path, p: &Path, value: &impl Serialize) -> Result<(), String> {
     use std::io::Write;
-    let p = path(state_dir, database);
     let fail = |e: std::io::Error| format!("writing {}: {e}", p.display());
     std::fs::create_dir_all(state_dir).map_err(fail)?;
     let tmp = p.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp).map_err(fail)?;
-    f.write_all(&serde_json::to_vec_pretty(deploy).expect("serializes"))
+    f.write_all(&serde_json::to_vec_pretty(value).expect("serializes"))
         .map_err(fail)?;
     f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, &p).map_err(fail)?;
+    std::fs::rename(&tmp, p).map_err(fail)?;
     std::fs::File::open(state_dir)
         .and_then(|d| d.sync_all())
         .map_err(fail)
+}
+
+/// A batch the health guard rolled back: `migrate` refuses to apply the same batch again (a
+/// restart loop of a broken release stops at `ExecStartPre`), unless `--retry-failed`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedBatch {
+    /// RFC 3339, UTC: when the guard restored.
+    pub at: String,
+    /// Why the guard restored (the health check's verdict).
+    pub reason: String,
+    /// The pre-deploy snapshot it restored.
+    pub snapshot: String,
+    /// The migrations of the batch, as applied.
+    pub batch: Vec<BatchFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchFile {
+    pub version: i64,
+    pub name: String,
+    pub checksum: String,
+}
+
+fn failed_path(state_dir: &Path, database: &str) -> PathBuf {
+    state_dir.join(format!("failed-batch-{database}.json"))
+}
+
+pub fn read_failed(state_dir: &Path, database: &str) -> Result<Option<FailedBatch>, String> {
+    let p = failed_path(state_dir, database);
+    match std::fs::read(&p) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", p.display())),
+    }
+}
+
+pub fn write_failed(state_dir: &Path, database: &str, f: &FailedBatch) -> Result<(), String> {
+    write_json(state_dir, &failed_path(state_dir, database), f)
+}
+
+/// Forgets the failed batch (a batch was applied since, or `--retry-failed` succeeded).
+pub fn clear_failed(state_dir: &Path, database: &str) -> Result<(), String> {
+    let p = failed_path(state_dir, database);
+    match std::fs::remove_file(&p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {}: {e}", p.display())),
+    }
 }

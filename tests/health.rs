@@ -265,3 +265,57 @@ fn postgres_unhealthy_deploy_is_restored_and_sessions_ended() {
         "1"
     );
 }
+
+/// The trust issue's restart loop: with `Restart=on-failure`, a release whose migrations break
+/// the app looped (snapshot, migrate, unhealthy, restore) forever. After the guard rolled a
+/// batch back, `migrate` refuses that same batch (exit 3) without touching the database, until
+/// the release changes or `--retry-failed`.
+#[test]
+fn a_batch_the_guard_rolled_back_is_not_applied_again_by_a_restart() {
+    let p = Project::new();
+    deployed(&p);
+    let server = Http::status(503);
+    let (code, _, err) = run(&mut health(&p, &server.url()));
+    assert_eq!(code, 5, "{err}");
+    let snapshots = |p: &Project| {
+        let (_, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
+        json(&out)["snapshots"].as_array().unwrap().len()
+    };
+    let before = snapshots(&p);
+    let db = p.path().join("app.db");
+    let bytes = std::fs::read(&db).unwrap();
+
+    // The unit restarts: ExecStartPre=dbward migrate.
+    for _ in 0..3 {
+        let (code, _, err) = run(p.dbward("sqlite:app.db").arg("migrate"));
+        assert_eq!(code, 3, "{err}");
+        assert!(
+            err.contains("rolled back by the health guard") && err.contains("--retry-failed"),
+            "{err}"
+        );
+    }
+    assert_eq!(snapshots(&p), before, "no new pre-deploy snapshots");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        bytes,
+        "the database was not touched"
+    );
+
+    // A fixed release is a new batch.
+    p.migration(
+        "V2__drop_author.sql",
+        "ALTER TABLE notes DROP COLUMN author;\n",
+    );
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args(["migrate", "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    // And the same batch goes through only when asked.
+    p.migration("V2__drop_author.sql", "ALTER TABLE notes DROP COLUMN author;\nUPDATE notes SET body = upper(body) WHERE id > 0;\n");
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["migrate", "--retry-failed"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        sqlite(&db, "SELECT max(version) FROM refinery_schema_history"),
+        "2"
+    );
+}

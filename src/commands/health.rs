@@ -111,12 +111,22 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
             "the last deploy took no pre-deploy snapshot (a first deploy, or --no-snapshot)".into(),
         ));
     };
-    let head = Database::open(&url, Open::Existing)
+    let history = Database::open(&url, Open::Existing)
         .await?
         .applied()
-        .await?
-        .into_iter()
-        .max_by_key(|a| a.version);
+        .await?;
+    // The batch being rolled back, as the history recorded it: `migrate` refuses the same batch
+    // again, so a restart loop stops before it touches the database.
+    let batch: Vec<state::BatchFile> = history
+        .iter()
+        .filter(|a| deploy.applied.contains(&a.version))
+        .map(|a| state::BatchFile {
+            version: a.version,
+            name: a.name.clone(),
+            checksum: a.checksum.to_string(),
+        })
+        .collect();
+    let head = history.into_iter().max_by_key(|a| a.version);
     let now = head.map(|h| (h.version, h.checksum.to_string()));
     let then = deploy
         .head
@@ -150,11 +160,21 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
         },
     )
     .await?;
-    deploy.restored = Some(backup::manifest::now_rfc3339(
-        time::OffsetDateTime::now_utc(),
-    ));
+    let now = backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc());
+    deploy.restored = Some(now.clone());
     if let Err(e) = state::write(&settings.state_dir, &url.name(), &deploy) {
         tracing::error!("restored, but recording it failed: {e}");
+    }
+    let failed = state::FailedBatch {
+        at: now,
+        reason: reason.to_string(),
+        snapshot: snapshot.clone(),
+        batch,
+    };
+    if let Err(e) = state::write_failed(&settings.state_dir, &url.name(), &failed) {
+        tracing::error!(
+            "restored, but recording the failed batch failed (a restart would apply it again): {e}"
+        );
     }
     let kept = outcome["replaced"]
         .as_str()

@@ -35,10 +35,10 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         return dry_run(&url, &files, &warnings).await;
     }
 
-    // A SQLite file that does not exist yet is a first deploy: nothing to snapshot.
-    let first_deploy = matches!(&url, DatabaseUrl::Sqlite(p) if !p.exists());
-    let mut db = Database::open(&url, Open::Create).await?;
-    db.lock(args.lock_timeout).await?;
+    let mut db = Database::open_locked(&url, Open::Create, args.lock_timeout).await?;
+    // A SQLite file that was empty until now (opening created it) is a first deploy: nothing to
+    // snapshot. Looked at under the lock, so a restore swapping the file in is never mistaken.
+    let first_deploy = matches!(&url, DatabaseUrl::Sqlite(p) if std::fs::metadata(p).map_or(true, |m| m.len() == 0));
     // Read under the lock: a runner that waited sees what the other one applied.
     let plan = Plan::new(&files, db.applied().await?);
     if !plan.drift.is_empty() {
@@ -65,6 +65,8 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         });
     }
 
+    refuse_failed_batch(settings, &url, &plan, args.retry_failed)?;
+
     // The pre-deploy snapshot: under the lock, once something is pending. A first deploy has
     // nothing to protect. If it fails, nothing is applied.
     let snapshot = if first_deploy || args.no_snapshot {
@@ -84,7 +86,10 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     db.apply(&plan.pending, settings.lock_timeout).await?;
     let last = plan.pending.last().expect("pending is not empty");
     let applied: Vec<i64> = plan.pending.iter().map(|f| f.version).collect();
-    record(
+    // The batch is committed: a failure to record it must not say otherwise (exit 1 promises
+    // the database is as it was). Without the record the guard sees an older deploy whose head
+    // no longer matches, so it never restores on a wrong basis.
+    let recorded = record(
         settings,
         &url,
         snapshot.clone(),
@@ -94,7 +99,17 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
             name: last.name.clone(),
             checksum: last.checksum.to_string(),
         }),
-    )?;
+    );
+    if let Err(e) = &recorded {
+        tracing::error!(
+            "{}; the health guard will not restore this deploy automatically (restore it by id: {})",
+            e.message,
+            snapshot.as_deref().unwrap_or("no pre-deploy snapshot was taken")
+        );
+    }
+    if let Err(e) = state::clear_failed(&settings.state_dir, &url.name()) {
+        tracing::warn!("{e}");
+    }
     let head = format!("V{} {}", last.version, last.name);
     tracing::info!(
         "applied {} migration(s) in {:.2}s; head is {head}",
@@ -112,6 +127,7 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
             "applied": plan.pending.iter().map(|f| json!({ "version": f.version, "name": f.name, "file": f.path })).collect::<Vec<_>>(),
             "head": { "version": last.version, "name": last.name, "checksum": last.checksum.to_string() },
             "snapshot": snapshot,
+            "deploy_recorded": recorded.is_ok(),
             "elapsed_ms": started.elapsed().as_millis() as u64,
         }),
         code: 0,
@@ -141,6 +157,57 @@ fn record(
             format!("the migrations were applied, but recording the deploy failed: {e}"),
         )
     })
+}
+
+/// The batch the health guard rolled back is not applied again (a release that breaks its app
+/// would otherwise loop: migrate, unhealthy, restore, restart) unless `--retry-failed`.
+fn refuse_failed_batch(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    plan: &Plan,
+    retry: bool,
+) -> Result<(), Failure> {
+    let Some(failed) = state::read_failed(&settings.state_dir, &url.name())
+        .map_err(|e| Failure::new(crate::report::EXIT_FAILED, e))?
+    else {
+        return Ok(());
+    };
+    let pending: Vec<state::BatchFile> = plan
+        .pending
+        .iter()
+        .map(|f| state::BatchFile {
+            version: f.version,
+            name: f.name.clone(),
+            checksum: f.checksum.to_string(),
+        })
+        .collect();
+    if pending != failed.batch {
+        return Ok(()); // a changed or added file makes a new batch
+    }
+    let names: Vec<String> = pending
+        .iter()
+        .map(|f| format!("V{} {}", f.version, f.name))
+        .collect();
+    if retry {
+        tracing::warn!(
+            "applying again the batch the health guard rolled back at {} (--retry-failed): {}",
+            failed.at,
+            names.join(", ")
+        );
+        return Ok(());
+    }
+    Err(Failure::new(
+        crate::report::EXIT_REFUSED,
+        format!(
+            "this batch ({}) was rolled back by the health guard at {} (the app was unhealthy: {}; it restored snapshot {}). \
+             Not applying it again: ship a fixed release (any changed or added migration makes a new batch), \
+             or run `dbward migrate --retry-failed` once the cause is understood. Nothing was changed.",
+            names.join(", "),
+            failed.at,
+            failed.reason,
+            failed.snapshot
+        ),
+    ))
 }
 
 fn head_text(plan: &Plan) -> String {

@@ -22,6 +22,7 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         ));
     }
     let migrate = MigrateArgs {
+        retry_failed: false,
         dry_run: false,
         no_snapshot: false,
         lock_timeout: Duration::from_secs(600),

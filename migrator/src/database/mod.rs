@@ -41,6 +41,27 @@ impl Database {
         }
     }
 
+    /// Opens and takes the migration lock for the handle's life, waiting at most `timeout`.
+    /// A SQLite file is locked before it is opened.
+    pub async fn open_locked(
+        url: &DatabaseUrl,
+        mode: Open,
+        timeout: Duration,
+    ) -> Result<Database, Error> {
+        match url {
+            DatabaseUrl::Sqlite(path) => Ok(Database::Sqlite(sqlite::Sqlite::open_locked(
+                path,
+                mode == Open::Create,
+                timeout,
+            )?)),
+            DatabaseUrl::Postgres(_) => {
+                let mut db = Database::open(url, mode).await?;
+                db.lock(timeout).await?;
+                Ok(db)
+            }
+        }
+    }
+
     /// Takes the migration lock for the rest of this handle's life, waiting at most `timeout`.
     pub async fn lock(&mut self, timeout: Duration) -> Result<(), Error> {
         match self {

@@ -41,6 +41,15 @@ impl Sqlite {
         })
     }
 
+    /// Takes the migration lock, then opens: a restore swapping the file in meanwhile is waited
+    /// for, never raced (opening first would hold the replaced file).
+    pub fn open_locked(path: &Path, create: bool, timeout: Duration) -> Result<Sqlite, Error> {
+        let lock = lock_file(path, timeout)?;
+        let mut db = Sqlite::open(path, create)?;
+        db.lock = Some(lock);
+        Ok(db)
+    }
+
     /// Takes the migration lock for this handle's life; see [`lock_file`].
     pub fn lock(&mut self, timeout: Duration) -> Result<(), Error> {
         self.lock = Some(lock_file(&self.path, timeout)?);
