@@ -147,11 +147,11 @@ pub fn sweep(parent: &Path) {
                     let said = std::fs::read_to_string(path.join(LOCK)).unwrap_or_default();
                     if !said.starts_with(MARK) {
                         // Killed before its lock file said whose it is: only an otherwise empty
-                        // directory is removed.
+                        // directory, and not one a run is setting up right now.
                         let only_lock = std::fs::read_dir(&path)
                             .map(|d| d.count() == 1)
                             .unwrap_or(false);
-                        if said.is_empty() && only_lock {
+                        if said.is_empty() && only_lock && settled(&path) {
                             let _ = std::fs::remove_file(path.join(LOCK));
                             let _ = std::fs::remove_dir(&path);
                         }
@@ -172,11 +172,21 @@ pub fn sweep(parent: &Path) {
             },
             // Killed between creating the directory and its lock file: it can hold nothing.
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                let _ = std::fs::remove_dir(&path);
+                if settled(&path) {
+                    let _ = std::fs::remove_dir(&path);
+                }
             }
             Err(_) => {}
         }
     }
+}
+
+/// A directory untouched for a minute: not one another run is creating at this moment (between
+/// its `mkdir` and its lock, a run directory has no lock to show).
+fn settled(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() >= 60))
 }
 
 /// Removes this process's run directories now, whoever still holds files in them: called when
