@@ -84,36 +84,120 @@ struct Tok {
     at: Location,
 }
 
-/// Lints one file's text.
+/// How much text is tokenized at a time. Memory stays at a few times this (tokens cost more
+/// than the text they come from), whatever the file's size.
+const WINDOW: usize = 1 << 20;
+
+/// Lints one file's text, a window at a time. A window ends at its last top-level `;`: the text
+/// after it is tokenized again with the next window, so a cut through a string, a comment or a
+/// `$$` body never changes a token. Statements are checked as they complete and dropped.
 pub fn lint_sql(sql: &str, dialect: Dialect) -> Vec<RawFinding> {
+    lint_windowed(sql, dialect, WINDOW)
+}
+
+fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Vec<RawFinding> {
     let d: &dyn SqlDialect = match dialect {
         Dialect::Sqlite => &SQLiteDialect {},
         Dialect::Any | Dialect::Postgres => &PostgreSqlDialect {},
     };
-    let tokens = match Tokenizer::new(d, sql).tokenize_with_location() {
-        Ok(t) => t,
-        Err(e) => {
-            return vec![(
-                e.location,
+    let mut findings = Vec::new();
+    let mut savepoints: Vec<String> = Vec::new();
+    let mut pos = 0;
+    // Where `pos` is in the file, 1-based: every location in a window is shifted by it.
+    let mut base = Location { line: 1, column: 1 };
+    let mut window = first_window;
+    let mut buf = Vec::new();
+    loop {
+        let mut end = (pos + window).min(sql.len());
+        while !sql.is_char_boundary(end) {
+            end += 1;
+        }
+        let last = end == sql.len();
+        let text = &sql[pos..end];
+        buf.clear();
+        let tokenized = Tokenizer::new(d, text).tokenize_with_location_into_buf(&mut buf);
+        if let (true, Err(e)) = (last, &tokenized) {
+            findings.push((
+                shift(base, e.location),
                 Severity::Error,
                 "syntax",
                 format!("cannot tokenize: {}", e.message),
-            )]
+            ));
+            return findings;
         }
-    };
-    let mut findings = Vec::new();
-    let mut savepoints: Vec<String> = Vec::new();
-    for stmt in statements(tokens) {
-        check_statement(&stmt, dialect, &mut savepoints, &mut findings);
+        let mut stmts = statements(std::mem::take(&mut buf));
+        // Before the last window, the statement after the last top-level `;` may be cut.
+        let resume = if last {
+            None
+        } else {
+            match stmts.iter().rposition(|(_, semi)| semi.is_some()) {
+                Some(i) => {
+                    let semi = stmts[i].1.expect("found by its `;`");
+                    stmts.truncate(i + 1);
+                    Some(semi)
+                }
+                None => {
+                    // One statement longer than the window: take a larger one.
+                    window *= 2;
+                    continue;
+                }
+            }
+        };
+        for (stmt, _) in &mut stmts {
+            for t in stmt.iter_mut() {
+                t.at = shift(base, t.at);
+            }
+            check_statement(stmt, dialect, &mut savepoints, &mut findings);
+        }
+        let Some(semi) = resume else {
+            return findings;
+        };
+        // Resume right after that `;`.
+        let line_start: usize = text
+            .split_inclusive('\n')
+            .take(semi.line as usize - 1)
+            .map(str::len)
+            .sum();
+        let col_byte: usize = text[line_start..]
+            .chars()
+            .take(semi.column as usize)
+            .map(char::len_utf8)
+            .sum();
+        base = shift(
+            base,
+            Location {
+                line: semi.line,
+                column: semi.column + 1,
+            },
+        );
+        pos += line_start + col_byte;
+        window = first_window;
     }
-    findings
 }
 
-/// Splits tokens into statements at top-level `;`. The bodies of SQLite triggers
+/// A location in a window that starts at `base`, as a location in the file.
+fn shift(base: Location, at: Location) -> Location {
+    if at.line <= 1 {
+        Location {
+            line: base.line,
+            column: base.column + at.column.saturating_sub(1),
+        }
+    } else {
+        Location {
+            line: base.line + at.line - 1,
+            column: at.column,
+        }
+    }
+}
+
+/// Splits tokens into statements at top-level `;`, each with the location of the `;` that
+/// ended it (none for a last statement without one). The bodies of SQLite triggers
 /// (`CREATE TRIGGER ... BEGIN ...; END`) and of PostgreSQL `BEGIN ATOMIC ... END` functions hold
 /// `;` of their own: inside them `BEGIN`/`CASE` ... `END` nest and `;` does not split. Only those
 /// two forms open a block, so a column named `begin` cannot swallow the rest of the file.
-fn statements(tokens: Vec<sqlparser::tokenizer::TokenWithSpan>) -> Vec<Vec<Tok>> {
+fn statements(
+    tokens: Vec<sqlparser::tokenizer::TokenWithSpan>,
+) -> Vec<(Vec<Tok>, Option<Location>)> {
     // Significant tokens only; `None` word with `semi` for a `;`.
     let toks: Vec<(Tok, bool)> = tokens
         .into_iter()
@@ -151,7 +235,10 @@ fn statements(tokens: Vec<sqlparser::tokenizer::TokenWithSpan>) -> Vec<Vec<Tok>>
     for (i, (tok, semi)) in toks.iter().enumerate() {
         if *semi && depth == 0 {
             if !cur.is_empty() {
-                out.push(std::mem::take(&mut cur));
+                out.push((std::mem::take(&mut cur), Some(tok.at)));
+            } else if let Some(prev) = out.last_mut() {
+                // `;;`: the boundary moves on.
+                prev.1 = Some(tok.at);
             }
             trigger = false;
             continue;
@@ -173,7 +260,7 @@ fn statements(tokens: Vec<sqlparser::tokenizer::TokenWithSpan>) -> Vec<Vec<Tok>>
         });
     }
     if !cur.is_empty() {
-        out.push(cur);
+        out.push((cur, None));
     }
     out
 }
@@ -457,5 +544,27 @@ CREATE TABLE "commit" (id int);
             rules(sql, Dialect::Postgres),
             [(5, Severity::Error, "no-transaction")]
         );
+    }
+
+    #[test]
+    fn any_window_size_finds_the_same_as_one_pass() {
+        let sql = "CREATE TABLE a (x text DEFAULT 'a;b');\n-- COMMIT; in a comment\nBEGIN;\n\
+            CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END;\n\
+            DO $$ BEGIN COMMIT; END $$;\n  VACUUM;;\nSELECT 'é;ü'; COMMIT;\nDROP TABLE a";
+        let full = lint_windowed(sql, Dialect::Postgres, usize::MAX / 4);
+        assert!(full.len() >= 4, "{full:?}");
+        for w in 1..sql.len() + 2 {
+            let got = lint_windowed(sql, Dialect::Postgres, w);
+            assert_eq!(format!("{got:?}"), format!("{full:?}"), "window {w}");
+        }
+        let trigger = "CREATE TABLE t (x int);\nCREATE TRIGGER tr AFTER INSERT ON t BEGIN\n  UPDATE t SET x = 1; DELETE FROM t;\nEND;\nCOMMIT;\n";
+        let full = lint_windowed(trigger, Dialect::Sqlite, usize::MAX / 4);
+        for w in 1..trigger.len() + 2 {
+            assert_eq!(
+                format!("{:?}", lint_windowed(trigger, Dialect::Sqlite, w)),
+                format!("{full:?}"),
+                "window {w}"
+            );
+        }
     }
 }
