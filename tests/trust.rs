@@ -769,3 +769,76 @@ fn d11_restores_side_by_side_never_remove_each_others_files_or_foreign_ones() {
     assert!(keep.exists() && to.exists());
     assert!(run_dirs(elsewhere.path()).is_empty());
 }
+
+/// Defect 16: two databases of one name share `<prefix>/<name>/`, and each took the other's
+/// snapshots for `latest` and for retention.
+#[test]
+fn d16_a_store_folder_belongs_to_one_database_and_survives_disaster_recovery() {
+    let store = tempfile::tempdir().unwrap();
+    let store_url = format!("file://{}", store.path().display());
+    let a = Project::new();
+    let b = Project::new();
+    sqlite_app(&a, 10); // a's own store; now a's and b's shared one
+    for p in [&a, &b] {
+        p.migration(
+            "V1__items.sql",
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n",
+        );
+    }
+    assert_eq!(run(b.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    let (code, out, err) = run(a
+        .dbward("sqlite:app.db")
+        .args(["--store", &store_url, "backup", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let a_id = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
+    let (code, _, err) = run(b
+        .dbward("sqlite:app.db")
+        .args(["--store", &store_url, "backup"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("belongs to another database") && err.contains("own store prefix"),
+        "{err}"
+    );
+    // b's `latest` never picks a's snapshot.
+    let (code, _, err) = run(b
+        .dbward("sqlite:app.db")
+        .args(["--store", &store_url, "restore", "latest", "--yes"]));
+    assert_ne!(code, 0, "{err}");
+    assert_eq!(
+        sqlite(&app(&b), "SELECT count(*) FROM items"),
+        "0",
+        "b untouched"
+    );
+
+    // A PostgreSQL `app` in the same folder is refused too, and never restored from.
+    let pg = Pg::start();
+    let url = pg.create_db("app");
+    let c = Project::new();
+    c.migration("V1__schema.sql", PG_SCHEMA);
+    assert_eq!(run(c.dbward(&url).args(["migrate", "--no-snapshot"])).0, 0);
+    let (code, _, err) = run(c.dbward(&url).args(["--store", &store_url, "backup"]));
+    assert_eq!(code, 3, "{err}");
+
+    // Disaster recovery: a's volume is empty; `latest` is still a's, and the restored database
+    // keeps a's identity, so its next backup goes to the same folder.
+    std::fs::remove_file(app(&a)).unwrap();
+    let (code, _, err) = run(a
+        .dbward("sqlite:app.db")
+        .args(["--store", &store_url, "restore", "latest", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sqlite(&app(&a), "SELECT count(*) FROM items"), "10");
+    let (code, _, err) = run(a
+        .dbward("sqlite:app.db")
+        .args(["--store", &store_url, "backup"]));
+    assert_eq!(code, 0, "{err}");
+
+    // A snapshot from before identities (no database_id) stays restorable by id.
+    let manifest = store.path().join(format!("app/{a_id}.json"));
+    let mut m = json(&std::fs::read_to_string(&manifest).unwrap());
+    m.as_object_mut().unwrap().remove("database_id");
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    let (code, _, err) = run(a
+        .dbward("sqlite:app.db")
+        .args(["--store", &store_url, "restore", &a_id, "--yes"]));
+    assert_eq!(code, 0, "{err}");
+}

@@ -8,6 +8,7 @@
 pub mod engine;
 pub mod error;
 pub mod manifest;
+pub mod owner;
 pub mod pipeline;
 pub mod restore;
 pub mod retention;
@@ -47,12 +48,17 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
     let started = Instant::now();
     let at = OffsetDateTime::now_utc();
     let id = manifest::snapshot_id(at, req.kind);
+    // The identity is made before the snapshot, so the snapshot carries it.
+    owner::ensure_identity(req.database, req.lock_timeout).await;
     let prepared = match req.database {
         DatabaseUrl::Sqlite(path) => engine::sqlite::prepare(path, req.temp_dir, req.lock_timeout)?,
         DatabaseUrl::Postgres(pg) => engine::postgres::prepare(pg, req.lock_timeout).await?,
     };
     let database = req.database.name();
     check_folder_name(&database)?;
+    if let Some(id) = &prepared.database_id {
+        owner::check(store, &database, id).await?;
+    }
     let data_key = manifest::data_key(&database, &id, prepared.format);
     let opts = pipeline::Options {
         level: req.level,
@@ -71,6 +77,7 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
         server_version,
         pg_dump_version,
         head,
+        database_id,
         row_counts,
         mut reader,
         finish,
@@ -119,6 +126,7 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
         server_version,
         pg_dump_version,
         database: database.clone(),
+        database_id,
         host: hostname(),
         dbward_version: env!("CARGO_PKG_VERSION").into(),
         format,
@@ -136,6 +144,9 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
     store.put_new(&manifest_key(&database, &id), &json).await?;
+    if let Some(db_id) = &manifest.database_id {
+        owner::claim(store, &database, db_id, &manifest.engine, &manifest.host).await?;
+    }
     tracing::info!(
         "snapshot {id} stored: {} raw, {} stored ({:.1}x), {:.1}s, {:.0} MB/s",
         bytes(stats.raw_bytes),
@@ -303,6 +314,8 @@ pub async fn prune(
     database: &str,
     policy: &retention::Policy,
     dry_run: bool,
+    live_id: Option<&str>,
+    format: manifest::Format,
 ) -> Result<PruneReport, Error> {
     check_folder_name(database)?;
     let objects = store.list(database).await?;
@@ -315,10 +328,21 @@ pub async fn prune(
         );
     }
     let manifests = listing.snapshots;
-    let mut decisions = retention::decide(&manifests, policy);
+    // Retention counts and removes only this database's snapshots: another database's in the
+    // same folder are neither kept by its rules nor pruned by them.
+    let folder_owner = owner::read(store, database).await?;
+    let mine = owner::mine(
+        store,
+        database,
+        manifests.clone(),
+        live_id,
+        format,
+        folder_owner.as_ref(),
+    )?;
+    let mut decisions = retention::decide(&mine, policy);
     // The newest snapshot that passed a drill is the one known to restore: never removed.
     let receipts = read_receipts(store, database, &objects).await?;
-    if let Some(proven) = manifests
+    if let Some(proven) = mine
         .iter()
         .find(|m| receipts.get(&m.id).is_some_and(|r| r.success))
     {
@@ -329,7 +353,7 @@ pub async fn prune(
     }
     let mut removed = Vec::new();
     for d in decisions.iter().filter(|d| !d.keep) {
-        let m = manifests
+        let m = mine
             .iter()
             .find(|m| m.id == d.id)
             .expect("decisions come from these manifests");

@@ -68,6 +68,10 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pg_dump_version: Option<String>,
     pub database: String,
+    /// The identity kept inside the database (`dbward_identity`): whose snapshot this is.
+    /// Absent in snapshots taken before identities existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_id: Option<String>,
     pub host: String,
     pub dbward_version: String,
     pub format: Format,

@@ -103,6 +103,7 @@ mod tests {
             dbward_version: String::new(),
             format: Format::Sqlite,
             data_key: String::new(),
+            database_id: None,
             raw_bytes: 0,
             stored_bytes: 0,
             sha256: String::new(),

@@ -22,7 +22,17 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
         None
     } else {
         let store = settings.store().await?;
-        Some(backup::prune(&store, &url.name(), &settings.retention, false).await?)
+        Some(
+            backup::prune(
+                &store,
+                &url.name(),
+                &settings.retention,
+                false,
+                m.database_id.as_deref(),
+                m.format,
+            )
+            .await?,
+        )
     };
     Ok(Report {
         text: format!("{}\n", m.id),

@@ -16,7 +16,16 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
     }
     let url = database_url(settings)?;
     let store = settings.store().await?;
-    let report = backup::prune(&store, &url.name(), &settings.retention, args.dry_run).await?;
+    let live_id = backup::owner::live_identity(&url).await?;
+    let report = backup::prune(
+        &store,
+        &url.name(),
+        &settings.retention,
+        args.dry_run,
+        live_id.as_deref(),
+        backup::owner::format_of(&url),
+    )
+    .await?;
     let rows: Vec<Vec<String>> = report
         .decisions
         .iter()

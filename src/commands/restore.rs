@@ -84,9 +84,20 @@ pub async fn resolve(
         ))
         .into());
     }
+    // `latest` is the newest of THIS database's snapshots: same identity, same format.
+    let live_id = backup::owner::live_identity(url).await?;
+    let folder_owner = backup::owner::read(store, &url.name()).await?;
+    let mine = backup::owner::mine(
+        store,
+        &url.name(),
+        listing.snapshots.clone(),
+        live_id.as_deref(),
+        backup::owner::format_of(url),
+        folder_owner.as_ref(),
+    )?;
     let all = listing.snapshots;
     let id = match which {
-        "latest" => all.first().map(|m| m.id.clone()),
+        "latest" => mine.first().map(|m| m.id.clone()),
         "pre-deploy" => {
             let deploy = state::read(&settings.state_dir, &url.name())
                 .map_err(|e| Failure::new(EXIT_FAILED, e))?;

@@ -17,6 +17,8 @@ pub struct Prepared {
     pub server_version: String,
     pub pg_dump_version: Option<String>,
     pub head: Option<Head>,
+    /// The database's identity, as of the snapshot.
+    pub database_id: Option<String>,
     pub row_counts: BTreeMap<String, u64>,
     /// Uncompressed size estimate, to size multipart parts.
     pub size_hint: u64,

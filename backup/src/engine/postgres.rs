@@ -44,6 +44,7 @@ pub async fn prepare(url: &PgUrl, lock_wait_timeout: Duration) -> Result<Prepare
         .map_err(q)?
         .get(0);
     let applied = applied_on(c).await?;
+    let database_id = migrator::database::identity::read_pg(c).await?;
     let row_counts = row_counts(c).await?;
 
     let mut cmd = libpq_command("pg_dump", url, None);
@@ -90,6 +91,7 @@ pub async fn prepare(url: &PgUrl, lock_wait_timeout: Duration) -> Result<Prepare
         server_version,
         pg_dump_version: Some(pg_dump_version),
         head: head(applied),
+        database_id,
         row_counts,
         size_hint: size.max(0) as u64,
         workers: 0, // pg_dump and its backend already keep both cores busy

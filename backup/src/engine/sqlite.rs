@@ -59,6 +59,7 @@ pub fn prepare(db: &Path, temp_dir: &Path, busy_timeout: Duration) -> Result<Pre
     let row_counts =
         row_counts(&copy).map_err(|e| Error::Source(format!("counting rows in the copy: {e}")))?;
     let applied = migrator::database::sqlite::applied_on(&copy)?;
+    let database_id = migrator::database::identity::read_sqlite(&copy)?;
     drop(copy);
 
     let size = std::fs::metadata(&*tmp)
@@ -71,6 +72,7 @@ pub fn prepare(db: &Path, temp_dir: &Path, busy_timeout: Duration) -> Result<Pre
         server_version: rusqlite::version().to_string(),
         pg_dump_version: None,
         head: head(applied),
+        database_id,
         row_counts,
         size_hint: size,
         workers: if size > 64 << 20 {

@@ -137,7 +137,10 @@ impl LocalStore {
 
     pub fn get_bytes(&self, key: &str) -> Result<Vec<u8>, Error> {
         let p = self.path(key);
-        fs::read(&p).map_err(Error::io(format!("reading {}", p.display())))
+        fs::read(&p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Missing(p.display().to_string()),
+            _ => Error::io(format!("reading {}", p.display()))(e),
+        })
     }
 
     pub fn list(&self, dir: &str) -> Result<Vec<ObjectInfo>, Error> {

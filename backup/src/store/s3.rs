@@ -328,7 +328,10 @@ impl S3Store {
             .key(self.full_key(key))
             .send()
             .await
-            .map_err(|e| self.err("reading", key, e))?;
+            .map_err(|e| match e.code() {
+                Some("NoSuchKey") => Error::Missing(self.describe(key)),
+                _ => self.err("reading", key, e),
+            })?;
         let body = out.body.collect().await.map_err(|e| Error::Store {
             what: format!("reading {}", self.describe(key)),
             message: chain(&e),

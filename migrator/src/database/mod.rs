@@ -1,6 +1,7 @@
 //! The two engines behind one enum: open, lock, read history, apply a batch.
 
 pub mod history;
+pub mod identity;
 pub mod postgres;
 pub mod sqlite;
 pub mod tls;

@@ -147,6 +147,7 @@ impl Postgres {
             .await
             .map_err(ctx)?;
             c.batch_execute(history::CREATE).await.map_err(ctx)?;
+            super::identity::ensure_pg(c).await?;
             for f in batch {
                 tracing::info!("applying {}", f.file_name());
                 c.batch_execute(&f.sql)

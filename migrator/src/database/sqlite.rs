@@ -84,6 +84,7 @@ impl Sqlite {
                 )
             })?;
         tx.execute_batch(history::CREATE).map_err(ctx)?;
+        super::identity::ensure_sqlite(&tx)?;
         for f in batch {
             tracing::info!("applying {}", f.file_name());
             execute_file(&tx, f)?;

@@ -1,0 +1,202 @@
+//! Which snapshots in a database's store folder belong to this database. The folder is named
+//! after the database (`<prefix>/<name>/`), so two databases of one name (two `app.db` files, a
+//! SQLite `shop.db` and a PostgreSQL `shop`, staging and production with a copied config) would
+//! share it. The database's identity (kept inside it, see `migrator::database::identity`)
+//! decides: the folder's first backup writes `.owner.json` naming that identity, a backup of
+//! another database there is refused, and `latest`, `pre-deploy` and retention only ever take
+//! snapshots of this identity (and of the right format).
+
+use migrator::DatabaseUrl;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::manifest::{Format, Manifest};
+use crate::store::Store;
+
+/// `<database>/.owner.json`: a name prune never deletes (it is not a snapshot's).
+pub fn owner_key(database: &str) -> String {
+    format!("{database}/.owner.json")
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Owner {
+    pub database_id: String,
+    pub engine: String,
+    pub host: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+}
+
+/// The folder's owner, if one was recorded.
+pub async fn read(store: &Store, database: &str) -> Result<Option<Owner>, Error> {
+    match store.get_bytes(&owner_key(database)).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Store {
+                what: store.describe(&owner_key(database)),
+                message: format!("not a dbward owner record: {e}"),
+            }),
+        Err(Error::Missing(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Refuses to write `id`'s snapshots into a folder another database owns.
+pub async fn check(store: &Store, database: &str, id: &str) -> Result<(), Error> {
+    match read(store, database).await? {
+        Some(o) if o.database_id != id => Err(foreign(store, database, &o, Some(id))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses to write `id`'s snapshots into a folder another database owns; records the owner
+/// on the folder's first use (after its first snapshot is complete).
+pub async fn claim(
+    store: &Store,
+    database: &str,
+    id: &str,
+    engine: &str,
+    host: &str,
+) -> Result<(), Error> {
+    match read(store, database).await? {
+        Some(o) if o.database_id == id => Ok(()),
+        Some(o) => Err(foreign(store, database, &o, Some(id))),
+        None => {
+            let owner = Owner {
+                database_id: id.into(),
+                engine: engine.into(),
+                host: host.into(),
+                created_at: crate::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
+            };
+            let json = serde_json::to_vec_pretty(&owner).expect("serializes");
+            match store.put_new(&owner_key(database), &json).await {
+                Ok(()) => Ok(()),
+                // Another run claimed it first: check again whose it is.
+                Err(_) => match read(store, database).await? {
+                    Some(o) if o.database_id == id => Ok(()),
+                    Some(o) => Err(foreign(store, database, &o, Some(id))),
+                    None => Ok(()),
+                },
+            }
+        }
+    }
+}
+
+fn foreign(store: &Store, database: &str, o: &Owner, ours: Option<&str>) -> Error {
+    Error::Refused(format!(
+        "the store folder {} belongs to another database: {} {} (first backed up from host {} at {}){}. \
+         Two databases named `{database}` share it; give each its own store prefix (store.url / --store / DBWARD_STORE). Nothing was written or deleted.",
+        store.describe(database),
+        o.engine,
+        o.database_id,
+        o.host,
+        o.created_at,
+        ours.map(|id| format!("; this database is {id}")).unwrap_or_default()
+    ))
+}
+
+/// This database's snapshots in a listing (newest first stays newest first), given its
+/// identity (`None` for a database that has none yet, or does not exist: an empty volume
+/// being recovered, which takes the folder owner's). Snapshots of another identity or format
+/// are never this database's; snapshots from before identities, of the right format, are.
+pub fn mine(
+    store: &Store,
+    database: &str,
+    all: Vec<Manifest>,
+    live_id: Option<&str>,
+    format: Format,
+    owner: Option<&Owner>,
+) -> Result<Vec<Manifest>, Error> {
+    if let (Some(id), Some(o)) = (live_id, owner) {
+        if o.database_id != id {
+            return Err(foreign(store, database, o, Some(id)));
+        }
+    }
+    let id = live_id.or(owner.map(|o| o.database_id.as_str()));
+    Ok(all
+        .into_iter()
+        .filter(|m| m.format == format)
+        .filter(|m| match (&m.database_id, id) {
+            (None, _) => true,
+            (Some(theirs), Some(ours)) => theirs == ours,
+            // Without an identity on either side, a snapshot that has one is not provably ours.
+            (Some(_), None) => false,
+        })
+        .collect())
+}
+
+/// The format of `url`'s snapshots.
+pub fn format_of(url: &DatabaseUrl) -> Format {
+    match url {
+        DatabaseUrl::Sqlite(_) => Format::Sqlite,
+        DatabaseUrl::Postgres(_) => Format::Pgdump,
+    }
+}
+
+/// The live database's identity: `None` if it has none, or cannot be opened (a missing SQLite
+/// file on an empty volume).
+pub async fn live_identity(url: &DatabaseUrl) -> Result<Option<String>, Error> {
+    match url {
+        DatabaseUrl::Sqlite(path) => {
+            if !path.exists() {
+                return Ok(None);
+            }
+            let c = rusqlite::Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .map_err(|e| Error::Source(format!("opening {}: {e}", path.display())))?;
+            Ok(migrator::database::identity::read_sqlite(&c)?)
+        }
+        DatabaseUrl::Postgres(pg) => {
+            let db = migrator::database::postgres::Postgres::connect(pg).await?;
+            Ok(migrator::database::identity::read_pg(db.client()).await?)
+        }
+    }
+}
+
+/// Gives the live database an identity if it has none (a database migrated before identities
+/// existed): a one-row table, written in its own short transaction before a backup. A role
+/// that may not create it leaves the database without one (the snapshot then carries none).
+pub async fn ensure_identity(
+    url: &DatabaseUrl,
+    busy_timeout: std::time::Duration,
+) -> Option<String> {
+    let made = match url {
+        DatabaseUrl::Sqlite(path) => (|| -> Result<String, Error> {
+            let mut c = rusqlite::Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+            )
+            .map_err(|e| Error::Source(format!("opening {}: {e}", path.display())))?;
+            c.busy_timeout(busy_timeout)
+                .map_err(|e| Error::Source(e.to_string()))?;
+            if let Some(id) = migrator::database::identity::read_sqlite(&c)? {
+                return Ok(id);
+            }
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(|e| Error::Source(e.to_string()))?;
+            let id = migrator::database::identity::ensure_sqlite(&tx)?;
+            tx.commit().map_err(|e| Error::Source(e.to_string()))?;
+            Ok(id)
+        })(),
+        DatabaseUrl::Postgres(pg) => {
+            async {
+                let db = migrator::database::postgres::Postgres::connect(pg).await?;
+                Ok(migrator::database::identity::ensure_pg(db.client()).await?)
+            }
+            .await
+        }
+    };
+    match made {
+        Ok(id) => Some(id),
+        Err(e) => {
+            tracing::warn!(
+                "could not give {} an identity (its snapshots will carry none): {e}",
+                url.display()
+            );
+            None
+        }
+    }
+}
