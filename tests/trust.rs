@@ -842,3 +842,32 @@ fn d16_a_store_folder_belongs_to_one_database_and_survives_disaster_recovery() {
         .args(["--store", &store_url, "restore", &a_id, "--yes"]));
     assert_eq!(code, 0, "{err}");
 }
+
+/// Defect 13 (more): errors that point the right way.
+#[test]
+fn d13_restore_targets_that_cannot_be_are_usage_errors_and_create_nothing() {
+    let p = Project::new();
+    sqlite_app(&p, 3);
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args([
+        "restore",
+        "latest",
+        "--yes",
+        "--to",
+        "postgres://x@127.0.0.1/app",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(!p.path().join("postgres:").exists());
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args([
+        "restore",
+        "latest",
+        "--yes",
+        "--to",
+        "nonexistent/dir/x.db",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(
+        !p.path().join("nonexistent").exists(),
+        "no directories made"
+    );
+}

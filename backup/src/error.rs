@@ -24,6 +24,10 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
 
+    /// A restore that failed before it replaced anything.
+    #[error("restore failed: {0}\nThe live database was not replaced.")]
+    Restore(String),
+
     /// The object is not in the store.
     #[error("{0} does not exist")]
     Missing(String),

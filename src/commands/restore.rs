@@ -172,6 +172,25 @@ pub async fn restore_snapshot(
                 .as_deref()
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(|| live.clone());
+            if let Some(to) = &opts.to {
+                if to.contains("://") || to.starts_with("postgres") {
+                    return Err(Failure::new(
+                        EXIT_USAGE,
+                        format!("--to {to}: a SQLite snapshot restores into a file path"),
+                    ));
+                }
+                let dir = restore::sqlite::dir_of(&target);
+                if !dir.is_dir() {
+                    return Err(Failure::new(
+                        EXIT_USAGE,
+                        format!(
+                            "--to {}: the directory {} does not exist (dbward creates no directories for a restore)",
+                            target.display(),
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
             if opts.to.is_some() && target.exists() {
                 return Err(Failure::new(
                     EXIT_USAGE,

@@ -84,7 +84,7 @@ pub async fn restore(
     let admin = connect_to(url, "postgres").await?;
     let c = admin.client();
     let q = |what: &'static str| {
-        move |e: tokio_postgres::Error| Error::Source(format!("{what}: {}", describe(&e)))
+        move |e: tokio_postgres::Error| Error::Restore(format!("{what}: {}", describe(&e)))
     };
 
     // One restore of a database at a time (a session lock on the maintenance database, so it
@@ -170,7 +170,7 @@ pub async fn restore(
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| Error::Source(format!("running pg_restore: {e}")))?;
+            .map_err(|e| Error::Restore(format!("running pg_restore: {e}")))?;
         let mut stdin = child.stdin.take().expect("stdin is piped");
         let source = compressed.to_path_buf();
         let feeder = std::thread::spawn(move || -> Result<u64, String> {
@@ -180,7 +180,7 @@ pub async fn restore(
         });
         let out = child
             .wait_with_output()
-            .map_err(|e| Error::Source(format!("waiting for pg_restore: {e}")))?;
+            .map_err(|e| Error::Restore(format!("waiting for pg_restore: {e}")))?;
         let fed = feeder.join().unwrap_or_else(|_| Err("the decompression thread panicked".into()));
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -190,7 +190,7 @@ pub async fn restore(
                     m.pg_dump_version.as_deref().unwrap_or("unknown")
                 )));
             }
-            return Err(Error::Source(format!("pg_restore into {target} failed ({}): {err}", out.status)));
+            return Err(Error::Restore(format!("pg_restore into {target} failed ({}): {err}", out.status)));
         }
         match fed {
             Ok(n) if n == m.raw_bytes => {}
@@ -279,7 +279,7 @@ pub async fn restore(
                 ended.refused.join("; ")
             ));
         }
-        return Err(Error::Source(msg));
+        return Err(Error::Restore(msg));
     }
     if !ended.ended.is_empty() {
         tracing::warn!(
@@ -367,7 +367,7 @@ async fn sessions(c: &tokio_postgres::Client, db: &str) -> Result<Vec<Session>, 
             &[&db],
         )
         .await
-        .map_err(|e| Error::Source(format!("listing sessions: {}", describe(&e))))?;
+        .map_err(|e| Error::Restore(format!("listing sessions: {}", describe(&e))))?;
     Ok(rows
         .iter()
         .map(|r| Session {
@@ -413,7 +413,7 @@ pub async fn check_restored(db: &Postgres, m: &Manifest) -> Result<(), Error> {
         let got: i64 = c
             .query_one(&sql, &[])
             .await
-            .map_err(|e| Error::Source(format!("counting {table}: {}", describe(&e))))?
+            .map_err(|e| Error::Restore(format!("counting {table}: {}", describe(&e))))?
             .get(0);
         if got as u64 != *want {
             return Err(Error::Refused(format!(

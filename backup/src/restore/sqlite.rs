@@ -143,9 +143,9 @@ pub fn swap_in(db: &Path, restored: ScratchPath, force: bool) -> Result<PathBuf,
             // Nobody else has it open: fold the WAL into the main file so one file is the whole
             // database. The last connection to close removes the WAL.
             let c = Connection::open(db)
-                .map_err(|e| Error::Source(format!("opening {}: {e}", db.display())))?;
+                .map_err(|e| Error::Restore(format!("opening {}: {e}", db.display())))?;
             c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .map_err(|e| Error::Source(format!("checkpointing {}: {e}", db.display())))?;
+                .map_err(|e| Error::Restore(format!("checkpointing {}: {e}", db.display())))?;
         }
         // The order makes every crash point safe. The live file is linked aside first: until
         // its WAL moves, the live path is still the whole old database. Then the WAL and shared

@@ -445,6 +445,12 @@ fn sdk_message<E: ProvideErrorMetadata + std::error::Error + 'static>(
             };
             s + hint
         }
+        SdkError::DispatchFailure(_) if chain(e).to_ascii_lowercase().contains("credentials") => {
+            format!(
+                "{}; no AWS credentials were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (in the unit's EnvironmentFile), a profile, or an instance role",
+                chain(e)
+            )
+        }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
             format!(
                 "{}; is store.endpoint (--s3-endpoint) right and reachable?",
