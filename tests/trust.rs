@@ -871,3 +871,87 @@ fn d13_restore_targets_that_cannot_be_are_usage_errors_and_create_nothing() {
         "no directories made"
     );
 }
+
+/// Defect 14: a database named `postgres` (the official image's default) could not be
+/// restored: the swap renames the database it is connected to. It is restored in place now,
+/// after its current state was kept as a snapshot; so is a database whose role may not create
+/// databases (managed services).
+#[test]
+fn d14_a_database_named_postgres_or_without_createdb_is_restored_in_place() {
+    let pg = Pg::start();
+    let p = Project::new();
+    p.migration("V1__schema.sql", PG_SCHEMA);
+    let url = pg.url("postgres");
+    assert_eq!(run(p.dbward(&url).args(["migrate", "--no-snapshot"])).0, 0);
+    pg.psql(
+        "postgres",
+        "INSERT INTO accounts SELECT FROM generate_series(1, 5)",
+    );
+    let (code, out, err) = run(p.dbward(&url).args(["backup", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let id = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
+    pg.psql(
+        "postgres",
+        "INSERT INTO accounts SELECT FROM generate_series(1, 3)",
+    );
+    p.migration(
+        "V2__more.sql",
+        "ALTER TABLE accounts ADD COLUMN extra int;\n",
+    );
+    assert_eq!(run(p.dbward(&url).args(["migrate", "--no-snapshot"])).0, 0);
+
+    let (code, out, err) = run(p.dbward(&url).args(["restore", &id, "--yes", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let doc = json(&out);
+    assert_eq!(doc["strategy"], "in-place", "{doc}");
+    assert!(doc["strategy_reason"]
+        .as_str()
+        .unwrap()
+        .contains("maintenance database"));
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM accounts"), "5");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT max(version) FROM refinery_schema_history"
+        ),
+        "1"
+    );
+    // The replaced state is a snapshot of its own, restorable like any.
+    let kept = doc["replaced"]
+        .as_str()
+        .unwrap()
+        .strip_prefix("snapshot ")
+        .unwrap()
+        .to_string();
+    let (code, _, err) = run(p.dbward(&url).args(["restore", &kept, "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM accounts"), "8");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT max(version) FROM refinery_schema_history"
+        ),
+        "2"
+    );
+
+    // A role without CREATEDB owning its database: in place as well.
+    pg.psql("postgres", "CREATE ROLE tenant LOGIN");
+    pg.psql("postgres", "CREATE DATABASE tenantdb OWNER tenant");
+    let q = Project::new();
+    q.migration("V1__schema.sql", PG_SCHEMA);
+    let turl = pg.url_as("tenant", "tenantdb");
+    assert_eq!(run(q.dbward(&turl).args(["migrate", "--no-snapshot"])).0, 0);
+    pg.psql(
+        "tenantdb",
+        "INSERT INTO accounts SELECT FROM generate_series(1, 4)",
+    );
+    let (code, out, err) = run(q.dbward(&turl).args(["backup", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let tid = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
+    pg.psql("tenantdb", "DELETE FROM accounts");
+    let (code, out, err) = run(q.dbward(&turl).args(["restore", &tid, "--yes", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["strategy"], "in-place");
+    assert!(err.contains("may not create databases"), "{err}");
+    assert_eq!(pg.psql("tenantdb", "SELECT count(*) FROM accounts"), "4");
+}

@@ -24,6 +24,14 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
 
+    /// A failure after the live database was changed; the message says what is where.
+    #[error("{0}")]
+    AfterChange(String),
+
+    /// The rename swap cannot be used here (why); a restore in place can.
+    #[error("a rename swap is impossible: {0}")]
+    NeedsInPlace(String),
+
     /// A restore that failed before it replaced anything.
     #[error("restore failed: {0}\nThe live database was not replaced.")]
     Restore(String),

@@ -256,16 +256,59 @@ pub async fn restore_snapshot(
                 },
                 None => (pg.clone(), None),
             };
-            let out = restore::postgres::restore(
-                &target_url,
-                &fetched,
-                m,
-                &restore::postgres::Options {
-                    terminate_connections: opts.terminate_connections,
-                    to,
-                },
-            )
-            .await?;
+            let swap_blocked = if opts.to.is_none() {
+                restore::postgres::rename_impossible(pg)
+            } else {
+                None
+            };
+            let swapped = match swap_blocked {
+                Some(why) => Err(backup::Error::NeedsInPlace(why)),
+                None => {
+                    restore::postgres::restore(
+                        &target_url,
+                        &fetched,
+                        m,
+                        &restore::postgres::Options {
+                            terminate_connections: opts.terminate_connections,
+                            to,
+                        },
+                    )
+                    .await
+                }
+            };
+            let out = match swapped {
+                Err(backup::Error::NeedsInPlace(why)) if opts.to.is_none() => {
+                    // The replaced state is kept first, as a snapshot of its own.
+                    tracing::warn!(
+                        "restoring {} in place: {why}. Taking a snapshot of its current state first",
+                        url.display()
+                    );
+                    let kept = super::backup::snapshot(
+                        settings,
+                        url,
+                        backup::Kind::Manual,
+                        Some(format!("before the in-place restore of {}", m.id)),
+                    )
+                    .await?;
+                    let mut out = restore::postgres::restore_in_place(
+                        pg,
+                        &fetched,
+                        m,
+                        opts.terminate_connections,
+                        why,
+                    )
+                    .await
+                    .map_err(|e| {
+                        let mut f = Failure::from(e);
+                        f.message
+                            .push_str(&format!(" (the state before is snapshot {})", kept.id));
+                        f
+                    })?;
+                    out.replaced = Some(format!("snapshot {}", kept.id));
+                    out
+                }
+                other => other?,
+            };
             json!(out)
         }
     };
