@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Installs what is missing first (Debian, as root):
-# PostgreSQL server binaries, sqlite3, zstd, openssl, the S3 test server s3s-fs and boto3.
+# PostgreSQL server binaries, sqlite3, zstd, openssl, pgbouncer, the S3 test server s3s-fs and boto3.
 # Nothing in the suite skips: a dependency this script cannot install fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v openssl >/dev/null || missing+=(openssl)
+[ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   [ "$(id -u)" = 0 ] || { echo "need root to install ${missing[*]} (or install them yourself)" >&2; exit 1; }
@@ -37,7 +38,7 @@ fi
 command -v cargo-nextest >/dev/null || { log "installing cargo-nextest"; cargo install cargo-nextest --locked --quiet; }
 
 # Test servers left by a test process that was killed (Drop did not run).
-cleanup() { pkill -f 'dbward-test-pg-' 2>/dev/null || true; pkill -f 's3s-fs.*dbward-test-s3-' 2>/dev/null || true; }
+cleanup() { pkill -f 'dbward-test-pg-' 2>/dev/null || true; pkill -f 'dbward-test-pgbouncer-' 2>/dev/null || true; pkill -f 's3s-fs.*dbward-test-s3-' 2>/dev/null || true; }
 trap cleanup EXIT
 
 log "cargo fmt --check"

@@ -147,6 +147,9 @@ struct RetentionSection {
 #[serde(deny_unknown_fields)]
 struct DatabaseSection {
     url: Option<String>,
+    /// A direct (or session-mode) URL for dbward's own connections, when `url` is the
+    /// application's pooled one.
+    migrate_url: Option<String>,
     migrations: Option<PathBuf>,
     lock_timeout: Option<String>,
 }
@@ -252,9 +255,13 @@ fn resolve(
     let path_style_env =
         env("DBWARD_S3_PATH_STYLE").map(|v| matches!(v.as_str(), "1" | "true" | "yes"));
     Ok(Settings {
+        // dbward's own URL: a direct one (migrate_url) wins over the application's, which may
+        // go through a transaction-mode pooler where a session lock cannot hold.
         database: args
             .database
             .clone()
+            .or_else(|| env("DBWARD_MIGRATE_URL"))
+            .or_else(|| file.database.migrate_url.clone().map(rebase_url))
             .or_else(|| env("DBWARD_DATABASE"))
             .or_else(|| env("DATABASE_URL"))
             .or_else(|| file.database.url.map(rebase_url)),

@@ -955,3 +955,51 @@ fn d14_a_database_named_postgres_or_without_createdb_is_restored_in_place() {
     assert!(err.contains("may not create databases"), "{err}");
     assert_eq!(pg.psql("tenantdb", "SELECT count(*) FROM accounts"), "4");
 }
+
+/// Defect 15: behind PgBouncer in transaction mode the session lock leaked onto a pooled
+/// server connection, and every later `migrate` waited for a lock nobody held (exit 4). The
+/// pooler is detected and refused before anything runs; `DBWARD_MIGRATE_URL` gives dbward a
+/// direct URL while the application keeps its pooled `DATABASE_URL`.
+#[test]
+fn d15_a_transaction_pooler_is_refused_and_migrate_url_goes_around_it() {
+    let pg = Pg::start();
+    pg.create_db("shop");
+    let bouncer = common::PgBouncer::transaction_mode(&pg);
+    let p = Project::new();
+    p.migration("V1__schema.sql", PG_SCHEMA);
+    let pooled = bouncer.url("shop");
+    let (code, _, err) = run(p.dbward(&pooled).args(["migrate", "--no-snapshot"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("pooler") && err.contains("DBWARD_MIGRATE_URL"),
+        "{err}"
+    );
+    assert_eq!(
+        pg.psql(
+            "shop",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'refinery_schema_history'"
+        ),
+        "0",
+        "nothing ran"
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        ),
+        "0",
+        "no lock left on a pooled connection"
+    );
+
+    for _ in 0..2 {
+        let (code, _, err) = run(common::dbward(p.path())
+            .env("DATABASE_URL", &pooled)
+            .env("DBWARD_MIGRATE_URL", pg.url("shop"))
+            .args(["migrate", "--no-snapshot"]));
+        assert_eq!(code, 0, "{err}");
+    }
+    assert_eq!(
+        pg.psql("shop", "SELECT count(*) FROM refinery_schema_history"),
+        "1"
+    );
+}

@@ -40,6 +40,9 @@ pub enum Error {
     #[error("database URL `{url}`: {problem} (setting `database.url`, flag --database, env DBWARD_DATABASE or DATABASE_URL)")]
     Url { url: String, problem: String },
 
+    #[error("{what} goes through a transaction-mode connection pooler (PgBouncer, Supavisor, a pooled endpoint): the statements of one run reach different server sessions, so the migration lock cannot hold. Nothing was changed. Give dbward a direct or session-mode URL for migrations with `database.migrate_url` (or DBWARD_MIGRATE_URL); the application keeps its pooled URL")]
+    Pooled { what: String },
+
     #[error("cannot open {what}: {message}")]
     Open { what: String, message: String },
 
@@ -69,6 +72,7 @@ impl Error {
             Error::Files { .. } | Error::Lint { .. } | Error::Drift { .. } => ErrorKind::Refused,
             Error::LockTimeout { .. } => ErrorKind::LockTimeout,
             Error::Open { .. } | Error::Apply { .. } | Error::Database { .. } => ErrorKind::Failed,
+            Error::Pooled { .. } => ErrorKind::Refused,
         }
     }
 

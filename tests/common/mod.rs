@@ -559,3 +559,92 @@ impl Drop for Http {
         let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// PgBouncer in front of a cluster, in transaction pooling mode, on a free loopback port; run
+/// as `postgres` (it refuses root) and stopped on drop.
+pub struct PgBouncer {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl PgBouncer {
+    pub fn transaction_mode(pg: &Pg) -> PgBouncer {
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| panic!("pgbouncer is not installed: {MISSING}"));
+        let dir = tempfile::Builder::new()
+            .prefix("dbward-test-pgbouncer-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        for _ in 0..5 {
+            let port = free_port();
+            let ini = dir.path().join("pgbouncer.ini");
+            std::fs::write(
+                &ini,
+                format!(
+                    "[databases]\n* = host=127.0.0.1 port={pg}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+                     unix_socket_dir =\nauth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
+                     default_pool_size = 5\nmax_client_conn = 50\nlogfile = {log}\n",
+                    pg = pg.port,
+                    users = dir.path().join("users.txt").display(),
+                    log = dir.path().join("pgbouncer.log").display(),
+                ),
+            )
+            .unwrap();
+            if is_root() {
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(dir.path())
+                    .status()
+                    .unwrap();
+            }
+            let mut cmd = as_pg_user(Path::new(bin));
+            let mut child = cmd
+                .arg(&ini)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return PgBouncer {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = std::fs::read_to_string(dir.path().join("pgbouncer.log")).unwrap_or_default();
+        panic!("pgbouncer did not start:\n{log}");
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+            self.port
+        )
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        // runuser forwards SIGTERM to pgbouncer.
+        unsafe extern "C" {
+            fn kill(pid: i32, sig: i32) -> i32;
+        }
+        // SAFETY: kill(2) on our own child.
+        unsafe { kill(self.child.id() as i32, 15) };
+        let _ = self.child.wait();
+    }
+}

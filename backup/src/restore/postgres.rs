@@ -99,6 +99,8 @@ pub async fn restore(
     let pg_restore_version = check_versions(m)?;
     let live = url.config.get_dbname().unwrap_or("postgres").to_string();
     let admin = connect_to(url, MAINTENANCE).await?;
+    // The restore lock below is a session lock, as the migration lock is.
+    admin.refuse_pooled().await?;
     let c = admin.client();
     let q = |what: &'static str| {
         move |e: tokio_postgres::Error| Error::Restore(format!("{what}: {}", describe(&e)))

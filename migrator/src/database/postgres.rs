@@ -19,6 +19,7 @@ pub const LOCK_KEY: i64 = 0x6462_7761_7264_0001;
 pub struct Postgres {
     client: Client,
     display: String,
+    url: Box<PgUrl>,
 }
 
 impl Postgres {
@@ -53,6 +54,7 @@ impl Postgres {
         Ok(Postgres {
             client,
             display: url.display.clone(),
+            url: Box::new(url.clone()),
         })
     }
 
@@ -63,6 +65,7 @@ impl Postgres {
     /// Takes the session advisory lock, waiting at most `timeout`. Held until the connection
     /// closes (the process exits, or is killed: the server then releases it).
     pub async fn lock(&mut self, timeout: Duration) -> Result<(), Error> {
+        self.refuse_pooled().await?;
         let got: bool = self
             .client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
@@ -70,7 +73,7 @@ impl Postgres {
             .map_err(|e| Error::db("taking the migration lock", describe(&e)))?
             .get(0);
         if got {
-            return Ok(());
+            return self.check_session_lock().await;
         }
         let holder = self.lock_holder().await;
         tracing::info!(
@@ -92,7 +95,7 @@ impl Postgres {
                     "got the migration lock after {}",
                     humanize(started.elapsed())
                 );
-                Ok(())
+                self.check_session_lock().await
             }
             Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                 let _ = self.client.batch_execute("RESET lock_timeout").await;
@@ -104,6 +107,68 @@ impl Postgres {
             }
             Err(e) => Err(Error::db("waiting for the migration lock", describe(&e))),
         }
+    }
+
+    /// The backend that holds the migration lock.
+    async fn lock_holder_pid(c: &Client) -> Result<Option<i32>, Error> {
+        Ok(c.query_opt(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+               AND classid = ($1::int8 >> 32)::oid AND objid = ($1::int8 & 4294967295)::oid LIMIT 1",
+            &[&LOCK_KEY],
+        )
+        .await
+        .map_err(|e| Error::db("checking the migration lock", describe(&e)))?
+        .map(|r| r.get(0)))
+    }
+
+    async fn my_pid(c: &Client) -> Result<i32, Error> {
+        Ok(c.query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(|e| Error::db("checking the connection", describe(&e)))?
+            .get(0))
+    }
+
+    /// A session lock only protects a run whose statements all reach one server session. Behind
+    /// a transaction-mode pooler (PgBouncer, Supavisor, the pooled endpoints of managed
+    /// services) they do not: the lock would stay on a pooled server connection after dbward
+    /// exits, and every later run would wait for a lock nobody holds. The probe: between two
+    /// statements of this connection, a second connection opens a transaction (a pooler must
+    /// give it a server connection to itself; most recently used first, that is the one this
+    /// connection just used). Directly, this connection's backend never changes and the second
+    /// one never shares it.
+    pub async fn refuse_pooled(&self) -> Result<(), Error> {
+        let before = Self::my_pid(&self.client).await?;
+        let other = Postgres::connect(&self.url).await?;
+        other
+            .client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| Error::db("checking the connection", describe(&e)))?;
+        let theirs = Self::my_pid(&other.client).await?;
+        let after = Self::my_pid(&self.client).await?;
+        let _ = other.client.batch_execute("ROLLBACK").await;
+        if before != after || theirs == before {
+            return Err(Error::Pooled {
+                what: self.display.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// After the lock was granted: it must be this session's.
+    async fn check_session_lock(&mut self) -> Result<(), Error> {
+        let holder = Self::lock_holder_pid(&self.client).await?;
+        let mine = Self::my_pid(&self.client).await?;
+        if holder != Some(mine) {
+            let _ = self
+                .client
+                .batch_execute(&format!("SELECT pg_advisory_unlock({LOCK_KEY})"))
+                .await;
+            return Err(Error::Pooled {
+                what: self.display.clone(),
+            });
+        }
+        Ok(())
     }
 
     async fn lock_holder(&self) -> Option<String> {
