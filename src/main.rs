@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod notify;
 mod probe;
+mod replaced;
 mod report;
 mod settings;
 mod state;

@@ -37,6 +37,8 @@ pub struct Settings {
     pub notify: Notify,
     /// `[retention]`: empty means keep everything.
     pub retention: backup::retention::Policy,
+    /// `restore.keep_replaced`: how many replaced copies (recorded by dbward) to keep.
+    pub keep_replaced: usize,
 }
 
 /// A setting problem: exit 2, naming the setting.
@@ -64,6 +66,14 @@ struct FileConfig {
     schedule: Schedule,
     #[serde(default)]
     notify: Notify,
+    #[serde(default)]
+    restore: RestoreSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreSection {
+    keep_replaced: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -350,6 +360,7 @@ fn resolve(
             keep_weekly: file.retention.keep_weekly.unwrap_or(0),
             keep_monthly: file.retention.keep_monthly.unwrap_or(0),
         },
+        keep_replaced: file.restore.keep_replaced.unwrap_or(3),
     })
 }
 

@@ -112,3 +112,38 @@ pub fn clear_failed(state_dir: &Path, database: &str) -> Result<(), String> {
         Err(e) => Err(format!("removing {}: {e}", p.display())),
     }
 }
+
+/// A replaced database that a restore kept aside, recorded by its exact name: the only copies
+/// `restore.keep_replaced` may ever remove.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplacedCopy {
+    /// The SQLite file's path, or the PostgreSQL database's name.
+    pub name: String,
+    /// `sqlite` or `postgres`.
+    pub engine: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// The snapshot restored over it.
+    pub snapshot: String,
+}
+
+fn replaced_path(state_dir: &Path, database: &str) -> PathBuf {
+    state_dir.join(format!("replaced-{database}.json"))
+}
+
+pub fn read_replaced(state_dir: &Path, database: &str) -> Result<Vec<ReplacedCopy>, String> {
+    let p = replaced_path(state_dir, database);
+    match std::fs::read(&p) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", p.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", p.display())),
+    }
+}
+
+pub fn write_replaced(
+    state_dir: &Path,
+    database: &str,
+    copies: &[ReplacedCopy],
+) -> Result<(), String> {
+    write_json(state_dir, &replaced_path(state_dir, database), &copies)
+}

@@ -1003,3 +1003,70 @@ fn d15_a_transaction_pooler_is_refused_and_migrate_url_goes_around_it() {
         "1"
     );
 }
+
+/// Replaced copies piled up (six restores of a 1 GB database left six copies). The oldest
+/// recorded copies beyond `restore.keep_replaced` go; one not made by dbward never does.
+#[test]
+fn replaced_copies_beyond_keep_replaced_are_removed_and_only_recorded_ones() {
+    let p = Project::new();
+    sqlite_app(&p, 5);
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        "[restore]\nkeep_replaced = 2\n",
+    )
+    .unwrap();
+    let by_hand = p.path().join("app.db.replaced-20200101T000000Z");
+    std::fs::copy(app(&p), &by_hand).unwrap();
+    for _ in 0..4 {
+        let (code, _, err) = run(p
+            .dbward("sqlite:app.db")
+            .args(["restore", "latest", "--yes"]));
+        assert_eq!(code, 0, "{err}");
+    }
+    let copies: Vec<String> = std::fs::read_dir(p.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with("app.db.replaced-") && !n.ends_with("-wal") && !n.ends_with("-shm")
+        })
+        .collect();
+    assert_eq!(
+        copies.len(),
+        3,
+        "two recorded and the one made by hand: {copies:?}"
+    );
+    assert!(by_hand.exists());
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["status", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out)["replaced_copies"].as_array().unwrap().len(),
+        2,
+        "{out}"
+    );
+
+    let pg = Pg::start();
+    let q = Project::new();
+    let (url, id) = pg_app(&pg, &q, "shop", 10);
+    std::fs::write(
+        q.path().join("dbward.toml"),
+        "[restore]\nkeep_replaced = 1\n",
+    )
+    .unwrap();
+    pg.psql("postgres", "CREATE DATABASE shop_replaced_by_hand");
+    for _ in 0..3 {
+        let (code, _, err) = run(q.dbward(&url).args(["restore", &id, "--yes"]));
+        assert_eq!(code, 0, "{err}");
+    }
+    let dbs = databases(&pg);
+    let replaced: Vec<&String> = dbs
+        .iter()
+        .filter(|d| d.starts_with("shop_replaced_"))
+        .collect();
+    assert_eq!(
+        replaced.len(),
+        2,
+        "the newest and the one made by hand: {replaced:?}"
+    );
+    assert!(dbs.iter().any(|d| d == "shop_replaced_by_hand"));
+}

@@ -314,6 +314,15 @@ pub async fn restore_snapshot(
     };
     let secs = started.elapsed().as_secs_f64();
     tracing::info!("restored snapshot {} in {secs:.1}s", m.id);
+    // A copy of the replaced database was kept: record it, and trim the oldest beyond
+    // restore.keep_replaced (an in-place restore kept a snapshot instead).
+    if opts.to.is_none() {
+        if let Some(kept) = result["replaced"].as_str() {
+            if !kept.starts_with("snapshot ") {
+                crate::replaced::record_and_trim(settings, url, kept, &m.id).await;
+            }
+        }
+    }
     let mut out = result;
     if let Value::Object(map) = &mut out {
         map.insert("snapshot".into(), m.id.clone().into());

@@ -86,6 +86,20 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
     for d in &plan.drift {
         text.push_str(&format!("drift: {d}\n"));
     }
+    let replaced = crate::replaced::list(settings, &url).await;
+    let now = time::OffsetDateTime::now_utc();
+    for (c, size) in &replaced {
+        let age =
+            time::OffsetDateTime::parse(&c.at, &time::format_description::well_known::Rfc3339)
+                .map(|t| format!("{}h", (now - t).whole_hours()))
+                .unwrap_or_else(|_| c.at.clone());
+        text.push_str(&format!(
+            "replaced copy: {} ({}, {age} old, replaced by snapshot {})\n",
+            c.name,
+            size.map(backup::bytes).unwrap_or_default(),
+            c.snapshot
+        ));
+    }
     Ok(Report {
         text,
         json: json!({
@@ -94,6 +108,7 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             "pending": plan.pending.len(),
             "migrations": items,
             "drift": plan.drift,
+            "replaced_copies": replaced.iter().map(|(c, size)| json!({ "name": c.name, "at": c.at, "snapshot": c.snapshot, "bytes": size })).collect::<Vec<_>>(),
         }),
         code: if plan.drift.is_empty() {
             0

@@ -1,0 +1,131 @@
+//! Replaced copies: every restore keeps the database it replaced (`app.db.replaced-<ts>`,
+//! `<db>_replaced_<ts>_<tag>`). dbward records each by its exact name in the state dir, and
+//! after a successful restore removes the oldest recorded ones beyond `restore.keep_replaced`,
+//! never the one just kept. A copy that was not recorded (made by hand, or by an older
+//! dbward) is never removed.
+
+use migrator::DatabaseUrl;
+
+use crate::settings::Settings;
+use crate::state::{self, ReplacedCopy};
+
+/// Records `name` as kept by a restore of `snapshot`, then trims the recorded copies.
+pub async fn record_and_trim(settings: &Settings, url: &DatabaseUrl, name: &str, snapshot: &str) {
+    let db = url.name();
+    let mut copies = match state::read_replaced(&settings.state_dir, &db) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("not trimming replaced copies: {e}");
+            return;
+        }
+    };
+    // A SQLite copy by its absolute path, so that a run from another directory finds it.
+    let name = match url {
+        DatabaseUrl::Sqlite(_) => std::fs::canonicalize(name)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| name.to_string()),
+        DatabaseUrl::Postgres(_) => name.to_string(),
+    };
+    copies.push(ReplacedCopy {
+        name,
+        engine: engine(url).into(),
+        at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
+        snapshot: snapshot.to_string(),
+    });
+    // The newest `keep` stay, and always the one just kept.
+    let keep = settings.keep_replaced.max(1);
+    let excess = copies.len().saturating_sub(keep);
+    let mut kept = Vec::new();
+    for (i, c) in copies.into_iter().enumerate() {
+        if i < excess {
+            match remove(url, &c).await {
+                Ok(()) => tracing::info!(
+                    "removed the replaced copy {} (restore.keep_replaced = {})",
+                    c.name,
+                    settings.keep_replaced
+                ),
+                Err(e) => {
+                    tracing::warn!("keeping the replaced copy {}: {e}", c.name);
+                    kept.push(c);
+                }
+            }
+        } else {
+            kept.push(c);
+        }
+    }
+    if let Err(e) = state::write_replaced(&settings.state_dir, &db, &kept) {
+        tracing::warn!("recording replaced copies: {e}");
+    }
+}
+
+fn engine(url: &DatabaseUrl) -> &'static str {
+    match url {
+        DatabaseUrl::Sqlite(_) => "sqlite",
+        DatabaseUrl::Postgres(_) => "postgres",
+    }
+}
+
+/// Removes one recorded copy by its exact name (a SQLite file with the `-wal`/`-shm` dbward
+/// moved aside with it; a PostgreSQL database nobody is connected to).
+async fn remove(url: &DatabaseUrl, c: &ReplacedCopy) -> Result<(), String> {
+    if c.engine != engine(url) {
+        return Err("recorded for another engine".into());
+    }
+    match url {
+        DatabaseUrl::Sqlite(_) => {
+            for suffix in ["-wal", "-shm", ""] {
+                let p = format!("{}{suffix}", c.name);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(format!("removing {p}: {e}")),
+                }
+            }
+            Ok(())
+        }
+        DatabaseUrl::Postgres(pg) => {
+            let mut admin = (**pg).clone();
+            admin.config.dbname("postgres");
+            let db = migrator::database::postgres::Postgres::connect(&admin)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ident = format!("\"{}\"", c.name.replace('"', "\"\""));
+            db.client()
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {ident}"))
+                .await
+                .map_err(|e| migrator::database::postgres::describe(&e))
+        }
+    }
+}
+
+/// The recorded copies that still exist, with their size in bytes, for `status`.
+pub async fn list(settings: &Settings, url: &DatabaseUrl) -> Vec<(ReplacedCopy, Option<u64>)> {
+    let copies = state::read_replaced(&settings.state_dir, &url.name()).unwrap_or_default();
+    let mut out = Vec::new();
+    for c in copies {
+        let size = match url {
+            DatabaseUrl::Sqlite(_) => std::fs::metadata(&c.name).ok().map(|m| m.len()),
+            DatabaseUrl::Postgres(pg) => {
+                let mut admin = (**pg).clone();
+                admin.config.dbname("postgres");
+                match migrator::database::postgres::Postgres::connect(&admin).await {
+                    Ok(db) => db
+                        .client()
+                        .query_opt(
+                            "SELECT pg_database_size(datname) FROM pg_database WHERE datname = $1",
+                            &[&c.name],
+                        )
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|r| r.get::<_, i64>(0) as u64),
+                    Err(_) => None,
+                }
+            }
+        };
+        if size.is_some() {
+            out.push((c, size));
+        }
+    }
+    out
+}
