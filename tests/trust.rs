@@ -1070,3 +1070,57 @@ fn replaced_copies_beyond_keep_replaced_are_removed_and_only_recorded_ones() {
     );
     assert!(dbs.iter().any(|d| d == "shop_replaced_by_hand"));
 }
+
+/// A small file system of its own (tmpfs; the suite runs as root), unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        common::tool(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path()),
+        );
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Disk space is checked before it is needed: a staged copy or a restore that would fill the
+/// disk is refused (exit 3, with needed and free), and nothing is left behind.
+#[test]
+fn disk_space_is_checked_before_a_staged_copy_or_a_restore_needs_it() {
+    let p = Project::new();
+    sqlite_app(&p, 10);
+    let small = SmallDisk::new("16m");
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .arg("--temp-dir")
+        .arg(small.dir.path())
+        .arg("backup"));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("not enough disk space") && err.contains("free"),
+        "{err}"
+    );
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["restore", "latest", "--yes", "--to"])
+        .arg(small.dir.path().join("copy.db")));
+    assert_eq!(code, 3, "{err}");
+    let left: Vec<_> = std::fs::read_dir(small.dir.path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

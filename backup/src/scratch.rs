@@ -73,6 +73,47 @@ impl AsRef<std::ffi::OsStr> for ScratchPath {
     }
 }
 
+/// Free bytes for an unprivileged writer on the file system of `dir` (or of its nearest
+/// existing ancestor).
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut d = dir;
+    while !d.exists() {
+        d = d.parent()?;
+    }
+    let d = if d.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        d
+    };
+    let c = std::ffi::CString::new(d.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Refuses (exit 3) before `what` needs `needed` bytes in `dir` where fewer are free, so a
+/// production host's disk is never filled: the check says both numbers.
+pub fn ensure_space(dir: &Path, needed: u64, what: &str) -> Result<(), Error> {
+    // Room to spare: a full disk breaks the application, not only dbward.
+    let margin = 64 << 20;
+    if let Some(free) = free_bytes(dir) {
+        if free < needed.saturating_add(margin) {
+            return Err(Error::Refused(format!(
+                "not enough disk space in {} for {what}: needs {} (plus {} to spare), {} free. Free some space, or point --temp-dir / backup.temp_dir elsewhere. Nothing was changed.",
+                dir.display(),
+                crate::bytes(needed),
+                crate::bytes(margin),
+                crate::bytes(free)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A new empty temp file named `<prefix>...` in this run's directory under `parent` (created,
 /// after the directories of dead runs there were removed, on first use).
 pub fn temp_in(parent: &Path, prefix: &str) -> Result<ScratchPath, Error> {

@@ -29,6 +29,11 @@ pub fn prepare(db: &Path, temp_dir: &Path, busy_timeout: Duration) -> Result<Pre
     .map_err(open_err)?;
     src.busy_timeout(busy_timeout).map_err(open_err)?;
 
+    let db_size = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0)
+        + std::fs::metadata(format!("{}-wal", db.display()))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    crate::scratch::ensure_space(temp_dir, db_size, "the staged copy of the SQLite snapshot")?;
     let tmp = crate::scratch::temp_in(temp_dir, "snapshot-")?;
     {
         let mut dst = Connection::open(&*tmp)

@@ -15,6 +15,11 @@ use crate::store::Store;
 /// Downloads the data object into a temp file in `dir`, refusing it unless its size and SHA-256
 /// are the manifest's.
 pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<ScratchPath, Error> {
+    scratch::ensure_space(
+        dir,
+        m.stored_bytes,
+        &format!("downloading snapshot {}", m.id),
+    )?;
     let tmp = scratch::temp_in(dir, "fetch-")?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -61,6 +66,11 @@ pub fn decompress(
     m: &Manifest,
     lifetime: Lifetime,
 ) -> Result<ScratchPath, Error> {
+    scratch::ensure_space(
+        dir,
+        m.raw_bytes,
+        &format!("decompressing snapshot {}", m.id),
+    )?;
     let out = scratch::temp_in(dir, prefix)?;
     let refuse = |why: String| {
         Error::Refused(format!(
