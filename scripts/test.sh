@@ -44,6 +44,7 @@ trap cleanup EXIT
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 log "tests"
-cargo nextest run --workspace --no-fail-fast "$@"
+# The failure points of the crash-consistency suite (tests/crash.rs) are compiled in for tests only.
+cargo nextest run --workspace --features dbward/failpoints --no-fail-fast "$@"

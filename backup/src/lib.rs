@@ -54,6 +54,7 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
         DatabaseUrl::Sqlite(path) => engine::sqlite::prepare(path, req.temp_dir, req.lock_timeout)?,
         DatabaseUrl::Postgres(pg) => engine::postgres::prepare(pg, req.lock_timeout).await?,
     };
+    migrator::failpoint::hit("backup-after-prepare").map_err(Error::Source)?;
     let database = req.database.name();
     check_folder_name(&database)?;
     if let Some(id) = &prepared.database_id {
@@ -142,8 +143,10 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
         row_counts,
         duration_ms: elapsed.as_millis() as u64,
     };
+    migrator::failpoint::hit("backup-before-manifest").map_err(Error::Source)?;
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
     store.put_new(&manifest_key(&database, &id), &json).await?;
+    migrator::failpoint::hit("backup-after-manifest").map_err(Error::AfterChange)?;
     if let Some(db_id) = &manifest.database_id {
         owner::claim(store, &database, db_id, &manifest.engine, &manifest.host).await?;
     }
@@ -361,6 +364,7 @@ pub async fn prune(
             // Every key deleted is built from the checked id by dbward's own scheme, never
             // taken from the manifest's text.
             store.delete(&manifest_key(database, &m.id)).await?;
+            migrator::failpoint::hit("prune-after-manifest-delete").map_err(Error::AfterChange)?;
             store
                 .delete(&manifest::data_key(database, &m.id, m.format))
                 .await?;

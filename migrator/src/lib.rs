@@ -7,6 +7,7 @@
 
 pub mod database;
 pub mod error;
+pub mod failpoint;
 pub mod lint;
 pub mod plan;
 pub mod source;

@@ -298,6 +298,7 @@ async fn run_checks(
                         return Err("the scratch file is the live database; refusing".into());
                     }
                     let c = rusqlite::Connection::open(&decoded).map_err(|e| e.to_string())?;
+                    migrator::failpoint::hit("drill-after-restore")?;
                     Ok((c, format!("scratch file {}", decoded.display())))
                 })
                 .await
@@ -424,6 +425,7 @@ async fn run_checks(
                     let mut url = server.clone();
                     url.config.dbname(&name);
                     let db = Postgres::connect(&url).await.map_err(|e| e.to_string())?;
+                    migrator::failpoint::hit("drill-after-restore")?;
                     Ok((db, format!("scratch database {name}")))
                 })
                 .await

@@ -36,6 +36,7 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     }
 
     let mut db = Database::open_locked(&url, Open::Create, args.lock_timeout).await?;
+    failpoint("migrate-after-lock")?;
     // A SQLite file that was empty until now (opening created it) is a first deploy: nothing to
     // snapshot. Looked at under the lock, so a restore swapping the file in is never mistaken.
     let first_deploy = matches!(&url, DatabaseUrl::Sqlite(p) if std::fs::metadata(p).map_or(true, |m| m.len() == 0));
@@ -77,6 +78,7 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         Some(m.id)
     };
 
+    failpoint("migrate-after-snapshot")?;
     let names: Vec<String> = plan.pending.iter().map(|f| f.file_name()).collect();
     tracing::info!(
         "applying {} migration(s) in one transaction: {}",
@@ -84,6 +86,7 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         names.join(", ")
     );
     db.apply(&plan.pending, settings.lock_timeout).await?;
+    failpoint("migrate-after-commit")?;
     let last = plan.pending.last().expect("pending is not empty");
     let applied: Vec<i64> = plan.pending.iter().map(|f| f.version).collect();
     // The batch is committed: a failure to record it must not say otherwise (exit 1 promises
@@ -208,6 +211,11 @@ fn refuse_failed_batch(
             failed.snapshot
         ),
     ))
+}
+
+/// A failure point of the crash-consistency suite (nothing without the `failpoints` feature).
+fn failpoint(name: &str) -> Result<(), Failure> {
+    migrator::failpoint::hit(name).map_err(|e| Failure::new(crate::report::EXIT_FAILED, e))
 }
 
 fn head_text(plan: &Plan) -> String {

@@ -45,6 +45,7 @@ pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<ScratchPat
             m.sha256
         )));
     }
+    migrator::failpoint::hit("restore-after-fetch").map_err(Error::Restore)?;
     Ok(tmp)
 }
 
@@ -101,6 +102,7 @@ pub fn decompress(
             .sync_all()
             .map_err(Error::io(format!("fsync {}", out.display())))?;
     }
+    migrator::failpoint::hit("restore-after-decompress").map_err(Error::Restore)?;
     Ok(out)
 }
 

@@ -187,12 +187,17 @@ pub async fn restore(
         drop_target().await;
         return Err(q("marking the restore database as dbward's")(e));
     }
+    if let Err(e) = migrator::failpoint::hit("restore-pg-after-create") {
+        drop_target().await;
+        return Err(Error::Restore(e));
+    }
     tracing::info!("pg_restore into {target}");
 
     let restored = async {
         // One job: on 2 cores `--jobs=2` measured slower (5.1 s vs 3.5 s for a 450 MB pgbench
         // database), its index builds competing for the same cores; and it needs a file.
         pg_restore(url, &target, compressed, m, &pg_restore_version, &[]).await?;
+        migrator::failpoint::hit("restore-pg-after-pg-restore").map_err(Error::Restore)?;
         check_restored(&connect_to(url, &target).await?, m).await
     }
     .await;
@@ -229,6 +234,10 @@ pub async fn restore(
     // while a second connection ends them. Nothing is changed until COMMIT: if this process is
     // killed at any point, the transaction is rolled back and the live database stays as it was,
     // accepting connections.
+    if let Err(e) = migrator::failpoint::hit("restore-pg-before-swap") {
+        drop_target().await;
+        return Err(Error::Restore(e));
+    }
     let replaced = derived_name(&live, "replaced");
     let swap_sql = format!(
         "BEGIN; ALTER DATABASE {live_i} RENAME TO {replaced_i}; ALTER DATABASE {target_i} RENAME TO {live_i}; COMMENT ON DATABASE {live_i} IS {comment}; COMMIT;",

@@ -157,6 +157,7 @@ pub fn swap_in(db: &Path, restored: ScratchPath, force: bool) -> Result<PathBuf,
             db.display(),
             kept.display()
         )))?;
+        migrator::failpoint::hit("restore-sqlite-after-link").map_err(Error::Restore)?;
         for s in ["-wal", "-shm"] {
             let from = suffixed(db, s);
             if from.exists() {
@@ -164,6 +165,7 @@ pub fn swap_in(db: &Path, restored: ScratchPath, force: bool) -> Result<PathBuf,
                     .map_err(Error::io(format!("moving {} aside", from.display())))?;
             }
         }
+        migrator::failpoint::hit("restore-sqlite-after-wal-moved").map_err(Error::Restore)?;
     }
     std::fs::rename(&restored, db).map_err(Error::io(format!(
         "renaming the restored file to {}",
@@ -171,6 +173,7 @@ pub fn swap_in(db: &Path, restored: ScratchPath, force: bool) -> Result<PathBuf,
     )))?;
     // The rename consumed the temp file; make sure its guard does not try to remove `db`.
     restored.keep();
+    migrator::failpoint::hit("restore-sqlite-after-swap").map_err(Error::AfterChange)?;
     sync_dir(&dir)?;
     Ok(kept)
 }

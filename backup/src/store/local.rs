@@ -24,16 +24,6 @@ impl LocalStore {
         self.root.join(key)
     }
 
-    fn temp_path(&self, key: &str) -> PathBuf {
-        let p = self.path(key);
-        let name = p
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        p.with_file_name(format!(".{name}.partial-{}", std::process::id()))
-    }
-
     fn prepare_dir(&self, key: &str) -> Result<PathBuf, Error> {
         let p = self.path(key);
         let dir = p.parent().unwrap_or(&self.root).to_path_buf();
@@ -44,20 +34,21 @@ impl LocalStore {
         Ok(dir)
     }
 
+    /// Writes into a temp file in this run's directory beside the object (see
+    /// [`crate::scratch`]: a killed run's partial object is removed by the next run), fsyncs
+    /// it, renames it into place and fsyncs the directory.
     pub async fn put_stream(&self, key: &str, mut rx: mpsc::Receiver<Msg>) -> Result<u64, Error> {
         let dir = self.prepare_dir(key)?;
         let final_path = self.path(key);
-        let tmp = self.temp_path(key);
+        let tmp = crate::scratch::temp_in(&dir, "partial-")?;
         let io = |what: String| Error::io(what);
-        let mut file = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+        let mut file = File::create(&*tmp).map_err(io(format!("creating {}", tmp.display())))?;
         let mut complete = false;
         while let Some(msg) = rx.recv().await {
             match msg {
                 Msg::Data(chunk) => {
-                    if let Err(e) = file.write_all(&chunk) {
-                        let _ = fs::remove_file(&tmp);
-                        return Err(Error::io(format!("writing {}", tmp.display()))(e));
-                    }
+                    file.write_all(&chunk)
+                        .map_err(io(format!("writing {}", tmp.display())))?;
                 }
                 Msg::Done => {
                     complete = true;
@@ -66,8 +57,6 @@ impl LocalStore {
             }
         }
         if !complete {
-            drop(file);
-            let _ = fs::remove_file(&tmp);
             return Err(Error::Source(
                 "the stream ended before the snapshot was complete".into(),
             ));
@@ -76,14 +65,14 @@ impl LocalStore {
             .map_err(io(format!("fsync {}", tmp.display())))?;
         drop(file);
         if final_path.exists() {
-            let _ = fs::remove_file(&tmp);
             return Err(Error::Store {
                 what: final_path.display().to_string(),
                 message: "already exists; not overwritten".into(),
             });
         }
-        fs::rename(&tmp, &final_path)
+        fs::rename(&*tmp, &final_path)
             .map_err(io(format!("renaming to {}", final_path.display())))?;
+        tmp.keep();
         sync_dir(&dir)?;
         let size = fs::metadata(&final_path)
             .map_err(io(format!("stat {}", final_path.display())))?
@@ -91,11 +80,16 @@ impl LocalStore {
         Ok(size)
     }
 
-    /// Writes `bytes` to a temp name beside `key`, fsynced; returns (dir, final path, temp path).
-    fn write_temp(&self, key: &str, bytes: &[u8]) -> Result<(PathBuf, PathBuf, PathBuf), Error> {
+    /// Writes `bytes` to a temp file beside `key`, fsynced; returns (dir, final path, temp).
+    fn write_temp(
+        &self,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<(PathBuf, PathBuf, crate::scratch::ScratchPath), Error> {
         let dir = self.prepare_dir(key)?;
-        let tmp = self.temp_path(key);
-        let mut f = File::create(&tmp).map_err(Error::io(format!("creating {}", tmp.display())))?;
+        let tmp = crate::scratch::temp_in(&dir, "partial-")?;
+        let mut f =
+            File::create(&*tmp).map_err(Error::io(format!("creating {}", tmp.display())))?;
         f.write_all(bytes)
             .and_then(|_| f.sync_all())
             .map_err(Error::io(format!("writing {}", tmp.display())))?;
@@ -105,8 +99,8 @@ impl LocalStore {
     pub fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
         let (dir, final_path, tmp) = self.write_temp(key, bytes)?;
         // A hard link fails if the name exists: never overwrite, atomically.
-        let linked = fs::hard_link(&tmp, &final_path);
-        let _ = fs::remove_file(&tmp);
+        let linked = fs::hard_link(&*tmp, &final_path);
+        drop(tmp);
         linked.map_err(|e| Error::Store {
             what: final_path.display().to_string(),
             message: if e.kind() == std::io::ErrorKind::AlreadyExists {
@@ -130,8 +124,9 @@ impl LocalStore {
 
     pub fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
         let (dir, final_path, tmp) = self.write_temp(key, bytes)?;
-        fs::rename(&tmp, &final_path)
+        fs::rename(&*tmp, &final_path)
             .map_err(Error::io(format!("renaming to {}", final_path.display())))?;
+        tmp.keep();
         sync_dir(&dir)
     }
 

@@ -221,6 +221,8 @@ impl Postgres {
                 c.execute(history::INSERT_PG, &history::values(f).as_params())
                     .await
                     .map_err(ctx)?;
+                crate::failpoint::hit("migrate-mid-batch")
+                    .map_err(|e| Error::db("applying the batch", e))?;
             }
             c.batch_execute("COMMIT").await.map_err(ctx)
         }

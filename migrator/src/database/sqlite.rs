@@ -94,6 +94,8 @@ impl Sqlite {
                 rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
             )
             .map_err(ctx)?;
+            crate::failpoint::hit("migrate-mid-batch")
+                .map_err(|e| Error::db("applying the batch", e))?;
         }
         // Named after the batch's last file: the check covers the whole batch.
         if let Some(last) = batch.last() {

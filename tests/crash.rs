@@ -1,0 +1,368 @@
+//! The crash-consistency suite: every named failure point of migrate, backup, restore (both
+//! engines), prune and drill (`migrator::failpoint::ALL`) is driven through an injected error
+//! and through `kill -9` at exactly that point, and after each the invariants are checked:
+//!
+//! - the live database opens, passes its integrity check and holds either the old state or
+//!   the new one (PostgreSQL: it accepts connections);
+//! - every manifest in the store has its complete data object (no snapshot that looks complete
+//!   but is not);
+//! - nothing that dbward did not create was deleted (foreign files beside the database and in
+//!   the store folder stay);
+//! - the next run of the same command succeeds, and leaves no temp files and no leftover
+//!   restore database.
+//!
+//! The tested binary must be built with the `failpoints` feature (scripts/test.sh does).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{json, run, sqlite, Pg, Project};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Action {
+    Error,
+    Kill,
+    /// SIGTERM while the process stands at the point, then it goes on: it must stop at its next
+    /// chance, undo what is half done and remove its own temp files.
+    Term,
+}
+
+/// Runs `cmd` with the failure point `point` set to `action`. For `Kill`, waits until the
+/// process stands at the point and kills it with SIGKILL.
+fn provoke(mut cmd: Command, point: &str, action: Action) {
+    let marks = tempfile::tempdir().unwrap();
+    cmd.env(
+        "DBWARD_FAILPOINTS",
+        format!(
+            "{point}={}",
+            match action {
+                Action::Error => "error",
+                Action::Kill | Action::Term => "wait",
+            }
+        ),
+    )
+    .env("DBWARD_FAILPOINT_DIR", marks.path())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    match action {
+        Action::Error => {
+            let out = cmd.output().unwrap();
+            assert!(
+                !out.status.success(),
+                "{point}: the injected error must fail the command: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Action::Kill | Action::Term => {
+            let mut child = cmd.spawn().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !marks.path().join(point).exists() {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let mut err = String::new();
+                    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err)
+                        .unwrap();
+                    panic!(
+                        "{point}: the command ended ({status}) before reaching the point:\n{err}"
+                    );
+                }
+                assert!(Instant::now() < deadline, "{point}: never reached");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if action == Action::Kill {
+                child.kill().unwrap();
+            } else {
+                // SAFETY: kill(2) on our own child.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                std::fs::write(marks.path().join(format!("{point}.go")), "").unwrap();
+            }
+            let status = child.wait().unwrap();
+            if action == Action::Term {
+                // 143: stopped; 0: the command had no later chance to stop (it finished). A
+                // drill reports the stop itself (exit 1).
+                assert!(
+                    matches!(status.code(), Some(143 | 0 | 1)),
+                    "{point}: SIGTERM gave {status}"
+                );
+            }
+        }
+    }
+}
+
+/// Every manifest in `folder` has its data object, complete.
+fn manifests_have_their_data(folder: &Path) {
+    for e in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // dbward's manifests only: `<YYYYMMDD>T...json` (a foreign `notes.json` is not one).
+        if !name.ends_with(".json")
+            || name.ends_with(".drill.json")
+            || !name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            continue;
+        }
+        let m = json(&std::fs::read_to_string(e.path()).unwrap());
+        let data = folder.join(
+            Path::new(m["data_key"].as_str().unwrap())
+                .file_name()
+                .unwrap(),
+        );
+        let len = std::fs::metadata(&data)
+            .unwrap_or_else(|_| panic!("manifest {name} without its data"))
+            .len();
+        assert_eq!(
+            len,
+            m["stored_bytes"].as_u64().unwrap(),
+            "{name}: data incomplete"
+        );
+    }
+}
+
+/// No temp files of dbward's left under `dir` (run directories, old-style partials).
+fn no_temp_files(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with(".dbward-run-") && !name.contains(".partial-"),
+            "left behind: {}",
+            e.path().display()
+        );
+    }
+}
+
+/// A SQLite app: V1 applied, 100 rows, one snapshot of them, 5 rows more since, V2 pending;
+/// foreign files beside the database and in the store folder.
+struct SqliteApp {
+    p: Project,
+    foreign: Vec<PathBuf>,
+}
+
+impl SqliteApp {
+    fn new() -> SqliteApp {
+        let p = Project::new();
+        p.migration(
+            "V1__items.sql",
+            "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);\n",
+        );
+        assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+        let db = p.path().join("app.db");
+        sqlite(&db, "PRAGMA journal_mode=WAL; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) INSERT INTO items (name) SELECT 'item ' || i FROM n;");
+        let (code, _, err) = run(p.dbward("sqlite:app.db").arg("backup"));
+        assert_eq!(code, 0, "{err}");
+        sqlite(&db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5) INSERT INTO items (name) SELECT 'later ' || i FROM n;");
+        p.migration(
+            "V2__note.sql",
+            "ALTER TABLE items ADD COLUMN note TEXT;\nUPDATE items SET note = 'n';\n",
+        );
+        let foreign = vec![
+            p.path().join(".dbward-restore-notes"),
+            p.path().join("app.db.replaced-by-hand"),
+            p.path().join(".dbward/snapshots/app/notes.json"),
+            p.path().join(".dbward/snapshots/app/export.sqlite.zst"),
+        ];
+        for f in &foreign {
+            std::fs::write(f, "not dbward's").unwrap();
+        }
+        SqliteApp { p, foreign }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.p.dbward("sqlite:app.db");
+        c.args(args);
+        c
+    }
+
+    fn check(&self, point: &str) {
+        let db = self.p.path().join("app.db");
+        assert_eq!(sqlite(&db, "PRAGMA integrity_check"), "ok", "{point}");
+        let rows = sqlite(&db, "SELECT count(*) FROM items");
+        assert!(
+            rows == "100" || rows == "105",
+            "{point}: old or new, never partial: {rows}"
+        );
+        let head = sqlite(&db, "SELECT max(version) FROM refinery_schema_history");
+        let note = sqlite(
+            &db,
+            "SELECT count(*) FROM pragma_table_info('items') WHERE name = 'note'",
+        );
+        assert_eq!(
+            head == "2",
+            note == "1",
+            "{point}: history and schema agree"
+        );
+        manifests_have_their_data(&self.p.path().join(".dbward/snapshots/app"));
+        for f in &self.foreign {
+            assert!(f.exists(), "{point}: {} was deleted", f.display());
+        }
+    }
+
+    fn clean(&self, point: &str) {
+        for dir in [
+            self.p.path().to_path_buf(),
+            self.p.path().join(".dbward/tmp"),
+            self.p.path().join(".dbward/snapshots/app"),
+        ] {
+            no_temp_files(&dir);
+        }
+        let _ = point;
+    }
+}
+
+/// The command that meets `point` on SQLite (None: the point is PostgreSQL's).
+fn sqlite_command(point: &str) -> Option<Vec<&'static str>> {
+    Some(match point {
+        p if p.starts_with("migrate-") => vec!["migrate"],
+        p if p.starts_with("backup-") => vec!["backup"],
+        p if p.starts_with("restore-pg-") => return None,
+        p if p.starts_with("restore-") => vec!["restore", "latest", "--yes", "--force"],
+        "prune-after-manifest-delete" => vec!["prune"],
+        "drill-after-restore" => vec!["restore-drill", "latest"],
+        other => panic!("no command for {other}"),
+    })
+}
+
+#[test]
+fn the_tested_binary_has_failure_points() {
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id INTEGER);\n");
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .arg("migrate")
+        .env("DBWARD_FAILPOINTS", "migrate-after-lock=error"));
+    assert!(
+        code == 1 && err.contains("injected failure"),
+        "build the tested binary with `--features failpoints` (scripts/test.sh does): exit {code}, {err}"
+    );
+}
+
+#[test]
+fn sqlite_every_failure_point_by_error_kill_9_and_sigterm() {
+    for point in migrator::failpoint::ALL {
+        let Some(args) = sqlite_command(point) else {
+            continue;
+        };
+        for action in [Action::Error, Action::Kill, Action::Term] {
+            let app = SqliteApp::new();
+            if *point == "prune-after-manifest-delete" {
+                // Two snapshots, so that keep_last = 1 removes one.
+                assert_eq!(run(&mut app.cmd(&["backup"])).0, 0);
+                std::fs::write(
+                    app.p.path().join("dbward.toml"),
+                    "[retention]\nkeep_last = 1\n",
+                )
+                .unwrap();
+            }
+            provoke(app.cmd(&args), point, action);
+            let at = format!("{point} ({action:?})");
+            app.check(&at);
+            if action != Action::Kill {
+                // Stopped by an error or a signal, a run removes its own temp files itself.
+                app.clean(&at);
+            }
+            // The next run of the same command succeeds and leaves nothing behind.
+            let (code, _, err) = run(&mut app.cmd(&args));
+            assert_eq!(code, 0, "{at}: the next run: {err}");
+            app.check(&at);
+            app.clean(&at);
+        }
+    }
+}
+
+/// A PostgreSQL `shop`: V1 applied, 100 rows, one snapshot, 5 rows more, V2 pending.
+fn pg_app(pg: &Pg, p: &Project) -> String {
+    let url = pg.create_db("shop");
+    p.migration(
+        "V1__schema.sql",
+        "CREATE TABLE accounts (id serial PRIMARY KEY, note text);\n",
+    );
+    assert_eq!(run(p.dbward(&url).args(["migrate", "--no-snapshot"])).0, 0);
+    pg.psql(
+        "shop",
+        "INSERT INTO accounts (note) SELECT 'a' FROM generate_series(1, 100)",
+    );
+    let (code, _, err) = run(p.dbward(&url).arg("backup"));
+    assert_eq!(code, 0, "{err}");
+    pg.psql(
+        "shop",
+        "INSERT INTO accounts (note) SELECT 'b' FROM generate_series(1, 5)",
+    );
+    p.migration(
+        "V2__extra.sql",
+        "ALTER TABLE accounts ADD COLUMN extra int;\n",
+    );
+    url
+}
+
+fn pg_check(pg: &Pg, p: &Project, at: &str) {
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT datallowconn FROM pg_database WHERE datname = 'shop'"
+        ),
+        "t",
+        "{at}"
+    );
+    let rows = pg.psql("shop", "SELECT count(*) FROM accounts");
+    assert!(rows == "100" || rows == "105", "{at}: {rows}");
+    let head = pg.psql("shop", "SELECT max(version) FROM refinery_schema_history");
+    let extra = pg.psql(
+        "shop",
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'accounts' AND column_name = 'extra'",
+    );
+    assert_eq!(head == "2", extra == "1", "{at}: history and schema agree");
+    manifests_have_their_data(&p.path().join(".dbward/snapshots/shop"));
+}
+
+#[test]
+fn postgres_every_failure_point_by_error_kill_9_and_sigterm() {
+    let pg = Pg::start();
+    for point in migrator::failpoint::ALL {
+        let args: Vec<&str> = match *point {
+            p if p.starts_with("migrate-") => vec!["migrate"],
+            p if p.starts_with("backup-") => vec!["backup"],
+            // A PostgreSQL restore streams the archive into pg_restore: nothing is decompressed
+            // to a file.
+            p if p.starts_with("restore-sqlite-") || p == "restore-after-decompress" => continue,
+            p if p.starts_with("restore-") => {
+                vec!["restore", "latest", "--yes", "--terminate-connections"]
+            }
+            "drill-after-restore" => vec!["restore-drill", "latest"],
+            _ => continue, // prune is the same code for both engines
+        };
+        for action in [Action::Error, Action::Kill, Action::Term] {
+            let p = Project::new();
+            let url = pg_app(&pg, &p);
+            let at = format!("{point} ({action:?})");
+            let mut cmd = p.dbward(&url);
+            cmd.args(&args);
+            provoke(cmd, point, action);
+            pg_check(&pg, &p, &at);
+            if action != Action::Kill {
+                no_temp_files(&p.path().join(".dbward/tmp"));
+                no_temp_files(&p.path().join(".dbward/snapshots/shop"));
+            }
+            let (code, _, err) = run(p.dbward(&url).args(&args));
+            assert_eq!(code, 0, "{at}: the next run: {err}");
+            pg_check(&pg, &p, &at);
+            no_temp_files(&p.path().join(".dbward/tmp"));
+            no_temp_files(&p.path().join(".dbward/snapshots/shop"));
+            assert_eq!(
+                pg.psql(
+                    "postgres",
+                    "SELECT count(*) FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE 'dbward:%'"
+                ),
+                "0",
+                "{at}: no marked leftover after the next run"
+            );
+            // Each round starts from a fresh `shop`.
+            let dbs = pg.psql(
+                "postgres",
+                "SELECT string_agg(datname, ' ') FROM pg_database WHERE datname LIKE 'shop%'",
+            );
+            for db in dbs.split_whitespace() {
+                pg.psql("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE)"));
+            }
+        }
+    }
+}
