@@ -87,7 +87,11 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
         failed_check: report.first_failure().map(|c| c.name.to_string()),
     };
     let receipt_json = serde_json::to_vec_pretty(&receipt).expect("serializes");
-    if let Err(e) = store
+    // A receipt states what the snapshot proved; a drill stopped by a signal proved nothing.
+    let stopped = receipt.failed_check.as_deref() == Some("interrupted");
+    if stopped {
+        tracing::warn!("the drill was stopped: no receipt is stored for {}", m.id);
+    } else if let Err(e) = store
         .put(&backup::receipt_key(&url.name(), &m.id), &receipt_json)
         .await
     {

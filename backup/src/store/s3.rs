@@ -155,7 +155,8 @@ impl S3Store {
             .await;
         match result {
             Ok(parts) => {
-                self.client
+                let completed = self
+                    .client
                     .complete_multipart_upload()
                     .bucket(&self.bucket)
                     .key(&full)
@@ -166,8 +167,24 @@ impl S3Store {
                             .build(),
                     )
                     .send()
-                    .await
-                    .map_err(|e| self.err("completing the multipart upload of", key, e))?;
+                    .await;
+                if let Err(e) = completed {
+                    // The server may have completed it anyway (a lost answer): the object is
+                    // this run's own new key and has no manifest, so it goes, with the upload.
+                    let err = self.err("completing the multipart upload of", key, e);
+                    let _ = self
+                        .client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(&full)
+                        .upload_id(&upload_id)
+                        .send()
+                        .await;
+                    if let Err(d) = self.delete(key).await {
+                        tracing::warn!("could not remove the incomplete object: {d}");
+                    }
+                    return Err(err);
+                }
                 self.size(key).await
             }
             Err(e) => {
