@@ -366,3 +366,71 @@ fn postgres_every_failure_point_by_error_kill_9_and_sigterm() {
         }
     }
 }
+
+/// Trust defect 12: `restore --force` on a WAL database moved the `-wal` aside before linking
+/// the live file aside; killed in between, the committed WAL belonged to no database file.
+/// Now, killed at either step, the committed rows are all in one place: the live path (before
+/// the WAL moved) or the kept copy with its WAL (after).
+#[test]
+fn a_forced_restore_of_a_wal_database_killed_between_its_steps_loses_no_commit() {
+    for (point, where_all_rows_are) in [
+        ("restore-sqlite-after-link", "live"),
+        ("restore-sqlite-after-wal-moved", "kept"),
+    ] {
+        let app = SqliteApp::new();
+        let db = app.p.path().join("app.db");
+        // An application holds the database open, with commits still in the WAL.
+        let mut holder = Command::new("sqlite3")
+            .arg(&db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::{BufRead, Write};
+            let stdin = holder.stdin.as_mut().unwrap();
+            writeln!(stdin, "PRAGMA wal_autocheckpoint=0; INSERT INTO items (name) VALUES ('in the wal'); SELECT count(*) FROM items;").unwrap();
+            // `PRAGMA wal_autocheckpoint` answers first, then the count.
+            let mut out = std::io::BufReader::new(holder.stdout.as_mut().unwrap());
+            let mut line = String::new();
+            for _ in 0..2 {
+                line.clear();
+                out.read_line(&mut line).unwrap();
+            }
+            assert_eq!(line.trim(), "106");
+        }
+        provoke(
+            app.cmd(&["restore", "latest", "--yes", "--force"]),
+            point,
+            Action::Kill,
+        );
+        let _ = holder.kill();
+        let _ = holder.wait();
+        let kept: Vec<PathBuf> = std::fs::read_dir(app.p.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let n = p.file_name().unwrap().to_string_lossy().into_owned();
+                n.starts_with("app.db.replaced-2") && !n.ends_with("-wal") && !n.ends_with("-shm")
+            })
+            .collect();
+        assert_eq!(kept.len(), 1, "{point}: {kept:?}");
+        let target = if where_all_rows_are == "live" {
+            db.clone()
+        } else {
+            kept[0].clone()
+        };
+        assert_eq!(sqlite(&target, "PRAGMA integrity_check"), "ok", "{point}");
+        assert_eq!(
+            sqlite(&target, "SELECT count(*) FROM items"),
+            "106",
+            "{point}: every commit, the WAL's included, is in the {where_all_rows_are} database"
+        );
+        assert_eq!(
+            sqlite(&db, "PRAGMA integrity_check"),
+            "ok",
+            "{point}: the live path opens"
+        );
+    }
+}
