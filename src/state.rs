@@ -147,3 +147,33 @@ pub fn write_replaced(
 ) -> Result<(), String> {
     write_json(state_dir, &replaced_path(state_dir, database), &copies)
 }
+
+/// The failed batch's copy in the store, beside the database's snapshots: a container that
+/// starts on a fresh state volume still knows the batch was rolled back. A name prune never
+/// deletes (it is not a snapshot's).
+pub fn failed_key(database: &str) -> String {
+    format!("{database}/.failed-batch.json")
+}
+
+/// The failed batch from the state dir, else from the store.
+pub async fn find_failed(
+    state_dir: &Path,
+    store: &backup::Store,
+    database: &str,
+) -> Result<Option<FailedBatch>, String> {
+    if let Some(f) = read_failed(state_dir, database)? {
+        return Ok(Some(f));
+    }
+    match store.get_bytes(&failed_key(database)).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", store.describe(&failed_key(database)))),
+        Err(backup::Error::Missing(_)) => Ok(None),
+        Err(e) => {
+            // The state dir is the first record; a store that cannot answer now must not stop
+            // a deploy that needs no snapshot.
+            tracing::warn!("could not read the failed-batch record from the store: {e}");
+            Ok(None)
+        }
+    }
+}

@@ -301,6 +301,11 @@ fn a_batch_the_guard_rolled_back_is_not_applied_again_by_a_restart() {
         "the database was not touched"
     );
 
+    // A container on a fresh state volume: the store still knows.
+    std::fs::remove_file(p.path().join(".dbward/failed-batch-app.json")).unwrap();
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("migrate"));
+    assert_eq!(code, 3, "the record in the store refuses it too: {err}");
+
     // A fixed release is a new batch.
     p.migration(
         "V2__drop_author.sql",

@@ -172,9 +172,11 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
         batch,
     };
     if let Err(e) = state::write_failed(&settings.state_dir, &url.name(), &failed) {
-        tracing::error!(
-            "restored, but recording the failed batch failed (a restart would apply it again): {e}"
-        );
+        tracing::error!("restored, but recording the failed batch in the state dir failed: {e}");
+    }
+    let json = serde_json::to_vec_pretty(&failed).expect("serializes");
+    if let Err(e) = store.put(&state::failed_key(&url.name()), &json).await {
+        tracing::error!("restored, but recording the failed batch in the store failed: {e}");
     }
     let kept = outcome["replaced"]
         .as_str()

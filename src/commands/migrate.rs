@@ -66,7 +66,7 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         });
     }
 
-    refuse_failed_batch(settings, &url, &plan, args.retry_failed)?;
+    refuse_failed_batch(settings, &url, &plan, args.retry_failed).await?;
 
     // The pre-deploy snapshot: under the lock, once something is pending. A first deploy has
     // nothing to protect. If it fails, nothing is applied.
@@ -110,8 +110,14 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
             snapshot.as_deref().unwrap_or("no pre-deploy snapshot was taken")
         );
     }
+    // A batch went through: any record of a rolled-back one is stale.
     if let Err(e) = state::clear_failed(&settings.state_dir, &url.name()) {
         tracing::warn!("{e}");
+    }
+    if let Ok(store) = settings.store().await {
+        if let Err(e) = store.delete(&state::failed_key(&url.name())).await {
+            tracing::warn!("removing the failed-batch record from the store: {e}");
+        }
     }
     let head = format!("V{} {}", last.version, last.name);
     tracing::info!(
@@ -164,13 +170,15 @@ fn record(
 
 /// The batch the health guard rolled back is not applied again (a release that breaks its app
 /// would otherwise loop: migrate, unhealthy, restore, restart) unless `--retry-failed`.
-fn refuse_failed_batch(
+async fn refuse_failed_batch(
     settings: &Settings,
     url: &DatabaseUrl,
-    plan: &Plan,
+    plan: &Plan<'_>,
     retry: bool,
 ) -> Result<(), Failure> {
-    let Some(failed) = state::read_failed(&settings.state_dir, &url.name())
+    let store = settings.store().await?;
+    let Some(failed) = state::find_failed(&settings.state_dir, &store, &url.name())
+        .await
         .map_err(|e| Failure::new(crate::report::EXIT_FAILED, e))?
     else {
         return Ok(());
