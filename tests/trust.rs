@@ -1123,6 +1123,23 @@ fn disk_space_is_checked_before_a_staged_copy_or_a_restore_needs_it() {
         .flatten()
         .collect();
     assert!(left.is_empty(), "{left:?}");
+
+    // A drill short of disk fails, but says it is not the snapshot's fault and stores no
+    // receipt against it.
+    let (code, out, err) = run(p
+        .dbward("sqlite:app.db")
+        .arg("--temp-dir")
+        .arg(small.dir.path())
+        .args(["restore-drill", "latest", "--json"]));
+    assert_ne!(code, 0, "{err}");
+    let doc = json(&out);
+    assert_eq!(doc["report"]["checks"][0]["verdict"], "error", "{doc}");
+    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
+    assert_eq!(
+        json(&out)["drills"],
+        serde_json::json!({}),
+        "no receipt: {out}"
+    );
 }
 
 /// Adversarial names: a PostgreSQL database and role whose names need quoting, a password with

@@ -32,6 +32,10 @@ pub enum Error {
     #[error("a rename swap is impossible: {0}")]
     NeedsInPlace(String),
 
+    /// Not enough disk space for a step (refused before it started).
+    #[error("{0}")]
+    NoSpace(String),
+
     /// A restore that failed before it replaced anything.
     #[error("restore failed: {0}\nThe live database was not replaced.")]
     Restore(String),
@@ -54,7 +58,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::StoreUrl { .. } => ErrorKind::Usage,
-            Error::Refused(_) => ErrorKind::Refused,
+            Error::Refused(_) | Error::NoSpace(_) => ErrorKind::Refused,
             Error::Database(e) if e.kind() == migrator::ErrorKind::Usage => ErrorKind::Usage,
             _ => ErrorKind::Failed,
         }

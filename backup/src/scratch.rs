@@ -102,7 +102,7 @@ pub fn ensure_space(dir: &Path, needed: u64, what: &str) -> Result<(), Error> {
     let margin = 64 << 20;
     if let Some(free) = free_bytes(dir) {
         if free < needed.saturating_add(margin) {
-            return Err(Error::Refused(format!(
+            return Err(Error::NoSpace(format!(
                 "not enough disk space in {} for {what}: needs {} (plus {} to spare), {} free. Free some space, or point --temp-dir / backup.temp_dir elsewhere. Nothing was changed.",
                 dir.display(),
                 crate::bytes(needed),

@@ -45,8 +45,43 @@ pub struct Options {
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     Passed,
+    /// The snapshot failed this check.
     Failed,
+    /// The check could not run for a reason that is not the snapshot's (a full disk, a write
+    /// error): the drill failed, but it proved nothing against the snapshot.
+    Error,
     Skipped,
+}
+
+/// Why a check did not pass.
+pub enum CheckFailure {
+    /// The snapshot's fault.
+    Snapshot(String),
+    /// This machine's (disk space, a write error).
+    Environment(String),
+}
+
+impl From<String> for CheckFailure {
+    fn from(s: String) -> CheckFailure {
+        CheckFailure::Snapshot(s)
+    }
+}
+
+impl From<&str> for CheckFailure {
+    fn from(s: &str) -> CheckFailure {
+        CheckFailure::Snapshot(s.to_string())
+    }
+}
+
+/// A step's error: a full disk or a failed write is the environment's, anything else the
+/// snapshot's.
+fn classify(e: backup::Error) -> CheckFailure {
+    match e {
+        backup::Error::NoSpace(_) | backup::Error::Io { .. } => {
+            CheckFailure::Environment(e.to_string())
+        }
+        e => CheckFailure::Snapshot(e.to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,7 +111,15 @@ pub struct Report {
 
 impl Report {
     pub fn first_failure(&self) -> Option<&Check> {
-        self.checks.iter().find(|c| c.verdict == Verdict::Failed)
+        self.checks
+            .iter()
+            .find(|c| matches!(c.verdict, Verdict::Failed | Verdict::Error))
+    }
+
+    /// The drill could not run for a reason that is not the snapshot's.
+    pub fn environment_failure(&self) -> bool {
+        self.first_failure()
+            .is_some_and(|c| c.verdict == Verdict::Error || c.name == "interrupted")
     }
 }
 
@@ -87,10 +130,10 @@ struct Checks {
 }
 
 impl Checks {
-    async fn run<T>(
+    async fn run<T, E: Into<CheckFailure>>(
         &mut self,
         name: &'static str,
-        f: impl Future<Output = Result<(T, String), String>>,
+        f: impl Future<Output = Result<(T, String), E>>,
     ) -> Option<T> {
         if self.failed {
             return None;
@@ -112,11 +155,15 @@ impl Checks {
                 });
                 Some(value)
             }
-            Err(detail) => {
-                tracing::error!("drill check {name}: FAILED in {seconds:.2}s: {detail}");
+            Err(failure) => {
+                let (verdict, detail) = match failure.into() {
+                    CheckFailure::Snapshot(d) => (Verdict::Failed, d),
+                    CheckFailure::Environment(d) => (Verdict::Error, d),
+                };
+                tracing::error!("drill check {name}: {verdict:?} in {seconds:.2}s: {detail}");
                 self.list.push(Check {
                     name,
-                    verdict: Verdict::Failed,
+                    verdict,
                     seconds,
                     detail,
                 });
@@ -261,8 +308,8 @@ async fn run_checks(
         .run("download", async {
             let t = restore::fetch(store, m, &opts.temp_dir)
                 .await
-                .map_err(|e| e.to_string())?;
-            Ok((
+                .map_err(classify)?;
+            Ok::<_, CheckFailure>((
                 t,
                 format!("{} bytes, SHA-256 matches the manifest", m.stored_bytes),
             ))
@@ -280,8 +327,8 @@ async fn run_checks(
                 m,
                 restore::Lifetime::Scratch,
             )
-            .map_err(|e| e.to_string())?;
-            Ok((t, format!("{} bytes", m.raw_bytes)))
+            .map_err(classify)?;
+            Ok::<_, CheckFailure>((t, format!("{} bytes", m.raw_bytes)))
         })
         .await
     else {
@@ -295,7 +342,9 @@ async fn run_checks(
                 .run("restore", async {
                     if std::fs::canonicalize(&decoded).ok() == std::fs::canonicalize(live_path).ok()
                     {
-                        return Err("the scratch file is the live database; refusing".into());
+                        return Err(String::from(
+                            "the scratch file is the live database; refusing",
+                        ));
                     }
                     let c = rusqlite::Connection::open(&decoded).map_err(|e| e.to_string())?;
                     migrator::failpoint::hit("drill-after-restore")?;
@@ -382,7 +431,7 @@ async fn run_checks(
                         .run("cluster", async {
                             let c = ephemeral::Ephemeral::start(major)?;
                             let detail = format!("ephemeral cluster at {}", c.url.display);
-                            Ok((c, detail))
+                            Ok::<_, String>((c, detail))
                         })
                         .await;
                     let Some(c) = started else { return };
@@ -396,7 +445,9 @@ async fn run_checks(
                 .run("restore", async {
                     let same_server = matches!(opts.scratch, Scratch::SameServer);
                     if same_server && live_pg.config.get_dbname() == Some(name.as_str()) {
-                        return Err("the scratch database is the live database; refusing".into());
+                        return Err(String::from(
+                            "the scratch database is the live database; refusing",
+                        ));
                     }
                     let admin = create_scratch(&server, &name).await?;
                     // An ephemeral cluster goes away whole; on a real server the scratch database is dropped.
@@ -437,7 +488,7 @@ async fn run_checks(
             let Some(counts) = checks
                 .run("integrity", async {
                     let counts = pg_row_counts(c).await?;
-                    Ok((
+                    Ok::<_, String>((
                         counts.clone(),
                         format!("all {} tables read to the end", counts.len()),
                     ))

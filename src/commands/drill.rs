@@ -88,9 +88,11 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     };
     let receipt_json = serde_json::to_vec_pretty(&receipt).expect("serializes");
     // A receipt states what the snapshot proved; a drill stopped by a signal proved nothing.
-    let stopped = receipt.failed_check.as_deref() == Some("interrupted");
-    if stopped {
-        tracing::warn!("the drill was stopped: no receipt is stored for {}", m.id);
+    if report.environment_failure() {
+        tracing::warn!(
+            "the drill could not run (stopped, or a failure that is not the snapshot's): no receipt is stored for {}",
+            m.id
+        );
     } else if let Err(e) = store
         .put(&backup::receipt_key(&url.name(), &m.id), &receipt_json)
         .await
@@ -116,6 +118,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
         let v = match c.verdict {
             Verdict::Passed => "ok  ",
             Verdict::Failed => "FAIL",
+            Verdict::Error => "ERR ",
             Verdict::Skipped => "skip",
         };
         text.push_str(&format!(
