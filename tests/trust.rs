@@ -1201,3 +1201,54 @@ fn odd_names_and_every_special_character_in_a_url_work_end_to_end() {
         assert_eq!(code, 0, "{args:?}: {out}{err}");
     }
 }
+
+/// Defect 13 (more): `migrate` opened the SQLite file before taking the migration lock, so a
+/// restore that swapped the file in meanwhile left it writing to the replaced one ("attempt to
+/// write a readonly database"). It locks first now, and applies to the file it finds then.
+#[test]
+fn d13_migrate_waits_for_the_lock_before_opening_the_sqlite_file() {
+    let p = Project::new();
+    sqlite_app(&p, 3);
+    p.migration("V2__more.sql", "CREATE TABLE more (id INTEGER);\n");
+    // Another process holds the migration lock (as a restore does) ...
+    let mut holder = std::process::Command::new("flock")
+        .arg(p.path().join("app.db.dbward-lock"))
+        .args(["-c", "sleep 30"])
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let migrate = p
+        .dbward("sqlite:app.db")
+        .args(["migrate", "--no-snapshot"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // ... and swaps a different database file in, as a restore would.
+    let other = p.path().join("other.db");
+    std::fs::copy(app(&p), &other).unwrap();
+    sqlite(&other, "INSERT INTO items (name) VALUES ('swapped in')");
+    std::fs::rename(&other, app(&p)).unwrap();
+    // SAFETY: kill(2) on our own child's process group (flock and its sleep).
+    unsafe { libc::kill(-(holder.id() as i32), libc::SIGKILL) };
+    holder.wait().unwrap();
+    let out = migrate.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sqlite(
+            &app(&p),
+            "SELECT count(*) FROM items WHERE name = 'swapped in'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        sqlite(&app(&p), "SELECT max(version) FROM refinery_schema_history"),
+        "2",
+        "applied to the file swapped in"
+    );
+}
