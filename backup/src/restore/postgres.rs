@@ -38,7 +38,7 @@ pub struct Outcome {
 /// connect to for renames is `postgres`, and PostgreSQL cannot rename the database a session
 /// is connected to.
 pub fn rename_impossible(url: &PgUrl) -> Option<String> {
-    let live = url.config.get_dbname().unwrap_or("postgres");
+    let live = url.dbname();
     (live == MAINTENANCE).then(|| {
         format!("`{live}` is the maintenance database the swap connects to, and a database cannot be renamed while connected to")
     })
@@ -97,7 +97,7 @@ pub async fn restore(
     opts: &Options,
 ) -> Result<Outcome, Error> {
     let pg_restore_version = check_versions(m)?;
-    let live = url.config.get_dbname().unwrap_or("postgres").to_string();
+    let live = url.dbname().to_string();
     let admin = connect_to(url, MAINTENANCE).await?;
     // The restore lock below is a session lock, as the migration lock is.
     admin.refuse_pooled().await?;
@@ -126,7 +126,11 @@ pub async fn restore(
         .map_err(q("listing leftover restore databases"))?;
     for s in strays {
         let (name, comment): (String, Option<String>) = (s.get(0), s.get(1));
-        if comment.as_deref() != Some(in_progress_marker(&name, &live).as_str()) {
+        if name == live || comment.as_deref() != Some(in_progress_marker(&name, &live).as_str()) {
+            continue;
+        }
+        if !sessions(c, &name).await?.is_empty() {
+            tracing::warn!("leaving {name}: it carries dbward's in-progress marker, but sessions are connected to it");
             continue;
         }
         tracing::info!("dropping {name}, left by an interrupted restore of {live}");
@@ -436,7 +440,7 @@ pub async fn restore_in_place(
     reason: String,
 ) -> Result<Outcome, Error> {
     let pg_restore_version = check_versions(m)?;
-    let live = url.config.get_dbname().unwrap_or(MAINTENANCE).to_string();
+    let live = url.dbname().to_string();
     let db = Postgres::connect(url).await?;
     let c = db.client();
     let open = sessions(c, &live).await?;

@@ -35,6 +35,16 @@ pub enum DatabaseUrl {
     Postgres(Box<PgUrl>),
 }
 
+impl PgUrl {
+    /// The database this URL connects to: its name, else the user's name (libpq's default).
+    pub fn dbname(&self) -> &str {
+        self.config
+            .get_dbname()
+            .or(self.config.get_user())
+            .unwrap_or("postgres")
+    }
+}
+
 impl DatabaseUrl {
     pub fn parse(url: &str) -> Result<DatabaseUrl, Error> {
         // A URL that does not parse is never echoed: it may hold a password anywhere.
@@ -58,9 +68,10 @@ impl DatabaseUrl {
                 "expected `sqlite:PATH` or `postgres://user@host:port/db` (a libpq keyword string such as `host=... dbname=...` is not accepted: write it as a URL)".into(),
             ));
         };
-        // The user info ends at the LAST `@`: generated passwords hold `/`, `?` and `@`, which
+        // Generated passwords hold `/`, `?` and `@`: the user info ends at the first `@` that
+        // is followed by a plausible host list (up to the next `/` or `?`), and its characters
         // are encoded here rather than read as the path or the query.
-        let (userinfo, hostpart) = match rest.rfind('@') {
+        let (userinfo, hostpart) = match split_userinfo(rest) {
             Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
             None => (None, rest),
         };
@@ -134,14 +145,49 @@ impl DatabaseUrl {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "sqlite".into()),
-            DatabaseUrl::Postgres(pg) => pg
-                .config
-                .get_dbname()
-                .or(pg.config.get_user())
-                .unwrap_or("postgres")
-                .to_string(),
+            DatabaseUrl::Postgres(pg) => pg.dbname().to_string(),
         }
     }
+}
+
+/// libpq's connection parameters: `?<one of these>=` starts the query, whatever comes before.
+const PARAMS: &[&str] = &[
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "sslnegotiation",
+    "application_name",
+    "connect_timeout",
+    "options",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "target_session_attrs",
+    "keepalives",
+    "keepalives_idle",
+    "channel_binding",
+    "load_balance_hosts",
+    "gssencmode",
+    "client_encoding",
+    "fallback_application_name",
+];
+
+/// Where the user info ends in `rest` (after `postgres://`): the last `@` before the query,
+/// which starts at the first `?` followed by a libpq parameter and `=`. So a password may hold
+/// `/`, `?` and `@`, and a query value may hold `@` (`application_name=me@laptop`).
+fn split_userinfo(rest: &str) -> Option<usize> {
+    let query = rest.match_indices('?').map(|(i, _)| i).find(|&i| {
+        PARAMS.iter().any(|p| {
+            rest[i + 1..]
+                .strip_prefix(p)
+                .is_some_and(|r| r.starts_with('='))
+        })
+    });
+    rest[..query.unwrap_or(rest.len())].rfind('@')
 }
 
 /// What an unparsed URL looks like, for an error: its scheme only, since a password may sit
@@ -283,6 +329,13 @@ mod tests {
             assert!(pg.config.get_password().is_some(), "{url}");
             assert_eq!(u.name(), "app", "{url}");
         }
+        let DatabaseUrl::Postgres(pg) =
+            DatabaseUrl::parse("postgres://app:pw@db/app?application_name=me@laptop").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(pg.config.get_password(), Some(&b"pw"[..]));
+        assert_eq!(pg.config.get_application_name(), Some("me@laptop"));
         let DatabaseUrl::Postgres(pg) =
             DatabaseUrl::parse("postgres://app:Pa/ss?x@db/app").unwrap()
         else {
