@@ -818,6 +818,25 @@ fn d16_a_store_folder_belongs_to_one_database_and_survives_disaster_recovery() {
     assert_eq!(run(c.dbward(&url).args(["migrate", "--no-snapshot"])).0, 0);
     let (code, _, err) = run(c.dbward(&url).args(["--store", &store_url, "backup"]));
     assert_eq!(code, 3, "{err}");
+    // A database that cannot be given an identity (its role may not create the table) is not
+    // let into the folder either: it could not prove the snapshots there are not its own.
+    pg.psql("postgres", "CREATE DATABASE app2");
+    pg.psql(
+        "app2",
+        "CREATE TABLE t (id int); CREATE ROLE reader LOGIN; GRANT SELECT ON t TO reader",
+    );
+    let reader = pg.url_as("reader", "app2");
+    let d = Project::new();
+    let folder = store.path().join("app2");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(
+        store.path().join("app/.owner.json"),
+        folder.join(".owner.json"),
+    )
+    .unwrap();
+    let (code, _, err) = run(d.dbward(&reader).args(["--store", &store_url, "backup"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("has no identity"), "{err}");
 
     // Disaster recovery: a's volume is empty; `latest` is still a's, and the restored database
     // keeps a's identity, so its next backup goes to the same folder.
@@ -841,6 +860,24 @@ fn d16_a_store_folder_belongs_to_one_database_and_survives_disaster_recovery() {
         .dbward("sqlite:app.db")
         .args(["--store", &store_url, "restore", &a_id, "--yes"]));
     assert_eq!(code, 0, "{err}");
+    // Retention in a shared folder counts only its own database's snapshots (b's snapshot,
+    // taken in its own store before, is no concern here; a's are all it may prune).
+    std::fs::write(a.path().join("dbward.toml"), "[retention]\nkeep_last = 1\n").unwrap();
+    let (code, out, err) = run(a
+        .dbward("sqlite:app.db")
+        .args(["--store", &store_url, "prune", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let removed = json(&out)["removed"].as_array().unwrap().len();
+    assert!(removed >= 1, "{out}");
+    let (_, out, _) =
+        run(a
+            .dbward("sqlite:app.db")
+            .args(["--store", &store_url, "snapshots", "--json"]));
+    assert_eq!(
+        json(&out)["snapshots"].as_array().unwrap().len(),
+        1,
+        "{out}"
+    );
 }
 
 /// Defect 13 (more): errors that point the right way.

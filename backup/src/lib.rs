@@ -57,8 +57,9 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
     migrator::failpoint::hit("backup-after-prepare").map_err(Error::Source)?;
     let database = req.database.name();
     check_folder_name(&database)?;
-    if let Some(id) = &prepared.database_id {
-        owner::check(store, &database, id).await?;
+    match &prepared.database_id {
+        Some(id) => owner::check(store, &database, id).await?,
+        None => owner::check_unidentified(store, &database).await?,
     }
     let data_key = manifest::data_key(&database, &id, prepared.format);
     let opts = pipeline::Options {
@@ -317,7 +318,7 @@ pub async fn prune(
     database: &str,
     policy: &retention::Policy,
     dry_run: bool,
-    live_id: Option<&str>,
+    live: &owner::Live,
     format: manifest::Format,
 ) -> Result<PruneReport, Error> {
     check_folder_name(database)?;
@@ -338,7 +339,7 @@ pub async fn prune(
         store,
         database,
         manifests.clone(),
-        live_id,
+        live,
         format,
         folder_owner.as_ref(),
     )?;

@@ -95,34 +95,74 @@ fn foreign(store: &Store, database: &str, o: &Owner, ours: Option<&str>) -> Erro
     ))
 }
 
-/// This database's snapshots in a listing (newest first stays newest first), given its
-/// identity (`None` for a database that has none yet, or does not exist: an empty volume
-/// being recovered, which takes the folder owner's). Snapshots of another identity or format
-/// are never this database's; snapshots from before identities, of the right format, are.
+/// What is known of the live database's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Live {
+    /// There is no live database (a SQLite file missing: an empty volume being recovered). It
+    /// takes the folder owner's identity.
+    Absent,
+    /// A live database, with its identity if it has one (none: it predates identities, or its
+    /// role could not create the table).
+    Present(Option<String>),
+}
+
+/// This database's snapshots in a listing (newest first stays newest first). Only snapshots of
+/// its format; of those, the ones with its identity, and the ones without any identity (taken
+/// before identities existed) only if older than the folder's owner record. A database with no
+/// identity never takes the owner's snapshots, except to recover an absent database.
 pub fn mine(
     store: &Store,
     database: &str,
     all: Vec<Manifest>,
-    live_id: Option<&str>,
+    live: &Live,
     format: Format,
     owner: Option<&Owner>,
 ) -> Result<Vec<Manifest>, Error> {
-    if let (Some(id), Some(o)) = (live_id, owner) {
-        if o.database_id != id {
+    if let (Live::Present(Some(id)), Some(o)) = (live, owner) {
+        if &o.database_id != id {
             return Err(foreign(store, database, o, Some(id)));
         }
     }
-    let id = live_id.or(owner.map(|o| o.database_id.as_str()));
+    let id = match live {
+        Live::Present(id) => id.as_deref(),
+        Live::Absent => owner.map(|o| o.database_id.as_str()),
+    };
+    let owned_since = owner.and_then(|o| {
+        time::OffsetDateTime::parse(
+            &o.created_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()
+    });
     Ok(all
         .into_iter()
         .filter(|m| m.format == format)
         .filter(|m| match (&m.database_id, id) {
-            (None, _) => true,
+            (None, _) => match (owned_since, m.created()) {
+                (Some(since), Some(at)) => at < since,
+                (Some(_), None) => false,
+                (None, _) => true,
+            },
             (Some(theirs), Some(ours)) => theirs == ours,
-            // Without an identity on either side, a snapshot that has one is not provably ours.
+            // Without an identity, a snapshot that has one is not provably this database's.
             (Some(_), None) => false,
         })
         .collect())
+}
+
+/// A database without an identity may not write into a folder another database owns.
+pub async fn check_unidentified(store: &Store, database: &str) -> Result<(), Error> {
+    match read(store, database).await? {
+        Some(o) => Err(Error::Refused(format!(
+            "this database has no identity (dbward could not create its `dbward_identity` table; see the warning above), and the store folder {} belongs to the database {} (first backed up from host {} at {}). \
+             Let dbward's role create that table (run `dbward migrate` or `dbward backup` once with a role that may), or give this database its own store prefix. Nothing was written.",
+            store.describe(database),
+            o.database_id,
+            o.host,
+            o.created_at
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The format of `url`'s snapshots.
@@ -133,24 +173,27 @@ pub fn format_of(url: &DatabaseUrl) -> Format {
     }
 }
 
-/// The live database's identity: `None` if it has none, or cannot be opened (a missing SQLite
-/// file on an empty volume).
-pub async fn live_identity(url: &DatabaseUrl) -> Result<Option<String>, Error> {
+/// The live database's identity: [`Live::Absent`] for a missing SQLite file.
+pub async fn live_identity(url: &DatabaseUrl) -> Result<Live, Error> {
     match url {
         DatabaseUrl::Sqlite(path) => {
-            if !path.exists() {
-                return Ok(None);
+            if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+                return Ok(Live::Absent);
             }
             let c = rusqlite::Connection::open_with_flags(
                 path,
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
             )
             .map_err(|e| Error::Source(format!("opening {}: {e}", path.display())))?;
-            Ok(migrator::database::identity::read_sqlite(&c)?)
+            Ok(Live::Present(migrator::database::identity::read_sqlite(
+                &c,
+            )?))
         }
         DatabaseUrl::Postgres(pg) => {
             let db = migrator::database::postgres::Postgres::connect(pg).await?;
-            Ok(migrator::database::identity::read_pg(db.client()).await?)
+            Ok(Live::Present(
+                migrator::database::identity::read_pg(db.client()).await?,
+            ))
         }
     }
 }

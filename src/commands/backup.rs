@@ -28,7 +28,7 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
                 &url.name(),
                 &settings.retention,
                 false,
-                m.database_id.as_deref(),
+                &backup::owner::Live::Present(m.database_id.clone()),
                 m.format,
             )
             .await?,

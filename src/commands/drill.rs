@@ -19,13 +19,13 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     let url = database_url(settings)?;
     let store = settings.store().await?;
     let which = if args.snapshot == "random" {
-        let live_id = backup::owner::live_identity(&url).await?;
+        let live = backup::owner::live_identity(&url).await?;
         let folder_owner = backup::owner::read(&store, &url.name()).await?;
         let all = backup::owner::mine(
             &store,
             &url.name(),
             backup::list(&store, &url.name()).await?,
-            live_id.as_deref(),
+            &live,
             backup::owner::format_of(&url),
             folder_owner.as_ref(),
         )?;

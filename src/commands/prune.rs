@@ -16,13 +16,13 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
     }
     let url = database_url(settings)?;
     let store = settings.store().await?;
-    let live_id = backup::owner::live_identity(&url).await?;
+    let live = backup::owner::live_identity(&url).await?;
     let report = backup::prune(
         &store,
         &url.name(),
         &settings.retention,
         args.dry_run,
-        live_id.as_deref(),
+        &live,
         backup::owner::format_of(&url),
     )
     .await?;

@@ -85,13 +85,13 @@ pub async fn resolve(
         .into());
     }
     // `latest` is the newest of THIS database's snapshots: same identity, same format.
-    let live_id = backup::owner::live_identity(url).await?;
+    let live = backup::owner::live_identity(url).await?;
     let folder_owner = backup::owner::read(store, &url.name()).await?;
     let mine = backup::owner::mine(
         store,
         &url.name(),
         listing.snapshots.clone(),
-        live_id.as_deref(),
+        &live,
         backup::owner::format_of(url),
         folder_owner.as_ref(),
     )?;

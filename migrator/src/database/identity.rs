@@ -8,7 +8,9 @@ use crate::error::Error;
 
 pub const TABLE: &str = "dbward_identity";
 
-const CREATE: &str = "CREATE TABLE IF NOT EXISTS dbward_identity (id VARCHAR(64) PRIMARY KEY, created_at VARCHAR(64) NOT NULL)";
+/// One row at most: two first runs at once cannot give a database two identities.
+const CREATE_SQLITE: &str = "CREATE TABLE IF NOT EXISTS dbward_identity (one INTEGER PRIMARY KEY CHECK (one = 1), id VARCHAR(64) NOT NULL, created_at VARCHAR(64) NOT NULL)";
+const CREATE_PG: &str = "CREATE TABLE IF NOT EXISTS dbward_identity (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), id VARCHAR(64) NOT NULL, created_at VARCHAR(64) NOT NULL)";
 
 /// 128 random bits, hex.
 fn new_id() -> Result<String, Error> {
@@ -52,13 +54,13 @@ pub fn ensure_sqlite(conn: &rusqlite::Connection) -> Result<String, Error> {
     }
     let ctx = |e: rusqlite::Error| Error::db("creating the database identity", e);
     let id = new_id()?;
-    conn.execute_batch(CREATE).map_err(ctx)?;
+    conn.execute_batch(CREATE_SQLITE).map_err(ctx)?;
     conn.execute(
-        "INSERT INTO dbward_identity (id, created_at) VALUES (?1, ?2)",
+        "INSERT OR IGNORE INTO dbward_identity (one, id, created_at) VALUES (1, ?1, ?2)",
         [&id, &now()],
     )
     .map_err(ctx)?;
-    Ok(id)
+    Ok(read_sqlite(conn)?.unwrap_or(id))
 }
 
 /// The identity of a PostgreSQL database, if it has one (the table as the search path finds
@@ -99,9 +101,9 @@ pub async fn ensure_pg(c: &tokio_postgres::Client) -> Result<String, Error> {
         )
     };
     let id = new_id()?;
-    c.batch_execute(CREATE).await.map_err(ctx)?;
+    c.batch_execute(CREATE_PG).await.map_err(ctx)?;
     c.execute(
-        "INSERT INTO dbward_identity (id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        "INSERT INTO dbward_identity (one, id, created_at) VALUES (TRUE, $1, $2) ON CONFLICT DO NOTHING",
         &[&id, &now()],
     )
     .await
