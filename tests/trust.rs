@@ -606,8 +606,15 @@ ALTER TABLE parent_new RENAME TO parent;
         "rolled back"
     );
 
+    // A row that already dangled (written by an app with foreign keys off, as the sqlite3
+    // shell is) is not the batch's doing: an unrelated batch goes through.
+    sqlite(&app(&p), "INSERT INTO child VALUES (99, 42);");
     p.remove("V3__orphan.sql");
-    p.migration("V3__fk.sql", "PRAGMA foreign_keys = OFF;\n");
+    p.migration("V3__unrelated.sql", "CREATE TABLE other (id INTEGER);\n");
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args(["migrate", "--no-snapshot"]));
+    assert_eq!(code, 0, "{err}");
+
+    p.migration("V4__fk.sql", "PRAGMA foreign_keys = OFF;\n");
     let (code, out, err) = run(p.dbward("sqlite:app.db").arg("lint"));
     assert_eq!(code, 3, "{err}");
     assert!(

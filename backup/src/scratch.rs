@@ -154,8 +154,10 @@ fn run_dir(parent: &Path) -> Result<Arc<RunDir>, Error> {
         .write(true)
         .open(&lock_path)
         .map_err(Error::io(format!("creating {}", lock_path.display())))?;
-    lock.try_lock()
-        .map_err(|e| Error::io(format!("locking {}", lock_path.display()))(e.into()))?;
+    // Blocking: a sweep of another run may hold it for a moment while it looks (it never
+    // removes a directory whose lock file does not say `dbward run` yet).
+    lock.lock()
+        .map_err(Error::io(format!("locking {}", lock_path.display())))?;
     {
         use std::io::Write;
         let mut l = &lock;

@@ -83,6 +83,9 @@ impl Sqlite {
                     ),
                 )
             })?;
+        // Rows that already lacked a parent (an app that never turned foreign keys on) are not
+        // this batch's doing: only new ones fail it.
+        let dangling_before = dangling(&tx)?;
         tx.execute_batch(history::CREATE).map_err(ctx)?;
         super::identity::ensure_sqlite(&tx)?;
         for f in batch {
@@ -99,26 +102,54 @@ impl Sqlite {
         }
         // Named after the batch's last file: the check covers the whole batch.
         if let Some(last) = batch.last() {
-            foreign_key_check(&tx, &last.path)?;
+            foreign_key_check(&tx, &last.path, &dangling_before)?;
         }
         // Dropping an uncommitted transaction rolls it back.
         tx.commit().map_err(ctx)
     }
 }
 
-/// Rows whose parent is missing after the batch: the batch fails rather than commit them.
-fn foreign_key_check(conn: &Connection, last: &Path) -> Result<(), Error> {
+/// A row without its parent: (table, rowid, parent table).
+type Dangling = (String, Option<i64>, String);
+
+/// Every row whose parent is missing (`PRAGMA foreign_key_check`), when the schema has
+/// foreign keys at all.
+fn dangling(conn: &Connection) -> Result<std::collections::HashSet<Dangling>, Error> {
     let ctx = |e: rusqlite::Error| Error::db("checking foreign keys", e);
+    let any_fk: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master m, pragma_foreign_key_list(m.name) WHERE m.type = 'table')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(ctx)?;
+    if !any_fk {
+        return Ok(Default::default());
+    }
     let mut stmt = conn.prepare("PRAGMA foreign_key_check").map_err(ctx)?;
-    let rows: Vec<(String, Option<i64>, String)> = stmt
+    let rows = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .map_err(ctx)?
-        .take(11)
         .collect::<Result<_, _>>()
-        .map_err(ctx)?;
+        .map_err(ctx);
+    rows
+}
+
+/// Rows the batch left without a parent (not counting those that were so before it): the
+/// batch fails rather than commit them.
+fn foreign_key_check(
+    conn: &Connection,
+    last: &Path,
+    before: &std::collections::HashSet<Dangling>,
+) -> Result<(), Error> {
+    let mut rows: Vec<Dangling> = dangling(conn)?
+        .into_iter()
+        .filter(|d| !before.contains(d))
+        .collect();
     if rows.is_empty() {
         return Ok(());
     }
+    rows.sort();
     let shown: Vec<String> = rows
         .iter()
         .take(10)
