@@ -91,10 +91,15 @@ async fn run_until_signalled(cli: &Cli) -> (Result<report::Report, report::Failu
         return (commands::run(cli).await, false);
     };
     let stopped = |sig: &str, code: u8| {
-        report::Failure::new(
-            code,
-            format!("stopped by {sig} before the command finished: an unfinished migration batch is rolled back, temp files are removed, a snapshot without its manifest does not count, and a restore not yet swapped in leaves the database as it was (the log above shows how far it got)"),
-        )
+        let message = match migrator::committed::get() {
+            Some(what) => format!(
+                "stopped by {sig} after {what}: that change stands; what came after it (records, cleanup) may be incomplete, and temp files were removed"
+            ),
+            None => format!(
+                "stopped by {sig} before the command finished: an unfinished migration batch is rolled back, temp files are removed, a snapshot without its manifest does not count, and a restore not yet swapped in leaves the database as it was (the log above shows how far it got)"
+            ),
+        };
+        report::Failure::new(code, message)
     };
     tokio::select! {
         biased;

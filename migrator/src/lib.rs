@@ -5,6 +5,7 @@
 //! This crate knows nothing of snapshots, stores or the command line: the binary decides when
 //! to lock, when to snapshot and what to print.
 
+pub mod committed;
 pub mod database;
 pub mod error;
 pub mod failpoint;

@@ -86,6 +86,10 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         names.join(", ")
     );
     db.apply(&plan.pending, settings.lock_timeout).await?;
+    migrator::committed::mark(format!(
+        "the migration batch ({}) was committed",
+        names.join(", ")
+    ));
     failpoint("migrate-after-commit")?;
     let last = plan.pending.last().expect("pending is not empty");
     let applied: Vec<i64> = plan.pending.iter().map(|f| f.version).collect();

@@ -201,7 +201,13 @@ pub async fn restore_snapshot(
                 ));
             }
             // The migration lock: no `migrate` (or other restore) runs meanwhile.
-            let _lock = migrator::database::sqlite::lock_file(live, LOCK_WAIT)?;
+            // On a blocking thread, so a stop request is seen while it waits.
+            let lock_path = live.clone();
+            let _lock = tokio::task::spawn_blocking(move || {
+                migrator::database::sqlite::lock_file(&lock_path, LOCK_WAIT)
+            })
+            .await
+            .map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))??;
             if opts.to.is_none() && !opts.force {
                 let holders = restore::sqlite::holders(live);
                 if !holders.is_empty() {

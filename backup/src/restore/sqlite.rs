@@ -173,6 +173,11 @@ pub fn swap_in(db: &Path, restored: ScratchPath, force: bool) -> Result<PathBuf,
     )))?;
     // The rename consumed the temp file; make sure its guard does not try to remove `db`.
     restored.keep();
+    migrator::committed::mark(format!(
+        "the restored database was swapped in at {} (the replaced one is {})",
+        db.display(),
+        kept.display()
+    ));
     migrator::failpoint::hit("restore-sqlite-after-swap").map_err(Error::AfterChange)?;
     sync_dir(&dir)?;
     Ok(kept)

@@ -50,11 +50,17 @@ impl Database {
         timeout: Duration,
     ) -> Result<Database, Error> {
         match url {
-            DatabaseUrl::Sqlite(path) => Ok(Database::Sqlite(sqlite::Sqlite::open_locked(
-                path,
-                mode == Open::Create,
-                timeout,
-            )?)),
+            DatabaseUrl::Sqlite(path) => {
+                // The wait runs on a blocking thread, so a stop request is seen meanwhile.
+                let path = path.clone();
+                let create = mode == Open::Create;
+                let db = tokio::task::spawn_blocking(move || {
+                    sqlite::Sqlite::open_locked(&path, create, timeout)
+                })
+                .await
+                .map_err(|e| Error::db("waiting for the migration lock", e))??;
+                Ok(Database::Sqlite(db))
+            }
             DatabaseUrl::Postgres(_) => {
                 let mut db = Database::open(url, mode).await?;
                 db.lock(timeout).await?;
