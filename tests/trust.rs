@@ -1219,7 +1219,9 @@ fn odd_names_and_every_special_character_in_a_url_work_end_to_end() {
         all.push_str(&out);
         all.push_str(&err);
     }
-    assert!(!all.contains("p@ss") && !all.contains("w/o?r"), "{all}");
+    for secret in ["p@ss", "w/o?r", "p%40ss", "%3Fr%23d"] {
+        assert!(!all.contains(secret), "{secret} leaked: {all}");
+    }
     assert_eq!(
         pg.psql(
             "we\"ird-db ü",
