@@ -68,6 +68,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Show applied, pending and drifted migrations (exit 3 on drift).
     Status,
+    /// Adopt a database that already exists: record the migrations up to VERSION as applied,
+    /// without running them (only on a database with tables and no migration history).
+    Baseline(BaselineArgs),
     /// Check the migrations folder without touching a database (exit 3 on errors).
     Lint,
     /// Snapshot the database to the store (kind `manual`).
@@ -206,6 +209,12 @@ pub struct MigrateArgs {
     /// How long to wait for another migrate run's lock (exit 4 after it), e.g. 30s, 10m.
     #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
     pub lock_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BaselineArgs {
+    /// The newest migration the database already holds (V1 = the schema it has today).
+    pub version: i64,
 }
 
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -210,6 +210,14 @@ fn statements(
                 },
                 true,
             )),
+            // A psql meta-command (`\restrict`, `\connect`): kept as the word `\`.
+            Token::Backslash => Some((
+                Tok {
+                    word: Some("\\".into()),
+                    at: t.span.start,
+                },
+                false,
+            )),
             Token::Word(w) if w.quote_style.is_none() => Some((
                 Tok {
                     word: Some(w.value.to_ascii_uppercase()),
@@ -232,7 +240,18 @@ fn statements(
     let mut cur: Vec<Tok> = Vec::new();
     let mut depth = 0usize;
     let mut trigger = false;
+    let mut meta_line: Option<u64> = None;
     for (i, (tok, semi)) in toks.iter().enumerate() {
+        // A psql meta-command is one line, whatever follows it.
+        if let Some(line) = meta_line {
+            if tok.at.line != line {
+                out.push((std::mem::take(&mut cur), None));
+                meta_line = None;
+            }
+        }
+        if cur.is_empty() && tok.word.as_deref() == Some("\\") {
+            meta_line = Some(tok.at.line);
+        }
         if *semi && depth == 0 {
             if !cur.is_empty() {
                 out.push((std::mem::take(&mut cur), Some(tok.at)));
@@ -282,6 +301,23 @@ fn check_statement(
     const NO_TX: &str = "it cannot run inside a transaction, and dbward applies the batch in one transaction; run it outside dbward (after the deploy)";
 
     match w(0) {
+        "\\" => {
+            let command = w(1).to_ascii_lowercase();
+            if command == "restrict" || command == "unrestrict" {
+                findings.push((
+                    at,
+                    Severity::Warning,
+                    "psql-meta-command",
+                    format!("`\\{command}` is a psql meta-command that pg_dump writes, not SQL; dbward drops pg_dump's `\\restrict`/`\\unrestrict` lines when it applies the file"),
+                ));
+            } else {
+                error(
+                    at,
+                    "psql-meta-command",
+                    format!("`\\{command}` is a psql meta-command, not SQL: dbward runs SQL, not psql scripts; remove it (or write its SQL equivalent)"),
+                );
+            }
+        }
         "BEGIN" | "COMMIT" | "END" | "ABORT" => error(
             at,
             "transaction-control",
@@ -566,5 +602,25 @@ CREATE TABLE "commit" (id int);
                 "window {w}"
             );
         }
+    }
+
+    #[test]
+    fn psql_meta_commands_are_named_and_pg_dumps_restrict_lines_only_warn() {
+        let dump = "\\restrict Abc123\n\nSET statement_timeout = 0;\nSELECT pg_catalog.set_config('search_path', '', false);\nCOMMIT;\n\\unrestrict Abc123\n";
+        assert_eq!(
+            rules(dump, Dialect::Postgres),
+            [
+                (1, Severity::Warning, "psql-meta-command"),
+                (5, Severity::Error, "transaction-control"),
+                (6, Severity::Warning, "psql-meta-command"),
+            ]
+        );
+        assert_eq!(
+            rules(
+                "\\connect other\nCREATE TABLE a (id int);\n",
+                Dialect::Postgres
+            ),
+            [(1, Severity::Error, "psql-meta-command")]
+        );
     }
 }

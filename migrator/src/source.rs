@@ -31,6 +31,37 @@ impl MigrationFile {
         (line, col)
     }
 
+    /// The text to execute: the file, less pg_dump's `\restrict <key>` / `\unrestrict <key>`
+    /// lines (psql meta-commands that current `pg_dump` releases write around a schema dump;
+    /// they are not SQL). Each is blanked with spaces, so every byte offset, line and column
+    /// stays the file's.
+    /// Returns the text and the 1-based lines dropped.
+    pub fn executable_sql(&self) -> (std::borrow::Cow<'_, str>, Vec<usize>) {
+        let dropped: Vec<usize> = self
+            .sql
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| is_pg_dump_restrict(l))
+            .map(|(i, _)| i + 1)
+            .collect();
+        if dropped.is_empty() {
+            return (std::borrow::Cow::Borrowed(&self.sql), dropped);
+        }
+        let text = self
+            .sql
+            .split_inclusive('\n')
+            .map(|l| {
+                if is_pg_dump_restrict(l) {
+                    let body = l.trim_end_matches(['\n', '\r']);
+                    format!("{}{}", " ".repeat(body.len()), &l[body.len()..])
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        (std::borrow::Cow::Owned(text), dropped)
+    }
+
     /// `V3__add_orders.sql`: how the file is named in messages.
     pub fn file_name(&self) -> String {
         self.path
@@ -38,6 +69,15 @@ impl MigrationFile {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     }
+}
+
+/// A line `\restrict <key>` or `\unrestrict <key>` exactly as pg_dump writes it.
+pub fn is_pg_dump_restrict(line: &str) -> bool {
+    let line = line.trim_end_matches(['\n', '\r']);
+    let rest = line
+        .strip_prefix("\\restrict ")
+        .or_else(|| line.strip_prefix("\\unrestrict "));
+    rest.is_some_and(|key| !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// Reads every migration under `dir` (recursively, as refinery does), sorted by version.

@@ -1,6 +1,7 @@
 //! One module per command. Each returns a [`Report`] or a [`Failure`]; none prints on stdout.
 
 mod backup;
+mod baseline;
 mod drill;
 mod health;
 mod lint;
@@ -22,6 +23,7 @@ pub fn name(command: &Command) -> &'static str {
     match command {
         Command::Migrate(_) => "migrate",
         Command::Status => "status",
+        Command::Baseline(_) => "baseline",
         Command::Lint => "lint",
         Command::Backup(_) => "backup",
         Command::Snapshots(_) => "snapshots",
@@ -39,6 +41,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
     match &cli.command {
         Command::Migrate(args) => migrate::run(&settings, args).await,
         Command::Status => status::run(&settings).await,
+        Command::Baseline(args) => baseline::run(&settings, args).await,
         Command::Lint => lint::run(&settings),
         Command::Backup(args) => backup::run(&settings, args).await,
         Command::Snapshots(args) => snapshots::run(&settings, args).await,

@@ -23,6 +23,15 @@ pub const SELECT: &str = "SELECT CAST(version AS BIGINT), name, applied_on, chec
 pub const INSERT_PG: &str =
     "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
                              VALUES ($1::int8, $2, $3, $4)";
+/// [`INSERT_PG`] with the table named in `schema`.
+pub fn insert_pg_in(schema: &str) -> String {
+    format!(
+        "INSERT INTO \"{}\".refinery_schema_history (version, name, applied_on, checksum) \
+         VALUES ($1::int8, $2, $3, $4)",
+        schema.replace('"', "\"\"")
+    )
+}
+
 pub const INSERT_SQLITE: &str =
     "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
                                  VALUES (?1, ?2, ?3, ?4)";

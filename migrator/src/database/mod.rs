@@ -85,6 +85,24 @@ impl Database {
         }
     }
 
+    /// Whether the database holds tables of its own (not dbward's): a database to adopt with
+    /// `baseline`, as opposed to an empty one for `migrate`.
+    pub async fn has_user_tables(&mut self) -> Result<bool, Error> {
+        match self {
+            Database::Sqlite(db) => db.has_user_tables(),
+            Database::Postgres(db) => db.has_user_tables().await,
+        }
+    }
+
+    /// Records `files` as applied (with their checksums) without running them, in one
+    /// transaction: the database already holds what they would create.
+    pub async fn record(&mut self, files: &[&MigrationFile]) -> Result<(), Error> {
+        match self {
+            Database::Sqlite(db) => db.record(files),
+            Database::Postgres(db) => db.record(files).await,
+        }
+    }
+
     /// Applies `batch` in one transaction, recording each file in the history table; on any
     /// error nothing is applied. `lock_timeout` bounds each wait for a table lock
     /// (PostgreSQL `lock_timeout`; SQLite busy timeout).

@@ -196,6 +196,41 @@ impl Postgres {
         applied_on(&self.client).await
     }
 
+    pub async fn has_user_tables(&mut self) -> Result<bool, Error> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                   AND n.nspname NOT LIKE 'pg\\_%' AND c.relname NOT IN ('refinery_schema_history', 'dbward_identity'))",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::db("reading the schema", describe(&e)))?
+            .get(0))
+    }
+
+    pub async fn record(&mut self, files: &[&MigrationFile]) -> Result<(), Error> {
+        let c = &self.client;
+        let ctx = |e: tokio_postgres::Error| Error::db("recording the baseline", describe(&e));
+        c.batch_execute("BEGIN").await.map_err(ctx)?;
+        let result = async {
+            c.batch_execute(history::CREATE).await.map_err(ctx)?;
+            super::identity::ensure_pg(c).await?;
+            for f in files {
+                c.execute(history::INSERT_PG, &history::values(f).as_params())
+                    .await
+                    .map_err(ctx)?;
+            }
+            c.batch_execute("COMMIT").await.map_err(ctx)
+        }
+        .await;
+        if result.is_err() {
+            let _ = c.batch_execute("ROLLBACK").await;
+        }
+        result
+    }
+
     pub async fn apply(
         &mut self,
         batch: &[&MigrationFile],
@@ -213,12 +248,55 @@ impl Postgres {
             .map_err(ctx)?;
             c.batch_execute(history::CREATE).await.map_err(ctx)?;
             super::identity::ensure_pg(c).await?;
+            // dbward's own statements name the history table with the schema it is in now: a
+            // file may empty the search path (every pg_dump does).
+            let schema: Option<String> = c
+                .query_one(
+                    "SELECT n.nspname::text FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace \
+                     WHERE t.oid = to_regclass('refinery_schema_history')",
+                    &[],
+                )
+                .await
+                .map_err(ctx)?
+                .get(0);
+            let schema = schema.ok_or_else(|| {
+                Error::db("applying the batch", "the history table is not on the search path")
+            })?;
+            let insert = history::insert_pg_in(&schema);
+            // Each file starts from the session state the batch started with, as if each ran
+            // in its own psql: what one file SETs does not leak into the next.
+            let check_interval: Option<String> = c
+                .query_one(
+                    "SELECT current_setting('client_connection_check_interval', true)",
+                    &[],
+                )
+                .await
+                .map_err(ctx)?
+                .get(0);
+            let mut reset = format!(
+                "RESET ALL; RESET ROLE; SET LOCAL lock_timeout = {};",
+                lock_timeout.as_millis()
+            );
+            if let Some(v) = check_interval.filter(|v| !v.is_empty()) {
+                reset.push_str(&format!(
+                    " SET client_connection_check_interval = '{}';",
+                    v.replace('\'', "''")
+                ));
+            }
             for f in batch {
                 tracing::info!("applying {}", f.file_name());
-                c.batch_execute(&f.sql)
+                let (sql, dropped) = f.executable_sql();
+                for line in dropped {
+                    tracing::info!(
+                        "{}:{line}: dropping pg_dump's psql meta-command (not SQL)",
+                        f.file_name()
+                    );
+                }
+                c.batch_execute(&sql)
                     .await
                     .map_err(|e| apply_error(f, &e, lock_timeout))?;
-                c.execute(history::INSERT_PG, &history::values(f).as_params())
+                c.batch_execute(&reset).await.map_err(ctx)?;
+                c.execute(&insert, &history::values(f).as_params())
                     .await
                     .map_err(ctx)?;
                 crate::failpoint::hit("migrate-mid-batch")

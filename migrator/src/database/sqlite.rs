@@ -60,6 +60,35 @@ impl Sqlite {
         applied_on(&self.conn)
     }
 
+    pub fn has_user_tables(&mut self) -> Result<bool, Error> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT IN ('refinery_schema_history', 'dbward_identity'))",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| Error::db("reading the schema", e))
+    }
+
+    pub fn record(&mut self, files: &[&MigrationFile]) -> Result<(), Error> {
+        let ctx = |e: rusqlite::Error| Error::db("recording the baseline", e);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(ctx)?;
+        tx.execute_batch(history::CREATE).map_err(ctx)?;
+        super::identity::ensure_sqlite(&tx)?;
+        for f in files {
+            let v = history::values(f);
+            tx.execute(
+                history::INSERT_SQLITE,
+                rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
+            )
+            .map_err(ctx)?;
+        }
+        tx.commit().map_err(ctx)
+    }
+
     /// `busy_timeout` bounds the wait for the application's write lock. Foreign keys are off
     /// for the batch, as SQLite's documented table rebuild needs (rusqlite's SQLite enforces
     /// them by default, and `DROP TABLE parent` would then cascade into the children); before
@@ -262,7 +291,14 @@ pub fn applied_on(conn: &Connection) -> Result<Vec<Applied>, Error> {
 fn execute_file(conn: &Connection, f: &MigrationFile) -> Result<(), Error> {
     use rusqlite::ffi;
     use std::ffi::{CStr, CString};
-    let text = CString::new(f.sql.as_bytes()).map_err(|e| Error::Apply {
+    let (sql, dropped) = f.executable_sql();
+    for line in dropped {
+        tracing::info!(
+            "{}:{line}: dropping pg_dump's psql meta-command (not SQL)",
+            f.file_name()
+        );
+    }
+    let text = CString::new(sql.as_bytes()).map_err(|e| Error::Apply {
         file: f.path.clone(),
         position: Some(f.line_col(e.nul_position())),
         message: "a NUL byte in the file".into(),

@@ -1,0 +1,73 @@
+//! `dbward baseline VERSION`: adopt a database that already exists. The migrations up to
+//! VERSION are recorded as applied, with their checksums, without running them; only on a
+//! database that has tables of its own and no migration history yet (Flyway's `baseline`,
+//! golang-migrate's `force`).
+
+use serde_json::json;
+
+use migrator::database::Open;
+use migrator::Database;
+
+use super::database_url;
+use crate::cli::BaselineArgs;
+use crate::report::{Failure, Report, EXIT_REFUSED, EXIT_USAGE};
+use crate::settings::Settings;
+
+pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Failure> {
+    let url = database_url(settings)?;
+    let files = migrator::discover(&settings.migrations)?;
+    if !files.iter().any(|f| f.version == args.version) {
+        return Err(Failure::new(
+            EXIT_USAGE,
+            format!(
+                "no migration V{} in {}: baseline names the newest migration the database already holds",
+                args.version,
+                settings.migrations.display()
+            ),
+        ));
+    }
+    let mut db =
+        Database::open_locked(&url, Open::Existing, std::time::Duration::from_secs(600)).await?;
+    let applied = db.applied().await?;
+    if !applied.is_empty() {
+        return Err(Failure::new(
+            EXIT_REFUSED,
+            format!(
+                "{} already has a migration history ({} applied, newest V{}); baseline only adopts a database that has none. Nothing was recorded.",
+                url.display(),
+                applied.len(),
+                applied.iter().map(|a| a.version).max().unwrap_or_default()
+            ),
+        ));
+    }
+    if !db.has_user_tables().await? {
+        return Err(Failure::new(
+            EXIT_REFUSED,
+            format!(
+                "{} has no tables: there is nothing to adopt; run `dbward migrate` to create it from the migrations. Nothing was recorded.",
+                url.display()
+            ),
+        ));
+    }
+    let upto: Vec<&migrator::MigrationFile> =
+        files.iter().filter(|f| f.version <= args.version).collect();
+    db.record(&upto).await?;
+    let names: Vec<String> = upto.iter().map(|f| f.file_name()).collect();
+    tracing::info!(
+        "recorded {} migration(s) as applied without running them: {}",
+        names.len(),
+        names.join(", ")
+    );
+    Ok(Report {
+        text: format!(
+            "recorded as applied (not run): {}\nthe next `dbward migrate` applies what comes after V{}\n",
+            names.join(", "),
+            args.version
+        ),
+        json: json!({
+            "database": url.display(),
+            "recorded": upto.iter().map(|f| json!({ "version": f.version, "name": f.name, "checksum": f.checksum.to_string() })).collect::<Vec<_>>(),
+        }),
+        code: 0,
+    })
+}
