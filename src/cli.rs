@@ -147,6 +147,10 @@ pub struct RunArgs {
     /// How long CMD gets after SIGTERM before SIGKILL, when it is stopped for being unhealthy.
     #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
     pub grace: std::time::Duration,
+    /// First restore the newest snapshot if the database is missing (a fresh volume); also
+    /// `restore.if_missing = true`.
+    #[arg(long)]
+    pub restore_if_missing: bool,
     /// The application and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
@@ -169,6 +173,10 @@ pub struct RestoreArgs {
     /// Restore into this new SQLite file or PostgreSQL database instead; the live one is not touched.
     #[arg(long, value_name = "PATH|URL")]
     pub to: Option<String>,
+    /// Only if the database is missing (no file, an empty file, no database, no tables):
+    /// restore the newest snapshot that verifies; otherwise do nothing. Exit 0 either way.
+    #[arg(long)]
+    pub if_missing: bool,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +214,10 @@ pub struct MigrateArgs {
     /// Apply a batch that the health guard rolled back before (refused otherwise, exit 3).
     #[arg(long)]
     pub retry_failed: bool,
+    /// First restore the newest snapshot if the database is missing (a fresh volume); also
+    /// `restore.if_missing = true`.
+    #[arg(long)]
+    pub restore_if_missing: bool,
     /// How long to wait for another migrate run's lock (exit 4 after it), e.g. 30s, 10m.
     #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
     pub lock_timeout: std::time::Duration,

@@ -39,6 +39,8 @@ pub struct Settings {
     pub retention: backup::retention::Policy,
     /// `restore.keep_replaced`: how many replaced copies (recorded by dbward) to keep.
     pub keep_replaced: usize,
+    /// `restore.if_missing`: `migrate` and `run` first restore a missing database.
+    pub restore_if_missing: bool,
 }
 
 /// A setting problem: exit 2, naming the setting.
@@ -74,6 +76,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct RestoreSection {
     keep_replaced: Option<usize>,
+    if_missing: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -361,6 +364,10 @@ fn resolve(
             keep_monthly: file.retention.keep_monthly.unwrap_or(0),
         },
         keep_replaced: file.restore.keep_replaced.unwrap_or(3),
+        restore_if_missing: env("DBWARD_RESTORE_IF_MISSING")
+            .map(|v| matches!(v.as_str(), "1" | "true" | "yes"))
+            .or(file.restore.if_missing)
+            .unwrap_or(false),
     })
 }
 

@@ -173,13 +173,39 @@ pub fn format_of(url: &DatabaseUrl) -> Format {
     }
 }
 
-/// The live database's identity: [`Live::Absent`] for a missing SQLite file.
-pub async fn live_identity(url: &DatabaseUrl) -> Result<Live, Error> {
+/// Whether the live database is missing: SQLite, no file or an empty one; PostgreSQL, the
+/// database does not exist. A database with no tables at all counts as missing too: it is what
+/// a fresh volume or a freshly created server holds.
+pub async fn is_missing(url: &DatabaseUrl) -> Result<bool, Error> {
     match url {
         DatabaseUrl::Sqlite(path) => {
             if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
-                return Ok(Live::Absent);
+                return Ok(true);
             }
+            let mut db = migrator::Database::open(url, migrator::Open::Existing).await?;
+            Ok(!db.has_user_tables().await?)
+        }
+        DatabaseUrl::Postgres(pg) => {
+            match migrator::database::postgres::Postgres::connect(pg).await {
+                Ok(_) => {
+                    let mut db = migrator::Database::open(url, migrator::Open::Existing).await?;
+                    Ok(!db.has_user_tables().await?)
+                }
+                Err(e) if e.to_string().contains("does not exist") => Ok(true),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The live database's identity: [`Live::Absent`] for a missing database (see
+/// [`is_missing`]), which takes the folder owner's.
+pub async fn live_identity(url: &DatabaseUrl) -> Result<Live, Error> {
+    if is_missing(url).await? {
+        return Ok(Live::Absent);
+    }
+    match url {
+        DatabaseUrl::Sqlite(path) => {
             let c = rusqlite::Connection::open_with_flags(
                 path,
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,

@@ -157,6 +157,7 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
             force: true,
             terminate_connections: true,
             to: None,
+            if_missing: false,
         },
     )
     .await?;

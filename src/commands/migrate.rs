@@ -35,6 +35,15 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         return dry_run(&url, &files, &warnings).await;
     }
 
+    // A fresh volume gets its data back before anything else (restore.if_missing); without
+    // it, a missing SQLite file whose snapshots are in the store is said loudly.
+    if args.restore_if_missing || settings.restore_if_missing {
+        super::restore::restore_if_missing(settings, &url).await?;
+    } else if let DatabaseUrl::Sqlite(p) = &url {
+        if !p.exists() {
+            warn_if_snapshots_exist(settings, &url).await;
+        }
+    }
     let mut db = Database::open_locked(&url, Open::Create, args.lock_timeout).await?;
     failpoint("migrate-after-lock")?;
     // A SQLite file that was empty until now (opening created it) is a first deploy: nothing to
@@ -223,6 +232,28 @@ async fn refuse_failed_batch(
             failed.snapshot
         ),
     ))
+}
+
+/// `migrate` creates a missing SQLite file (a first deploy must work), but a missing file whose
+/// snapshots are in the store is more likely a lost volume than a first deploy.
+async fn warn_if_snapshots_exist(settings: &Settings, url: &DatabaseUrl) {
+    let Ok(store) = settings.store().await else {
+        return;
+    };
+    if let Ok(all) = backup::list(&store, &url.name()).await {
+        if let Some(newest) = all
+            .iter()
+            .find(|m| m.format == backup::owner::format_of(url))
+        {
+            tracing::warn!(
+                "{} does not exist, but {} holds snapshots of `{}` (newest {}): if this is a lost volume, stop and run `dbward restore latest --if-missing` (or set restore.if_missing = true); creating a new empty database",
+                url.display(),
+                settings.store,
+                url.name(),
+                newest.id
+            );
+        }
+    }
 }
 
 /// A failure point of the crash-consistency suite (nothing without the `failpoints` feature).

@@ -18,6 +18,20 @@ use crate::state;
 
 pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
+    if args.if_missing {
+        if args.snapshot != "latest" || args.to.is_some() {
+            return Err(Failure::new(
+                EXIT_USAGE,
+                "--if-missing restores `latest` into the database itself (no --to)",
+            ));
+        }
+        let outcome = restore_if_missing(settings, &url).await?;
+        return Ok(Report {
+            text: format!("{}\n", outcome.message(&url)),
+            json: outcome.json(),
+            code: 0,
+        });
+    }
     let store = settings.store().await?;
     let m = resolve(settings, &store, &url, &args.snapshot).await?;
     let target = args.to.as_deref().unwrap_or("the live database");
@@ -35,6 +49,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Fail
         force: args.force,
         terminate_connections: args.terminate_connections,
         to: args.to.clone(),
+        if_missing: false,
     };
     let outcome = restore_snapshot(settings, &store, &url, &m, &opts).await?;
     Ok(Report {
@@ -59,6 +74,111 @@ pub struct Options {
     pub force: bool,
     pub terminate_connections: bool,
     pub to: Option<String>,
+    /// Only restore if the database is still missing once the lock is held.
+    pub if_missing: bool,
+}
+
+/// What `--if-missing` found and did.
+pub enum IfMissing {
+    Exists,
+    NoSnapshot,
+    Restored { snapshot: String, outcome: Value },
+}
+
+impl IfMissing {
+    pub fn message(&self, url: &DatabaseUrl) -> String {
+        match self {
+            IfMissing::Exists => format!("{} exists: nothing restored", url.display()),
+            IfMissing::NoSnapshot => format!(
+                "{} is missing and the store holds no snapshot of it: starting fresh",
+                url.display()
+            ),
+            IfMissing::Restored { snapshot, .. } => {
+                format!(
+                    "{} was missing: restored snapshot {snapshot}",
+                    url.display()
+                )
+            }
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        match self {
+            IfMissing::Exists => json!({ "missing": false, "restored": null }),
+            IfMissing::NoSnapshot => json!({ "missing": true, "restored": null }),
+            IfMissing::Restored { outcome, .. } => json!({ "missing": true, "restored": outcome }),
+        }
+    }
+}
+
+/// A database that is missing (a fresh volume, a new server) gets the newest of its snapshots
+/// that verifies; one that exists is left alone. Never restores over an existing database: for
+/// SQLite, "missing" is checked again under the migration lock.
+pub async fn restore_if_missing(
+    settings: &Settings,
+    url: &DatabaseUrl,
+) -> Result<IfMissing, Failure> {
+    if !backup::owner::is_missing(url).await? {
+        tracing::info!("{} exists: nothing to restore", url.display());
+        return Ok(IfMissing::Exists);
+    }
+    let store = settings.store().await?;
+    let folder_owner = backup::owner::read(&store, &url.name()).await?;
+    let candidates = backup::owner::mine(
+        &store,
+        &url.name(),
+        backup::list(&store, &url.name()).await?,
+        &backup::owner::Live::Absent,
+        backup::owner::format_of(url),
+        folder_owner.as_ref(),
+    )?;
+    if candidates.is_empty() {
+        tracing::warn!(
+            "{} is missing and {} holds no snapshot of it: starting fresh",
+            url.display(),
+            settings.store
+        );
+        return Ok(IfMissing::NoSnapshot);
+    }
+    let opts = Options {
+        force: false,
+        terminate_connections: false,
+        to: None,
+        if_missing: true,
+    };
+    for m in &candidates {
+        tracing::warn!(
+            "{} is missing: restoring its newest snapshot {} before anything else",
+            url.display(),
+            m.id
+        );
+        match restore_snapshot(settings, &store, url, m, &opts).await {
+            Ok(outcome) if outcome["exists"] == true => return Ok(IfMissing::Exists),
+            Ok(outcome) => {
+                return Ok(IfMissing::Restored {
+                    snapshot: m.id.clone(),
+                    outcome,
+                })
+            }
+            // A snapshot that does not verify: the next newest.
+            Err(f) if f.code == crate::report::EXIT_REFUSED => {
+                tracing::warn!(
+                    "snapshot {} does not verify ({}); trying the one before",
+                    m.id,
+                    f.message
+                );
+            }
+            Err(f) => return Err(f),
+        }
+    }
+    Err(Failure::new(
+        crate::report::EXIT_FAILED,
+        format!(
+            "{} is missing, and none of its {} snapshot(s) verifies; nothing was restored",
+            url.display(),
+            candidates.len()
+        ),
+    ))
 }
 
 /// Finds the manifest for an id, `latest`, or `pre-deploy` (from the state dir).
@@ -208,6 +328,10 @@ pub async fn restore_snapshot(
             })
             .await
             .map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))??;
+            if opts.if_missing && !backup::owner::is_missing(url).await? {
+                tracing::info!("{} appeared meanwhile: nothing restored", url.display());
+                return Ok(json!({ "exists": true }));
+            }
             if opts.to.is_none() && !opts.force {
                 let holders = restore::sqlite::holders(live);
                 if !holders.is_empty() {

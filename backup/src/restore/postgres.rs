@@ -243,10 +243,17 @@ pub async fn restore(
         return Err(Error::Restore(e));
     }
     let replaced = derived_name(&live, "replaced");
+    // A live database that does not exist (an empty server being recovered) has nothing to
+    // rename aside.
+    let live_exists = row.is_some();
     let swap_sql = format!(
-        "BEGIN; ALTER DATABASE {live_i} RENAME TO {replaced_i}; ALTER DATABASE {target_i} RENAME TO {live_i}; COMMENT ON DATABASE {live_i} IS {comment}; COMMIT;",
+        "BEGIN; {aside} ALTER DATABASE {target_i} RENAME TO {live_i}; COMMENT ON DATABASE {live_i} IS {comment}; COMMIT;",
+        aside = if live_exists {
+            format!("ALTER DATABASE {} RENAME TO {};", ident(&live), ident(&replaced))
+        } else {
+            String::new()
+        },
         live_i = ident(&live),
-        replaced_i = ident(&replaced),
         target_i = ident(&target),
         comment = live_comment.as_deref().map(literal).unwrap_or_else(|| "NULL".into()),
     );
@@ -308,7 +315,7 @@ pub async fn restore(
     }
     Ok(Outcome {
         database: live,
-        replaced: Some(replaced),
+        replaced: live_exists.then_some(replaced),
         terminated: ended.ended,
         strategy: "rename-swap",
         strategy_reason: None,
