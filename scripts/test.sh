@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Installs what is missing first (Debian, as root):
-# PostgreSQL server binaries, sqlite3, zstd, openssl, pgbouncer, the S3 test server s3s-fs and boto3.
+# PostgreSQL server binaries, sqlite3, zstd, openssl, pgbouncer, the S3 test server s3s-fs,
+# boto3 and croniter.
 # Nothing in the suite skips: a dependency this script cannot install fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,8 @@ fi
 
 # boto3: the plain S3 client tests use to fetch snapshots without dbward.
 python3 -c 'import boto3' 2>/dev/null || { log "installing boto3"; python3 -m pip install --quiet boto3; }
+# croniter: the reference cron implementation the schedule test compares next run times with.
+python3 -c 'import croniter' 2>/dev/null || { log "installing croniter"; python3 -m pip install --quiet croniter; }
 
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v s3s-fs >/dev/null; then

@@ -150,3 +150,55 @@ fn a_failing_job_is_notified_and_does_not_stop_the_scheduler() {
         "{pings:?}"
     );
 }
+
+/// The 5-field form means what crontab means, day fields included (either matches when both
+/// are restricted): the next runs of a table of expressions equal those of croniter, a
+/// reference cron implementation (installed by scripts/test.sh).
+#[test]
+fn crontab_expressions_run_when_cron_would_run_them() {
+    let exprs = [
+        "30 3 * * *",
+        "0 0 1 * 1",
+        "30 4 1 * 0",
+        "0 12 15 * 5",
+        "15 2 * * 1-5",
+        "0 */6 * * *",
+        "0 0 1,15 * *",
+        "45 23 * * 0,6",
+        "0 5 1 1 *",
+        "0 8 10-20 * 2",
+    ];
+    let p = Project::new();
+    for expr in exprs {
+        std::fs::write(
+            p.path().join("dbward.toml"),
+            format!("[schedule]\nbackup = \"{expr}\"\n"),
+        )
+        .unwrap();
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (code, out, err) = run(p
+            .dbward("sqlite:app.db")
+            .args(["schedule", "--list", "--json"]));
+        assert_eq!(code, 0, "{err}");
+        let ours: Vec<String> = json(&out)["jobs"]["backup"]["next"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        let reference = common::tool(Command::new("python3").args([
+            "-c",
+            "import sys, datetime; from croniter import croniter\n\
+             base = datetime.datetime.fromtimestamp(int(sys.argv[2]), datetime.timezone.utc)\n\
+             it = croniter(sys.argv[1], base)\n\
+             print('\\n'.join(it.get_next(datetime.datetime).strftime('%Y-%m-%dT%H:%M:%SZ') for _ in range(5)))",
+            expr,
+            &base.to_string(),
+        ]));
+        let theirs: Vec<String> = reference.lines().map(str::to_string).collect();
+        assert_eq!(ours, theirs, "`{expr}`");
+    }
+}

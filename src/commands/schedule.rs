@@ -27,7 +27,7 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 struct Job {
     name: &'static str,
     expr: String,
-    schedule: cron::Schedule,
+    schedule: Expr,
     args: Vec<&'static str>,
     ping: Option<String>,
 }
@@ -39,14 +39,16 @@ enum Tz {
 }
 
 impl Tz {
-    fn next_after(self, s: &cron::Schedule, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        match self {
-            Tz::Utc => s.after(&t).next(),
-            Tz::Local => s
-                .after(&t.with_timezone(&Local))
-                .next()
-                .map(|d| d.with_timezone(&Utc)),
-        }
+    fn next_after(self, e: &Expr, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        e.0.iter()
+            .filter_map(|s| match self {
+                Tz::Utc => s.after(&t).next(),
+                Tz::Local => s
+                    .after(&t.with_timezone(&Local))
+                    .next()
+                    .map(|d| d.with_timezone(&Utc)),
+            })
+            .min()
     }
 
     fn show(self, t: DateTime<Utc>) -> String {
@@ -336,27 +338,40 @@ fn jobs(s: &Schedule) -> Result<(Vec<Job>, Tz), Failure> {
     Ok((jobs, tz))
 }
 
+/// A parsed schedule: its runs are the union of these (one, or two for a crontab line that
+/// restricts both day fields).
+pub struct Expr(Vec<cron::Schedule>);
+
 /// A cron expression: the 5-field crontab form (`30 3 * * *`, day of week 0-7 with 0 and 7 =
 /// Sunday) or the cron crate's 6/7-field form with seconds (day of week 1-7, 1 = Sunday).
-pub fn parse(expr: &str) -> Result<cron::Schedule, String> {
+///
+/// In the crontab form, when both day of month and day of week are restricted, a day matches
+/// if EITHER does, as cron has always done (`0 0 1 * 1`: the 1st of each month and every
+/// Monday); the cron crate would require both.
+pub fn parse(expr: &str) -> Result<Expr, String> {
     let fields: Vec<&str> = expr.split_whitespace().collect();
-    let full = match fields.len() {
-        5 => format!(
-            "0 {} {} {} {} {}",
-            fields[0],
-            fields[1],
-            fields[2],
-            fields[3],
-            crontab_dow(fields[4])?
-        ),
-        6 | 7 => fields.join(" "),
-        n => {
-            return Err(format!(
-                "{n} fields; expected 5 (crontab) or 6-7 (with seconds)"
-            ))
+    let one = |s: String| cron::Schedule::from_str(&s).map_err(|e| e.to_string());
+    match fields.len() {
+        5 => {
+            let (min, hour, dom, month) = (fields[0], fields[1], fields[2], fields[3]);
+            let dow = crontab_dow(fields[4])?;
+            let restricted = |f: &str| !matches!(f, "*" | "?");
+            if restricted(dom) && restricted(fields[4]) {
+                Ok(Expr(vec![
+                    one(format!("0 {min} {hour} {dom} {month} *"))?,
+                    one(format!("0 {min} {hour} * {month} {dow}"))?,
+                ]))
+            } else {
+                Ok(Expr(vec![one(format!(
+                    "0 {min} {hour} {dom} {month} {dow}"
+                ))?]))
+            }
         }
-    };
-    cron::Schedule::from_str(&full).map_err(|e| e.to_string())
+        6 | 7 => Ok(Expr(vec![one(fields.join(" "))?])),
+        n => Err(format!(
+            "{n} fields; expected 5 (crontab) or 6-7 (with seconds)"
+        )),
+    }
 }
 
 /// Crontab day-of-week numbers (0-7, 0 and 7 = Sunday) to the cron crate's (1-7, 1 = Sunday).
@@ -413,7 +428,20 @@ mod tests {
     use chrono::{Datelike, TimeZone, Timelike};
 
     fn next(expr: &str, after: DateTime<Utc>) -> DateTime<Utc> {
-        parse(expr).unwrap().after(&after).next().unwrap()
+        Tz::Utc.next_after(&parse(expr).unwrap(), after).unwrap()
+    }
+
+    #[test]
+    fn both_day_fields_restricted_means_either_as_in_cron() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).unwrap(); // a Wednesday
+                                                                       // The 1st of the month OR a Monday: the next Monday (Nov 30) comes before Dec 1.
+        let n = next("0 0 1 * 1", t);
+        assert_eq!((n.month(), n.day()), (11, 30));
+        let n = next("0 0 1 * 1", n);
+        assert_eq!((n.month(), n.day()), (12, 1));
+        // One field restricted: only that one.
+        assert_eq!(next("0 0 1 * *", t).day(), 1);
+        assert_eq!(next("0 0 * * 1", t).day(), 30);
     }
 
     #[test]
