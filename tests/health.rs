@@ -324,3 +324,48 @@ fn a_batch_the_guard_rolled_back_is_not_applied_again_by_a_restart() {
         "2"
     );
 }
+
+/// As a container's process 1 (`entrypoint: ["dbward", "run", ...]`), `run` inherits every
+/// orphan of the application; it reaps them as tini would. Run here as process 1 of its own
+/// PID namespace, with an application that orphans a few short-lived processes.
+#[test]
+fn run_as_process_1_leaves_no_zombies() {
+    let p = Project::new();
+    p.migration("V1__t.sql", "CREATE TABLE t (id INTEGER);\n");
+    let server = Http::status(200);
+    let count = p.path().join("zombies");
+    let app = format!(
+        "for i in 1 2 3 4 5; do sh -c 'sleep 0.1 &'; done; sleep 2; \
+         grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l > '{}'",
+        count.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(env!("CARGO_BIN_EXE_dbward"))
+        .args([
+            "--database",
+            "sqlite:app.db",
+            "run",
+            "--url",
+            &server.url(),
+            "--",
+            "sh",
+            "-c",
+            &app,
+        ])
+        .current_dir(p.path())
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare (util-linux) runs dbward as process 1 of a new PID namespace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&count).unwrap().trim(),
+        "0",
+        "no zombie left under process 1"
+    );
+}

@@ -40,6 +40,8 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         .spawn()
         .map_err(|e| Failure::new(EXIT_FAILED, format!("starting {program}: {e}")))?;
     let pid = child.id().unwrap_or_default() as i32;
+    // As a container's process 1, orphans of the application are ours to reap.
+    let _reaper = (std::process::id() == 1).then(|| tokio::spawn(reap_orphans(pid)));
     tracing::info!(
         "started {} (pid {pid}); checking health at {}",
         args.cmd.join(" "),
@@ -63,6 +65,55 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         _ = int.recv() => return forward_and_wait(&mut child, pid, libc::SIGINT).await,
     };
     Ok(finished(status))
+}
+
+/// Process 1 inherits every orphan in the container; like tini, it reaps them, or they stay
+/// zombies until nothing can fork. The application itself (`main`) is left to its own wait.
+/// Only zombies whose parent is this process are reaped, by pid, so no exit status the
+/// application's wait needs is ever taken.
+async fn reap_orphans(main: i32) {
+    let Ok(mut chld) = signal(SignalKind::child()) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = chld.recv() => {}
+            _ = tick.tick() => {}
+        }
+        for pid in zombie_children() {
+            if pid != main {
+                // SAFETY: waitpid(2) on a zombie child of ours; WNOHANG never blocks.
+                unsafe {
+                    libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG);
+                }
+            }
+        }
+    }
+}
+
+/// Zombie processes whose parent is this process, from /proc.
+fn zombie_children() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        if fields.next() == Some("Z") && fields.next() == Some(me.as_str()) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 async fn forward_and_wait(child: &mut Child, pid: i32, sig: i32) -> Result<Report, Failure> {
