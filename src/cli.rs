@@ -128,6 +128,14 @@ pub struct HealthFlags {
     /// Healthy status codes, comma-separated [config: health.expect_status] [default: any 2xx]
     #[arg(long, value_name = "CODES", value_delimiter = ',')]
     pub expect_status: Vec<u16>,
+    /// Text the health answer's body must contain, e.g. the git SHA being deployed
+    /// [config: health.expect_body]
+    #[arg(long, value_name = "TEXT")]
+    pub expect_body: Option<String>,
+    /// A command (run with `sh -c`) that must exit 0 once the endpoint is healthy; repeatable
+    /// [config: health.checks]
+    #[arg(long = "check", value_name = "CMD")]
+    pub checks: Vec<String>,
 }
 
 #[derive(Debug, Args)]

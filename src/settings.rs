@@ -86,6 +86,12 @@ pub struct Health {
     pub interval: Duration,
     /// Accepted status codes; empty means any 2xx.
     pub expect_status: Vec<u16>,
+    /// Text the answer's body must contain (the release's git SHA, say).
+    pub expect_body: Option<String>,
+    /// Command lines (`sh -c`) that must exit 0, run once the endpoint is healthy.
+    pub checks: Vec<String>,
+    /// SQL that must return true against the live database, run after the checks.
+    pub probes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -138,6 +144,9 @@ struct HealthSection {
     timeout: Option<String>,
     interval: Option<String>,
     expect_status: Option<Vec<u16>>,
+    expect_body: Option<String>,
+    checks: Option<Vec<String>>,
+    probes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -356,6 +365,9 @@ fn resolve(
                 Duration::from_secs(1),
             )?,
             expect_status: file.health.expect_status.unwrap_or_default(),
+            expect_body: file.health.expect_body,
+            checks: file.health.checks.unwrap_or_default(),
+            probes: file.health.probes.unwrap_or_default(),
         },
         retention: backup::retention::Policy {
             keep_last: file.retention.keep_last.unwrap_or(0),

@@ -369,3 +369,52 @@ fn run_as_process_1_leaves_no_zombies() {
         "no zombie left under process 1"
     );
 }
+
+/// A 200 is not proof the release works: the body must name the release being deployed, each
+/// `--check` command must pass and each SQL probe must hold; any that does not is unhealthy,
+/// and the guard acts exactly as for a failed HTTP probe, naming the check.
+#[test]
+fn body_checks_and_sql_probes_decide_health_too() {
+    let server = Http::status(200);
+    let p = Project::new();
+    deployed(&p);
+    // Healthy on every count.
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        "[health]\nprobes = [\"SELECT count(*) > 0 FROM notes\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(health(&p, &server.url()).args([
+        "--expect-body",
+        common::RELEASE,
+        "--check",
+        "echo contract ok",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("contract ok"),
+        "the check's output is logged: {err}"
+    );
+
+    // The wrong release answers: unhealthy, and the guard restores (exit 5).
+    let (code, _, err) = run(health(&p, &server.url()).args(["--expect-body", "f00dfeed"]));
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("does not contain `f00dfeed`"), "{err}");
+
+    // A failing check and a false probe name themselves (nothing left to restore: exit 1).
+    let (code, _, err) =
+        run(health(&p, &server.url()).args(["--check", "echo broken contract >&2; exit 3"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("check `echo broken contract") && err.contains("broken contract"),
+        "{err}"
+    );
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        "[health]\nprobes = [\"SELECT count(*) > 100 FROM notes\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&mut health(&p, &server.url()));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("returned false"), "{err}");
+}

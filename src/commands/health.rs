@@ -19,7 +19,11 @@ use crate::state;
 
 pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failure> {
     let health = args.flags.apply(&settings.health);
-    match poll(&health).await {
+    let verdict = match poll(&health).await {
+        Ok(ok) => after_checks(settings, &health).await.map(|()| ok),
+        Err(e) => Err(e),
+    };
+    match verdict {
         Ok((status, waited)) => Ok(Report {
             text: format!(
                 "healthy: {} answered {status} after {:.1}s\n",
@@ -46,12 +50,18 @@ pub async fn poll(h: &Health) -> Result<(u16, Duration), String> {
     loop {
         let per_try = h.interval.max(Duration::from_secs(2)).min(h.timeout);
         let u = url.clone();
-        let result = tokio::task::spawn_blocking(move || probe::status(&u, per_try))
+        let result = tokio::task::spawn_blocking(move || probe::get(&u, per_try))
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
         let last = match result {
-            Ok(code) if ok(code, &h.expect_status) => return Ok((code, started.elapsed())),
-            Ok(code) => format!("{url} answered {code}"),
+            Ok((code, body)) if ok(code, &h.expect_status) => match &h.expect_body {
+                Some(want) if !body.contains(want.as_str()) => format!(
+                    "{url} answered {code}, but its body does not contain `{want}` (the body begins: `{}`)",
+                    body.chars().take(200).collect::<String>().trim()
+                ),
+                _ => return Ok((code, started.elapsed())),
+            },
+            Ok((code, _)) => format!("{url} answered {code}"),
             Err(e) if e.contains("must start with http://") => return Err(e),
             Err(e) => e,
         };
@@ -63,6 +73,60 @@ pub async fn poll(h: &Health) -> Result<(u16, Duration), String> {
         }
         tokio::time::sleep(h.interval).await;
     }
+}
+
+/// What must hold once the endpoint is healthy: each `--check` command exits 0 (within the
+/// health timeout; its output goes to the log), then each SQL probe returns true against the
+/// live database. The first that does not is the reason the deploy is unhealthy.
+pub async fn after_checks(settings: &Settings, h: &Health) -> Result<(), String> {
+    for cmd in &h.checks {
+        tracing::info!("health check: sh -c {cmd:?}");
+        let mut c = tokio::process::Command::new("sh");
+        c.args(["-c", cmd]).kill_on_drop(true);
+        let out = tokio::time::timeout(h.timeout, c.output())
+            .await
+            .map_err(|_| {
+                format!(
+                    "check `{cmd}` did not finish within {}",
+                    migrator::error::humanize(h.timeout)
+                )
+            })?
+            .map_err(|e| format!("check `{cmd}` could not run: {e}"))?;
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in output.lines() {
+            tracing::info!("  {line}");
+        }
+        if !out.status.success() {
+            return Err(format!(
+                "check `{cmd}` failed ({}): {}",
+                out.status,
+                output.trim().chars().take(500).collect::<String>()
+            ));
+        }
+    }
+    if !h.probes.is_empty() {
+        let url = database_url(settings).map_err(|f| f.message)?;
+        for sql in &h.probes {
+            match probe_sql(&url, sql).await {
+                Ok(true) => tracing::info!("health probe true: {sql}"),
+                Ok(false) => return Err(format!("probe `{sql}` returned false")),
+                Err(e) => return Err(format!("probe `{sql}` failed: {e}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One SQL probe against the live database.
+async fn probe_sql(url: &migrator::DatabaseUrl, sql: &str) -> Result<bool, String> {
+    let mut db = Database::open(url, Open::Existing)
+        .await
+        .map_err(|e| e.to_string())?;
+    db.probe(sql).await.map_err(|e| e.to_string())
 }
 
 fn ok(code: u16, expect: &[u16]) -> bool {
@@ -203,6 +267,16 @@ impl HealthFlags {
             } else {
                 self.expect_status.clone()
             },
+            expect_body: self
+                .expect_body
+                .clone()
+                .or_else(|| base.expect_body.clone()),
+            checks: if self.checks.is_empty() {
+                base.checks.clone()
+            } else {
+                self.checks.clone()
+            },
+            probes: base.probes.clone(),
         }
     }
 }

@@ -49,7 +49,10 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
     );
 
     let verdict = tokio::select! {
-        r = super::health::poll(&health) => r.map(|_| ()),
+        r = async {
+            super::health::poll(&health).await?;
+            super::health::after_checks(settings, &health).await
+        } => r,
         status = child.wait() => Err(format!("{program} exited ({}) before it was healthy", describe(status.ok()))),
         _ = term.recv() => return forward_and_wait(&mut child, pid, libc::SIGTERM).await,
         _ = int.recv() => return forward_and_wait(&mut child, pid, libc::SIGINT).await,

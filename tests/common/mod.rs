@@ -534,9 +534,12 @@ impl Http {
                     Some(d) if started.elapsed() >= d => 200,
                     _ => status,
                 };
+                // The body names a release, as apps report the commit they run.
+                let body = format!("{{\"release\":\"{RELEASE}\",\"status\":{code}}}");
                 let _ = write!(
                     conn,
-                    "HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
                 );
             }
         });
@@ -559,6 +562,9 @@ impl Drop for Http {
         let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// The release the test HTTP server says it runs, in every answer's body.
+pub const RELEASE: &str = "abc1234";
 
 /// PgBouncer in front of a cluster, in transaction pooling mode, on a free loopback port; run
 /// as `postgres` (it refuses root) and stopped on drop.

@@ -85,6 +85,26 @@ impl Database {
         }
     }
 
+    /// Runs a query that returns one boolean (SQLite: a number, true when not 0): a health
+    /// probe of the application's data.
+    pub async fn probe(&mut self, sql: &str) -> Result<bool, Error> {
+        match self {
+            Database::Sqlite(db) => db.probe(sql),
+            Database::Postgres(db) => db
+                .client()
+                .query_one(sql, &[])
+                .await
+                .map_err(|e| Error::db("running the probe", postgres::describe(&e)))?
+                .try_get::<_, bool>(0)
+                .map_err(|e| {
+                    Error::db(
+                        "running the probe",
+                        format!("{e} (a probe returns one boolean)"),
+                    )
+                }),
+        }
+    }
+
     /// Whether the database holds tables of its own (not dbward's): a database to adopt with
     /// `baseline`, as opposed to an empty one for `migrate`.
     pub async fn has_user_tables(&mut self) -> Result<bool, Error> {

@@ -60,6 +60,13 @@ impl Sqlite {
         applied_on(&self.conn)
     }
 
+    pub fn probe(&mut self, sql: &str) -> Result<bool, Error> {
+        self.conn
+            .query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|v| v != 0)
+            .map_err(|e| Error::db("running the probe", e))
+    }
+
     pub fn has_user_tables(&mut self) -> Result<bool, Error> {
         self.conn
             .query_row(
