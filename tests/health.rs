@@ -243,6 +243,24 @@ fn postgres_unhealthy_deploy_is_restored_and_sessions_ended() {
     assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
     p.migration("V2__change.sql", "UPDATE t SET v = 'after' WHERE id = 1;\n");
     assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
+    // SQL probes on PostgreSQL: a true one passes, a false one is unhealthy and names itself.
+    let healthy = Http::status(200);
+    for (probe, want) in [
+        ("SELECT count(*) = 1 FROM t", 0),
+        ("SELECT v = 'before' FROM t", 1),
+    ] {
+        std::fs::write(
+            p.path().join("dbward.toml"),
+            format!("[health]\nprobes = [\"{probe}\"]\n"),
+        )
+        .unwrap();
+        let (code, _, err) =
+            run(p
+                .dbward(&url)
+                .args(["health", "--timeout", "1s", "--url", &healthy.url()]));
+        assert_eq!(code, want, "{probe}: {err}");
+    }
+    std::fs::remove_file(p.path().join("dbward.toml")).unwrap();
     // The new release is connected while it fails its health check.
     let mut app = pg.session("shop");
     std::io::Write::write_all(app.stdin.as_mut().unwrap(), b"SELECT 1;\n").unwrap();
