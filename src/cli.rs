@@ -68,6 +68,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Show applied, pending and drifted migrations (exit 3 on drift).
     Status,
+    /// The deploy log, newest first: what each migrate applied, who ran it, release, reason,
+    /// outcome, and restores by the health guard.
+    Deploys,
     /// Adopt a database that already exists: record the migrations up to VERSION as applied,
     /// without running them (only on a database with tables and no migration history).
     Baseline(BaselineArgs),
@@ -229,6 +232,10 @@ pub struct MigrateArgs {
     /// How long to wait for another migrate run's lock (exit 4 after it), e.g. 30s, 10m.
     #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
     pub lock_timeout: std::time::Duration,
+    /// Why this deploy, for the deploy log (`dbward deploys`); the release comes from
+    /// DBWARD_RELEASE.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]

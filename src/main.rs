@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod deploys;
 mod notify;
 mod probe;
 mod replaced;

@@ -436,3 +436,53 @@ fn body_checks_and_sql_probes_decide_health_too() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("returned false"), "{err}");
 }
+
+/// The deploy log: each migrate that applied something (or failed) and each restore by the
+/// guard, with who, the release and the reason; kept in the state dir and in the store, so a
+/// new host still has it.
+#[test]
+fn the_deploy_log_records_who_what_why_and_the_guards_restores() {
+    let p = Project::new();
+    p.migration(
+        "V1__notes.sql",
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);\n",
+    );
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    p.migration(
+        "V2__more.sql",
+        "ALTER TABLE notes ADD COLUMN author TEXT;\n",
+    );
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["migrate", "--reason", "ticket 42: authors"])
+        .env("DBWARD_RELEASE", "4f2c9e1")
+        .env("USER", "deployer"));
+    assert_eq!(code, 0, "{err}");
+    let server = Http::status(503);
+    assert_eq!(run(&mut health(&p, &server.url())).0, 5);
+
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["deploys", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let doc = json(&out);
+    let log = doc["deploys"].as_array().unwrap();
+    assert_eq!(log.len(), 3, "{doc}");
+    assert_eq!(log[0]["event"], "restore");
+    assert_eq!(log[1]["event"], "migrate");
+    assert_eq!(log[1]["applied"], serde_json::json!([2]));
+    assert_eq!(log[1]["release"], "4f2c9e1");
+    assert_eq!(log[1]["reason"], "ticket 42: authors");
+    assert_eq!(log[1]["user"], "deployer");
+    assert!(log[1]["snapshot"].is_string());
+
+    // A new host: the state dir is gone, the store still has the log.
+    for e in std::fs::read_dir(p.path().join(".dbward"))
+        .unwrap()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with("deploys-") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["deploys", "--json"]));
+    assert_eq!(json(&out)["deploys"].as_array().unwrap().len(), 3, "{out}");
+}

@@ -230,6 +230,14 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
     if let Err(e) = state::write(&settings.state_dir, &url.name(), &deploy) {
         tracing::error!("restored, but recording it failed: {e}");
     }
+    let mut logged = crate::deploys::Entry::new(
+        "restore",
+        url.display(),
+        format!("restored by the health guard: {reason}"),
+    );
+    logged.applied = deploy.applied.clone();
+    logged.snapshot = Some(snapshot.clone());
+    crate::deploys::append(&settings.state_dir, Some(&store), &url.name(), &logged).await;
     let failed = state::FailedBatch {
         at: now,
         reason: reason.to_string(),

@@ -14,7 +14,45 @@ use crate::report::{Failure, Report};
 use crate::settings::Settings;
 use crate::state;
 
+/// `migrate`, with its outcome appended to the deploy log when it applied something or failed.
 pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Failure> {
+    let result = migrate(settings, args).await;
+    if args.dry_run {
+        return result;
+    }
+    let Ok(url) = database_url(settings) else {
+        return result;
+    };
+    let entry = match &result {
+        Ok(r) => {
+            let applied: Vec<i64> = r.json["applied"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|f| f["version"].as_i64()).collect())
+                .unwrap_or_default();
+            if applied.is_empty() {
+                None
+            } else {
+                let mut e = crate::deploys::Entry::new("migrate", url.display(), "applied".into());
+                e.applied = applied;
+                e.snapshot = r.json["snapshot"].as_str().map(str::to_string);
+                Some(e)
+            }
+        }
+        Err(f) => Some(crate::deploys::Entry::new(
+            "migrate",
+            url.display(),
+            format!("failed (exit {}): {}", f.code, f.message),
+        )),
+    };
+    if let Some(mut e) = entry {
+        e.reason = args.reason.clone();
+        let store = settings.store().await.ok();
+        crate::deploys::append(&settings.state_dir, store.as_ref(), &url.name(), &e).await;
+    }
+    result
+}
+
+async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Failure> {
     let started = Instant::now();
     let url = database_url(settings)?;
 

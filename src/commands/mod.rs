@@ -23,6 +23,7 @@ pub fn name(command: &Command) -> &'static str {
     match command {
         Command::Migrate(_) => "migrate",
         Command::Status => "status",
+        Command::Deploys => "deploys",
         Command::Baseline(_) => "baseline",
         Command::Lint => "lint",
         Command::Backup(_) => "backup",
@@ -41,6 +42,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
     match &cli.command {
         Command::Migrate(args) => migrate::run(&settings, args).await,
         Command::Status => status::run(&settings).await,
+        Command::Deploys => deploys_list(&settings).await,
         Command::Baseline(args) => baseline::run(&settings, args).await,
         Command::Lint => lint::run(&settings),
         Command::Backup(args) => backup::run(&settings, args).await,
@@ -52,6 +54,41 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::RestoreDrill(args) => drill::run(&settings, args).await,
         Command::Schedule(args) => schedule::run(&settings, args).await,
     }
+}
+
+/// `dbward deploys`: the deploy log, newest first.
+async fn deploys_list(settings: &Settings) -> Result<Report, Failure> {
+    let url = database_url(settings)?;
+    let store = settings.store().await?;
+    let entries = crate::deploys::read(&settings.state_dir, &store, &url.name()).await;
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.at.clone(),
+                e.event.clone(),
+                e.applied
+                    .iter()
+                    .map(|v| format!("V{v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                format!("{}@{}", e.user, e.host),
+                e.release.clone().unwrap_or_default(),
+                e.outcome.clone(),
+                e.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    Ok(Report {
+        text: table(
+            &[
+                "AT", "EVENT", "APPLIED", "BY", "RELEASE", "OUTCOME", "REASON",
+            ],
+            &rows,
+        ),
+        json: serde_json::json!({ "database": url.name(), "deploys": entries }),
+        code: 0,
+    })
 }
 
 /// The database setting, parsed (exit 2 if missing or malformed).

@@ -24,6 +24,7 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
     let migrate = MigrateArgs {
         retry_failed: false,
         restore_if_missing: args.restore_if_missing,
+        reason: None,
         dry_run: false,
         no_snapshot: false,
         lock_timeout: Duration::from_secs(600),
