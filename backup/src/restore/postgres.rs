@@ -224,7 +224,7 @@ pub async fn restore(
     }
 
     // The swap. Without --terminate-connections, open sessions refuse it.
-    let sessions = sessions(c, &live).await?;
+    let sessions = lasting_sessions(c, &live).await?;
     if !sessions.is_empty() && !opts.terminate_connections {
         drop_target().await;
         return Err(Error::Refused(format!(
@@ -463,7 +463,7 @@ pub async fn restore_in_place(
     let live = url.dbname().to_string();
     let db = Postgres::connect(url).await?;
     let c = db.client();
-    let open = sessions(c, &live).await?;
+    let open = lasting_sessions(c, &live).await?;
     let mut ended = Terminated::default();
     if !open.is_empty() {
         if !terminate_connections {
@@ -505,6 +505,21 @@ pub async fn restore_in_place(
         strategy: "in-place",
         strategy_reason: Some(reason),
     })
+}
+
+/// The sessions on `db` that stay: ones that are closing (this process's own earlier
+/// connections, say: the identity check, the snapshot taken just before an in-place restore)
+/// get two seconds to go before they count.
+async fn lasting_sessions(c: &tokio_postgres::Client, db: &str) -> Result<Vec<Session>, Error> {
+    let mut open = sessions(c, db).await?;
+    for _ in 0..20 {
+        if open.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        open = sessions(c, db).await?;
+    }
+    Ok(open)
 }
 
 /// Every session on `db` but this connection's. Another role's session shows NULL in most
