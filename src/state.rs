@@ -33,8 +33,12 @@ fn path(state_dir: &Path, database: &str) -> PathBuf {
 }
 
 pub fn read(state_dir: &Path, database: &str) -> Result<Option<Deploy>, String> {
-    let p = path(state_dir, database);
-    match std::fs::read(&p) {
+    read_json(&path(state_dir, database))
+}
+
+/// A state file, `None` when it does not exist.
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, String> {
+    match std::fs::read(p) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| format!("{}: {e}", p.display())),
@@ -89,14 +93,7 @@ fn failed_path(state_dir: &Path, database: &str) -> PathBuf {
 }
 
 pub fn read_failed(state_dir: &Path, database: &str) -> Result<Option<FailedBatch>, String> {
-    let p = failed_path(state_dir, database);
-    match std::fs::read(&p) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", p.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", p.display())),
-    }
+    read_json(&failed_path(state_dir, database))
 }
 
 pub fn write_failed(state_dir: &Path, database: &str, f: &FailedBatch) -> Result<(), String> {
@@ -132,12 +129,7 @@ fn replaced_path(state_dir: &Path, database: &str) -> PathBuf {
 }
 
 pub fn read_replaced(state_dir: &Path, database: &str) -> Result<Vec<ReplacedCopy>, String> {
-    let p = replaced_path(state_dir, database);
-    match std::fs::read(&p) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", p.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("{}: {e}", p.display())),
-    }
+    Ok(read_json(&replaced_path(state_dir, database))?.unwrap_or_default())
 }
 
 pub fn write_replaced(

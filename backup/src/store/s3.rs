@@ -172,14 +172,7 @@ impl S3Store {
                     // The server may have completed it anyway (a lost answer): the object is
                     // this run's own new key and has no manifest, so it goes, with the upload.
                     let err = self.err("completing the multipart upload of", key, e);
-                    let _ = self
-                        .client
-                        .abort_multipart_upload()
-                        .bucket(&self.bucket)
-                        .key(&full)
-                        .upload_id(&upload_id)
-                        .send()
-                        .await;
+                    self.abort(&full, &upload_id).await;
                     if let Err(d) = self.delete(key).await {
                         tracing::warn!("could not remove the incomplete object: {d}");
                     }
@@ -188,23 +181,28 @@ impl S3Store {
                 self.size(key).await
             }
             Err(e) => {
-                // Best effort: a dead server cannot take the abort either; prune cleans up later.
-                let abort = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&full)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await;
-                if let Err(a) = abort {
-                    tracing::warn!(
-                        "could not abort the multipart upload {upload_id}: {}",
-                        sdk_message(&a)
-                    );
-                }
+                self.abort(&full, &upload_id).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Aborts a multipart upload, best effort: a dead server cannot take the abort either;
+    /// prune aborts uploads left older than a day.
+    async fn abort(&self, full_key: &str, upload_id: &str) {
+        let abort = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full_key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        if let Err(a) = abort {
+            tracing::warn!(
+                "could not abort the multipart upload {upload_id}: {}",
+                sdk_message(&a)
+            );
         }
     }
 
