@@ -76,6 +76,9 @@ pub enum Command {
     Baseline(BaselineArgs),
     /// Check the migrations folder without touching a database (exit 3 on errors).
     Lint,
+    /// Run a one-off job (a long backfill) under the migration lock, so no deploy migrates
+    /// meanwhile; exits with its code.
+    Locked(LockedArgs),
     /// Snapshot the database to the store (kind `manual`).
     Backup(BackupArgs),
     /// List this database's snapshots, newest first.
@@ -236,6 +239,16 @@ pub struct MigrateArgs {
     /// DBWARD_RELEASE.
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LockedArgs {
+    /// How long to wait for a migrate run's lock (exit 4 after it), e.g. 30s, 10m.
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
+    pub lock_timeout: std::time::Duration,
+    /// The job and its arguments, after `--`. It gets DBWARD_DATABASE_URL.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -17,6 +17,9 @@ pub struct Entry {
     pub database: String,
     #[serde(default)]
     pub applied: Vec<i64>,
+    /// Repeatable migrations applied, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repeatable: Vec<String>,
     pub snapshot: Option<String>,
     pub user: String,
     pub host: String,
@@ -35,6 +38,7 @@ impl Entry {
             event: event.into(),
             database,
             applied: Vec::new(),
+            repeatable: Vec::new(),
             snapshot: None,
             user: user(),
             host: std::fs::read_to_string("/proc/sys/kernel/hostname")

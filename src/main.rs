@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod deploys;
+mod hooks;
 mod notify;
 mod probe;
 mod replaced;

@@ -10,6 +10,9 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_REFUSED: u8 = 3;
 pub const EXIT_LOCK_TIMEOUT: u8 = 4;
 pub const EXIT_RESTORED: u8 = 5;
+/// The batch committed, but an after-migrate hook failed: the deploy is broken (the health
+/// guard restores its pre-deploy snapshot), the database holds the batch.
+pub const EXIT_HOOK_FAILED: u8 = 6;
 /// Stopped by SIGINT / SIGTERM: 128 + the signal's number, the shell's convention.
 pub const EXIT_SIGINT: u8 = 130;
 pub const EXIT_SIGTERM: u8 = 143;

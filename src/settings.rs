@@ -41,6 +41,19 @@ pub struct Settings {
     pub keep_replaced: usize,
     /// `restore.if_missing`: `migrate` and `run` first restore a missing database.
     pub restore_if_missing: bool,
+    /// `[hooks]`.
+    pub hooks: Hooks,
+}
+
+/// `[hooks]`: what runs after a batch committed.
+#[derive(Debug, Clone)]
+pub struct Hooks {
+    /// `hooks.after_migrate`: command lines for `sh -c`, in order.
+    pub after_migrate: Vec<String>,
+    /// `hooks.always`: run them even when nothing was applied.
+    pub always: bool,
+    /// `hooks.timeout`: how long each may run (default 1h).
+    pub timeout: Duration,
 }
 
 /// A setting problem: exit 2, naming the setting.
@@ -70,6 +83,16 @@ struct FileConfig {
     notify: Notify,
     #[serde(default)]
     restore: RestoreSection,
+    #[serde(default)]
+    hooks: HooksSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HooksSection {
+    after_migrate: Option<Vec<String>>,
+    always: Option<bool>,
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -380,6 +403,15 @@ fn resolve(
             .map(|v| matches!(v.as_str(), "1" | "true" | "yes"))
             .or(file.restore.if_missing)
             .unwrap_or(false),
+        hooks: Hooks {
+            after_migrate: file.hooks.after_migrate.unwrap_or_default(),
+            always: file.hooks.always.unwrap_or(false),
+            timeout: duration_key(
+                "hooks.timeout",
+                file.hooks.timeout.as_deref(),
+                Duration::from_secs(3600),
+            )?,
+        },
     })
 }
 

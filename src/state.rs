@@ -19,6 +19,20 @@ pub struct Deploy {
     /// Set when the health guard restored this deploy's snapshot (it never does so twice).
     #[serde(default)]
     pub restored: Option<String>,
+    /// Repeatable migrations this deploy applied, by name.
+    #[serde(default)]
+    pub repeatable: Vec<String>,
+    /// Why an after-migrate hook of this deploy failed: the deploy is broken, and the guard
+    /// restores it without asking the application.
+    #[serde(default)]
+    pub hook_failed: Option<String>,
+}
+
+impl Deploy {
+    /// Whether this deploy changed the database (versioned or repeatable migrations).
+    pub fn changed(&self) -> bool {
+        !self.applied.is_empty() || !self.repeatable.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +100,29 @@ pub struct BatchFile {
     pub version: i64,
     pub name: String,
     pub checksum: String,
+}
+
+impl BatchFile {
+    /// A file of the batch: a repeatable one as version 0, named `R__<name>`.
+    pub fn of(f: &migrator::MigrationFile) -> BatchFile {
+        BatchFile {
+            version: f.version,
+            name: match f.kind {
+                migrator::Kind::Versioned => f.name.clone(),
+                migrator::Kind::Repeatable => format!("R__{}", f.name),
+            },
+            checksum: f.checksum.to_string(),
+        }
+    }
+
+    /// `V3 add_orders` or `R__views`.
+    pub fn label(&self) -> String {
+        if self.version == 0 && self.name.starts_with("R__") {
+            self.name.clone()
+        } else {
+            format!("V{} {}", self.version, self.name)
+        }
+    }
 }
 
 fn failed_path(state_dir: &Path, database: &str) -> PathBuf {

@@ -57,9 +57,12 @@ impl std::fmt::Display for Finding {
 }
 
 /// Lints every file; findings come in file order, then line order.
-pub fn lint(files: &[MigrationFile], dialect: Dialect) -> Vec<Finding> {
+pub fn lint<'a>(
+    files: impl IntoIterator<Item = &'a MigrationFile>,
+    dialect: Dialect,
+) -> Vec<Finding> {
     files
-        .iter()
+        .into_iter()
         .flat_map(|f| {
             lint_sql(&f.sql, dialect)
                 .into_iter()

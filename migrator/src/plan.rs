@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::source::MigrationFile;
+use crate::source::{MigrationFile, Migrations};
 
 /// One row of `refinery_schema_history`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -19,6 +19,16 @@ pub struct Applied {
 
 fn as_text<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
+}
+
+/// One row of dbward's repeatable-migration history (`dbward_repeatable_history`): the text of
+/// `R__<name>.sql` last applied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AppliedRepeatable {
+    pub name: String,
+    pub applied_on: String,
+    #[serde(serialize_with = "as_text")]
+    pub checksum: u64,
 }
 
 /// Why the folder and the database disagree.
@@ -56,11 +66,42 @@ pub struct Plan<'a> {
     pub applied: Vec<Applied>,
     /// In version order: what `migrate` would apply, in one transaction.
     pub pending: Vec<&'a MigrationFile>,
+    /// Repeatable files that are new or changed since last applied, in name order: applied
+    /// after `pending`, in the same transaction. A repeatable file removed from the folder is
+    /// not drift (what it created stays, as Flyway leaves it).
+    pub repeatable: Vec<&'a MigrationFile>,
     pub drift: Vec<Drift>,
 }
 
 impl<'a> Plan<'a> {
-    pub fn new(files: &'a [MigrationFile], mut applied: Vec<Applied>) -> Plan<'a> {
+    pub fn new(
+        migrations: &'a Migrations,
+        applied: Vec<Applied>,
+        applied_repeatable: &[AppliedRepeatable],
+    ) -> Plan<'a> {
+        let mut plan = Plan::versioned(&migrations.versioned, applied);
+        plan.repeatable = migrations
+            .repeatable
+            .iter()
+            .filter(|f| {
+                !applied_repeatable
+                    .iter()
+                    .any(|a| a.name == f.name && a.checksum == f.checksum)
+            })
+            .collect();
+        plan
+    }
+
+    /// Everything the batch would apply: versioned files, then repeatable ones.
+    pub fn batch(&self) -> Vec<&'a MigrationFile> {
+        self.pending
+            .iter()
+            .chain(&self.repeatable)
+            .copied()
+            .collect()
+    }
+
+    fn versioned(files: &'a [MigrationFile], mut applied: Vec<Applied>) -> Plan<'a> {
         applied.sort_by_key(|a| a.version);
         let by_version: BTreeMap<i64, &MigrationFile> =
             files.iter().map(|f| (f.version, f)).collect();
@@ -97,6 +138,7 @@ impl<'a> Plan<'a> {
         Plan {
             applied,
             pending,
+            repeatable: Vec::new(),
             drift,
         }
     }
@@ -118,6 +160,7 @@ mod tests {
             name: "m".into(),
             sql: "select 1".into(),
             checksum,
+            kind: crate::source::Kind::Versioned,
         }
     }
 
@@ -139,7 +182,7 @@ mod tests {
             file(5, 50),
             file(6, 60),
         ];
-        let plan = Plan::new(
+        let plan = Plan::versioned(
             &files,
             vec![
                 applied(1, 10),
@@ -177,8 +220,44 @@ mod tests {
     #[test]
     fn fresh_database_has_everything_pending() {
         let files = [file(1, 10), file(2, 20)];
-        let plan = Plan::new(&files, vec![]);
+        let plan = Plan::versioned(&files, vec![]);
         assert_eq!(plan.pending.len(), 2);
         assert!(plan.drift.is_empty() && plan.head().is_none());
+    }
+
+    #[test]
+    fn repeatables_pending_when_new_or_changed() {
+        let mut r = file(0, 7);
+        r.kind = crate::source::Kind::Repeatable;
+        r.name = "views".into();
+        let mut gone = r.clone();
+        gone.name = "funcs".into();
+        let migrations = Migrations {
+            versioned: vec![file(1, 10)],
+            repeatable: vec![r.clone()],
+        };
+        let same = AppliedRepeatable {
+            name: "views".into(),
+            applied_on: String::new(),
+            checksum: 7,
+        };
+        let removed = AppliedRepeatable {
+            name: "funcs".into(),
+            applied_on: String::new(),
+            checksum: 1,
+        };
+        let plan = Plan::new(&migrations, vec![applied(1, 10)], &[same.clone(), removed]);
+        assert!(plan.repeatable.is_empty() && plan.drift.is_empty());
+        let changed = AppliedRepeatable {
+            checksum: 8,
+            ..same
+        };
+        let plan = Plan::new(&migrations, vec![applied(1, 10)], &[changed]);
+        assert_eq!(plan.batch().len(), 1);
+        let plan = Plan::new(&migrations, vec![], &[]);
+        assert_eq!(
+            plan.batch().iter().map(|f| f.label()).collect::<Vec<_>>(),
+            ["V1 m", "R__views"]
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Finding migrations on disk: `V<version>__<name>.sql`, refinery's convention.
+//! Finding migrations on disk: `V<version>__<name>.sql`, refinery's convention, and
+//! repeatable `R__<name>.sql` files (Flyway's), re-applied whenever their text changes.
 //!
 //! Unlike refinery's loader, nothing is skipped silently: a `.sql` file whose name does not
 //! match, a duplicate version, a file that is empty or not UTF-8 is an error naming the file.
@@ -15,11 +16,40 @@ use crate::error::{Error, FileProblem};
 #[derive(Debug, Clone)]
 pub struct MigrationFile {
     pub path: PathBuf,
+    /// The version of a versioned file; 0 for a repeatable one.
     pub version: i64,
     pub name: String,
     pub sql: String,
-    /// refinery's SipHash-1-3 of name, version and text.
+    /// Versioned: refinery's SipHash-1-3 of name, version and text. Repeatable: SipHash-1-3
+    /// (keys 0, 0) of the name and text, computed the same way.
     pub checksum: u64,
+    pub kind: Kind,
+}
+
+/// Whether a file is applied once, in version order, or again whenever it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `V<version>__<name>.sql`: applied once; editing it afterwards is drift.
+    Versioned,
+    /// `R__<name>.sql`: applied after the versioned files of a batch, in name order, whenever it
+    /// is new or its text changed. Its history is dbward's own table, not refinery's.
+    Repeatable,
+}
+
+/// Every migration file of a folder.
+#[derive(Debug, Clone, Default)]
+pub struct Migrations {
+    /// By version.
+    pub versioned: Vec<MigrationFile>,
+    /// By name.
+    pub repeatable: Vec<MigrationFile>,
+}
+
+impl Migrations {
+    /// Versioned then repeatable: every file, for lint.
+    pub fn all(&self) -> impl Iterator<Item = &MigrationFile> {
+        self.versioned.iter().chain(&self.repeatable)
+    }
 }
 
 impl MigrationFile {
@@ -62,6 +92,14 @@ impl MigrationFile {
         (std::borrow::Cow::Owned(text), dropped)
     }
 
+    /// `V3 add_orders` or `R__refresh_views`: how the migration is named in a short list.
+    pub fn label(&self) -> String {
+        match self.kind {
+            Kind::Versioned => format!("V{} {}", self.version, self.name),
+            Kind::Repeatable => format!("R__{}", self.name),
+        }
+    }
+
     /// `V3__add_orders.sql`: how the file is named in messages.
     pub fn file_name(&self) -> String {
         self.path
@@ -80,8 +118,9 @@ pub fn is_pg_dump_restrict(line: &str) -> bool {
     rest.is_some_and(|key| !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
-/// Reads every migration under `dir` (recursively, as refinery does), sorted by version.
-pub fn discover(dir: &Path) -> Result<Vec<MigrationFile>, Error> {
+/// Reads every migration under `dir` (recursively, as refinery does): versioned files sorted by
+/// version, repeatable ones by name.
+pub fn discover(dir: &Path) -> Result<Migrations, Error> {
     let mut paths = Vec::new();
     walk(dir, &mut paths).map_err(|source| Error::Folder {
         path: dir.to_path_buf(),
@@ -101,6 +140,21 @@ pub fn discover(dir: &Path) -> Result<Vec<MigrationFile>, Error> {
             }),
         }
     }
+    let (mut repeatable, mut files): (Vec<_>, Vec<_>) =
+        files.into_iter().partition(|f| f.kind == Kind::Repeatable);
+    repeatable.sort_by(|a, b| a.name.cmp(&b.name));
+    for pair in repeatable.windows(2) {
+        if pair[0].name == pair[1].name {
+            problems.push(FileProblem {
+                file: pair[1].path.clone(),
+                problem: format!(
+                    "repeatable migration `{}` is also {}; every repeatable migration needs its own name",
+                    pair[1].name,
+                    pair[0].path.display()
+                ),
+            });
+        }
+    }
     files.sort_by_key(|f| f.version);
     for pair in files.windows(2) {
         if pair[0].version == pair[1].version {
@@ -115,7 +169,10 @@ pub fn discover(dir: &Path) -> Result<Vec<MigrationFile>, Error> {
         }
     }
     if problems.is_empty() {
-        Ok(files)
+        Ok(Migrations {
+            versioned: files,
+            repeatable,
+        })
     } else {
         Err(Error::Files { problems })
     }
@@ -146,6 +203,11 @@ fn read_one(path: &Path) -> Result<Option<MigrationFile>, String> {
         return Ok(None);
     }
     let (version, name) = parse_name(stem, ext)?;
+    let kind = if version.is_none() {
+        Kind::Repeatable
+    } else {
+        Kind::Versioned
+    };
 
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let sql = String::from_utf8(bytes).map_err(|e| {
@@ -162,25 +224,51 @@ fn read_one(path: &Path) -> Result<Option<MigrationFile>, String> {
     if sql.trim().is_empty() {
         return Err("the file is empty; a migration must contain SQL".into());
     }
-    let migration = Migration::unapplied(stem, &sql)
-        .map_err(|e| format!("refinery does not accept this name: {e}"))?;
-    debug_assert_eq!(i64::from(migration.version()), version);
-    debug_assert_eq!(migration.name(), name);
+    let checksum = match version {
+        Some(version) => {
+            let migration = Migration::unapplied(stem, &sql)
+                .map_err(|e| format!("refinery does not accept this name: {e}"))?;
+            debug_assert_eq!(i64::from(migration.version()), version);
+            debug_assert_eq!(migration.name(), name);
+            migration.checksum()
+        }
+        None => repeatable_checksum(name, &sql),
+    };
     Ok(Some(MigrationFile {
         path: path.to_path_buf(),
-        version,
+        version: version.unwrap_or(0),
         name: name.to_string(),
         sql,
-        checksum: migration.checksum(),
+        checksum,
+        kind,
     }))
 }
 
-/// `V12__add_users` → (12, "add_users"). Stricter than refinery's unanchored pattern, which
-/// would read `V1__add-users` as a migration named `add`.
-fn parse_name<'a>(stem: &'a str, ext: &str) -> Result<(i64, &'a str), String> {
-    const EXPECTED: &str = "expected V<version>__<name>.sql, e.g. V3__add_orders.sql, with a name of letters, digits and underscores";
+/// A repeatable file's checksum: SipHash-1-3 with zero keys (refinery's hasher) of its name and
+/// text. Stable across Rust releases, unlike `std`'s `DefaultHasher`.
+fn repeatable_checksum(name: &str, sql: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new();
+    h.write(name.as_bytes());
+    h.write_u8(0);
+    h.write(sql.as_bytes());
+    h.finish()
+}
+
+/// `V12__add_users` → (Some(12), "add_users"); `R__views` → (None, "views"). Stricter than
+/// refinery's unanchored pattern, which would read `V1__add-users` as a migration named `add`.
+fn parse_name<'a>(stem: &'a str, ext: &str) -> Result<(Option<i64>, &'a str), String> {
+    const EXPECTED: &str = "expected V<version>__<name>.sql (e.g. V3__add_orders.sql) or R__<name>.sql (a repeatable migration), with a name of letters, digits and underscores";
     if ext != "sql" {
         return Err(format!("extension `.{ext}` must be lowercase `.sql`"));
+    }
+    if let Some(name) = stem.strip_prefix("R__") {
+        if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            return Err(format!(
+                "name `{name}` has characters other than letters, digits and `_`; {EXPECTED}"
+            ));
+        }
+        return Ok((None, name));
     }
     if stem.starts_with('U') {
         return Err(
@@ -208,7 +296,7 @@ fn parse_name<'a>(stem: &'a str, ext: &str) -> Result<(i64, &'a str), String> {
     let version: i32 = digits
         .parse()
         .map_err(|_| format!("version {digits} is larger than {}", i32::MAX))?;
-    Ok((i64::from(version), name))
+    Ok((Some(i64::from(version)), name))
 }
 
 #[cfg(test)]
@@ -217,11 +305,14 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(parse_name("V1__init", "sql"), Ok((1, "init")));
+        assert_eq!(parse_name("V1__init", "sql"), Ok((Some(1), "init")));
         assert_eq!(
             parse_name("V0012__add_users_2", "sql"),
-            Ok((12, "add_users_2"))
+            Ok((Some(12), "add_users_2"))
         );
+        assert_eq!(parse_name("R__views", "sql"), Ok((None, "views")));
+        assert!(parse_name("R__", "sql").is_err());
+        assert!(parse_name("R__a-b", "sql").is_err());
         for bad in [
             "V1__add-users",
             "V1_init",
@@ -247,7 +338,7 @@ mod tests {
             "CREATE TABLE t (id int);",
         )
         .unwrap();
-        let files = discover(dir.path()).unwrap();
+        let files = discover(dir.path()).unwrap().versioned;
         assert_eq!(files[0].checksum, m.checksum());
     }
 

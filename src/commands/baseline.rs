@@ -15,7 +15,7 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
-    let files = migrator::discover(&settings.migrations)?;
+    let files = migrator::discover(&settings.migrations)?.versioned;
     if !files.iter().any(|f| f.version == args.version) {
         return Err(Failure::new(
             EXIT_USAGE,

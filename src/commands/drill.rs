@@ -59,7 +59,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     };
     // The migrations folder, when there is one, tells whether the restored head is known.
     let migrations = if settings.migrations.is_dir() {
-        Some(migrator::discover(&settings.migrations)?)
+        Some(migrator::discover(&settings.migrations)?.versioned)
     } else {
         None
     };

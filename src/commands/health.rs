@@ -19,6 +19,12 @@ use crate::state;
 
 pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failure> {
     let health = args.flags.apply(&settings.health);
+    // A deploy whose after-migrate hook failed is broken whatever the application answers.
+    if args.restore_on_failure {
+        if let Some(reason) = hook_failed(settings) {
+            return Err(guard(settings, &reason).await);
+        }
+    }
     let verdict = match poll(&health).await {
         Ok(ok) => after_checks(settings, &health).await.map(|()| ok),
         Err(e) => Err(e),
@@ -129,6 +135,18 @@ async fn probe_sql(url: &migrator::DatabaseUrl, sql: &str) -> Result<bool, Strin
     db.probe(sql).await.map_err(|e| e.to_string())
 }
 
+/// The last deploy's failed after-migrate hook, if it failed and was not restored yet.
+fn hook_failed(settings: &Settings) -> Option<String> {
+    let url = database_url(settings).ok()?;
+    let deploy = state::read(&settings.state_dir, &url.name()).ok()??;
+    if deploy.restored.is_some() {
+        return None;
+    }
+    deploy
+        .hook_failed
+        .map(|e| format!("the deploy at {} is broken: {e}", deploy.at))
+}
+
 fn ok(code: u16, expect: &[u16]) -> bool {
     if expect.is_empty() {
         (200..300).contains(&code)
@@ -165,7 +183,7 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
     if let Some(at) = &deploy.restored {
         return Err(not(format!("the pre-deploy snapshot of this deploy was already restored at {at}; it is never restored twice")));
     }
-    if deploy.applied.is_empty() {
+    if !deploy.changed() {
         return Err(not(
             "the last deploy applied no migrations, so the database is not what changed".into(),
         ));
@@ -175,10 +193,10 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
             "the last deploy took no pre-deploy snapshot (a first deploy, or --no-snapshot)".into(),
         ));
     };
-    let history = Database::open(&url, Open::Existing)
-        .await?
-        .applied()
-        .await?;
+    let mut db = Database::open(&url, Open::Existing).await?;
+    let history = db.applied().await?;
+    let repeatable = db.applied_repeatable().await?;
+    drop(db);
     // The batch being rolled back, as the history recorded it: `migrate` refuses the same batch
     // again, so a restart loop stops before it touches the database.
     let batch: Vec<state::BatchFile> = history
@@ -189,6 +207,16 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
             name: a.name.clone(),
             checksum: a.checksum.to_string(),
         })
+        .chain(
+            repeatable
+                .iter()
+                .filter(|r| deploy.repeatable.contains(&r.name))
+                .map(|r| state::BatchFile {
+                    version: 0,
+                    name: format!("R__{}", r.name),
+                    checksum: r.checksum.to_string(),
+                }),
+        )
         .collect();
     let head = history.into_iter().max_by_key(|a| a.version);
     let now = head.map(|h| (h.version, h.checksum.to_string()));
@@ -236,6 +264,7 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
         format!("restored by the health guard: {reason}"),
     );
     logged.applied = deploy.applied.clone();
+    logged.repeatable = deploy.repeatable.clone();
     logged.snapshot = Some(snapshot.clone());
     crate::deploys::append(&settings.state_dir, Some(&store), &url.name(), &logged).await;
     let failed = state::FailedBatch {

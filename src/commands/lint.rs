@@ -13,8 +13,8 @@ pub fn run(settings: &Settings) -> Result<Report, Failure> {
         Some(url) => dialect(&DatabaseUrl::parse(url)?),
         None => Dialect::Any,
     };
-    let files = migrator::discover(&settings.migrations)?;
-    let findings = migrator::lint::lint(&files, dialect);
+    let migrations = migrator::discover(&settings.migrations)?;
+    let findings = migrator::lint::lint(migrations.all(), dialect);
     let errors = findings
         .iter()
         .filter(|f| f.severity == Severity::Error)
@@ -24,14 +24,14 @@ pub fn run(settings: &Settings) -> Result<Report, Failure> {
     let mut text: String = findings.iter().map(|f| format!("{f}\n")).collect();
     text.push_str(&format!(
         "{} migration file(s) in {}: {errors} error(s), {warnings} warning(s)\n",
-        files.len(),
+        migrations.all().count(),
         settings.migrations.display()
     ));
     Ok(Report {
         text,
         json: json!({
             "migrations": settings.migrations,
-            "files": files.len(),
+            "files": migrations.all().count(),
             "errors": errors,
             "warnings": warnings,
             "findings": findings,

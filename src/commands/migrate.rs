@@ -6,7 +6,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use migrator::database::Open;
-use migrator::{Database, DatabaseUrl, Plan, Severity};
+use migrator::{Database, DatabaseUrl, Kind, Plan, Severity};
 
 use super::{database_url, dialect};
 use crate::cli::MigrateArgs;
@@ -23,32 +23,35 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     let Ok(url) = database_url(settings) else {
         return result;
     };
-    let entry = match &result {
-        Ok(r) => {
-            let applied: Vec<i64> = r.json["applied"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|f| f["version"].as_i64()).collect())
-                .unwrap_or_default();
-            if applied.is_empty() {
-                None
-            } else {
-                let mut e = crate::deploys::Entry::new("migrate", url.display(), "applied".into());
-                e.applied = applied;
-                e.snapshot = r.json["snapshot"].as_str().map(str::to_string);
-                Some(e)
-            }
-        }
-        Err(f) => Some(crate::deploys::Entry::new(
-            "migrate",
-            url.display(),
+    let (doc, outcome) = match &result {
+        Ok(r) => (&r.json, "applied".to_string()),
+        Err(f) => (
+            &f.details,
             format!("failed (exit {}): {}", f.code, f.message),
-        )),
+        ),
     };
-    if let Some(mut e) = entry {
-        e.reason = args.reason.clone();
-        let store = settings.store().await.ok();
-        crate::deploys::append(&settings.state_dir, store.as_ref(), &url.name(), &e).await;
+    let applied: Vec<i64> = doc["applied"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|f| f["version"].as_i64()).collect())
+        .unwrap_or_default();
+    let repeatable: Vec<String> = doc["applied"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f["repeatable"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if result.is_ok() && applied.is_empty() && repeatable.is_empty() {
+        return result;
     }
+    let mut e = crate::deploys::Entry::new("migrate", url.display(), outcome);
+    e.applied = applied;
+    e.repeatable = repeatable;
+    e.snapshot = doc["snapshot"].as_str().map(str::to_string);
+    e.reason = args.reason.clone();
+    let store = settings.store().await.ok();
+    crate::deploys::append(&settings.state_dir, store.as_ref(), &url.name(), &e).await;
     result
 }
 
@@ -58,7 +61,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
 
     // Everything that can be checked without the database is checked first.
     let files = migrator::discover(&settings.migrations)?;
-    let findings = migrator::lint::lint(&files, dialect(&url));
+    let findings = migrator::lint::lint(files.all(), dialect(&url));
     let (errors, warnings): (Vec<_>, Vec<_>) = findings
         .into_iter()
         .partition(|f| f.severity == Severity::Error);
@@ -82,38 +85,24 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
             warn_if_snapshots_exist(settings, &url).await;
         }
     }
+    // Held until this function returns: the after-migrate hooks run under it too.
     let mut db = Database::open_locked(&url, Open::Create, args.lock_timeout).await?;
     failpoint("migrate-after-lock")?;
     // A SQLite file that was empty until now (opening created it) is a first deploy: nothing to
     // snapshot. Looked at under the lock, so a restore swapping the file in is never mistaken.
     let first_deploy = matches!(&url, DatabaseUrl::Sqlite(p) if std::fs::metadata(p).map_or(true, |m| m.len() == 0));
     // Read under the lock: a runner that waited sees what the other one applied.
-    let plan = Plan::new(&files, db.applied().await?);
+    let applied_repeatable = db.applied_repeatable().await?;
+    let plan = Plan::new(&files, db.applied().await?, &applied_repeatable);
     if !plan.drift.is_empty() {
         return Err(migrator::Error::Drift { drift: plan.drift }.into());
     }
-    if plan.pending.is_empty() {
-        record(
-            settings,
-            &url,
-            None,
-            &[],
-            plan.head().map(|h| state::Head {
-                version: h.version,
-                name: h.name.clone(),
-                checksum: h.checksum.to_string(),
-            }),
-        )?;
-        let head = head_text(&plan);
-        tracing::info!("nothing pending; {} is at {head}", url.display());
-        return Ok(Report {
-            text: format!("nothing pending; database at {head}\n"),
-            json: json!({ "database": url.display(), "applied": [], "head": plan.head(), "snapshot": null, "elapsed_ms": started.elapsed().as_millis() as u64 }),
-            code: 0,
-        });
+    let batch = plan.batch();
+    if batch.is_empty() {
+        return nothing_pending(settings, &url, &plan, started).await;
     }
 
-    refuse_failed_batch(settings, &url, &plan, args.retry_failed).await?;
+    refuse_failed_batch(settings, &url, &batch, args.retry_failed).await?;
 
     // The pre-deploy snapshot: under the lock, once something is pending. A first deploy has
     // nothing to protect. If it fails, nothing is applied.
@@ -126,34 +115,40 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     };
 
     failpoint("migrate-after-snapshot")?;
-    let names: Vec<String> = plan.pending.iter().map(|f| f.file_name()).collect();
+    let names: Vec<String> = batch.iter().map(|f| f.file_name()).collect();
     tracing::info!(
         "applying {} migration(s) in one transaction: {}",
         names.len(),
         names.join(", ")
     );
-    db.apply(&plan.pending, settings.lock_timeout).await?;
+    db.apply(&batch, settings.lock_timeout).await?;
     migrator::committed::mark(format!(
         "the migration batch ({}) was committed",
         names.join(", ")
     ));
     failpoint("migrate-after-commit")?;
-    let last = plan.pending.last().expect("pending is not empty");
+    let head = plan.pending.last().map(|f| state::Head {
+        version: f.version,
+        name: f.name.clone(),
+        checksum: f.checksum.to_string(),
+    });
+    let head = head.or_else(|| plan.head().map(head_of));
     let applied: Vec<i64> = plan.pending.iter().map(|f| f.version).collect();
+    let repeatable: Vec<String> = plan.repeatable.iter().map(|f| f.name.clone()).collect();
+    let mut deploy = state::Deploy {
+        database: url.display(),
+        at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
+        pre_deploy_snapshot: snapshot.clone(),
+        applied: applied.clone(),
+        head: head.clone(),
+        restored: None,
+        repeatable: repeatable.clone(),
+        hook_failed: None,
+    };
     // The batch is committed: a failure to record it must not say otherwise (exit 1 promises
     // the database is as it was). Without the record the guard sees an older deploy whose head
     // no longer matches, so it never restores on a wrong basis.
-    let recorded = record(
-        settings,
-        &url,
-        snapshot.clone(),
-        &applied,
-        Some(state::Head {
-            version: last.version,
-            name: last.name.clone(),
-            checksum: last.checksum.to_string(),
-        }),
-    );
+    let recorded = record(settings, &url, &deploy);
     if let Err(e) = &recorded {
         tracing::error!(
             "{}; the health guard will not restore this deploy automatically (restore it by id: {})",
@@ -170,48 +165,190 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
             tracing::warn!("removing the failed-batch record from the store: {e}");
         }
     }
-    let head = format!("V{} {}", last.version, last.name);
+    let head_text = head
+        .as_ref()
+        .map(|h| format!("V{} {}", h.version, h.name))
+        .unwrap_or_else(|| "no versioned migration".into());
     tracing::info!(
-        "applied {} migration(s) in {:.2}s; head is {head}",
+        "applied {} migration(s) in {:.2}s; head is {head_text}",
         names.len(),
         started.elapsed().as_secs_f64()
     );
+    let mut json = json!({
+        "database": url.display(),
+        "applied": batch.iter().map(|f| applied_json(f)).collect::<Vec<_>>(),
+        "head": head,
+        "snapshot": snapshot,
+        "deploy_recorded": recorded.is_ok(),
+        "elapsed_ms": started.elapsed().as_millis() as u64,
+    });
+    let hooks = crate::hooks::Batch {
+        applied: &applied,
+        repeatable: &repeatable,
+        snapshot: snapshot.as_deref(),
+        head: head.as_ref().map(|h| h.version),
+    };
+    if let Err(e) = crate::hooks::after_migrate(settings, &hooks).await {
+        json["hook_failed"] = json!(e);
+        deploy.hook_failed = Some(e.clone());
+        if recorded.is_ok() {
+            if let Err(f) = record(settings, &url, &deploy) {
+                tracing::error!("{}", f.message);
+            }
+        }
+        return Err(hook_failure(&e, &names, snapshot.as_deref(), json));
+    }
     Ok(Report {
         text: format!(
-            "applied {} migration(s): {}\nhead: {head}\n",
+            "applied {} migration(s): {}\nhead: {head_text}\n",
             names.len(),
             names.join(", ")
         ),
-        json: json!({
-            "database": url.display(),
-            "applied": plan.pending.iter().map(|f| json!({ "version": f.version, "name": f.name, "file": f.path })).collect::<Vec<_>>(),
-            "head": { "version": last.version, "name": last.name, "checksum": last.checksum.to_string() },
-            "snapshot": snapshot,
-            "deploy_recorded": recorded.is_ok(),
-            "elapsed_ms": started.elapsed().as_millis() as u64,
-        }),
+        json,
         code: 0,
     })
 }
 
-/// Records this deploy in the state dir, for `restore pre-deploy` and the health guard. A
-/// deploy that applied nothing is recorded too, so the guard never acts on an older one.
-fn record(
+/// Nothing to apply. A deploy whose after-migrate hooks failed is not finished: its hooks run
+/// again (its record stays, so the guard can still restore it) until they pass. Otherwise this
+/// deploy is recorded as one that changed nothing, and `hooks.always` runs the hooks anyway.
+async fn nothing_pending(
     settings: &Settings,
     url: &DatabaseUrl,
-    snapshot: Option<String>,
-    applied: &[i64],
-    head: Option<state::Head>,
-) -> Result<(), Failure> {
+    plan: &Plan<'_>,
+    started: Instant,
+) -> Result<Report, Failure> {
+    let head = plan.head().map(head_of);
+    let unfinished = state::read(&settings.state_dir, &url.name())
+        .ok()
+        .flatten()
+        .filter(|d| d.hook_failed.is_some() && d.restored.is_none() && d.head == head);
+    let head_text = head_text(plan);
+    let mut json =
+        json!({ "database": url.display(), "applied": [], "head": plan.head(), "snapshot": null });
+    if let Some(mut deploy) = unfinished {
+        tracing::warn!(
+            "nothing pending, but the after-migrate hooks of the deploy at {} failed ({}); running them again",
+            deploy.at,
+            deploy.hook_failed.as_deref().unwrap_or_default()
+        );
+        let hooks = crate::hooks::Batch {
+            applied: &deploy.applied,
+            repeatable: &deploy.repeatable,
+            snapshot: deploy.pre_deploy_snapshot.as_deref(),
+            head: deploy.head.as_ref().map(|h| h.version),
+        };
+        let result = crate::hooks::after_migrate(settings, &hooks).await;
+        json["snapshot"] = json!(deploy.pre_deploy_snapshot);
+        return match result {
+            Ok(()) => {
+                deploy.hook_failed = None;
+                record(settings, url, &deploy)?;
+                Ok(Report {
+                    text: format!("nothing pending; database at {head_text}; the after-migrate hooks of the deploy at {} passed this time\n", deploy.at),
+                    json,
+                    code: 0,
+                })
+            }
+            Err(e) => {
+                deploy.hook_failed = Some(e.clone());
+                record(settings, url, &deploy)?;
+                json["hook_failed"] = json!(e);
+                let names: Vec<String> = deploy
+                    .applied
+                    .iter()
+                    .map(|v| format!("V{v}"))
+                    .chain(deploy.repeatable.iter().map(|r| format!("R__{r}")))
+                    .collect();
+                Err(hook_failure(
+                    &e,
+                    &names,
+                    deploy.pre_deploy_snapshot.as_deref(),
+                    json,
+                ))
+            }
+        };
+    }
     let deploy = state::Deploy {
         database: url.display(),
         at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
-        pre_deploy_snapshot: snapshot,
-        applied: applied.to_vec(),
+        pre_deploy_snapshot: None,
+        applied: Vec::new(),
         head,
         restored: None,
+        repeatable: Vec::new(),
+        hook_failed: None,
     };
-    state::write(&settings.state_dir, &url.name(), &deploy).map_err(|e| {
+    record(settings, url, &deploy)?;
+    tracing::info!("nothing pending; {} is at {head_text}", url.display());
+    if settings.hooks.always && !settings.hooks.after_migrate.is_empty() {
+        let hooks = crate::hooks::Batch {
+            applied: &[],
+            repeatable: &[],
+            snapshot: None,
+            head: deploy.head.as_ref().map(|h| h.version),
+        };
+        if let Err(e) = crate::hooks::after_migrate(settings, &hooks).await {
+            json["hook_failed"] = json!(e);
+            return Err(hook_failure(&e, &[], None, json));
+        }
+    }
+    json["elapsed_ms"] = json!(started.elapsed().as_millis() as u64);
+    Ok(Report {
+        text: format!("nothing pending; database at {head_text}\n"),
+        json,
+        code: 0,
+    })
+}
+
+/// Exit 6: the batch is in the database, the deploy is broken.
+fn hook_failure(
+    e: &str,
+    applied: &[String],
+    snapshot: Option<&str>,
+    details: serde_json::Value,
+) -> Failure {
+    let undo = match snapshot {
+        Some(id) => format!(
+            "the health guard restores its pre-deploy snapshot {id} (or run `dbward restore pre-deploy`)"
+        ),
+        None => "no pre-deploy snapshot was taken".into(),
+    };
+    let what = if applied.is_empty() {
+        "nothing was applied".to_string()
+    } else {
+        format!(
+            "the batch ({}) is committed and stays applied",
+            applied.join(", ")
+        )
+    };
+    Failure {
+        code: crate::report::EXIT_HOOK_FAILED,
+        message: format!("{e}; {what}; this deploy is broken: {undo}"),
+        details,
+        text: String::new(),
+    }
+}
+
+fn applied_json(f: &migrator::MigrationFile) -> serde_json::Value {
+    match f.kind {
+        Kind::Versioned => json!({ "version": f.version, "name": f.name, "file": f.path }),
+        Kind::Repeatable => json!({ "repeatable": f.name, "file": f.path }),
+    }
+}
+
+fn head_of(a: &migrator::Applied) -> state::Head {
+    state::Head {
+        version: a.version,
+        name: a.name.clone(),
+        checksum: a.checksum.to_string(),
+    }
+}
+
+/// Records this deploy in the state dir, for `restore pre-deploy` and the health guard. A
+/// deploy that applied nothing is recorded too, so the guard never acts on an older one.
+fn record(settings: &Settings, url: &DatabaseUrl, deploy: &state::Deploy) -> Result<(), Failure> {
+    state::write(&settings.state_dir, &url.name(), deploy).map_err(|e| {
         Failure::new(
             crate::report::EXIT_FAILED,
             format!("the migrations were applied, but recording the deploy failed: {e}"),
@@ -224,7 +361,7 @@ fn record(
 async fn refuse_failed_batch(
     settings: &Settings,
     url: &DatabaseUrl,
-    plan: &Plan<'_>,
+    batch: &[&migrator::MigrationFile],
     retry: bool,
 ) -> Result<(), Failure> {
     let store = settings.store().await?;
@@ -234,22 +371,11 @@ async fn refuse_failed_batch(
     else {
         return Ok(());
     };
-    let pending: Vec<state::BatchFile> = plan
-        .pending
-        .iter()
-        .map(|f| state::BatchFile {
-            version: f.version,
-            name: f.name.clone(),
-            checksum: f.checksum.to_string(),
-        })
-        .collect();
+    let pending: Vec<state::BatchFile> = batch.iter().map(|f| state::BatchFile::of(f)).collect();
     if pending != failed.batch {
         return Ok(()); // a changed or added file makes a new batch
     }
-    let names: Vec<String> = pending
-        .iter()
-        .map(|f| format!("V{} {}", f.version, f.name))
-        .collect();
+    let names: Vec<String> = pending.iter().map(|f| f.label()).collect();
     if retry {
         tracing::warn!(
             "applying again the batch the health guard rolled back at {} (--retry-failed): {}",
@@ -308,16 +434,19 @@ fn head_text(plan: &Plan) -> String {
 /// The plan and the lint result; reads the history (if there is a database) and changes nothing.
 async fn dry_run(
     url: &DatabaseUrl,
-    files: &[migrator::MigrationFile],
+    files: &migrator::Migrations,
     warnings: &[migrator::Finding],
 ) -> Result<Report, Failure> {
-    let applied = match url {
-        DatabaseUrl::Sqlite(p) if !p.exists() => Vec::new(),
-        _ => Database::open(url, Open::Existing).await?.applied().await?,
+    let (applied, repeatable) = match url {
+        DatabaseUrl::Sqlite(p) if !p.exists() => (Vec::new(), Vec::new()),
+        _ => {
+            let mut db = Database::open(url, Open::Existing).await?;
+            (db.applied().await?, db.applied_repeatable().await?)
+        }
     };
-    let plan = Plan::new(files, applied);
+    let plan = Plan::new(files, applied, &repeatable);
     let mut text = format!("plan for {} (at {}):\n", url.display(), head_text(&plan));
-    for f in &plan.pending {
+    for f in plan.batch() {
         text.push_str(&format!("  apply {}\n", f.path.display()));
     }
     for d in &plan.drift {
@@ -332,7 +461,7 @@ async fn dry_run(
         "database": url.display(),
         "dry_run": true,
         "head": plan.head(),
-        "pending": plan.pending.iter().map(|f| json!({ "version": f.version, "name": f.name, "file": f.path })).collect::<Vec<_>>(),
+        "pending": plan.batch().into_iter().map(applied_json).collect::<Vec<_>>(),
         "drift": plan.drift,
         "lint": warnings,
     });

@@ -26,6 +26,7 @@ pub fn name(command: &Command) -> &'static str {
         Command::Deploys => "deploys",
         Command::Baseline(_) => "baseline",
         Command::Lint => "lint",
+        Command::Locked(_) => "locked",
         Command::Backup(_) => "backup",
         Command::Snapshots(_) => "snapshots",
         Command::Prune(_) => "prune",
@@ -45,6 +46,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::Deploys => deploys_list(&settings).await,
         Command::Baseline(args) => baseline::run(&settings, args).await,
         Command::Lint => lint::run(&settings),
+        Command::Locked(args) => locked(&settings, args).await,
         Command::Backup(args) => backup::run(&settings, args).await,
         Command::Snapshots(args) => snapshots::run(&settings, args).await,
         Command::Prune(args) => prune::run(&settings, args).await,
@@ -54,6 +56,41 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::RestoreDrill(args) => drill::run(&settings, args).await,
         Command::Schedule(args) => schedule::run(&settings, args).await,
     }
+}
+
+/// `dbward locked -- CMD`: CMD under the migration lock, with its exit code as ours.
+async fn locked(settings: &Settings, args: &crate::cli::LockedArgs) -> Result<Report, Failure> {
+    let url = database_url(settings)?;
+    let _db = migrator::Database::open_locked(
+        &url,
+        migrator::database::Open::Existing,
+        args.lock_timeout,
+    )
+    .await?;
+    let (program, rest) = args.cmd.split_first().expect("clap requires CMD");
+    tracing::info!(
+        "holding the migration lock of {}; running {}",
+        url.display(),
+        args.cmd.join(" ")
+    );
+    let mut c = crate::hooks::command(settings, program);
+    c.args(rest);
+    let status = c.status().await.map_err(|e| {
+        Failure::new(
+            crate::report::EXIT_FAILED,
+            format!("starting {program}: {e}"),
+        )
+    })?;
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .or_else(|| status.signal().map(|n| 128 + n))
+        .unwrap_or(1);
+    Ok(Report {
+        text: String::new(),
+        json: serde_json::json!({ "command_exit_code": code }),
+        code: code.clamp(0, 255) as u8,
+    })
 }
 
 /// `dbward deploys`: the deploy log, newest first.

@@ -29,7 +29,14 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         no_snapshot: false,
         lock_timeout: Duration::from_secs(600),
     };
-    super::migrate::run(settings, &migrate).await?;
+    match super::migrate::run(settings, &migrate).await {
+        Ok(_) => {}
+        // The batch is in, its hook failed: the deploy is broken, so the guard acts at once.
+        Err(f) if f.code == crate::report::EXIT_HOOK_FAILED => {
+            return Err(super::health::guard(settings, &f.message).await)
+        }
+        Err(f) => return Err(f),
+    }
 
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))?;

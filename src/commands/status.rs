@@ -13,15 +13,13 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
     let url = database_url(settings)?;
     let files = migrator::discover(&settings.migrations)?;
     let missing_file = matches!(&url, DatabaseUrl::Sqlite(p) if !p.exists());
-    let applied = if missing_file {
-        Vec::new()
+    let (applied, applied_repeatable) = if missing_file {
+        (Vec::new(), Vec::new())
     } else {
-        Database::open(&url, Open::Existing)
-            .await?
-            .applied()
-            .await?
+        let mut db = Database::open(&url, Open::Existing).await?;
+        (db.applied().await?, db.applied_repeatable().await?)
     };
-    let plan = Plan::new(&files, applied);
+    let plan = Plan::new(&files, applied, &applied_repeatable);
 
     let mut rows = Vec::new();
     let mut items = Vec::new();
@@ -42,6 +40,7 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
     for d in &plan.drift {
         if let Drift::OutOfOrder { version, file, .. } = d {
             let name = files
+                .versioned
                 .iter()
                 .find(|f| f.version == *version)
                 .map(|f| f.name.clone())
@@ -68,6 +67,22 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             json!({ "version": f.version, "name": f.name, "state": "pending", "file": f.path }),
         );
     }
+    for r in &files.repeatable {
+        let state = if plan.repeatable.iter().any(|p| p.name == r.name) {
+            "pending"
+        } else {
+            "applied"
+        };
+        let on = applied_repeatable
+            .iter()
+            .find(|a| a.name == r.name)
+            .map(|a| a.applied_on.clone())
+            .unwrap_or_default();
+        rows.push(vec!["R".into(), r.name.clone(), state.into(), on.clone()]);
+        items.push(
+            json!({ "repeatable": r.name, "state": state, "applied_on": on, "file": r.path }),
+        );
+    }
 
     let mut text = format!("{}\n", url.display());
     if missing_file {
@@ -80,7 +95,7 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
         .unwrap_or_else(|| "none".into());
     text.push_str(&format!(
         "head: {head}; {} pending; {} drifted\n",
-        plan.pending.len(),
+        plan.pending.len() + plan.repeatable.len(),
         plan.drift.len()
     ));
     for d in &plan.drift {
@@ -105,7 +120,7 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
         json: json!({
             "database": url.display(),
             "head": plan.head(),
-            "pending": plan.pending.len(),
+            "pending": plan.pending.len() + plan.repeatable.len(),
             "migrations": items,
             "drift": plan.drift,
             "replaced_copies": replaced.iter().map(|(c, size)| json!({ "name": c.name, "at": c.at, "snapshot": c.snapshot, "bytes": size })).collect::<Vec<_>>(),

@@ -5,7 +5,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::error::Error;
-use crate::plan::Applied;
+use crate::plan::{Applied, AppliedRepeatable};
 use crate::source::MigrationFile;
 
 pub const TABLE: &str = "refinery_schema_history";
@@ -76,5 +76,48 @@ pub fn row(
         name: name.unwrap_or_default(),
         applied_on: applied_on.unwrap_or_default(),
         checksum,
+    })
+}
+
+/// dbward's history of repeatable migrations, kept out of refinery's table (whose rows refinery
+/// reads as versions): one row per `R__<name>.sql`, the text last applied.
+pub const REPEATABLE_TABLE: &str = "dbward_repeatable_history";
+
+pub const CREATE_REPEATABLE: &str = "CREATE TABLE IF NOT EXISTS dbward_repeatable_history(
+             name VARCHAR(255) PRIMARY KEY,
+             applied_on VARCHAR(255) NOT NULL,
+             checksum VARCHAR(255) NOT NULL)";
+
+pub const SELECT_REPEATABLE: &str =
+    "SELECT name, applied_on, checksum FROM dbward_repeatable_history ORDER BY name";
+
+pub const UPSERT_REPEATABLE_SQLITE: &str =
+    "INSERT INTO dbward_repeatable_history (name, applied_on, checksum) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (name) DO UPDATE SET applied_on = excluded.applied_on, checksum = excluded.checksum";
+
+/// The upsert with the table named in `schema` (a file may empty the search path).
+pub fn upsert_repeatable_pg_in(schema: &str) -> String {
+    format!(
+        "INSERT INTO \"{}\".dbward_repeatable_history (name, applied_on, checksum) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET applied_on = excluded.applied_on, checksum = excluded.checksum",
+        schema.replace('"', "\"\"")
+    )
+}
+
+pub fn repeatable_row(
+    name: String,
+    applied_on: String,
+    checksum: String,
+) -> Result<AppliedRepeatable, Error> {
+    let value = checksum.parse().map_err(|_| Error::Database {
+        context: format!("reading {REPEATABLE_TABLE}"),
+        message: format!(
+            "R__{name} has checksum `{checksum}`, not a number; was the table edited by hand?"
+        ),
+    })?;
+    Ok(AppliedRepeatable {
+        name,
+        applied_on,
+        checksum: value,
     })
 }

@@ -10,7 +10,7 @@ pub mod url;
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::plan::Applied;
+use crate::plan::{Applied, AppliedRepeatable};
 use crate::source::MigrationFile;
 
 pub use url::{DatabaseUrl, PgUrl, SslMode};
@@ -85,6 +85,14 @@ impl Database {
         }
     }
 
+    /// dbward's repeatable-migration history; empty if there is no table yet.
+    pub async fn applied_repeatable(&mut self) -> Result<Vec<AppliedRepeatable>, Error> {
+        match self {
+            Database::Sqlite(db) => db.applied_repeatable(),
+            Database::Postgres(db) => db.applied_repeatable().await,
+        }
+    }
+
     /// Runs a query that returns one boolean (SQLite: a number, true when not 0): a health
     /// probe of the application's data.
     pub async fn probe(&mut self, sql: &str) -> Result<bool, Error> {
@@ -123,7 +131,8 @@ impl Database {
         }
     }
 
-    /// Applies `batch` in one transaction, recording each file in the history table; on any
+    /// Applies `batch` in one transaction, recording each file in its history table (versioned
+    /// in refinery's, repeatable in dbward's); on any
     /// error nothing is applied. `lock_timeout` bounds each wait for a table lock
     /// (PostgreSQL `lock_timeout`; SQLite busy timeout).
     pub async fn apply(

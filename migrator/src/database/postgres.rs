@@ -10,8 +10,8 @@ use tokio_postgres::Client;
 use super::url::PgUrl;
 use super::{history, tls};
 use crate::error::{humanize, Error};
-use crate::plan::Applied;
-use crate::source::MigrationFile;
+use crate::plan::{Applied, AppliedRepeatable};
+use crate::source::{Kind, MigrationFile};
 
 /// The advisory lock key: "dbward" and 1, so it is recognisable in `pg_locks`.
 pub const LOCK_KEY: i64 = 0x6462_7761_7264_0001;
@@ -196,13 +196,42 @@ impl Postgres {
         applied_on(&self.client).await
     }
 
+    pub async fn applied_repeatable(&mut self) -> Result<Vec<AppliedRepeatable>, Error> {
+        let ctx = |e: tokio_postgres::Error| {
+            Error::db("reading the repeatable-migration history", describe(&e))
+        };
+        let exists: bool = self
+            .client
+            .query_one(
+                &format!(
+                    "SELECT to_regclass('{}') IS NOT NULL",
+                    history::REPEATABLE_TABLE
+                ),
+                &[],
+            )
+            .await
+            .map_err(ctx)?
+            .get(0);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .client
+            .query(history::SELECT_REPEATABLE, &[])
+            .await
+            .map_err(ctx)?;
+        rows.iter()
+            .map(|r| history::repeatable_row(r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
     pub async fn has_user_tables(&mut self) -> Result<bool, Error> {
         Ok(self
             .client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                   AND n.nspname NOT LIKE 'pg\\_%' AND c.relname NOT IN ('refinery_schema_history', 'dbward_identity'))",
+                   AND n.nspname NOT LIKE 'pg\\_%' AND c.relname NOT IN ('refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history'))",
                 &[],
             )
             .await
@@ -247,6 +276,11 @@ impl Postgres {
             .await
             .map_err(ctx)?;
             c.batch_execute(history::CREATE).await.map_err(ctx)?;
+            if batch.iter().any(|f| f.kind == Kind::Repeatable) {
+                c.batch_execute(history::CREATE_REPEATABLE)
+                    .await
+                    .map_err(ctx)?;
+            }
             super::identity::ensure_pg(c).await?;
             // dbward's own statements name the history table with the schema it is in now: a
             // file may empty the search path (every pg_dump does).
@@ -263,6 +297,7 @@ impl Postgres {
                 Error::db("applying the batch", "the history table is not on the search path")
             })?;
             let insert = history::insert_pg_in(&schema);
+            let upsert = history::upsert_repeatable_pg_in(&schema);
             // Each file starts from the session state the batch started with, as if each ran
             // in its own psql: what one file SETs does not leak into the next.
             let check_interval: Option<String> = c
@@ -296,9 +331,15 @@ impl Postgres {
                     .await
                     .map_err(|e| apply_error(f, &e, lock_timeout))?;
                 c.batch_execute(&reset).await.map_err(ctx)?;
-                c.execute(&insert, &history::values(f).as_params())
-                    .await
-                    .map_err(ctx)?;
+                let v = history::values(f);
+                match f.kind {
+                    Kind::Versioned => c.execute(&insert, &v.as_params()).await,
+                    Kind::Repeatable => {
+                        c.execute(&upsert, &[&v.name, &v.applied_on, &v.checksum])
+                            .await
+                    }
+                }
+                .map_err(ctx)?;
                 crate::failpoint::hit("migrate-mid-batch")
                     .map_err(|e| Error::db("applying the batch", e))?;
             }

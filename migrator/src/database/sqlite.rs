@@ -9,8 +9,8 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::history;
 use crate::error::{humanize, Error};
-use crate::plan::Applied;
-use crate::source::MigrationFile;
+use crate::plan::{Applied, AppliedRepeatable};
+use crate::source::{Kind, MigrationFile};
 
 pub struct Sqlite {
     conn: Connection,
@@ -60,6 +60,22 @@ impl Sqlite {
         applied_on(&self.conn)
     }
 
+    pub fn applied_repeatable(&mut self) -> Result<Vec<AppliedRepeatable>, Error> {
+        let ctx = |e: rusqlite::Error| Error::db("reading the repeatable-migration history", e);
+        if !table_exists(&self.conn, history::REPEATABLE_TABLE).map_err(ctx)? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare(history::SELECT_REPEATABLE).map_err(ctx)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(ctx)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ctx)?;
+        rows.into_iter()
+            .map(|(n, a, c)| history::repeatable_row(n, a, c))
+            .collect()
+    }
+
     pub fn probe(&mut self, sql: &str) -> Result<bool, Error> {
         self.conn
             .query_row(sql, [], |r| r.get::<_, i64>(0))
@@ -70,7 +86,7 @@ impl Sqlite {
     pub fn has_user_tables(&mut self) -> Result<bool, Error> {
         self.conn
             .query_row(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT IN ('refinery_schema_history', 'dbward_identity'))",
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT IN ('refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history'))",
                 [],
                 |r| r.get(0),
             )
@@ -123,15 +139,24 @@ impl Sqlite {
         // this batch's doing: only new ones fail it.
         let dangling_before = dangling(&tx)?;
         tx.execute_batch(history::CREATE).map_err(ctx)?;
+        if batch.iter().any(|f| f.kind == Kind::Repeatable) {
+            tx.execute_batch(history::CREATE_REPEATABLE).map_err(ctx)?;
+        }
         super::identity::ensure_sqlite(&tx)?;
         for f in batch {
             tracing::info!("applying {}", f.file_name());
             execute_file(&tx, f)?;
             let v = history::values(f);
-            tx.execute(
-                history::INSERT_SQLITE,
-                rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
-            )
+            match f.kind {
+                Kind::Versioned => tx.execute(
+                    history::INSERT_SQLITE,
+                    rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
+                ),
+                Kind::Repeatable => tx.execute(
+                    history::UPSERT_REPEATABLE_SQLITE,
+                    rusqlite::params![v.name, v.applied_on, v.checksum],
+                ),
+            }
             .map_err(ctx)?;
             crate::failpoint::hit("migrate-mid-batch")
                 .map_err(|e| Error::db("applying the batch", e))?;
@@ -270,14 +295,7 @@ pub fn lock_file(db: &Path, timeout: Duration) -> Result<File, Error> {
 /// The history rows of any SQLite connection (a snapshot's copy, say); empty without the table.
 pub fn applied_on(conn: &Connection) -> Result<Vec<Applied>, Error> {
     let ctx = |e: rusqlite::Error| Error::db("reading the migration history", e);
-    let exists: bool = conn
-        .query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [history::TABLE],
-            |r| r.get(0),
-        )
-        .map_err(ctx)?;
-    if !exists {
+    if !table_exists(conn, history::TABLE).map_err(ctx)? {
         return Ok(Vec::new());
     }
     let mut stmt = conn.prepare(history::SELECT).map_err(ctx)?;
@@ -289,6 +307,14 @@ pub fn applied_on(conn: &Connection) -> Result<Vec<Applied>, Error> {
     rows.into_iter()
         .map(|(v, n, a, c)| history::row(v, n, a, c))
         .collect()
+}
+
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )
 }
 
 /// Runs one file statement by statement, each stepped to its end, so that an error names the
