@@ -122,6 +122,11 @@ pub async fn read(state_dir: &Path, store: &backup::Store, database: &str) -> Ve
             }
         }
     }
-    out.sort_by(|a, b| b.at.cmp(&a.at));
+    // By time, not by text: RFC 3339 drops trailing zeros of the fraction, so `41.5Z` and
+    // `41Z` do not sort as text.
+    let time = |e: &Entry| {
+        time::OffsetDateTime::parse(&e.at, &time::format_description::well_known::Rfc3339).ok()
+    };
+    out.sort_by_key(|e| std::cmp::Reverse(time(e)));
     out
 }

@@ -15,6 +15,11 @@ pub struct Settings {
     pub database: Option<String>,
     pub migrations: PathBuf,
     pub store: String,
+    /// `store.mirrors`: more stores every snapshot is written to.
+    pub store_mirrors: Vec<String>,
+    /// `store.require`: `all` (true, the default): a snapshot needs every copy; `primary`:
+    /// a mirror that fails is a warning.
+    pub store_require_all: bool,
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     pub s3_path_style: bool,
@@ -203,6 +208,8 @@ struct DatabaseSection {
 #[serde(deny_unknown_fields)]
 struct StoreSection {
     url: Option<String>,
+    mirrors: Option<Vec<String>>,
+    require: Option<String>,
     endpoint: Option<String>,
     region: Option<String>,
     path_style: Option<bool>,
@@ -239,6 +246,15 @@ impl Settings {
     /// Opens the snapshot store.
     pub async fn store(&self) -> Result<backup::Store, backup::Error> {
         backup::Store::open(&self.store, &self.s3_options()).await
+    }
+
+    /// The primary store, then each mirror, opened.
+    pub async fn stores(&self) -> Result<Vec<backup::Store>, backup::Error> {
+        let mut all = vec![self.store().await?];
+        for url in &self.store_mirrors {
+            all.push(backup::Store::open(url, &self.s3_options()).await?);
+        }
+        Ok(all)
     }
 
     /// Where snapshots are staged before compression.
@@ -297,6 +313,33 @@ fn resolve(
         })?),
         None => None,
     };
+    let store_require_all = match env("DBWARD_STORE_REQUIRE")
+        .or(file.store.require.clone())
+        .as_deref()
+    {
+        None | Some("all") => true,
+        Some("primary") => false,
+        Some(other) => {
+            return Err(SettingsError(format!(
+                "store.require (or DBWARD_STORE_REQUIRE): `{other}` is not `all` or `primary`"
+            )))
+        }
+    };
+    let store_mirrors: Vec<String> = match env("DBWARD_STORE_MIRRORS") {
+        Some(v) => v
+            .split([',', ' '])
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => file
+            .store
+            .mirrors
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(rebase_url)
+            .collect(),
+    };
     let path_style_env =
         env("DBWARD_S3_PATH_STYLE").map(|v| matches!(v.as_str(), "1" | "true" | "yes"));
     Ok(Settings {
@@ -322,6 +365,8 @@ fn resolve(
             .or_else(|| env("DBWARD_STORE"))
             .or_else(|| file.store.url.map(rebase_url))
             .unwrap_or_else(|| "file://./.dbward/snapshots".into()),
+        store_mirrors,
+        store_require_all,
         s3_endpoint: args
             .s3_endpoint
             .clone()

@@ -45,6 +45,29 @@ pub type Progress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// Takes one snapshot into `store` and returns its manifest (already stored).
 pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
+    take_to(store, &[], true, req).await.map(|t| t.manifest)
+}
+
+/// A snapshot taken to a primary store and its mirrors.
+pub struct Taken {
+    pub manifest: Manifest,
+    /// The mirrors (by index into the `mirrors` given) that did not get their copy, and why;
+    /// empty unless `require_all` was false.
+    pub failed_mirrors: Vec<(usize, Error)>,
+}
+
+/// Takes one snapshot into the primary store and every mirror at once: the compressed stream
+/// is read once and written to each, each copy with its own manifest, written last (the
+/// mirrors' first, the primary's last). The primary must succeed. With `require_all`, so must
+/// every mirror, and a copy that failed anywhere leaves no complete snapshot on the primary
+/// (the data objects this run wrote are removed, by their exact keys); without it, a failing
+/// mirror is reported in [`Taken::failed_mirrors`] and the others go on.
+pub async fn take_to(
+    primary: &Store,
+    mirrors: &[&Store],
+    require_all: bool,
+    req: &Request<'_>,
+) -> Result<Taken, Error> {
     let started = Instant::now();
     let at = OffsetDateTime::now_utc();
     let id = manifest::snapshot_id(at, req.kind);
@@ -57,20 +80,36 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
     migrator::failpoint::hit("backup-after-prepare").map_err(Error::Source)?;
     let database = req.database.name();
     check_folder_name(&database)?;
-    match &prepared.database_id {
-        Some(id) => owner::check(store, &database, id).await?,
-        None => owner::check_unidentified(store, &database).await?,
+    let db_id = prepared.database_id.clone();
+    check_owner(primary, &database, &db_id).await?;
+    // (index into `mirrors`, store) of the mirrors still taking a copy.
+    let mut active: Vec<(usize, &Store)> = Vec::new();
+    let mut failed_mirrors = Vec::new();
+    for (i, m) in mirrors.iter().enumerate() {
+        match check_owner(m, &database, &db_id).await {
+            Ok(()) => active.push((i, m)),
+            Err(e) if require_all => return Err(e),
+            Err(e) => failed_mirrors.push((i, e)),
+        }
     }
     let data_key = manifest::data_key(&database, &id, prepared.format);
+    let chunk_size = active
+        .iter()
+        .map(|(_, s)| s.chunk_size(prepared.size_hint))
+        .fold(primary.chunk_size(prepared.size_hint), usize::max);
     let opts = pipeline::Options {
         level: req.level,
         workers: prepared.workers,
-        chunk_size: store.chunk_size(prepared.size_hint),
+        chunk_size,
     };
     tracing::info!(
         "snapshot {id}: {} → {}",
         req.database.display(),
-        store.describe(&data_key)
+        std::iter::once(primary)
+            .chain(active.iter().map(|(_, s)| *s))
+            .map(|s| s.describe(&data_key))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     let engine::Prepared {
@@ -99,22 +138,70 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
         };
         pipeline::compress(&mut reader, finish, &opts, tx, &report)
     });
-    let (stored, produced) = tokio::join!(store.put_stream(&data_key, rx), producer);
+    let all: Vec<&Store> = std::iter::once(primary)
+        .chain(active.iter().map(|(_, s)| *s))
+        .collect();
+    let mut senders = Vec::new();
+    let mut uploads = Vec::new();
+    for s in &all {
+        let (tx, rx) = mpsc::channel(2);
+        senders.push(Some(tx));
+        uploads.push(s.put_stream(&data_key, rx));
+    }
+    let fan_out = fan_out(rx, senders, require_all);
+    let (stored, produced, ()) =
+        tokio::join!(futures_util::future::join_all(uploads), producer, fan_out);
     let produced =
         produced.map_err(|e| Error::Source(format!("the compression thread panicked: {e}")))?;
     drop(keep); // ends the exporting transaction / removes the temp copy
-    let (stats, stored_size) = match (produced, stored) {
-        (Err(e @ Error::Source(_)), _) => return Err(e),
-        (_, Err(e)) => return Err(e),
-        (Err(e), _) => return Err(e),
-        (Ok(stats), Ok(size)) => (stats, size),
+                // The copies whose upload completed: removed again (by their exact key, this run's own)
+                // when the snapshot as a whole fails.
+    let completed: Vec<bool> = stored.iter().map(Result::is_ok).collect();
+    let discard = || async {
+        for (s, done) in all.iter().zip(&completed) {
+            if *done {
+                let _ = s.delete(&data_key).await;
+            }
+        }
     };
-    if stored_size != stats.stored_bytes {
-        let _ = store.delete(&data_key).await;
-        return Err(Error::Store {
-            what: store.describe(&data_key),
-            message: format!("holds {stored_size} bytes, {} were sent; the object was removed and no manifest written", stats.stored_bytes),
-        });
+    let stats = match produced {
+        Ok(stats) => stats,
+        // The source's own failure is the cause; "the store stopped receiving" is the store's
+        // error's echo, so the store's error is the one to report.
+        Err(e) => {
+            discard().await;
+            let stopped = stored.into_iter().enumerate().find_map(|(n, r)| match r {
+                Err(se) if n == 0 || require_all => Some(se),
+                _ => None,
+            });
+            return Err(match (e, stopped) {
+                (e @ Error::Source(_), _) => e,
+                (_, Some(se)) => se,
+                (e, None) => e,
+            });
+        }
+    };
+    let mut copied = vec![false; all.len()];
+    for (n, result) in stored.into_iter().enumerate() {
+        let problem = match result {
+            Ok(size) if size == stats.stored_bytes => {
+                copied[n] = true;
+                continue;
+            }
+            Ok(size) => {
+                let _ = all[n].delete(&data_key).await;
+                Error::Store {
+                    what: all[n].describe(&data_key),
+                    message: format!("holds {size} bytes, {} were sent; the object was removed and no manifest written", stats.stored_bytes),
+                }
+            }
+            Err(e) => e,
+        };
+        if n == 0 || require_all {
+            discard().await;
+            return Err(problem);
+        }
+        failed_mirrors.push((active[n - 1].0, problem));
     }
 
     let elapsed = started.elapsed();
@@ -146,10 +233,35 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
     };
     migrator::failpoint::hit("backup-before-manifest").map_err(Error::Source)?;
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-    store.put_new(&manifest_key(&database, &id), &json).await?;
+    // Mirrors first, the primary last: with `require_all`, a copy that failed anywhere leaves
+    // no complete snapshot on the primary.
+    for n in 1..all.len() {
+        if !copied[n] {
+            continue;
+        }
+        let store = all[n];
+        let written = async {
+            store.put_new(&manifest_key(&database, &id), &json).await?;
+            if let Some(db_id) = &manifest.database_id {
+                owner::claim(store, &database, db_id, &manifest.engine, &manifest.host).await?;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = written {
+            if require_all {
+                discard().await;
+                return Err(e);
+            }
+            failed_mirrors.push((active[n - 1].0, e));
+        }
+    }
+    primary
+        .put_new(&manifest_key(&database, &id), &json)
+        .await?;
     migrator::failpoint::hit("backup-after-manifest").map_err(Error::AfterChange)?;
     if let Some(db_id) = &manifest.database_id {
-        owner::claim(store, &database, db_id, &manifest.engine, &manifest.host).await?;
+        owner::claim(primary, &database, db_id, &manifest.engine, &manifest.host).await?;
     }
     tracing::info!(
         "snapshot {id} stored: {} raw, {} stored ({:.1}x), {:.1}s, {:.0} MB/s",
@@ -159,7 +271,46 @@ pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
         elapsed.as_secs_f64(),
         stats.raw_bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-3),
     );
-    Ok(manifest)
+    failed_mirrors.sort_by_key(|(i, _)| *i);
+    Ok(Taken {
+        manifest,
+        failed_mirrors,
+    })
+}
+
+/// The store's folder for `database` is this database's (or no one's yet).
+async fn check_owner(store: &Store, database: &str, db_id: &Option<String>) -> Result<(), Error> {
+    match db_id {
+        Some(id) => owner::check(store, database, id).await,
+        None => owner::check_unidentified(store, database).await,
+    }
+}
+
+/// Forwards the compressed stream to every store's upload. An upload that stops (its receiver
+/// dropped) is a failed copy: the primary's (index 0), or any with `require_all`, stops the
+/// whole stream (no upload gets `Done`, so each abandons its object); a mirror's otherwise
+/// just stops that copy.
+async fn fan_out(
+    mut rx: mpsc::Receiver<pipeline::Msg>,
+    mut senders: Vec<Option<mpsc::Sender<pipeline::Msg>>>,
+    require_all: bool,
+) {
+    use pipeline::Msg;
+    while let Some(msg) = rx.recv().await {
+        for (n, slot) in senders.iter_mut().enumerate() {
+            let Some(tx) = slot else { continue };
+            let copy = match &msg {
+                Msg::Data(d) => Msg::Data(d.clone()),
+                Msg::Done => Msg::Done,
+            };
+            if tx.send(copy).await.is_err() {
+                if n == 0 || require_all {
+                    return; // every sender dropped without Done: all uploads abandon
+                }
+                *slot = None;
+            }
+        }
+    }
 }
 
 /// What a restore drill leaves next to the snapshot it proved (or failed to prove).

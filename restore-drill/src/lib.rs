@@ -199,7 +199,8 @@ pub fn scratch_name(id: &str) -> String {
 
 /// Drills `m` (a snapshot of `live`). Never touches `live`. Cleans up on every path, Ctrl-C
 /// included (the scratch database of a drill killed outright is dropped by the next drill).
-pub async fn drill(store: &Store, live: &DatabaseUrl, m: &Manifest, opts: &Options) -> Report {
+/// `stores`: the primary store, then its mirrors; the first copy that verifies is drilled.
+pub async fn drill(stores: &[&Store], live: &DatabaseUrl, m: &Manifest, opts: &Options) -> Report {
     let now = time::OffsetDateTime::now_utc();
     let age = m
         .created()
@@ -212,7 +213,15 @@ pub async fn drill(store: &Store, live: &DatabaseUrl, m: &Manifest, opts: &Optio
     let mut rto = None;
     let mut scratch_pg: Option<(Postgres, String)> = None;
 
-    let work = run_checks(store, live, m, opts, &mut checks, &mut rto, &mut scratch_pg);
+    let work = run_checks(
+        stores,
+        live,
+        m,
+        opts,
+        &mut checks,
+        &mut rto,
+        &mut scratch_pg,
+    );
     // SIGINT (Ctrl-C) or SIGTERM (`docker compose stop`, systemd) stops the drill; the scratch
     // copy is removed below either way.
     // Registered now, before any work: a signal that came before the first poll would
@@ -295,7 +304,7 @@ pub async fn drill(store: &Store, live: &DatabaseUrl, m: &Manifest, opts: &Optio
 }
 
 async fn run_checks(
-    store: &Store,
+    stores: &[&Store],
     live: &DatabaseUrl,
     m: &Manifest,
     opts: &Options,
@@ -306,12 +315,23 @@ async fn run_checks(
     let started = Instant::now();
     let Some(fetched) = checks
         .run("download", async {
-            let t = restore::fetch(store, m, &opts.temp_dir)
+            let (t, n) = restore::fetch_any(stores, m, &opts.temp_dir)
                 .await
                 .map_err(classify)?;
+            let copy = if n == 0 {
+                String::new()
+            } else {
+                format!(
+                    " (from mirror {n}, {}: the primary's copy did not verify)",
+                    stores[n].describe(&m.data_key)
+                )
+            };
             Ok::<_, CheckFailure>((
                 t,
-                format!("{} bytes, SHA-256 matches the manifest", m.stored_bytes),
+                format!(
+                    "{} bytes, SHA-256 matches the manifest{copy}",
+                    m.stored_bytes
+                ),
             ))
         })
         .await

@@ -18,27 +18,45 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
     };
     let m = snapshot(settings, &url, kind, args.label.clone()).await?;
     // Then retention, when a policy is set; a new snapshot is the newest, so it is always kept.
-    let pruned = if settings.retention.is_empty() {
-        None
-    } else {
-        let store = settings.store().await?;
-        Some(
-            backup::prune(
-                &store,
-                &url.name(),
-                &settings.retention,
-                false,
-                &backup::owner::Live::Present(m.database_id.clone()),
-                m.format,
-            )
-            .await?,
-        )
-    };
+    let pruned = retain(settings, &url, &m).await?;
     Ok(Report {
         text: format!("{}\n", m.id),
-        json: json!({ "snapshot": m, "pruned": pruned.map(|p| p.removed) }),
+        json: json!({ "snapshot": m, "pruned": pruned }),
         code: 0,
     })
+}
+
+/// Retention after a new snapshot `m`, in the primary store and in every mirror (each store's
+/// own listing: a mirror that missed a snapshot keeps what it has). Returns the ids removed
+/// from the primary; `None` without a policy.
+pub async fn retain(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    m: &backup::Manifest,
+) -> Result<Option<Vec<String>>, Failure> {
+    if settings.retention.is_empty() {
+        return Ok(None);
+    }
+    let live = backup::owner::Live::Present(m.database_id.clone());
+    let mut removed = None;
+    for (n, store) in settings.stores().await?.iter().enumerate() {
+        let result = backup::prune(
+            store,
+            &url.name(),
+            &settings.retention,
+            false,
+            &live,
+            m.format,
+        )
+        .await;
+        match result {
+            Ok(r) if n == 0 => removed = Some(r.removed),
+            Ok(_) => {}
+            Err(e) if n == 0 => return Err(e.into()),
+            Err(e) => tracing::warn!("retention in mirror {n}: {e}"),
+        }
+    }
+    Ok(removed)
 }
 
 /// Takes one snapshot with the settings' store, temp dir and lock timeout.
@@ -48,7 +66,9 @@ pub async fn snapshot(
     kind: backup::Kind,
     label: Option<String>,
 ) -> Result<backup::Manifest, Failure> {
-    let store = settings.store().await?;
+    let stores = settings.stores().await?;
+    let (primary, mirrors) = stores.split_first().expect("a primary store");
+    let mirrors: Vec<&backup::Store> = mirrors.iter().collect();
     let temp_dir = settings.temp_dir();
     let bar = progress_bar();
     let req = backup::Request {
@@ -65,11 +85,28 @@ pub async fn snapshot(
             })
         }),
     };
-    let result = backup::take(&store, &req).await;
+    let result = backup::take_to(primary, &mirrors, settings.store_require_all, &req).await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    Ok(result?)
+    let taken = result?;
+    for (i, e) in &taken.failed_mirrors {
+        tracing::warn!(
+            "snapshot {} has no copy in mirror {} ({}): {e} (store.require = primary: going on)",
+            taken.manifest.id,
+            i + 1,
+            settings.store_mirrors[*i]
+        );
+    }
+    if !mirrors.is_empty() {
+        tracing::info!(
+            "snapshot {} stored in {} of {} stores",
+            taken.manifest.id,
+            1 + mirrors.len() - taken.failed_mirrors.len(),
+            1 + mirrors.len()
+        );
+    }
+    Ok(taken.manifest)
 }
 
 /// A byte progress bar on stderr when it is a terminal (never in the journal or a pipe).

@@ -17,14 +17,15 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
-    let store = settings.store().await?;
+    let stores = settings.stores().await?;
+    let store = &stores[0];
     let which = if args.snapshot == "random" {
         let live = backup::owner::live_identity(&url).await?;
-        let folder_owner = backup::owner::read(&store, &url.name()).await?;
+        let folder_owner = backup::owner::read(store, &url.name()).await?;
         let all = backup::owner::mine(
-            &store,
+            store,
             &url.name(),
-            backup::list(&store, &url.name()).await?,
+            backup::list(store, &url.name()).await?,
             &live,
             backup::owner::format_of(&url),
             folder_owner.as_ref(),
@@ -41,7 +42,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     } else {
         args.snapshot.clone()
     };
-    let m = resolve(settings, &store, &url, &which).await?;
+    let (m, copies) = resolve(settings, &stores, &url, &which).await?;
 
     let scratch = match (&settings.drill.database, &url) {
         (None, _) => Scratch::SameServer,
@@ -77,7 +78,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
         m.kind.as_str(),
         backup::bytes(m.stored_bytes)
     );
-    let report = restore_drill::drill(&store, &url, &m, &opts).await;
+    let report = restore_drill::drill(&copies, &url, &m, &opts).await;
 
     let receipt = backup::DrillReceipt {
         snapshot: m.id.clone(),

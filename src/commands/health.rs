@@ -238,11 +238,12 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
         deploy.at,
         deploy.applied
     );
-    let store = settings.store().await?;
-    let m = resolve(settings, &store, &url, &snapshot).await?;
+    let stores = settings.stores().await?;
+    let store = &stores[0];
+    let (m, copies) = resolve(settings, &stores, &url, &snapshot).await?;
     let outcome = restore_snapshot(
         settings,
-        &store,
+        &copies,
         &url,
         &m,
         &Options {
@@ -266,7 +267,7 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
     logged.applied = deploy.applied.clone();
     logged.repeatable = deploy.repeatable.clone();
     logged.snapshot = Some(snapshot.clone());
-    crate::deploys::append(&settings.state_dir, Some(&store), &url.name(), &logged).await;
+    crate::deploys::append(&settings.state_dir, Some(store), &url.name(), &logged).await;
     let failed = state::FailedBatch {
         at: now,
         reason: reason.to_string(),

@@ -106,13 +106,14 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
 
     // The pre-deploy snapshot: under the lock, once something is pending. A first deploy has
     // nothing to protect. If it fails, nothing is applied.
-    let snapshot = if first_deploy || args.no_snapshot {
+    let taken = if first_deploy || args.no_snapshot {
         None
     } else {
         let m = super::backup::snapshot(settings, &url, backup::Kind::PreDeploy, None).await?;
         tracing::info!("pre-deploy snapshot {}", m.id);
-        Some(m.id)
+        Some(m)
     };
+    let snapshot = taken.as_ref().map(|m| m.id.clone());
 
     failpoint("migrate-after-snapshot")?;
     let names: Vec<String> = batch.iter().map(|f| f.file_name()).collect();
@@ -197,6 +198,17 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
             }
         }
         return Err(hook_failure(&e, &names, snapshot.as_deref(), json));
+    }
+    // Retention over the stores, now that the deploy is done (the new snapshot is the newest,
+    // so it is kept). A failure here is not the deploy's.
+    if let Some(m) = &taken {
+        match super::backup::retain(settings, &url, m).await {
+            Ok(Some(removed)) if !removed.is_empty() => {
+                tracing::info!("retention removed {}", removed.join(", "))
+            }
+            Ok(_) => {}
+            Err(f) => tracing::warn!("retention after the deploy: {}", f.message),
+        }
     }
     Ok(Report {
         text: format!(

@@ -15,10 +15,10 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
         ));
     }
     let url = database_url(settings)?;
-    let store = settings.store().await?;
+    let stores = settings.stores().await?;
     let live = backup::owner::live_identity(&url).await?;
     let report = backup::prune(
-        &store,
+        &stores[0],
         &url.name(),
         &settings.retention,
         args.dry_run,
@@ -26,6 +26,28 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
         backup::owner::format_of(&url),
     )
     .await?;
+    // Every mirror by the same policy, over its own listing.
+    let mut mirrors = Vec::new();
+    for (n, store) in stores.iter().enumerate().skip(1) {
+        match backup::prune(
+            store,
+            &url.name(),
+            &settings.retention,
+            args.dry_run,
+            &live,
+            backup::owner::format_of(&url),
+        )
+        .await
+        {
+            Ok(r) => {
+                mirrors.push(json!({ "mirror": n, "removed": r.removed, "orphans": r.orphans }))
+            }
+            Err(e) => {
+                tracing::warn!("retention in mirror {n}: {e}");
+                mirrors.push(json!({ "mirror": n, "error": e.to_string() }));
+            }
+        }
+    }
     let rows: Vec<Vec<String>> = report
         .decisions
         .iter()
@@ -57,9 +79,22 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
         if args.dry_run { "to remove" } else { "removed" },
         if args.dry_run { " (dry run)" } else { "" }
     ));
+    for m in &mirrors {
+        match m["error"].as_str() {
+            Some(e) => text.push_str(&format!("mirror {}: {e}\n", m["mirror"])),
+            None => text.push_str(&format!(
+                "mirror {}: {} {}\n",
+                m["mirror"],
+                m["removed"].as_array().map_or(0, Vec::len),
+                if args.dry_run { "to remove" } else { "removed" }
+            )),
+        }
+    }
+    let mut json = json!(report);
+    json["mirrors"] = json!(mirrors);
     Ok(Report {
         text,
-        json: json!(report),
+        json,
         code: 0,
     })
 }

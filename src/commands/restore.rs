@@ -32,8 +32,8 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Fail
             code: 0,
         });
     }
-    let store = settings.store().await?;
-    let m = resolve(settings, &store, &url, &args.snapshot).await?;
+    let stores = settings.stores().await?;
+    let (m, copies) = resolve(settings, &stores, &url, &args.snapshot).await?;
     let target = args.to.as_deref().unwrap_or("the live database");
     confirm(
         args.yes,
@@ -51,7 +51,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Fail
         to: args.to.clone(),
         if_missing: false,
     };
-    let outcome = restore_snapshot(settings, &store, &url, &m, &opts).await?;
+    let outcome = restore_snapshot(settings, &copies, &url, &m, &opts).await?;
     Ok(Report {
         text: format!(
             "restored {} into {}{}\n",
@@ -122,12 +122,13 @@ pub async fn restore_if_missing(
         tracing::info!("{} exists: nothing to restore", url.display());
         return Ok(IfMissing::Exists);
     }
-    let store = settings.store().await?;
-    let folder_owner = backup::owner::read(&store, &url.name()).await?;
+    let stores = settings.stores().await?;
+    let (store, listing) = first_listing(&stores, url).await?;
+    let folder_owner = backup::owner::read(store, &url.name()).await?;
     let candidates = backup::owner::mine(
-        &store,
+        store,
         &url.name(),
-        backup::list(&store, &url.name()).await?,
+        listing.snapshots,
         &backup::owner::Live::Absent,
         backup::owner::format_of(url),
         folder_owner.as_ref(),
@@ -152,7 +153,8 @@ pub async fn restore_if_missing(
             url.display(),
             m.id
         );
-        match restore_snapshot(settings, &store, url, m, &opts).await {
+        let copies = in_order(&stores, store);
+        match restore_snapshot(settings, &copies, url, m, &opts).await {
             Ok(outcome) if outcome["exists"] == true => return Ok(IfMissing::Exists),
             Ok(outcome) => {
                 return Ok(IfMissing::Restored {
@@ -181,8 +183,75 @@ pub async fn restore_if_missing(
     ))
 }
 
-/// Finds the manifest for an id, `latest`, or `pre-deploy` (from the state dir).
-pub async fn resolve(
+/// The listing of the first store that answers (the primary, else each mirror in turn).
+async fn first_listing<'a>(
+    stores: &'a [backup::Store],
+    url: &DatabaseUrl,
+) -> Result<(&'a backup::Store, backup::Listing), Failure> {
+    let mut last = None;
+    for (n, store) in stores.iter().enumerate() {
+        match backup::list_all(store, &url.name()).await {
+            Ok(listing) => {
+                if n > 0 {
+                    tracing::warn!(
+                        "using mirror {n} ({}): the primary store could not be listed",
+                        store.describe(&url.name())
+                    );
+                }
+                return Ok((store, listing));
+            }
+            Err(e) => {
+                if stores.len() > 1 {
+                    tracing::warn!("{e}");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("there is always a primary store").into())
+}
+
+/// `first`, then every other store in their order: where a restore fetches from.
+fn in_order<'a>(stores: &'a [backup::Store], first: &'a backup::Store) -> Vec<&'a backup::Store> {
+    std::iter::once(first)
+        .chain(stores.iter().filter(|s| !std::ptr::eq(*s, first)))
+        .collect()
+}
+
+/// Finds the manifest for an id, `latest`, or `pre-deploy` (from the state dir), in the primary
+/// store, else in the first mirror that has it (the primary unreachable, or the snapshot missing
+/// there). Returns it with the stores to fetch from, that one first.
+pub async fn resolve<'a>(
+    settings: &Settings,
+    stores: &'a [backup::Store],
+    url: &DatabaseUrl,
+    which: &str,
+) -> Result<(backup::Manifest, Vec<&'a backup::Store>), Failure> {
+    let mut first_failure = None;
+    for (n, store) in stores.iter().enumerate() {
+        match resolve_in(settings, store, url, which).await {
+            Ok(m) => {
+                if n > 0 {
+                    tracing::warn!(
+                        "snapshot {} found in mirror {n} ({})",
+                        m.id,
+                        store.describe(&m.data_key)
+                    );
+                }
+                return Ok((m, in_order(stores, store)));
+            }
+            Err(f) => {
+                if stores.len() > 1 {
+                    tracing::warn!("{}: {}", store.describe(""), f.message);
+                }
+                first_failure.get_or_insert(f);
+            }
+        }
+    }
+    Err(first_failure.expect("there is always a primary store"))
+}
+
+async fn resolve_in(
     settings: &Settings,
     store: &backup::Store,
     url: &DatabaseUrl,
@@ -273,7 +342,7 @@ fn confirm(yes: bool, question: &str) -> Result<(), Failure> {
 /// The restore itself, for `restore` and the health guard. Returns the JSON result.
 pub async fn restore_snapshot(
     settings: &Settings,
-    store: &backup::Store,
+    stores: &[&backup::Store],
     url: &DatabaseUrl,
     m: &backup::Manifest,
     opts: &Options,
@@ -285,6 +354,8 @@ pub async fn restore_snapshot(
         backup::bytes(m.stored_bytes),
         opts.to.as_deref().unwrap_or(&url.display())
     );
+    // Which store's copy was restored: the first that verified.
+    let used: usize;
     let result = match url {
         DatabaseUrl::Sqlite(live) => {
             let target = opts
@@ -344,7 +415,8 @@ pub async fn restore_snapshot(
                 }
             }
             let dir = restore::sqlite::dir_of(&target);
-            let fetched = restore::fetch(store, m, &dir).await?;
+            let (fetched, copy) = restore::fetch_any(stores, m, &dir).await?;
+            used = copy;
             let restored = restore::decompress(
                 &fetched,
                 &dir,
@@ -370,7 +442,8 @@ pub async fn restore_snapshot(
             }
         }
         DatabaseUrl::Postgres(pg) => {
-            let fetched = restore::fetch(store, m, &settings.temp_dir()).await?;
+            let (fetched, copy) = restore::fetch_any(stores, m, &settings.temp_dir()).await?;
+            used = copy;
             let (target_url, to) = match &opts.to {
                 Some(to) => match DatabaseUrl::parse(to)? {
                     DatabaseUrl::Postgres(t) => {
@@ -457,6 +530,7 @@ pub async fn restore_snapshot(
     if let Value::Object(map) = &mut out {
         map.insert("snapshot".into(), m.id.clone().into());
         map.insert("seconds".into(), json!(secs));
+        map.insert("copy".into(), stores[used].describe(&m.data_key).into());
     }
     Ok(out)
 }

@@ -10,12 +10,41 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
-    let store = settings.store().await?;
+    let stores = settings.stores().await?;
+    let store = &stores[0];
     let backup::Listing {
         snapshots: mut all,
         damaged,
-    } = backup::list_all(&store, &url.name()).await?;
-    let drills = backup::receipts(&store, &url.name()).await?;
+    } = backup::list_all(store, &url.name()).await?;
+    let drills = backup::receipts(store, &url.name()).await?;
+    // Where each snapshot has a copy: `primary`, `mirror 1`, ...; a mirror's snapshots that the
+    // primary lacks are listed too.
+    let mut copies: std::collections::BTreeMap<String, Vec<String>> = all
+        .iter()
+        .map(|m| (m.id.clone(), vec!["primary".to_string()]))
+        .collect();
+    let mut unreachable = Vec::new();
+    for (n, mirror) in stores.iter().enumerate().skip(1) {
+        match backup::list(mirror, &url.name()).await {
+            Ok(list) => {
+                for m in list {
+                    let at = copies.entry(m.id.clone()).or_default();
+                    if at.is_empty() {
+                        all.push(m);
+                    }
+                    at.push(format!("mirror {n}"));
+                }
+            }
+            Err(e) => {
+                tracing::warn!("mirror {n}: {e}");
+                unreachable.push(format!(
+                    "mirror {n} ({}): {e}",
+                    settings.store_mirrors[n - 1]
+                ));
+            }
+        }
+    }
+    all.sort_by(|a, b| (b.created(), &b.id).cmp(&(a.created(), &a.id)));
     if let Some(n) = args.limit {
         all.truncate(n);
     }
@@ -58,12 +87,13 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
                 format!("{:.1}x", m.raw_bytes as f64 / m.stored_bytes.max(1) as f64),
                 head,
                 drilled,
+                copies.get(&m.id).map(|c| c.join(", ")).unwrap_or_default(),
             ]
         })
         .collect();
     let mut text = table(
         &[
-            "ID", "KIND", "AGE", "RAW", "STORED", "RATIO", "HEAD", "DRILLED",
+            "ID", "KIND", "AGE", "RAW", "STORED", "RATIO", "HEAD", "DRILLED", "COPIES",
         ],
         &rows,
     );
@@ -74,6 +104,9 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
             d.problem
         ));
     }
+    for u in &unreachable {
+        text.push_str(&format!("UNREACHABLE {u}\n"));
+    }
     text.push_str(&format!(
         "{} snapshot(s) of {} in {}\n",
         all.len(),
@@ -82,7 +115,7 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
     ));
     Ok(Report {
         text,
-        json: json!({ "database": url.name(), "store": settings.store, "snapshots": all, "damaged": damaged, "drills": drills }),
+        json: json!({ "database": url.name(), "store": settings.store, "mirrors": settings.store_mirrors, "snapshots": all, "copies": copies, "unreachable": unreachable, "damaged": damaged, "drills": drills }),
         code: 0,
     })
 }

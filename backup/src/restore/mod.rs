@@ -49,6 +49,53 @@ pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<ScratchPat
     Ok(tmp)
 }
 
+/// [`fetch`] from the first copy that verifies: the primary store, then each mirror in order
+/// (every copy of a snapshot is the same bytes under the same key, checked against the same
+/// manifest). A copy that is unreachable, missing or fails its checksum is named in a warning
+/// and the next is tried. Returns the file and the index of the store it came from.
+pub async fn fetch_any(
+    stores: &[&Store],
+    m: &Manifest,
+    dir: &Path,
+) -> Result<(ScratchPath, usize), Error> {
+    let mut problems = Vec::new();
+    for (n, store) in stores.iter().enumerate() {
+        match fetch(store, m, dir).await {
+            Ok(tmp) => {
+                if n > 0 {
+                    tracing::warn!(
+                        "using the copy of snapshot {} in {} (mirror {n})",
+                        m.id,
+                        store.describe(&m.data_key)
+                    );
+                }
+                return Ok((tmp, n));
+            }
+            // Not the copy's fault: every copy would meet it.
+            Err(e @ Error::NoSpace(_)) => return Err(e),
+            Err(e) if stores.len() == 1 => return Err(e),
+            Err(e) => {
+                tracing::warn!("{e}");
+                problems.push(e);
+            }
+        }
+    }
+    let all_refused = problems.iter().all(|e| matches!(e, Error::Refused(_)));
+    let text = problems
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    Err(if all_refused {
+        Error::Refused(format!("no copy of snapshot {} verifies:\n{text}", m.id))
+    } else {
+        Error::Restore(format!(
+            "no copy of snapshot {} could be fetched:\n{text}",
+            m.id
+        ))
+    })
+}
+
 /// How long the decompressed file has to live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lifetime {

@@ -1,0 +1,241 @@
+//! A second store: `store.mirrors` gets every snapshot too, each copy with its own manifest;
+//! restore, the health guard and drills fall back to a mirror's copy when the primary's is
+//! unreachable, missing or damaged. Real S3-compatible server, real directories, real SQLite
+//! files and a real PostgreSQL server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{json, run, sqlite, Http, Pg, Project, S3};
+
+/// A dbward command with the S3 server as primary store and a local directory as mirror.
+fn dbward(p: &Project, s3: &S3, db: &str, mirror: &Path) -> Command {
+    let mut c = p.dbward(db);
+    s3.configure(&mut c);
+    c.env(
+        "DBWARD_STORE_MIRRORS",
+        format!("file://{}", mirror.display()),
+    );
+    c
+}
+
+/// The primary's (S3 server's) file for a key under the store's prefix.
+fn in_s3(s3: &S3, key: &str) -> PathBuf {
+    s3.dir.path().join(&s3.bucket).join("backups").join(key)
+}
+
+fn manifests(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.ends_with(".json") && n.as_bytes()[0].is_ascii_digit()
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn flip_a_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn blue_green_sqlite_pre_deploy_snapshot_in_both_stores_and_the_guard_restores_from_the_mirror() {
+    let s3 = S3::start();
+    let p = Project::new();
+    let mirror = p.path().join("mirror");
+    std::fs::write(p.path().join("dbward.toml"), "[retention]\nkeep_last = 3\n").unwrap();
+    let db = p.path().join("app.db");
+    p.migration(
+        "V1__notes.sql",
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);\n",
+    );
+    assert_eq!(
+        run(dbward(&p, &s3, "sqlite:app.db", &mirror).arg("migrate")).0,
+        0
+    );
+    sqlite(&db, "INSERT INTO notes (body) VALUES ('kept')");
+    p.migration(
+        "V2__drop.sql",
+        "DROP TABLE notes;\nCREATE TABLE notes (id INTEGER PRIMARY KEY);\n",
+    );
+    let (code, out, err) =
+        run(dbward(&p, &s3, "sqlite:app.db", &mirror).args(["migrate", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let id = json(&out)["snapshot"].as_str().unwrap().to_string();
+    let data_key = format!("app/{id}.sqlite.zst");
+    assert!(in_s3(&s3, &data_key).exists(), "primary copy");
+    assert!(mirror.join(&data_key).exists(), "mirror copy");
+    assert!(
+        mirror.join(format!("app/{id}.json")).exists(),
+        "mirror manifest"
+    );
+    assert_eq!(
+        std::fs::read(in_s3(&s3, &data_key)).unwrap(),
+        std::fs::read(mirror.join(&data_key)).unwrap(),
+        "the same bytes"
+    );
+    let (code, out, _) =
+        run(dbward(&p, &s3, "sqlite:app.db", &mirror).args(["snapshots", "--json"]));
+    assert_eq!(code, 0);
+    assert_eq!(
+        json(&out)["copies"][&id],
+        serde_json::json!(["primary", "mirror 1"])
+    );
+
+    // The primary's copy rots; the app is unhealthy: the guard restores the mirror's copy.
+    flip_a_byte(&in_s3(&s3, &data_key));
+    let server = Http::status(503);
+    let (code, out, err) = run(dbward(&p, &s3, "sqlite:app.db", &mirror).args([
+        "health",
+        "--restore-on-failure",
+        "--timeout",
+        "1s",
+        "--url",
+        &server.url(),
+        "--json",
+    ]));
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains("failed its checksum"),
+        "names the bad copy: {err}"
+    );
+    assert!(err.contains("mirror 1"), "says which copy it used: {err}");
+    let doc = json(&out);
+    assert!(
+        doc["restored"]["copy"]
+            .as_str()
+            .unwrap()
+            .starts_with(&mirror.display().to_string()),
+        "{doc}"
+    );
+    assert_eq!(sqlite(&db, "SELECT group_concat(body) FROM notes"), "kept");
+
+    // Keep last 3, in every store.
+    for _ in 0..4 {
+        let (code, _, err) = run(dbward(&p, &s3, "sqlite:app.db", &mirror).arg("backup"));
+        assert_eq!(code, 0, "{err}");
+    }
+    assert_eq!(manifests(&in_s3(&s3, "app")), 3);
+    assert_eq!(manifests(&mirror.join("app")), 3);
+}
+
+#[test]
+fn a_deploy_needs_every_copy_unless_store_require_is_primary() {
+    let p = Project::new();
+    let primary = p.path().join("primary");
+    // A mirror that cannot be written: its directory would be under a regular file.
+    std::fs::write(p.path().join("not-a-dir"), "").unwrap();
+    let broken = format!("file://{}/not-a-dir/mirror", p.path().display());
+    let cmd = |require: &str| {
+        let mut c = p.dbward("sqlite:app.db");
+        c.env("DBWARD_STORE", format!("file://{}", primary.display()))
+            .env("DBWARD_STORE_MIRRORS", &broken)
+            .env("DBWARD_STORE_REQUIRE", require);
+        c
+    };
+    p.migration("V1__a.sql", "CREATE TABLE a (id INTEGER);\n");
+    assert_eq!(
+        run(cmd("all").arg("migrate")).0,
+        0,
+        "a first deploy takes no snapshot"
+    );
+    p.migration("V2__b.sql", "CREATE TABLE b (id INTEGER);\n");
+    let (code, _, err) = run(cmd("all").arg("migrate"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not-a-dir"), "names the mirror: {err}");
+    assert_eq!(
+        sqlite(
+            &p.path().join("app.db"),
+            "SELECT max(version) FROM refinery_schema_history"
+        ),
+        "1",
+        "nothing applied without every copy"
+    );
+    let left: Vec<String> = std::fs::read_dir(primary.join("app"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !left
+            .iter()
+            .any(|n| n.ends_with(".zst")
+                || (n.ends_with(".json") && n.as_bytes()[0].is_ascii_digit())),
+        "no snapshot and no data object left in the primary: {left:?}"
+    );
+
+    let (code, out, err) = run(cmd("primary").args(["migrate", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("no copy in mirror 1"), "{err}");
+    let id = json(&out)["snapshot"].as_str().unwrap().to_string();
+    assert!(primary.join(format!("app/{id}.json")).exists());
+
+    let (code, _, err) = run(cmd("sometimes").arg("status"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("store.require"), "{err}");
+}
+
+#[test]
+fn postgres_restore_and_drill_use_the_mirror_when_the_primary_lost_its_copy() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let s3 = S3::start();
+    let p = Project::new();
+    let primary = p.path().join("primary");
+    let cmd = || {
+        let mut c = p.dbward(&url);
+        s3.configure(&mut c);
+        // Here the local directory is the primary and the S3 server the mirror.
+        c.env("DBWARD_STORE", format!("file://{}", primary.display()))
+            .env(
+                "DBWARD_STORE_MIRRORS",
+                format!("s3://{}/backups", s3.bucket),
+            );
+        c
+    };
+    p.migration(
+        "V1__items.sql",
+        "CREATE TABLE items (id int PRIMARY KEY, name text);\n",
+    );
+    assert_eq!(run(cmd().arg("migrate")).0, 0);
+    pg.psql("shop", "INSERT INTO items VALUES (1, 'one'), (2, 'two')");
+    let (code, out, err) = run(cmd().args(["backup", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let id = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
+    let data_key = format!("shop/{id}.pgdump.zst");
+    assert!(in_s3(&s3, &data_key).exists(), "mirror copy");
+    std::fs::remove_file(primary.join(&data_key)).unwrap();
+
+    let (code, out, err) = run(cmd().args(["restore-drill", "latest", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("from mirror 1"),
+        "the drill says which copy it proved: {out}"
+    );
+
+    pg.psql("shop", "DELETE FROM items");
+    let (code, out, err) = run(cmd().args([
+        "restore",
+        "latest",
+        "--yes",
+        "--terminate-connections",
+        "--json",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("missing"), "names the missing copy: {err}");
+    assert!(
+        json(&out)["copy"].as_str().unwrap().starts_with("s3://"),
+        "{out}"
+    );
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM items"), "2");
+}
