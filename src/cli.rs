@@ -142,6 +142,10 @@ pub struct HealthFlags {
     /// [config: health.checks]
     #[arg(long = "check", value_name = "CMD")]
     pub checks: Vec<String>,
+    /// What the guard does with an unhealthy deploy [env: DBWARD_HEALTH_ON_FAILURE]
+    /// [config: health.on_failure] [default: restore]
+    #[arg(long, value_name = "WHAT")]
+    pub on_failure: Option<crate::settings::OnFailure>,
 }
 
 #[derive(Debug, Args)]

@@ -120,6 +120,32 @@ pub struct Health {
     pub checks: Vec<String>,
     /// SQL that must return true against the live database, run after the checks.
     pub probes: Vec<String>,
+    /// `health.on_failure`: what the guard does with an unhealthy deploy.
+    pub on_failure: OnFailure,
+}
+
+/// What the guard does when a deploy that changed the database is unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Restore the pre-deploy snapshot (the default).
+    #[default]
+    Restore,
+    /// Restore only when the batch was not purely additive (a release still running on the old
+    /// schema keeps working on an additive one, and keeps its writes).
+    RestoreIfDestructive,
+    /// Never restore: say what a restore would discard, exit 1.
+    Report,
+}
+
+impl OnFailure {
+    fn parse(key: &str, v: &str) -> Result<OnFailure, SettingsError> {
+        <OnFailure as clap::ValueEnum>::from_str(v, false).map_err(|_| {
+            SettingsError(format!(
+                "{key}: `{v}` is not one of restore, restore-if-destructive, report"
+            ))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -175,6 +201,7 @@ struct HealthSection {
     expect_body: Option<String>,
     checks: Option<Vec<String>>,
     probes: Option<Vec<String>>,
+    on_failure: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -436,6 +463,13 @@ fn resolve(
             expect_body: file.health.expect_body,
             checks: file.health.checks.unwrap_or_default(),
             probes: file.health.probes.unwrap_or_default(),
+            on_failure: match env("DBWARD_HEALTH_ON_FAILURE") {
+                Some(v) => OnFailure::parse("DBWARD_HEALTH_ON_FAILURE", &v)?,
+                None => match &file.health.on_failure {
+                    Some(v) => OnFailure::parse("config key health.on_failure", v)?,
+                    None => OnFailure::Restore,
+                },
+            },
         },
         retention: backup::retention::Policy {
             keep_last: file.retention.keep_last.unwrap_or(0),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Deploy {
     /// The database, as shown in messages (password redacted).
     pub database: String,
@@ -26,6 +26,19 @@ pub struct Deploy {
     /// restores it without asking the application.
     #[serde(default)]
     pub hook_failed: Option<String>,
+    /// The batch's statements that are not purely additive (`file:line: why`); empty when the
+    /// release still running on the old schema keeps working on the new one.
+    #[serde(default)]
+    pub not_additive: Vec<String>,
+    /// The application's write counters just before the pre-deploy snapshot and just before
+    /// the batch (PostgreSQL), and right after the batch committed: what a restore would
+    /// discard is measured from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters_before_snapshot: Option<migrator::database::Counters>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters_before_apply: Option<migrator::database::Counters>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters_after: Option<migrator::database::Counters>,
 }
 
 impl Deploy {

@@ -25,6 +25,9 @@ pub enum Dialect {
 pub enum Severity {
     Error,
     Warning,
+    /// Not a problem: a statement that is not purely additive (the running release may not work
+    /// on the schema it leaves). Only [`not_additive`] returns these.
+    Note,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,6 +46,7 @@ impl std::fmt::Display for Finding {
         let sev = match self.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
+            Severity::Note => "note",
         };
         write!(
             f,
@@ -61,11 +65,32 @@ pub fn lint<'a>(
     files: impl IntoIterator<Item = &'a MigrationFile>,
     dialect: Dialect,
 ) -> Vec<Finding> {
+    findings(files, dialect, |s| s != Severity::Note)
+}
+
+/// The statements of a batch that are not purely additive (the expand step of expand/contract
+/// is: new tables, views, nullable columns, columns with a default, non-unique indexes, inserted
+/// rows). Anything else may break the release that is still running on the old schema: a
+/// dropped or renamed object, a changed column, a new constraint or unique index, rewritten
+/// rows, a replaced function or view. Empty means the old release can keep running.
+pub fn not_additive<'a>(
+    files: impl IntoIterator<Item = &'a MigrationFile>,
+    dialect: Dialect,
+) -> Vec<Finding> {
+    findings(files, dialect, |s| s == Severity::Note)
+}
+
+fn findings<'a>(
+    files: impl IntoIterator<Item = &'a MigrationFile>,
+    dialect: Dialect,
+    keep: impl Fn(Severity) -> bool + Copy,
+) -> Vec<Finding> {
     files
         .into_iter()
-        .flat_map(|f| {
+        .flat_map(move |f| {
             lint_sql(&f.sql, dialect)
                 .into_iter()
+                .filter(move |(_, severity, _, _)| keep(*severity))
                 .map(move |(at, severity, rule, message)| Finding {
                     file: f.path.clone(),
                     line: at.line,
@@ -442,6 +467,95 @@ fn check_statement(
         ("ALTER", "TYPE") if has("ADD") && has("VALUE") => warn(at, "enum-value", "a value added by `ALTER TYPE ... ADD VALUE` cannot be used until the batch commits; later migrations of the same batch must not use it".into()),
         _ => {}
     }
+    if let Some(why) = not_additive_statement(stmt) {
+        findings.push((at, Severity::Note, "not-additive", why));
+    }
+}
+
+/// Why a statement is not purely additive, or `None` when it only adds (see [`not_additive`]).
+fn not_additive_statement(stmt: &[Tok]) -> Option<String> {
+    let w = |i: usize| stmt.get(i).and_then(|t| t.word.as_deref()).unwrap_or("");
+    let has = |word: &str| stmt.iter().any(|t| t.word.as_deref() == Some(word));
+    let verb = w(0);
+    let first_two = format!("{} {}", w(0), w(1));
+    match verb {
+        // Reads, session settings, comments, grants, new rows.
+        "SELECT" | "SET" | "RESET" | "COMMENT" | "GRANT" | "INSERT" | "ANALYZE" | "\\" | "" => None,
+        "CREATE" => {
+            if w(1) == "OR" {
+                return Some(format!(
+                    "`CREATE OR REPLACE {}` changes an object the running release may use",
+                    w(3)
+                ));
+            }
+            let object = if matches!(w(1), "TEMP" | "TEMPORARY" | "UNLOGGED") {
+                w(2)
+            } else {
+                w(1)
+            };
+            match object {
+                "TABLE" | "VIEW" | "INDEX" | "SEQUENCE" | "SCHEMA" | "TYPE" | "EXTENSION"
+                | "FUNCTION" | "PROCEDURE" | "DOMAIN" | "MATERIALIZED" | "VIRTUAL" => None,
+                "UNIQUE" => {
+                    Some("a new unique index can reject writes the running release makes".into())
+                }
+                "TRIGGER" | "RULE" | "POLICY" => Some(format!(
+                    "a new {} changes what the running release's writes do",
+                    object.to_ascii_lowercase()
+                )),
+                other => Some(format!("`CREATE {other}` is not known to be additive")),
+            }
+        }
+        "ALTER" if w(1) == "TABLE" => {
+            // Only `ADD [COLUMN]` clauses (no constraint, nothing dropped, renamed or altered);
+            // a NOT NULL column without a default rejects the running release's inserts.
+            let adds = has("ADD")
+                && ![
+                    "DROP",
+                    "RENAME",
+                    "ALTER",
+                    "SET",
+                    "CONSTRAINT",
+                    "PRIMARY",
+                    "UNIQUE",
+                    "FOREIGN",
+                    "CHECK",
+                    "REFERENCES",
+                ]
+                .iter()
+                .any(|word| {
+                    stmt.iter()
+                        .skip(3)
+                        .any(|t| t.word.as_deref() == Some(*word))
+                });
+            let not_null_without_default = has("NOT") && has("NULL") && !has("DEFAULT");
+            if !adds {
+                Some(format!(
+                    "`{}` changes a table the running release uses",
+                    alter_summary(stmt)
+                ))
+            } else if not_null_without_default {
+                Some(
+                    "a `NOT NULL` column without a default rejects the running release's inserts"
+                        .into(),
+                )
+            } else {
+                None
+            }
+        }
+        _ => Some(format!(
+            "`{first_two}` changes what the running release sees"
+        )),
+    }
+}
+
+/// `ALTER TABLE t RENAME ...`, for a note: the first words.
+fn alter_summary(stmt: &[Tok]) -> String {
+    stmt.iter()
+        .take(5)
+        .map(|t| t.word.clone().unwrap_or_else(|| "...".into()))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn savepoint_name(stmt: &[Tok], mut i: usize) -> String {
@@ -458,6 +572,7 @@ mod tests {
     fn rules(sql: &str, dialect: Dialect) -> Vec<(u64, Severity, &'static str)> {
         lint_sql(sql, dialect)
             .into_iter()
+            .filter(|f| f.1 != Severity::Note)
             .map(|(at, s, r, _)| (at.line, s, r))
             .collect()
     }
@@ -574,6 +689,25 @@ CREATE TABLE "commit" (id int);
             [1, 2, 4, 6, 7]
         );
         assert!(got.iter().all(|(_, s, _)| *s == Severity::Warning));
+    }
+
+    #[test]
+    fn additive_statements_and_the_rest() {
+        let notes = |sql: &str| -> Vec<u64> {
+            lint_sql(sql, Dialect::Postgres)
+                .into_iter()
+                .filter(|f| f.1 == Severity::Note)
+                .map(|f| f.0.line)
+                .collect()
+        };
+        let additive = "CREATE TABLE a (id int);\nCREATE INDEX ai ON a (id);\nALTER TABLE a ADD COLUMN note text;\n\
+                        ALTER TABLE a ADD COLUMN n int NOT NULL DEFAULT 0;\nINSERT INTO a VALUES (1);\n\
+                        CREATE VIEW v AS SELECT * FROM a;\nSELECT pg_catalog.set_config('search_path', '', false);\nCOMMENT ON TABLE a IS 'x';";
+        assert_eq!(notes(additive), Vec::<u64>::new());
+        let not = "DROP TABLE a;\nALTER TABLE a RENAME COLUMN x TO y;\nALTER TABLE a ADD COLUMN m int NOT NULL;\n\
+                   CREATE UNIQUE INDEX u ON a (id);\nUPDATE a SET x = 1 WHERE id = 2;\nCREATE OR REPLACE VIEW v AS SELECT 1;\n\
+                   ALTER TABLE a ADD CONSTRAINT c CHECK (id > 0);\nALTER TABLE a ALTER COLUMN x TYPE bigint;\nDELETE FROM a WHERE id = 1;";
+        assert_eq!(notes(not), (1..=9).collect::<Vec<u64>>());
     }
 
     #[test]

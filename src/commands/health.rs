@@ -14,7 +14,7 @@ use super::restore::{resolve, restore_snapshot, Options};
 use crate::cli::{HealthArgs, HealthFlags};
 use crate::probe;
 use crate::report::{Failure, Report, EXIT_FAILED, EXIT_RESTORED};
-use crate::settings::{Health, Settings};
+use crate::settings::{Health, OnFailure, Settings};
 use crate::state;
 
 pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failure> {
@@ -22,7 +22,7 @@ pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failu
     // A deploy whose after-migrate hook failed is broken whatever the application answers.
     if args.restore_on_failure {
         if let Some(reason) = hook_failed(settings) {
-            return Err(guard(settings, &reason).await);
+            return Err(guard(settings, &reason, health.on_failure).await);
         }
     }
     let verdict = match poll(&health).await {
@@ -39,7 +39,9 @@ pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failu
             json: json!({ "healthy": true, "status": status, "seconds": waited.as_secs_f64() }),
             code: 0,
         }),
-        Err(reason) if args.restore_on_failure => Err(guard(settings, &reason).await),
+        Err(reason) if args.restore_on_failure => {
+            Err(guard(settings, &reason, health.on_failure).await)
+        }
         Err(reason) => Err(Failure::new(EXIT_FAILED, format!("unhealthy: {reason}"))),
     }
 }
@@ -157,13 +159,63 @@ fn ok(code: u16, expect: &[u16]) -> bool {
 
 /// The restore-on-failure decision and action. Always a `Failure`: exit 5 when it restored,
 /// exit 1 (with the reason it did not) otherwise.
-pub async fn guard(settings: &Settings, reason: &str) -> Failure {
-    match guard_inner(settings, reason).await {
+pub async fn guard(settings: &Settings, reason: &str, on_failure: OnFailure) -> Failure {
+    match guard_inner(settings, reason, on_failure).await {
         Ok(f) | Err(f) => f,
     }
 }
 
-async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failure> {
+/// The application's writes a restore of `deploy` would discard, per table: between the
+/// snapshot and the batch, and since the batch (net of what the batch itself wrote).
+fn discarded(
+    deploy: &state::Deploy,
+    now: Option<&migrator::database::Counters>,
+) -> Option<std::collections::BTreeMap<String, i64>> {
+    let after = deploy.counters_after.as_ref()?;
+    let mut out = after.since(now?);
+    if let (Some(a), Some(b)) = (
+        &deploy.counters_before_snapshot,
+        &deploy.counters_before_apply,
+    ) {
+        for (t, n) in a.since(b) {
+            *out.entry(t).or_default() += n;
+        }
+    }
+    Some(out)
+}
+
+/// `done`: said after the restore ("discarded") rather than before ("would discard").
+fn describe_discarded(d: &Option<std::collections::BTreeMap<String, i64>>, done: bool) -> String {
+    let (would, was) = if done {
+        ("", "were")
+    } else {
+        ("would ", "would be")
+    };
+    match d {
+        None => format!(
+            "what the restore {would}discard{} could not be measured",
+            if done { "ed" } else { "" }
+        ),
+        Some(d) if d.is_empty() => {
+            format!("no writes of the application since the snapshot {was} discarded")
+        }
+        Some(d) => format!(
+            "the restore {would}discard{} {} write(s) the application made since the snapshot ({})",
+            if done { "ed" } else { "" },
+            d.values().sum::<i64>(),
+            d.iter()
+                .map(|(t, n)| format!("{t}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+async fn guard_inner(
+    settings: &Settings,
+    reason: &str,
+    on_failure: OnFailure,
+) -> Result<Failure, Failure> {
     let url = database_url(settings)?;
     let not = |why: String| {
         Failure::new(
@@ -196,6 +248,13 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
     let mut db = Database::open(&url, Open::Existing).await?;
     let history = db.applied().await?;
     let repeatable = db.applied_repeatable().await?;
+    let counters_now = match db.write_counters().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
     drop(db);
     // The batch being rolled back, as the history recorded it: `migrate` refuses the same batch
     // again, so a restart loop stops before it touches the database.
@@ -231,6 +290,43 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
             then.map(|t| format!("V{}", t.0)).unwrap_or_else(|| "none".into())
         )));
     }
+    let discard = discarded(&deploy, counters_now.as_ref());
+    let discard_text = describe_discarded(&discard, false);
+    let measured = json!({ "would_discard": discard, "not_additive": deploy.not_additive, "on_failure": on_failure });
+    let keep = match on_failure {
+        OnFailure::Report => Some(
+            "health.on_failure = report; restore it by hand with `dbward restore pre-deploy`"
+                .to_string(),
+        ),
+        OnFailure::RestoreIfDestructive if deploy.not_additive.is_empty() => Some(format!(
+            "the batch ({}) is purely additive, so the release still running on the old schema can keep running on this one (health.on_failure = restore-if-destructive); fix the new release, or restore by hand with `dbward restore pre-deploy`",
+            batch.iter().map(|b| b.label()).collect::<Vec<_>>().join(", ")
+        )),
+        OnFailure::RestoreIfDestructive => {
+            tracing::warn!(
+                "the batch is not purely additive: {}",
+                deploy.not_additive.join("; ")
+            );
+            None
+        }
+        OnFailure::Restore => None,
+    };
+    if let Some(why) = keep {
+        let mut f = not(format!("{why}; {discard_text}"));
+        f.details = measured;
+        let mut logged = crate::deploys::Entry::new(
+            "guard",
+            url.display(),
+            format!("not restored: {reason}; {why}; {discard_text}"),
+        );
+        logged.applied = deploy.applied.clone();
+        logged.repeatable = deploy.repeatable.clone();
+        logged.snapshot = Some(snapshot.clone());
+        let store = settings.store().await.ok();
+        crate::deploys::append(&settings.state_dir, store.as_ref(), &url.name(), &logged).await;
+        return Err(f);
+    }
+    tracing::warn!("restoring: {discard_text}");
     tracing::warn!(
         "unhealthy after the deploy of {} that applied {:?}: restoring its pre-deploy snapshot {snapshot} \
          as `dbward restore {snapshot} --yes --force --terminate-connections` would \
@@ -262,7 +358,7 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
     let mut logged = crate::deploys::Entry::new(
         "restore",
         url.display(),
-        format!("restored by the health guard: {reason}"),
+        format!("restored by the health guard: {reason}; {discard_text}"),
     );
     logged.applied = deploy.applied.clone();
     logged.repeatable = deploy.repeatable.clone();
@@ -287,8 +383,8 @@ async fn guard_inner(settings: &Settings, reason: &str) -> Result<Failure, Failu
         .unwrap_or_default();
     Ok(Failure {
         code: EXIT_RESTORED,
-        message: format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}"),
-        details: json!({ "restored": outcome }),
+        message: format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true)),
+        details: json!({ "restored": outcome, "discarded": discard, "not_additive": deploy.not_additive }),
         text: String::new(),
     })
 }
@@ -315,6 +411,7 @@ impl HealthFlags {
                 self.checks.clone()
             },
             probes: base.probes.clone(),
+            on_failure: self.on_failure.unwrap_or(base.on_failure),
         }
     }
 }

@@ -106,7 +106,16 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
 
     // The pre-deploy snapshot: under the lock, once something is pending. A first deploy has
     // nothing to protect. If it fails, nothing is applied.
-    let taken = if first_deploy || args.no_snapshot {
+    // What a restore of this deploy would discard is measured from the application's write
+    // counters (PostgreSQL: before the snapshot and before the batch; both: after it).
+    let pg = matches!(url, DatabaseUrl::Postgres(_));
+    let will_snapshot = !(first_deploy || args.no_snapshot);
+    let counters_before_snapshot = if pg && will_snapshot {
+        counters(&mut db).await
+    } else {
+        None
+    };
+    let taken = if !will_snapshot {
         None
     } else {
         let m = super::backup::snapshot(settings, &url, backup::Kind::PreDeploy, None).await?;
@@ -116,6 +125,16 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     let snapshot = taken.as_ref().map(|m| m.id.clone());
 
     failpoint("migrate-after-snapshot")?;
+    let counters_before_apply = if pg && will_snapshot {
+        counters(&mut db).await
+    } else {
+        None
+    };
+    let not_additive: Vec<String> =
+        migrator::lint::not_additive(batch.iter().copied(), dialect(&url))
+            .iter()
+            .map(|f| format!("{}:{}: {}", f.file.display(), f.line, f.message))
+            .collect();
     let names: Vec<String> = batch.iter().map(|f| f.file_name()).collect();
     tracing::info!(
         "applying {} migration(s) in one transaction: {}",
@@ -128,6 +147,11 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         names.join(", ")
     ));
     failpoint("migrate-after-commit")?;
+    let counters_after = if will_snapshot {
+        counters(&mut db).await
+    } else {
+        None
+    };
     let head = plan.pending.last().map(|f| state::Head {
         version: f.version,
         name: f.name.clone(),
@@ -145,6 +169,10 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         restored: None,
         repeatable: repeatable.clone(),
         hook_failed: None,
+        not_additive,
+        counters_before_snapshot,
+        counters_before_apply,
+        counters_after,
     };
     // The batch is committed: a failure to record it must not say otherwise (exit 1 promises
     // the database is as it was). Without the record the guard sees an older deploy whose head
@@ -289,7 +317,7 @@ async fn nothing_pending(
         head,
         restored: None,
         repeatable: Vec::new(),
-        hook_failed: None,
+        ..Default::default()
     };
     record(settings, url, &deploy)?;
     tracing::info!("nothing pending; {} is at {head_text}", url.display());
@@ -311,6 +339,20 @@ async fn nothing_pending(
         json,
         code: 0,
     })
+}
+
+/// The application's write counters, or `None` (with a warning) when they cannot be read: they
+/// inform the guard, they never fail a deploy.
+async fn counters(db: &mut Database) -> Option<migrator::database::Counters> {
+    match db.write_counters().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(
+                "{e} (the health guard will not be able to say what a restore discards)"
+            );
+            None
+        }
+    }
 }
 
 /// Exit 6: the batch is in the database, the deploy is broken.

@@ -403,6 +403,16 @@ pub async fn restore_snapshot(
                 tracing::info!("{} appeared meanwhile: nothing restored", url.display());
                 return Ok(json!({ "exists": true }));
             }
+            if opts.to.is_none() && opts.force {
+                let holders = restore::sqlite::holders(live);
+                if !holders.is_empty() {
+                    tracing::warn!(
+                        "{} is still open in {}: --force swaps the file under them; they keep reading and writing the replaced file (kept aside), where their writes are not seen: restart them",
+                        live.display(),
+                        holders.join(", ")
+                    );
+                }
+            }
             if opts.to.is_none() && !opts.force {
                 let holders = restore::sqlite::holders(live);
                 if !holders.is_empty() {

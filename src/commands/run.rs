@@ -33,7 +33,7 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         Ok(_) => {}
         // The batch is in, its hook failed: the deploy is broken, so the guard acts at once.
         Err(f) if f.code == crate::report::EXIT_HOOK_FAILED => {
-            return Err(super::health::guard(settings, &f.message).await)
+            return Err(super::health::guard(settings, &f.message, health.on_failure).await)
         }
         Err(f) => return Err(f),
     }
@@ -67,7 +67,7 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
     };
     if let Err(reason) = verdict {
         stop(&mut child, pid, args.grace).await;
-        return Err(super::health::guard(settings, &reason).await);
+        return Err(super::health::guard(settings, &reason, health.on_failure).await);
     }
     tracing::info!("healthy; waiting on {program}");
     let status = tokio::select! {

@@ -88,8 +88,54 @@ fn umask() -> u32 {
         .unwrap_or(0o022)
 }
 
-/// Processes other than this one that hold `db` (or its WAL) open, from /proc.
+/// Processes other than this one that hold `db` (or its WAL) open, from /proc, and any
+/// connection SQLite's own lock on the WAL index shows (see [`wal_index_holder`]) that /proc
+/// does not: one in another container sharing the volume.
 pub fn holders(db: &Path) -> Vec<String> {
+    let mut out = proc_holders(db);
+    match wal_index_holder(db) {
+        Some(pid) if pid > 0 && out.iter().any(|h| h.starts_with(&format!("pid {pid} "))) => {}
+        Some(pid) if pid > 0 => out.push(format!(
+            "pid {pid} (seen through SQLite's lock on {}-shm)",
+            db.display()
+        )),
+        Some(_) => out.push(format!(
+            "a connection in another container or PID namespace (seen through SQLite's lock on {}-shm; its process is not visible here)",
+            db.display()
+        )),
+        None => {}
+    }
+    out
+}
+
+/// The process holding a WAL-mode connection to `db` open, if any: SQLite's unix VFS holds a
+/// shared fcntl lock on byte 128 of `<db>-shm` (the "DMS" lock) for as long as a connection
+/// has the database open in WAL mode. fcntl locks are the kernel's, so this sees connections in
+/// other containers that share the volume, which /proc does not; their pid is 0 here when their
+/// PID namespace is not ours. `Some(pid)` with the holder's pid as this namespace sees it.
+/// A database not in WAL mode has no such lock (an idle connection then holds nothing).
+///
+/// The probe opens and closes `<db>-shm`; closing drops every fcntl lock this process holds on
+/// it, so it must not run while this process itself has the database open.
+pub fn wal_index_holder(db: &Path) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let shm = std::fs::File::open(format!("{}-shm", db.display())).ok()?;
+    // SAFETY: a zeroed flock is a valid value; F_GETLK only writes into it.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 128;
+    fl.l_len = 1;
+    // SAFETY: F_GETLK on an open fd with a valid flock.
+    let rc = unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    if rc != 0 || fl.l_type == libc::F_UNLCK as libc::c_short {
+        return None;
+    }
+    Some(fl.l_pid)
+}
+
+/// Processes other than this one that hold `db` (or its WAL) open, from /proc.
+fn proc_holders(db: &Path) -> Vec<String> {
     let Ok(target) = std::fs::canonicalize(db) else {
         return Vec::new();
     };

@@ -15,6 +15,40 @@ use crate::source::MigrationFile;
 
 pub use url::{DatabaseUrl, PgUrl, SslMode};
 
+/// What [`Database::write_counters`] counted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counters {
+    pub measure: Measure,
+    pub tables: std::collections::BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Measure {
+    /// Inserted + updated + deleted rows, cumulative (PostgreSQL).
+    Writes,
+    /// Rows (SQLite): a change is the difference in either direction.
+    Rows,
+}
+
+impl Counters {
+    /// Writes between `self` (earlier) and `later`, per table, tables with none left out. A
+    /// table that exists in only one of them is not counted (created or dropped by the batch).
+    pub fn since(&self, later: &Counters) -> std::collections::BTreeMap<String, i64> {
+        self.tables
+            .iter()
+            .filter_map(|(t, before)| {
+                let after = later.tables.get(t)?;
+                let n = match self.measure {
+                    Measure::Writes => (after - before).max(0),
+                    Measure::Rows => (after - before).abs(),
+                };
+                (n > 0).then(|| (t.clone(), n))
+            })
+            .collect()
+    }
+}
+
 pub enum Database {
     Sqlite(sqlite::Sqlite),
     Postgres(postgres::Postgres),
@@ -110,6 +144,23 @@ impl Database {
                         format!("{e} (a probe returns one boolean)"),
                     )
                 }),
+        }
+    }
+
+    /// Per-table counters of the application's writes, to tell how many a restore would discard:
+    /// PostgreSQL's cumulative `n_tup_ins + n_tup_upd + n_tup_del` (`pg_stat_user_tables`,
+    /// which other sessions report within about a second); SQLite's row counts (updates are
+    /// invisible to them). dbward's own tables are left out.
+    pub async fn write_counters(&mut self) -> Result<Counters, Error> {
+        match self {
+            Database::Sqlite(db) => db.row_counts().map(|tables| Counters {
+                measure: Measure::Rows,
+                tables,
+            }),
+            Database::Postgres(db) => db.write_counters().await.map(|tables| Counters {
+                measure: Measure::Writes,
+                tables,
+            }),
         }
     }
 

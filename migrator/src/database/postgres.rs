@@ -225,6 +225,44 @@ impl Postgres {
             .collect()
     }
 
+    /// `n_tup_ins + n_tup_upd + n_tup_del` per table (`schema.table`), after flushing this
+    /// session's own pending statistics (PostgreSQL 15+; older servers report them a little
+    /// later).
+    pub async fn write_counters(
+        &mut self,
+    ) -> Result<std::collections::BTreeMap<String, i64>, Error> {
+        let ctx = |e: tokio_postgres::Error| Error::db("reading pg_stat_user_tables", describe(&e));
+        let flush = self
+            .client
+            .query_one(
+                "SELECT to_regproc('pg_catalog.pg_stat_force_next_flush') IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(ctx)?
+            .get::<_, bool>(0);
+        if flush {
+            self.client
+                .batch_execute("SELECT pg_catalog.pg_stat_force_next_flush()")
+                .await
+                .map_err(ctx)?;
+        }
+        // A fresh snapshot of the statistics (they are cached per transaction).
+        self.client
+            .batch_execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
+            .await
+            .map_err(ctx)?;
+        let rows = self
+            .client
+            .query(
+                "SELECT schemaname || '.' || relname, (n_tup_ins + n_tup_upd + n_tup_del)::int8                  FROM pg_catalog.pg_stat_user_tables                  WHERE relname NOT IN ('refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history')",
+                &[],
+            )
+            .await
+            .map_err(ctx)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     pub async fn has_user_tables(&mut self) -> Result<bool, Error> {
         Ok(self
             .client

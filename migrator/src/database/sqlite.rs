@@ -76,6 +76,29 @@ impl Sqlite {
             .collect()
     }
 
+    /// Rows per table of the application's (not SQLite's, not dbward's).
+    pub fn row_counts(&mut self) -> Result<std::collections::BTreeMap<String, i64>, Error> {
+        let ctx = |e: rusqlite::Error| Error::db("counting rows", e);
+        let names: Vec<String> = self
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT IN ('refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history')")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(ctx)?;
+        let mut out = std::collections::BTreeMap::new();
+        for name in names {
+            let n: i64 = self
+                .conn
+                .query_row(
+                    &format!("SELECT count(*) FROM \"{}\"", name.replace('"', "\"\"")),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(ctx)?;
+            out.insert(name, n);
+        }
+        Ok(out)
+    }
+
     pub fn probe(&mut self, sql: &str) -> Result<bool, Error> {
         self.conn
             .query_row(sql, [], |r| r.get::<_, i64>(0))
