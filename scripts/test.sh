@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. Installs what is missing first (Debian, as root):
-# PostgreSQL server binaries, sqlite3, zstd, openssl, pgbouncer, the S3 test server s3s-fs,
-# boto3 and croniter.
+# PostgreSQL server binaries, sqlite3, zstd, openssl, pgbouncer, systemd-analyze (the recipe
+# units are verified), curl (the cron recipe pings with it), PyYAML (compose files are parsed),
+# the S3 test server s3s-fs, boto3 and croniter.
 # Nothing in the suite skips: a dependency this script cannot install fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,10 @@ command -v sqlite3 >/dev/null || missing+=(sqlite3)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+[ -x /usr/bin/curl ] || missing+=(curl)
+python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
+command -v unshare >/dev/null || missing+=(util-linux)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   [ "$(id -u)" = 0 ] || { echo "need root to install ${missing[*]} (or install them yourself)" >&2; exit 1; }
