@@ -141,8 +141,15 @@ fn cron_lines_run_in_crons_environment_and_ping_only_on_success() {
             .replace("/etc/app/dbward.toml", &config.display().to_string());
         // cron's environment: PATH=/usr/bin:/bin, /bin/sh, the home directory as cwd.
         let mut c = Command::new("env");
-        c.args(["-i", "PATH=/usr/bin:/bin", "HOME=/root", "/bin/sh", "-c", &command])
-            .current_dir("/");
+        c.args([
+            "-i",
+            "PATH=/usr/bin:/bin",
+            "HOME=/root",
+            "/bin/sh",
+            "-c",
+            &command,
+        ])
+        .current_dir("/");
         c.output().unwrap()
     };
     for (schedule, user, command) in &lines {
@@ -150,25 +157,27 @@ fn cron_lines_run_in_crons_environment_and_ping_only_on_success() {
         // dbward's own scheduler reads the same expression the same way.
         let toml = p.path().join("schedule.toml");
         std::fs::write(&toml, format!("[schedule]\nbackup = \"{schedule}\"\n")).unwrap();
-        let (code, _, err) = run(p
-            .dbward("sqlite:app.db")
-            .args(["--config", toml.to_str().unwrap(), "schedule", "--list"]));
+        let (code, _, err) = run(p.dbward("sqlite:app.db").args([
+            "--config",
+            toml.to_str().unwrap(),
+            "schedule",
+            "--list",
+        ]));
         assert_eq!(code, 0, "{schedule}: {err}");
 
         let out = cron(command);
-        assert!(
-            out.status.success(),
-            "{command}: {}",
-            common::stderr(&out)
-        );
+        assert!(out.status.success(), "{command}: {}", common::stderr(&out));
     }
     let requests = ping.requests.lock().unwrap().clone();
     assert_eq!(requests.len(), 2, "one ping per job: {requests:?}");
     assert!(requests[0].starts_with("GET /backup "), "{requests:?}");
     assert!(requests[1].starts_with("GET /drill "), "{requests:?}");
-    let (code, out, _) = run(p
-        .dbward("sqlite:app.db")
-        .args(["--config", config.to_str().unwrap(), "snapshots", "--json"]));
+    let (code, out, _) = run(p.dbward("sqlite:app.db").args([
+        "--config",
+        config.to_str().unwrap(),
+        "snapshots",
+        "--json",
+    ]));
     assert_eq!(code, 0);
     assert_eq!(json(&out)["snapshots"][0]["kind"], "scheduled");
 
@@ -177,7 +186,11 @@ fn cron_lines_run_in_crons_environment_and_ping_only_on_success() {
     std::fs::remove_file(&env_file).unwrap();
     let out = cron(&lines[0].2);
     assert!(!out.status.success());
-    assert_eq!(ping.requests.lock().unwrap().len(), 2, "no ping from a failed job");
+    assert_eq!(
+        ping.requests.lock().unwrap().len(),
+        2,
+        "no ping from a failed job"
+    );
 }
 
 #[test]
@@ -203,10 +216,16 @@ fn compose_files_parse_and_run_dbward_as_the_entrypoint() {
                 .map(|v| v.as_str().unwrap())
                 .collect();
             assert_eq!(entry[0], "/usr/local/bin/dbward", "{}: {name}", f.display());
-            assert!(entry.contains(&"run") && entry.last() == Some(&"--"), "{entry:?}");
+            assert!(
+                entry.contains(&"run") && entry.last() == Some(&"--"),
+                "{entry:?}"
+            );
             // The config it mounts is the one beside it in the repository.
             let mounts = s["volumes"].to_string();
-            assert!(mounts.contains("./dbward.toml:/etc/dbward.toml"), "{mounts}");
+            assert!(
+                mounts.contains("./dbward.toml:/etc/dbward.toml"),
+                "{mounts}"
+            );
             assert!(f.parent().unwrap().join("dbward.toml").exists());
             // Its flags are dbward's: `run --help` accepts them (the command after `--`).
             let flags: Vec<&str> = entry[1..entry.len() - 1]
@@ -214,7 +233,8 @@ fn compose_files_parse_and_run_dbward_as_the_entrypoint() {
                 .filter(|a| a.starts_with("--"))
                 .copied()
                 .collect();
-            let (code, help, _) = run(Command::new(env!("CARGO_BIN_EXE_dbward")).args(["run", "--help"]));
+            let (code, help, _) =
+                run(Command::new(env!("CARGO_BIN_EXE_dbward")).args(["run", "--help"]));
             assert_eq!(code, 0);
             let (code, global, _) = run(Command::new(env!("CARGO_BIN_EXE_dbward")).arg("--help"));
             assert_eq!(code, 0);
