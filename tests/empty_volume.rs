@@ -121,3 +121,53 @@ fn a_missing_postgres_database_is_restored_and_an_existing_one_never() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(pg.psql("shop", "SELECT note FROM accounts"), "precious");
 }
+
+/// Two hosts starting on a rebuilt server at once both find the database missing; the restore
+/// lock makes the second look again and leave the first one's restore alone.
+#[test]
+fn two_hosts_restoring_a_missing_postgres_database_restore_it_once() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    p.migration(
+        "V1__schema.sql",
+        "CREATE TABLE accounts (id serial PRIMARY KEY, note text);\n",
+    );
+    assert_eq!(run(p.dbward(&url).args(["migrate", "--no-snapshot"])).0, 0);
+    pg.psql(
+        "shop",
+        "INSERT INTO accounts (note) SELECT 'row ' || g FROM generate_series(1, 20000) g",
+    );
+    assert_eq!(run(p.dbward(&url).arg("backup")).0, 0);
+    pg.psql("postgres", "DROP DATABASE shop");
+
+    let hosts: Vec<_> = (0..2)
+        .map(|_| {
+            p.dbward(&url)
+                .args(["restore", "latest", "--if-missing", "--json"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut restored = 0;
+    for h in hosts {
+        let out = h.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+        let doc = json(&common::stdout(&out));
+        if doc["restored"].is_object() {
+            restored += 1;
+        }
+    }
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM accounts"), "20000");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'shop\\_%'"
+        ),
+        "0",
+        "no replaced copy: the second restore did not swap over the first"
+    );
+    assert!(restored >= 1);
+}

@@ -484,6 +484,7 @@ pub async fn restore_snapshot(
                         &restore::postgres::Options {
                             terminate_connections: opts.terminate_connections,
                             to,
+                            if_missing: opts.if_missing,
                         },
                     )
                     .await

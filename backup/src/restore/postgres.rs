@@ -18,6 +18,10 @@ pub struct Options {
     pub terminate_connections: bool,
     /// Restore into this new database and leave the live one alone (`--to`).
     pub to: Option<String>,
+    /// Only if the live database is still missing (no database, or one without tables) once
+    /// the restore lock is held: two hosts restoring a missing database at once restore it
+    /// once, and a database that appeared meanwhile is left alone.
+    pub if_missing: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -32,6 +36,10 @@ pub struct Outcome {
     /// live database itself, after a snapshot of it was taken), and why.
     pub strategy: &'static str,
     pub strategy_reason: Option<String>,
+    /// With [`Options::if_missing`]: the database existed once the lock was held; nothing was
+    /// restored.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exists: bool,
 }
 
 /// Why a rename swap cannot be used for `live`, if it cannot: the database a restore must
@@ -114,6 +122,21 @@ pub async fn restore(
     )
     .await
     .map_err(q("taking the restore lock"))?;
+    if opts.if_missing
+        && opts.to.is_none()
+        && !crate::owner::is_missing(&migrator::DatabaseUrl::Postgres(Box::new(url.clone())))
+            .await?
+    {
+        tracing::info!("{live} appeared meanwhile: nothing restored");
+        return Ok(Outcome {
+            database: live,
+            replaced: None,
+            terminated: Vec::new(),
+            strategy: "none",
+            strategy_reason: None,
+            exists: true,
+        });
+    }
 
     // Leftovers of a killed restore of this database: only databases that carry dbward's
     // in-progress marker naming exactly themselves and this live database.
@@ -220,6 +243,7 @@ pub async fn restore(
             terminated: Vec::new(),
             strategy: "rename-swap",
             strategy_reason: None,
+            exists: false,
         });
     }
 
@@ -319,6 +343,7 @@ pub async fn restore(
         terminated: ended.ended,
         strategy: "rename-swap",
         strategy_reason: None,
+        exists: false,
     })
 }
 
@@ -504,6 +529,7 @@ pub async fn restore_in_place(
         terminated: ended.ended,
         strategy: "in-place",
         strategy_reason: Some(reason),
+        exists: false,
     })
 }
 
