@@ -239,3 +239,96 @@ fn postgres_restore_and_drill_use_the_mirror_when_the_primary_lost_its_copy() {
     );
     assert_eq!(pg.psql("shop", "SELECT count(*) FROM items"), "2");
 }
+
+/// A mirror (the S3 server) that dies in the middle of the stream: with `require = "all"` the
+/// snapshot fails and the primary keeps nothing of it; with `"primary"` it counts, with a
+/// warning naming the mirror.
+#[test]
+fn a_mirror_dying_mid_stream_fails_the_snapshot_only_when_every_copy_is_required() {
+    let p = Project::new();
+    p.migration(
+        "V1__blobs.sql",
+        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, data BLOB NOT NULL);\n",
+    );
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    let c = rusqlite::Connection::open(p.path().join("app.db")).unwrap();
+    c.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1024) INSERT INTO blobs (data) SELECT randomblob(65536) FROM n", []).unwrap();
+    drop(c);
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        "[store]\npart_size = \"5MiB\"\n",
+    )
+    .unwrap();
+    let primary = p.path().join("primary");
+    let attempt = |require: &str| {
+        let mut s3 = S3::start();
+        let mut c = p.dbward("sqlite:app.db");
+        s3.configure(&mut c);
+        c.env("DBWARD_STORE", format!("file://{}", primary.display()))
+            .env(
+                "DBWARD_STORE_MIRRORS",
+                format!("s3://{}/backups", s3.bucket),
+            )
+            .env("DBWARD_STORE_REQUIRE", require)
+            .args(["backup", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = c.spawn().unwrap();
+        // Kill the mirror as soon as it has received part of the upload.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let received = |dir: &Path| walk(dir) > 0;
+        while !received(s3.dir.path()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the upload never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        s3.kill();
+        child.wait_with_output().unwrap()
+    };
+    let snapshots_in_primary = || -> Vec<String> {
+        std::fs::read_dir(primary.join("app"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| {
+                        n.ends_with(".zst")
+                            || (n.ends_with(".json") && n.as_bytes()[0].is_ascii_digit())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let out = attempt("all");
+    assert_ne!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    assert_eq!(
+        snapshots_in_primary(),
+        Vec::<String>::new(),
+        "the primary keeps nothing of it"
+    );
+
+    let out = attempt("primary");
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("no copy in mirror 1"), "{err}");
+    let id = json(&common::stdout(&out))["snapshot"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(primary.join(format!("app/{id}.json")).exists());
+}
+
+/// Files under `dir`, recursively.
+fn walk(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            n += walk(&e.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
