@@ -2,6 +2,7 @@
 # The whole test suite, as CI runs it. Installs what is missing first (Debian, as root):
 # PostgreSQL server binaries, sqlite3, zstd, openssl, pgbouncer, systemd-analyze (the recipe
 # units are verified), curl (the cron recipe pings with it), PyYAML (compose files are parsed),
+# age (encrypted snapshots are opened with the real CLI),
 # the S3 test server s3s-fs, boto3 and croniter.
 # Nothing in the suite skips: a dependency this script cannot install fails the run.
 set -euo pipefail
@@ -19,6 +20,7 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 [ -x /usr/bin/curl ] || missing+=(curl)
 python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 command -v unshare >/dev/null || missing+=(util-linux)
+command -v age >/dev/null || missing+=(age)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   [ "$(id -u)" = 0 ] || { echo "need root to install ${missing[*]} (or install them yourself)" >&2; exit 1; }

@@ -78,8 +78,10 @@ fn store_key(database: &str, e: &Entry) -> String {
 pub async fn append(state_dir: &Path, store: Option<&backup::Store>, database: &str, e: &Entry) {
     let line = serde_json::to_string(e).expect("serializes");
     let path = log_path(state_dir, database);
-    let written = std::fs::create_dir_all(state_dir).and_then(|()| {
+    let written = backup::scratch::create_private_dir(state_dir).and_then(|()| {
+        use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
+            .mode(0o600)
             .create(true)
             .append(true)
             .open(&path)?;

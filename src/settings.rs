@@ -48,6 +48,80 @@ pub struct Settings {
     pub restore_if_missing: bool,
     /// `[hooks]`.
     pub hooks: Hooks,
+    /// `[encryption]`.
+    pub encryption: Encryption,
+}
+
+/// `[encryption]`: age recipients for new snapshots, the identity for restores and drills.
+#[derive(Debug, Clone, Default)]
+pub struct Encryption {
+    /// `encryption.recipients` and the lines of `encryption.recipients_file`: public keys.
+    pub recipients: Vec<String>,
+    /// `DBWARD_AGE_IDENTITY_FILE` / `encryption.identity_file`: the private keys (read only by
+    /// restores and drills).
+    pub identity_file: Option<PathBuf>,
+    /// `DBWARD_AGE_PASSPHRASE` (environment only).
+    pub passphrase: Option<Secret>,
+    /// `encryption.manifest_details`: table names and row counts in the manifest (default true).
+    pub manifest_details: bool,
+}
+
+/// A secret: never shown by `Debug`.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Settings {
+    /// What new snapshots are encrypted to: the recipients, else the passphrase, else nothing.
+    pub fn encryption(
+        &self,
+    ) -> Result<Option<std::sync::Arc<backup::crypt::Encryption>>, backup::Error> {
+        let e = &self.encryption;
+        if !e.recipients.is_empty() {
+            return Ok(Some(std::sync::Arc::new(
+                backup::crypt::Encryption::to_recipients(&e.recipients)?,
+            )));
+        }
+        Ok(e.passphrase.as_ref().map(|p| {
+            std::sync::Arc::new(backup::crypt::Encryption::to_passphrase(p.0.clone().into()))
+        }))
+    }
+
+    /// What restores and drills decrypt with (nothing: plaintext snapshots only).
+    pub fn identities(&self) -> Result<backup::crypt::Identities, backup::Error> {
+        let e = &self.encryption;
+        let mut ids = match &e.identity_file {
+            Some(path) => {
+                warn_if_readable_by_others(path, "the age identity file");
+                backup::crypt::Identities::from_file(path)?
+            }
+            None => backup::crypt::Identities::none(),
+        };
+        if let Some(p) = &e.passphrase {
+            ids = ids.with_passphrase(p.0.clone().into());
+        }
+        Ok(ids)
+    }
+}
+
+/// A secret file (or a config file that names one) that others can read is said loudly.
+fn warn_if_readable_by_others(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "{what} {} is readable by others (mode {:o}); make it 0600 (chmod 600)",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
 }
 
 /// `[hooks]`: what runs after a batch committed.
@@ -90,6 +164,17 @@ struct FileConfig {
     restore: RestoreSection,
     #[serde(default)]
     hooks: HooksSection,
+    #[serde(default)]
+    encryption: EncryptionSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncryptionSection {
+    recipients: Option<Vec<String>>,
+    recipients_file: Option<PathBuf>,
+    identity_file: Option<PathBuf>,
+    manifest_details: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,7 +332,16 @@ impl Settings {
     pub fn load(args: &GlobalArgs) -> Result<Settings, SettingsError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let file = match &args.config {
-            Some(path) => Some((read_config(path)?, base_dir(path))),
+            Some(path) => {
+                let config = read_config(path)?;
+                if config.encryption.identity_file.is_some() {
+                    warn_if_readable_by_others(
+                        path,
+                        "the config file (it names the age identity file)",
+                    );
+                }
+                Some((config, base_dir(path)))
+            }
             None => {
                 let default = Path::new("dbward.toml");
                 if default.exists() {
@@ -482,6 +576,32 @@ fn resolve(
             .map(|v| matches!(v.as_str(), "1" | "true" | "yes"))
             .or(file.restore.if_missing)
             .unwrap_or(false),
+        encryption: Encryption {
+            recipients: {
+                let mut r = file.encryption.recipients.clone().unwrap_or_default();
+                if let Some(f) = &file.encryption.recipients_file {
+                    let f = rebase(f.clone());
+                    let text = std::fs::read_to_string(&f).map_err(|e| {
+                        SettingsError(format!(
+                            "config key encryption.recipients_file: {}: {e}",
+                            f.display()
+                        ))
+                    })?;
+                    r.extend(
+                        text.lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                            .map(str::to_string),
+                    );
+                }
+                r
+            },
+            identity_file: env("DBWARD_AGE_IDENTITY_FILE")
+                .map(PathBuf::from)
+                .or_else(|| file.encryption.identity_file.clone().map(rebase)),
+            passphrase: env("DBWARD_AGE_PASSPHRASE").map(Secret),
+            manifest_details: file.encryption.manifest_details.unwrap_or(true),
+        },
         hooks: Hooks {
             after_migrate: file.hooks.after_migrate.unwrap_or_default(),
             always: file.hooks.always.unwrap_or(false),

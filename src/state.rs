@@ -82,9 +82,19 @@ pub fn write(state_dir: &Path, database: &str, deploy: &Deploy) -> Result<(), St
 fn write_json(state_dir: &Path, p: &Path, value: &impl Serialize) -> Result<(), String> {
     use std::io::Write;
     let fail = |e: std::io::Error| format!("writing {}: {e}", p.display());
-    std::fs::create_dir_all(state_dir).map_err(fail)?;
+    backup::scratch::create_private_dir(state_dir).map_err(fail)?;
     let tmp = p.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(fail)?;
+    // 0600: the state names hosts, databases and snapshots.
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+    }
+    .map_err(fail)?;
     f.write_all(&serde_json::to_vec_pretty(value).expect("serializes"))
         .map_err(fail)?;
     f.sync_all().map_err(fail)?;

@@ -40,6 +40,11 @@ pub enum Error {
     #[error("restore failed: {0}\nThe live database was not replaced.")]
     Restore(String),
 
+    /// An encrypted snapshot that no identity given opens (refused, exit 3): the snapshot may
+    /// be fine, the key is missing.
+    #[error("{0}")]
+    NoKey(String),
+
     /// The object is not in the store.
     #[error("{0} does not exist")]
     Missing(String),
@@ -58,7 +63,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::StoreUrl { .. } => ErrorKind::Usage,
-            Error::Refused(_) | Error::NoSpace(_) => ErrorKind::Refused,
+            Error::Refused(_) | Error::NoSpace(_) | Error::NoKey(_) => ErrorKind::Refused,
             Error::Database(e) if e.kind() == migrator::ErrorKind::Usage => ErrorKind::Usage,
             _ => ErrorKind::Failed,
         }

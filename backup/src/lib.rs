@@ -5,6 +5,7 @@
 //! [`take`] is the whole pipeline; [`list`] reads the manifests back. This crate does not know
 //! about migrations' locking or the command line: the binary decides when a snapshot is taken.
 
+pub mod crypt;
 pub mod engine;
 pub mod error;
 pub mod manifest;
@@ -39,6 +40,10 @@ pub struct Request<'a> {
     pub lock_timeout: Duration,
     /// Called with (raw bytes read so far, estimated total) as the stream advances.
     pub progress: Option<Progress>,
+    /// Encrypt the stored object to these (age).
+    pub encryption: Option<std::sync::Arc<crypt::Encryption>>,
+    /// Record table names and row counts in the manifest (`encryption.manifest_details`).
+    pub manifest_details: bool,
 }
 
 pub type Progress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -92,7 +97,7 @@ pub async fn take_to(
             Err(e) => failed_mirrors.push((i, e)),
         }
     }
-    let data_key = manifest::data_key(&database, &id, prepared.format);
+    let data_key = manifest::data_key(&database, &id, prepared.format, req.encryption.is_some());
     let chunk_size = active
         .iter()
         .map(|(_, s)| s.chunk_size(prepared.size_hint))
@@ -101,6 +106,7 @@ pub async fn take_to(
         level: req.level,
         workers: prepared.workers,
         chunk_size,
+        encryption: req.encryption.clone(),
     };
     tracing::info!(
         "snapshot {id}: {} → {}",
@@ -227,8 +233,16 @@ pub async fn take_to(
             algorithm: "zstd".into(),
             level: req.level,
         },
+        encryption: req.encryption.as_ref().map(|e| manifest::Encryption {
+            scheme: "age".into(),
+            recipients: e.names(),
+        }),
         migration_head: head,
-        row_counts,
+        row_counts: if req.manifest_details {
+            row_counts
+        } else {
+            Default::default()
+        },
         duration_ms: elapsed.as_millis() as u64,
     };
     migrator::failpoint::hit("backup-before-manifest").map_err(Error::Source)?;
@@ -518,7 +532,12 @@ pub async fn prune(
             store.delete(&manifest_key(database, &m.id)).await?;
             migrator::failpoint::hit("prune-after-manifest-delete").map_err(Error::AfterChange)?;
             store
-                .delete(&manifest::data_key(database, &m.id, m.format))
+                .delete(&manifest::data_key(
+                    database,
+                    &m.id,
+                    m.format,
+                    m.encryption.is_some(),
+                ))
                 .await?;
             store.delete(&receipt_key(database, &m.id)).await?;
             tracing::info!("pruned snapshot {}", m.id);
@@ -537,7 +556,7 @@ pub async fn prune(
     let mut orphans = Vec::new();
     for obj in &objects {
         let orphan = match manifest::OwnKey::parse(database, &obj.key) {
-            Some(manifest::OwnKey::Data(id, _) | manifest::OwnKey::Receipt(id)) => {
+            Some(manifest::OwnKey::Data(id, ..) | manifest::OwnKey::Receipt(id)) => {
                 // A damaged manifest's data is kept: someone may still want to inspect it.
                 !manifests.iter().any(|m| m.id == id) && !damaged_ids.contains(&id.as_str())
             }

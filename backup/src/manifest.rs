@@ -78,13 +78,27 @@ pub struct Manifest {
     pub data_key: String,
     pub raw_bytes: u64,
     pub stored_bytes: u64,
-    /// Hex SHA-256 of the stored (compressed) bytes.
+    /// Hex SHA-256 of the stored bytes (compressed, and encrypted when `encryption` is set):
+    /// the integrity check needs no key.
     pub sha256: String,
     pub compression: Compression,
+    /// Set when the stored object is age-encrypted; absent in plaintext snapshots (and in every
+    /// snapshot taken before encryption existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
     pub migration_head: Option<Head>,
     /// Rows per table (`schema.table` on PostgreSQL), counted in the snapshot's own view.
     pub row_counts: BTreeMap<String, u64>,
     pub duration_ms: u64,
+}
+
+/// How a snapshot's object is encrypted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    /// `age` (<https://age-encryption.org/v1>).
+    pub scheme: String,
+    /// The X25519 recipients (`age1...`, public keys), or `passphrase`.
+    pub recipients: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,8 +152,8 @@ pub fn is_snapshot_id(s: &str) -> bool {
 pub enum OwnKey {
     /// `<id>.json`
     Manifest(String),
-    /// `<id>.sqlite.zst`, `<id>.pgdump.zst`
-    Data(String, Format),
+    /// `<id>.sqlite.zst`, `<id>.pgdump.zst`, and `.age` after either (encrypted)
+    Data(String, Format, bool),
     /// `<id>.drill.json`
     Receipt(String),
     /// `.<one of the above>.partial-<pid>`: a local store's object being written.
@@ -168,9 +182,13 @@ impl OwnKey {
         } else if let Some(id) = name.strip_suffix(".json") {
             (id, OwnKey::Manifest(id.into()))
         } else if let Some(id) = name.strip_suffix(".sqlite.zst") {
-            (id, OwnKey::Data(id.into(), Format::Sqlite))
+            (id, OwnKey::Data(id.into(), Format::Sqlite, false))
         } else if let Some(id) = name.strip_suffix(".pgdump.zst") {
-            (id, OwnKey::Data(id.into(), Format::Pgdump))
+            (id, OwnKey::Data(id.into(), Format::Pgdump, false))
+        } else if let Some(id) = name.strip_suffix(".sqlite.zst.age") {
+            (id, OwnKey::Data(id.into(), Format::Sqlite, true))
+        } else if let Some(id) = name.strip_suffix(".pgdump.zst.age") {
+            (id, OwnKey::Data(id.into(), Format::Pgdump, true))
         } else {
             return None;
         };
@@ -178,9 +196,11 @@ impl OwnKey {
     }
 }
 
-/// `<database>/<id>.<format>.zst`: the only key a snapshot's data may have.
-pub fn data_key(database: &str, id: &str, format: Format) -> String {
-    format!("{database}/{id}.{}.zst", format.extension())
+/// `<database>/<id>.<format>.zst`, `.zst.age` when encrypted: the only key a snapshot's data
+/// may have.
+pub fn data_key(database: &str, id: &str, format: Format, encrypted: bool) -> String {
+    let age = if encrypted { ".age" } else { "" };
+    format!("{database}/{id}.{}.zst{age}", format.extension())
 }
 
 impl Manifest {
@@ -197,7 +217,7 @@ impl Manifest {
                 self.id, database, self.id
             ));
         }
-        let want = data_key(database, &self.id, self.format);
+        let want = data_key(database, &self.id, self.format, self.encryption.is_some());
         if self.data_key != want {
             return Err(format!("its data key `{}` is not `{want}`", self.data_key));
         }
@@ -250,7 +270,11 @@ mod tests {
         );
         assert_eq!(
             OwnKey::parse("app", &format!("app/{id}.sqlite.zst")),
-            Some(OwnKey::Data(id.into(), Format::Sqlite))
+            Some(OwnKey::Data(id.into(), Format::Sqlite, false))
+        );
+        assert_eq!(
+            OwnKey::parse("app", &format!("app/{id}.pgdump.zst.age")),
+            Some(OwnKey::Data(id.into(), Format::Pgdump, true))
         );
         assert_eq!(
             OwnKey::parse("app", &format!("app/{id}.drill.json")),

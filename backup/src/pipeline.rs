@@ -32,6 +32,8 @@ pub struct Options {
     pub workers: u32,
     /// Every chunk but the last has exactly this size (R2 wants equal multipart parts).
     pub chunk_size: usize,
+    /// Encrypt the compressed stream (age) before it is hashed and chunked.
+    pub encryption: Option<std::sync::Arc<crate::crypt::Encryption>>,
 }
 
 /// Runs on a blocking thread. `finish` is called after the source hit EOF and decides whether
@@ -51,7 +53,11 @@ pub fn compress(
         tx,
     };
     let io = |what: &'static str| Error::io(format!("compressing the snapshot ({what})"));
-    let mut enc = zstd::stream::write::Encoder::new(sink, opts.level).map_err(io("zstd init"))?;
+    let out = match &opts.encryption {
+        None => Out::Plain(sink),
+        Some(e) => Out::Age(e.encryptor()?.wrap_output(sink).map_err(io("age header"))?),
+    };
+    let mut enc = zstd::stream::write::Encoder::new(out, opts.level).map_err(io("zstd init"))?;
     enc.include_checksum(true).map_err(io("zstd checksum"))?;
     if opts.workers > 0 {
         enc.multithread(opts.workers).map_err(io("zstd workers"))?;
@@ -69,7 +75,10 @@ pub fn compress(
         raw += n as u64;
         progress(raw);
     }
-    let mut sink = enc.finish().map_err(io("finish"))?;
+    let mut sink = match enc.finish().map_err(io("finish"))? {
+        Out::Plain(sink) => sink,
+        Out::Age(w) => w.finish().map_err(io("age finish"))?,
+    };
     sink.send_buffer().map_err(io("send"))?;
     finish()?;
     let stats = Stats {
@@ -82,6 +91,28 @@ pub fn compress(
         message: "stopped before the snapshot was complete".into(),
     })?;
     Ok(stats)
+}
+
+/// Where zstd writes: the chunks, or age's stream writer in front of them.
+enum Out {
+    Plain(ChunkSink),
+    Age(age::stream::StreamWriter<ChunkSink>),
+}
+
+impl Write for Out {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Out::Plain(s) => s.write(data),
+            Out::Age(w) => w.write(data),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::Plain(s) => s.flush(),
+            Out::Age(w) => w.flush(),
+        }
+    }
 }
 
 struct ChunkSink {
@@ -140,6 +171,7 @@ mod tests {
             level: 3,
             workers: 0,
             chunk_size: 64 * 1024,
+            encryption: None,
         };
         let stats = compress(&mut &data[..], || Ok(()), &opts, tx, &|_| {}).unwrap();
         let mut stored = Vec::new();
@@ -172,6 +204,7 @@ mod tests {
             level: 1,
             workers: 0,
             chunk_size: 1024,
+            encryption: None,
         };
         let err = compress(
             &mut &b"partial"[..],

@@ -111,6 +111,7 @@ mod tests {
                 algorithm: "zstd".into(),
                 level: 3,
             },
+            encryption: None,
             migration_head: None,
             row_counts: BTreeMap::new(),
             duration_ms: 0,

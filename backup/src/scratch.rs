@@ -116,6 +116,16 @@ pub fn ensure_space(dir: &Path, needed: u64, what: &str) -> Result<(), Error> {
 
 /// A new empty temp file named `<prefix>...` in this run's directory under `parent` (created,
 /// after the directories of dead runs there were removed, on first use).
+/// Creates `dir` and any missing parent, each missing one 0700: what dbward keeps (snapshots,
+/// state, temp copies) is as private as the database. Directories that exist keep their mode.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 pub fn temp_in(parent: &Path, prefix: &str) -> Result<ScratchPath, Error> {
     let dir = run_dir(parent)?;
     let path = tempfile::Builder::new()
@@ -138,7 +148,7 @@ fn run_dir(parent: &Path) -> Result<Arc<RunDir>, Error> {
     if let Some(dir) = runs.get(parent).and_then(|(_, w)| w.upgrade()) {
         return Ok(dir);
     }
-    std::fs::create_dir_all(parent).map_err(Error::io(format!("creating {}", parent.display())))?;
+    create_private_dir(parent).map_err(Error::io(format!("creating {}", parent.display())))?;
     sweep(parent);
     let dir = tempfile::Builder::new()
         .prefix(&format!("{PREFIX}{}-", std::process::id()))

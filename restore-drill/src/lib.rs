@@ -39,6 +39,8 @@ pub struct Options {
     /// The migrations folder, when known: the restored head must be one of its files.
     pub migrations: Option<Vec<MigrationFile>>,
     pub temp_dir: PathBuf,
+    /// What an encrypted snapshot is decrypted with.
+    pub identities: backup::crypt::Identities,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -77,7 +79,8 @@ impl From<&str> for CheckFailure {
 /// snapshot's.
 fn classify(e: backup::Error) -> CheckFailure {
     match e {
-        backup::Error::NoSpace(_) | backup::Error::Io { .. } => {
+        // A missing key is this machine's, not the snapshot's.
+        backup::Error::NoSpace(_) | backup::Error::Io { .. } | backup::Error::NoKey(_) => {
             CheckFailure::Environment(e.to_string())
         }
         e => CheckFailure::Snapshot(e.to_string()),
@@ -105,6 +108,8 @@ pub struct Report {
     pub rto_seconds: Option<f64>,
     pub stored_bytes: u64,
     pub raw_bytes: u64,
+    /// Whether the stored object is encrypted (age).
+    pub encrypted: bool,
     pub checks: Vec<Check>,
     pub success: bool,
 }
@@ -298,6 +303,7 @@ pub async fn drill(stores: &[&Store], live: &DatabaseUrl, m: &Manifest, opts: &O
         rto_seconds: rto,
         stored_bytes: m.stored_bytes,
         raw_bytes: m.raw_bytes,
+        encrypted: m.encryption.is_some(),
         success: !checks.failed,
         checks: checks.list,
     }
@@ -315,6 +321,7 @@ async fn run_checks(
     let started = Instant::now();
     let Some(fetched) = checks
         .run("download", async {
+            opts.identities.check_can_try(m).map_err(classify)?;
             let (t, n) = restore::fetch_any(stores, m, &opts.temp_dir)
                 .await
                 .map_err(classify)?;
@@ -345,6 +352,7 @@ async fn run_checks(
                 &opts.temp_dir,
                 ".dbward-drill-",
                 m,
+                &opts.identities,
                 restore::Lifetime::Scratch,
             )
             .map_err(classify)?;

@@ -31,6 +31,11 @@ pub fn render(r: &Report) -> String {
         r.rto_seconds.map_or("NaN".into(), |v| format!("{v:.3}")),
     );
     gauge(
+        "dbward_snapshot_encrypted",
+        "1 if the drilled snapshot is encrypted (age), else 0.",
+        (r.encrypted as u8).to_string(),
+    );
+    gauge(
         "dbward_snapshot_age_seconds",
         "Age of the drilled snapshot when the drill ran.",
         format!("{:.0}", r.snapshot_age_seconds),

@@ -78,6 +78,8 @@ pub async fn snapshot(
         level: settings.level,
         temp_dir: &temp_dir,
         lock_timeout: settings.lock_timeout,
+        encryption: settings.encryption()?,
+        manifest_details: settings.encryption.manifest_details,
         progress: bar.clone().map(|bar| -> backup::Progress {
             std::sync::Arc::new(move |done, total| {
                 bar.set_length(total.max(done));

@@ -64,7 +64,11 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     } else {
         None
     };
+    // An encrypted snapshot and no identity at all: refused before anything runs (exit 3).
+    let identities = settings.identities()?;
+    identities.check_can_try(&m)?;
     let opts = Options {
+        identities,
         scratch,
         probes: settings.drill.probes.clone(),
         max_rto: settings.drill.max_rto,

@@ -354,6 +354,9 @@ pub async fn restore_snapshot(
         backup::bytes(m.stored_bytes),
         opts.to.as_deref().unwrap_or(&url.display())
     );
+    // An encrypted snapshot needs an identity: refused before anything is fetched.
+    let identities = settings.identities()?;
+    identities.check_can_try(m)?;
     // Which store's copy was restored: the first that verified.
     let used: usize;
     let result = match url {
@@ -432,6 +435,7 @@ pub async fn restore_snapshot(
                 &dir,
                 restore::sqlite::TEMP_PREFIX,
                 m,
+                &identities,
                 restore::Lifetime::Durable,
             )?;
             drop(fetched);
@@ -485,6 +489,7 @@ pub async fn restore_snapshot(
                             terminate_connections: opts.terminate_connections,
                             to,
                             if_missing: opts.if_missing,
+                            identities: identities.clone(),
                         },
                     )
                     .await
@@ -508,6 +513,7 @@ pub async fn restore_snapshot(
                         pg,
                         &fetched,
                         m,
+                        &identities,
                         opts.terminate_connections,
                         why,
                     )

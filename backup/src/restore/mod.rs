@@ -105,13 +105,15 @@ pub enum Lifetime {
     Scratch,
 }
 
-/// Decompresses `src` (zstd) into a temp file in `dir`; a stream that does not decode to the
+/// Decrypts (age, when the manifest says so) and decompresses `src` (zstd) into a temp file
+/// in `dir`; a stream that does not decode to the
 /// end, or to the manifest's raw size, is refused.
 pub fn decompress(
     src: &Path,
     dir: &Path,
     prefix: &str,
     m: &Manifest,
+    identities: &crate::crypt::Identities,
     lifetime: Lifetime,
 ) -> Result<ScratchPath, Error> {
     scratch::ensure_space(
@@ -128,6 +130,8 @@ pub fn decompress(
     };
     let input =
         std::fs::File::open(src).map_err(Error::io(format!("opening {}", src.display())))?;
+    // Decrypted first when the snapshot is encrypted (refused here if no identity opens it).
+    let input = identities.reader(input, m)?;
     let mut output = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)

@@ -22,6 +22,8 @@ pub struct Options {
     /// the restore lock is held: two hosts restoring a missing database at once restore it
     /// once, and a database that appeared meanwhile is left alone.
     pub if_missing: bool,
+    /// What an encrypted snapshot is decrypted with.
+    pub identities: crate::crypt::Identities,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -223,7 +225,16 @@ pub async fn restore(
     let restored = async {
         // One job: on 2 cores `--jobs=2` measured slower (5.1 s vs 3.5 s for a 450 MB pgbench
         // database), its index builds competing for the same cores; and it needs a file.
-        pg_restore(url, &target, compressed, m, &pg_restore_version, &[]).await?;
+        pg_restore(
+            url,
+            &target,
+            compressed,
+            m,
+            &opts.identities,
+            &pg_restore_version,
+            &[],
+        )
+        .await?;
         migrator::failpoint::hit("restore-pg-after-pg-restore").map_err(Error::Restore)?;
         check_restored(&connect_to(url, &target).await?, m).await
     }
@@ -413,9 +424,15 @@ async fn pg_restore(
     db: &str,
     compressed: &Path,
     m: &Manifest,
+    identities: &crate::crypt::Identities,
     pg_restore_version: &str,
     args: &[&str],
 ) -> Result<(), Error> {
+    // Decrypted (when the snapshot is encrypted) before pg_restore starts: a snapshot no
+    // identity opens is refused here, with nothing run.
+    let input = std::fs::File::open(compressed)
+        .map_err(Error::io(format!("opening {}", compressed.display())))?;
+    let input = identities.reader(input, m)?;
     // One job: on 2 cores `--jobs=2` measured slower (5.1 s vs 3.5 s for a 450 MB pgbench
     // database), its index builds competing for the same cores; and it needs a file.
     // Awaited, not blocked on: a stop request drops this future, which kills pg_restore (its
@@ -432,9 +449,7 @@ async fn pg_restore(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::Restore(format!("running pg_restore: {e}")))?;
-    let source = compressed.to_path_buf();
     let feeder = std::thread::spawn(move || -> Result<u64, String> {
-        let input = std::fs::File::open(&source).map_err(|e| e.to_string())?;
         let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| e.to_string())?;
         std::io::copy(&mut decoder, &mut stdin).map_err(|e| e.to_string())
     });
@@ -481,6 +496,7 @@ pub async fn restore_in_place(
     url: &PgUrl,
     compressed: &Path,
     m: &Manifest,
+    identities: &crate::crypt::Identities,
     terminate_connections: bool,
     reason: String,
 ) -> Result<Outcome, Error> {
@@ -512,6 +528,7 @@ pub async fn restore_in_place(
         &live,
         compressed,
         m,
+        identities,
         &pg_restore_version,
         &["--clean", "--if-exists", "--single-transaction"],
     )

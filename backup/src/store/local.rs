@@ -27,7 +27,7 @@ impl LocalStore {
     fn prepare_dir(&self, key: &str) -> Result<PathBuf, Error> {
         let p = self.path(key);
         let dir = p.parent().unwrap_or(&self.root).to_path_buf();
-        fs::create_dir_all(&dir).map_err(Error::io(format!(
+        crate::scratch::create_private_dir(&dir).map_err(Error::io(format!(
             "creating store directory {}",
             dir.display()
         )))?;

@@ -1,0 +1,200 @@
+//! age encryption of snapshot objects (the age format, <https://age-encryption.org/v1>): the
+//! compressed stream is encrypted before it leaves the host, to X25519 recipients (public keys,
+//! `age1...`) or a passphrase (age's scrypt recipient). The stored object is what
+//! `age -d -i key.txt <id>.sqlite.zst.age | zstd -d` opens; its manifest records the recipients
+//! and the SHA-256 of the stored (encrypted) bytes, so the integrity check needs no key.
+//!
+//! A host that only writes backups needs only the recipients; the identities (private keys)
+//! are read for restores and drills only.
+
+use std::io::Read;
+use std::path::Path;
+
+use age::secrecy::{ExposeSecret, SecretString};
+
+use crate::error::Error;
+use crate::manifest::Manifest;
+
+/// What snapshots are encrypted to.
+pub struct Encryption {
+    recipients: Vec<age::x25519::Recipient>,
+    passphrase: Option<SecretString>,
+}
+
+impl Encryption {
+    /// X25519 recipients, `age1...` each (from `encryption.recipients` or a recipients file:
+    /// one per line, `#` comments).
+    pub fn to_recipients(list: &[String]) -> Result<Encryption, Error> {
+        let mut recipients = Vec::new();
+        for r in list {
+            let r = r.trim();
+            recipients.push(r.parse::<age::x25519::Recipient>().map_err(|e| {
+                Error::Refused(format!(
+                    "encryption recipient `{r}` is not an age X25519 public key (age1...): {e}"
+                ))
+            })?);
+        }
+        if recipients.is_empty() {
+            return Err(Error::Refused("encryption has no recipients".into()));
+        }
+        Ok(Encryption {
+            recipients,
+            passphrase: None,
+        })
+    }
+
+    /// age's scrypt recipient (`DBWARD_AGE_PASSPHRASE`).
+    pub fn to_passphrase(passphrase: SecretString) -> Encryption {
+        Encryption {
+            recipients: Vec::new(),
+            passphrase: Some(passphrase),
+        }
+    }
+
+    /// What the manifest records: the public keys, or `passphrase`.
+    pub fn names(&self) -> Vec<String> {
+        if self.passphrase.is_some() {
+            return vec!["passphrase".into()];
+        }
+        self.recipients.iter().map(|r| r.to_string()).collect()
+    }
+
+    /// An encryptor with a fresh file key.
+    pub fn encryptor(&self) -> Result<age::Encryptor, Error> {
+        if let Some(p) = &self.passphrase {
+            return Ok(age::Encryptor::with_user_passphrase(SecretString::from(
+                p.expose_secret().to_owned(),
+            )));
+        }
+        age::Encryptor::with_recipients(self.recipients.iter().map(|r| r as &dyn age::Recipient))
+            .map_err(|e| Error::Refused(format!("age: {e}")))
+    }
+}
+
+/// What restores and drills decrypt with: X25519 identities (`AGE-SECRET-KEY-1...`) and/or a
+/// passphrase. Cheap to clone, and `Send`, for the threads that decode.
+#[derive(Clone, Default)]
+pub struct Identities {
+    keys: Vec<age::x25519::Identity>,
+    passphrase: Option<std::sync::Arc<SecretString>>,
+}
+
+impl Identities {
+    /// None: plaintext snapshots only.
+    pub fn none() -> Identities {
+        Identities::default()
+    }
+
+    /// Reads an age identity file (`age-keygen` writes one): `AGE-SECRET-KEY-1...` lines,
+    /// `#` comments. The file's contents are never logged.
+    pub fn from_file(path: &Path) -> Result<Identities, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Refused(format!(
+                "age identity file {}: {e} (setting encryption.identity_file, env DBWARD_AGE_IDENTITY_FILE)",
+                path.display()
+            ))
+        })?;
+        let mut keys = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            // Never echo the line: it is a private key.
+            keys.push(line.parse::<age::x25519::Identity>().map_err(|_| {
+                Error::Refused(format!(
+                    "age identity file {}: line {} is not an X25519 identity (AGE-SECRET-KEY-1...); plugin and SSH identities are not supported",
+                    path.display(),
+                    n + 1
+                ))
+            })?);
+        }
+        if keys.is_empty() {
+            return Err(Error::Refused(format!(
+                "age identity file {} holds no identity",
+                path.display()
+            )));
+        }
+        Ok(Identities {
+            keys,
+            passphrase: None,
+        })
+    }
+
+    pub fn with_passphrase(mut self, passphrase: SecretString) -> Identities {
+        self.passphrase = Some(std::sync::Arc::new(passphrase));
+        self
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.passphrase.is_none()
+    }
+
+    /// Refuses (exit 3), before anything is fetched, an encrypted snapshot this process has no
+    /// identity for at all.
+    pub fn check_can_try(&self, m: &Manifest) -> Result<(), Error> {
+        match &m.encryption {
+            Some(e) if self.is_empty() => Err(Error::NoKey(format!(
+                "snapshot {} is encrypted (age) to {}; no identity to decrypt it: set DBWARD_AGE_IDENTITY_FILE or encryption.identity_file{}. Nothing was restored.",
+                m.id,
+                e.recipients.join(", "),
+                if e.recipients.iter().any(|r| r == "passphrase") { " (or DBWARD_AGE_PASSPHRASE)" } else { "" }
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The stored object's bytes as zstd: decrypted when the manifest says the object is
+    /// encrypted. A snapshot none of the identities opens is refused (exit 3), naming its
+    /// recipients; the header is checked here, before any byte is decoded.
+    pub fn reader<R: Read + Send + 'static>(
+        &self,
+        input: R,
+        m: &Manifest,
+    ) -> Result<Box<dyn Read + Send>, Error> {
+        let Some(enc) = &m.encryption else {
+            return Ok(Box::new(input));
+        };
+        self.check_can_try(m)?;
+        let message = |why: String| {
+            format!(
+                "snapshot {} is encrypted (age) to {}: {why}. Nothing was restored.",
+                m.id,
+                enc.recipients.join(", ")
+            )
+        };
+        let refuse = |why: String| Error::Refused(message(why));
+        let no_key = |why: String| Error::NoKey(message(why));
+        let decryptor = age::Decryptor::new(input).map_err(|e| refuse(e.to_string()))?;
+        let reader = if decryptor.is_scrypt() {
+            let Some(p) = &self.passphrase else {
+                return Err(no_key(
+                    "it is encrypted to a passphrase; set DBWARD_AGE_PASSPHRASE".into(),
+                ));
+            };
+            let id = age::scrypt::Identity::new(SecretString::from(p.expose_secret().to_owned()));
+            decryptor
+                .decrypt(std::iter::once(&id as &dyn age::Identity))
+                .map_err(|e| no_key(format!("the passphrase does not open it ({e})")))?
+        } else {
+            decryptor
+                .decrypt(self.keys.iter().map(|k| k as &dyn age::Identity))
+                .map_err(|e| match e {
+                    age::DecryptError::NoMatchingKeys => no_key(
+                        "none of the identities in DBWARD_AGE_IDENTITY_FILE / encryption.identity_file matches".into(),
+                    ),
+                    e => refuse(e.to_string()),
+                })?
+        };
+        Ok(Box::new(reader))
+    }
+}
+
+/// The recipient (`age1...`) of an identity, for messages and tests.
+pub fn public_key_of(identity: &str) -> Option<String> {
+    identity
+        .trim()
+        .parse::<age::x25519::Identity>()
+        .ok()
+        .map(|i| i.to_public().to_string())
+}
