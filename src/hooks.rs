@@ -21,11 +21,14 @@ pub struct Batch<'a> {
     pub head: Option<i64>,
 }
 
-/// Variables a hook never inherits: the store's credentials are dbward's, not the job's.
+/// Variables a job dbward starts never inherits: the store's credentials and the snapshot
+/// keys are dbward's, not the job's.
 const WITHHELD: &[&str] = &[
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_ACCESS_KEY_ID",
+    "DBWARD_AGE_PASSPHRASE",
+    "DBWARD_AGE_IDENTITY_FILE",
 ];
 
 /// Runs each hook in order; the first that fails (non-zero exit, signal, timeout, cannot
@@ -84,8 +87,9 @@ async fn run_one(
     }
 }
 
-/// A job dbward starts for the operator (a hook, a `locked` job): dbward's environment less the
-/// store's credentials, plus `DBWARD_DATABASE_URL`; killed if dbward is stopped.
+/// A job dbward starts for the operator (a hook, a `locked` job, a health check): dbward's
+/// environment less the store's credentials and the snapshot keys, plus `DBWARD_DATABASE_URL`;
+/// killed if dbward is stopped.
 pub fn command(settings: &Settings, program: &str) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(program);
     c.kill_on_drop(true);

@@ -23,10 +23,14 @@ pub fn post(url: &str, body: serde_json::Value) {
             .post(&url)
             .header("content-type", "application/json")
             .send(body.to_string());
+        let shown = shown(&url);
         match result {
-            Ok(r) if r.status().is_success() => tracing::debug!("notified {url}"),
-            Ok(r) => tracing::warn!("notification to {url} answered {}", r.status()),
-            Err(e) => tracing::warn!("notification to {url} failed: {e}"),
+            Ok(r) if r.status().is_success() => tracing::debug!("notified {shown}"),
+            Ok(r) => tracing::warn!("notification to {shown} answered {}", r.status()),
+            Err(e) => tracing::warn!(
+                "notification to {shown} failed: {}",
+                e.to_string().replace(&url, &shown)
+            ),
         }
     });
 }
@@ -36,7 +40,42 @@ pub fn ping(url: &str, suffix: &str) {
     let url = format!("{}{suffix}", url.trim_end_matches('/'));
     tokio::task::spawn_blocking(move || {
         if let Err(e) = agent().get(&url).call() {
-            tracing::warn!("ping {url} failed: {e}");
+            let shown = shown(&url);
+            tracing::warn!(
+                "ping {shown} failed: {}",
+                e.to_string().replace(&url, &shown)
+            );
         }
     });
+}
+
+/// A notification or ping URL as logs show it: scheme and host only. Webhook and ping URLs
+/// carry their token in the path or query (`https://hooks.slack.com/services/T0/B0/XXXX`,
+/// `https://hc-ping.com/<uuid>`), so the rest is never written anywhere.
+pub fn shown(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // User info before the host is a secret too.
+    let host = host.rsplit('@').next().unwrap_or(host);
+    if rest.len() > host.len() {
+        format!("{scheme}://{host}/…")
+    } else {
+        format!("{scheme}://{host}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_are_not_shown() {
+        assert_eq!(
+            super::shown("https://hooks.slack.com/services/T0/B0/XXXX"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            super::shown("https://user:pw@hc-ping.com/uuid?x=1"),
+            "https://hc-ping.com/…"
+        );
+        assert_eq!(super::shown("http://127.0.0.1:9"), "http://127.0.0.1:9");
+    }
 }

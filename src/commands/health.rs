@@ -89,8 +89,8 @@ pub async fn poll(h: &Health) -> Result<(u16, Duration), String> {
 pub async fn after_checks(settings: &Settings, h: &Health) -> Result<(), String> {
     for cmd in &h.checks {
         tracing::info!("health check: sh -c {cmd:?}");
-        let mut c = tokio::process::Command::new("sh");
-        c.args(["-c", cmd]).kill_on_drop(true);
+        let mut c = crate::hooks::command(settings, "sh");
+        c.args(["-c", cmd]);
         let out = tokio::time::timeout(h.timeout, c.output())
             .await
             .map_err(|_| {
