@@ -109,6 +109,13 @@ impl Settings {
     }
 }
 
+/// `scheme://user:password@host...`: a URL with a password in its user info.
+fn has_password(url: &str) -> bool {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.rsplit_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
 /// A secret file (or a config file that names one) that others can read is said loudly.
 fn warn_if_readable_by_others(path: &Path, what: &str) {
     use std::os::unix::fs::PermissionsExt;
@@ -339,6 +346,13 @@ impl Settings {
                         path,
                         "the config file (it names the age identity file)",
                     );
+                }
+                let with_password = [&config.database.url, &config.database.migrate_url]
+                    .into_iter()
+                    .flatten()
+                    .any(|u| has_password(u));
+                if with_password {
+                    warn_if_readable_by_others(path, "the config file (a database URL in it holds a password; DATABASE_URL in an environment file only its owner reads is the better place)");
                 }
                 Some((config, base_dir(path)))
             }
@@ -664,6 +678,15 @@ fn rebase_url(url: &str, base: &Path) -> String {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn passwords_in_urls() {
+        assert!(has_password("postgres://app:s3cret@db/app"));
+        assert!(has_password("postgres://app:p@ss@db/app"));
+        assert!(!has_password("postgres://app@db/app"));
+        assert!(!has_password("sqlite:/var/lib/app/app.db"));
+        assert!(!has_password("postgres://db/app?user=x"));
+    }
 
     fn file(text: &str) -> FileConfig {
         toml::from_str(text).unwrap()
