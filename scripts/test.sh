@@ -47,8 +47,13 @@ if ! command -v s3s-fs >/dev/null; then
 fi
 command -v cargo-nextest >/dev/null || { log "installing cargo-nextest"; cargo install cargo-nextest --locked --quiet; }
 
-# Test servers left by a test process that was killed (Drop did not run).
-cleanup() { pkill -f 'dbward-test-pg-' 2>/dev/null || true; pkill -f 'dbward-test-pgbouncer-' 2>/dev/null || true; pkill -f 's3s-fs.*dbward-test-s3-' 2>/dev/null || true; }
+# Every test server keeps its files under this run's own directory (tests/common: server_dir),
+# so the cleanup ends exactly the servers a killed test process left (Drop did not run), and
+# never those of another checkout running its suite on the same machine.
+DBWARD_TEST_RUN_DIR=$(mktemp -d /tmp/dbward-test-run-XXXXXX)
+chmod 755 "$DBWARD_TEST_RUN_DIR" # PostgreSQL runs as `postgres` when we are root
+export DBWARD_TEST_RUN_DIR
+cleanup() { pkill -f -- "$DBWARD_TEST_RUN_DIR/" 2>/dev/null || true; rm -rf "$DBWARD_TEST_RUN_DIR"; }
 trap cleanup EXIT
 
 log "cargo fmt --check"

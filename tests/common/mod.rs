@@ -93,6 +93,19 @@ impl Project {
     }
 }
 
+/// A directory for a test server's files: inside the run's own directory when
+/// `scripts/test.sh` set `DBWARD_TEST_RUN_DIR` (its cleanup ends only servers whose command line
+/// names that directory, never another checkout's), else in the system temp dir.
+pub fn server_dir(prefix: &str) -> tempfile::TempDir {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    match std::env::var_os("DBWARD_TEST_RUN_DIR") {
+        Some(dir) => b.tempdir_in(dir),
+        None => b.tempdir(),
+    }
+    .unwrap()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -160,10 +173,7 @@ impl Pg {
 
     pub fn start_full(conf: &[&str], hba: Option<&str>, setup: impl Fn(&Path)) -> Pg {
         let bindir = pg_bindir();
-        let dir = tempfile::Builder::new()
-            .prefix("dbward-test-pg-")
-            .tempdir()
-            .unwrap();
+        let dir = server_dir("dbward-test-pg-");
         let data = dir.path().join("data");
         if is_root() {
             let ok = Command::new("chown")
@@ -367,10 +377,7 @@ pub const S3_SECRET_KEY: &str = "dbward-test-secret";
 
 impl S3 {
     pub fn start() -> S3 {
-        let dir = tempfile::Builder::new()
-            .prefix("dbward-test-s3-")
-            .tempdir()
-            .unwrap();
+        let dir = server_dir("dbward-test-s3-");
         let bucket = "snapshots".to_string();
         std::fs::create_dir(dir.path().join(&bucket)).unwrap();
         let (child, port) = S3::spawn(dir.path());
@@ -580,10 +587,7 @@ impl PgBouncer {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .unwrap_or_else(|| panic!("pgbouncer is not installed: {MISSING}"));
-        let dir = tempfile::Builder::new()
-            .prefix("dbward-test-pgbouncer-")
-            .tempdir()
-            .unwrap();
+        let dir = server_dir("dbward-test-pgbouncer-");
         std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").unwrap();
         for _ in 0..5 {
             let port = free_port();
