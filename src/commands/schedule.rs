@@ -267,19 +267,24 @@ fn child_args(job: &[&str]) -> Vec<OsString> {
     rewrite(std::env::args_os().skip(1).collect(), job)
 }
 
-/// The global flags that take a value: their values are never the command name.
-const VALUE_FLAGS: [&str; 8] = [
-    "--config",
-    "--database",
-    "--migrations",
-    "--store",
-    "--s3-endpoint",
-    "--s3-region",
-    "--state-dir",
-    "--temp-dir",
-];
+/// The global flags that take a value (`--config FILE`, ...), from clap's own definitions: their
+/// values are never the command name.
+fn value_flags() -> Vec<String> {
+    use clap::CommandFactory;
+    crate::cli::Cli::command()
+        .get_arguments()
+        .filter(|a| a.get_action().takes_values())
+        .flat_map(|a| {
+            a.get_long()
+                .map(|l| format!("--{l}"))
+                .into_iter()
+                .chain(a.get_short().map(|s| format!("-{s}")))
+        })
+        .collect()
+}
 
 fn rewrite(args: Vec<OsString>, job: &[&str]) -> Vec<OsString> {
+    let value_flags = value_flags();
     let mut out = Vec::new();
     let mut replaced = false;
     let mut value_next = false;
@@ -297,7 +302,9 @@ fn rewrite(args: Vec<OsString>, job: &[&str]) -> Vec<OsString> {
         if replaced && a == "--list" {
             continue;
         }
-        value_next = a.to_str().is_some_and(|s| VALUE_FLAGS.contains(&s));
+        value_next = a
+            .to_str()
+            .is_some_and(|s| value_flags.iter().any(|f| f == s));
         out.push(a);
     }
     out
@@ -426,6 +433,40 @@ fn crontab_dow(field: &str) -> Result<String, String> {
 mod tests {
     use super::*;
     use chrono::{Datelike, TimeZone, Timelike};
+
+    #[test]
+    fn the_flags_with_values_come_from_clap() {
+        let flags = value_flags();
+        for f in [
+            "--config",
+            "--database",
+            "--store",
+            "--temp-dir",
+            "--state-dir",
+        ] {
+            assert!(flags.iter().any(|x| x == f), "{f} in {flags:?}");
+        }
+        assert!(!flags
+            .iter()
+            .any(|x| x == "--s3-path-style" || x == "--json"));
+        let args = [
+            "dbward", "--store", "schedule", "schedule", "--list", "--json",
+        ]
+        .map(OsString::from)
+        .to_vec();
+        assert_eq!(
+            rewrite(args, &["backup", "--scheduled"]),
+            [
+                "dbward",
+                "--store",
+                "schedule",
+                "backup",
+                "--scheduled",
+                "--json"
+            ]
+            .map(OsString::from)
+        );
+    }
 
     fn next(expr: &str, after: DateTime<Utc>) -> DateTime<Utc> {
         Tz::Utc.next_after(&parse(expr).unwrap(), after).unwrap()
