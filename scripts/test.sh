@@ -39,6 +39,8 @@ fi
 python3 -c 'import boto3' 2>/dev/null || { log "installing boto3"; python3 -m pip install --quiet boto3; }
 # croniter: the reference cron implementation the schedule test compares next run times with.
 python3 -c 'import croniter' 2>/dev/null || { log "installing croniter"; python3 -m pip install --quiet croniter; }
+# jsonschema: validates manifests against docs/manifest.schema.json (a validator that is not ours).
+python3 -c 'import jsonschema' 2>/dev/null || { log "installing jsonschema"; python3 -m pip install --quiet jsonschema; }
 
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v s3s-fs >/dev/null; then
