@@ -204,9 +204,12 @@ async fn run_job(
     let started = std::time::Instant::now();
     let exe = std::env::current_exe().unwrap_or_else(|_| "dbward".into());
     let mut cmd = tokio::process::Command::new(exe);
+    // `--json`: the job's result (and on failure its error) comes back as one JSON document,
+    // not as a log line to pick out.
     cmd.args(child_args(&job_args))
+        .arg("--json")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     tracing::info!("job {name}: starting");
     let (code, last_error) = match cmd.spawn() {
@@ -215,19 +218,32 @@ async fn run_job(
             if let Some(pid) = child.id() {
                 running.lock().expect("not poisoned").insert(name, pid);
             }
-            let mut last_error = String::new();
-            if let Some(stderr) = child.stderr.take() {
-                let mut lines = BufReader::new(stderr).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("[{name}] {line}");
-                    if line.contains("ERROR") {
-                        last_error = line.trim().to_string();
+            let stderr = child.stderr.take();
+            let logs = async {
+                if let Some(stderr) = stderr {
+                    let mut lines = BufReader::new(stderr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        eprintln!("[{name}] {line}");
                     }
                 }
-            }
+            };
+            let mut stdout = child.stdout.take();
+            let result = async {
+                let mut out = Vec::new();
+                if let Some(s) = stdout.as_mut() {
+                    use tokio::io::AsyncReadExt;
+                    let _ = s.read_to_end(&mut out).await;
+                }
+                out
+            };
+            let ((), out) = tokio::join!(logs, result);
             let status = child.wait().await;
             running.lock().expect("not poisoned").remove(name);
-            (status.ok().and_then(|s| s.code()), last_error)
+            let error = serde_json::from_slice::<serde_json::Value>(&out)
+                .ok()
+                .and_then(|doc| doc["error"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            (status.ok().and_then(|s| s.code()), error)
         }
     };
     let ok = code == Some(0);
