@@ -25,6 +25,8 @@ pub struct Settings {
     pub s3_path_style: bool,
     /// `store.part_size`: fixed multipart part size in bytes.
     pub s3_part_size: Option<usize>,
+    /// `store.ca_file` / `AWS_CA_BUNDLE`: CA certificates for the S3 endpoint.
+    pub s3_ca_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     /// `database.lock_timeout`: how long one migration may wait for a table lock.
     pub lock_timeout: Duration,
@@ -333,6 +335,7 @@ struct StoreSection {
     region: Option<String>,
     path_style: Option<bool>,
     part_size: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -375,6 +378,7 @@ impl Settings {
             path_style: self.s3_path_style,
             part_size: self.s3_part_size,
             max_in_flight: 2,
+            ca_file: self.s3_ca_file.clone(),
         }
     }
 
@@ -515,6 +519,9 @@ fn resolve(
         s3_path_style: args.s3_path_style
             || path_style_env.or(file.store.path_style).unwrap_or(false),
         s3_part_size,
+        s3_ca_file: env("AWS_CA_BUNDLE")
+            .map(PathBuf::from)
+            .or_else(|| file.store.ca_file.clone().map(rebase)),
         state_dir: args
             .state_dir
             .clone()

@@ -37,8 +37,18 @@ impl Store {
                 });
             }
             let prefix = prefix.trim_matches('/').to_string();
+            let ca_pem = match &s3.ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| Error::StoreUrl {
+                    url: url.into(),
+                    problem: format!(
+                        "the CA file {} (store.ca_file, AWS_CA_BUNDLE) cannot be read: {e}",
+                        path.display()
+                    ),
+                })?),
+                None => None,
+            };
             return Ok(Store::S3(Box::new(
-                s3::S3Store::new(bucket.into(), prefix, s3.clone()).await,
+                s3::S3Store::new(bucket.into(), prefix, s3.clone(), ca_pem).await,
             )));
         }
         if let Some(path) = url.strip_prefix("file://") {

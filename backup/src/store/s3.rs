@@ -36,6 +36,9 @@ pub struct S3Options {
     pub part_size: Option<usize>,
     /// Parts uploading at once (default 2).
     pub max_in_flight: usize,
+    /// A PEM file of CA certificates trusted besides the system's (`store.ca_file`,
+    /// `AWS_CA_BUNDLE`): MinIO on a LAN, a corporate proxy.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 pub struct S3Store {
@@ -49,10 +52,24 @@ const MIN_PART: usize = 8 << 20;
 const MAX_PARTS: u64 = 10_000;
 
 impl S3Store {
-    pub async fn new(bucket: String, prefix: String, opts: S3Options) -> S3Store {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+    /// `ca_pem`: the contents of `opts.ca_file`, read by the caller.
+    pub async fn new(
+        bucket: String,
+        prefix: String,
+        opts: S3Options,
+        ca_pem: Option<Vec<u8>>,
+    ) -> S3Store {
+        let mut http =
+            aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring));
+        if let Some(pem) = ca_pem {
+            use aws_smithy_http_client::tls::{TlsContext, TrustStore};
+            let context = TlsContext::builder()
+                .with_trust_store(TrustStore::default().with_pem_certificate(pem))
+                .build()
+                .expect("a TLS context with a trust store always builds");
+            http = http.tls_context(context);
+        }
+        let http = http.build_https();
         let region = opts.region.clone().unwrap_or_else(|| {
             let r2 = opts
                 .endpoint
@@ -466,6 +483,10 @@ fn sdk_message<E: ProvideErrorMetadata + std::error::Error + 'static>(
                 chain(e)
             )
         }
+        SdkError::DispatchFailure(_) if untrusted_certificate(e) => format!(
+            "{}; the server's certificate is not trusted: give its CA's PEM file as store.ca_file or AWS_CA_BUNDLE (or add the CA to the system's store)",
+            chain(e)
+        ),
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
             format!(
                 "{}; is store.endpoint (--s3-endpoint) right and reachable?",
@@ -474,6 +495,23 @@ fn sdk_message<E: ProvideErrorMetadata + std::error::Error + 'static>(
         }
         _ => chain(e),
     }
+}
+
+/// Whether rustls refused the server's certificate somewhere in `e`'s causes. An `io::Error`
+/// hides the error it wraps from `source()` (it returns the wrapped error's own source), so
+/// both its wrapped error and its source are looked at.
+fn untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    if matches!(
+        e.downcast_ref::<rustls::Error>(),
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+    ) {
+        return true;
+    }
+    let wrapped = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
+    wrapped.is_some_and(untrusted_certificate) || e.source().is_some_and(untrusted_certificate)
 }
 
 /// An error and its causes, `a: b: c`.
@@ -502,7 +540,7 @@ mod tests {
 
     #[tokio::test]
     async fn parts_cover_the_database_in_10000() {
-        let s = S3Store::new("b".into(), String::new(), S3Options::default()).await;
+        let s = S3Store::new("b".into(), String::new(), S3Options::default(), None).await;
         assert_eq!(s.chunk_size(1 << 30), 8 << 20);
         let tib = 1u64 << 40;
         let part = s.chunk_size(tib) as u64;
