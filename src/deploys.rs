@@ -41,9 +41,7 @@ impl Entry {
             repeatable: Vec::new(),
             snapshot: None,
             user: user(),
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "unknown".into()),
+            host: backup::hostname(),
             release: std::env::var("DBWARD_RELEASE")
                 .ok()
                 .filter(|r| !r.is_empty()),

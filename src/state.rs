@@ -80,28 +80,11 @@ pub fn write(state_dir: &Path, database: &str, deploy: &Deploy) -> Result<(), St
 
 /// Temp name, fsync, rename, fsync of the directory.
 fn write_json(state_dir: &Path, p: &Path, value: &impl Serialize) -> Result<(), String> {
-    use std::io::Write;
     let fail = |e: std::io::Error| format!("writing {}: {e}", p.display());
     backup::scratch::create_private_dir(state_dir).map_err(fail)?;
-    let tmp = p.with_extension("json.tmp");
     // 0600: the state names hosts, databases and snapshots.
-    let mut f = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-    }
-    .map_err(fail)?;
-    f.write_all(&serde_json::to_vec_pretty(value).expect("serializes"))
-        .map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, p).map_err(fail)?;
-    std::fs::File::open(state_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(fail)
+    let bytes = serde_json::to_vec_pretty(value).expect("serializes");
+    backup::scratch::write_atomic(p, &bytes, 0o600).map_err(fail)
 }
 
 /// A batch the health guard rolled back: `migrate` refuses to apply the same batch again (a

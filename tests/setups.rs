@@ -839,6 +839,13 @@ fn staging_drill_after_a_major_schema_change() {
         "{metrics}"
     );
     assert!(metrics.contains("dbward_drill_rto_seconds"), "{metrics}");
+    // node_exporter runs as a user of its own: the textfile is readable by others.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(p.path().join("dbward.prom"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o644);
     assert_eq!(
         pg.psql(
             "forge",

@@ -587,7 +587,8 @@ pub async fn prune(
     })
 }
 
-fn hostname() -> String {
+/// This host's name, as manifests, the deploy log and notifications record it.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())

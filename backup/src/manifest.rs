@@ -115,12 +115,21 @@ impl Manifest {
 
 /// A time-sortable id: `20261122T093000Z-pre-deploy-3f2a`.
 pub fn snapshot_id(at: OffsetDateTime, kind: Kind) -> String {
+    format!(
+        "{}-{}-{:04x}",
+        compact_stamp(at),
+        kind.as_str(),
+        random_u16()
+    )
+}
+
+/// `20261122T093000Z`: the one compact UTC form, in snapshot ids and the names of replaced
+/// databases.
+pub fn compact_stamp(at: OffsetDateTime) -> String {
     let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    let stamp = at
-        .to_offset(time::UtcOffset::UTC)
+    at.to_offset(time::UtcOffset::UTC)
         .format(&fmt)
-        .expect("formats any time");
-    format!("{stamp}-{}-{:04x}", kind.as_str(), random_u16())
+        .expect("formats any time")
 }
 
 /// Whether `s` is an id [`snapshot_id`] makes: `YYYYMMDDTHHMMSSZ-<kind>-<4 hex>`. Only names

@@ -1,7 +1,6 @@
 //! Prometheus textfile metrics for node_exporter's textfile collector, written atomically
 //! (temp file in the same directory, then rename), so the collector never reads half a file.
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::Report;
@@ -43,14 +42,7 @@ pub fn render(r: &Report) -> String {
     s
 }
 
+/// 0644: node_exporter, which reads it, runs as a user of its own. It holds no data.
 pub fn write(path: &Path, r: &Report) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => Path::new(".").to_path_buf(),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-    tmp.write_all(render(r).as_bytes())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    backup::scratch::write_atomic(path, render(r).as_bytes(), 0o644)
 }

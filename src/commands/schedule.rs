@@ -269,7 +269,7 @@ async fn run_job(
                     "exit_code": code,
                     "error": if ok { None } else { Some(last_error) },
                     "seconds": secs,
-                    "host": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
+                    "host": backup::hostname(),
                     "at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 }),
             );

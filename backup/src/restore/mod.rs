@@ -180,8 +180,5 @@ pub fn copy_split(
 
 /// `20261123T143000Z`, for the names of replaced databases.
 pub fn stamp() -> String {
-    let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    time::OffsetDateTime::now_utc()
-        .format(&fmt)
-        .expect("formats any time")
+    crate::manifest::compact_stamp(time::OffsetDateTime::now_utc())
 }
