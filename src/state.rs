@@ -48,12 +48,7 @@ impl Deploy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Head {
-    pub version: i64,
-    pub name: String,
-    pub checksum: String,
-}
+pub use migrator::Head;
 
 fn path(state_dir: &Path, database: &str) -> PathBuf {
     state_dir.join(format!("last-deploy-{database}.json"))

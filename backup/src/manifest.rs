@@ -46,12 +46,8 @@ impl Format {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Head {
-    pub version: i64,
-    pub name: String,
-    pub checksum: String,
-}
+/// The migration head a snapshot holds.
+pub use migrator::Head;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {

@@ -16,5 +16,5 @@ pub mod source;
 pub use database::{Database, DatabaseUrl, Open};
 pub use error::{Error, ErrorKind};
 pub use lint::{Dialect, Finding, Severity};
-pub use plan::{Applied, AppliedRepeatable, Drift, Plan};
+pub use plan::{Applied, AppliedRepeatable, Drift, Head, Plan};
 pub use source::{discover, Kind, MigrationFile, Migrations};

@@ -21,6 +21,36 @@ fn as_text<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
+/// A database's migration head as manifests and the state dir record it: the newest applied
+/// migration, its checksum as decimal text (JSON numbers lose u64s). The one head type.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Head {
+    pub version: i64,
+    pub name: String,
+    pub checksum: String,
+}
+
+impl Applied {
+    pub fn head(&self) -> Head {
+        Head {
+            version: self.version,
+            name: self.name.clone(),
+            checksum: self.checksum.to_string(),
+        }
+    }
+}
+
+impl crate::source::MigrationFile {
+    /// The head this file makes once applied (versioned files only).
+    pub fn head(&self) -> Head {
+        Head {
+            version: self.version,
+            name: self.name.clone(),
+            checksum: self.checksum.to_string(),
+        }
+    }
+}
+
 /// One row of dbward's repeatable-migration history (`dbward_repeatable_history`): the text of
 /// `R__<name>.sql` last applied.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -152,12 +152,11 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     } else {
         None
     };
-    let head = plan.pending.last().map(|f| state::Head {
-        version: f.version,
-        name: f.name.clone(),
-        checksum: f.checksum.to_string(),
-    });
-    let head = head.or_else(|| plan.head().map(head_of));
+    let head = plan
+        .pending
+        .last()
+        .map(|f| f.head())
+        .or_else(|| plan.head().map(migrator::Applied::head));
     let applied: Vec<i64> = plan.pending.iter().map(|f| f.version).collect();
     let repeatable: Vec<String> = plan.repeatable.iter().map(|f| f.name.clone()).collect();
     let mut deploy = state::Deploy {
@@ -258,7 +257,7 @@ async fn nothing_pending(
     plan: &Plan<'_>,
     started: Instant,
 ) -> Result<Report, Failure> {
-    let head = plan.head().map(head_of);
+    let head = plan.head().map(migrator::Applied::head);
     let unfinished = state::read(&settings.state_dir, &url.name())
         .ok()
         .flatten()
@@ -388,14 +387,6 @@ fn applied_json(f: &migrator::MigrationFile) -> serde_json::Value {
     match f.kind {
         Kind::Versioned => json!({ "version": f.version, "name": f.name, "file": f.path }),
         Kind::Repeatable => json!({ "repeatable": f.name, "file": f.path }),
-    }
-}
-
-fn head_of(a: &migrator::Applied) -> state::Head {
-    state::Head {
-        version: a.version,
-        name: a.name.clone(),
-        checksum: a.checksum.to_string(),
     }
 }
 

@@ -37,9 +37,7 @@ pub enum Keep {
 }
 
 pub(crate) fn head(rows: Vec<migrator::Applied>) -> Option<Head> {
-    rows.into_iter().max_by_key(|a| a.version).map(|a| Head {
-        version: a.version,
-        name: a.name,
-        checksum: a.checksum.to_string(),
-    })
+    rows.iter()
+        .max_by_key(|a| a.version)
+        .map(migrator::Applied::head)
 }
