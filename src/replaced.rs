@@ -89,7 +89,7 @@ async fn remove(url: &DatabaseUrl, c: &ReplacedCopy) -> Result<(), String> {
             let db = migrator::database::postgres::Postgres::connect(&admin)
                 .await
                 .map_err(|e| e.to_string())?;
-            let ident = format!("\"{}\"", c.name.replace('"', "\"\""));
+            let ident = migrator::sql::ident(&c.name);
             db.client()
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {ident}"))
                 .await

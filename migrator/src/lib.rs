@@ -12,6 +12,7 @@ pub mod failpoint;
 pub mod lint;
 pub mod plan;
 pub mod source;
+pub mod sql;
 
 pub use database::{Database, DatabaseUrl, Open};
 pub use error::{Error, ErrorKind};

@@ -680,9 +680,9 @@ async fn pg_row_counts(c: &tokio_postgres::Client) -> Result<BTreeMap<String, u6
     for t in tables {
         let (s, n): (String, String) = (t.get(0), t.get(1));
         let q = format!(
-            "SELECT count(*) FROM ONLY \"{}\".\"{}\"",
-            s.replace('"', "\"\""),
-            n.replace('"', "\"\"")
+            "SELECT count(*) FROM ONLY {}.{}",
+            migrator::sql::ident(&s),
+            migrator::sql::ident(&n)
         );
         let count: i64 = c
             .query_one(&q, &[])
@@ -758,13 +758,17 @@ async fn create_scratch(server: &PgUrl, name: &str) -> Result<Postgres, String> 
             )
             .await;
     }
-    c.batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE template0"))
-        .await
-        .map_err(|e| format!("creating scratch database {name}: {}", describe(&e)))?;
+    c.batch_execute(&format!(
+        "CREATE DATABASE {} TEMPLATE template0",
+        migrator::sql::ident(name)
+    ))
+    .await
+    .map_err(|e| format!("creating scratch database {name}: {}", describe(&e)))?;
     if let Err(e) = c
         .batch_execute(&format!(
-            "COMMENT ON DATABASE \"{name}\" IS '{}'",
-            scratch_marker(name).replace('\'', "''")
+            "COMMENT ON DATABASE {} IS {}",
+            migrator::sql::ident(name),
+            migrator::sql::literal(&scratch_marker(name))
         ))
         .await
     {

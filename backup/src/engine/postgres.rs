@@ -129,9 +129,7 @@ async fn row_counts(c: &tokio_postgres::Client) -> Result<BTreeMap<String, u64>,
     Ok(out)
 }
 
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+use migrator::sql::ident;
 
 /// `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → `15.18`.
 pub fn tool_version(tool: &str) -> Result<String, Error> {

@@ -101,7 +101,7 @@ pub fn row_counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, u64>> 
         .collect::<Result<_, _>>()?;
     let mut out = BTreeMap::new();
     for name in names {
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        let quoted = migrator::sql::ident(&name);
         let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {quoted}"), [], |r| r.get(0))?;
         out.insert(name, n as u64);
     }

@@ -57,13 +57,7 @@ pub fn rename_impossible(url: &PgUrl) -> Option<String> {
 /// The database a rename swap connects to.
 const MAINTENANCE: &str = "postgres";
 
-fn ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
-
-fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
+use migrator::sql::{ident, literal};
 
 async fn connect_to(url: &PgUrl, db: &str) -> Result<Postgres, Error> {
     let mut other = url.clone();

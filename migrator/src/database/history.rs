@@ -26,9 +26,9 @@ pub const INSERT_PG: &str =
 /// [`INSERT_PG`] with the table named in `schema`.
 pub fn insert_pg_in(schema: &str) -> String {
     format!(
-        "INSERT INTO \"{}\".refinery_schema_history (version, name, applied_on, checksum) \
+        "INSERT INTO {}.refinery_schema_history (version, name, applied_on, checksum) \
          VALUES ($1::int8, $2, $3, $4)",
-        schema.replace('"', "\"\"")
+        crate::sql::ident(schema)
     )
 }
 
@@ -98,9 +98,9 @@ pub const UPSERT_REPEATABLE_SQLITE: &str =
 /// The upsert with the table named in `schema` (a file may empty the search path).
 pub fn upsert_repeatable_pg_in(schema: &str) -> String {
     format!(
-        "INSERT INTO \"{}\".dbward_repeatable_history (name, applied_on, checksum) VALUES ($1, $2, $3) \
+        "INSERT INTO {}.dbward_repeatable_history (name, applied_on, checksum) VALUES ($1, $2, $3) \
          ON CONFLICT (name) DO UPDATE SET applied_on = excluded.applied_on, checksum = excluded.checksum",
-        schema.replace('"', "\"\"")
+        crate::sql::ident(schema)
     )
 }
 

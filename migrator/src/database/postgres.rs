@@ -352,8 +352,8 @@ impl Postgres {
             );
             if let Some(v) = check_interval.filter(|v| !v.is_empty()) {
                 reset.push_str(&format!(
-                    " SET client_connection_check_interval = '{}';",
-                    v.replace('\'', "''")
+                    " SET client_connection_check_interval = {};",
+                    crate::sql::literal(&v)
                 ));
             }
             for f in batch {

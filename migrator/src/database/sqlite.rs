@@ -89,7 +89,7 @@ impl Sqlite {
             let n: i64 = self
                 .conn
                 .query_row(
-                    &format!("SELECT count(*) FROM \"{}\"", name.replace('"', "\"\"")),
+                    &format!("SELECT count(*) FROM {}", crate::sql::ident(&name)),
                     [],
                     |r| r.get(0),
                 )
