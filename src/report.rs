@@ -34,6 +34,8 @@ pub struct Failure {
     pub details: Value,
     /// A result for people, printed on stdout without `--json` (a drill's check list).
     pub text: String,
+    /// The snapshot itself was bad (`backup::Error::Damaged`): an older one may be good.
+    pub damaged: bool,
 }
 
 impl Failure {
@@ -43,6 +45,7 @@ impl Failure {
             message: message.into(),
             details: Value::Null,
             text: String::new(),
+            damaged: false,
         }
     }
 
@@ -72,7 +75,9 @@ impl From<backup::Error> for Failure {
             ErrorKind::Refused => EXIT_REFUSED,
             ErrorKind::Failed => EXIT_FAILED,
         };
-        Failure::new(code, e.to_string())
+        let mut f = Failure::new(code, e.to_string());
+        f.damaged = matches!(e, Error::Damaged(_));
+        f
     }
 }
 
@@ -101,6 +106,7 @@ impl From<migrator::Error> for Failure {
             message: e.to_string(),
             details,
             text: String::new(),
+            damaged: false,
         }
     }
 }

@@ -373,3 +373,26 @@ fn an_identity_file_others_can_read_is_warned_about() {
         .unwrap();
     assert!(!err.contains(secret_line), "the key is never logged");
 }
+
+/// A fresh volume whose newest snapshot is encrypted, on a host without the key: the restore
+/// fails (exit 3) instead of quietly taking an older plaintext snapshot.
+#[test]
+fn if_missing_never_falls_back_past_a_snapshot_it_has_no_key_for() {
+    let p = Project::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (_, public) = keygen(keys.path(), "key");
+    notes(&p);
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("backup")).0, 0);
+    encrypt_to(&p, &[&public], "");
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("backup")).0, 0);
+    std::fs::remove_file(p.path().join("app.db")).unwrap();
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["restore", "latest", "--if-missing"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("DBWARD_AGE_IDENTITY_FILE"), "{err}");
+    assert!(
+        !p.path().join("app.db").exists(),
+        "nothing older was restored in its place"
+    );
+}

@@ -332,3 +332,53 @@ fn walk(dir: &Path) -> usize {
     }
     n
 }
+
+/// A primary that answers but holds no snapshot (a wiped bucket): a fresh volume is restored
+/// from the mirror, not started empty; a drill of the mirror's copy leaves its receipt there,
+/// none on the primary.
+#[test]
+fn a_fresh_volume_and_an_empty_primary_restore_from_the_mirror() {
+    let p = Project::new();
+    let primary = p.path().join("primary");
+    let mirror = p.path().join("mirror");
+    let cmd = || {
+        let mut c = p.dbward("sqlite:app.db");
+        c.env("DBWARD_STORE", format!("file://{}", primary.display()))
+            .env(
+                "DBWARD_STORE_MIRRORS",
+                format!("file://{}", mirror.display()),
+            );
+        c
+    };
+    p.migration(
+        "V1__a.sql",
+        "CREATE TABLE a (id INTEGER);\nINSERT INTO a VALUES (1), (2);\n",
+    );
+    assert_eq!(run(cmd().arg("migrate")).0, 0);
+    let (code, out, _) = run(cmd().args(["backup", "--json"]));
+    assert_eq!(code, 0);
+    let id = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
+    // The primary's copy rots: the drill proves the mirror's, and says so.
+    flip_a_byte(&primary.join(format!("app/{id}.sqlite.zst")));
+    let (code, _, err) = run(cmd().args(["restore-drill", &id]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        mirror.join(format!("app/{id}.drill.json")).exists(),
+        "{err}"
+    );
+    assert!(
+        !primary.join(format!("app/{id}.drill.json")).exists(),
+        "no receipt for the bad copy"
+    );
+    // The bucket is wiped, and so is the volume.
+    std::fs::remove_dir_all(primary.join("app")).unwrap();
+    std::fs::create_dir_all(primary.join("app")).unwrap();
+    std::fs::remove_file(p.path().join("app.db")).unwrap();
+    let (code, _, err) = run(cmd().args(["restore", "latest", "--if-missing"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("using mirror 1"), "{err}");
+    assert_eq!(
+        sqlite(&p.path().join("app.db"), "SELECT count(*) FROM a"),
+        "2"
+    );
+}

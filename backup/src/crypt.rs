@@ -163,7 +163,7 @@ impl Identities {
                 enc.recipients.join(", ")
             )
         };
-        let refuse = |why: String| Error::Refused(message(why));
+        let refuse = |why: String| Error::Damaged(message(why));
         let no_key = |why: String| Error::NoKey(message(why));
         let decryptor = age::Decryptor::new(input).map_err(|e| refuse(e.to_string()))?;
         let reader = if decryptor.is_scrypt() {

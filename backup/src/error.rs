@@ -40,6 +40,12 @@ pub enum Error {
     #[error("restore failed: {0}\nThe live database was not replaced.")]
     Restore(String),
 
+    /// The snapshot itself is bad (refused, exit 3): its object is missing or fails its
+    /// checksum, it does not decode, or the restored copy fails its checks. An older snapshot
+    /// may still be good; nothing about this machine is wrong.
+    #[error("{0}")]
+    Damaged(String),
+
     /// An encrypted snapshot that no identity given opens (refused, exit 3): the snapshot may
     /// be fine, the key is missing.
     #[error("{0}")]
@@ -63,7 +69,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::StoreUrl { .. } => ErrorKind::Usage,
-            Error::Refused(_) | Error::NoSpace(_) | Error::NoKey(_) => ErrorKind::Refused,
+            Error::Refused(_) | Error::NoSpace(_) | Error::NoKey(_) | Error::Damaged(_) => {
+                ErrorKind::Refused
+            }
             Error::Database(e) if e.kind() == migrator::ErrorKind::Usage => ErrorKind::Usage,
             _ => ErrorKind::Failed,
         }

@@ -249,6 +249,9 @@ pub async fn take_to(
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
     // Mirrors first, the primary last: with `require_all`, a copy that failed anywhere leaves
     // no complete snapshot on the primary.
+    // With `require_all`, a failure undoes the mirrors' manifests written so far before their
+    // data: no store is left with a manifest whose data is gone.
+    let mut manifests_written: Vec<&Store> = Vec::new();
     for n in 1..all.len() {
         if !copied[n] {
             continue;
@@ -256,6 +259,7 @@ pub async fn take_to(
         let store = all[n];
         let written = async {
             store.put_new(&manifest_key(&database, &id), &json).await?;
+            manifests_written.push(store);
             if let Some(db_id) = &manifest.database_id {
                 owner::claim(store, &database, db_id, &manifest.engine, &manifest.host).await?;
             }
@@ -264,6 +268,9 @@ pub async fn take_to(
         .await;
         if let Err(e) = written {
             if require_all {
+                for s in manifests_written.iter().rev() {
+                    let _ = s.delete(&manifest_key(&database, &id)).await;
+                }
                 discard().await;
                 return Err(e);
             }

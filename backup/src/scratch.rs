@@ -126,33 +126,27 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// Replaces `path` with `bytes` atomically: a temp file beside it (created with `mode`),
-/// fsynced, renamed over it, and the directory fsynced. A reader sees the old file or the new
-/// one, never half of either; a crash leaves at most the temp file (`.<name>.tmp`, replaced by
-/// the next write).
+/// Replaces `path` with `bytes` atomically: a new temp file beside it (a random name, created
+/// exclusively with `mode`: never a file or link someone else put there), fsynced, renamed over
+/// it, and the directory fsynced. A reader sees the old file or the new one, never half of
+/// either; concurrent writers each write their own temp file.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => Path::new(".").to_path_buf(),
     };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    // The mode asked for, whatever the umask or an older temp file had.
-    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".dbward-write-")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(&dir)?;
+    // The mode asked for, whatever the umask took away.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(&dir)?.sync_all()
 }
 

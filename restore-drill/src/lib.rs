@@ -110,6 +110,9 @@ pub struct Report {
     pub raw_bytes: u64,
     /// Whether the stored object is encrypted (age).
     pub encrypted: bool,
+    /// Which store's copy was drilled: 0 the primary, n the n-th mirror (the primary's did not
+    /// verify).
+    pub copy: usize,
     pub checks: Vec<Check>,
     pub success: bool,
 }
@@ -126,6 +129,13 @@ impl Report {
         self.first_failure()
             .is_some_and(|c| c.verdict == Verdict::Error || c.name == "interrupted")
     }
+}
+
+/// What the checks measure on the way: the time to restore, and which copy was drilled.
+#[derive(Default)]
+struct Measured {
+    rto: Option<f64>,
+    copy: usize,
 }
 
 /// Runs the checks in order, stopping at the first failure.
@@ -215,7 +225,7 @@ pub async fn drill(stores: &[&Store], live: &DatabaseUrl, m: &Manifest, opts: &O
         list: Vec::new(),
         failed: false,
     };
-    let mut rto = None;
+    let mut measured = Measured::default();
     let mut scratch_pg: Option<(Postgres, String)> = None;
 
     let work = run_checks(
@@ -224,7 +234,7 @@ pub async fn drill(stores: &[&Store], live: &DatabaseUrl, m: &Manifest, opts: &O
         m,
         opts,
         &mut checks,
-        &mut rto,
+        &mut measured,
         &mut scratch_pg,
     );
     // SIGINT (Ctrl-C) or SIGTERM (`docker compose stop`, systemd) stops the drill; the scratch
@@ -260,7 +270,7 @@ pub async fn drill(stores: &[&Store], live: &DatabaseUrl, m: &Manifest, opts: &O
     if !checks.failed {
         let started = Instant::now();
         let mut problems = Vec::new();
-        if let (Some(max), Some(r)) = (opts.max_rto, rto) {
+        if let (Some(max), Some(r)) = (opts.max_rto, measured.rto) {
             if r > max.as_secs_f64() {
                 problems.push(format!(
                     "RTO {r:.1}s exceeds drill.max_rto {}",
@@ -300,7 +310,8 @@ pub async fn drill(stores: &[&Store], live: &DatabaseUrl, m: &Manifest, opts: &O
         engine: m.engine.clone(),
         started_at: backup::manifest::now_rfc3339(now),
         snapshot_age_seconds: age,
-        rto_seconds: rto,
+        rto_seconds: measured.rto,
+        copy: measured.copy,
         stored_bytes: m.stored_bytes,
         raw_bytes: m.raw_bytes,
         encrypted: m.encryption.is_some(),
@@ -315,7 +326,7 @@ async fn run_checks(
     m: &Manifest,
     opts: &Options,
     checks: &mut Checks,
-    rto: &mut Option<f64>,
+    measured: &mut Measured,
     scratch_pg: &mut Option<(Postgres, String)>,
 ) {
     let started = Instant::now();
@@ -325,6 +336,7 @@ async fn run_checks(
             let (t, n) = restore::fetch_any(stores, m, &opts.temp_dir)
                 .await
                 .map_err(classify)?;
+            measured.copy = n;
             let copy = if n == 0 {
                 String::new()
             } else {
@@ -382,7 +394,7 @@ async fn run_checks(
             else {
                 return;
             };
-            *rto = Some(started.elapsed().as_secs_f64());
+            measured.rto = Some(started.elapsed().as_secs_f64());
             let c = &conn;
             if checks
                 .run("integrity", async {
@@ -511,7 +523,7 @@ async fn run_checks(
             else {
                 return;
             };
-            *rto = Some(started.elapsed().as_secs_f64());
+            measured.rto = Some(started.elapsed().as_secs_f64());
             let c = db.client();
             let Some(counts) = checks
                 .run("integrity", async {

@@ -98,11 +98,23 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
             "the drill could not run (stopped, or a failure that is not the snapshot's): no receipt is stored for {}",
             m.id
         );
-    } else if let Err(e) = store
-        .put(&backup::receipt_key(&url.name(), &m.id), &receipt_json)
-        .await
-    {
-        tracing::error!("could not store the drill receipt: {e}");
+    } else {
+        // The receipt goes next to the copy that was drilled: a copy that failed its checksum
+        // (the primary's, when a mirror's was used) gets none, so nothing counts it as proven.
+        let drilled = copies.get(report.copy).copied().unwrap_or(store);
+        if report.copy > 0 {
+            tracing::warn!(
+                "the drill proved the copy in {}; the first copy ({}) did not verify and gets no receipt",
+                drilled.describe(&m.data_key),
+                copies[0].describe(&m.data_key)
+            );
+        }
+        if let Err(e) = drilled
+            .put(&backup::receipt_key(&url.name(), &m.id), &receipt_json)
+            .await
+        {
+            tracing::error!("could not store the drill receipt: {e}");
+        }
     }
     let report_json = serde_json::to_value(&report).expect("serializes");
     if let Some(path) = &args.report {
@@ -151,6 +163,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
             message: format!("restore drill of {} failed at {failed}", m.id),
             details: json!({ "report": report_json }),
             text,
+            damaged: false,
         })
     }
 }

@@ -197,7 +197,7 @@ fn describe_discarded(d: &Option<std::collections::BTreeMap<String, i64>>, done:
             if done { "ed" } else { "" }
         ),
         Some(d) if d.is_empty() => {
-            format!("no writes of the application since the snapshot {was} discarded")
+            format!("no writes of the application since the snapshot {was} discarded, as far as its counters show (SQLite row counts miss updates)")
         }
         Some(d) => format!(
             "the restore {would}discard{} {} write(s) the application made since the snapshot ({})",
@@ -337,6 +337,22 @@ async fn guard_inner(
     let stores = settings.stores().await?;
     let store = &stores[0];
     let (m, copies) = resolve(settings, &stores, &url, &snapshot).await?;
+    // The batch is recorded as rolled back before the restore, not after: a `migrate` that
+    // starts the moment the restore releases its lock (a restarting unit, another host) finds
+    // the record and refuses the same batch instead of applying it again.
+    let failed = state::FailedBatch {
+        at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
+        reason: reason.to_string(),
+        snapshot: snapshot.clone(),
+        batch,
+    };
+    if let Err(e) = state::write_failed(&settings.state_dir, &url.name(), &failed) {
+        tracing::error!("recording the failed batch in the state dir failed: {e}");
+    }
+    let json = serde_json::to_vec_pretty(&failed).expect("serializes");
+    if let Err(e) = store.put(&state::failed_key(&url.name()), &json).await {
+        tracing::error!("recording the failed batch in the store failed: {e}");
+    }
     let outcome = restore_snapshot(
         settings,
         &copies,
@@ -364,19 +380,6 @@ async fn guard_inner(
     logged.repeatable = deploy.repeatable.clone();
     logged.snapshot = Some(snapshot.clone());
     crate::deploys::append(&settings.state_dir, Some(store), &url.name(), &logged).await;
-    let failed = state::FailedBatch {
-        at: now,
-        reason: reason.to_string(),
-        snapshot: snapshot.clone(),
-        batch,
-    };
-    if let Err(e) = state::write_failed(&settings.state_dir, &url.name(), &failed) {
-        tracing::error!("restored, but recording the failed batch in the state dir failed: {e}");
-    }
-    let json = serde_json::to_vec_pretty(&failed).expect("serializes");
-    if let Err(e) = store.put(&state::failed_key(&url.name()), &json).await {
-        tracing::error!("restored, but recording the failed batch in the store failed: {e}");
-    }
     let kept = outcome["replaced"]
         .as_str()
         .map(str::to_string)
@@ -386,6 +389,7 @@ async fn guard_inner(
         message: format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true)),
         details: json!({ "restored": outcome, "discarded": discard, "not_additive": deploy.not_additive }),
         text: String::new(),
+        damaged: false,
     })
 }
 

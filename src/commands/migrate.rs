@@ -380,6 +380,7 @@ fn hook_failure(
         message: format!("{e}; {what}; this deploy is broken: {undo}"),
         details,
         text: String::new(),
+        damaged: false,
     }
 }
 
@@ -416,8 +417,14 @@ async fn refuse_failed_batch(
     else {
         return Ok(());
     };
-    let pending: Vec<state::BatchFile> = batch.iter().map(|f| state::BatchFile::of(f)).collect();
-    if pending != failed.batch {
+    // Compared as sets: the guard read repeatable files back in the database's collation order.
+    let mut pending: Vec<state::BatchFile> =
+        batch.iter().map(|f| state::BatchFile::of(f)).collect();
+    let mut failed_batch = failed.batch.clone();
+    let key = |b: &state::BatchFile| (b.version, b.name.clone());
+    pending.sort_by_key(key);
+    failed_batch.sort_by_key(key);
+    if pending != failed_batch {
         return Ok(()); // a changed or added file makes a new batch
     }
     let names: Vec<String> = pending.iter().map(|f| f.label()).collect();

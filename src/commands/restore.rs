@@ -122,25 +122,46 @@ pub async fn restore_if_missing(
         tracing::info!("{} exists: nothing to restore", url.display());
         return Ok(IfMissing::Exists);
     }
+    // The newest snapshots of the first store that has any (the primary, else a mirror): a
+    // primary that answers but lost its snapshots must not start the database fresh.
     let stores = settings.stores().await?;
-    let (store, listing) = first_listing(&stores, url).await?;
-    let folder_owner = backup::owner::read(store, &url.name()).await?;
-    let candidates = backup::owner::mine(
-        store,
-        &url.name(),
-        listing.snapshots,
-        &backup::owner::Live::Absent,
-        backup::owner::format_of(url),
-        folder_owner.as_ref(),
-    )?;
-    if candidates.is_empty() {
+    let mut found = None;
+    for (n, store) in stores.iter().enumerate() {
+        let listing = match backup::list_all(store, &url.name()).await {
+            Ok(l) => l,
+            Err(e) if n + 1 < stores.len() => {
+                tracing::warn!("{e}");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let folder_owner = backup::owner::read(store, &url.name()).await?;
+        let candidates = backup::owner::mine(
+            store,
+            &url.name(),
+            listing.snapshots,
+            &backup::owner::Live::Absent,
+            backup::owner::format_of(url),
+            folder_owner.as_ref(),
+        )?;
+        if !candidates.is_empty() {
+            if n > 0 {
+                tracing::warn!(
+                    "the primary store holds no snapshot of {}; using mirror {n}",
+                    url.name()
+                );
+            }
+            found = Some((store, candidates));
+            break;
+        }
+    }
+    let Some((store, candidates)) = found else {
         tracing::warn!(
-            "{} is missing and {} holds no snapshot of it: starting fresh",
-            url.display(),
-            settings.store
+            "{} is missing and no store holds a snapshot of it: starting fresh",
+            url.display()
         );
         return Ok(IfMissing::NoSnapshot);
-    }
+    };
     let opts = Options {
         force: false,
         terminate_connections: false,
@@ -162,8 +183,9 @@ pub async fn restore_if_missing(
                     outcome,
                 })
             }
-            // A snapshot that does not verify: the next newest.
-            Err(f) if f.code == crate::report::EXIT_REFUSED => {
+            // A snapshot that is itself bad: the next newest. Anything else (no key, no space,
+            // the database in use) would fail the older one too, or must be fixed first.
+            Err(f) if f.damaged => {
                 tracing::warn!(
                     "snapshot {} does not verify ({}); trying the one before",
                     m.id,
@@ -181,34 +203,6 @@ pub async fn restore_if_missing(
             candidates.len()
         ),
     ))
-}
-
-/// The listing of the first store that answers (the primary, else each mirror in turn).
-async fn first_listing<'a>(
-    stores: &'a [backup::Store],
-    url: &DatabaseUrl,
-) -> Result<(&'a backup::Store, backup::Listing), Failure> {
-    let mut last = None;
-    for (n, store) in stores.iter().enumerate() {
-        match backup::list_all(store, &url.name()).await {
-            Ok(listing) => {
-                if n > 0 {
-                    tracing::warn!(
-                        "using mirror {n} ({}): the primary store could not be listed",
-                        store.describe(&url.name())
-                    );
-                }
-                return Ok((store, listing));
-            }
-            Err(e) => {
-                if stores.len() > 1 {
-                    tracing::warn!("{e}");
-                }
-                last = Some(e);
-            }
-        }
-    }
-    Err(last.expect("there is always a primary store").into())
 }
 
 /// `first`, then every other store in their order: where a restore fetches from.
@@ -458,6 +452,12 @@ pub async fn restore_snapshot(
         DatabaseUrl::Postgres(pg) => {
             let (fetched, copy) = restore::fetch_any(stores, m, &settings.temp_dir()).await?;
             used = copy;
+            // An encrypted snapshot no identity opens is refused here, before a session is ended,
+            // a database created, or an in-place restore's snapshot taken.
+            let header = std::fs::File::open(&fetched).map_err(|e| {
+                Failure::new(EXIT_FAILED, format!("opening {}: {e}", fetched.display()))
+            })?;
+            drop(identities.reader(header, m)?);
             let (target_url, to) = match &opts.to {
                 Some(to) => match DatabaseUrl::parse(to)? {
                     DatabaseUrl::Postgres(t) => {
@@ -497,18 +497,34 @@ pub async fn restore_snapshot(
             };
             let out = match swapped {
                 Err(backup::Error::NeedsInPlace(why)) if opts.to.is_none() => {
-                    // The replaced state is kept first, as a snapshot of its own.
-                    tracing::warn!(
-                        "restoring {} in place: {why}. Taking a snapshot of its current state first",
-                        url.display()
-                    );
-                    let kept = super::backup::snapshot(
-                        settings,
-                        url,
-                        backup::Kind::Manual,
-                        Some(format!("before the in-place restore of {}", m.id)),
-                    )
-                    .await?;
+                    let kept = if opts.if_missing {
+                        // A missing (empty) database has nothing to keep, and no snapshot (nor
+                        // identity) is made of it; it is looked at again right before.
+                        if !backup::owner::is_missing(url).await? {
+                            tracing::info!(
+                                "{} appeared meanwhile: nothing restored",
+                                url.display()
+                            );
+                            return Ok(json!({ "exists": true }));
+                        }
+                        tracing::warn!("restoring {} in place: {why}", url.display());
+                        None
+                    } else {
+                        // The replaced state is kept first, as a snapshot of its own.
+                        tracing::warn!(
+                            "restoring {} in place: {why}. Taking a snapshot of its current state first",
+                            url.display()
+                        );
+                        Some(
+                            super::backup::snapshot(
+                                settings,
+                                url,
+                                backup::Kind::Manual,
+                                Some(format!("before the in-place restore of {}", m.id)),
+                            )
+                            .await?,
+                        )
+                    };
                     let mut out = restore::postgres::restore_in_place(
                         pg,
                         &fetched,
@@ -520,11 +536,13 @@ pub async fn restore_snapshot(
                     .await
                     .map_err(|e| {
                         let mut f = Failure::from(e);
-                        f.message
-                            .push_str(&format!(" (the state before is snapshot {})", kept.id));
+                        if let Some(k) = &kept {
+                            f.message
+                                .push_str(&format!(" (the state before is snapshot {})", k.id));
+                        }
                         f
                     })?;
-                    out.replaced = Some(format!("snapshot {}", kept.id));
+                    out.replaced = kept.map(|k| format!("snapshot {}", k.id));
                     out
                 }
                 other => other?,

@@ -28,7 +28,7 @@ pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<ScratchPat
         .map_err(Error::io(format!("opening {}", tmp.display())))?;
     let (size, sha) = match store.download(&m.data_key, &mut file).await {
         Err(Error::Missing(what)) => {
-            return Err(Error::Refused(format!(
+            return Err(Error::Damaged(format!(
                 "snapshot {} is damaged: its data object {what} is missing from the store; nothing was restored. Pick another one (`dbward snapshots`).",
                 m.id
             )))
@@ -36,7 +36,7 @@ pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<ScratchPat
         other => other?,
     };
     if size != m.stored_bytes || sha != m.sha256 {
-        return Err(Error::Refused(format!(
+        return Err(Error::Damaged(format!(
             "snapshot {} failed its checksum: {} holds {size} bytes with SHA-256 {sha}, the manifest says {} bytes with {}. \
              The snapshot is damaged; nothing was restored. Pick another one (`dbward snapshots`).",
             m.id,
@@ -80,14 +80,14 @@ pub async fn fetch_any(
             }
         }
     }
-    let all_refused = problems.iter().all(|e| matches!(e, Error::Refused(_)));
+    let all_refused = problems.iter().all(|e| matches!(e, Error::Damaged(_)));
     let text = problems
         .iter()
         .map(|e| e.to_string())
         .collect::<Vec<_>>()
         .join("\n");
     Err(if all_refused {
-        Error::Refused(format!("no copy of snapshot {} verifies:\n{text}", m.id))
+        Error::Damaged(format!("no copy of snapshot {} verifies:\n{text}", m.id))
     } else {
         Error::Restore(format!(
             "no copy of snapshot {} could be fetched:\n{text}",
@@ -123,7 +123,7 @@ pub fn decompress(
     )?;
     let out = scratch::temp_in(dir, prefix)?;
     let refuse = |why: String| {
-        Error::Refused(format!(
+        Error::Damaged(format!(
             "snapshot {} does not decode: {why}; nothing was restored",
             m.id
         ))

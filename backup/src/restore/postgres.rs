@@ -469,11 +469,11 @@ async fn pg_restore(
     }
     match fed {
         Ok(n) if n == m.raw_bytes => Ok(()),
-        Ok(n) => Err(Error::Refused(format!(
+        Ok(n) => Err(Error::Damaged(format!(
             "snapshot {} decoded to {n} bytes, the manifest says {}",
             m.id, m.raw_bytes
         ))),
-        Err(e) => Err(Error::Refused(format!(
+        Err(e) => Err(Error::Damaged(format!(
             "snapshot {} does not decode: {e}",
             m.id
         ))),
@@ -604,7 +604,7 @@ pub async fn check_restored(db: &Postgres, m: &Manifest) -> Result<(), Error> {
     let c = db.client();
     let head = applied_on(c).await?.into_iter().map(|a| a.version).max();
     if head != m.migration_head.as_ref().map(|h| h.version) {
-        return Err(Error::Refused(format!(
+        return Err(Error::Damaged(format!(
             "the restored database's migration head {head:?} differs from the manifest's"
         )));
     }
@@ -621,7 +621,7 @@ pub async fn check_restored(db: &Postgres, m: &Manifest) -> Result<(), Error> {
             .map_err(|e| Error::Restore(format!("counting {table}: {}", describe(&e))))?
             .get(0);
         if got as u64 != *want {
-            return Err(Error::Refused(format!(
+            return Err(Error::Damaged(format!(
                 "{table} has {got} rows after the restore, the manifest says {want}"
             )));
         }

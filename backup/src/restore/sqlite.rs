@@ -27,7 +27,7 @@ pub fn dir_of(db: &Path) -> PathBuf {
 /// `PRAGMA integrity_check` and the manifest's migration head, on the restored copy.
 pub fn check(path: &Path, m: &Manifest) -> Result<(), Error> {
     let refuse = |why: String| {
-        Error::Refused(format!(
+        Error::Damaged(format!(
             "the restored copy of snapshot {} failed its check: {why}; nothing was replaced",
             m.id
         ))
