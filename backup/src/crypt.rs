@@ -155,6 +155,26 @@ impl Identities {
         let Some(enc) = &m.encryption else {
             return Ok(Box::new(input));
         };
+        Ok(Box::new(ReadAhead::spawn(self.decrypting(input, m, enc)?)))
+    }
+
+    /// Refuses (exit 3) a snapshot in `input` that these identities cannot open, reading only
+    /// its age header (and decrypting nothing): the check a restore makes before it changes
+    /// anything. A plaintext snapshot passes.
+    pub fn check_opens<R: Read>(&self, input: R, m: &Manifest) -> Result<(), Error> {
+        if let Some(enc) = &m.encryption {
+            self.decrypting(input, m, enc)?;
+        }
+        Ok(())
+    }
+
+    /// age's reader over `input`, after the header check (see [`Identities::reader`]).
+    fn decrypting<R: Read>(
+        &self,
+        input: R,
+        m: &Manifest,
+        enc: &crate::manifest::Encryption,
+    ) -> Result<age::stream::StreamReader<R>, Error> {
         self.check_can_try(m)?;
         let message = |why: String| {
             format!(
@@ -186,7 +206,7 @@ impl Identities {
                     e => refuse(e.to_string()),
                 })?
         };
-        Ok(Box::new(ReadAhead::spawn(reader)))
+        Ok(reader)
     }
 }
 

@@ -457,7 +457,7 @@ pub async fn restore_snapshot(
             let header = std::fs::File::open(&fetched).map_err(|e| {
                 Failure::new(EXIT_FAILED, format!("opening {}: {e}", fetched.display()))
             })?;
-            drop(identities.reader(header, m)?);
+            identities.check_opens(header, m)?;
             let (target_url, to) = match &opts.to {
                 Some(to) => match DatabaseUrl::parse(to)? {
                     DatabaseUrl::Postgres(t) => {
