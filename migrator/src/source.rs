@@ -143,31 +143,29 @@ pub fn discover(dir: &Path) -> Result<Migrations, Error> {
     let (mut repeatable, mut files): (Vec<_>, Vec<_>) =
         files.into_iter().partition(|f| f.kind == Kind::Repeatable);
     repeatable.sort_by(|a, b| a.name.cmp(&b.name));
-    for pair in repeatable.windows(2) {
-        if pair[0].name == pair[1].name {
-            problems.push(FileProblem {
-                file: pair[1].path.clone(),
-                problem: format!(
-                    "repeatable migration `{}` is also {}; every repeatable migration needs its own name",
-                    pair[1].name,
-                    pair[0].path.display()
-                ),
-            });
-        }
-    }
+    problems.extend(same_key(
+        &repeatable,
+        |f| f.name.clone(),
+        |f, before| {
+            format!(
+            "repeatable migration `{}` is also {}; every repeatable migration needs its own name",
+            f.name,
+            before.path.display()
+        )
+        },
+    ));
     files.sort_by_key(|f| f.version);
-    for pair in files.windows(2) {
-        if pair[0].version == pair[1].version {
-            problems.push(FileProblem {
-                file: pair[1].path.clone(),
-                problem: format!(
-                    "version {} is also used by {}; every migration needs its own version",
-                    pair[1].version,
-                    pair[0].path.display()
-                ),
-            });
-        }
-    }
+    problems.extend(same_key(
+        &files,
+        |f| f.version,
+        |f, before| {
+            format!(
+                "version {} is also used by {}; every migration needs its own version",
+                f.version,
+                before.path.display()
+            )
+        },
+    ));
     if problems.is_empty() {
         Ok(Migrations {
             versioned: files,
@@ -176,6 +174,23 @@ pub fn discover(dir: &Path) -> Result<Migrations, Error> {
     } else {
         Err(Error::Files { problems })
     }
+}
+
+/// Each file of `sorted` whose key equals the one before it: a problem, worded by `message`
+/// (the file, the one it collides with).
+fn same_key<K: PartialEq>(
+    sorted: &[MigrationFile],
+    key: impl Fn(&MigrationFile) -> K,
+    message: impl Fn(&MigrationFile, &MigrationFile) -> String,
+) -> Vec<FileProblem> {
+    sorted
+        .windows(2)
+        .filter(|pair| key(&pair[0]) == key(&pair[1]))
+        .map(|pair| FileProblem {
+            file: pair[1].path.clone(),
+            problem: message(&pair[1], &pair[0]),
+        })
+        .collect()
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -368,5 +383,20 @@ mod tests {
                 "V1__b.sql"
             ]
         );
+    }
+
+    #[test]
+    fn a_repeatable_name_used_twice_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("R__views.sql"), "select 1;").unwrap();
+        std::fs::write(dir.path().join("sub/R__views.sql"), "select 2;").unwrap();
+        let Err(Error::Files { problems }) = discover(dir.path()) else {
+            panic!("expected file problems")
+        };
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0]
+            .problem
+            .contains("repeatable migration `views` is also"));
     }
 }

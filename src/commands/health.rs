@@ -314,14 +314,13 @@ async fn guard_inner(
     if let Some(why) = keep {
         let mut f = not(format!("{why}; {discard_text}"));
         f.details = measured;
-        let mut logged = crate::deploys::Entry::new(
+        let logged = guard_entry(
             "guard",
-            url.display(),
+            &url,
+            &deploy,
+            &snapshot,
             format!("not restored: {reason}; {why}; {discard_text}"),
         );
-        logged.applied = deploy.applied.clone();
-        logged.repeatable = deploy.repeatable.clone();
-        logged.snapshot = Some(snapshot.clone());
         let store = settings.store().await.ok();
         crate::deploys::append(&settings.state_dir, store.as_ref(), &url.name(), &logged).await;
         return Err(f);
@@ -371,14 +370,13 @@ async fn guard_inner(
     if let Err(e) = state::write(&settings.state_dir, &url.name(), &deploy) {
         tracing::error!("restored, but recording it failed: {e}");
     }
-    let mut logged = crate::deploys::Entry::new(
+    let logged = guard_entry(
         "restore",
-        url.display(),
+        &url,
+        &deploy,
+        &snapshot,
         format!("restored by the health guard: {reason}; {discard_text}"),
     );
-    logged.applied = deploy.applied.clone();
-    logged.repeatable = deploy.repeatable.clone();
-    logged.snapshot = Some(snapshot.clone());
     crate::deploys::append(&settings.state_dir, Some(store), &url.name(), &logged).await;
     let kept = outcome["replaced"]
         .as_str()
@@ -391,6 +389,21 @@ async fn guard_inner(
         text: String::new(),
         damaged: false,
     })
+}
+
+/// The deploy log's entry for what the guard did with `deploy`.
+fn guard_entry(
+    event: &str,
+    url: &migrator::DatabaseUrl,
+    deploy: &state::Deploy,
+    snapshot: &str,
+    outcome: String,
+) -> crate::deploys::Entry {
+    let mut e = crate::deploys::Entry::new(event, url.display(), outcome);
+    e.applied = deploy.applied.clone();
+    e.repeatable = deploy.repeatable.clone();
+    e.snapshot = Some(snapshot.to_string());
+    e
 }
 
 impl HealthFlags {
