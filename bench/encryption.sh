@@ -15,25 +15,15 @@ WORK=$(mktemp -d /tmp/dbward-bench-XXXX)
 trap 'rm -rf "$WORK"' EXIT
 command -v age-keygen >/dev/null || { echo "needs the age CLI (apt-get install age)" >&2; exit 1; }
 
-run() {
-  local label=$1; shift
-  /usr/bin/time -f "%e %M" -o "$WORK/t" "$@" >/dev/null 2>"$WORK/err" || { echo "$label failed:" >&2; cat "$WORK/err" >&2; exit 1; }
-  tail -1 "$WORK/t" >> "$WORK/$label"
-}
-sh_run() { run "$1" sh -c "$2"; }
+. bench/common.sh # the working directory is the repository (cd above)
 
 age-keygen -o "$WORK/key.txt" 2>/dev/null
 PUB=$(age-keygen -y "$WORK/key.txt")
 printf '[encryption]\nrecipients = ["%s"]\n' "$PUB" > "$WORK/enc.toml"
 : > "$WORK/plain.toml"
 
-echo "building a ~${SIZE} MiB SQLite database..." >&2
 DB=$WORK/app.db
-ROWS=$((SIZE * 1024 * 1024 / 200))
-sqlite3 "$DB" "PRAGMA journal_mode=WAL; CREATE TABLE events (id INTEGER PRIMARY KEY, user_id INT, kind TEXT, body TEXT, at TEXT);
-WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $ROWS)
-INSERT INTO events (user_id, kind, body, at) SELECT abs(random()) % 100000, 'kind-' || (abs(random()) % 20),
-  'event ' || i || ' payload ' || hex(randomblob(24)) || ' status=ok region=eu-west-1 agent=Mozilla/5.0', datetime('now', '-' || (i % 100000) || ' seconds') FROM n;" >/dev/null
+sqlite_events "$DB" "$SIZE"
 RAW=$(stat -c %s "$DB")
 
 # Alternating, so both see the same machine state.

@@ -1,0 +1,21 @@
+# Shared by the bench scripts (sourced, after WORK is set).
+
+# run LABEL CMD...: appends "seconds peak_kib" to $WORK/LABEL
+run() {
+  local label=$1; shift
+  /usr/bin/time -f "%e %M" -o "$WORK/t" "$@" >/dev/null 2>"$WORK/err" || { echo "$label failed:" >&2; cat "$WORK/err" >&2; exit 1; }
+  tail -1 "$WORK/t" >> "$WORK/$label"
+}
+sh_run() { run "$1" sh -c "$2"; }
+
+# sqlite_events DB SIZE_MIB: a WAL-mode SQLite database of about SIZE_MIB MiB of event rows
+# (about 3.5x compressible with zstd -3).
+sqlite_events() {
+  local db=$1 size=$2
+  echo "building a ~${size} MiB SQLite database..." >&2
+  local rows=$((size * 1024 * 1024 / 200))
+  sqlite3 "$db" "PRAGMA journal_mode=WAL; CREATE TABLE events (id INTEGER PRIMARY KEY, user_id INT, kind TEXT, body TEXT, at TEXT);
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $rows)
+INSERT INTO events (user_id, kind, body, at) SELECT abs(random()) % 100000, 'kind-' || (abs(random()) % 20),
+  'event ' || i || ' payload ' || hex(randomblob(24)) || ' status=ok region=eu-west-1 agent=Mozilla/5.0', datetime('now', '-' || (i % 100000) || ' seconds') FROM n;" >/dev/null
+}
