@@ -11,6 +11,7 @@ mod notify;
 mod probe;
 mod replaced;
 mod report;
+mod service;
 mod settings;
 mod state;
 

@@ -15,6 +15,10 @@ pub enum Error {
     #[error("store URL `{url}`: {problem} (setting `store.url`, flag --store, env DBWARD_STORE)")]
     StoreUrl { url: String, problem: String },
 
+    /// Where a restore was told to go (`--to`) cannot take it.
+    #[error("restore target `{target}`: {problem}")]
+    Target { target: String, problem: String },
+
     #[error("{what}: {message}")]
     Store { what: String, message: String },
 
@@ -68,7 +72,7 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::StoreUrl { .. } => ErrorKind::Usage,
+            Error::StoreUrl { .. } | Error::Target { .. } => ErrorKind::Usage,
             Error::Refused(_) | Error::NoSpace(_) | Error::NoKey(_) | Error::Damaged(_) => {
                 ErrorKind::Refused
             }

@@ -2,8 +2,6 @@
 
 use serde_json::json;
 
-use migrator::DatabaseUrl;
-
 use super::database_url;
 use crate::cli::BackupArgs;
 use crate::report::{Failure, Report};
@@ -16,113 +14,12 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
     } else {
         backup::Kind::Manual
     };
-    let m = snapshot(settings, &url, kind, args.label.clone()).await?;
+    let m = crate::service::take::snapshot(settings, &url, kind, args.label.clone()).await?;
     // Then retention, when a policy is set; a new snapshot is the newest, so it is always kept.
-    let pruned = retain(settings, &url, &m).await?;
+    let pruned = crate::service::take::retain(settings, &url, &m).await?;
     Ok(Report {
         text: format!("{}\n", m.id),
         json: json!({ "snapshot": m, "pruned": pruned }),
         code: 0,
     })
-}
-
-/// Retention after a new snapshot `m`, in the primary store and in every mirror (each store's
-/// own listing: a mirror that missed a snapshot keeps what it has). Returns the ids removed
-/// from the primary; `None` without a policy.
-pub async fn retain(
-    settings: &Settings,
-    url: &DatabaseUrl,
-    m: &backup::Manifest,
-) -> Result<Option<Vec<String>>, Failure> {
-    if settings.retention.is_empty() {
-        return Ok(None);
-    }
-    let live = backup::owner::Live::Present(m.database_id.clone());
-    let mut removed = None;
-    for (n, store) in settings.stores().await?.iter().enumerate() {
-        let result = backup::prune(
-            store,
-            &url.name(),
-            &settings.retention,
-            false,
-            &live,
-            m.format,
-        )
-        .await;
-        match result {
-            Ok(r) if n == 0 => removed = Some(r.removed),
-            Ok(_) => {}
-            Err(e) if n == 0 => return Err(e.into()),
-            Err(e) => tracing::warn!("retention in mirror {n}: {e}"),
-        }
-    }
-    Ok(removed)
-}
-
-/// Takes one snapshot with the settings' store, temp dir and lock timeout.
-pub async fn snapshot(
-    settings: &Settings,
-    url: &DatabaseUrl,
-    kind: backup::Kind,
-    label: Option<String>,
-) -> Result<backup::Manifest, Failure> {
-    let stores = settings.stores().await?;
-    let (primary, mirrors) = stores.split_first().expect("a primary store");
-    let mirrors: Vec<&backup::Store> = mirrors.iter().collect();
-    let temp_dir = settings.temp_dir();
-    let bar = progress_bar();
-    let req = backup::Request {
-        database: url,
-        kind,
-        label,
-        level: settings.level,
-        temp_dir: &temp_dir,
-        lock_timeout: settings.lock_timeout,
-        encryption: settings.encryption()?,
-        manifest_details: settings.encryption.manifest_details,
-        progress: bar.clone().map(|bar| -> backup::Progress {
-            std::sync::Arc::new(move |done, total| {
-                bar.set_length(total.max(done));
-                bar.set_position(done);
-            })
-        }),
-    };
-    let result = backup::take_to(primary, &mirrors, settings.store_require_all, &req).await;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let taken = result?;
-    for (i, e) in &taken.failed_mirrors {
-        tracing::warn!(
-            "snapshot {} has no copy in mirror {} ({}): {e} (store.require = primary: going on)",
-            taken.manifest.id,
-            i + 1,
-            settings.store_mirrors[*i]
-        );
-    }
-    if !mirrors.is_empty() {
-        tracing::info!(
-            "snapshot {} stored in {} of {} stores",
-            taken.manifest.id,
-            1 + mirrors.len() - taken.failed_mirrors.len(),
-            1 + mirrors.len()
-        );
-    }
-    Ok(taken.manifest)
-}
-
-/// A byte progress bar on stderr when it is a terminal (never in the journal or a pipe).
-fn progress_bar() -> Option<indicatif::ProgressBar> {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar =
-        indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
-    let style = indicatif::ProgressStyle::with_template(
-        "{spinner} snapshot {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}",
-    )
-    .expect("a valid template");
-    bar.set_style(style);
-    Some(bar)
 }

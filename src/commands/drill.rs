@@ -10,9 +10,9 @@ use migrator::DatabaseUrl;
 use restore_drill::{Options, Scratch, Verdict};
 
 use super::database_url;
-use super::restore::resolve;
 use crate::cli::DrillArgs;
 use crate::report::{Failure, Report, EXIT_FAILED, EXIT_USAGE};
+use crate::service::select::resolve;
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failure> {

@@ -10,10 +10,11 @@ use migrator::database::Open;
 use migrator::Database;
 
 use super::database_url;
-use super::restore::{resolve, restore_snapshot, Options};
 use crate::cli::{HealthArgs, HealthFlags};
 use crate::probe;
 use crate::report::{Failure, Report, EXIT_FAILED, EXIT_RESTORED};
+use crate::service::restore::{restore_snapshot, Options};
+use crate::service::select::resolve;
 use crate::settings::{Health, OnFailure, Settings};
 use crate::state;
 
@@ -361,7 +362,6 @@ async fn guard_inner(
             force: true,
             terminate_connections: true,
             to: None,
-            if_missing: false,
         },
     )
     .await?;
@@ -378,9 +378,11 @@ async fn guard_inner(
         format!("restored by the health guard: {reason}; {discard_text}"),
     );
     crate::deploys::append(&settings.state_dir, Some(store), &url.name(), &logged).await;
-    let kept = outcome["replaced"]
-        .as_str()
-        .map(str::to_string)
+    let kept = outcome
+        .outcome
+        .replaced
+        .as_ref()
+        .map(|r| r.to_string())
         .unwrap_or_default();
     Ok(Failure {
         code: EXIT_RESTORED,

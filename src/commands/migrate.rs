@@ -79,7 +79,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     // A fresh volume gets its data back before anything else (restore.if_missing); without
     // it, a missing SQLite file whose snapshots are in the store is said loudly.
     if args.restore_if_missing || settings.restore_if_missing {
-        super::restore::restore_if_missing(settings, &url).await?;
+        crate::service::restore::restore_if_missing(settings, &url).await?;
     } else if let DatabaseUrl::Sqlite(p) = &url {
         if !p.exists() {
             warn_if_snapshots_exist(settings, &url).await;
@@ -118,7 +118,8 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     let taken = if !will_snapshot {
         None
     } else {
-        let m = super::backup::snapshot(settings, &url, backup::Kind::PreDeploy, None).await?;
+        let m =
+            crate::service::take::snapshot(settings, &url, backup::Kind::PreDeploy, None).await?;
         tracing::info!("pre-deploy snapshot {}", m.id);
         Some(m)
     };
@@ -229,7 +230,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     // Retention over the stores, now that the deploy is done (the new snapshot is the newest,
     // so it is kept). A failure here is not the deploy's.
     if let Some(m) = &taken {
-        match super::backup::retain(settings, &url, m).await {
+        match crate::service::take::retain(settings, &url, m).await {
             Ok(Some(removed)) if !removed.is_empty() => {
                 tracing::info!("retention removed {}", removed.join(", "))
             }

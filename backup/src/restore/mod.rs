@@ -5,12 +5,81 @@
 pub mod postgres;
 pub mod sqlite;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 use crate::manifest::Manifest;
 use crate::scratch::{self, ScratchPath};
 use crate::store::Store;
+
+/// What a restore did, for both engines.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// The database that now holds the snapshot: a file path or a database name.
+    pub database: String,
+    /// What was kept of the database it replaced: none with `--to`, or when there was none.
+    pub replaced: Option<Replaced>,
+    /// Sessions ended by `--terminate-connections` (PostgreSQL).
+    pub terminated: Vec<String>,
+    pub strategy: Strategy,
+    /// Why a restore went in place.
+    pub strategy_reason: Option<String>,
+    /// The index, in the stores given, of the copy that was restored (0: the primary).
+    #[serde(skip)]
+    pub copy: usize,
+}
+
+/// How the snapshot was put in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// SQLite: the checked file renamed over the live one, which was linked aside first.
+    FileSwap,
+    /// PostgreSQL: restored beside, then swapped by renaming in one transaction.
+    RenameSwap,
+    /// PostgreSQL: applied to the live database itself, after a snapshot of it was taken.
+    InPlace,
+    /// `--to`: restored into a new file or database; nothing was replaced.
+    New,
+}
+
+/// Where the database a restore replaced is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replaced {
+    /// SQLite: `<file>.replaced-<ts>`, with its WAL beside it.
+    File(PathBuf),
+    /// PostgreSQL: `<db>_replaced_<ts>_<tag>`.
+    Database(String),
+    /// An in-place restore: the snapshot taken of the state before.
+    Snapshot(String),
+}
+
+impl Replaced {
+    /// A copy on this machine that restores keep a bounded number of (not a snapshot).
+    pub fn kept_copy(&self) -> Option<String> {
+        match self {
+            Replaced::File(p) => Some(p.display().to_string()),
+            Replaced::Database(d) => Some(d.clone()),
+            Replaced::Snapshot(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Replaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Replaced::File(p) => write!(f, "{}", p.display()),
+            Replaced::Database(d) => f.write_str(d),
+            Replaced::Snapshot(id) => write!(f, "snapshot {id}"),
+        }
+    }
+}
+
+impl serde::Serialize for Replaced {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 /// Downloads the data object into a temp file in `dir`, refusing it unless its size and SHA-256
 /// are the manifest's.

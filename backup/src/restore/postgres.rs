@@ -9,6 +9,7 @@ use std::process::Stdio;
 use migrator::database::postgres::{applied_on, describe, Postgres};
 use migrator::database::PgUrl;
 
+use super::{Outcome, Replaced, Strategy};
 use crate::engine::postgres::{libpq_command, major, tool_version};
 use crate::error::Error;
 use crate::manifest::Manifest;
@@ -24,24 +25,6 @@ pub struct Options {
     pub if_missing: bool,
     /// What an encrypted snapshot is decrypted with.
     pub identities: crate::crypt::Identities,
-}
-
-#[derive(Debug, serde::Serialize)]
-pub struct Outcome {
-    /// The database that now holds the snapshot.
-    pub database: String,
-    /// Where the replaced database was kept (none with `--to`).
-    pub replaced: Option<String>,
-    /// Sessions ended by `--terminate-connections`.
-    pub terminated: Vec<String>,
-    /// `rename-swap` (restored beside, then swapped by renaming) or `in-place` (applied to the
-    /// live database itself, after a snapshot of it was taken), and why.
-    pub strategy: &'static str,
-    pub strategy_reason: Option<String>,
-    /// With [`Options::if_missing`]: the database existed once the lock was held; nothing was
-    /// restored.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub exists: bool,
 }
 
 /// Why a rename swap cannot be used for `live`, if it cannot: the database a restore must
@@ -93,13 +76,15 @@ fn in_progress_marker(target: &str, live: &str) -> String {
 
 /// Restores the snapshot `compressed` (its object, already checked against the manifest) as
 /// `url`'s database. The archive is decompressed straight into `pg_restore`'s stdin, never
-/// spooled to disk (as `zstd -dc | pg_restore` would).
+/// spooled to disk (as `zstd -dc | pg_restore` would). `Ok(None)`: with
+/// [`Options::if_missing`], the database existed once the lock was held; nothing was restored.
+/// The outcome's `copy` is 0: the caller, which fetched `compressed`, knows which copy it is.
 pub async fn restore(
     url: &PgUrl,
     compressed: &Path,
     m: &Manifest,
     opts: &Options,
-) -> Result<Outcome, Error> {
+) -> Result<Option<Outcome>, Error> {
     let pg_restore_version = check_versions(m)?;
     let live = url.dbname().to_string();
     let admin = connect_to(url, MAINTENANCE).await?;
@@ -124,14 +109,7 @@ pub async fn restore(
             .await?
     {
         tracing::info!("{live} appeared meanwhile: nothing restored");
-        return Ok(Outcome {
-            database: live,
-            replaced: None,
-            terminated: Vec::new(),
-            strategy: "none",
-            strategy_reason: None,
-            exists: true,
-        });
+        return Ok(None);
     }
 
     // Leftovers of a killed restore of this database: only databases that carry dbward's
@@ -242,14 +220,14 @@ pub async fn restore(
         c.batch_execute(&format!("COMMENT ON DATABASE {} IS NULL", ident(&target)))
             .await
             .map_err(q("clearing the in-progress marker"))?;
-        return Ok(Outcome {
+        return Ok(Some(Outcome {
             database: target,
             replaced: None,
             terminated: Vec::new(),
-            strategy: "rename-swap",
+            strategy: Strategy::New,
             strategy_reason: None,
-            exists: false,
-        });
+            copy: 0,
+        }));
     }
 
     // The swap. Without --terminate-connections, open sessions refuse it.
@@ -342,14 +320,14 @@ pub async fn restore(
             ended.ended.join("; ")
         );
     }
-    Ok(Outcome {
+    Ok(Some(Outcome {
         database: live,
-        replaced: live_exists.then_some(replaced),
+        replaced: live_exists.then_some(Replaced::Database(replaced)),
         terminated: ended.ended,
-        strategy: "rename-swap",
+        strategy: Strategy::RenameSwap,
         strategy_reason: None,
-        exists: false,
-    })
+        copy: 0,
+    }))
 }
 
 #[derive(Default)]
@@ -538,9 +516,9 @@ pub async fn restore_in_place(
         database: live,
         replaced: None,
         terminated: ended.ended,
-        strategy: "in-place",
+        strategy: Strategy::InPlace,
         strategy_reason: Some(reason),
-        exists: false,
+        copy: 0,
     })
 }
 

@@ -1,16 +1,128 @@
-//! Putting a SQLite snapshot in place. The restored file is checked (`PRAGMA integrity_check`)
-//! in the database's own directory, then swapped in: the live file is hard-linked aside as
-//! `<file>.replaced-<ts>` and the restored one renamed over the live name. Both steps are atomic,
-//! so the live path always holds either the old database or the restored one.
+//! Putting a SQLite snapshot in place, in one call ([`restore`]): under the migration lock, with
+//! no other process holding the file (unless forced), the snapshot is fetched and decoded in the
+//! database's own directory, checked (`PRAGMA integrity_check`, the migration head), then swapped
+//! in: the live file is hard-linked aside as `<file>.replaced-<ts>` and the restored one renamed
+//! over the live name. Both steps are atomic, so the live path always holds either the old
+//! database or the restored one.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::{Outcome, Replaced, Strategy};
+use crate::crypt::Identities;
 use crate::error::Error;
 use crate::manifest::Manifest;
 use crate::scratch::ScratchPath;
 use crate::store::local::sync_dir;
+use crate::store::Store;
+
+pub struct Options {
+    /// Swap the file in even while other processes hold it open (they keep the replaced file).
+    pub force: bool,
+    /// Restore into this new file and leave the live one alone (`--to`).
+    pub to: Option<PathBuf>,
+    /// Only if the live database is still missing once the migration lock is held.
+    pub if_missing: bool,
+    /// How long to wait for a running `migrate` (or restore) to release the lock.
+    pub lock_wait: Duration,
+    /// What an encrypted snapshot is decrypted with.
+    pub identities: Identities,
+}
+
+/// Restores snapshot `m` (fetched from the first of `stores` whose copy verifies) as the
+/// database `live`, or into `opts.to`. `Ok(None)`: with [`Options::if_missing`], the database
+/// existed once the lock was held, and nothing was restored.
+pub async fn restore(
+    live: &Path,
+    stores: &[&Store],
+    m: &Manifest,
+    opts: &Options,
+) -> Result<Option<Outcome>, Error> {
+    let target = opts.to.clone().unwrap_or_else(|| live.to_path_buf());
+    let dir = dir_of(&target);
+    if let Some(to) = &opts.to {
+        let problem = if to.to_string_lossy().contains("://") {
+            Some("a SQLite snapshot restores into a file path".to_string())
+        } else if !dir.is_dir() {
+            Some(format!(
+                "the directory {} does not exist (dbward creates no directories for a restore)",
+                dir.display()
+            ))
+        } else if to.exists() {
+            Some("the file exists; restore into a new path".to_string())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(Error::Target {
+                target: to.display().to_string(),
+                problem,
+            });
+        }
+    }
+    // The migration lock: no `migrate` (or other restore) runs meanwhile. On a blocking
+    // thread, so a stop request is seen while it waits.
+    let lock_path = live.to_path_buf();
+    let wait = opts.lock_wait;
+    let _lock = tokio::task::spawn_blocking(move || {
+        migrator::database::sqlite::lock_file(&lock_path, wait)
+    })
+    .await
+    .map_err(|e| Error::Restore(format!("waiting for the migration lock: {e}")))??;
+    let url = migrator::DatabaseUrl::Sqlite(live.to_path_buf());
+    if opts.if_missing && !crate::owner::is_missing(&url).await? {
+        tracing::info!("{} appeared meanwhile: nothing restored", live.display());
+        return Ok(None);
+    }
+    if opts.to.is_none() {
+        let holders = holders(live);
+        if !holders.is_empty() && !opts.force {
+            return Err(Error::Refused(format!(
+                "{} is open in {}; stop the application first, or pass --force (it keeps writing to the file moved aside). Nothing was replaced.",
+                live.display(),
+                holders.join(", ")
+            )));
+        }
+        if !holders.is_empty() {
+            tracing::warn!(
+                "{} is still open in {}: --force swaps the file under them; they keep reading and writing the replaced file (kept aside), where their writes are not seen: restart them",
+                live.display(),
+                holders.join(", ")
+            );
+        }
+    }
+    let (fetched, copy) = super::fetch_any(stores, m, &dir).await?;
+    let restored = super::decompress(
+        &fetched,
+        &dir,
+        TEMP_PREFIX,
+        m,
+        &opts.identities,
+        super::Lifetime::Durable,
+    )?;
+    drop(fetched);
+    check(&restored, m)?;
+    let (replaced, strategy) = if opts.to.is_some() {
+        adopt_ownership(&restored, None)?;
+        std::fs::rename(&restored, &target)
+            .map_err(Error::io(format!("renaming to {}", target.display())))?;
+        restored.keep();
+        (None, Strategy::New)
+    } else {
+        let kept = swap_in(live, restored, opts.force)?;
+        (Some(Replaced::File(kept)), Strategy::FileSwap)
+    };
+    Ok(Some(Outcome {
+        database: target.display().to_string(),
+        replaced,
+        terminated: Vec::new(),
+        strategy,
+        strategy_reason: None,
+        copy,
+    }))
+}
 
 /// The prefix of the restored file while it is checked, in the run directory beside the
 /// database (see [`crate::scratch`]).

@@ -1,0 +1,7 @@
+//! Services several commands use: which snapshot a name means ([`select`]), taking one
+//! ([`take`]), and restoring one ([`restore`]). They return a value or a [`crate::report::Failure`]
+//! and never print.
+
+pub mod restore;
+pub mod select;
+pub mod take;
