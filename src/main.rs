@@ -48,15 +48,15 @@ fn main() -> ExitCode {
                 let mut doc = report.json;
                 if let serde_json::Value::Object(map) = &mut doc {
                     map.insert("command".into(), command.into());
-                    map.insert("ok".into(), (report.code == 0).into());
-                    map.insert("exit_code".into(), report.code.into());
+                    map.insert("ok".into(), (report.code == report::Exit::Success).into());
+                    map.insert("exit_code".into(), report.code.code().into());
                 }
                 format!("{doc:#}\n")
             } else {
                 report.text
             };
             let _ = stdout.write_all(out.as_bytes());
-            report.code
+            report.code.code()
         }
         Err(failure) => {
             if cli.global.json {
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
                 let _ = stdout.write_all(failure.text.as_bytes());
             }
             tracing::error!("{}", failure.message);
-            failure.code
+            failure.code.code()
         }
     };
     let _ = stdout.flush();
@@ -93,7 +93,7 @@ async fn run_until_signalled(cli: &Cli) -> (Result<report::Report, report::Failu
     let (Ok(mut term), Ok(mut int)) = signals else {
         return (commands::run(cli).await, false);
     };
-    let stopped = |sig: &str, code: u8| {
+    let stopped = |sig: &str, code: report::Exit| {
         let message = match migrator::committed::get() {
             Some(what) => format!(
                 "stopped by {sig} after {what}: that change stands; what came after it (records, cleanup) may be incomplete, and temp files were removed"
@@ -107,8 +107,8 @@ async fn run_until_signalled(cli: &Cli) -> (Result<report::Report, report::Failu
     tokio::select! {
         biased;
         r = commands::run(cli) => (r, false),
-        _ = term.recv() => (Err(stopped("SIGTERM", report::EXIT_SIGTERM)), true),
-        _ = int.recv() => (Err(stopped("SIGINT", report::EXIT_SIGINT)), true),
+        _ = term.recv() => (Err(stopped("SIGTERM", report::Exit::Terminated)), true),
+        _ = int.recv() => (Err(stopped("SIGINT", report::Exit::Interrupted)), true),
     }
 }
 

@@ -15,7 +15,7 @@ pub async fn record_and_trim(settings: &Settings, url: &DatabaseUrl, name: &str,
     let mut copies = match state::read_replaced(&settings.state_dir, &db) {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!("not trimming replaced copies: {e}");
+            tracing::warn!("not trimming replaced copies: {}", backup::error::chain(&e));
             return;
         }
     };
@@ -54,7 +54,7 @@ pub async fn record_and_trim(settings: &Settings, url: &DatabaseUrl, name: &str,
         }
     }
     if let Err(e) = state::write_replaced(&settings.state_dir, &db, &kept) {
-        tracing::warn!("recording replaced copies: {e}");
+        tracing::warn!("recording replaced copies: {}", backup::error::chain(&e));
     }
 }
 

@@ -5,30 +5,85 @@ use serde_json::{json, Value};
 
 use crate::settings::SettingsError;
 
-pub const EXIT_FAILED: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_REFUSED: u8 = 3;
-pub const EXIT_LOCK_TIMEOUT: u8 = 4;
-pub const EXIT_RESTORED: u8 = 5;
-/// The batch committed, but an after-migrate hook failed: the deploy is broken (the health
-/// guard restores its pre-deploy snapshot), the database holds the batch.
-pub const EXIT_HOOK_FAILED: u8 = 6;
-/// Stopped by SIGINT / SIGTERM: 128 + the signal's number, the shell's convention.
-pub const EXIT_SIGINT: u8 = 130;
-pub const EXIT_SIGTERM: u8 = 143;
+/// Every exit code dbward uses, and the only place one is chosen: commands return a variant, and
+/// each crate's error kind maps to one in the `From` impls below. docs/contract.md's table is
+/// checked against [`Exit::TABLE`] by the test suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success,
+    /// The operation failed; a failed batch was rolled back.
+    Failed,
+    /// A bad flag or setting.
+    Usage,
+    /// Refused by a safety check before anything changed.
+    Refused,
+    /// The migration lock was not free in time.
+    LockTimeout,
+    /// Unhealthy, and the pre-deploy snapshot was restored.
+    Restored,
+    /// The batch committed, but an after-migrate hook failed: the deploy is broken (the health
+    /// guard restores its pre-deploy snapshot), the database holds the batch.
+    HookFailed,
+    /// Stopped by SIGINT: 128 + the signal's number, the shell's convention.
+    Interrupted,
+    /// Stopped by SIGTERM.
+    Terminated,
+    /// `run` and `locked`: the command's own exit code (128 + a signal that ended it).
+    Child(u8),
+}
+
+impl Exit {
+    /// dbward's own codes, in the contract's order (the test below holds the two together).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub const TABLE: [Exit; 9] = [
+        Exit::Success,
+        Exit::Failed,
+        Exit::Usage,
+        Exit::Refused,
+        Exit::LockTimeout,
+        Exit::Restored,
+        Exit::HookFailed,
+        Exit::Interrupted,
+        Exit::Terminated,
+    ];
+
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Success => 0,
+            Exit::Failed => 1,
+            Exit::Usage => 2,
+            Exit::Refused => 3,
+            Exit::LockTimeout => 4,
+            Exit::Restored => 5,
+            Exit::HookFailed => 6,
+            Exit::Interrupted => 130,
+            Exit::Terminated => 143,
+            Exit::Child(c) => c,
+        }
+    }
+
+    /// A child process's status: its code, or 128 + the signal that ended it.
+    pub fn of_child(status: Option<std::process::ExitStatus>) -> Exit {
+        use std::os::unix::process::ExitStatusExt;
+        let code = status
+            .and_then(|s| s.code().or_else(|| s.signal().map(|n| 128 + n)))
+            .unwrap_or(1);
+        Exit::Child(code.clamp(0, 255) as u8)
+    }
+}
 
 pub struct Report {
     /// Printed on stdout without `--json`.
     pub text: String,
     /// Printed on stdout with `--json`.
     pub json: Value,
-    /// 0; 3 for a `status` that found drift; the command's own code for `run`.
-    pub code: u8,
+    /// Success; `Refused` for a `status` that found drift; the command's own code for `run`.
+    pub code: Exit,
 }
 
 #[derive(Debug)]
 pub struct Failure {
-    pub code: u8,
+    pub code: Exit,
     pub message: String,
     /// Structured details for `--json` (lint findings, drift, ...).
     pub details: Value,
@@ -39,7 +94,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn new(code: u8, message: impl Into<String>) -> Failure {
+    pub fn new(code: Exit, message: impl Into<String>) -> Failure {
         Failure {
             code,
             message: message.into(),
@@ -50,7 +105,7 @@ impl Failure {
     }
 
     pub fn to_json(&self, command: &str) -> Value {
-        let mut doc = json!({ "command": command, "ok": false, "exit_code": self.code, "error": self.message });
+        let mut doc = json!({ "command": command, "ok": false, "exit_code": self.code.code(), "error": self.message });
         if let (Value::Object(doc), Value::Object(details)) = (&mut doc, &self.details) {
             doc.extend(details.clone());
         }
@@ -58,9 +113,30 @@ impl Failure {
     }
 }
 
+/// An error's message, then each cause it carries on its own line, as `Caused by:` (the last
+/// is the root cause).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    if source.is_some() {
+        text.push_str("\nCaused by:");
+    }
+    while let Some(cause) = source {
+        text.push_str(&format!("\n    {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+impl From<crate::state::StateError> for Failure {
+    fn from(e: crate::state::StateError) -> Failure {
+        Failure::new(Exit::Failed, with_causes(&e))
+    }
+}
+
 impl From<SettingsError> for Failure {
     fn from(e: SettingsError) -> Failure {
-        Failure::new(EXIT_USAGE, e.0)
+        Failure::new(Exit::Usage, e.0)
     }
 }
 
@@ -71,11 +147,11 @@ impl From<backup::Error> for Failure {
             return inner.into();
         }
         let code = match e.kind() {
-            ErrorKind::Usage => EXIT_USAGE,
-            ErrorKind::Refused => EXIT_REFUSED,
-            ErrorKind::Failed => EXIT_FAILED,
+            ErrorKind::Usage => Exit::Usage,
+            ErrorKind::Refused => Exit::Refused,
+            ErrorKind::Failed => Exit::Failed,
         };
-        let mut f = Failure::new(code, e.to_string());
+        let mut f = Failure::new(code, with_causes(&e));
         f.damaged = matches!(e, Error::Damaged(_));
         f
     }
@@ -85,10 +161,10 @@ impl From<migrator::Error> for Failure {
     fn from(e: migrator::Error) -> Failure {
         use migrator::{Error, ErrorKind};
         let code = match e.kind() {
-            ErrorKind::Usage => EXIT_USAGE,
-            ErrorKind::Refused => EXIT_REFUSED,
-            ErrorKind::LockTimeout => EXIT_LOCK_TIMEOUT,
-            ErrorKind::Failed => EXIT_FAILED,
+            ErrorKind::Usage => Exit::Usage,
+            ErrorKind::Refused => Exit::Refused,
+            ErrorKind::LockTimeout => Exit::LockTimeout,
+            ErrorKind::Failed => Exit::Failed,
         };
         let details = match &e {
             Error::Files { problems } => json!({ "file_problems": problems }),
@@ -103,10 +179,41 @@ impl From<migrator::Error> for Failure {
         };
         Failure {
             code,
-            message: e.to_string(),
+            message: with_causes(&e),
             details,
             text: String::new(),
             damaged: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Exit;
+
+    /// The contract's exit-code table lists exactly the codes of [`Exit::TABLE`], in order.
+    #[test]
+    fn the_contract_lists_every_exit_code() {
+        let contract = include_str!("../docs/contract.md");
+        let table = contract
+            .split("## Exit codes")
+            .nth(1)
+            .expect("docs/contract.md has an Exit codes section");
+        let documented: Vec<u8> = table
+            .lines()
+            .skip_while(|l| !l.starts_with("|---"))
+            .skip(1)
+            .take_while(|l| l.starts_with('|'))
+            .flat_map(|l| {
+                l.split('|')
+                    .nth(1)
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|c| c.trim().parse::<u8>().expect("a code"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let ours: Vec<u8> = Exit::TABLE.iter().map(|e| e.code()).collect();
+        assert_eq!(documented, ours);
     }
 }

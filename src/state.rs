@@ -54,32 +54,65 @@ fn path(state_dir: &Path, database: &str) -> PathBuf {
     state_dir.join(format!("last-deploy-{database}.json"))
 }
 
-pub fn read(state_dir: &Path, database: &str) -> Result<Option<Deploy>, String> {
+/// A state file that cannot be read, parsed, written or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{what} state file {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state record {where_} is not dbward's JSON (edit or remove it)")]
+    Parse {
+        where_: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StateError {
+    fn io<'a>(
+        what: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(std::io::Error) -> StateError + 'a {
+        move |source| StateError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+pub fn read(state_dir: &Path, database: &str) -> Result<Option<Deploy>, StateError> {
     read_json(&path(state_dir, database))
 }
 
 /// A state file, `None` when it does not exist.
-fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, String> {
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(p) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| format!("{}: {e}", p.display())),
+            .map_err(|source| StateError::Parse {
+                where_: p.display().to_string(),
+                source,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", p.display())),
+        Err(e) => Err(StateError::io("reading the", p)(e)),
     }
 }
 
-pub fn write(state_dir: &Path, database: &str, deploy: &Deploy) -> Result<(), String> {
+pub fn write(state_dir: &Path, database: &str, deploy: &Deploy) -> Result<(), StateError> {
     write_json(state_dir, &path(state_dir, database), deploy)
 }
 
 /// Temp name, fsync, rename, fsync of the directory.
-fn write_json(state_dir: &Path, p: &Path, value: &impl Serialize) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("writing {}: {e}", p.display());
-    backup::scratch::create_private_dir(state_dir).map_err(fail)?;
+fn write_json(state_dir: &Path, p: &Path, value: &impl Serialize) -> Result<(), StateError> {
+    backup::scratch::create_private_dir(state_dir).map_err(StateError::io("writing the", p))?;
     // 0600: the state names hosts, databases and snapshots.
     let bytes = serde_json::to_vec_pretty(value).expect("serializes");
-    backup::scratch::write_atomic(p, &bytes, 0o600).map_err(fail)
+    backup::scratch::write_atomic(p, &bytes, 0o600).map_err(StateError::io("writing the", p))
 }
 
 /// A batch the health guard rolled back: `migrate` refuses to apply the same batch again (a
@@ -130,21 +163,21 @@ fn failed_path(state_dir: &Path, database: &str) -> PathBuf {
     state_dir.join(format!("failed-batch-{database}.json"))
 }
 
-pub fn read_failed(state_dir: &Path, database: &str) -> Result<Option<FailedBatch>, String> {
+pub fn read_failed(state_dir: &Path, database: &str) -> Result<Option<FailedBatch>, StateError> {
     read_json(&failed_path(state_dir, database))
 }
 
-pub fn write_failed(state_dir: &Path, database: &str, f: &FailedBatch) -> Result<(), String> {
+pub fn write_failed(state_dir: &Path, database: &str, f: &FailedBatch) -> Result<(), StateError> {
     write_json(state_dir, &failed_path(state_dir, database), f)
 }
 
 /// Forgets the failed batch (a batch was applied since, or `--retry-failed` succeeded).
-pub fn clear_failed(state_dir: &Path, database: &str) -> Result<(), String> {
+pub fn clear_failed(state_dir: &Path, database: &str) -> Result<(), StateError> {
     let p = failed_path(state_dir, database);
     match std::fs::remove_file(&p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("removing {}: {e}", p.display())),
+        Err(e) => Err(StateError::io("removing the", &p)(e)),
     }
 }
 
@@ -166,7 +199,7 @@ fn replaced_path(state_dir: &Path, database: &str) -> PathBuf {
     state_dir.join(format!("replaced-{database}.json"))
 }
 
-pub fn read_replaced(state_dir: &Path, database: &str) -> Result<Vec<ReplacedCopy>, String> {
+pub fn read_replaced(state_dir: &Path, database: &str) -> Result<Vec<ReplacedCopy>, StateError> {
     Ok(read_json(&replaced_path(state_dir, database))?.unwrap_or_default())
 }
 
@@ -174,7 +207,7 @@ pub fn write_replaced(
     state_dir: &Path,
     database: &str,
     copies: &[ReplacedCopy],
-) -> Result<(), String> {
+) -> Result<(), StateError> {
     write_json(state_dir, &replaced_path(state_dir, database), &copies)
 }
 
@@ -190,19 +223,25 @@ pub async fn find_failed(
     state_dir: &Path,
     store: &backup::Store,
     database: &str,
-) -> Result<Option<FailedBatch>, String> {
+) -> Result<Option<FailedBatch>, StateError> {
     if let Some(f) = read_failed(state_dir, database)? {
         return Ok(Some(f));
     }
     match store.get_bytes(&failed_key(database)).await {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| format!("{}: {e}", store.describe(&failed_key(database)))),
+            .map_err(|source| StateError::Parse {
+                where_: store.describe(&failed_key(database)),
+                source,
+            }),
         Err(backup::Error::Missing(_)) => Ok(None),
         Err(e) => {
             // The state dir is the first record; a store that cannot answer now must not stop
             // a deploy that needs no snapshot.
-            tracing::warn!("could not read the failed-batch record from the store: {e}");
+            tracing::warn!(
+                "could not read the failed-batch record from the store: {}",
+                backup::error::chain(&e)
+            );
             Ok(None)
         }
     }

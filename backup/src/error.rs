@@ -62,11 +62,17 @@ pub enum Error {
     #[error(transparent)]
     Database(#[from] migrator::Error),
 
-    #[error("{context}: {source}")]
+    /// A file operation failed; `context` says which and why it was done.
+    #[error("{context}")]
     Io {
         context: String,
+        #[source]
         source: std::io::Error,
     },
+
+    /// A server tool (`pg_dump`, `pg_restore`) that cannot be run or read.
+    #[error("{tool}: {problem} (are the PostgreSQL client tools installed and on PATH?)")]
+    Tool { tool: String, problem: String },
 }
 
 impl Error {
@@ -85,4 +91,16 @@ impl Error {
         let context = context.into();
         move |source| Error::Io { context, source }
     }
+}
+
+/// An error and its causes on one line (`what: cause: root cause`), for logs and for text
+/// that carries an error on; the binary prints a failure's causes as `Caused by:` lines.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }

@@ -22,9 +22,10 @@ pub enum ErrorKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("migrations folder {}: {source} (setting `database.migrations`, flag --migrations)", path.display())]
+    #[error("cannot read the migrations folder {} (setting `database.migrations`, flag --migrations)", path.display())]
     Folder {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
 

@@ -81,9 +81,9 @@ fn classify(e: backup::Error) -> CheckFailure {
     match e {
         // A missing key is this machine's, not the snapshot's.
         backup::Error::NoSpace(_) | backup::Error::Io { .. } | backup::Error::NoKey(_) => {
-            CheckFailure::Environment(e.to_string())
+            CheckFailure::Environment(backup::error::chain(&e))
         }
-        e => CheckFailure::Snapshot(e.to_string()),
+        e => CheckFailure::Snapshot(backup::error::chain(&e)),
     }
 }
 

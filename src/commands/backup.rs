@@ -4,7 +4,7 @@ use serde_json::json;
 
 use super::database_url;
 use crate::cli::BackupArgs;
-use crate::report::{Failure, Report};
+use crate::report::{Exit, Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failure> {
@@ -20,6 +20,6 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
     Ok(Report {
         text: format!("{}\n", m.id),
         json: json!({ "snapshot": m, "pruned": pruned }),
-        code: 0,
+        code: Exit::Success,
     })
 }

@@ -10,7 +10,7 @@ use migrator::Database;
 
 use super::database_url;
 use crate::cli::BaselineArgs;
-use crate::report::{Failure, Report, EXIT_REFUSED, EXIT_USAGE};
+use crate::report::{Exit, Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Failure> {
@@ -18,7 +18,7 @@ pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Fai
     let files = migrator::discover(&settings.migrations)?.versioned;
     if !files.iter().any(|f| f.version == args.version) {
         return Err(Failure::new(
-            EXIT_USAGE,
+            Exit::Usage,
             format!(
                 "no migration V{} in {}: baseline names the newest migration the database already holds",
                 args.version,
@@ -31,7 +31,7 @@ pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Fai
     let applied = db.applied().await?;
     if !applied.is_empty() {
         return Err(Failure::new(
-            EXIT_REFUSED,
+            Exit::Refused,
             format!(
                 "{} already has a migration history ({} applied, newest V{}); baseline only adopts a database that has none. Nothing was recorded.",
                 url.display(),
@@ -42,7 +42,7 @@ pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Fai
     }
     if !db.has_user_tables().await? {
         return Err(Failure::new(
-            EXIT_REFUSED,
+            Exit::Refused,
             format!(
                 "{} has no tables: there is nothing to adopt; run `dbward migrate` to create it from the migrations. Nothing was recorded.",
                 url.display()
@@ -68,6 +68,6 @@ pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Fai
             "database": url.display(),
             "recorded": upto.iter().map(|f| json!({ "version": f.version, "name": f.name, "checksum": f.checksum.to_string() })).collect::<Vec<_>>(),
         }),
-        code: 0,
+        code: Exit::Success,
     })
 }

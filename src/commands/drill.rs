@@ -11,7 +11,7 @@ use restore_drill::{Options, Scratch, Verdict};
 
 use super::database_url;
 use crate::cli::DrillArgs;
-use crate::report::{Failure, Report, EXIT_FAILED, EXIT_USAGE};
+use crate::report::{Exit, Failure, Report};
 use crate::service::select::resolve;
 use crate::settings::Settings;
 
@@ -32,7 +32,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
         )?;
         if all.is_empty() {
             return Err(Failure::new(
-                EXIT_FAILED,
+                Exit::Failed,
                 format!("no snapshot of {} in {}", url.name(), settings.store),
             ));
         }
@@ -51,7 +51,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
             DatabaseUrl::Postgres(pg) => Scratch::Server(pg),
             DatabaseUrl::Sqlite(_) => {
                 return Err(Failure::new(
-                    EXIT_USAGE,
+                    Exit::Usage,
                     "drill.database must be a postgres:// URL for a PostgreSQL snapshot",
                 ))
             }
@@ -119,11 +119,12 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     let report_json = serde_json::to_value(&report).expect("serializes");
     if let Some(path) = &args.report {
         std::fs::write(path, format!("{report_json:#}\n"))
-            .map_err(|e| Failure::new(EXIT_FAILED, format!("--report {}: {e}", path.display())))?;
+            .map_err(|e| Failure::new(Exit::Failed, format!("--report {}: {e}", path.display())))?;
     }
     if let Some(path) = args.metrics.as_ref().or(settings.drill.metrics.as_ref()) {
-        restore_drill::metrics::write(path, &report)
-            .map_err(|e| Failure::new(EXIT_FAILED, format!("--metrics {}: {e}", path.display())))?;
+        restore_drill::metrics::write(path, &report).map_err(|e| {
+            Failure::new(Exit::Failed, format!("--metrics {}: {e}", path.display()))
+        })?;
     }
 
     let mut text = format!(
@@ -151,7 +152,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
         Ok(Report {
             text,
             json: json!({ "report": report_json }),
-            code: 0,
+            code: Exit::Success,
         })
     } else {
         let failed = report
@@ -159,7 +160,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
             .map(|c| format!("{}: {}", c.name, c.detail))
             .unwrap_or_default();
         Err(Failure {
-            code: EXIT_FAILED,
+            code: Exit::Failed,
             message: format!("restore drill of {} failed at {failed}", m.id),
             details: json!({ "report": report_json }),
             text,

@@ -12,7 +12,7 @@ use migrator::Database;
 use super::database_url;
 use crate::cli::{HealthArgs, HealthFlags};
 use crate::probe;
-use crate::report::{Failure, Report, EXIT_FAILED, EXIT_RESTORED};
+use crate::report::{Exit, Failure, Report};
 use crate::service::restore::{restore_snapshot, Options};
 use crate::service::select::resolve;
 use crate::settings::{Health, OnFailure, Settings};
@@ -38,12 +38,12 @@ pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failu
                 waited.as_secs_f64()
             ),
             json: json!({ "healthy": true, "status": status, "seconds": waited.as_secs_f64() }),
-            code: 0,
+            code: Exit::Success,
         }),
         Err(reason) if args.restore_on_failure => {
             Err(guard(settings, &reason, health.on_failure).await)
         }
-        Err(reason) => Err(Failure::new(EXIT_FAILED, format!("unhealthy: {reason}"))),
+        Err(reason) => Err(Failure::new(Exit::Failed, format!("unhealthy: {reason}"))),
     }
 }
 
@@ -220,13 +220,11 @@ async fn guard_inner(
     let url = database_url(settings)?;
     let not = |why: String| {
         Failure::new(
-            EXIT_FAILED,
+            Exit::Failed,
             format!("unhealthy: {reason}. Not restoring: {why}"),
         )
     };
-    let Some(mut deploy) =
-        state::read(&settings.state_dir, &url.name()).map_err(|e| Failure::new(EXIT_FAILED, e))?
-    else {
+    let Some(mut deploy) = state::read(&settings.state_dir, &url.name())? else {
         return Err(not(format!(
             "no deploy of {} is recorded in {}",
             url.display(),
@@ -347,7 +345,10 @@ async fn guard_inner(
         batch,
     };
     if let Err(e) = state::write_failed(&settings.state_dir, &url.name(), &failed) {
-        tracing::error!("recording the failed batch in the state dir failed: {e}");
+        tracing::error!(
+            "recording the failed batch in the state dir failed: {}",
+            backup::error::chain(&e)
+        );
     }
     let json = serde_json::to_vec_pretty(&failed).expect("serializes");
     if let Err(e) = store.put(&state::failed_key(&url.name()), &json).await {
@@ -368,7 +369,10 @@ async fn guard_inner(
     let now = backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc());
     deploy.restored = Some(now.clone());
     if let Err(e) = state::write(&settings.state_dir, &url.name(), &deploy) {
-        tracing::error!("restored, but recording it failed: {e}");
+        tracing::error!(
+            "restored, but recording it failed: {}",
+            backup::error::chain(&e)
+        );
     }
     let logged = guard_entry(
         "restore",
@@ -385,7 +389,7 @@ async fn guard_inner(
         .map(|r| r.to_string())
         .unwrap_or_default();
     Ok(Failure {
-        code: EXIT_RESTORED,
+        code: Exit::Restored,
         message: format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true)),
         details: json!({ "restored": outcome, "discarded": discard, "not_additive": deploy.not_additive }),
         text: String::new(),

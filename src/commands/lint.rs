@@ -5,7 +5,7 @@ use serde_json::json;
 use migrator::{DatabaseUrl, Dialect, Severity};
 
 use super::dialect;
-use crate::report::{Failure, Report, EXIT_REFUSED};
+use crate::report::{Exit, Failure, Report};
 use crate::settings::Settings;
 
 pub fn run(settings: &Settings) -> Result<Report, Failure> {
@@ -36,6 +36,10 @@ pub fn run(settings: &Settings) -> Result<Report, Failure> {
             "warnings": warnings,
             "findings": findings,
         }),
-        code: if errors > 0 { EXIT_REFUSED } else { 0 },
+        code: if errors > 0 {
+            Exit::Refused
+        } else {
+            Exit::Success
+        },
     })
 }

@@ -10,7 +10,7 @@ use migrator::{Database, DatabaseUrl, Kind, Plan, Severity};
 
 use super::{database_url, dialect};
 use crate::cli::MigrateArgs;
-use crate::report::{Failure, Report};
+use crate::report::{Exit, Failure, Report};
 use crate::settings::Settings;
 use crate::state;
 
@@ -27,7 +27,7 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         Ok(r) => (&r.json, "applied".to_string()),
         Err(f) => (
             &f.details,
-            format!("failed (exit {}): {}", f.code, f.message),
+            format!("failed (exit {}): {}", f.code.code(), f.message),
         ),
     };
     let applied: Vec<i64> = doc["applied"]
@@ -187,11 +187,14 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     }
     // A batch went through: any record of a rolled-back one is stale.
     if let Err(e) = state::clear_failed(&settings.state_dir, &url.name()) {
-        tracing::warn!("{e}");
+        tracing::warn!("{}", backup::error::chain(&e));
     }
     if let Ok(store) = settings.store().await {
         if let Err(e) = store.delete(&state::failed_key(&url.name())).await {
-            tracing::warn!("removing the failed-batch record from the store: {e}");
+            tracing::warn!(
+                "removing the failed-batch record from the store: {}",
+                backup::error::chain(&e)
+            );
         }
     }
     let head_text = head
@@ -245,7 +248,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
             names.join(", ")
         ),
         json,
-        code: 0,
+        code: Exit::Success,
     })
 }
 
@@ -287,7 +290,7 @@ async fn nothing_pending(
                 Ok(Report {
                     text: format!("nothing pending; database at {head_text}; the after-migrate hooks of the deploy at {} passed this time\n", deploy.at),
                     json,
-                    code: 0,
+                    code: Exit::Success,
                 })
             }
             Err(e) => {
@@ -337,7 +340,7 @@ async fn nothing_pending(
     Ok(Report {
         text: format!("nothing pending; database at {head_text}\n"),
         json,
-        code: 0,
+        code: Exit::Success,
     })
 }
 
@@ -377,7 +380,7 @@ fn hook_failure(
         )
     };
     Failure {
-        code: crate::report::EXIT_HOOK_FAILED,
+        code: Exit::HookFailed,
         message: format!("{e}; {what}; this deploy is broken: {undo}"),
         details,
         text: String::new(),
@@ -397,8 +400,11 @@ fn applied_json(f: &migrator::MigrationFile) -> serde_json::Value {
 fn record(settings: &Settings, url: &DatabaseUrl, deploy: &state::Deploy) -> Result<(), Failure> {
     state::write(&settings.state_dir, &url.name(), deploy).map_err(|e| {
         Failure::new(
-            crate::report::EXIT_FAILED,
-            format!("the migrations were applied, but recording the deploy failed: {e}"),
+            Exit::Failed,
+            format!(
+                "the migrations were applied, but recording the deploy failed: {}",
+                backup::error::chain(&e)
+            ),
         )
     })
 }
@@ -412,10 +418,7 @@ async fn refuse_failed_batch(
     retry: bool,
 ) -> Result<(), Failure> {
     let store = settings.store().await?;
-    let Some(failed) = state::find_failed(&settings.state_dir, &store, &url.name())
-        .await
-        .map_err(|e| Failure::new(crate::report::EXIT_FAILED, e))?
-    else {
+    let Some(failed) = state::find_failed(&settings.state_dir, &store, &url.name()).await? else {
         return Ok(());
     };
     // Compared as sets: the guard read repeatable files back in the database's collation order.
@@ -438,7 +441,7 @@ async fn refuse_failed_batch(
         return Ok(());
     }
     Err(Failure::new(
-        crate::report::EXIT_REFUSED,
+        Exit::Refused,
         format!(
             "this batch ({}) was rolled back by the health guard at {} (the app was unhealthy: {}; it restored snapshot {}). \
              Not applying it again: ship a fixed release (any changed or added migration makes a new batch), \
@@ -475,7 +478,7 @@ async fn warn_if_snapshots_exist(settings: &Settings, url: &DatabaseUrl) {
 
 /// A failure point of the crash-consistency suite (nothing without the `failpoints` feature).
 fn failpoint(name: &str) -> Result<(), Failure> {
-    migrator::failpoint::hit(name).map_err(|e| Failure::new(crate::report::EXIT_FAILED, e))
+    migrator::failpoint::hit(name).map_err(|e| Failure::new(Exit::Failed, e))
 }
 
 fn head_text(plan: &Plan) -> String {
@@ -526,6 +529,6 @@ async fn dry_run(
     Ok(Report {
         text,
         json,
-        code: 0,
+        code: Exit::Success,
     })
 }

@@ -16,7 +16,7 @@ mod status;
 use migrator::{DatabaseUrl, Dialect};
 
 use crate::cli::{Cli, Command};
-use crate::report::{Failure, Report};
+use crate::report::{Exit, Failure, Report};
 use crate::settings::Settings;
 
 pub fn name(command: &Command) -> &'static str {
@@ -75,21 +75,15 @@ async fn locked(settings: &Settings, args: &crate::cli::LockedArgs) -> Result<Re
     );
     let mut c = crate::hooks::command(settings, program);
     c.args(rest);
-    let status = c.status().await.map_err(|e| {
-        Failure::new(
-            crate::report::EXIT_FAILED,
-            format!("starting {program}: {e}"),
-        )
-    })?;
-    use std::os::unix::process::ExitStatusExt;
-    let code = status
-        .code()
-        .or_else(|| status.signal().map(|n| 128 + n))
-        .unwrap_or(1);
+    let status = c
+        .status()
+        .await
+        .map_err(|e| Failure::new(Exit::Failed, format!("starting {program}: {e}")))?;
+    let code = Exit::of_child(Some(status));
     Ok(Report {
         text: String::new(),
-        json: serde_json::json!({ "command_exit_code": code }),
-        code: code.clamp(0, 255) as u8,
+        json: serde_json::json!({ "command_exit_code": code.code() }),
+        code,
     })
 }
 
@@ -124,7 +118,7 @@ async fn deploys_list(settings: &Settings) -> Result<Report, Failure> {
             &rows,
         ),
         json: serde_json::json!({ "database": url.name(), "deploys": entries }),
-        code: 0,
+        code: Exit::Success,
     })
 }
 

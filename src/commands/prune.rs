@@ -4,13 +4,13 @@ use serde_json::json;
 
 use super::{database_url, table};
 use crate::cli::PruneArgs;
-use crate::report::{Failure, Report, EXIT_USAGE};
+use crate::report::{Exit, Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failure> {
     if settings.retention.is_empty() {
         return Err(Failure::new(
-            EXIT_USAGE,
+            Exit::Usage,
             "no retention policy: set keep_last, keep_daily, keep_weekly or keep_monthly under [retention] in the config file (prune never deletes by default)",
         ));
     }
@@ -43,8 +43,9 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
                 mirrors.push(json!({ "mirror": n, "removed": r.removed, "orphans": r.orphans }))
             }
             Err(e) => {
+                let e = backup::error::chain(&e);
                 tracing::warn!("retention in mirror {n}: {e}");
-                mirrors.push(json!({ "mirror": n, "error": e.to_string() }));
+                mirrors.push(json!({ "mirror": n, "error": e }));
             }
         }
     }
@@ -95,6 +96,6 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
     Ok(Report {
         text,
         json,
-        code: 0,
+        code: Exit::Success,
     })
 }

@@ -6,7 +6,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use super::database_url;
 use crate::cli::RestoreArgs;
-use crate::report::{Failure, Report, EXIT_USAGE};
+use crate::report::{Exit, Failure, Report};
 use crate::service::restore::{restore_if_missing, restore_snapshot, Options};
 use crate::service::select::resolve;
 use crate::settings::Settings;
@@ -16,7 +16,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Fail
     if args.if_missing {
         if args.snapshot != "latest" || args.to.is_some() {
             return Err(Failure::new(
-                EXIT_USAGE,
+                Exit::Usage,
                 "--if-missing restores `latest` into the database itself (no --to)",
             ));
         }
@@ -24,7 +24,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Fail
         return Ok(Report {
             text: format!("{}\n", outcome.message(&url)),
             json: outcome.json(),
-            code: 0,
+            code: Exit::Success,
         });
     }
     let stores = settings.stores().await?;
@@ -59,7 +59,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Fail
                 .unwrap_or_default()
         ),
         json: serde_json::to_value(&restored).expect("serializes"),
-        code: 0,
+        code: Exit::Success,
     })
 }
 
@@ -70,7 +70,7 @@ fn confirm(yes: bool, question: &str) -> Result<(), Failure> {
     }
     if !std::io::stdin().is_terminal() {
         return Err(Failure::new(
-            EXIT_USAGE,
+            Exit::Usage,
             "restore replaces the database: pass --yes to confirm (no terminal to ask on)",
         ));
     }
@@ -82,7 +82,7 @@ fn confirm(yes: bool, question: &str) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::new(
-            EXIT_USAGE,
+            Exit::Usage,
             "not confirmed; nothing was restored",
         ))
     }

@@ -10,14 +10,14 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{MigrateArgs, RunArgs};
-use crate::report::{Failure, Report, EXIT_FAILED, EXIT_USAGE};
+use crate::report::{Exit, Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure> {
     let health = args.health.apply(&settings.health);
     if health.url.is_none() {
         return Err(Failure::new(
-            EXIT_USAGE,
+            Exit::Usage,
             "run needs a health URL: --url, DBWARD_HEALTH_URL, or `url` under [health]",
         ));
     }
@@ -32,21 +32,21 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
     match super::migrate::run(settings, &migrate).await {
         Ok(_) => {}
         // The batch is in, its hook failed: the deploy is broken, so the guard acts at once.
-        Err(f) if f.code == crate::report::EXIT_HOOK_FAILED => {
+        Err(f) if f.code == Exit::HookFailed => {
             return Err(super::health::guard(settings, &f.message, health.on_failure).await)
         }
         Err(f) => return Err(f),
     }
 
     let mut term =
-        signal(SignalKind::terminate()).map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))?;
+        signal(SignalKind::terminate()).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
     let mut int =
-        signal(SignalKind::interrupt()).map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))?;
+        signal(SignalKind::interrupt()).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
     let (program, rest) = args.cmd.split_first().expect("clap requires CMD");
     let mut child = Command::new(program)
         .args(rest)
         .spawn()
-        .map_err(|e| Failure::new(EXIT_FAILED, format!("starting {program}: {e}")))?;
+        .map_err(|e| Failure::new(Exit::Failed, format!("starting {program}: {e}")))?;
     let pid = child.id().unwrap_or_default() as i32;
     // As a container's process 1, orphans of the application are ours to reap.
     let _reaper = (std::process::id() == 1).then(|| tokio::spawn(reap_orphans(pid)));
@@ -152,14 +152,11 @@ async fn stop(child: &mut Child, pid: i32, grace: Duration) {
 
 /// CMD's exit code, or 128 + the signal that ended it (the shell's convention).
 fn finished(status: Option<ExitStatus>) -> Report {
-    use std::os::unix::process::ExitStatusExt;
-    let code = status
-        .and_then(|s| s.code().or_else(|| s.signal().map(|n| 128 + n)))
-        .unwrap_or(1);
+    let code = Exit::of_child(status);
     Report {
         text: String::new(),
-        json: json!({ "command_exit_code": code }),
-        code: code.clamp(0, 255) as u8,
+        json: json!({ "command_exit_code": code.code() }),
+        code,
     }
 }
 

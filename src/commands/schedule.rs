@@ -18,7 +18,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::ScheduleArgs;
 use crate::notify;
-use crate::report::{Failure, Report, EXIT_FAILED, EXIT_USAGE};
+use crate::report::{Exit, Failure, Report};
 use crate::settings::{Schedule, Settings};
 
 /// How long a running job gets after SIGTERM when the scheduler stops, before SIGKILL.
@@ -65,7 +65,7 @@ pub async fn run(settings: &Settings, args: &ScheduleArgs) -> Result<Report, Fai
     let (jobs, tz) = jobs(&settings.schedule)?;
     if jobs.is_empty() {
         return Err(Failure::new(
-            EXIT_USAGE,
+            Exit::Usage,
             "no jobs: set backup, drill or prune (cron expressions) under [schedule]",
         ));
     }
@@ -97,14 +97,14 @@ pub async fn run(settings: &Settings, args: &ScheduleArgs) -> Result<Report, Fai
         return Ok(Report {
             text,
             json: json!({ "jobs": out }),
-            code: 0,
+            code: Exit::Success,
         });
     }
 
     let mut term =
-        signal(SignalKind::terminate()).map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))?;
+        signal(SignalKind::terminate()).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
     let mut int =
-        signal(SignalKind::interrupt()).map_err(|e| Failure::new(EXIT_FAILED, e.to_string()))?;
+        signal(SignalKind::interrupt()).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
     let running: Arc<Mutex<HashMap<&'static str, u32>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut next: Vec<Option<DateTime<Utc>>> = jobs
@@ -185,7 +185,7 @@ pub async fn run(settings: &Settings, args: &ScheduleArgs) -> Result<Report, Fai
     Ok(Report {
         text: String::new(),
         json: json!({ "stopped": true }),
-        code: 0,
+        code: Exit::Success,
     })
 }
 
@@ -332,7 +332,7 @@ fn jobs(s: &Schedule) -> Result<(Vec<Job>, Tz), Failure> {
         "local" => Tz::Local,
         other => {
             return Err(Failure::new(
-                EXIT_USAGE,
+                Exit::Usage,
                 format!("config key schedule.timezone: `{other}` is not UTC or local"),
             ))
         }
@@ -346,7 +346,7 @@ fn jobs(s: &Schedule) -> Result<(Vec<Job>, Tz), Failure> {
         let Some(expr) = expr else { continue };
         let schedule = parse(expr).map_err(|e| {
             Failure::new(
-                EXIT_USAGE,
+                Exit::Usage,
                 format!("config key schedule.{name}: `{expr}`: {e}"),
             )
         })?;

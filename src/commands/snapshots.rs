@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 
 use super::{database_url, table};
 use crate::cli::SnapshotsArgs;
-use crate::report::{Failure, Report};
+use crate::report::{Exit, Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Failure> {
@@ -36,6 +36,7 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
                 }
             }
             Err(e) => {
+                let e = backup::error::chain(&e);
                 tracing::warn!("mirror {n}: {e}");
                 unreachable.push(format!(
                     "mirror {n} ({}): {e}",
@@ -116,7 +117,7 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
     Ok(Report {
         text,
         json: json!({ "database": url.name(), "store": settings.store, "mirrors": settings.store_mirrors, "snapshots": all, "copies": copies, "unreachable": unreachable, "damaged": damaged, "drills": drills }),
-        code: 0,
+        code: Exit::Success,
     })
 }
 

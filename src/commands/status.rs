@@ -6,7 +6,7 @@ use migrator::database::Open;
 use migrator::{Database, DatabaseUrl, Drift, Plan};
 
 use super::{database_url, table};
-use crate::report::{Failure, Report, EXIT_REFUSED};
+use crate::report::{Exit, Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings) -> Result<Report, Failure> {
@@ -126,9 +126,9 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             "replaced_copies": replaced.iter().map(|(c, size)| json!({ "name": c.name, "at": c.at, "snapshot": c.snapshot, "bytes": size })).collect::<Vec<_>>(),
         }),
         code: if plan.drift.is_empty() {
-            0
+            Exit::Success
         } else {
-            EXIT_REFUSED
+            Exit::Refused
         },
     })
 }

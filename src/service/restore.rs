@@ -11,7 +11,7 @@ use backup::restore::{self, Outcome, Replaced};
 use migrator::DatabaseUrl;
 
 use super::select::in_order;
-use crate::report::{Failure, EXIT_FAILED, EXIT_USAGE};
+use crate::report::{Exit, Failure};
 use crate::settings::Settings;
 
 /// How long a restore waits for a running `migrate` (the same default as `--lock-timeout`).
@@ -88,7 +88,7 @@ pub async fn restore_if_missing(
         let listing = match backup::list_all(store, &url.name()).await {
             Ok(l) => l,
             Err(e) if n + 1 < stores.len() => {
-                tracing::warn!("{e}");
+                tracing::warn!("{}", backup::error::chain(&e));
                 continue;
             }
             Err(e) => return Err(e.into()),
@@ -148,7 +148,7 @@ pub async fn restore_if_missing(
         }
     }
     Err(Failure::new(
-        crate::report::EXIT_FAILED,
+        Exit::Failed,
         format!(
             "{} is missing, and none of its {} snapshot(s) verifies; nothing was restored",
             url.display(),
@@ -168,7 +168,7 @@ pub async fn restore_snapshot(
 ) -> Result<Restored, Failure> {
     restore_with(settings, stores, url, m, opts, false)
         .await?
-        .ok_or_else(|| Failure::new(EXIT_FAILED, "the restore found the database present"))
+        .ok_or_else(|| Failure::new(Exit::Failed, "the restore found the database present"))
 }
 
 /// [`restore_snapshot`]; with `if_missing`, only while the database is still missing once the
@@ -246,7 +246,7 @@ async fn restore_postgres(
     // An encrypted snapshot no identity opens is refused here, before a session is ended,
     // a database created, or an in-place restore's snapshot taken.
     let header = std::fs::File::open(&fetched)
-        .map_err(|e| Failure::new(EXIT_FAILED, format!("opening {}: {e}", fetched.display())))?;
+        .map_err(|e| Failure::new(Exit::Failed, format!("opening {}: {e}", fetched.display())))?;
     identities.check_opens(header, m)?;
     let (target_url, to) = match &opts.to {
         Some(to) => match DatabaseUrl::parse(to)? {
@@ -256,7 +256,7 @@ async fn restore_postgres(
             }
             DatabaseUrl::Sqlite(_) => {
                 return Err(Failure::new(
-                    EXIT_USAGE,
+                    Exit::Usage,
                     "--to: a PostgreSQL snapshot restores into a postgres:// URL",
                 ))
             }

@@ -3,7 +3,7 @@
 
 use migrator::DatabaseUrl;
 
-use crate::report::{Failure, EXIT_FAILED};
+use crate::report::{Exit, Failure};
 use crate::settings::Settings;
 use crate::state;
 
@@ -87,24 +87,23 @@ async fn resolve_in(
     let id = match which {
         "latest" => mine.first().map(|m| m.id.clone()),
         "pre-deploy" => {
-            let deploy = state::read(&settings.state_dir, &url.name())
-                .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+            let deploy = state::read(&settings.state_dir, &url.name())?;
             match deploy.and_then(|d| d.pre_deploy_snapshot) {
                 Some(id) => Some(id),
-                None => return Err(Failure::new(EXIT_FAILED, format!("the last `migrate` of {} took no pre-deploy snapshot (nothing was pending, or it was a first deploy); name a snapshot id instead", url.display()))),
+                None => return Err(Failure::new(Exit::Failed, format!("the last `migrate` of {} took no pre-deploy snapshot (nothing was pending, or it was a first deploy); name a snapshot id instead", url.display()))),
             }
         }
         id => Some(id.to_string()),
     };
     let Some(id) = id else {
         return Err(Failure::new(
-            EXIT_FAILED,
+            Exit::Failed,
             format!("no snapshot of {} in {}", url.name(), settings.store),
         ));
     };
     all.into_iter().find(|m| m.id == id).ok_or_else(|| {
         Failure::new(
-            EXIT_FAILED,
+            Exit::Failed,
             format!(
                 "snapshot {id} is not in {} (see `dbward snapshots`)",
                 settings.store

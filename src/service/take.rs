@@ -34,7 +34,7 @@ pub async fn retain(
             Ok(r) if n == 0 => removed = Some(r.removed),
             Ok(_) => {}
             Err(e) if n == 0 => return Err(e.into()),
-            Err(e) => tracing::warn!("retention in mirror {n}: {e}"),
+            Err(e) => tracing::warn!("retention in mirror {n}: {}", backup::error::chain(&e)),
         }
     }
     Ok(removed)
@@ -75,10 +75,11 @@ pub async fn snapshot(
     let taken = result?;
     for (i, e) in &taken.failed_mirrors {
         tracing::warn!(
-            "snapshot {} has no copy in mirror {} ({}): {e} (store.require = primary: going on)",
+            "snapshot {} has no copy in mirror {} ({}): {} (store.require = primary: going on)",
             taken.manifest.id,
             i + 1,
-            settings.store_mirrors[*i]
+            settings.store_mirrors[*i],
+            backup::error::chain(e)
         );
     }
     if !mirrors.is_empty() {

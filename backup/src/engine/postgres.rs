@@ -133,16 +133,21 @@ use migrator::sql::ident;
 
 /// `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → `15.18`.
 pub fn tool_version(tool: &str) -> Result<String, Error> {
-    let out = Command::new(tool).arg("--version").output().map_err(|e| {
-        Error::Source(format!(
-            "running {tool} --version: {e} (are the PostgreSQL client tools installed?)"
-        ))
-    })?;
+    let out = Command::new(tool)
+        .arg("--version")
+        .output()
+        .map_err(|e| Error::Tool {
+            tool: tool.to_string(),
+            problem: format!("running `{tool} --version`: {e}"),
+        })?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
         .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()))
         .map(str::to_string)
-        .ok_or_else(|| Error::Source(format!("cannot read a version from `{}`", text.trim())))
+        .ok_or_else(|| Error::Tool {
+            tool: tool.to_string(),
+            problem: format!("cannot read a version from `{}`", text.trim()),
+        })
 }
 
 pub fn major(version: &str) -> u32 {

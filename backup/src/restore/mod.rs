@@ -144,7 +144,7 @@ pub async fn fetch_any(
             Err(e @ Error::NoSpace(_)) => return Err(e),
             Err(e) if stores.len() == 1 => return Err(e),
             Err(e) => {
-                tracing::warn!("{e}");
+                tracing::warn!("{}", crate::error::chain(&e));
                 problems.push(e);
             }
         }
@@ -152,7 +152,7 @@ pub async fn fetch_any(
     let all_refused = problems.iter().all(|e| matches!(e, Error::Damaged(_)));
     let text = problems
         .iter()
-        .map(|e| e.to_string())
+        .map(|e| crate::error::chain(e))
         .collect::<Vec<_>>()
         .join("\n");
     Err(if all_refused {
