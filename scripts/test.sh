@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it. Installs what is missing first (Debian, as root):
 # PostgreSQL server binaries, sqlite3, zstd, openssl, pgbouncer, systemd-analyze (the recipe
 # units are verified), curl (the cron recipe pings with it), PyYAML (compose files are parsed),
-# age (encrypted snapshots are opened with the real CLI),
+# age (encrypted snapshots are opened with the real CLI), dpkg-deb and cargo-deb (the Debian
+# package is built and installed),
 # the S3 test server s3s-fs, boto3 and croniter.
 # Nothing in the suite skips: a dependency this script cannot install fails the run.
 set -euo pipefail
@@ -21,6 +22,7 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v age >/dev/null || missing+=(age)
+command -v dpkg-deb >/dev/null || missing+=(dpkg-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   [ "$(id -u)" = 0 ] || { echo "need root to install ${missing[*]} (or install them yourself)" >&2; exit 1; }
@@ -48,6 +50,7 @@ if ! command -v s3s-fs >/dev/null; then
   cargo install s3s-fs --version 0.14.1 --locked --features binary --quiet
 fi
 command -v cargo-nextest >/dev/null || { log "installing cargo-nextest"; cargo install cargo-nextest --locked --quiet; }
+command -v cargo-deb >/dev/null || { log "installing cargo-deb"; cargo install cargo-deb --locked --quiet; }
 
 # Every test server keeps its files under this run's own directory (tests/common: server_dir),
 # so the cleanup ends exactly the servers a killed test process left (Drop did not run), and
@@ -62,6 +65,18 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+log "package"
+# The Debian package tests/package.rs installs (and purges) on this machine.
+DBWARD_TEST_DEB=$(scripts/package.sh | tail -1)
+export DBWARD_TEST_DEB
+# The container image: built where a Docker engine answers; said loudly where none does.
+if docker info >/dev/null 2>&1; then
+  log "docker build"
+  docker build -q -t dbward:test . >/dev/null
+  [ "$(docker run --rm dbward:test --version)" = "dbward $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ]
+else
+  log "docker build SKIPPED: no Docker engine answers here (docker info failed); the Dockerfile was not built"
+fi
 log "tests"
 # The failure points of the crash-consistency suite (tests/crash.rs) are compiled in for tests only.
 cargo nextest run --workspace --features dbward/failpoints --no-fail-fast "$@"

@@ -9,8 +9,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "dbward",
     version,
-    about = "Keeps a production database safe through deploys: atomic migrations, snapshots, restore, drills.",
-    after_help = "Settings: flag > environment > config file (--config, else ./dbward.toml) > default.\nExit codes: 0 ok, 1 failed, 2 usage/config, 3 refused by a safety check, 4 migration lock timeout, 5 unhealthy and restored."
+    about = "Keeps a production database safe through deploys: atomic migrations, snapshots, restore, drills."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -98,6 +97,63 @@ pub enum Command {
     RestoreDrill(DrillArgs),
     /// Run the [schedule] jobs (backup, drill, prune) on their cron expressions until SIGTERM.
     Schedule(ScheduleArgs),
+    /// Print the man page or a shell's completion script on stdout (for packagers).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    pub what: Asset,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Asset {
+    /// The man page, dbward(1), in roff.
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The command line's definition, with the exit codes from the one table in `report`.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let codes = crate::report::Exit::TABLE
+        .iter()
+        .map(|e| format!("{} {}", e.code(), e.label()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Cli::command().after_help(format!(
+        "Settings: flag > environment > config file (--config, else ./dbward.toml) > default.\nExit codes: {codes}; run and locked: the command's own."
+    ))
+}
+
+/// The parsed command line (clap's own error and exit 2 for a bad one).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+}
+
+/// The man page or a completion script for `what`.
+pub fn generate(what: Asset) -> String {
+    let mut out = Vec::new();
+    let mut cmd = command();
+    match what {
+        Asset::Man => clap_mangen::Man::new(cmd)
+            .render(&mut out)
+            .expect("rendering into memory"),
+        Asset::Bash => {
+            clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "dbward", &mut out)
+        }
+        Asset::Zsh => {
+            clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "dbward", &mut out)
+        }
+        Asset::Fish => {
+            clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, "dbward", &mut out)
+        }
+    }
+    String::from_utf8(out).expect("clap writes UTF-8")
 }
 
 #[derive(Debug, Args)]

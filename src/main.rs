@@ -18,13 +18,12 @@ mod state;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing::level_filters::LevelFilter;
 
 use cli::Cli;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     init_logging(cli.global.verbose, cli.global.quiet);
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -34,7 +34,6 @@ pub enum Exit {
 
 impl Exit {
     /// dbward's own codes, in the contract's order (the test below holds the two together).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub const TABLE: [Exit; 9] = [
         Exit::Success,
         Exit::Failed,
@@ -59,6 +58,22 @@ impl Exit {
             Exit::Interrupted => 130,
             Exit::Terminated => 143,
             Exit::Child(c) => c,
+        }
+    }
+
+    /// A few words for `--help`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Exit::Success => "ok",
+            Exit::Failed => "failed",
+            Exit::Usage => "usage/config",
+            Exit::Refused => "refused by a safety check",
+            Exit::LockTimeout => "migration lock timeout",
+            Exit::Restored => "unhealthy and restored",
+            Exit::HookFailed => "after-migrate hook failed",
+            Exit::Interrupted => "SIGINT",
+            Exit::Terminated => "SIGTERM",
+            Exit::Child(_) => "the command's own code",
         }
     }
 

@@ -527,6 +527,13 @@ fn resolve(
             .clone()
             .or_else(|| env("DBWARD_STATE_DIR").map(PathBuf::from))
             .or_else(|| file.state_dir.map(rebase))
+            // Under systemd with StateDirectory= (the packaged units): /var/lib/dbward. The
+            // first directory when the unit names several.
+            .or_else(|| {
+                env("STATE_DIRECTORY")
+                    .and_then(|v| v.split(':').next().map(PathBuf::from))
+                    .filter(|p| p.is_absolute())
+            })
             .unwrap_or_else(|| PathBuf::from("./.dbward")),
         lock_timeout,
         level: match file.backup.level {
@@ -697,6 +704,24 @@ mod tests {
 
     fn file(text: &str) -> FileConfig {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn systemds_state_directory_is_the_default_state_dir() {
+        let args = GlobalArgs::default();
+        let systemd = |k: &str| {
+            (k == "STATE_DIRECTORY").then(|| "/var/lib/dbward:/var/lib/other".to_string())
+        };
+        let s = resolve(&args, systemd, None).unwrap();
+        assert_eq!(s.state_dir, PathBuf::from("/var/lib/dbward"));
+        // The config file's state_dir (and the flag and DBWARD_STATE_DIR) still win.
+        let s = resolve(
+            &args,
+            systemd,
+            Some((file("state_dir = \"st\""), "/etc/app".into())),
+        )
+        .unwrap();
+        assert_eq!(s.state_dir, PathBuf::from("/etc/app/st"));
     }
 
     #[test]

@@ -61,6 +61,11 @@ fn each_kind_of_failure_as_operators_read_it() {
         c.args(["--config", "bad.toml", "status"]);
         c
     });
+    case(
+        "usage: a migrations folder it cannot read, with its cause",
+        p.dbward("sqlite:app.db")
+            .args(["--migrations", "no-such-folder", "migrate"]),
+    );
     p.migration("V1__bad-name.sql", "SELECT 1;");
     case(
         "refused: a migration file it cannot use",

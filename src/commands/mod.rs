@@ -35,10 +35,19 @@ pub fn name(command: &Command) -> &'static str {
         Command::Run(_) => "run",
         Command::RestoreDrill(_) => "restore-drill",
         Command::Schedule(_) => "schedule",
+        Command::Generate(_) => "generate",
     }
 }
 
 pub async fn run(cli: &Cli) -> Result<Report, Failure> {
+    if let Command::Generate(args) = &cli.command {
+        // Needs no settings: packaging runs it anywhere.
+        return Ok(Report {
+            text: crate::cli::generate(args.what),
+            json: serde_json::Value::Null,
+            code: Exit::Success,
+        });
+    }
     let settings = Settings::load(&cli.global)?;
     match &cli.command {
         Command::Migrate(args) => migrate::run(&settings, args).await,
@@ -55,6 +64,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::Run(args) => run::run(&settings, args).await,
         Command::RestoreDrill(args) => drill::run(&settings, args).await,
         Command::Schedule(args) => schedule::run(&settings, args).await,
+        Command::Generate(_) => unreachable!("answered above, before the settings"),
     }
 }
 

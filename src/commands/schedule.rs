@@ -286,8 +286,7 @@ fn child_args(job: &[&str]) -> Vec<OsString> {
 /// The global flags that take a value (`--config FILE`, ...), from clap's own definitions: their
 /// values are never the command name.
 fn value_flags() -> Vec<String> {
-    use clap::CommandFactory;
-    crate::cli::Cli::command()
+    crate::cli::command()
         .get_arguments()
         .filter(|a| a.get_action().takes_values())
         .flat_map(|a| {
