@@ -1,0 +1,48 @@
+//! A SQLite drill's scratch database: the decoded file itself, opened where it was decoded.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::checks::{CheckFailure, Outcome};
+
+/// Opens the decoded copy as the scratch database (never the live file).
+pub fn open(decoded: &Path, live: &Path) -> Outcome<Connection> {
+    if std::fs::canonicalize(decoded).ok() == std::fs::canonicalize(live).ok() {
+        return Err("the scratch file is the live database; refusing".into());
+    }
+    let c = Connection::open(decoded)?;
+    migrator::failpoint::hit("drill-after-restore")?;
+    Ok((c, format!("scratch file {}", decoded.display())))
+}
+
+/// `PRAGMA integrity_check` and `foreign_key_check`.
+pub fn integrity(c: &Connection) -> Outcome<()> {
+    let v: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    if v != "ok" {
+        return Err(format!("integrity_check: {v}").into());
+    }
+    let fk: i64 = c.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+        r.get(0)
+    })?;
+    if fk > 0 {
+        return Err(format!("foreign_key_check: {fk} violation(s)").into());
+    }
+    Ok(((), "integrity_check ok, foreign_key_check clean".into()))
+}
+
+pub fn head(c: &Connection) -> Result<Option<migrator::Applied>, CheckFailure> {
+    Ok(migrator::database::sqlite::applied_on(c)?
+        .into_iter()
+        .max_by_key(|a| a.version))
+}
+
+pub fn row_counts(c: &Connection) -> Result<BTreeMap<String, u64>, CheckFailure> {
+    Ok(backup::engine::sqlite::row_counts(c)?)
+}
+
+pub fn probe(c: &Connection, sql: &str) -> Result<bool, CheckFailure> {
+    c.query_row(sql, [], |r| r.get(0))
+        .map_err(|e| format!("`{sql}`: {e}").into())
+}
