@@ -41,6 +41,8 @@ fi
 python3 -c 'import boto3' 2>/dev/null || { log "installing boto3"; python3 -m pip install --quiet boto3; }
 # croniter: the reference cron implementation the schedule test compares next run times with.
 python3 -c 'import croniter' 2>/dev/null || { log "installing croniter"; python3 -m pip install --quiet croniter; }
+# moto's S3 server: lists multipart uploads (s3s-fs does not), for prune's abort of stale ones.
+python3 -c 'import moto.server' 2>/dev/null || { log "installing moto[server]"; python3 -m pip install --quiet 'moto[server]'; }
 # jsonschema: validates manifests against docs/manifest.schema.json (a validator that is not ours).
 python3 -c 'import jsonschema' 2>/dev/null || { log "installing jsonschema"; python3 -m pip install --quiet jsonschema; }
 

@@ -5,9 +5,12 @@
 
 mod common;
 
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
 use backup::pipeline::Msg;
 use backup::{Error, Store};
-use common::{S3, S3_ACCESS_KEY, S3_SECRET_KEY};
+use common::{free_port, server_dir, MISSING, S3, S3_ACCESS_KEY, S3_SECRET_KEY};
 
 async fn contract(store: &Store, what: &str) {
     let key = "db/20261122T093000Z-manual-3f2a.json";
@@ -87,6 +90,15 @@ async fn contract(store: &Store, what: &str) {
     let data = listed.iter().find(|o| o.key == data_key).unwrap();
     assert_eq!(data.size, payload.len() as u64, "{what}");
 
+    // Listing reads every page: more objects than one page of an S3 listing (1,000) holds.
+    for n in 0..1005 {
+        store
+            .put(&format!("many/k{n:05}.json"), b"{}")
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.list("many").await.unwrap().len(), 1005, "{what}");
+
     // Missing objects, and deletes (idempotent).
     assert!(
         matches!(
@@ -133,4 +145,128 @@ async fn the_s3_test_server_keeps_the_store_contract() {
         .await
         .unwrap();
     contract(&store, "s3://").await;
+}
+
+/// moto's S3 server (s3s-fs does not list multipart uploads), started from a launcher file in
+/// this run's server directory, so the suite's cleanup can find it; stopped on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Moto {
+    fn start() -> Moto {
+        let dir = server_dir("dbward-test-moto-");
+        let port = free_port();
+        let launcher = dir.path().join("launch_moto_server.py");
+        std::fs::write(
+            &launcher,
+            format!("from moto.server import main\nmain(['-H', '127.0.0.1', '-p', '{port}'])\n"),
+        )
+        .unwrap();
+        let child = Command::new("python3")
+            .arg(&launcher)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("moto.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3: {e}: {MISSING}"));
+        let mut m = Moto {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                m.child.try_wait().unwrap().is_none(),
+                "moto_server exited: {} ({MISSING}; it installs moto[server])",
+                std::fs::read_to_string(m._dir.path().join("moto.log")).unwrap_or_default()
+            );
+            assert!(Instant::now() < deadline, "moto_server did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m
+    }
+
+    /// Runs boto3 against this server; `script` sees `s3` and `bucket`. Returns stdout.
+    fn boto3(&self, script: &str) -> String {
+        let full = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', aws_access_key_id='k', aws_secret_access_key='s', region_name='us-east-1')\nbucket = 'uploads'\n{script}",
+            self.port
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(full)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "boto3: {} ({MISSING})",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Prune's cleanup of multipart uploads a killed backup left: only uploads of dbward's own
+/// data keys in the database's folder are aborted; another tool's upload under the same prefix,
+/// and another database's, stay. More than 1,000 uploads are listed; moto answers them in one
+/// page (it does not implement max-uploads), so the listing's paging by key and upload-id
+/// markers is not exercised here: no test server on this machine pages that listing.
+#[tokio::test]
+async fn stale_multipart_uploads_are_aborted_only_for_dbwards_own_keys() {
+    let moto = Moto::start();
+    moto.boto3(
+        "s3.create_bucket(Bucket=bucket)\n\
+         for n in range(1003):\n\
+         \x20   s3.create_multipart_upload(Bucket=bucket, Key='pre/db/20261122T%02d%02d%02dZ-manual-%04x.sqlite.zst' % (n // 3600, n // 60 % 60, n % 60, n))\n\
+         for k in ['pre/db/notes.txt', 'pre/db/backup.sqlite.zst', 'pre/other/20261122T093000Z-manual-3f2a.sqlite.zst']:\n\
+         \x20   s3.create_multipart_upload(Bucket=bucket, Key=k)\n",
+    );
+
+    std::env::set_var("AWS_ACCESS_KEY_ID", "k");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "s");
+    let opts = backup::S3Options {
+        endpoint: Some(format!("http://127.0.0.1:{}", moto.port)),
+        region: Some("us-east-1".into()),
+        path_style: true,
+        part_size: Some(5 << 20),
+        max_in_flight: 2,
+        ca_file: None,
+    };
+    let store = Store::open("s3://uploads/pre", &opts).await.unwrap();
+    let ours = |key: &str| {
+        matches!(
+            backup::manifest::OwnKey::parse("db", key),
+            Some(backup::manifest::OwnKey::Data(..))
+        )
+    };
+    // moto dates every upload in 2010: all are older than now.
+    let dry = store
+        .abort_stale_uploads("db", SystemTime::now(), true, &ours)
+        .await
+        .unwrap();
+    assert_eq!(dry.len(), 1003);
+    let aborted = store
+        .abort_stale_uploads("db", SystemTime::now(), false, &ours)
+        .await
+        .unwrap();
+    assert_eq!(aborted.len(), 1003);
+    let left = moto.boto3(
+        "r = s3.list_multipart_uploads(Bucket=bucket)\n\
+         print(sorted(u['Key'] for u in r.get('Uploads', [])))\n",
+    );
+    assert_eq!(
+        left.trim(),
+        "['pre/db/backup.sqlite.zst', 'pre/db/notes.txt', 'pre/other/20261122T093000Z-manual-3f2a.sqlite.zst']"
+    );
 }

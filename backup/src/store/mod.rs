@@ -155,17 +155,18 @@ impl Store {
         }
     }
 
-    /// Multipart uploads under `dir` older than `before`, aborted (S3 only; a local partial
-    /// file is an orphan like any other).
+    /// Multipart uploads under `dir` older than `before` whose key `is_ours` accepts, aborted
+    /// (S3 only; a local partial file is an orphan like any other).
     pub async fn abort_stale_uploads(
         &self,
         dir: &str,
         before: std::time::SystemTime,
         dry_run: bool,
+        is_ours: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<String>, Error> {
         match self {
             Store::Local(_) => Ok(Vec::new()),
-            Store::S3(s) => s.abort_stale_uploads(dir, before, dry_run).await,
+            Store::S3(s) => s.abort_stale_uploads(dir, before, dry_run, is_ours).await,
         }
     }
 }

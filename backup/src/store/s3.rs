@@ -414,28 +414,54 @@ impl S3Store {
         Ok(())
     }
 
-    /// Aborts multipart uploads under `dir` started before `before` (left by a killed run).
+    /// Aborts multipart uploads under `dir` started before `before` (left by a killed run)
+    /// whose key (relative to the store's prefix) `is_ours` accepts. Every page of the listing
+    /// (1,000 uploads each) is read.
     pub async fn abort_stale_uploads(
         &self,
         dir: &str,
         before: SystemTime,
         dry_run: bool,
+        is_ours: &dyn Fn(&str) -> bool,
     ) -> Result<Vec<String>, Error> {
         let prefix = format!("{}/", self.full_key(dir).trim_end_matches('/'));
-        let out = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(&prefix)
-            .send()
-            .await
-            .map_err(|e| self.err("listing multipart uploads of", dir, e))?;
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut uploads = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.err("listing multipart uploads of", dir, e))?;
+            uploads.extend(page.uploads().iter().cloned());
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                break;
+            }
+        }
         let mut aborted = Vec::new();
-        for u in out.uploads() {
+        for u in &uploads {
             let started = u.initiated().and_then(|t| SystemTime::try_from(*t).ok());
             let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
                 continue;
             };
+            if !is_ours(key.strip_prefix(&strip).unwrap_or(key)) {
+                continue;
+            }
             if started.is_some_and(|s| s < before) {
                 if !dry_run {
                     self.client

@@ -1,0 +1,144 @@
+//! Retention applied: [`crate::retention`]'s rules decide, this removes, manifest first, and
+//! only this database's snapshots under dbward's own naming scheme.
+
+use std::time::Duration;
+
+use crate::catalog::{check_folder_name, manifest_key, read_manifests, read_receipts, receipt_key};
+use crate::error::Error;
+use crate::manifest;
+use crate::store::Store;
+use crate::{owner, retention};
+
+#[derive(Debug, serde::Serialize)]
+pub struct PruneReport {
+    pub policy: retention::Policy,
+    pub decisions: Vec<retention::Decision>,
+    /// Snapshot ids removed (or, with `dry_run`, that would be).
+    pub removed: Vec<String>,
+    /// Data objects and partial uploads without a manifest, older than a day, removed.
+    pub orphans: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Applies `policy` to `database`'s snapshots. For each snapshot removed, the manifest goes
+/// first, then the data: a crash in between leaves an orphan data object (removed by the next
+/// prune), never a manifest without its data. Orphans younger than a day are left alone: they
+/// may be an upload in progress.
+pub async fn prune(
+    store: &Store,
+    database: &str,
+    policy: &retention::Policy,
+    dry_run: bool,
+    live: &owner::Live,
+    format: manifest::Format,
+) -> Result<PruneReport, Error> {
+    check_folder_name(database)?;
+    let objects = store.list(database).await?;
+    let listing = read_manifests(store, database, &objects).await?;
+    for d in &listing.damaged {
+        tracing::warn!(
+            "skipping {} (left alone): {}",
+            store.describe(&d.key),
+            d.problem
+        );
+    }
+    let manifests = listing.snapshots;
+    // Retention counts and removes only this database's snapshots: another database's in the
+    // same folder are neither kept by its rules nor pruned by them.
+    let folder_owner = owner::read(store, database).await?;
+    let mine = owner::mine(
+        store,
+        database,
+        manifests.clone(),
+        live,
+        format,
+        folder_owner.as_ref(),
+    )?;
+    let mut decisions = retention::decide(&mine, policy);
+    // The newest snapshot that passed a drill is the one known to restore: never removed.
+    let receipts = read_receipts(store, database, &objects).await?;
+    if let Some(proven) = mine
+        .iter()
+        .find(|m| receipts.get(&m.id).is_some_and(|r| r.success))
+    {
+        if let Some(d) = decisions.iter_mut().find(|d| d.id == proven.id) {
+            d.keep = true;
+            d.reasons.push("drilled");
+        }
+    }
+    let mut removed = Vec::new();
+    for d in decisions.iter().filter(|d| !d.keep) {
+        let m = mine
+            .iter()
+            .find(|m| m.id == d.id)
+            .expect("decisions come from these manifests");
+        if !dry_run {
+            // Every key deleted is built from the checked id by dbward's own scheme, never
+            // taken from the manifest's text.
+            store.delete(&manifest_key(database, &m.id)).await?;
+            migrator::failpoint::hit("prune-after-manifest-delete").map_err(Error::AfterChange)?;
+            store
+                .delete(&manifest::data_key(
+                    database,
+                    &m.id,
+                    m.format,
+                    m.encryption.is_some(),
+                ))
+                .await?;
+            store.delete(&receipt_key(database, &m.id)).await?;
+            tracing::info!("pruned snapshot {}", m.id);
+        }
+        removed.push(m.id.clone());
+    }
+    let day_ago = std::time::SystemTime::now() - Duration::from_secs(24 * 3600);
+    // Orphans: only objects named by dbward's scheme (data or a receipt whose snapshot has no
+    // manifest, a partial write) and older than a day, since a younger one may be a backup in
+    // progress. Anything else in the folder is not dbward's and stays.
+    let damaged_ids: Vec<&str> = listing
+        .damaged
+        .iter()
+        .filter_map(|d| d.key.rsplit('/').next()?.strip_suffix(".json"))
+        .collect();
+    let mut orphans = Vec::new();
+    for obj in &objects {
+        let orphan = match manifest::OwnKey::parse(database, &obj.key) {
+            Some(manifest::OwnKey::Data(id, ..) | manifest::OwnKey::Receipt(id)) => {
+                // A damaged manifest's data is kept: someone may still want to inspect it.
+                !manifests.iter().any(|m| m.id == id) && !damaged_ids.contains(&id.as_str())
+            }
+            Some(manifest::OwnKey::Partial(_)) => true,
+            Some(manifest::OwnKey::Manifest(_)) | None => false,
+        };
+        let old = obj.modified.is_some_and(|t| t < day_ago);
+        if orphan && old {
+            if !dry_run {
+                store.delete(&obj.key).await?;
+                tracing::info!("removed orphan {}", store.describe(&obj.key));
+            }
+            orphans.push(obj.key.clone());
+        }
+    }
+    // Multipart uploads a killed backup left behind (S3). A store that cannot list them must not
+    // stop retention from working.
+    // Only data objects of dbward's naming scheme in this database's folder.
+    let ours = |key: &str| {
+        matches!(
+            manifest::OwnKey::parse(database, key),
+            Some(manifest::OwnKey::Data(..))
+        )
+    };
+    match store
+        .abort_stale_uploads(database, day_ago, dry_run, &ours)
+        .await
+    {
+        Ok(aborted) => orphans.extend(aborted),
+        Err(e) => tracing::warn!("could not clean stale multipart uploads: {e}"),
+    }
+    Ok(PruneReport {
+        policy: *policy,
+        decisions,
+        removed,
+        orphans,
+        dry_run,
+    })
+}

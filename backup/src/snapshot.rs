@@ -1,0 +1,324 @@
+//! Taking a snapshot: the engine's consistent stream, compressed (and encrypted) once by the
+//! pipeline and fanned out to the primary store and its mirrors, each copy's manifest written
+//! last, after its data object's size was confirmed in the store.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use migrator::DatabaseUrl;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+
+use crate::catalog::{check_folder_name, manifest_key};
+use crate::error::Error;
+use crate::manifest::{self, Kind, Manifest};
+use crate::store::Store;
+use crate::{bytes, hostname};
+use crate::{crypt, engine, owner, pipeline};
+
+pub struct Request<'a> {
+    pub database: &'a DatabaseUrl,
+    pub kind: Kind,
+    pub label: Option<String>,
+    /// zstd level (default 3).
+    pub level: i32,
+    /// Where a SQLite copy is staged before it is compressed.
+    pub temp_dir: &'a Path,
+    /// How long the snapshot may wait for a table lock (SQLite busy timeout, pg_dump's
+    /// `--lock-wait-timeout`), so a backup never stalls a deploy.
+    pub lock_timeout: Duration,
+    /// Called with (raw bytes read so far, estimated total) as the stream advances.
+    pub progress: Option<Progress>,
+    /// Encrypt the stored object to these (age).
+    pub encryption: Option<std::sync::Arc<crypt::Encryption>>,
+    /// Record table names and row counts in the manifest (`encryption.manifest_details`).
+    pub manifest_details: bool,
+}
+
+pub type Progress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Takes one snapshot into `store` and returns its manifest (already stored).
+pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
+    take_to(store, &[], true, req).await.map(|t| t.manifest)
+}
+
+/// A snapshot taken to a primary store and its mirrors.
+pub struct Taken {
+    pub manifest: Manifest,
+    /// The mirrors (by index into the `mirrors` given) that did not get their copy, and why;
+    /// empty unless `require_all` was false.
+    pub failed_mirrors: Vec<(usize, Error)>,
+}
+
+/// Takes one snapshot into the primary store and every mirror at once: the compressed stream
+/// is read once and written to each, each copy with its own manifest, written last (the
+/// mirrors' first, the primary's last). The primary must succeed. With `require_all`, so must
+/// every mirror, and a copy that failed anywhere leaves no complete snapshot on the primary
+/// (the data objects this run wrote are removed, by their exact keys); without it, a failing
+/// mirror is reported in [`Taken::failed_mirrors`] and the others go on.
+pub async fn take_to(
+    primary: &Store,
+    mirrors: &[&Store],
+    require_all: bool,
+    req: &Request<'_>,
+) -> Result<Taken, Error> {
+    let started = Instant::now();
+    let at = OffsetDateTime::now_utc();
+    let id = manifest::snapshot_id(at, req.kind);
+    // The identity is made before the snapshot, so the snapshot carries it.
+    owner::ensure_identity(req.database, req.lock_timeout).await;
+    let prepared = match req.database {
+        DatabaseUrl::Sqlite(path) => engine::sqlite::prepare(path, req.temp_dir, req.lock_timeout)?,
+        DatabaseUrl::Postgres(pg) => engine::postgres::prepare(pg, req.lock_timeout).await?,
+    };
+    migrator::failpoint::hit("backup-after-prepare").map_err(Error::Source)?;
+    let database = req.database.name();
+    check_folder_name(&database)?;
+    let db_id = prepared.database_id.clone();
+    check_owner(primary, &database, &db_id).await?;
+    // (index into `mirrors`, store) of the mirrors still taking a copy.
+    let mut active: Vec<(usize, &Store)> = Vec::new();
+    let mut failed_mirrors = Vec::new();
+    for (i, m) in mirrors.iter().enumerate() {
+        match check_owner(m, &database, &db_id).await {
+            Ok(()) => active.push((i, m)),
+            Err(e) if require_all => return Err(e),
+            Err(e) => failed_mirrors.push((i, e)),
+        }
+    }
+    let data_key = manifest::data_key(&database, &id, prepared.format, req.encryption.is_some());
+    let chunk_size = active
+        .iter()
+        .map(|(_, s)| s.chunk_size(prepared.size_hint))
+        .fold(primary.chunk_size(prepared.size_hint), usize::max);
+    let opts = pipeline::Options {
+        level: req.level,
+        workers: prepared.workers,
+        chunk_size,
+        encryption: req.encryption.clone(),
+    };
+    tracing::info!(
+        "snapshot {id}: {} → {}",
+        req.database.display(),
+        std::iter::once(primary)
+            .chain(active.iter().map(|(_, s)| *s))
+            .map(|s| s.describe(&data_key))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let engine::Prepared {
+        format,
+        engine,
+        server_version,
+        pg_dump_version,
+        head,
+        database_id,
+        row_counts,
+        mut reader,
+        finish,
+        keep,
+        size_hint,
+        ..
+    } = prepared;
+    // Two chunks in the channel: memory stays at a few chunks whatever the database's size.
+    let (tx, rx) = mpsc::channel(2);
+    let progress = req.progress.clone();
+    let total = size_hint;
+    let producer = tokio::task::spawn_blocking(move || {
+        let report = |done: u64| {
+            if let Some(p) = &progress {
+                p(done, total)
+            }
+        };
+        pipeline::compress(&mut reader, finish, &opts, tx, &report)
+    });
+    let all: Vec<&Store> = std::iter::once(primary)
+        .chain(active.iter().map(|(_, s)| *s))
+        .collect();
+    let mut senders = Vec::new();
+    let mut uploads = Vec::new();
+    for s in &all {
+        let (tx, rx) = mpsc::channel(2);
+        senders.push(Some(tx));
+        uploads.push(s.put_stream(&data_key, rx));
+    }
+    let fan_out = fan_out(rx, senders, require_all);
+    let (stored, produced, ()) =
+        tokio::join!(futures_util::future::join_all(uploads), producer, fan_out);
+    let produced =
+        produced.map_err(|e| Error::Source(format!("the compression thread panicked: {e}")))?;
+    drop(keep); // ends the exporting transaction / removes the temp copy
+                // The copies whose upload completed: removed again (by their exact key, this run's own)
+                // when the snapshot as a whole fails.
+    let completed: Vec<bool> = stored.iter().map(Result::is_ok).collect();
+    let discard = || async {
+        for (s, done) in all.iter().zip(&completed) {
+            if *done {
+                let _ = s.delete(&data_key).await;
+            }
+        }
+    };
+    let stats = match produced {
+        Ok(stats) => stats,
+        // The source's own failure is the cause; "the store stopped receiving" is the store's
+        // error's echo, so the store's error is the one to report.
+        Err(e) => {
+            discard().await;
+            let stopped = stored.into_iter().enumerate().find_map(|(n, r)| match r {
+                Err(se) if n == 0 || require_all => Some(se),
+                _ => None,
+            });
+            return Err(match (e, stopped) {
+                (e @ Error::Source(_), _) => e,
+                (_, Some(se)) => se,
+                (e, None) => e,
+            });
+        }
+    };
+    let mut copied = vec![false; all.len()];
+    for (n, result) in stored.into_iter().enumerate() {
+        let problem = match result {
+            Ok(size) if size == stats.stored_bytes => {
+                copied[n] = true;
+                continue;
+            }
+            Ok(size) => {
+                let _ = all[n].delete(&data_key).await;
+                Error::Store {
+                    what: all[n].describe(&data_key),
+                    message: format!("holds {size} bytes, {} were sent; the object was removed and no manifest written", stats.stored_bytes),
+                }
+            }
+            Err(e) => e,
+        };
+        if n == 0 || require_all {
+            discard().await;
+            return Err(problem);
+        }
+        failed_mirrors.push((active[n - 1].0, problem));
+    }
+
+    let elapsed = started.elapsed();
+    let manifest = Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        id: id.clone(),
+        kind: req.kind,
+        label: req.label.clone(),
+        created_at: manifest::now_rfc3339(at),
+        engine: engine.into(),
+        server_version,
+        pg_dump_version,
+        database: database.clone(),
+        database_id,
+        host: hostname(),
+        dbward_version: env!("CARGO_PKG_VERSION").into(),
+        format,
+        data_key: data_key.clone(),
+        raw_bytes: stats.raw_bytes,
+        stored_bytes: stats.stored_bytes,
+        sha256: stats.sha256,
+        compression: manifest::Compression {
+            algorithm: "zstd".into(),
+            level: req.level,
+        },
+        encryption: req.encryption.as_ref().map(|e| manifest::Encryption {
+            scheme: "age".into(),
+            recipients: e.names(),
+        }),
+        migration_head: head,
+        row_counts: if req.manifest_details {
+            row_counts
+        } else {
+            Default::default()
+        },
+        duration_ms: elapsed.as_millis() as u64,
+    };
+    migrator::failpoint::hit("backup-before-manifest").map_err(Error::Source)?;
+    let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
+    // Mirrors first, the primary last: with `require_all`, a copy that failed anywhere leaves
+    // no complete snapshot on the primary.
+    // With `require_all`, a failure undoes the mirrors' manifests written so far before their
+    // data: no store is left with a manifest whose data is gone.
+    let mut manifests_written: Vec<&Store> = Vec::new();
+    for n in 1..all.len() {
+        if !copied[n] {
+            continue;
+        }
+        let store = all[n];
+        let written = async {
+            store.put_new(&manifest_key(&database, &id), &json).await?;
+            manifests_written.push(store);
+            if let Some(db_id) = &manifest.database_id {
+                owner::claim(store, &database, db_id, &manifest.engine, &manifest.host).await?;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = written {
+            if require_all {
+                for s in manifests_written.iter().rev() {
+                    let _ = s.delete(&manifest_key(&database, &id)).await;
+                }
+                discard().await;
+                return Err(e);
+            }
+            failed_mirrors.push((active[n - 1].0, e));
+        }
+    }
+    primary
+        .put_new(&manifest_key(&database, &id), &json)
+        .await?;
+    migrator::failpoint::hit("backup-after-manifest").map_err(Error::AfterChange)?;
+    if let Some(db_id) = &manifest.database_id {
+        owner::claim(primary, &database, db_id, &manifest.engine, &manifest.host).await?;
+    }
+    tracing::info!(
+        "snapshot {id} stored: {} raw, {} stored ({:.1}x), {:.1}s, {:.0} MB/s",
+        bytes(stats.raw_bytes),
+        bytes(stats.stored_bytes),
+        stats.raw_bytes as f64 / stats.stored_bytes.max(1) as f64,
+        elapsed.as_secs_f64(),
+        stats.raw_bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-3),
+    );
+    failed_mirrors.sort_by_key(|(i, _)| *i);
+    Ok(Taken {
+        manifest,
+        failed_mirrors,
+    })
+}
+
+/// The store's folder for `database` is this database's (or no one's yet).
+async fn check_owner(store: &Store, database: &str, db_id: &Option<String>) -> Result<(), Error> {
+    match db_id {
+        Some(id) => owner::check(store, database, id).await,
+        None => owner::check_unidentified(store, database).await,
+    }
+}
+
+/// Forwards the compressed stream to every store's upload. An upload that stops (its receiver
+/// dropped) is a failed copy: the primary's (index 0), or any with `require_all`, stops the
+/// whole stream (no upload gets `Done`, so each abandons its object); a mirror's otherwise
+/// just stops that copy.
+async fn fan_out(
+    mut rx: mpsc::Receiver<pipeline::Msg>,
+    mut senders: Vec<Option<mpsc::Sender<pipeline::Msg>>>,
+    require_all: bool,
+) {
+    use pipeline::Msg;
+    while let Some(msg) = rx.recv().await {
+        for (n, slot) in senders.iter_mut().enumerate() {
+            let Some(tx) = slot else { continue };
+            let copy = match &msg {
+                Msg::Data(d) => Msg::Data(d.clone()),
+                Msg::Done => Msg::Done,
+            };
+            if tx.send(copy).await.is_err() {
+                if n == 0 || require_all {
+                    return; // every sender dropped without Done: all uploads abandon
+                }
+                *slot = None;
+            }
+        }
+    }
+}
