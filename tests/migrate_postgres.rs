@@ -1,12 +1,12 @@
-//! `dbward migrate` against a real PostgreSQL server (a throwaway cluster per test).
+//! What only PostgreSQL has: lock_timeout against another session, passwords, TLS (the migrate
+//! scenarios every engine shares are in `migrate.rs`).
 
 mod common;
 
 use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{json, run, Pg, Project};
+use common::{run, Pg, Project};
 
 fn shop(p: &Project) {
     p.migration("V1__users.sql", "CREATE TABLE users (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text NOT NULL);\n")
@@ -16,147 +16,6 @@ fn shop(p: &Project) {
              CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n  NEW.id := NEW.id;\n  RETURN NEW;\nEND;\n$$;\n\
              DO $$ BEGIN PERFORM 1; END $$",
         );
-}
-
-#[test]
-fn applies_in_one_transaction_and_a_failing_third_file_leaves_no_trace() {
-    let pg = Pg::start();
-    let url = pg.create_db("shop");
-    let p = Project::new();
-    shop(&p);
-    p.migration(
-        "V3__broken.sql",
-        "CREATE TABLE ok (id int);\n\nSELECT * FROM\n  no_such_table;\n",
-    );
-    let (code, out, err) = run(p.dbward(&url).args(["migrate", "--json"]));
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("V3__broken.sql:4:3"),
-        "names file, line and column: {err}"
-    );
-    assert!(
-        err.contains("relation \"no_such_table\" does not exist"),
-        "carries the server's message: {err}"
-    );
-    assert_eq!(json(&out)["line"], 4);
-    assert_eq!(
-        pg.psql(
-            "shop",
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'dbward_identity'"
-        ),
-        "0",
-        "nothing of the batch (the pre-deploy snapshot gave the database its identity table)"
-    );
-    assert_eq!(
-        pg.psql(
-            "shop",
-            "SELECT count(*) FROM pg_proc WHERE proname = 'touch'"
-        ),
-        "0"
-    );
-
-    p.migration("V3__broken.sql", "CREATE TABLE ok (id int);\n");
-    let (code, out, err) = run(p.dbward(&url).args(["migrate", "--json"]));
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(json(&out)["head"]["version"], 3);
-    assert_eq!(
-        pg.psql(
-            "shop",
-            "SELECT string_agg(version::text, ',' ORDER BY version) FROM refinery_schema_history"
-        ),
-        "1,2,3"
-    );
-    // refinery's format: RFC 3339 text and a decimal checksum.
-    let row = pg.psql("shop", "SELECT applied_on ~ '^\\d{4}-\\d\\d-\\d\\dT', checksum ~ '^\\d+$' FROM refinery_schema_history WHERE version = 1");
-    assert_eq!(row, "t|t");
-}
-
-#[test]
-fn drift_is_refused() {
-    let pg = Pg::start();
-    let url = pg.create_db("shop");
-    let p = Project::new();
-    shop(&p);
-    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
-    p.migration("V1__users.sql", "CREATE TABLE users (id int);\n");
-    let (code, _, err) = run(p.dbward(&url).arg("migrate"));
-    assert_eq!(code, 3, "{err}");
-    assert!(
-        err.contains("V1__users.sql: changed since it was applied"),
-        "{err}"
-    );
-    assert_eq!(run(p.dbward(&url).arg("status")).0, 3);
-}
-
-#[test]
-fn five_concurrent_runs_all_succeed_and_apply_each_migration_once() {
-    let pg = Pg::start();
-    let url = pg.create_db("shop");
-    let p = Project::new();
-    shop(&p);
-    // Not idempotent: a second application would fail or double the row.
-    p.migration(
-        "V3__seed.sql",
-        "CREATE TABLE runs (n int);\nINSERT INTO runs VALUES (1);\nSELECT pg_sleep(0.5);\n",
-    );
-    let children: Vec<_> = (0..5)
-        .map(|_| {
-            p.dbward(&url)
-                .args(["migrate", "--json"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut applied = 0;
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
-        applied += json(&common::stdout(&out))["applied"]
-            .as_array()
-            .unwrap()
-            .len();
-    }
-    assert_eq!(
-        applied, 3,
-        "the three migrations were applied by exactly one runner"
-    );
-    assert_eq!(pg.psql("shop", "SELECT count(*) FROM runs"), "1");
-    assert_eq!(
-        pg.psql("shop", "SELECT count(*) FROM refinery_schema_history"),
-        "3"
-    );
-}
-
-#[test]
-fn a_held_advisory_lock_times_out_with_exit_4() {
-    let pg = Pg::start();
-    let url = pg.create_db("shop");
-    let p = Project::new();
-    shop(&p);
-    let mut holder = pg.session("shop");
-    writeln!(
-        holder.stdin.as_mut().unwrap(),
-        "SELECT pg_advisory_lock({});",
-        0x6462_7761_7264_0001_i64
-    )
-    .unwrap();
-    pg.wait_for(
-        "shop",
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
-        "1",
-    );
-    let (code, _, err) = run(p.dbward(&url).args(["migrate", "--lock-timeout", "1s"]));
-    assert_eq!(code, 4, "{err}");
-    assert!(
-        err.contains("timed out after 1s waiting for the migration lock"),
-        "{err}"
-    );
-    assert!(err.contains("held by pid"), "names the holder: {err}");
-    holder.kill().unwrap();
-    holder.wait().unwrap();
-    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
 }
 
 #[test]
@@ -198,48 +57,6 @@ fn a_migration_blocked_by_another_sessions_lock_fails_on_lock_timeout() {
         pg.psql("shop", "SELECT count(*) FROM refinery_schema_history"),
         "2"
     );
-}
-
-#[test]
-fn kill_9_mid_batch_leaves_the_database_as_it_was() {
-    let pg = Pg::start();
-    let url = pg.create_db("shop");
-    let p = Project::new();
-    shop(&p);
-    p.migration(
-        "V3__slow.sql",
-        "CREATE TABLE slow (id int);\nSELECT pg_sleep(600);\n",
-    );
-    let mut child = p
-        .dbward(&url)
-        .arg("migrate")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    pg.wait_for("shop", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid()", "1");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert_eq!(
-        pg.psql(
-            "shop",
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'dbward_identity'"
-        ),
-        "0",
-        "nothing committed"
-    );
-    // dbward's session sets client_connection_check_interval: the server notices the dead
-    // client within a second, rolls back and frees the advisory lock.
-    pg.wait_for("shop", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND pid <> pg_backend_pid()", "0");
-    assert_eq!(
-        pg.psql(
-            "shop",
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'dbward_identity'"
-        ),
-        "0"
-    );
-    p.migration("V3__slow.sql", "CREATE TABLE slow (id int);\n");
-    let (code, _, err) = run(p.dbward(&url).args(["migrate", "--lock-timeout", "30s"]));
-    assert_eq!(code, 0, "{err}");
 }
 
 #[test]
