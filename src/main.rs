@@ -93,7 +93,7 @@ async fn run_until_signalled(cli: &Cli) -> (Result<report::Report, report::Failu
         return (commands::run(cli).await, false);
     };
     let stopped = |sig: &str, code: report::Exit| {
-        let message = match migrator::committed::get() {
+        let message = match dbconn::committed::get() {
             Some(what) => format!(
                 "stopped by {sig} after {what}: that change stands; what came after it (records, cleanup) may be incomplete, and temp files were removed"
             ),

@@ -86,14 +86,14 @@ async fn remove(url: &DatabaseUrl, c: &ReplacedCopy) -> Result<(), String> {
         DatabaseUrl::Postgres(pg) => {
             let mut admin = (**pg).clone();
             admin.config.dbname("postgres");
-            let db = migrator::database::postgres::Postgres::connect(&admin)
+            let db = dbconn::postgres::Postgres::connect(&admin)
                 .await
                 .map_err(|e| e.to_string())?;
-            let ident = migrator::sql::ident(&c.name);
+            let ident = dbconn::sql::ident(&c.name);
             db.client()
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {ident}"))
                 .await
-                .map_err(|e| migrator::database::postgres::describe(&e))
+                .map_err(|e| dbconn::postgres::describe(&e))
         }
     }
 }
@@ -108,7 +108,7 @@ pub async fn list(settings: &Settings, url: &DatabaseUrl) -> Vec<(ReplacedCopy, 
             DatabaseUrl::Postgres(pg) => {
                 let mut admin = (**pg).clone();
                 admin.config.dbname("postgres");
-                match migrator::database::postgres::Postgres::connect(&admin).await {
+                match dbconn::postgres::Postgres::connect(&admin).await {
                     Ok(db) => db
                         .client()
                         .query_opt(

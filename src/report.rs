@@ -172,6 +172,12 @@ impl From<backup::Error> for Failure {
     }
 }
 
+impl From<dbconn::Error> for Failure {
+    fn from(e: dbconn::Error) -> Failure {
+        Failure::from(migrator::Error::Database(e))
+    }
+}
+
 impl From<migrator::Error> for Failure {
     fn from(e: migrator::Error) -> Failure {
         use migrator::{Error, ErrorKind};

@@ -1,5 +1,5 @@
 //! The crash-consistency suite: every named failure point of migrate, backup, restore (both
-//! engines), prune and drill (`migrator::failpoint::ALL`) is driven through an injected error
+//! engines), prune and drill (`dbconn::failpoint::ALL`) is driven through an injected error
 //! and through `kill -9` at exactly that point, and after each the invariants are checked:
 //!
 //! - the live database opens, passes its integrity check and holds either the old state or
@@ -238,7 +238,7 @@ fn the_tested_binary_has_failure_points() {
 
 #[test]
 fn sqlite_every_failure_point_by_error_kill_9_and_sigterm() {
-    for point in migrator::failpoint::ALL {
+    for point in dbconn::failpoint::ALL {
         let Some(args) = sqlite_command(point) else {
             continue;
         };
@@ -317,7 +317,7 @@ fn pg_check(pg: &Pg, p: &Project, at: &str) {
 #[test]
 fn postgres_every_failure_point_by_error_kill_9_and_sigterm() {
     let pg = Pg::start();
-    for point in migrator::failpoint::ALL {
+    for point in dbconn::failpoint::ALL {
         let args: Vec<&str> = match *point {
             p if p.starts_with("migrate-") => vec!["migrate"],
             p if p.starts_with("backup-") => vec!["backup"],

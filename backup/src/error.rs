@@ -60,7 +60,7 @@ pub enum Error {
     Missing(String),
 
     #[error(transparent)]
-    Database(#[from] migrator::Error),
+    Database(#[from] dbconn::Error),
 
     /// A file operation failed; `context` says which and why it was done.
     #[error("{context}")]
@@ -82,7 +82,7 @@ impl Error {
             Error::Refused(_) | Error::NoSpace(_) | Error::NoKey(_) | Error::Damaged(_) => {
                 ErrorKind::Refused
             }
-            Error::Database(e) if e.kind() == migrator::ErrorKind::Usage => ErrorKind::Usage,
+            Error::Database(e) if e.kind() == dbconn::ErrorKind::Usage => ErrorKind::Usage,
             _ => ErrorKind::Failed,
         }
     }

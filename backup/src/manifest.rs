@@ -47,7 +47,7 @@ impl Format {
 }
 
 /// The migration head a snapshot holds.
-pub use migrator::Head;
+pub use dbconn::Head;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {

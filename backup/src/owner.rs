@@ -1,12 +1,12 @@
 //! Which snapshots in a database's store folder belong to this database. The folder is named
 //! after the database (`<prefix>/<name>/`), so two databases of one name (two `app.db` files, a
 //! SQLite `shop.db` and a PostgreSQL `shop`, staging and production with a copied config) would
-//! share it. The database's identity (kept inside it, see `migrator::database::identity`)
+//! share it. The database's identity (kept inside it, see `dbconn::identity`)
 //! decides: the folder's first backup writes `.owner.json` naming that identity, a backup of
 //! another database there is refused, and `latest`, `pre-deploy` and retention only ever take
 //! snapshots of this identity (and of the right format).
 
-use migrator::DatabaseUrl;
+use dbconn::DatabaseUrl;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -182,19 +182,21 @@ pub async fn is_missing(url: &DatabaseUrl) -> Result<bool, Error> {
             if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
                 return Ok(true);
             }
-            let mut db = migrator::Database::open(url, migrator::Open::Existing).await?;
-            Ok(!db.has_user_tables().await?)
+            let c = rusqlite::Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .map_err(|e| dbconn::Error::Open {
+                what: format!("sqlite:{}", path.display()),
+                message: e.to_string(),
+            })?;
+            Ok(!dbconn::sqlite::has_user_tables(&c)?)
         }
-        DatabaseUrl::Postgres(pg) => {
-            match migrator::database::postgres::Postgres::connect(pg).await {
-                Ok(_) => {
-                    let mut db = migrator::Database::open(url, migrator::Open::Existing).await?;
-                    Ok(!db.has_user_tables().await?)
-                }
-                Err(e) if e.to_string().contains("does not exist") => Ok(true),
-                Err(e) => Err(e.into()),
-            }
-        }
+        DatabaseUrl::Postgres(pg) => match dbconn::postgres::Postgres::connect(pg).await {
+            Ok(db) => Ok(!db.has_user_tables().await?),
+            Err(e) if e.to_string().contains("does not exist") => Ok(true),
+            Err(e) => Err(e.into()),
+        },
     }
 }
 
@@ -211,15 +213,11 @@ pub async fn live_identity(url: &DatabaseUrl) -> Result<Live, Error> {
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
             )
             .map_err(|e| Error::Source(format!("opening {}: {e}", path.display())))?;
-            Ok(Live::Present(migrator::database::identity::read_sqlite(
-                &c,
-            )?))
+            Ok(Live::Present(dbconn::identity::read_sqlite(&c)?))
         }
         DatabaseUrl::Postgres(pg) => {
-            let db = migrator::database::postgres::Postgres::connect(pg).await?;
-            Ok(Live::Present(
-                migrator::database::identity::read_pg(db.client()).await?,
-            ))
+            let db = dbconn::postgres::Postgres::connect(pg).await?;
+            Ok(Live::Present(dbconn::identity::read_pg(db.client()).await?))
         }
     }
 }
@@ -240,20 +238,20 @@ pub async fn ensure_identity(
             .map_err(|e| Error::Source(format!("opening {}: {e}", path.display())))?;
             c.busy_timeout(busy_timeout)
                 .map_err(|e| Error::Source(e.to_string()))?;
-            if let Some(id) = migrator::database::identity::read_sqlite(&c)? {
+            if let Some(id) = dbconn::identity::read_sqlite(&c)? {
                 return Ok(id);
             }
             let tx = c
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                 .map_err(|e| Error::Source(e.to_string()))?;
-            let id = migrator::database::identity::ensure_sqlite(&tx)?;
+            let id = dbconn::identity::ensure_sqlite(&tx)?;
             tx.commit().map_err(|e| Error::Source(e.to_string()))?;
             Ok(id)
         })(),
         DatabaseUrl::Postgres(pg) => {
             async {
-                let db = migrator::database::postgres::Postgres::connect(pg).await?;
-                Ok(migrator::database::identity::ensure_pg(db.client()).await?)
+                let db = dbconn::postgres::Postgres::connect(pg).await?;
+                Ok(dbconn::identity::ensure_pg(db.client()).await?)
             }
             .await
         }

@@ -76,7 +76,7 @@ pub async fn prune(
             // Every key deleted is built from the checked id by dbward's own scheme, never
             // taken from the manifest's text.
             store.delete(&manifest_key(database, &m.id)).await?;
-            migrator::failpoint::hit("prune-after-manifest-delete").map_err(Error::AfterChange)?;
+            dbconn::failpoint::hit("prune-after-manifest-delete").map_err(Error::AfterChange)?;
             store
                 .delete(&manifest::data_key(
                     database,

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use migrator::DatabaseUrl;
+use dbconn::DatabaseUrl;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
@@ -71,7 +71,7 @@ pub async fn take_to(
         DatabaseUrl::Sqlite(path) => engine::sqlite::prepare(path, req.temp_dir, req.lock_timeout)?,
         DatabaseUrl::Postgres(pg) => engine::postgres::prepare(pg, req.lock_timeout).await?,
     };
-    migrator::failpoint::hit("backup-after-prepare").map_err(Error::Source)?;
+    dbconn::failpoint::hit("backup-after-prepare").map_err(Error::Source)?;
     let database = req.database.name();
     check_folder_name(&database)?;
     let db_id = prepared.database_id.clone();
@@ -234,7 +234,7 @@ pub async fn take_to(
         },
         duration_ms: elapsed.as_millis() as u64,
     };
-    migrator::failpoint::hit("backup-before-manifest").map_err(Error::Source)?;
+    dbconn::failpoint::hit("backup-before-manifest").map_err(Error::Source)?;
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
     // Mirrors first, the primary last: with `require_all`, a copy that failed anywhere leaves
     // no complete snapshot on the primary.
@@ -269,7 +269,7 @@ pub async fn take_to(
     primary
         .put_new(&manifest_key(&database, &id), &json)
         .await?;
-    migrator::failpoint::hit("backup-after-manifest").map_err(Error::AfterChange)?;
+    dbconn::failpoint::hit("backup-after-manifest").map_err(Error::AfterChange)?;
     if let Some(db_id) = &manifest.database_id {
         owner::claim(primary, &database, db_id, &manifest.engine, &manifest.host).await?;
     }

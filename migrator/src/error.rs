@@ -2,7 +2,6 @@
 //! one, what to do about it; the binary turns [`Error::kind`] into an exit code.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::lint::Finding;
 use crate::plan::Drift;
@@ -38,22 +37,6 @@ pub enum Error {
     #[error("the database does not match the migrations folder, nothing was run:\n{}\nRestore the original files (or the missing ones), or give the late migration a version above the newest applied one.", list(drift))]
     Drift { drift: Vec<Drift> },
 
-    #[error("database URL `{url}`: {problem} (setting `database.url`, flag --database, env DBWARD_DATABASE or DATABASE_URL)")]
-    Url { url: String, problem: String },
-
-    #[error("{what} goes through a transaction-mode connection pooler (PgBouncer, Supavisor, a pooled endpoint): the statements of one run reach different server sessions, so the migration lock cannot hold. Nothing was changed. Give dbward a direct or session-mode URL for migrations with `database.migrate_url` (or DBWARD_MIGRATE_URL); the application keeps its pooled URL")]
-    Pooled { what: String },
-
-    #[error("cannot open {what}: {message}")]
-    Open { what: String, message: String },
-
-    #[error("timed out after {} waiting for the migration lock on {what}{}; another `dbward migrate` is still running. Raise --lock-timeout, or find the holder and let it finish.", humanize(*waited), holder.as_deref().map(|h| format!(" (held by {h})")).unwrap_or_default())]
-    LockTimeout {
-        what: String,
-        waited: Duration,
-        holder: Option<String>,
-    },
-
     #[error("migration {}{} failed: {message}\nThe whole batch was rolled back: the database is as it was before this run.", file.display(), position.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
     Apply {
         file: PathBuf,
@@ -62,26 +45,28 @@ pub enum Error {
         message: String,
     },
 
-    #[error("{context}: {message}")]
-    Database { context: String, message: String },
+    /// Connecting, locking, reading or writing the database.
+    #[error(transparent)]
+    Database(#[from] dbconn::Error),
 }
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Folder { .. } | Error::Url { .. } => ErrorKind::Usage,
+            Error::Folder { .. } => ErrorKind::Usage,
             Error::Files { .. } | Error::Lint { .. } | Error::Drift { .. } => ErrorKind::Refused,
-            Error::LockTimeout { .. } => ErrorKind::LockTimeout,
-            Error::Open { .. } | Error::Apply { .. } | Error::Database { .. } => ErrorKind::Failed,
-            Error::Pooled { .. } => ErrorKind::Refused,
+            Error::Apply { .. } => ErrorKind::Failed,
+            Error::Database(e) => match e.kind() {
+                dbconn::ErrorKind::Usage => ErrorKind::Usage,
+                dbconn::ErrorKind::Refused => ErrorKind::Refused,
+                dbconn::ErrorKind::LockTimeout => ErrorKind::LockTimeout,
+                dbconn::ErrorKind::Failed => ErrorKind::Failed,
+            },
         }
     }
 
     pub(crate) fn db(context: impl Into<String>, err: impl std::fmt::Display) -> Error {
-        Error::Database {
-            context: context.into(),
-            message: err.to_string(),
-        }
+        Error::Database(dbconn::Error::db(context, err))
     }
 }
 
@@ -106,19 +91,4 @@ fn list<T: std::fmt::Display>(items: &[T]) -> String {
         .join("\n")
 }
 
-/// `1m 30s` rather than `90s`; durations in messages are for people.
-pub fn humanize(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let secs = d.as_secs();
-    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
-    let mut out = String::new();
-    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
-        if n > 0 {
-            out.push_str(&format!("{n}{unit}"));
-        }
-    }
-    out
-}
+pub use dbconn::error::humanize;

@@ -1,21 +1,20 @@
 //! Migrations for SQLite and PostgreSQL: find them on disk ([`source`]), check them without a
 //! database ([`lint`]), compare them with the database's history ([`plan`]) and apply a pending
-//! batch in one transaction under a migration lock ([`database`]).
+//! batch in one transaction under a migration lock ([`database`]). Connections, URLs and the
+//! history table's rows come from `dbconn`, which `backup` shares.
 //!
 //! This crate knows nothing of snapshots, stores or the command line: the binary decides when
 //! to lock, when to snapshot and what to print.
 
-pub mod committed;
 pub mod database;
 pub mod error;
-pub mod failpoint;
 pub mod lint;
 pub mod plan;
 pub mod source;
-pub mod sql;
 
-pub use database::{Database, DatabaseUrl, Open};
+pub use database::{Database, Open};
+pub use dbconn::{Applied, AppliedRepeatable, DatabaseUrl, Head};
 pub use error::{Error, ErrorKind};
 pub use lint::{Dialect, Finding, Severity};
-pub use plan::{Applied, AppliedRepeatable, Drift, Head, Plan};
+pub use plan::{Drift, Plan};
 pub use source::{discover, Kind, MigrationFile, Migrations};

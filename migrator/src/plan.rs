@@ -5,40 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::source::{MigrationFile, Migrations};
-
-/// One row of `refinery_schema_history`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Applied {
-    pub version: i64,
-    pub name: String,
-    pub applied_on: String,
-    /// refinery's checksum, stored as decimal text (and shown as text: JSON numbers lose u64s).
-    #[serde(serialize_with = "as_text")]
-    pub checksum: u64,
-}
-
-fn as_text<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
-
-/// A database's migration head as manifests and the state dir record it: the newest applied
-/// migration, its checksum as decimal text (JSON numbers lose u64s). The one head type.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Head {
-    pub version: i64,
-    pub name: String,
-    pub checksum: String,
-}
-
-impl Applied {
-    pub fn head(&self) -> Head {
-        Head {
-            version: self.version,
-            name: self.name.clone(),
-            checksum: self.checksum.to_string(),
-        }
-    }
-}
+use dbconn::{Applied, AppliedRepeatable, Head};
 
 impl crate::source::MigrationFile {
     /// The head this file makes once applied (versioned files only).
@@ -49,16 +16,6 @@ impl crate::source::MigrationFile {
             checksum: self.checksum.to_string(),
         }
     }
-}
-
-/// One row of dbward's repeatable-migration history (`dbward_repeatable_history`): the text of
-/// `R__<name>.sql` last applied.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AppliedRepeatable {
-    pub name: String,
-    pub applied_on: String,
-    #[serde(serialize_with = "as_text")]
-    pub checksum: u64,
 }
 
 /// Why the folder and the database disagree.

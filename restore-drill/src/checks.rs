@@ -53,8 +53,8 @@ impl From<rusqlite::Error> for CheckFailure {
     }
 }
 
-impl From<migrator::Error> for CheckFailure {
-    fn from(e: migrator::Error) -> CheckFailure {
+impl From<dbconn::Error> for CheckFailure {
+    fn from(e: dbconn::Error) -> CheckFailure {
         CheckFailure::Snapshot(backup::error::chain(&e))
     }
 }
@@ -134,7 +134,7 @@ impl Checks {
     }
 }
 
-pub fn head_matches(head: Option<migrator::Applied>, m: &Manifest, opts: &Options) -> Outcome<()> {
+pub fn head_matches(head: Option<dbconn::Applied>, m: &Manifest, opts: &Options) -> Outcome<()> {
     let got = head.as_ref().map(|h| (h.version, h.checksum.to_string()));
     let want = m
         .migration_head

@@ -7,12 +7,12 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use migrator::DatabaseUrl;
+use dbconn::DatabaseUrl;
 
 pub struct Ephemeral {
     dir: tempfile::TempDir,
     bindir: PathBuf,
-    pub url: migrator::database::PgUrl,
+    pub url: dbconn::PgUrl,
 }
 
 fn is_root() -> bool {

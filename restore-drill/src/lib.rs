@@ -22,8 +22,9 @@ use serde::Serialize;
 
 use backup::restore;
 use backup::{Manifest, Store};
-use migrator::database::PgUrl;
-use migrator::{DatabaseUrl, MigrationFile};
+use dbconn::DatabaseUrl;
+use dbconn::PgUrl;
+use migrator::MigrationFile;
 
 use checks::{classify, counts_match, head_matches, CheckFailure, Checks};
 pub use checks::{Check, Verdict};
@@ -152,7 +153,7 @@ pub async fn drill(stores: &[&Store], live: &DatabaseUrl, m: &Manifest, opts: &O
             if r > max.as_secs_f64() {
                 problems.push(format!(
                     "RTO {r:.1}s exceeds drill.max_rto {}",
-                    migrator::error::humanize(max)
+                    dbconn::error::humanize(max)
                 ));
             }
         }
@@ -162,7 +163,7 @@ pub async fn drill(stores: &[&Store], live: &DatabaseUrl, m: &Manifest, opts: &O
                 problems.push(format!(
                     "the snapshot is {:.0}s old, more than drill.max_snapshot_age {}",
                     age,
-                    migrator::error::humanize(max)
+                    dbconn::error::humanize(max)
                 ));
             }
         }
@@ -227,7 +228,7 @@ impl ScratchDb {
         }
     }
 
-    async fn head(&self) -> Result<Option<migrator::Applied>, CheckFailure> {
+    async fn head(&self) -> Result<Option<dbconn::Applied>, CheckFailure> {
         match self {
             ScratchDb::Sqlite(c) => sqlite::head(c),
             ScratchDb::Postgres(p) => p.head().await,

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use migrator::database::postgres::{applied_on, describe, Postgres};
-use migrator::database::PgUrl;
-use migrator::sql::{ident, literal};
+use dbconn::postgres::{applied_on, describe, Postgres};
+use dbconn::sql::{ident, literal};
+use dbconn::PgUrl;
 
 use crate::checks::{CheckFailure, Outcome};
 use crate::ephemeral::Ephemeral;
@@ -104,7 +104,7 @@ pub async fn restore(
     let db = Postgres::connect(&url)
         .await
         .map_err(|e| CheckFailure::Environment(backup::error::chain(&e)))?;
-    migrator::failpoint::hit("drill-after-restore")?;
+    dbconn::failpoint::hit("drill-after-restore")?;
     let detail = format!("scratch database {name}");
     Ok((
         Restored {
@@ -167,7 +167,7 @@ impl Restored {
         Ok(((), "pg_amcheck --heapallindexed clean".into()))
     }
 
-    pub async fn head(&self) -> Result<Option<migrator::Applied>, CheckFailure> {
+    pub async fn head(&self) -> Result<Option<dbconn::Applied>, CheckFailure> {
         Ok(applied_on(self.db.client())
             .await?
             .into_iter()

@@ -13,7 +13,7 @@ pub fn open(decoded: &Path, live: &Path) -> Outcome<Connection> {
         return Err("the scratch file is the live database; refusing".into());
     }
     let c = Connection::open(decoded)?;
-    migrator::failpoint::hit("drill-after-restore")?;
+    dbconn::failpoint::hit("drill-after-restore")?;
     Ok((c, format!("scratch file {}", decoded.display())))
 }
 
@@ -32,8 +32,8 @@ pub fn integrity(c: &Connection) -> Outcome<()> {
     Ok(((), "integrity_check ok, foreign_key_check clean".into()))
 }
 
-pub fn head(c: &Connection) -> Result<Option<migrator::Applied>, CheckFailure> {
-    Ok(migrator::database::sqlite::applied_on(c)?
+pub fn head(c: &Connection) -> Result<Option<dbconn::Applied>, CheckFailure> {
+    Ok(dbconn::sqlite::applied_on(c)?
         .into_iter()
         .max_by_key(|a| a.version))
 }

@@ -143,7 +143,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         names.join(", ")
     );
     db.apply(&batch, settings.lock_timeout).await?;
-    migrator::committed::mark(format!(
+    dbconn::committed::mark(format!(
         "the migration batch ({}) was committed",
         names.join(", ")
     ));
@@ -478,7 +478,7 @@ async fn warn_if_snapshots_exist(settings: &Settings, url: &DatabaseUrl) {
 
 /// A failure point of the crash-consistency suite (nothing without the `failpoints` feature).
 fn failpoint(name: &str) -> Result<(), Failure> {
-    migrator::failpoint::hit(name).map_err(|e| Failure::new(Exit::Failed, e))
+    dbconn::failpoint::hit(name).map_err(|e| Failure::new(Exit::Failed, e))
 }
 
 fn head_text(plan: &Plan) -> String {

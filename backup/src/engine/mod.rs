@@ -33,11 +33,11 @@ pub struct Prepared {
 
 pub enum Keep {
     TempFile(#[allow(dead_code)] crate::scratch::ScratchPath),
-    Transaction(migrator::database::postgres::Postgres),
+    Transaction(dbconn::postgres::Postgres),
 }
 
-pub(crate) fn head(rows: Vec<migrator::Applied>) -> Option<Head> {
+pub(crate) fn head(rows: Vec<dbconn::Applied>) -> Option<Head> {
     rows.iter()
         .max_by_key(|a| a.version)
-        .map(migrator::Applied::head)
+        .map(dbconn::Applied::head)
 }

@@ -7,8 +7,8 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use migrator::database::postgres::{applied_on, describe, Postgres};
-use migrator::database::{PgUrl, SslMode};
+use dbconn::postgres::{applied_on, describe, Postgres};
+use dbconn::{PgUrl, SslMode};
 use tokio_postgres::config::Host;
 
 use super::{head, Keep, Prepared};
@@ -44,7 +44,7 @@ pub async fn prepare(url: &PgUrl, lock_wait_timeout: Duration) -> Result<Prepare
         .map_err(q)?
         .get(0);
     let applied = applied_on(c).await?;
-    let database_id = migrator::database::identity::read_pg(c).await?;
+    let database_id = dbconn::identity::read_pg(c).await?;
     let row_counts = row_counts(c).await?;
 
     let mut cmd = libpq_command("pg_dump", url, None);
@@ -129,7 +129,7 @@ async fn row_counts(c: &tokio_postgres::Client) -> Result<BTreeMap<String, u64>,
     Ok(out)
 }
 
-use migrator::sql::ident;
+use dbconn::sql::ident;
 
 /// `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → `15.18`.
 pub fn tool_version(tool: &str) -> Result<String, Error> {
@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn conninfo_has_no_password() {
-        let migrator::DatabaseUrl::Postgres(pg) = migrator::DatabaseUrl::parse(
+        let dbconn::DatabaseUrl::Postgres(pg) = dbconn::DatabaseUrl::parse(
             "postgres://app:s3cret@db.internal:6432/shop?sslmode=require",
         )
         .unwrap() else {

@@ -63,8 +63,8 @@ pub fn prepare(db: &Path, temp_dir: &Path, busy_timeout: Duration) -> Result<Pre
         .map_err(|e| Error::Source(format!("opening the copy: {e}")))?;
     let row_counts =
         row_counts(&copy).map_err(|e| Error::Source(format!("counting rows in the copy: {e}")))?;
-    let applied = migrator::database::sqlite::applied_on(&copy)?;
-    let database_id = migrator::database::identity::read_sqlite(&copy)?;
+    let applied = dbconn::sqlite::applied_on(&copy)?;
+    let database_id = dbconn::identity::read_sqlite(&copy)?;
     drop(copy);
 
     let size = std::fs::metadata(&*tmp)
@@ -101,7 +101,7 @@ pub fn row_counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, u64>> 
         .collect::<Result<_, _>>()?;
     let mut out = BTreeMap::new();
     for name in names {
-        let quoted = migrator::sql::ident(&name);
+        let quoted = dbconn::sql::ident(&name);
         let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {quoted}"), [], |r| r.get(0))?;
         out.insert(name, n as u64);
     }

@@ -114,7 +114,7 @@ pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<ScratchPat
             m.sha256
         )));
     }
-    migrator::failpoint::hit("restore-after-fetch").map_err(Error::Restore)?;
+    dbconn::failpoint::hit("restore-after-fetch").map_err(Error::Restore)?;
     Ok(tmp)
 }
 
@@ -222,7 +222,7 @@ pub fn decompress(
             .sync_all()
             .map_err(Error::io(format!("fsync {}", out.display())))?;
     }
-    migrator::failpoint::hit("restore-after-decompress").map_err(Error::Restore)?;
+    dbconn::failpoint::hit("restore-after-decompress").map_err(Error::Restore)?;
     Ok(out)
 }
 

@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::process::Stdio;
 
-use migrator::database::postgres::{applied_on, describe, Postgres};
-use migrator::database::PgUrl;
+use dbconn::postgres::{applied_on, describe, Postgres};
+use dbconn::PgUrl;
 
 use super::{Outcome, Replaced, Strategy};
 use crate::engine::postgres::{libpq_command, major, tool_version};
@@ -40,7 +40,7 @@ pub fn rename_impossible(url: &PgUrl) -> Option<String> {
 /// The database a rename swap connects to.
 const MAINTENANCE: &str = "postgres";
 
-use migrator::sql::{ident, literal};
+use dbconn::sql::{ident, literal};
 
 async fn connect_to(url: &PgUrl, db: &str) -> Result<Postgres, Error> {
     let mut other = url.clone();
@@ -105,8 +105,7 @@ pub async fn restore(
     .map_err(q("taking the restore lock"))?;
     if opts.if_missing
         && opts.to.is_none()
-        && !crate::owner::is_missing(&migrator::DatabaseUrl::Postgres(Box::new(url.clone())))
-            .await?
+        && !crate::owner::is_missing(&dbconn::DatabaseUrl::Postgres(Box::new(url.clone()))).await?
     {
         tracing::info!("{live} appeared meanwhile: nothing restored");
         return Ok(None);
@@ -188,7 +187,7 @@ pub async fn restore(
         drop_target().await;
         return Err(q("marking the restore database as dbward's")(e));
     }
-    if let Err(e) = migrator::failpoint::hit("restore-pg-after-create") {
+    if let Err(e) = dbconn::failpoint::hit("restore-pg-after-create") {
         drop_target().await;
         return Err(Error::Restore(e));
     }
@@ -207,7 +206,7 @@ pub async fn restore(
             &[],
         )
         .await?;
-        migrator::failpoint::hit("restore-pg-after-pg-restore").map_err(Error::Restore)?;
+        dbconn::failpoint::hit("restore-pg-after-pg-restore").map_err(Error::Restore)?;
         check_restored(&connect_to(url, &target).await?, m).await
     }
     .await;
@@ -245,7 +244,7 @@ pub async fn restore(
     // while a second connection ends them. Nothing is changed until COMMIT: if this process is
     // killed at any point, the transaction is rolled back and the live database stays as it was,
     // accepting connections.
-    if let Err(e) = migrator::failpoint::hit("restore-pg-before-swap") {
+    if let Err(e) = dbconn::failpoint::hit("restore-pg-before-swap") {
         drop_target().await;
         return Err(Error::Restore(e));
     }
@@ -310,7 +309,7 @@ pub async fn restore(
         }
         return Err(Error::Restore(msg));
     }
-    migrator::committed::mark(format!(
+    dbconn::committed::mark(format!(
         "the restored database was swapped in as {live} (the replaced one is {replaced})"
     ));
     if !ended.ended.is_empty() {
@@ -505,7 +504,7 @@ pub async fn restore_in_place(
         &["--clean", "--if-exists", "--single-transaction"],
     )
     .await?;
-    migrator::committed::mark(format!("the snapshot was applied to {live} in place"));
+    dbconn::committed::mark(format!("the snapshot was applied to {live} in place"));
     if let Err(e) = check_restored(&Postgres::connect(url).await?, m).await {
         return Err(Error::AfterChange(format!(
             "the archive was applied to {live} in place, but the check that followed failed: {e}. \

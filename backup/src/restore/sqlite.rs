@@ -66,12 +66,10 @@ pub async fn restore(
     // thread, so a stop request is seen while it waits.
     let lock_path = live.to_path_buf();
     let wait = opts.lock_wait;
-    let _lock = tokio::task::spawn_blocking(move || {
-        migrator::database::sqlite::lock_file(&lock_path, wait)
-    })
-    .await
-    .map_err(|e| Error::Restore(format!("waiting for the migration lock: {e}")))??;
-    let url = migrator::DatabaseUrl::Sqlite(live.to_path_buf());
+    let _lock = tokio::task::spawn_blocking(move || dbconn::sqlite::lock_file(&lock_path, wait))
+        .await
+        .map_err(|e| Error::Restore(format!("waiting for the migration lock: {e}")))??;
+    let url = dbconn::DatabaseUrl::Sqlite(live.to_path_buf());
     if opts.if_missing && !crate::owner::is_missing(&url).await? {
         tracing::info!("{} appeared meanwhile: nothing restored", live.display());
         return Ok(None);
@@ -152,7 +150,7 @@ pub fn check(path: &Path, m: &Manifest) -> Result<(), Error> {
     if verdict != "ok" {
         return Err(refuse(format!("integrity_check says {verdict}")));
     }
-    let applied = migrator::database::sqlite::applied_on(&c)?;
+    let applied = dbconn::sqlite::applied_on(&c)?;
     let head = applied.iter().map(|a| a.version).max();
     if head != m.migration_head.as_ref().map(|h| h.version) {
         return Err(refuse(format!(
@@ -315,7 +313,7 @@ pub fn swap_in(db: &Path, restored: ScratchPath, force: bool) -> Result<PathBuf,
             db.display(),
             kept.display()
         )))?;
-        migrator::failpoint::hit("restore-sqlite-after-link").map_err(Error::Restore)?;
+        dbconn::failpoint::hit("restore-sqlite-after-link").map_err(Error::Restore)?;
         for s in ["-wal", "-shm"] {
             let from = suffixed(db, s);
             if from.exists() {
@@ -323,7 +321,7 @@ pub fn swap_in(db: &Path, restored: ScratchPath, force: bool) -> Result<PathBuf,
                     .map_err(Error::io(format!("moving {} aside", from.display())))?;
             }
         }
-        migrator::failpoint::hit("restore-sqlite-after-wal-moved").map_err(Error::Restore)?;
+        dbconn::failpoint::hit("restore-sqlite-after-wal-moved").map_err(Error::Restore)?;
     }
     std::fs::rename(&restored, db).map_err(Error::io(format!(
         "renaming the restored file to {}",
@@ -331,12 +329,12 @@ pub fn swap_in(db: &Path, restored: ScratchPath, force: bool) -> Result<PathBuf,
     )))?;
     // The rename consumed the temp file; make sure its guard does not try to remove `db`.
     restored.keep();
-    migrator::committed::mark(format!(
+    dbconn::committed::mark(format!(
         "the restored database was swapped in at {} (the replaced one is {})",
         db.display(),
         kept.display()
     ));
-    migrator::failpoint::hit("restore-sqlite-after-swap").map_err(Error::AfterChange)?;
+    dbconn::failpoint::hit("restore-sqlite-after-swap").map_err(Error::AfterChange)?;
     sync_dir(&dir)?;
     Ok(kept)
 }

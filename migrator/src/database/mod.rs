@@ -1,19 +1,15 @@
 //! The two engines behind one enum: open, lock, read history, apply a batch.
 
-pub mod history;
-pub mod identity;
 pub mod postgres;
 pub mod sqlite;
-pub mod tls;
-pub mod url;
 
 use std::time::Duration;
 
 use crate::error::Error;
-use crate::plan::{Applied, AppliedRepeatable};
 use crate::source::MigrationFile;
+use dbconn::{Applied, AppliedRepeatable};
 
-pub use url::{DatabaseUrl, PgUrl, SslMode};
+pub use dbconn::{DatabaseUrl, PgUrl, SslMode};
 
 /// What [`Database::write_counters`] counted.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -51,7 +47,7 @@ impl Counters {
 
 pub enum Database {
     Sqlite(sqlite::Sqlite),
-    Postgres(postgres::Postgres),
+    Postgres(postgres::Session),
 }
 
 /// What opening a SQLite path may do when the file is missing.
@@ -71,7 +67,7 @@ impl Database {
                 mode == Open::Create,
             )?)),
             DatabaseUrl::Postgres(pg) => {
-                Ok(Database::Postgres(postgres::Postgres::connect(pg).await?))
+                Ok(Database::Postgres(postgres::Session::connect(pg).await?))
             }
         }
     }
@@ -136,7 +132,7 @@ impl Database {
                 .client()
                 .query_one(sql, &[])
                 .await
-                .map_err(|e| Error::db("running the probe", postgres::describe(&e)))?
+                .map_err(|e| Error::db("running the probe", dbconn::postgres::describe(&e)))?
                 .try_get::<_, bool>(0)
                 .map_err(|e| {
                     Error::db(

@@ -4,70 +4,50 @@
 
 use std::time::{Duration, Instant};
 
-use tokio_postgres::error::{DbError, ErrorPosition, SqlState};
+use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::Client;
 
-use super::url::PgUrl;
-use super::{history, tls};
+use dbconn::history::{self, Applied, AppliedRepeatable};
+use dbconn::postgres::{applied_on, backend_pid, describe, Postgres};
+use dbconn::PgUrl;
+
 use crate::error::{humanize, Error};
-use crate::plan::{Applied, AppliedRepeatable};
 use crate::source::{Kind, MigrationFile};
 
 /// The advisory lock key: "dbward" and 1, so it is recognisable in `pg_locks`.
 pub const LOCK_KEY: i64 = 0x6462_7761_7264_0001;
 
-pub struct Postgres {
-    client: Client,
-    display: String,
-    url: Box<PgUrl>,
+/// A migration session: a connection ([`dbconn::postgres::Postgres`]) that takes the migration
+/// lock and applies a batch.
+pub struct Session {
+    conn: Postgres,
 }
 
-impl Postgres {
-    pub async fn connect(url: &PgUrl) -> Result<Postgres, Error> {
-        let connector = tls::connector(url)?;
-        let (client, connection) =
-            url.config
-                .connect(connector)
-                .await
-                .map_err(|e| Error::Open {
-                    what: url.display.clone(),
-                    message: describe(&e),
-                })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("postgres connection closed: {e}");
-            }
-        });
-        // If dbward dies mid-batch, the server would run the orphaned statement to its end,
-        // holding its locks. From PostgreSQL 14 it can check for a dead client while a query runs.
-        let version: i32 = client
-            .query_one("SELECT current_setting('server_version_num')::int", &[])
-            .await
-            .map_err(|e| Error::db("reading the server version", describe(&e)))?
-            .get(0);
-        if version >= 140000 {
-            client
-                .batch_execute("SET client_connection_check_interval = 1000")
-                .await
-                .map_err(|e| Error::db("setting client_connection_check_interval", describe(&e)))?;
-        }
-        Ok(Postgres {
-            client,
-            display: url.display.clone(),
-            url: Box::new(url.clone()),
+impl std::ops::Deref for Session {
+    type Target = Postgres;
+    fn deref(&self) -> &Postgres {
+        &self.conn
+    }
+}
+
+impl Session {
+    pub async fn connect(url: &PgUrl) -> Result<Session, Error> {
+        Ok(Session {
+            conn: Postgres::connect(url).await?,
         })
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
+    pub async fn has_user_tables(&mut self) -> Result<bool, Error> {
+        Ok(self.conn.has_user_tables().await?)
     }
 
     /// Takes the session advisory lock, waiting at most `timeout`. Held until the connection
     /// closes (the process exits, or is killed: the server then releases it).
     pub async fn lock(&mut self, timeout: Duration) -> Result<(), Error> {
-        self.refuse_pooled().await?;
+        self.conn.refuse_pooled().await?;
         let got: bool = self
-            .client
+            .conn
+            .client()
             .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
             .await
             .map_err(|e| Error::db("taking the migration lock", describe(&e)))?
@@ -84,7 +64,8 @@ impl Postgres {
         let ms = timeout.as_millis().max(1);
         let started = Instant::now();
         let result = self
-            .client
+            .conn
+            .client()
             .batch_execute(&format!(
                 "SET lock_timeout = {ms}; SELECT pg_advisory_lock({LOCK_KEY}); RESET lock_timeout;"
             ))
@@ -98,12 +79,13 @@ impl Postgres {
                 self.check_session_lock().await
             }
             Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                let _ = self.client.batch_execute("RESET lock_timeout").await;
-                Err(Error::LockTimeout {
-                    what: self.display.clone(),
+                let _ = self.conn.client().batch_execute("RESET lock_timeout").await;
+                Err(dbconn::Error::LockTimeout {
+                    what: self.conn.display().to_string(),
                     waited: timeout,
                     holder,
-                })
+                }
+                .into())
             }
             Err(e) => Err(Error::db("waiting for the migration lock", describe(&e))),
         }
@@ -121,59 +103,26 @@ impl Postgres {
         .map(|r| r.get(0)))
     }
 
-    async fn my_pid(c: &Client) -> Result<i32, Error> {
-        Ok(c.query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .map_err(|e| Error::db("checking the connection", describe(&e)))?
-            .get(0))
-    }
-
-    /// A session lock only protects a run whose statements all reach one server session. Behind
-    /// a transaction-mode pooler (PgBouncer, Supavisor, the pooled endpoints of managed
-    /// services) they do not: the lock would stay on a pooled server connection after dbward
-    /// exits, and every later run would wait for a lock nobody holds. The probe: between two
-    /// statements of this connection, a second connection opens a transaction (a pooler must
-    /// give it a server connection to itself; most recently used first, that is the one this
-    /// connection just used). Directly, this connection's backend never changes and the second
-    /// one never shares it.
-    pub async fn refuse_pooled(&self) -> Result<(), Error> {
-        let before = Self::my_pid(&self.client).await?;
-        let other = Postgres::connect(&self.url).await?;
-        other
-            .client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(|e| Error::db("checking the connection", describe(&e)))?;
-        let theirs = Self::my_pid(&other.client).await?;
-        let after = Self::my_pid(&self.client).await?;
-        let _ = other.client.batch_execute("ROLLBACK").await;
-        if before != after || theirs == before {
-            return Err(Error::Pooled {
-                what: self.display.clone(),
-            });
-        }
-        Ok(())
-    }
-
     /// After the lock was granted: it must be this session's.
     async fn check_session_lock(&mut self) -> Result<(), Error> {
-        let holder = Self::lock_holder_pid(&self.client).await?;
-        let mine = Self::my_pid(&self.client).await?;
+        let holder = Self::lock_holder_pid(self.conn.client()).await?;
+        let mine = backend_pid(self.conn.client()).await?;
         if holder != Some(mine) {
             let _ = self
-                .client
+                .conn
+                .client()
                 .batch_execute(&format!("SELECT pg_advisory_unlock({LOCK_KEY})"))
                 .await;
-            return Err(Error::Pooled {
-                what: self.display.clone(),
-            });
+            return Err(dbconn::Error::Pooled {
+                what: self.conn.display().to_string(),
+            }
+            .into());
         }
         Ok(())
     }
 
     async fn lock_holder(&self) -> Option<String> {
-        let row = self
-            .client
+        let row = self.conn.client()
             .query_opt(
                 "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket'), \
                         to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') \
@@ -193,7 +142,7 @@ impl Postgres {
     }
 
     pub async fn applied(&mut self) -> Result<Vec<Applied>, Error> {
-        applied_on(&self.client).await
+        Ok(applied_on(self.conn.client()).await?)
     }
 
     pub async fn applied_repeatable(&mut self) -> Result<Vec<AppliedRepeatable>, Error> {
@@ -201,7 +150,8 @@ impl Postgres {
             Error::db("reading the repeatable-migration history", describe(&e))
         };
         let exists: bool = self
-            .client
+            .conn
+            .client()
             .query_one(
                 &format!(
                     "SELECT to_regclass('{}') IS NOT NULL",
@@ -216,13 +166,15 @@ impl Postgres {
             return Ok(Vec::new());
         }
         let rows = self
-            .client
+            .conn
+            .client()
             .query(history::SELECT_REPEATABLE, &[])
             .await
             .map_err(ctx)?;
         rows.iter()
             .map(|r| history::repeatable_row(r.get(0), r.get(1), r.get(2)))
-            .collect()
+            .collect::<Result<_, _>>()
+            .map_err(Error::from)
     }
 
     /// `n_tup_ins + n_tup_upd + n_tup_del` per table (`schema.table`), after flushing this
@@ -233,7 +185,8 @@ impl Postgres {
     ) -> Result<std::collections::BTreeMap<String, i64>, Error> {
         let ctx = |e: tokio_postgres::Error| Error::db("reading pg_stat_user_tables", describe(&e));
         let flush = self
-            .client
+            .conn
+            .client()
             .query_one(
                 "SELECT to_regproc('pg_catalog.pg_stat_force_next_flush') IS NOT NULL",
                 &[],
@@ -242,18 +195,19 @@ impl Postgres {
             .map_err(ctx)?
             .get::<_, bool>(0);
         if flush {
-            self.client
+            self.conn
+                .client()
                 .batch_execute("SELECT pg_catalog.pg_stat_force_next_flush()")
                 .await
                 .map_err(ctx)?;
         }
         // A fresh snapshot of the statistics (they are cached per transaction).
-        self.client
+        self.conn
+            .client()
             .batch_execute("SELECT pg_catalog.pg_stat_clear_snapshot()")
             .await
             .map_err(ctx)?;
-        let rows = self
-            .client
+        let rows = self.conn.client()
             .query(
                 "SELECT schemaname || '.' || relname, (n_tup_ins + n_tup_upd + n_tup_del)::int8                  FROM pg_catalog.pg_stat_user_tables                  WHERE relname NOT IN ('refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history')",
                 &[],
@@ -263,31 +217,20 @@ impl Postgres {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    pub async fn has_user_tables(&mut self) -> Result<bool, Error> {
-        Ok(self
-            .client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                   AND n.nspname NOT LIKE 'pg\\_%' AND c.relname NOT IN ('refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history'))",
-                &[],
-            )
-            .await
-            .map_err(|e| Error::db("reading the schema", describe(&e)))?
-            .get(0))
-    }
-
     pub async fn record(&mut self, files: &[&MigrationFile]) -> Result<(), Error> {
-        let c = &self.client;
+        let c = &self.conn.client();
         let ctx = |e: tokio_postgres::Error| Error::db("recording the baseline", describe(&e));
         c.batch_execute("BEGIN").await.map_err(ctx)?;
         let result = async {
             c.batch_execute(history::CREATE).await.map_err(ctx)?;
-            super::identity::ensure_pg(c).await?;
+            dbconn::identity::ensure_pg(c).await?;
             for f in files {
-                c.execute(history::INSERT_PG, &history::values(f).as_params())
-                    .await
-                    .map_err(ctx)?;
+                c.execute(
+                    history::INSERT_PG,
+                    &history::values(f.version, &f.name, f.checksum).as_params(),
+                )
+                .await
+                .map_err(ctx)?;
             }
             c.batch_execute("COMMIT").await.map_err(ctx)
         }
@@ -303,7 +246,7 @@ impl Postgres {
         batch: &[&MigrationFile],
         lock_timeout: Duration,
     ) -> Result<(), Error> {
-        let c = &self.client;
+        let c = &self.conn.client();
         let ctx = |e: tokio_postgres::Error| Error::db("applying the batch", describe(&e));
         c.batch_execute("BEGIN").await.map_err(ctx)?;
         let result = async {
@@ -319,7 +262,7 @@ impl Postgres {
                     .await
                     .map_err(ctx)?;
             }
-            super::identity::ensure_pg(c).await?;
+            dbconn::identity::ensure_pg(c).await?;
             // dbward's own statements name the history table with the schema it is in now: a
             // file may empty the search path (every pg_dump does).
             let schema: Option<String> = c
@@ -353,7 +296,7 @@ impl Postgres {
             if let Some(v) = check_interval.filter(|v| !v.is_empty()) {
                 reset.push_str(&format!(
                     " SET client_connection_check_interval = {};",
-                    crate::sql::literal(&v)
+                    dbconn::sql::literal(&v)
                 ));
             }
             for f in batch {
@@ -369,7 +312,7 @@ impl Postgres {
                     .await
                     .map_err(|e| apply_error(f, &e, lock_timeout))?;
                 c.batch_execute(&reset).await.map_err(ctx)?;
-                let v = history::values(f);
+                let v = history::values(f.version, &f.name, f.checksum);
                 match f.kind {
                     Kind::Versioned => c.execute(&insert, &v.as_params()).await,
                     Kind::Repeatable => {
@@ -378,7 +321,7 @@ impl Postgres {
                     }
                 }
                 .map_err(ctx)?;
-                crate::failpoint::hit("migrate-mid-batch")
+                dbconn::failpoint::hit("migrate-mid-batch")
                     .map_err(|e| Error::db("applying the batch", e))?;
             }
             c.batch_execute("COMMIT").await.map_err(ctx)
@@ -390,28 +333,6 @@ impl Postgres {
         }
         result
     }
-}
-
-/// The history rows as `client` sees them (inside its transaction, if one is open).
-pub async fn applied_on(client: &Client) -> Result<Vec<Applied>, Error> {
-    let exists: bool = client
-        .query_one(
-            &format!("SELECT to_regclass('{}') IS NOT NULL", history::TABLE),
-            &[],
-        )
-        .await
-        .map_err(|e| Error::db("reading the migration history", describe(&e)))?
-        .get(0);
-    if !exists {
-        return Ok(Vec::new());
-    }
-    let rows = client
-        .query(history::SELECT, &[])
-        .await
-        .map_err(|e| Error::db("reading the migration history", describe(&e)))?;
-    rows.iter()
-        .map(|r| history::row(r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect()
 }
 
 fn apply_error(f: &MigrationFile, e: &tokio_postgres::Error, lock_timeout: Duration) -> Error {
@@ -442,35 +363,6 @@ fn char_to_byte(text: &str, pos: usize) -> usize {
     text.char_indices()
         .nth(pos.saturating_sub(1))
         .map_or(text.len(), |(i, _)| i)
-}
-
-/// The server's own words: severity, message, detail, hint, where.
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    let Some(db) = e.as_db_error() else {
-        // Client-side: connection refused, TLS failure, ... `source` holds the reason.
-        let mut s = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(inner) = src {
-            s.push_str(&format!(": {inner}"));
-            src = inner.source();
-        }
-        return s;
-    };
-    db_message(db)
-}
-
-fn db_message(db: &DbError) -> String {
-    let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-    if let Some(d) = db.detail() {
-        s.push_str(&format!("\n  detail: {d}"));
-    }
-    if let Some(h) = db.hint() {
-        s.push_str(&format!("\n  hint: {h}"));
-    }
-    if let Some(w) = db.where_() {
-        s.push_str(&format!("\n  where: {w}"));
-    }
-    s
 }
 
 #[cfg(test)]

@@ -1,15 +1,16 @@
 //! SQLite: the migration lock is an exclusive lock on `<db>.dbward-lock` beside the database;
 //! the batch runs in one `BEGIN IMMEDIATE` transaction, each file as one `execute_batch`.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
-use super::history;
+use dbconn::history::{self, Applied, AppliedRepeatable};
+use dbconn::sqlite::{applied_on, lock_file, table_exists};
+
 use crate::error::{humanize, Error};
-use crate::plan::{Applied, AppliedRepeatable};
 use crate::source::{Kind, MigrationFile};
 
 pub struct Sqlite {
@@ -25,12 +26,13 @@ impl Sqlite {
         if create {
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         } else if !path.exists() {
-            return Err(Error::Open {
+            return Err(dbconn::Error::Open {
                 what: format!("sqlite:{}", path.display()),
                 message: "the file does not exist (only `migrate` creates it)".into(),
-            });
+            }
+            .into());
         }
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::Open {
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| dbconn::Error::Open {
             what: format!("sqlite:{}", path.display()),
             message: e.to_string(),
         })?;
@@ -57,7 +59,7 @@ impl Sqlite {
     }
 
     pub fn applied(&mut self) -> Result<Vec<Applied>, Error> {
-        applied_on(&self.conn)
+        Ok(applied_on(&self.conn)?)
     }
 
     pub fn applied_repeatable(&mut self) -> Result<Vec<AppliedRepeatable>, Error> {
@@ -73,7 +75,8 @@ impl Sqlite {
             .map_err(ctx)?;
         rows.into_iter()
             .map(|(n, a, c)| history::repeatable_row(n, a, c))
-            .collect()
+            .collect::<Result<_, _>>()
+            .map_err(Error::from)
     }
 
     /// Rows per table of the application's (not SQLite's, not dbward's).
@@ -89,7 +92,7 @@ impl Sqlite {
             let n: i64 = self
                 .conn
                 .query_row(
-                    &format!("SELECT count(*) FROM {}", crate::sql::ident(&name)),
+                    &format!("SELECT count(*) FROM {}", dbconn::sql::ident(&name)),
                     [],
                     |r| r.get(0),
                 )
@@ -123,9 +126,9 @@ impl Sqlite {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(ctx)?;
         tx.execute_batch(history::CREATE).map_err(ctx)?;
-        super::identity::ensure_sqlite(&tx)?;
+        dbconn::identity::ensure_sqlite(&tx)?;
         for f in files {
-            let v = history::values(f);
+            let v = history::values(f.version, &f.name, f.checksum);
             tx.execute(
                 history::INSERT_SQLITE,
                 rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
@@ -165,11 +168,11 @@ impl Sqlite {
         if batch.iter().any(|f| f.kind == Kind::Repeatable) {
             tx.execute_batch(history::CREATE_REPEATABLE).map_err(ctx)?;
         }
-        super::identity::ensure_sqlite(&tx)?;
+        dbconn::identity::ensure_sqlite(&tx)?;
         for f in batch {
             tracing::info!("applying {}", f.file_name());
             execute_file(&tx, f)?;
-            let v = history::values(f);
+            let v = history::values(f.version, &f.name, f.checksum);
             match f.kind {
                 Kind::Versioned => tx.execute(
                     history::INSERT_SQLITE,
@@ -181,7 +184,7 @@ impl Sqlite {
                 ),
             }
             .map_err(ctx)?;
-            crate::failpoint::hit("migrate-mid-batch")
+            dbconn::failpoint::hit("migrate-mid-batch")
                 .map_err(|e| Error::db("applying the batch", e))?;
         }
         // Named after the batch's last file: the check covers the whole batch.
@@ -251,93 +254,6 @@ fn foreign_key_check(
             if rows.len() > 10 { "; ..." } else { "" }
         ),
     })
-}
-
-/// The lock file belongs to the database's owner, so that the application's own user can still
-/// run dbward after root did (the lock file is dbward's, by its name beside the database).
-fn give_db_owner(lock: &File, db: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    if let (Ok(l), Ok(d)) = (lock.metadata(), std::fs::metadata(db)) {
-        if (l.uid(), l.gid()) != (d.uid(), d.gid()) {
-            let _ = std::os::unix::fs::fchown(lock, Some(d.uid()), Some(d.gid()));
-        }
-    }
-}
-
-/// The lock file beside the database: `<db>.dbward-lock`.
-pub fn lock_path(db: &Path) -> PathBuf {
-    let mut name = db.file_name().unwrap_or_default().to_os_string();
-    name.push(".dbward-lock");
-    db.with_file_name(name)
-}
-
-/// Takes the exclusive lock on `db`'s lock file, polling until `timeout`; held while the returned
-/// file is open. The kernel releases it when the process exits, however it exits. `migrate` and
-/// `restore` both take it, so they never overlap.
-pub fn lock_file(db: &Path, timeout: Duration) -> Result<File, Error> {
-    let lock_path = lock_path(db);
-    let open_err = |e: std::io::Error| Error::Open {
-        what: format!("lock file {}", lock_path.display()),
-        message: e.to_string(),
-    };
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(open_err)?;
-    give_db_owner(&file, db);
-    let started = Instant::now();
-    let mut announced = false;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
-            Err(TryLockError::WouldBlock) => {
-                if started.elapsed() >= timeout {
-                    return Err(Error::LockTimeout {
-                        what: format!("sqlite:{}", db.display()),
-                        waited: timeout,
-                        holder: Some(format!("whoever locks {}", lock_path.display())),
-                    });
-                }
-                if !announced {
-                    tracing::info!(
-                        "waiting up to {} for the migration lock {}",
-                        humanize(timeout),
-                        lock_path.display()
-                    );
-                    announced = true;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(TryLockError::Error(e)) => return Err(open_err(e)),
-        }
-    }
-}
-
-/// The history rows of any SQLite connection (a snapshot's copy, say); empty without the table.
-pub fn applied_on(conn: &Connection) -> Result<Vec<Applied>, Error> {
-    let ctx = |e: rusqlite::Error| Error::db("reading the migration history", e);
-    if !table_exists(conn, history::TABLE).map_err(ctx)? {
-        return Ok(Vec::new());
-    }
-    let mut stmt = conn.prepare(history::SELECT).map_err(ctx)?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .map_err(ctx)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(ctx)?;
-    rows.into_iter()
-        .map(|(v, n, a, c)| history::row(v, n, a, c))
-        .collect()
-}
-
-fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
-        |r| r.get(0),
-    )
 }
 
 /// Runs one file statement by statement, each stepped to its end, so that an error names the

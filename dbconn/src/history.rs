@@ -5,8 +5,50 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::error::Error;
-use crate::plan::{Applied, AppliedRepeatable};
-use crate::source::MigrationFile;
+
+/// One row of `refinery_schema_history`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Applied {
+    pub version: i64,
+    pub name: String,
+    pub applied_on: String,
+    /// refinery's checksum, stored as decimal text (and shown as text: JSON numbers lose u64s).
+    #[serde(serialize_with = "as_text")]
+    pub checksum: u64,
+}
+
+fn as_text<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// A database's migration head as manifests and the state dir record it: the newest applied
+/// migration, its checksum as decimal text (JSON numbers lose u64s). The one head type.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Head {
+    pub version: i64,
+    pub name: String,
+    pub checksum: String,
+}
+
+impl Applied {
+    pub fn head(&self) -> Head {
+        Head {
+            version: self.version,
+            name: self.name.clone(),
+            checksum: self.checksum.to_string(),
+        }
+    }
+}
+
+/// One row of dbward's repeatable-migration history (`dbward_repeatable_history`): the text of
+/// `R__<name>.sql` last applied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AppliedRepeatable {
+    pub name: String,
+    pub applied_on: String,
+    #[serde(serialize_with = "as_text")]
+    pub checksum: u64,
+}
 
 pub const TABLE: &str = "refinery_schema_history";
 
@@ -49,14 +91,15 @@ impl Values {
     }
 }
 
-pub fn values(f: &MigrationFile) -> Values {
+/// A history row for a file applied now.
+pub fn values(version: i64, name: &str, checksum: u64) -> Values {
     Values {
-        version: f.version,
-        name: f.name.clone(),
+        version,
+        name: name.to_string(),
         applied_on: OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .expect("RFC 3339 formats any UTC time"),
-        checksum: f.checksum.to_string(),
+        checksum: checksum.to_string(),
     }
 }
 

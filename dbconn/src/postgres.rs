@@ -1,0 +1,167 @@
+//! A PostgreSQL connection as dbward opens one: libpq's TLS modes, a server that notices a dead
+//! client (`client_connection_check_interval`), the transaction-pooler probe, the history table
+//! read as any session sees it, and the server's own words in errors.
+
+use tokio_postgres::error::DbError;
+use tokio_postgres::Client;
+
+use crate::error::Error;
+use crate::history::{self, Applied};
+use crate::tls;
+use crate::url::PgUrl;
+
+pub struct Postgres {
+    client: Client,
+    display: String,
+    url: Box<PgUrl>,
+}
+
+impl Postgres {
+    pub async fn connect(url: &PgUrl) -> Result<Postgres, Error> {
+        let connector = tls::connector(url)?;
+        let (client, connection) =
+            url.config
+                .connect(connector)
+                .await
+                .map_err(|e| Error::Open {
+                    what: url.display.clone(),
+                    message: describe(&e),
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("postgres connection closed: {e}");
+            }
+        });
+        // If dbward dies mid-batch, the server would run the orphaned statement to its end,
+        // holding its locks. From PostgreSQL 14 it can check for a dead client while a query runs.
+        let version: i32 = client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(|e| Error::db("reading the server version", describe(&e)))?
+            .get(0);
+        if version >= 140000 {
+            client
+                .batch_execute("SET client_connection_check_interval = 1000")
+                .await
+                .map_err(|e| Error::db("setting client_connection_check_interval", describe(&e)))?;
+        }
+        Ok(Postgres {
+            client,
+            display: url.display.clone(),
+            url: Box::new(url.clone()),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The URL as shown (no password).
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    pub fn url(&self) -> &PgUrl {
+        &self.url
+    }
+
+    /// A session lock only protects a run whose statements all reach one server session. Behind
+    /// a transaction-mode pooler (PgBouncer, Supavisor, the pooled endpoints of managed
+    /// services) they do not: the lock would stay on a pooled server connection after dbward
+    /// exits, and every later run would wait for a lock nobody holds. The probe: between two
+    /// statements of this connection, a second connection opens a transaction (a pooler must
+    /// give it a server connection to itself; most recently used first, that is the one this
+    /// connection just used). Directly, this connection's backend never changes and the second
+    /// one never shares it.
+    pub async fn refuse_pooled(&self) -> Result<(), Error> {
+        let before = backend_pid(&self.client).await?;
+        let other = Postgres::connect(&self.url).await?;
+        other
+            .client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| Error::db("checking the connection", describe(&e)))?;
+        let theirs = backend_pid(&other.client).await?;
+        let after = backend_pid(&self.client).await?;
+        let _ = other.client.batch_execute("ROLLBACK").await;
+        if before != after || theirs == before {
+            return Err(Error::Pooled {
+                what: self.display.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn has_user_tables(&self) -> Result<bool, Error> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                   AND n.nspname NOT LIKE 'pg\\_%' AND c.relname NOT IN ('refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history'))",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::db("reading the schema", describe(&e)))?
+            .get(0))
+    }
+}
+
+/// The server process of `c`'s session.
+pub async fn backend_pid(c: &Client) -> Result<i32, Error> {
+    Ok(c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(|e| Error::db("checking the connection", describe(&e)))?
+        .get(0))
+}
+
+/// The history rows as `client` sees them (inside its transaction, if one is open).
+pub async fn applied_on(client: &Client) -> Result<Vec<Applied>, Error> {
+    let exists: bool = client
+        .query_one(
+            &format!("SELECT to_regclass('{}') IS NOT NULL", history::TABLE),
+            &[],
+        )
+        .await
+        .map_err(|e| Error::db("reading the migration history", describe(&e)))?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(history::SELECT, &[])
+        .await
+        .map_err(|e| Error::db("reading the migration history", describe(&e)))?;
+    rows.iter()
+        .map(|r| history::row(r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect()
+}
+
+/// The server's own words: severity, message, detail, hint, where.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        // Client-side: connection refused, TLS failure, ... `source` holds the reason.
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(inner) = src {
+            s.push_str(&format!(": {inner}"));
+            src = inner.source();
+        }
+        return s;
+    };
+    db_message(db)
+}
+
+fn db_message(db: &DbError) -> String {
+    let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    if let Some(d) = db.detail() {
+        s.push_str(&format!("\n  detail: {d}"));
+    }
+    if let Some(h) = db.hint() {
+        s.push_str(&format!("\n  hint: {h}"));
+    }
+    if let Some(w) = db.where_() {
+        s.push_str(&format!("\n  where: {w}"));
+    }
+    s
+}
