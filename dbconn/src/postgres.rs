@@ -2,11 +2,14 @@
 //! client (`client_connection_check_interval`), the transaction-pooler probe, the history table
 //! read as any session sees it, and the server's own words in errors.
 
+use std::collections::BTreeMap;
+
 use tokio_postgres::error::DbError;
 use tokio_postgres::Client;
 
 use crate::error::Error;
 use crate::history::{self, Applied};
+use crate::sql::ident;
 use crate::tls;
 use crate::url::PgUrl;
 
@@ -113,6 +116,45 @@ pub async fn backend_pid(c: &Client) -> Result<i32, Error> {
         .await
         .map_err(|e| Error::db("checking the connection", describe(&e)))?
         .get(0))
+}
+
+/// Rows of every ordinary table (leaf partitions included, partitioned parents not, so no row
+/// counts twice), by `schema.table`, as `c`'s snapshot sees them: each table is read to its end.
+pub async fn row_counts(c: &Client) -> Result<BTreeMap<String, u64>, Error> {
+    let tables = c
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::db("listing tables", describe(&e)))?;
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let (schema, table): (String, String) = (t.get(0), t.get(1));
+        let name = format!("{schema}.{table}");
+        let n = count_rows(c, &name).await?;
+        out.insert(name, n);
+    }
+    Ok(out)
+}
+
+/// Rows of one table, `schema.table` (`public` when no schema is named).
+pub async fn count_rows(c: &Client, table: &str) -> Result<u64, Error> {
+    let (schema, name) = table.split_once('.').unwrap_or(("public", table));
+    let sql = format!(
+        "SELECT count(*) FROM ONLY {}.{}",
+        ident(schema),
+        ident(name)
+    );
+    let n: i64 = c
+        .query_one(&sql, &[])
+        .await
+        .map_err(|e| Error::db(format!("counting the rows of {table}"), describe(&e)))?
+        .get(0);
+    Ok(n as u64)
 }
 
 /// The history rows as `client` sees them (inside its transaction, if one is open).

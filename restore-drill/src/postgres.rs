@@ -207,27 +207,9 @@ pub fn scratch_name(id: &str) -> String {
 }
 
 async fn read_all(c: &tokio_postgres::Client) -> Result<BTreeMap<String, u64>, CheckFailure> {
-    let tables = c
-        .query(
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1, 2",
-            &[],
-        )
+    dbconn::postgres::row_counts(c)
         .await
-        .map_err(|e| describe(&e))?;
-    let mut out = BTreeMap::new();
-    for t in tables {
-        let (s, n): (String, String) = (t.get(0), t.get(1));
-        let q = format!("SELECT count(*) FROM ONLY {}.{}", ident(&s), ident(&n));
-        let count: i64 = c
-            .query_one(&q, &[])
-            .await
-            .map_err(|e| format!("reading {s}.{n}: {}", describe(&e)))?
-            .get(0);
-        out.insert(format!("{s}.{n}"), count as u64);
-    }
-    Ok(out)
+        .map_err(|e| CheckFailure::Snapshot(backup::error::chain(&e)))
 }
 
 /// An error of the scratch server: the machine's, not the snapshot's.

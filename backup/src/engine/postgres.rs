@@ -101,35 +101,12 @@ pub async fn prepare(url: &PgUrl, lock_wait_timeout: Duration) -> Result<Prepare
     })
 }
 
-/// Rows of every ordinary table (leaf partitions included, partitioned parents not, so no row
-/// counts twice), as this transaction's snapshot sees them.
+/// Rows of every table, as this transaction's snapshot sees them.
 async fn row_counts(c: &tokio_postgres::Client) -> Result<BTreeMap<String, u64>, Error> {
-    let q = |e: tokio_postgres::Error| Error::Source(format!("counting rows: {}", describe(&e)));
-    let tables = c
-        .query(
-            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-             ORDER BY 1, 2",
-            &[],
-        )
+    dbconn::postgres::row_counts(c)
         .await
-        .map_err(q)?;
-    let mut out = BTreeMap::new();
-    for t in tables {
-        let (schema, table): (String, String) = (t.get(0), t.get(1));
-        let sql = format!(
-            "SELECT count(*) FROM ONLY {}.{}",
-            ident(&schema),
-            ident(&table)
-        );
-        let n: i64 = c.query_one(&sql, &[]).await.map_err(q)?.get(0);
-        out.insert(format!("{schema}.{table}"), n as u64);
-    }
-    Ok(out)
+        .map_err(|e| Error::Source(format!("counting rows: {}", crate::error::chain(&e))))
 }
-
-use dbconn::sql::ident;
 
 /// `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → `15.18`.
 pub fn tool_version(tool: &str) -> Result<String, Error> {

@@ -586,18 +586,10 @@ pub async fn check_restored(db: &Postgres, m: &Manifest) -> Result<(), Error> {
         )));
     }
     for (table, want) in &m.row_counts {
-        let (schema, name) = table.split_once('.').unwrap_or(("public", table));
-        let sql = format!(
-            "SELECT count(*) FROM ONLY {}.{}",
-            ident(schema),
-            ident(name)
-        );
-        let got: i64 = c
-            .query_one(&sql, &[])
+        let got = dbconn::postgres::count_rows(c, table)
             .await
-            .map_err(|e| Error::Restore(format!("counting {table}: {}", describe(&e))))?
-            .get(0);
-        if got as u64 != *want {
+            .map_err(|e| Error::Restore(crate::error::chain(&e)))?;
+        if got != *want {
             return Err(Error::Damaged(format!(
                 "{table} has {got} rows after the restore, the manifest says {want}"
             )));
