@@ -17,8 +17,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates postgresql-client zstd \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /dbward /usr/bin/dbward
-# The state dir (deploy records, failed batches, replaced copies): keep it on a volume.
-ENV DBWARD_STATE_DIR=/var/lib/dbward
+# The state dir (deploy records, failed batches, replaced copies): keep it on a volume. Given as
+# STATE_DIRECTORY, which ranks below a config file's state_dir (DBWARD_STATE_DIR would win).
+ENV STATE_DIRECTORY=/var/lib/dbward
 VOLUME /var/lib/dbward
 ENTRYPOINT ["/usr/bin/dbward"]
 CMD ["--help"]

@@ -5,7 +5,8 @@
 # age (encrypted snapshots are opened with the real CLI), dpkg-deb and cargo-deb (the Debian
 # package is built and installed),
 # the S3 test server s3s-fs, boto3 and croniter.
-# Nothing in the suite skips: a dependency this script cannot install fails the run.
+# Nothing in the suite skips: a dependency this script cannot install fails the run. (The one
+# step outside the suite that can be skipped, the container image build, says so aloud.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

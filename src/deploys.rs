@@ -95,7 +95,10 @@ pub async fn append(state_dir: &Path, store: Option<&backup::Store>, database: &
     if let Some(store) = store {
         let json = serde_json::to_vec_pretty(e).expect("serializes");
         if let Err(err) = store.put_new(&store_key(database, e), &json).await {
-            tracing::warn!("could not store the deploy record: {err}");
+            tracing::warn!(
+                "could not store the deploy record: {}",
+                backup::error::chain(&err)
+            );
         }
     }
 }

@@ -47,7 +47,7 @@ fn main() -> ExitCode {
                 let mut doc = report.json;
                 if let serde_json::Value::Object(map) = &mut doc {
                     map.insert("command".into(), command.into());
-                    map.insert("ok".into(), (report.code == report::Exit::Success).into());
+                    map.insert("ok".into(), (report.code.code() == 0).into());
                     map.insert("exit_code".into(), report.code.code().into());
                 }
                 format!("{doc:#}\n")

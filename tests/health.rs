@@ -199,6 +199,22 @@ fn run_passes_on_the_command_exit_code_and_forwards_sigterm() {
         "sleep 0.5; exit 7",
     ]));
     assert_eq!(code, 7, "{err}");
+    // The command's own code, in --json too: 0 is ok.
+    for (exit, ok) in [(0, true), (3, false)] {
+        let (code, out, err) = run(p.dbward("sqlite:app.db").args([
+            "--json",
+            "locked",
+            "--",
+            "sh",
+            "-c",
+            &format!("exit {exit}"),
+        ]));
+        assert_eq!(code, exit, "{err}");
+        let doc = json(&out);
+        assert_eq!(doc["ok"], ok, "{doc}");
+        assert_eq!(doc["exit_code"], exit, "{doc}");
+        assert_eq!(doc["command_exit_code"], exit, "{doc}");
+    }
 
     let child = p
         .dbward("sqlite:app.db")

@@ -24,12 +24,29 @@ impl Drop for Installed {
     }
 }
 
-fn installed() -> bool {
+/// dpkg knows a dbward package in any state (installed, half-installed, removed with its
+/// config files kept).
+fn known_to_dpkg() -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", "dbward"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .map(|o| {
+            o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("not-installed")
+        })
         .unwrap_or(false)
+}
+
+/// dpkg's state is the machine's: two suites running side by side take turns here, each
+/// installing and purging only its own package.
+fn machine_lock() -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/lock/dbward-package-test.lock")
+        .unwrap();
+    f.lock().unwrap();
+    f
 }
 
 const UNITS: [&str; 5] = [
@@ -48,13 +65,17 @@ fn the_debian_package_installs_runs_and_purges_cleanly() {
         )
     }));
     assert!(deb.is_file(), "{} does not exist", deb.display());
+    let _turn = machine_lock();
     assert!(
-        !installed() && !Path::new("/usr/bin/dbward").exists(),
-        "a dbward package (or /usr/bin/dbward) is already on this machine; this test installs and \
-         removes the package, so it will not touch one it did not install: remove it first (dpkg --purge dbward)"
+        !known_to_dpkg()
+            && !Path::new("/usr/bin/dbward").exists()
+            && !Path::new("/etc/dbward").exists(),
+        "a dbward package (or /usr/bin/dbward, /etc/dbward) is already on this machine; this test \
+         installs and purges the package, so it will not touch one it did not install: remove it first (dpkg --purge dbward)"
     );
-    tool(Command::new("dpkg").arg("-i").arg(&deb));
+    // From here on the package is this test's, also when `dpkg -i` fails halfway.
     let _purge = Installed;
+    tool(Command::new("dpkg").arg("-i").arg(&deb));
 
     // The binary, its version, its man page and completions.
     let version = tool(Command::new("/usr/bin/dbward").arg("--version"));
@@ -138,9 +159,19 @@ fn the_debian_package_installs_runs_and_purges_cleanly() {
     );
     assert!(!dir.path().join(".dbward/last-deploy-app.json").exists());
 
+    // An admin enabled a timer; removing the package disables it again (prerm), so nothing is
+    // left to start a binary that is gone.
+    tool(Command::new("systemctl").args(["enable", "dbward-backup.timer"]));
+    let wants = Path::new("/etc/systemd/system/timers.target.wants/dbward-backup.timer");
+    assert!(wants.exists(), "systemctl enable made no link");
+
     // Purged: every file the package installed is gone, the example config included.
     drop(_purge);
-    assert!(!installed(), "dpkg still lists dbward");
+    assert!(!known_to_dpkg(), "dpkg still lists dbward");
+    assert!(
+        !wants.exists(),
+        "the enabled timer's link outlived the package"
+    );
     for f in [
         "/usr/bin/dbward",
         "/etc/dbward",

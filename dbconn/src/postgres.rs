@@ -134,25 +134,28 @@ pub async fn row_counts(c: &Client) -> Result<BTreeMap<String, u64>, Error> {
     let mut out = BTreeMap::new();
     for t in tables {
         let (schema, table): (String, String) = (t.get(0), t.get(1));
-        let name = format!("{schema}.{table}");
-        let n = count_rows(c, &name).await?;
-        out.insert(name, n);
+        let n = count_rows(c, &schema, &table).await?;
+        out.insert(format!("{schema}.{table}"), n);
     }
     Ok(out)
 }
 
-/// Rows of one table, `schema.table` (`public` when no schema is named).
-pub async fn count_rows(c: &Client, table: &str) -> Result<u64, Error> {
-    let (schema, name) = table.split_once('.').unwrap_or(("public", table));
+/// Rows of one table.
+pub async fn count_rows(c: &Client, schema: &str, table: &str) -> Result<u64, Error> {
     let sql = format!(
         "SELECT count(*) FROM ONLY {}.{}",
         ident(schema),
-        ident(name)
+        ident(table)
     );
     let n: i64 = c
         .query_one(&sql, &[])
         .await
-        .map_err(|e| Error::db(format!("counting the rows of {table}"), describe(&e)))?
+        .map_err(|e| {
+            Error::db(
+                format!("counting the rows of {schema}.{table}"),
+                describe(&e),
+            )
+        })?
         .get(0);
     Ok(n as u64)
 }

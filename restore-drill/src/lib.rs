@@ -322,16 +322,14 @@ async fn run_checks(
                 .as_deref()
                 .map(backup::engine::postgres::major)
                 .unwrap_or(0);
-            let server = if matches!(opts.scratch, Scratch::Ephemeral) {
-                checks
-                    .run("cluster", async {
-                        postgres::server(live_pg, opts, major, cleanup)
-                    })
-                    .await
-            } else {
-                postgres::server(live_pg, opts, major, cleanup)
-                    .ok()
-                    .map(|(s, _)| s)
+            let server = match &opts.scratch {
+                Scratch::SameServer => Some((**live_pg).clone()),
+                Scratch::Server(s) => Some((**s).clone()),
+                Scratch::Ephemeral => {
+                    checks
+                        .run("cluster", async { postgres::ephemeral(major, cleanup) })
+                        .await
+                }
             };
             let Some(server) = server else { return };
             checks

@@ -39,25 +39,14 @@ pub struct Restored {
     pub counts: Option<BTreeMap<String, u64>>,
 }
 
-/// The server the scratch database goes on: the live one's, the drill's own, or a fresh
-/// ephemeral cluster of the dump's major version or newer (kept in `cleanup`).
-pub fn server(
-    live: &PgUrl,
-    opts: &Options,
-    pg_dump_major: u32,
-    cleanup: &mut Cleanup,
-) -> Outcome<PgUrl> {
-    match &opts.scratch {
-        Scratch::SameServer => Ok((live.clone(), String::new())),
-        Scratch::Server(s) => Ok(((**s).clone(), String::new())),
-        Scratch::Ephemeral => {
-            let c = Ephemeral::start(pg_dump_major).map_err(CheckFailure::Environment)?;
-            let detail = format!("ephemeral cluster at {}", c.url.display);
-            let url = c.url.clone();
-            cleanup.cluster = Some(c);
-            Ok((url, detail))
-        }
-    }
+/// A fresh ephemeral cluster of the dump's major version or newer, kept in `cleanup` until the
+/// drill is done; its URL.
+pub fn ephemeral(pg_dump_major: u32, cleanup: &mut Cleanup) -> Outcome<PgUrl> {
+    let c = Ephemeral::start(pg_dump_major).map_err(CheckFailure::Environment)?;
+    let detail = format!("ephemeral cluster at {}", c.url.display);
+    let url = c.url.clone();
+    cleanup.cluster = Some(c);
+    Ok((url, detail))
 }
 
 /// Creates the scratch database on `server` and restores the decoded dump into it.

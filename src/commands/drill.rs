@@ -113,7 +113,10 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
             .put(&backup::receipt_key(&url.name(), &m.id), &receipt_json)
             .await
         {
-            tracing::error!("could not store the drill receipt: {e}");
+            tracing::error!(
+                "could not store the drill receipt: {}",
+                backup::error::chain(&e)
+            );
         }
     }
     let report_json = serde_json::to_value(&report).expect("serializes");

@@ -352,7 +352,10 @@ async fn guard_inner(
     }
     let json = serde_json::to_vec_pretty(&failed).expect("serializes");
     if let Err(e) = store.put(&state::failed_key(&url.name()), &json).await {
-        tracing::error!("recording the failed batch in the store failed: {e}");
+        tracing::error!(
+            "recording the failed batch in the store failed: {}",
+            backup::error::chain(&e)
+        );
     }
     let outcome = restore_snapshot(
         settings,

@@ -324,8 +324,10 @@ async fn restore_postgres(
             .map_err(|e| {
                 let mut f = Failure::from(e);
                 if let Some(k) = &kept {
-                    f.message
-                        .push_str(&format!(" (the state before is snapshot {})", k.id));
+                    // On the failure's own line, before any `Caused by:` lines.
+                    let hint = format!(" (the state before is snapshot {})", k.id);
+                    let at = f.message.find("\nCaused by:").unwrap_or(f.message.len());
+                    f.message.insert_str(at, &hint);
                 }
                 f
             })?;

@@ -43,7 +43,8 @@ pub async fn restore(
     let target = opts.to.clone().unwrap_or_else(|| live.to_path_buf());
     let dir = dir_of(&target);
     if let Some(to) = &opts.to {
-        let problem = if to.to_string_lossy().contains("://") {
+        let shown = to.to_string_lossy();
+        let problem = if shown.contains("://") || shown.starts_with("postgres") {
             Some("a SQLite snapshot restores into a file path".to_string())
         } else if !dir.is_dir() {
             Some(format!(
