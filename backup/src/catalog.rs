@@ -116,25 +116,117 @@ fn is_manifest_candidate(key: &str) -> bool {
     name.ends_with(".json") && !name.ends_with(".drill.json") && !name.starts_with('.')
 }
 
+/// How many manifests are read at once: a store 20-60 ms away answers a listing of thousands
+/// in seconds instead of minutes.
+const CONCURRENT_READS: usize = 16;
+
+/// The keys of `database`'s manifests (and of objects that look like one), newest snapshot
+/// first: ids begin with their UTC second (`20261122T093000Z-...`), so key order is time order
+/// to the second. A listing, no manifest read.
+pub async fn manifest_keys(store: &Store, database: &str) -> Result<Vec<String>, Error> {
+    check_folder_name(database)?;
+    let mut keys: Vec<String> = store
+        .list(database)
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| is_manifest_candidate(k))
+        .collect();
+    keys.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(keys)
+}
+
+/// Reads the manifest at `key`: `Ok(Err(..))` when the object is not a usable manifest of
+/// `database` (it does not parse, or its names are not this key's). A read that fails is an
+/// error, never a damaged manifest: skipping it could make an older snapshot look like the
+/// latest. A missing object is [`Error::Missing`].
+pub async fn read_manifest(
+    store: &Store,
+    database: &str,
+    key: &str,
+) -> Result<Result<Manifest, Damaged>, Error> {
+    let bytes = store.get_bytes(key).await?;
+    Ok(serde_json::from_slice::<Manifest>(&bytes)
+        .map_err(|e| format!("not a dbward manifest: {e}"))
+        .and_then(|m| m.check_names(database, key).map(|()| m))
+        .map_err(|problem| Damaged {
+            key: key.to_string(),
+            problem,
+        }))
+}
+
+/// How many manifests [`newest`] reads at once.
+const NEWEST_BATCH: usize = 8;
+
+/// The newest snapshot of `database` that `accept` takes (it returns the manifest back, or
+/// `None` for one that is not this database's). Manifests are read newest first,
+/// [`NEWEST_BATCH`] at a time, only until one is accepted: a store with thousands of snapshots
+/// answers in a listing and a handful of reads. Once one is accepted, only the others of the
+/// same second can still be newer (ids order snapshots to the second), so those are read too
+/// and the newest by creation time wins, as in a full listing. Damaged manifests are skipped
+/// with a warning naming them.
+pub async fn newest(
+    store: &Store,
+    database: &str,
+    accept: &dyn Fn(Manifest) -> Result<Option<Manifest>, Error>,
+) -> Result<Option<Manifest>, Error> {
+    let keys = manifest_keys(store, database).await?;
+    let second = |key: &str| {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        name.get(..16).unwrap_or(name).to_string()
+    };
+    let mut best: Option<Manifest> = None;
+    for batch in keys.chunks(NEWEST_BATCH) {
+        if let Some(b) = &best {
+            if second(&batch[0]) != second(&manifest_key(database, &b.id)) {
+                break;
+            }
+        }
+        let read =
+            futures_util::future::join_all(batch.iter().map(|k| read_manifest(store, database, k)))
+                .await;
+        for r in read {
+            let m = match r? {
+                Ok(m) => m,
+                Err(d) => {
+                    tracing::warn!("skipping {}: {}", store.describe(&d.key), d.problem);
+                    continue;
+                }
+            };
+            if let Some(m) = accept(m)? {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| (m.created(), &m.id) > (b.created(), &b.id))
+                {
+                    best = Some(m);
+                }
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// The manifests among `objects`, read [`CONCURRENT_READS`] at a time, newest first.
 pub(crate) async fn read_manifests(
     store: &Store,
     database: &str,
     objects: &[store::ObjectInfo],
 ) -> Result<Listing, Error> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    let read: Vec<Result<Manifest, Damaged>> = stream::iter(
+        objects
+            .iter()
+            .filter(|o| is_manifest_candidate(&o.key))
+            .map(|o| read_manifest(store, database, &o.key)),
+    )
+    .buffered(CONCURRENT_READS)
+    .try_collect()
+    .await?;
     let mut out = Listing::default();
-    for obj in objects.iter().filter(|o| is_manifest_candidate(&o.key)) {
-        // A read that fails is an error, not a damaged manifest: skipping it could make an
-        // older snapshot look like the latest.
-        let bytes = store.get_bytes(&obj.key).await?;
-        let checked = serde_json::from_slice::<Manifest>(&bytes)
-            .map_err(|e| format!("not a dbward manifest: {e}"))
-            .and_then(|m| m.check_names(database, &obj.key).map(|()| m));
-        match checked {
+    for r in read {
+        match r {
             Ok(m) => out.snapshots.push(m),
-            Err(problem) => out.damaged.push(Damaged {
-                key: obj.key.clone(),
-                problem,
-            }),
+            Err(d) => out.damaged.push(d),
         }
     }
     out.snapshots

@@ -50,64 +50,72 @@ pub async fn resolve<'a>(
     Err(first_failure.expect("there is always a primary store"))
 }
 
+/// The manifest `which` names in `store`. `latest` reads manifests newest first, a few at a
+/// time, only until it has this database's newest (its identity, its format); an id (or the
+/// `pre-deploy` one from the state dir) is one read. A store with thousands of snapshots answers
+/// in a listing and a handful of reads, not one read per snapshot.
 async fn resolve_in(
     settings: &Settings,
     store: &backup::Store,
     url: &DatabaseUrl,
     which: &str,
 ) -> Result<backup::Manifest, Failure> {
-    let listing = backup::list_all(store, &url.name()).await?;
-    for d in &listing.damaged {
-        tracing::warn!("skipping {}: {}", store.describe(&d.key), d.problem);
-    }
-    if let Some(d) = listing
-        .damaged
-        .iter()
-        .find(|d| d.key == backup::manifest_key(&url.name(), which))
-    {
-        return Err(backup::Error::Refused(format!(
-            "snapshot {which} is damaged: {} {}; nothing was restored. Pick another one (`dbward snapshots`).",
-            store.describe(&d.key),
-            d.problem
-        ))
-        .into());
-    }
-    // `latest` is the newest of THIS database's snapshots: same identity, same format.
+    let db = url.name();
+    backup::check_folder_name(&db)?;
+    // Only this database's snapshots: same identity, same format (and a folder another
+    // database owns is refused, whatever is asked for).
     let live = backup::owner::live_identity(url).await?;
-    let folder_owner = backup::owner::read(store, &url.name()).await?;
-    let mine = backup::owner::mine(
-        store,
-        &url.name(),
-        listing.snapshots.clone(),
-        &live,
-        backup::owner::format_of(url),
-        folder_owner.as_ref(),
-    )?;
-    let all = listing.snapshots;
+    let folder_owner = backup::owner::read(store, &db).await?;
+    let format = backup::owner::format_of(url);
+    let mine = |all: Vec<backup::Manifest>| {
+        backup::owner::mine(store, &db, all, &live, format, folder_owner.as_ref())
+    };
+    mine(Vec::new())?;
     let id = match which {
-        "latest" => mine.first().map(|m| m.id.clone()),
+        "latest" => return latest(settings, store, url, &mine).await,
         "pre-deploy" => {
-            let deploy = state::read(&settings.state_dir, &url.name())?;
+            let deploy = state::read(&settings.state_dir, &db)?;
             match deploy.and_then(|d| d.pre_deploy_snapshot) {
-                Some(id) => Some(id),
+                Some(id) => id,
                 None => return Err(Failure::new(Exit::Failed, format!("the last `migrate` of {} took no pre-deploy snapshot (nothing was pending, or it was a first deploy); name a snapshot id instead", url.display()))),
             }
         }
-        id => Some(id.to_string()),
+        id => id.to_string(),
     };
-    let Some(id) = id else {
-        return Err(Failure::new(
-            Exit::Failed,
-            format!("no snapshot of {} in {}", url.name(), settings.store),
-        ));
-    };
-    all.into_iter().find(|m| m.id == id).ok_or_else(|| {
-        Failure::new(
+    let key = backup::manifest_key(&db, &id);
+    match backup::catalog::read_manifest(store, &db, &key).await {
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(d)) => Err(backup::Error::Refused(format!(
+            "snapshot {id} is damaged: {} {}; nothing was restored. Pick another one (`dbward snapshots`).",
+            store.describe(&d.key),
+            d.problem
+        ))
+        .into()),
+        Err(backup::Error::Missing(_)) => Err(Failure::new(
             Exit::Failed,
             format!(
                 "snapshot {id} is not in {} (see `dbward snapshots`)",
                 settings.store
             ),
-        )
-    })
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// This database's newest snapshot in `store` ([`backup::catalog::newest`]).
+async fn latest(
+    settings: &Settings,
+    store: &backup::Store,
+    url: &DatabaseUrl,
+    mine: &impl Fn(Vec<backup::Manifest>) -> Result<Vec<backup::Manifest>, backup::Error>,
+) -> Result<backup::Manifest, Failure> {
+    let accept = |m: backup::Manifest| Ok(mine(vec![m])?.pop());
+    backup::catalog::newest(store, &url.name(), &accept)
+        .await?
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Failed,
+                format!("no snapshot of {} in {}", url.name(), settings.store),
+            )
+        })
 }
