@@ -164,6 +164,80 @@ fn snapshots_lists_newest_first_and_migrate_takes_a_pre_deploy_snapshot_only_whe
     assert!(text.contains(&pre) && text.contains("pre-deploy"), "{text}");
 }
 
+/// `snapshots --limit N` and `restore latest` read the newest manifests, not all of them: a
+/// damaged manifest among the oldest of 40 is not met (a full listing reports it), and the
+/// newest are the full listing's first ones.
+#[test]
+fn limited_listings_and_latest_read_only_the_newest_manifests() {
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id int);\n");
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    let real = backup(&p, "sqlite:app.db");
+    let folder = p.path().join(".dbward/snapshots/app");
+    // 39 older snapshots: the real manifest under ids an hour apart, going back (their data
+    // objects are not needed: nothing reads them).
+    let id = real["id"].as_str().unwrap();
+    let at = time::PrimitiveDateTime::parse(
+        &id[..16],
+        time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"),
+    )
+    .unwrap();
+    let mut older = Vec::new();
+    for i in 1..40 {
+        let t = at - time::Duration::hours(i);
+        let sid = format!(
+            "{}-scheduled-{i:04x}",
+            t.format(time::macros::format_description!(
+                "[year][month][day]T[hour][minute][second]Z"
+            ))
+            .unwrap()
+        );
+        let mut m = real.clone();
+        m["id"] = sid.clone().into();
+        m["kind"] = "scheduled".into();
+        m["created_at"] = format!(
+            "{}Z",
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]"
+            ))
+            .unwrap()
+        )
+        .into();
+        m["data_key"] = real["data_key"].as_str().unwrap().replace(id, &sid).into();
+        std::fs::write(folder.join(format!("{sid}.json")), m.to_string()).unwrap();
+        older.push(sid);
+    }
+    let oldest = older.last().unwrap();
+    std::fs::write(folder.join(format!("{oldest}.json")), "{ not a manifest").unwrap();
+
+    let (code, out, err) =
+        run(p
+            .dbward("sqlite:app.db")
+            .args(["snapshots", "--limit", "2", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let doc = json(&out);
+    let ids: Vec<&str> = doc["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id, older[0].as_str()]);
+    assert_eq!(doc["damaged"].as_array().unwrap().len(), 0, "{doc}");
+    let (_, out, _) = run(p.dbward("sqlite:app.db").args(["snapshots", "--json"]));
+    let full = json(&out);
+    assert_eq!(full["snapshots"].as_array().unwrap().len(), 39);
+    assert_eq!(full["damaged"].as_array().unwrap().len(), 1);
+
+    // restore latest finds the real newest without meeting the damaged one.
+    let (code, out, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["--json", "restore", "latest", "--to", "copy.db", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["snapshot"], id);
+    assert!(!err.contains("skipping"), "{err}");
+}
+
 #[test]
 fn a_failed_pre_deploy_snapshot_applies_nothing() {
     let p = Project::new();

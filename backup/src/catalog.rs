@@ -206,6 +206,74 @@ pub async fn newest(
     Ok(best)
 }
 
+/// At least the newest `n` snapshots of `database` (newest first; more when others share the
+/// n-th one's second), with the damaged manifests met on the way: manifests are read newest
+/// first, [`CONCURRENT_READS`] at a time, and reading stops there. `snapshots --limit N` on a
+/// prefix of thousands reads a listing and about N manifests.
+pub async fn list_newest(store: &Store, database: &str, n: usize) -> Result<Listing, Error> {
+    let keys = manifest_keys(store, database).await?;
+    let second = |key: &str| {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        name.get(..16).unwrap_or(name).to_string()
+    };
+    let mut out = Listing::default();
+    if n == 0 {
+        return Ok(out);
+    }
+    for batch in keys.chunks(CONCURRENT_READS) {
+        if out.snapshots.len() >= n {
+            let nth = &out.snapshots[n - 1];
+            if second(&batch[0]) != second(&manifest_key(database, &nth.id)) {
+                break;
+            }
+        }
+        let read =
+            futures_util::future::join_all(batch.iter().map(|k| read_manifest(store, database, k)))
+                .await;
+        for r in read {
+            match r? {
+                Ok(m) => out.snapshots.push(m),
+                Err(d) => out.damaged.push(d),
+            }
+        }
+        out.snapshots
+            .sort_by(|a, b| (b.created(), &b.id).cmp(&(a.created(), &a.id)));
+    }
+    Ok(out)
+}
+
+/// The drill receipts of the snapshots `ids` (one read each, at once; a snapshot never drilled
+/// has none).
+pub async fn receipts_of(
+    store: &Store,
+    database: &str,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, DrillReceipt>, Error> {
+    let read = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| async move { (id, store.get_bytes(&receipt_key(database, id)).await) }),
+    )
+    .await;
+    let mut out = std::collections::HashMap::new();
+    for (id, r) in read {
+        let bytes = match r {
+            Ok(b) => b,
+            Err(Error::Missing(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        match serde_json::from_slice::<DrillReceipt>(&bytes) {
+            Ok(r) if &r.snapshot == id => {
+                out.insert(id.clone(), r);
+            }
+            _ => tracing::warn!(
+                "ignoring drill receipt {}: not readable",
+                store.describe(&receipt_key(database, id))
+            ),
+        }
+    }
+    Ok(out)
+}
+
 /// The manifests among `objects`, read [`CONCURRENT_READS`] at a time, newest first.
 pub(crate) async fn read_manifests(
     store: &Store,

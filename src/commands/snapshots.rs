@@ -12,11 +12,11 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
     let url = database_url(settings)?;
     let stores = settings.stores().await?;
     let store = &stores[0];
+    let db = url.name();
     let backup::Listing {
         snapshots: mut all,
         damaged,
-    } = backup::list_all(store, &url.name()).await?;
-    let drills = backup::receipts(store, &url.name()).await?;
+    } = listing(store, &db, args.limit).await?;
     // Where each snapshot has a copy: `primary`, `mirror 1`, ...; a mirror's snapshots that the
     // primary lacks are listed too.
     let mut copies: std::collections::BTreeMap<String, Vec<String>> = all
@@ -25,9 +25,12 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
         .collect();
     let mut unreachable = Vec::new();
     for (n, mirror) in stores.iter().enumerate().skip(1) {
-        match backup::list(mirror, &url.name()).await {
+        match listing(mirror, &db, args.limit).await {
             Ok(list) => {
-                for m in list {
+                for d in &list.damaged {
+                    tracing::warn!("skipping {}: {}", mirror.describe(&d.key), d.problem);
+                }
+                for m in list.snapshots {
                     let at = copies.entry(m.id.clone()).or_default();
                     if at.is_empty() {
                         all.push(m);
@@ -49,6 +52,14 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
     if let Some(n) = args.limit {
         all.truncate(n);
     }
+    // When each shown snapshot was last proven restorable (or failed to be).
+    let drills = match args.limit {
+        Some(_) => {
+            let ids: Vec<String> = all.iter().map(|m| m.id.clone()).collect();
+            backup::catalog::receipts_of(store, &url.name(), &ids).await?
+        }
+        None => backup::receipts(store, &url.name()).await?,
+    };
     let now = OffsetDateTime::now_utc();
     let rows: Vec<Vec<String>> = all
         .iter()
@@ -119,6 +130,19 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
         json: json!({ "database": url.name(), "store": settings.store, "mirrors": settings.store_mirrors, "snapshots": all, "copies": copies, "unreachable": unreachable, "damaged": damaged, "drills": drills }),
         code: Exit::Success,
     })
+}
+
+/// A store's snapshots of `db`: all of them, or with `--limit N` its newest N (the newest N
+/// overall are among each store's newest N), read without reading the rest.
+async fn listing(
+    store: &backup::Store,
+    db: &str,
+    limit: Option<usize>,
+) -> Result<backup::Listing, backup::Error> {
+    match limit {
+        Some(n) => backup::catalog::list_newest(store, db, n).await,
+        None => backup::list_all(store, db).await,
+    }
 }
 
 fn age_of(d: time::Duration) -> String {
