@@ -17,8 +17,8 @@ async fn contract(store: &Store, what: &str) {
     // put_new writes once, never over an existing object.
     store.put_new(key, b"first").await.unwrap();
     assert!(
-        store.put_new(key, b"second").await.is_err(),
-        "{what}: put_new overwrote"
+        matches!(store.put_new(key, b"second").await, Err(Error::Exists(_))),
+        "{what}: put_new overwrote, or failed for another reason"
     );
     assert_eq!(store.get_bytes(key).await.unwrap(), b"first", "{what}");
     // put replaces (receipts, the failed-batch record).

@@ -59,6 +59,10 @@ pub enum Error {
     #[error("{0} does not exist")]
     Missing(String),
 
+    /// A write that must not overwrite (a manifest, a deploy record) found the object there.
+    #[error("{0} already exists; not overwritten")]
+    Exists(String),
+
     #[error(transparent)]
     Database(#[from] dbconn::Error),
 

@@ -65,10 +65,7 @@ impl LocalStore {
             .map_err(io(format!("fsync {}", tmp.display())))?;
         drop(file);
         if final_path.exists() {
-            return Err(Error::Store {
-                what: final_path.display().to_string(),
-                message: "already exists; not overwritten".into(),
-            });
+            return Err(Error::Exists(final_path.display().to_string()));
         }
         fs::rename(&*tmp, &final_path)
             .map_err(io(format!("renaming to {}", final_path.display())))?;
@@ -101,13 +98,15 @@ impl LocalStore {
         // A hard link fails if the name exists: never overwrite, atomically.
         let linked = fs::hard_link(&*tmp, &final_path);
         drop(tmp);
-        linked.map_err(|e| Error::Store {
-            what: final_path.display().to_string(),
-            message: if e.kind() == std::io::ErrorKind::AlreadyExists {
-                "already exists; not overwritten".into()
+        linked.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::Exists(final_path.display().to_string())
             } else {
-                e.to_string()
-            },
+                Error::Store {
+                    what: final_path.display().to_string(),
+                    message: e.to_string(),
+                }
+            }
         })?;
         sync_dir(&dir)
     }

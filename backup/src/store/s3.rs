@@ -310,10 +310,9 @@ impl S3Store {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("PreconditionFailed") => Err(Error::Store {
-                what: self.describe(key),
-                message: "already exists; not overwritten".into(),
-            }),
+            Err(e) if e.code() == Some("PreconditionFailed") => {
+                Err(Error::Exists(self.describe(key)))
+            }
             Err(e) => Err(self.err("writing", key, e)),
         }
     }
