@@ -3,16 +3,19 @@
 
 use std::time::Duration;
 
-/// How the binary should report an error (see the exit codes in docs/contract.md).
+/// How the binary should report an error (see the exit codes in docs/contract.md); `migrator`
+/// uses the same kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
-    /// A bad URL (exit 2).
+    /// A bad setting or unusable input given by the operator: a URL, a migrations folder
+    /// (exit 2).
     Usage,
-    /// Refused before anything changed: a transaction pooler (exit 3).
+    /// A safety check refused the run before anything changed: a transaction pooler, lint,
+    /// drift (exit 3).
     Refused,
     /// The migration lock was not free within the timeout (exit 4).
     LockTimeout,
-    /// The operation failed (exit 1).
+    /// The operation failed (exit 1); a failed batch was rolled back.
     Failed,
 }
 

@@ -6,18 +6,8 @@ use std::path::PathBuf;
 use crate::lint::Finding;
 use crate::plan::Drift;
 
-/// How the binary should report an error (see the exit codes in DESIGN.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// Bad setting or unusable input given by the operator (exit 2).
-    Usage,
-    /// A safety check refused the run before anything changed (exit 3).
-    Refused,
-    /// The migration lock was not free within `--lock-timeout` (exit 4).
-    LockTimeout,
-    /// The operation failed (exit 1); the database is as it was before the batch.
-    Failed,
-}
+/// How the binary should report an error: the one kind both crates use.
+pub use dbconn::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,12 +46,7 @@ impl Error {
             Error::Folder { .. } => ErrorKind::Usage,
             Error::Files { .. } | Error::Lint { .. } | Error::Drift { .. } => ErrorKind::Refused,
             Error::Apply { .. } => ErrorKind::Failed,
-            Error::Database(e) => match e.kind() {
-                dbconn::ErrorKind::Usage => ErrorKind::Usage,
-                dbconn::ErrorKind::Refused => ErrorKind::Refused,
-                dbconn::ErrorKind::LockTimeout => ErrorKind::LockTimeout,
-                dbconn::ErrorKind::Failed => ErrorKind::Failed,
-            },
+            Error::Database(e) => e.kind(),
         }
     }
 
