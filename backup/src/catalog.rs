@@ -44,19 +44,33 @@ pub(crate) async fn read_receipts(
             continue;
         };
         let bytes = store.get_bytes(&obj.key).await?;
-        // A receipt that does not parse, or speaks of another snapshot, proves nothing; it is
-        // skipped, not fatal.
-        match serde_json::from_slice::<DrillReceipt>(&bytes) {
-            Ok(r) if r.snapshot == id => {
-                out.insert(id, r);
-            }
-            _ => tracing::warn!(
-                "ignoring drill receipt {}: not readable",
-                store.describe(&obj.key)
-            ),
+        if let Some(r) = parse_receipt(store, database, &id, &bytes) {
+            out.insert(id, r);
         }
     }
     Ok(out)
+}
+
+/// A receipt that does not parse, or speaks of another snapshot, proves nothing: skipped with a
+/// warning, never fatal.
+fn parse_receipt(store: &Store, database: &str, id: &str, bytes: &[u8]) -> Option<DrillReceipt> {
+    match serde_json::from_slice::<DrillReceipt>(bytes) {
+        Ok(r) if r.snapshot == id => Some(r),
+        _ => {
+            tracing::warn!(
+                "ignoring drill receipt {}: not readable",
+                store.describe(&receipt_key(database, id))
+            );
+            None
+        }
+    }
+}
+
+/// The UTC second a manifest key's snapshot id begins with (`20261122T093000Z`): key order is
+/// time order to the second.
+fn second_of(key: &str) -> &str {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.get(..16).unwrap_or(name)
 }
 
 pub fn manifest_key(database: &str, id: &str) -> String {
@@ -171,14 +185,10 @@ pub async fn newest(
     accept: &dyn Fn(Manifest) -> Result<Option<Manifest>, Error>,
 ) -> Result<Option<Manifest>, Error> {
     let keys = manifest_keys(store, database).await?;
-    let second = |key: &str| {
-        let name = key.rsplit('/').next().unwrap_or(key);
-        name.get(..16).unwrap_or(name).to_string()
-    };
     let mut best: Option<Manifest> = None;
     for batch in keys.chunks(NEWEST_BATCH) {
         if let Some(b) = &best {
-            if second(&batch[0]) != second(&manifest_key(database, &b.id)) {
+            if second_of(&batch[0]) != second_of(&manifest_key(database, &b.id)) {
                 break;
             }
         }
@@ -212,10 +222,6 @@ pub async fn newest(
 /// prefix of thousands reads a listing and about N manifests.
 pub async fn list_newest(store: &Store, database: &str, n: usize) -> Result<Listing, Error> {
     let keys = manifest_keys(store, database).await?;
-    let second = |key: &str| {
-        let name = key.rsplit('/').next().unwrap_or(key);
-        name.get(..16).unwrap_or(name).to_string()
-    };
     let mut out = Listing::default();
     if n == 0 {
         return Ok(out);
@@ -223,7 +229,7 @@ pub async fn list_newest(store: &Store, database: &str, n: usize) -> Result<List
     for batch in keys.chunks(CONCURRENT_READS) {
         if out.snapshots.len() >= n {
             let nth = &out.snapshots[n - 1];
-            if second(&batch[0]) != second(&manifest_key(database, &nth.id)) {
+            if second_of(&batch[0]) != second_of(&manifest_key(database, &nth.id)) {
                 break;
             }
         }
@@ -261,14 +267,8 @@ pub async fn receipts_of(
             Err(Error::Missing(_)) => continue,
             Err(e) => return Err(e),
         };
-        match serde_json::from_slice::<DrillReceipt>(&bytes) {
-            Ok(r) if &r.snapshot == id => {
-                out.insert(id.clone(), r);
-            }
-            _ => tracing::warn!(
-                "ignoring drill receipt {}: not readable",
-                store.describe(&receipt_key(database, id))
-            ),
+        if let Some(r) = parse_receipt(store, database, id, &bytes) {
+            out.insert(id.clone(), r);
         }
     }
     Ok(out)
