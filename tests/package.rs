@@ -105,16 +105,7 @@ fn the_debian_package_installs_runs_and_purges_cleanly() {
         .iter()
         .map(|u| format!("/lib/systemd/system/{u}"))
         .collect();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .args(&units)
-        .output()
-        .unwrap_or_else(|e| panic!("systemd-analyze: {e}: {MISSING}"));
-    let err = common::stderr(&out);
-    assert!(
-        out.status.success() && err.trim().is_empty(),
-        "systemd-analyze verify: {err}"
-    );
+    common::systemd_verify(&units);
     for t in ["dbward-backup.timer", "dbward-drill.timer"] {
         let wants = Path::new("/etc/systemd/system/timers.target.wants").join(t);
         assert!(!wants.exists(), "{t} was enabled by installing the package");

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{json, run, tool, Http, Project, MISSING};
+use common::{json, run, tool, Http, Project};
 
 fn recipes() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes")
@@ -72,16 +72,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
         units.push(to);
     }
     assert!(units.len() >= 6, "{units:?}");
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .args(&units)
-        .output()
-        .unwrap_or_else(|e| panic!("systemd-analyze: {e}: {MISSING}"));
-    let err = common::stderr(&out);
-    assert!(
-        out.status.success() && err.trim().is_empty(),
-        "systemd-analyze verify: {err}"
-    );
+    common::systemd_verify(&units);
 }
 
 /// The cron lines of `recipes/cron/dbward`: (schedule, user, command).

@@ -28,6 +28,20 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `systemd-analyze verify UNITS...` passes with nothing to say.
+pub fn systemd_verify(units: &[impl AsRef<std::ffi::OsStr>]) {
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(units)
+        .output()
+        .unwrap_or_else(|e| panic!("systemd-analyze: {e}: {MISSING}"));
+    let err = stderr(&out);
+    assert!(
+        out.status.success() && err.trim().is_empty(),
+        "systemd-analyze verify: {err}"
+    );
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
