@@ -32,7 +32,8 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// `backup.level`: zstd level (1-19).
     pub level: i32,
-    /// `backup.temp_dir`: where a SQLite copy is staged (default `<state_dir>/tmp`).
+    /// `backup.temp_dir`: where restore downloads and copies of non-WAL SQLite databases are
+    /// staged (default `<state_dir>/tmp`).
     pub temp_dir: Option<PathBuf>,
     /// `[health]`: the application's health endpoint and how to poll it.
     pub health: Health,
@@ -396,7 +397,7 @@ impl Settings {
         Ok(all)
     }
 
-    /// Where snapshots are staged before compression.
+    /// Where restore downloads and copies of non-WAL SQLite databases are staged.
     pub fn temp_dir(&self) -> PathBuf {
         self.temp_dir
             .clone()

@@ -36,6 +36,9 @@ pub struct Options {
     pub encryption: Option<std::sync::Arc<crate::crypt::Encryption>>,
 }
 
+/// Bytes of input per zstd worker's job.
+const JOB_SIZE: u32 = 2 << 20;
+
 /// Runs on a blocking thread. `finish` is called after the source hit EOF and decides whether
 /// the snapshot may count (it waits for `pg_dump` and checks its exit status).
 pub fn compress(
@@ -61,6 +64,10 @@ pub fn compress(
     enc.include_checksum(true).map_err(io("zstd checksum"))?;
     if opts.workers > 0 {
         enc.multithread(opts.workers).map_err(io("zstd workers"))?;
+        // 2 MiB jobs instead of zstd's default of four windows (8 MiB at level 3): each worker
+        // holds a job's input and output, so memory stays under 64 MiB for the same ratio.
+        enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(JOB_SIZE))
+            .map_err(io("zstd job size"))?;
     }
     let mut buf = vec![0u8; 1 << 20];
     let mut raw = 0u64;

@@ -22,7 +22,7 @@ pub struct Request<'a> {
     pub label: Option<String>,
     /// zstd level (default 3).
     pub level: i32,
-    /// Where a SQLite copy is staged before it is compressed.
+    /// Where a SQLite database not in WAL mode is copied before it is compressed.
     pub temp_dir: &'a Path,
     /// How long the snapshot may wait for a table lock (SQLite busy timeout, pg_dump's
     /// `--lock-wait-timeout`), so a backup never stalls a deploy.

@@ -32,6 +32,8 @@ pub struct Prepared {
 }
 
 pub enum Keep {
+    /// The source owns what it needs (the SQLite page reader's thread).
+    Nothing,
     TempFile(#[allow(dead_code)] crate::scratch::ScratchPath),
     Transaction(dbconn::postgres::Postgres),
 }

@@ -80,7 +80,7 @@ impl Store {
     /// The size of every chunk but the last for a stream of about `size_hint` bytes.
     pub fn chunk_size(&self, size_hint: u64) -> usize {
         match self {
-            Store::Local(_) => 8 << 20,
+            Store::Local(_) => 1 << 20,
             Store::S3(s) => s.chunk_size(size_hint),
         }
     }
