@@ -65,13 +65,36 @@ pub const SELECT: &str = "SELECT CAST(version AS BIGINT), name, applied_on, chec
 pub const INSERT_PG: &str =
     "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
                              VALUES ($1::int8, $2, $3, $4)";
-/// [`INSERT_PG`] with the table named in `schema`.
-pub fn insert_pg_in(schema: &str) -> String {
+/// Every row of a batch in one statement (arrays of versions, names, times, checksums), with
+/// the table named in `schema`: one round trip however many files the batch holds.
+pub fn insert_many_pg_in(schema: &str) -> String {
     format!(
         "INSERT INTO {}.refinery_schema_history (version, name, applied_on, checksum) \
-         VALUES ($1::int8, $2, $3, $4)",
+         SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[])",
         crate::sql::ident(schema)
     )
+}
+
+/// Rows for [`insert_many_pg_in`] or [`upsert_many_repeatable_pg_in`], column by column.
+#[derive(Default)]
+pub struct Columns {
+    pub versions: Vec<i64>,
+    pub names: Vec<String>,
+    pub applied_on: Vec<String>,
+    pub checksums: Vec<String>,
+}
+
+impl Columns {
+    pub fn push(&mut self, v: Values) {
+        self.versions.push(v.version);
+        self.names.push(v.name);
+        self.applied_on.push(v.applied_on);
+        self.checksums.push(v.checksum);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
 }
 
 pub const INSERT_SQLITE: &str =
@@ -138,10 +161,12 @@ pub const UPSERT_REPEATABLE_SQLITE: &str =
     "INSERT INTO dbward_repeatable_history (name, applied_on, checksum) VALUES (?1, ?2, ?3) \
      ON CONFLICT (name) DO UPDATE SET applied_on = excluded.applied_on, checksum = excluded.checksum";
 
-/// The upsert with the table named in `schema` (a file may empty the search path).
-pub fn upsert_repeatable_pg_in(schema: &str) -> String {
+/// Every repeatable file of a batch in one upsert, with the table named in `schema` (a file may
+/// empty the search path).
+pub fn upsert_many_repeatable_pg_in(schema: &str) -> String {
     format!(
-        "INSERT INTO {}.dbward_repeatable_history (name, applied_on, checksum) VALUES ($1, $2, $3) \
+        "INSERT INTO {}.dbward_repeatable_history (name, applied_on, checksum) \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) \
          ON CONFLICT (name) DO UPDATE SET applied_on = excluded.applied_on, checksum = excluded.checksum",
         crate::sql::ident(schema)
     )

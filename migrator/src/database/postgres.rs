@@ -277,8 +277,6 @@ impl Session {
             let schema = schema.ok_or_else(|| {
                 Error::db("applying the batch", "the history table is not on the search path")
             })?;
-            let insert = history::insert_pg_in(&schema);
-            let upsert = history::upsert_repeatable_pg_in(&schema);
             // Each file starts from the session state the batch started with, as if each ran
             // in its own psql: what one file SETs does not leak into the next.
             let check_interval: Option<String> = c
@@ -299,6 +297,11 @@ impl Session {
                     dbconn::sql::literal(&v)
                 ));
             }
+            // One round trip per file (its statements, then the reset, in one simple query: the
+            // newline ends a trailing `--` comment, the `;` a last statement without one), and
+            // the history rows of the whole batch in one statement at its end.
+            let mut versioned = history::Columns::default();
+            let mut repeatable = history::Columns::default();
             for f in batch {
                 tracing::info!("applying {}", f.file_name());
                 let (sql, dropped) = f.executable_sql();
@@ -308,21 +311,30 @@ impl Session {
                         f.file_name()
                     );
                 }
-                c.batch_execute(&sql)
+                c.batch_execute(&format!("{sql}\n;{reset}"))
                     .await
                     .map_err(|e| apply_error(f, &e, lock_timeout))?;
-                c.batch_execute(&reset).await.map_err(ctx)?;
                 let v = history::values(f.version, &f.name, f.checksum);
                 match f.kind {
-                    Kind::Versioned => c.execute(&insert, &v.as_params()).await,
-                    Kind::Repeatable => {
-                        c.execute(&upsert, &[&v.name, &v.applied_on, &v.checksum])
-                            .await
-                    }
+                    Kind::Versioned => versioned.push(v),
+                    Kind::Repeatable => repeatable.push(v),
                 }
-                .map_err(ctx)?;
                 dbconn::failpoint::hit("migrate-mid-batch")
                     .map_err(|e| Error::db("applying the batch", e))?;
+            }
+            if !versioned.is_empty() {
+                let v = &versioned;
+                let rows = [&v.versions as _, &v.names as _, &v.applied_on as _, &v.checksums as _];
+                c.execute(&history::insert_many_pg_in(&schema), &rows)
+                    .await
+                    .map_err(ctx)?;
+            }
+            if !repeatable.is_empty() {
+                let r = &repeatable;
+                let rows = [&r.names as _, &r.applied_on as _, &r.checksums as _];
+                c.execute(&history::upsert_many_repeatable_pg_in(&schema), &rows)
+                    .await
+                    .map_err(ctx)?;
             }
             c.batch_execute("COMMIT").await.map_err(ctx)
         }
