@@ -261,12 +261,20 @@ async fn run_checks(
     cleanup: &mut postgres::Cleanup,
 ) {
     let started = Instant::now();
-    let Some(fetched) = checks
+    // One pass: the object is decoded while it downloads. `download` judges the object (its
+    // size and SHA-256, on the first copy that verifies), `decode` what came out of it.
+    let Some(decoded) = checks
         .run("download", async {
             opts.identities.check_can_try(m).map_err(classify)?;
-            let (t, n) = restore::fetch_any(stores, m, &opts.temp_dir)
-                .await
-                .map_err(classify)?;
+            let (decoded, n) = restore::fetch_decoded_any(
+                stores,
+                m,
+                &opts.temp_dir,
+                ".dbward-drill-",
+                &opts.identities,
+            )
+            .await
+            .map_err(classify)?;
             measured.copy = n;
             let copy = if n == 0 {
                 String::new()
@@ -277,7 +285,7 @@ async fn run_checks(
                 )
             };
             Ok((
-                t,
+                decoded,
                 format!(
                     "{} bytes, SHA-256 matches the manifest{copy}",
                     m.stored_bytes
@@ -290,22 +298,16 @@ async fn run_checks(
     };
     let Some(decoded) = checks
         .run("decode", async {
-            let t = restore::decompress(
-                &fetched,
-                &opts.temp_dir,
-                ".dbward-drill-",
-                m,
-                &opts.identities,
-                restore::Lifetime::Scratch,
-            )
-            .map_err(classify)?;
-            Ok((t, format!("{} bytes", m.raw_bytes)))
+            let t = decoded.map_err(classify)?;
+            Ok((
+                t,
+                format!("{} bytes, decoded while downloading", m.raw_bytes),
+            ))
         })
         .await
     else {
         return;
     };
-    drop(fetched);
 
     let restored = match live {
         DatabaseUrl::Sqlite(live_path) => {

@@ -95,15 +95,28 @@ pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<ScratchPat
         .truncate(true)
         .open(&tmp)
         .map_err(Error::io(format!("opening {}", tmp.display())))?;
-    let (size, sha) = match store.download(&m.data_key, &mut file).await {
-        Err(Error::Missing(what)) => {
-            return Err(Error::Damaged(format!(
-                "snapshot {} is damaged: its data object {what} is missing from the store; nothing was restored. Pick another one (`dbward snapshots`).",
-                m.id
-            )))
-        }
-        other => other?,
-    };
+    let (size, sha) = store
+        .download(&m.data_key, &mut file)
+        .await
+        .map_err(|e| missing_is_damage(e, m))?;
+    check_sum(store, m, size, &sha)?;
+    dbconn::failpoint::hit("restore-after-fetch").map_err(Error::Restore)?;
+    Ok(tmp)
+}
+
+/// A data object missing from the store: the snapshot is damaged.
+fn missing_is_damage(e: Error, m: &Manifest) -> Error {
+    match e {
+        Error::Missing(what) => Error::Damaged(format!(
+            "snapshot {} is damaged: its data object {what} is missing from the store; nothing was restored. Pick another one (`dbward snapshots`).",
+            m.id
+        )),
+        e => e,
+    }
+}
+
+/// Refuses a download whose size or SHA-256 is not the manifest's.
+fn check_sum(store: &Store, m: &Manifest, size: u64, sha: &str) -> Result<(), Error> {
     if size != m.stored_bytes || sha != m.sha256 {
         return Err(Error::Damaged(format!(
             "snapshot {} failed its checksum: {} holds {size} bytes with SHA-256 {sha}, the manifest says {} bytes with {}. \
@@ -114,8 +127,7 @@ pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<ScratchPat
             m.sha256
         )));
     }
-    dbconn::failpoint::hit("restore-after-fetch").map_err(Error::Restore)?;
-    Ok(tmp)
+    Ok(())
 }
 
 /// [`fetch`] from the first copy that verifies: the primary store, then each mirror in order
@@ -127,10 +139,23 @@ pub async fn fetch_any(
     m: &Manifest,
     dir: &Path,
 ) -> Result<(ScratchPath, usize), Error> {
+    try_copies(stores, m, |store| fetch(store, m, dir)).await
+}
+
+/// Runs `attempt` on each copy in turn until one succeeds (see [`fetch_any`]).
+async fn try_copies<'a, T, F, Fut>(
+    stores: &[&'a Store],
+    m: &Manifest,
+    attempt: F,
+) -> Result<(T, usize), Error>
+where
+    F: Fn(&'a Store) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
     let mut problems = Vec::new();
     for (n, store) in stores.iter().enumerate() {
-        match fetch(store, m, dir).await {
-            Ok(tmp) => {
+        match attempt(store).await {
+            Ok(t) => {
                 if n > 0 {
                     tracing::warn!(
                         "using the copy of snapshot {} in {} (mirror {n})",
@@ -138,7 +163,7 @@ pub async fn fetch_any(
                         store.describe(&m.data_key)
                     );
                 }
-                return Ok((tmp, n));
+                return Ok((t, n));
             }
             // Not the copy's fault: every copy would meet it.
             Err(e @ Error::NoSpace(_)) => return Err(e),
@@ -165,46 +190,136 @@ pub async fn fetch_any(
     })
 }
 
-/// How long the decompressed file has to live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lifetime {
-    /// It becomes the live database (SQLite restore): fsynced before anything is swapped.
-    Durable,
-    /// Read once and removed (a dump for pg_restore, a drill's scratch copy): no fsync.
-    Scratch,
-}
-
-/// Decrypts (age, when the manifest says so) and decompresses `src` (zstd) into a temp file
-/// in `dir`; a stream that does not decode to the
-/// end, or to the manifest's raw size, is refused.
-pub fn decompress(
-    src: &Path,
+/// Fetches and decodes in one pass, from the first copy that verifies (see [`fetch_any`]): the
+/// object is streamed from the store into a decoding thread while it is hashed, so the
+/// download and the decompression overlap and only the decoded file touches the disk.
+///
+/// The outer result is the fetch's: a copy whose size or SHA-256 is not the manifest's is
+/// refused as [`fetch`] refuses it (the next copy is tried), even when the decoder gave up
+/// first. The inner result is the decoding's, for a copy that did verify: the same bytes are
+/// in every copy, so no other is tried. Either way a failure leaves no output behind.
+pub async fn fetch_decoded_any(
+    stores: &[&Store],
+    m: &Manifest,
     dir: &Path,
     prefix: &str,
-    m: &Manifest,
     identities: &crate::crypt::Identities,
-    lifetime: Lifetime,
-) -> Result<ScratchPath, Error> {
+) -> Result<(Result<ScratchPath, Error>, usize), Error> {
+    try_copies(stores, m, |store| {
+        fetch_decoded(store, m, dir, prefix, identities)
+    })
+    .await
+}
+
+async fn fetch_decoded(
+    store: &Store,
+    m: &Manifest,
+    dir: &Path,
+    prefix: &str,
+    identities: &crate::crypt::Identities,
+) -> Result<Result<ScratchPath, Error>, Error> {
     scratch::ensure_space(
         dir,
         m.raw_bytes,
         &format!("decompressing snapshot {}", m.id),
     )?;
     let out = scratch::temp_in(dir, prefix)?;
+    // Four blocks of at most 1 MiB between the download and the decoder.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let decoder = {
+        let (out, m, identities) = (out.to_path_buf(), m.clone(), identities.clone());
+        let input = Blocks {
+            rx,
+            buf: Vec::new(),
+            at: 0,
+        };
+        std::thread::spawn(move || decode_into(input, &out, &m, &identities))
+    };
+    let mut sink = Sender { tx: Some(tx) };
+    let downloaded = store.download(&m.data_key, &mut sink).await;
+    drop(sink);
+    let decoded = decoder
+        .join()
+        .unwrap_or_else(|_| Err(Error::Restore("the decoding thread panicked".into())));
+    let (size, sha) = downloaded.map_err(|e| missing_is_damage(e, m))?;
+    check_sum(store, m, size, &sha)?;
+    dbconn::failpoint::hit("restore-after-fetch").map_err(Error::Restore)?;
+    if let Err(e) = decoded {
+        return Ok(Err(e));
+    }
+    dbconn::failpoint::hit("restore-after-decompress").map_err(Error::Restore)?;
+    Ok(Ok(out))
+}
+
+/// The download's side of the channel to the decoding thread. Once the decoder has stopped
+/// (with its error), the rest of the object is still read and hashed, so a damaged object is
+/// reported as a checksum failure, not as whatever the decoder tripped on.
+struct Sender {
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+}
+
+impl std::io::Write for Sender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(1 << 20);
+        if let Some(tx) = &self.tx {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                self.tx = None;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The decoder's side: EOF when the download is done (or gave up).
+struct Blocks {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for Blocks {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.buf.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    self.buf = next;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Decrypts (age, when the manifest says so) and decompresses `input` (zstd) into `out`; a
+/// stream that does not decode to the end, or to the manifest's raw size, is refused. Not
+/// fsynced: a file that becomes a live database is synced by its caller.
+fn decode_into(
+    input: impl std::io::Read + Send + 'static,
+    out: &Path,
+    m: &Manifest,
+    identities: &crate::crypt::Identities,
+) -> Result<(), Error> {
     let refuse = |why: String| {
         Error::Damaged(format!(
             "snapshot {} does not decode: {why}; nothing was restored",
             m.id
         ))
     };
-    let input =
-        std::fs::File::open(src).map_err(Error::io(format!("opening {}", src.display())))?;
     // Decrypted first when the snapshot is encrypted (refused here if no identity opens it).
     let input = identities.reader(input, m)?;
     let mut output = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
-        .open(&out)
+        .open(out)
         .map_err(Error::io(format!("opening {}", out.display())))?;
     let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| refuse(e.to_string()))?;
     // A read error is the snapshot's fault (exit 3); a write error (a full disk) is not.
@@ -217,13 +332,7 @@ pub fn decompress(
             m.raw_bytes
         )));
     }
-    if lifetime == Lifetime::Durable {
-        output
-            .sync_all()
-            .map_err(Error::io(format!("fsync {}", out.display())))?;
-    }
-    dbconn::failpoint::hit("restore-after-decompress").map_err(Error::Restore)?;
-    Ok(out)
+    Ok(())
 }
 
 /// `std::io::copy`, with read errors and write errors told apart.

@@ -92,17 +92,10 @@ pub async fn restore(
             );
         }
     }
-    let (fetched, copy) = super::fetch_any(stores, m, &dir).await?;
-    let restored = super::decompress(
-        &fetched,
-        &dir,
-        TEMP_PREFIX,
-        m,
-        &opts.identities,
-        super::Lifetime::Durable,
-    )?;
-    drop(fetched);
-    check(&restored, m)?;
+    let (restored, copy) =
+        super::fetch_decoded_any(stores, m, &dir, TEMP_PREFIX, &opts.identities).await?;
+    let restored = restored?;
+    check_durable(&restored, m)?;
     let (replaced, strategy) = if opts.to.is_some() {
         adopt_ownership(&restored, None)?;
         std::fs::rename(&restored, &target)
@@ -133,6 +126,23 @@ pub fn dir_of(db: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+/// [`check`] while the file is fsynced on another thread: both must succeed before the file
+/// may replace anything (the check reads what the sync writes back, from the page cache).
+fn check_durable(path: &Path, m: &Manifest) -> Result<(), Error> {
+    std::thread::scope(|s| {
+        let synced = s.spawn(|| {
+            std::fs::File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(Error::io(format!("fsync {}", path.display())))
+        });
+        let checked = check(path, m);
+        let synced = synced
+            .join()
+            .unwrap_or_else(|_| Err(Error::Restore("the fsync thread panicked".into())));
+        checked.and(synced)
+    })
 }
 
 /// `PRAGMA integrity_check` and the manifest's migration head, on the restored copy.

@@ -6,6 +6,8 @@ pub mod s3;
 
 pub use s3::S3Options;
 
+use std::io::Write;
+
 use tokio::sync::mpsc;
 
 use crate::error::Error;
@@ -120,11 +122,8 @@ impl Store {
 
     /// Streams `key` into `to` (a temp file, not fsynced: it is read once and removed); returns
     /// its size and hex SHA-256.
-    pub async fn download(
-        &self,
-        key: &str,
-        to: &mut std::fs::File,
-    ) -> Result<(u64, String), Error> {
+    /// Streams the object into `to`; returns its size and SHA-256 (hex).
+    pub async fn download(&self, key: &str, to: &mut impl Write) -> Result<(u64, String), Error> {
         let mut sink = HashingWriter::new(to);
         match self {
             Store::Local(s) => s.download(key, &mut sink)?,
@@ -171,18 +170,18 @@ impl Store {
     }
 }
 
-/// Writes through to a file while counting and hashing.
-pub struct HashingWriter<'a> {
-    file: &'a mut std::fs::File,
+/// Writes through while counting and hashing.
+pub struct HashingWriter<'a, W: Write> {
+    inner: &'a mut W,
     hasher: sha2::Sha256,
     len: u64,
 }
 
-impl<'a> HashingWriter<'a> {
-    fn new(file: &'a mut std::fs::File) -> Self {
+impl<'a, W: Write> HashingWriter<'a, W> {
+    fn new(inner: &'a mut W) -> Self {
         use sha2::Digest;
         HashingWriter {
-            file,
+            inner,
             hasher: sha2::Sha256::new(),
             len: 0,
         }
@@ -194,16 +193,16 @@ impl<'a> HashingWriter<'a> {
     }
 }
 
-impl std::io::Write for HashingWriter<'_> {
+impl<W: Write> Write for HashingWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         use sha2::Digest;
-        let n = self.file.write(buf)?;
+        let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+        self.inner.flush()
     }
 }
