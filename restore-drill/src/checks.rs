@@ -88,6 +88,16 @@ pub struct Checks {
     pub failed: bool,
 }
 
+/// Runs one check and times it: its outcome and seconds.
+pub async fn timed<T>(f: impl Future<Output = Outcome<T>>) -> (Outcome<T>, f64) {
+    // Checks are partly synchronous; yielding first lets the runtime see a signal, so a stop
+    // request ends the drill at the next check instead of being missed.
+    tokio::task::yield_now().await;
+    let started = Instant::now();
+    let result = f.await;
+    (result, started.elapsed().as_secs_f64())
+}
+
 impl Checks {
     pub async fn run<T>(
         &mut self,
@@ -97,12 +107,20 @@ impl Checks {
         if self.failed {
             return None;
         }
-        // Checks are partly synchronous; yielding between them lets the runtime see a signal,
-        // so a stop request ends the drill at the next check instead of being missed.
-        tokio::task::yield_now().await;
-        let started = Instant::now();
-        let result = f.await;
-        let seconds = started.elapsed().as_secs_f64();
+        let outcome = timed(f).await;
+        self.record(name, outcome)
+    }
+
+    /// Records a check that ran (see [`timed`]); its value if it passed. After a failure,
+    /// nothing more is recorded.
+    pub fn record<T>(
+        &mut self,
+        name: &'static str,
+        (result, seconds): (Outcome<T>, f64),
+    ) -> Option<T> {
+        if self.failed {
+            return None;
+        }
         let (verdict, detail, value) = match result {
             Ok((value, detail)) => (Verdict::Passed, detail, Some(value)),
             Err(CheckFailure::Snapshot(d)) => (Verdict::Failed, d, None),

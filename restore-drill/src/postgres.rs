@@ -36,7 +36,8 @@ pub struct Restored {
     pub name: String,
     pub db: Postgres,
     /// Counted while the integrity check read every table.
-    pub counts: Option<BTreeMap<String, u64>>,
+    /// The rows the integrity check counted while reading every table, for the row-count check.
+    pub counts: std::sync::Mutex<Option<BTreeMap<String, u64>>>,
 }
 
 /// A fresh ephemeral cluster of the dump's major version or newer, kept in `cleanup` until the
@@ -100,7 +101,7 @@ pub async fn restore(
             server: server.clone(),
             name,
             db,
-            counts: None,
+            counts: std::sync::Mutex::new(None),
         },
         detail,
     ))
@@ -108,10 +109,10 @@ pub async fn restore(
 
 impl Restored {
     /// Every table read to the end (which also counts its rows).
-    pub async fn integrity(&mut self) -> Outcome<()> {
+    pub async fn integrity(&self) -> Outcome<()> {
         let counts = read_all(self.db.client()).await?;
         let detail = format!("all {} tables read to the end", counts.len());
-        self.counts = Some(counts);
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner()) = Some(counts);
         Ok(((), detail))
     }
 
@@ -163,8 +164,9 @@ impl Restored {
             .max_by_key(|a| a.version))
     }
 
-    pub async fn row_counts(&mut self) -> Result<BTreeMap<String, u64>, CheckFailure> {
-        match self.counts.take() {
+    pub async fn row_counts(&self) -> Result<BTreeMap<String, u64>, CheckFailure> {
+        let counted = self.counts.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match counted {
             Some(c) => Ok(c),
             None => read_all(self.db.client()).await,
         }
