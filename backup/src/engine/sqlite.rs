@@ -14,9 +14,8 @@
 //! no lock held. The same holds if `sqlite_dbpage` is missing (a build without the flag).
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -133,11 +132,7 @@ fn stream(db: &Path, conn: Connection) -> Result<Prepared, Error> {
         row_counts: facts.row_counts,
         size_hint: size,
         workers: workers(size),
-        reader: Box::new(Pages {
-            rx,
-            buf: Vec::new(),
-            at: 0,
-        }),
+        reader: Box::new(crate::pipeline::BlockReader::new(rx)),
         // The bytes count only if every page of the transaction was read.
         finish: Box::new(move || {
             reader
@@ -207,31 +202,6 @@ fn read_pages(
         let _ = tx.send(buf);
     }
     Ok(())
-}
-
-/// The pipeline's side of the page channel; EOF when the reader thread is done.
-struct Pages {
-    rx: Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    at: usize,
-}
-
-impl Read for Pages {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.buf.len() {
-            match self.rx.recv() {
-                Ok(next) => {
-                    self.buf = next;
-                    self.at = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.at);
-        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
 }
 
 fn staged(db: &Path, src: Connection, temp_dir: &Path) -> Result<Prepared, Error> {
@@ -319,6 +289,7 @@ pub fn row_counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, u64>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn db(dir: &Path, wal: bool) -> std::path::PathBuf {
         let path = dir.join("app.db");

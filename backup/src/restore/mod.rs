@@ -228,11 +228,7 @@ async fn fetch_decoded(
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     let decoder = {
         let (out, m, identities) = (out.to_path_buf(), m.clone(), identities.clone());
-        let input = Blocks {
-            rx,
-            buf: Vec::new(),
-            at: 0,
-        };
+        let input = crate::pipeline::BlockReader::new(rx);
         std::thread::spawn(move || decode_into(input, &out, &m, &identities))
     };
     let mut sink = Sender {
@@ -297,31 +293,6 @@ impl std::io::Write for Sender {
             self.send_block();
         }
         Ok(())
-    }
-}
-
-/// The decoder's side: EOF when the download is done (or gave up).
-struct Blocks {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    at: usize,
-}
-
-impl std::io::Read for Blocks {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.buf.len() {
-            match self.rx.recv() {
-                Ok(next) => {
-                    self.buf = next;
-                    self.at = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.at);
-        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 
