@@ -111,4 +111,21 @@ r, _ = load("pg_drill"); t, _ = load("pg_drill_std")
 print("PostgreSQL restore drill (every check, amcheck included) vs the manual steps it replaces:")
 print(f"  dbward restore-drill             {r:6.2f} s")
 print(f"  cp + zstd -dc | pg_restore       {t:6.2f} s   ratio {r/t:.2f}x")
+
+# The README's table, as printed here.
+rows = [
+    ("SQLite backup", "sqlite_dbward", "sqlite_std", "`sqlite3 .backup` + `zstd -3 -T2`", "≤ 0.75x", True),
+    ("PostgreSQL backup", "pg_dbward", "pg_std", "`pg_dump -Fc -Z0 \\| zstd -3`", "", True),
+    ("SQLite restore", "sqlite_restore", "sqlite_restore_std", "`zstd -d` + `cp` + `PRAGMA quick_check`", "≤ 1.0x", True),
+    ("PostgreSQL restore", "pg_restore", "pg_restore_std", "`zstd -dc \\| pg_restore`", "≤ 1.1x", True),
+    ("SQLite restore drill", "sqlite_drill", "sqlite_drill_std", "`cp` + `zstd -d` + `integrity_check`", "≤ 1.3x", False),
+    ("PostgreSQL restore drill", "pg_drill", "pg_drill_std", "`cp` + `zstd -dc \\| pg_restore`", "≤ 1.3x", False),
+]
+print()
+print("| what | dbward | standard tools | ratio (target) | dbward peak RSS |")
+print("|---|---|---|---|---|")
+for what, ours, std, tools, target, rss in rows:
+    (a, am), (b, _) = load(ours), load(std)
+    ratio = f"{a/b:.2f}x" + (f" ({target})" if target else "")
+    print(f"| {what} | {a:.2f} s | {tools} {b:.2f} s | {ratio} | {f'{am:.1f} MiB' if rss else ''} |")
 PY
