@@ -250,20 +250,17 @@ impl ScratchDb {
     }
 }
 
-/// The checks, in order, each stopping the drill when it fails.
-async fn run_checks(
+/// SQLite's `download` and `decode`, in one pass: the object is decoded while it downloads.
+/// `download` judges the object (its size and SHA-256, on the first copy that verifies),
+/// `decode` what came out of it.
+async fn download_and_decode(
     stores: &[&Store],
-    live: &DatabaseUrl,
     m: &Manifest,
     opts: &Options,
     checks: &mut Checks,
     measured: &mut Measured,
-    cleanup: &mut postgres::Cleanup,
-) {
-    let started = Instant::now();
-    // One pass: the object is decoded while it downloads. `download` judges the object (its
-    // size and SHA-256, on the first copy that verifies), `decode` what came out of it.
-    let Some(decoded) = checks
+) -> Option<backup::scratch::ScratchPath> {
+    let decoded = checks
         .run("download", async {
             opts.identities.check_can_try(m).map_err(classify)?;
             let (decoded, n) = restore::fetch_decoded_any(
@@ -276,27 +273,10 @@ async fn run_checks(
             .await
             .map_err(classify)?;
             measured.copy = n;
-            let copy = if n == 0 {
-                String::new()
-            } else {
-                format!(
-                    " (from mirror {n}, {}: the primary's copy did not verify)",
-                    stores[n].describe(&m.data_key)
-                )
-            };
-            Ok((
-                decoded,
-                format!(
-                    "{} bytes, SHA-256 matches the manifest{copy}",
-                    m.stored_bytes
-                ),
-            ))
+            Ok((decoded, downloaded(stores, m, n)))
         })
-        .await
-    else {
-        return;
-    };
-    let Some(decoded) = checks
+        .await?;
+    checks
         .run("decode", async {
             let t = decoded.map_err(classify)?;
             Ok((
@@ -305,12 +285,40 @@ async fn run_checks(
             ))
         })
         .await
-    else {
-        return;
-    };
+}
 
+/// The `download` check's detail: the size, and which copy verified.
+fn downloaded(stores: &[&Store], m: &Manifest, copy: usize) -> String {
+    let from = if copy == 0 {
+        String::new()
+    } else {
+        format!(
+            " (from mirror {copy}, {}: the primary's copy did not verify)",
+            stores[copy].describe(&m.data_key)
+        )
+    };
+    format!(
+        "{} bytes, SHA-256 matches the manifest{from}",
+        m.stored_bytes
+    )
+}
+
+/// The checks, in order, each stopping the drill when it fails.
+async fn run_checks(
+    stores: &[&Store],
+    live: &DatabaseUrl,
+    m: &Manifest,
+    opts: &Options,
+    checks: &mut Checks,
+    measured: &mut Measured,
+    cleanup: &mut postgres::Cleanup,
+) {
+    let started = Instant::now();
     let restored = match live {
         DatabaseUrl::Sqlite(live_path) => {
+            let Some(decoded) = download_and_decode(stores, m, opts, checks, measured).await else {
+                return;
+            };
             checks
                 .run("restore", async {
                     let (c, detail) = sqlite::open(&decoded, live_path)?;
@@ -319,6 +327,19 @@ async fn run_checks(
                 .await
         }
         DatabaseUrl::Postgres(live_pg) => {
+            let Some(compressed) = checks
+                .run("download", async {
+                    opts.identities.check_can_try(m).map_err(classify)?;
+                    let (t, n) = restore::fetch_any(stores, m, &opts.temp_dir)
+                        .await
+                        .map_err(classify)?;
+                    measured.copy = n;
+                    Ok((t, downloaded(stores, m, n)))
+                })
+                .await
+            else {
+                return;
+            };
             let major = m
                 .pg_dump_version
                 .as_deref()
@@ -334,13 +355,35 @@ async fn run_checks(
                 }
             };
             let Some(server) = server else { return };
-            checks
-                .run("restore", async {
-                    let (r, detail) =
-                        postgres::restore(live_pg, &server, &decoded, &m.id, opts, cleanup).await?;
-                    Ok((ScratchDb::Postgres(Box::new(r)), detail))
-                })
-                .await
+            // The archive is decoded into pg_restore's stdin: `decode` is judged by the same
+            // run as `restore`, and the time is the restore's.
+            tokio::task::yield_now().await;
+            let at = Instant::now();
+            let result = postgres::restore(live_pg, &server, &compressed, m, opts, cleanup).await;
+            let seconds = at.elapsed().as_secs_f64();
+            let streamed = || {
+                Ok((
+                    (),
+                    format!("{} bytes, streamed into pg_restore", m.raw_bytes),
+                ))
+            };
+            match result {
+                Err(postgres::RestoreFailure::Decode(f)) => {
+                    checks.record::<()>("decode", (Err(f), seconds));
+                    return;
+                }
+                Err(postgres::RestoreFailure::Restore(f)) => {
+                    checks.record("decode", (streamed(), 0.0));
+                    checks.record::<ScratchDb>("restore", (Err(f), seconds))
+                }
+                Ok((r, detail)) => {
+                    checks.record("decode", (streamed(), 0.0));
+                    checks.record(
+                        "restore",
+                        (Ok((ScratchDb::Postgres(Box::new(r)), detail)), seconds),
+                    )
+                }
+            }
         }
     };
     let Some(db) = restored else { return };

@@ -9,7 +9,7 @@ use dbconn::postgres::{applied_on, describe, Postgres};
 use dbconn::sql::{ident, literal};
 use dbconn::PgUrl;
 
-use crate::checks::{CheckFailure, Outcome};
+use crate::checks::{classify, CheckFailure, Outcome};
 use crate::ephemeral::Ephemeral;
 use crate::{Options, Scratch};
 
@@ -35,7 +35,6 @@ pub struct Restored {
     pub server: PgUrl,
     pub name: String,
     pub db: Postgres,
-    /// Counted while the integrity check read every table.
     /// The rows the integrity check counted while reading every table, for the row-count check.
     pub counts: std::sync::Mutex<Option<BTreeMap<String, u64>>>,
 }
@@ -50,52 +49,65 @@ pub fn ephemeral(pg_dump_major: u32, cleanup: &mut Cleanup) -> Outcome<PgUrl> {
     Ok((url, detail))
 }
 
-/// Creates the scratch database on `server` and restores the decoded dump into it.
+/// Why a drill's restore failed: the snapshot's stream did not decode, or the restore itself.
+pub enum RestoreFailure {
+    Decode(CheckFailure),
+    Restore(CheckFailure),
+}
+
+impl From<CheckFailure> for RestoreFailure {
+    fn from(f: CheckFailure) -> Self {
+        RestoreFailure::Restore(f)
+    }
+}
+
+/// Creates the scratch database on `server` and restores the snapshot into it, its verified
+/// archive decoded straight into pg_restore's stdin (nothing decoded touches the disk).
 pub async fn restore(
     live: &PgUrl,
     server: &PgUrl,
-    decoded: &Path,
-    id: &str,
+    compressed: &Path,
+    m: &backup::Manifest,
     opts: &Options,
     cleanup: &mut Cleanup,
-) -> Outcome<Restored> {
-    let name = scratch_name(id);
+) -> Result<(Restored, String), RestoreFailure> {
+    let name = scratch_name(&m.id);
     if matches!(opts.scratch, Scratch::SameServer)
         && live.config.get_dbname() == Some(name.as_str())
     {
-        return Err("the scratch database is the live database; refusing".into());
+        return Err(
+            CheckFailure::from("the scratch database is the live database; refusing").into(),
+        );
     }
+    // The machine's tools cannot read this snapshot: not the snapshot's fault.
+    let version = backup::restore::postgres::check_versions(m)
+        .map_err(|e| CheckFailure::Environment(backup::error::chain(&e)))?;
     let admin = create_scratch(server, &name).await?;
     // An ephemeral cluster goes away whole; on a real server the scratch database is dropped.
     if !matches!(opts.scratch, Scratch::Ephemeral) {
         cleanup.scratch = Some((admin, name.clone()));
     }
-    let out = backup::engine::postgres::libpq_command("pg_restore", server, Some(&name))
-        .args([
-            "--exit-on-error",
-            "--no-owner",
-            "--no-privileges",
-            "--no-password",
-        ])
-        .arg(decoded)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| CheckFailure::Environment(format!("running pg_restore: {e}")))?;
-    if !out.status.success() {
-        return Err(format!(
-            "pg_restore failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into());
-    }
+    backup::restore::postgres::pg_restore(
+        server,
+        &name,
+        compressed,
+        m,
+        &opts.identities,
+        &version,
+        &["--no-owner", "--no-privileges"],
+    )
+    .await
+    .map_err(|e| match e {
+        backup::Error::Damaged(_) => RestoreFailure::Decode(classify(e)),
+        e => RestoreFailure::Restore(classify(e)),
+    })?;
     let mut url = server.clone();
     url.config.dbname(&name);
     let db = Postgres::connect(&url)
         .await
         .map_err(|e| CheckFailure::Environment(backup::error::chain(&e)))?;
-    dbconn::failpoint::hit("drill-after-restore")?;
-    let detail = format!("scratch database {name}");
+    dbconn::failpoint::hit("drill-after-restore").map_err(CheckFailure::from)?;
+    let detail = format!("scratch database {name}, the archive decoded into pg_restore");
     Ok((
         Restored {
             server: server.clone(),

@@ -332,13 +332,13 @@ fn decode_into(
     Ok(())
 }
 
-/// `std::io::copy`, with read errors and write errors told apart.
-pub fn copy_split(
+/// `std::io::copy` in 1 MiB blocks, with read errors and write errors told apart.
+pub fn copy_split<E>(
     from: &mut impl std::io::Read,
     to: &mut impl std::io::Write,
-    on_read: impl Fn(String) -> Error,
-    on_write: impl Fn(std::io::Error) -> Error,
-) -> Result<u64, Error> {
+    on_read: impl Fn(String) -> E,
+    on_write: impl Fn(std::io::Error) -> E,
+) -> Result<u64, E> {
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {

@@ -389,8 +389,11 @@ impl std::fmt::Display for Session {
 }
 
 /// Runs `zstd -dc compressed | pg_restore --exit-on-error ARGS` into `db`: the archive is
-/// decoded straight into pg_restore's stdin, never spooled to disk.
-async fn pg_restore(
+/// decoded straight into pg_restore's stdin, never spooled to disk. A stream that does not
+/// decode (to the manifest's raw size) is [`Error::Damaged`], whatever pg_restore made of it;
+/// pg_restore's own failure is [`Error::Restore`] (or [`Error::Refused`] for an archive its
+/// version cannot read).
+pub async fn pg_restore(
     url: &PgUrl,
     db: &str,
     compressed: &Path,
@@ -420,9 +423,14 @@ async fn pg_restore(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::Restore(format!("running pg_restore: {e}")))?;
-    let feeder = std::thread::spawn(move || -> Result<u64, String> {
-        let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| e.to_string())?;
-        std::io::copy(&mut decoder, &mut stdin).map_err(|e| e.to_string())
+    let feeder = std::thread::spawn(move || -> Result<u64, Fed> {
+        let mut decoder =
+            zstd::stream::read::Decoder::new(input).map_err(|e| Fed::Decode(e.to_string()))?;
+        // 1 MiB writes: `std::io::copy`'s 8 KiB ones cost pg_restore a read each, on cores
+        // that pg_restore's server process needs.
+        super::copy_split(&mut decoder, &mut stdin, Fed::Decode, |e| {
+            Fed::Write(e.to_string())
+        })
     });
     let out = child
         .wait_with_output()
@@ -430,7 +438,14 @@ async fn pg_restore(
         .map_err(|e| Error::Restore(format!("waiting for pg_restore: {e}")))?;
     let fed = feeder
         .join()
-        .unwrap_or_else(|_| Err("the decompression thread panicked".into()));
+        .unwrap_or_else(|_| Err(Fed::Decode("the decompression thread panicked".into())));
+    // A stream that does not decode explains whatever pg_restore said about it.
+    if let Err(Fed::Decode(e)) = &fed {
+        return Err(Error::Damaged(format!(
+            "snapshot {} does not decode: {e}",
+            m.id
+        )));
+    }
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if err.contains("unsupported version") {
@@ -450,11 +465,18 @@ async fn pg_restore(
             "snapshot {} decoded to {n} bytes, the manifest says {}",
             m.id, m.raw_bytes
         ))),
-        Err(e) => Err(Error::Damaged(format!(
-            "snapshot {} does not decode: {e}",
-            m.id
-        ))),
+        Err(Fed::Write(e) | Fed::Decode(e)) => {
+            Err(Error::Restore(format!("feeding pg_restore: {e}")))
+        }
     }
+}
+
+/// Why the thread feeding pg_restore stopped early.
+enum Fed {
+    /// The snapshot's stream does not decode.
+    Decode(String),
+    /// pg_restore stopped reading.
+    Write(String),
 }
 
 /// Restores in place, for a database that cannot be swapped by renaming (it is the
@@ -563,7 +585,7 @@ async fn sessions(c: &tokio_postgres::Client, db: &str) -> Result<Vec<Session>, 
 
 /// A `pg_restore` older than the `pg_dump` that wrote the archive is refused, naming both,
 /// before any database is created. Returns pg_restore's version.
-fn check_versions(m: &Manifest) -> Result<String, Error> {
+pub fn check_versions(m: &Manifest) -> Result<String, Error> {
     let version = tool_version("pg_restore")?;
     let dumped = m.pg_dump_version.as_deref().unwrap_or("0");
     if major(&version) < major(dumped) {
