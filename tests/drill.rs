@@ -94,6 +94,39 @@ fn a_good_sqlite_snapshot_passes_with_report_metrics_and_receipt() {
     assert!(out.contains("DRILLED") && out.contains("ok "), "{out}");
 }
 
+/// A snapshot of a database in WAL mode (streamed page by page) is a WAL-mode file: the drill
+/// opens it where it was decoded, SQLite makes its -wal and -shm beside it, every check passes,
+/// and nothing is left in the temp dir.
+#[test]
+fn a_wal_mode_snapshot_passes_and_leaves_nothing() {
+    let p = Project::new();
+    p.migration(
+        "V1__users.sql",
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL);\n",
+    );
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    let c = rusqlite::Connection::open(p.path().join("app.db")).unwrap();
+    c.pragma_update(None, "journal_mode", "WAL").unwrap();
+    c.execute_batch("INSERT INTO users (email) VALUES ('a@x'), ('b@x');")
+        .unwrap();
+    drop(c);
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("backup")).0, 0);
+    let (code, out, err) =
+        run(p
+            .dbward("sqlite:app.db")
+            .args(["restore-drill", "latest", "--json"]));
+    assert_eq!(code, 0, "{out}{err}");
+    let doc = json(&out);
+    let failed: Vec<_> = doc["report"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["verdict"] != "passed")
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    no_drill_leftovers(&p);
+}
+
 #[test]
 fn a_flipped_byte_fails_the_download_check() {
     let p = Project::new();

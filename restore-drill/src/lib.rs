@@ -314,14 +314,18 @@ async fn run_checks(
     cleanup: &mut postgres::Cleanup,
 ) {
     let started = Instant::now();
+    // The SQLite scratch file, removed when the drill is done with it (a WAL database needs
+    // its file in place to the end: its -wal and -shm are made beside it).
+    let scratch_file;
     let restored = match live {
         DatabaseUrl::Sqlite(live_path) => {
             let Some(decoded) = download_and_decode(stores, m, opts, checks, measured).await else {
                 return;
             };
+            scratch_file = decoded;
             checks
                 .run("restore", async {
-                    let (c, detail) = sqlite::open(&decoded, live_path)?;
+                    let (c, detail) = sqlite::open(&scratch_file, live_path)?;
                     Ok((ScratchDb::Sqlite(c), detail))
                 })
                 .await
