@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Scale run (once, not in CI): dbward backup, restore and restore-drill of a large SQLite
-# database and a large pgbench database, each with its time, peak memory and peak temp disk.
-# Memory and temp disk should be flat in the database's size; only time grows.
-#   Peak temp disk: the most the file system's free space dropped below its level before the
+# database and a large pgbench database, each with its time, peak memory and peak extra disk.
+# Memory and temp space should be flat in the database's size; only time grows.
+#   Peak extra disk: the most the file system's free space dropped below its level before the
 #   command, minus what the command leaves behind on purpose (the stored snapshot, the restored
 #   database and the replaced one kept aside), sampled every 0.2 s.
 # Usage: bench/scale.sh [SIZE_MIB=10240] [SCALE=700]   (needs about 3.5x SIZE of free disk)
@@ -70,7 +70,7 @@ def row(label, what):
     print(f"| {what} | {float(secs):.1f} s | {int(kib)/1024:.1f} MiB | {tmp:.2f} GiB |")
 print(f"SQLite {raw/2**30:.1f} GiB (stored {stored/2**30:.2f} GiB); pgbench {pgsize/2**30:.1f} GiB on disk (stored {pgstored/2**30:.2f} GiB)")
 print()
-print("| what | time | peak RSS | peak temp disk |")
+print("| what | time | peak RSS | peak extra disk |")
 print("|---|---|---|---|")
 row("sqlite_backup", "SQLite backup")
 row("sqlite_restore", "SQLite restore")
