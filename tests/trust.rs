@@ -1298,3 +1298,47 @@ fn d13_migrate_waits_for_the_lock_before_opening_the_sqlite_file() {
         "applied to the file swapped in"
     );
 }
+
+/// `restore --to PATH` never overwrites a file that appears at PATH while the snapshot is being
+/// restored (after the path was found free): the restored file is linked in, which fails where
+/// a name exists, and the file that appeared keeps its content. The restore stops at its
+/// decompressed-and-checked point until the file is there.
+#[test]
+fn restore_to_a_path_that_appears_meanwhile_leaves_that_file_alone() {
+    let p = Project::new();
+    sqlite_app(&p, 10);
+    let points = tempfile::tempdir().unwrap();
+    let target = p.path().join("copy.db");
+    let mut child = p
+        .dbward("sqlite:app.db")
+        .args(["restore", "latest", "--yes", "--to"])
+        .arg(&target)
+        .env("DBWARD_FAILPOINTS", "restore-after-decompress=wait")
+        .env("DBWARD_FAILPOINT_DIR", points.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reached = points.path().join("restore-after-decompress");
+    while !reached.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended early"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::write(&target, b"someone else's file").unwrap();
+    std::fs::write(points.path().join("restore-after-decompress.go"), b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("appeared"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"someone else's file");
+    let stray: Vec<_> = std::fs::read_dir(p.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("restore-") || n.starts_with(".dbward-run"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}

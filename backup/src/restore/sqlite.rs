@@ -98,9 +98,23 @@ pub async fn restore(
     check_durable(&restored, m)?;
     let (replaced, strategy) = if opts.to.is_some() {
         adopt_ownership(&restored, None)?;
-        std::fs::rename(&restored, &target)
-            .map_err(Error::io(format!("renaming to {}", target.display())))?;
-        restored.keep();
+        // Linked, not renamed: a file that appeared at the target since it was checked is
+        // never overwritten (a link fails where a name exists; a rename replaces it).
+        match std::fs::hard_link(&restored, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::Target {
+                    target: target.display().to_string(),
+                    problem:
+                        "the file appeared while the snapshot was restored; it was left as it is"
+                            .into(),
+                })
+            }
+            Err(e) => return Err(Error::io(format!("linking {}", target.display()))(e)),
+        }
+        // The temp name goes; the restored file stays under the target's.
+        drop(restored);
+        sync_dir(&dir)?;
         (None, Strategy::New)
     } else {
         let kept = swap_in(live, restored, opts.force)?;
