@@ -26,7 +26,7 @@ pub enum Severity {
     Error,
     Warning,
     /// Not a problem: a statement that is not purely additive (the running release may not work
-    /// on the schema it leaves). Only [`not_additive`] returns these.
+    /// on the schema it leaves). Only [`all`] returns these.
     Note,
 }
 
@@ -60,7 +60,7 @@ impl std::fmt::Display for Finding {
     }
 }
 
-/// Lints every file; findings come in file order, then line order.
+/// Lints every file; findings come in file order, then line order. Notes are left out.
 pub fn lint<'a>(
     files: impl IntoIterator<Item = &'a MigrationFile>,
     dialect: Dialect,
@@ -68,16 +68,16 @@ pub fn lint<'a>(
     findings(files, dialect, |s| s != Severity::Note)
 }
 
-/// The statements of a batch that are not purely additive (the expand step of expand/contract
-/// is: new tables, views, nullable columns, columns with a default, non-unique indexes, inserted
-/// rows). Anything else may break the release that is still running on the old schema: a
-/// dropped or renamed object, a changed column, a new constraint or unique index, rewritten
-/// rows, a replaced function or view. Empty means the old release can keep running.
-pub fn not_additive<'a>(
+/// Every finding, notes included: what `migrate` reads once, for its gate (errors, warnings)
+/// and for the batch's statements that are not purely additive (notes: the expand step of
+/// expand/contract is new tables, views, nullable columns, columns with a default, non-unique
+/// indexes, inserted rows; anything else may break the release that is still running on the
+/// old schema).
+pub fn all<'a>(
     files: impl IntoIterator<Item = &'a MigrationFile>,
     dialect: Dialect,
 ) -> Vec<Finding> {
-    findings(files, dialect, |s| s == Severity::Note)
+    findings(files, dialect, |_| true)
 }
 
 fn findings<'a>(
@@ -472,7 +472,7 @@ fn check_statement(
     }
 }
 
-/// Why a statement is not purely additive, or `None` when it only adds (see [`not_additive`]).
+/// Why a statement is not purely additive, or `None` when it only adds (see [`all`]).
 fn not_additive_statement(stmt: &[Tok]) -> Option<String> {
     let w = |i: usize| stmt.get(i).and_then(|t| t.word.as_deref()).unwrap_or("");
     let has = |word: &str| stmt.iter().any(|t| t.word.as_deref() == Some(word));

@@ -61,7 +61,11 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
 
     // Everything that can be checked without the database is checked first.
     let files = migrator::discover(&settings.migrations)?;
-    let findings = migrator::lint::lint(files.all(), dialect(&url));
+    // Read once: the gate's errors and warnings, and the notes that name what is not purely
+    // additive (kept for the deploy record of the batch's files).
+    let (notes, findings): (Vec<_>, Vec<_>) = migrator::lint::all(files.all(), dialect(&url))
+        .into_iter()
+        .partition(|f| f.severity == Severity::Note);
     let (errors, warnings): (Vec<_>, Vec<_>) = findings
         .into_iter()
         .partition(|f| f.severity == Severity::Error);
@@ -131,11 +135,11 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     } else {
         None
     };
-    let not_additive: Vec<String> =
-        migrator::lint::not_additive(batch.iter().copied(), dialect(&url))
-            .iter()
-            .map(|f| format!("{}:{}: {}", f.file.display(), f.line, f.message))
-            .collect();
+    let not_additive: Vec<String> = notes
+        .iter()
+        .filter(|n| batch.iter().any(|f| f.path == n.file))
+        .map(|f| format!("{}:{}: {}", f.file.display(), f.line, f.message))
+        .collect();
     let names: Vec<String> = batch.iter().map(|f| f.file_name()).collect();
     tracing::info!(
         "applying {} migration(s) in one transaction: {}",
