@@ -472,7 +472,10 @@ fn peak_rss_kib(cmd: &mut Command) -> (i32, i64) {
 /// page into zstd, so the snapshot needs no temp space at all (the temp dir given is a plain
 /// file: any staged copy would fail) and its peak memory does not grow with the database (a
 /// database three times larger stays within a few MiB of the smaller one's peak, which includes
-/// the binary and zstd's two workers' buffers) and stays under 64 MiB.
+/// the binary and zstd's two workers' buffers). The absolute cap is for this unoptimized test
+/// build, about 58 MiB here where the release build peaks near 40 MiB (bench/snapshots.sh
+/// reports that one): 80 MiB leaves room for allocator timing without hiding a copy of the
+/// database in memory.
 #[test]
 fn a_wal_snapshot_stages_nothing_and_its_memory_does_not_grow_with_the_database() {
     let p = Project::new();
@@ -515,9 +518,10 @@ fn a_wal_snapshot_stages_nothing_and_its_memory_does_not_grow_with_the_database(
         peaks.push(peak);
     }
     let (small, large) = (peaks[0], peaks[1]);
+    eprintln!("peak RSS: {small} KiB for 64 MiB, {large} KiB for 192 MiB");
     assert!(
         large - small < 16 << 10,
         "peak RSS grew with the database: {small} KiB for 64 MiB, {large} KiB for 192 MiB"
     );
-    assert!(large < 64 << 10, "peak RSS {large} KiB");
+    assert!(large < 80 << 10, "peak RSS {large} KiB");
 }
