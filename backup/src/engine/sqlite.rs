@@ -14,6 +14,7 @@
 //! no lock held. The same holds if `sqlite_dbpage` is missing (a build without the flag).
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::time::Duration;
@@ -98,6 +99,33 @@ struct Facts {
     page_size: u64,
 }
 
+impl Facts {
+    /// The snapshot source these facts describe, its bytes read from `reader`: the database's
+    /// pages, so its size is pages × page size.
+    fn prepared(
+        self,
+        reader: Box<dyn Read + Send>,
+        finish: Box<dyn FnOnce() -> Result<(), Error> + Send>,
+        keep: Keep,
+    ) -> Prepared {
+        let size = self.pages * self.page_size;
+        Prepared {
+            format: Format::Sqlite,
+            engine: "sqlite",
+            server_version: rusqlite::version().to_string(),
+            pg_dump_version: None,
+            head: head(self.applied),
+            database_id: self.database_id,
+            row_counts: self.row_counts,
+            size_hint: size,
+            workers: workers(size),
+            reader,
+            finish,
+            keep,
+        }
+    }
+}
+
 fn facts(conn: &Connection) -> Result<Facts, Error> {
     let q = |e: rusqlite::Error| Error::Source(format!("reading the snapshot's facts: {e}"));
     Ok(Facts {
@@ -117,33 +145,21 @@ fn stream(db: &Path, conn: Connection) -> Result<Prepared, Error> {
     let (facts_tx, facts_rx) = sync_channel::<Result<Facts, Error>>(1);
     let (tx, rx) = sync_channel::<Vec<u8>>(DEPTH);
     let name = db.display().to_string();
-    let reader = std::thread::Builder::new()
+    let reader_thread = std::thread::Builder::new()
         .name("sqlite-pages".into())
         .spawn(move || read_pages(conn, &name, facts_tx, tx))
         .map_err(Error::io("starting the page reader"))?;
     let facts = facts_rx
         .recv()
         .map_err(|_| Error::Source("the page reader stopped before reading the facts".into()))??;
-    let size = facts.pages * facts.page_size;
-    Ok(Prepared {
-        format: Format::Sqlite,
-        engine: "sqlite",
-        server_version: rusqlite::version().to_string(),
-        pg_dump_version: None,
-        head: head(facts.applied),
-        database_id: facts.database_id,
-        row_counts: facts.row_counts,
-        size_hint: size,
-        workers: workers(size),
-        reader: Box::new(crate::pipeline::BlockReader::new(rx)),
-        // The bytes count only if every page of the transaction was read.
-        finish: Box::new(move || {
-            reader
-                .join()
-                .map_err(|_| Error::Source("the page reader panicked".into()))?
-        }),
-        keep: Keep::Nothing,
-    })
+    let reader = crate::pipeline::BlockReader::new(rx);
+    // The bytes count only if every page of the transaction was read.
+    let finish = move || {
+        reader_thread
+            .join()
+            .map_err(|_| Error::Source("the page reader panicked".into()))?
+    };
+    Ok(facts.prepared(Box::new(reader), Box::new(finish), Keep::Nothing))
 }
 
 /// The reader thread: one read transaction for the facts and every page. Returns when every
@@ -241,24 +257,8 @@ fn staged(db: &Path, src: Connection, temp_dir: &Path) -> Result<Prepared, Error
     let facts = facts(&copy)?;
     drop(copy);
 
-    let size = std::fs::metadata(&*tmp)
-        .map_err(Error::io("stat the copy"))?
-        .len();
     let reader = std::fs::File::open(&*tmp).map_err(Error::io("opening the copy"))?;
-    Ok(Prepared {
-        format: Format::Sqlite,
-        engine: "sqlite",
-        server_version: rusqlite::version().to_string(),
-        pg_dump_version: None,
-        head: head(facts.applied),
-        database_id: facts.database_id,
-        row_counts: facts.row_counts,
-        size_hint: size,
-        workers: workers(size),
-        reader: Box::new(reader),
-        finish: Box::new(|| Ok(())),
-        keep: Keep::TempFile(tmp),
-    })
+    Ok(facts.prepared(Box::new(reader), Box::new(|| Ok(())), Keep::TempFile(tmp)))
 }
 
 /// zstd workers worth starting: none for a small database, every core for a large one.
@@ -290,7 +290,6 @@ pub fn row_counts(conn: &Connection) -> rusqlite::Result<BTreeMap<String, u64>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     fn db(dir: &Path, wal: bool) -> std::path::PathBuf {
         let path = dir.join("app.db");
