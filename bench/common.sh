@@ -1,4 +1,21 @@
-# Shared by the bench scripts (sourced, after WORK is set).
+# Shared by the bench scripts (sourced from the repository's root).
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+# pg_work PREFIX: a release build ($DBWARD), a work dir /tmp/PREFIX-XXXX ($WORK, removed on
+# exit) and a PostgreSQL cluster of the newest installed version in it, on a free loopback port
+# ($BINDIR, $PORT), stopped on exit.
+pg_work() {
+  cargo build --release --quiet
+  DBWARD=$PWD/target/release/dbward
+  BINDIR=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  WORK=$(mktemp -d "/tmp/$1-XXXX")
+  [ "$(id -u)" = 0 ] && chown postgres "$WORK"
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  as_pg "$BINDIR/initdb" -A trust -U postgres -D "$WORK/data" >/dev/null
+  as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/log" -o "-p $PORT -k $WORK/data -c listen_addresses=127.0.0.1" -w start >/dev/null
+  trap 'as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null; rm -rf "$WORK"' EXIT
+}
 
 # run LABEL CMD...: appends "seconds peak_kib" to $WORK/LABEL
 run() {

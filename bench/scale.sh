@@ -9,18 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${1:-10240}; SCALE=${2:-700}
-cargo build --release --quiet
-DBWARD=$PWD/target/release/dbward
-BINDIR=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-WORK=$(mktemp -d /tmp/dbward-scale-XXXX)
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-[ "$(id -u)" = 0 ] && chown postgres "$WORK"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-as_pg "$BINDIR/initdb" -A trust -U postgres -D "$WORK/data" >/dev/null
-as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/log" -o "-p $PORT -k $WORK/data -c listen_addresses=127.0.0.1" -w start >/dev/null
-trap 'as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null; rm -rf "$WORK"' EXIT
-
 . bench/common.sh # the working directory is the repository (cd above)
+pg_work dbward-scale
 
 free_kib() { df -k --output=avail "$WORK" | tail -1; }
 # measure LABEL CMD...: time and peak RSS (run), and the lowest free space seen while it ran.
