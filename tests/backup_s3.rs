@@ -181,3 +181,101 @@ fn postgres_snapshot_and_retention_on_s3() {
     pg.restore_into("restored", &dump);
     assert_eq!(pg.psql("restored", "SELECT count(*) FROM v"), "1000");
 }
+
+/// `restore latest` and `snapshots --limit N` list the newest keys a time window at a time (the
+/// last day, month, year, then all): what they find must not depend on the windows. The newest
+/// snapshot three days old, 45 days old, 500 days old, or dated two days ahead by a skewed
+/// clock is found, on S3 (`start-after`) and in a local directory alike.
+fn latest_reaches_back_across_listing_windows(
+    p: &Project,
+    folder: &std::path::Path,
+    dbward: &dyn Fn() -> Command,
+) {
+    let (code, out, err) = run(dbward().args(["backup", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let real = json(&out)["snapshot"].clone();
+    let real_id = real["id"].as_str().unwrap().to_string();
+    let data = std::fs::read(folder.join(format!("{real_id}.sqlite.zst"))).unwrap();
+    let stamp = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let rfc = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    let now = time::OffsetDateTime::now_utc();
+    // A copy of the real snapshot (manifest and data object) dated `offset` from now.
+    let copy_at = |offset: time::Duration, n: u16| -> String {
+        let t = now + offset;
+        let sid = format!("{}-scheduled-{n:04x}", t.format(&stamp).unwrap());
+        let mut m = real.clone();
+        m["id"] = sid.clone().into();
+        m["kind"] = "scheduled".into();
+        m["created_at"] = t.format(&rfc).unwrap().into();
+        m["data_key"] = real["data_key"]
+            .as_str()
+            .unwrap()
+            .replace(&real_id, &sid)
+            .into();
+        std::fs::write(folder.join(format!("{sid}.sqlite.zst")), &data).unwrap();
+        std::fs::write(folder.join(format!("{sid}.json")), m.to_string()).unwrap();
+        sid
+    };
+    let remove = |sid: &str| {
+        std::fs::remove_file(folder.join(format!("{sid}.json"))).unwrap();
+        std::fs::remove_file(folder.join(format!("{sid}.sqlite.zst"))).unwrap();
+    };
+    let latest = || {
+        let copy = p.path().join("copy.db");
+        let _ = std::fs::remove_file(&copy);
+        let (code, out, err) = run(dbward()
+            .args(["--json", "restore", "latest", "--to"])
+            .arg(&copy)
+            .arg("--yes"));
+        assert_eq!(code, 0, "{err}");
+        json(&out)["snapshot"].as_str().unwrap().to_string()
+    };
+    let limited = |n: &str| -> Vec<String> {
+        let (code, out, err) = run(dbward().args(["snapshots", "--limit", n, "--json"]));
+        assert_eq!(code, 0, "{err}");
+        json(&out)["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let days = time::Duration::days;
+    let three = copy_at(-days(3), 1);
+    let month = copy_at(-days(45), 2);
+    let years = copy_at(-days(500), 3);
+    let older = copy_at(-days(501), 4);
+    remove(&real_id);
+
+    assert_eq!(latest(), three);
+    assert_eq!(limited("2"), [three.clone(), month.clone()]);
+    assert_eq!(limited("3"), [three.clone(), month.clone(), years.clone()]);
+    remove(&three);
+    assert_eq!(latest(), month);
+    assert_eq!(limited("2"), [month.clone(), years.clone()]);
+    remove(&month);
+    assert_eq!(latest(), years);
+    assert_eq!(limited("9"), [years.clone(), older.clone()]);
+    let future = copy_at(days(2), 5);
+    assert_eq!(latest(), future);
+    assert_eq!(limited("2"), [future, years]);
+}
+
+#[test]
+fn latest_reaches_back_across_listing_windows_on_s3() {
+    let s3 = S3::start();
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id int);\n");
+    assert_eq!(run(dbward(&p, &s3, "sqlite:app.db").arg("migrate")).0, 0);
+    let folder = s3.dir.path().join(&s3.bucket).join("backups/app");
+    latest_reaches_back_across_listing_windows(&p, &folder, &|| dbward(&p, &s3, "sqlite:app.db"));
+}
+
+#[test]
+fn latest_reaches_back_across_listing_windows_in_a_directory() {
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id int);\n");
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    let folder = p.path().join(".dbward/snapshots/app");
+    latest_reaches_back_across_listing_windows(&p, &folder, &|| p.dbward("sqlite:app.db"));
+}

@@ -134,13 +134,17 @@ fn is_manifest_candidate(key: &str) -> bool {
 /// in seconds instead of minutes.
 const CONCURRENT_READS: usize = 16;
 
-/// The keys of `database`'s manifests (and of objects that look like one), newest snapshot
-/// first: ids begin with their UTC second (`20261122T093000Z-...`), so key order is time order
-/// to the second. A listing, no manifest read.
-pub async fn manifest_keys(store: &Store, database: &str) -> Result<Vec<String>, Error> {
-    check_folder_name(database)?;
+/// The keys of `database`'s manifests (and of objects that look like one) listed after `after`
+/// (a name in its folder; all of them for `None`), newest snapshot first: ids begin with their
+/// UTC second (`20261122T093000Z-...`), so key order is time order to the second. A listing,
+/// no manifest read.
+async fn manifest_keys_after(
+    store: &Store,
+    database: &str,
+    after: Option<&str>,
+) -> Result<Vec<String>, Error> {
     let mut keys: Vec<String> = store
-        .list(database)
+        .list_after(database, after)
         .await?
         .into_iter()
         .map(|o| o.key)
@@ -148,6 +152,77 @@ pub async fn manifest_keys(store: &Store, database: &str) -> Result<Vec<String>,
         .collect();
     keys.sort_unstable_by(|a, b| b.cmp(a));
     Ok(keys)
+}
+
+/// How far back each listing of [`NewestKeys`] reaches, newest first; the last one lists the
+/// whole folder.
+const WINDOWS: [Option<time::Duration>; 4] = [
+    Some(time::Duration::days(1)),
+    Some(time::Duration::days(32)),
+    Some(time::Duration::days(400)),
+    None,
+];
+
+/// The manifest keys of a database, newest first, listed a time window at a time: the
+/// snapshots of the last day, then of the last month, the last year, then all of them. A
+/// prefix holding years of snapshots answers `latest` with a listing of one day's keys (S3's
+/// `start-after`), not pages of thousands. The clock only decides how much one listing holds,
+/// never what is found: a window starts at a name (`<database>/<UTC second>`), every later
+/// name is in it (ids a skewed clock dated in the future too), and each wider window adds only
+/// the names at or before the previous start.
+struct NewestKeys<'a> {
+    store: &'a Store,
+    database: &'a str,
+    now: time::OffsetDateTime,
+    /// The next window to list.
+    window: usize,
+    /// Where the previous window started: the keys after it were listed already.
+    listed_after: Option<String>,
+    /// Listed, not yet handed out, newest first.
+    pending: std::collections::VecDeque<String>,
+}
+
+impl<'a> NewestKeys<'a> {
+    fn new(store: &'a Store, database: &'a str) -> Result<Self, Error> {
+        check_folder_name(database)?;
+        Ok(NewestKeys {
+            store,
+            database,
+            now: time::OffsetDateTime::now_utc(),
+            window: 0,
+            listed_after: None,
+            pending: Default::default(),
+        })
+    }
+
+    /// Up to `n` of the next keys, newest first. When the listed windows are used up, the next
+    /// (wider) one is listed only if `widen`: a caller that has what it needs stops there,
+    /// because every key not yet listed is of an earlier second than every key handed out.
+    /// `None` when there are no more (or `widen` is false and the listed ones are used up).
+    async fn next(&mut self, n: usize, widen: bool) -> Result<Option<Vec<String>>, Error> {
+        while self.pending.is_empty() && widen && self.window < WINDOWS.len() {
+            let start = WINDOWS[self.window].map(|back| manifest::compact_stamp(self.now - back));
+            self.window += 1;
+            let keys = manifest_keys_after(self.store, self.database, start.as_deref()).await?;
+            let bound = self
+                .listed_after
+                .as_ref()
+                .map(|a| format!("{}/{a}", self.database));
+            self.pending.extend(
+                keys.into_iter()
+                    .filter(|k| bound.as_ref().is_none_or(|b| k <= b)),
+            );
+            match start {
+                Some(s) => self.listed_after = Some(s),
+                None => self.window = WINDOWS.len(),
+            }
+        }
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let take = n.min(self.pending.len());
+        Ok(Some(self.pending.drain(..take).collect()))
+    }
 }
 
 /// Reads the manifest at `key`: `Ok(Err(..))` when the object is not a usable manifest of
@@ -175,7 +250,7 @@ const NEWEST_BATCH: usize = 8;
 /// The newest snapshot of `database` that `accept` takes (it returns the manifest back, or
 /// `None` for one that is not this database's). Manifests are read newest first,
 /// [`NEWEST_BATCH`] at a time, only until one is accepted: a store with thousands of snapshots
-/// answers in a listing and a handful of reads. Once one is accepted, only the others of the
+/// answers in a listing of the last day's keys ([`NewestKeys`]) and a handful of reads. Once one is accepted, only the others of the
 /// same second can still be newer (ids order snapshots to the second), so those are read too
 /// and the newest by creation time wins, as in a full listing. Damaged manifests are skipped
 /// with a warning naming them.
@@ -184,9 +259,9 @@ pub async fn newest(
     database: &str,
     accept: &dyn Fn(Manifest) -> Result<Option<Manifest>, Error>,
 ) -> Result<Option<Manifest>, Error> {
-    let keys = manifest_keys(store, database).await?;
+    let mut keys = NewestKeys::new(store, database)?;
     let mut best: Option<Manifest> = None;
-    for batch in keys.chunks(NEWEST_BATCH) {
+    while let Some(batch) = keys.next(NEWEST_BATCH, best.is_none()).await? {
         if let Some(b) = &best {
             if second_of(&batch[0]) != second_of(&manifest_key(database, &b.id)) {
                 break;
@@ -219,14 +294,15 @@ pub async fn newest(
 /// At least the newest `n` snapshots of `database` (newest first; more when others share the
 /// n-th one's second), with the damaged manifests met on the way: manifests are read newest
 /// first, [`CONCURRENT_READS`] at a time, and reading stops there. `snapshots --limit N` on a
-/// prefix of thousands reads a listing and about N manifests.
+/// prefix of thousands reads the listings of the windows that hold them ([`NewestKeys`]) and
+/// about N manifests.
 pub async fn list_newest(store: &Store, database: &str, n: usize) -> Result<Listing, Error> {
-    let keys = manifest_keys(store, database).await?;
+    let mut keys = NewestKeys::new(store, database)?;
     let mut out = Listing::default();
     if n == 0 {
         return Ok(out);
     }
-    for batch in keys.chunks(CONCURRENT_READS) {
+    while let Some(batch) = keys.next(CONCURRENT_READS, out.snapshots.len() < n).await? {
         if out.snapshots.len() >= n {
             let nth = &out.snapshots[n - 1];
             if second_of(&batch[0]) != second_of(&manifest_key(database, &nth.id)) {

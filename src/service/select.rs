@@ -53,7 +53,7 @@ pub async fn resolve<'a>(
 /// The manifest `which` names in `store`. `latest` reads manifests newest first, a few at a
 /// time, only until it has this database's newest (its identity, its format); an id (or the
 /// `pre-deploy` one from the state dir) is one read. A store with thousands of snapshots answers
-/// in a listing and a handful of reads, not one read per snapshot.
+/// in a listing of the last day's keys and a handful of reads, not one read per snapshot.
 async fn resolve_in(
     settings: &Settings,
     store: &backup::Store,

@@ -137,7 +137,7 @@ impl LocalStore {
         })
     }
 
-    pub fn list(&self, dir: &str) -> Result<Vec<ObjectInfo>, Error> {
+    pub fn list_after(&self, dir: &str, after: Option<&str>) -> Result<Vec<ObjectInfo>, Error> {
         let d = self.path(dir);
         let entries = match fs::read_dir(&d) {
             Ok(e) => e,
@@ -147,11 +147,14 @@ impl LocalStore {
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.map_err(Error::io(format!("listing {}", d.display())))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if after.is_some_and(|a| name.as_str() <= a) {
+                continue;
+            }
             let meta = entry
                 .metadata()
                 .map_err(Error::io(format!("stat {}", entry.path().display())))?;
             if meta.is_file() {
-                let name = entry.file_name().to_string_lossy().into_owned();
                 out.push(ObjectInfo {
                     key: join(dir, &name),
                     size: meta.len(),

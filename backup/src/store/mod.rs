@@ -141,9 +141,20 @@ impl Store {
 
     /// Objects under `dir` (one level), in no particular order.
     pub async fn list(&self, dir: &str) -> Result<Vec<ObjectInfo>, Error> {
+        self.list_after(dir, None).await
+    }
+
+    /// Objects under `dir` (one level) whose name sorts after `after` (all of them for
+    /// `None`), in no particular order. On S3 this is the listing's `start-after`: a store
+    /// answers it without sending the names before it.
+    pub async fn list_after(
+        &self,
+        dir: &str,
+        after: Option<&str>,
+    ) -> Result<Vec<ObjectInfo>, Error> {
         match self {
-            Store::Local(s) => s.list(dir),
-            Store::S3(s) => s.list(dir).await,
+            Store::Local(s) => s.list_after(dir, after),
+            Store::S3(s) => s.list_after(dir, after).await,
         }
     }
 

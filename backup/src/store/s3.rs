@@ -370,7 +370,11 @@ impl S3Store {
         Ok(body.into_bytes().to_vec())
     }
 
-    pub async fn list(&self, dir: &str) -> Result<Vec<ObjectInfo>, Error> {
+    pub async fn list_after(
+        &self,
+        dir: &str,
+        after: Option<&str>,
+    ) -> Result<Vec<ObjectInfo>, Error> {
         let prefix = format!("{}/", self.full_key(dir).trim_end_matches('/'));
         let strip = if self.prefix.is_empty() {
             String::new()
@@ -384,6 +388,7 @@ impl S3Store {
             .bucket(&self.bucket)
             .prefix(&prefix)
             .delimiter("/")
+            .set_start_after(after.map(|a| format!("{prefix}{a}")))
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
