@@ -55,7 +55,8 @@ pub struct GlobalArgs {
     /// Local state directory [env: DBWARD_STATE_DIR] [default: ./.dbward]
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Where restore downloads and copies of non-WAL SQLite databases are staged [env: DBWARD_TEMP_DIR]
+    /// Where drills, in-place PostgreSQL restores and backups of non-WAL SQLite databases stage
+    /// their files [env: DBWARD_TEMP_DIR]
     /// [config: backup.temp_dir] [default: <state-dir>/tmp]
     #[arg(long, global = true, value_name = "DIR")]
     pub temp_dir: Option<PathBuf>,

@@ -272,6 +272,27 @@ fn postgres_encrypted_pre_deploy_snapshot_on_s3_pg_restore_reads_it_and_the_guar
     ]));
     assert_eq!(code, 5, "{err}");
     assert_eq!(pg.psql("shop", "SELECT count(*) FROM items"), "2");
+
+    // Another key: the archive streams from the bucket into the decoder, which refuses it
+    // before pg_restore starts; the scratch database made for it is dropped, the live one
+    // left as it was.
+    let (other, _) = keygen(keys.path(), "other");
+    let (code, _, err) = run(dbward().env("DBWARD_AGE_IDENTITY_FILE", &other).args([
+        "restore",
+        &id,
+        "--yes",
+        "--terminate-connections",
+    ]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("none of the identities"), "{err}");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'shop\\_restore\\_%'"
+        ),
+        "0"
+    );
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM items"), "2");
 }
 
 #[test]

@@ -240,6 +240,78 @@ fn postgres_restore_and_drill_use_the_mirror_when_the_primary_lost_its_copy() {
     assert_eq!(pg.psql("shop", "SELECT count(*) FROM items"), "2");
 }
 
+/// A PostgreSQL restore streams the archive from the store into pg_restore, staging nothing
+/// (the temp dir is a plain file here). When the primary's copy (on the S3 server) is damaged
+/// in the middle, its checksum fails at the end of the stream: the database it half-restored is
+/// dropped, and the mirror's copy is restored from the start.
+#[test]
+fn a_postgres_restore_streams_and_a_damaged_copy_falls_back_to_the_mirror() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let s3 = S3::start();
+    let p = Project::new();
+    let mirror = p.path().join("mirror");
+    let no_temp = p.path().join("not-a-directory");
+    std::fs::write(&no_temp, "").unwrap();
+    p.migration(
+        "V1__items.sql",
+        "CREATE TABLE items (id int PRIMARY KEY, name text);\n",
+    );
+    assert_eq!(run(dbward(&p, &s3, &url, &mirror).arg("migrate")).0, 0);
+    pg.psql(
+        "shop",
+        "INSERT INTO items SELECT i, md5(i::text) FROM generate_series(1, 20000) i",
+    );
+    let (code, out, err) = run(dbward(&p, &s3, &url, &mirror).args(["backup", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let id = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
+    pg.psql("shop", "DELETE FROM items");
+
+    // Streamed from the primary: nothing in the temp dir.
+    let (code, out, err) = run(dbward(&p, &s3, &url, &mirror)
+        .arg("--temp-dir")
+        .arg(&no_temp)
+        .args(["restore", &id, "--yes", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        json(&out)["copy"].as_str().unwrap().starts_with("s3://"),
+        "{out}"
+    );
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM items"), "20000");
+
+    flip_a_byte(&in_s3(&s3, &format!("shop/{id}.pgdump.zst")));
+    pg.psql("shop", "DELETE FROM items");
+    let (code, out, err) = run(dbward(&p, &s3, &url, &mirror)
+        .arg("--temp-dir")
+        .arg(&no_temp)
+        .args(["restore", &id, "--yes", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("failed its checksum"),
+        "names the damaged copy: {err}"
+    );
+    assert!(
+        json(&out)["copy"].as_str().unwrap().contains("/mirror/"),
+        "{out}"
+    );
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM items"), "20000");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'shop\\_restore\\_%'"
+        ),
+        "0",
+        "the half-restored database is gone"
+    );
+
+    // Damaged everywhere: refused (exit 3), the live database left as it was.
+    flip_a_byte(&mirror.join(format!("shop/{id}.pgdump.zst")));
+    pg.psql("shop", "DELETE FROM items WHERE id > 10");
+    let (code, _, err) = run(dbward(&p, &s3, &url, &mirror).args(["restore", &id, "--yes"]));
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM items"), "10");
+}
+
 /// A mirror (the S3 server) that dies in the middle of the stream: with `require = "all"` the
 /// snapshot fails and the primary keeps nothing of it; with `"primary"` it counts, with a
 /// warning naming the mirror.

@@ -159,16 +159,36 @@ impl Write for ChunkSink {
     }
 }
 
-/// Reads the blocks another thread sends on a bounded channel, in order; EOF once the sender
-/// is gone. The channel's depth bounds what is held in memory.
-pub(crate) struct BlockReader {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+/// Reads the blocks another thread (or a task: see [`Blocks`]) sends on a bounded channel, in
+/// order; EOF once the sender is gone. The channel's depth bounds what is held in memory.
+pub(crate) struct BlockReader<B: Blocks = std::sync::mpsc::Receiver<Vec<u8>>> {
+    rx: B,
     buf: Vec<u8>,
     at: usize,
 }
 
-impl BlockReader {
-    pub(crate) fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> BlockReader {
+/// The receiving end of a channel of blocks, read from a plain thread.
+pub(crate) trait Blocks {
+    /// The next block, or `None` once the sender is gone.
+    fn next_block(&mut self) -> Option<Vec<u8>>;
+}
+
+impl Blocks for std::sync::mpsc::Receiver<Vec<u8>> {
+    fn next_block(&mut self) -> Option<Vec<u8>> {
+        self.recv().ok()
+    }
+}
+
+/// From a task on the runtime (which awaits room instead of blocking its thread); the reader
+/// must be a thread outside the runtime.
+impl Blocks for tokio::sync::mpsc::Receiver<Vec<u8>> {
+    fn next_block(&mut self) -> Option<Vec<u8>> {
+        self.blocking_recv()
+    }
+}
+
+impl<B: Blocks> BlockReader<B> {
+    pub(crate) fn new(rx: B) -> BlockReader<B> {
         BlockReader {
             rx,
             buf: Vec::new(),
@@ -177,15 +197,15 @@ impl BlockReader {
     }
 }
 
-impl Read for BlockReader {
+impl<B: Blocks> Read for BlockReader<B> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.at == self.buf.len() {
-            match self.rx.recv() {
-                Ok(next) => {
+            match self.rx.next_block() {
+                Some(next) => {
                     self.buf = next;
                     self.at = 0;
                 }
-                Err(_) => return Ok(0),
+                None => return Ok(0),
             }
         }
         let n = out.len().min(self.buf.len() - self.at);

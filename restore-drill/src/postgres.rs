@@ -87,10 +87,16 @@ pub async fn restore(
     if !matches!(opts.scratch, Scratch::Ephemeral) {
         cleanup.scratch = Some((admin, name.clone()));
     }
+    let archive = std::fs::File::open(compressed).map_err(|e| {
+        RestoreFailure::Restore(CheckFailure::Environment(format!(
+            "opening {}: {e}",
+            compressed.display()
+        )))
+    })?;
     backup::restore::postgres::pg_restore(
         server,
         &name,
-        compressed,
+        archive,
         m,
         &opts.identities,
         &version,

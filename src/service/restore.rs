@@ -242,12 +242,6 @@ async fn restore_postgres(
     if_missing: bool,
     identities: backup::crypt::Identities,
 ) -> Result<Option<Outcome>, Failure> {
-    let (fetched, copy) = restore::fetch_any(stores, m, &settings.temp_dir()).await?;
-    // An encrypted snapshot no identity opens is refused here, before a session is ended,
-    // a database created, or an in-place restore's snapshot taken.
-    let header = std::fs::File::open(&fetched)
-        .map_err(|e| Failure::new(Exit::Failed, format!("opening {}: {e}", fetched.display())))?;
-    identities.check_opens(header, m)?;
     let (target_url, to) = match &opts.to {
         Some(to) => match DatabaseUrl::parse(to)? {
             DatabaseUrl::Postgres(t) => {
@@ -268,12 +262,15 @@ async fn restore_postgres(
     } else {
         None
     };
+    // The archive streams from the store into pg_restore (a copy that fails its checksum is
+    // dropped and the next one restored); an encrypted snapshot no identity opens is refused
+    // before pg_restore starts, and before any session is ended.
     let swapped = match swap_blocked {
         Some(why) => Err(backup::Error::NeedsInPlace(why)),
         None => {
-            restore::postgres::restore(
+            restore::postgres::restore_any(
                 &target_url,
-                &fetched,
+                stores,
                 m,
                 &restore::postgres::Options {
                     terminate_connections: opts.terminate_connections,
@@ -282,11 +279,19 @@ async fn restore_postgres(
                     identities: identities.clone(),
                 },
             )
-            .await
+            .await?
+            .0
         }
     };
-    let mut outcome = match swapped {
+    let outcome = match swapped {
         Err(backup::Error::NeedsInPlace(why)) if opts.to.is_none() => {
+            let (fetched, copy) = restore::fetch_any(stores, m, &settings.temp_dir()).await?;
+            // An encrypted snapshot no identity opens is refused here, before a session is
+            // ended or the in-place restore's snapshot taken.
+            let header = std::fs::File::open(&fetched).map_err(|e| {
+                Failure::new(Exit::Failed, format!("opening {}: {e}", fetched.display()))
+            })?;
+            identities.check_opens(header, m)?;
             let kept = if if_missing {
                 // A missing (empty) database has nothing to keep, and no snapshot (nor
                 // identity) is made of it; it is looked at again right before.
@@ -332,6 +337,7 @@ async fn restore_postgres(
                 f
             })?;
             out.replaced = kept.map(|k| Replaced::Snapshot(k.id));
+            out.copy = copy;
             out
         }
         other => match other? {
@@ -339,6 +345,5 @@ async fn restore_postgres(
             None => return Ok(None),
         },
     };
-    outcome.copy = copy;
     Ok(Some(outcome))
 }

@@ -224,20 +224,13 @@ async fn fetch_decoded(
         &format!("decompressing snapshot {}", m.id),
     )?;
     let out = scratch::temp_in(dir, prefix)?;
-    // Four blocks of 1 MiB between the download and the decoder.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let (tx, rx) = blocks();
     let decoder = {
         let (out, m, identities) = (out.to_path_buf(), m.clone(), identities.clone());
         let input = crate::pipeline::BlockReader::new(rx);
         std::thread::spawn(move || decode_into(input, &out, &m, &identities))
     };
-    let mut sink = Sender {
-        tx: Some(tx),
-        block: Vec::with_capacity(BLOCK),
-    };
-    let downloaded = store.download(&m.data_key, &mut sink).await;
-    let _ = std::io::Write::flush(&mut sink);
-    drop(sink);
+    let downloaded = store.download_blocks(&m.data_key, tx).await;
     let decoded = decoder
         .join()
         .unwrap_or_else(|_| Err(Error::Restore("the decoding thread panicked".into())));
@@ -251,49 +244,12 @@ async fn fetch_decoded(
     Ok(Ok(out))
 }
 
-/// The download's side of the channel to the decoding thread: writes are gathered into 1 MiB
-/// blocks (a local file is copied 8 KiB at a time, S3 sends what the network gave), so the two
-/// threads meet once a MiB. Once the decoder has stopped (with its error), the rest of the
-/// object is still read and hashed, so a damaged object is reported as a checksum failure, not
-/// as whatever the decoder tripped on.
-struct Sender {
-    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    block: Vec<u8>,
-}
-
-const BLOCK: usize = 1 << 20;
-
-impl Sender {
-    fn send_block(&mut self) {
-        let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
-        if let Some(tx) = &self.tx {
-            if tx.send(block).is_err() {
-                // The decoder stopped: the rest is only hashed.
-                self.tx = None;
-            }
-        }
-    }
-}
-
-impl std::io::Write for Sender {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(BLOCK - self.block.len());
-        if self.tx.is_some() {
-            self.block.extend_from_slice(&buf[..n]);
-            if self.block.len() == BLOCK {
-                self.send_block();
-            }
-        }
-        Ok(n)
-    }
-
-    /// Sends the last, partial block.
-    fn flush(&mut self) -> std::io::Result<()> {
-        if !self.block.is_empty() {
-            self.send_block();
-        }
-        Ok(())
-    }
+/// The channel between a download and the thread that decodes it: four blocks of 1 MiB.
+pub(crate) fn blocks() -> (
+    tokio::sync::mpsc::Sender<Vec<u8>>,
+    tokio::sync::mpsc::Receiver<Vec<u8>>,
+) {
+    tokio::sync::mpsc::channel(4)
 }
 
 /// Decrypts (age, when the manifest says so) and decompresses `input` (zstd) into `out`; a

@@ -74,17 +74,57 @@ fn in_progress_marker(target: &str, live: &str) -> String {
     format!("dbward: restore in progress into {target:?} for {live:?}; dropped by the next restore of {live:?} if left behind")
 }
 
-/// Restores the snapshot `compressed` (its object, already checked against the manifest) as
-/// `url`'s database. The archive is decompressed straight into `pg_restore`'s stdin, never
-/// spooled to disk (as `zstd -dc | pg_restore` would). `Ok(None)`: with
-/// [`Options::if_missing`], the database existed once the lock was held; nothing was restored.
-/// The outcome's `copy` is 0: the caller, which fetched `compressed`, knows which copy it is.
-pub async fn restore(
+/// Restores snapshot `m` as `url`'s database from the first of `stores` whose copy verifies
+/// (see [`super::fetch_any`]): the object streams from the store, through the decoder, into
+/// `pg_restore`'s stdin while it is hashed, so the download, the decompression and the restore
+/// overlap and nothing is spooled to disk. Nothing is swapped before the whole object matched
+/// the manifest's size and SHA-256 (and the restored database its head and row counts).
+///
+/// The outer result is the copy's: one that is unreachable, missing, or not the manifest's
+/// bytes is named and the next is tried, from the start (its half-restored database dropped).
+/// The inner result is the restore's, final: `Ok(None)` when, with [`Options::if_missing`],
+/// the database existed once the lock was held (nothing was restored).
+pub async fn restore_any(
     url: &PgUrl,
-    compressed: &Path,
+    stores: &[&crate::store::Store],
     m: &Manifest,
     opts: &Options,
-) -> Result<Option<Outcome>, Error> {
+) -> Result<(Result<Option<Outcome>, Error>, usize), Error> {
+    super::try_copies(stores, m, |store| async move {
+        match restore_from(url, store, m, opts).await {
+            Ok(out) => Ok(Ok(out)),
+            Err(Stop::Copy(e)) => Err(e),
+            Err(Stop::Final(e)) => Ok(Err(e)),
+        }
+    })
+    .await
+    .map(|(r, n)| (r.map(|o| o.map(|o| Outcome { copy: n, ..o })), n))
+}
+
+/// Why [`restore_from`] stopped: the copy it streamed (another may do), or anything else.
+enum Stop {
+    Copy(Error),
+    Final(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Stop {
+        Stop::Final(e)
+    }
+}
+
+impl From<dbconn::Error> for Stop {
+    fn from(e: dbconn::Error) -> Stop {
+        Stop::Final(e.into())
+    }
+}
+
+async fn restore_from(
+    url: &PgUrl,
+    store: &crate::store::Store,
+    m: &Manifest,
+    opts: &Options,
+) -> Result<Option<Outcome>, Stop> {
     let pg_restore_version = check_versions(m)?;
     let live = url.dbname().to_string();
     let admin = connect_to(url, MAINTENANCE).await?;
@@ -185,29 +225,37 @@ pub async fn restore(
         .await
     {
         drop_target().await;
-        return Err(q("marking the restore database as dbward's")(e));
+        return Err(Stop::Final(q("marking the restore database as dbward's")(
+            e,
+        )));
     }
     if let Err(e) = dbconn::failpoint::hit("restore-pg-after-create") {
         drop_target().await;
-        return Err(Error::Restore(e));
+        return Err(Stop::Final(Error::Restore(e)));
     }
     tracing::info!("pg_restore into {target}");
 
     let restored = async {
-        // One job: on 2 cores `--jobs=2` measured slower (5.1 s vs 3.5 s for a 450 MB pgbench
-        // database), its index builds competing for the same cores; and it needs a file.
-        pg_restore(
-            url,
-            &target,
-            compressed,
-            m,
-            &opts.identities,
-            &pg_restore_version,
-            &[],
-        )
-        .await?;
+        let (tx, rx) = super::blocks();
+        let (downloaded, restored) = tokio::join!(
+            store.download_blocks(&m.data_key, tx),
+            pg_restore(
+                url,
+                &target,
+                crate::pipeline::BlockReader::new(rx),
+                m,
+                &opts.identities,
+                &pg_restore_version,
+                &[],
+            )
+        );
+        // The copy first: a damaged object explains whatever pg_restore made of it.
+        let (size, sha) = downloaded.map_err(|e| Stop::Copy(super::missing_is_damage(e, m)))?;
+        super::check_sum(store, m, size, &sha).map_err(Stop::Copy)?;
+        dbconn::failpoint::hit("restore-after-fetch").map_err(Error::Restore)?;
+        restored?;
         dbconn::failpoint::hit("restore-pg-after-pg-restore").map_err(Error::Restore)?;
-        check_restored(&connect_to(url, &target).await?, m).await
+        Ok::<_, Stop>(check_restored(&connect_to(url, &target).await?, m).await?)
     }
     .await;
     if let Err(e) = restored {
@@ -233,11 +281,11 @@ pub async fn restore(
     let sessions = lasting_sessions(c, &live).await?;
     if !sessions.is_empty() && !opts.terminate_connections {
         drop_target().await;
-        return Err(Error::Refused(format!(
+        return Err(Stop::Final(Error::Refused(format!(
             "{} session(s) are connected to {live}:\n  {}\nStop the application first, or pass --terminate-connections to end them. Nothing was replaced.",
             sessions.len(),
             sessions.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("\n  ")
-        )));
+        ))));
     }
     // Both renames in ONE transaction. The first takes an exclusive lock on the live database
     // that makes new connections wait, then waits (up to 5 s) for the sessions on it to leave,
@@ -246,7 +294,7 @@ pub async fn restore(
     // accepting connections.
     if let Err(e) = dbconn::failpoint::hit("restore-pg-before-swap") {
         drop_target().await;
-        return Err(Error::Restore(e));
+        return Err(Stop::Final(Error::Restore(e)));
     }
     let replaced = derived_name(&live, "replaced");
     // A live database that does not exist (an empty server being recovered) has nothing to
@@ -307,7 +355,7 @@ pub async fn restore(
                 ended.refused.join("; ")
             ));
         }
-        return Err(Error::Restore(msg));
+        return Err(Stop::Final(Error::Restore(msg)));
     }
     dbconn::committed::mark(format!(
         "the restored database was swapped in as {live} (the replaced one is {replaced})"
@@ -388,31 +436,63 @@ impl std::fmt::Display for Session {
     }
 }
 
-/// Runs `zstd -dc compressed | pg_restore --exit-on-error ARGS` into `db`: the archive is
-/// decoded straight into pg_restore's stdin, never spooled to disk. A stream that does not
-/// decode (to the manifest's raw size) is [`Error::Damaged`], whatever pg_restore made of it;
-/// pg_restore's own failure is [`Error::Restore`] (or [`Error::Refused`] for an archive its
-/// version cannot read).
+/// Runs `zstd -dc | pg_restore --exit-on-error ARGS` into `db`, fed from `input` (the stored
+/// object: a fetched file, or blocks streaming from the store): the archive is decoded straight
+/// into pg_restore's stdin, never spooled to disk. An encrypted snapshot that no identity opens
+/// is refused before pg_restore starts. A stream that does not decode (to the manifest's raw
+/// size) is [`Error::Damaged`], whatever pg_restore made of it; pg_restore's own failure is
+/// [`Error::Restore`] (or [`Error::Refused`] for an archive its version cannot read).
 pub async fn pg_restore(
     url: &PgUrl,
     db: &str,
-    compressed: &Path,
+    input: impl std::io::Read + Send + 'static,
     m: &Manifest,
     identities: &crate::crypt::Identities,
     pg_restore_version: &str,
     args: &[&str],
 ) -> Result<(), Error> {
-    // Decrypted (when the snapshot is encrypted) before pg_restore starts: a snapshot no
-    // identity opens is refused here, with nothing run.
-    let input = std::fs::File::open(compressed)
-        .map_err(Error::io(format!("opening {}", compressed.display())))?;
-    let input = identities.reader(input, m)?;
+    let (reader, mut stdin) =
+        std::io::pipe().map_err(|e| Error::Restore(format!("making a pipe: {e}")))?;
+    // The decoding thread opens the input first (decrypting reads the age header, which may
+    // still be on its way from the store), says whether it could, then feeds pg_restore.
+    // Both answers are awaited, never joined: the thread may be waiting for a block that a
+    // download on this runtime has yet to send.
+    let (opened_tx, opened) = tokio::sync::oneshot::channel::<Result<(), Error>>();
+    let (fed_tx, fed) = tokio::sync::oneshot::channel::<Result<u64, Fed>>();
+    {
+        let (m, identities) = (m.clone(), identities.clone());
+        std::thread::spawn(move || {
+            let input = match identities.reader(input, &m) {
+                Ok(input) => {
+                    let _ = opened_tx.send(Ok(()));
+                    input
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                    return;
+                }
+            };
+            let fed = zstd::stream::read::Decoder::new(input)
+                .map_err(|e| Fed::Decode(e.to_string()))
+                .and_then(|mut decoder| {
+                    // 1 MiB writes: `std::io::copy`'s 8 KiB ones cost pg_restore a read each,
+                    // on cores that pg_restore's server process needs.
+                    super::copy_split(&mut decoder, &mut stdin, Fed::Decode, |e| {
+                        Fed::Write(e.to_string())
+                    })
+                });
+            // pg_restore sees the end of its input before it is told how the feeding went.
+            drop(stdin);
+            let _ = fed_tx.send(fed);
+        });
+    }
+    opened
+        .await
+        .unwrap_or_else(|_| Err(Error::Restore("the decompression thread panicked".into())))?;
     // One job: on 2 cores `--jobs=2` measured slower (5.1 s vs 3.5 s for a 450 MB pgbench
     // database), its index builds competing for the same cores; and it needs a file.
     // Awaited, not blocked on: a stop request drops this future, which kills pg_restore (its
     // transaction, or the scratch database's half, is then undone or left marked as dbward's).
-    let (reader, mut stdin) =
-        std::io::pipe().map_err(|e| Error::Restore(format!("making a pipe: {e}")))?;
     let mut cmd = libpq_command("pg_restore", url, Some(db));
     cmd.args(["--exit-on-error", "--no-password"])
         .args(args)
@@ -423,21 +503,12 @@ pub async fn pg_restore(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| Error::Restore(format!("running pg_restore: {e}")))?;
-    let feeder = std::thread::spawn(move || -> Result<u64, Fed> {
-        let mut decoder =
-            zstd::stream::read::Decoder::new(input).map_err(|e| Fed::Decode(e.to_string()))?;
-        // 1 MiB writes: `std::io::copy`'s 8 KiB ones cost pg_restore a read each, on cores
-        // that pg_restore's server process needs.
-        super::copy_split(&mut decoder, &mut stdin, Fed::Decode, |e| {
-            Fed::Write(e.to_string())
-        })
-    });
     let out = child
         .wait_with_output()
         .await
         .map_err(|e| Error::Restore(format!("waiting for pg_restore: {e}")))?;
-    let fed = feeder
-        .join()
+    let fed = fed
+        .await
         .unwrap_or_else(|_| Err(Fed::Decode("the decompression thread panicked".into())));
     // A stream that does not decode explains whatever pg_restore said about it.
     if let Err(Fed::Decode(e)) = &fed {
@@ -516,10 +587,12 @@ pub async fn restore_in_place(
     }
     drop(db);
     tracing::info!("pg_restore --clean --single-transaction into {live} (in place: {reason})");
+    let archive = std::fs::File::open(compressed)
+        .map_err(Error::io(format!("opening {}", compressed.display())))?;
     pg_restore(
         url,
         &live,
-        compressed,
+        archive,
         m,
         identities,
         &pg_restore_version,

@@ -112,13 +112,19 @@ impl LocalStore {
     }
 
     pub fn download(&self, key: &str, to: &mut impl Write) -> Result<(), Error> {
+        let (mut f, p) = self.open(key)?;
+        std::io::copy(&mut f, to).map_err(Error::io(format!("copying {}", p.display())))?;
+        Ok(())
+    }
+
+    /// The object at `key`, opened for reading, with its path.
+    pub fn open(&self, key: &str) -> Result<(File, PathBuf), Error> {
         let p = self.path(key);
-        let mut f = File::open(&p).map_err(|e| match e.kind() {
+        let f = File::open(&p).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::Missing(p.display().to_string()),
             _ => Error::io(format!("reading {}", p.display()))(e),
         })?;
-        std::io::copy(&mut f, to).map_err(Error::io(format!("copying {}", p.display())))?;
-        Ok(())
+        Ok((f, p))
     }
 
     pub fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {

@@ -132,6 +132,36 @@ impl Store {
         Ok(sink.finish())
     }
 
+    /// Streams the object at `key` into `tx` in blocks of [`BLOCK`] (the last one shorter) and
+    /// returns its size and SHA-256. Sending awaits the receiver, never blocking the runtime, so
+    /// the receiver can be a thread feeding a process the runtime waits on. Once the receiver is
+    /// gone, the rest is still read and hashed: a damaged object is told by its checksum, not
+    /// by whatever its reader tripped on.
+    pub async fn download_blocks(
+        &self,
+        key: &str,
+        tx: mpsc::Sender<Vec<u8>>,
+    ) -> Result<(u64, String), Error> {
+        let mut sink = BlockSink::new(tx);
+        match self {
+            Store::Local(s) => {
+                let (mut file, path) = s.open(key)?;
+                let mut buf = vec![0u8; BLOCK];
+                loop {
+                    let n = match std::io::Read::read(&mut file, &mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(Error::io(format!("reading {}", path.display()))(e)),
+                    };
+                    sink.push(&buf[..n]).await;
+                }
+            }
+            Store::S3(s) => s.download_blocks(key, &mut sink).await?,
+        }
+        Ok(sink.finish().await)
+    }
+
     pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, Error> {
         match self {
             Store::Local(s) => s.get_bytes(key),
@@ -178,6 +208,63 @@ impl Store {
             Store::Local(_) => Ok(Vec::new()),
             Store::S3(s) => s.abort_stale_uploads(dir, before, dry_run, is_ours).await,
         }
+    }
+}
+
+/// The size of the blocks [`Store::download_blocks`] sends.
+pub const BLOCK: usize = 1 << 20;
+
+/// Gathers a download into [`BLOCK`]-sized blocks for a channel (a local file reads in any
+/// size, S3 gives what the network gave), counting and hashing everything, sent or not.
+pub struct BlockSink {
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    block: Vec<u8>,
+    hasher: sha2::Sha256,
+    len: u64,
+}
+
+impl BlockSink {
+    fn new(tx: mpsc::Sender<Vec<u8>>) -> BlockSink {
+        use sha2::Digest;
+        BlockSink {
+            tx: Some(tx),
+            block: Vec::with_capacity(BLOCK),
+            hasher: sha2::Sha256::new(),
+            len: 0,
+        }
+    }
+
+    pub(crate) async fn push(&mut self, mut data: &[u8]) {
+        use sha2::Digest;
+        self.hasher.update(data);
+        self.len += data.len() as u64;
+        while !data.is_empty() && self.tx.is_some() {
+            let n = data.len().min(BLOCK - self.block.len());
+            self.block.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.block.len() == BLOCK {
+                self.send().await;
+            }
+        }
+    }
+
+    async fn send(&mut self) {
+        let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+        if let Some(tx) = &self.tx {
+            if tx.send(block).await.is_err() {
+                // The receiver stopped: the rest is only hashed.
+                self.tx = None;
+            }
+        }
+    }
+
+    /// Sends the last, partial block; the object's size and SHA-256.
+    async fn finish(mut self) -> (u64, String) {
+        use sha2::Digest;
+        if !self.block.is_empty() {
+            self.send().await;
+        }
+        (self.len, crate::pipeline::hex(&self.hasher.finalize()))
     }
 }
 

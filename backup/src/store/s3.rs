@@ -318,7 +318,37 @@ impl S3Store {
     }
 
     pub async fn download(&self, key: &str, to: &mut impl std::io::Write) -> Result<(), Error> {
-        let mut out = self
+        let mut body = self.body(key).await?;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| self.failed(key, chain(&e)))?
+        {
+            to.write_all(&chunk)
+                .map_err(|e| self.failed(key, e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// [`Store::download_blocks`](super::Store::download_blocks) from S3.
+    pub(super) async fn download_blocks(
+        &self,
+        key: &str,
+        sink: &mut super::BlockSink,
+    ) -> Result<(), Error> {
+        let mut body = self.body(key).await?;
+        while let Some(chunk) = body
+            .try_next()
+            .await
+            .map_err(|e| self.failed(key, chain(&e)))?
+        {
+            sink.push(&chunk).await;
+        }
+        Ok(())
+    }
+
+    async fn body(&self, key: &str) -> Result<ByteStream, Error> {
+        let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
@@ -329,14 +359,14 @@ impl S3Store {
                 Some("NoSuchKey") => Error::Missing(self.describe(key)),
                 _ => self.err("downloading", key, e),
             })?;
-        let failed = |m: String| Error::Store {
+        Ok(out.body)
+    }
+
+    fn failed(&self, key: &str, message: String) -> Error {
+        Error::Store {
             what: format!("downloading {}", self.describe(key)),
-            message: m,
-        };
-        while let Some(chunk) = out.body.try_next().await.map_err(|e| failed(chain(&e)))? {
-            to.write_all(&chunk).map_err(|e| failed(e.to_string()))?;
+            message,
         }
-        Ok(())
     }
 
     pub async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
