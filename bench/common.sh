@@ -14,7 +14,28 @@ pg_work() {
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   as_pg "$BINDIR/initdb" -A trust -U postgres -D "$WORK/data" >/dev/null
   as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/log" -o "-p $PORT -k $WORK/data -c listen_addresses=127.0.0.1" -w start >/dev/null
-  trap 'as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null; rm -rf "$WORK"' EXIT
+  trap bench_exit EXIT
+}
+
+# What a bench script started, stopped, and its work dir removed.
+bench_exit() {
+  [ -n "${S3PID:-}" ] && kill "$S3PID" 2>/dev/null
+  [ -n "${BINDIR:-}" ] && as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null
+  rm -rf "$WORK"
+}
+
+# s3_server [LOG]: the S3 test server (s3s-fs) on a free loopback port ($S3PORT, $S3PID)
+# serving $WORK/s3 with a bucket `bench`, killed on exit, and the AWS_* variables that reach it.
+# With LOG, every request and its duration are logged to $WORK/s3.log.
+s3_server() {
+  command -v s3s-fs >/dev/null || { echo "needs s3s-fs (scripts/test.sh installs it)" >&2; exit 1; }
+  mkdir -p "$WORK/s3/bench"
+  S3PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  RUST_LOG=${1:+s3s::service=debug} s3s-fs --host 127.0.0.1 --port "$S3PORT" --access-key bench --secret-key benchsecret "$WORK/s3" >>"$WORK/s3.log" 2>&1 &
+  S3PID=$!
+  trap bench_exit EXIT
+  for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/"$S3PORT") 2>/dev/null && break; sleep 0.1; done
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1
 }
 
 # run LABEL CMD...: appends "seconds peak_kib" to $WORK/LABEL (wall time to the 0.1 ms, from

@@ -15,20 +15,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${1:-2001}; RUNS=${2:-5}
+. bench/common.sh # the working directory is the repository (cd above)
 cargo build --release --quiet
 DBWARD=$PWD/target/release/dbward
-command -v s3s-fs >/dev/null || { echo "needs s3s-fs (scripts/test.sh installs it)" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/dbward-bench-XXXX)
-mkdir -p "$WORK/s3/bench"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-RUST_LOG=s3s::service=debug s3s-fs --host 127.0.0.1 --port "$PORT" --access-key bench --secret-key benchsecret "$WORK/s3" >>"$WORK/s3.log" 2>&1 &
-S3PID=$!
-trap 'kill $S3PID 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break; sleep 0.1; done
+s3_server log
+PORT=$S3PORT
 
-. bench/common.sh # the working directory is the repository (cd above)
-
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1
 S3=(--store s3://bench/p --s3-endpoint "http://127.0.0.1:$PORT" --s3-path-style --state-dir "$WORK/state")
 DB=$WORK/app.db
 sqlite3 "$DB" "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t (v) SELECT hex(randomblob(100)) FROM generate_series(1, 1000);" 2>/dev/null ||

@@ -7,7 +7,12 @@
 #   PostgreSQL (pgbench scale SCALE):
 #     backup:  dbward backup   vs  pg_dump -Fc -Z0 | zstd -3
 #     restore: dbward restore  vs  zstd -dc | pg_restore into a new database
-# Local directory store; medians of RUNS runs; peak RSS from /usr/bin/time.
+#     restore from S3 (the S3 test server on loopback): dbward restore  vs
+#              aws s3 cp - | zstd -dc | pg_restore (both overlap the download with the restore)
+#   Drills: dbward restore-drill  vs  the manual steps (copy, decode, restore; SQLite's with
+#     integrity_check), and for PostgreSQL also with the checks the drill makes by hand
+#     (pg_amcheck --heapallindexed, dropping the scratch database).
+# Local directory store unless said; medians of RUNS runs; peak RSS from /usr/bin/time.
 # Usage: bench/snapshots.sh [SIZE_MIB=1024] [SCALE=70] [RUNS=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,10 +68,26 @@ for r in $(seq 1 "$RUNS"); do
   sh_run pg_restore_std "zstd -q -dc '$PGSNAP' | '$BINDIR/pg_restore' --exit-on-error -h 127.0.0.1 -p $PORT -U postgres -d plain"
 done
 
+# The same restore from S3 (s3s-fs on loopback), next to the same pipeline fed by the AWS CLI.
+s3_server
+S3=(--store s3://bench/pg --s3-endpoint "http://127.0.0.1:$S3PORT" --s3-path-style)
+PATH="$BINDIR:$PATH" "$DBWARD" -q --database "$URL" "${S3[@]}" --state-dir "$WORK/state" backup >/dev/null
+S3KEY=$(cd "$WORK/s3/bench" && ls pg/bench/*.zst)
+for r in $(seq 1 "$RUNS"); do
+  PATH="$BINDIR:$PATH" run pg_restore_s3 "$DBWARD" -q --database "$URL" "${S3[@]}" --state-dir "$WORK/state" restore latest --yes
+  "${PSQL[@]}" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'bench\_replaced\_%'" | while read -r d; do "${PSQL[@]}" -c "DROP DATABASE \"$d\"" >/dev/null; done
+  "${PSQL[@]}" -c "DROP DATABASE IF EXISTS plain" -c "CREATE DATABASE plain" >/dev/null 2>&1
+  sh_run pg_restore_s3_std "aws --endpoint-url http://127.0.0.1:$S3PORT s3 cp 's3://bench/$S3KEY' - | zstd -q -dc | '$BINDIR/pg_restore' --exit-on-error -h 127.0.0.1 -p $PORT -U postgres -d plain"
+done
+
 for r in $(seq 1 "$RUNS"); do
   PATH="$BINDIR:$PATH" run pg_drill "$DBWARD" -q --database "$URL" --store "file://$WORK/pgstore" --state-dir "$WORK/state" restore-drill latest
   "${PSQL[@]}" -c "DROP DATABASE IF EXISTS manual" -c "CREATE DATABASE manual" >/dev/null 2>&1
   sh_run pg_drill_std "cp '$PGSNAP' '$WORK/fetched.zst' && zstd -q -dc '$WORK/fetched.zst' | '$BINDIR/pg_restore' --exit-on-error -h 127.0.0.1 -p $PORT -U postgres -d manual"
+  rm -f "$WORK/fetched.zst"
+  # The same by hand with the drill's own checks: amcheck, then the scratch database dropped.
+  "${PSQL[@]}" -c "DROP DATABASE IF EXISTS manual" -c "CREATE DATABASE manual" >/dev/null 2>&1
+  sh_run pg_drill_checked_std "cp '$PGSNAP' '$WORK/fetched.zst' && zstd -q -dc '$WORK/fetched.zst' | '$BINDIR/pg_restore' --exit-on-error -h 127.0.0.1 -p $PORT -U postgres -d manual && '$BINDIR/pg_amcheck' --install-missing --heapallindexed --jobs=2 -h 127.0.0.1 -p $PORT -U postgres -d manual && '$BINDIR/dropdb' -h 127.0.0.1 -p $PORT -U postgres manual"
   rm -f "$WORK/fetched.zst"
 done
 
@@ -97,10 +118,15 @@ r, _ = load("sqlite_drill"); t, _ = load("sqlite_drill_std")
 print("SQLite restore drill (every check) vs the manual steps it replaces:")
 print(f"  dbward restore-drill             {r:6.2f} s")
 print(f"  cp + zstd -d + integrity_check   {t:6.2f} s   ratio {r/t:.2f}x")
-r, _ = load("pg_drill"); t, _ = load("pg_drill_std")
+r, rm = load("pg_restore_s3"); t, tm = load("pg_restore_s3_std")
+print("PostgreSQL restore from S3 (s3s-fs on loopback):")
+print(f"  dbward restore                   {r:6.2f} s   peak RSS {rm:6.1f} MiB")
+print(f"  aws s3 cp - | zstd -dc | pg_restore {t:6.2f} s   ratio dbward/std {r/t:.2f}x")
+r, _ = load("pg_drill"); t, _ = load("pg_drill_std"); c, _ = load("pg_drill_checked_std")
 print("PostgreSQL restore drill (every check, amcheck included) vs the manual steps it replaces:")
 print(f"  dbward restore-drill             {r:6.2f} s")
 print(f"  cp + zstd -dc | pg_restore       {t:6.2f} s   ratio {r/t:.2f}x")
+print(f"  the same + pg_amcheck --heapallindexed + dropdb {c:6.2f} s   ratio {r/c:.2f}x")
 
 # The README's table, as printed here.
 rows = [
@@ -108,8 +134,10 @@ rows = [
     ("PostgreSQL backup", "pg_dbward", "pg_std", "`pg_dump -Fc -Z0 \\| zstd -3`", "", True),
     ("SQLite restore", "sqlite_restore", "sqlite_restore_std", "`zstd -d` + `cp` + `PRAGMA quick_check`", "≤ 1.0x", True),
     ("PostgreSQL restore", "pg_restore", "pg_restore_std", "`zstd -dc \\| pg_restore`", "≤ 1.1x", True),
+    ("PostgreSQL restore from S3", "pg_restore_s3", "pg_restore_s3_std", "`aws s3 cp - \\| zstd -dc \\| pg_restore`", "≤ 1.1x", True),
     ("SQLite restore drill", "sqlite_drill", "sqlite_drill_std", "`cp` + `zstd -d` + `integrity_check`", "≤ 1.3x", False),
     ("PostgreSQL restore drill", "pg_drill", "pg_drill_std", "`cp` + `zstd -dc \\| pg_restore`", "≤ 1.3x", False),
+    ("PostgreSQL restore drill", "pg_drill", "pg_drill_checked_std", "the same + `pg_amcheck --heapallindexed` + `dropdb`", "", False),
 ]
 print()
 print("| what | dbward | standard tools | ratio (target) | dbward peak RSS |")

@@ -152,13 +152,17 @@ impl Restored {
             })
     }
 
-    /// `pg_amcheck --heapallindexed`: every heap and B-tree index page verified.
+    /// `pg_amcheck --heapallindexed`: every heap and B-tree index page verified. Awaited, not
+    /// blocked on: the checks that run beside it (reading every table) go on meanwhile.
     pub async fn amcheck(&self) -> Outcome<()> {
-        let out =
-            backup::engine::postgres::libpq_command("pg_amcheck", &self.server, Some(&self.name))
-                .args(["--heapallindexed", "--no-password", "--jobs=2"])
-                .output()
-                .map_err(|e| CheckFailure::Environment(format!("running pg_amcheck: {e}")))?;
+        let mut cmd =
+            backup::engine::postgres::libpq_command("pg_amcheck", &self.server, Some(&self.name));
+        cmd.args(["--heapallindexed", "--no-password", "--jobs=2"]);
+        let out = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| CheckFailure::Environment(format!("running pg_amcheck: {e}")))?;
         if !out.status.success() {
             let said = format!(
                 "{}{}",
