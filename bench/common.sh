@@ -2,9 +2,10 @@
 
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
-# pg_work PREFIX: a release build ($DBWARD), a work dir /tmp/PREFIX-XXXX ($WORK, removed on
-# exit) and a PostgreSQL cluster of the newest installed version in it, on a free loopback port
-# ($BINDIR, $PORT), stopped on exit.
+# pg_work PREFIX [SERVER_OPTIONS]: a release build ($DBWARD), a work dir /tmp/PREFIX-XXXX ($WORK,
+# removed on exit) and a PostgreSQL cluster of the newest installed version in it, on a free
+# loopback port ($BINDIR, $PORT), stopped on exit; SERVER_OPTIONS (`-c name=value ...`) are
+# added to the server's command line.
 pg_work() {
   cargo build --release --quiet
   DBWARD=$PWD/target/release/dbward
@@ -13,7 +14,7 @@ pg_work() {
   [ "$(id -u)" = 0 ] && chown postgres "$WORK"
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   as_pg "$BINDIR/initdb" -A trust -U postgres -D "$WORK/data" >/dev/null
-  as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/log" -o "-p $PORT -k $WORK/data -c listen_addresses=127.0.0.1" -w start >/dev/null
+  as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/log" -o "-p $PORT -k $WORK/data -c listen_addresses=127.0.0.1 ${2:-}" -w start >/dev/null
   trap bench_exit EXIT
 }
 
