@@ -453,6 +453,13 @@ pub async fn pg_restore(
 ) -> Result<(), Error> {
     let (reader, mut stdin) =
         std::io::pipe().map_err(|e| Error::Restore(format!("making a pipe: {e}")))?;
+    // A 1 MiB pipe (64 KiB by default): pg_restore reads its stdin a few KiB at a time, and
+    // with a small pipe each of its reads can wait for the decoder to be scheduled again.
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on a pipe descriptor this function owns; failure is harmless.
+        unsafe { libc::fcntl(stdin.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
+    }
     // The decoding thread opens the input first (decrypting reads the age header, which may
     // still be on its way from the store), says whether it could, then feeds pg_restore.
     // Both answers are awaited, never joined: the thread may be waiting for a block that a
