@@ -201,14 +201,14 @@ pub async fn drill(stores: &[&Store], live: &DatabaseUrl, m: &Manifest, opts: &O
 
 /// The scratch database a drill checks, of either engine.
 pub enum ScratchDb {
-    Sqlite(Box<sqlite::Restored>),
+    Sqlite(rusqlite::Connection),
     Postgres(Box<postgres::Restored>),
 }
 
 impl ScratchDb {
     async fn integrity(&self) -> checks::Outcome<()> {
         match self {
-            ScratchDb::Sqlite(r) => sqlite::integrity(r),
+            ScratchDb::Sqlite(c) => sqlite::integrity(c),
             ScratchDb::Postgres(p) => p.integrity().await,
         }
     }
@@ -230,21 +230,21 @@ impl ScratchDb {
 
     async fn head(&self) -> Result<Option<dbconn::Applied>, CheckFailure> {
         match self {
-            ScratchDb::Sqlite(r) => sqlite::head(&r.conn),
+            ScratchDb::Sqlite(c) => sqlite::head(c),
             ScratchDb::Postgres(p) => p.head().await,
         }
     }
 
     async fn row_counts(&self) -> Result<BTreeMap<String, u64>, CheckFailure> {
         match self {
-            ScratchDb::Sqlite(r) => sqlite::counts(r),
+            ScratchDb::Sqlite(c) => sqlite::row_counts(c),
             ScratchDb::Postgres(p) => p.row_counts().await,
         }
     }
 
     async fn probe(&self, sql: &str) -> Result<bool, CheckFailure> {
         match self {
-            ScratchDb::Sqlite(r) => sqlite::probe(&r.conn, sql),
+            ScratchDb::Sqlite(c) => sqlite::probe(c, sql),
             ScratchDb::Postgres(p) => p.probe(sql).await,
         }
     }
@@ -325,8 +325,8 @@ async fn run_checks(
             scratch_file = decoded;
             checks
                 .run("restore", async {
-                    let (r, detail) = sqlite::open(&scratch_file, live_path)?;
-                    Ok((ScratchDb::Sqlite(Box::new(r)), detail))
+                    let (c, detail) = sqlite::open(&scratch_file, live_path)?;
+                    Ok((ScratchDb::Sqlite(c), detail))
                 })
                 .await
         }
