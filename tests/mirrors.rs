@@ -267,34 +267,29 @@ fn a_postgres_restore_streams_and_a_damaged_copy_falls_back_to_the_mirror() {
     let id = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
     pg.psql("shop", "DELETE FROM items");
 
+    // Restores `id` with nothing usable as a temp dir; the copy it came from, and stderr.
+    let restore = || {
+        let (code, out, err) = run(dbward(&p, &s3, &url, &mirror)
+            .arg("--temp-dir")
+            .arg(&no_temp)
+            .args(["restore", &id, "--yes", "--json"]));
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(pg.psql("shop", "SELECT count(*) FROM items"), "20000");
+        (json(&out)["copy"].as_str().unwrap().to_string(), err)
+    };
+
     // Streamed from the primary: nothing in the temp dir.
-    let (code, out, err) = run(dbward(&p, &s3, &url, &mirror)
-        .arg("--temp-dir")
-        .arg(&no_temp)
-        .args(["restore", &id, "--yes", "--json"]));
-    assert_eq!(code, 0, "{err}");
-    assert!(
-        json(&out)["copy"].as_str().unwrap().starts_with("s3://"),
-        "{out}"
-    );
-    assert_eq!(pg.psql("shop", "SELECT count(*) FROM items"), "20000");
+    let (copy, _) = restore();
+    assert!(copy.starts_with("s3://"), "{copy}");
 
     flip_a_byte(&in_s3(&s3, &format!("shop/{id}.pgdump.zst")));
     pg.psql("shop", "DELETE FROM items");
-    let (code, out, err) = run(dbward(&p, &s3, &url, &mirror)
-        .arg("--temp-dir")
-        .arg(&no_temp)
-        .args(["restore", &id, "--yes", "--json"]));
-    assert_eq!(code, 0, "{err}");
+    let (copy, err) = restore();
     assert!(
         err.contains("failed its checksum"),
         "names the damaged copy: {err}"
     );
-    assert!(
-        json(&out)["copy"].as_str().unwrap().contains("/mirror/"),
-        "{out}"
-    );
-    assert_eq!(pg.psql("shop", "SELECT count(*) FROM items"), "20000");
+    assert!(copy.contains("/mirror/"), "{copy}");
     assert_eq!(
         pg.psql(
             "postgres",
