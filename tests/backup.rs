@@ -19,14 +19,7 @@ fn data_path(p: &Project, manifest: &serde_json::Value) -> PathBuf {
 
 /// The ids `dbward snapshots` lists, newest first.
 fn snapshot_ids(p: &Project, db: &str) -> Vec<String> {
-    let (code, out, err) = run(p.dbward(db).args(["snapshots", "--json"]));
-    assert_eq!(code, 0, "{err}");
-    json(&out)["snapshots"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect()
+    common::listed_ids(p.dbward(db).args(["snapshots", "--json"]))
 }
 
 fn backup(p: &Project, db: &str) -> serde_json::Value {

@@ -230,16 +230,8 @@ fn latest_reaches_back_across_listing_windows(
         assert_eq!(code, 0, "{err}");
         json(&out)["snapshot"].as_str().unwrap().to_string()
     };
-    let limited = |n: &str| -> Vec<String> {
-        let (code, out, err) = run(dbward().args(["snapshots", "--limit", n, "--json"]));
-        assert_eq!(code, 0, "{err}");
-        json(&out)["snapshots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let limited =
+        |n: &str| common::listed_ids(dbward().args(["snapshots", "--limit", n, "--json"]));
     let days = time::Duration::days;
     let three = copy_at(-days(3), 1);
     let month = copy_at(-days(45), 2);

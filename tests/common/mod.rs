@@ -72,6 +72,18 @@ pub fn json(s: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{s}"))
 }
 
+/// The snapshot ids a `snapshots --json` command lists, newest first (it must exit 0).
+pub fn listed_ids(c: &mut Command) -> Vec<String> {
+    let (code, out, err) = run(c);
+    assert_eq!(code, 0, "{err}");
+    json(&out)["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// A project directory with a `migrations/` folder.
 pub struct Project {
     pub dir: tempfile::TempDir,
