@@ -417,17 +417,19 @@ async fn run_checks(
     if !amcheck_passed {
         return;
     }
-    let head = db.head().await;
     if checks
-        .run("migration-head", async { head_matches(head?, m, opts) })
+        .run("migration-head", async {
+            head_matches(db.head().await?, m, opts)
+        })
         .await
         .is_none()
     {
         return;
     }
-    let counts = db.row_counts().await;
     if checks
-        .run("row-counts", async { counts_match(counts?, m) })
+        .run("row-counts", async {
+            counts_match(db.row_counts().await?, m)
+        })
         .await
         .is_none()
     {

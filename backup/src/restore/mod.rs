@@ -269,14 +269,14 @@ fn decode_into(
     };
     // Decrypted first when the snapshot is encrypted (refused here if no identity opens it).
     let input = identities.reader(input, m)?;
-    let mut output = std::fs::OpenOptions::new()
+    let output = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(out)
         .map_err(Error::io(format!("opening {}", out.display())))?;
     let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| refuse(e.to_string()))?;
     // A read error is the snapshot's fault (exit 3); a write error (a full disk) is not.
-    let n = copy_split(&mut decoder, &mut output, refuse, |e| {
+    let n = decode_to_file(&mut decoder, output, refuse, |e| {
         Error::io(format!("writing {} (is the disk full?)", out.display()))(e)
     })?;
     if n != m.raw_bytes {
@@ -286,6 +286,61 @@ fn decode_into(
         )));
     }
     Ok(())
+}
+
+/// Copies the decoder's output into `out`, the writes on a thread of their own: decompressing
+/// and the write syscalls (a third of the time when both ran on one thread, measured on a
+/// 870 MiB database) overlap. Read errors and write errors are told apart; a read error comes
+/// first, since a writer that stopped for a full disk cannot be what damaged the input.
+fn decode_to_file<E>(
+    from: &mut impl std::io::Read,
+    mut out: std::fs::File,
+    on_read: impl Fn(String) -> E,
+    on_write: impl Fn(std::io::Error) -> E,
+) -> Result<u64, E> {
+    use std::io::Write;
+    use std::sync::mpsc::{channel, sync_channel};
+    const BLOCK: usize = crate::store::BLOCK;
+    let (full_tx, full_rx) = sync_channel::<Vec<u8>>(4);
+    // Written blocks come back to be filled again: six blocks at most, never a new page each.
+    let (empty_tx, empty_rx) = channel::<Vec<u8>>();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        for block in full_rx {
+            out.write_all(&block)?;
+            let _ = empty_tx.send(block);
+        }
+        Ok(())
+    });
+    let mut n = 0u64;
+    let read = 'blocks: loop {
+        let mut block = empty_rx.try_recv().unwrap_or_else(|_| vec![0u8; BLOCK]);
+        block.resize(BLOCK, 0);
+        let mut filled = 0;
+        while filled < BLOCK {
+            match from.read(&mut block[filled..]) {
+                Ok(0) => break,
+                Ok(k) => filled += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break 'blocks Err(on_read(e.to_string())),
+            }
+        }
+        if filled == 0 {
+            break Ok(n);
+        }
+        block.truncate(filled);
+        n += filled as u64;
+        // A closed channel means the writer stopped on an error: reported below.
+        if full_tx.send(block).is_err() || filled < BLOCK {
+            break Ok(n);
+        }
+    };
+    drop(full_tx);
+    let written = writer
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the writing thread panicked")));
+    let n = read?;
+    written.map_err(on_write)?;
+    Ok(n)
 }
 
 /// `std::io::copy` in 1 MiB blocks, with read errors and write errors told apart.
@@ -312,4 +367,71 @@ pub fn copy_split<E>(
 /// `20261123T143000Z`, for the names of replaced databases.
 pub fn stamp() -> String {
     crate::manifest::compact_stamp(time::OffsetDateTime::now_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_to_file;
+
+    /// Reads `left` bytes (byte `i` is `i % 251`), then fails if told to.
+    struct Source {
+        at: usize,
+        left: usize,
+        fail: bool,
+    }
+
+    impl std::io::Read for Source {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.left == 0 {
+                return match self.fail {
+                    true => Err(std::io::Error::other("bad frame")),
+                    false => Ok(0),
+                };
+            }
+            let k = buf.len().min(self.left).min(300_000);
+            for (i, b) in buf[..k].iter_mut().enumerate() {
+                *b = ((self.at + i) % 251) as u8;
+            }
+            self.at += k;
+            self.left -= k;
+            Ok(k)
+        }
+    }
+
+    fn run(left: usize, fail: bool, writable: bool) -> (Result<u64, String>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        std::fs::write(&path, b"old").unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .truncate(writable)
+            .open(&path)
+            .unwrap();
+        let got = decode_to_file(
+            &mut Source { at: 0, left, fail },
+            file,
+            |e| format!("read: {e}"),
+            |e| format!("write: {e}"),
+        );
+        (got, std::fs::read(&path).unwrap())
+    }
+
+    #[test]
+    fn every_byte_arrives_in_order_across_blocks() {
+        let n = 3 * crate::store::BLOCK + 12_345;
+        let (got, written) = run(n, false, true);
+        assert_eq!(got, Ok(n as u64));
+        let want: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        assert!(written == want, "the file differs from what was read");
+    }
+
+    #[test]
+    fn a_read_error_and_a_write_error_are_told_apart() {
+        let (got, _) = run(2 * crate::store::BLOCK, true, true);
+        assert_eq!(got, Err("read: bad frame".to_string()));
+        let (got, written) = run(2 * crate::store::BLOCK, false, false);
+        assert!(got.unwrap_err().starts_with("write: "));
+        assert_eq!(written, b"old");
+    }
 }
