@@ -98,6 +98,12 @@ pub enum Command {
     RestoreDrill(DrillArgs),
     /// Run the [schedule] jobs (backup, drill, prune) on their cron expressions until SIGTERM.
     Schedule(ScheduleArgs),
+    /// PostgreSQL's archive_command (`dbward wal-push %p`): store WAL file PATH in the
+    /// archive, compressed (and encrypted when encryption is on); 0 only once it is stored.
+    WalPush(WalPushArgs),
+    /// PostgreSQL's restore_command (`dbward wal-fetch %f %p`): fetch WAL file NAME into PATH,
+    /// checked; exit 1 only when the archive does not have it, 126 when it cannot be fetched.
+    WalFetch(WalFetchArgs),
     /// Print the man page or a shell's completion script on stdout (for packagers).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -133,7 +139,17 @@ pub fn command() -> clap::Command {
 /// The parsed command line (clap's own error and exit 2 for a bad one).
 pub fn parse() -> Cli {
     use clap::FromArgMatches;
-    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+    let matches = command().try_get_matches().unwrap_or_else(|e| {
+        // restore_command: an exit of 1-125 tells PostgreSQL the file is not in the archive
+        // (and recovery may end early); a wal-fetch that cannot read its own command line
+        // must stop recovery instead (clap's exit is 2).
+        if e.use_stderr() && std::env::args().any(|a| a == "wal-fetch") {
+            let _ = e.print();
+            std::process::exit(crate::report::Exit::WalUnavailable.code().into());
+        }
+        e.exit()
+    });
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// The man page or a completion script for `what`.
@@ -259,6 +275,23 @@ pub struct PruneArgs {
     /// Show what would be removed; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WalPushArgs {
+    /// The WAL file, as PostgreSQL gives it (`%p`, relative to the data directory).
+    #[arg(value_name = "PATH")]
+    pub path: std::path::PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct WalFetchArgs {
+    /// The WAL file's name (`%f`).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Where PostgreSQL wants it (`%p`).
+    #[arg(value_name = "PATH")]
+    pub path: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]

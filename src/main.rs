@@ -25,6 +25,14 @@ use cli::Cli;
 fn main() -> ExitCode {
     let cli = cli::parse();
     init_logging(cli.global.verbose, cli.global.quiet);
+    if matches!(cli.command, cli::Command::WalFetch(_)) {
+        // restore_command: a panic's exit (101) would read as "not in the archive".
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            std::process::exit(report::Exit::WalUnavailable.code().into());
+        }));
+    }
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -24,6 +24,10 @@ pub enum Exit {
     /// The batch committed, but an after-migrate hook failed: the deploy is broken (the health
     /// guard restores its pre-deploy snapshot), the database holds the batch.
     HookFailed,
+    /// `wal-fetch`: the file was not fetched, and may be in the archive (a store that does not
+    /// answer, a damaged object, a bad setting). PostgreSQL stops recovery on 126 or more,
+    /// where 1 would make it end recovery as if the archive had nothing more.
+    WalUnavailable,
     /// Stopped by SIGINT: 128 + the signal's number, the shell's convention.
     Interrupted,
     /// Stopped by SIGTERM.
@@ -34,7 +38,7 @@ pub enum Exit {
 
 impl Exit {
     /// dbward's own codes, in the contract's order (the test below holds the two together).
-    pub const TABLE: [Exit; 9] = [
+    pub const TABLE: [Exit; 10] = [
         Exit::Success,
         Exit::Failed,
         Exit::Usage,
@@ -42,6 +46,7 @@ impl Exit {
         Exit::LockTimeout,
         Exit::Restored,
         Exit::HookFailed,
+        Exit::WalUnavailable,
         Exit::Interrupted,
         Exit::Terminated,
     ];
@@ -55,6 +60,7 @@ impl Exit {
             Exit::LockTimeout => 4,
             Exit::Restored => 5,
             Exit::HookFailed => 6,
+            Exit::WalUnavailable => 126,
             Exit::Interrupted => 130,
             Exit::Terminated => 143,
             Exit::Child(c) => c,
@@ -71,6 +77,7 @@ impl Exit {
             Exit::LockTimeout => "migration lock timeout",
             Exit::Restored => "unhealthy and restored",
             Exit::HookFailed => "after-migrate hook failed",
+            Exit::WalUnavailable => "wal-fetch: not fetched (recovery must stop)",
             Exit::Interrupted => "SIGINT",
             Exit::Terminated => "SIGTERM",
             Exit::Child(_) => "the command's own code",

@@ -126,6 +126,11 @@ impl Identities {
         self
     }
 
+    /// Whether there is any identity or passphrase to decrypt with.
+    pub fn any(&self) -> bool {
+        !self.is_empty()
+    }
+
     fn is_empty(&self) -> bool {
         self.keys.is_empty() && self.passphrase.is_none()
     }
@@ -176,13 +181,32 @@ impl Identities {
         enc: &crate::manifest::Encryption,
     ) -> Result<age::stream::StreamReader<R>, Error> {
         self.check_can_try(m)?;
-        let message = |why: String| {
-            format!(
-                "snapshot {} is encrypted (age) to {}: {why}. Nothing was restored.",
+        self.open(
+            input,
+            &format!(
+                "snapshot {} is encrypted (age) to {}",
                 m.id,
                 enc.recipients.join(", ")
-            )
-        };
+            ),
+            "Nothing was restored.",
+        )
+    }
+
+    /// age's reader over `input` (an object with no manifest: a WAL file), or the refusal:
+    /// `Damaged` for what is not age, `NoKey` when no identity opens it. `what` names the
+    /// object in the message, `after` says what that means.
+    pub fn open<R: Read>(
+        &self,
+        input: R,
+        what: &str,
+        after: &str,
+    ) -> Result<age::stream::StreamReader<R>, Error> {
+        let message = |why: String| format!("{what}: {why}. {after}");
+        if self.is_empty() {
+            return Err(Error::NoKey(message(
+                "no identity to decrypt it: set DBWARD_AGE_IDENTITY_FILE, encryption.identity_file or DBWARD_AGE_PASSPHRASE".into(),
+            )));
+        }
         let refuse = |why: String| Error::Damaged(message(why));
         let no_key = |why: String| Error::NoKey(message(why));
         let decryptor = age::Decryptor::new(input).map_err(|e| refuse(e.to_string()))?;

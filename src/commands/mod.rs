@@ -12,6 +12,7 @@ mod run;
 mod schedule;
 mod snapshots;
 mod status;
+mod wal;
 
 use migrator::{DatabaseUrl, Dialect};
 
@@ -36,6 +37,8 @@ pub fn name(command: &Command) -> &'static str {
         Command::RestoreDrill(_) => "restore-drill",
         Command::Schedule(_) => "schedule",
         Command::Generate(_) => "generate",
+        Command::WalPush(_) => "wal-push",
+        Command::WalFetch(_) => "wal-fetch",
     }
 }
 
@@ -47,6 +50,10 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
             json: serde_json::Value::Null,
             code: Exit::Success,
         });
+    }
+    if let Command::WalFetch(args) = &cli.command {
+        // Loads its own settings: a failure to is not "not in the archive" (exit 1).
+        return wal::fetch(&cli.global, args).await;
     }
     let settings = Settings::load(&cli.global)?;
     match &cli.command {
@@ -64,7 +71,10 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::Run(args) => run::run(&settings, args).await,
         Command::RestoreDrill(args) => drill::run(&settings, args).await,
         Command::Schedule(args) => schedule::run(&settings, args).await,
-        Command::Generate(_) => unreachable!("answered above, before the settings"),
+        Command::WalPush(args) => wal::push(&settings, args).await,
+        Command::Generate(_) | Command::WalFetch(_) => {
+            unreachable!("answered above, before the settings")
+        }
     }
 }
 

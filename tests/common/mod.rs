@@ -251,6 +251,23 @@ impl Pg {
                 .status()
                 .unwrap();
         }
+        Pg::launch(dir, bindir)
+    }
+
+    /// Starts a server on a data directory made another way (a base backup): `dir/data`.
+    pub fn start_in(dir: tempfile::TempDir) -> Pg {
+        if is_root() {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+        }
+        Pg::launch(dir, pg_bindir())
+    }
+
+    fn launch(dir: tempfile::TempDir, bindir: PathBuf) -> Pg {
+        let data = dir.path().join("data");
         // A port picked free may be taken before the server binds it: try a few.
         for _ in 0..5 {
             let port = free_port();

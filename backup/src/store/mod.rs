@@ -276,7 +276,7 @@ pub struct HashingWriter<'a, W: Write> {
 }
 
 impl<'a, W: Write> HashingWriter<'a, W> {
-    fn new(inner: &'a mut W) -> Self {
+    pub(crate) fn new(inner: &'a mut W) -> Self {
         use sha2::Digest;
         HashingWriter {
             inner,
@@ -285,7 +285,7 @@ impl<'a, W: Write> HashingWriter<'a, W> {
         }
     }
 
-    fn finish(self) -> (u64, String) {
+    pub(crate) fn finish(self) -> (u64, String) {
         use sha2::Digest;
         (self.len, crate::pipeline::hex(&self.hasher.finalize()))
     }

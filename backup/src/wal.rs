@@ -1,0 +1,536 @@
+//! The WAL archive: PostgreSQL's `archive_command` (`dbward wal-push %p`) and
+//! `restore_command` (`dbward wal-fetch %f %p`).
+//!
+//! One object per WAL file, at a key its name fixes: `<database>/wal/<name>.zst`
+//! (`.zst.age` when encryption is on), so a fetch is one GET, never a listing. The object is
+//! plain zstd: a skippable frame holding a small JSON header (the file's name, size and
+//! SHA-256, and the cluster's system identifier), then the file compressed. `zstd -d` (after
+//! `age -d` for an encrypted one) skips the header and gives the WAL file back byte for byte;
+//! dbward checks the size and SHA-256 against the header before PostgreSQL sees the file.
+//!
+//! An object is written once (the store's no-overwrite write: a hard link, S3's
+//! `If-None-Match: *`), whole or not at all, so a push killed at any point leaves nothing a
+//! fetch would serve. `<database>/wal/cluster.json`, written by the first push and never
+//! overwritten, names the cluster whose WAL this is; WAL of any other cluster is refused.
+//!
+//! A WAL file is read whole into memory (a segment is 16 MiB unless the cluster was
+//! initialised with another `--wal-segsize`): what a push or a fetch holds does not grow with
+//! the database.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use crate::crypt::{Encryption, Identities};
+use crate::error::Error;
+use crate::store::Store;
+
+/// The folder of a database's WAL archive, under its own folder in the store.
+pub const DIR: &str = "wal";
+
+/// The skippable-frame magic number the header is stored under (zstd reserves
+/// 0x184D2A50-0x184D2A5F for frames a decoder skips).
+const HEADER_MAGIC: u32 = 0x184D_2A5D;
+/// A header is a few hundred bytes; more is not one of ours.
+const HEADER_MAX: u32 = 64 << 10;
+
+/// What the header of a stored WAL file says about it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Header {
+    /// The header's own format.
+    pub dbward_wal: u32,
+    /// The file's name, as PostgreSQL gave it (`%f`).
+    pub name: String,
+    /// Its size and SHA-256 (hex), before compression.
+    pub bytes: u64,
+    pub sha256: String,
+    /// The cluster's system identifier (segments only; history files carry none).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub system_identifier: Option<String>,
+}
+
+/// The record of the cluster an archive belongs to.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Cluster {
+    pub system_identifier: String,
+    /// The segment whose push recorded it, and when (RFC 3339).
+    pub first_segment: String,
+    pub recorded_at: String,
+}
+
+/// The kinds of file PostgreSQL archives, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `000000010000000000000003`: 24 hex digits (timeline, log, segment).
+    Segment,
+    /// `000000010000000000000003.partial`: the last segment of a timeline a promotion ended.
+    Partial,
+    /// `00000002.history`: a timeline's history.
+    History,
+    /// `000000010000000000000003.00000028.backup`: a base backup's label.
+    BackupLabel,
+}
+
+impl FileKind {
+    /// The kind of WAL file `name` is; `None` for any name PostgreSQL does not archive (so no
+    /// name from outside can reach another key, or another folder).
+    pub fn of(name: &str) -> Option<FileKind> {
+        let hex = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+        };
+        match name.split('.').collect::<Vec<_>>().as_slice() {
+            [seg] if hex(seg, 24) => Some(FileKind::Segment),
+            [seg, "partial"] if hex(seg, 24) => Some(FileKind::Partial),
+            [tli, "history"] if hex(tli, 8) => Some(FileKind::History),
+            [seg, off, "backup"] if hex(seg, 24) && hex(off, 8) => Some(FileKind::BackupLabel),
+            _ => None,
+        }
+    }
+
+    /// Segments start with a long page header that names their cluster.
+    fn has_system_identifier(self) -> bool {
+        matches!(self, FileKind::Segment | FileKind::Partial)
+    }
+}
+
+/// The key of WAL file `name` in `database`'s archive.
+pub fn key(database: &str, name: &str, encrypted: bool) -> String {
+    let age = if encrypted { ".age" } else { "" };
+    format!("{database}/{DIR}/{name}.zst{age}")
+}
+
+/// The key of the cluster record.
+pub fn cluster_key(database: &str) -> String {
+    format!("{database}/{DIR}/cluster.json")
+}
+
+fn check_name(name: &str) -> Result<FileKind, Error> {
+    FileKind::of(name).ok_or_else(|| {
+        Error::Refused(format!(
+            "`{name}` is not the name of a file PostgreSQL archives (a WAL segment, `.partial`, `.history` or `.backup` file)"
+        ))
+    })
+}
+
+/// The system identifier in a segment's first page (its long header: `xlp_info` has
+/// `XLP_LONG_HEADER`, and `xlp_sysid` is at byte 24, `xlp_seg_size` at 32, both in the
+/// server's byte order, little-endian on every platform dbward ships for).
+fn system_identifier(name: &str, raw: &[u8], kind: FileKind) -> Result<u64, Error> {
+    let not_wal = |why: &str| {
+        Error::Refused(format!(
+            "{name} does not look like a WAL segment ({why}); nothing was archived"
+        ))
+    };
+    if raw.len() < 40 {
+        return Err(not_wal("shorter than a page header"));
+    }
+    let u32_at = |at: usize| u32::from_le_bytes(raw[at..at + 4].try_into().expect("4 bytes"));
+    let info = u16::from_le_bytes([raw[2], raw[3]]);
+    if info & 0x0002 == 0 {
+        return Err(not_wal("its first page has no long header"));
+    }
+    let seg_size = u32_at(32) as usize;
+    if kind == FileKind::Segment && seg_size != raw.len() {
+        return Err(not_wal(&format!(
+            "its header says {seg_size} bytes, the file has {}",
+            raw.len()
+        )));
+    }
+    Ok(u64::from_le_bytes(raw[24..32].try_into().expect("8 bytes")))
+}
+
+/// What [`push`] needs besides the file.
+pub struct PushOptions<'a> {
+    /// zstd level.
+    pub level: i32,
+    pub encryption: Option<&'a Encryption>,
+    /// To compare with a copy already stored encrypted (a push repeated after a crash).
+    pub identities: &'a Identities,
+}
+
+/// What [`push`] did.
+#[derive(Debug, serde::Serialize)]
+pub struct Pushed {
+    pub name: String,
+    pub key: String,
+    pub bytes: u64,
+    pub sha256: String,
+    /// The size stored; `None` when the same file was already there.
+    pub stored_bytes: Option<u64>,
+}
+
+/// Archives the WAL file at `path` in `database`'s archive. A file already stored with the
+/// same contents is success (PostgreSQL repeats a push whose answer it did not see); different
+/// contents under the same name are refused, and the stored copy stays.
+pub async fn push(
+    store: &Store,
+    database: &str,
+    path: &Path,
+    opts: &PushOptions<'_>,
+) -> Result<Pushed, Error> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let kind = check_name(&name)?;
+    let raw = std::fs::read(path).map_err(Error::io(format!("reading {}", path.display())))?;
+    let sysid = match kind.has_system_identifier() {
+        true => Some(system_identifier(&name, &raw, kind)?),
+        false => None,
+    };
+    if let Some(id) = sysid {
+        check_cluster(store, database, id, &name).await?;
+    }
+    let header = Header {
+        dbward_wal: 1,
+        name: name.clone(),
+        bytes: raw.len() as u64,
+        sha256: crate::pipeline::hex(&Sha256::digest(&raw)),
+        system_identifier: sysid.map(|id| id.to_string()),
+    };
+    let object = encode(&header, &raw, opts.level, opts.encryption)?;
+    drop(raw);
+    let key = key(database, &name, opts.encryption.is_some());
+    let stored_bytes = object.len() as u64;
+    let pushed = |stored_bytes| Pushed {
+        name: name.clone(),
+        key: key.clone(),
+        bytes: header.bytes,
+        sha256: header.sha256.clone(),
+        stored_bytes,
+    };
+    match store.put_new(&key, &object).await {
+        Ok(()) => Ok(pushed(Some(stored_bytes))),
+        Err(Error::Exists(_)) => {
+            let there = stored_header(&store.get_bytes(&key).await?, &key, opts.identities)?;
+            if there.bytes == header.bytes && there.sha256 == header.sha256 {
+                tracing::info!("{name} is already in the archive, with the same contents");
+                return Ok(pushed(None));
+            }
+            Err(Error::Refused(format!(
+                "{name} is already in the archive ({}) with different contents ({} bytes, SHA-256 {}; this one: {} bytes, {}): the stored copy stays. Two clusters may be archiving into the same place, or this is a timeline's segment written again after a restore: check archive_command's settings on every server that uses this store",
+                store.describe(&key),
+                there.bytes,
+                there.sha256,
+                header.bytes,
+                header.sha256
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Records the cluster on the first push; refuses a segment of another one.
+async fn check_cluster(store: &Store, database: &str, id: u64, name: &str) -> Result<(), Error> {
+    let key = cluster_key(database);
+    let recorded = match store.get_bytes(&key).await {
+        Ok(bytes) => bytes,
+        Err(Error::Missing(_)) => {
+            let record = Cluster {
+                system_identifier: id.to_string(),
+                first_segment: name.to_string(),
+                recorded_at: crate::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
+            };
+            let text = serde_json::to_vec_pretty(&record).expect("serializable");
+            match store.put_new(&key, &text).await {
+                Ok(()) => {
+                    tracing::info!(
+                        "the WAL archive {} now belongs to the cluster with system identifier {id}",
+                        store.describe(&key)
+                    );
+                    return Ok(());
+                }
+                // Another push recorded it first: compare with theirs.
+                Err(Error::Exists(_)) => store.get_bytes(&key).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
+    let cluster: Cluster = serde_json::from_slice(&recorded).map_err(|e| {
+        Error::Damaged(format!(
+            "{} is not a cluster record dbward wrote: {e}",
+            store.describe(&key)
+        ))
+    })?;
+    if cluster.system_identifier != id.to_string() {
+        return Err(Error::Refused(format!(
+            "{name} is WAL of the cluster with system identifier {id}, but this archive ({}) holds the WAL of cluster {} (since {} at {}): nothing was archived. Each cluster needs its own archive: another database name or store prefix",
+            store.describe(&key),
+            cluster.system_identifier,
+            cluster.first_segment,
+            cluster.recorded_at
+        )));
+    }
+    Ok(())
+}
+
+/// The stored object: the header's skippable frame, then the file compressed, all of it
+/// age-encrypted when `encryption` is given.
+fn encode(
+    header: &Header,
+    raw: &[u8],
+    level: i32,
+    encryption: Option<&Encryption>,
+) -> Result<Vec<u8>, Error> {
+    let io = |what: &'static str| Error::io(format!("compressing {} ({what})", header.name));
+    let json = serde_json::to_vec(header).expect("serializable");
+    let mut plain = Vec::with_capacity(raw.len() / 3 + json.len() + 8);
+    plain.extend_from_slice(&HEADER_MAGIC.to_le_bytes());
+    plain.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    plain.extend_from_slice(&json);
+    let mut enc = zstd::stream::write::Encoder::new(plain, level).map_err(io("zstd init"))?;
+    enc.include_checksum(true).map_err(io("zstd checksum"))?;
+    enc.write_all(raw).map_err(io("zstd"))?;
+    let plain = enc.finish().map_err(io("zstd"))?;
+    let Some(e) = encryption else {
+        return Ok(plain);
+    };
+    let mut out = e
+        .encryptor()?
+        .wrap_output(Vec::with_capacity(plain.len() + 1024))
+        .map_err(io("age header"))?;
+    out.write_all(&plain).map_err(io("age"))?;
+    out.finish().map_err(io("age"))
+}
+
+/// The object's bytes as zstd (decrypted when its key says it is encrypted); `after` ends a
+/// refusal's message.
+fn plain_reader<'a>(
+    object: &'a [u8],
+    key: &str,
+    identities: &Identities,
+    after: &str,
+) -> Result<Box<dyn Read + 'a>, Error> {
+    if !key.ends_with(".age") {
+        return Ok(Box::new(object));
+    }
+    Ok(Box::new(identities.open(
+        object,
+        &format!("{key} is encrypted (age)"),
+        after,
+    )?))
+}
+
+fn damaged(key: &str, why: impl std::fmt::Display) -> Error {
+    Error::Damaged(format!("{key} is not a WAL file dbward stored: {why}"))
+}
+
+fn header_from(input: &mut impl Read, key: &str) -> Result<Header, Error> {
+    let mut head = [0u8; 8];
+    input
+        .read_exact(&mut head)
+        .map_err(|e| damaged(key, format!("reading its header: {e}")))?;
+    let magic = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+    let len = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+    if magic != HEADER_MAGIC || len > HEADER_MAX {
+        return Err(damaged(key, "it does not start with dbward's header frame"));
+    }
+    let mut json = vec![0u8; len as usize];
+    input
+        .read_exact(&mut json)
+        .map_err(|e| damaged(key, format!("reading its header: {e}")))?;
+    serde_json::from_slice(&json).map_err(|e| damaged(key, format!("its header: {e}")))
+}
+
+/// The header of the copy already stored under `key`, to compare a repeated push with.
+fn stored_header(object: &[u8], key: &str, identities: &Identities) -> Result<Header, Error> {
+    let after = "It is already in the archive and could not be compared with this one; nothing was overwritten.";
+    header_from(&mut plain_reader(object, key, identities, after)?, key)
+}
+
+/// What [`fetch`] found.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Fetched {
+    /// Written to the path PostgreSQL gave, checked against its header.
+    Restored { key: String, bytes: u64 },
+    /// The archive does not have it (every key it could be under answered "no such key").
+    Absent { keys: Vec<String> },
+}
+
+/// Fetches WAL file `name` from `database`'s archive into `dest`, checked against its
+/// header's size and SHA-256 before it is renamed into place. An object that fails a check is
+/// `Damaged`; only a name that no key holds is [`Fetched::Absent`].
+pub async fn fetch(
+    store: &Store,
+    database: &str,
+    name: &str,
+    dest: &Path,
+    identities: &Identities,
+) -> Result<Fetched, Error> {
+    check_name(name)?;
+    // The key this host's settings suggest first; the other if that one is not there (a
+    // segment pushed before encryption was turned on or off).
+    let encrypted_first = identities.any();
+    let keys = [
+        key(database, name, encrypted_first),
+        key(database, name, !encrypted_first),
+    ];
+    for key in &keys {
+        let object = match store.get_bytes(key).await {
+            Ok(object) => object,
+            Err(Error::Missing(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        let bytes = write_checked(&object, key, name, dest, identities)?;
+        return Ok(Fetched::Restored {
+            key: key.clone(),
+            bytes,
+        });
+    }
+    Ok(Fetched::Absent {
+        keys: keys.to_vec(),
+    })
+}
+
+/// Decodes `object` into `dest` and checks it; on any failure `dest` is removed again.
+///
+/// Written in place, not renamed from a temp file: PostgreSQL removes `%p` before it asks and
+/// reads it only after an exit of 0, so a fetch killed halfway leaves a file it never uses
+/// and removes before the next ask, where a temp file beside it would stay in `pg_wal` for
+/// good.
+fn write_checked(
+    object: &[u8],
+    key: &str,
+    name: &str,
+    dest: &Path,
+    identities: &Identities,
+) -> Result<u64, Error> {
+    let mut input = plain_reader(object, key, identities, "The WAL file was not fetched.")?;
+    let header = header_from(&mut input, key)?;
+    if header.name != name {
+        return Err(damaged(key, format!("its header names {}", header.name)));
+    }
+    let mut file =
+        std::fs::File::create(dest).map_err(Error::io(format!("creating {}", dest.display())))?;
+    let written = (|| {
+        let mut sink = crate::store::HashingWriter::new(&mut file);
+        let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| damaged(key, e))?;
+        crate::restore::copy_split(
+            &mut decoder,
+            &mut sink,
+            |e| damaged(key, format!("it does not decode: {e}")),
+            |e| Error::io(format!("writing {}", dest.display()))(e),
+        )?;
+        let (bytes, sha256) = sink.finish();
+        if bytes != header.bytes || sha256 != header.sha256 {
+            return Err(damaged(
+                key,
+                format!(
+                    "it decodes to {bytes} bytes with SHA-256 {sha256}, its header says {} bytes, {}",
+                    header.bytes, header.sha256
+                ),
+            ));
+        }
+        Ok(bytes)
+    })();
+    if written.is_err() {
+        drop(file);
+        let _ = std::fs::remove_file(dest);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_postgresql_archives_are_taken() {
+        let ok = [
+            ("000000010000000000000003", FileKind::Segment),
+            ("00000001000000A20000003F.partial", FileKind::Partial),
+            ("00000002.history", FileKind::History),
+            (
+                "000000010000000000000003.00000028.backup",
+                FileKind::BackupLabel,
+            ),
+        ];
+        for (name, kind) in ok {
+            assert_eq!(FileKind::of(name), Some(kind), "{name}");
+        }
+        for name in [
+            "",
+            "cluster.json",
+            "../000000010000000000000003",
+            "000000010000000000000003/..",
+            "00000001000000000000000g",
+            "00000001000000000000000a",
+            "0000000100000000000000031",
+            "000000010000000000000003.history",
+            "00000002.partial",
+            "000000010000000000000003.backup",
+        ] {
+            assert_eq!(FileKind::of(name), None, "{name:?} was taken");
+        }
+    }
+
+    fn segment(sysid: u64, size: usize) -> Vec<u8> {
+        let mut raw = vec![7u8; size];
+        raw[..40].fill(0);
+        raw[2] = 0x02; // XLP_LONG_HEADER
+        raw[24..32].copy_from_slice(&sysid.to_le_bytes());
+        raw[32..36].copy_from_slice(&(size as u32).to_le_bytes());
+        raw
+    }
+
+    #[test]
+    fn the_system_identifier_is_read_from_the_long_header() {
+        let raw = segment(7_311_234_567_890_123_456, 1 << 16);
+        assert_eq!(
+            system_identifier("x", &raw, FileKind::Segment).unwrap(),
+            7_311_234_567_890_123_456
+        );
+        let mut short_header = raw.clone();
+        short_header[2] = 0;
+        assert!(system_identifier("x", &short_header, FileKind::Segment).is_err());
+        assert!(system_identifier("x", &raw[..1 << 15], FileKind::Segment).is_err());
+        // A partial segment may be cut short.
+        assert!(system_identifier("x", &raw[..1 << 15], FileKind::Partial).is_ok());
+    }
+
+    #[test]
+    fn an_object_is_plain_zstd_that_gives_the_file_back() {
+        let raw = segment(42, 1 << 16);
+        let header = Header {
+            dbward_wal: 1,
+            name: "000000010000000000000003".into(),
+            bytes: raw.len() as u64,
+            sha256: crate::pipeline::hex(&Sha256::digest(&raw)),
+            system_identifier: Some("42".into()),
+        };
+        let object = encode(&header, &raw, 3, None).unwrap();
+        // Any zstd decoder skips the header frame.
+        assert_eq!(zstd::decode_all(&object[..]).unwrap(), raw);
+        assert_eq!(
+            stored_header(&object, "k", &Identities::none()).unwrap(),
+            header
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let n = write_checked(&object, "k", &header.name, &dest, &Identities::none()).unwrap();
+        assert_eq!(n, raw.len() as u64);
+        assert_eq!(std::fs::read(&dest).unwrap(), raw);
+        // Another name's object, a flipped byte: refused, nothing written.
+        std::fs::remove_file(&dest).unwrap();
+        let other = write_checked(
+            &object,
+            "k",
+            "000000010000000000000004",
+            &dest,
+            &Identities::none(),
+        );
+        assert!(matches!(other, Err(Error::Damaged(_))), "{other:?}");
+        let mut flipped = object.clone();
+        let at = flipped.len() - 20;
+        flipped[at] ^= 1;
+        let bad = write_checked(&flipped, "k", &header.name, &dest, &Identities::none());
+        assert!(matches!(bad, Err(Error::Damaged(_))), "{bad:?}");
+        assert!(!dest.exists(), "a file that failed its check was left");
+    }
+}

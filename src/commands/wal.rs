@@ -1,0 +1,133 @@
+//! `dbward wal-push` and `dbward wal-fetch`: PostgreSQL's `archive_command` and
+//! `restore_command`, over the WAL archive in the store ([`backup::wal`]).
+//!
+//! PostgreSQL reads a `restore_command` exit of 1 to 125 as "not in the archive", and then
+//! ends recovery: it may promote a cluster that has not replayed what it should. So
+//! `wal-fetch` exits 1 only when the store answered that the file is not there, and 126 for
+//! everything else (a store it cannot reach, a damaged object, a bad setting, a bad command
+//! line: see `cli::parse`, a panic: see `main`), which stops recovery instead.
+
+use std::time::Duration;
+
+use migrator::DatabaseUrl;
+use serde_json::json;
+
+use crate::cli::{GlobalArgs, WalFetchArgs, WalPushArgs};
+use crate::report::{Exit, Failure, Report};
+use crate::settings::Settings;
+
+/// Tries a fetch makes before it gives up on a store that does not answer.
+const FETCH_TRIES: u32 = 3;
+
+/// The archive's folder: the database's name, which must be a PostgreSQL one. The store must
+/// not be a relative directory: PostgreSQL runs both commands in its data directory, where a
+/// relative store (the default `file://./.dbward/snapshots` included) would put the archive
+/// inside the very directory it is there to rebuild.
+fn database(settings: &Settings) -> Result<String, Failure> {
+    let store = settings.store.as_str();
+    if store.starts_with("file://") && !store.starts_with("file:///") {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "the WAL archive's store `{store}` is a relative directory: PostgreSQL runs archive_command and restore_command in its data directory, so the archive would land inside it. Give an absolute one (file:///...) or s3://... (setting `store.url`, flag --store, env DBWARD_STORE)"
+            ),
+        ));
+    }
+    match super::database_url(settings)? {
+        DatabaseUrl::Postgres(pg) => {
+            let name = pg.dbname().to_string();
+            backup::check_folder_name(&name)?;
+            Ok(name)
+        }
+        DatabaseUrl::Sqlite(_) => Err(Failure::new(
+            Exit::Usage,
+            "wal-push and wal-fetch archive PostgreSQL's WAL; the database is SQLite",
+        )),
+    }
+}
+
+pub async fn push(settings: &Settings, args: &WalPushArgs) -> Result<Report, Failure> {
+    let database = database(settings)?;
+    let store = settings.store().await?;
+    let encryption = settings.encryption()?;
+    // Only needed to compare with an encrypted copy already stored: a host that cannot read
+    // an identity still archives, and says why when it cannot compare.
+    let identities = settings.identities().unwrap_or_else(|e| {
+        tracing::debug!("no age identity for comparing stored WAL: {e}");
+        backup::crypt::Identities::none()
+    });
+    let opts = backup::wal::PushOptions {
+        level: settings.level,
+        encryption: encryption.as_deref(),
+        identities: &identities,
+    };
+    let pushed = backup::wal::push(&store, &database, &args.path, &opts).await?;
+    let text = match pushed.stored_bytes {
+        Some(n) => format!(
+            "{} archived: {} bytes stored as {}\n",
+            pushed.name,
+            n,
+            store.describe(&pushed.key)
+        ),
+        None => format!(
+            "{} was already archived, with the same contents\n",
+            pushed.name
+        ),
+    };
+    Ok(Report {
+        text,
+        json: json!({ "wal": pushed }),
+        code: Exit::Success,
+    })
+}
+
+/// `wal-fetch`, settings included: every failure is [`Exit::WalUnavailable`].
+pub async fn fetch(global: &GlobalArgs, args: &WalFetchArgs) -> Result<Report, Failure> {
+    let unavailable = |mut f: Failure| {
+        f.code = Exit::WalUnavailable;
+        f
+    };
+    let settings = Settings::load(global).map_err(|e| unavailable(e.into()))?;
+    let database = database(&settings).map_err(unavailable)?;
+    let identities = settings.identities().map_err(|e| unavailable(e.into()))?;
+    let mut tries = 0;
+    let fetched = loop {
+        tries += 1;
+        let attempt = async {
+            let store = settings.store().await?;
+            backup::wal::fetch(&store, &database, &args.name, &args.path, &identities).await
+        };
+        match attempt.await {
+            Ok(f) => break f,
+            // Only what may pass: a store that did not answer, a read cut short. A damaged
+            // object or a missing key stays so, and recovery should stop at once.
+            Err(e @ (backup::Error::Store { .. } | backup::Error::Io { .. }))
+                if tries < FETCH_TRIES =>
+            {
+                tracing::warn!(
+                    "fetching {} (try {tries} of {FETCH_TRIES}): {}",
+                    args.name,
+                    backup::error::chain(&e)
+                );
+                tokio::time::sleep(Duration::from_secs(tries.into())).await;
+            }
+            Err(e) => return Err(unavailable(e.into())),
+        }
+    };
+    let (text, code) = match &fetched {
+        backup::wal::Fetched::Restored { bytes, .. } => (
+            format!("{} fetched ({bytes} bytes)\n", args.name),
+            Exit::Success,
+        ),
+        backup::wal::Fetched::Absent { .. } => {
+            // Routine: recovery asks for the next file until one is not there.
+            tracing::info!("{} is not in the archive", args.name);
+            (String::new(), Exit::Failed)
+        }
+    };
+    Ok(Report {
+        text,
+        json: json!({ "wal": fetched }),
+        code,
+    })
+}

@@ -1,0 +1,412 @@
+//! The WAL archive: a real PostgreSQL cluster archives through `dbward wal-push` and a base
+//! backup of it recovers to a restore point through `dbward wal-fetch`; the fetch's exit codes
+//! (1 only for a file the archive does not have, 126 for everything else); pushes that repeat,
+//! differ or come from another cluster; the same on the S3 test server, and encrypted.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{run, server_dir, tool, Pg, S3};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dbward");
+/// Names the archive's folder (`app/wal/`); wal-push and wal-fetch never connect to it.
+const APP: &str = "postgres://postgres@127.0.0.1/app";
+
+/// A store directory the `postgres` user (who runs archive_command) can write.
+fn store_dir() -> tempfile::TempDir {
+    let dir = server_dir("dbward-test-wal-");
+    let ok = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    dir
+}
+
+fn store_url(store: &Path) -> String {
+    format!("file://{}", store.display())
+}
+
+/// dbward with the archive's settings (as root: the test reads and damages the store).
+fn dbward(store: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["-q", "--database", APP, "--store", &store_url(store)])
+        .env_remove("DATABASE_URL")
+        .env_remove("DBWARD_DATABASE")
+        .env_remove("DBWARD_STORE");
+    c
+}
+
+fn wal_command(store: &Path, rest: &str) -> String {
+    format!(
+        "{BIN} -q --database {APP} --store {} {rest}",
+        store_url(store)
+    )
+}
+
+/// A cluster archiving into `store` through wal-push, with `app.t` holding 1..=1000.
+fn archiving(store: &Path) -> Pg {
+    let archive = format!("archive_command = '{}'", wal_command(store, "wal-push %p"));
+    let pg = Pg::start_with(
+        &["wal_level = replica", "archive_mode = on", &archive],
+        None,
+    );
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000)",
+    );
+    pg
+}
+
+/// Switches to a new segment and waits until the one it closed is in the store; its name.
+fn switch_and_wait(pg: &Pg, store: &Path) -> String {
+    let seg = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    let object = store.join(format!("app/wal/{seg}.zst"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !object.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{seg} never reached the archive; pg_stat_archiver: {}",
+            pg.psql(
+                "postgres",
+                "SELECT failed_count, last_failed_wal FROM pg_stat_archiver"
+            )
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    seg
+}
+
+#[test]
+fn a_cluster_archives_through_wal_push_and_a_base_backup_recovers_to_a_restore_point_through_wal_fetch(
+) {
+    let store = store_dir();
+    let pg = archiving(store.path());
+    // The base backup waits (-X none) until the WAL it needs is archived: wal-push works.
+    let base = server_dir("dbward-test-wal-base-");
+    tool(
+        Command::new(pg.bindir.join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-X",
+                "none",
+                "-c",
+                "fast",
+            ])
+            .arg("-p")
+            .arg(pg.port.to_string())
+            .arg("-D")
+            .arg(base.path().join("data")),
+    );
+    pg.psql("app", "INSERT INTO t SELECT generate_series(1001, 1500)");
+    pg.psql(
+        "postgres",
+        "SELECT pg_create_restore_point('dbward-test-point')",
+    );
+    pg.psql("app", "INSERT INTO t SELECT generate_series(1501, 2000)");
+    let last = switch_and_wait(&pg, store.path());
+
+    // The archive names its cluster.
+    let cluster: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.path().join("app/wal/cluster.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        cluster["system_identifier"].as_str().unwrap(),
+        pg.psql(
+            "postgres",
+            "SELECT system_identifier FROM pg_control_system()"
+        )
+    );
+    // Nothing of dbward's in the data directory (no state dir, no temp files).
+    let own: Vec<_> = std::fs::read_dir(pg.data_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("dbward"))
+        .collect();
+    assert!(own.is_empty(), "{own:?}");
+
+    // A stored object is plain zstd: the standard tool gives the segment that dbward fetches.
+    let scratch = tempfile::tempdir().unwrap();
+    let fetched = scratch.path().join("RECOVERYXLOG");
+    let (code, _, err) = run(dbward(store.path())
+        .arg("wal-fetch")
+        .arg(&last)
+        .arg(&fetched));
+    assert_eq!(code, 0, "{err}");
+    let by_zstd = scratch.path().join("by-zstd");
+    tool(
+        Command::new("zstd")
+            .args(["-q", "-d"])
+            .arg(store.path().join(format!("app/wal/{last}.zst")))
+            .arg("-o")
+            .arg(&by_zstd),
+    );
+    assert!(std::fs::read(&fetched).unwrap() == std::fs::read(&by_zstd).unwrap());
+    assert_eq!(std::fs::metadata(&fetched).unwrap().len(), 16 << 20);
+
+    // Recover the base backup to the restore point, fetching every segment through dbward,
+    // with archiving off (a restored copy never pushes into the production archive).
+    let data = base.path().join("data");
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut conf,
+        format!(
+            "\narchive_mode = off\nrestore_command = '{}'\nrecovery_target_name = 'dbward-test-point'\nrecovery_target_action = 'promote'\n",
+            wal_command(store.path(), "wal-fetch %f %p")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    let restored = Pg::start_in(base);
+    restored.wait_for("postgres", "SELECT pg_is_in_recovery()", "f");
+    assert_eq!(
+        restored.psql("app", "SELECT count(*), max(id) FROM t"),
+        "1500|1500"
+    );
+}
+
+/// A stored segment of a real cluster, and the cluster (kept running so the test owns both).
+fn one_segment() -> (tempfile::TempDir, Pg, String) {
+    let store = store_dir();
+    let pg = archiving(store.path());
+    let seg = switch_and_wait(&pg, store.path());
+    (store, pg, seg)
+}
+
+#[test]
+fn wal_fetch_exits_1_only_when_the_archive_has_no_such_file_and_126_for_anything_else() {
+    let (store, _pg, seg) = one_segment();
+    let scratch = tempfile::tempdir().unwrap();
+    let dest = scratch.path().join("RECOVERYXLOG");
+    let fetch = |name: &str| run(dbward(store.path()).arg("wal-fetch").arg(name).arg(&dest));
+
+    // Not there: 1, and nothing written. A timeline history that was never made is routine.
+    for absent in ["0000000100000000000000FF", "00000002.history"] {
+        let (code, _, err) = fetch(absent);
+        assert_eq!(code, 1, "{absent}: {err}");
+        assert!(!dest.exists());
+    }
+    // A damaged object: 126 after its retries, nothing left beside the destination.
+    let object = store.path().join(format!("app/wal/{seg}.zst"));
+    let good = std::fs::read(&object).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x20;
+    std::fs::write(&object, &bad).unwrap();
+    let (code, _, err) = fetch(&seg);
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("not a WAL file dbward stored"), "{err}");
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+    std::fs::write(&object, &good).unwrap();
+    assert_eq!(fetch(&seg).0, 0);
+
+    // A store that is not there, a bad setting, a bad command line: 126, never 1 or 2.
+    let (code, _, err) = run(Command::new(BIN)
+        .args([
+            "--database",
+            APP,
+            "--store",
+            "s3://snapshots/x",
+            "--s3-endpoint",
+            "http://127.0.0.1:9",
+            "--s3-path-style",
+            "wal-fetch",
+            &seg,
+        ])
+        .arg(&dest)
+        .env("AWS_ACCESS_KEY_ID", "k")
+        .env("AWS_SECRET_ACCESS_KEY", "s"));
+    assert_eq!(code, 126, "{err}");
+    let (code, _, err) = run(Command::new(BIN)
+        .args(["--database", "sqlite:app.db", "wal-fetch", &seg])
+        .arg(&dest));
+    assert_eq!(code, 126, "{err}");
+    let (code, _, err) = run(dbward(store.path()).args(["wal-fetch", &seg]));
+    assert_eq!(code, 126, "{err}");
+    // The default store is relative: it would be inside the data directory.
+    let (code, _, err) = run(Command::new(BIN)
+        .args(["--database", APP, "wal-fetch", &seg])
+        .arg(&dest)
+        .env_remove("DBWARD_STORE"));
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("relative"), "{err}");
+    let (code, _, err) = run(dbward(store.path()).args(["wal-fetch", "../../etc/passwd", "x"]));
+    assert_eq!(code, 126, "{err}");
+}
+
+/// The segment's plain bytes, decoded from the store by the standard tool, at `dir/name`.
+fn decoded(store: &Path, seg: &str, dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    tool(
+        Command::new("zstd")
+            .args(["-q", "-d", "-f"])
+            .arg(store.join(format!("app/wal/{seg}.zst")))
+            .arg("-o")
+            .arg(&path),
+    );
+    path
+}
+
+#[test]
+fn a_repeated_push_succeeds_and_different_contents_or_another_cluster_are_refused() {
+    let (store, _pg, seg) = one_segment();
+    let object = store.path().join(format!("app/wal/{seg}.zst"));
+    let stored = std::fs::read(&object).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let push = |path: &Path| run(dbward(store.path()).arg("wal-push").arg(path));
+
+    // The same file again (PostgreSQL repeats a push whose answer it lost): 0, copy unchanged.
+    let same = decoded(store.path(), &seg, scratch.path(), &seg);
+    let (code, out, err) = push(&same);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("already archived"), "{out}");
+    assert!(std::fs::read(&object).unwrap() == stored);
+
+    // Other contents under the same name: 3, and the stored copy stays.
+    let mut raw = std::fs::read(&same).unwrap();
+    raw[100_000] ^= 1;
+    std::fs::write(&same, &raw).unwrap();
+    let (code, _, err) = push(&same);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("different contents"), "{err}");
+    assert!(std::fs::read(&object).unwrap() == stored);
+
+    // A segment of another cluster (its system identifier changed): 3, nothing stored.
+    let other_name = "0000000100000000000000F0";
+    let other = decoded(store.path(), &seg, scratch.path(), other_name);
+    let mut raw = std::fs::read(&other).unwrap();
+    raw[24] ^= 1;
+    std::fs::write(&other, &raw).unwrap();
+    let (code, _, err) = push(&other);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("system identifier"), "{err}");
+    assert!(!store
+        .path()
+        .join(format!("app/wal/{other_name}.zst"))
+        .exists());
+
+    // A relative store (the default): 2, nothing stored anywhere.
+    let (code, _, err) = run(Command::new(BIN)
+        .current_dir(scratch.path())
+        .args(["--database", APP, "wal-push"])
+        .arg(&same)
+        .env_remove("DBWARD_STORE"));
+    assert_eq!(code, 2, "{err}");
+    assert!(!scratch.path().join(".dbward").exists());
+
+    // A file PostgreSQL would never archive: 3, nothing stored.
+    let stray = scratch.path().join("notes.txt");
+    std::fs::write(&stray, "hello").unwrap();
+    assert_eq!(push(&stray).0, 3);
+    let names: Vec<String> = std::fs::read_dir(store.path().join("app/wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n == "cluster.json" || n.ends_with(".zst")),
+        "{names:?}"
+    );
+
+    // The snapshot commands are not confused by the archive's folder.
+    let (code, out, err) = run(dbward(store.path()).args(["--json", "snapshots"]));
+    assert_eq!(code, 0, "{err}");
+    let listing = common::json(&out);
+    assert_eq!(listing["snapshots"], serde_json::json!([]), "{out}");
+    assert!(!out.contains("wal/"), "{out}");
+}
+
+/// A segment-shaped file (a long page header naming `sysid`), 64 KiB.
+fn fake_segment(dir: &Path, name: &str, sysid: u64) -> PathBuf {
+    let mut raw: Vec<u8> = (0..64 << 10).map(|i: u32| (i % 251) as u8).collect();
+    raw[..40].fill(0);
+    raw[2] = 0x02;
+    raw[24..32].copy_from_slice(&sysid.to_le_bytes());
+    raw[32..36].copy_from_slice(&(64u32 << 10).to_le_bytes());
+    let path = dir.join(name);
+    std::fs::write(&path, raw).unwrap();
+    path
+}
+
+#[test]
+fn on_s3_encrypted_a_segment_goes_and_comes_back_and_without_the_key_the_fetch_stops_recovery() {
+    let s3 = S3::start();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("key.txt");
+    tool(Command::new("age-keygen").arg("-o").arg(&key));
+    let public = tool(Command::new("age-keygen").arg("-y").arg(&key));
+    let config = keys.path().join("dbward.toml");
+    std::fs::write(
+        &config,
+        format!("[encryption]\nrecipients = [\"{public}\"]\n"),
+    )
+    .unwrap();
+    let dbward = || {
+        let mut c = Command::new(BIN);
+        s3.configure(&mut c);
+        c.args(["-q", "--database", APP, "--config"]).arg(&config);
+        c
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let name = "000000010000000000000007";
+    let seg = fake_segment(scratch.path(), name, 99);
+    let (code, out, err) = run(dbward().arg("wal-push").arg(&seg));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(".zst.age"), "{out}");
+
+    // The standard tools open it: age -d, then zstd -d.
+    let object = scratch.path().join("object");
+    s3.fetch(&format!("backups/app/wal/{name}.zst.age"), &object);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "age -d -i {} {} | zstd -q -d -c",
+            key.display(),
+            object.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout == std::fs::read(&seg).unwrap());
+
+    let dest = scratch.path().join("RECOVERYXLOG");
+    // Without an identity: the key is missing, not the file (126, not 1).
+    let (code, _, err) = run(dbward().arg("wal-fetch").arg(name).arg(&dest));
+    assert_eq!(code, 126, "{err}");
+    assert!(!dest.exists());
+    let (code, _, err) = run(dbward()
+        .env("DBWARD_AGE_IDENTITY_FILE", &key)
+        .arg("wal-fetch")
+        .arg(name)
+        .arg(&dest));
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(&seg).unwrap());
+    // Absent on S3: 1.
+    let (code, _, err) = run(dbward()
+        .env("DBWARD_AGE_IDENTITY_FILE", &key)
+        .args(["wal-fetch", "000000010000000000000008"])
+        .arg(&dest));
+    assert_eq!(code, 1, "{err}");
+    // The same file again, with the identity to compare: 0; without it: refused, not stored twice.
+    let (code, _, err) = run(dbward()
+        .env("DBWARD_AGE_IDENTITY_FILE", &key)
+        .arg("wal-push")
+        .arg(&seg));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(dbward().arg("wal-push").arg(&seg));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("identity"), "{err}");
+}
