@@ -139,17 +139,18 @@ pub fn command() -> clap::Command {
 /// The parsed command line (clap's own error and exit 2 for a bad one).
 pub fn parse() -> Cli {
     use clap::FromArgMatches;
-    let matches = command().try_get_matches().unwrap_or_else(|e| {
-        // restore_command: an exit of 1-125 tells PostgreSQL the file is not in the archive
-        // (and recovery may end early); a wal-fetch that cannot read its own command line
-        // must stop recovery instead (clap's exit is 2).
-        if e.use_stderr() && std::env::args().any(|a| a == "wal-fetch") {
+    // restore_command: an exit of 1-125 tells PostgreSQL the file is not in the archive (and
+    // recovery may end early); a wal-fetch that cannot read its own command line must stop
+    // recovery instead (clap's exit is 2). Help and version still exit 0.
+    let fail = |e: clap::Error| -> ! {
+        if e.use_stderr() && std::env::args_os().any(|a| a == "wal-fetch") {
             let _ = e.print();
             std::process::exit(crate::report::Exit::WalUnavailable.code().into());
         }
         e.exit()
-    });
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    };
+    let matches = command().try_get_matches().unwrap_or_else(|e| fail(e));
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| fail(e))
 }
 
 /// The man page or a completion script for `what`.

@@ -230,9 +230,22 @@ fn wal_fetch_exits_1_only_when_the_archive_has_no_such_file_and_126_for_anything
         .env("AWS_SECRET_ACCESS_KEY", "s"));
     assert_eq!(code, 126, "{err}");
     let (code, _, err) = run(Command::new(BIN)
-        .args(["--database", "sqlite:app.db", "wal-fetch", &seg])
+        .args([
+            "--database",
+            "sqlite:app.db",
+            "--store",
+            &store_url(store.path()),
+        ])
+        .args(["wal-fetch", &seg])
         .arg(&dest));
     assert_eq!(code, 126, "{err}");
+    assert!(err.contains("SQLite"), "{err}");
+    // A store with no archive in it (a directory that was not mounted, a wrong prefix): the
+    // file may well exist elsewhere, so recovery stops.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(dbward(empty.path()).args(["wal-fetch", &seg]).arg(&dest));
+    assert_eq!(code, 126, "{err}");
+    assert!(err.contains("not a WAL archive"), "{err}");
     let (code, _, err) = run(dbward(store.path()).args(["wal-fetch", &seg]));
     assert_eq!(code, 126, "{err}");
     // The default store is relative: it would be inside the data directory.
@@ -244,6 +257,10 @@ fn wal_fetch_exits_1_only_when_the_archive_has_no_such_file_and_126_for_anything
     assert!(err.contains("relative"), "{err}");
     let (code, _, err) = run(dbward(store.path()).args(["wal-fetch", "../../etc/passwd", "x"]));
     assert_eq!(code, 126, "{err}");
+    assert!(
+        err.contains("not the name of a file PostgreSQL archives"),
+        "{err}"
+    );
 }
 
 /// The segment's plain bytes, decoded from the store by the standard tool, at `dir/name`.
@@ -314,12 +331,8 @@ fn a_repeated_push_succeeds_and_different_contents_or_another_cluster_are_refuse
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(
-        names
-            .iter()
-            .all(|n| n == "cluster.json" || n.ends_with(".zst")),
-        "{names:?}"
-    );
+    assert_eq!(names.len(), 3, "{names:?}"); // the segment, its record, the cluster's
+    assert!(names.contains(&format!("{seg}.json")), "{names:?}");
 
     // The snapshot commands are not confused by the archive's folder.
     let (code, out, err) = run(dbward(store.path()).args(["--json", "snapshots"]));
@@ -331,7 +344,11 @@ fn a_repeated_push_succeeds_and_different_contents_or_another_cluster_are_refuse
 
 /// A segment-shaped file (a long page header naming `sysid`), 64 KiB.
 fn fake_segment(dir: &Path, name: &str, sysid: u64) -> PathBuf {
-    let mut raw: Vec<u8> = (0..64 << 10).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::create_dir_all(dir).unwrap();
+    let salt = dir.as_os_str().len() as u32;
+    let mut raw: Vec<u8> = (0..64 << 10)
+        .map(|i: u32| ((i + salt) % 251) as u8)
+        .collect();
     raw[..40].fill(0);
     raw[2] = 0x02;
     raw[24..32].copy_from_slice(&sysid.to_le_bytes());
@@ -400,13 +417,26 @@ fn on_s3_encrypted_a_segment_goes_and_comes_back_and_without_the_key_the_fetch_s
         .args(["wal-fetch", "000000010000000000000008"])
         .arg(&dest));
     assert_eq!(code, 1, "{err}");
-    // The same file again, with the identity to compare: 0; without it: refused, not stored twice.
-    let (code, _, err) = run(dbward()
-        .env("DBWARD_AGE_IDENTITY_FILE", &key)
-        .arg("wal-push")
-        .arg(&seg));
+    // The same file again, on a host that holds only the public key: compared with its
+    // plaintext record, 0.
+    let (code, out, err) = run(dbward().arg("wal-push").arg(&seg));
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = run(dbward().arg("wal-push").arg(&seg));
+    assert!(out.contains("already archived"), "{out}");
+    // Encryption turned off: the same contents may be stored plain as well (0), other
+    // contents under the name are refused (3) in either form.
+    let plain = || {
+        let mut c = Command::new(BIN);
+        s3.configure(&mut c);
+        c.args(["-q", "--database", APP]);
+        c
+    };
+    let (code, _, err) = run(plain().arg("wal-push").arg(&seg));
+    assert_eq!(code, 0, "{err}");
+    let other = fake_segment(&scratch.path().join("other"), name, 99);
+    let (code, _, err) = run(plain().arg("wal-push").arg(&other));
     assert_eq!(code, 3, "{err}");
-    assert!(err.contains("identity"), "{err}");
+    assert!(err.contains("different contents"), "{err}");
+    let (code, _, err) = run(plain().args(["wal-fetch", name]).arg(&dest));
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(&seg).unwrap());
 }

@@ -114,16 +114,26 @@ pub fn ensure_space(dir: &Path, needed: u64, what: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// A new empty temp file named `<prefix>...` in this run's directory under `parent` (created,
-/// after the directories of dead runs there were removed, on first use).
 /// Creates `dir` and any missing parent, each missing one 0700: what dbward keeps (snapshots,
 /// state, temp copies) is as private as the database. Directories that exist keep their mode.
+/// Each new directory's entry is fsynced in its parent: a file written and synced inside it
+/// (a WAL file acknowledged to PostgreSQL, a manifest) then survives a crash with its path.
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)
+        .create(dir)?;
+    for new in missing.iter().rev() {
+        if let Some(parent) = new.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::File::open(parent)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 /// Replaces `path` with `bytes` atomically: a new temp file beside it (a random name, created
@@ -150,6 +160,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     std::fs::File::open(&dir)?.sync_all()
 }
 
+/// A new empty temp file named `<prefix>...` in this run's directory under `parent` (created,
+/// after the directories of dead runs there were removed, on first use).
 pub fn temp_in(parent: &Path, prefix: &str) -> Result<ScratchPath, Error> {
     let dir = run_dir(parent)?;
     let path = tempfile::Builder::new()

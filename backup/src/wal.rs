@@ -8,10 +8,12 @@
 //! `age -d` for an encrypted one) skips the header and gives the WAL file back byte for byte;
 //! dbward checks the size and SHA-256 against the header before PostgreSQL sees the file.
 //!
-//! An object is written once (the store's no-overwrite write: a hard link, S3's
+//! A push writes the file's record first (`<name>.json`: size and SHA-256, plain JSON), then
+//! the object; both are written once (the store's no-overwrite write: a hard link, S3's
 //! `If-None-Match: *`), whole or not at all, so a push killed at any point leaves nothing a
-//! fetch would serve. `<database>/wal/cluster.json`, written by the first push and never
-//! overwritten, names the cluster whose WAL this is; WAL of any other cluster is refused.
+//! fetch would serve, and a repeated push is compared with the record without any key.
+//! `<database>/wal/cluster.json`, written by the first push of a segment and never
+//! overwritten, names the cluster whose WAL this is; segments of any other cluster are refused.
 //!
 //! A WAL file is read whole into memory (a segment is 16 MiB unless the cluster was
 //! initialised with another `--wal-segsize`): what a push or a fetch holds does not grow with
@@ -147,8 +149,6 @@ pub struct PushOptions<'a> {
     /// zstd level.
     pub level: i32,
     pub encryption: Option<&'a Encryption>,
-    /// To compare with a copy already stored encrypted (a push repeated after a crash).
-    pub identities: &'a Identities,
 }
 
 /// What [`push`] did.
@@ -192,36 +192,76 @@ pub async fn push(
         sha256: crate::pipeline::hex(&Sha256::digest(&raw)),
         system_identifier: sysid.map(|id| id.to_string()),
     };
+    // First the name's record, never overwritten: whatever is stored under this name from
+    // now on holds these contents, whichever form (plain or encrypted) it takes.
+    record(store, database, &header, store_form(opts.encryption)).await?;
     let object = encode(&header, &raw, opts.level, opts.encryption)?;
     drop(raw);
     let key = key(database, &name, opts.encryption.is_some());
     let stored_bytes = object.len() as u64;
-    let pushed = |stored_bytes| Pushed {
-        name: name.clone(),
-        key: key.clone(),
-        bytes: header.bytes,
-        sha256: header.sha256.clone(),
-        stored_bytes,
-    };
-    match store.put_new(&key, &object).await {
-        Ok(()) => Ok(pushed(Some(stored_bytes))),
+    let stored = match store.put_new(&key, &object).await {
+        Ok(()) => Some(stored_bytes),
+        // Written by an earlier push of these same contents: nothing is stored under a name
+        // before its record, and the record matched.
         Err(Error::Exists(_)) => {
-            let there = stored_header(&store.get_bytes(&key).await?, &key, opts.identities)?;
-            if there.bytes == header.bytes && there.sha256 == header.sha256 {
-                tracing::info!("{name} is already in the archive, with the same contents");
-                return Ok(pushed(None));
-            }
-            Err(Error::Refused(format!(
-                "{name} is already in the archive ({}) with different contents ({} bytes, SHA-256 {}; this one: {} bytes, {}): the stored copy stays. Two clusters may be archiving into the same place, or this is a timeline's segment written again after a restore: check archive_command's settings on every server that uses this store",
-                store.describe(&key),
-                there.bytes,
-                there.sha256,
-                header.bytes,
-                header.sha256
-            )))
+            tracing::info!("{name} is already in the archive, with the same contents");
+            None
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(e),
+    };
+    Ok(Pushed {
+        name,
+        key,
+        bytes: header.bytes,
+        sha256: header.sha256,
+        stored_bytes: stored,
+    })
+}
+
+fn store_form(encryption: Option<&Encryption>) -> &'static str {
+    match encryption {
+        Some(_) => "zstd+age",
+        None => "zstd",
     }
+}
+
+/// The key of the record of WAL file `name`: its size, SHA-256 and system identifier, in
+/// plain JSON (no key needed to read it, even when the file itself is encrypted).
+pub fn record_key(database: &str, name: &str) -> String {
+    format!("{database}/{DIR}/{name}.json")
+}
+
+/// Writes the record of `header`'s file, or finds it there: with the same size and SHA-256
+/// it is the same file pushed again (PostgreSQL repeats a push whose answer it lost); with
+/// others, it is refused and nothing changes.
+async fn record(store: &Store, database: &str, header: &Header, form: &str) -> Result<(), Error> {
+    let key = record_key(database, &header.name);
+    let mut json = serde_json::to_value(header).expect("serializable");
+    json["first_stored_as"] = form.into();
+    let text = serde_json::to_vec_pretty(&json).expect("serializable");
+    match store.put_new(&key, &text).await {
+        Ok(()) => return Ok(()),
+        Err(Error::Exists(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let there: Header = serde_json::from_slice(&store.get_bytes(&key).await?).map_err(|e| {
+        Error::Damaged(format!(
+            "{} is not a WAL record dbward wrote: {e}",
+            store.describe(&key)
+        ))
+    })?;
+    if there.bytes == header.bytes && there.sha256 == header.sha256 {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "{} is already in the archive ({}) with different contents ({} bytes, SHA-256 {}; this one: {} bytes, {}): the stored copy stays. Two clusters may be archiving into the same place, or this is a timeline's file written again after a restore: check archive_command's settings on every server that uses this store",
+        header.name,
+        store.describe(&key),
+        there.bytes,
+        there.sha256,
+        header.bytes,
+        header.sha256
+    )))
 }
 
 /// Records the cluster on the first push; refuses a segment of another one.
@@ -337,12 +377,6 @@ fn header_from(input: &mut impl Read, key: &str) -> Result<Header, Error> {
     serde_json::from_slice(&json).map_err(|e| damaged(key, format!("its header: {e}")))
 }
 
-/// The header of the copy already stored under `key`, to compare a repeated push with.
-fn stored_header(object: &[u8], key: &str, identities: &Identities) -> Result<Header, Error> {
-    let after = "It is already in the archive and could not be compared with this one; nothing was overwritten.";
-    header_from(&mut plain_reader(object, key, identities, after)?, key)
-}
-
 /// What [`fetch`] found.
 #[derive(Debug, serde::Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -354,8 +388,8 @@ pub enum Fetched {
 }
 
 /// Fetches WAL file `name` from `database`'s archive into `dest`, checked against its
-/// header's size and SHA-256 before it is renamed into place. An object that fails a check is
-/// `Damaged`; only a name that no key holds is [`Fetched::Absent`].
+/// header's size and SHA-256. An object that fails a check is `Damaged`; only a name that no
+/// key holds, in an archive that exists, is [`Fetched::Absent`].
 pub async fn fetch(
     store: &Store,
     database: &str,
@@ -383,9 +417,20 @@ pub async fn fetch(
             bytes,
         });
     }
-    Ok(Fetched::Absent {
-        keys: keys.to_vec(),
-    })
+    // "Not there" is an answer only from an archive that exists: an empty directory where a
+    // store was not mounted, or a wrong prefix or database name, must stop recovery, not end
+    // it as if every file had been replayed.
+    match store.get_bytes(&cluster_key(database)).await {
+        Ok(_) => Ok(Fetched::Absent {
+            keys: keys.to_vec(),
+        }),
+        Err(Error::Missing(_)) => Err(Error::Refused(format!(
+            "{name} is not in {}, and neither is the record every archive has from its first push ({}): this is not a WAL archive (a wrong store, prefix or database name, or a directory that is not mounted)",
+            store.describe(&keys[0]),
+            store.describe(&cluster_key(database))
+        ))),
+        Err(e) => Err(e),
+    }
 }
 
 /// Decodes `object` into `dest` and checks it; on any failure `dest` is removed again.
@@ -507,10 +552,8 @@ mod tests {
         let object = encode(&header, &raw, 3, None).unwrap();
         // Any zstd decoder skips the header frame.
         assert_eq!(zstd::decode_all(&object[..]).unwrap(), raw);
-        assert_eq!(
-            stored_header(&object, "k", &Identities::none()).unwrap(),
-            header
-        );
+        let mut plain = plain_reader(&object, "k", &Identities::none(), "").unwrap();
+        assert_eq!(header_from(&mut plain, "k").unwrap(), header);
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("RECOVERYXLOG");
         let n = write_checked(&object, "k", &header.name, &dest, &Identities::none()).unwrap();

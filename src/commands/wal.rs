@@ -50,16 +50,9 @@ pub async fn push(settings: &Settings, args: &WalPushArgs) -> Result<Report, Fai
     let database = database(settings)?;
     let store = settings.store().await?;
     let encryption = settings.encryption()?;
-    // Only needed to compare with an encrypted copy already stored: a host that cannot read
-    // an identity still archives, and says why when it cannot compare.
-    let identities = settings.identities().unwrap_or_else(|e| {
-        tracing::debug!("no age identity for comparing stored WAL: {e}");
-        backup::crypt::Identities::none()
-    });
     let opts = backup::wal::PushOptions {
         level: settings.level,
         encryption: encryption.as_deref(),
-        identities: &identities,
     };
     let pushed = backup::wal::push(&store, &database, &args.path, &opts).await?;
     let text = match pushed.stored_bytes {
