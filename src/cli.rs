@@ -104,6 +104,9 @@ pub enum Command {
     /// PostgreSQL's restore_command (`dbward wal-fetch %f %p`): fetch WAL file NAME into PATH,
     /// checked; exit 1 only when the archive does not have it, 126 when it cannot be fetched.
     WalFetch(WalFetchArgs),
+    /// Point-in-time recovery (PostgreSQL): `pitr verify` checks the WAL archive.
+    #[command(subcommand)]
+    Pitr(PitrCommand),
     /// Print the man page or a shell's completion script on stdout (for packagers).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -276,6 +279,21 @@ pub struct PruneArgs {
     /// Show what would be removed; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PitrCommand {
+    /// Check the WAL archive: each timeline's segments follow one another with no gap (exit 3
+    /// if one is missing), and how long ago the newest was stored.
+    Verify(PitrVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PitrVerifyArgs {
+    /// Also fail (exit 3) when the newest segment was stored longer ago than DUR: a cluster's
+    /// archive_timeout plus a margin (65s for 60), where it always has writes to archive.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub max_lag: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]

@@ -175,6 +175,38 @@ fn a_cluster_archives_through_wal_push_and_a_base_backup_recovers_to_a_restore_p
         restored.psql("app", "SELECT count(*), max(id) FROM t"),
         "1500|1500"
     );
+
+    // `pitr verify`: one timeline, no gap; then a segment in the middle goes missing.
+    let verify = |extra: &[&str]| {
+        let (code, out, err) = run(dbward(store.path())
+            .args(["--json", "pitr", "verify"])
+            .args(extra));
+        (code, common::json(&out), err)
+    };
+    let (code, report, err) = verify(&[]);
+    assert_eq!(code, 0, "{err}");
+    let timeline = &report["archive"]["timelines"][0];
+    assert_eq!(timeline["last"], serde_json::json!(last), "{report}");
+    let segments = timeline["segments"].as_u64().unwrap();
+    assert!(segments >= 3, "{report}");
+    assert_eq!(report["archive"]["segment_bytes"], 16 << 20);
+    let (code, _, err) = verify(&["--max-lag", "0s"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("--max-lag"), "{err}");
+    let first = timeline["first"].as_str().unwrap();
+    let middle = format!(
+        "{}{:08X}",
+        &first[..16],
+        u32::from_str_radix(&first[16..], 16).unwrap() + 1
+    );
+    std::fs::remove_file(store.path().join(format!("app/wal/{middle}.zst"))).unwrap();
+    let (code, report, err) = verify(&[]);
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(report["archive"]["gaps"][0]["missing"], 1, "{report}");
+    assert!(
+        err.contains(&format!("1 segment(s) missing between {first} and ")),
+        "{err}"
+    );
 }
 
 /// A stored segment of a real cluster, and the cluster (kept running so the test owns both).

@@ -481,6 +481,132 @@ fn write_checked(
     written
 }
 
+/// One timeline's segments in the archive, first to last.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Timeline {
+    pub timeline: u32,
+    pub first: String,
+    pub last: String,
+    pub segments: u64,
+}
+
+/// Segments missing between two the archive holds, on one timeline.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Gap {
+    pub timeline: u32,
+    /// The segments either side of the gap, both stored.
+    pub after: String,
+    pub before: String,
+    pub missing: u64,
+}
+
+/// What `pitr verify` found in an archive.
+#[derive(Debug, serde::Serialize)]
+pub struct Verified {
+    pub system_identifier: String,
+    pub segment_bytes: Option<u64>,
+    pub timelines: Vec<Timeline>,
+    pub gaps: Vec<Gap>,
+    /// The segment stored last, and how long ago (by the store's clock for the object).
+    pub newest: Option<String>,
+    pub lag_seconds: Option<f64>,
+}
+
+/// Lists `database`'s archive and checks that each timeline's segments follow one another
+/// without a gap. One listing of the folder and one record read (for the segment size).
+pub async fn verify(store: &Store, database: &str) -> Result<Verified, Error> {
+    let cluster_key = cluster_key(database);
+    let cluster: Cluster = match store.get_bytes(&cluster_key).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Damaged(format!(
+                "{} is not a cluster record dbward wrote: {e}",
+                store.describe(&cluster_key)
+            ))
+        })?,
+        Err(Error::Missing(_)) => {
+            return Err(Error::Refused(format!(
+                "there is no WAL archive at {} (no cluster record): nothing was pushed there yet, or the store, prefix or database name is not the archive's",
+                store.describe(&format!("{database}/{DIR}/"))
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    // Each stored segment (in either form), with when it was stored.
+    let mut stored: std::collections::BTreeMap<(u32, String), Option<std::time::SystemTime>> =
+        Default::default();
+    for o in store.list(&format!("{database}/{DIR}")).await? {
+        let file = o.key.rsplit('/').next().unwrap_or_default();
+        let name = file
+            .strip_suffix(".zst.age")
+            .or_else(|| file.strip_suffix(".zst"))
+            .unwrap_or_default();
+        if FileKind::of(name) != Some(FileKind::Segment) {
+            continue;
+        }
+        let timeline = u32::from_str_radix(&name[..8], 16).expect("24 hex digits");
+        let when = stored
+            .entry((timeline, name.to_string()))
+            .or_insert(o.modified);
+        *when = (*when).max(o.modified);
+    }
+    let mut verified = Verified {
+        system_identifier: cluster.system_identifier,
+        segment_bytes: None,
+        timelines: Vec::new(),
+        gaps: Vec::new(),
+        newest: None,
+        lag_seconds: None,
+    };
+    let Some(((_, any), _)) = stored.iter().next() else {
+        return Ok(verified);
+    };
+    let record: Header =
+        serde_json::from_slice(&store.get_bytes(&record_key(database, any)).await?)
+            .map_err(|e| Error::Damaged(format!("the record of {any}: {e}")))?;
+    let bytes = record.bytes;
+    if !bytes.is_power_of_two() || !(1 << 20..=1 << 30).contains(&bytes) {
+        return Err(Error::Damaged(format!(
+            "the record of {any} gives a segment size of {bytes} bytes, not one PostgreSQL uses"
+        )));
+    }
+    verified.segment_bytes = Some(bytes);
+    let per_id = 0x1_0000_0000 / bytes;
+    let segno = |name: &str| {
+        let hex = |s: &str| u64::from_str_radix(s, 16).expect("hex digits");
+        hex(&name[8..16]) * per_id + hex(&name[16..24])
+    };
+    // Keys sort by timeline, then by segment (fixed-width hex).
+    for (timeline, name) in stored.keys() {
+        let n = segno(name);
+        match verified.timelines.last_mut() {
+            Some(t) if t.timeline == *timeline => {
+                let last = segno(&t.last);
+                if n > last + 1 {
+                    verified.gaps.push(Gap {
+                        timeline: *timeline,
+                        after: t.last.clone(),
+                        before: name.clone(),
+                        missing: n - last - 1,
+                    });
+                }
+                t.last = name.clone();
+                t.segments += 1;
+            }
+            _ => verified.timelines.push(Timeline {
+                timeline: *timeline,
+                first: name.clone(),
+                last: name.clone(),
+                segments: 1,
+            }),
+        }
+    }
+    if let Some(((_, name), when)) = stored.iter().max_by_key(|(_, when)| **when) {
+        verified.newest = Some(name.clone());
+        verified.lag_seconds = when.and_then(|w| w.elapsed().ok()).map(|d| d.as_secs_f64());
+    }
+    Ok(verified)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,7 @@ pub fn name(command: &Command) -> &'static str {
         Command::Generate(_) => "generate",
         Command::WalPush(_) => "wal-push",
         Command::WalFetch(_) => "wal-fetch",
+        Command::Pitr(crate::cli::PitrCommand::Verify(_)) => "pitr verify",
     }
 }
 
@@ -72,6 +73,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::RestoreDrill(args) => drill::run(&settings, args).await,
         Command::Schedule(args) => schedule::run(&settings, args).await,
         Command::WalPush(args) => wal::push(&settings, args).await,
+        Command::Pitr(crate::cli::PitrCommand::Verify(args)) => wal::verify(&settings, args).await,
         Command::Generate(_) | Command::WalFetch(_) => {
             unreachable!("answered above, before the settings")
         }

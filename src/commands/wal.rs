@@ -12,7 +12,7 @@ use std::time::Duration;
 use migrator::DatabaseUrl;
 use serde_json::json;
 
-use crate::cli::{GlobalArgs, WalFetchArgs, WalPushArgs};
+use crate::cli::{GlobalArgs, PitrVerifyArgs, WalFetchArgs, WalPushArgs};
 use crate::report::{Exit, Failure, Report};
 use crate::settings::Settings;
 
@@ -123,4 +123,52 @@ pub async fn fetch(global: &GlobalArgs, args: &WalFetchArgs) -> Result<Report, F
         json: json!({ "wal": fetched }),
         code,
     })
+}
+
+/// `pitr verify`: the archive's timelines, gaps and lag; exit 3 on a gap, or a lag beyond
+/// `--max-lag`.
+pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report, Failure> {
+    let database = database(settings)?;
+    let store = settings.store().await?;
+    let v = backup::wal::verify(&store, &database).await?;
+    let mut text = format!("WAL archive of cluster {}\n", v.system_identifier);
+    for t in &v.timelines {
+        text.push_str(&format!(
+            "  timeline {}: {} to {} ({} segments)\n",
+            t.timeline, t.first, t.last, t.segments
+        ));
+    }
+    if let (Some(newest), Some(lag)) = (&v.newest, v.lag_seconds) {
+        text.push_str(&format!("  newest: {newest}, stored {lag:.0}s ago\n"));
+    }
+    let mut problems = Vec::new();
+    for g in &v.gaps {
+        problems.push(format!(
+            "timeline {}: {} segment(s) missing between {} and {}",
+            g.timeline, g.missing, g.after, g.before
+        ));
+    }
+    if let (Some(max), Some(lag)) = (args.max_lag, v.lag_seconds) {
+        if lag > max.as_secs_f64() {
+            problems.push(format!(
+                "the newest segment was stored {lag:.0}s ago, more than --max-lag {}s: is archive_command failing (pg_stat_archiver)?",
+                max.as_secs()
+            ));
+        }
+    }
+    if v.timelines.is_empty() {
+        text.push_str("  no segment stored yet\n");
+    }
+    let json = json!({ "archive": v, "problems": problems });
+    if problems.is_empty() {
+        return Ok(Report {
+            text,
+            json,
+            code: Exit::Success,
+        });
+    }
+    let mut f = Failure::new(Exit::Refused, problems.join("; "));
+    f.text = text;
+    f.details = json;
+    Err(f)
 }
