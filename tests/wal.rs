@@ -17,12 +17,7 @@ const APP: &str = "postgres://postgres@127.0.0.1/app";
 /// A store directory the `postgres` user (who runs archive_command) can write.
 fn store_dir() -> tempfile::TempDir {
     let dir = server_dir("dbward-test-wal-");
-    let ok = Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    common::give_to_postgres(dir.path());
     dir
 }
 

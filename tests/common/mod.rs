@@ -148,6 +148,23 @@ fn is_root() -> bool {
     unsafe { geteuid() == 0 }
 }
 
+/// Makes `path` and everything in it the `postgres` user's when we are root (the server and
+/// the commands it runs, archive_command's included, run as that user).
+pub fn give_to_postgres(path: &Path) {
+    if !is_root() {
+        return;
+    }
+    let ok = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(
+        ok.success(),
+        "chown to postgres failed (is there a `postgres` user?): {MISSING}"
+    );
+}
+
 /// Runs a server-side PostgreSQL binary as `postgres` when we are root (initdb refuses root).
 fn as_pg_user(program: &Path) -> Command {
     if is_root() {
@@ -201,17 +218,7 @@ impl Pg {
         let bindir = pg_bindir();
         let dir = server_dir("dbward-test-pg-");
         let data = dir.path().join("data");
-        if is_root() {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(
-                ok.success(),
-                "chown to postgres failed (is there a `postgres` user?): {MISSING}"
-            );
-        }
+        give_to_postgres(dir.path());
         let out = as_pg_user(&bindir.join("initdb"))
             .args([
                 "-A",
@@ -244,25 +251,13 @@ impl Pg {
             std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
         }
         setup(&data);
-        if is_root() {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .unwrap();
-        }
+        give_to_postgres(dir.path());
         Pg::launch(dir, bindir)
     }
 
     /// Starts a server on a data directory made another way (a base backup): `dir/data`.
     pub fn start_in(dir: tempfile::TempDir) -> Pg {
-        if is_root() {
-            Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .unwrap();
-        }
+        give_to_postgres(dir.path());
         Pg::launch(dir, pg_bindir())
     }
 
