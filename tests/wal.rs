@@ -28,7 +28,7 @@ fn store_url(store: &Path) -> String {
 /// dbward with the archive's settings (as root: the test reads and damages the store).
 fn dbward(store: &Path) -> Command {
     let mut c = Command::new(BIN);
-    c.args(["-q", "--database", APP, "--store", &store_url(store)])
+    c.args(["--database", APP, "--store", &store_url(store)])
         .env_remove("DATABASE_URL")
         .env_remove("DBWARD_DATABASE")
         .env_remove("DBWARD_STORE");
@@ -313,9 +313,9 @@ fn a_repeated_push_succeeds_and_different_contents_or_another_cluster_are_refuse
 
     // The same file again (PostgreSQL repeats a push whose answer it lost): 0, copy unchanged.
     let same = decoded(store.path(), &seg, scratch.path(), &seg);
-    let (code, out, err) = push(&same);
+    let (code, _, err) = push(&same);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("already archived"), "{out}");
+    assert!(err.contains("already archived"), "{err}");
     assert!(std::fs::read(&object).unwrap() == stored);
 
     // Other contents under the same name: 3, and the stored copy stays.
@@ -401,13 +401,13 @@ fn on_s3_encrypted_a_segment_goes_and_comes_back_and_without_the_key_the_fetch_s
     let dbward = || {
         let mut c = Command::new(BIN);
         s3.configure(&mut c);
-        c.args(["-q", "--database", APP, "--config"]).arg(&config);
+        c.args(["--database", APP, "--config"]).arg(&config);
         c
     };
     let scratch = tempfile::tempdir().unwrap();
     let name = "000000010000000000000007";
     let seg = fake_segment(scratch.path(), name, 99);
-    let (code, out, err) = run(dbward().arg("wal-push").arg(&seg));
+    let (code, out, err) = run(dbward().args(["--json", "wal-push"]).arg(&seg));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(".zst.age"), "{out}");
 
@@ -446,15 +446,15 @@ fn on_s3_encrypted_a_segment_goes_and_comes_back_and_without_the_key_the_fetch_s
     assert_eq!(code, 1, "{err}");
     // The same file again, on a host that holds only the public key: compared with its
     // plaintext record, 0.
-    let (code, out, err) = run(dbward().arg("wal-push").arg(&seg));
+    let (code, _, err) = run(dbward().arg("wal-push").arg(&seg));
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("already archived"), "{out}");
+    assert!(err.contains("already archived"), "{err}");
     // Encryption turned off: the same contents may be stored plain as well (0), other
     // contents under the name are refused (3) in either form.
     let plain = || {
         let mut c = Command::new(BIN);
         s3.configure(&mut c);
-        c.args(["-q", "--database", APP]);
+        c.args(["--database", APP]);
         c
     };
     let (code, _, err) = run(plain().arg("wal-push").arg(&seg));

@@ -55,20 +55,22 @@ pub async fn push(settings: &Settings, args: &WalPushArgs) -> Result<Report, Fai
         encryption: encryption.as_deref(),
     };
     let pushed = backup::wal::push(&store, &database, &args.path, &opts).await?;
-    let text = match pushed.stored_bytes {
-        Some(n) => format!(
-            "{} archived: {} bytes stored as {}\n",
+    // Logged, not printed: PostgreSQL runs this for every WAL file and keeps what it prints in
+    // its own log (`-q` keeps that to failures).
+    match pushed.stored_bytes {
+        Some(n) => tracing::info!(
+            "{} archived: {} bytes stored as {}",
             pushed.name,
             n,
             store.describe(&pushed.key)
         ),
-        None => format!(
-            "{} was already archived, with the same contents\n",
+        None => tracing::info!(
+            "{} was already archived, with the same contents",
             pushed.name
         ),
-    };
+    }
     Ok(Report {
-        text,
+        text: String::new(),
         json: json!({ "wal": pushed }),
         code: Exit::Success,
     })
@@ -107,19 +109,19 @@ pub async fn fetch(global: &GlobalArgs, args: &WalFetchArgs) -> Result<Report, F
             Err(e) => return Err(unavailable(e.into())),
         }
     };
-    let (text, code) = match &fetched {
-        backup::wal::Fetched::Restored { bytes, .. } => (
-            format!("{} fetched ({bytes} bytes)\n", args.name),
-            Exit::Success,
-        ),
+    let code = match &fetched {
+        backup::wal::Fetched::Restored { bytes, .. } => {
+            tracing::info!("{} fetched ({bytes} bytes)", args.name);
+            Exit::Success
+        }
         backup::wal::Fetched::Absent { .. } => {
             // Routine: recovery asks for the next file until one is not there.
             tracing::info!("{} is not in the archive", args.name);
-            (String::new(), Exit::Failed)
+            Exit::Failed
         }
     };
     Ok(Report {
-        text,
+        text: String::new(),
         json: json!({ "wal": fetched }),
         code,
     })
