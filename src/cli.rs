@@ -294,6 +294,10 @@ pub struct PitrVerifyArgs {
     /// archive_timeout plus a margin (65s for 60), where it always has writes to archive.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub max_lag: Option<std::time::Duration>,
+    /// Write Prometheus metrics (node_exporter textfile format) to FILE: missing segments,
+    /// lag, segments stored; also when a check fails.
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

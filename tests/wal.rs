@@ -195,9 +195,15 @@ fn a_cluster_archives_through_wal_push_and_a_base_backup_recovers_to_a_restore_p
         u32::from_str_radix(&first[16..], 16).unwrap() + 1
     );
     std::fs::remove_file(store.path().join(format!("app/wal/{middle}.zst"))).unwrap();
-    let (code, report, err) = verify(&[]);
+    let metrics = scratch.path().join("wal.prom");
+    let (code, report, err) = verify(&["--metrics", metrics.to_str().unwrap()]);
     assert_eq!(code, 3, "{err}");
     assert_eq!(report["archive"]["gaps"][0]["missing"], 1, "{report}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("dbward_wal_archive_missing_segments{database=\"app\"} 1\n"),
+        "{prom}"
+    );
     assert!(
         err.contains(&format!("1 segment(s) missing between {first} and ")),
         "{err}"
