@@ -5,44 +5,70 @@ use std::path::Path;
 
 use crate::Report;
 
-pub fn render(r: &Report) -> String {
-    let db = r.database.replace('\\', "\\\\").replace('"', "\\\"");
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut s = String::new();
-    let mut gauge = |name: &str, help: &str, value: String| {
-        s.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{database=\"{db}\"}} {value}\n"
+/// Gauges labelled with one database, in node_exporter's textfile format: the drill's, and
+/// `pitr verify`'s.
+pub struct Gauges {
+    database: String,
+    text: String,
+}
+
+impl Gauges {
+    pub fn new(database: &str) -> Gauges {
+        Gauges {
+            database: database.replace('\\', "\\\\").replace('"', "\\\""),
+            text: String::new(),
+        }
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, value: impl std::fmt::Display) {
+        self.text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{database=\"{}\"}} {value}\n",
+            self.database
         ));
-    };
-    gauge(
+    }
+
+    pub fn into_text(self) -> String {
+        self.text
+    }
+}
+
+/// Writes a textfile's `text` to `path`, 0644: node_exporter, which reads it, runs as a user of
+/// its own. It holds no data.
+pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
+    backup::scratch::write_atomic(path, text.as_bytes(), 0o644)
+}
+
+pub fn render(r: &Report) -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut g = Gauges::new(&r.database);
+    g.gauge(
         "dbward_drill_success",
         "1 if the last restore drill passed every check, else 0.",
         (r.success as u8).to_string(),
     );
-    gauge(
+    g.gauge(
         "dbward_drill_last_run_timestamp_seconds",
         "When the last restore drill ran (Unix time).",
         now.to_string(),
     );
-    gauge(
+    g.gauge(
         "dbward_drill_rto_seconds",
         "Time to restore in the last drill: download, decode, restore.",
         r.rto_seconds.map_or("NaN".into(), |v| format!("{v:.3}")),
     );
-    gauge(
+    g.gauge(
         "dbward_snapshot_encrypted",
         "1 if the drilled snapshot is encrypted (age), else 0.",
         (r.encrypted as u8).to_string(),
     );
-    gauge(
+    g.gauge(
         "dbward_snapshot_age_seconds",
         "Age of the drilled snapshot when the drill ran.",
         format!("{:.0}", r.snapshot_age_seconds),
     );
-    s
+    g.into_text()
 }
 
-/// 0644: node_exporter, which reads it, runs as a user of its own. It holds no data.
 pub fn write(path: &Path, r: &Report) -> std::io::Result<()> {
-    backup::scratch::write_atomic(path, render(r).as_bytes(), 0o644)
+    write_textfile(path, &render(r))
 }

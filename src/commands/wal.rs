@@ -162,9 +162,9 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
         text.push_str("  no segment stored yet\n");
     }
     if let Some(path) = &args.metrics {
-        backup::scratch::write_atomic(path, metrics(&database, &v).as_bytes(), 0o644).map_err(
-            |e| Failure::new(Exit::Failed, format!("--metrics {}: {e}", path.display())),
-        )?;
+        restore_drill::metrics::write_textfile(path, &metrics(&database, &v)).map_err(|e| {
+            Failure::new(Exit::Failed, format!("--metrics {}: {e}", path.display()))
+        })?;
     }
     let json = json!({ "archive": v, "problems": problems });
     if problems.is_empty() {
@@ -182,36 +182,26 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
 
 /// The archive's state as Prometheus gauges (node_exporter's textfile format).
 fn metrics(database: &str, v: &backup::wal::Verified) -> String {
-    let db = database.replace('\\', "\\\\").replace('"', "\\\"");
-    let mut s = String::new();
-    let mut gauge = |name: &str, help: &str, value: String| {
-        s.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{database=\"{db}\"}} {value}\n"
-        ));
-    };
-    gauge(
+    let mut g = restore_drill::metrics::Gauges::new(database);
+    g.gauge(
         "dbward_wal_archive_missing_segments",
         "Segments missing between the first and last stored of each timeline.",
-        v.gaps.iter().map(|g| g.missing).sum::<u64>().to_string(),
+        v.gaps.iter().map(|g| g.missing).sum::<u64>(),
     );
-    gauge(
+    g.gauge(
         "dbward_wal_archive_lag_seconds",
         "How long ago the newest segment was stored.",
         v.lag_seconds.map_or("NaN".into(), |l| format!("{l:.0}")),
     );
-    gauge(
+    g.gauge(
         "dbward_wal_archive_segments",
         "Segments stored, all timelines.",
-        v.timelines
-            .iter()
-            .map(|t| t.segments)
-            .sum::<u64>()
-            .to_string(),
+        v.timelines.iter().map(|t| t.segments).sum::<u64>(),
     );
-    gauge(
+    g.gauge(
         "dbward_wal_archive_verify_timestamp_seconds",
         "When pitr verify last ran (Unix time).",
-        time::OffsetDateTime::now_utc().unix_timestamp().to_string(),
+        time::OffsetDateTime::now_utc().unix_timestamp(),
     );
-    s
+    g.into_text()
 }
