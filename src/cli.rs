@@ -253,8 +253,11 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// A snapshot id, `latest`, or `pre-deploy` (the one the last `migrate` took).
-    pub snapshot: String,
+    /// A snapshot id, `latest`, or `pre-deploy` (the one the last `migrate` took). With
+    /// --physical: a base's id (recovered to its end) or `latest` (the newest base, recovered
+    /// to the end of the archived WAL).
+    #[arg(required_unless_present_any = ["time", "lsn"], conflicts_with_all = ["time", "lsn"])]
+    pub snapshot: Option<String>,
     /// Do not ask for confirmation (required without a terminal).
     #[arg(long)]
     pub yes: bool,
@@ -265,13 +268,30 @@ pub struct RestoreArgs {
     /// PostgreSQL: end the sessions connected to the database instead of refusing.
     #[arg(long)]
     pub terminate_connections: bool,
-    /// Restore into this new SQLite file or PostgreSQL database instead; the live one is not touched.
-    #[arg(long, value_name = "PATH|URL")]
+    /// Restore into this new SQLite file or PostgreSQL database instead (with --physical: a new
+    /// data directory); the live one is not touched.
+    #[arg(long, value_name = "PATH|URL|DIR")]
     pub to: Option<String>,
     /// Only if the database is missing (no file, an empty file, no database, no tables):
     /// restore the newest snapshot that verifies; otherwise do nothing. Exit 0 either way.
     #[arg(long)]
     pub if_missing: bool,
+    /// PostgreSQL: restore a base backup and replay the WAL archive into a new data directory
+    /// (--to DIR), and start a private server on it (its own socket in DIR, archiving off).
+    #[arg(long, requires = "to")]
+    pub physical: bool,
+    /// With --physical: recover to this time (RFC 3339, e.g. 2026-11-26T09:30:00Z), from the
+    /// newest base that ended before it.
+    #[arg(
+        long,
+        value_name = "TIME",
+        requires = "physical",
+        conflicts_with = "lsn"
+    )]
+    pub time: Option<String>,
+    /// With --physical: recover to this LSN (e.g. 0/4000028).
+    #[arg(long, value_name = "LSN", requires = "physical")]
+    pub lsn: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +342,10 @@ pub struct BackupArgs {
     /// A note stored in the manifest.
     #[arg(long)]
     pub label: Option<String>,
+    /// PostgreSQL: a base backup of the whole cluster (pg_basebackup) for point-in-time
+    /// recovery, instead of a pg_dump of the database; needs the WAL archive (wal-push).
+    #[arg(long)]
+    pub physical: bool,
     /// Mark the snapshot `scheduled` (set by `dbward schedule`).
     #[arg(long, hide = true)]
     pub scheduled: bool,

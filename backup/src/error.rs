@@ -44,6 +44,10 @@ pub enum Error {
     #[error("restore failed: {0}\nThe live database was not replaced.")]
     Restore(String),
 
+    /// A restored cluster that did not come up recovered (its caller says what stayed).
+    #[error("recovery failed: {0}")]
+    Recovery(String),
+
     /// The snapshot itself is bad (refused, exit 3): its object is missing or fails its
     /// checksum, it does not decode, or the restored copy fails its checks. An older snapshot
     /// may still be good; nothing about this machine is wrong.

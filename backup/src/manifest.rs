@@ -35,6 +35,9 @@ pub enum Format {
     Sqlite,
     /// `pg_dump --format=custom` output, for `pg_restore`.
     Pgdump,
+    /// A PostgreSQL cluster's base backup: `pg_basebackup --format=tar` of the data directory
+    /// (with its `backup_manifest`), for `tar -x` and the WAL archive.
+    Pgbase,
 }
 
 impl Format {
@@ -42,6 +45,7 @@ impl Format {
         match self {
             Format::Sqlite => "sqlite",
             Format::Pgdump => "pgdump",
+            Format::Pgbase => "base.tar",
         }
     }
 }
@@ -63,6 +67,9 @@ pub struct Manifest {
     pub server_version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pg_dump_version: Option<String>,
+    /// A base backup's facts (format `pgbase` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<Physical>,
     pub database: String,
     /// The identity kept inside the database (`dbward_identity`): whose snapshot this is.
     /// Absent in snapshots taken before identities existed.
@@ -86,6 +93,22 @@ pub struct Manifest {
     /// Rows per table (`schema.table` on PostgreSQL), counted in the snapshot's own view.
     pub row_counts: BTreeMap<String, u64>,
     pub duration_ms: u64,
+}
+
+/// What a base backup is and what it needs: the WAL from `wal_first` to `wal_last` (on
+/// `timeline`, in the database's WAL archive) makes it consistent at `stop_lsn`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Physical {
+    /// The cluster's system identifier: the WAL archive's `cluster.json` holds the same.
+    pub system_identifier: String,
+    pub timeline: u32,
+    /// Where the backup's WAL starts (its checkpoint's redo point) and where it is consistent.
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub wal_first: String,
+    pub wal_last: String,
+    pub segment_bytes: u64,
+    pub pg_basebackup_version: String,
 }
 
 /// How a snapshot's object is encrypted.
@@ -190,6 +213,10 @@ impl OwnKey {
             (id, OwnKey::Data(id.into(), Format::Sqlite, false))
         } else if let Some(id) = name.strip_suffix(".pgdump.zst") {
             (id, OwnKey::Data(id.into(), Format::Pgdump, false))
+        } else if let Some(id) = name.strip_suffix(".base.tar.zst") {
+            (id, OwnKey::Data(id.into(), Format::Pgbase, false))
+        } else if let Some(id) = name.strip_suffix(".base.tar.zst.age") {
+            (id, OwnKey::Data(id.into(), Format::Pgbase, true))
         } else if let Some(id) = name.strip_suffix(".sqlite.zst.age") {
             (id, OwnKey::Data(id.into(), Format::Sqlite, true))
         } else if let Some(id) = name.strip_suffix(".pgdump.zst.age") {
@@ -225,6 +252,9 @@ impl Manifest {
         let want = data_key(database, &self.id, self.format, self.encryption.is_some());
         if self.data_key != want {
             return Err(format!("its data key `{}` is not `{want}`", self.data_key));
+        }
+        if (self.format == Format::Pgbase) != self.physical.is_some() {
+            return Err("its format and its `physical` facts disagree".into());
         }
         Ok(())
     }
@@ -282,6 +312,10 @@ mod tests {
             Some(OwnKey::Data(id.into(), Format::Pgdump, true))
         );
         assert_eq!(
+            OwnKey::parse("app", &format!("app/{id}.base.tar.zst")),
+            Some(OwnKey::Data(id.into(), Format::Pgbase, false))
+        );
+        assert_eq!(
             OwnKey::parse("app", &format!("app/{id}.drill.json")),
             Some(OwnKey::Receipt(id.into()))
         );
@@ -293,6 +327,7 @@ mod tests {
             "app/notes.json",
             "app/customer-export-2024.csv.zst",
             "app/x.sqlite.zst",
+            "app/20261122T093000Z-manual-3f2a.tar.zst",
             "app/20261122T093000Z-pre-deploy-3F2A.json",
             "app/20261122T093000Z-nightly-3f2a.json",
             "app/20261122T093000Z-manual-3f2a.sqlite.zst.bak",

@@ -98,6 +98,7 @@ mod tests {
             engine: "sqlite".into(),
             server_version: String::new(),
             pg_dump_version: None,
+            physical: None,
             database: "app".into(),
             host: String::new(),
             dbward_version: String::new(),

@@ -33,6 +33,9 @@ pub struct Request<'a> {
     pub encryption: Option<std::sync::Arc<crypt::Encryption>>,
     /// Record table names and row counts in the manifest (`encryption.manifest_details`).
     pub manifest_details: bool,
+    /// A PostgreSQL cluster's base backup (`pg_basebackup`) instead of a `pg_dump` of the
+    /// database; its WAL must be in the primary store's archive.
+    pub physical: bool,
 }
 
 pub type Progress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -67,9 +70,24 @@ pub async fn take_to(
     let id = manifest::snapshot_id(at, req.kind);
     // The identity is made before the snapshot, so the snapshot carries it.
     owner::ensure_identity(req.database, req.lock_timeout).await;
-    let prepared = match req.database {
-        DatabaseUrl::Sqlite(path) => engine::sqlite::prepare(path, req.temp_dir, req.lock_timeout)?,
-        DatabaseUrl::Postgres(pg) => engine::postgres::prepare(pg, req.lock_timeout).await?,
+    let (prepared, base) = match req.database {
+        DatabaseUrl::Sqlite(_) if req.physical => {
+            return Err(Error::Refused(
+                "a physical base backup is PostgreSQL's; a SQLite snapshot already is a copy of the database file (drop --physical)".into(),
+            ))
+        }
+        DatabaseUrl::Sqlite(path) => (
+            engine::sqlite::prepare(path, req.temp_dir, req.lock_timeout)?,
+            None,
+        ),
+        DatabaseUrl::Postgres(pg) if req.physical => {
+            let (p, base) = engine::basebackup::prepare(pg, &id, primary, &req.database.name()).await?;
+            (p, Some(base))
+        }
+        DatabaseUrl::Postgres(pg) => (
+            engine::postgres::prepare(pg, req.lock_timeout).await?,
+            None,
+        ),
     };
     dbconn::failpoint::hit("backup-after-prepare").map_err(Error::Source)?;
     let database = req.database.name();
@@ -176,6 +194,17 @@ pub async fn take_to(
             });
         }
     };
+    // A base counts only with the WAL that makes it consistent in the primary's archive.
+    let physical = match &base {
+        Some(base) => match base_facts(primary, &database, base).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                discard().await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let mut copied = vec![false; all.len()];
     for (n, result) in stored.into_iter().enumerate() {
         let problem = match result {
@@ -209,6 +238,7 @@ pub async fn take_to(
         engine: engine.into(),
         server_version,
         pg_dump_version,
+        physical,
         database: database.clone(),
         database_id,
         host: hostname(),
@@ -286,6 +316,36 @@ pub async fn take_to(
         manifest,
         failed_mirrors,
     })
+}
+
+/// A base's facts, once its stream ended, checked against the WAL archive in `store`: the
+/// archive is this cluster's and holds every segment from the base's start to its stop.
+async fn base_facts(
+    store: &Store,
+    database: &str,
+    base: &engine::basebackup::Base,
+) -> Result<manifest::Physical, Error> {
+    let p = base.physical()?;
+    let archive = store.describe(&format!("{database}/{}/", crate::wal::DIR));
+    let cluster = crate::wal::read_cluster(store, database).await?;
+    if cluster.system_identifier != p.system_identifier {
+        return Err(Error::Refused(format!(
+            "the WAL archive at {archive} belongs to the cluster {}, and this base backup is of the cluster {}: \
+             this cluster's archive_command does not push into this store (or into this database's folder)",
+            cluster.system_identifier, p.system_identifier
+        )));
+    }
+    let stored = crate::wal::stored_from(store, database, &p.wal_first).await?;
+    if let Some(name) = engine::basebackup::segments(&p)?
+        .into_iter()
+        .find(|n| !stored.contains(n))
+    {
+        return Err(Error::Refused(format!(
+            "the base backup needs WAL segment {name}, which is not in the archive at {archive}: \
+             is archive_command `dbward wal-push %p` with this store, and is archiving working (see pg_stat_archiver)? The base was not kept."
+        )));
+    }
+    Ok(p)
 }
 
 /// The store's folder for `database` is this database's (or no one's yet).

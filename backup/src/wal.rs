@@ -481,6 +481,46 @@ fn write_checked(
     written
 }
 
+/// The archive's cluster record; refused when there is none (nothing was pushed there yet).
+pub async fn read_cluster(store: &Store, database: &str) -> Result<Cluster, Error> {
+    let cluster_key = cluster_key(database);
+    match store.get_bytes(&cluster_key).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Damaged(format!(
+                "{} is not a cluster record dbward wrote: {e}",
+                store.describe(&cluster_key)
+            ))
+        }),
+        Err(Error::Missing(_)) => Err(Error::Refused(format!(
+            "there is no WAL archive at {} (no cluster record): nothing was pushed there yet, or the store, prefix or database name is not the archive's",
+            store.describe(&format!("{database}/{DIR}/"))
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// The WAL files whose objects (in either form) the archive holds, of those named `first` or
+/// after it (one listing that starts there).
+pub async fn stored_from(
+    store: &Store,
+    database: &str,
+    first: &str,
+) -> Result<std::collections::BTreeSet<String>, Error> {
+    Ok(store
+        .list_after(&format!("{database}/{DIR}"), Some(first))
+        .await?
+        .into_iter()
+        // `first` itself is listed: its keys sort after its name (`<first>.zst` > `<first>`).
+        .filter_map(|o| {
+            let file = o.key.rsplit('/').next()?;
+            let name = file
+                .strip_suffix(".zst.age")
+                .or_else(|| file.strip_suffix(".zst"))?;
+            FileKind::of(name).map(|_| name.to_string())
+        })
+        .collect())
+}
+
 /// One timeline's segments in the archive, first to last.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Timeline {
@@ -515,22 +555,7 @@ pub struct Verified {
 /// Lists `database`'s archive and checks that each timeline's segments follow one another
 /// without a gap. One listing of the folder and one record read (for the segment size).
 pub async fn verify(store: &Store, database: &str) -> Result<Verified, Error> {
-    let cluster_key = cluster_key(database);
-    let cluster: Cluster = match store.get_bytes(&cluster_key).await {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            Error::Damaged(format!(
-                "{} is not a cluster record dbward wrote: {e}",
-                store.describe(&cluster_key)
-            ))
-        })?,
-        Err(Error::Missing(_)) => {
-            return Err(Error::Refused(format!(
-                "there is no WAL archive at {} (no cluster record): nothing was pushed there yet, or the store, prefix or database name is not the archive's",
-                store.describe(&format!("{database}/{DIR}/"))
-            )))
-        }
-        Err(e) => return Err(e),
-    };
+    let cluster = read_cluster(store, database).await?;
     // Each stored segment (in either form), with when it was stored.
     let mut stored: std::collections::BTreeMap<(u32, String), Option<std::time::SystemTime>> =
         Default::default();

@@ -9,12 +9,19 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
+    if args.physical && matches!(url, migrator::DatabaseUrl::Sqlite(_)) {
+        return Err(Failure::new(
+            Exit::Usage,
+            "--physical takes a PostgreSQL cluster's base backup; a SQLite snapshot already is a copy of the database file",
+        ));
+    }
     let kind = if args.scheduled {
         backup::Kind::Scheduled
     } else {
         backup::Kind::Manual
     };
-    let m = crate::service::take::snapshot(settings, &url, kind, args.label.clone()).await?;
+    let m =
+        crate::service::take::take(settings, &url, kind, args.label.clone(), args.physical).await?;
     // Then retention, when a policy is set; a new snapshot is the newest, so it is always kept.
     let pruned = crate::service::take::retain(settings, &url, &m).await?;
     Ok(Report {

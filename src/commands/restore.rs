@@ -13,8 +13,12 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
+    if args.physical {
+        return physical(settings, &url, args).await;
+    }
+    let snapshot = args.snapshot.as_deref().unwrap_or("latest");
     if args.if_missing {
-        if args.snapshot != "latest" || args.to.is_some() {
+        if snapshot != "latest" || args.to.is_some() {
             return Err(Failure::new(
                 Exit::Usage,
                 "--if-missing restores `latest` into the database itself (no --to)",
@@ -28,7 +32,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Fail
         });
     }
     let stores = settings.stores().await?;
-    let (m, copies) = resolve(settings, &stores, &url, &args.snapshot).await?;
+    let (m, copies) = resolve(settings, &stores, &url, snapshot).await?;
     let target = args.to.as_deref().unwrap_or("the live database");
     confirm(
         args.yes,
@@ -59,6 +63,63 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Fail
                 .unwrap_or_default()
         ),
         json: serde_json::to_value(&restored).expect("serializes"),
+        code: Exit::Success,
+    })
+}
+
+/// `restore --physical --to DIR`: a point-in-time restore into a new data directory, its
+/// server left running. Nothing existing is replaced, so nothing is asked.
+async fn physical(
+    settings: &Settings,
+    url: &migrator::DatabaseUrl,
+    args: &RestoreArgs,
+) -> Result<Report, Failure> {
+    use crate::service::physical::{restore_to, Which};
+    let usage = |m: String| Failure::new(Exit::Usage, m);
+    let which = if let Some(t) = &args.time {
+        Which::Time(
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| {
+                    usage(format!(
+                        "--time {t}: not an RFC 3339 time ({e}); e.g. 2026-11-26T09:30:00Z"
+                    ))
+                })?,
+        )
+    } else if let Some(l) = &args.lsn {
+        Which::Lsn(
+            backup::engine::basebackup::parse_lsn(l)
+                .ok_or_else(|| usage(format!("--lsn {l}: not an LSN (e.g. 0/4000028)")))?,
+        )
+    } else {
+        match args.snapshot.as_deref() {
+            Some("latest") | None => Which::Latest,
+            Some(id) => Which::Base(id.to_string()),
+        }
+    };
+    if args.if_missing || args.force || args.terminate_connections {
+        return Err(usage(
+            "--physical restores into a new data directory: --if-missing, --force and --terminate-connections do not apply".into(),
+        ));
+    }
+    let to = std::path::PathBuf::from(args.to.as_deref().expect("clap requires --to"));
+    let r = restore_to(settings, url, &which, &to).await?;
+    Ok(Report {
+        text: format!(
+            "restored base {} to {} into {} in {:.1}s; its server runs on the socket there:\n  psql -h {} -p {} -U {} {}\nstop it with: {}\n",
+            r.base,
+            r.target,
+            r.data_dir.display(),
+            r.seconds,
+            r.data_dir.display(),
+            r.port,
+            match url {
+                migrator::DatabaseUrl::Postgres(pg) => pg.config.get_user().unwrap_or("postgres").to_string(),
+                migrator::DatabaseUrl::Sqlite(_) => String::new(),
+            },
+            url.name(),
+            r.stop_command
+        ),
+        json: serde_json::json!({ "restored": r }),
         code: Exit::Success,
     })
 }

@@ -2,6 +2,7 @@
 //! ([`take`]), and restoring one ([`restore`]). They return a value or a [`crate::report::Failure`]
 //! and never print.
 
+pub mod physical;
 pub mod restore;
 pub mod select;
 pub mod take;

@@ -84,6 +84,11 @@ async fn resolve_in(
     };
     let key = backup::manifest_key(&db, &id);
     match backup::catalog::read_manifest(store, &db, &key).await {
+        Ok(Ok(m)) if m.format == backup::manifest::Format::Pgbase => Err(backup::Error::Refused(format!(
+            "snapshot {id} is a base backup of the whole cluster, not a pg_dump of {}: restore it with `dbward restore {id} --physical --to DIR`; nothing was restored",
+            url.display()
+        ))
+        .into()),
         Ok(Ok(m)) => Ok(m),
         Ok(Err(d)) => Err(backup::Error::Refused(format!(
             "snapshot {id} is damaged: {} {}; nothing was restored. Pick another one (`dbward snapshots`).",

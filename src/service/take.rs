@@ -47,6 +47,17 @@ pub async fn snapshot(
     kind: backup::Kind,
     label: Option<String>,
 ) -> Result<backup::Manifest, Failure> {
+    take(settings, url, kind, label, false).await
+}
+
+/// A snapshot (`physical`: a PostgreSQL cluster's base backup) with the settings' stores.
+pub async fn take(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    kind: backup::Kind,
+    label: Option<String>,
+    physical: bool,
+) -> Result<backup::Manifest, Failure> {
     let stores = settings.stores().await?;
     let (primary, mirrors) = stores.split_first().expect("a primary store");
     let mirrors: Vec<&backup::Store> = mirrors.iter().collect();
@@ -61,6 +72,7 @@ pub async fn snapshot(
         lock_timeout: settings.lock_timeout,
         encryption: settings.encryption()?,
         manifest_details: settings.encryption.manifest_details,
+        physical,
         progress: bar.clone().map(|bar| -> backup::Progress {
             std::sync::Arc::new(move |done, total| {
                 bar.set_length(total.max(done));

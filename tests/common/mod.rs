@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod archive;
+
 pub const MISSING: &str = "run scripts/test.sh, which installs the test dependencies";
 
 /// The built binary, with no dbward setting inherited from the environment.

@@ -2,7 +2,9 @@
 //! result, and only then put it in place. A snapshot that fails a check is refused
 //! ([`Error::Refused`], exit 3) before the live database is touched.
 
+pub mod physical;
 pub mod postgres;
+pub mod server;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,368 @@
+//! A base backup restored into a new data directory: the WAL it needs is checked in the
+//! archive before anything is written, the base is extracted (streamed: download, decrypt,
+//! decompress, untar, while the object is hashed), and the WAL up to the target is fetched
+//! into its `pg_wal`. The copy never reads the production archive once it runs: recovery
+//! finds every segment in `pg_wal` (see [`super::server`]).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::engine::basebackup::{parse_lsn, segment_name};
+use crate::error::Error;
+use crate::manifest::{Manifest, Physical};
+use crate::store::Store;
+
+/// Where recovery stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// As soon as the base is consistent (its stop LSN).
+    Immediate,
+    /// At the end of the WAL the archive holds without a gap.
+    End,
+    /// At a restore point (`pg_create_restore_point`), by name.
+    Name(String),
+    /// At a time (`recovery_target_time`, a timestamp PostgreSQL parses).
+    Time(String),
+    /// At an LSN.
+    Lsn(u64),
+}
+
+impl Target {
+    /// The recovery settings that stop there (`recovery_target_action = promote` is the
+    /// server's part).
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Target::Immediate => vec![("recovery_target", "immediate".into())],
+            Target::End => Vec::new(),
+            Target::Name(n) => vec![("recovery_target_name", n.clone())],
+            Target::Time(t) => vec![("recovery_target_time", t.clone())],
+            Target::Lsn(l) => vec![(
+                "recovery_target_lsn",
+                crate::engine::basebackup::lsn_text(*l),
+            )],
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Immediate => "the end of the base backup".into(),
+            Target::End => "the end of the archived WAL".into(),
+            Target::Name(n) => format!("restore point {n}"),
+            Target::Time(t) => format!("time {t}"),
+            Target::Lsn(l) => format!("LSN {}", crate::engine::basebackup::lsn_text(*l)),
+        }
+    }
+}
+
+/// The WAL a restore fetches: the base's segments and what follows them without a gap.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WalPlan {
+    pub timeline: u32,
+    pub segments: Vec<String>,
+    /// The last segment of the chain, and the first one missing after it when the archive
+    /// holds later segments on this timeline (WAL past a gap cannot be replayed).
+    pub last: String,
+    pub gap_before: Option<String>,
+}
+
+/// Checks the archive before anything is written: it is this base's cluster's, and holds every
+/// segment the base needs and what the target needs (for an LSN, up to its segment; for a
+/// time, a restore point or the end, what follows without a gap).
+pub async fn plan_wal(
+    store: &Store,
+    database: &str,
+    base: &Manifest,
+    target: &Target,
+) -> Result<WalPlan, Error> {
+    let p = physical_of(base)?;
+    let cluster = crate::wal::read_cluster(store, database).await?;
+    if cluster.system_identifier != p.system_identifier {
+        return Err(Error::Refused(format!(
+            "base {} is of cluster {}, and the WAL archive at {} holds the WAL of cluster {}: nothing was restored",
+            base.id,
+            p.system_identifier,
+            store.describe(&format!("{database}/{}/", crate::wal::DIR)),
+            cluster.system_identifier
+        )));
+    }
+    let stored = crate::wal::stored_from(store, database, &p.wal_first).await?;
+    chain(p, &stored, target, &base.id)
+}
+
+fn chain(
+    p: &Physical,
+    stored: &BTreeSet<String>,
+    target: &Target,
+    id: &str,
+) -> Result<WalPlan, Error> {
+    let needed = crate::engine::basebackup::segments(p)?;
+    let missing = |name: &str, why: &str| {
+        Error::Refused(format!(
+            "WAL segment {name} is not in the archive, and {why}: nothing was restored. `dbward pitr verify` lists the archive's gaps."
+        ))
+    };
+    if let Some(gone) = needed.iter().find(|n| !stored.contains(*n)) {
+        return Err(missing(
+            gone,
+            &format!("base {id} needs it to be consistent"),
+        ));
+    }
+    let tl = format!("{:08X}", p.timeline);
+    let on_timeline: Vec<&String> = stored
+        .iter()
+        .filter(|n| n.len() == 24 && n.starts_with(&tl))
+        .collect();
+    let mut segments = needed.clone();
+    let mut next = next_segment(needed.last().expect("a range"), p.segment_bytes);
+    let stop_at = match target {
+        Target::Immediate => Some(p.wal_last.clone()),
+        Target::Lsn(l) => Some(segment_name(p.timeline, *l, p.segment_bytes)),
+        _ => None,
+    };
+    if stop_at.as_deref() != Some(p.wal_last.as_str()) {
+        while stored.contains(&next) {
+            segments.push(next.clone());
+            if stop_at.as_deref() == Some(next.as_str()) {
+                break;
+            }
+            next = next_segment(&next, p.segment_bytes);
+        }
+    }
+    let last = segments.last().expect("not empty").clone();
+    if let Some(want) = &stop_at {
+        if want.as_str() > last.as_str() {
+            return Err(missing(
+                &next,
+                &format!(
+                    "recovery to {} needs every segment up to {want}",
+                    target.describe()
+                ),
+            ));
+        }
+    }
+    let gap_before = on_timeline
+        .iter()
+        .any(|n| n.as_str() > next.as_str())
+        .then(|| next.clone());
+    Ok(WalPlan {
+        timeline: p.timeline,
+        segments,
+        last,
+        gap_before,
+    })
+}
+
+fn next_segment(name: &str, seg: u64) -> String {
+    let per_id = 0x1_0000_0000 / seg;
+    let hex = |s: &str| u64::from_str_radix(s, 16).expect("a segment name");
+    let n = hex(&name[8..16]) * per_id + hex(&name[16..24]) + 1;
+    let tl = u32::from_str_radix(&name[..8], 16).expect("a segment name");
+    format!("{tl:08X}{:08X}{:08X}", n / per_id, n % per_id)
+}
+
+pub fn physical_of(m: &Manifest) -> Result<&Physical, Error> {
+    m.physical.as_ref().ok_or_else(|| {
+        Error::Refused(format!(
+            "snapshot {} is a logical snapshot ({}), not a base backup: restore it without --physical",
+            m.id,
+            m.format.extension()
+        ))
+    })
+}
+
+/// Parses `--lsn` (`0/4000028`).
+pub fn lsn(s: &str) -> Option<u64> {
+    parse_lsn(s)
+}
+
+/// Extracts base `m` into `dir` (which exists, is empty and is this run's), from the first copy
+/// that verifies. As with [`super::fetch_decoded_any`], the outer result is the fetch's (a
+/// copy that fails its checksum is refused and the next one tried, after `dir` was emptied),
+/// the inner one the extraction's.
+pub async fn extract_any(
+    stores: &[&Store],
+    m: &Manifest,
+    dir: &Path,
+    identities: &crate::crypt::Identities,
+) -> Result<(Result<(), Error>, usize), Error> {
+    crate::scratch::ensure_space(dir, m.raw_bytes, &format!("extracting base {}", m.id))?;
+    super::try_copies(stores, m, |store| async move {
+        let r = extract(store, m, dir, identities).await;
+        if !matches!(r, Ok(Ok(()))) {
+            empty_dir(dir)?;
+        }
+        r
+    })
+    .await
+}
+
+/// Removes what an extraction wrote into `dir`: the directory is this run's own (created
+/// empty by it), so everything in it is.
+fn empty_dir(dir: &Path) -> Result<(), Error> {
+    for entry in std::fs::read_dir(dir).map_err(Error::io(format!("listing {}", dir.display())))? {
+        let path = entry
+            .map_err(Error::io(format!("listing {}", dir.display())))?
+            .path();
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(Error::io(format!("removing {}", path.display())))?;
+    }
+    Ok(())
+}
+
+async fn extract(
+    store: &Store,
+    m: &Manifest,
+    dir: &Path,
+    identities: &crate::crypt::Identities,
+) -> Result<Result<(), Error>, Error> {
+    let (tx, rx) = super::blocks();
+    let untar = {
+        let (dir, m, identities) = (dir.to_path_buf(), m.clone(), identities.clone());
+        let input = crate::pipeline::BlockReader::new(rx);
+        std::thread::spawn(move || untar_into(input, &dir, &m, &identities))
+    };
+    let downloaded = store.download_blocks(&m.data_key, tx).await;
+    let untarred = untar
+        .join()
+        .unwrap_or_else(|_| Err(Error::Recovery("the extracting thread panicked".into())));
+    let (size, sha) = downloaded.map_err(|e| super::missing_is_damage(e, m))?;
+    super::check_sum(store, m, size, &sha)?;
+    Ok(untarred)
+}
+
+/// A reader that counts what passes.
+struct Counted<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+fn untar_into(
+    input: impl std::io::Read + Send + 'static,
+    dir: &Path,
+    m: &Manifest,
+    identities: &crate::crypt::Identities,
+) -> Result<(), Error> {
+    let refuse = |why: String| {
+        Error::Damaged(format!(
+            "base {} does not extract: {why}; nothing was restored",
+            m.id
+        ))
+    };
+    let input = identities.reader(input, m)?;
+    let decoder = zstd::stream::read::Decoder::new(input).map_err(|e| refuse(e.to_string()))?;
+    let mut counted = Counted {
+        inner: decoder,
+        n: 0,
+    };
+    {
+        let mut archive = tar::Archive::new(&mut counted);
+        archive.set_preserve_permissions(false);
+        archive.set_preserve_ownerships(false);
+        archive.set_overwrite(false);
+        // `unpack` refuses entries that would land outside `dir` (`..`, absolute paths).
+        archive.unpack(dir).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                Error::NoSpace(format!(
+                    "extracting base {} into {}: {e}",
+                    m.id,
+                    dir.display()
+                ))
+            } else {
+                refuse(e.to_string())
+            }
+        })?;
+    }
+    // What follows the tar's end-of-archive blocks still counts towards the raw size.
+    std::io::copy(&mut counted, &mut std::io::sink()).map_err(|e| refuse(e.to_string()))?;
+    if counted.n != m.raw_bytes {
+        return Err(refuse(format!(
+            "{} bytes, the manifest says {}",
+            counted.n, m.raw_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Fetches the plan's segments into `pg_wal`, each checked against its record.
+pub async fn fetch_wal(
+    store: &Store,
+    database: &str,
+    plan: &WalPlan,
+    pg_wal: &Path,
+    identities: &crate::crypt::Identities,
+) -> Result<u64, Error> {
+    let mut bytes = 0;
+    for name in &plan.segments {
+        match crate::wal::fetch(store, database, name, &pg_wal.join(name), identities).await? {
+            crate::wal::Fetched::Restored { bytes: n, .. } => bytes += n,
+            crate::wal::Fetched::Absent { .. } => {
+                return Err(Error::Damaged(format!(
+                    "WAL segment {name} was listed in the archive and is gone: nothing was restored"
+                )))
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn physical(first: &str, last: &str) -> Physical {
+        Physical {
+            system_identifier: "1".into(),
+            timeline: 1,
+            start_lsn: "0/3000028".into(),
+            stop_lsn: "0/4000100".into(),
+            wal_first: first.into(),
+            wal_last: last.into(),
+            segment_bytes: 16 << 20,
+            pg_basebackup_version: "15".into(),
+        }
+    }
+
+    fn seg(n: u32) -> String {
+        format!("0000000100000000{n:08X}")
+    }
+
+    #[test]
+    fn the_chain_runs_from_the_base_to_the_target_or_the_first_gap() {
+        let p = physical(&seg(3), &seg(4));
+        let stored: BTreeSet<String> = [3, 4, 5, 6, 8, 9].map(seg).into_iter().collect();
+        let end = chain(&p, &stored, &Target::End, "b").unwrap();
+        assert_eq!(end.segments, [3, 4, 5, 6].map(seg));
+        assert_eq!(end.gap_before, Some(seg(7)));
+        let immediate = chain(&p, &stored, &Target::Immediate, "b").unwrap();
+        assert_eq!(immediate.segments, [3, 4].map(seg));
+        let lsn = chain(&p, &stored, &Target::Lsn(0x5000100), "b").unwrap();
+        assert_eq!(lsn.segments, [3, 4, 5].map(seg));
+        // Past the gap: refused before anything is written.
+        let e = chain(&p, &stored, &Target::Lsn(0x8000100), "b").unwrap_err();
+        assert!(e.to_string().contains(&seg(7)), "{e}");
+        // A base whose own WAL is missing.
+        let stored: BTreeSet<String> = [3, 5].map(seg).into_iter().collect();
+        let e = chain(&p, &stored, &Target::End, "b").unwrap_err();
+        assert!(e.to_string().contains(&seg(4)), "{e}");
+    }
+
+    #[test]
+    fn segments_count_across_a_log_boundary() {
+        assert_eq!(
+            next_segment("0000000100000000000000FF", 16 << 20),
+            "000000010000000100000000"
+        );
+    }
+}

@@ -1,0 +1,390 @@
+//! A PostgreSQL server on a restored data directory, recovering to a target and promoting.
+//!
+//! The copy is private and never touches production: its settings (appended to its
+//! `postgresql.auto.conf`, where they outlast this run) turn archiving off, take no WAL from
+//! any archive (`restore_command = 'false'`: every segment it needs was fetched into its
+//! `pg_wal`), listen on no TCP address, and accept connections only on a Unix socket inside
+//! the data directory (mode 0700: its owner and root) through an `hba_file` of its own.
+//! Recovery is done when the server reports itself `ready` (promoted), answers
+//! `pg_is_in_recovery() = false`, and its postmaster is still alive: `pg_ctl -w` returns as
+//! soon as a recovering server accepts connections, and a target never reached ends the server
+//! afterwards.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::physical::Target;
+use crate::error::Error;
+
+/// The socket's port number (it only names the socket file, in a directory of its own).
+pub const PORT: u16 = 5432;
+
+/// The OS user a server runs as when dbward is root (PostgreSQL refuses to run as root).
+#[derive(Debug, Clone)]
+pub struct OsUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl OsUser {
+    pub fn lookup(name: &str) -> Result<OsUser, Error> {
+        let c = std::ffi::CString::new(name)
+            .map_err(|_| Error::Refused(format!("`{name}` is not a user name")))?;
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buf = vec![0 as libc::c_char; 16 << 10];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: getpwnam_r writes only into `pw` and `buf`, whose sizes are given.
+        let rc = unsafe {
+            libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut found)
+        };
+        if rc != 0 || found.is_null() {
+            return Err(Error::Refused(format!(
+                "there is no OS user `{name}` to run the restored PostgreSQL server as (it refuses to run as root)"
+            )));
+        }
+        Ok(OsUser {
+            name: name.to_string(),
+            uid: pw.pw_uid,
+            gid: pw.pw_gid,
+        })
+    }
+
+    /// `postgres` when this process is root, else nobody (the server runs as this user).
+    pub fn for_server() -> Result<Option<OsUser>, Error> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            OsUser::lookup("postgres").map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// A server started on a restored data directory.
+#[derive(Debug)]
+pub struct Server {
+    pub data_dir: PathBuf,
+    pub bindir: PathBuf,
+    pub user: Option<OsUser>,
+    pub log: PathBuf,
+}
+
+/// The settings a restored copy runs with, appended to its `postgresql.auto.conf`.
+fn settings(data: &Path, target: &Target, timeline: u32) -> Vec<(&'static str, String)> {
+    let mut s = vec![
+        ("archive_mode", "off".to_string()),
+        ("restore_command", "false".into()),
+        ("listen_addresses", String::new()),
+        ("port", PORT.to_string()),
+        ("unix_socket_directories", data.display().to_string()),
+        ("hba_file", data.join(HBA).display().to_string()),
+        ("ssl", "off".into()),
+        ("shared_buffers", "128MB".into()),
+        ("hot_standby", "on".into()),
+        ("recovery_target_timeline", timeline.to_string()),
+        ("recovery_target_action", "promote".into()),
+    ];
+    s.extend(target.settings());
+    s
+}
+
+const HBA: &str = "dbward-restore-hba.conf";
+
+/// A `postgresql.conf` value, quoted.
+fn conf_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "''"))
+}
+
+/// Where the server binaries of major version `major` are: Debian's
+/// `/usr/lib/postgresql/<major>/bin`, else `pg_ctl` on PATH if it is that version.
+pub fn bindir(major: u32) -> Result<PathBuf, Error> {
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    if debian.join("pg_ctl").is_file() && debian.join("postgres").is_file() {
+        return Ok(debian);
+    }
+    if let Some(on_path) = crate::engine::postgres::find_tool("pg_ctl") {
+        let version = crate::engine::postgres::tool_version(&on_path.display().to_string())?;
+        if crate::engine::postgres::major(&version) == major {
+            return Ok(on_path.parent().map(Path::to_path_buf).unwrap_or_default());
+        }
+    }
+    Err(Error::Tool {
+        tool: "postgres".into(),
+        problem: format!(
+            "a base of PostgreSQL {major} needs that version's server binaries (pg_ctl, postgres); none found in /usr/lib/postgresql/{major}/bin or on PATH"
+        ),
+    })
+}
+
+impl Server {
+    /// Writes the copy's settings and `recovery.signal`, hands the directory to `user`, and
+    /// starts the server, until it takes connections (then see [`Server::wait_promoted`]).
+    pub async fn start(
+        data: &Path,
+        bindir: PathBuf,
+        user: Option<OsUser>,
+        target: &Target,
+        timeline: u32,
+    ) -> Result<Server, Error> {
+        let io = |what: String| Error::io(what);
+        // The socket's path (`<data>/.s.PGSQL.5432`) must fit in a sockaddr_un.
+        if data.as_os_str().len() + 16 > 107 {
+            return Err(Error::Target {
+                target: data.display().to_string(),
+                problem: "too long a path for the restored server's socket (at most 91 bytes): pick a shorter --to".into(),
+            });
+        }
+        // Debian keeps postgresql.conf, pg_hba.conf and pg_ident.conf in /etc: a base of such a
+        // cluster has none.
+        for (file, text) in [
+            (
+                "postgresql.conf",
+                "# Written by dbward: the base backup had none.\n",
+            ),
+            ("pg_ident.conf", ""),
+        ] {
+            let path = data.join(file);
+            if !path.exists() {
+                std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+            }
+        }
+        std::fs::write(
+            data.join(HBA),
+            "# Written by dbward: the restored copy takes connections only on its own socket,\n# in its data directory (mode 0700).\nlocal all all trust\n",
+        )
+        .map_err(io(format!("writing {}", data.join(HBA).display())))?;
+        let auto = data.join("postgresql.auto.conf");
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&auto)
+            .map_err(io(format!("opening {}", auto.display())))?;
+        let mut text = String::from(
+            "\n# Added by dbward when it restored this copy: it never archives, fetches no WAL from\n# any archive, and takes connections only on the socket in this directory.\n",
+        );
+        for (k, v) in settings(data, target, timeline) {
+            text.push_str(&format!("{k} = {}\n", conf_quote(&v)));
+        }
+        conf.write_all(text.as_bytes())
+            .and_then(|()| conf.sync_all())
+            .map_err(io(format!("writing {}", auto.display())))?;
+        std::fs::write(data.join("recovery.signal"), "").map_err(io(format!(
+            "writing {}",
+            data.join("recovery.signal").display()
+        )))?;
+        let status = data.join("pg_wal/archive_status");
+        std::fs::create_dir_all(&status).map_err(io(format!("creating {}", status.display())))?;
+        if let Some(u) = &user {
+            chown_tree(data, u)?;
+        }
+        let log = data.join("dbward-restore.log");
+        let server = Server {
+            data_dir: data.to_path_buf(),
+            bindir,
+            user,
+            log,
+        };
+        // `-w`: pg_ctl returns once the server takes (read-only) connections, and tells a
+        // postmaster that died on the way from one still starting. A long wait for the base's
+        // own WAL is bounded by `-t`; a server that did not start in time is stopped.
+        let mut start = server.pg_ctl();
+        start
+            .arg("-l")
+            .arg(&server.log)
+            .args(["-w", "-t", "3600", "start"]);
+        let out = tokio::process::Command::from(start)
+            .output()
+            .await
+            .map_err(|e| Error::Tool {
+                tool: "pg_ctl".into(),
+                problem: format!("running it: {e}"),
+            })?;
+        if !out.status.success() {
+            let _ = server.stop();
+            return Err(Error::Recovery(format!(
+                "the restored server did not start: {}{}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                server.log_tail()
+            )));
+        }
+        Ok(server)
+    }
+
+    fn pg_ctl(&self) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(self.bindir.join("pg_ctl"));
+        c.arg("-D").arg(&self.data_dir);
+        c.env_clear();
+        for (k, v) in std::env::vars_os() {
+            let k_str = k.to_string_lossy();
+            if matches!(&*k_str, "PATH" | "LANG" | "TZ") || k_str.starts_with("LC_") {
+                c.env(k, v);
+            }
+        }
+        if let Some(u) = &self.user {
+            c.uid(u.uid).gid(u.gid);
+            c.current_dir("/");
+        }
+        c
+    }
+
+    /// The postmaster's pid and status (`postmaster.pid`, lines 1 and 8), while it is alive.
+    fn postmaster(&self) -> Option<(i32, String)> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        let lines: Vec<&str> = text.lines().collect();
+        let pid: i32 = lines.first()?.trim().parse().ok()?;
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        alive.then(|| (pid, lines.get(7).unwrap_or(&"").trim().to_string()))
+    }
+
+    /// Waits until the server finished recovery and promoted: it answers
+    /// `pg_is_in_recovery() = false` (it takes read-only connections while it replays:
+    /// `hot_standby` is on) and its postmaster is alive. A server that stops on the way (a
+    /// target never reached ends it) is an error with the end of its log. Returns a client
+    /// connected to `dbname` as `user` over the copy's socket.
+    pub async fn wait_promoted(
+        &self,
+        user: &str,
+        dbname: &str,
+    ) -> Result<tokio_postgres::Client, Error> {
+        let stopped = || {
+            Error::Recovery(format!(
+                "the restored server stopped before it finished recovery{}",
+                self.log_tail()
+            ))
+        };
+        let mut client = None;
+        loop {
+            // `start` returned once the postmaster took connections: gone now is stopped.
+            if self.postmaster().is_none() {
+                return Err(stopped());
+            } else if client.is_none() {
+                client = self.connect(user, dbname).await.ok();
+            }
+            if let Some(c) = &client {
+                match c.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                    Ok(row) if !row.get::<_, bool>(0) => break,
+                    Ok(_) => {}
+                    Err(_) => {
+                        client = None;
+                        if self.postmaster().is_none() {
+                            return Err(stopped());
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if self.postmaster().is_none() {
+            return Err(stopped());
+        }
+        Ok(client.expect("connected"))
+    }
+
+    async fn connect(&self, user: &str, dbname: &str) -> Result<tokio_postgres::Client, Error> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&self.data_dir)
+            .port(PORT)
+            .user(user)
+            .dbname(dbname)
+            .application_name("dbward restore")
+            .connect_timeout(Duration::from_secs(5));
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+            Error::Recovery(format!(
+                "connecting to the restored server: {}",
+                dbconn::postgres::describe(&e)
+            ))
+        })?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// Stops the server (fast shutdown), waiting for it.
+    pub fn stop(&self) -> Result<(), Error> {
+        if self.postmaster().is_none() {
+            return Ok(());
+        }
+        let out = self
+            .pg_ctl()
+            .args(["-m", "fast", "-w", "-t", "120", "stop"])
+            .output()
+            .map_err(|e| Error::Tool {
+                tool: "pg_ctl".into(),
+                problem: format!("running it: {e}"),
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::Recovery(format!(
+                "pg_ctl could not stop the restored server: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    /// The last lines of the server's log, for an error message.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(". Its log ({}) ends:\n{tail}", self.log.display())
+        }
+    }
+}
+
+/// Where a promoted copy's replay ended, and what it holds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Recovered {
+    pub replayed_to_lsn: Option<String>,
+    /// The commit time of the last transaction replayed.
+    pub last_transaction_at: Option<String>,
+    pub migration_head: Option<crate::manifest::Head>,
+}
+
+pub async fn recovered(client: &tokio_postgres::Client) -> Result<Recovered, Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()::text",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::Recovery(dbconn::postgres::describe(&e)))?;
+    let applied = dbconn::postgres::applied_on(client).await?;
+    Ok(Recovered {
+        replayed_to_lsn: row.get(0),
+        last_transaction_at: row.get(1),
+        migration_head: crate::engine::head(applied),
+    })
+}
+
+/// Gives `dir` and everything in it (all of it this run's) to `user`.
+pub fn chown_tree(dir: &Path, user: &OsUser) -> Result<(), Error> {
+    let set =
+        |p: &Path| {
+            std::os::unix::fs::lchown(p, Some(user.uid), Some(user.gid)).map_err(Error::io(
+                format!("giving {} to {}", p.display(), user.name),
+            ))
+        };
+    set(dir)?;
+    for entry in std::fs::read_dir(dir).map_err(Error::io(format!("listing {}", dir.display())))? {
+        let entry = entry.map_err(Error::io(format!("listing {}", dir.display())))?;
+        let ty = entry
+            .file_type()
+            .map_err(Error::io(format!("stat {}", entry.path().display())))?;
+        if ty.is_dir() {
+            chown_tree(&entry.path(), user)?;
+        } else {
+            set(&entry.path())?;
+        }
+    }
+    Ok(())
+}

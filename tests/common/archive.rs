@@ -1,0 +1,73 @@
+//! A cluster archiving into a store through `dbward wal-push`, for the WAL and
+//! point-in-time tests.
+
+use std::path::Path;
+use std::process::Command;
+
+use super::{server_dir, Pg};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dbward");
+/// Names the archive's folder (`app/wal/`); wal-push and wal-fetch never connect to it.
+pub const APP: &str = "postgres://postgres@127.0.0.1/app";
+
+/// A store directory the `postgres` user (who runs archive_command) can write.
+pub fn store_dir() -> tempfile::TempDir {
+    let dir = server_dir("dbward-test-wal-");
+    super::give_to_postgres(dir.path());
+    dir
+}
+
+pub fn store_url(store: &Path) -> String {
+    format!("file://{}", store.display())
+}
+
+/// dbward with the archive's settings (as root: the test reads and damages the store).
+pub fn dbward(store: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["--database", APP, "--store", &store_url(store)])
+        .env_remove("DATABASE_URL")
+        .env_remove("DBWARD_DATABASE")
+        .env_remove("DBWARD_STORE");
+    c
+}
+
+pub fn wal_command(store: &Path, rest: &str) -> String {
+    format!(
+        "{BIN} -q --database {APP} --store {} {rest}",
+        store_url(store)
+    )
+}
+
+/// A cluster archiving into `store` through wal-push, with `app.t` holding 1..=1000.
+pub fn archiving(store: &Path) -> Pg {
+    let archive = format!("archive_command = '{}'", wal_command(store, "wal-push %p"));
+    let pg = Pg::start_with(
+        &["wal_level = replica", "archive_mode = on", &archive],
+        None,
+    );
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000)",
+    );
+    pg
+}
+
+/// Switches to a new segment and waits until the one it closed is in the store; its name.
+pub fn switch_and_wait(pg: &Pg, store: &Path) -> String {
+    let seg = pg.psql("postgres", "SELECT pg_walfile_name(pg_switch_wal())");
+    let object = store.join(format!("app/wal/{seg}.zst"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !object.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{seg} never reached the archive; pg_stat_archiver: {}",
+            pg.psql(
+                "postgres",
+                "SELECT failed_count, last_failed_wal FROM pg_stat_archiver"
+            )
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    seg
+}

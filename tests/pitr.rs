@@ -1,0 +1,304 @@
+//! Point-in-time recovery on a real PostgreSQL cluster archiving through `dbward wal-push`:
+//! `backup --physical` stores a base that the standard tools restore and `pg_verifybackup`
+//! passes; `restore --physical --to DIR` recovers it to a time, an LSN, the base's end and the
+//! archive's end in private copies that never archive; and every refusal happens before
+//! anything is written, every failure leaves no directory and no server.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::archive::{archiving, store_dir, store_url, switch_and_wait, wal_command};
+use common::{json, pg_bindir, run, server_dir, tool, Pg};
+
+/// dbward connected to the cluster's `app` database, with the archive's store.
+fn dbward(pg: &Pg, store: &Path) -> Command {
+    let mut c = common::dbward(Path::new("/"));
+    c.args(["--database", &pg.url("app"), "--store", &store_url(store)]);
+    c
+}
+
+/// A restored copy's server, stopped when the test ends (also when it fails).
+struct Copy {
+    dir: PathBuf,
+    stop: String,
+}
+
+impl Copy {
+    fn psql(&self, sql: &str) -> String {
+        tool(
+            Command::new(pg_bindir().join("psql"))
+                .arg("-h")
+                .arg(&self.dir)
+                .args([
+                    "-p", "5432", "-U", "postgres", "-X", "-A", "-t", "-c", sql, "app",
+                ]),
+        )
+        .trim()
+        .to_string()
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        let _ = Command::new("sh").arg("-c").arg(&self.stop).output();
+    }
+}
+
+/// `restore --physical` into `parent/name`; the copy, or the exit code and stderr.
+fn restore(
+    pg: &Pg,
+    store: &Path,
+    parent: &Path,
+    name: &str,
+    args: &[&str],
+) -> Result<Copy, (i32, String)> {
+    let dir = parent.join(name);
+    let (code, out, err) = run(dbward(pg, store)
+        .args(["--json", "restore", "--physical", "--to"])
+        .arg(&dir)
+        .args(args));
+    if code != 0 {
+        return Err((code, err));
+    }
+    let report = json(&out);
+    let restored = &report["restored"];
+    assert_eq!(restored["data_dir"], dir.to_str().unwrap(), "{report}");
+    Ok(Copy {
+        dir,
+        stop: restored["stop_command"].as_str().unwrap().to_string(),
+    })
+}
+
+/// A directory the `postgres` user can create copies in.
+fn copies_dir() -> tempfile::TempDir {
+    let d = server_dir("dbward-test-pitr-");
+    common::give_to_postgres(d.path());
+    d
+}
+
+#[test]
+fn a_base_recovers_to_a_time_an_lsn_its_end_and_the_archives_end_in_private_copies() {
+    let store = store_dir();
+    let pg = archiving(store.path());
+    switch_and_wait(&pg, store.path());
+    let (code, out, err) = run(dbward(&pg, store.path()).args(["--json", "backup", "--physical"]));
+    assert_eq!(code, 0, "{err}");
+    let m = &json(&out)["snapshot"];
+    assert_eq!(m["format"], "pgbase", "{m}");
+    let base = m["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        m["data_key"],
+        format!("app/{base}.base.tar.zst"),
+        "the key names what zstd -d gives back"
+    );
+    let p = &m["physical"];
+    assert_eq!(
+        p["system_identifier"].as_str().unwrap(),
+        pg.psql(
+            "postgres",
+            "SELECT system_identifier FROM pg_control_system()"
+        )
+    );
+    assert!(
+        p["wal_first"].as_str().unwrap() <= p["wal_last"].as_str().unwrap(),
+        "{p}"
+    );
+
+    pg.psql("app", "INSERT INTO t SELECT generate_series(1001, 1500)");
+    let time = pg.psql(
+        "postgres",
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    pg.psql("app", "INSERT INTO t SELECT generate_series(1501, 2000)");
+    let lsn = pg.psql("postgres", "SELECT pg_current_wal_lsn()");
+    pg.psql("app", "INSERT INTO t SELECT generate_series(2001, 2500)");
+    switch_and_wait(&pg, store.path());
+
+    let copies = copies_dir();
+    for (name, args, rows) in [
+        ("at-time", vec!["--time", time.as_str()], "1500"),
+        ("at-lsn", vec!["--lsn", lsn.as_str()], "2000"),
+        ("base-end", vec![base.as_str()], "1000"),
+        ("archive-end", vec!["latest"], "2500"),
+    ] {
+        let copy = restore(&pg, store.path(), copies.path(), name, &args)
+            .unwrap_or_else(|(code, err)| panic!("{name}: exit {code}: {err}"));
+        assert_eq!(copy.psql("SELECT count(*) FROM t"), rows, "{name}");
+        assert_eq!(copy.psql("SELECT pg_is_in_recovery()"), "f", "{name}");
+        // A copy never archives, and takes connections only on its own socket.
+        assert_eq!(copy.psql("SHOW archive_mode"), "off", "{name}");
+        assert_eq!(copy.psql("SHOW listen_addresses"), "", "{name}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&copy.dir).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700, "{name}");
+    }
+    // Each copy promoted to a new timeline, and none of them wrote into the archive.
+    let foreign: Vec<String> = std::fs::read_dir(store.path().join("app/wal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("00000001") && n != "cluster.json")
+        .collect();
+    assert!(foreign.is_empty(), "a copy archived: {foreign:?}");
+
+    // A logical restore of a base is refused before anything is done.
+    let (code, _, err) = run(dbward(&pg, store.path())
+        .args(["restore", "--yes", &base, "--to"])
+        .arg(pg.url("elsewhere")));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("--physical"), "{err}");
+}
+
+#[test]
+fn the_base_restores_with_zstd_and_tar_and_passes_pg_verifybackup() {
+    let store = store_dir();
+    let pg = archiving(store.path());
+    switch_and_wait(&pg, store.path());
+    let (code, out, err) = run(dbward(&pg, store.path()).args(["--json", "backup", "--physical"]));
+    assert_eq!(code, 0, "{err}");
+    let m = json(&out)["snapshot"].clone();
+    let work = server_dir("dbward-test-pitr-plain-");
+    let data = work.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let untar = format!(
+        "zstd -q -d -c {} | tar -x -C {}",
+        store.path().join(m["data_key"].as_str().unwrap()).display(),
+        data.display()
+    );
+    tool(Command::new("sh").args(["-c", &untar]));
+    // The WAL the manifest names, with zstd alone.
+    let wal = work.path().join("wal");
+    std::fs::create_dir(&wal).unwrap();
+    let (first, last) = (
+        m["physical"]["wal_first"].as_str().unwrap(),
+        m["physical"]["wal_last"].as_str().unwrap(),
+    );
+    for e in std::fs::read_dir(store.path().join("app/wal")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(seg) = name.strip_suffix(".zst") {
+            if seg.len() == 24 && (first..=last).contains(&seg) {
+                tool(
+                    Command::new("zstd")
+                        .args(["-q", "-d"])
+                        .arg(store.path().join("app/wal").join(&name))
+                        .arg("-o")
+                        .arg(wal.join(seg)),
+                );
+            }
+        }
+    }
+    let verified = tool(
+        Command::new(pg_bindir().join("pg_verifybackup"))
+            .arg("-w")
+            .arg(&wal)
+            .arg(&data),
+    );
+    assert!(verified.contains("successfully verified"), "{verified}");
+
+    // And it starts with a plain restore_command (dbward wal-fetch), archiving off.
+    std::fs::remove_dir_all(&wal).unwrap();
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.auto.conf"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut conf,
+        format!(
+            "\narchive_mode = off\nrestore_command = '{}'\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n",
+            wal_command(store.path(), "wal-fetch %f %p")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    let restored = Pg::start_in(work);
+    restored.wait_for("postgres", "SELECT pg_is_in_recovery()", "f");
+    assert_eq!(restored.psql("app", "SELECT count(*) FROM t"), "1000");
+}
+
+#[test]
+fn refusals_come_before_anything_is_written_and_a_failed_recovery_leaves_nothing() {
+    // A cluster that does not archive has no use for a base.
+    let plain = Pg::start();
+    plain.psql("postgres", "CREATE DATABASE app");
+    let elsewhere = store_dir();
+    let (code, _, err) = run(dbward(&plain, elsewhere.path()).args(["backup", "--physical"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("archive_mode"), "{err}");
+
+    let store = store_dir();
+    let pg = archiving(store.path());
+    // A base into a store its WAL does not go to: refused, and nothing of it stays.
+    let (code, _, err) = run(dbward(&pg, elsewhere.path()).args(["backup", "--physical"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no WAL archive"), "{err}");
+    switch_and_wait(&pg, store.path());
+    let left: Vec<_> = std::fs::read_dir(elsewhere.path())
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).into_iter().flatten())
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains("manual"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    let (code, out, err) = run(dbward(&pg, store.path()).args(["--json", "backup", "--physical"]));
+    assert_eq!(code, 0, "{err}");
+    let m = json(&out)["snapshot"].clone();
+    let copies = copies_dir();
+
+    // A target past the archive's end: the server stops short of it, so the restore fails
+    // (exit 1), and neither the directory nor a server is left.
+    let future = "2099-01-01T00:00:00Z";
+    let Err((code, err)) = restore(
+        &pg,
+        store.path(),
+        copies.path(),
+        "future",
+        &["--time", future],
+    ) else {
+        panic!("a recovery short of its target was called done")
+    };
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("recovery"), "{err}");
+    assert!(!copies.path().join("future").exists());
+    let running = Command::new("pgrep")
+        .args(["-f", &copies.path().join("future").display().to_string()])
+        .output()
+        .unwrap();
+    assert!(running.stdout.is_empty(), "a server was left running");
+
+    // An existing directory is never written into.
+    std::fs::create_dir(copies.path().join("taken")).unwrap();
+    std::fs::write(copies.path().join("taken/keep"), "x").unwrap();
+    let Err((code, err)) = restore(&pg, store.path(), copies.path(), "taken", &["latest"]) else {
+        panic!("restored into an existing directory")
+    };
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(
+        std::fs::read(copies.path().join("taken/keep")).unwrap(),
+        b"x"
+    );
+
+    // A base whose WAL is gone: refused (exit 3) before the directory is made.
+    let first = m["physical"]["wal_first"].as_str().unwrap();
+    std::fs::remove_file(store.path().join(format!("app/wal/{first}.zst"))).unwrap();
+    let Err((code, err)) = restore(&pg, store.path(), copies.path(), "gap", &["latest"]) else {
+        panic!("restored a base without its WAL")
+    };
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(first), "{err}");
+    assert!(!copies.path().join("gap").exists());
+
+    // Archiving that fails (the archive's folder unwritable for the server's user): the base
+    // is abandoned with the reason, where pg_basebackup alone would wait without end.
+    use std::os::unix::fs::PermissionsExt;
+    let wal = store.path().join("app/wal");
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let (code, _, err) = run(dbward(&pg, store.path()).args(["backup", "--physical"]));
+    std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("archiving is failing"), "{err}");
+}
