@@ -23,7 +23,8 @@ fn manifests_under(dir: &Path, out: &mut Vec<PathBuf>) {
         } else if name.ends_with(".json")
             && !name.ends_with(".drill.json")
             && name.as_bytes()[0].is_ascii_digit()
-            && p.parent().is_some_and(|d| !d.ends_with("deploys"))
+            && p.parent()
+                .is_some_and(|d| !d.ends_with("deploys") && !d.ends_with("wal"))
         {
             out.push(p);
         }
@@ -144,9 +145,21 @@ fn every_kind_of_manifest_this_release_writes_follows_the_schema() {
     assert_eq!(code, 0);
     assert!(json(&out)["snapshot"]["encryption"].is_object());
 
+    // A cluster's base backup (its WAL archived through wal-push).
+    let archive = common::archive::store_dir();
+    let archiving = common::archive::archiving(archive.path());
+    common::archive::switch_and_wait(&archiving, archive.path());
+    let (code, _, err) = run(p
+        .dbward(&archiving.url("app"))
+        .arg("--store")
+        .arg(common::archive::store_url(archive.path()))
+        .args(["backup", "--physical"]));
+    assert_eq!(code, 0, "{err}");
+
     let mut all = Vec::new();
     manifests_under(&store, &mut all);
-    assert!(all.len() >= 9, "{all:?}");
+    manifests_under(archive.path(), &mut all);
+    assert!(all.len() >= 10, "{all:?}");
     validate(&all);
 }
 

@@ -302,3 +302,95 @@ fn refusals_come_before_anything_is_written_and_a_failed_recovery_leaves_nothing
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("archiving is failing"), "{err}");
 }
+
+#[test]
+fn retention_keeps_bases_by_their_own_rules_and_removes_only_the_wal_no_kept_base_needs() {
+    let store = store_dir();
+    let pg = archiving(store.path());
+    switch_and_wait(&pg, store.path());
+    let take = |physical: bool| {
+        let mut c = dbward(&pg, store.path());
+        c.args(["--json", "backup"]);
+        if physical {
+            c.arg("--physical");
+        }
+        let (code, out, err) = run(&mut c);
+        assert_eq!(code, 0, "{err}");
+        json(&out)["snapshot"].clone()
+    };
+    let dump = take(false);
+    let old = take(true);
+    pg.psql("app", "INSERT INTO t SELECT generate_series(1001, 1500)");
+    switch_and_wait(&pg, store.path());
+    let new = take(true);
+    pg.psql("app", "INSERT INTO t SELECT generate_series(1501, 2000)");
+    switch_and_wait(&pg, store.path());
+    // What is not dbward's, or not a WAL file, stays whatever its name.
+    let wal = store.path().join("app/wal");
+    for foreign in ["notes.txt", "000000010000000000000001.zst.bak"] {
+        std::fs::write(wal.join(foreign), "keep").unwrap();
+    }
+
+    let config = store.path().join("retention.toml");
+    std::fs::write(&config, "[retention]\nkeep_last = 1\n").unwrap();
+    let (code, out, err) = run(dbward(&pg, store.path())
+        .arg("--config")
+        .arg(&config)
+        .args(["--json", "prune"]));
+    assert_eq!(code, 0, "{err}");
+    let report = json(&out);
+    let removed: Vec<&str> = report["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    // Each kind by its own rules: the one dump is the newest dump, the old base is not the
+    // newest base.
+    assert_eq!(removed, [old["id"].as_str().unwrap()], "{report}");
+    assert!(store
+        .path()
+        .join(format!("app/{}.json", dump["id"].as_str().unwrap()))
+        .exists());
+    assert!(!store
+        .path()
+        .join(format!("app/{}.json", old["id"].as_str().unwrap()))
+        .exists());
+    assert!(!store
+        .path()
+        .join(old["data_key"].as_str().unwrap())
+        .exists());
+
+    // The WAL before the kept base's first segment is gone, object and record; the rest stays.
+    let cutoff = new["physical"]["wal_first"].as_str().unwrap();
+    let wal_removed = report["wal_removed"].as_array().unwrap();
+    assert!(!wal_removed.is_empty(), "{report}");
+    for entry in std::fs::read_dir(&wal).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let seg = name.split('.').next().unwrap();
+        if seg.len() == 24 && !name.ends_with(".bak") {
+            assert!(
+                seg[8..] >= cutoff[8..],
+                "{name} outlived the cutoff {cutoff}"
+            );
+        }
+    }
+    for stays in [
+        "notes.txt",
+        "000000010000000000000001.zst.bak",
+        "cluster.json",
+    ] {
+        assert!(wal.join(stays).exists(), "{stays} was removed");
+    }
+    assert!(wal.join(format!("{cutoff}.zst")).exists());
+    assert!(wal.join(format!("{cutoff}.json")).exists());
+
+    // What is kept still restores, and pitr verify finds its WAL.
+    let (code, out, err) = run(dbward(&pg, store.path()).args(["--json", "pitr", "verify"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["bases"][0]["ok"], true, "{out}");
+    let copies = copies_dir();
+    let copy = restore(&pg, store.path(), copies.path(), "kept", &["latest"])
+        .unwrap_or_else(|(code, err)| panic!("exit {code}: {err}"));
+    assert_eq!(copy.psql("SELECT count(*) FROM t"), "2000");
+}

@@ -173,6 +173,14 @@ pub fn format_of(url: &DatabaseUrl) -> Format {
     }
 }
 
+/// Every format of `url`'s snapshots: PostgreSQL's dumps and its cluster's base backups.
+pub fn formats_of(url: &DatabaseUrl) -> &'static [Format] {
+    match url {
+        DatabaseUrl::Sqlite(_) => &[Format::Sqlite],
+        DatabaseUrl::Postgres(_) => &[Format::Pgdump, Format::Pgbase],
+    }
+}
+
 /// Whether the live database is missing: SQLite, no file or an empty one; PostgreSQL, the
 /// database does not exist. A database with no tables at all counts as missing too: it is what
 /// a fresh volume or a freshly created server holds.

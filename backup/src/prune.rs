@@ -17,6 +17,9 @@ pub struct PruneReport {
     pub removed: Vec<String>,
     /// Data objects and partial uploads without a manifest, older than a day, removed.
     pub orphans: Vec<String>,
+    /// WAL files older than every kept base needs (base retention only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub wal_removed: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -134,11 +137,23 @@ pub async fn prune(
         Ok(aborted) => orphans.extend(aborted),
         Err(e) => tracing::warn!("could not clean stale multipart uploads: {e}"),
     }
+    // With bases, the WAL no kept base needs goes too: after the bases' manifests, so a crash
+    // in between leaves WAL a later prune removes, never a base without its WAL.
+    let wal_removed = if format == manifest::Format::Pgbase {
+        let kept: Vec<&manifest::Manifest> = mine
+            .iter()
+            .filter(|m| decisions.iter().any(|d| d.id == m.id && d.keep))
+            .collect();
+        crate::wal::prune_unneeded(store, database, &kept, dry_run).await?
+    } else {
+        Vec::new()
+    };
     Ok(PruneReport {
         policy: *policy,
         decisions,
         removed,
         orphans,
+        wal_removed,
         dry_run,
     })
 }

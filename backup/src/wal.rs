@@ -521,6 +521,71 @@ pub async fn stored_from(
         .collect())
 }
 
+/// Removes the WAL files no kept base needs: segments (and `.partial` and `.backup` files)
+/// before the oldest kept base's first segment, on any timeline (a segment's number is its
+/// place in the WAL, which timelines share). Timeline history files stay (they are tiny, and
+/// a recovery reads them all). Nothing is removed without a kept base: WAL with no base of
+/// dbward's may be someone else's. Each file's object goes before its record, and every key
+/// removed is built from a name PostgreSQL's scheme accepts, in this archive's folder.
+pub async fn prune_unneeded(
+    store: &Store,
+    database: &str,
+    kept: &[&crate::manifest::Manifest],
+    dry_run: bool,
+) -> Result<Vec<String>, Error> {
+    // The oldest first segment of a kept base, by its place in the WAL (timeline aside).
+    let Some(cutoff) = kept
+        .iter()
+        .filter_map(|m| m.physical.as_ref())
+        .map(|p| p.wal_first[8..].to_string())
+        .min()
+    else {
+        return Ok(Vec::new());
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for o in store.list(&format!("{database}/{DIR}")).await? {
+        let Some(file) = o.key.strip_prefix(&format!("{database}/{DIR}/")) else {
+            continue;
+        };
+        let name = file
+            .strip_suffix(".zst.age")
+            .or_else(|| file.strip_suffix(".zst"))
+            .or_else(|| file.strip_suffix(".json"))
+            .unwrap_or_default();
+        let before = match FileKind::of(name) {
+            Some(FileKind::Segment | FileKind::Partial | FileKind::BackupLabel) => {
+                name[8..24] < *cutoff
+            }
+            Some(FileKind::History) | None => false,
+        };
+        if before {
+            names.insert(name.to_string());
+        }
+    }
+    if !dry_run {
+        for name in &names {
+            for k in [
+                key(database, name, false),
+                key(database, name, true),
+                record_key(database, name),
+            ] {
+                match store.delete(&k).await {
+                    Ok(()) | Err(Error::Missing(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if !names.is_empty() {
+            tracing::info!(
+                "removed {} WAL files before {} (no kept base needs them)",
+                names.len(),
+                names.last().expect("not empty")
+            );
+        }
+    }
+    Ok(names.into_iter().collect())
+}
+
 /// One timeline's segments in the archive, first to last.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Timeline {

@@ -93,6 +93,12 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
             vec![
                 m.id.clone(),
                 m.kind.as_str().into(),
+                match m.format {
+                    backup::manifest::Format::Sqlite => "file",
+                    backup::manifest::Format::Pgdump => "dump",
+                    backup::manifest::Format::Pgbase => "base",
+                }
+                .into(),
                 age,
                 backup::bytes(m.raw_bytes),
                 backup::bytes(m.stored_bytes),
@@ -105,7 +111,7 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
         .collect();
     let mut text = table(
         &[
-            "ID", "KIND", "AGE", "RAW", "STORED", "RATIO", "HEAD", "DRILLED", "COPIES",
+            "ID", "KIND", "TYPE", "AGE", "RAW", "STORED", "RATIO", "HEAD", "DRILLED", "COPIES",
         ],
         &rows,
     );
@@ -125,9 +131,37 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
         url.name(),
         settings.store
     ));
+    // PostgreSQL: the WAL archive's state, when the store holds one.
+    let archive = match &url {
+        migrator::DatabaseUrl::Postgres(_) => match backup::wal::verify(store, &db).await {
+            Ok(v) => Some(v),
+            Err(backup::Error::Refused(_)) => None, // no archive here
+            Err(e) => {
+                tracing::warn!("the WAL archive: {}", backup::error::chain(&e));
+                None
+            }
+        },
+        migrator::DatabaseUrl::Sqlite(_) => None,
+    };
+    if let Some(v) = &archive {
+        let gaps: u64 = v.gaps.iter().map(|g| g.missing).sum();
+        text.push_str(&format!(
+            "WAL archive: {} segment(s){}{}\n",
+            v.timelines.iter().map(|t| t.segments).sum::<u64>(),
+            match (&v.newest, v.lag_seconds) {
+                (Some(n), Some(lag)) => format!(", newest {n} stored {lag:.0}s ago"),
+                _ => String::new(),
+            },
+            if gaps > 0 {
+                format!(", {gaps} MISSING (see `dbward pitr verify`)")
+            } else {
+                ", no gap".into()
+            }
+        ));
+    }
     Ok(Report {
         text,
-        json: json!({ "database": url.name(), "store": settings.store, "mirrors": settings.store_mirrors, "snapshots": all, "copies": copies, "unreachable": unreachable, "damaged": damaged, "drills": drills }),
+        json: json!({ "database": url.name(), "store": settings.store, "mirrors": settings.store_mirrors, "snapshots": all, "copies": copies, "unreachable": unreachable, "damaged": damaged, "drills": drills, "wal_archive": archive }),
         code: Exit::Success,
     })
 }

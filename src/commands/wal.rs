@@ -133,6 +133,7 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
     let database = database(settings)?;
     let store = settings.store().await?;
     let v = backup::wal::verify(&store, &database).await?;
+    let bases = crate::service::physical::bases(&store, &database).await?;
     let mut text = format!("WAL archive of cluster {}\n", v.system_identifier);
     for t in &v.timelines {
         text.push_str(&format!(
@@ -161,12 +162,44 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
     if v.timelines.is_empty() {
         text.push_str("  no segment stored yet\n");
     }
-    if let Some(path) = &args.metrics {
-        restore_drill::metrics::write_textfile(path, &metrics(&database, &v)).map_err(|e| {
-            Failure::new(Exit::Failed, format!("--metrics {}: {e}", path.display()))
-        })?;
+    // Each base needs its WAL from its first segment on, on its timeline.
+    let mut base_rows = Vec::new();
+    for b in &bases {
+        let Some(p) = &b.physical else { continue };
+        let stored_from = v
+            .timelines
+            .iter()
+            .find(|t| t.timeline == p.timeline)
+            .map(|t| t.first.as_str());
+        let ok = stored_from.is_some_and(|first| first <= p.wal_first.as_str());
+        if !ok {
+            problems.push(format!(
+                "base {} needs the WAL from {} on, and the archive's timeline {} {}",
+                b.id,
+                p.wal_first,
+                p.timeline,
+                match stored_from {
+                    Some(first) => format!("starts at {first}"),
+                    None => "holds no segment".into(),
+                }
+            ));
+        }
+        base_rows.push(json!({ "id": b.id, "wal_first": p.wal_first, "wal_last": p.wal_last, "timeline": p.timeline, "ok": ok }));
     }
-    let json = json!({ "archive": v, "problems": problems });
+    text.push_str(&format!(
+        "  bases: {} ({} with their WAL)\n",
+        base_rows.len(),
+        base_rows.iter().filter(|b| b["ok"] == true).count()
+    ));
+    if let Some(path) = &args.metrics {
+        let without_wal = base_rows.iter().filter(|b| b["ok"] != true).count();
+        restore_drill::metrics::write_textfile(
+            path,
+            &metrics(&database, &v, base_rows.len(), without_wal),
+        )
+        .map_err(|e| Failure::new(Exit::Failed, format!("--metrics {}: {e}", path.display())))?;
+    }
+    let json = json!({ "archive": v, "bases": base_rows, "problems": problems });
     if problems.is_empty() {
         return Ok(Report {
             text,
@@ -181,8 +214,18 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
 }
 
 /// The archive's state as Prometheus gauges (node_exporter's textfile format).
-fn metrics(database: &str, v: &backup::wal::Verified) -> String {
+fn metrics(database: &str, v: &backup::wal::Verified, bases: usize, without_wal: usize) -> String {
     let mut g = restore_drill::metrics::Gauges::new(database);
+    g.gauge(
+        "dbward_pitr_bases",
+        "Base backups of this database in the store.",
+        bases,
+    );
+    g.gauge(
+        "dbward_pitr_bases_without_wal",
+        "Base backups whose first WAL segment the archive no longer holds.",
+        without_wal,
+    );
     g.gauge(
         "dbward_wal_archive_missing_segments",
         "Segments missing between the first and last stored of each timeline.",

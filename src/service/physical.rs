@@ -51,7 +51,7 @@ pub struct Restored {
 
 /// This database's bases in the primary store, newest first (the folder owner's identity: the
 /// live server is not asked).
-async fn bases(store: &backup::Store, db: &str) -> Result<Vec<backup::Manifest>, Failure> {
+pub async fn bases(store: &backup::Store, db: &str) -> Result<Vec<backup::Manifest>, Failure> {
     let owner = backup::owner::read(store, db).await?;
     let all = backup::catalog::list(store, db).await?;
     Ok(backup::owner::mine(
