@@ -186,9 +186,13 @@ pub struct ScheduleArgs {
 
 #[derive(Debug, Args)]
 pub struct DrillArgs {
-    /// A snapshot id, `latest` or `random`.
+    /// A snapshot id, `latest` or `random` (with --physical: a base's id or `latest`).
     #[arg(default_value = "latest")]
     pub snapshot: String,
+    /// PostgreSQL: drill a base backup and the WAL archive: restored to the end of the archive
+    /// by a private server in the temp dir, checked, then removed; reports RTO and RPO.
+    #[arg(long)]
+    pub physical: bool,
     /// Write the JSON report here too.
     #[arg(long, value_name = "FILE")]
     pub report: Option<std::path::PathBuf>,

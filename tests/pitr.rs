@@ -394,3 +394,92 @@ fn retention_keeps_bases_by_their_own_rules_and_removes_only_the_wal_no_kept_bas
         .unwrap_or_else(|(code, err)| panic!("exit {code}: {err}"));
     assert_eq!(copy.psql("SELECT count(*) FROM t"), "2000");
 }
+
+#[test]
+fn a_physical_drill_restores_the_base_and_the_archive_reports_rto_and_rpo_and_leaves_nothing() {
+    let store = store_dir();
+    let pg = archiving(store.path());
+    switch_and_wait(&pg, store.path());
+    let (code, out, err) = run(dbward(&pg, store.path()).args(["--json", "backup", "--physical"]));
+    assert_eq!(code, 0, "{err}");
+    let base = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
+    pg.psql("app", "INSERT INTO t SELECT generate_series(1001, 1500)");
+    switch_and_wait(&pg, store.path());
+
+    let state = copies_dir();
+    let metrics = state.path().join("drill.prom");
+    // The copy goes in the system's temp dir (the state dir is root's alone): here, one the
+    // test watches.
+    let tmp = state.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let drill = |extra: &[&str]| {
+        run(dbward(&pg, store.path())
+            .env("TMPDIR", &tmp)
+            .arg("--state-dir")
+            .arg(state.path().join("state"))
+            .args(["--json", "restore-drill", "--physical", "--metrics"])
+            .arg(&metrics)
+            .args(extra))
+    };
+    let (code, out, err) = drill(&[]);
+    assert_eq!(code, 0, "{err}");
+    let report = &json(&out)["report"];
+    assert_eq!(report["snapshot"], base.as_str(), "{report}");
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names[..4],
+        ["wal", "restore", "integrity", "amcheck"],
+        "{report}"
+    );
+    assert!(report["rto_seconds"].as_f64().unwrap() > 0.0, "{report}");
+    // The rows inserted after the base were recovered: the RPO is their commit's age.
+    let rpo = report["rpo_seconds"].as_f64().unwrap();
+    assert!((0.0..600.0).contains(&rpo), "{report}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("dbward_drill_success{database=\"app\"} 1"),
+        "{prom}"
+    );
+    assert!(prom.contains("dbward_drill_rpo_seconds"), "{prom}");
+    // The receipt proves the base; nothing of the copy is left, no server runs.
+    assert!(store.path().join(format!("app/{base}.drill.json")).exists());
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let running = Command::new("pgrep")
+        .args(["-f", &tmp.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        running.stdout.is_empty(),
+        "a drill's server was left running"
+    );
+
+    // A gap in the archive fails the drill against the base (exit 1), with its metrics.
+    let first = json(&out)["report"]["checks"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let seg = first
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .split("..")
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(store.path().join(format!("app/wal/{seg}.zst"))).unwrap();
+    let (code, out, err) = drill(&[]);
+    assert_eq!(code, 1, "{err}");
+    let report = &json(&out)["report"];
+    assert_eq!(report["checks"][0]["verdict"], "failed", "{report}");
+    assert!(std::fs::read_to_string(&metrics)
+        .unwrap()
+        .contains("dbward_drill_success{database=\"app\"} 0"));
+}

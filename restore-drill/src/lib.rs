@@ -64,6 +64,10 @@ pub struct Report {
     pub snapshot_age_seconds: f64,
     /// Download + decode + restore: the RTO this backup gives. None if it never got there.
     pub rto_seconds: Option<f64>,
+    /// A physical drill's achieved RPO: how long before the drill the last transaction it
+    /// recovered committed (absent for dumps: their RPO is `snapshot_age_seconds`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpo_seconds: Option<f64>,
     pub stored_bytes: u64,
     pub raw_bytes: u64,
     /// Whether the stored object is encrypted (age).
@@ -190,6 +194,7 @@ pub async fn drill(stores: &[&Store], live: &DatabaseUrl, m: &Manifest, opts: &O
         started_at: backup::manifest::now_rfc3339(now),
         snapshot_age_seconds: age,
         rto_seconds: measured.rto,
+        rpo_seconds: None,
         copy: measured.copy,
         stored_bytes: m.stored_bytes,
         raw_bytes: m.raw_bytes,

@@ -66,6 +66,13 @@ pub fn render(r: &Report) -> String {
         "Age of the drilled snapshot when the drill ran.",
         format!("{:.0}", r.snapshot_age_seconds),
     );
+    if let Some(rpo) = r.rpo_seconds {
+        g.gauge(
+            "dbward_drill_rpo_seconds",
+            "Physical drills: how long before the drill the last transaction it recovered committed.",
+            format!("{rpo:.0}"),
+        );
+    }
     g.into_text()
 }
 

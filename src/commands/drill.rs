@@ -19,6 +19,26 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     let url = database_url(settings)?;
     let stores = settings.stores().await?;
     let store = &stores[0];
+    if args.physical {
+        use crate::service::physical::{drill, DrillOptions, Which};
+        let which = match args.snapshot.as_str() {
+            "latest" => Which::Latest,
+            "random" => {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    "--physical drills `latest` (the newest base, to the end of the archive) or a base's id",
+                ))
+            }
+            id => Which::Base(id.to_string()),
+        };
+        let opts = DrillOptions {
+            probes: settings.drill.probes.clone(),
+            max_rto: settings.drill.max_rto,
+            migrations: migrations(settings)?,
+        };
+        let (m, report) = drill(settings, &url, &which, &opts).await?;
+        return finish(settings, args, &url, &[store], &m, report).await;
+    }
     let which = if args.snapshot == "random" {
         let live = backup::owner::live_identity(&url).await?;
         let folder_owner = backup::owner::read(store, &url.name()).await?;
@@ -58,12 +78,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
         },
         (Some(_), DatabaseUrl::Sqlite(_)) => Scratch::SameServer,
     };
-    // The migrations folder, when there is one, tells whether the restored head is known.
-    let migrations = if settings.migrations.is_dir() {
-        Some(migrator::discover(&settings.migrations)?.versioned)
-    } else {
-        None
-    };
+    let migrations = migrations(settings)?;
     // An encrypted snapshot and no identity at all: refused before anything runs (exit 3).
     let identities = settings.identities()?;
     identities.check_can_try(&m)?;
@@ -83,6 +98,28 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
         backup::bytes(m.stored_bytes)
     );
     let report = restore_drill::drill(&copies, &url, &m, &opts).await;
+    finish(settings, args, &url, &copies, &m, report).await
+}
+
+/// The migrations folder's files, when there is one: whether the restored head is known.
+fn migrations(settings: &Settings) -> Result<Option<Vec<migrator::MigrationFile>>, Failure> {
+    Ok(if settings.migrations.is_dir() {
+        Some(migrator::discover(&settings.migrations)?.versioned)
+    } else {
+        None
+    })
+}
+
+/// The receipt, `--report`, `--metrics` and the text of a drill's report.
+async fn finish(
+    settings: &Settings,
+    args: &DrillArgs,
+    url: &DatabaseUrl,
+    copies: &[&backup::Store],
+    m: &backup::Manifest,
+    report: restore_drill::Report,
+) -> Result<Report, Failure> {
+    let store = copies[0];
 
     let receipt = backup::DrillReceipt {
         snapshot: m.id.clone(),
@@ -150,6 +187,11 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     match report.rto_seconds {
         Some(r) => text.push_str(&format!("time to restore (RTO): {r:.2}s\n")),
         None => text.push_str("time to restore (RTO): never restored\n"),
+    }
+    if let Some(rpo) = report.rpo_seconds {
+        text.push_str(&format!(
+            "recovery point (RPO): the last transaction recovered committed {rpo:.0}s before the drill\n"
+        ));
     }
     if report.success {
         Ok(Report {

@@ -139,13 +139,11 @@ async fn pick(
 struct NewDir(Option<PathBuf>);
 
 impl NewDir {
-    fn create(path: &Path) -> Result<NewDir, Failure> {
+    fn create(path: &Path) -> Result<NewDir, backup::Error> {
         use std::os::unix::fs::DirBuilderExt;
-        let target = |problem: String| {
-            Failure::from(backup::Error::Target {
-                target: path.display().to_string(),
-                problem,
-            })
+        let target = |problem: String| backup::Error::Target {
+            target: path.display().to_string(),
+            problem,
         };
         if !path.is_absolute() {
             return Err(target("give an absolute path".into()));
@@ -172,7 +170,7 @@ impl Drop for NewDir {
     }
 }
 
-/// A started server, stopped (immediately) when dropped before it was kept.
+/// A started server, stopped when dropped before it was kept.
 struct Started(Option<Server>);
 
 impl Drop for Started {
@@ -180,6 +178,215 @@ impl Drop for Started {
         if let Some(s) = self.0.take() {
             let _ = s.stop();
         }
+    }
+}
+
+/// What a point-in-time restore will do, checked before anything is written.
+pub struct Planned {
+    pub base: backup::Manifest,
+    pub target: Target,
+    pub plan: physical::WalPlan,
+    stores: Vec<backup::Store>,
+    db: String,
+    bindir: PathBuf,
+    user: Option<OsUser>,
+    identities: backup::crypt::Identities,
+}
+
+/// The base a restore or drill chose, and where recovery stops.
+pub struct Chosen {
+    pub base: backup::Manifest,
+    pub target: Target,
+    stores: Vec<backup::Store>,
+    db: String,
+}
+
+/// Picks the base and the target `which` means.
+pub async fn choose(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    which: &Which,
+) -> Result<Chosen, Failure> {
+    if matches!(url, DatabaseUrl::Sqlite(_)) {
+        return Err(Failure::new(
+            Exit::Usage,
+            "--physical restores a PostgreSQL cluster's base backup; the database is SQLite",
+        ));
+    }
+    let stores = settings.stores().await?;
+    let db = url.name();
+    backup::check_folder_name(&db)?;
+    let (base, target) = pick(&stores[0], &db, which).await?;
+    physical::physical_of(&base)?;
+    Ok(Chosen {
+        base,
+        target,
+        stores,
+        db,
+    })
+}
+
+/// Checks the WAL chain from the chosen base to its target, and what the restore needs on
+/// this machine: nothing is written.
+pub async fn plan(settings: &Settings, chosen: Chosen) -> Result<Planned, Failure> {
+    let Chosen {
+        base,
+        target,
+        stores,
+        db,
+    } = chosen;
+    let plan = physical::plan_wal(&stores[0], &db, &base, &target).await?;
+    if let (Some(gap), Target::End | Target::Time(_)) = (&plan.gap_before, &target) {
+        tracing::warn!(
+            "the archive has a gap at {gap}: recovery can replay only up to {} (see `dbward pitr verify`)",
+            plan.last
+        );
+    }
+    let major = backup::engine::postgres::major(&base.server_version);
+    Ok(Planned {
+        bindir: server::bindir(major)?,
+        user: OsUser::for_server()?,
+        identities: settings.identities()?,
+        base,
+        target,
+        plan,
+        stores,
+        db,
+    })
+}
+
+/// A restored copy whose server runs; stopped and removed when dropped, unless kept.
+pub struct Running {
+    pub restored: Restored,
+    /// The copy's URL: the live one's user and database, over the copy's socket.
+    pub url: dbconn::PgUrl,
+    server: Started,
+    dir: NewDir,
+}
+
+impl Running {
+    /// Leaves the server running and the directory in place.
+    fn keep(mut self) -> Restored {
+        self.server.0.take();
+        self.dir.keep();
+        self.restored
+    }
+}
+
+/// Extracts the planned base into the new directory `to`, fetches its WAL, starts the server
+/// and waits until it promoted.
+pub async fn materialize(
+    planned: &Planned,
+    live: &dbconn::PgUrl,
+    to: &Path,
+) -> Result<Running, backup::Error> {
+    let started = Instant::now();
+    let Planned {
+        base,
+        target,
+        plan,
+        stores,
+        db,
+        ..
+    } = planned;
+    let p = physical::physical_of(base)?;
+    tracing::info!(
+        "restoring base {} and {} WAL segments ({}..{}) into {}, to {}",
+        base.id,
+        plan.segments.len(),
+        plan.segments.first().map(String::as_str).unwrap_or(""),
+        plan.last,
+        to.display(),
+        target.describe()
+    );
+    let dir = NewDir::create(to)?;
+    let wal_bytes = plan.segments.len() as u64 * p.segment_bytes;
+    backup::scratch::ensure_space(
+        to,
+        base.raw_bytes + wal_bytes,
+        &format!("base {} and its WAL", base.id),
+    )?;
+    let copies = crate::service::select::in_order(stores, &stores[0]);
+    let (extracted, _) = physical::extract_any(&copies, base, to, &planned.identities).await?;
+    extracted?;
+    physical::fetch_wal(
+        &stores[0],
+        db,
+        plan,
+        &to.join("pg_wal"),
+        &planned.identities,
+    )
+    .await?;
+    let server = Started(Some(
+        Server::start(
+            to,
+            planned.bindir.clone(),
+            planned.user.clone(),
+            target,
+            plan.timeline,
+        )
+        .await?,
+    ));
+    let s = server.0.as_ref().expect("just started");
+    let user = live.config.get_user().unwrap_or("postgres").to_string();
+    let client = s.wait_promoted(&user, live.dbname()).await?;
+    let recovered = server::recovered(&client).await?;
+    drop(client);
+    let as_user = s
+        .user
+        .as_ref()
+        .map(|u| format!("runuser -u {} -- ", u.name))
+        .unwrap_or_default();
+    let url = copy_url(&user, live.dbname(), to)?;
+    Ok(Running {
+        restored: Restored {
+            base: base.id.clone(),
+            target: target.describe(),
+            stop_command: format!(
+                "{as_user}{} -D {} stop",
+                s.bindir.join("pg_ctl").display(),
+                to.display()
+            ),
+            data_dir: to.to_path_buf(),
+            port: server::PORT,
+            wal_segments: plan.segments.len(),
+            wal_gap_before: plan.gap_before.clone(),
+            recovered,
+            seconds: started.elapsed().as_secs_f64(),
+            server_user: planned.user.as_ref().map(|u| u.name.clone()),
+        },
+        url,
+        server,
+        dir,
+    })
+}
+
+/// `postgres://USER@/DB?host=DIR&port=5432`: the copy, over its socket.
+fn copy_url(user: &str, db: &str, dir: &Path) -> Result<dbconn::PgUrl, backup::Error> {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'.' | b'_' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let text = format!(
+        "postgres://{}@/{}?host={}&port={}&sslmode=disable",
+        enc(user),
+        enc(db),
+        enc(&dir.display().to_string()),
+        server::PORT
+    );
+    match DatabaseUrl::parse(&text) {
+        Ok(DatabaseUrl::Postgres(pg)) => Ok(*pg),
+        Ok(DatabaseUrl::Sqlite(_)) => unreachable!("a postgres:// URL"),
+        Err(e) => Err(backup::Error::Recovery(format!(
+            "the restored copy's URL: {}",
+            backup::error::chain(&e)
+        ))),
     }
 }
 
@@ -191,101 +398,231 @@ pub async fn restore_to(
     which: &Which,
     to: &Path,
 ) -> Result<Restored, Failure> {
-    let existed = to.exists();
-    restore_to_inner(settings, url, which, to)
-        .await
-        .map_err(|mut f| {
-            if !existed {
-                f.message.push_str(&format!(
-                    "\nNothing was changed: {} was not kept, and no server runs on it.",
-                    to.display()
-                ));
-            }
-            f
-        })
-}
-
-async fn restore_to_inner(
-    settings: &Settings,
-    url: &DatabaseUrl,
-    which: &Which,
-    to: &Path,
-) -> Result<Restored, Failure> {
-    let started = Instant::now();
     let DatabaseUrl::Postgres(pg) = url else {
         return Err(Failure::new(
             Exit::Usage,
             "--physical restores a PostgreSQL cluster's base backup; the database is SQLite",
         ));
     };
-    let stores = settings.stores().await?;
-    let primary = &stores[0];
-    let db = url.name();
-    backup::check_folder_name(&db)?;
-    let (base, target) = pick(primary, &db, which).await?;
-    let p = physical::physical_of(&base)?.clone();
-    // Everything is checked before anything is written.
-    let plan = physical::plan_wal(primary, &db, &base, &target).await?;
-    if let (Some(gap), Target::End | Target::Time(_)) = (&plan.gap_before, &target) {
-        tracing::warn!(
-            "the archive has a gap at {gap}: recovery can replay only up to {} (see `dbward pitr verify`)",
-            plan.last
+    let planned = plan(settings, choose(settings, url, which).await?).await?;
+    let existed = to.exists();
+    match materialize(&planned, pg, to).await {
+        Ok(running) => Ok(running.keep()),
+        Err(e) => {
+            let mut f = Failure::from(e);
+            if !existed {
+                f.message.push_str(&format!(
+                    "\nNothing was changed: {} was not kept, and no server runs on it.",
+                    to.display()
+                ));
+            }
+            Err(f)
+        }
+    }
+}
+
+/// What a physical drill checks beyond the restore itself.
+pub struct DrillOptions {
+    pub probes: Vec<String>,
+    pub max_rto: Option<std::time::Duration>,
+    /// The migrations folder's files, when there is one: the copy's head must be one of them.
+    pub migrations: Option<Vec<migrator::MigrationFile>>,
+}
+
+/// A physical drill: the base and its WAL restored into a scratch data directory (in the temp
+/// dir) by a private server, checked, then the server stopped and the directory removed,
+/// whatever happened. The report's RTO runs from the first check to the promotion; its RPO is
+/// how long before the drill the last replayed transaction committed.
+pub async fn drill(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    which: &Which,
+    opts: &DrillOptions,
+) -> Result<(backup::Manifest, restore_drill::Report), Failure> {
+    use restore_drill::checks::{classify, CheckFailure, Checks};
+    let DatabaseUrl::Postgres(live) = url else {
+        return Err(Failure::new(
+            Exit::Usage,
+            "a physical drill restores a PostgreSQL cluster's base backup; the database is SQLite",
+        ));
+    };
+    let now = OffsetDateTime::now_utc();
+    let started = Instant::now();
+    let mut checks = Checks::default();
+    let chosen = choose(settings, url, which).await?;
+    let m = chosen.base.clone();
+    // The archive's refusals (a gap short of the target, a base whose WAL is gone, another
+    // cluster's archive) fail the drill against the base; anything else (a missing server
+    // binary, a bad setting) is this machine's.
+    let planned = match plan(settings, chosen).await {
+        Ok(p) => {
+            let wal = &p.plan;
+            let detail = format!(
+                "{} segment(s) {}..{} on timeline {}{}",
+                wal.segments.len(),
+                wal.segments.first().map(String::as_str).unwrap_or(""),
+                wal.last,
+                wal.timeline,
+                wal.gap_before
+                    .as_ref()
+                    .map(|g| format!(" (a gap at {g}: replay ends before it)"))
+                    .unwrap_or_default()
+            );
+            checks.record("wal", (Ok(((), detail)), started.elapsed().as_secs_f64()));
+            Some(p)
+        }
+        Err(f) => {
+            let why = if f.code == Exit::Refused {
+                CheckFailure::Snapshot(f.message)
+            } else {
+                CheckFailure::Environment(f.message)
+            };
+            checks.record::<()>("wal", (Err(why), started.elapsed().as_secs_f64()));
+            None
+        }
+    };
+    // The copy's server runs as `postgres` when dbward is root: its directory must be one that
+    // user can reach, which the state dir (0700) is not. `backup.temp_dir` when set, else the
+    // system's temp dir (TMPDIR).
+    let parent = settings.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    backup::scratch::create_private_dir(&parent).map_err(|e| {
+        Failure::new(
+            Exit::Failed,
+            format!("creating the temp dir {}: {e}", parent.display()),
+        )
+    })?;
+    let dir = parent.join(format!(
+        "dbward-pitr-drill-{}-{}",
+        std::process::id(),
+        backup::restore::stamp().to_lowercase()
+    ));
+    let running = match &planned {
+        None => None,
+        Some(planned) => {
+            checks
+                .run("restore", async {
+                    let r = materialize(planned, live, &dir).await.map_err(classify)?;
+                    let detail = format!(
+                        "base {} recovered to {} and promoted ({}), in {}",
+                        m.id,
+                        r.restored.target,
+                        r.restored
+                            .recovered
+                            .replayed_to_lsn
+                            .as_deref()
+                            .unwrap_or("?"),
+                        dir.display()
+                    );
+                    Ok((r, detail))
+                })
+                .await
+        }
+    };
+    let rto = running.as_ref().map(|_| started.elapsed().as_secs_f64());
+    let rpo = running.as_ref().and_then(|r| {
+        let at = r.restored.recovered.last_transaction_at.as_deref()?;
+        // PostgreSQL's text form: `2026-11-26 10:39:01.81558+00`.
+        let fmt = time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second][optional [.[subsecond]]][offset_hour sign:mandatory]"
+        );
+        let t = OffsetDateTime::parse(at, &fmt).ok()?;
+        Some((now - t).as_seconds_f64().max(0.0))
+    });
+    if let Some(r) = &running {
+        let copy = async {
+            let db = dbconn::postgres::Postgres::connect(&r.url)
+                .await
+                .map_err(|e| CheckFailure::Environment(backup::error::chain(&e)))?;
+            Ok::<_, CheckFailure>(restore_drill::postgres::Restored {
+                server: r.url.clone(),
+                name: live.dbname().to_string(),
+                db,
+                counts: Default::default(),
+            })
+        }
+        .await;
+        match copy {
+            Ok(c) => {
+                checks.run("integrity", c.integrity()).await;
+                match c.amcheck_available().await {
+                    Ok(()) => {
+                        checks.run("amcheck", c.amcheck()).await;
+                    }
+                    Err(why) => checks.skipped("amcheck", why),
+                }
+                checks
+                    .run("migration-head", async {
+                        let head = c.head().await?;
+                        let detail = match (&head, &opts.migrations) {
+                            (None, _) => "no migration applied".to_string(),
+                            (Some(h), Some(files))
+                                if !files.iter().any(|f| f.version == h.version) =>
+                            {
+                                return Err(CheckFailure::Snapshot(format!(
+                                    "the copy's head V{} {} is not a file of the migrations folder",
+                                    h.version, h.name
+                                )))
+                            }
+                            (Some(h), _) => format!("V{} {}", h.version, h.name),
+                        };
+                        Ok(((), detail))
+                    })
+                    .await;
+                if !opts.probes.is_empty() {
+                    checks
+                        .run("probes", async {
+                            for sql in &opts.probes {
+                                if !c.probe(sql).await? {
+                                    return Err(format!("`{sql}` is false").into());
+                                }
+                            }
+                            Ok(((), format!("{} probe(s) true", opts.probes.len())))
+                        })
+                        .await;
+                }
+            }
+            Err(e) => {
+                checks.record::<()>("integrity", (Err(e), 0.0));
+            }
+        }
+    }
+    // The copy is stopped and removed here, before the report.
+    drop(running);
+    if let (Some(max), Some(r), false) = (opts.max_rto, rto, checks.failed) {
+        let ok = r <= max.as_secs_f64();
+        checks.record(
+            "thresholds",
+            (
+                if ok {
+                    Ok(((), String::new()))
+                } else {
+                    Err(CheckFailure::Snapshot(format!(
+                        "RTO {r:.1}s exceeds drill.max_rto {}",
+                        dbconn::error::humanize(max)
+                    )))
+                },
+                0.0,
+            ),
         );
     }
-    let major = backup::engine::postgres::major(&base.server_version);
-    let bindir = server::bindir(major)?;
-    let user = OsUser::for_server()?;
-    let identities = settings.identities()?;
-    tracing::info!(
-        "restoring base {} and {} WAL segments ({}..{}) into {}, to {}",
-        base.id,
-        plan.segments.len(),
-        plan.segments.first().map(String::as_str).unwrap_or(""),
-        plan.last,
-        to.display(),
-        target.describe()
-    );
-
-    let dir = NewDir::create(to)?;
-    let wal_bytes = plan.segments.len() as u64 * p.segment_bytes;
-    backup::scratch::ensure_space(
-        to,
-        base.raw_bytes + wal_bytes,
-        &format!("base {} and its WAL", base.id),
-    )?;
-    let copies = crate::service::select::in_order(&stores, primary);
-    let (extracted, _) = physical::extract_any(&copies, &base, to, &identities).await?;
-    extracted?;
-    physical::fetch_wal(primary, &db, &plan, &to.join("pg_wal"), &identities).await?;
-    let server = Started(Some(
-        Server::start(to, bindir, user.clone(), &target, plan.timeline).await?,
-    ));
-    let s = server.0.as_ref().expect("just started");
-    let user_name = pg.config.get_user().unwrap_or("postgres").to_string();
-    let client = s.wait_promoted(&user_name, pg.dbname()).await?;
-    let recovered = server::recovered(&client).await?;
-    let mut server = server;
-    let s = server.0.take().expect("running");
-    let data_dir = dir.keep();
-    let as_user = s
-        .user
-        .as_ref()
-        .map(|u| format!("runuser -u {} -- ", u.name))
-        .unwrap_or_default();
-    Ok(Restored {
-        base: base.id.clone(),
-        target: target.describe(),
-        stop_command: format!(
-            "{as_user}{} -D {} stop",
-            s.bindir.join("pg_ctl").display(),
-            data_dir.display()
-        ),
-        data_dir,
-        port: server::PORT,
-        wal_segments: plan.segments.len(),
-        wal_gap_before: plan.gap_before.clone(),
-        recovered,
-        seconds: started.elapsed().as_secs_f64(),
-        server_user: user.map(|u| u.name),
-    })
+    let age = m
+        .created()
+        .map(|c| (now - c).as_seconds_f64())
+        .unwrap_or(f64::NAN);
+    let report = restore_drill::Report {
+        snapshot: m.id.clone(),
+        database: m.database.clone(),
+        engine: m.engine.clone(),
+        started_at: backup::manifest::now_rfc3339(now),
+        snapshot_age_seconds: age,
+        rto_seconds: rto,
+        rpo_seconds: rpo,
+        stored_bytes: m.stored_bytes,
+        raw_bytes: m.raw_bytes,
+        encrypted: m.encryption.is_some(),
+        copy: 0,
+        success: !checks.failed,
+        checks: checks.list,
+    };
+    Ok((m, report))
 }

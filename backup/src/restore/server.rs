@@ -204,8 +204,16 @@ impl Server {
             })?;
         if !out.status.success() {
             let _ = server.stop();
+            let reach = match &server.user {
+                Some(u) => format!(
+                    " (the server runs as `{}`: every directory above {} must be searchable by that user)",
+                    u.name,
+                    data.display()
+                ),
+                None => String::new(),
+            };
             return Err(Error::Recovery(format!(
-                "the restored server did not start: {}{}",
+                "the restored server did not start{reach}: {}{}",
                 String::from_utf8_lossy(&out.stderr).trim(),
                 server.log_tail()
             )));
