@@ -251,6 +251,10 @@ pub struct Schedule {
     pub backup: Option<String>,
     pub drill: Option<String>,
     pub prune: Option<String>,
+    /// PostgreSQL: a base backup (`backup --physical`), and a drill of the newest base and the
+    /// archive (`restore-drill --physical`).
+    pub base: Option<String>,
+    pub pitr_drill: Option<String>,
     /// healthchecks.io-style ping URL per job name.
     #[serde(default, rename = "ping")]
     pub pings: std::collections::BTreeMap<String, String>,

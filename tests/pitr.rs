@@ -130,12 +130,18 @@ fn a_base_recovers_to_a_time_an_lsn_its_end_and_the_archives_end_in_private_copi
         // A copy never archives, and takes connections only on its own socket.
         assert_eq!(copy.psql("SHOW archive_mode"), "off", "{name}");
         assert_eq!(copy.psql("SHOW listen_addresses"), "", "{name}");
+        // It promoted to a timeline of its own.
+        assert_eq!(
+            copy.psql("SELECT timeline_id FROM pg_control_checkpoint()"),
+            "2",
+            "{name}"
+        );
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&copy.dir).unwrap().permissions(),
         );
         assert_eq!(mode & 0o777, 0o700, "{name}");
     }
-    // Each copy promoted to a new timeline, and none of them wrote into the archive.
+    // None of the copies wrote into the archive (their timeline 2 would show).
     let foreign: Vec<String> = std::fs::read_dir(store.path().join("app/wal"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

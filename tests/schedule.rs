@@ -46,6 +46,26 @@ fn list_shows_the_next_five_runs_of_each_job() {
     );
     assert_eq!(doc["jobs"]["drill"]["next"].as_array().unwrap().len(), 5);
 
+    // PostgreSQL's base backups and physical drills are jobs of their own.
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        "[schedule]\nbase = \"30 2 * * *\"\npitr_drill = \"0 5 * * 0\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["schedule", "--list", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let doc = json(&out);
+    assert_eq!(
+        doc["jobs"]["base"]["command"],
+        serde_json::json!(["backup", "--scheduled", "--physical"])
+    );
+    assert_eq!(
+        doc["jobs"]["pitr_drill"]["command"],
+        serde_json::json!(["restore-drill", "--physical", "latest"])
+    );
+
     std::fs::write(
         p.path().join("dbward.toml"),
         "[schedule]\nbackup = \"61 * * * *\"\n",

@@ -139,14 +139,24 @@ pub async fn prune(
     }
     // With bases, the WAL no kept base needs goes too: after the bases' manifests, so a crash
     // in between leaves WAL a later prune removes, never a base without its WAL.
-    let wal_removed = if format == manifest::Format::Pgbase {
-        let kept: Vec<&manifest::Manifest> = mine
-            .iter()
-            .filter(|m| decisions.iter().any(|d| d.id == m.id && d.keep))
-            .collect();
-        crate::wal::prune_unneeded(store, database, &kept, dry_run).await?
-    } else {
+    // The WAL is kept for every base that stays in the folder, whoever's it is (this rule's
+    // or not), and not touched at all while a manifest there cannot be read: its base may need
+    // any of it.
+    let wal_removed = if format != manifest::Format::Pgbase {
         Vec::new()
+    } else if !listing.damaged.is_empty() {
+        tracing::warn!(
+            "the WAL archive is not pruned: {} manifest(s) in {} cannot be read, and the bases they describe may need any of it",
+            listing.damaged.len(),
+            store.describe(database)
+        );
+        Vec::new()
+    } else {
+        let staying: Vec<&manifest::Manifest> = manifests
+            .iter()
+            .filter(|m| m.format == manifest::Format::Pgbase && !removed.contains(&m.id))
+            .collect();
+        crate::wal::prune_unneeded(store, database, &staying, dry_run).await?
     };
     Ok(PruneReport {
         policy: *policy,

@@ -533,13 +533,35 @@ pub async fn prune_unneeded(
     kept: &[&crate::manifest::Manifest],
     dry_run: bool,
 ) -> Result<Vec<String>, Error> {
-    // The oldest first segment of a kept base, by its place in the WAL (timeline aside).
-    let Some(cutoff) = kept
-        .iter()
-        .filter_map(|m| m.physical.as_ref())
-        .map(|p| p.wal_first[8..].to_string())
-        .min()
-    else {
+    // The oldest first segment of a kept base, by its place in the WAL (timeline aside). Each
+    // base must be of this archive's cluster and name a segment, or nothing is removed.
+    let mut cutoff: Option<String> = None;
+    let cluster = match read_cluster(store, database).await {
+        Ok(c) => c,
+        Err(Error::Refused(_)) => return Ok(Vec::new()), // no archive here (a mirror)
+        Err(e) => return Err(e),
+    };
+    for m in kept {
+        let Some(p) = m.physical.as_ref() else {
+            return Ok(Vec::new());
+        };
+        if FileKind::of(&p.wal_first) != Some(FileKind::Segment)
+            || p.system_identifier != cluster.system_identifier
+        {
+            tracing::warn!(
+                "the WAL archive is not pruned: base {} ({} of cluster {}) is not one this archive can speak for",
+                m.id,
+                p.wal_first,
+                p.system_identifier
+            );
+            return Ok(Vec::new());
+        }
+        let place = p.wal_first[8..].to_string();
+        if cutoff.as_ref().is_none_or(|c| place < *c) {
+            cutoff = Some(place);
+        }
+    }
+    let Some(cutoff) = cutoff else {
         return Ok(Vec::new());
     };
     let mut names = std::collections::BTreeSet::new();

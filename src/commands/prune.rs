@@ -125,5 +125,9 @@ async fn prune_all(
             }
         }
     }
-    Ok(all.expect("every database has a format"))
+    let mut all = all.expect("every database has a format");
+    // Each pass lists the folder: an orphan may be named by both.
+    all.orphans.sort();
+    all.orphans.dedup();
+    Ok(all)
 }

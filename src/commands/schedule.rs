@@ -91,7 +91,7 @@ pub async fn run(settings: &Settings, args: &ScheduleArgs) -> Result<Report, Fai
             }
             out.insert(
                 j.name.into(),
-                json!({ "expression": j.expr, "next": times }),
+                json!({ "expression": j.expr, "command": j.args, "next": times }),
             );
         }
         return Ok(Report {
@@ -341,6 +341,12 @@ fn jobs(s: &Schedule) -> Result<(Vec<Job>, Tz), Failure> {
         ("backup", &s.backup, vec!["backup", "--scheduled"]),
         ("drill", &s.drill, vec!["restore-drill", "latest"]),
         ("prune", &s.prune, vec!["prune"]),
+        ("base", &s.base, vec!["backup", "--scheduled", "--physical"]),
+        (
+            "pitr_drill",
+            &s.pitr_drill,
+            vec!["restore-drill", "--physical", "latest"],
+        ),
     ] {
         let Some(expr) = expr else { continue };
         let schedule = parse(expr).map_err(|e| {

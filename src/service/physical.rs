@@ -135,8 +135,14 @@ async fn pick(
     }
 }
 
-/// A directory this run created, removed again unless kept.
-struct NewDir(Option<PathBuf>);
+/// A directory this run created, removed again unless kept. It is filled under a name of its
+/// own beside the target (`.<name>.dbward-partial-<pid>`) and renamed to the target only once
+/// complete: a restore killed outright leaves no directory at the target that looks like a
+/// data directory.
+struct NewDir {
+    path: Option<PathBuf>,
+    target: PathBuf,
+}
 
 impl NewDir {
     fn create(path: &Path) -> Result<NewDir, backup::Error> {
@@ -145,26 +151,75 @@ impl NewDir {
             target: path.display().to_string(),
             problem,
         };
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(target("give an absolute path to a new directory".into()));
+        };
         if !path.is_absolute() {
             return Err(target("give an absolute path".into()));
         }
-        match std::fs::DirBuilder::new().mode(0o700).create(path) {
-            Ok(()) => Ok(NewDir(Some(path.to_path_buf()))),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(target(
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(target(
                 "it exists; a restore makes a new data directory and never writes into one that is there".into(),
-            )),
-            Err(e) => Err(target(format!("cannot create it: {e}"))),
+            ));
+        }
+        server::check_socket_path(path)?;
+        let partial = parent.join(format!(
+            ".{}.dbward-partial-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&partial) {
+            Ok(()) => Ok(NewDir {
+                path: Some(partial),
+                target: path.to_path_buf(),
+            }),
+            Err(e) => Err(target(format!("cannot create {}: {e}", partial.display()))),
         }
     }
 
+    /// Where it is now.
+    fn path(&self) -> &Path {
+        self.path.as_deref().expect("not kept yet")
+    }
+
+    /// Renames the filled directory to the target, which must still not exist.
+    fn publish(&mut self) -> Result<(), backup::Error> {
+        use std::os::unix::ffi::OsStrExt;
+        let from =
+            std::ffi::CString::new(self.path().as_os_str().as_bytes()).expect("paths hold no NUL");
+        let to =
+            std::ffi::CString::new(self.target.as_os_str().as_bytes()).expect("paths hold no NUL");
+        // SAFETY: two NUL-terminated paths, relative to nothing (absolute).
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc != 0 {
+            return Err(backup::Error::Target {
+                target: self.target.display().to_string(),
+                problem: format!(
+                    "renaming the restored directory there: {}",
+                    std::io::Error::last_os_error()
+                ),
+            });
+        }
+        self.path = Some(self.target.clone());
+        Ok(())
+    }
+
     fn keep(mut self) -> PathBuf {
-        self.0.take().expect("kept once")
+        self.path.take().expect("kept once")
     }
 }
 
 impl Drop for NewDir {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
+        if let Some(p) = self.path.take() {
             let _ = std::fs::remove_dir_all(&p);
         }
     }
@@ -243,6 +298,13 @@ pub async fn plan(settings: &Settings, chosen: Chosen) -> Result<Planned, Failur
         );
     }
     let major = backup::engine::postgres::major(&base.server_version);
+    if major < 14 {
+        return Err(backup::Error::Refused(format!(
+            "base {} is of PostgreSQL {major}: a point-in-time restore needs 14 or newer (13 promotes short of a target it never reached)",
+            base.id
+        ))
+        .into());
+    }
     Ok(Planned {
         bindir: server::bindir(major)?,
         user: OsUser::for_server()?,
@@ -266,10 +328,16 @@ pub struct Running {
 
 impl Running {
     /// Leaves the server running and the directory in place.
-    fn keep(mut self) -> Restored {
-        self.server.0.take();
-        self.dir.keep();
-        self.restored
+    fn keep(self) -> Restored {
+        let Running {
+            restored,
+            mut server,
+            dir,
+            ..
+        } = self;
+        server.0.take();
+        dir.keep();
+        restored
     }
 }
 
@@ -299,35 +367,36 @@ pub async fn materialize(
         to.display(),
         target.describe()
     );
-    let dir = NewDir::create(to)?;
+    let mut dir = NewDir::create(to)?;
     let wal_bytes = plan.segments.len() as u64 * p.segment_bytes;
     backup::scratch::ensure_space(
-        to,
+        dir.path(),
         base.raw_bytes + wal_bytes,
         &format!("base {} and its WAL", base.id),
     )?;
     let copies = crate::service::select::in_order(stores, &stores[0]);
-    let (extracted, _) = physical::extract_any(&copies, base, to, &planned.identities).await?;
+    let (extracted, _) =
+        physical::extract_any(&copies, base, dir.path(), &planned.identities).await?;
     extracted?;
     physical::fetch_wal(
         &stores[0],
         db,
         plan,
-        &to.join("pg_wal"),
+        &dir.path().join("pg_wal"),
         &planned.identities,
     )
     .await?;
-    let server = Started(Some(
-        Server::start(
-            to,
-            planned.bindir.clone(),
-            planned.user.clone(),
-            target,
-            plan.timeline,
-        )
-        .await?,
-    ));
-    let s = server.0.as_ref().expect("just started");
+    dir.publish()?;
+    // Held before the server starts: a restore stopped from here on stops the server before
+    // its directory is removed.
+    let server = Started(Some(Server::prepare(
+        to,
+        planned.bindir.clone(),
+        planned.user.clone(),
+        target,
+    )?));
+    server.0.as_ref().expect("prepared").launch().await?;
+    let s = server.0.as_ref().expect("launched");
     let user = live.config.get_user().unwrap_or("postgres").to_string();
     let client = s.wait_promoted(&user, live.dbname()).await?;
     let recovered = server::recovered(&client).await?;

@@ -43,7 +43,7 @@ pub async fn prepare(
             "SELECT current_setting('server_version'), current_setting('server_version_num')::int, \
                     (SELECT system_identifier::text FROM pg_control_system()), \
                     (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
-                    current_setting('archive_mode'), \
+                    current_setting('archive_mode') || ' ' || (current_setting('archive_command') <> '' OR coalesce(current_setting('archive_library', true), '') <> '')::text, \
                     (SELECT sum(pg_database_size(oid))::bigint FROM pg_database), \
                     (SELECT string_agg(spcname, ', ') FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))",
             &[],
@@ -68,6 +68,11 @@ pub async fn prepare(
         row.get(6),
     );
     let server_major = (server_num / 10000) as u32;
+    if server_major < 14 {
+        return Err(Error::Refused(format!(
+            "point-in-time recovery through dbward needs PostgreSQL 14 or newer; this server is {server_version} (PostgreSQL 13 promotes short of a recovery target it never reached, where 14 stops). Use logical snapshots (`dbward backup` without --physical)."
+        )));
+    }
     if major(&version) < server_major.max(13) {
         return Err(Error::Refused(format!(
             "pg_basebackup {version} cannot take a base backup of this server ({server_version}): it needs pg_basebackup {} or newer (with backup manifests). \
@@ -79,6 +84,16 @@ pub async fn prepare(
         return Err(Error::Refused(format!(
             "this cluster has tablespaces besides pg_default ({names}); a physical base is one tar of the data directory and cannot hold them. \
              Use logical snapshots (`dbward backup` without --physical) for this cluster."
+        )));
+    }
+    let (archive_mode, archiver_set) = archive_mode
+        .split_once(' ')
+        .map(|(m, set)| (m.to_string(), set == "true"))
+        .unwrap_or((archive_mode, false));
+    if archive_mode != "off" && !archiver_set {
+        return Err(Error::Refused(format!(
+            "archive_mode is {archive_mode} on {} but archive_command is empty: nothing is archived, and a base would wait for its WAL without end. Set archive_command = 'dbward -q wal-push %p' and reload the server.",
+            url.display
         )));
     }
     if archive_mode == "off" {
@@ -310,7 +325,12 @@ pub fn lsn_text(lsn: u64) -> String {
 
 pub fn parse_lsn(s: &str) -> Option<u64> {
     let (hi, lo) = s.trim().split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+    let half = |h: &str| {
+        (!h.is_empty() && h.len() <= 8)
+            .then(|| u32::from_str_radix(h, 16).ok())
+            .flatten()
+    };
+    Some((u64::from(half(hi)?) << 32) | u64::from(half(lo)?))
 }
 
 struct Label {
@@ -636,6 +656,8 @@ mod tests {
         );
         assert_eq!(lsn_text((1 << 32) | 0x2000100), "1/2000100");
         assert_eq!(parse_lsn("1/2000100"), Some((1 << 32) | 0x2000100));
+        assert_eq!(parse_lsn("1/123456789"), None);
+        assert_eq!(parse_lsn("/1"), None);
         let p = Physical {
             system_identifier: "1".into(),
             timeline: 1,

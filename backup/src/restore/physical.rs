@@ -114,35 +114,41 @@ fn chain(
         .collect();
     let mut segments = needed.clone();
     let mut next = next_segment(needed.last().expect("a range"), p.segment_bytes);
-    let stop_at = match target {
-        Target::Immediate => Some(p.wal_last.clone()),
-        Target::Lsn(l) => Some(segment_name(p.timeline, *l, p.segment_bytes)),
-        _ => None,
+    // How far the chain must reach, and whether it goes on to the first gap.
+    let (must_reach, to_the_end) = match target {
+        Target::Immediate => (None, false),
+        Target::Lsn(l) => (Some(segment_name(p.timeline, *l, p.segment_bytes)), false),
+        Target::End | Target::Name(_) | Target::Time(_) => (None, true),
     };
-    if stop_at.as_deref() != Some(p.wal_last.as_str()) {
-        while stored.contains(&next) {
+    let extend = |segments: &mut Vec<String>, next: &mut String| {
+        let found = stored.contains(next.as_str());
+        if found {
             segments.push(next.clone());
-            if stop_at.as_deref() == Some(next.as_str()) {
-                break;
-            }
-            next = next_segment(&next, p.segment_bytes);
+            *next = next_segment(next, p.segment_bytes);
         }
+        found
+    };
+    if let Some(want) = &must_reach {
+        while next.as_str() <= want.as_str() {
+            if !extend(&mut segments, &mut next) {
+                return Err(missing(
+                    &next,
+                    &format!(
+                        "recovery to {} needs every segment up to {want}",
+                        target.describe()
+                    ),
+                ));
+            }
+        }
+        // The record at the target may run on into the next segment: taken when stored.
+        extend(&mut segments, &mut next);
+    }
+    if to_the_end {
+        while extend(&mut segments, &mut next) {}
     }
     let last = segments.last().expect("not empty").clone();
-    if let Some(want) = &stop_at {
-        if want.as_str() > last.as_str() {
-            return Err(missing(
-                &next,
-                &format!(
-                    "recovery to {} needs every segment up to {want}",
-                    target.describe()
-                ),
-            ));
-        }
-    }
-    let gap_before = on_timeline
-        .iter()
-        .any(|n| n.as_str() > next.as_str())
+    // Later segments past a missing one cannot be replayed (only a target at the end meets it).
+    let gap_before = (to_the_end && on_timeline.iter().any(|n| n.as_str() > next.as_str()))
         .then(|| next.clone());
     Ok(WalPlan {
         timeline: p.timeline,
@@ -220,18 +226,34 @@ async fn extract(
     identities: &crate::crypt::Identities,
 ) -> Result<Result<(), Error>, Error> {
     let (tx, rx) = super::blocks();
-    let untar = {
+    let mut untar = Joined(Some({
         let (dir, m, identities) = (dir.to_path_buf(), m.clone(), identities.clone());
         let input = crate::pipeline::BlockReader::new(rx);
         std::thread::spawn(move || untar_into(input, &dir, &m, &identities))
-    };
+    }));
     let downloaded = store.download_blocks(&m.data_key, tx).await;
     let untarred = untar
+        .0
+        .take()
+        .expect("joined once")
         .join()
         .unwrap_or_else(|_| Err(Error::Recovery("the extracting thread panicked".into())));
     let (size, sha) = downloaded.map_err(|e| super::missing_is_damage(e, m))?;
     super::check_sum(store, m, size, &sha)?;
     Ok(untarred)
+}
+
+/// The extracting thread, joined when dropped: a restore stopped mid-download (its future
+/// dropped, the sender gone, so the thread's input ends) removes its directory only after the
+/// thread wrote its last file there.
+struct Joined(Option<std::thread::JoinHandle<Result<(), Error>>>);
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A reader that counts what passes.
@@ -267,12 +289,7 @@ fn untar_into(
         n: 0,
     };
     {
-        let mut archive = tar::Archive::new(&mut counted);
-        archive.set_preserve_permissions(false);
-        archive.set_preserve_ownerships(false);
-        archive.set_overwrite(false);
-        // `unpack` refuses entries that would land outside `dir` (`..`, absolute paths).
-        archive.unpack(dir).map_err(|e| {
+        let failed = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::StorageFull {
                 Error::NoSpace(format!(
                     "extracting base {} into {}: {e}",
@@ -282,7 +299,48 @@ fn untar_into(
             } else {
                 refuse(e.to_string())
             }
-        })?;
+        };
+        let mut archive = tar::Archive::new(&mut counted);
+        archive.set_preserve_permissions(false);
+        archive.set_preserve_ownerships(false);
+        archive.set_overwrite(false);
+        for entry in archive.entries().map_err(failed)? {
+            let mut entry = entry.map_err(failed)?;
+            // A symbolic link in the data directory (a `log` directory elsewhere, say) would
+            // point the copy at the production server's files: it becomes an empty directory
+            // of the copy's own.
+            if entry.header().entry_type().is_symlink() {
+                let path = entry.path().map_err(failed)?.into_owned();
+                if path
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+                {
+                    return Err(refuse(format!("a link named {}", path.display())));
+                }
+                tracing::warn!(
+                    "the base holds {} as a link to {}: the copy gets an empty directory there",
+                    path.display(),
+                    entry
+                        .link_name()
+                        .ok()
+                        .flatten()
+                        .map(|l| l.display().to_string())
+                        .unwrap_or_default()
+                );
+                std::fs::create_dir_all(dir.join(&path)).map_err(failed)?;
+                continue;
+            }
+            // `unpack_in` refuses entries that would land outside `dir` (`..`, absolute paths).
+            if !entry.unpack_in(dir).map_err(failed)? {
+                return Err(refuse(format!(
+                    "an entry outside the data directory ({})",
+                    entry
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                )));
+            }
+        }
     }
     // What follows the tar's end-of-archive blocks still counts towards the raw size.
     std::io::copy(&mut counted, &mut std::io::sink()).map_err(|e| refuse(e.to_string()))?;
@@ -347,8 +405,11 @@ mod tests {
         assert_eq!(end.gap_before, Some(seg(7)));
         let immediate = chain(&p, &stored, &Target::Immediate, "b").unwrap();
         assert_eq!(immediate.segments, [3, 4].map(seg));
+        // The target's segment, and the next one (the record may run on into it).
         let lsn = chain(&p, &stored, &Target::Lsn(0x5000100), "b").unwrap();
-        assert_eq!(lsn.segments, [3, 4, 5].map(seg));
+        assert_eq!(lsn.segments, [3, 4, 5, 6].map(seg));
+        assert_eq!(lsn.gap_before, None);
+        assert_eq!(immediate.gap_before, None);
         // Past the gap: refused before anything is written.
         let e = chain(&p, &stored, &Target::Lsn(0x8000100), "b").unwrap_err();
         assert!(e.to_string().contains(&seg(7)), "{e}");

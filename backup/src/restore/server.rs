@@ -73,7 +73,14 @@ pub struct Server {
 }
 
 /// The settings a restored copy runs with, appended to its `postgresql.auto.conf`.
-fn settings(data: &Path, target: &Target, timeline: u32) -> Vec<(&'static str, String)> {
+/// `hot_standby` needs the parameters PostgreSQL compares with the primary's (`required`, read
+/// from the base's `pg_control`): a base whose `postgresql.conf` stayed in `/etc` would
+/// otherwise start with smaller defaults and stop.
+fn settings(
+    data: &Path,
+    target: &Target,
+    required: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
     let mut s = vec![
         ("archive_mode", "off".to_string()),
         ("restore_command", "false".into()),
@@ -84,11 +91,65 @@ fn settings(data: &Path, target: &Target, timeline: u32) -> Vec<(&'static str, S
         ("ssl", "off".into()),
         ("shared_buffers", "128MB".into()),
         ("hot_standby", "on".into()),
-        ("recovery_target_timeline", timeline.to_string()),
+        // The timeline the base was taken on: no history file is needed to follow it.
+        ("recovery_target_timeline", "current".into()),
         ("recovery_target_action", "promote".into()),
     ];
+    s.extend(required.iter().cloned());
+    // A base of a cluster that was itself restored may carry another target: each is reset,
+    // so the one given is the only one.
+    for t in [
+        "recovery_target",
+        "recovery_target_name",
+        "recovery_target_time",
+        "recovery_target_xid",
+        "recovery_target_lsn",
+    ] {
+        s.push((t, String::new()));
+    }
     s.extend(target.settings());
     s
+}
+
+/// The settings hot standby needs at least the primary's values of, from `pg_controldata`.
+fn required_settings(bindir: &Path, data: &Path) -> Result<Vec<(&'static str, String)>, Error> {
+    let out = Command::new(bindir.join("pg_controldata"))
+        .arg(data)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| Error::Tool {
+            tool: "pg_controldata".into(),
+            problem: format!("running it: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(Error::Recovery(format!(
+            "pg_controldata cannot read the restored base's control file: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut found = Vec::new();
+    for (label, name) in [
+        ("max_connections setting:", "max_connections"),
+        ("max_worker_processes setting:", "max_worker_processes"),
+        ("max_wal_senders setting:", "max_wal_senders"),
+        ("max_prepared_xacts setting:", "max_prepared_transactions"),
+        ("max_locks_per_xact setting:", "max_locks_per_transaction"),
+    ] {
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(label))
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                Error::Recovery(format!(
+                    "pg_controldata does not give the base's `{name}`: {}",
+                    text.lines().take(5).collect::<Vec<_>>().join("; ")
+                ))
+            })?;
+        found.push((name, value.to_string()));
+    }
+    Ok(found)
 }
 
 const HBA: &str = "dbward-restore-hba.conf";
@@ -119,24 +180,47 @@ pub fn bindir(major: u32) -> Result<PathBuf, Error> {
     })
 }
 
+/// Writes `text` to `path`, which must not be a symbolic link (a base is extracted without
+/// any, but its files are never written through one).
+fn write_own(path: &Path, text: &str, append: bool) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| Error::io(format!("writing {}", path.display()))(e);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .append(append)
+        .truncate(!append)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(io)
+}
+
+/// The socket's path (`<data>/.s.PGSQL.5432`) must fit in a sockaddr_un: checked before
+/// anything is written.
+pub fn check_socket_path(data: &Path) -> Result<(), Error> {
+    if data.as_os_str().len() + 16 > 107 {
+        return Err(Error::Target {
+            target: data.display().to_string(),
+            problem: "too long a path for the restored server's socket (at most 91 bytes): pick a shorter --to".into(),
+        });
+    }
+    Ok(())
+}
+
 impl Server {
-    /// Writes the copy's settings and `recovery.signal`, hands the directory to `user`, and
-    /// starts the server, until it takes connections (then see [`Server::wait_promoted`]).
-    pub async fn start(
+    /// Writes the copy's settings and `recovery.signal` and hands the directory to `user`;
+    /// the server is not started yet ([`Server::launch`]).
+    pub fn prepare(
         data: &Path,
         bindir: PathBuf,
         user: Option<OsUser>,
         target: &Target,
-        timeline: u32,
     ) -> Result<Server, Error> {
-        let io = |what: String| Error::io(what);
-        // The socket's path (`<data>/.s.PGSQL.5432`) must fit in a sockaddr_un.
-        if data.as_os_str().len() + 16 > 107 {
-            return Err(Error::Target {
-                target: data.display().to_string(),
-                problem: "too long a path for the restored server's socket (at most 91 bytes): pick a shorter --to".into(),
-            });
-        }
+        check_socket_path(data)?;
         // Debian keeps postgresql.conf, pg_hba.conf and pg_ident.conf in /etc: a base of such a
         // cluster has none.
         for (file, text) in [
@@ -147,55 +231,51 @@ impl Server {
             ("pg_ident.conf", ""),
         ] {
             let path = data.join(file);
-            if !path.exists() {
-                std::fs::write(&path, text).map_err(io(format!("writing {}", path.display())))?;
+            if std::fs::symlink_metadata(&path).is_err() {
+                write_own(&path, text, false)?;
             }
         }
-        std::fs::write(
-            data.join(HBA),
+        write_own(
+            &data.join(HBA),
             "# Written by dbward: the restored copy takes connections only on its own socket,\n# in its data directory (mode 0700).\nlocal all all trust\n",
-        )
-        .map_err(io(format!("writing {}", data.join(HBA).display())))?;
-        let auto = data.join("postgresql.auto.conf");
-        let mut conf = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&auto)
-            .map_err(io(format!("opening {}", auto.display())))?;
+            false,
+        )?;
+        let required = required_settings(&bindir, data)?;
         let mut text = String::from(
             "\n# Added by dbward when it restored this copy: it never archives, fetches no WAL from\n# any archive, and takes connections only on the socket in this directory.\n",
         );
-        for (k, v) in settings(data, target, timeline) {
+        for (k, v) in settings(data, target, &required) {
             text.push_str(&format!("{k} = {}\n", conf_quote(&v)));
         }
-        conf.write_all(text.as_bytes())
-            .and_then(|()| conf.sync_all())
-            .map_err(io(format!("writing {}", auto.display())))?;
-        std::fs::write(data.join("recovery.signal"), "").map_err(io(format!(
-            "writing {}",
-            data.join("recovery.signal").display()
-        )))?;
+        write_own(&data.join("postgresql.auto.conf"), &text, true)?;
+        write_own(&data.join("recovery.signal"), "", false)?;
         let status = data.join("pg_wal/archive_status");
-        std::fs::create_dir_all(&status).map_err(io(format!("creating {}", status.display())))?;
+        std::fs::create_dir_all(&status)
+            .map_err(Error::io(format!("creating {}", status.display())))?;
         if let Some(u) = &user {
             chown_tree(data, u)?;
         }
-        let log = data.join("dbward-restore.log");
-        let server = Server {
+        Ok(Server {
             data_dir: data.to_path_buf(),
+            log: data.join("dbward-restore.log"),
             bindir,
             user,
-            log,
-        };
-        // `-w`: pg_ctl returns once the server takes (read-only) connections, and tells a
-        // postmaster that died on the way from one still starting. A long wait for the base's
-        // own WAL is bounded by `-t`; a server that did not start in time is stopped.
-        let mut start = server.pg_ctl();
+        })
+    }
+
+    /// Starts the server, until it takes connections (then see [`Server::wait_promoted`]).
+    /// `-w`: pg_ctl returns once the server takes (read-only) connections, and tells a
+    /// postmaster that died on the way from one still starting. A long wait for the base's own
+    /// WAL is bounded by `-t`. A caller that drops this future kills pg_ctl; stopping the
+    /// server is the caller's (it holds the `Server`).
+    pub async fn launch(&self) -> Result<(), Error> {
+        let mut start = self.pg_ctl();
         start
             .arg("-l")
-            .arg(&server.log)
+            .arg(&self.log)
             .args(["-w", "-t", "3600", "start"]);
         let out = tokio::process::Command::from(start)
+            .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| Error::Tool {
@@ -203,22 +283,21 @@ impl Server {
                 problem: format!("running it: {e}"),
             })?;
         if !out.status.success() {
-            let _ = server.stop();
-            let reach = match &server.user {
+            let reach = match &self.user {
                 Some(u) => format!(
                     " (the server runs as `{}`: every directory above {} must be searchable by that user)",
                     u.name,
-                    data.display()
+                    self.data_dir.display()
                 ),
                 None => String::new(),
             };
             return Err(Error::Recovery(format!(
                 "the restored server did not start{reach}: {}{}",
                 String::from_utf8_lossy(&out.stderr).trim(),
-                server.log_tail()
+                self.log_tail()
             )));
         }
-        Ok(server)
+        Ok(())
     }
 
     fn pg_ctl(&self) -> Command {
@@ -267,12 +346,22 @@ impl Server {
             ))
         };
         let mut client = None;
+        // `launch` returned once the server took connections: a connection that keeps failing
+        // (a role or database the copy does not have) is an answer, not a wait.
+        let mut refused = 0;
         loop {
-            // `start` returned once the postmaster took connections: gone now is stopped.
             if self.postmaster().is_none() {
                 return Err(stopped());
             } else if client.is_none() {
-                client = self.connect(user, dbname).await.ok();
+                match self.connect(user, dbname).await {
+                    Ok(c) => client = Some(c),
+                    Err(e) => {
+                        refused += 1;
+                        if refused >= 50 {
+                            return Err(e);
+                        }
+                    }
+                }
             }
             if let Some(c) = &client {
                 match c.query_one("SELECT pg_is_in_recovery()", &[]).await {
