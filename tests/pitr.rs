@@ -489,3 +489,48 @@ fn a_physical_drill_restores_the_base_and_the_archive_reports_rto_and_rpo_and_le
         .unwrap()
         .contains("dbward_drill_success{database=\"app\"} 0"));
 }
+
+#[test]
+fn a_base_of_a_cluster_laid_out_as_debian_does_with_higher_limits_and_a_link_restores_alone() {
+    // postgresql.conf stays outside the data directory (the base has none), the limits hot
+    // standby compares are above the defaults, and the data directory links elsewhere.
+    let store = store_dir();
+    let archive = format!(
+        "archive_command = '{}'",
+        wal_command(store.path(), "wal-push %p")
+    );
+    let pg = Pg::start_debian_like(&[
+        "wal_level = replica",
+        "archive_mode = on",
+        &archive,
+        "max_connections = 150",
+        "max_worker_processes = 12",
+    ]);
+    let outside = server_dir("dbward-test-pitr-outside-");
+    common::give_to_postgres(outside.path());
+    std::os::unix::fs::symlink(outside.path(), pg.data_dir().join("linked")).unwrap();
+    pg.psql("postgres", "CREATE DATABASE app");
+    pg.psql(
+        "app",
+        "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000)",
+    );
+    switch_and_wait(&pg, store.path());
+    let (code, _, err) = run(dbward(&pg, store.path()).args(["backup", "--physical"]));
+    assert_eq!(code, 0, "{err}");
+
+    let copies = copies_dir();
+    let copy = restore(&pg, store.path(), copies.path(), "debian", &["latest"])
+        .unwrap_or_else(|(code, err)| panic!("exit {code}: {err}"));
+    assert_eq!(copy.psql("SELECT count(*) FROM t"), "1000");
+    assert_eq!(copy.psql("SHOW max_connections"), "150");
+    // pg_basebackup leaves the link out ("skipping special file"); nothing was written where
+    // it pointed. (A link in a base's tar becomes a directory: a unit test in physical.rs.)
+    assert!(std::fs::symlink_metadata(copy.dir.join("linked")).is_err());
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    // No partial directory is left beside the copy.
+    let beside: Vec<_> = std::fs::read_dir(copies.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(beside, ["debian"], "{beside:?}");
+}

@@ -254,16 +254,64 @@ impl Pg {
         }
         setup(&data);
         give_to_postgres(dir.path());
-        Pg::launch(dir, bindir)
+        Pg::launch(dir, bindir, "")
     }
 
     /// Starts a server on a data directory made another way (a base backup): `dir/data`.
     pub fn start_in(dir: tempfile::TempDir) -> Pg {
         give_to_postgres(dir.path());
-        Pg::launch(dir, pg_bindir())
+        Pg::launch(dir, pg_bindir(), "")
     }
 
-    fn launch(dir: tempfile::TempDir, bindir: PathBuf) -> Pg {
+    /// A cluster laid out as Debian's packages lay it out: `postgresql.conf`, `pg_hba.conf`
+    /// and `pg_ident.conf` outside the data directory (in `dir/etc`), so a base backup of it
+    /// has none. `conf`: extra settings, in that file.
+    pub fn start_debian_like(conf: &[&str]) -> Pg {
+        let bindir = pg_bindir();
+        let dir = server_dir("dbward-test-pg-");
+        let data = dir.path().join("data");
+        let etc = dir.path().join("etc");
+        give_to_postgres(dir.path());
+        let out = as_pg_user(&bindir.join("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap_or_else(|e| panic!("initdb: {e}: {MISSING}"));
+        assert!(out.status.success(), "initdb failed: {}", stderr(&out));
+        std::fs::create_dir(&etc).unwrap();
+        for f in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
+            std::fs::rename(data.join(f), etc.join(f)).unwrap();
+        }
+        let mut extra = format!(
+            "\nfsync = off\nlisten_addresses = '127.0.0.1'\nhba_file = '{0}/pg_hba.conf'\nident_file = '{0}/pg_ident.conf'\n",
+            etc.display()
+        );
+        for line in conf {
+            extra.push_str(line);
+            extra.push('\n');
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(etc.join("postgresql.conf"))
+            .unwrap()
+            .write_all(extra.as_bytes())
+            .unwrap();
+        give_to_postgres(dir.path());
+        let opts = format!("-c config_file={}/postgresql.conf", etc.display());
+        Pg::launch(dir, bindir, &opts)
+    }
+
+    fn launch(dir: tempfile::TempDir, bindir: PathBuf, opts: &str) -> Pg {
         let data = dir.path().join("data");
         // A port picked free may be taken before the server binds it: try a few.
         for _ in 0..5 {
@@ -274,7 +322,7 @@ impl Pg {
                 .arg("-l")
                 .arg(dir.path().join("log"))
                 .arg("-o")
-                .arg(format!("-p {port} -k {}", data.display()))
+                .arg(format!("-p {port} -k {} {opts}", data.display()))
                 .args(["-w", "-t", "60", "start"])
                 .output()
                 .unwrap();

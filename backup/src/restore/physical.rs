@@ -420,6 +420,40 @@ mod tests {
     }
 
     #[test]
+    fn a_link_in_a_base_becomes_a_directory_and_nothing_is_written_through_it() {
+        let outside = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, "log", outside.path()).unwrap();
+        let body = b"PG_VERSION contents";
+        let mut h = tar::Header::new_ustar();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o600);
+        h.set_cksum();
+        b.append_data(&mut h, "log/inside", &body[..]).unwrap();
+        let raw = b.into_inner().unwrap();
+        let m: Manifest = serde_json::from_value(serde_json::json!({
+            "format_version": 1, "id": "20261126T000000Z-manual-0000", "kind": "manual",
+            "created_at": "2026-11-26T00:00:00Z", "engine": "postgres", "server_version": "15",
+            "database": "app", "host": "h", "dbward_version": "0", "format": "pgbase",
+            "data_key": "app/20261126T000000Z-manual-0000.base.tar.zst",
+            "raw_bytes": raw.len(), "stored_bytes": 0, "sha256": "", "compression": {"algorithm": "zstd", "level": 3},
+            "migration_head": null, "row_counts": {}, "duration_ms": 0
+        }))
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let input = std::io::Cursor::new(zstd::encode_all(&raw[..], 3).unwrap());
+        untar_into(input, dir.path(), &m, &crate::crypt::Identities::none()).unwrap();
+        let log = std::fs::symlink_metadata(dir.path().join("log")).unwrap();
+        assert!(log.is_dir(), "{log:?}");
+        assert!(dir.path().join("log/inside").is_file());
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn segments_count_across_a_log_boundary() {
         assert_eq!(
             next_segment("0000000100000000000000FF", 16 << 20),
