@@ -378,6 +378,8 @@ pub async fn materialize(
     let (extracted, _) =
         physical::extract_any(&copies, base, dir.path(), &planned.identities).await?;
     extracted?;
+    let t_extract = started.elapsed().as_secs_f64();
+    tracing::info!("base {} extracted in {t_extract:.2}s", base.id);
     physical::fetch_wal(
         &stores[0],
         db,
@@ -386,6 +388,12 @@ pub async fn materialize(
         &planned.identities,
     )
     .await?;
+    let t_wal = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "{} WAL segments fetched in {:.2}s",
+        plan.segments.len(),
+        t_wal - t_extract
+    );
     dir.publish()?;
     // Held before the server starts: a restore stopped from here on stops the server before
     // its directory is removed.
@@ -396,9 +404,18 @@ pub async fn materialize(
         target,
     )?));
     server.0.as_ref().expect("prepared").launch().await?;
+    let t_start = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "the copy's server takes connections after {:.2}s",
+        t_start - t_wal
+    );
     let s = server.0.as_ref().expect("launched");
     let user = live.config.get_user().unwrap_or("postgres").to_string();
     let client = s.wait_promoted(&user, live.dbname()).await?;
+    tracing::info!(
+        "recovered and promoted after {:.2}s more",
+        started.elapsed().as_secs_f64() - t_start
+    );
     let recovered = server::recovered(&client).await?;
     drop(client);
     let as_user = s

@@ -5,7 +5,7 @@
 //! finds every segment in `pg_wal` (see [`super::server`]).
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::engine::basebackup::{parse_lsn, segment_name};
 use crate::error::Error;
@@ -256,6 +256,17 @@ impl Drop for Joined {
     }
 }
 
+/// The syncing thread, joined when dropped (its channel closed first by the caller's return).
+struct SyncJoined(Option<std::thread::JoinHandle<std::io::Result<()>>>);
+
+impl Drop for SyncJoined {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A reader that counts what passes.
 struct Counted<R> {
     inner: R,
@@ -288,6 +299,17 @@ fn untar_into(
         inner: decoder,
         n: 0,
     };
+    // The files written so far, flushed one after another (see below); joined on every path.
+    let (tx, to_sync) = std::sync::mpsc::sync_channel::<PathBuf>(64);
+    let mut syncer = SyncJoined(Some(std::thread::spawn(move || -> std::io::Result<()> {
+        for path in to_sync {
+            std::fs::File::open(&path)?.sync_data()?;
+        }
+        Ok(())
+    })));
+    // Bound after the thread's handle, so an early return drops (closes) it first and the
+    // join in `SyncJoined`'s drop ends.
+    let synced = tx;
     {
         let failed = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::StorageFull {
@@ -330,6 +352,8 @@ fn untar_into(
                 std::fs::create_dir_all(dir.join(&path)).map_err(failed)?;
                 continue;
             }
+            let file = entry.header().entry_type().is_file();
+            let path = entry.path().map_err(failed)?.into_owned();
             // `unpack_in` refuses entries that would land outside `dir` (`..`, absolute paths).
             if !entry.unpack_in(dir).map_err(failed)? {
                 return Err(refuse(format!(
@@ -340,8 +364,28 @@ fn untar_into(
                         .unwrap_or_default()
                 )));
             }
+            // Each file is flushed to disk on the syncing thread while the next one is
+            // decompressed: the server syncs its whole data directory when it starts from a
+            // base, and finds it written already.
+            if file && synced.send(dir.join(path)).is_err() {
+                break;
+            }
         }
     }
+    drop(synced);
+    syncer
+        .0
+        .take()
+        .expect("joined once")
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the syncing thread panicked")))
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                Error::NoSpace(format!("writing base {} into {}: {e}", m.id, dir.display()))
+            } else {
+                Error::io(format!("syncing base {} in {}", m.id, dir.display()))(e)
+            }
+        })?;
     // What follows the tar's end-of-archive blocks still counts towards the raw size.
     std::io::copy(&mut counted, &mut std::io::sink()).map_err(|e| refuse(e.to_string()))?;
     if counted.n != m.raw_bytes {
