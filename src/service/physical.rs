@@ -40,6 +40,8 @@ pub struct Restored {
     pub port: u16,
     pub wal_segments: usize,
     pub wal_gap_before: Option<String>,
+    /// A later timeline the archive holds, which the restore did not follow.
+    pub wal_later_timeline: Option<u32>,
     /// Where replay ended, the commit time of the last transaction it replayed, and the
     /// migration head the copy holds.
     pub recovered: server::Recovered,
@@ -291,6 +293,13 @@ pub async fn plan(settings: &Settings, chosen: Chosen) -> Result<Planned, Failur
         db,
     } = chosen;
     let plan = physical::plan_wal(&stores[0], &db, &base, &target).await?;
+    if let Some(t) = plan.later_timeline {
+        tracing::warn!(
+            "the archive holds WAL of timeline {t}, after this base's timeline {}: the restore replays only timeline {} (take a new base after a promotion)",
+            plan.timeline,
+            plan.timeline
+        );
+    }
     if let (Some(gap), Target::End | Target::Time(_)) = (&plan.gap_before, &target) {
         tracing::warn!(
             "the archive has a gap at {gap}: recovery can replay only up to {} (see `dbward pitr verify`)",
@@ -437,6 +446,7 @@ pub async fn materialize(
             port: server::PORT,
             wal_segments: plan.segments.len(),
             wal_gap_before: plan.gap_before.clone(),
+            wal_later_timeline: plan.later_timeline,
             recovered,
             seconds: started.elapsed().as_secs_f64(),
             server_user: planned.user.as_ref().map(|u| u.name.clone()),

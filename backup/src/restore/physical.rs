@@ -63,6 +63,10 @@ pub struct WalPlan {
     /// holds later segments on this timeline (WAL past a gap cannot be replayed).
     pub last: String,
     pub gap_before: Option<String>,
+    /// A later timeline the archive holds segments of (a promotion after the base): a restore
+    /// stays on the base's timeline and does not follow it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub later_timeline: Option<u32>,
 }
 
 /// Checks the archive before anything is written: it is this base's cluster's, and holds every
@@ -150,11 +154,19 @@ fn chain(
     // Later segments past a missing one cannot be replayed (only a target at the end meets it).
     let gap_before = (to_the_end && on_timeline.iter().any(|n| n.as_str() > next.as_str()))
         .then(|| next.clone());
+    // Names sort by timeline first: any later timeline's segments are in `stored`.
+    let later_timeline = stored
+        .iter()
+        .filter(|n| n.len() == 24)
+        .filter_map(|n| u32::from_str_radix(&n[..8], 16).ok())
+        .filter(|t| *t > p.timeline)
+        .max();
     Ok(WalPlan {
         timeline: p.timeline,
         segments,
         last,
         gap_before,
+        later_timeline,
     })
 }
 
@@ -267,6 +279,32 @@ impl Drop for SyncJoined {
     }
 }
 
+/// Reads the decoding thread's blocks in order; its read error is this reader's.
+struct Blocks {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    block: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for Blocks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.block.len() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => {
+                    self.block = b;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.block.len() - self.at);
+        buf[..n].copy_from_slice(&self.block[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// A reader that counts what passes.
 struct Counted<R> {
     inner: R,
@@ -294,9 +332,42 @@ fn untar_into(
         ))
     };
     let input = identities.reader(input, m)?;
-    let decoder = zstd::stream::read::Decoder::new(input).map_err(|e| refuse(e.to_string()))?;
+    let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| refuse(e.to_string()))?;
+    // Decompression on a thread of its own, the files written on this one (and flushed on a
+    // third): the three overlap. The decoder's blocks come through a channel of eight.
+    let (blocks, decoded) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
+    let mut decoding = Joined(Some(std::thread::spawn(move || -> Result<(), Error> {
+        use std::io::Read;
+        loop {
+            let mut block = vec![0u8; 256 << 10];
+            let mut filled = 0;
+            while filled < block.len() {
+                match decoder.read(&mut block[filled..]) {
+                    Ok(0) => break,
+                    Ok(k) => filled += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = blocks.send(Err(e));
+                        return Ok(());
+                    }
+                }
+            }
+            if filled == 0 {
+                return Ok(());
+            }
+            block.truncate(filled);
+            if blocks.send(Ok(block)).is_err() {
+                return Ok(());
+            }
+        }
+    })));
+    // Bound after the thread's handle: an early return closes the channel before the join.
     let mut counted = Counted {
-        inner: decoder,
+        inner: Blocks {
+            rx: decoded,
+            block: Vec::new(),
+            at: 0,
+        },
         n: 0,
     };
     // The files written so far, flushed one after another (see below); joined on every path.
@@ -388,6 +459,13 @@ fn untar_into(
         })?;
     // What follows the tar's end-of-archive blocks still counts towards the raw size.
     std::io::copy(&mut counted, &mut std::io::sink()).map_err(|e| refuse(e.to_string()))?;
+    drop(counted.inner);
+    decoding
+        .0
+        .take()
+        .expect("joined once")
+        .join()
+        .unwrap_or_else(|_| Err(Error::Recovery("the decoding thread panicked".into())))?;
     if counted.n != m.raw_bytes {
         return Err(refuse(format!(
             "{} bytes, the manifest says {}",
@@ -495,6 +573,13 @@ mod tests {
         assert!(log.is_dir(), "{log:?}");
         assert!(dir.path().join("log/inside").is_file());
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+
+        // A stream cut short is the base's fault, whichever thread meets it first.
+        let whole = zstd::encode_all(&raw[..], 3).unwrap();
+        let cut = std::io::Cursor::new(whole[..whole.len() / 2].to_vec());
+        let dir = tempfile::tempdir().unwrap();
+        let e = untar_into(cut, dir.path(), &m, &crate::crypt::Identities::none()).unwrap_err();
+        assert!(matches!(e, Error::Damaged(_)), "{e:?}");
     }
 
     #[test]
