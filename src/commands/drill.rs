@@ -20,7 +20,8 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     let stores = settings.stores().await?;
     let store = &stores[0];
     if args.physical {
-        use crate::service::physical::{drill, DrillOptions, Which};
+        use crate::service::physical::Which;
+        use crate::service::physical_drill::{drill, DrillOptions};
         let which = match args.snapshot.as_str() {
             "latest" => Which::Latest,
             "random" => {

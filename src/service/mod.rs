@@ -3,6 +3,7 @@
 //! and never print.
 
 pub mod physical;
+pub mod physical_drill;
 pub mod restore;
 pub mod select;
 pub mod take;

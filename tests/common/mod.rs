@@ -197,6 +197,30 @@ pub fn pg_bindir() -> PathBuf {
         .unwrap_or_else(|| panic!("PostgreSQL server binaries (initdb) not found under /usr/lib/postgresql: {MISSING}"))
 }
 
+/// A new cluster's directory (`dir/data`, made by initdb as `postgres`) and the server binaries.
+fn initdb() -> (tempfile::TempDir, PathBuf) {
+    let bindir = pg_bindir();
+    let dir = server_dir("dbward-test-pg-");
+    give_to_postgres(dir.path());
+    let out = as_pg_user(&bindir.join("initdb"))
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "-D",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap_or_else(|e| panic!("initdb: {e}: {MISSING}"));
+    assert!(out.status.success(), "initdb failed: {}", stderr(&out));
+    (dir, bindir)
+}
+
 /// A throwaway PostgreSQL cluster on a free loopback port, in a temp dir; superuser `postgres`,
 /// trust authentication. Stopped and removed on drop.
 pub struct Pg {
@@ -217,26 +241,8 @@ impl Pg {
     }
 
     pub fn start_full(conf: &[&str], hba: Option<&str>, setup: impl Fn(&Path)) -> Pg {
-        let bindir = pg_bindir();
-        let dir = server_dir("dbward-test-pg-");
+        let (dir, bindir) = initdb();
         let data = dir.path().join("data");
-        give_to_postgres(dir.path());
-        let out = as_pg_user(&bindir.join("initdb"))
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-D",
-            ])
-            .arg(&data)
-            .output()
-            .unwrap_or_else(|e| panic!("initdb: {e}: {MISSING}"));
-        assert!(out.status.success(), "initdb failed: {}", stderr(&out));
         let mut extra =
             String::from("\nfsync = off\nlisten_addresses = '127.0.0.1'\nmax_connections = 50\n");
         for line in conf {
@@ -267,27 +273,9 @@ impl Pg {
     /// and `pg_ident.conf` outside the data directory (in `dir/etc`), so a base backup of it
     /// has none. `conf`: extra settings, in that file.
     pub fn start_debian_like(conf: &[&str]) -> Pg {
-        let bindir = pg_bindir();
-        let dir = server_dir("dbward-test-pg-");
+        let (dir, bindir) = initdb();
         let data = dir.path().join("data");
         let etc = dir.path().join("etc");
-        give_to_postgres(dir.path());
-        let out = as_pg_user(&bindir.join("initdb"))
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-D",
-            ])
-            .arg(&data)
-            .output()
-            .unwrap_or_else(|e| panic!("initdb: {e}: {MISSING}"));
-        assert!(out.status.success(), "initdb failed: {}", stderr(&out));
         std::fs::create_dir(&etc).unwrap();
         for f in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
             std::fs::rename(data.join(f), etc.join(f)).unwrap();

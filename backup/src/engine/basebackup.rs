@@ -6,7 +6,6 @@
 //! that the archive holds them before its manifest is written.
 
 use std::io::Read;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use dbconn::postgres::{applied_on, describe, Postgres};
@@ -128,21 +127,9 @@ pub async fn prepare(
         "--no-password",
     ])
     .arg(format!("--label={label}"))
-    .env("LC_MESSAGES", "C")
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| Error::Tool {
-        tool: "pg_basebackup".into(),
-        problem: format!("starting it: {e}"),
-    })?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let stderr_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    .env("LC_MESSAGES", "C");
+    let (mut child, stdout, stderr_thread) =
+        super::postgres::spawn_streaming(cmd, "pg_basebackup")?;
     let seen = Arc::new(Mutex::new(TarWatch::default()));
     let watched = seen.clone();
     let display = url.display.clone();

@@ -53,23 +53,8 @@ pub async fn prepare(url: &PgUrl, lock_wait_timeout: Duration) -> Result<Prepare
         .arg(format!(
             "--lock-wait-timeout={}",
             lock_wait_timeout.as_millis().max(1)
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| {
-        Error::Source(format!(
-            "starting pg_dump: {e} (is it installed and on PATH?)"
-        ))
-    })?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    // Read stderr on its own thread so a chatty pg_dump never blocks on a full pipe.
-    let stderr_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+        ));
+    let (mut child, stdout, stderr_thread) = spawn_streaming(cmd, "pg_dump")?;
     let display = url.display.clone();
     let finish = move || {
         let status = child
@@ -99,6 +84,36 @@ pub async fn prepare(url: &PgUrl, lock_wait_timeout: Duration) -> Result<Prepare
         finish: Box::new(finish),
         keep: Keep::Transaction(db),
     })
+}
+
+/// A tool whose stdout is the stream: spawned with stdout and stderr piped, its stderr read on
+/// a thread of its own (a chatty tool never blocks on a full pipe), returned when joined.
+pub(crate) fn spawn_streaming(
+    mut cmd: Command,
+    tool: &str,
+) -> Result<
+    (
+        std::process::Child,
+        std::process::ChildStdout,
+        std::thread::JoinHandle<String>,
+    ),
+    Error,
+> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| Error::Tool {
+        tool: tool.into(),
+        problem: format!("starting it: {e}"),
+    })?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let stderr_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    Ok((child, stdout, stderr_thread))
 }
 
 /// Rows of every table, as this transaction's snapshot sees them.

@@ -1,0 +1,217 @@
+//! A physical drill: a base and the WAL archive restored by a private server into a scratch
+//! data directory, checked, then stopped and removed ([`super::physical`] does the restore).
+
+use std::time::Instant;
+
+use migrator::DatabaseUrl;
+use time::OffsetDateTime;
+
+use super::physical::{choose, materialize, plan, Which};
+use crate::report::{Exit, Failure};
+use crate::settings::Settings;
+
+/// What a physical drill checks beyond the restore itself.
+pub struct DrillOptions {
+    pub probes: Vec<String>,
+    pub max_rto: Option<std::time::Duration>,
+    /// The migrations folder's files, when there is one: the copy's head must be one of them.
+    pub migrations: Option<Vec<migrator::MigrationFile>>,
+}
+
+/// A physical drill: the base and its WAL restored into a scratch data directory (in the temp
+/// dir) by a private server, checked, then the server stopped and the directory removed,
+/// whatever happened. The report's RTO runs from the first check to the promotion; its RPO is
+/// how long before the drill the last replayed transaction committed.
+pub async fn drill(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    which: &Which,
+    opts: &DrillOptions,
+) -> Result<(backup::Manifest, restore_drill::Report), Failure> {
+    use restore_drill::checks::{classify, CheckFailure, Checks};
+    let DatabaseUrl::Postgres(live) = url else {
+        return Err(Failure::new(
+            Exit::Usage,
+            "a physical drill restores a PostgreSQL cluster's base backup; the database is SQLite",
+        ));
+    };
+    let now = OffsetDateTime::now_utc();
+    let started = Instant::now();
+    let mut checks = Checks::default();
+    let chosen = choose(settings, url, which).await?;
+    let m = chosen.base.clone();
+    // The archive's refusals (a gap short of the target, a base whose WAL is gone, another
+    // cluster's archive) fail the drill against the base; anything else (a missing server
+    // binary, a bad setting) is this machine's.
+    let planned = match plan(settings, chosen).await {
+        Ok(p) => {
+            let wal = &p.plan;
+            let detail = format!(
+                "{} segment(s) {}..{} on timeline {}{}",
+                wal.segments.len(),
+                wal.segments.first().map(String::as_str).unwrap_or(""),
+                wal.last,
+                wal.timeline,
+                wal.gap_before
+                    .as_ref()
+                    .map(|g| format!(" (a gap at {g}: replay ends before it)"))
+                    .unwrap_or_default()
+            );
+            checks.record("wal", (Ok(((), detail)), started.elapsed().as_secs_f64()));
+            Some(p)
+        }
+        Err(f) => {
+            let why = if f.code == Exit::Refused {
+                CheckFailure::Snapshot(f.message)
+            } else {
+                CheckFailure::Environment(f.message)
+            };
+            checks.record::<()>("wal", (Err(why), started.elapsed().as_secs_f64()));
+            None
+        }
+    };
+    // The copy's server runs as `postgres` when dbward is root: its directory must be one that
+    // user can reach, which the state dir (0700) is not. `backup.temp_dir` when set, else the
+    // system's temp dir (TMPDIR).
+    let parent = settings.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    backup::scratch::create_private_dir(&parent).map_err(|e| {
+        Failure::new(
+            Exit::Failed,
+            format!("creating the temp dir {}: {e}", parent.display()),
+        )
+    })?;
+    let dir = parent.join(format!(
+        "dbward-pitr-drill-{}-{}",
+        std::process::id(),
+        backup::restore::stamp().to_lowercase()
+    ));
+    let running = match &planned {
+        None => None,
+        Some(planned) => {
+            checks
+                .run("restore", async {
+                    let r = materialize(planned, live, &dir).await.map_err(classify)?;
+                    let detail = format!(
+                        "base {} recovered to {} and promoted ({}), in {}",
+                        m.id,
+                        r.restored.target,
+                        r.restored
+                            .recovered
+                            .replayed_to_lsn
+                            .as_deref()
+                            .unwrap_or("?"),
+                        dir.display()
+                    );
+                    Ok((r, detail))
+                })
+                .await
+        }
+    };
+    let rto = running.as_ref().map(|_| started.elapsed().as_secs_f64());
+    let rpo = running.as_ref().and_then(|r| {
+        let at = r.restored.recovered.last_transaction_at.as_deref()?;
+        // PostgreSQL's text form: `2026-11-26 10:39:01.81558+00`.
+        let fmt = time::macros::format_description!(
+            "[year]-[month]-[day] [hour]:[minute]:[second][optional [.[subsecond]]][offset_hour sign:mandatory]"
+        );
+        let t = OffsetDateTime::parse(at, &fmt).ok()?;
+        Some((now - t).as_seconds_f64().max(0.0))
+    });
+    if let Some(r) = &running {
+        let copy = async {
+            let db = dbconn::postgres::Postgres::connect(&r.url)
+                .await
+                .map_err(|e| CheckFailure::Environment(backup::error::chain(&e)))?;
+            Ok::<_, CheckFailure>(restore_drill::postgres::Restored {
+                server: r.url.clone(),
+                name: live.dbname().to_string(),
+                db,
+                counts: Default::default(),
+            })
+        }
+        .await;
+        match copy {
+            Ok(c) => {
+                checks.run("integrity", c.integrity()).await;
+                match c.amcheck_available().await {
+                    Ok(()) => {
+                        checks.run("amcheck", c.amcheck()).await;
+                    }
+                    Err(why) => checks.skipped("amcheck", why),
+                }
+                checks
+                    .run("migration-head", async {
+                        let head = c.head().await?;
+                        let detail = match (&head, &opts.migrations) {
+                            (None, _) => "no migration applied".to_string(),
+                            (Some(h), Some(files))
+                                if !files.iter().any(|f| f.version == h.version) =>
+                            {
+                                return Err(CheckFailure::Snapshot(format!(
+                                    "the copy's head V{} {} is not a file of the migrations folder",
+                                    h.version, h.name
+                                )))
+                            }
+                            (Some(h), _) => format!("V{} {}", h.version, h.name),
+                        };
+                        Ok(((), detail))
+                    })
+                    .await;
+                if !opts.probes.is_empty() {
+                    checks
+                        .run("probes", async {
+                            for sql in &opts.probes {
+                                if !c.probe(sql).await? {
+                                    return Err(format!("`{sql}` is false").into());
+                                }
+                            }
+                            Ok(((), format!("{} probe(s) true", opts.probes.len())))
+                        })
+                        .await;
+                }
+            }
+            Err(e) => {
+                checks.record::<()>("integrity", (Err(e), 0.0));
+            }
+        }
+    }
+    // The copy is stopped and removed here, before the report.
+    drop(running);
+    if let (Some(max), Some(r), false) = (opts.max_rto, rto, checks.failed) {
+        let ok = r <= max.as_secs_f64();
+        checks.record(
+            "thresholds",
+            (
+                if ok {
+                    Ok(((), String::new()))
+                } else {
+                    Err(CheckFailure::Snapshot(format!(
+                        "RTO {r:.1}s exceeds drill.max_rto {}",
+                        dbconn::error::humanize(max)
+                    )))
+                },
+                0.0,
+            ),
+        );
+    }
+    let age = m
+        .created()
+        .map(|c| (now - c).as_seconds_f64())
+        .unwrap_or(f64::NAN);
+    let report = restore_drill::Report {
+        snapshot: m.id.clone(),
+        database: m.database.clone(),
+        engine: m.engine.clone(),
+        started_at: backup::manifest::now_rfc3339(now),
+        snapshot_age_seconds: age,
+        rto_seconds: rto,
+        rpo_seconds: rpo,
+        stored_bytes: m.stored_bytes,
+        raw_bytes: m.raw_bytes,
+        encrypted: m.encryption.is_some(),
+        copy: 0,
+        success: !checks.failed,
+        checks: checks.list,
+    };
+    Ok((m, report))
+}
