@@ -80,11 +80,14 @@ pub async fn drill(
             format!("creating the temp dir {}: {e}", parent.display()),
         )
     })?;
-    let dir = parent.join(format!(
-        "dbward-pitr-drill-{}-{}",
-        std::process::id(),
-        backup::restore::stamp().to_lowercase()
-    ));
+    // Short: the copy's socket lives in it, and a socket's path has at most 107 bytes.
+    let tag = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish() as u16
+    };
+    let dir = parent.join(format!("dbward-drill-{}-{tag:04x}", std::process::id()));
     let running = match &planned {
         None => None,
         Some(planned) => {
