@@ -23,17 +23,18 @@ pub struct PruneReport {
     pub dry_run: bool,
 }
 
-/// Applies `policy` to `database`'s snapshots. For each snapshot removed, the manifest goes
-/// first, then the data: a crash in between leaves an orphan data object (removed by the next
-/// prune), never a manifest without its data. Orphans younger than a day are left alone: they
-/// may be an upload in progress.
+/// Applies `policy` to `database`'s snapshots of each of `formats`, each format's by the
+/// rules among its own (dumps among dumps, bases among bases), over one listing of the folder.
+/// For each snapshot removed, the manifest goes first, then the data: a crash in between
+/// leaves an orphan data object (removed by the next prune), never a manifest without its
+/// data. Orphans younger than a day are left alone: they may be an upload in progress.
 pub async fn prune(
     store: &Store,
     database: &str,
     policy: &retention::Policy,
     dry_run: bool,
     live: &owner::Live,
-    format: manifest::Format,
+    formats: &[manifest::Format],
 ) -> Result<PruneReport, Error> {
     check_folder_name(database)?;
     let objects = store.list(database).await?;
@@ -49,49 +50,54 @@ pub async fn prune(
     // Retention counts and removes only this database's snapshots: another database's in the
     // same folder are neither kept by its rules nor pruned by them.
     let folder_owner = owner::read(store, database).await?;
-    let mine = owner::mine(
-        store,
-        database,
-        manifests.clone(),
-        live,
-        format,
-        folder_owner.as_ref(),
-    )?;
-    let mut decisions = retention::decide(&mine, policy);
-    // The newest snapshot that passed a drill is the one known to restore: never removed.
     let receipts = read_receipts(store, database, &objects).await?;
-    if let Some(proven) = mine
-        .iter()
-        .find(|m| receipts.get(&m.id).is_some_and(|r| r.success))
-    {
-        if let Some(d) = decisions.iter_mut().find(|d| d.id == proven.id) {
-            d.keep = true;
-            d.reasons.push("drilled");
-        }
-    }
+    let mut decisions = Vec::new();
     let mut removed = Vec::new();
-    for d in decisions.iter().filter(|d| !d.keep) {
-        let m = mine
+    for &format in formats {
+        let mine = owner::mine(
+            store,
+            database,
+            manifests.clone(),
+            live,
+            format,
+            folder_owner.as_ref(),
+        )?;
+        let mut decided = retention::decide(&mine, policy);
+        // The newest snapshot that passed a drill is the one known to restore: never removed.
+        if let Some(proven) = mine
             .iter()
-            .find(|m| m.id == d.id)
-            .expect("decisions come from these manifests");
-        if !dry_run {
-            // Every key deleted is built from the checked id by dbward's own scheme, never
-            // taken from the manifest's text.
-            store.delete(&manifest_key(database, &m.id)).await?;
-            dbconn::failpoint::hit("prune-after-manifest-delete").map_err(Error::AfterChange)?;
-            store
-                .delete(&manifest::data_key(
-                    database,
-                    &m.id,
-                    m.format,
-                    m.encryption.is_some(),
-                ))
-                .await?;
-            store.delete(&receipt_key(database, &m.id)).await?;
-            tracing::info!("pruned snapshot {}", m.id);
+            .find(|m| receipts.get(&m.id).is_some_and(|r| r.success))
+        {
+            if let Some(d) = decided.iter_mut().find(|d| d.id == proven.id) {
+                d.keep = true;
+                d.reasons.push("drilled");
+            }
         }
-        removed.push(m.id.clone());
+        for d in decided.iter().filter(|d| !d.keep) {
+            let m = mine
+                .iter()
+                .find(|m| m.id == d.id)
+                .expect("decisions come from these manifests");
+            if !dry_run {
+                // Every key deleted is built from the checked id by dbward's own scheme, never
+                // taken from the manifest's text.
+                store.delete(&manifest_key(database, &m.id)).await?;
+                dbconn::failpoint::hit("prune-after-manifest-delete")
+                    .map_err(Error::AfterChange)?;
+                store
+                    .delete(&manifest::data_key(
+                        database,
+                        &m.id,
+                        m.format,
+                        m.encryption.is_some(),
+                    ))
+                    .await?;
+                store.delete(&receipt_key(database, &m.id)).await?;
+                tracing::info!("pruned snapshot {}", m.id);
+            }
+            removed.push(m.id.clone());
+        }
+        decisions.extend(decided);
     }
     let day_ago = std::time::SystemTime::now() - Duration::from_secs(24 * 3600);
     // Orphans: only objects named by dbward's scheme (data or a receipt whose snapshot has no
@@ -142,7 +148,7 @@ pub async fn prune(
     // The WAL is kept for every base that stays in the folder, whoever's it is (this rule's
     // or not), and not touched at all while a manifest there cannot be read: its base may need
     // any of it.
-    let wal_removed = if format != manifest::Format::Pgbase {
+    let wal_removed = if !formats.contains(&manifest::Format::Pgbase) {
         Vec::new()
     } else if !listing.damaged.is_empty() {
         tracing::warn!(

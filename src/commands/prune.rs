@@ -17,11 +17,28 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
     let url = database_url(settings)?;
     let stores = settings.stores().await?;
     let live = backup::owner::live_identity(&url).await?;
-    let report = prune_all(&stores[0], settings, &url, &live, args.dry_run).await?;
+    let report = backup::prune(
+        &stores[0],
+        &url.name(),
+        &settings.retention,
+        args.dry_run,
+        &live,
+        backup::owner::formats_of(&url),
+    )
+    .await?;
     // Every mirror by the same policy, over its own listing.
     let mut mirrors = Vec::new();
     for (n, store) in stores.iter().enumerate().skip(1) {
-        match prune_all(store, settings, &url, &live, args.dry_run).await {
+        match backup::prune(
+            store,
+            &url.name(),
+            &settings.retention,
+            args.dry_run,
+            &live,
+            backup::owner::formats_of(&url),
+        )
+        .await
+        {
             Ok(r) => {
                 mirrors.push(json!({ "mirror": n, "removed": r.removed, "orphans": r.orphans }))
             }
@@ -93,41 +110,4 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
         json,
         code: Exit::Success,
     })
-}
-
-/// Each format by the policy on its own: dumps are kept by the rules among dumps, bases among
-/// bases (and the WAL by the bases kept).
-async fn prune_all(
-    store: &backup::Store,
-    settings: &Settings,
-    url: &migrator::DatabaseUrl,
-    live: &backup::owner::Live,
-    dry_run: bool,
-) -> Result<backup::PruneReport, backup::Error> {
-    let mut all: Option<backup::PruneReport> = None;
-    for format in backup::owner::formats_of(url) {
-        let r = backup::prune(
-            store,
-            &url.name(),
-            &settings.retention,
-            dry_run,
-            live,
-            *format,
-        )
-        .await?;
-        match &mut all {
-            None => all = Some(r),
-            Some(a) => {
-                a.decisions.extend(r.decisions);
-                a.removed.extend(r.removed);
-                a.orphans.extend(r.orphans);
-                a.wal_removed.extend(r.wal_removed);
-            }
-        }
-    }
-    let mut all = all.expect("every database has a format");
-    // Each pass lists the folder: an orphan may be named by both.
-    all.orphans.sort();
-    all.orphans.dedup();
-    Ok(all)
 }

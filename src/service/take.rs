@@ -27,7 +27,7 @@ pub async fn retain(
             &settings.retention,
             false,
             &live,
-            m.format,
+            &[m.format],
         )
         .await;
         match result {
