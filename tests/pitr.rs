@@ -9,7 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::archive::{archiving, store_dir, store_url, switch_and_wait, wal_command};
+use common::archive::{
+    archiving, recover_through_wal_fetch, store_dir, store_url, switch_and_wait, wal_command,
+};
 use common::{json, pg_bindir, run, server_dir, tool, Pg};
 
 /// dbward connected to the cluster's `app` database, with the archive's store.
@@ -71,6 +73,13 @@ fn restore(
     })
 }
 
+/// `backup --physical` of the cluster into `store`: its manifest.
+fn take_base(pg: &Pg, store: &Path) -> serde_json::Value {
+    let (code, out, err) = run(dbward(pg, store).args(["--json", "backup", "--physical"]));
+    assert_eq!(code, 0, "{err}");
+    json(&out)["snapshot"].clone()
+}
+
 /// A directory the `postgres` user can create copies in.
 fn copies_dir() -> tempfile::TempDir {
     let d = server_dir("dbward-test-pitr-");
@@ -83,9 +92,7 @@ fn a_base_recovers_to_a_time_an_lsn_its_end_and_the_archives_end_in_private_copi
     let store = store_dir();
     let pg = archiving(store.path());
     switch_and_wait(&pg, store.path());
-    let (code, out, err) = run(dbward(&pg, store.path()).args(["--json", "backup", "--physical"]));
-    assert_eq!(code, 0, "{err}");
-    let m = &json(&out)["snapshot"];
+    let m = &take_base(&pg, store.path());
     assert_eq!(m["format"], "pgbase", "{m}");
     let base = m["id"].as_str().unwrap().to_string();
     assert_eq!(
@@ -162,9 +169,7 @@ fn the_base_restores_with_zstd_and_tar_and_passes_pg_verifybackup() {
     let store = store_dir();
     let pg = archiving(store.path());
     switch_and_wait(&pg, store.path());
-    let (code, out, err) = run(dbward(&pg, store.path()).args(["--json", "backup", "--physical"]));
-    assert_eq!(code, 0, "{err}");
-    let m = json(&out)["snapshot"].clone();
+    let m = take_base(&pg, store.path());
     let work = server_dir("dbward-test-pitr-plain-");
     let data = work.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -206,22 +211,7 @@ fn the_base_restores_with_zstd_and_tar_and_passes_pg_verifybackup() {
 
     // And it starts with a plain restore_command (dbward wal-fetch), archiving off.
     std::fs::remove_dir_all(&wal).unwrap();
-    let mut conf = std::fs::OpenOptions::new()
-        .append(true)
-        .open(data.join("postgresql.auto.conf"))
-        .unwrap();
-    std::io::Write::write_all(
-        &mut conf,
-        format!(
-            "\narchive_mode = off\nrestore_command = '{}'\nrecovery_target = 'immediate'\nrecovery_target_action = 'promote'\n",
-            wal_command(store.path(), "wal-fetch %f %p")
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    std::fs::write(data.join("recovery.signal"), "").unwrap();
-    let restored = Pg::start_in(work);
-    restored.wait_for("postgres", "SELECT pg_is_in_recovery()", "f");
+    let restored = recover_through_wal_fetch(work, store.path(), "recovery_target = 'immediate'");
     assert_eq!(restored.psql("app", "SELECT count(*) FROM t"), "1000");
 }
 
@@ -250,9 +240,7 @@ fn refusals_come_before_anything_is_written_and_a_failed_recovery_leaves_nothing
         .collect();
     assert!(left.is_empty(), "{left:?}");
 
-    let (code, out, err) = run(dbward(&pg, store.path()).args(["--json", "backup", "--physical"]));
-    assert_eq!(code, 0, "{err}");
-    let m = json(&out)["snapshot"].clone();
+    let m = take_base(&pg, store.path());
     let copies = copies_dir();
 
     // A target past the archive's end: the server stops short of it, so the restore fails
@@ -406,9 +394,10 @@ fn a_physical_drill_restores_the_base_and_the_archive_reports_rto_and_rpo_and_le
     let store = store_dir();
     let pg = archiving(store.path());
     switch_and_wait(&pg, store.path());
-    let (code, out, err) = run(dbward(&pg, store.path()).args(["--json", "backup", "--physical"]));
-    assert_eq!(code, 0, "{err}");
-    let base = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
+    let base = take_base(&pg, store.path())["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     pg.psql("app", "INSERT INTO t SELECT generate_series(1001, 1500)");
     switch_and_wait(&pg, store.path());
 
@@ -515,8 +504,7 @@ fn a_base_of_a_cluster_laid_out_as_debian_does_with_higher_limits_and_a_link_res
         "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000)",
     );
     switch_and_wait(&pg, store.path());
-    let (code, _, err) = run(dbward(&pg, store.path()).args(["backup", "--physical"]));
-    assert_eq!(code, 0, "{err}");
+    take_base(&pg, store.path());
 
     let copies = copies_dir();
     let copy = restore(&pg, store.path(), copies.path(), "debian", &["latest"])

@@ -11,7 +11,7 @@ use std::process::Command;
 use common::{run, server_dir, tool, Pg, S3};
 
 use common::archive::{
-    archiving, dbward, store_dir, store_url, switch_and_wait, wal_command, APP, BIN,
+    archiving, dbward, recover_through_wal_fetch, store_dir, store_url, switch_and_wait, APP, BIN,
 };
 
 #[test]
@@ -87,23 +87,11 @@ fn a_cluster_archives_through_wal_push_and_a_base_backup_recovers_to_a_restore_p
 
     // Recover the base backup to the restore point, fetching every segment through dbward,
     // with archiving off (a restored copy never pushes into the production archive).
-    let data = base.path().join("data");
-    let mut conf = std::fs::OpenOptions::new()
-        .append(true)
-        .open(data.join("postgresql.conf"))
-        .unwrap();
-    std::io::Write::write_all(
-        &mut conf,
-        format!(
-            "\narchive_mode = off\nrestore_command = '{}'\nrecovery_target_name = 'dbward-test-point'\nrecovery_target_action = 'promote'\n",
-            wal_command(store.path(), "wal-fetch %f %p")
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    std::fs::write(data.join("recovery.signal"), "").unwrap();
-    let restored = Pg::start_in(base);
-    restored.wait_for("postgres", "SELECT pg_is_in_recovery()", "f");
+    let restored = recover_through_wal_fetch(
+        base,
+        store.path(),
+        "recovery_target_name = 'dbward-test-point'",
+    );
     assert_eq!(
         restored.psql("app", "SELECT count(*), max(id) FROM t"),
         "1500|1500"

@@ -152,6 +152,20 @@ impl Checks {
     }
 }
 
+/// Every probe (SQL returning one boolean) is true, asked in order through `probe`.
+pub async fn probes_true<'a, F, Fut>(probes: &'a [String], probe: F) -> Outcome<()>
+where
+    F: Fn(&'a str) -> Fut,
+    Fut: Future<Output = Result<bool, CheckFailure>>,
+{
+    for p in probes {
+        if !probe(p).await? {
+            return Err(format!("`{p}` returned false").into());
+        }
+    }
+    Ok(((), format!("{} probe(s) true", probes.len())))
+}
+
 pub fn head_matches(head: Option<dbconn::Applied>, m: &Manifest, opts: &Options) -> Outcome<()> {
     let got = head.as_ref().map(|h| (h.version, h.checksum.to_string()));
     let want = m

@@ -444,13 +444,6 @@ async fn run_checks(
         return;
     }
     checks
-        .run("probes", async {
-            for p in &opts.probes {
-                if !db.probe(p).await? {
-                    return Err(format!("`{p}` returned false").into());
-                }
-            }
-            Ok(((), format!("{} probe(s) true", opts.probes.len())))
-        })
+        .run("probes", checks::probes_true(&opts.probes, |p| db.probe(p)))
         .await;
 }

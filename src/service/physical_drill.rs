@@ -162,14 +162,10 @@ pub async fn drill(
                     .await;
                 if !opts.probes.is_empty() {
                     checks
-                        .run("probes", async {
-                            for sql in &opts.probes {
-                                if !c.probe(sql).await? {
-                                    return Err(format!("`{sql}` is false").into());
-                                }
-                            }
-                            Ok(((), format!("{} probe(s) true", opts.probes.len())))
-                        })
+                        .run(
+                            "probes",
+                            restore_drill::checks::probes_true(&opts.probes, |p| c.probe(p)),
+                        )
                         .await;
                 }
             }

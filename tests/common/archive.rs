@@ -71,3 +71,28 @@ pub fn switch_and_wait(pg: &Pg, store: &Path) -> String {
     }
     seg
 }
+
+/// Starts the cluster in `dir/data` (a base backup) as a copy that recovers through a plain
+/// `restore_command` (`dbward wal-fetch` from `store`) to `target` (a `recovery_target...`
+/// line), archiving off (a restored copy never pushes into the production archive); returned
+/// once it has promoted.
+pub fn recover_through_wal_fetch(dir: tempfile::TempDir, store: &Path, target: &str) -> Pg {
+    let data = dir.path().join("data");
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.auto.conf"))
+        .unwrap();
+    std::io::Write::write_all(
+        &mut conf,
+        format!(
+            "\narchive_mode = off\nrestore_command = '{}'\n{target}\nrecovery_target_action = 'promote'\n",
+            wal_command(store, "wal-fetch %f %p")
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    let restored = Pg::start_in(dir);
+    restored.wait_for("postgres", "SELECT pg_is_in_recovery()", "f");
+    restored
+}

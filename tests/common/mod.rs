@@ -197,6 +197,21 @@ pub fn pg_bindir() -> PathBuf {
         .unwrap_or_else(|| panic!("PostgreSQL server binaries (initdb) not found under /usr/lib/postgresql: {MISSING}"))
 }
 
+/// Appends the harness's own settings, then `conf`'s lines, to a `postgresql.conf`.
+fn append_conf(path: &Path, own: &str, conf: &[&str]) {
+    let mut extra = format!("\n{own}\n");
+    for line in conf {
+        extra.push_str(line);
+        extra.push('\n');
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(extra.as_bytes())
+        .unwrap();
+}
+
 /// A new cluster's directory (`dir/data`, made by initdb as `postgres`) and the server binaries.
 fn initdb() -> (tempfile::TempDir, PathBuf) {
     let bindir = pg_bindir();
@@ -243,18 +258,11 @@ impl Pg {
     pub fn start_full(conf: &[&str], hba: Option<&str>, setup: impl Fn(&Path)) -> Pg {
         let (dir, bindir) = initdb();
         let data = dir.path().join("data");
-        let mut extra =
-            String::from("\nfsync = off\nlisten_addresses = '127.0.0.1'\nmax_connections = 50\n");
-        for line in conf {
-            extra.push_str(line);
-            extra.push('\n');
-        }
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .unwrap()
-            .write_all(extra.as_bytes())
-            .unwrap();
+        append_conf(
+            &data.join("postgresql.conf"),
+            "fsync = off\nlisten_addresses = '127.0.0.1'\nmax_connections = 50",
+            conf,
+        );
         if let Some(hba) = hba {
             std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
         }
@@ -280,20 +288,14 @@ impl Pg {
         for f in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
             std::fs::rename(data.join(f), etc.join(f)).unwrap();
         }
-        let mut extra = format!(
-            "\nfsync = off\nlisten_addresses = '127.0.0.1'\nhba_file = '{0}/pg_hba.conf'\nident_file = '{0}/pg_ident.conf'\n",
-            etc.display()
+        append_conf(
+            &etc.join("postgresql.conf"),
+            &format!(
+                "fsync = off\nlisten_addresses = '127.0.0.1'\nhba_file = '{0}/pg_hba.conf'\nident_file = '{0}/pg_ident.conf'",
+                etc.display()
+            ),
+            conf,
         );
-        for line in conf {
-            extra.push_str(line);
-            extra.push('\n');
-        }
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(etc.join("postgresql.conf"))
-            .unwrap()
-            .write_all(extra.as_bytes())
-            .unwrap();
         give_to_postgres(dir.path());
         let opts = format!("-c config_file={}/postgresql.conf", etc.display());
         Pg::launch(dir, bindir, &opts)

@@ -321,15 +321,10 @@ fn decode_to_file<E>(
     let read = 'blocks: loop {
         let mut block = empty_rx.try_recv().unwrap_or_else(|_| vec![0u8; BLOCK]);
         block.resize(BLOCK, 0);
-        let mut filled = 0;
-        while filled < BLOCK {
-            match from.read(&mut block[filled..]) {
-                Ok(0) => break,
-                Ok(k) => filled += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => break 'blocks Err(on_read(e.to_string())),
-            }
-        }
+        let filled = match fill(from, &mut block) {
+            Ok(k) => k,
+            Err(e) => break 'blocks Err(on_read(e.to_string())),
+        };
         if filled == 0 {
             break Ok(n);
         }
@@ -347,6 +342,21 @@ fn decode_to_file<E>(
     let n = read?;
     written.map_err(on_write)?;
     Ok(n)
+}
+
+/// Reads into `block` until it is full or the input ends: the bytes read, fewer than its
+/// length only at the end.
+pub(crate) fn fill(from: &mut impl std::io::Read, block: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < block.len() {
+        match from.read(&mut block[filled..]) {
+            Ok(0) => break,
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// `std::io::copy` in 1 MiB blocks, with read errors and write errors told apart.

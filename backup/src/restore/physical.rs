@@ -337,21 +337,15 @@ fn untar_into(
     // third): the three overlap. The decoder's blocks come through a channel of eight.
     let (blocks, decoded) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
     let mut decoding = Joined(Some(std::thread::spawn(move || -> Result<(), Error> {
-        use std::io::Read;
         loop {
             let mut block = vec![0u8; 256 << 10];
-            let mut filled = 0;
-            while filled < block.len() {
-                match decoder.read(&mut block[filled..]) {
-                    Ok(0) => break,
-                    Ok(k) => filled += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        let _ = blocks.send(Err(e));
-                        return Ok(());
-                    }
+            let filled = match super::fill(&mut decoder, &mut block) {
+                Ok(k) => k,
+                Err(e) => {
+                    let _ = blocks.send(Err(e));
+                    return Ok(());
                 }
-            }
+            };
             if filled == 0 {
                 return Ok(());
             }
