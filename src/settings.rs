@@ -53,6 +53,46 @@ pub struct Settings {
     pub hooks: Hooks,
     /// `[encryption]`.
     pub encryption: Encryption,
+    /// `[pitr]`.
+    pub pitr: Pitr,
+}
+
+/// `[pitr]`: restore points before deploys, and the guard's rewind of a cluster on this host.
+#[derive(Debug, Clone)]
+pub struct Pitr {
+    /// `pitr.restore_point_wait`: how long `migrate` waits for a restore point's WAL segment
+    /// to reach the archive before it takes a dump instead.
+    pub restore_point_wait: Duration,
+    /// `[pitr.server]`: the cluster on this host the guard may rewind. Without it, pre-deploy
+    /// snapshots are dumps (the guard could not use a restore point).
+    pub server: Option<PitrServer>,
+}
+
+/// `[pitr.server]`: how dbward stops, starts and owns the PostgreSQL cluster on this host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PitrServer {
+    /// The cluster's data directory (absolute): the live server must report the same
+    /// `data_directory`.
+    pub data_dir: PathBuf,
+    /// Stops the cluster and returns once it is stopped (`sh -c`), e.g.
+    /// `systemctl stop postgresql@15-main`.
+    pub stop: String,
+    /// Starts it (`sh -c`), e.g. `systemctl start postgresql@15-main`.
+    pub start: String,
+    /// The OS user that owns the data directory (the restored one is given to it).
+    pub user: String,
+    /// Rewind even when the cluster holds databases besides the application's (every one of
+    /// them goes back to the restore point too).
+    #[serde(default)]
+    pub allow_other_databases: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PitrSection {
+    restore_point_wait: Option<String>,
+    server: Option<PitrServer>,
 }
 
 /// `[encryption]`: age recipients for new snapshots, the identity for restores and drills.
@@ -176,6 +216,8 @@ struct FileConfig {
     hooks: HooksSection,
     #[serde(default)]
     encryption: EncryptionSection,
+    #[serde(default)]
+    pitr: PitrSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -643,6 +685,27 @@ fn resolve(
                 file.hooks.timeout.as_deref(),
                 Duration::from_secs(3600),
             )?,
+        },
+        pitr: Pitr {
+            restore_point_wait: duration_key(
+                "pitr.restore_point_wait",
+                file.pitr.restore_point_wait.as_deref(),
+                Duration::from_secs(30),
+            )?,
+            server: match file.pitr.server {
+                Some(s) if !s.data_dir.is_absolute() => {
+                    return Err(SettingsError(format!(
+                        "config key pitr.server.data_dir: `{}` is not an absolute path",
+                        s.data_dir.display()
+                    )))
+                }
+                Some(s) if s.stop.trim().is_empty() || s.start.trim().is_empty() => {
+                    return Err(SettingsError(
+                        "config keys pitr.server.stop and pitr.server.start: both commands are needed".into(),
+                    ))
+                }
+                other => other,
+            },
         },
     })
 }

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod manifest;
 pub mod owner;
+pub mod point;
 pub mod pipeline;
 pub mod prune;
 pub mod restore;

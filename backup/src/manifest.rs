@@ -38,6 +38,9 @@ pub enum Format {
     /// A PostgreSQL cluster's base backup: `pg_basebackup --format=tar` of the data directory
     /// (with its `backup_manifest`), for `tar -x` and the WAL archive.
     Pgbase,
+    /// A restore point in the cluster's WAL archive (`pg_create_restore_point`): no data
+    /// object of its own; a base before it and the archived WAL up to it restore it.
+    Pgpoint,
 }
 
 impl Format {
@@ -46,6 +49,7 @@ impl Format {
             Format::Sqlite => "sqlite",
             Format::Pgdump => "pgdump",
             Format::Pgbase => "base.tar",
+            Format::Pgpoint => "point",
         }
     }
 }
@@ -70,6 +74,9 @@ pub struct Manifest {
     /// A base backup's facts (format `pgbase` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub physical: Option<Physical>,
+    /// A restore point's facts (format `pgpoint` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<Point>,
     pub database: String,
     /// The identity kept inside the database (`dbward_identity`): whose snapshot this is.
     /// Absent in snapshots taken before identities existed.
@@ -109,6 +116,23 @@ pub struct Physical {
     pub wal_last: String,
     pub segment_bytes: u64,
     pub pg_basebackup_version: String,
+}
+
+/// A restore point: recovery from a base that ended before `lsn`, replaying the archived WAL
+/// through `segment` with `recovery_target_name = name`, stops exactly there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Point {
+    /// The restore point's name in the WAL: the snapshot id.
+    pub name: String,
+    /// Where its record is, and the timeline it is on.
+    pub lsn: String,
+    pub timeline: u32,
+    /// The WAL segment holding it: in the archive before this manifest was written.
+    pub segment: String,
+    pub system_identifier: String,
+    /// The newest base when the point was taken (any base of the timeline that ended before
+    /// `lsn` restores it).
+    pub base: String,
 }
 
 /// How a snapshot's object is encrypted.
@@ -248,6 +272,15 @@ impl Manifest {
                 "it names snapshot `{}` but is not at {}/{}.json",
                 self.id, database, self.id
             ));
+        }
+        if self.format == Format::Pgpoint {
+            return match (&self.point, self.data_key.is_empty(), &self.encryption) {
+                (Some(p), true, None) if p.name == self.id => Ok(()),
+                _ => Err("a restore point has a `point` named by its id, and no data object".into()),
+            };
+        }
+        if self.point.is_some() {
+            return Err("only a restore point has `point` facts".into());
         }
         let want = data_key(database, &self.id, self.format, self.encryption.is_some());
         if self.data_key != want {

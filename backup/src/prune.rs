@@ -63,6 +63,22 @@ pub async fn prune(
             folder_owner.as_ref(),
         )?;
         let mut decided = retention::decide(&mine, policy);
+        // A restore point no staying base comes before cannot be restored: it goes whatever
+        // the rules say (its WAL goes with the bases).
+        if format == manifest::Format::Pgpoint {
+            let bases: Vec<&manifest::Manifest> = manifests
+                .iter()
+                .filter(|m| m.format == manifest::Format::Pgbase && !removed.contains(&m.id))
+                .collect();
+            for d in decided.iter_mut().filter(|d| d.keep) {
+                let m = mine.iter().find(|m| m.id == d.id).expect("decided from these");
+                if !crate::point::restorable(m, &bases) {
+                    d.keep = false;
+                    d.reasons.clear();
+                    tracing::info!("restore point {} has no base before it any more", m.id);
+                }
+            }
+        }
         // The newest snapshot that passed a drill is the one known to restore: never removed.
         if let Some(proven) = mine
             .iter()
@@ -84,14 +100,17 @@ pub async fn prune(
                 store.delete(&manifest_key(database, &m.id)).await?;
                 dbconn::failpoint::hit("prune-after-manifest-delete")
                     .map_err(Error::AfterChange)?;
-                store
-                    .delete(&manifest::data_key(
-                        database,
-                        &m.id,
-                        m.format,
-                        m.encryption.is_some(),
-                    ))
-                    .await?;
+                // A restore point has no data object of its own.
+                if m.format != manifest::Format::Pgpoint {
+                    store
+                        .delete(&manifest::data_key(
+                            database,
+                            &m.id,
+                            m.format,
+                            m.encryption.is_some(),
+                        ))
+                        .await?;
+                }
                 store.delete(&receipt_key(database, &m.id)).await?;
                 tracing::info!("pruned snapshot {}", m.id);
             }

@@ -99,6 +99,7 @@ mod tests {
             server_version: String::new(),
             pg_dump_version: None,
             physical: None,
+            point: None,
             database: "app".into(),
             host: String::new(),
             dbward_version: String::new(),

@@ -239,6 +239,7 @@ pub async fn take_to(
         server_version,
         pg_dump_version,
         physical,
+        point: None,
         database: database.clone(),
         database_id,
         host: hostname(),

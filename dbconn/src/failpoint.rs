@@ -26,6 +26,7 @@ pub const ALL: &[&str] = &[
     "restore-pg-before-swap",
     "prune-after-manifest-delete",
     "drill-after-restore",
+    "rewind-before-stop",
 ];
 
 /// `Err` when the failure point `name` is set to `error`; never returns when it is set to

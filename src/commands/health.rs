@@ -325,16 +325,35 @@ async fn guard_inner(
         return Err(f);
     }
     tracing::warn!("restoring: {discard_text}");
-    tracing::warn!(
-        "unhealthy after the deploy of {} that applied {:?}: restoring its pre-deploy snapshot {snapshot} \
-         as `dbward restore {snapshot} --yes --force --terminate-connections` would \
-         (a running SQLite app keeps writing to the file moved aside; PostgreSQL sessions are ended)",
-        deploy.at,
-        deploy.applied
-    );
     let stores = settings.stores().await?;
     let store = &stores[0];
-    let (m, copies) = resolve(settings, &stores, &url, &snapshot).await?;
+    // A restore point rewinds the cluster ([pitr.server]); a dump or a file is restored.
+    let point = match &url {
+        migrator::DatabaseUrl::Postgres(_) => {
+            crate::service::physical::point(store, &url.name(), &snapshot).await?
+        }
+        migrator::DatabaseUrl::Sqlite(_) => None,
+    };
+    let resolved = match &point {
+        Some(_) => {
+            tracing::warn!(
+                "unhealthy after the deploy of {} that applied {:?}: rewinding the cluster to its pre-deploy restore point {snapshot} ([pitr.server]: stop, move the data directory aside, restore, start)",
+                deploy.at,
+                deploy.applied
+            );
+            None
+        }
+        None => {
+            tracing::warn!(
+                "unhealthy after the deploy of {} that applied {:?}: restoring its pre-deploy snapshot {snapshot} \
+                 as `dbward restore {snapshot} --yes --force --terminate-connections` would \
+                 (a running SQLite app keeps writing to the file moved aside; PostgreSQL sessions are ended)",
+                deploy.at,
+                deploy.applied
+            );
+            Some(resolve(settings, &stores, &url, &snapshot).await?)
+        }
+    };
     // The batch is recorded as rolled back before the restore, not after: a `migrate` that
     // starts the moment the restore releases its lock (a restarting unit, another host) finds
     // the record and refuses the same batch instead of applying it again.
@@ -357,18 +376,34 @@ async fn guard_inner(
             backup::error::chain(&e)
         );
     }
-    let outcome = restore_snapshot(
-        settings,
-        &copies,
-        &url,
-        &m,
-        &Options {
-            force: true,
-            terminate_connections: true,
-            to: None,
-        },
-    )
-    .await?;
+    let (restored, kept) = match resolved {
+        None => {
+            let r = crate::service::rewind::rewind(settings, &url, &snapshot).await?;
+            let kept = format!("the data directory {}", r.kept.display());
+            (json!(r), kept)
+        }
+        Some((m, copies)) => {
+            let outcome = restore_snapshot(
+                settings,
+                &copies,
+                &url,
+                &m,
+                &Options {
+                    force: true,
+                    terminate_connections: true,
+                    to: None,
+                },
+            )
+            .await?;
+            let kept = outcome
+                .outcome
+                .replaced
+                .as_ref()
+                .map(|r| r.to_string())
+                .unwrap_or_default();
+            (json!(outcome), kept)
+        }
+    };
     let now = backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc());
     deploy.restored = Some(now.clone());
     if let Err(e) = state::write(&settings.state_dir, &url.name(), &deploy) {
@@ -385,16 +420,13 @@ async fn guard_inner(
         format!("restored by the health guard: {reason}; {discard_text}"),
     );
     crate::deploys::append(&settings.state_dir, Some(store), &url.name(), &logged).await;
-    let kept = outcome
-        .outcome
-        .replaced
-        .as_ref()
-        .map(|r| r.to_string())
-        .unwrap_or_default();
     Ok(Failure {
         code: Exit::Restored,
-        message: format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true)),
-        details: json!({ "restored": outcome, "discarded": discard, "not_additive": deploy.not_additive }),
+        message: match point {
+            Some(_) => format!("unhealthy: {reason}. Rewound the cluster to the pre-deploy restore point {snapshot}; the failed cluster is kept as {kept}; {}", describe_discarded(&discard, true)),
+            None => format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true)),
+        },
+        details: json!({ "restored": restored, "rewound": point.is_some(), "discarded": discard, "not_additive": deploy.not_additive }),
         text: String::new(),
         damaged: false,
     })

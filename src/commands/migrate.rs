@@ -119,13 +119,21 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     } else {
         None
     };
-    let taken = if !will_snapshot {
-        None
+    let (taken, fallback) = if !will_snapshot {
+        (None, None)
     } else {
-        let m =
-            crate::service::take::snapshot(settings, &url, backup::Kind::PreDeploy, None).await?;
-        tracing::info!("pre-deploy snapshot {}", m.id);
-        Some(m)
+        let (m, fallback) = crate::service::take::pre_deploy(settings, &url).await?;
+        match &m.point {
+            Some(p) => tracing::info!(
+                "pre-deploy restore point {} at {} (WAL segment {} archived) in {} ms",
+                m.id,
+                p.lsn,
+                p.segment,
+                m.duration_ms
+            ),
+            None => tracing::info!("pre-deploy snapshot {}", m.id),
+        }
+        (Some(m), fallback)
     };
     let snapshot = taken.as_ref().map(|m| m.id.clone());
 
@@ -215,6 +223,8 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         "applied": batch.iter().map(|f| applied_json(f)).collect::<Vec<_>>(),
         "head": head,
         "snapshot": snapshot,
+        "snapshot_format": taken.as_ref().map(|m| m.format),
+        "restore_point_fallback": fallback,
         "deploy_recorded": recorded.is_ok(),
         "elapsed_ms": started.elapsed().as_millis() as u64,
     });

@@ -97,12 +97,17 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
                     backup::manifest::Format::Sqlite => "file",
                     backup::manifest::Format::Pgdump => "dump",
                     backup::manifest::Format::Pgbase => "base",
+                    backup::manifest::Format::Pgpoint => "point",
                 }
                 .into(),
                 age,
                 backup::bytes(m.raw_bytes),
                 backup::bytes(m.stored_bytes),
-                format!("{:.1}x", m.raw_bytes as f64 / m.stored_bytes.max(1) as f64),
+                if m.format == backup::manifest::Format::Pgpoint {
+                    "-".into() // a restore point stores no data of its own
+                } else {
+                    format!("{:.1}x", m.raw_bytes as f64 / m.stored_bytes.max(1) as f64)
+                },
                 head,
                 drilled,
                 copies.get(&m.id).map(|c| c.join(", ")).unwrap_or_default(),

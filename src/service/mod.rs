@@ -5,5 +5,6 @@
 pub mod physical;
 pub mod physical_drill;
 pub mod restore;
+pub mod rewind;
 pub mod select;
 pub mod take;

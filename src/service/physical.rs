@@ -20,7 +20,8 @@ use crate::settings::Settings;
 /// What a point-in-time restore is asked for.
 #[derive(Debug, Clone)]
 pub enum Which {
-    /// A base by id: recovered to its end.
+    /// A base by id (recovered to its end), or a restore point by id (recovered to it, from
+    /// the newest base before it).
     Base(String),
     /// The newest base, recovered to the end of the archived WAL.
     Latest,
@@ -66,6 +67,38 @@ pub async fn bases(store: &backup::Store, db: &str) -> Result<Vec<backup::Manife
     )?)
 }
 
+/// The restore point `id` of this database (the folder owner's), if there is one.
+pub async fn point(
+    store: &backup::Store,
+    db: &str,
+    id: &str,
+) -> Result<Option<backup::Manifest>, Failure> {
+    let key = backup::manifest_key(db, id);
+    let m = match backup::catalog::read_manifest(store, db, &key).await {
+        Ok(Ok(m)) if m.format == Format::Pgpoint => m,
+        Ok(Ok(_)) | Err(backup::Error::Missing(_)) => return Ok(None),
+        Ok(Err(d)) => {
+            return Err(backup::Error::Refused(format!(
+                "snapshot {id} is damaged: {} {}; nothing was restored",
+                store.describe(&d.key),
+                d.problem
+            ))
+            .into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let owner = backup::owner::read(store, db).await?;
+    Ok(backup::owner::mine(
+        store,
+        db,
+        vec![m],
+        &backup::owner::Live::Absent,
+        Format::Pgpoint,
+        owner.as_ref(),
+    )?
+    .pop())
+}
+
 /// The base and the recovery target `which` means.
 async fn pick(
     store: &backup::Store,
@@ -81,13 +114,35 @@ async fn pick(
     };
     match which {
         Which::Base(id) => {
-            let m = bases.into_iter().find(|m| &m.id == id).ok_or_else(|| {
+            if let Some(m) = bases.iter().find(|m| &m.id == id) {
+                return Ok((m.clone(), Target::Immediate));
+            }
+            let point = point(store, db, id).await?.ok_or_else(|| {
                 none(format!(
-                    "{id} is not a base backup of {db} in {} (`dbward snapshots` lists them)",
+                    "{id} is not a base backup or restore point of {db} in {} (`dbward snapshots` lists them)",
                     store.describe(db)
                 ))
             })?;
-            Ok((m, Target::Immediate))
+            let p = point.point.as_ref().expect("a point's manifest has its facts");
+            let lsn = backup::engine::basebackup::parse_lsn(&p.lsn).ok_or_else(|| {
+                backup::Error::Damaged(format!("restore point {id} has no LSN: `{}`", p.lsn))
+            })?;
+            let base = bases
+                .into_iter()
+                .find(|b| backup::point::restorable(&point, &[b]))
+                .ok_or_else(|| {
+                    none(format!(
+                        "no base backup of {db} on timeline {} ended before restore point {id} ({}): it cannot be restored any more",
+                        p.timeline, p.lsn
+                    ))
+                })?;
+            Ok((
+                base,
+                Target::Point {
+                    name: p.name.clone(),
+                    lsn,
+                },
+            ))
         }
         Which::Latest => bases
             .into_iter()
@@ -141,20 +196,16 @@ async fn pick(
 /// own beside the target (`.<name>.dbward-partial-<pid>`) and renamed to the target only once
 /// complete: a restore killed outright leaves no directory at the target that looks like a
 /// data directory.
-struct NewDir {
+pub(crate) struct NewDir {
     path: Option<PathBuf>,
     target: PathBuf,
 }
 
 impl NewDir {
     fn create(path: &Path) -> Result<NewDir, backup::Error> {
-        use std::os::unix::fs::DirBuilderExt;
         let target = |problem: String| backup::Error::Target {
             target: path.display().to_string(),
             problem,
-        };
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(target("give an absolute path to a new directory".into()));
         };
         if !path.is_absolute() {
             return Err(target("give an absolute path".into()));
@@ -165,6 +216,20 @@ impl NewDir {
             ));
         }
         server::check_socket_path(path)?;
+        NewDir::beside(path)
+    }
+
+    /// A directory to fill beside `path`, which may exist (a rewind moves it aside before this
+    /// one takes its name).
+    pub(crate) fn beside(path: &Path) -> Result<NewDir, backup::Error> {
+        use std::os::unix::fs::DirBuilderExt;
+        let target = |problem: String| backup::Error::Target {
+            target: path.display().to_string(),
+            problem,
+        };
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(target("give an absolute path to a new directory".into()));
+        };
         let partial = parent.join(format!(
             ".{}.dbward-partial-{}",
             name.to_string_lossy(),
@@ -180,42 +245,45 @@ impl NewDir {
     }
 
     /// Where it is now.
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.path.as_deref().expect("not kept yet")
     }
 
     /// Renames the filled directory to the target, which must still not exist.
-    fn publish(&mut self) -> Result<(), backup::Error> {
-        use std::os::unix::ffi::OsStrExt;
-        let from =
-            std::ffi::CString::new(self.path().as_os_str().as_bytes()).expect("paths hold no NUL");
-        let to =
-            std::ffi::CString::new(self.target.as_os_str().as_bytes()).expect("paths hold no NUL");
-        // SAFETY: two NUL-terminated paths, relative to nothing (absolute).
-        let rc = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                from.as_ptr(),
-                libc::AT_FDCWD,
-                to.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
-        if rc != 0 {
-            return Err(backup::Error::Target {
-                target: self.target.display().to_string(),
-                problem: format!(
-                    "renaming the restored directory there: {}",
-                    std::io::Error::last_os_error()
-                ),
-            });
-        }
+    pub(crate) fn publish(&mut self) -> Result<(), backup::Error> {
+        rename_new(self.path(), &self.target).map_err(|e| backup::Error::Target {
+            target: self.target.display().to_string(),
+            problem: format!("renaming the restored directory there: {e}"),
+        })?;
         self.path = Some(self.target.clone());
         Ok(())
     }
 
-    fn keep(mut self) -> PathBuf {
+    pub(crate) fn keep(mut self) -> PathBuf {
         self.path.take().expect("kept once")
+    }
+}
+
+/// `rename(from, to)` where `to` must not exist (`renameat2(RENAME_NOREPLACE)`): nothing is
+/// ever renamed over.
+pub(crate) fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let from = std::ffi::CString::new(from.as_os_str().as_bytes()).expect("paths hold no NUL");
+    let to = std::ffi::CString::new(to.as_os_str().as_bytes()).expect("paths hold no NUL");
+    // SAFETY: two NUL-terminated paths, relative to the working directory when not absolute.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -245,7 +313,7 @@ pub struct Planned {
     pub plan: physical::WalPlan,
     stores: Vec<backup::Store>,
     db: String,
-    bindir: PathBuf,
+    pub bindir: PathBuf,
     user: Option<OsUser>,
     identities: backup::crypt::Identities,
 }
@@ -350,6 +418,38 @@ impl Running {
     }
 }
 
+/// Extracts the planned base into `dir` (this run's, empty) and fetches its WAL into its
+/// `pg_wal`, after checking the disk can hold both.
+pub(crate) async fn fill(planned: &Planned, dir: &Path) -> Result<(), backup::Error> {
+    let started = Instant::now();
+    let Planned {
+        base,
+        plan,
+        stores,
+        db,
+        ..
+    } = planned;
+    let p = physical::physical_of(base)?;
+    let wal_bytes = plan.segments.len() as u64 * p.segment_bytes;
+    backup::scratch::ensure_space(
+        dir,
+        base.raw_bytes + wal_bytes,
+        &format!("base {} and its WAL", base.id),
+    )?;
+    let copies = crate::service::select::in_order(stores, &stores[0]);
+    let (extracted, _) = physical::extract_any(&copies, base, dir, &planned.identities).await?;
+    extracted?;
+    let t_extract = started.elapsed().as_secs_f64();
+    tracing::info!("base {} extracted in {t_extract:.2}s", base.id);
+    physical::fetch_wal(&stores[0], db, plan, &dir.join("pg_wal"), &planned.identities).await?;
+    tracing::info!(
+        "{} WAL segments fetched in {:.2}s",
+        plan.segments.len(),
+        started.elapsed().as_secs_f64() - t_extract
+    );
+    Ok(())
+}
+
 /// Extracts the planned base into the new directory `to`, fetches its WAL, starts the server
 /// and waits until it promoted.
 pub async fn materialize(
@@ -359,14 +459,8 @@ pub async fn materialize(
 ) -> Result<Running, backup::Error> {
     let started = Instant::now();
     let Planned {
-        base,
-        target,
-        plan,
-        stores,
-        db,
-        ..
+        base, target, plan, ..
     } = planned;
-    let p = physical::physical_of(base)?;
     tracing::info!(
         "restoring base {} and {} WAL segments ({}..{}) into {}, to {}",
         base.id,
@@ -377,32 +471,8 @@ pub async fn materialize(
         target.describe()
     );
     let mut dir = NewDir::create(to)?;
-    let wal_bytes = plan.segments.len() as u64 * p.segment_bytes;
-    backup::scratch::ensure_space(
-        dir.path(),
-        base.raw_bytes + wal_bytes,
-        &format!("base {} and its WAL", base.id),
-    )?;
-    let copies = crate::service::select::in_order(stores, &stores[0]);
-    let (extracted, _) =
-        physical::extract_any(&copies, base, dir.path(), &planned.identities).await?;
-    extracted?;
-    let t_extract = started.elapsed().as_secs_f64();
-    tracing::info!("base {} extracted in {t_extract:.2}s", base.id);
-    physical::fetch_wal(
-        &stores[0],
-        db,
-        plan,
-        &dir.path().join("pg_wal"),
-        &planned.identities,
-    )
-    .await?;
+    fill(planned, dir.path()).await?;
     let t_wal = started.elapsed().as_secs_f64();
-    tracing::info!(
-        "{} WAL segments fetched in {:.2}s",
-        plan.segments.len(),
-        t_wal - t_extract
-    );
     dir.publish()?;
     // Held before the server starts: a restore stopped from here on stops the server before
     // its directory is removed.

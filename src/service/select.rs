@@ -84,6 +84,11 @@ async fn resolve_in(
     };
     let key = backup::manifest_key(&db, &id);
     match backup::catalog::read_manifest(store, &db, &key).await {
+        Ok(Ok(m)) if m.format == backup::manifest::Format::Pgpoint => Err(backup::Error::Refused(format!(
+            "snapshot {id} is a restore point in the cluster's WAL archive, not a pg_dump of {}: restore it with `dbward restore {id} --physical --to DIR` (the health guard rewinds the cluster to it with [pitr.server]); nothing was restored",
+            url.display()
+        ))
+        .into()),
         Ok(Ok(m)) if m.format == backup::manifest::Format::Pgbase => Err(backup::Error::Refused(format!(
             "snapshot {id} is a base backup of the whole cluster, not a pg_dump of {}: restore it with `dbward restore {id} --physical --to DIR`; nothing was restored",
             url.display()

@@ -40,6 +40,42 @@ pub async fn retain(
     Ok(removed)
 }
 
+/// `migrate`'s pre-deploy snapshot. With `[pitr.server]` (the guard can rewind this cluster)
+/// a restore point, when the archive can take one; otherwise, or when it cannot, a dump. The
+/// second value says why a dump was taken where a restore point was wanted.
+pub async fn pre_deploy(
+    settings: &Settings,
+    url: &DatabaseUrl,
+) -> Result<(backup::Manifest, Option<String>), Failure> {
+    let (DatabaseUrl::Postgres(pg), Some(_)) = (url, &settings.pitr.server) else {
+        return Ok((snapshot(settings, url, backup::Kind::PreDeploy, None).await?, None));
+    };
+    let db = url.name();
+    let point = async {
+        let store = settings.store().await?;
+        let bases = crate::service::physical::bases(&store, &db).await?;
+        backup::point::take(
+            &store,
+            &db,
+            pg,
+            bases.first(),
+            backup::Kind::PreDeploy,
+            settings.pitr.restore_point_wait,
+        )
+        .await
+        .map_err(Failure::from)
+    };
+    match point.await {
+        Ok(m) => Ok((m, None)),
+        Err(f) => {
+            let why = format!("no restore point: {}; taking a dump instead", f.message);
+            tracing::warn!("{why}");
+            let m = snapshot(settings, url, backup::Kind::PreDeploy, None).await?;
+            Ok((m, Some(why)))
+        }
+    }
+}
+
 /// Takes one snapshot with the settings' store, temp dir and lock timeout.
 pub async fn snapshot(
     settings: &Settings,

@@ -19,8 +19,9 @@ pub enum Target {
     Immediate,
     /// At the end of the WAL the archive holds without a gap.
     End,
-    /// At a restore point (`pg_create_restore_point`), by name.
-    Name(String),
+    /// At a restore point (`pg_create_restore_point`), by name; `lsn` is where its record
+    /// ends (its segment must be in the archive).
+    Point { name: String, lsn: u64 },
     /// At a time (`recovery_target_time`, a timestamp PostgreSQL parses).
     Time(String),
     /// At an LSN.
@@ -34,7 +35,7 @@ impl Target {
         match self {
             Target::Immediate => vec![("recovery_target", "immediate".into())],
             Target::End => Vec::new(),
-            Target::Name(n) => vec![("recovery_target_name", n.clone())],
+            Target::Point { name, .. } => vec![("recovery_target_name", name.clone())],
             Target::Time(t) => vec![("recovery_target_time", t.clone())],
             Target::Lsn(l) => vec![(
                 "recovery_target_lsn",
@@ -47,7 +48,7 @@ impl Target {
         match self {
             Target::Immediate => "the end of the base backup".into(),
             Target::End => "the end of the archived WAL".into(),
-            Target::Name(n) => format!("restore point {n}"),
+            Target::Point { name, .. } => format!("restore point {name}"),
             Target::Time(t) => format!("time {t}"),
             Target::Lsn(l) => format!("LSN {}", crate::engine::basebackup::lsn_text(*l)),
         }
@@ -67,6 +68,10 @@ pub struct WalPlan {
     /// stays on the base's timeline and does not follow it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub later_timeline: Option<u32>,
+    /// The history files of later timelines: fetched too, so that a promotion picks a
+    /// timeline the archive has not seen (a cluster rewound twice must not reuse one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub histories: Vec<String>,
 }
 
 /// Checks the archive before anything is written: it is this base's cluster's, and holds every
@@ -121,8 +126,10 @@ fn chain(
     // How far the chain must reach, and whether it goes on to the first gap.
     let (must_reach, to_the_end) = match target {
         Target::Immediate => (None, false),
-        Target::Lsn(l) => (Some(segment_name(p.timeline, *l, p.segment_bytes)), false),
-        Target::End | Target::Name(_) | Target::Time(_) => (None, true),
+        Target::Lsn(l) | Target::Point { lsn: l, .. } => {
+            (Some(segment_name(p.timeline, *l, p.segment_bytes)), false)
+        }
+        Target::End | Target::Time(_) => (None, true),
     };
     let extend = |segments: &mut Vec<String>, next: &mut String| {
         let found = stored.contains(next.as_str());
@@ -161,12 +168,20 @@ fn chain(
         .filter_map(|n| u32::from_str_radix(&n[..8], 16).ok())
         .filter(|t| *t > p.timeline)
         .max();
+    // History files of the base's timeline and earlier sort before its first segment; the
+    // later ones are in `stored`.
+    let histories = stored
+        .iter()
+        .filter(|n| n.ends_with(".history"))
+        .cloned()
+        .collect();
     Ok(WalPlan {
         timeline: p.timeline,
         segments,
         last,
         gap_before,
         later_timeline,
+        histories,
     })
 }
 
@@ -469,7 +484,8 @@ fn untar_into(
     Ok(())
 }
 
-/// Fetches the plan's segments into `pg_wal`, each checked against its record.
+/// Fetches the plan's segments and history files into `pg_wal`, each checked against its
+/// record.
 pub async fn fetch_wal(
     store: &Store,
     database: &str,
@@ -478,7 +494,7 @@ pub async fn fetch_wal(
     identities: &crate::crypt::Identities,
 ) -> Result<u64, Error> {
     let mut bytes = 0;
-    for name in &plan.segments {
+    for name in plan.segments.iter().chain(&plan.histories) {
         match crate::wal::fetch(store, database, name, &pg_wal.join(name), identities).await? {
             crate::wal::Fetched::Restored { bytes: n, .. } => bytes += n,
             crate::wal::Fetched::Absent { .. } => {

@@ -91,13 +91,21 @@ fn settings(
         ("ssl", "off".into()),
         ("shared_buffers", "128MB".into()),
         ("hot_standby", "on".into()),
-        // The timeline the base was taken on: no history file is needed to follow it.
-        ("recovery_target_timeline", "current".into()),
-        ("recovery_target_action", "promote".into()),
     ];
     s.extend(required.iter().cloned());
-    // A base of a cluster that was itself restored may carry another target: each is reset,
-    // so the one given is the only one.
+    s.extend(recovery_settings(target));
+    s
+}
+
+/// Recovery to `target` and a promotion there, on the base's timeline. A base of a cluster
+/// that was itself restored may carry another target: each is reset, so the one given is the
+/// only one.
+fn recovery_settings(target: &Target) -> Vec<(&'static str, String)> {
+    let mut s = vec![
+        // The timeline the base was taken on: no history file is needed to follow it.
+        ("recovery_target_timeline", "current".to_string()),
+        ("recovery_target_action", "promote".into()),
+    ];
     for t in [
         "recovery_target",
         "recovery_target_name",
@@ -109,6 +117,60 @@ fn settings(
     }
     s.extend(target.settings());
     s
+}
+
+/// Prepares a restored data directory to replace a cluster's own (the guard's rewind): its
+/// settings stay the cluster's (archiving on: the new timeline goes to the archive), with
+/// recovery to `target` appended to `postgresql.auto.conf`, `recovery.signal`, and every
+/// fetched WAL file marked archived already. Returns `postgresql.auto.conf` as the base had it:
+/// put back once the server promoted ([`put_back_auto_conf`]).
+pub fn prepare_rewind(data: &Path, target: &Target, fetched: &[String]) -> Result<Vec<u8>, Error> {
+    let auto = data.join("postgresql.auto.conf");
+    let original = match std::fs::read(&auto) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::io(format!("reading {}", auto.display()))(e)),
+    };
+    let mut text = String::from(
+        "\n# Added by dbward for its rewind of this cluster (removed once the server promoted):\n# every WAL file recovery needs is in pg_wal.\n",
+    );
+    text.push_str("restore_command = 'false'\n");
+    for (k, v) in recovery_settings(target) {
+        text.push_str(&format!("{k} = {}\n", conf_quote(&v)));
+    }
+    write_own(&auto, &text, true)?;
+    write_own(&data.join("recovery.signal"), "", false)?;
+    let status = data.join("pg_wal/archive_status");
+    std::fs::create_dir_all(&status)
+        .map_err(Error::io(format!("creating {}", status.display())))?;
+    // They came from the archive: the server must not push them again.
+    for name in fetched {
+        write_own(&status.join(format!("{name}.done")), "", false)?;
+    }
+    Ok(original)
+}
+
+/// Puts the cluster's own `postgresql.auto.conf` back (atomically, owned by `user`, 0600).
+pub fn put_back_auto_conf(data: &Path, original: &[u8], user: &OsUser) -> Result<(), Error> {
+    let auto = data.join("postgresql.auto.conf");
+    let tmp = data.join("postgresql.auto.conf.dbward-tmp");
+    let io = |e: std::io::Error| Error::io(format!("writing {}", auto.display()))(e);
+    let _ = std::fs::remove_file(&tmp);
+    write_own(&tmp, &String::from_utf8_lossy(original), false)?;
+    std::os::unix::fs::lchown(&tmp, Some(user.uid), Some(user.gid)).map_err(io)?;
+    std::fs::rename(&tmp, &auto).map_err(io)?;
+    std::fs::File::open(data).and_then(|d| d.sync_all()).map_err(io)
+}
+
+/// The pid of the postmaster running on `data` (its `postmaster.pid`, while that process
+/// lives).
+pub fn postmaster_pid(data: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    alive.then_some(pid)
 }
 
 /// The settings hot standby needs at least the primary's values of, from `pg_controldata`.
@@ -484,4 +546,44 @@ pub fn chown_tree(dir: &Path, user: &OsUser) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// What a live server says about itself (the guard's rewind checks it is the configured one).
+pub struct LiveCluster {
+    pub data_directory: PathBuf,
+    pub system_identifier: String,
+    /// Databases besides `url`'s, templates and `postgres`.
+    pub other_databases: Vec<String>,
+}
+
+pub async fn live_cluster(url: &dbconn::PgUrl) -> Result<LiveCluster, Error> {
+    let db = dbconn::postgres::Postgres::connect(url).await?;
+    let row = db
+        .client()
+        .query_one(
+            "SELECT current_setting('data_directory'), \
+                    (SELECT system_identifier::text FROM pg_control_system()), \
+                    coalesce((SELECT array_agg(datname::text ORDER BY datname) FROM pg_database \
+                      WHERE NOT datistemplate AND datname <> current_database() AND datname <> 'postgres'), '{}')",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::Source(dbconn::postgres::describe(&e)))?;
+    Ok(LiveCluster {
+        data_directory: PathBuf::from(row.get::<_, String>(0)),
+        system_identifier: row.get(1),
+        other_databases: row.get(2),
+    })
+}
+
+/// Whether the server at `url` is out of recovery; `Err` with the reason it did not answer.
+pub async fn out_of_recovery(url: &dbconn::PgUrl) -> Result<bool, String> {
+    let db = dbconn::postgres::Postgres::connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    db.client()
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map(|row| !row.get::<_, bool>(0))
+        .map_err(|e| dbconn::postgres::describe(&e))
 }
