@@ -276,7 +276,9 @@ impl Manifest {
         if self.format == Format::Pgpoint {
             return match (&self.point, self.data_key.is_empty(), &self.encryption) {
                 (Some(p), true, None) if p.name == self.id => Ok(()),
-                _ => Err("a restore point has a `point` named by its id, and no data object".into()),
+                _ => {
+                    Err("a restore point has a `point` named by its id, and no data object".into())
+                }
             };
         }
         if self.point.is_some() {

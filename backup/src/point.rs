@@ -218,7 +218,8 @@ pub fn restorable(m: &Manifest, bases: &[&Manifest]) -> bool {
         b.physical.as_ref().is_some_and(|p| {
             p.system_identifier == point.system_identifier
                 && p.timeline == point.timeline
-                && parse_lsn(&p.stop_lsn).is_some() && parse_lsn(&p.stop_lsn) <= lsn
+                && parse_lsn(&p.stop_lsn).is_some()
+                && parse_lsn(&p.stop_lsn) <= lsn
         })
     })
 }

@@ -71,7 +71,10 @@ pub async fn prune(
                 .filter(|m| m.format == manifest::Format::Pgbase && !removed.contains(&m.id))
                 .collect();
             for d in decided.iter_mut().filter(|d| d.keep) {
-                let m = mine.iter().find(|m| m.id == d.id).expect("decided from these");
+                let m = mine
+                    .iter()
+                    .find(|m| m.id == d.id)
+                    .expect("decided from these");
                 if !crate::point::restorable(m, &bases) {
                     d.keep = false;
                     d.reasons.clear();

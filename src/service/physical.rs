@@ -123,7 +123,10 @@ async fn pick(
                     store.describe(db)
                 ))
             })?;
-            let p = point.point.as_ref().expect("a point's manifest has its facts");
+            let p = point
+                .point
+                .as_ref()
+                .expect("a point's manifest has its facts");
             let lsn = backup::engine::basebackup::parse_lsn(&p.lsn).ok_or_else(|| {
                 backup::Error::Damaged(format!("restore point {id} has no LSN: `{}`", p.lsn))
             })?;
@@ -198,6 +201,8 @@ async fn pick(
 /// data directory.
 pub(crate) struct NewDir {
     path: Option<PathBuf>,
+    /// Its own name beside the target, where it is filled.
+    partial: PathBuf,
     target: PathBuf,
 }
 
@@ -237,7 +242,8 @@ impl NewDir {
         ));
         match std::fs::DirBuilder::new().mode(0o700).create(&partial) {
             Ok(()) => Ok(NewDir {
-                path: Some(partial),
+                path: Some(partial.clone()),
+                partial,
                 target: path.to_path_buf(),
             }),
             Err(e) => Err(target(format!("cannot create {}: {e}", partial.display()))),
@@ -256,6 +262,13 @@ impl NewDir {
             problem: format!("renaming the restored directory there: {e}"),
         })?;
         self.path = Some(self.target.clone());
+        Ok(())
+    }
+
+    /// Renames it back from the target to its own name (a rewind that failed after the swap).
+    pub(crate) fn unpublish(&mut self) -> std::io::Result<()> {
+        rename_new(&self.target, &self.partial)?;
+        self.path = Some(self.partial.clone());
         Ok(())
     }
 
@@ -439,14 +452,40 @@ pub(crate) async fn fill(planned: &Planned, dir: &Path) -> Result<(), backup::Er
     let copies = crate::service::select::in_order(stores, &stores[0]);
     let (extracted, _) = physical::extract_any(&copies, base, dir, &planned.identities).await?;
     extracted?;
+    remove_socket_locks(dir)?;
     let t_extract = started.elapsed().as_secs_f64();
     tracing::info!("base {} extracted in {t_extract:.2}s", base.id);
-    physical::fetch_wal(&stores[0], db, plan, &dir.join("pg_wal"), &planned.identities).await?;
+    physical::fetch_wal(
+        &stores[0],
+        db,
+        plan,
+        &dir.join("pg_wal"),
+        &planned.identities,
+    )
+    .await?;
     tracing::info!(
         "{} WAL segments fetched in {:.2}s",
         plan.segments.len(),
         started.elapsed().as_secs_f64() - t_extract
     );
+    Ok(())
+}
+
+/// A cluster whose socket lives in its data directory leaves the socket's lock file
+/// (`.s.PGSQL.<port>.lock`, a regular file) in its base: a server started on the restored copy
+/// would take it for another postmaster's. Removed from `dir`, which this run just extracted.
+fn remove_socket_locks(dir: &Path) -> Result<(), backup::Error> {
+    let io = |e: std::io::Error| backup::Error::io(format!("reading {}", dir.display()))(e);
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let name = entry.map_err(io)?.file_name();
+        let name = name.to_string_lossy();
+        let port = name
+            .strip_prefix(".s.PGSQL.")
+            .and_then(|r| r.strip_suffix(".lock"));
+        if port.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+            std::fs::remove_file(dir.join(&*name)).map_err(io)?;
+        }
+    }
     Ok(())
 }
 

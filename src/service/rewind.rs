@@ -136,7 +136,12 @@ pub async fn rewind(
         dir.path(),
         std::fs::Permissions::from_mode(meta.mode() & 0o7777),
     )
-    .map_err(|e| Failure::new(Exit::Failed, format!("setting the mode of {}: {e}", dir.path().display())))?;
+    .map_err(|e| {
+        Failure::new(
+            Exit::Failed,
+            format!("setting the mode of {}: {e}", dir.path().display()),
+        )
+    })?;
 
     failpoint("rewind-before-stop").map_err(|e| Failure::new(Exit::Failed, e))?;
     // The stop. A cluster that does not stop is left as it is.
@@ -162,14 +167,14 @@ pub async fn rewind(
         backup::manifest::compact_stamp(time::OffsetDateTime::now_utc())
     ));
     let restart_old = |why: String| async move {
-        let again = start_and_wait(settings, cfg, pg, &data_dir_of(cfg)).await;
+        let again = start_and_wait(settings, cfg, pg, &cfg.data_dir).await;
         Failure::new(
             Exit::Failed,
             match again {
                 Ok(()) => format!("{why}; the old cluster runs again, unchanged"),
                 Err(e) => format!(
                     "{why}; the old cluster, unchanged in {}, did not start again: {e}. Start it by hand: {}",
-                    data_dir_of(cfg).display(),
+                    cfg.data_dir.display(),
                     cfg.start
                 ),
             },
@@ -246,10 +251,6 @@ pub async fn rewind(
     })
 }
 
-fn data_dir_of(cfg: &PitrServer) -> PathBuf {
-    cfg.data_dir.clone()
-}
-
 fn head_text(h: &Option<backup::manifest::Head>) -> String {
     h.as_ref()
         .map(|h| format!("V{} {}", h.version, h.name))
@@ -262,7 +263,7 @@ async fn put_back(
     settings: &Settings,
     cfg: &PitrServer,
     pg: &dbconn::PgUrl,
-    dir: NewDir,
+    mut dir: NewDir,
     kept: &Path,
     why: String,
 ) -> Failure {
@@ -282,8 +283,7 @@ async fn put_back(
             ),
         );
     }
-    let partial = dir.path().to_path_buf();
-    let moved = rename_new(data_dir, &partial).and_then(|()| rename_new(kept, data_dir));
+    let moved = dir.unpublish().and_then(|()| rename_new(kept, data_dir));
     if let Err(e) = moved {
         dir.keep();
         return Failure::new(

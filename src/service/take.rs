@@ -48,7 +48,10 @@ pub async fn pre_deploy(
     url: &DatabaseUrl,
 ) -> Result<(backup::Manifest, Option<String>), Failure> {
     let (DatabaseUrl::Postgres(pg), Some(_)) = (url, &settings.pitr.server) else {
-        return Ok((snapshot(settings, url, backup::Kind::PreDeploy, None).await?, None));
+        return Ok((
+            snapshot(settings, url, backup::Kind::PreDeploy, None).await?,
+            None,
+        ));
     };
     let db = url.name();
     let point = async {

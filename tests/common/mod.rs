@@ -242,6 +242,7 @@ pub struct Pg {
     dir: tempfile::TempDir,
     pub port: u16,
     pub bindir: PathBuf,
+    opts: String,
 }
 
 impl Pg {
@@ -317,7 +318,13 @@ impl Pg {
                 .output()
                 .unwrap();
             if out.status.success() {
-                return Pg { dir, port, bindir };
+                let opts = opts.to_string();
+                return Pg {
+                    dir,
+                    port,
+                    bindir,
+                    opts,
+                };
             }
         }
         let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
@@ -426,6 +433,36 @@ impl Pg {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Shell command lines that stop this server and start it again as it was started (as an
+    /// operator's `systemctl stop` and `start` would), each returning once that is done.
+    pub fn stop_start_commands(&self) -> (String, String) {
+        let ctl = format!(
+            "{}{} -D {}",
+            if is_root() {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            },
+            self.bindir.join("pg_ctl").display(),
+            self.data_dir().display()
+        );
+        (
+            format!("{ctl} -m fast -w -t 120 stop"),
+            format!(
+                "{ctl} -l {} -o '-p {} -k {} {}' -w -t 600 start",
+                self.dir.path().join("log").display(),
+                self.port,
+                self.data_dir().display(),
+                self.opts
+            ),
+        )
     }
 }
 

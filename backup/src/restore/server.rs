@@ -159,7 +159,9 @@ pub fn put_back_auto_conf(data: &Path, original: &[u8], user: &OsUser) -> Result
     write_own(&tmp, &String::from_utf8_lossy(original), false)?;
     std::os::unix::fs::lchown(&tmp, Some(user.uid), Some(user.gid)).map_err(io)?;
     std::fs::rename(&tmp, &auto).map_err(io)?;
-    std::fs::File::open(data).and_then(|d| d.sync_all()).map_err(io)
+    std::fs::File::open(data)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }
 
 /// The pid of the postmaster running on `data` (its `postmaster.pid`, while that process

@@ -1,0 +1,289 @@
+//! Restore points before deploys and the health guard's rewind of a cluster on this host
+//! (`[pitr.server]`), on a real PostgreSQL cluster archiving through `dbward wal-push`: a
+//! deploy's pre-deploy snapshot is a restore point once a base exists (a dump before, saying
+//! why); a failed health check rewinds the cluster to it (exit 5), the old data directory
+//! kept; a rewind refused leaves everything as it was (exit 3), and one that cannot complete
+//! after the stop puts the old cluster back and starts it (exit 1).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::archive::{archiving, store_dir, store_url, switch_and_wait};
+use common::{json, run, Http, Pg, Project};
+
+/// A cluster archiving into a store, a project whose `dbward.toml` names both and
+/// `[pitr.server]`, V1 applied (a dump: no base yet), a base, 500 more rows in `t` in later
+/// WAL, and V2 (`DROP TABLE t`) deployed with a restore point. The app wrote one order after it.
+struct Deployed {
+    pg: Pg,
+    _store: tempfile::TempDir,
+    p: Project,
+    url: String,
+    base: serde_json::Value,
+    point: serde_json::Value,
+}
+
+fn deployed() -> Deployed {
+    let store = store_dir();
+    let pg = archiving(store.path());
+    switch_and_wait(&pg, store.path());
+    let p = Project::new();
+    let (stop, start) = pg.stop_start_commands();
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        format!(
+            "[store]\nurl = {:?}\n\n[pitr.server]\ndata_dir = {:?}\nstop = {stop:?}\nstart = {start:?}\nuser = \"postgres\"\n",
+            store_url(store.path()),
+            pg.data_dir().display().to_string()
+        ),
+    )
+    .unwrap();
+    let url = pg.url("app");
+    p.migration(
+        "V1__orders.sql",
+        "CREATE TABLE orders (id int); INSERT INTO orders SELECT generate_series(1, 100);\n",
+    );
+    // No base yet: the pre-deploy snapshot is a dump, and the output says why.
+    let (code, out, err) = run(p.dbward(&url).args(["--json", "migrate"]));
+    assert_eq!(code, 0, "{err}");
+    let first = json(&out);
+    assert_eq!(first["snapshot_format"], "pgdump", "{first}");
+    assert!(
+        first["restore_point_fallback"]
+            .as_str()
+            .unwrap()
+            .contains("no base backup"),
+        "{first}"
+    );
+
+    let (code, out, err) = run(p.dbward(&url).args(["--json", "backup", "--physical"]));
+    assert_eq!(code, 0, "{err}");
+    let base = json(&out)["snapshot"].clone();
+    // The rows after the base are in later segments than the base's own.
+    switch_and_wait(&pg, store.path());
+    pg.psql("app", "INSERT INTO t SELECT generate_series(1001, 1500)");
+
+    p.migration("V2__drop.sql", "DROP TABLE t;\n");
+    let (code, out, err) = run(p.dbward(&url).args(["--json", "migrate"]));
+    assert_eq!(code, 0, "{err}");
+    let second = json(&out);
+    assert_eq!(second["snapshot_format"], "pgpoint", "{second}");
+    assert!(second["restore_point_fallback"].is_null(), "{second}");
+    let id = second["snapshot"].as_str().unwrap().to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(store.path().join(format!("app/{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["kind"], "pre-deploy", "{manifest}");
+    assert_eq!(manifest["data_key"], "", "a restore point stores no data");
+    assert_eq!(manifest["point"]["base"], base["id"], "{manifest}");
+    assert!(
+        store
+            .path()
+            .join(format!(
+                "app/wal/{}.zst",
+                manifest["point"]["segment"].as_str().unwrap()
+            ))
+            .exists(),
+        "the point's segment was archived before its manifest was written"
+    );
+    // The application writes after the deploy (a rewind discards it).
+    pg.psql("app", "INSERT INTO orders VALUES (101)");
+    Deployed {
+        pg,
+        _store: store,
+        p,
+        url,
+        base,
+        point: manifest,
+    }
+}
+
+impl Deployed {
+    fn guard(&self, health: &Http) -> Command {
+        let mut c = self.p.dbward(&self.url);
+        c.args(["--json", "health", "--restore-on-failure", "--url"])
+            .arg(health.url())
+            .args(["--timeout", "1s", "--interval", "200ms"]);
+        c
+    }
+
+    /// What the parent of the data directory holds besides it, by name.
+    fn beside_data_dir(&self) -> Vec<String> {
+        let data = self.pg.data_dir();
+        let mut names: Vec<String> = std::fs::read_dir(data.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("dbward"))
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+#[test]
+fn a_failed_deploy_rewinds_the_cluster_to_its_restore_point_and_keeps_the_old_one() {
+    let d = deployed();
+    let pg = &d.pg;
+    let id = d.point["id"].as_str().unwrap();
+
+    // By hand, the restore point restores into a private copy.
+    let copies = common::server_dir("dbward-test-rw-");
+    common::give_to_postgres(copies.path());
+    let to = copies.path().join("at-point");
+    let (code, out, err) = run(d
+        .p
+        .dbward(&d.url)
+        .args(["--json", "restore", id, "--physical", "--to"])
+        .arg(&to));
+    assert_eq!(code, 0, "{err}");
+    let restored = json(&out)["restored"].clone();
+    let stop_copy = restored["stop_command"].as_str().unwrap().to_string();
+    let copy_rows = common::tool(
+        Command::new(common::pg_bindir().join("psql"))
+            .arg("-h")
+            .arg(&to)
+            .args(["-p", "5432", "-U", "postgres", "-X", "-A", "-t", "-c"])
+            .arg("SELECT (SELECT count(*) FROM t) || ' ' || (SELECT count(*) FROM orders) || ' ' || (SELECT max(version) FROM refinery_schema_history)")
+            .arg("app"),
+    );
+    let _ = Command::new("sh").arg("-c").arg(&stop_copy).output();
+    assert_eq!(copy_rows.trim(), "1500 100 1", "{restored}");
+
+    let unhealthy = Http::status(503);
+    // A cluster that holds another database is not rewound: nothing changes (exit 3).
+    pg.psql("postgres", "CREATE DATABASE other");
+    let (code, _, err) = run(&mut d.guard(&unhealthy));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("other databases") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM orders"), "101");
+    assert!(d.beside_data_dir().is_empty(), "{:?}", d.beside_data_dir());
+    pg.psql("postgres", "DROP DATABASE other");
+
+    let (code, out, err) = run(&mut d.guard(&unhealthy));
+    assert_eq!(code, 5, "{err}\nthe server's log:\n{}", pg.log());
+    let report = json(&out);
+    assert_eq!(report["rewound"], true, "{report}");
+    // Head and rows as at the restore point: t is back, the order written after the deploy
+    // is gone, V2 is not applied.
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM t"), "1500");
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM orders"), "100");
+    assert_eq!(
+        pg.psql("app", "SELECT max(version) FROM refinery_schema_history"),
+        "1"
+    );
+    assert_eq!(pg.psql("app", "SELECT pg_is_in_recovery()"), "f");
+    // The cluster's own settings: it archives again, on a new timeline.
+    assert_eq!(pg.psql("app", "SHOW archive_mode"), "on");
+    let wal = pg.psql("app", "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    assert!(!wal.starts_with("00000001"), "a new timeline: {wal}");
+    let auto = std::fs::read_to_string(pg.data_dir().join("postgresql.auto.conf")).unwrap();
+    assert!(
+        !auto.contains("dbward"),
+        "the recovery lines are gone: {auto}"
+    );
+    // The old data directory is kept beside it, and the new one has its owner and mode.
+    let kept = d.beside_data_dir();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].starts_with("data.dbward-replaced-"), "{kept:?}");
+    let parent = pg.data_dir().parent().unwrap().to_path_buf();
+    assert!(parent.join(&kept[0]).join("PG_VERSION").exists());
+    use std::os::unix::fs::MetadataExt;
+    let old = std::fs::metadata(parent.join(&kept[0])).unwrap();
+    let new = std::fs::metadata(pg.data_dir()).unwrap();
+    assert_eq!((new.uid(), new.gid()), (old.uid(), old.gid()));
+    assert_eq!(new.mode() & 0o7777, old.mode() & 0o7777);
+    // The new timeline reaches the archive: its history file is pushed.
+    let history = d
+        ._store
+        .path()
+        .join(format!("app/wal/{}.history.zst", &wal[..8]));
+    wait_until(
+        || history.exists(),
+        "the new timeline's history file in the archive",
+    );
+    // The base is unchanged and the guard never rewinds the same deploy twice.
+    assert!(d.base["id"].is_string());
+    let (code, _, err) = run(&mut d.guard(&unhealthy));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("never restored twice"), "{err}");
+}
+
+#[test]
+fn a_rewind_that_cannot_complete_puts_the_old_cluster_back_running() {
+    let d = deployed();
+    let pg = &d.pg;
+    let unhealthy = Http::status(503);
+    let points = tempfile::tempdir().unwrap();
+    let mut guard = d.guard(&unhealthy);
+    guard
+        .env("DBWARD_FAILPOINTS", "rewind-before-stop=wait")
+        .env("DBWARD_FAILPOINT_DIR", points.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = guard.spawn().unwrap();
+    wait_until(
+        || points.path().join("rewind-before-stop").exists(),
+        "the guard to reach the stop",
+    );
+    // The restored directory loses the WAL after its base: recovery cannot reach the point,
+    // and the server ends once it started on it.
+    let partial: PathBuf = std::fs::read_dir(pg.data_dir().parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".data.dbward-partial-")
+        })
+        .expect("the restored directory beside the data directory");
+    let wal_last = d.base["physical"]["wal_last"].as_str().unwrap();
+    let mut removed = 0;
+    for e in std::fs::read_dir(partial.join("pg_wal")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.len() == 24 && name.as_str() > wal_last {
+            std::fs::remove_file(partial.join("pg_wal").join(&name)).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed > 0, "the point lies past the base's WAL");
+    std::fs::write(points.path().join("rewind-before-stop.go"), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("put back and runs again"), "{err}");
+    // It failed for the reason given: the restored cluster could not reach the point.
+    assert!(
+        pg.log()
+            .contains("recovery ended before configured recovery target was reached"),
+        "{}",
+        pg.log()
+    );
+    // The old cluster runs, unchanged: V2 applied, t dropped, the later order there.
+    assert_eq!(pg.psql("app", "SELECT count(*) FROM orders"), "101");
+    assert_eq!(pg.psql("app", "SELECT to_regclass('t') IS NULL"), "t");
+    assert_eq!(
+        pg.psql("app", "SELECT max(version) FROM refinery_schema_history"),
+        "2"
+    );
+    assert!(!pg.data_dir().join("recovery.signal").exists());
+    // Nothing of the attempt is left beside it.
+    assert!(d.beside_data_dir().is_empty(), "{:?}", d.beside_data_dir());
+}
+
+fn wait_until(what: impl Fn() -> bool, name: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !what() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited too long for {name}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
