@@ -163,6 +163,10 @@ fn a_failed_deploy_rewinds_the_cluster_to_its_restore_point_and_keeps_the_old_on
     );
     assert_eq!(pg.psql("app", "SELECT count(*) FROM orders"), "101");
     assert!(d.beside_data_dir().is_empty(), "{:?}", d.beside_data_dir());
+    assert!(
+        !d.p.path().join(".dbward/failed-batch-app.json").exists(),
+        "a refused rewind does not record the batch as rolled back"
+    );
     pg.psql("postgres", "DROP DATABASE other");
 
     let (code, out, err) = run(&mut d.guard(&unhealthy));

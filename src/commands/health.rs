@@ -341,7 +341,7 @@ async fn guard_inner(
                 deploy.at,
                 deploy.applied
             );
-            None
+            Undo::Rewind(crate::service::rewind::check(settings, &url, &snapshot).await?)
         }
         None => {
             tracing::warn!(
@@ -351,7 +351,8 @@ async fn guard_inner(
                 deploy.at,
                 deploy.applied
             );
-            Some(resolve(settings, &stores, &url, &snapshot).await?)
+            let (m, copies) = resolve(settings, &stores, &url, &snapshot).await?;
+            Undo::Restore(m, copies)
         }
     };
     // The batch is recorded as rolled back before the restore, not after: a `migrate` that
@@ -377,12 +378,12 @@ async fn guard_inner(
         );
     }
     let (restored, kept) = match resolved {
-        None => {
-            let r = crate::service::rewind::rewind(settings, &url, &snapshot).await?;
+        Undo::Rewind(checked) => {
+            let r = crate::service::rewind::rewind(settings, &url, checked).await?;
             let kept = format!("the data directory {}", r.kept.display());
             (json!(r), kept)
         }
-        Some((m, copies)) => {
+        Undo::Restore(m, copies) => {
             let outcome = restore_snapshot(
                 settings,
                 &copies,
@@ -430,6 +431,14 @@ async fn guard_inner(
         text: String::new(),
         damaged: false,
     })
+}
+
+/// How the guard undoes a deploy, checked before the batch is recorded as rolled back.
+enum Undo<'a> {
+    /// The cluster on this host goes back to the deploy's restore point.
+    Rewind(crate::service::rewind::Checked),
+    /// The deploy's snapshot is restored (from these copies).
+    Restore(backup::Manifest, Vec<&'a backup::Store>),
 }
 
 /// The deploy log's entry for what the guard did with `deploy`.

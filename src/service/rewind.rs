@@ -38,15 +38,24 @@ pub struct Rewound {
     pub downtime_seconds: f64,
 }
 
-/// Rewinds the cluster to restore point `point_id`. `Ok` once the cluster runs promoted at the
-/// point with the point's migration head; `Err` with exit 3 when refused before anything was
-/// touched, exit 1 when it failed (the old cluster runs again, or the message says what to do).
-pub async fn rewind(
+/// A rewind checked and planned: nothing was changed yet.
+pub struct Checked {
+    planned: super::physical::Planned,
+    point_id: String,
+    want_head: Option<backup::manifest::Head>,
+    user: OsUser,
+    mode: u32,
+}
+
+/// Checks everything a rewind to restore point `point_id` needs before anything is changed:
+/// `[pitr.server]` names the live cluster's data directory, owned by its user; the cluster
+/// holds no other database (unless allowed); the point's base is this cluster's; the WAL chain
+/// to the point is whole. Exit 3 when refused.
+pub async fn check(
     settings: &Settings,
     url: &DatabaseUrl,
     point_id: &str,
-) -> Result<Rewound, Failure> {
-    let started = Instant::now();
+) -> Result<Checked, Failure> {
     let refused = |why: String| -> Failure {
         backup::Error::Refused(format!("{why}; nothing was changed")).into()
     };
@@ -82,7 +91,7 @@ pub async fn rewind(
     }
     let meta = std::fs::metadata(&data_dir)
         .map_err(|e| refused(format!("reading {}: {e}", data_dir.display())))?;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     if meta.uid() != user.uid {
         return Err(refused(format!(
             "{} is owned by uid {}, and pitr.server.user `{}` is uid {}",
@@ -113,6 +122,36 @@ pub async fn rewind(
     let want_head = super::physical::point(&settings.store().await?, &url.name(), point_id)
         .await?
         .and_then(|m| m.migration_head);
+    Ok(Checked {
+        planned,
+        point_id: point_id.to_string(),
+        want_head,
+        user,
+        mode: meta.mode() & 0o7777,
+    })
+}
+
+/// Rewinds the cluster as `checked` planned. `Ok` once the cluster runs promoted at the
+/// point with the point's migration head; `Err` (exit 1) when it failed: the old cluster runs
+/// again, or the message says what to do.
+pub async fn rewind(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    checked: Checked,
+) -> Result<Rewound, Failure> {
+    let started = Instant::now();
+    let Checked {
+        planned,
+        point_id,
+        want_head,
+        user,
+        mode,
+    } = checked;
+    let point_id = point_id.as_str();
+    let (DatabaseUrl::Postgres(pg), Some(cfg)) = (url, &settings.pitr.server) else {
+        unreachable!("checked: a PostgreSQL cluster with [pitr.server]");
+    };
+    let data_dir = cfg.data_dir.clone();
 
     // Prepared beside the data directory while the old cluster still runs.
     tracing::info!(
@@ -132,11 +171,8 @@ pub async fn rewind(
         .collect();
     let original_auto = server::prepare_rewind(dir.path(), &planned.target, &fetched)?;
     server::chown_tree(dir.path(), &user)?;
-    std::fs::set_permissions(
-        dir.path(),
-        std::fs::Permissions::from_mode(meta.mode() & 0o7777),
-    )
-    .map_err(|e| {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).map_err(|e| {
         Failure::new(
             Exit::Failed,
             format!("setting the mode of {}: {e}", dir.path().display()),
