@@ -341,7 +341,9 @@ async fn guard_inner(
                 deploy.at,
                 deploy.applied
             );
-            Undo::Rewind(crate::service::rewind::check(settings, &url, &snapshot).await?)
+            Undo::Rewind(Box::new(
+                crate::service::rewind::check(settings, &url, &snapshot).await?,
+            ))
         }
         None => {
             tracing::warn!(
@@ -379,7 +381,7 @@ async fn guard_inner(
     }
     let (restored, kept) = match resolved {
         Undo::Rewind(checked) => {
-            let r = crate::service::rewind::rewind(settings, &url, checked).await?;
+            let r = crate::service::rewind::rewind(settings, &url, *checked).await?;
             let kept = format!("the data directory {}", r.kept.display());
             (json!(r), kept)
         }
@@ -436,7 +438,7 @@ async fn guard_inner(
 /// How the guard undoes a deploy, checked before the batch is recorded as rolled back.
 enum Undo<'a> {
     /// The cluster on this host goes back to the deploy's restore point.
-    Rewind(crate::service::rewind::Checked),
+    Rewind(Box<crate::service::rewind::Checked>),
     /// The deploy's snapshot is restored (from these copies).
     Restore(backup::Manifest, Vec<&'a backup::Store>),
 }
