@@ -354,7 +354,7 @@ async fn guard_inner(
                 deploy.applied
             );
             let (m, copies) = resolve(settings, &stores, &url, &snapshot).await?;
-            Undo::Restore(m, copies)
+            Undo::Restore(Box::new(m), copies)
         }
     };
     // The batch is recorded as rolled back before the restore, not after: a `migrate` that
@@ -440,7 +440,7 @@ enum Undo<'a> {
     /// The cluster on this host goes back to the deploy's restore point.
     Rewind(Box<crate::service::rewind::Checked>),
     /// The deploy's snapshot is restored (from these copies).
-    Restore(backup::Manifest, Vec<&'a backup::Store>),
+    Restore(Box<backup::Manifest>, Vec<&'a backup::Store>),
 }
 
 /// The deploy log's entry for what the guard did with `deploy`.
