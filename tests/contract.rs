@@ -155,6 +155,21 @@ fn every_kind_of_manifest_this_release_writes_follows_the_schema() {
         .arg(common::archive::store_url(archive.path()))
         .args(["backup", "--physical"]));
     assert_eq!(code, 0, "{err}");
+    // A restore point as a deploy's pre-deploy snapshot ([pitr.server] set, a base there).
+    let q = Project::new();
+    std::fs::write(
+        q.path().join("dbward.toml"),
+        "[pitr.server]\ndata_dir = \"/nowhere\"\nstop = \"false\"\nstart = \"false\"\nuser = \"postgres\"\n",
+    )
+    .unwrap();
+    q.migration("V1__t2.sql", "CREATE TABLE t2 (id int);\n");
+    let (code, out, err) = run(q
+        .dbward(&archiving.url("app"))
+        .arg("--store")
+        .arg(common::archive::store_url(archive.path()))
+        .args(["--json", "migrate"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["snapshot_format"], "pgpoint", "{out}");
 
     let mut all = Vec::new();
     manifests_under(&store, &mut all);
