@@ -119,6 +119,16 @@ pub async fn check(
         )));
     }
     let planned = plan(settings, chosen).await?;
+    // The restored directory goes beside the live one, which stays: the disk holds both.
+    let p = backup::restore::physical::physical_of(&planned.base)?;
+    backup::scratch::ensure_space(
+        data_dir.parent().unwrap_or(Path::new("/")),
+        planned.base.raw_bytes + planned.plan.segments.len() as u64 * p.segment_bytes,
+        &format!(
+            "base {} and its WAL beside the live data directory",
+            planned.base.id
+        ),
+    )?;
     let want_head = super::physical::point(&settings.store().await?, &url.name(), point_id)
         .await?
         .and_then(|m| m.migration_head);
