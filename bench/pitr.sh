@@ -6,58 +6,16 @@
 #            both done only once the server has promoted (pg_is_in_recovery() = false);
 #            and the logical path: dbward restore latest --to a new database (a pg_dump of the
 #            same data: every index rebuilt).
-# The cluster archives every WAL file to both (archive_command runs dbward wal-push, then
-# pgbackrest archive-push). Local directories for both repositories; medians of RUNS runs;
+# The cluster archives every WAL file to both (archive_command runs dbward wal-push and
+# pgbackrest archive-push side by side: bench/pitr-cluster.sh). Local directories for both repositories; medians of RUNS runs;
 # peak RSS from /usr/bin/time. pgBackRest is Debian's package (installed when missing, as root).
 # Usage: bench/pitr.sh [SCALE=10] [RUNS=3] [TXNS=20000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${1:-10}; RUNS=${2:-3}; TXNS=${3:-20000}
 . bench/common.sh # the working directory is the repository (cd above)
-if ! command -v pgbackrest >/dev/null; then
-  [ "$(id -u)" = 0 ] || { echo "needs pgbackrest (apt-get install pgbackrest)" >&2; exit 1; }
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q pgbackrest >/dev/null
-fi
 pg_work dbward-bench-pitr "-c max_wal_size=4GB"
-# pgBackRest runs as the cluster's user (a function cannot be timed by /usr/bin/time).
-AS=(); [ "$(id -u)" = 0 ] && AS=(runuser -u postgres --)
-
-STORE=file://$WORK/store
-APP="postgres://postgres@127.0.0.1:$PORT/bench?sslmode=disable"
-D=("$DBWARD" -q --database "$APP" --store "$STORE" --state-dir "$WORK/state")
-BR=(pgbackrest --config="$WORK/pgbackrest.conf" --stanza=bench)
-mkdir -p "$WORK/pgbr" "$WORK/pgbr-log" "$WORK/pgbr-lock" "$WORK/copies"
-cat > "$WORK/pgbackrest.conf" <<EOF
-[global]
-repo1-path=$WORK/pgbr
-compress-type=zst
-compress-level=3
-process-max=2
-log-level-console=warn
-log-level-file=off
-log-path=$WORK/pgbr-log
-lock-path=$WORK/pgbr-lock
-start-fast=y
-
-[bench]
-pg1-path=$WORK/data
-pg1-port=$PORT
-pg1-socket-path=$WORK/data
-EOF
-[ "$(id -u)" = 0 ] && chown -R postgres "$WORK"
-cat >> "$WORK/data/postgresql.conf" <<EOF
-wal_level = replica
-archive_mode = on
-archive_command = '$DBWARD -q --database postgres://postgres@127.0.0.1/bench --store $STORE wal-push %p && pgbackrest --config=$WORK/pgbackrest.conf --stanza=bench archive-push %p'
-EOF
-as_pg "$BINDIR/pg_ctl" -D "$WORK/data" -l "$WORK/log" -o "-p $PORT -k $WORK/data -c listen_addresses=127.0.0.1 -c max_wal_size=4GB" -w restart >/dev/null
-PSQL=("$BINDIR/psql" -X -q -tA -h 127.0.0.1 -p "$PORT" -U postgres)
-"${PSQL[@]}" -d postgres -c "CREATE DATABASE bench" >/dev/null
-echo "building pgbench scale $SCALE..." >&2
-"$BINDIR/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -i -q -s "$SCALE" bench >/dev/null 2>&1
-as_pg "${BR[@]}" stanza-create >/dev/null
-"${PSQL[@]}" -d postgres -c "SELECT pg_switch_wal()" >/dev/null
-as_pg "${BR[@]}" check >/dev/null # waits until a segment is archived by both
+. bench/pitr-cluster.sh # a cluster archiving to both tools, pgbench scale $SCALE in `bench`
 
 checkpoint() { "${PSQL[@]}" -d postgres -c CHECKPOINT >/dev/null; }
 checkpoint
@@ -69,7 +27,7 @@ PATH="$BINDIR:$PATH" run logical_backup "${D[@]}" backup
 echo "replaying $TXNS pgbench transactions after the bases..." >&2
 "$BINDIR/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -c 2 -t "$((TXNS / 2))" bench >/dev/null 2>&1
 ROWS=$("${PSQL[@]}" -d bench -c "SELECT count(*), sum(abalance) FROM pgbench_accounts")
-as_pg "${BR[@]}" check >/dev/null # the last segment is archived by both (dbward's push runs first)
+as_pg "${BR[@]}" check >/dev/null # the last segment is archived by both (one archive_command)
 LAST=$("${PSQL[@]}" -d postgres -c "SELECT last_archived_wal FROM pg_stat_archiver")
 [ -e "$WORK/store/bench/wal/$LAST.zst" ] || { echo "$LAST is not in dbward's archive" >&2; exit 1; }
 WAL_MB=$(du -sm "$WORK/store/bench/wal" | cut -f1)

@@ -40,6 +40,8 @@ pub struct Rewound {
 
 /// A rewind checked and planned: nothing was changed yet.
 pub struct Checked {
+    /// When the guard chose to rewind: the rewind's time counts from here.
+    started: Instant,
     planned: super::physical::Planned,
     point_id: String,
     want_head: Option<backup::manifest::Head>,
@@ -56,6 +58,7 @@ pub async fn check(
     url: &DatabaseUrl,
     point_id: &str,
 ) -> Result<Checked, Failure> {
+    let started = Instant::now();
     let refused = |why: String| -> Failure {
         backup::Error::Refused(format!("{why}; nothing was changed")).into()
     };
@@ -133,6 +136,7 @@ pub async fn check(
         .await?
         .and_then(|m| m.migration_head);
     Ok(Checked {
+        started,
         planned,
         point_id: point_id.to_string(),
         want_head,
@@ -149,8 +153,8 @@ pub async fn rewind(
     url: &DatabaseUrl,
     checked: Checked,
 ) -> Result<Rewound, Failure> {
-    let started = Instant::now();
     let Checked {
+        started,
         planned,
         point_id,
         want_head,
