@@ -350,6 +350,10 @@ pub struct BackupArgs {
     /// recovery, instead of a pg_dump of the database; needs the WAL archive (wal-push).
     #[arg(long)]
     pub physical: bool,
+    /// With --physical: only when a base is due (the WAL since the newest base exceeds
+    /// pitr.base_max_wal, or there is no base); otherwise exit 0 and take none.
+    #[arg(long, requires = "physical")]
+    pub if_due: bool,
     /// Mark the snapshot `scheduled` (set by `dbward schedule`).
     #[arg(long, hide = true)]
     pub scheduled: bool,

@@ -63,6 +63,9 @@ pub struct Pitr {
     /// `pitr.restore_point_wait`: how long `migrate` waits for a restore point's WAL segment
     /// to reach the archive before it takes a dump instead.
     pub restore_point_wait: Duration,
+    /// `pitr.base_max_wal`: WAL since the newest base beyond which a base is due (replay
+    /// time grows with it): `pitr verify` says so, `backup --physical --if-due` takes one.
+    pub base_max_wal: Option<u64>,
     /// `[pitr.server]`: the cluster on this host the guard may rewind. Without it, pre-deploy
     /// snapshots are dumps (the guard could not use a restore point).
     pub server: Option<PitrServer>,
@@ -92,6 +95,7 @@ pub struct PitrServer {
 #[serde(deny_unknown_fields)]
 struct PitrSection {
     restore_point_wait: Option<String>,
+    base_max_wal: Option<String>,
     server: Option<PitrServer>,
 }
 
@@ -297,6 +301,9 @@ pub struct Schedule {
     /// archive (`restore-drill --physical`).
     pub base: Option<String>,
     pub pitr_drill: Option<String>,
+    /// A base when one is due (`backup --physical --if-due`: `pitr.base_max_wal`), checked
+    /// this often.
+    pub base_if_due: Option<String>,
     /// healthchecks.io-style ping URL per job name.
     #[serde(default, rename = "ping")]
     pub pings: std::collections::BTreeMap<String, String>,
@@ -692,6 +699,14 @@ fn resolve(
                 file.pitr.restore_point_wait.as_deref(),
                 Duration::from_secs(30),
             )?,
+            base_max_wal: match &file.pitr.base_max_wal {
+                Some(v) => Some(parse_size(v).filter(|n| *n >= 16 << 20).ok_or_else(|| {
+                    SettingsError(format!(
+                        "config key pitr.base_max_wal: `{v}` is not a size of at least 16MiB, like 4GiB"
+                    ))
+                })? as u64),
+                None => None,
+            },
             server: match file.pitr.server {
                 Some(s) if !s.data_dir.is_absolute() => {
                     return Err(SettingsError(format!(

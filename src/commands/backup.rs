@@ -15,6 +15,31 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
             "--physical takes a PostgreSQL cluster's base backup; a SQLite snapshot already is a copy of the database file",
         ));
     }
+    if args.if_due {
+        let Some(max) = settings.pitr.base_max_wal else {
+            return Err(Failure::new(
+                Exit::Usage,
+                "--if-due needs pitr.base_max_wal (the WAL since the newest base that makes a base due)",
+            ));
+        };
+        let store = settings.store().await?;
+        let bases = crate::service::physical::bases(&store, &url.name()).await?;
+        let since = crate::service::physical::wal_since_base(&store, &url.name(), &bases).await?;
+        if let (Some(newest), Some(bytes)) = (bases.first(), since) {
+            if bytes <= max {
+                return Ok(Report {
+                    text: format!(
+                        "no base due: {} of WAL since base {} (pitr.base_max_wal {})\n",
+                        backup::bytes(bytes),
+                        newest.id,
+                        backup::bytes(max)
+                    ),
+                    json: json!({ "snapshot": null, "due": false, "wal_since_base_bytes": bytes, "base": newest.id }),
+                    code: Exit::Success,
+                });
+            }
+        }
+    }
     let kind = if args.scheduled {
         backup::Kind::Scheduled
     } else {

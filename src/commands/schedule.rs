@@ -343,6 +343,11 @@ fn jobs(s: &Schedule) -> Result<(Vec<Job>, Tz), Failure> {
         ("prune", &s.prune, vec!["prune"]),
         ("base", &s.base, vec!["backup", "--scheduled", "--physical"]),
         (
+            "base_if_due",
+            &s.base_if_due,
+            vec!["backup", "--scheduled", "--physical", "--if-due"],
+        ),
+        (
             "pitr_drill",
             &s.pitr_drill,
             vec!["restore-drill", "--physical", "latest"],

@@ -188,15 +188,36 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
         base_rows.len(),
         base_rows.iter().filter(|b| b["ok"] == true).count()
     ));
+    // Replay time grows with the WAL since the newest base: past pitr.base_max_wal, one is due.
+    let since = crate::service::physical::wal_since_base(&store, &database, &bases).await?;
+    let due = match (since, settings.pitr.base_max_wal) {
+        (Some(bytes), Some(max)) => bytes > max,
+        _ => false,
+    };
+    if let Some(bytes) = since {
+        text.push_str(&format!(
+            "  WAL since the newest base: {}\n",
+            backup::bytes(bytes)
+        ));
+    }
+    if due {
+        let why = format!(
+            "a base is due: {} of WAL since the newest base, more than pitr.base_max_wal {} (a restore replays all of it): run `dbward backup --physical`, or set [schedule] base_if_due",
+            backup::bytes(since.unwrap_or_default()),
+            backup::bytes(settings.pitr.base_max_wal.unwrap_or_default())
+        );
+        tracing::warn!("{why}");
+        text.push_str(&format!("  {why}\n"));
+    }
     if let Some(path) = &args.metrics {
         let without_wal = base_rows.iter().filter(|b| b["ok"] != true).count();
         restore_drill::metrics::write_textfile(
             path,
-            &metrics(&database, &v, base_rows.len(), without_wal),
+            &metrics(&database, &v, base_rows.len(), without_wal, since),
         )
         .map_err(|e| Failure::new(Exit::Failed, format!("--metrics {}: {e}", path.display())))?;
     }
-    let json = json!({ "archive": v, "bases": base_rows, "problems": problems });
+    let json = json!({ "archive": v, "bases": base_rows, "wal_since_base_bytes": since, "base_due": due, "problems": problems });
     if problems.is_empty() {
         return Ok(Report {
             text,
@@ -211,8 +232,19 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
 }
 
 /// The archive's state as Prometheus gauges (node_exporter's textfile format).
-fn metrics(database: &str, v: &backup::wal::Verified, bases: usize, without_wal: usize) -> String {
+fn metrics(
+    database: &str,
+    v: &backup::wal::Verified,
+    bases: usize,
+    without_wal: usize,
+    since_base: Option<u64>,
+) -> String {
     let mut g = restore_drill::metrics::Gauges::new(database);
+    g.gauge(
+        "dbward_pitr_wal_since_base_bytes",
+        "WAL stored after the newest base's: what a restore to the end replays.",
+        since_base.map_or("NaN".into(), |b| b.to_string()),
+    );
     g.gauge(
         "dbward_pitr_bases",
         "Base backups of this database in the store.",

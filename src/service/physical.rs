@@ -67,6 +67,26 @@ pub async fn bases(store: &backup::Store, db: &str) -> Result<Vec<backup::Manife
     )?)
 }
 
+/// The WAL stored after the newest of `bases` (newest first): segments whose place in the WAL
+/// is past its last one, on any timeline, at the segment size. `None` without a base.
+pub async fn wal_since_base(
+    store: &backup::Store,
+    db: &str,
+    bases: &[backup::Manifest],
+) -> Result<Option<u64>, Failure> {
+    let Some(p) = bases.first().and_then(|b| b.physical.as_ref()) else {
+        return Ok(None);
+    };
+    let place = |name: &str| backup::engine::basebackup::segment_number(name, p.segment_bytes);
+    let last = place(&p.wal_last);
+    let stored = backup::wal::stored_from(store, db, &p.wal_last).await?;
+    let after = stored
+        .iter()
+        .filter(|n| n.len() == 24 && place(n) > last && last.is_some())
+        .count() as u64;
+    Ok(Some(after * p.segment_bytes))
+}
+
 /// The restore point `id` of this database (the folder owner's), if there is one.
 pub async fn point(
     store: &backup::Store,

@@ -273,11 +273,7 @@ impl Base {
 
 /// The WAL segments from `first` to `last` (inclusive), on their timeline.
 pub fn segments(p: &Physical) -> Result<Vec<String>, Error> {
-    let parse = |name: &str| {
-        let hex = |s: &str| u64::from_str_radix(s, 16).ok();
-        let per_id = 0x1_0000_0000 / p.segment_bytes;
-        Some(hex(name.get(8..16)?)? * per_id + hex(name.get(16..24)?)?)
-    };
+    let parse = |name: &str| segment_number(name, p.segment_bytes);
     let (Some(first), Some(last)) = (parse(&p.wal_first), parse(&p.wal_last)) else {
         return Err(Error::Damaged(format!(
             "the base's WAL range {}..{} is not two segment names",
@@ -293,6 +289,14 @@ pub fn segments(p: &Physical) -> Result<Vec<String>, Error> {
     Ok((first..=last)
         .map(|n| segment_from_number(p.timeline, n, p.segment_bytes))
         .collect())
+}
+
+/// A segment name's place in the WAL (its number, whatever its timeline); `None` for a name
+/// that is not 24 hex digits.
+pub fn segment_number(name: &str, seg: u64) -> Option<u64> {
+    let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+    let per_id = 0x1_0000_0000 / seg;
+    Some(hex(name.get(8..16)?)? * per_id + hex(name.get(16..24)?)?)
 }
 
 fn segment_from_number(timeline: u32, segno: u64, seg: u64) -> String {
