@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod critical;
 mod deploys;
 mod hooks;
 mod notify;
@@ -111,11 +112,20 @@ async fn run_until_signalled(cli: &Cli) -> (Result<report::Report, report::Failu
         };
         report::Failure::new(code, message)
     };
-    tokio::select! {
-        biased;
-        r = commands::run(cli) => (r, false),
-        _ = term.recv() => (Err(stopped("SIGTERM", report::Exit::Terminated)), true),
-        _ = int.recv() => (Err(stopped("SIGINT", report::Exit::Interrupted)), true),
+    let command = commands::run(cli);
+    tokio::pin!(command);
+    loop {
+        let (sig, code) = tokio::select! {
+            biased;
+            r = &mut command => return (r, false),
+            _ = term.recv() => ("SIGTERM", report::Exit::Terminated),
+            _ = int.recv() => ("SIGINT", report::Exit::Interrupted),
+        };
+        match critical::held() {
+            // Cut short here, the database would be left down: the command finishes first.
+            Some(what) => tracing::warn!("{sig} received while {what}: finishing that first"),
+            None => return (Err(stopped(sig, code)), true),
+        }
     }
 }
 

@@ -522,3 +522,46 @@ fn a_base_of_a_cluster_laid_out_as_debian_does_with_higher_limits_and_a_link_res
         .collect();
     assert_eq!(beside, ["debian"], "{beside:?}");
 }
+
+#[test]
+fn a_base_is_due_once_the_wal_since_the_newest_grows_past_base_max_wal() {
+    let store = store_dir();
+    let pg = archiving(store.path());
+    switch_and_wait(&pg, store.path());
+    let config = store.path().join("due.toml");
+    std::fs::write(&config, "[pitr]\nbase_max_wal = \"32MiB\"\n").unwrap();
+    let with_config = |args: &[&str]| {
+        let (code, out, err) = run(dbward(&pg, store.path())
+            .arg("--config")
+            .arg(&config)
+            .arg("--json")
+            .args(args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        (json(&out), err)
+    };
+    let if_due = ["backup", "--physical", "--if-due"];
+    // No base yet: one is due.
+    let (first, _) = with_config(&if_due);
+    assert_eq!(first["snapshot"]["format"], "pgbase", "{first}");
+    // Right after it, none is.
+    let (again, _) = with_config(&if_due);
+    assert!(again["snapshot"].is_null(), "{again}");
+    assert_eq!(again["due"], false, "{again}");
+    // Three segments later, 48 MiB of WAL since the base: pitr verify says a base is due.
+    for _ in 0..3 {
+        pg.psql("app", "INSERT INTO t SELECT generate_series(1, 1000)");
+        switch_and_wait(&pg, store.path());
+    }
+    let (verified, err) = with_config(&["pitr", "verify"]);
+    assert_eq!(verified["base_due"], true, "{verified}");
+    assert!(
+        verified["wal_since_base_bytes"].as_u64().unwrap() >= 48 << 20,
+        "{verified}"
+    );
+    assert!(err.contains("a base is due"), "{err}");
+    let (taken, _) = with_config(&if_due);
+    assert_eq!(taken["snapshot"]["format"], "pgbase", "{taken}");
+    assert_ne!(taken["snapshot"]["id"], first["snapshot"]["id"]);
+    let (verified, _) = with_config(&["pitr", "verify"]);
+    assert_eq!(verified["base_due"], false, "{verified}");
+}

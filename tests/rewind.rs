@@ -169,8 +169,35 @@ fn a_failed_deploy_rewinds_the_cluster_to_its_restore_point_and_keeps_the_old_on
     );
     pg.psql("postgres", "DROP DATABASE other");
 
-    let (code, out, err) = run(&mut d.guard(&unhealthy));
+    // A SIGTERM while the cluster is down for the rewind waits: the rewind finishes.
+    let points = tempfile::tempdir().unwrap();
+    let mut guard = d.guard(&unhealthy);
+    guard
+        .env("DBWARD_FAILPOINTS", "rewind-after-swap=wait")
+        .env("DBWARD_FAILPOINT_DIR", points.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = guard.spawn().unwrap();
+    wait_until(
+        || points.path().join("rewind-after-swap").exists(),
+        "the guard to swap the data directories",
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    std::fs::write(points.path().join("rewind-after-swap.go"), "").unwrap();
+    let done = child.wait_with_output().unwrap();
+    let (code, out, err) = (
+        done.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&done.stdout).into_owned(),
+        String::from_utf8_lossy(&done.stderr).into_owned(),
+    );
     assert_eq!(code, 5, "{err}\nthe server's log:\n{}", pg.log());
+    assert!(
+        err.contains(
+            "SIGTERM received while the cluster is stopped for its rewind: finishing that first"
+        ),
+        "{err}"
+    );
     let report = json(&out);
     assert_eq!(report["rewound"], true, "{report}");
     // Head and rows as at the restore point: t is back, the order written after the deploy

@@ -1,7 +1,8 @@
 //! The WAL archive: a real PostgreSQL cluster archives through `dbward wal-push` and a base
 //! backup of it recovers to a restore point through `dbward wal-fetch`; the fetch's exit codes
 //! (1 only for a file the archive does not have, 126 for everything else); pushes that repeat,
-//! differ or come from another cluster; the same on the S3 test server, and encrypted.
+//! differ or come from another cluster; the same on the S3 test server, and encrypted; and
+//! `archive_timeout = 60` keeping the archive's lag, as `pitr verify` measures it, under 65 s.
 
 mod common;
 
@@ -11,7 +12,8 @@ use std::process::Command;
 use common::{run, server_dir, tool, Pg, S3};
 
 use common::archive::{
-    archiving, dbward, recover_through_wal_fetch, store_dir, store_url, switch_and_wait, APP, BIN,
+    archiving, archiving_with, dbward, recover_through_wal_fetch, store_dir, store_url,
+    switch_and_wait, APP, BIN,
 };
 
 #[test]
@@ -398,4 +400,45 @@ fn on_s3_encrypted_a_segment_goes_and_comes_back_and_without_the_key_the_fetch_s
     let (code, _, err) = run(plain().args(["wal-fetch", name]).arg(&dest));
     assert_eq!(code, 0, "{err}");
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&seg).unwrap());
+}
+
+/// The bound, on a real cluster: with `archive_timeout = 60` and one commit a second,
+/// `pitr verify --max-lag 65s` passes at every check over more than two minutes (two forced
+/// switches at least). The lag is the archive's own measure: how long ago the newest segment
+/// was stored.
+#[test]
+fn archive_timeout_60_at_one_commit_a_second_keeps_the_lag_under_65_seconds() {
+    let store = store_dir();
+    let pg = archiving_with(store.path(), &["archive_timeout = 60"]);
+    switch_and_wait(&pg, store.path());
+    let started = std::time::Instant::now();
+    let mut next_check = started;
+    let mut worst = 0.0f64;
+    let mut checks = 0;
+    while started.elapsed() < std::time::Duration::from_secs(135) {
+        pg.psql("app", "INSERT INTO t VALUES (0)");
+        if std::time::Instant::now() >= next_check {
+            let (code, out, err) =
+                run(dbward(store.path()).args(["--json", "pitr", "verify", "--max-lag", "65s"]));
+            let lag = serde_json::from_str::<serde_json::Value>(&out)
+                .ok()
+                .and_then(|v| v["archive"]["lag_seconds"].as_f64())
+                .unwrap_or(f64::NAN);
+            assert_eq!(code, 0, "after {:?}: lag {lag}: {err}", started.elapsed());
+            worst = worst.max(lag);
+            checks += 1;
+            next_check += std::time::Duration::from_secs(5);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    assert!(
+        checks >= 20 && worst < 65.0,
+        "{checks} checks, worst lag {worst}"
+    );
+    // The bound was tested, not met by accident: the lag grew well past a few seconds between
+    // the forced switches.
+    assert!(
+        worst > 30.0,
+        "worst lag {worst}: no forced switch was waited for"
+    );
 }

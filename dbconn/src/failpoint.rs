@@ -27,6 +27,7 @@ pub const ALL: &[&str] = &[
     "prune-after-manifest-delete",
     "drill-after-restore",
     "rewind-before-stop",
+    "rewind-after-swap",
 ];
 
 /// `Err` when the failure point `name` is set to `error`; never returns when it is set to

@@ -23,6 +23,8 @@ use crate::settings::{PitrServer, Settings};
 
 /// How long the rewound cluster may take to recover and promote, and the old one to start again.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(3600);
+/// How long the postmaster may take to exit once `stop` returned.
+const STOP_LIMIT: Duration = Duration::from_secs(120);
 
 /// A cluster rewound to a restore point.
 #[derive(Debug, serde::Serialize)]
@@ -194,15 +196,23 @@ pub async fn rewind(
     })?;
 
     failpoint("rewind-before-stop").map_err(|e| Failure::new(Exit::Failed, e))?;
+    // From the stop until the cluster runs again (on either directory), a signal waits.
+    let _section = crate::critical::enter("the cluster is stopped for its rewind");
     // The stop. A cluster that does not stop is left as it is.
     tracing::warn!("rewind: stopping the cluster: sh -c {:?}", cfg.stop);
     let stop = run(settings, &cfg.stop).await;
+    // A stop command may return before the postmaster is gone (`kill`, an asynchronous stop).
+    let waited = Instant::now();
+    while server::postmaster_pid(&data_dir).is_some() && waited.elapsed() < STOP_LIMIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     if let Some(pid) = server::postmaster_pid(&data_dir) {
         return Err(Failure::new(
             Exit::Failed,
             format!(
-                "the cluster did not stop (postmaster {pid} still runs on {}{}); nothing was changed",
+                "the cluster did not stop (postmaster {pid} still runs on {} {} after `stop` returned{}); nothing was changed",
                 data_dir.display(),
+                migrator::error::humanize(STOP_LIMIT),
                 stop.err().map(|e| format!("; {e}")).unwrap_or_default()
             ),
         ));
@@ -258,6 +268,7 @@ pub async fn rewind(
         cfg.start
     );
     let verified = async {
+        failpoint("rewind-after-swap")?;
         start_and_wait(settings, cfg, pg, &data_dir).await?;
         let db = dbconn::postgres::Postgres::connect(pg)
             .await

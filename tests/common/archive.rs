@@ -40,11 +40,15 @@ pub fn wal_command(store: &Path, rest: &str) -> String {
 
 /// A cluster archiving into `store` through wal-push, with `app.t` holding 1..=1000.
 pub fn archiving(store: &Path) -> Pg {
+    archiving_with(store, &[])
+}
+
+/// The same with more settings (`archive_timeout = 60`, ...).
+pub fn archiving_with(store: &Path, conf: &[&str]) -> Pg {
     let archive = format!("archive_command = '{}'", wal_command(store, "wal-push %p"));
-    let pg = Pg::start_with(
-        &["wal_level = replica", "archive_mode = on", &archive],
-        None,
-    );
+    let mut all = vec!["wal_level = replica", "archive_mode = on", &archive];
+    all.extend_from_slice(conf);
+    let pg = Pg::start_with(&all, None);
     pg.psql("postgres", "CREATE DATABASE app");
     pg.psql(
         "app",
