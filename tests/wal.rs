@@ -446,3 +446,90 @@ fn archive_timeout_60_at_one_commit_a_second_keeps_the_lag_under_65_seconds() {
         "worst lag {worst}: no forced switch was waited for"
     );
 }
+
+/// With `store.mirrors`, every WAL file goes to the mirror too, and a fetch the primary cannot
+/// serve (the object gone, or no archive there at all) comes from the mirror, checked as ever.
+#[test]
+fn with_a_mirror_every_wal_file_is_pushed_to_both_and_a_fetch_falls_back_to_the_mirror() {
+    let primary = store_dir();
+    let mirror = store_dir();
+    let config = mirror.path().join("mirrored.toml");
+    std::fs::write(
+        &config,
+        format!("[store]\nmirrors = [\"{}\"]\n", store_url(mirror.path())),
+    )
+    .unwrap();
+    common::give_to_postgres(&config);
+    let archive = format!(
+        "archive_command = '{BIN} -q --database {APP} --store {} --config {} wal-push %p'",
+        store_url(primary.path()),
+        config.display()
+    );
+    let pg = Pg::start_with(
+        &["wal_level = replica", "archive_mode = on", &archive],
+        None,
+    );
+    pg.psql("postgres", "CREATE DATABASE app");
+    let mut segments = Vec::new();
+    for i in 0..3 {
+        pg.psql("postgres", &format!("CREATE TABLE t{i} (id int)"));
+        segments.push(switch_and_wait(&pg, primary.path()));
+    }
+    // Both stores hold the same files (the mirror's copy is written right after the primary's).
+    let names = |store: &Path| {
+        let mut n: Vec<String> = std::fs::read_dir(store.join("app/wal"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    let wait = std::time::Instant::now();
+    while names(mirror.path()) != names(primary.path()) {
+        assert!(
+            wait.elapsed() < std::time::Duration::from_secs(30),
+            "{:?} vs {:?}",
+            names(primary.path()),
+            names(mirror.path())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(names(mirror.path()).contains(&"cluster.json".to_string()));
+
+    let out = server_dir("dbward-test-wal-mirror-");
+    let fetch = |store: &Path, name: &str| {
+        let to = out.path().join(name);
+        let _ = std::fs::remove_file(&to);
+        let (code, _, err) = run(Command::new(BIN)
+            .args(["--database", APP, "--store", &store_url(store), "--config"])
+            .arg(&config)
+            .args(["wal-fetch", name])
+            .arg(&to));
+        (code, err, to)
+    };
+    // The primary lost one object: the mirror's copy is fetched, byte for byte.
+    let seg = &segments[1];
+    std::fs::remove_file(primary.path().join(format!("app/wal/{seg}.zst"))).unwrap();
+    let (code, err, got) = fetch(primary.path(), seg);
+    assert_eq!(code, 0, "{err}");
+    let want = Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .arg(mirror.path().join(format!("app/wal/{seg}.zst")))
+        .output()
+        .unwrap()
+        .stdout;
+    let got = std::fs::read(&got).unwrap();
+    assert_eq!(got.len(), 16 << 20);
+    assert!(
+        got == want,
+        "the fetched file is the mirror's, byte for byte"
+    );
+    // A primary with no archive at all: the mirror serves.
+    let nowhere = server_dir("dbward-test-wal-nowhere-");
+    let (code, err, _) = fetch(nowhere.path(), &segments[0]);
+    assert_eq!(code, 0, "{err}");
+    // A file neither holds is absent (exit 1), as the primary says.
+    let (code, err, got) = fetch(primary.path(), "0000000100000000000000FF");
+    assert_eq!(code, 1, "{err}");
+    assert!(!got.exists());
+}

@@ -162,15 +162,17 @@ pub struct Pushed {
     pub stored_bytes: Option<u64>,
 }
 
-/// Archives the WAL file at `path` in `database`'s archive. A file already stored with the
-/// same contents is success (PostgreSQL repeats a push whose answer it did not see); different
-/// contents under the same name are refused, and the stored copy stays.
+/// Archives the WAL file at `path` in `database`'s archive, in the primary store and then in
+/// each mirror (`stores[0]` first), read and encoded once. A file already stored with the same
+/// contents is success (PostgreSQL repeats a push whose answer it did not see); different
+/// contents under the same name are refused, and the stored copy stays. The primary's failure
+/// is the error; a mirror's is returned beside the result, by its index in `stores`.
 pub async fn push(
-    store: &Store,
+    stores: &[&Store],
     database: &str,
     path: &Path,
     opts: &PushOptions<'_>,
-) -> Result<Pushed, Error> {
+) -> Result<(Pushed, Vec<(usize, Error)>), Error> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -182,9 +184,6 @@ pub async fn push(
         true => Some(system_identifier(&name, &raw, kind)?),
         false => None,
     };
-    if let Some(id) = sysid {
-        check_cluster(store, database, id, &name).await?;
-    }
     let header = Header {
         dbward_wal: 1,
         name: name.clone(),
@@ -192,30 +191,61 @@ pub async fn push(
         sha256: crate::pipeline::hex(&Sha256::digest(&raw)),
         system_identifier: sysid.map(|id| id.to_string()),
     };
-    // First the name's record, never overwritten: whatever is stored under this name from
-    // now on holds these contents, whichever form (plain or encrypted) it takes.
-    record(store, database, &header, store_form(opts.encryption)).await?;
     let object = encode(&header, &raw, opts.level, opts.encryption)?;
     drop(raw);
     let key = key(database, &name, opts.encryption.is_some());
-    let stored_bytes = object.len() as u64;
-    let stored = match store.put_new(&key, &object).await {
-        Ok(()) => Some(stored_bytes),
+    let mut stored = None;
+    let mut failed = Vec::new();
+    for (n, store) in stores.iter().enumerate() {
+        match push_one(store, database, &header, sysid, &key, &object, opts).await {
+            Ok(s) if n == 0 => stored = s,
+            Ok(_) => {}
+            Err(e) if n == 0 => return Err(e),
+            Err(e) => failed.push((n, e)),
+        }
+    }
+    Ok((
+        Pushed {
+            name,
+            key,
+            bytes: header.bytes,
+            sha256: header.sha256,
+            stored_bytes: stored,
+        },
+        failed,
+    ))
+}
+
+/// One store's copy: the cluster checked, the record first (never overwritten: whatever is
+/// stored under this name from now on holds these contents, whichever form it takes), then
+/// the object. `None` when an earlier push stored it already.
+async fn push_one(
+    store: &Store,
+    database: &str,
+    header: &Header,
+    sysid: Option<u64>,
+    key: &str,
+    object: &[u8],
+    opts: &PushOptions<'_>,
+) -> Result<Option<u64>, Error> {
+    if let Some(id) = sysid {
+        check_cluster(store, database, id, &header.name).await?;
+    }
+    record(store, database, header, store_form(opts.encryption)).await?;
+    match store.put_new(key, object).await {
+        Ok(()) => Ok(Some(object.len() as u64)),
         // Written by an earlier push of these same contents: nothing is stored under a name
         // before its record, and the record matched.
         Err(Error::Exists(_)) => {
-            tracing::info!("{name} is already in the archive, with the same contents");
-            None
+            tracing::info!(
+                "{} is already in {}, with the same contents",
+                header.name,
+                store.describe(key)
+            );
+            Ok(None)
         }
-        Err(e) => return Err(e),
-    };
-    Ok(Pushed {
-        name,
-        key,
-        bytes: header.bytes,
-        sha256: header.sha256,
-        stored_bytes: stored,
-    })
+        Err(e) => Err(e),
+    }
 }
 
 fn store_form(encryption: Option<&Encryption>) -> &'static str {

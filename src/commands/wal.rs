@@ -46,15 +46,35 @@ fn database(settings: &Settings) -> Result<String, Failure> {
     }
 }
 
+/// `wal-push`: into the primary store and each mirror (`store.mirrors`). A mirror that fails
+/// fails the push with `store.require = all` (PostgreSQL pushes again later; what is stored
+/// already is the same file), and is a warning with `primary`.
 pub async fn push(settings: &Settings, args: &WalPushArgs) -> Result<Report, Failure> {
     let database = database(settings)?;
-    let store = settings.store().await?;
+    let stores = settings.stores().await?;
+    let store = &stores[0];
     let encryption = settings.encryption()?;
     let opts = backup::wal::PushOptions {
         level: settings.level,
         encryption: encryption.as_deref(),
     };
-    let pushed = backup::wal::push(&store, &database, &args.path, &opts).await?;
+    let all: Vec<&backup::Store> = stores.iter().collect();
+    let (pushed, failed) = backup::wal::push(&all, &database, &args.path, &opts).await?;
+    for (n, e) in &failed {
+        let what = format!(
+            "{} is archived in the primary store, not in mirror {n} ({}): {}",
+            pushed.name,
+            settings.store_mirrors[n - 1],
+            backup::error::chain(e)
+        );
+        if settings.store_require_all {
+            return Err(Failure::new(
+                Exit::Failed,
+                format!("{what} (store.require = all: PostgreSQL will push it again)"),
+            ));
+        }
+        tracing::warn!("{what} (store.require = primary: going on)");
+    }
     // Logged, not printed: PostgreSQL runs this for every WAL file and keeps what it prints in
     // its own log (`-q` keeps that to failures).
     match pushed.stored_bytes {
@@ -85,28 +105,49 @@ pub async fn fetch(global: &GlobalArgs, args: &WalFetchArgs) -> Result<Report, F
     let settings = Settings::load(global).map_err(|e| unavailable(e.into()))?;
     let database = database(&settings).map_err(unavailable)?;
     let identities = settings.identities().map_err(|e| unavailable(e.into()))?;
-    let mut tries = 0;
-    let fetched = loop {
-        tries += 1;
-        let attempt = async {
-            let store = settings.store().await?;
-            backup::wal::fetch(&store, &database, &args.name, &args.path, &identities).await
-        };
-        match attempt.await {
-            Ok(f) => break f,
-            // Only what may pass: a store that did not answer, a read cut short. A damaged
-            // object or a missing key stays so, and recovery should stop at once.
-            Err(e @ (backup::Error::Store { .. } | backup::Error::Io { .. }))
-                if tries < FETCH_TRIES =>
-            {
+    let primary = fetch_from(&settings, &settings.store, &database, args, &identities).await;
+    // The primary's answer, unless it has no copy or no answer: then each mirror's, in turn.
+    // A file no store has is absent (exit 1) only when the primary said so; when the primary
+    // failed, recovery stops (126) rather than end on a mirror's word.
+    let fetched = match primary {
+        Ok(f @ backup::wal::Fetched::Restored { .. }) => f,
+        Ok(absent) => {
+            let mut found = None;
+            for url in &settings.store_mirrors {
+                if let Ok(f @ backup::wal::Fetched::Restored { .. }) =
+                    fetch_from(&settings, url, &database, args, &identities).await
+                {
+                    tracing::warn!(
+                        "{} is not in the primary store; fetched from mirror {url}",
+                        args.name
+                    );
+                    found = Some(f);
+                    break;
+                }
+            }
+            found.unwrap_or(absent)
+        }
+        Err(e) => {
+            let mut found = None;
+            if !settings.store_mirrors.is_empty() {
                 tracing::warn!(
-                    "fetching {} (try {tries} of {FETCH_TRIES}): {}",
+                    "fetching {} from the primary store failed ({}); trying the mirrors",
                     args.name,
                     backup::error::chain(&e)
                 );
-                tokio::time::sleep(Duration::from_secs(tries.into())).await;
             }
-            Err(e) => return Err(unavailable(e.into())),
+            for url in &settings.store_mirrors {
+                if let Ok(f @ backup::wal::Fetched::Restored { .. }) =
+                    fetch_from(&settings, url, &database, args, &identities).await
+                {
+                    found = Some(f);
+                    break;
+                }
+            }
+            match found {
+                Some(f) => f,
+                None => return Err(unavailable(e.into())),
+            }
         }
     };
     let code = match &fetched {
@@ -125,6 +166,39 @@ pub async fn fetch(global: &GlobalArgs, args: &WalFetchArgs) -> Result<Report, F
         json: json!({ "wal": fetched }),
         code,
     })
+}
+
+/// One store's answer for `args.name`, with retries while it does not answer.
+async fn fetch_from(
+    settings: &Settings,
+    url: &str,
+    database: &str,
+    args: &WalFetchArgs,
+    identities: &backup::crypt::Identities,
+) -> Result<backup::wal::Fetched, backup::Error> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let attempt = async {
+            let store = backup::Store::open(url, &settings.s3_options()).await?;
+            backup::wal::fetch(&store, database, &args.name, &args.path, identities).await
+        };
+        match attempt.await {
+            // Only what may pass: a store that did not answer, a read cut short. A damaged
+            // object or a missing key stays so, and recovery should stop at once.
+            Err(e @ (backup::Error::Store { .. } | backup::Error::Io { .. }))
+                if tries < FETCH_TRIES =>
+            {
+                tracing::warn!(
+                    "fetching {} from {url} (try {tries} of {FETCH_TRIES}): {}",
+                    args.name,
+                    backup::error::chain(&e)
+                );
+                tokio::time::sleep(Duration::from_secs(tries.into())).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// `pitr verify`: the archive's timelines, gaps and lag; exit 3 on a gap, or a lag beyond
