@@ -719,7 +719,12 @@ fn resolve(
                         "config keys pitr.server.stop and pitr.server.start: both commands are needed".into(),
                     ))
                 }
-                other => other,
+                // `/var/lib/postgresql/15/main/` names the same directory as without the slash.
+                Some(mut s) => {
+                    s.data_dir = s.data_dir.components().collect();
+                    Some(s)
+                }
+                None => None,
             },
         },
     })

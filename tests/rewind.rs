@@ -152,6 +152,44 @@ fn a_failed_deploy_rewinds_the_cluster_to_its_restore_point_and_keeps_the_old_on
     let _ = Command::new("sh").arg("-c").arg(&stop_copy).output();
     assert_eq!(copy_rows.trim(), "1500 100 1", "{restored}");
 
+    // A later base and retention keeping one base: the base the deploy's restore point needs
+    // stays, with its WAL.
+    let (code, out, err) = run(d.p.dbward(&d.url).args(["--json", "backup", "--physical"]));
+    assert_eq!(code, 0, "{err}");
+    let later = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
+    std::fs::write(
+        d.p.path().join("keep-one.toml"),
+        format!(
+            "{}\n[retention]\nkeep_last = 1\n",
+            std::fs::read_to_string(d.p.path().join("dbward.toml")).unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) =
+        run(d
+            .p
+            .dbward(&d.url)
+            .args(["--config", "keep-one.toml", "--json", "prune"]));
+    assert_eq!(code, 0, "{err}");
+    let pruned = json(&out);
+    assert!(pruned["removed"].as_array().unwrap().is_empty(), "{pruned}");
+    let base_id = d.base["id"].as_str().unwrap();
+    let decided = |id: &str| {
+        pruned["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        decided(base_id)["reasons"],
+        serde_json::json!(["point"]),
+        "{pruned}"
+    );
+    assert_eq!(decided(&later)["keep"], true, "{pruned}");
+
     let unhealthy = Http::status(503);
     // A cluster that holds another database is not rewound: nothing changes (exit 3).
     pg.psql("postgres", "CREATE DATABASE other");
@@ -169,6 +207,10 @@ fn a_failed_deploy_rewinds_the_cluster_to_its_restore_point_and_keeps_the_old_on
     );
     pg.psql("postgres", "DROP DATABASE other");
 
+    // A setting changed after the base (ALTER SYSTEM): the rewound cluster keeps the live
+    // configuration, not the base's.
+    pg.psql("postgres", "ALTER SYSTEM SET work_mem = '7MB'");
+    pg.psql("postgres", "SELECT pg_reload_conf()");
     // A SIGTERM while the cluster is down for the rewind waits: the rewind finishes.
     let points = tempfile::tempdir().unwrap();
     let mut guard = d.guard(&unhealthy);
@@ -218,6 +260,11 @@ fn a_failed_deploy_rewinds_the_cluster_to_its_restore_point_and_keeps_the_old_on
         !auto.contains("dbward"),
         "the recovery lines are gone: {auto}"
     );
+    assert!(
+        auto.contains("work_mem = '7MB'"),
+        "the live settings: {auto}"
+    );
+    assert_eq!(pg.psql("app", "SHOW work_mem"), "7MB");
     // The old data directory is kept beside it, and the new one has its owner and mode.
     let kept = d.beside_data_dir();
     assert_eq!(kept.len(), 1, "{kept:?}");

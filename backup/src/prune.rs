@@ -82,6 +82,34 @@ pub async fn prune(
                 }
             }
         }
+        // A restore point the rules keep needs a base before it: the newest such base is kept
+        // too (a deploy's restore point stays usable while a later base is taken).
+        if format == manifest::Format::Pgbase {
+            let points = owner::mine(
+                store,
+                database,
+                manifests.clone(),
+                live,
+                manifest::Format::Pgpoint,
+                folder_owner.as_ref(),
+            )?;
+            for kept in retention::decide(&points, policy).iter().filter(|d| d.keep) {
+                let point = points.iter().find(|m| m.id == kept.id).expect("decided");
+                let Some(base) = mine
+                    .iter()
+                    .filter(|b| crate::point::restorable(point, &[b]))
+                    .max_by_key(|b| (b.created(), b.id.clone()))
+                else {
+                    continue;
+                };
+                if let Some(d) = decided.iter_mut().find(|d| d.id == base.id) {
+                    if !d.keep {
+                        d.keep = true;
+                        d.reasons.push("point");
+                    }
+                }
+            }
+        }
         // The newest snapshot that passed a drill is the one known to restore: never removed.
         if let Some(proven) = mine
             .iter()

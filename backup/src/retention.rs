@@ -26,7 +26,8 @@ impl Policy {
 pub struct Decision {
     pub id: String,
     pub keep: bool,
-    /// Why it is kept: `last`, `daily`, `weekly`, `monthly`, `newest`.
+    /// Why it is kept: `last`, `daily`, `weekly`, `monthly`, `newest`, `drilled`, `point` (a
+    /// base a kept restore point needs).
     pub reasons: Vec<&'static str>,
 }
 

@@ -25,8 +25,10 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
         let store = settings.store().await?;
         let bases = crate::service::physical::bases(&store, &url.name()).await?;
         let since = crate::service::physical::wal_since_base(&store, &url.name(), &bases).await?;
-        if let (Some(newest), Some(bytes)) = (bases.first(), since) {
-            if bytes <= max {
+        if let (Some(newest), Some(since)) = (bases.first(), since) {
+            let bytes = since.bytes;
+            // After a promotion or a rewind, a base of the new timeline is due at once.
+            if bytes <= max && since.later_timeline.is_none() {
                 return Ok(Report {
                     text: format!(
                         "no base due: {} of WAL since base {} (pitr.base_max_wal {})\n",

@@ -341,8 +341,13 @@ async fn guard_inner(
                 deploy.at,
                 deploy.applied
             );
+            // Checked and prepared (the base extracted beside the running cluster) before
+            // the batch is recorded as rolled back: a rewind that fails this far changed
+            // nothing.
+            let checked =
+                crate::service::rewind::check(settings, &url, &snapshot, then.clone()).await?;
             Undo::Rewind(Box::new(
-                crate::service::rewind::check(settings, &url, &snapshot).await?,
+                crate::service::rewind::prepare(settings, &url, checked).await?,
             ))
         }
         None => {
@@ -380,8 +385,8 @@ async fn guard_inner(
         );
     }
     let (restored, kept) = match resolved {
-        Undo::Rewind(checked) => {
-            let r = crate::service::rewind::rewind(settings, &url, *checked).await?;
+        Undo::Rewind(prepared) => {
+            let r = crate::service::rewind::finish(settings, &url, *prepared).await?;
             let kept = format!("the data directory {}", r.kept.display());
             (json!(r), kept)
         }
@@ -438,7 +443,7 @@ async fn guard_inner(
 /// How the guard undoes a deploy, checked before the batch is recorded as rolled back.
 enum Undo<'a> {
     /// The cluster on this host goes back to the deploy's restore point.
-    Rewind(Box<crate::service::rewind::Checked>),
+    Rewind(Box<crate::service::rewind::Prepared>),
     /// The deploy's snapshot is restored (from these copies).
     Restore(Box<backup::Manifest>, Vec<&'a backup::Store>),
 }

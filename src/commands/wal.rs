@@ -263,22 +263,30 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
         base_rows.iter().filter(|b| b["ok"] == true).count()
     ));
     // Replay time grows with the WAL since the newest base: past pitr.base_max_wal, one is due.
-    let since = crate::service::physical::wal_since_base(&store, &database, &bases).await?;
-    let due = match (since, settings.pitr.base_max_wal) {
-        (Some(bytes), Some(max)) => bytes > max,
-        _ => false,
+    let since_base = crate::service::physical::wal_since_base(&store, &database, &bases).await?;
+    let since = since_base.as_ref().map(|s| s.bytes);
+    let due_why = match (&since_base, settings.pitr.base_max_wal) {
+        (Some(s), _) if s.later_timeline.is_some() => Some(format!(
+            "the archive holds timeline {}, after the newest base's: a restore from that base does not follow it (a promotion or a rewind happened since)",
+            s.later_timeline.unwrap_or_default()
+        )),
+        (Some(s), Some(max)) if s.bytes > max => Some(format!(
+            "{} of WAL since the newest base, more than pitr.base_max_wal {} (a restore replays all of it)",
+            backup::bytes(s.bytes),
+            backup::bytes(max)
+        )),
+        _ => None,
     };
+    let due = due_why.is_some();
     if let Some(bytes) = since {
         text.push_str(&format!(
             "  WAL since the newest base: {}\n",
             backup::bytes(bytes)
         ));
     }
-    if due {
+    if let Some(why) = due_why {
         let why = format!(
-            "a base is due: {} of WAL since the newest base, more than pitr.base_max_wal {} (a restore replays all of it): run `dbward backup --physical`, or set [schedule] base_if_due",
-            backup::bytes(since.unwrap_or_default()),
-            backup::bytes(settings.pitr.base_max_wal.unwrap_or_default())
+            "a base is due: {why}: run `dbward backup --physical`, or set [schedule] base_if_due"
         );
         tracing::warn!("{why}");
         text.push_str(&format!("  {why}\n"));

@@ -67,24 +67,45 @@ pub async fn bases(store: &backup::Store, db: &str) -> Result<Vec<backup::Manife
     )?)
 }
 
-/// The WAL stored after the newest of `bases` (newest first): segments whose place in the WAL
-/// is past its last one, on any timeline, at the segment size. `None` without a base.
+/// What followed the newest base in the archive.
+pub struct SinceBase {
+    /// The WAL stored past the newest base's last segment (each place in the WAL once, on
+    /// whichever timelines it is stored), at the segment size: what a restore replays.
+    pub bytes: u64,
+    /// A timeline after the newest base's holds segments: a promotion or a rewind happened
+    /// since, and a restore from that base would not follow it.
+    pub later_timeline: Option<u32>,
+}
+
+/// The archive after the newest of `bases` (newest first); `None` without a base.
 pub async fn wal_since_base(
     store: &backup::Store,
     db: &str,
     bases: &[backup::Manifest],
-) -> Result<Option<u64>, Failure> {
+) -> Result<Option<SinceBase>, Failure> {
     let Some(p) = bases.first().and_then(|b| b.physical.as_ref()) else {
         return Ok(None);
     };
     let place = |name: &str| backup::engine::basebackup::segment_number(name, p.segment_bytes);
-    let last = place(&p.wal_last);
+    let Some(last) = place(&p.wal_last) else {
+        return Ok(None);
+    };
     let stored = backup::wal::stored_from(store, db, &p.wal_last).await?;
-    let after = stored
+    let segments: Vec<&String> = stored.iter().filter(|n| n.len() == 24).collect();
+    let places: std::collections::BTreeSet<u64> = segments
         .iter()
-        .filter(|n| n.len() == 24 && place(n) > last && last.is_some())
-        .count() as u64;
-    Ok(Some(after * p.segment_bytes))
+        .filter_map(|n| place(n))
+        .filter(|n| *n > last)
+        .collect();
+    let later_timeline = segments
+        .iter()
+        .filter_map(|n| u32::from_str_radix(&n[..8], 16).ok())
+        .filter(|t| *t > p.timeline)
+        .max();
+    Ok(Some(SinceBase {
+        bytes: places.len() as u64 * p.segment_bytes,
+        later_timeline,
+    }))
 }
 
 /// The restore point `id` of this database (the folder owner's), if there is one.
@@ -154,10 +175,10 @@ async fn pick(
                 .into_iter()
                 .find(|b| backup::point::restorable(&point, &[b]))
                 .ok_or_else(|| {
-                    none(format!(
+                    Failure::from(backup::Error::Refused(format!(
                         "no base backup of {db} on timeline {} ended before restore point {id} ({}): it cannot be restored any more",
                         p.timeline, p.lsn
-                    ))
+                    )))
                 })?;
             Ok((
                 base,

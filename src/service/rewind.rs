@@ -1,21 +1,27 @@
 //! The health guard's rewind of the PostgreSQL cluster on this host to a deploy's restore
-//! point (`[pitr.server]`).
+//! point (`[pitr.server]`), in three steps:
 //!
-//! Everything that can be checked or prepared while the old cluster runs is: the live server is
-//! the configured data directory's and the restore point's cluster, it holds no database but
-//! the application's, the WAL chain is whole, and the base is extracted with its WAL beside
-//! the data directory (`.<name>.dbward-partial-<pid>`, on the same file system: the disk must
-//! hold both). Only then is the cluster stopped. Its data directory is moved aside (kept, as
-//! `<data_dir>.dbward-replaced-<stamp>`), the restored one takes its name, and the cluster is
-//! started; it recovers to the restore point and promotes. Any failure after the stop puts the
-//! old directory back and starts it again.
+//! 1. [`check`], nothing changed: the live server runs on the configured data directory (a
+//!    directory of its own file system's parent, not a link), owned by the configured user; it
+//!    is the point's cluster, holds no other database (unless allowed) and no tablespace; the
+//!    WAL chain to the point is whole and the disk holds a second copy.
+//! 2. [`prepare`], while the cluster still runs, under the migration lock (no deploy starts
+//!    meanwhile): the base extracted and its WAL fetched beside the data directory
+//!    (`.<name>.dbward-partial-<pid>`), given to the data directory's owner and mode.
+//! 3. [`finish`]: the stop; the live configuration files copied into the restored directory,
+//!    recovery to the point appended; the data directory moved aside (kept, as
+//!    `<data_dir>.dbward-replaced-<stamp>`), the restored one renamed into its place; the start,
+//!    and the wait until the server promoted (its `recovery.signal` gone, its postmaster alive)
+//!    and answers at the point. A failure before the promotion puts the old directory back and
+//!    starts it; after it, nothing is taken away from a cluster that may already serve writes.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use backup::restore::physical::Target;
 use backup::restore::server::{self, OsUser};
-use migrator::DatabaseUrl;
+use migrator::database::Open;
+use migrator::{Database, DatabaseUrl};
 
 use super::physical::{choose, fill, plan, rename_new, NewDir, Which};
 use crate::report::{Exit, Failure};
@@ -25,6 +31,18 @@ use crate::settings::{PitrServer, Settings};
 const RECOVERY_LIMIT: Duration = Duration::from_secs(3600);
 /// How long the postmaster may take to exit once `stop` returned.
 const STOP_LIMIT: Duration = Duration::from_secs(120);
+/// How long a postmaster may be gone, once `start` returned, before the start counts as failed.
+const GONE_LIMIT: Duration = Duration::from_secs(5);
+/// How long the migration lock is waited for before the rewind's preparation.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// The configuration files a cluster may keep in its data directory: the live ones replace the
+/// base's in the restored directory.
+const CONFIG_FILES: [&str; 4] = [
+    "postgresql.conf",
+    "pg_hba.conf",
+    "pg_ident.conf",
+    "postgresql.auto.conf",
+];
 
 /// A cluster rewound to a restore point.
 #[derive(Debug, serde::Serialize)]
@@ -46,19 +64,23 @@ pub struct Checked {
     started: Instant,
     planned: super::physical::Planned,
     point_id: String,
+    /// The point's migration head (what the rewound cluster must hold), and the deploy's (what
+    /// the live one must still hold when it is stopped).
     want_head: Option<backup::manifest::Head>,
+    deploy_head: Option<(i64, String)>,
+    system_identifier: String,
     user: OsUser,
+    gid: u32,
     mode: u32,
 }
 
-/// Checks everything a rewind to restore point `point_id` needs before anything is changed:
-/// `[pitr.server]` names the live cluster's data directory, owned by its user; the cluster
-/// holds no other database (unless allowed); the point's base is this cluster's; the WAL chain
-/// to the point is whole. Exit 3 when refused.
+/// Checks everything a rewind to restore point `point_id` needs before anything is changed;
+/// `deploy_head` is the head the deploy left. Exit 3 when refused.
 pub async fn check(
     settings: &Settings,
     url: &DatabaseUrl,
     point_id: &str,
+    deploy_head: Option<(i64, String)>,
 ) -> Result<Checked, Failure> {
     let started = Instant::now();
     let refused = |why: String| -> Failure {
@@ -74,6 +96,36 @@ pub async fn check(
     };
     let user = OsUser::lookup(&cfg.user)?;
     let data_dir = cfg.data_dir.clone();
+    // Renamed aside and replaced: a real directory on its parent's file system.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(&data_dir)
+        .map_err(|e| refused(format!("reading {}: {e}", data_dir.display())))?;
+    let parent = data_dir.parent().unwrap_or(Path::new("/"));
+    let parent_dev = std::fs::metadata(parent)
+        .map_err(|e| refused(format!("reading {}: {e}", parent.display())))?
+        .dev();
+    if !meta.is_dir() {
+        return Err(refused(format!(
+            "pitr.server.data_dir {} is not a directory (a symbolic link is not renamed with what it points to): name the directory itself",
+            data_dir.display()
+        )));
+    }
+    if meta.dev() != parent_dev {
+        return Err(refused(format!(
+            "pitr.server.data_dir {} is a mount point: a rewind renames it aside and puts the restored copy in its place on {}'s file system; put the data directory one level below the mount",
+            data_dir.display(),
+            parent.display()
+        )));
+    }
+    if meta.uid() != user.uid {
+        return Err(refused(format!(
+            "{} is owned by uid {}, and pitr.server.user `{}` is uid {}",
+            data_dir.display(),
+            meta.uid(),
+            user.name,
+            user.uid
+        )));
+    }
     let live = server::live_cluster(pg).await?;
     let same = |a: &Path, b: &Path| match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
@@ -94,17 +146,19 @@ pub async fn check(
             live.other_databases.join(", ")
         )));
     }
-    let meta = std::fs::metadata(&data_dir)
-        .map_err(|e| refused(format!("reading {}: {e}", data_dir.display())))?;
-    use std::os::unix::fs::MetadataExt;
-    if meta.uid() != user.uid {
+    // A tablespace lives outside the data directory: the kept cluster and the restored one
+    // would share it, and replay would remove the live one's files.
+    if !live.tablespaces.is_empty() {
         return Err(refused(format!(
-            "{} is owned by uid {}, and pitr.server.user `{}` is uid {}",
-            data_dir.display(),
-            meta.uid(),
-            user.name,
-            user.uid
+            "the cluster has tablespaces besides pg_default ({}), which live outside the data directory and would be shared by the old and the rewound cluster",
+            live.tablespaces.join(", ")
         )));
+    }
+    if !live.replication_slots.is_empty() {
+        tracing::warn!(
+            "the cluster has replication slots ({}): a base holds none, so the rewound cluster has none; standbys and logical consumers of them must be set up again",
+            live.replication_slots.join(", ")
+        );
     }
     let chosen = choose(settings, url, &Which::Base(point_id.to_string())).await?;
     let Target::Point { .. } = chosen.target else {
@@ -127,7 +181,7 @@ pub async fn check(
     // The restored directory goes beside the live one, which stays: the disk holds both.
     let p = backup::restore::physical::physical_of(&planned.base)?;
     backup::scratch::ensure_space(
-        data_dir.parent().unwrap_or(Path::new("/")),
+        parent,
         planned.base.raw_bytes + planned.plan.segments.len() as u64 * p.segment_bytes,
         &format!(
             "base {} and its WAL beside the live data directory",
@@ -142,78 +196,116 @@ pub async fn check(
         planned,
         point_id: point_id.to_string(),
         want_head,
+        deploy_head,
+        system_identifier: live.system_identifier,
         user,
+        gid: meta.gid(),
         mode: meta.mode() & 0o7777,
     })
 }
 
-/// Rewinds the cluster as `checked` planned. `Ok` once the cluster runs promoted at the
-/// point with the point's migration head; `Err` (exit 1) when it failed: the old cluster runs
-/// again, or the message says what to do.
-pub async fn rewind(
+/// A rewind prepared: the restored directory is filled beside the live one, which still runs,
+/// and the migration lock is held.
+pub struct Prepared {
+    checked: Checked,
+    dir: NewDir,
+    lock: Database,
+}
+
+/// Fills the restored directory while the cluster runs, under the migration lock: a deploy
+/// waits, and a guard that comes second finds the deploy already undone.
+pub async fn prepare(
     settings: &Settings,
     url: &DatabaseUrl,
     checked: Checked,
+) -> Result<Prepared, Failure> {
+    let cfg = settings.pitr.server.as_ref().expect("checked");
+    let mut lock = Database::open_locked(url, Open::Existing, LOCK_WAIT).await?;
+    let deploy = crate::state::read(&settings.state_dir, &url.name())?;
+    if let Some(at) = deploy.as_ref().and_then(|d| d.restored.as_ref()) {
+        return Err(Failure::new(
+            Exit::Failed,
+            format!("the deploy was undone meanwhile (at {at}); not rewinding again"),
+        ));
+    }
+    head_unmoved(&mut lock, &checked.deploy_head).await?;
+    tracing::info!(
+        "rewind: restoring base {} and {} WAL files beside {} (the cluster still runs)",
+        checked.planned.base.id,
+        checked.planned.plan.segments.len(),
+        cfg.data_dir.display()
+    );
+    let dir = NewDir::beside(&cfg.data_dir)?;
+    fill(&checked.planned, dir.path()).await?;
+    server::chown_tree_to(dir.path(), checked.user.uid, checked.gid)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(checked.mode)).map_err(
+        |e| {
+            Failure::new(
+                Exit::Failed,
+                format!("setting the mode of {}: {e}", dir.path().display()),
+            )
+        },
+    )?;
+    Ok(Prepared { checked, dir, lock })
+}
+
+/// The live migration head is still the deploy's: nobody migrated since the guard decided.
+async fn head_unmoved(db: &mut Database, want: &Option<(i64, String)>) -> Result<(), Failure> {
+    let now = db
+        .applied()
+        .await?
+        .into_iter()
+        .max_by_key(|a| a.version)
+        .map(|a| (a.version, a.checksum.to_string()));
+    if &now != want {
+        return Err(Failure::new(
+            Exit::Failed,
+            format!(
+                "the migration head moved since the guard decided (now {}); not rewinding",
+                now.map(|n| format!("V{}", n.0))
+                    .unwrap_or_else(|| "none".into())
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Stops the cluster, swaps the data directories, starts it on the restored one and waits for
+/// its promotion. `Ok` once the cluster runs promoted at the point with the point's migration
+/// head; `Err` (exit 1) otherwise, saying what runs.
+pub async fn finish(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    prepared: Prepared,
 ) -> Result<Rewound, Failure> {
-    let Checked {
-        started,
-        planned,
-        point_id,
-        want_head,
-        user,
-        mode,
-    } = checked;
-    let point_id = point_id.as_str();
+    let Prepared {
+        checked,
+        mut dir,
+        mut lock,
+    } = prepared;
     let (DatabaseUrl::Postgres(pg), Some(cfg)) = (url, &settings.pitr.server) else {
         unreachable!("checked: a PostgreSQL cluster with [pitr.server]");
     };
     let data_dir = cfg.data_dir.clone();
-
-    // Prepared beside the data directory while the old cluster still runs.
-    tracing::info!(
-        "rewind: restoring base {} and {} WAL files beside {} (the cluster still runs)",
-        planned.base.id,
-        planned.plan.segments.len(),
-        data_dir.display()
-    );
-    let mut dir = NewDir::beside(&data_dir)?;
-    fill(&planned, dir.path()).await?;
-    let fetched: Vec<String> = planned
-        .plan
-        .segments
-        .iter()
-        .chain(&planned.plan.histories)
-        .cloned()
-        .collect();
-    let original_auto = server::prepare_rewind(dir.path(), &planned.target, &fetched)?;
-    server::chown_tree(dir.path(), &user)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).map_err(|e| {
-        Failure::new(
-            Exit::Failed,
-            format!("setting the mode of {}: {e}", dir.path().display()),
-        )
-    })?;
-
+    let point_id = checked.point_id.as_str();
+    head_unmoved(&mut lock, &checked.deploy_head).await?;
     failpoint("rewind-before-stop").map_err(|e| Failure::new(Exit::Failed, e))?;
     // From the stop until the cluster runs again (on either directory), a signal waits.
     let _section = crate::critical::enter("the cluster is stopped for its rewind");
-    // The stop. A cluster that does not stop is left as it is.
+    // The lock's session ends with the server anyway.
+    drop(lock);
     tracing::warn!("rewind: stopping the cluster: sh -c {:?}", cfg.stop);
     let stop = run(settings, &cfg.stop).await;
-    // A stop command may return before the postmaster is gone (`kill`, an asynchronous stop).
-    let waited = Instant::now();
-    while server::postmaster_pid(&data_dir).is_some() && waited.elapsed() < STOP_LIMIT {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if let Some(pid) = server::postmaster_pid(&data_dir) {
+    if let Some(pid) = wait_stopped(&data_dir).await {
         return Err(Failure::new(
             Exit::Failed,
             format!(
-                "the cluster did not stop (postmaster {pid} still runs on {} {} after `stop` returned{}); nothing was changed",
+                "the cluster did not stop (postmaster {pid} still runs on {} {} after `stop` returned{}); nothing was changed. If it stops later, start it again: {}",
                 data_dir.display(),
                 migrator::error::humanize(STOP_LIMIT),
-                stop.err().map(|e| format!("; {e}")).unwrap_or_default()
+                stop.err().map(|e| format!("; {e}")).unwrap_or_default(),
+                cfg.start
             ),
         ));
     }
@@ -221,13 +313,8 @@ pub async fn rewind(
     if let Err(e) = stop {
         tracing::warn!("{e} (the cluster is stopped all the same)");
     }
-    let kept = PathBuf::from(format!(
-        "{}.dbward-replaced-{}",
-        data_dir.display(),
-        backup::manifest::compact_stamp(time::OffsetDateTime::now_utc())
-    ));
     let restart_old = |why: String| async move {
-        let again = start_and_wait(settings, cfg, pg, &cfg.data_dir).await;
+        let again = start_and_wait(settings, cfg, &cfg.data_dir, Wait::Ready).await;
         Failure::new(
             Exit::Failed,
             match again {
@@ -240,6 +327,30 @@ pub async fn rewind(
             },
         )
     };
+    // The live configuration, as the stopped cluster leaves it, replaces the base's: with
+    // recovery to the point appended to its postgresql.auto.conf.
+    let original_auto = match live_config(&data_dir, dir.path(), &checked) {
+        Ok(auto) => auto,
+        Err(e) => return Err(restart_old(e).await),
+    };
+    let fetched: Vec<String> = checked
+        .planned
+        .plan
+        .segments
+        .iter()
+        .chain(&checked.planned.plan.histories)
+        .cloned()
+        .collect();
+    let prepared = server::prepare_rewind(dir.path(), &checked.planned.target, &fetched)
+        .and_then(|()| server::chown_tree_to(dir.path(), checked.user.uid, checked.gid));
+    if let Err(e) = prepared {
+        return Err(restart_old(backup::error::chain(&e)).await);
+    }
+    let kept = PathBuf::from(format!(
+        "{}.dbward-replaced-{}",
+        data_dir.display(),
+        backup::manifest::compact_stamp(time::OffsetDateTime::now_utc())
+    ));
     if let Err(e) = rename_new(&data_dir, &kept) {
         return Err(restart_old(format!(
             "moving {} aside to {} failed: {e}",
@@ -267,49 +378,125 @@ pub async fn rewind(
         kept.display(),
         cfg.start
     );
-    let verified = async {
+    let started = async {
         failpoint("rewind-after-swap")?;
-        start_and_wait(settings, cfg, pg, &data_dir).await?;
-        let db = dbconn::postgres::Postgres::connect(pg)
-            .await
-            .map_err(|e| e.to_string())?;
-        let recovered = server::recovered(db.client())
-            .await
-            .map_err(|e| backup::error::chain(&e))?;
-        if recovered.migration_head != want_head {
-            return Err(format!(
-                "the rewound cluster's migration head is {}, and the restore point's {}",
-                head_text(&recovered.migration_head),
-                head_text(&want_head)
-            ));
-        }
-        Ok(recovered)
+        start_and_wait(settings, cfg, &data_dir, Wait::Promoted).await
     }
     .await;
-    let recovered = match verified {
-        Ok(r) => r,
-        Err(why) => return Err(put_back(settings, cfg, pg, dir, &kept, why).await),
-    };
+    if let Err(why) = started {
+        return Err(put_back(settings, cfg, dir, &kept, why).await);
+    }
     let downtime = down.elapsed().as_secs_f64();
-    if let Err(e) = server::put_back_auto_conf(&data_dir, &original_auto, &user) {
+    // Promoted: from here on the cluster may serve writes, and nothing is taken from it.
+    dir.keep();
+    if let Err(e) = server::put_back_auto_conf(&data_dir, &original_auto) {
         tracing::warn!(
             "the rewound cluster runs, but its postgresql.auto.conf keeps dbward's recovery lines (harmless outside recovery; remove them by hand): {}",
             backup::error::chain(&e)
         );
     }
-    dir.keep();
+    let kept_text = format!("the old data directory is kept at {}", kept.display());
+    let recovered = verify(pg, &data_dir, &checked).await.map_err(|why| {
+        Failure::new(
+            Exit::Failed,
+            format!("the cluster was rewound and promoted and runs on {}, but {why}; {kept_text}. Check it before the application writes more", data_dir.display()),
+        )
+    })?;
     tracing::warn!(
         "rewind: the cluster is at restore point {point_id} on a new timeline; restore points fall back to dumps until a new base is taken (`dbward backup --physical`)"
     );
     Ok(Rewound {
         point: point_id.to_string(),
-        base: planned.base.id.clone(),
+        base: checked.planned.base.id.clone(),
         data_dir,
         kept,
         recovered,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: checked.started.elapsed().as_secs_f64(),
         downtime_seconds: downtime,
     })
+}
+
+/// The live cluster's configuration files (those in its data directory, as the stopped cluster
+/// leaves them) copied over the base's in `to`, byte for byte with their modes; returns the
+/// live `postgresql.auto.conf` (empty when there is none), put back after the promotion.
+fn live_config(live: &Path, to: &Path, checked: &Checked) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut auto = Vec::new();
+    for name in CONFIG_FILES {
+        let from = live.join(name);
+        let Ok(meta) = std::fs::symlink_metadata(&from) else {
+            continue; // kept elsewhere (Debian: /etc/postgresql)
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&from).map_err(|e| format!("reading {}: {e}", from.display()))?;
+        let dest = to.join(name);
+        let _ = std::fs::remove_file(&dest); // the base's copy, extracted by this run
+        server::write_new(&dest, &bytes, meta.mode() & 0o7777)
+            .map_err(|e| backup::error::chain(&e))?;
+        std::os::unix::fs::lchown(&dest, Some(checked.user.uid), Some(checked.gid))
+            .map_err(|e| format!("giving {} to its owner: {e}", dest.display()))?;
+        let _ = std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(meta.mode()));
+        if name == "postgresql.auto.conf" {
+            auto = bytes;
+        }
+    }
+    Ok(auto)
+}
+
+/// After the promotion: the server that answers is this data directory's, of the point's
+/// cluster, and holds the point's migration head.
+async fn verify(
+    pg: &dbconn::PgUrl,
+    data_dir: &Path,
+    checked: &Checked,
+) -> Result<server::Recovered, String> {
+    // A promoted server may still be finishing its start, or its connections be taken.
+    let began = Instant::now();
+    let (live, recovered) = loop {
+        let answer = async {
+            let live = server::live_cluster(pg)
+                .await
+                .map_err(|e| backup::error::chain(&e))?;
+            let db = dbconn::postgres::Postgres::connect(pg)
+                .await
+                .map_err(|e| e.to_string())?;
+            let recovered = server::recovered(db.client())
+                .await
+                .map_err(|e| backup::error::chain(&e))?;
+            Ok::<_, String>((live, recovered))
+        }
+        .await;
+        match answer {
+            Ok(a) => break a,
+            Err(e) if began.elapsed() > Duration::from_secs(60) => {
+                return Err(format!("dbward could not connect to check it: {e}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let same = matches!(
+        (std::fs::canonicalize(&live.data_directory), std::fs::canonicalize(data_dir)),
+        (Ok(a), Ok(b)) if a == b
+    );
+    if !same || live.system_identifier != checked.system_identifier {
+        return Err(format!(
+            "the server answering at {} runs on {} (cluster {}), not on the rewound {}",
+            pg.display,
+            live.data_directory.display(),
+            live.system_identifier,
+            data_dir.display()
+        ));
+    }
+    if recovered.migration_head != checked.want_head {
+        return Err(format!(
+            "its migration head is {}, and the restore point's {}",
+            head_text(&recovered.migration_head),
+            head_text(&checked.want_head)
+        ));
+    }
+    Ok(recovered)
 }
 
 fn head_text(h: &Option<backup::manifest::Head>) -> String {
@@ -318,12 +505,25 @@ fn head_text(h: &Option<backup::manifest::Head>) -> String {
         .unwrap_or_else(|| "none".into())
 }
 
-/// After a failed start on the restored directory: stop it, move it back to its partial name
-/// (removed with `dir`), put the old directory back and start it.
+/// Waits for the postmaster on `data_dir` to exit; its pid if it still runs after
+/// [`STOP_LIMIT`] (a stop command may return before it is gone).
+async fn wait_stopped(data_dir: &Path) -> Option<i32> {
+    let waited = Instant::now();
+    loop {
+        let pid = server::postmaster_pid(data_dir)?;
+        if waited.elapsed() > STOP_LIMIT {
+            return Some(pid);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// After a start on the restored directory that did not promote: stop it, move it back to its
+/// partial name (removed with `dir`), put the old directory back and start it. A restored
+/// directory that promoted after all is kept, never removed.
 async fn put_back(
     settings: &Settings,
     cfg: &PitrServer,
-    pg: &dbconn::PgUrl,
     mut dir: NewDir,
     kept: &Path,
     why: String,
@@ -331,8 +531,8 @@ async fn put_back(
     let data_dir = &cfg.data_dir;
     tracing::error!("rewind failed: {why}; putting the old data directory back");
     let _ = run(settings, &cfg.stop).await;
-    if let Some(pid) = server::postmaster_pid(data_dir) {
-        // The restored directory keeps its name: it is not removed under a live server.
+    if let Some(pid) = wait_stopped(data_dir).await {
+        // The restored directory keeps its name: it is not moved under a live server.
         dir.keep();
         return Failure::new(
             Exit::Failed,
@@ -344,9 +544,27 @@ async fn put_back(
             ),
         );
     }
-    let moved = dir.unpublish().and_then(|()| rename_new(kept, data_dir));
-    if let Err(e) = moved {
+    let promoted = !data_dir.join("recovery.signal").exists();
+    let moved = if promoted {
+        // It promoted after all: it may hold writes. Kept under a name of its own.
+        let aside = PathBuf::from(format!(
+            "{}.dbward-rewound-{}",
+            data_dir.display(),
+            backup::manifest::compact_stamp(time::OffsetDateTime::now_utc())
+        ));
         dir.keep();
+        tracing::warn!(
+            "the restored cluster had promoted: it is kept as {}",
+            aside.display()
+        );
+        rename_new(data_dir, &aside).and_then(|()| rename_new(kept, data_dir))
+    } else {
+        // Never promoted: back at its partial name, and removed with `dir`.
+        let r = dir.unpublish().and_then(|()| rename_new(kept, data_dir));
+        drop(dir);
+        r
+    };
+    if let Err(e) = moved {
         return Failure::new(
             Exit::Failed,
             format!(
@@ -356,8 +574,7 @@ async fn put_back(
             ),
         );
     }
-    drop(dir); // the restored directory, back at its partial name: this run's, removed
-    match start_and_wait(settings, cfg, pg, data_dir).await {
+    match start_and_wait(settings, cfg, data_dir, Wait::Ready).await {
         Ok(()) => Failure::new(
             Exit::Failed,
             format!("{why}; the old cluster was put back and runs again, unchanged"),
@@ -373,38 +590,58 @@ async fn put_back(
     }
 }
 
-/// Runs `pitr.server.start`, then waits until the server on `data_dir` takes connections out
-/// of recovery. A postmaster that is gone for 5 s once `start` returned is a failed start.
+/// What a start waits for.
+#[derive(Clone, Copy, PartialEq)]
+enum Wait {
+    /// The postmaster takes connections (`postmaster.pid` says `ready`).
+    Ready,
+    /// Recovery ended and the server promoted: its `recovery.signal` is gone, the postmaster
+    /// alive.
+    Promoted,
+}
+
+/// Runs `pitr.server.start`, then waits, by the data directory's own files (no connection is
+/// needed, so a pool that takes every connection cannot stall it), until the server on
+/// `data_dir` is as `wait` says. A postmaster gone for [`GONE_LIMIT`] once `start` returned
+/// is a failed start; `start`'s own exit status only counts when no postmaster runs.
 async fn start_and_wait(
     settings: &Settings,
     cfg: &PitrServer,
-    pg: &dbconn::PgUrl,
     data_dir: &Path,
+    wait: Wait,
 ) -> Result<(), String> {
-    run(settings, &cfg.start).await?;
+    let started = run(settings, &cfg.start).await;
     let began = Instant::now();
     let mut gone_since: Option<Instant> = None;
-    let mut last = String::from("no answer yet");
     loop {
-        if server::postmaster_pid(data_dir).is_none() {
-            let since = *gone_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > Duration::from_secs(5) {
-                return Err(format!(
-                    "the server on {} stopped (the end of its log says why: a restore point never reached ends recovery); last answer: {last}",
-                    data_dir.display()
-                ));
+        match server::postmaster_state(data_dir) {
+            Some(state) => {
+                gone_since = None;
+                let done = match wait {
+                    Wait::Ready => state == "ready",
+                    Wait::Promoted => !data_dir.join("recovery.signal").exists(),
+                };
+                if done {
+                    return Ok(());
+                }
             }
-        } else {
-            gone_since = None;
-            match server::out_of_recovery(pg).await {
-                Ok(true) => return Ok(()),
-                Ok(false) => last = "still in recovery".into(),
-                Err(e) => last = e,
+            None => {
+                let since = *gone_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > GONE_LIMIT {
+                    return Err(match started {
+                        Err(e) => e,
+                        Ok(()) => format!(
+                            "the server on {} stopped (its log says why: a restore point never reached ends recovery)",
+                            data_dir.display()
+                        ),
+                    });
+                }
             }
         }
         if began.elapsed() > RECOVERY_LIMIT {
             return Err(format!(
-                "the server did not finish recovery within {}: {last}",
+                "the server on {} did not finish starting within {}",
+                data_dir.display(),
                 migrator::error::humanize(RECOVERY_LIMIT)
             ));
         }
@@ -412,28 +649,36 @@ async fn start_and_wait(
     }
 }
 
-/// Runs a `[pitr.server]` command line with `sh -c`; its output goes to the log.
+/// Runs a `[pitr.server]` command line with `sh -c`. Its output goes to a file (a server it
+/// starts may keep inherited pipes open for as long as it runs), then to the log.
 async fn run(settings: &Settings, cmd: &str) -> Result<(), String> {
+    let dir = settings.temp_dir();
+    backup::scratch::create_private_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let out_path = dir.join(format!(".dbward-rewind-{}.out", std::process::id()));
+    let out = std::fs::File::create(&out_path)
+        .map_err(|e| format!("creating {}: {e}", out_path.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", out_path.display()))?;
     let mut c = crate::hooks::command(settings, "sh");
-    c.args(["-c", cmd]);
-    let out = tokio::time::timeout(Duration::from_secs(600), c.output())
-        .await
-        .map_err(|_| format!("`{cmd}` did not finish within 10 minutes"))?
-        .map_err(|e| format!("`{cmd}` could not run: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.args(["-c", cmd])
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    let status = tokio::time::timeout(Duration::from_secs(600), c.status()).await;
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_path);
     for line in text.lines() {
         tracing::info!("  {line}");
     }
-    if out.status.success() {
+    let status = status
+        .map_err(|_| format!("`{cmd}` did not finish within 10 minutes"))?
+        .map_err(|e| format!("`{cmd}` could not run: {e}"))?;
+    if status.success() {
         Ok(())
     } else {
         Err(format!(
-            "`{cmd}` failed ({}): {}",
-            out.status,
+            "`{cmd}` failed ({status}): {}",
             text.trim().chars().take(500).collect::<String>()
         ))
     }

@@ -94,7 +94,10 @@ pub async fn plan_wal(
             cluster.system_identifier
         )));
     }
-    let stored = crate::wal::stored_from(store, database, &p.wal_first).await?;
+    // From the base's first segment on, and every timeline history file: those of later
+    // timelines sort after it, those up to the base's own (`0000000N.history`, N >= 2) before.
+    let first = p.wal_first.as_str().min("00000002.history");
+    let stored = crate::wal::stored_from(store, database, first).await?;
     chain(p, &stored, target, &base.id)
 }
 
@@ -126,9 +129,17 @@ fn chain(
     // How far the chain must reach, and whether it goes on to the first gap.
     let (must_reach, to_the_end) = match target {
         Target::Immediate => (None, false),
-        Target::Lsn(l) | Target::Point { lsn: l, .. } => {
-            (Some(segment_name(p.timeline, *l, p.segment_bytes)), false)
-        }
+        Target::Lsn(l) => (Some(segment_name(p.timeline, *l, p.segment_bytes)), false),
+        // A restore point's LSN is where its record ends: the record is in the segment of the
+        // byte before.
+        Target::Point { lsn, .. } => (
+            Some(segment_name(
+                p.timeline,
+                lsn.saturating_sub(1),
+                p.segment_bytes,
+            )),
+            false,
+        ),
         Target::End | Target::Time(_) => (None, true),
     };
     let extend = |segments: &mut Vec<String>, next: &mut String| {
@@ -168,8 +179,6 @@ fn chain(
         .filter_map(|n| u32::from_str_radix(&n[..8], 16).ok())
         .filter(|t| *t > p.timeline)
         .max();
-    // History files of the base's timeline and earlier sort before its first segment; the
-    // later ones are in `stored`.
     let histories = stored
         .iter()
         .filter(|n| n.ends_with(".history"))

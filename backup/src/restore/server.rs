@@ -122,15 +122,8 @@ fn recovery_settings(target: &Target) -> Vec<(&'static str, String)> {
 /// Prepares a restored data directory to replace a cluster's own (the guard's rewind): its
 /// settings stay the cluster's (archiving on: the new timeline goes to the archive), with
 /// recovery to `target` appended to `postgresql.auto.conf`, `recovery.signal`, and every
-/// fetched WAL file marked archived already. Returns `postgresql.auto.conf` as the base had it:
-/// put back once the server promoted ([`put_back_auto_conf`]).
-pub fn prepare_rewind(data: &Path, target: &Target, fetched: &[String]) -> Result<Vec<u8>, Error> {
-    let auto = data.join("postgresql.auto.conf");
-    let original = match std::fs::read(&auto) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(Error::io(format!("reading {}", auto.display()))(e)),
-    };
+/// fetched WAL file marked archived already (the server must not push them again).
+pub fn prepare_rewind(data: &Path, target: &Target, fetched: &[String]) -> Result<(), Error> {
     let mut text = String::from(
         "\n# Added by dbward for its rewind of this cluster (removed once the server promoted):\n# every WAL file recovery needs is in pg_wal.\n",
     );
@@ -138,30 +131,54 @@ pub fn prepare_rewind(data: &Path, target: &Target, fetched: &[String]) -> Resul
     for (k, v) in recovery_settings(target) {
         text.push_str(&format!("{k} = {}\n", conf_quote(&v)));
     }
-    write_own(&auto, &text, true)?;
+    write_own(&data.join("postgresql.auto.conf"), &text, true)?;
     write_own(&data.join("recovery.signal"), "", false)?;
     let status = data.join("pg_wal/archive_status");
     std::fs::create_dir_all(&status)
         .map_err(Error::io(format!("creating {}", status.display())))?;
-    // They came from the archive: the server must not push them again.
     for name in fetched {
         write_own(&status.join(format!("{name}.done")), "", false)?;
     }
-    Ok(original)
+    Ok(())
 }
 
-/// Puts the cluster's own `postgresql.auto.conf` back (atomically, owned by `user`, 0600).
-pub fn put_back_auto_conf(data: &Path, original: &[u8], user: &OsUser) -> Result<(), Error> {
+/// Puts `original` back as `data`'s `postgresql.auto.conf`, byte for byte, with the owner and
+/// mode the file has now (atomically: a temp file beside it, renamed over it).
+pub fn put_back_auto_conf(data: &Path, original: &[u8]) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
     let auto = data.join("postgresql.auto.conf");
     let tmp = data.join("postgresql.auto.conf.dbward-tmp");
     let io = |e: std::io::Error| Error::io(format!("writing {}", auto.display()))(e);
+    let meta = std::fs::symlink_metadata(&auto).map_err(io)?;
     let _ = std::fs::remove_file(&tmp);
-    write_own(&tmp, &String::from_utf8_lossy(original), false)?;
-    std::os::unix::fs::lchown(&tmp, Some(user.uid), Some(user.gid)).map_err(io)?;
+    write_new(&tmp, original, meta.mode() & 0o7777)?;
+    std::os::unix::fs::lchown(&tmp, Some(meta.uid()), Some(meta.gid())).map_err(io)?;
     std::fs::rename(&tmp, &auto).map_err(io)?;
     std::fs::File::open(data)
         .and_then(|d| d.sync_all())
         .map_err(io)
+}
+
+/// Writes `bytes` to `path`, which must not exist (never through a link), with `mode`.
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e: std::io::Error| Error::io(format!("writing {}", path.display()))(e);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io)
+}
+
+/// The state the postmaster on `data` gives in its `postmaster.pid` (`starting`, `ready`,
+/// `stopping`, ...), while that process lives.
+pub fn postmaster_state(data: &Path) -> Option<String> {
+    postmaster_pid(data)?;
+    let text = std::fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    Some(text.lines().nth(7).unwrap_or("").trim().to_string())
 }
 
 /// The pid of the postmaster running on `data` (its `postmaster.pid`, while that process
@@ -529,12 +546,15 @@ pub async fn recovered(client: &tokio_postgres::Client) -> Result<Recovered, Err
 
 /// Gives `dir` and everything in it (all of it this run's) to `user`.
 pub fn chown_tree(dir: &Path, user: &OsUser) -> Result<(), Error> {
-    let set =
-        |p: &Path| {
-            std::os::unix::fs::lchown(p, Some(user.uid), Some(user.gid)).map_err(Error::io(
-                format!("giving {} to {}", p.display(), user.name),
-            ))
-        };
+    chown_tree_to(dir, user.uid, user.gid)
+}
+
+/// Gives `dir` and everything in it (all of it this run's) to `uid` and `gid`.
+pub fn chown_tree_to(dir: &Path, uid: u32, gid: u32) -> Result<(), Error> {
+    let set = |p: &Path| {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid))
+            .map_err(Error::io(format!("giving {} to uid {uid}", p.display())))
+    };
     set(dir)?;
     for entry in std::fs::read_dir(dir).map_err(Error::io(format!("listing {}", dir.display())))? {
         let entry = entry.map_err(Error::io(format!("listing {}", dir.display())))?;
@@ -542,7 +562,7 @@ pub fn chown_tree(dir: &Path, user: &OsUser) -> Result<(), Error> {
             .file_type()
             .map_err(Error::io(format!("stat {}", entry.path().display())))?;
         if ty.is_dir() {
-            chown_tree(&entry.path(), user)?;
+            chown_tree_to(&entry.path(), uid, gid)?;
         } else {
             set(&entry.path())?;
         }
@@ -556,6 +576,9 @@ pub struct LiveCluster {
     pub system_identifier: String,
     /// Databases besides `url`'s, templates and `postgres`.
     pub other_databases: Vec<String>,
+    /// Tablespaces besides `pg_default` and `pg_global`, and replication slots.
+    pub tablespaces: Vec<String>,
+    pub replication_slots: Vec<String>,
 }
 
 pub async fn live_cluster(url: &dbconn::PgUrl) -> Result<LiveCluster, Error> {
@@ -566,7 +589,10 @@ pub async fn live_cluster(url: &dbconn::PgUrl) -> Result<LiveCluster, Error> {
             "SELECT current_setting('data_directory'), \
                     (SELECT system_identifier::text FROM pg_control_system()), \
                     coalesce((SELECT array_agg(datname::text ORDER BY datname) FROM pg_database \
-                      WHERE NOT datistemplate AND datname <> current_database() AND datname <> 'postgres'), '{}')",
+                      WHERE NOT datistemplate AND datname <> current_database() AND datname <> 'postgres'), '{}'), \
+                    coalesce((SELECT array_agg(spcname::text ORDER BY spcname) FROM pg_tablespace \
+                      WHERE spcname NOT IN ('pg_default', 'pg_global')), '{}'), \
+                    coalesce((SELECT array_agg(slot_name::text ORDER BY slot_name) FROM pg_replication_slots), '{}')",
             &[],
         )
         .await
@@ -575,6 +601,8 @@ pub async fn live_cluster(url: &dbconn::PgUrl) -> Result<LiveCluster, Error> {
         data_directory: PathBuf::from(row.get::<_, String>(0)),
         system_identifier: row.get(1),
         other_databases: row.get(2),
+        tablespaces: row.get(3),
+        replication_slots: row.get(4),
     })
 }
 
