@@ -54,16 +54,18 @@ pub async fn take(
                     pg_is_in_recovery(), \
                     (SELECT coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) FROM pg_stat_archiver), \
                     (SELECT last_failed_wal FROM pg_stat_archiver), \
-                    CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END",
+                    CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
+                    (SELECT string_agg(spcname, ', ') FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))",
             &[],
         )
         .await
         .map_err(q)?;
-    let (server_version, sysid, in_recovery, failing, failed_wal, current): (
+    let (server_version, sysid, in_recovery, failing, failed_wal, current, tablespaces): (
         String,
         String,
         bool,
         bool,
+        Option<String>,
         Option<String>,
         Option<String>,
     ) = (
@@ -73,7 +75,13 @@ pub async fn take(
         row.get(3),
         row.get(4),
         row.get(5),
+        row.get(6),
     );
+    if let Some(names) = tablespaces {
+        return Err(unusable(format!(
+            "the cluster has tablespaces besides pg_default ({names}), which no base holds"
+        )));
+    }
     if in_recovery {
         return Err(unusable(format!(
             "{} is a standby (in recovery): a restore point is the primary's",
