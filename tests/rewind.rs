@@ -285,6 +285,33 @@ fn a_failed_deploy_rewinds_the_cluster_to_its_restore_point_and_keeps_the_old_on
         || history.exists(),
         "the new timeline's history file in the archive",
     );
+    // A restore to the archive's end follows the new timeline: the rewound state and what
+    // came after it, from the base before the point (the later base is on the abandoned
+    // branch).
+    pg.psql("app", "INSERT INTO orders VALUES (200)");
+    switch_and_wait(pg, d._store.path());
+    let latest = copies.path().join("latest");
+    let (code, out, err) = run(d
+        .p
+        .dbward(&d.url)
+        .args(["--json", "restore", "latest", "--physical", "--to"])
+        .arg(&latest));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("rather than the newer"), "{err}");
+    let stop_latest = json(&out)["restored"]["stop_command"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rows = common::tool(
+        Command::new(common::pg_bindir().join("psql"))
+            .arg("-h")
+            .arg(&latest)
+            .args(["-p", "5432", "-U", "postgres", "-X", "-A", "-t", "-c"])
+            .arg("SELECT (SELECT count(*) FROM t) || ' ' || (SELECT count(*) FROM orders) || ' ' || (SELECT max(id) FROM orders)")
+            .arg("app"),
+    );
+    let _ = Command::new("sh").arg("-c").arg(&stop_latest).output();
+    assert_eq!(rows.trim(), "1500 101 200", "{err}");
     // The base is unchanged and the guard never rewinds the same deploy twice.
     assert!(d.base["id"].is_string());
     let (code, _, err) = run(&mut d.guard(&unhealthy));

@@ -166,7 +166,7 @@ pub async fn take(
         name: id.clone(),
         lsn: point_lsn,
     };
-    plan_wal(store, database, base, &target).await?;
+    plan_wal(store, database, base, &target, None).await?;
 
     let manifest = Manifest {
         format_version: manifest::FORMAT_VERSION,

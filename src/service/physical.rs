@@ -145,6 +145,7 @@ async fn pick(
     store: &backup::Store,
     db: &str,
     which: &Which,
+    identities: &backup::crypt::Identities,
 ) -> Result<(backup::Manifest, Target), Failure> {
     let none = |what: String| Failure::new(Exit::Failed, what);
     let bases = bases(store, db).await?;
@@ -188,16 +189,49 @@ async fn pick(
                 },
             ))
         }
-        Which::Latest => bases
-            .into_iter()
-            .next()
-            .map(|m| (m, Target::End))
-            .ok_or_else(|| {
-                none(format!(
+        Which::Latest => {
+            let Some(newest) = bases.first().cloned() else {
+                return Err(none(format!(
                     "there is no base backup of {db} in {} (take one: `dbward backup --physical`)",
                     store.describe(db)
-                ))
-            }),
+                )));
+            };
+            // The newest base the archive's newest timeline descends from: after a rewind,
+            // a base taken on the abandoned branch would replay that branch.
+            let newest_tl = backup::wal::stored_from(store, db, "00000002.history")
+                .await?
+                .iter()
+                .filter_map(|n| u32::from_str_radix(n.get(..8)?, 16).ok())
+                .max();
+            for b in &bases {
+                let on = backup::restore::physical::plan_wal(
+                    store,
+                    db,
+                    b,
+                    &Target::End,
+                    Some(identities),
+                )
+                .await;
+                let reaches = match &on {
+                    Ok(plan) => {
+                        let tl = plan.recovery_timeline.unwrap_or(plan.timeline);
+                        newest_tl.is_none_or(|n| tl >= n)
+                    }
+                    Err(_) => false,
+                };
+                if reaches {
+                    if b.id != newest.id {
+                        tracing::warn!(
+                            "restoring base {} rather than the newer {}: the archive's newest timeline descends from it, and the newer base is on a branch abandoned since (a rewind or a promotion)",
+                            b.id,
+                            newest.id
+                        );
+                    }
+                    return Ok((b.clone(), Target::End));
+                }
+            }
+            Ok((newest, Target::End))
+        }
         Which::Time(t) => {
             // A base ends before its snapshot ends (manifest time plus duration).
             let ended = |m: &backup::Manifest| {
@@ -395,7 +429,7 @@ pub async fn choose(
     let stores = settings.stores().await?;
     let db = url.name();
     backup::check_folder_name(&db)?;
-    let (base, target) = pick(&stores[0], &db, which).await?;
+    let (base, target) = pick(&stores[0], &db, which, &settings.identities()?).await?;
     physical::physical_of(&base)?;
     Ok(Chosen {
         base,
@@ -414,12 +448,17 @@ pub async fn plan(settings: &Settings, chosen: Chosen) -> Result<Planned, Failur
         stores,
         db,
     } = chosen;
-    let plan = physical::plan_wal(&stores[0], &db, &base, &target).await?;
+    let identities = settings.identities()?;
+    let plan = physical::plan_wal(&stores[0], &db, &base, &target, Some(&identities)).await?;
+    if let Some(t) = plan.recovery_timeline {
+        tracing::info!(
+            "the archive holds timeline {t}, which left the base's timeline {} after the base: recovery follows it",
+            plan.timeline
+        );
+    }
     if let Some(t) = plan.later_timeline {
         tracing::warn!(
-            "the archive holds WAL of timeline {t}, after this base's timeline {}: the restore replays only timeline {} (take a new base after a promotion)",
-            plan.timeline,
-            plan.timeline
+            "the archive holds WAL of timeline {t}, which does not descend from this base's WAL: the restore does not follow it (take a new base after a promotion)"
         );
     }
     if let (Some(gap), Target::End | Target::Time(_)) = (&plan.gap_before, &target) {
@@ -439,7 +478,7 @@ pub async fn plan(settings: &Settings, chosen: Chosen) -> Result<Planned, Failur
     Ok(Planned {
         bindir: server::bindir(major)?,
         user: OsUser::for_server()?,
-        identities: settings.identities()?,
+        identities,
         base,
         target,
         plan,
@@ -561,6 +600,7 @@ pub async fn materialize(
         planned.bindir.clone(),
         planned.user.clone(),
         target,
+        planned.plan.recovery_timeline,
     )?));
     server.0.as_ref().expect("prepared").launch().await?;
     let t_start = started.elapsed().as_secs_f64();

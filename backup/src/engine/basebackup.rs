@@ -299,7 +299,7 @@ pub fn segment_number(name: &str, seg: u64) -> Option<u64> {
     Some(hex(name.get(8..16)?)? * per_id + hex(name.get(16..24)?)?)
 }
 
-fn segment_from_number(timeline: u32, segno: u64, seg: u64) -> String {
+pub fn segment_from_number(timeline: u32, segno: u64, seg: u64) -> String {
     let per_id = 0x1_0000_0000 / seg;
     format!("{timeline:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
 }

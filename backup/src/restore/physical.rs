@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::engine::basebackup::{parse_lsn, segment_name};
+use crate::engine::basebackup::parse_lsn;
 use crate::error::Error;
 use crate::manifest::{Manifest, Physical};
 use crate::store::Store;
@@ -72,6 +72,10 @@ pub struct WalPlan {
     /// timeline the archive has not seen (a cluster rewound twice must not reuse one).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub histories: Vec<String>,
+    /// The timeline recovery follows to, when it is not the base's (a promotion or a rewind
+    /// after the base): `recovery_target_timeline`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_timeline: Option<u32>,
 }
 
 /// Checks the archive before anything is written: it is this base's cluster's, and holds every
@@ -82,6 +86,7 @@ pub async fn plan_wal(
     database: &str,
     base: &Manifest,
     target: &Target,
+    follow: Option<&crate::crypt::Identities>,
 ) -> Result<WalPlan, Error> {
     let p = physical_of(base)?;
     let cluster = crate::wal::read_cluster(store, database).await?;
@@ -98,15 +103,105 @@ pub async fn plan_wal(
     // timelines sort after it, those up to the base's own (`0000000N.history`, N >= 2) before.
     let first = p.wal_first.as_str().min("00000002.history");
     let stored = crate::wal::stored_from(store, database, first).await?;
-    chain(p, &stored, target, &base.id)
+    let path = match (follow, target) {
+        (Some(identities), Target::End | Target::Time(_)) => {
+            timeline_path(store, database, p, &stored, identities).await?
+        }
+        _ => vec![(p.timeline, None)],
+    };
+    chain(p, &stored, target, &base.id, &path)
 }
 
+/// The timelines a restore to the end (or to a time) follows from the base's: the newest
+/// timeline whose history leaves the base's at or after the base's stop LSN, as PostgreSQL's
+/// `recovery_target_timeline = latest` would, with each step's first segment number (where the
+/// next timeline's files are read from). Just the base's when no later timeline descends
+/// from it.
+async fn timeline_path(
+    store: &Store,
+    database: &str,
+    p: &Physical,
+    stored: &BTreeSet<String>,
+    identities: &crate::crypt::Identities,
+) -> Result<Vec<(u32, Option<u64>)>, Error> {
+    let stop = parse_lsn(&p.stop_lsn).unwrap_or(u64::MAX);
+    let mut later: Vec<u32> = stored
+        .iter()
+        .filter_map(|n| n.strip_suffix(".history"))
+        .filter_map(|t| u32::from_str_radix(t, 16).ok())
+        .filter(|t| *t > p.timeline)
+        .collect();
+    later.sort_unstable_by(|a, b| b.cmp(a));
+    for t in later {
+        let entries = read_history(store, database, t, identities).await?;
+        let Some(i) = entries.iter().position(|(tli, _)| *tli == p.timeline) else {
+            continue;
+        };
+        if entries[i].1 < stop {
+            continue; // it left the base's timeline before the base was consistent
+        }
+        let mut path: Vec<(u32, Option<u64>)> = entries[i..]
+            .iter()
+            .map(|(tli, switch)| (*tli, Some(switch / p.segment_bytes)))
+            .collect();
+        path.push((t, None));
+        return Ok(path);
+    }
+    Ok(vec![(p.timeline, None)])
+}
+
+/// Timeline `t`'s history file (`<parent timeline> <switch LSN> <reason>` per line), fetched
+/// and checked like any WAL file: each ancestor and where it ended.
+async fn read_history(
+    store: &Store,
+    database: &str,
+    t: u32,
+    identities: &crate::crypt::Identities,
+) -> Result<Vec<(u32, u64)>, Error> {
+    let name = format!("{t:08X}.history");
+    let dir = tempfile::tempdir().map_err(Error::io("creating a temp dir"))?;
+    let dest = dir.path().join(&name);
+    match crate::wal::fetch(store, database, &name, &dest, identities).await? {
+        crate::wal::Fetched::Restored { .. } => {}
+        crate::wal::Fetched::Absent { .. } => {
+            return Err(Error::Damaged(format!(
+                "{name} was listed in the archive and is gone"
+            )))
+        }
+    }
+    let text = std::fs::read_to_string(&dest).map_err(Error::io(format!("reading {name}")))?;
+    Ok(parse_history(&text))
+}
+
+fn parse_history(text: &str) -> Vec<(u32, u64)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.parse().ok()?, parse_lsn(f.next()?)?))
+        })
+        .collect()
+}
+
+/// The WAL a restore fetches along `path` (the timelines it follows, each until the segment
+/// number where the next one's files are read from): PostgreSQL reads each segment from the
+/// newest timeline that has begun by it.
 fn chain(
     p: &Physical,
     stored: &BTreeSet<String>,
     target: &Target,
     id: &str,
+    path: &[(u32, Option<u64>)],
 ) -> Result<WalPlan, Error> {
+    let seg = p.segment_bytes;
+    let tl_at = |n: u64| {
+        path.iter()
+            .find(|(_, until)| until.is_none_or(|u| n < u))
+            .map_or(p.timeline, |(t, _)| *t)
+    };
+    let name = |n: u64| crate::engine::basebackup::segment_from_number(tl_at(n), n, seg);
+    let number = |name: &str| crate::engine::basebackup::segment_number(name, seg);
     let needed = crate::engine::basebackup::segments(p)?;
     let missing = |name: &str, why: &str| {
         Error::Refused(format!(
@@ -119,45 +214,51 @@ fn chain(
             &format!("base {id} needs it to be consistent"),
         ));
     }
-    let tl = format!("{:08X}", p.timeline);
-    let on_timeline: Vec<&String> = stored
-        .iter()
-        .filter(|n| n.len() == 24 && n.starts_with(&tl))
-        .collect();
+    let (first, last) = match (number(&p.wal_first), number(&p.wal_last)) {
+        (Some(f), Some(l)) => (f, l),
+        _ => return Err(Error::Damaged(format!("base {id} names no WAL range"))),
+    };
     let mut segments = needed.clone();
-    let mut next = next_segment(needed.last().expect("a range"), p.segment_bytes);
+    // Where a later timeline began inside the base's own range, its file of that segment too.
+    for n in first..=last {
+        if tl_at(n) != p.timeline {
+            let later = name(n);
+            if !stored.contains(&later) {
+                return Err(missing(
+                    &later,
+                    "the timeline recovery follows begins in it",
+                ));
+            }
+            segments.push(later);
+        }
+    }
+    let mut next = last + 1;
     // How far the chain must reach, and whether it goes on to the first gap.
     let (must_reach, to_the_end) = match target {
         Target::Immediate => (None, false),
-        Target::Lsn(l) => (Some(segment_name(p.timeline, *l, p.segment_bytes)), false),
+        Target::Lsn(l) => (Some(l / seg), false),
         // A restore point's LSN is where its record ends: the record is in the segment of the
         // byte before.
-        Target::Point { lsn, .. } => (
-            Some(segment_name(
-                p.timeline,
-                lsn.saturating_sub(1),
-                p.segment_bytes,
-            )),
-            false,
-        ),
+        Target::Point { lsn, .. } => (Some(lsn.saturating_sub(1) / seg), false),
         Target::End | Target::Time(_) => (None, true),
     };
-    let extend = |segments: &mut Vec<String>, next: &mut String| {
-        let found = stored.contains(next.as_str());
+    let extend = |segments: &mut Vec<String>, next: &mut u64| {
+        let found = stored.contains(&name(*next));
         if found {
-            segments.push(next.clone());
-            *next = next_segment(next, p.segment_bytes);
+            segments.push(name(*next));
+            *next += 1;
         }
         found
     };
-    if let Some(want) = &must_reach {
-        while next.as_str() <= want.as_str() {
+    if let Some(want) = must_reach {
+        while next <= want {
             if !extend(&mut segments, &mut next) {
                 return Err(missing(
-                    &next,
+                    &name(next),
                     &format!(
-                        "recovery to {} needs every segment up to {want}",
-                        target.describe()
+                        "recovery to {} needs every segment up to {}",
+                        target.describe(),
+                        name(want)
                     ),
                 ));
             }
@@ -168,16 +269,25 @@ fn chain(
     if to_the_end {
         while extend(&mut segments, &mut next) {}
     }
-    let last = segments.last().expect("not empty").clone();
+    let last_name = segments
+        .iter()
+        .max_by_key(|n| number(n))
+        .expect("not empty")
+        .clone();
     // Later segments past a missing one cannot be replayed (only a target at the end meets it).
-    let gap_before = (to_the_end && on_timeline.iter().any(|n| n.as_str() > next.as_str()))
-        .then(|| next.clone());
+    let final_tl = path.last().map_or(p.timeline, |(t, _)| *t);
+    let tl = format!("{final_tl:08X}");
+    let gap_before = (to_the_end
+        && stored
+            .iter()
+            .any(|n| n.len() == 24 && n.starts_with(&tl) && number(n) > Some(next)))
+    .then(|| name(next));
     // Names sort by timeline first: any later timeline's segments are in `stored`.
     let later_timeline = stored
         .iter()
         .filter(|n| n.len() == 24)
         .filter_map(|n| u32::from_str_radix(&n[..8], 16).ok())
-        .filter(|t| *t > p.timeline)
+        .filter(|t| *t > final_tl)
         .max();
     let histories = stored
         .iter()
@@ -187,13 +297,15 @@ fn chain(
     Ok(WalPlan {
         timeline: p.timeline,
         segments,
-        last,
+        last: last_name,
         gap_before,
         later_timeline,
         histories,
+        recovery_timeline: (final_tl != p.timeline).then_some(final_tl),
     })
 }
 
+#[cfg(test)]
 fn next_segment(name: &str, seg: u64) -> String {
     let per_id = 0x1_0000_0000 / seg;
     let hex = |s: &str| u64::from_str_radix(s, 16).expect("a segment name");
@@ -541,23 +653,48 @@ mod tests {
     fn the_chain_runs_from_the_base_to_the_target_or_the_first_gap() {
         let p = physical(&seg(3), &seg(4));
         let stored: BTreeSet<String> = [3, 4, 5, 6, 8, 9].map(seg).into_iter().collect();
-        let end = chain(&p, &stored, &Target::End, "b").unwrap();
+        let end = chain(&p, &stored, &Target::End, "b", &[(1, None)]).unwrap();
         assert_eq!(end.segments, [3, 4, 5, 6].map(seg));
         assert_eq!(end.gap_before, Some(seg(7)));
-        let immediate = chain(&p, &stored, &Target::Immediate, "b").unwrap();
+        let immediate = chain(&p, &stored, &Target::Immediate, "b", &[(1, None)]).unwrap();
         assert_eq!(immediate.segments, [3, 4].map(seg));
         // The target's segment, and the next one (the record may run on into it).
-        let lsn = chain(&p, &stored, &Target::Lsn(0x5000100), "b").unwrap();
+        let lsn = chain(&p, &stored, &Target::Lsn(0x5000100), "b", &[(1, None)]).unwrap();
         assert_eq!(lsn.segments, [3, 4, 5, 6].map(seg));
         assert_eq!(lsn.gap_before, None);
         assert_eq!(immediate.gap_before, None);
         // Past the gap: refused before anything is written.
-        let e = chain(&p, &stored, &Target::Lsn(0x8000100), "b").unwrap_err();
+        let e = chain(&p, &stored, &Target::Lsn(0x8000100), "b", &[(1, None)]).unwrap_err();
         assert!(e.to_string().contains(&seg(7)), "{e}");
         // A base whose own WAL is missing.
         let stored: BTreeSet<String> = [3, 5].map(seg).into_iter().collect();
-        let e = chain(&p, &stored, &Target::End, "b").unwrap_err();
+        let e = chain(&p, &stored, &Target::End, "b", &[(1, None)]).unwrap_err();
         assert!(e.to_string().contains(&seg(4)), "{e}");
+    }
+
+    #[test]
+    fn a_restore_follows_a_later_timeline_from_where_it_began() {
+        // Timeline 2 left timeline 1 in segment 6 (a rewind to a point there); timeline 1 went
+        // on to 7 (the abandoned branch), timeline 2 to 8.
+        let history = "# comment\n1\t0/6000100\tat restore point \"x\"\n\n";
+        assert_eq!(parse_history(history), [(1, 0x6000100)]);
+        let p = physical(&seg(3), &seg(4));
+        let tl2 = |n: u32| format!("0000000200000000{n:08X}");
+        let mut stored: BTreeSet<String> = [3, 4, 5, 6, 7].map(seg).into_iter().collect();
+        stored.extend([6, 7, 8].map(tl2));
+        stored.insert("00000002.history".into());
+        let path = [(1, Some(6)), (2, None)];
+        let end = chain(&p, &stored, &Target::End, "b", &path).unwrap();
+        let mut want: Vec<String> = [3, 4, 5].map(seg).into();
+        want.extend([6, 7, 8].map(tl2));
+        assert_eq!(end.segments, want);
+        assert_eq!(end.recovery_timeline, Some(2));
+        assert_eq!(end.gap_before, None);
+        assert_eq!(end.histories, ["00000002.history"]);
+        // Without the path, the base's timeline to its end: the abandoned branch.
+        let own = chain(&p, &stored, &Target::End, "b", &[(1, None)]).unwrap();
+        assert_eq!(own.segments, [3, 4, 5, 6, 7].map(seg));
+        assert_eq!((own.recovery_timeline, own.later_timeline), (None, Some(2)));
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub struct Server {
 fn settings(
     data: &Path,
     target: &Target,
+    timeline: Option<u32>,
     required: &[(&'static str, String)],
 ) -> Vec<(&'static str, String)> {
     let mut s = vec![
@@ -93,17 +94,19 @@ fn settings(
         ("hot_standby", "on".into()),
     ];
     s.extend(required.iter().cloned());
-    s.extend(recovery_settings(target));
+    s.extend(recovery_settings(target, timeline));
     s
 }
 
-/// Recovery to `target` and a promotion there, on the base's timeline. A base of a cluster
-/// that was itself restored may carry another target: each is reset, so the one given is the
-/// only one.
-fn recovery_settings(target: &Target) -> Vec<(&'static str, String)> {
+/// Recovery to `target` and a promotion there, on the base's timeline or along the one given
+/// (whose history file is fetched). A base of a cluster that was itself restored may carry
+/// another target: each is reset, so the one given is the only one.
+fn recovery_settings(target: &Target, timeline: Option<u32>) -> Vec<(&'static str, String)> {
     let mut s = vec![
-        // The timeline the base was taken on: no history file is needed to follow it.
-        ("recovery_target_timeline", "current".to_string()),
+        (
+            "recovery_target_timeline",
+            timeline.map_or("current".to_string(), |t| t.to_string()),
+        ),
         ("recovery_target_action", "promote".into()),
     ];
     for t in [
@@ -128,7 +131,7 @@ pub fn prepare_rewind(data: &Path, target: &Target, fetched: &[String]) -> Resul
         "\n# Added by dbward for its rewind of this cluster (removed once the server promoted):\n# every WAL file recovery needs is in pg_wal.\n",
     );
     text.push_str("restore_command = 'false'\n");
-    for (k, v) in recovery_settings(target) {
+    for (k, v) in recovery_settings(target, None) {
         text.push_str(&format!("{k} = {}\n", conf_quote(&v)));
     }
     write_own(&data.join("postgresql.auto.conf"), &text, true)?;
@@ -300,6 +303,7 @@ impl Server {
         bindir: PathBuf,
         user: Option<OsUser>,
         target: &Target,
+        timeline: Option<u32>,
     ) -> Result<Server, Error> {
         check_socket_path(data)?;
         // Debian keeps postgresql.conf, pg_hba.conf and pg_ident.conf in /etc: a base of such a
@@ -325,7 +329,7 @@ impl Server {
         let mut text = String::from(
             "\n# Added by dbward when it restored this copy: it never archives, fetches no WAL from\n# any archive, and takes connections only on the socket in this directory.\n",
         );
-        for (k, v) in settings(data, target, &required) {
+        for (k, v) in settings(data, target, timeline, &required) {
             text.push_str(&format!("{k} = {}\n", conf_quote(&v)));
         }
         write_own(&data.join("postgresql.auto.conf"), &text, true)?;
