@@ -110,6 +110,26 @@ impl Deployed {
         c
     }
 
+    /// The guard, started and stopped at failure point `point` (it goes on once
+    /// `<point>.go` exists in the directory returned).
+    fn guard_paused_at(
+        &self,
+        health: &Http,
+        point: &str,
+    ) -> (std::process::Child, tempfile::TempDir) {
+        let points = tempfile::tempdir().unwrap();
+        let child = self
+            .guard(health)
+            .env("DBWARD_FAILPOINTS", format!("{point}=wait"))
+            .env("DBWARD_FAILPOINT_DIR", points.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until(|| points.path().join(point).exists(), point);
+        (child, points)
+    }
+
     /// What the parent of the data directory holds besides it, by name.
     fn beside_data_dir(&self) -> Vec<String> {
         let data = self.pg.data_dir();
@@ -212,18 +232,7 @@ fn a_failed_deploy_rewinds_the_cluster_to_its_restore_point_and_keeps_the_old_on
     pg.psql("postgres", "ALTER SYSTEM SET work_mem = '7MB'");
     pg.psql("postgres", "SELECT pg_reload_conf()");
     // A SIGTERM while the cluster is down for the rewind waits: the rewind finishes.
-    let points = tempfile::tempdir().unwrap();
-    let mut guard = d.guard(&unhealthy);
-    guard
-        .env("DBWARD_FAILPOINTS", "rewind-after-swap=wait")
-        .env("DBWARD_FAILPOINT_DIR", points.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = guard.spawn().unwrap();
-    wait_until(
-        || points.path().join("rewind-after-swap").exists(),
-        "the guard to swap the data directories",
-    );
+    let (child, points) = d.guard_paused_at(&unhealthy, "rewind-after-swap");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     std::fs::write(points.path().join("rewind-after-swap.go"), "").unwrap();
@@ -324,18 +333,7 @@ fn a_rewind_that_cannot_complete_puts_the_old_cluster_back_running() {
     let d = deployed();
     let pg = &d.pg;
     let unhealthy = Http::status(503);
-    let points = tempfile::tempdir().unwrap();
-    let mut guard = d.guard(&unhealthy);
-    guard
-        .env("DBWARD_FAILPOINTS", "rewind-before-stop=wait")
-        .env("DBWARD_FAILPOINT_DIR", points.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = guard.spawn().unwrap();
-    wait_until(
-        || points.path().join("rewind-before-stop").exists(),
-        "the guard to reach the stop",
-    );
+    let (child, points) = d.guard_paused_at(&unhealthy, "rewind-before-stop");
     // The restored directory loses the WAL after its base: recovery cannot reach the point,
     // and the server ends once it started on it.
     let partial: PathBuf = std::fs::read_dir(pg.data_dir().parent().unwrap())

@@ -127,22 +127,36 @@ fn recovery_settings(target: &Target, timeline: Option<u32>) -> Vec<(&'static st
 /// recovery to `target` appended to `postgresql.auto.conf`, `recovery.signal`, and every
 /// fetched WAL file marked archived already (the server must not push them again).
 pub fn prepare_rewind(data: &Path, target: &Target, fetched: &[String]) -> Result<(), Error> {
-    let mut text = String::from(
-        "\n# Added by dbward for its rewind of this cluster (removed once the server promoted):\n# every WAL file recovery needs is in pg_wal.\n",
-    );
-    text.push_str("restore_command = 'false'\n");
-    for (k, v) in recovery_settings(target, None) {
-        text.push_str(&format!("{k} = {}\n", conf_quote(&v)));
+    let mut settings = vec![("restore_command", "false".to_string())];
+    settings.extend(recovery_settings(target, None));
+    let status = write_recovery(
+        data,
+        "# Added by dbward for its rewind of this cluster (removed once the server promoted):\n# every WAL file recovery needs is in pg_wal.",
+        &settings,
+    )?;
+    for name in fetched {
+        write_own(&status.join(format!("{name}.done")), "", false)?;
+    }
+    Ok(())
+}
+
+/// Appends `settings` (after the comment `why`) to `data`'s `postgresql.auto.conf`, writes
+/// `recovery.signal`, and makes `pg_wal/archive_status` (returned).
+fn write_recovery(
+    data: &Path,
+    why: &str,
+    settings: &[(&'static str, String)],
+) -> Result<PathBuf, Error> {
+    let mut text = format!("\n{why}\n");
+    for (k, v) in settings {
+        text.push_str(&format!("{k} = {}\n", conf_quote(v)));
     }
     write_own(&data.join("postgresql.auto.conf"), &text, true)?;
     write_own(&data.join("recovery.signal"), "", false)?;
     let status = data.join("pg_wal/archive_status");
     std::fs::create_dir_all(&status)
         .map_err(Error::io(format!("creating {}", status.display())))?;
-    for name in fetched {
-        write_own(&status.join(format!("{name}.done")), "", false)?;
-    }
-    Ok(())
+    Ok(status)
 }
 
 /// Puts `original` back as `data`'s `postgresql.auto.conf`, byte for byte, with the owner and
@@ -326,17 +340,11 @@ impl Server {
             false,
         )?;
         let required = required_settings(&bindir, data)?;
-        let mut text = String::from(
-            "\n# Added by dbward when it restored this copy: it never archives, fetches no WAL from\n# any archive, and takes connections only on the socket in this directory.\n",
-        );
-        for (k, v) in settings(data, target, timeline, &required) {
-            text.push_str(&format!("{k} = {}\n", conf_quote(&v)));
-        }
-        write_own(&data.join("postgresql.auto.conf"), &text, true)?;
-        write_own(&data.join("recovery.signal"), "", false)?;
-        let status = data.join("pg_wal/archive_status");
-        std::fs::create_dir_all(&status)
-            .map_err(Error::io(format!("creating {}", status.display())))?;
+        write_recovery(
+            data,
+            "# Added by dbward when it restored this copy: it never archives, fetches no WAL from\n# any archive, and takes connections only on the socket in this directory.",
+            &settings(data, target, timeline, &required),
+        )?;
         if let Some(u) = &user {
             chown_tree(data, u)?;
         }
