@@ -6,11 +6,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::archive::{
-    archiving, recover_through_wal_fetch, store_dir, store_url, switch_and_wait, wal_command,
+    archiving, recover_through_wal_fetch, restore_copy, store_dir, store_url, switch_and_wait,
+    wal_command, Copy,
 };
 use common::{json, pg_bindir, run, server_dir, tool, Pg};
 
@@ -21,33 +22,6 @@ fn dbward(pg: &Pg, store: &Path) -> Command {
     c
 }
 
-/// A restored copy's server, stopped when the test ends (also when it fails).
-struct Copy {
-    dir: PathBuf,
-    stop: String,
-}
-
-impl Copy {
-    fn psql(&self, sql: &str) -> String {
-        tool(
-            Command::new(pg_bindir().join("psql"))
-                .arg("-h")
-                .arg(&self.dir)
-                .args([
-                    "-p", "5432", "-U", "postgres", "-X", "-A", "-t", "-c", sql, "app",
-                ]),
-        )
-        .trim()
-        .to_string()
-    }
-}
-
-impl Drop for Copy {
-    fn drop(&mut self) {
-        let _ = Command::new("sh").arg("-c").arg(&self.stop).output();
-    }
-}
-
 /// `restore --physical` into `parent/name`; the copy, or the exit code and stderr.
 fn restore(
     pg: &Pg,
@@ -56,21 +30,11 @@ fn restore(
     name: &str,
     args: &[&str],
 ) -> Result<Copy, (i32, String)> {
-    let dir = parent.join(name);
-    let (code, out, err) = run(dbward(pg, store)
-        .args(["--json", "restore", "--physical", "--to"])
-        .arg(&dir)
-        .args(args));
-    if code != 0 {
-        return Err((code, err));
-    }
-    let report = json(&out);
-    let restored = &report["restored"];
-    assert_eq!(restored["data_dir"], dir.to_str().unwrap(), "{report}");
-    Ok(Copy {
-        dir,
-        stop: restored["stop_command"].as_str().unwrap().to_string(),
-    })
+    restore_copy(
+        dbward(pg, store).args(["restore", "--physical"]).args(args),
+        &parent.join(name),
+    )
+    .map(|(copy, _)| copy)
 }
 
 /// `backup --physical` of the cluster into `store`: its manifest.

@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::archive::{archiving, store_dir, store_url, switch_and_wait};
+use common::archive::{archiving, restore_copy, store_dir, store_url, switch_and_wait};
 use common::{json, run, Http, Pg, Project};
 
 /// A cluster archiving into a store, a project whose `dbward.toml` names both and
@@ -152,25 +152,17 @@ fn a_failed_deploy_rewinds_the_cluster_to_its_restore_point_and_keeps_the_old_on
     // By hand, the restore point restores into a private copy.
     let copies = common::server_dir("dbward-test-rw-");
     common::give_to_postgres(copies.path());
-    let to = copies.path().join("at-point");
-    let (code, out, err) = run(d
-        .p
-        .dbward(&d.url)
-        .args(["--json", "restore", id, "--physical", "--to"])
-        .arg(&to));
-    assert_eq!(code, 0, "{err}");
-    let restored = json(&out)["restored"].clone();
-    let stop_copy = restored["stop_command"].as_str().unwrap().to_string();
-    let copy_rows = common::tool(
-        Command::new(common::pg_bindir().join("psql"))
-            .arg("-h")
-            .arg(&to)
-            .args(["-p", "5432", "-U", "postgres", "-X", "-A", "-t", "-c"])
-            .arg("SELECT (SELECT count(*) FROM t) || ' ' || (SELECT count(*) FROM orders) || ' ' || (SELECT max(version) FROM refinery_schema_history)")
-            .arg("app"),
+    let (copy, err) = restore_copy(
+        d.p.dbward(&d.url).args(["restore", id, "--physical"]),
+        &copies.path().join("at-point"),
+    )
+    .unwrap_or_else(|(code, err)| panic!("exit {code}: {err}"));
+    assert_eq!(
+        copy.psql("SELECT (SELECT count(*) FROM t) || ' ' || (SELECT count(*) FROM orders) || ' ' || (SELECT max(version) FROM refinery_schema_history)"),
+        "1500 100 1",
+        "{err}"
     );
-    let _ = Command::new("sh").arg("-c").arg(&stop_copy).output();
-    assert_eq!(copy_rows.trim(), "1500 100 1", "{restored}");
+    drop(copy);
 
     // A later base and retention keeping one base: the base the deploy's restore point needs
     // stays, with its WAL.
@@ -299,28 +291,18 @@ fn a_failed_deploy_rewinds_the_cluster_to_its_restore_point_and_keeps_the_old_on
     // branch).
     pg.psql("app", "INSERT INTO orders VALUES (200)");
     switch_and_wait(pg, d._store.path());
-    let latest = copies.path().join("latest");
-    let (code, out, err) = run(d
-        .p
-        .dbward(&d.url)
-        .args(["--json", "restore", "latest", "--physical", "--to"])
-        .arg(&latest));
-    assert_eq!(code, 0, "{err}");
+    let (copy, err) = restore_copy(
+        d.p.dbward(&d.url).args(["restore", "latest", "--physical"]),
+        &copies.path().join("latest"),
+    )
+    .unwrap_or_else(|(code, err)| panic!("exit {code}: {err}"));
     assert!(err.contains("rather than the newer"), "{err}");
-    let stop_latest = json(&out)["restored"]["stop_command"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let rows = common::tool(
-        Command::new(common::pg_bindir().join("psql"))
-            .arg("-h")
-            .arg(&latest)
-            .args(["-p", "5432", "-U", "postgres", "-X", "-A", "-t", "-c"])
-            .arg("SELECT (SELECT count(*) FROM t) || ' ' || (SELECT count(*) FROM orders) || ' ' || (SELECT max(id) FROM orders)")
-            .arg("app"),
+    assert_eq!(
+        copy.psql("SELECT (SELECT count(*) FROM t) || ' ' || (SELECT count(*) FROM orders) || ' ' || (SELECT max(id) FROM orders)"),
+        "1500 101 200",
+        "{err}"
     );
-    let _ = Command::new("sh").arg("-c").arg(&stop_latest).output();
-    assert_eq!(rows.trim(), "1500 101 200", "{err}");
+    drop(copy);
     // The base is unchanged and the guard never rewinds the same deploy twice.
     assert!(d.base["id"].is_string());
     let (code, _, err) = run(&mut d.guard(&unhealthy));

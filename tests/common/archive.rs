@@ -100,3 +100,49 @@ pub fn recover_through_wal_fetch(dir: tempfile::TempDir, store: &Path, target: &
     restored.wait_for("postgres", "SELECT pg_is_in_recovery()", "f");
     restored
 }
+
+/// A restored copy's server (`restore --physical --to DIR`), stopped when the test ends (also
+/// when it fails).
+pub struct Copy {
+    pub dir: std::path::PathBuf,
+    stop: String,
+}
+
+impl Copy {
+    /// `sql` in the copy's `app` database, over its socket.
+    pub fn psql(&self, sql: &str) -> String {
+        super::tool(
+            Command::new(super::pg_bindir().join("psql"))
+                .arg("-h")
+                .arg(&self.dir)
+                .args([
+                    "-p", "5432", "-U", "postgres", "-X", "-A", "-t", "-c", sql, "app",
+                ]),
+        )
+        .trim()
+        .to_string()
+    }
+}
+
+impl Drop for Copy {
+    fn drop(&mut self) {
+        let _ = Command::new("sh").arg("-c").arg(&self.stop).output();
+    }
+}
+
+/// Runs `restore` (a dbward command up to its restore arguments) with `--json --to dir`: the
+/// running copy and the command's stderr, or its exit code and stderr.
+pub fn restore_copy(restore: &mut Command, dir: &Path) -> Result<(Copy, String), (i32, String)> {
+    let (code, out, err) = super::run(restore.args(["--json", "--to"]).arg(dir));
+    if code != 0 {
+        return Err((code, err));
+    }
+    let report = super::json(&out);
+    let restored = &report["restored"];
+    assert_eq!(restored["data_dir"], dir.to_str().unwrap(), "{report}");
+    let copy = Copy {
+        dir: dir.to_path_buf(),
+        stop: restored["stop_command"].as_str().unwrap().to_string(),
+    };
+    Ok((copy, err))
+}
