@@ -140,13 +140,33 @@ pub async fn point(
     .pop())
 }
 
+/// What `which` means: a base, where recovery stops, the restore point read on the way, and
+/// the WAL plan when choosing the base already checked it.
+struct Picked {
+    base: backup::Manifest,
+    target: Target,
+    point: Option<backup::Manifest>,
+    wal: Option<physical::WalPlan>,
+}
+
+impl Picked {
+    fn of(base: backup::Manifest, target: Target) -> Picked {
+        Picked {
+            base,
+            target,
+            point: None,
+            wal: None,
+        }
+    }
+}
+
 /// The base and the recovery target `which` means.
 async fn pick(
     store: &backup::Store,
     db: &str,
     which: &Which,
     identities: &backup::crypt::Identities,
-) -> Result<(backup::Manifest, Target), Failure> {
+) -> Result<Picked, Failure> {
     let none = |what: String| Failure::new(Exit::Failed, what);
     let bases = bases(store, db).await?;
     let stop_of = |m: &backup::Manifest| {
@@ -157,7 +177,7 @@ async fn pick(
     match which {
         Which::Base(id) => {
             if let Some(m) = bases.iter().find(|m| &m.id == id) {
-                return Ok((m.clone(), Target::Immediate));
+                return Ok(Picked::of(m.clone(), Target::Immediate));
             }
             let point = point(store, db, id).await?.ok_or_else(|| {
                 none(format!(
@@ -181,13 +201,16 @@ async fn pick(
                         p.timeline, p.lsn
                     )))
                 })?;
-            Ok((
+            let target = Target::Point {
+                name: p.name.clone(),
+                lsn,
+            };
+            Ok(Picked {
                 base,
-                Target::Point {
-                    name: p.name.clone(),
-                    lsn,
-                },
-            ))
+                target,
+                point: Some(point),
+                wal: None,
+            })
         }
         Which::Latest => {
             let Some(newest) = bases.first().cloned() else {
@@ -212,14 +235,14 @@ async fn pick(
                     Some(identities),
                 )
                 .await;
-                let reaches = match &on {
+                let reaches = match on {
                     Ok(plan) => {
                         let tl = plan.recovery_timeline.unwrap_or(plan.timeline);
-                        newest_tl.is_none_or(|n| tl >= n)
+                        newest_tl.is_none_or(|n| tl >= n).then_some(plan)
                     }
-                    Err(_) => false,
+                    Err(_) => None,
                 };
-                if reaches {
+                if let Some(plan) = reaches {
                     if b.id != newest.id {
                         tracing::warn!(
                             "restoring base {} rather than the newer {}: the archive's newest timeline descends from it, and the newer base is on a branch abandoned since (a rewind or a promotion)",
@@ -227,10 +250,13 @@ async fn pick(
                             newest.id
                         );
                     }
-                    return Ok((b.clone(), Target::End));
+                    return Ok(Picked {
+                        wal: Some(plan),
+                        ..Picked::of(b.clone(), Target::End)
+                    });
                 }
             }
-            Ok((newest, Target::End))
+            Ok(Picked::of(newest, Target::End))
         }
         Which::Time(t) => {
             // A base ends before its snapshot ends (manifest time plus duration).
@@ -253,7 +279,7 @@ async fn pick(
                     "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]+00"
                 ))
                 .expect("formats");
-            Ok((m, Target::Time(stamp)))
+            Ok(Picked::of(m, Target::Time(stamp)))
         }
         Which::Lsn(l) => {
             let m = bases
@@ -265,7 +291,7 @@ async fn pick(
                         backup::engine::basebackup::lsn_text(*l)
                     ))
                 })?;
-            Ok((m, Target::Lsn(*l)))
+            Ok(Picked::of(m, Target::Lsn(*l)))
         }
     }
 }
@@ -410,6 +436,9 @@ pub struct Planned {
 pub struct Chosen {
     pub base: backup::Manifest,
     pub target: Target,
+    /// The restore point's manifest, when the target is one.
+    pub point: Option<backup::Manifest>,
+    wal: Option<physical::WalPlan>,
     stores: Vec<backup::Store>,
     db: String,
 }
@@ -429,11 +458,13 @@ pub async fn choose(
     let stores = settings.stores().await?;
     let db = url.name();
     backup::check_folder_name(&db)?;
-    let (base, target) = pick(&stores[0], &db, which, &settings.identities()?).await?;
-    physical::physical_of(&base)?;
+    let picked = pick(&stores[0], &db, which, &settings.identities()?).await?;
+    physical::physical_of(&picked.base)?;
     Ok(Chosen {
-        base,
-        target,
+        base: picked.base,
+        target: picked.target,
+        point: picked.point,
+        wal: picked.wal,
         stores,
         db,
     })
@@ -445,11 +476,16 @@ pub async fn plan(settings: &Settings, chosen: Chosen) -> Result<Planned, Failur
     let Chosen {
         base,
         target,
+        wal,
         stores,
         db,
+        ..
     } = chosen;
     let identities = settings.identities()?;
-    let plan = physical::plan_wal(&stores[0], &db, &base, &target, Some(&identities)).await?;
+    let plan = match wal {
+        Some(plan) => plan, // checked while choosing the base
+        None => physical::plan_wal(&stores[0], &db, &base, &target, Some(&identities)).await?,
+    };
     if let Some(t) = plan.recovery_timeline {
         tracing::info!(
             "the archive holds timeline {t}, which left the base's timeline {} after the base: recovery follows it",

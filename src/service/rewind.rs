@@ -177,6 +177,7 @@ pub async fn check(
             live.system_identifier
         )));
     }
+    let want_head = chosen.point.as_ref().and_then(|m| m.migration_head.clone());
     let planned = plan(settings, chosen).await?;
     // The restored directory goes beside the live one, which stays: the disk holds both.
     let p = backup::restore::physical::physical_of(&planned.base)?;
@@ -188,9 +189,6 @@ pub async fn check(
             planned.base.id
         ),
     )?;
-    let want_head = super::physical::point(&settings.store().await?, &url.name(), point_id)
-        .await?
-        .and_then(|m| m.migration_head);
     Ok(Checked {
         started,
         planned,
@@ -437,7 +435,9 @@ fn live_config(live: &Path, to: &Path, checked: &Checked) -> Result<Vec<u8>, Str
             .map_err(|e| backup::error::chain(&e))?;
         std::os::unix::fs::lchown(&dest, Some(checked.user.uid), Some(checked.gid))
             .map_err(|e| format!("giving {} to its owner: {e}", dest.display()))?;
-        let _ = std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(meta.mode()));
+        // The mode exactly, whatever the umask took from it at creation.
+        let _ =
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(meta.mode() & 0o7777));
         if name == "postgresql.auto.conf" {
             auto = bytes;
         }
