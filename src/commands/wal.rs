@@ -109,26 +109,22 @@ pub async fn fetch(global: &GlobalArgs, args: &WalFetchArgs) -> Result<Report, F
     // The primary's answer, unless it has no copy or no answer: then each mirror's, in turn.
     // A file no store has is absent (exit 1) only when the primary said so; when the primary
     // failed, recovery stops (126) rather than end on a mirror's word.
+    // The first mirror that has the file, in order.
+    let from_mirrors = || async {
+        for url in &settings.store_mirrors {
+            if let Ok(f @ backup::wal::Fetched::Restored { .. }) =
+                fetch_from(&settings, url, &database, args, &identities).await
+            {
+                tracing::warn!("{} fetched from mirror {url}", args.name);
+                return Some(f);
+            }
+        }
+        None
+    };
     let fetched = match primary {
         Ok(f @ backup::wal::Fetched::Restored { .. }) => f,
-        Ok(absent) => {
-            let mut found = None;
-            for url in &settings.store_mirrors {
-                if let Ok(f @ backup::wal::Fetched::Restored { .. }) =
-                    fetch_from(&settings, url, &database, args, &identities).await
-                {
-                    tracing::warn!(
-                        "{} is not in the primary store; fetched from mirror {url}",
-                        args.name
-                    );
-                    found = Some(f);
-                    break;
-                }
-            }
-            found.unwrap_or(absent)
-        }
+        Ok(absent) => from_mirrors().await.unwrap_or(absent),
         Err(e) => {
-            let mut found = None;
             if !settings.store_mirrors.is_empty() {
                 tracing::warn!(
                     "fetching {} from the primary store failed ({}); trying the mirrors",
@@ -136,15 +132,7 @@ pub async fn fetch(global: &GlobalArgs, args: &WalFetchArgs) -> Result<Report, F
                     backup::error::chain(&e)
                 );
             }
-            for url in &settings.store_mirrors {
-                if let Ok(f @ backup::wal::Fetched::Restored { .. }) =
-                    fetch_from(&settings, url, &database, args, &identities).await
-                {
-                    found = Some(f);
-                    break;
-                }
-            }
-            match found {
+            match from_mirrors().await {
                 Some(f) => f,
                 None => return Err(unavailable(e.into())),
             }
