@@ -19,11 +19,12 @@ pub async fn record_and_trim(settings: &Settings, url: &DatabaseUrl, name: &str,
             return;
         }
     };
-    // A SQLite copy by its absolute path, so that a run from another directory finds it.
+    // A SQLite copy by its absolute path, so that a run from another directory finds it (its
+    // directory's: a copy of a missing database's side files has no file of its own).
     let name = match url {
-        DatabaseUrl::Sqlite(_) => std::fs::canonicalize(name)
+        DatabaseUrl::Sqlite(_) => absolute(std::path::Path::new(name))
             .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| name.to_string()),
+            .unwrap_or_else(|| name.to_string()),
         DatabaseUrl::Postgres(_) => name.to_string(),
     };
     copies.push(ReplacedCopy {
@@ -58,6 +59,15 @@ pub async fn record_and_trim(settings: &Settings, url: &DatabaseUrl, name: &str,
     }
 }
 
+/// `p` with its directory made absolute and its links resolved (the file itself need not exist).
+fn absolute(p: &std::path::Path) -> Option<std::path::PathBuf> {
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
+}
+
 fn engine(url: &DatabaseUrl) -> &'static str {
     match url {
         DatabaseUrl::Sqlite(_) => "sqlite",
@@ -65,7 +75,7 @@ fn engine(url: &DatabaseUrl) -> &'static str {
     }
 }
 
-/// Removes one recorded copy by its exact name (a SQLite file with the `-wal`/`-shm` dbward
+/// Removes one recorded copy by its exact name (a SQLite file with the side files dbward
 /// moved aside with it; a PostgreSQL database nobody is connected to).
 async fn remove(url: &DatabaseUrl, c: &ReplacedCopy) -> Result<(), String> {
     if c.engine != engine(url) {
@@ -73,7 +83,7 @@ async fn remove(url: &DatabaseUrl, c: &ReplacedCopy) -> Result<(), String> {
     }
     match url {
         DatabaseUrl::Sqlite(_) => {
-            for suffix in ["-wal", "-shm", ""] {
+            for suffix in dbconn::sqlite::SIDE_FILES.iter().chain([&""]) {
                 let p = format!("{}{suffix}", c.name);
                 match std::fs::remove_file(&p) {
                     Ok(()) => {}
@@ -104,7 +114,16 @@ pub async fn list(settings: &Settings, url: &DatabaseUrl) -> Vec<(ReplacedCopy, 
     let mut out = Vec::new();
     for c in copies {
         let size = match url {
-            DatabaseUrl::Sqlite(_) => std::fs::metadata(&c.name).ok().map(|m| m.len()),
+            DatabaseUrl::Sqlite(_) => {
+                let path = std::path::Path::new(&c.name);
+                let sizes: Vec<u64> = dbconn::sqlite::SIDE_FILES
+                    .iter()
+                    .map(|s| dbconn::sqlite::suffixed(path, s))
+                    .chain([path.to_path_buf()])
+                    .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
+                    .collect();
+                (!sizes.is_empty()).then(|| sizes.iter().sum())
+            }
             DatabaseUrl::Postgres(pg) => {
                 let mut admin = (**pg).clone();
                 admin.config.dbname("postgres");

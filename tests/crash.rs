@@ -217,6 +217,8 @@ fn sqlite_command(point: &str) -> Option<Vec<&'static str>> {
         p if p.starts_with("restore-pg-") => return None,
         // The guard's rewind of a PostgreSQL cluster: tests/rewind.rs drives its points.
         p if p.starts_with("rewind-") => return None,
+        // Met only when the database is missing: driven by its own test below.
+        "restore-sqlite-after-side-files" => return None,
         p if p.starts_with("restore-") => vec!["restore", "latest", "--yes", "--force"],
         "prune-after-manifest-delete" => vec!["prune"],
         "drill-after-restore" => vec!["restore-drill", "latest"],
@@ -435,4 +437,164 @@ fn a_forced_restore_of_a_wal_database_killed_between_its_steps_loses_no_commit()
             "{point}: the live path opens"
         );
     }
+}
+
+/// Runs `cmd` until it stands at failure point `point`, calls `meanwhile`, lets it go on, and
+/// returns its exit code and stderr.
+fn meanwhile_at(mut cmd: Command, point: &str, meanwhile: impl FnOnce()) -> (i32, String) {
+    let marks = tempfile::tempdir().unwrap();
+    cmd.env("DBWARD_FAILPOINTS", format!("{point}=wait"))
+        .env("DBWARD_FAILPOINT_DIR", marks.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marks.path().join(point).exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{point}: the command ended before reaching the point"
+        );
+        assert!(Instant::now() < deadline, "{point}: never reached");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    meanwhile();
+    std::fs::write(marks.path().join(format!("{point}.go")), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Trust round 3, defect 3: `restore latest --if-missing` looked at "missing" before the
+/// download only, so an application that created its database meanwhile had it replaced. Now
+/// the last look is right before the swap, and the swap of a missing database never renames
+/// over a file (RENAME_NOREPLACE): at either point, the application's new database stays as it
+/// is, nothing is kept aside, and the command says nothing was restored.
+#[test]
+fn a_database_created_while_the_snapshot_is_fetched_is_never_restored_over() {
+    for point in [
+        "restore-after-decompress",
+        "restore-sqlite-after-side-files",
+    ] {
+        let app = SqliteApp::new();
+        let db = app.p.path().join("app.db");
+        std::fs::remove_file(&db).unwrap();
+        let _ = std::fs::remove_file(app.p.path().join("app.db-wal"));
+        let _ = std::fs::remove_file(app.p.path().join("app.db-shm"));
+        let (code, err) = meanwhile_at(
+            app.cmd(&["restore", "latest", "--if-missing"]),
+            point,
+            || {
+                sqlite(
+                    &db,
+                    "CREATE TABLE fresh (x); INSERT INTO fresh VALUES ('the app wrote this');",
+                );
+            },
+        );
+        assert_eq!(code, 0, "{point}: {err}");
+        assert!(err.contains("nothing restored"), "{point}: {err}");
+        assert_eq!(
+            sqlite(&db, "SELECT x FROM fresh"),
+            "the app wrote this",
+            "{point}"
+        );
+        assert_eq!(
+            sqlite(
+                &db,
+                "SELECT count(*) FROM sqlite_master WHERE name = 'items'"
+            ),
+            "0",
+            "{point}: the snapshot did not land"
+        );
+        let kept: Vec<_> = std::fs::read_dir(app.p.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("app.db.replaced-2")
+            })
+            .collect();
+        assert!(kept.is_empty(), "{point}: {kept:?}");
+        no_temp_files(app.p.path());
+    }
+}
+
+/// A restore of a missing database beside a stale WAL, killed once the WAL is moved aside and
+/// before the snapshot took the name: the database is still missing (nothing half there), the
+/// stale WAL is kept, and the next run restores.
+#[test]
+fn a_restore_of_a_missing_database_killed_after_its_side_files_moved_is_still_missing() {
+    for action in [Action::Error, Action::Kill, Action::Term] {
+        let app = SqliteApp::new();
+        let db = app.p.path().join("app.db");
+        std::fs::remove_file(&db).unwrap();
+        let wal = app.p.path().join("app.db-wal");
+        std::fs::write(&wal, "a WAL left by the lost database").unwrap();
+        provoke(
+            app.cmd(&["restore", "latest", "--yes"]),
+            "restore-sqlite-after-side-files",
+            action,
+        );
+        let at = format!("{action:?}");
+        // A stop request waits for the next await, which comes after the swap: then the
+        // restore is whole.
+        if action == Action::Term && db.exists() {
+            assert_eq!(sqlite(&db, "SELECT count(*) FROM items"), "100", "{at}");
+        }
+        assert!(action == Action::Term || !db.exists(), "{at}");
+        assert!(!wal.exists(), "{at}");
+        let kept: Vec<_> = std::fs::read_dir(app.p.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with("-wal"))
+            .collect();
+        assert_eq!(kept.len(), 1, "{at}: {kept:?}");
+        assert_eq!(
+            std::fs::read_to_string(&kept[0]).unwrap(),
+            "a WAL left by the lost database"
+        );
+        let (code, _, err) = run(&mut app.cmd(&["restore", "latest", "--yes"]));
+        assert_eq!(code, 0, "{at}: {err}");
+        assert_eq!(sqlite(&db, "SELECT count(*) FROM items"), "100", "{at}");
+        app.clean(&at);
+    }
+}
+
+/// The same on PostgreSQL: the database created (with a table) while pg_restore ran is left as
+/// it is, and the restore's own database is dropped.
+#[test]
+fn a_postgres_database_created_while_the_snapshot_is_restored_is_never_restored_over() {
+    let pg = Pg::start();
+    let p = Project::new();
+    let url = pg_app(&pg, &p);
+    pg.psql("postgres", "DROP DATABASE shop WITH (FORCE)");
+    let (code, err) = meanwhile_at(
+        {
+            let mut c = p.dbward(&url);
+            c.args(["restore", "latest", "--if-missing"]);
+            c
+        },
+        "restore-pg-after-pg-restore",
+        || {
+            pg.psql("postgres", "CREATE DATABASE shop");
+            pg.psql(
+                "shop",
+                "CREATE TABLE fresh (x text); INSERT INTO fresh VALUES ('the app wrote this')",
+            );
+        },
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("nothing restored"), "{err}");
+    assert_eq!(pg.psql("shop", "SELECT x FROM fresh"), "the app wrote this");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT string_agg(datname, ' ') FROM pg_database WHERE datname LIKE 'shop_%'"
+        ),
+        "",
+        "no restore or replaced database left"
+    );
 }

@@ -91,6 +91,7 @@ impl Error {
                 ErrorKind::Refused
             }
             Error::Database(e) if e.kind() == dbconn::ErrorKind::Usage => ErrorKind::Usage,
+            Error::Database(e) if e.kind() == dbconn::ErrorKind::Refused => ErrorKind::Refused,
             _ => ErrorKind::Failed,
         }
     }

@@ -188,6 +188,9 @@ pub fn formats_of(url: &DatabaseUrl) -> &'static [Format] {
 pub async fn is_missing(url: &DatabaseUrl) -> Result<bool, Error> {
     match url {
         DatabaseUrl::Sqlite(path) => {
+            // A symbolic link to nothing (a volume not mounted) is not a missing database:
+            // refused, so nothing is restored or created in the link's place.
+            let path = &dbconn::sqlite::real_path(path)?;
             if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
                 return Ok(true);
             }

@@ -39,13 +39,18 @@ pub enum Error {
 
     #[error("{context}: {message}")]
     Database { context: String, message: String },
+
+    /// A database path in a state nothing may be done with: a symbolic link to nothing, side
+    /// files of a database that is gone.
+    #[error("{what}: {problem}")]
+    Refused { what: String, problem: String },
 }
 
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Url { .. } => ErrorKind::Usage,
-            Error::Pooled { .. } => ErrorKind::Refused,
+            Error::Pooled { .. } | Error::Refused { .. } => ErrorKind::Refused,
             Error::LockTimeout { .. } => ErrorKind::LockTimeout,
             Error::Open { .. } | Error::Database { .. } => ErrorKind::Failed,
         }

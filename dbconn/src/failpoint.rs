@@ -20,6 +20,7 @@ pub const ALL: &[&str] = &[
     "restore-after-decompress",
     "restore-sqlite-after-link",
     "restore-sqlite-after-wal-moved",
+    "restore-sqlite-after-side-files",
     "restore-sqlite-after-swap",
     "restore-pg-after-create",
     "restore-pg-after-pg-restore",

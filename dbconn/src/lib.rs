@@ -2,11 +2,12 @@
 //! ([`url`]: parsed, and shown without secrets), connections ([`postgres`] with libpq's TLS
 //! modes from [`tls`]; [`sqlite`]'s lock file), the history and identity tables' readers
 //! ([`history`], [`identity`]), SQL quoting ([`sql`]), and the process-wide markers of a run
-//! ([`committed`], [`failpoint`]). It applies nothing and knows no snapshot.
+//! ([`committed`], [`failpoint`]), and the rename that never replaces ([`fs`]). It applies nothing and knows no snapshot.
 
 pub mod committed;
 pub mod error;
 pub mod failpoint;
+pub mod fs;
 pub mod history;
 pub mod identity;
 pub mod postgres;

@@ -11,6 +11,7 @@ use std::time::Instant;
 use backup::manifest::Format;
 use backup::restore::physical::{self, Target};
 use backup::restore::server::{self, OsUser, Server};
+use dbconn::fs::rename_new;
 use migrator::DatabaseUrl;
 use time::OffsetDateTime;
 
@@ -375,29 +376,6 @@ impl NewDir {
 
     pub(crate) fn keep(mut self) -> PathBuf {
         self.path.take().expect("kept once")
-    }
-}
-
-/// `rename(from, to)` where `to` must not exist (`renameat2(RENAME_NOREPLACE)`): nothing is
-/// ever renamed over.
-pub(crate) fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let from = std::ffi::CString::new(from.as_os_str().as_bytes()).expect("paths hold no NUL");
-    let to = std::ffi::CString::new(to.as_os_str().as_bytes()).expect("paths hold no NUL");
-    // SAFETY: two NUL-terminated paths, relative to the working directory when not absolute.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 

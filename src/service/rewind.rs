@@ -23,9 +23,10 @@ use backup::restore::server::{self, OsUser};
 use migrator::database::Open;
 use migrator::{Database, DatabaseUrl};
 
-use super::physical::{choose, fill, plan, rename_new, NewDir, Which};
+use super::physical::{choose, fill, plan, NewDir, Which};
 use crate::report::{Exit, Failure};
 use crate::settings::{PitrServer, Settings};
+use dbconn::fs::rename_new;
 
 /// How long the rewound cluster may take to recover and promote, and the old one to start again.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(3600);

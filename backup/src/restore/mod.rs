@@ -48,8 +48,11 @@ pub enum Strategy {
 /// Where the database a restore replaced is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replaced {
-    /// SQLite: `<file>.replaced-<ts>`, with its WAL beside it.
+    /// SQLite: `<file>.replaced-<ts>`, with its WAL, shared memory and journal beside it.
     File(PathBuf),
+    /// SQLite, a database that was missing: only the side files a lost database left
+    /// (`<file>.replaced-<ts>-wal`, `-shm`, `-journal`), never applied to the restored one.
+    SideFiles(PathBuf),
     /// PostgreSQL: `<db>_replaced_<ts>_<tag>`.
     Database(String),
     /// An in-place restore: the snapshot taken of the state before.
@@ -60,7 +63,7 @@ impl Replaced {
     /// A copy on this machine that restores keep a bounded number of (not a snapshot).
     pub fn kept_copy(&self) -> Option<String> {
         match self {
-            Replaced::File(p) => Some(p.display().to_string()),
+            Replaced::File(p) | Replaced::SideFiles(p) => Some(p.display().to_string()),
             Replaced::Database(d) => Some(d.clone()),
             Replaced::Snapshot(_) => None,
         }
@@ -71,6 +74,11 @@ impl std::fmt::Display for Replaced {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Replaced::File(p) => write!(f, "{}", p.display()),
+            Replaced::SideFiles(p) => write!(
+                f,
+                "{}-* (the side files of a database that was missing)",
+                p.display()
+            ),
             Replaced::Database(d) => f.write_str(d),
             Replaced::Snapshot(id) => write!(f, "snapshot {id}"),
         }

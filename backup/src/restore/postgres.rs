@@ -179,14 +179,15 @@ async fn restore_from(
         Some(t) => t.clone(),
         None => derived_name(&live, "restore"),
     };
-    let row = c
-        .query_opt(
+    let live_row = || async {
+        c.query_opt(
             "SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
             &[&live],
         )
         .await
-        .map_err(q("reading the database owner"))?;
-    let (owner, live_comment): (Option<String>, Option<String>) = match &row {
+        .map_err(q("reading the database owner"))
+    };
+    let (owner, _): (Option<String>, Option<String>) = match &live_row().await? {
         Some(r) => (r.get(0), r.get(1)),
         None => (None, None),
     };
@@ -276,6 +277,19 @@ async fn restore_from(
             copy: 0,
         }));
     }
+
+    // The application may have created the database, or its tables, while the snapshot was
+    // restored: the last look at "missing" is right before the swap, and what the swap renames
+    // aside is read again.
+    if opts.if_missing
+        && !crate::owner::is_missing(&dbconn::DatabaseUrl::Postgres(Box::new(url.clone()))).await?
+    {
+        drop_target().await;
+        tracing::info!("{live} appeared while the snapshot was restored: nothing restored");
+        return Ok(None);
+    }
+    let row = live_row().await?;
+    let live_comment: Option<String> = row.as_ref().and_then(|r| r.get(1));
 
     // The swap. Without --terminate-connections, open sessions refuse it.
     let sessions = lasting_sessions(c, &live).await?;

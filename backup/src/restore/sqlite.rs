@@ -33,61 +33,49 @@ pub struct Options {
 
 /// Restores snapshot `m` (fetched from the first of `stores` whose copy verifies) as the
 /// database `live`, or into `opts.to`. `Ok(None)`: with [`Options::if_missing`], the database
-/// existed once the lock was held, and nothing was restored.
+/// existed once the lock was held, or appeared while the snapshot was fetched, and nothing was
+/// restored.
+///
+/// `live` may be a symbolic link: the file it resolves to is restored, in its own directory
+/// (lock, temp and replaced copies beside it), and the link stays; a link to nothing is
+/// refused (see `dbconn::sqlite::real_path`).
 pub async fn restore(
     live: &Path,
     stores: &[&Store],
     m: &Manifest,
     opts: &Options,
 ) -> Result<Option<Outcome>, Error> {
-    let target = opts.to.clone().unwrap_or_else(|| live.to_path_buf());
+    let real = dbconn::sqlite::real_path(live)?;
+    let target = opts.to.clone().unwrap_or_else(|| real.clone());
     let dir = dir_of(&target);
     if let Some(to) = &opts.to {
-        let shown = to.to_string_lossy();
-        let problem = if shown.contains("://") || shown.starts_with("postgres") {
-            Some("a SQLite snapshot restores into a file path".to_string())
-        } else if !dir.is_dir() {
-            Some(format!(
-                "the directory {} does not exist (dbward creates no directories for a restore)",
-                dir.display()
-            ))
-        } else if to.exists() {
-            Some("the file exists; restore into a new path".to_string())
-        } else {
-            None
-        };
-        if let Some(problem) = problem {
-            return Err(Error::Target {
-                target: to.display().to_string(),
-                problem,
-            });
-        }
+        check_new_target(to, &dir)?;
     }
     // The migration lock: no `migrate` (or other restore) runs meanwhile. On a blocking
     // thread, so a stop request is seen while it waits.
-    let lock_path = live.to_path_buf();
+    let lock_path = real.clone();
     let wait = opts.lock_wait;
     let _lock = tokio::task::spawn_blocking(move || dbconn::sqlite::lock_file(&lock_path, wait))
         .await
         .map_err(|e| Error::Restore(format!("waiting for the migration lock: {e}")))??;
-    let url = dbconn::DatabaseUrl::Sqlite(live.to_path_buf());
+    let url = dbconn::DatabaseUrl::Sqlite(real.clone());
     if opts.if_missing && !crate::owner::is_missing(&url).await? {
         tracing::info!("{} appeared meanwhile: nothing restored", live.display());
         return Ok(None);
     }
     if opts.to.is_none() {
-        let holders = holders(live);
+        let holders = holders(&real);
         if !holders.is_empty() && !opts.force {
             return Err(Error::Refused(format!(
                 "{} is open in {}; stop the application first, or pass --force (it keeps writing to the file moved aside). Nothing was replaced.",
-                live.display(),
+                real.display(),
                 holders.join(", ")
             )));
         }
         if !holders.is_empty() {
             tracing::warn!(
                 "{} is still open in {}: --force swaps the file under them; they keep reading and writing the replaced file (kept aside), where their writes are not seen: restart them",
-                live.display(),
+                real.display(),
                 holders.join(", ")
             );
         }
@@ -98,6 +86,14 @@ pub async fn restore(
     check_durable(&restored, m)?;
     let (replaced, strategy) = if opts.to.is_some() {
         adopt_ownership(&restored, None)?;
+        // Side files that appeared beside the target while the snapshot was fetched would be
+        // applied to it: looked at once more, right before it gets its name.
+        if let Some(problem) = side_files_problem(&target) {
+            return Err(Error::Target {
+                target: target.display().to_string(),
+                problem,
+            });
+        }
         // Linked, not renamed: a file that appeared at the target since it was checked is
         // never overwritten (a link fails where a name exists; a rename replaces it).
         match std::fs::hard_link(&restored, &target) {
@@ -117,17 +113,84 @@ pub async fn restore(
         sync_dir(&dir)?;
         (None, Strategy::New)
     } else {
-        let kept = swap_in(live, restored, opts.force)?;
-        (Some(Replaced::File(kept)), Strategy::FileSwap)
+        // The application may have created the database while the snapshot was fetched: the
+        // last look at "missing" is right before the swap, which itself never renames over a
+        // file that appears after it (see `swap_in`).
+        if opts.if_missing && !crate::owner::is_missing(&url).await? {
+            tracing::info!(
+                "{} appeared while the snapshot was fetched: nothing restored",
+                live.display()
+            );
+            return Ok(None);
+        }
+        match swap_in(&real, restored)? {
+            Swapped::In(kept) => (kept, Strategy::FileSwap),
+            Swapped::Appeared if opts.if_missing => {
+                tracing::info!(
+                    "{} appeared while the snapshot was restored: nothing restored",
+                    live.display()
+                );
+                return Ok(None);
+            }
+            Swapped::Appeared => {
+                return Err(Error::Restore(format!(
+                    "{} appeared while the snapshot was restored (the application created it?); it was left as it is",
+                    real.display()
+                )))
+            }
+        }
+    };
+    let database = if opts.to.is_none() && real != live {
+        format!("{} (through the link {})", real.display(), live.display())
+    } else {
+        target.display().to_string()
     };
     Ok(Some(Outcome {
-        database: target.display().to_string(),
+        database,
         replaced,
         terminated: Vec::new(),
         strategy,
         strategy_reason: None,
         copy,
     }))
+}
+
+/// A `--to` path takes only a new file: nothing at its name (not even a link), its directory
+/// there, and no WAL, shared-memory file or journal beside it that SQLite would apply to it.
+fn check_new_target(to: &Path, dir: &Path) -> Result<(), Error> {
+    let shown = to.to_string_lossy();
+    let problem = if shown.contains("://") || shown.starts_with("postgres") {
+        "a SQLite snapshot restores into a file path".to_string()
+    } else if !dir.is_dir() {
+        format!(
+            "the directory {} does not exist (dbward creates no directories for a restore)",
+            dir.display()
+        )
+    } else if to.symlink_metadata().is_ok() {
+        "the file exists; restore into a new path".to_string()
+    } else if let Some(problem) = side_files_problem(to) {
+        problem
+    } else {
+        return Ok(());
+    };
+    Err(Error::Target {
+        target: to.display().to_string(),
+        problem,
+    })
+}
+
+/// Side files beside a new path, which SQLite would apply to the file put there.
+fn side_files_problem(to: &Path) -> Option<String> {
+    let side = dbconn::sqlite::side_files(to);
+    (!side.is_empty()).then(|| {
+        format!(
+            "{} exists beside it, and SQLite would apply it to the restored file; restore into another path (or move it away)",
+            side.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )
+    })
 }
 
 /// The prefix of the restored file while it is checked, in the run directory beside the
@@ -300,12 +363,32 @@ fn proc_holders(db: &Path) -> Vec<String> {
     out
 }
 
-/// Swaps `restored` (a checked file in the database's directory) in at `db`. Returns where the
-/// replaced database was kept. `force`: another process may still have it open; it keeps
-/// writing to the file moved aside, so nothing it writes is lost.
-pub fn swap_in(db: &Path, restored: ScratchPath, force: bool) -> Result<PathBuf, Error> {
+/// What [`swap_in`] did.
+pub enum Swapped {
+    /// The restored file is in place; what it replaced is kept there (none for a database
+    /// that was missing and had nothing beside it).
+    In(Option<Replaced>),
+    /// The database was missing, and a file appeared at its name while the swap ran: nothing
+    /// was replaced (stale side files moved aside stay there).
+    Appeared,
+}
+
+/// Swaps `restored` (a checked file in the database's directory) in at `db` (a real file's
+/// path, see `dbconn::sqlite::real_path`). A process that still has the database open (a
+/// forced restore) keeps writing to the file moved aside, so nothing it writes is lost.
+///
+/// The replaced database is kept exactly as it was, with its side files under names SQLite
+/// pairs with the kept file: nothing is checkpointed or rolled back into it first (a
+/// checkpoint of a file that lost its contents would drop the WAL it was given).
+///
+/// Every side file SQLite would apply to the restored file (`-wal`, `-shm`, `-journal`) goes
+/// aside under the kept copy's name, also when the database itself is missing (a stale WAL of a
+/// lost file would otherwise be replayed into the snapshot). With the database missing, the
+/// restored file takes its name only if nothing appeared there meanwhile
+/// (`RENAME_NOREPLACE`).
+pub fn swap_in(db: &Path, restored: ScratchPath) -> Result<Swapped, Error> {
+    use dbconn::sqlite::{side_files, suffixed, SIDE_FILES};
     let dir = dir_of(db);
-    let suffixed = |p: &Path, s: &str| PathBuf::from(format!("{}{s}", p.display()));
     // A name nothing uses yet, also when two restores happen in the same second.
     let base = format!("{}.replaced-{}", db.display(), super::stamp());
     let kept = (0..)
@@ -316,50 +399,92 @@ pub fn swap_in(db: &Path, restored: ScratchPath, force: bool) -> Result<PathBuf,
                 format!("{base}-{n}")
             })
         })
-        .find(|k| !k.exists() && !suffixed(k, "-wal").exists() && !suffixed(k, "-shm").exists())
+        .find(|k| {
+            k.symlink_metadata().is_err()
+                && SIDE_FILES
+                    .iter()
+                    .all(|s| suffixed(k, s).symlink_metadata().is_err())
+        })
         .expect("some suffix is free");
-    adopt_ownership(&restored, db.exists().then_some(db))?;
-    if db.exists() {
-        if !force {
-            // Nobody else has it open: fold the WAL into the main file so one file is the whole
-            // database. The last connection to close removes the WAL.
-            let c = Connection::open(db)
-                .map_err(|e| Error::Restore(format!("opening {}: {e}", db.display())))?;
-            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .map_err(|e| Error::Restore(format!("checkpointing {}: {e}", db.display())))?;
-        }
+    let exists = db.symlink_metadata().is_ok();
+    let mut any_moved = false;
+    adopt_ownership(&restored, exists.then_some(db))?;
+    let move_aside = |from: &Path| -> Result<PathBuf, Error> {
+        let suffix = &from.to_string_lossy()[db.as_os_str().len()..];
+        let to = suffixed(&kept, suffix);
+        dbconn::fs::rename_new(from, &to)
+            .map_err(Error::io(format!("moving {} aside", from.display())))?;
+        Ok(to)
+    };
+    if exists {
         // The order makes every crash point safe. The live file is linked aside first: until
-        // its WAL moves, the live path is still the whole old database. Then the WAL and shared
-        // memory go aside under names SQLite pairs with the kept file (so they are never applied
-        // to the restored one): from here the kept copy is complete with its WAL. Only then is
-        // the restored file renamed over the live path.
+        // its side files move, the live path is still the whole old database. Then the WAL,
+        // shared memory and journal go aside under names SQLite pairs with the kept file (so
+        // they are never applied to the restored one): from here the kept copy is complete
+        // with them. Only then is the restored file renamed over the live path.
         std::fs::hard_link(db, &kept).map_err(Error::io(format!(
             "keeping {} as {}",
             db.display(),
             kept.display()
         )))?;
         dbconn::failpoint::hit("restore-sqlite-after-link").map_err(Error::Restore)?;
-        for s in ["-wal", "-shm"] {
-            let from = suffixed(db, s);
-            if from.exists() {
-                std::fs::rename(&from, suffixed(&kept, s))
-                    .map_err(Error::io(format!("moving {} aside", from.display())))?;
-            }
+        for from in side_files(db) {
+            move_aside(&from)?;
         }
         dbconn::failpoint::hit("restore-sqlite-after-wal-moved").map_err(Error::Restore)?;
+        std::fs::rename(&restored, db).map_err(Error::io(format!(
+            "renaming the restored file to {}",
+            db.display()
+        )))?;
+    } else {
+        // Missing: side files beside it are a lost database's (no connection can have a
+        // database open whose file is gone, and none was seen holding it). They are kept, not
+        // removed: a WAL may hold that database's last commits.
+        let mut moved = Vec::new();
+        for from in side_files(db) {
+            let to = move_aside(&from)?;
+            tracing::warn!(
+                "{} was missing but {} was there (left by a database that is gone; SQLite would have applied it to the restored file): kept as {}",
+                db.display(),
+                from.display(),
+                to.display()
+            );
+            moved.push((from, to));
+        }
+        dbconn::failpoint::hit("restore-sqlite-after-side-files").map_err(Error::Restore)?;
+        match dbconn::fs::rename_new(&restored, db) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Someone's new database: it is left alone. The side files moved aside were
+                // there before it (SQLite creates a database's file before its side files),
+                // so they stay aside, where the warning above says.
+                return Ok(Swapped::Appeared);
+            }
+            Err(e) => {
+                return Err(Error::io(format!(
+                    "renaming the restored file to {}",
+                    db.display()
+                ))(e))
+            }
+        }
+        any_moved = !moved.is_empty();
     }
-    std::fs::rename(&restored, db).map_err(Error::io(format!(
-        "renaming the restored file to {}",
-        db.display()
-    )))?;
     // The rename consumed the temp file; make sure its guard does not try to remove `db`.
     restored.keep();
+    let replaced = if exists {
+        Some(Replaced::File(kept))
+    } else {
+        any_moved.then_some(Replaced::SideFiles(kept))
+    };
     dbconn::committed::mark(format!(
-        "the restored database was swapped in at {} (the replaced one is {})",
+        "the restored database was put in place at {}{}",
         db.display(),
-        kept.display()
+        replaced
+            .as_ref()
+            .map(|r| format!(" (what it replaced is kept as {r})"))
+            .unwrap_or_default()
     ));
     dbconn::failpoint::hit("restore-sqlite-after-swap").map_err(Error::AfterChange)?;
     sync_dir(&dir)?;
-    Ok(kept)
+    Ok(Swapped::In(replaced))
 }

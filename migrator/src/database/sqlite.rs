@@ -20,10 +20,14 @@ pub struct Sqlite {
 }
 
 impl Sqlite {
-    /// Opens an existing database; with `create`, makes the file if it is missing.
+    /// Opens an existing database; with `create`, makes the file if it is missing. A symbolic
+    /// link is followed to its file, and one to nothing is refused; a new file is refused beside
+    /// the WAL or journal of a database that is gone (see `dbconn::sqlite`).
     pub fn open(path: &Path, create: bool) -> Result<Sqlite, Error> {
+        let path = &dbconn::sqlite::real_path(path)?;
         let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if create {
+            dbconn::sqlite::refuse_stale_side_files(path)?;
             flags |= OpenFlags::SQLITE_OPEN_CREATE;
         } else if !path.exists() {
             return Err(dbconn::Error::Open {
