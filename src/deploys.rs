@@ -1,10 +1,12 @@
 //! The deploy log: one entry per `migrate` that applied something (or failed), and per restore
 //! of a deploy by the health guard, with who ran it (user, host), the release and the reason.
-//! Appended to `<state_dir>/deploys-<db>.jsonl` and written beside the snapshots in the store
-//! (`<db>/deploys/<at>-<tag>.json`, never pruned), so it survives the host.
+//! Appended to the database's log in the state dir (`deploys-<db>.<key>.jsonl`, see
+//! [`Scope`]) and written beside the snapshots in the store (`<db>/deploys/<at>-<tag>.json`,
+//! never pruned), so it survives the host and every host reads every other's.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+
+use crate::state::Scope;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,22 +63,21 @@ fn user() -> String {
         })
 }
 
-fn log_path(state_dir: &Path, database: &str) -> PathBuf {
-    state_dir.join(format!("deploys-{database}.jsonl"))
+fn stamp(at: &str) -> String {
+    at.chars().filter(|c| c.is_ascii_alphanumeric()).collect()
 }
 
 fn store_key(database: &str, e: &Entry) -> String {
-    let stamp: String = e.at.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
     let tag = std::process::id() % 0x10000;
-    format!("{database}/deploys/{stamp}-{tag:04x}.json")
+    format!("{database}/deploys/{}-{tag:04x}.json", stamp(&e.at))
 }
 
 /// Appends `e` to the log in the state dir and writes it to the store. Failures are logged, not
 /// fatal: the log records a deploy, it does not decide it.
-pub async fn append(state_dir: &Path, store: Option<&backup::Store>, database: &str, e: &Entry) {
+pub async fn append(scope: &Scope, store: Option<&backup::Store>, e: &Entry) {
     let line = serde_json::to_string(e).expect("serializes");
-    let path = log_path(state_dir, database);
-    let written = backup::scratch::create_private_dir(state_dir).and_then(|()| {
+    let path = scope.log_path();
+    let written = backup::scratch::create_private_dir(scope.dir()).and_then(|()| {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
             .mode(0o600)
@@ -94,7 +95,7 @@ pub async fn append(state_dir: &Path, store: Option<&backup::Store>, database: &
     }
     if let Some(store) = store {
         let json = serde_json::to_vec_pretty(e).expect("serializes");
-        if let Err(err) = store.put_new(&store_key(database, e), &json).await {
+        if let Err(err) = store.put_new(&store_key(scope.name(), e), &json).await {
             tracing::warn!(
                 "could not store the deploy record: {}",
                 backup::error::chain(&err)
@@ -103,27 +104,40 @@ pub async fn append(state_dir: &Path, store: Option<&backup::Store>, database: &
     }
 }
 
-/// The log, newest first: the state dir's, else (a new host) the store's copies.
-pub async fn read(state_dir: &Path, store: &backup::Store, database: &str) -> Vec<Entry> {
-    let mut out: Vec<Entry> = std::fs::read_to_string(log_path(state_dir, database))
+/// The log, newest first: this host's (the state dir) and every other host's (the store's
+/// copies, one object per entry). An entry of the store whose moment this host's log holds is
+/// this host's own and is not read again; a store that cannot be listed leaves this host's log
+/// alone, with a warning.
+pub async fn read(scope: &Scope, store: &backup::Store) -> Vec<Entry> {
+    let mut out: Vec<Entry> = std::fs::read_to_string(scope.log_path())
         .map(|s| {
             s.lines()
                 .filter_map(|l| serde_json::from_str(l).ok())
                 .collect()
         })
         .unwrap_or_default();
-    if out.is_empty() {
-        for obj in store
-            .list(&format!("{database}/deploys"))
-            .await
-            .unwrap_or_default()
-        {
-            if let Ok(bytes) = store.get_bytes(&obj.key).await {
-                if let Ok(e) = serde_json::from_slice(&bytes) {
-                    out.push(e);
+    let local: std::collections::HashSet<String> = out.iter().map(|e| stamp(&e.at)).collect();
+    match store.list(&format!("{}/deploys", scope.name())).await {
+        Ok(objects) => {
+            for obj in objects {
+                let name = obj.key.rsplit('/').next().unwrap_or_default();
+                let at = name.split('-').next().unwrap_or_default();
+                if local.contains(at) {
+                    continue;
+                }
+                match store.get_bytes(&obj.key).await {
+                    Ok(bytes) => match serde_json::from_slice(&bytes) {
+                        Ok(e) => out.push(e),
+                        Err(err) => tracing::warn!("{}: not a deploy record: {err}", obj.key),
+                    },
+                    Err(err) => tracing::warn!("{}", backup::error::chain(&err)),
                 }
             }
         }
+        Err(err) => tracing::warn!(
+            "the deploy records of other hosts could not be listed: {}",
+            backup::error::chain(&err)
+        ),
     }
     // By time, not by text: RFC 3339 drops trailing zeros of the fraction, so `41.5Z` and
     // `41Z` do not sort as text.
@@ -132,4 +146,15 @@ pub async fn read(state_dir: &Path, store: &backup::Store, database: &str) -> Ve
     };
     out.sort_by_key(|e| std::cmp::Reverse(time(e)));
     out
+}
+
+/// The newest deploy that changed the database and took a pre-deploy snapshot, on any host:
+/// what `restore pre-deploy` restores (a later `migrate` that found nothing pending does not
+/// hide it).
+pub async fn last_pre_deploy(scope: &Scope, store: &backup::Store) -> Option<Entry> {
+    read(scope, store).await.into_iter().find(|e| {
+        e.event == "migrate"
+            && e.snapshot.is_some()
+            && (!e.applied.is_empty() || !e.repeatable.is_empty())
+    })
 }

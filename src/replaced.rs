@@ -11,8 +11,8 @@ use crate::state::{self, ReplacedCopy};
 
 /// Records `name` as kept by a restore of `snapshot`, then trims the recorded copies.
 pub async fn record_and_trim(settings: &Settings, url: &DatabaseUrl, name: &str, snapshot: &str) {
-    let db = url.name();
-    let mut copies = match state::read_replaced(&settings.state_dir, &db) {
+    let scope = state::Scope::of(&settings.state_dir, url).await;
+    let mut copies = match scope.read_replaced() {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("not trimming replaced copies: {}", backup::error::chain(&e));
@@ -54,7 +54,7 @@ pub async fn record_and_trim(settings: &Settings, url: &DatabaseUrl, name: &str,
             kept.push(c);
         }
     }
-    if let Err(e) = state::write_replaced(&settings.state_dir, &db, &kept) {
+    if let Err(e) = scope.write_replaced(&kept) {
         tracing::warn!("recording replaced copies: {}", backup::error::chain(&e));
     }
 }
@@ -110,7 +110,10 @@ async fn remove(url: &DatabaseUrl, c: &ReplacedCopy) -> Result<(), String> {
 
 /// The recorded copies that still exist, with their size in bytes, for `status`.
 pub async fn list(settings: &Settings, url: &DatabaseUrl) -> Vec<(ReplacedCopy, Option<u64>)> {
-    let copies = state::read_replaced(&settings.state_dir, &url.name()).unwrap_or_default();
+    let copies = state::Scope::of(&settings.state_dir, url)
+        .await
+        .read_replaced()
+        .unwrap_or_default();
     let mut out = Vec::new();
     for c in copies {
         let size = match url {

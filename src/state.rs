@@ -1,14 +1,282 @@
 //! The local state dir: what the last `migrate` did, for `restore pre-deploy` and the health
-//! guard. One small JSON file per database, written atomically (temp, fsync, rename, fsync dir).
+//! guard, the batch the guard rolled back, the replaced copies restores kept, and the deploy
+//! log. Small JSON files, written atomically (temp, fsync, rename, fsync dir), named per
+//! database by its [`Scope`]: its name and its identity, so two databases of the same name
+//! sharing a state dir (two apps' `app.db` under one `/var/lib/dbward`) never read each other's
+//! records.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use migrator::DatabaseUrl;
+
+/// One database's records in the state dir: `<what>-<name>.<key>.json`, where the key is
+/// `id-<identity>` (the `dbward_identity` every migrated database has, which a restore keeps,
+/// so the records follow the database) or, for a database without one yet, `at-<digest of
+/// where it is>` (the SQLite file's resolved path; the PostgreSQL server and database). A
+/// record carries the identity it was written for and is ignored by any other.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    dir: PathBuf,
+    name: String,
+    key: String,
+    identity: Option<String>,
+}
+
+impl Scope {
+    /// The scope of `url`'s database in `state_dir`. Its identity is read from the database
+    /// (a database that cannot be read is keyed by where it is, with a warning). Records of the
+    /// older naming (`<what>-<name>.json`, by name alone) are moved to this scope's names on
+    /// first use when they prove to be this database's (see [`Scope::adopt_legacy`]).
+    pub async fn of(state_dir: &Path, url: &DatabaseUrl) -> Scope {
+        let identity = match backup::owner::live_identity(url).await {
+            Ok(backup::owner::Live::Present(id)) => id,
+            Ok(backup::owner::Live::Absent) => None,
+            Err(e) => {
+                tracing::warn!(
+                    "could not read the identity of {} ({}); its records in the state dir are looked up by where it is",
+                    url.display(),
+                    backup::error::chain(&e)
+                );
+                None
+            }
+        };
+        let key = match &identity {
+            Some(id) => format!("id-{}", safe(id)),
+            None => format!("at-{}", digest(&location(url))),
+        };
+        let scope = Scope {
+            dir: state_dir.to_path_buf(),
+            name: url.name(),
+            key,
+            identity,
+        };
+        scope.adopt_legacy(url).await;
+        scope
+    }
+
+    /// The database's name (its store folder), as the records' file names show it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The identity the records are written for.
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+
+    fn file(&self, what: &str, ext: &str) -> PathBuf {
+        self.dir
+            .join(format!("{what}-{}.{}.{ext}", self.name, self.key))
+    }
+
+    fn legacy(&self, what: &str, ext: &str) -> PathBuf {
+        self.dir.join(format!("{what}-{}.{ext}", self.name))
+    }
+
+    /// The deploy log's file (see `crate::deploys`).
+    pub fn log_path(&self) -> PathBuf {
+        self.file("deploys", "jsonl")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records named by the database's name alone (dbward before scopes) are this database's
+    /// when the last deploy recorded there names it (the same URL) and its migration head is
+    /// in this database's history (same version, same checksum): then the last deploy, the
+    /// failed batch, the replaced copies and the deploy log move to this scope's names (never
+    /// over a file there). Otherwise they stay where they are, untouched.
+    async fn adopt_legacy(&self, url: &DatabaseUrl) {
+        let old = self.legacy("last-deploy", "json");
+        if !old.exists() || self.file("last-deploy", "json").exists() {
+            return;
+        }
+        let Ok(Some(deploy)) = read_json::<Deploy>(&old) else {
+            return;
+        };
+        if deploy.database != url.display() || !head_applied(url, deploy.head.as_ref()).await {
+            tracing::warn!(
+                "{} is not {}'s (another database of the same name shares this state dir?): left as it is",
+                old.display(),
+                url.display()
+            );
+            return;
+        }
+        for (what, ext) in [
+            ("last-deploy", "json"),
+            ("failed-batch", "json"),
+            ("replaced", "json"),
+            ("deploys", "jsonl"),
+        ] {
+            let (from, to) = (self.legacy(what, ext), self.file(what, ext));
+            if !from.exists() {
+                continue;
+            }
+            match dbconn::fs::rename_new(&from, &to) {
+                Ok(()) => tracing::info!(
+                    "moved {} to {} (state records are kept per database identity now)",
+                    from.display(),
+                    to.display()
+                ),
+                Err(e) => tracing::warn!("could not move {}: {e}", from.display()),
+            }
+        }
+    }
+
+    pub fn read(&self) -> Result<Option<Deploy>, StateError> {
+        let p = self.file("last-deploy", "json");
+        Ok(read_json::<Deploy>(&p)?.filter(|d| self.mine(&d.database_id, &p)))
+    }
+
+    pub fn write(&self, deploy: &Deploy) -> Result<(), StateError> {
+        let mut deploy = deploy.clone();
+        deploy.database_id = self.identity.clone();
+        write_json(&self.dir, &self.file("last-deploy", "json"), &deploy)
+    }
+
+    pub fn read_failed(&self) -> Result<Option<FailedBatch>, StateError> {
+        let p = self.file("failed-batch", "json");
+        Ok(read_json::<FailedBatch>(&p)?.filter(|f| self.mine(&f.database_id, &p)))
+    }
+
+    pub fn write_failed(&self, f: &FailedBatch) -> Result<(), StateError> {
+        let mut f = f.clone();
+        f.database_id = self.identity.clone();
+        write_json(&self.dir, &self.file("failed-batch", "json"), &f)
+    }
+
+    /// Forgets the failed batch (a batch was applied since, or `--retry-failed` succeeded).
+    pub fn clear_failed(&self) -> Result<(), StateError> {
+        let p = self.file("failed-batch", "json");
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StateError::io("removing the", &p)(e)),
+        }
+    }
+
+    pub fn read_replaced(&self) -> Result<Vec<ReplacedCopy>, StateError> {
+        Ok(read_json(&self.file("replaced", "json"))?.unwrap_or_default())
+    }
+
+    pub fn write_replaced(&self, copies: &[ReplacedCopy]) -> Result<(), StateError> {
+        write_json(&self.dir, &self.file("replaced", "json"), &copies)
+    }
+
+    /// A record written for another identity is not this database's: ignored, said once.
+    fn mine(&self, written_for: &Option<String>, p: &Path) -> bool {
+        match (written_for, &self.identity) {
+            (Some(theirs), Some(ours)) if theirs != ours => {
+                tracing::warn!(
+                    "ignoring {}: it was written for the database with identity {theirs}, not this one ({ours})",
+                    p.display()
+                );
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// The failed batch from the state dir, else from the store (a new host, a fresh state
+    /// volume).
+    pub async fn find_failed(
+        &self,
+        store: &backup::Store,
+    ) -> Result<Option<FailedBatch>, StateError> {
+        if let Some(f) = self.read_failed()? {
+            return Ok(Some(f));
+        }
+        let key = failed_key(&self.name);
+        match store.get_bytes(&key).await {
+            Ok(bytes) => serde_json::from_slice::<FailedBatch>(&bytes)
+                .map(|f| {
+                    f.database_id
+                        .clone()
+                        .is_none_or(|id| Some(id) == self.identity)
+                        .then_some(f)
+                })
+                .map_err(|source| StateError::Parse {
+                    where_: store.describe(&key),
+                    source,
+                }),
+            Err(backup::Error::Missing(_)) => Ok(None),
+            Err(e) => {
+                // The state dir is the first record; a store that cannot answer now must not
+                // stop a deploy that needs no snapshot.
+                tracing::warn!(
+                    "could not read the failed-batch record from the store: {}",
+                    backup::error::chain(&e)
+                );
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// An identity as a file-name part: hex digits and dashes only (it is dbward's own random hex;
+/// anything else is digested).
+fn safe(id: &str) -> String {
+    if !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        id.to_string()
+    } else {
+        digest(id)
+    }
+}
+
+fn digest(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where a database is: a SQLite file's resolved path (its directory made absolute and its
+/// links followed), a PostgreSQL server's hosts, port and database.
+fn location(url: &DatabaseUrl) -> String {
+    match url {
+        DatabaseUrl::Sqlite(p) => {
+            let real = dbconn::sqlite::real_path(p).unwrap_or_else(|_| p.clone());
+            let dir = match real.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+            format!(
+                "sqlite:{}",
+                dir.join(real.file_name().unwrap_or_default()).display()
+            )
+        }
+        DatabaseUrl::Postgres(pg) => format!("postgres:{}", pg.location()),
+    }
+}
+
+/// Whether `head` (a recorded migration head) is in the database's history, same checksum.
+async fn head_applied(url: &DatabaseUrl, head: Option<&Head>) -> bool {
+    let Some(head) = head else {
+        return true;
+    };
+    let Ok(mut db) = migrator::Database::open(url, migrator::database::Open::Existing).await else {
+        return false;
+    };
+    db.applied().await.is_ok_and(|applied| {
+        applied
+            .iter()
+            .any(|a| a.version == head.version && a.checksum.to_string() == head.checksum)
+    })
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Deploy {
     /// The database, as shown in messages (password redacted).
     pub database: String,
+    /// The identity of the database this was recorded for (see [`Scope`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_id: Option<String>,
     /// RFC 3339, UTC.
     pub at: String,
     pub pre_deploy_snapshot: Option<String>,
@@ -50,10 +318,6 @@ impl Deploy {
 
 pub use migrator::Head;
 
-fn path(state_dir: &Path, database: &str) -> PathBuf {
-    state_dir.join(format!("last-deploy-{database}.json"))
-}
-
 /// A state file that cannot be read, parsed, written or removed.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -85,10 +349,6 @@ impl StateError {
     }
 }
 
-pub fn read(state_dir: &Path, database: &str) -> Result<Option<Deploy>, StateError> {
-    read_json(&path(state_dir, database))
-}
-
 /// A state file, `None` when it does not exist.
 fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, StateError> {
     match std::fs::read(p) {
@@ -103,10 +363,6 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<Option<T>, Stat
     }
 }
 
-pub fn write(state_dir: &Path, database: &str, deploy: &Deploy) -> Result<(), StateError> {
-    write_json(state_dir, &path(state_dir, database), deploy)
-}
-
 /// Temp name, fsync, rename, fsync of the directory.
 fn write_json(state_dir: &Path, p: &Path, value: &impl Serialize) -> Result<(), StateError> {
     backup::scratch::create_private_dir(state_dir).map_err(StateError::io("writing the", p))?;
@@ -115,8 +371,9 @@ fn write_json(state_dir: &Path, p: &Path, value: &impl Serialize) -> Result<(), 
     backup::scratch::write_atomic(p, &bytes, 0o600).map_err(StateError::io("writing the", p))
 }
 
-/// A batch the health guard rolled back: `migrate` refuses to apply the same batch again (a
-/// restart loop of a broken release stops at `ExecStartPre`), unless `--retry-failed`.
+/// A batch the health guard rolled back (or began to): `migrate` refuses to apply the same
+/// batch again (a restart loop of a broken release stops at `ExecStartPre`), unless
+/// `--retry-failed`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailedBatch {
     /// RFC 3339, UTC: when the guard restored.
@@ -127,6 +384,16 @@ pub struct FailedBatch {
     pub snapshot: String,
     /// The migrations of the batch, as applied.
     pub batch: Vec<BatchFile>,
+    /// The identity of the database this was recorded for (see [`Scope`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_id: Option<String>,
+    /// `None`: the guard undid the batch (restored the snapshot, or rewound the cluster).
+    /// `Some`: the undo did not finish (it failed with this error, or the guard was killed
+    /// while undoing): the batch is still applied; `migrate` refuses until it is undone (the
+    /// next guard retries) or accepted (`--retry-failed`). Written before the undo starts, and
+    /// cleared only once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo_failed: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,28 +426,6 @@ impl BatchFile {
     }
 }
 
-fn failed_path(state_dir: &Path, database: &str) -> PathBuf {
-    state_dir.join(format!("failed-batch-{database}.json"))
-}
-
-pub fn read_failed(state_dir: &Path, database: &str) -> Result<Option<FailedBatch>, StateError> {
-    read_json(&failed_path(state_dir, database))
-}
-
-pub fn write_failed(state_dir: &Path, database: &str, f: &FailedBatch) -> Result<(), StateError> {
-    write_json(state_dir, &failed_path(state_dir, database), f)
-}
-
-/// Forgets the failed batch (a batch was applied since, or `--retry-failed` succeeded).
-pub fn clear_failed(state_dir: &Path, database: &str) -> Result<(), StateError> {
-    let p = failed_path(state_dir, database);
-    match std::fs::remove_file(&p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StateError::io("removing the", &p)(e)),
-    }
-}
-
 /// A replaced database that a restore kept aside, recorded by its exact name: the only copies
 /// `restore.keep_replaced` may ever remove.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -195,54 +440,9 @@ pub struct ReplacedCopy {
     pub snapshot: String,
 }
 
-fn replaced_path(state_dir: &Path, database: &str) -> PathBuf {
-    state_dir.join(format!("replaced-{database}.json"))
-}
-
-pub fn read_replaced(state_dir: &Path, database: &str) -> Result<Vec<ReplacedCopy>, StateError> {
-    Ok(read_json(&replaced_path(state_dir, database))?.unwrap_or_default())
-}
-
-pub fn write_replaced(
-    state_dir: &Path,
-    database: &str,
-    copies: &[ReplacedCopy],
-) -> Result<(), StateError> {
-    write_json(state_dir, &replaced_path(state_dir, database), &copies)
-}
-
 /// The failed batch's copy in the store, beside the database's snapshots: a container that
 /// starts on a fresh state volume still knows the batch was rolled back. A name prune never
 /// deletes (it is not a snapshot's).
 pub fn failed_key(database: &str) -> String {
     format!("{database}/.failed-batch.json")
-}
-
-/// The failed batch from the state dir, else from the store.
-pub async fn find_failed(
-    state_dir: &Path,
-    store: &backup::Store,
-    database: &str,
-) -> Result<Option<FailedBatch>, StateError> {
-    if let Some(f) = read_failed(state_dir, database)? {
-        return Ok(Some(f));
-    }
-    match store.get_bytes(&failed_key(database)).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StateError::Parse {
-                where_: store.describe(&failed_key(database)),
-                source,
-            }),
-        Err(backup::Error::Missing(_)) => Ok(None),
-        Err(e) => {
-            // The state dir is the first record; a store that cannot answer now must not stop
-            // a deploy that needs no snapshot.
-            tracing::warn!(
-                "could not read the failed-batch record from the store: {}",
-                backup::error::chain(&e)
-            );
-            Ok(None)
-        }
-    }
 }

@@ -598,3 +598,49 @@ fn a_postgres_database_created_while_the_snapshot_is_restored_is_never_restored_
         "no restore or replaced database left"
     );
 }
+
+/// Trust round 3, defect 4: the guard records the batch as rolled back only once its undo
+/// succeeded. Killed (or stopped) in the middle of the undo, it leaves a record of an undo
+/// that did not finish: `migrate` refuses (and records nothing that would hide the deploy),
+/// and the next guard retries the undo at once, also when the application answers healthy.
+#[test]
+fn a_guard_killed_while_undoing_leaves_an_unfinished_undo_that_the_next_guard_finishes() {
+    for action in [Action::Kill, Action::Error] {
+        let app = SqliteApp::new();
+        let db = app.p.path().join("app.db");
+        assert_eq!(run(&mut app.cmd(&["migrate"])).0, 0);
+        let server = common::Http::status(503);
+        let url = server.url();
+        let guard = |extra: &[&str]| {
+            let mut c = app.cmd(&["health", "--restore-on-failure", "--timeout", "1s", "--url"]);
+            c.arg(&url).args(extra);
+            c
+        };
+        provoke(guard(&[]), "restore-after-decompress", action);
+        let at = format!("{action:?}");
+        assert_eq!(
+            sqlite(&db, "SELECT max(version) FROM refinery_schema_history"),
+            "2",
+            "{at}: the batch is still applied"
+        );
+        let (code, _, err) = run(&mut app.cmd(&["migrate"]));
+        assert_eq!(code, 3, "{at}: {err}");
+        assert!(err.contains("could not undo it"), "{at}: {err}");
+        let healthy = common::Http::status(200);
+        let (code, _, err) = run(&mut app.cmd(&[
+            "health",
+            "--restore-on-failure",
+            "--timeout",
+            "1s",
+            "--url",
+            &healthy.url(),
+        ]));
+        assert_eq!(code, 5, "{at}: {err}");
+        assert_eq!(
+            sqlite(&db, "SELECT max(version) FROM refinery_schema_history"),
+            "1",
+            "{at}"
+        );
+        app.check(&at);
+    }
+}

@@ -336,7 +336,10 @@ fn a_batch_the_guard_rolled_back_is_not_applied_again_by_a_restart() {
     );
 
     // A container on a fresh state volume: the store still knows.
-    std::fs::remove_file(p.path().join(".dbward/failed-batch-app.json")).unwrap();
+    std::fs::remove_file(
+        common::state_file(&p.path().join(".dbward"), "failed-batch", "app").unwrap(),
+    )
+    .unwrap();
     let (code, _, err) = run(p.dbward("sqlite:app.db").arg("migrate"));
     assert_eq!(code, 3, "the record in the store refuses it too: {err}");
 

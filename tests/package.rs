@@ -144,11 +144,11 @@ fn the_debian_package_installs_runs_and_purges_cleanly() {
         .args(["--database", "sqlite:app.db", "migrate"]));
     assert_eq!(code, 0, "{err}");
     assert!(
-        state.join("last-deploy-app.json").is_file(),
+        common::state_file(&state, "last-deploy", "app").is_some(),
         "the deploy record is not in $STATE_DIRECTORY: {:?}",
         std::fs::read_dir(&state).unwrap().collect::<Vec<_>>()
     );
-    assert!(!dir.path().join(".dbward/last-deploy-app.json").exists());
+    assert!(common::state_file(&dir.path().join(".dbward"), "last-deploy", "app").is_none());
 
     // An admin enabled a timer; removing the package disables it again (prerm), so nothing is
     // left to start a binary that is gone.

@@ -595,7 +595,10 @@ fn blue_green_sqlite_with_a_primary_store_and_a_local_mirror_keeping_3() {
     let (mut green, green_log) = slot("green", green_port, "r6", true);
     wait_for_log(&green_log, "checking health", &mut green.0);
     let deploy: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(p.path().join("data/dbward/last-deploy-app.json")).unwrap(),
+        &std::fs::read_to_string(
+            common::state_file(&p.path().join("data/dbward"), "last-deploy", "app").unwrap(),
+        )
+        .unwrap(),
     )
     .unwrap();
     let id = deploy["pre_deploy_snapshot"].as_str().unwrap().to_string();

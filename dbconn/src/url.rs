@@ -43,6 +43,30 @@ impl PgUrl {
             .or(self.config.get_user())
             .unwrap_or("postgres")
     }
+
+    /// Where the database is, as `host:port/db` (several hosts comma-separated, a socket
+    /// directory as its path, an IPv6 address in brackets): what names it apart from the
+    /// same-named database on another server.
+    pub fn location(&self) -> String {
+        use tokio_postgres::config::Host;
+        let ports = self.config.get_ports();
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let host = match h {
+                    Host::Tcp(name) if name.contains(':') => format!("[{name}]"),
+                    Host::Tcp(name) => name.clone(),
+                    Host::Unix(path) => path.display().to_string(),
+                };
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                format!("{host}:{port}")
+            })
+            .collect();
+        format!("{}/{}", hosts.join(","), self.dbname())
+    }
 }
 
 impl DatabaseUrl {

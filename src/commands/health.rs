@@ -20,9 +20,10 @@ use crate::state;
 
 pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failure> {
     let health = args.flags.apply(&settings.health);
-    // A deploy whose after-migrate hook failed is broken whatever the application answers.
+    // A deploy whose after-migrate hook failed, or whose undo failed, is broken whatever the
+    // application answers.
     if args.restore_on_failure {
-        if let Some(reason) = hook_failed(settings) {
+        if let Some(reason) = broken(settings).await {
             return Err(guard(settings, &reason, health.on_failure).await);
         }
     }
@@ -138,16 +139,35 @@ async fn probe_sql(url: &migrator::DatabaseUrl, sql: &str) -> Result<bool, Strin
     db.probe(sql).await.map_err(|e| e.to_string())
 }
 
-/// The last deploy's failed after-migrate hook, if it failed and was not restored yet.
-fn hook_failed(settings: &Settings) -> Option<String> {
+/// Why the last deploy is broken whatever the application answers, if it is and was not undone
+/// yet: its after-migrate hook failed, or the guard judged it unhealthy and its undo did not
+/// finish (the guard then retries the undo at once).
+async fn broken(settings: &Settings) -> Option<String> {
     let url = database_url(settings).ok()?;
-    let deploy = state::read(&settings.state_dir, &url.name()).ok()??;
+    let scope = state::Scope::of(&settings.state_dir, &url).await;
+    let deploy = scope.read().ok()??;
     if deploy.restored.is_some() {
         return None;
     }
-    deploy
-        .hook_failed
-        .map(|e| format!("the deploy at {} is broken: {e}", deploy.at))
+    if let Some(e) = deploy.hook_failed {
+        return Some(format!("the deploy at {} is broken: {e}", deploy.at));
+    }
+    unfinished_undo(&scope, &deploy)
+}
+
+/// Why the guard must undo `deploy` again: it found it unhealthy and its undo did not finish.
+pub fn unfinished_undo(scope: &state::Scope, deploy: &state::Deploy) -> Option<String> {
+    if deploy.restored.is_some() {
+        return None;
+    }
+    let failed = scope.read_failed().ok()??;
+    let why = failed.undo_failed?;
+    (deploy.pre_deploy_snapshot.as_deref() == Some(failed.snapshot.as_str())).then(|| {
+        format!(
+            "the deploy at {} was found unhealthy at {} ({}), and its undo did not finish ({why}); retrying the undo",
+            deploy.at, failed.at, failed.reason
+        )
+    })
 }
 
 fn ok(code: u16, expect: &[u16]) -> bool {
@@ -224,7 +244,8 @@ async fn guard_inner(
             format!("unhealthy: {reason}. Not restoring: {why}"),
         )
     };
-    let Some(mut deploy) = state::read(&settings.state_dir, &url.name())? else {
+    let scope = state::Scope::of(&settings.state_dir, &url).await;
+    let Some(mut deploy) = scope.read()? else {
         return Err(not(format!(
             "no deploy of {} is recorded in {}",
             url.display(),
@@ -321,100 +342,70 @@ async fn guard_inner(
             format!("not restored: {reason}; {why}; {discard_text}"),
         );
         let store = settings.store().await.ok();
-        crate::deploys::append(&settings.state_dir, store.as_ref(), &url.name(), &logged).await;
+        crate::deploys::append(&scope, store.as_ref(), &logged).await;
         return Err(f);
     }
     tracing::warn!("restoring: {discard_text}");
     let stores = settings.stores().await?;
     let store = &stores[0];
-    // A restore point rewinds the cluster ([pitr.server]); a dump or a file is restored.
-    let point = match &url {
-        migrator::DatabaseUrl::Postgres(_) => {
-            crate::service::physical::point(store, &url.name(), &snapshot).await?
-        }
-        migrator::DatabaseUrl::Sqlite(_) => None,
-    };
-    let resolved = match &point {
-        Some(_) => {
-            tracing::warn!(
-                "unhealthy after the deploy of {} that applied {:?}: rewinding the cluster to its pre-deploy restore point {snapshot} ([pitr.server]: stop, move the data directory aside, restore, start)",
-                deploy.at,
-                deploy.applied
-            );
-            // Checked and prepared (the base extracted beside the running cluster) before
-            // the batch is recorded as rolled back: a rewind that fails this far changed
-            // nothing.
-            let checked =
-                crate::service::rewind::check(settings, &url, &snapshot, then.clone()).await?;
-            Undo::Rewind(Box::new(
-                crate::service::rewind::prepare(settings, &url, checked).await?,
-            ))
-        }
-        None => {
-            tracing::warn!(
-                "unhealthy after the deploy of {} that applied {:?}: restoring its pre-deploy snapshot {snapshot} \
-                 as `dbward restore {snapshot} --yes --force --terminate-connections` would \
-                 (a running SQLite app keeps writing to the file moved aside; PostgreSQL sessions are ended)",
-                deploy.at,
-                deploy.applied
-            );
-            let (m, copies) = resolve(settings, &stores, &url, &snapshot).await?;
-            Undo::Restore(Box::new(m), copies)
-        }
-    };
-    // The batch is recorded as rolled back before the restore, not after: a `migrate` that
-    // starts the moment the restore releases its lock (a restarting unit, another host) finds
-    // the record and refuses the same batch instead of applying it again.
-    let failed = state::FailedBatch {
-        at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
+    // From here on the guard undoes the deploy. The batch is recorded first, as one whose undo
+    // has not finished: a `migrate` that starts meanwhile (a restarting unit, another host)
+    // refuses it, and so does one after a failed or killed undo, instead of recording a deploy
+    // that would hide this one from the next guard. It becomes "rolled back" only once the
+    // undo succeeded.
+    let began = backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc());
+    let mut failed = state::FailedBatch {
+        at: began.clone(),
         reason: reason.to_string(),
         snapshot: snapshot.clone(),
         batch,
+        database_id: None,
+        undo_failed: Some(format!(
+            "the undo began at {began} and did not finish (the guard was stopped or killed)"
+        )),
     };
-    if let Err(e) = state::write_failed(&settings.state_dir, &url.name(), &failed) {
-        tracing::error!(
-            "recording the failed batch in the state dir failed: {}",
-            backup::error::chain(&e)
-        );
-    }
-    let json = serde_json::to_vec_pretty(&failed).expect("serializes");
-    if let Err(e) = store.put(&state::failed_key(&url.name()), &json).await {
-        tracing::error!(
-            "recording the failed batch in the store failed: {}",
-            backup::error::chain(&e)
-        );
-    }
-    let (restored, kept) = match resolved {
-        Undo::Rewind(prepared) => {
-            let r = crate::service::rewind::finish(settings, &url, *prepared).await?;
-            let kept = format!("the data directory {}", r.kept.display());
-            (json!(r), kept)
-        }
-        Undo::Restore(m, copies) => {
-            let outcome = restore_snapshot(
-                settings,
-                &copies,
+    super::migrate::write_failed(&scope, store, &failed).await;
+    let undone = undo(settings, &url, &stores, &snapshot, &deploy, then).await;
+    let (restored, kept, rewound) = match undone {
+        Ok(done) => done,
+        Err(mut f) => {
+            // A second guard finds the deploy undone by the first: nothing failed.
+            if scope
+                .read()
+                .ok()
+                .flatten()
+                .is_some_and(|d| d.restored.is_some())
+            {
+                failed.undo_failed = None;
+                super::migrate::write_failed(&scope, store, &failed).await;
+                return Err(f);
+            }
+            let first_line = f.message.lines().next().unwrap_or_default().to_string();
+            failed.undo_failed = Some(first_line.clone());
+            super::migrate::write_failed(&scope, store, &failed).await;
+            let logged = guard_entry(
+                "guard",
                 &url,
-                &m,
-                &Options {
-                    force: true,
-                    terminate_connections: true,
-                    to: None,
-                },
-            )
-            .await?;
-            let kept = outcome
-                .outcome
-                .replaced
-                .as_ref()
-                .map(|r| r.to_string())
-                .unwrap_or_default();
-            (json!(outcome), kept)
+                &deploy,
+                &snapshot,
+                format!("undo failed: {reason}; {first_line}"),
+            );
+            crate::deploys::append(&scope, Some(store), &logged).await;
+            let next = " The batch is still applied, and `migrate` refuses to go on until it is undone: fix the cause, then run `dbward health --restore-on-failure` again (it retries the undo at once), or `dbward restore pre-deploy`; or keep the batch with `dbward migrate --retry-failed`.";
+            let at = f.message.find("\nCaused by:").unwrap_or(f.message.len());
+            f.message.insert_str(at, next);
+            f.message.insert_str(
+                0,
+                &format!("unhealthy: {reason}. Undoing the deploy failed: "),
+            );
+            return Err(f);
         }
     };
+    failed.undo_failed = None;
+    super::migrate::write_failed(&scope, store, &failed).await;
     let now = backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc());
     deploy.restored = Some(now.clone());
-    if let Err(e) = state::write(&settings.state_dir, &url.name(), &deploy) {
+    if let Err(e) = scope.write(&deploy) {
         tracing::error!(
             "restored, but recording it failed: {}",
             backup::error::chain(&e)
@@ -427,25 +418,78 @@ async fn guard_inner(
         &snapshot,
         format!("restored by the health guard: {reason}; {discard_text}"),
     );
-    crate::deploys::append(&settings.state_dir, Some(store), &url.name(), &logged).await;
+    crate::deploys::append(&scope, Some(store), &logged).await;
     Ok(Failure {
         code: Exit::Restored,
-        message: match point {
-            Some(_) => format!("unhealthy: {reason}. Rewound the cluster to the pre-deploy restore point {snapshot}; the failed cluster is kept as {kept}; {}", describe_discarded(&discard, true)),
-            None => format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true)),
+        message: if rewound {
+            format!("unhealthy: {reason}. Rewound the cluster to the pre-deploy restore point {snapshot}; the failed cluster is kept as {kept}; {}", describe_discarded(&discard, true))
+        } else {
+            format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true))
         },
-        details: json!({ "restored": restored, "rewound": point.is_some(), "discarded": discard, "not_additive": deploy.not_additive }),
+        details: json!({ "restored": restored, "rewound": rewound, "discarded": discard, "not_additive": deploy.not_additive }),
         text: String::new(),
         damaged: false,
     })
 }
 
-/// How the guard undoes a deploy, checked before the batch is recorded as rolled back.
-enum Undo<'a> {
-    /// The cluster on this host goes back to the deploy's restore point.
-    Rewind(Box<crate::service::rewind::Prepared>),
-    /// The deploy's snapshot is restored (from these copies).
-    Restore(Box<backup::Manifest>, Vec<&'a backup::Store>),
+/// Undoes `deploy`: rewinds the cluster to its restore point ([pitr.server]), or restores its
+/// snapshot (a dump or a file). Returns what was restored (JSON), where the failed database is
+/// kept, and whether it was a rewind.
+async fn undo(
+    settings: &Settings,
+    url: &migrator::DatabaseUrl,
+    stores: &[backup::Store],
+    snapshot: &str,
+    deploy: &state::Deploy,
+    head: Option<(i64, String)>,
+) -> Result<(serde_json::Value, String, bool), Failure> {
+    let point = match url {
+        migrator::DatabaseUrl::Postgres(_) => {
+            crate::service::physical::point(&stores[0], &url.name(), snapshot).await?
+        }
+        migrator::DatabaseUrl::Sqlite(_) => None,
+    };
+    if point.is_some() {
+        tracing::warn!(
+            "unhealthy after the deploy of {} that applied {:?}: rewinding the cluster to its pre-deploy restore point {snapshot} ([pitr.server]: stop, move the data directory aside, restore, start)",
+            deploy.at,
+            deploy.applied
+        );
+        // Checked and prepared (the base extracted beside the running cluster) before the
+        // cluster is stopped: a rewind that fails this far changed nothing.
+        let checked = crate::service::rewind::check(settings, url, snapshot, head).await?;
+        let prepared = crate::service::rewind::prepare(settings, url, checked).await?;
+        let r = crate::service::rewind::finish(settings, url, prepared).await?;
+        let kept = format!("the data directory {}", r.kept.display());
+        return Ok((json!(r), kept, true));
+    }
+    tracing::warn!(
+        "unhealthy after the deploy of {} that applied {:?}: restoring its pre-deploy snapshot {snapshot} \
+         as `dbward restore {snapshot} --yes --force --terminate-connections` would \
+         (a running SQLite app keeps writing to the file moved aside; PostgreSQL sessions are ended)",
+        deploy.at,
+        deploy.applied
+    );
+    let (m, copies) = resolve(settings, stores, url, snapshot).await?;
+    let outcome = restore_snapshot(
+        settings,
+        &copies,
+        url,
+        &m,
+        &Options {
+            force: true,
+            terminate_connections: true,
+            to: None,
+        },
+    )
+    .await?;
+    let kept = outcome
+        .outcome
+        .replaced
+        .as_ref()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    Ok((json!(outcome), kept, false))
 }
 
 /// The deploy log's entry for what the guard did with `deploy`.

@@ -51,7 +51,8 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     e.snapshot = doc["snapshot"].as_str().map(str::to_string);
     e.reason = args.reason.clone();
     let store = settings.store().await.ok();
-    crate::deploys::append(&settings.state_dir, store.as_ref(), &url.name(), &e).await;
+    let scope = state::Scope::of(&settings.state_dir, &url).await;
+    crate::deploys::append(&scope, store.as_ref(), &e).await;
     result
 }
 
@@ -101,12 +102,30 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     if !plan.drift.is_empty() {
         return Err(migrator::Error::Drift { drift: plan.drift }.into());
     }
+    // The records of this database (found by its identity), and the store's copy of a failed
+    // batch (a fresh state volume still knows it).
+    let scope = state::Scope::of(&settings.state_dir, &url).await;
+    let store = settings.store().await?;
+    let failed = scope.find_failed(&store).await?;
+    if let Some(f) = &failed {
+        refuse_unfinished_undo(
+            &scope,
+            &store,
+            f,
+            &plan,
+            &applied_repeatable,
+            args.retry_failed,
+        )
+        .await?;
+    }
     let batch = plan.batch();
     if batch.is_empty() {
-        return nothing_pending(settings, &url, &plan, started).await;
+        return nothing_pending(settings, &scope, &url, &plan, started).await;
     }
 
-    refuse_failed_batch(settings, &url, &batch, args.retry_failed).await?;
+    if let Some(f) = &failed {
+        refuse_failed_batch(f, &batch, args.retry_failed)?;
+    }
 
     // The pre-deploy snapshot: under the lock, once something is pending. A first deploy has
     // nothing to protect. If it fails, nothing is applied.
@@ -174,6 +193,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     let repeatable: Vec<String> = plan.repeatable.iter().map(|f| f.name.clone()).collect();
     let mut deploy = state::Deploy {
         database: url.display(),
+        database_id: None,
         at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
         pre_deploy_snapshot: snapshot.clone(),
         applied: applied.clone(),
@@ -189,7 +209,9 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     // The batch is committed: a failure to record it must not say otherwise (exit 1 promises
     // the database is as it was). Without the record the guard sees an older deploy whose head
     // no longer matches, so it never restores on a wrong basis.
-    let recorded = record(settings, &url, &deploy);
+    // A first deploy's database got its identity in the batch: its records are keyed by it.
+    let scope = state::Scope::of(&settings.state_dir, &url).await;
+    let recorded = record(&scope, &deploy);
     if let Err(e) = &recorded {
         tracing::error!(
             "{}; the health guard will not restore this deploy automatically (restore it by id: {})",
@@ -198,17 +220,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         );
     }
     // A batch went through: any record of a rolled-back one is stale.
-    if let Err(e) = state::clear_failed(&settings.state_dir, &url.name()) {
-        tracing::warn!("{}", backup::error::chain(&e));
-    }
-    if let Ok(store) = settings.store().await {
-        if let Err(e) = store.delete(&state::failed_key(&url.name())).await {
-            tracing::warn!(
-                "removing the failed-batch record from the store: {}",
-                backup::error::chain(&e)
-            );
-        }
-    }
+    clear_failed(&scope, &store).await;
     let head_text = head
         .as_ref()
         .map(|h| format!("V{} {}", h.version, h.name))
@@ -238,7 +250,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         json["hook_failed"] = json!(e);
         deploy.hook_failed = Some(e.clone());
         if recorded.is_ok() {
-            if let Err(f) = record(settings, &url, &deploy) {
+            if let Err(f) = record(&scope, &deploy) {
                 tracing::error!("{}", f.message);
             }
         }
@@ -271,12 +283,14 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
 /// deploy is recorded as one that changed nothing, and `hooks.always` runs the hooks anyway.
 async fn nothing_pending(
     settings: &Settings,
+    scope: &state::Scope,
     url: &DatabaseUrl,
     plan: &Plan<'_>,
     started: Instant,
 ) -> Result<Report, Failure> {
     let head = plan.head().map(migrator::Applied::head);
-    let unfinished = state::read(&settings.state_dir, &url.name())
+    let unfinished = scope
+        .read()
         .ok()
         .flatten()
         .filter(|d| d.hook_failed.is_some() && d.restored.is_none() && d.head == head);
@@ -300,7 +314,7 @@ async fn nothing_pending(
         return match result {
             Ok(()) => {
                 deploy.hook_failed = None;
-                record(settings, url, &deploy)?;
+                record(scope, &deploy)?;
                 Ok(Report {
                     text: format!("nothing pending; database at {head_text}; the after-migrate hooks of the deploy at {} passed this time\n", deploy.at),
                     json,
@@ -309,7 +323,7 @@ async fn nothing_pending(
             }
             Err(e) => {
                 deploy.hook_failed = Some(e.clone());
-                record(settings, url, &deploy)?;
+                record(scope, &deploy)?;
                 json["hook_failed"] = json!(e);
                 let names: Vec<String> = deploy
                     .applied
@@ -328,6 +342,7 @@ async fn nothing_pending(
     }
     let deploy = state::Deploy {
         database: url.display(),
+        database_id: None,
         at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
         pre_deploy_snapshot: None,
         applied: Vec::new(),
@@ -336,7 +351,7 @@ async fn nothing_pending(
         repeatable: Vec::new(),
         ..Default::default()
     };
-    record(settings, url, &deploy)?;
+    record(scope, &deploy)?;
     tracing::info!("nothing pending; {} is at {head_text}", url.display());
     if settings.hooks.always && !settings.hooks.after_migrate.is_empty() {
         let hooks = crate::hooks::Batch {
@@ -411,8 +426,8 @@ fn applied_json(f: &migrator::MigrationFile) -> serde_json::Value {
 
 /// Records this deploy in the state dir, for `restore pre-deploy` and the health guard. A
 /// deploy that applied nothing is recorded too, so the guard never acts on an older one.
-fn record(settings: &Settings, url: &DatabaseUrl, deploy: &state::Deploy) -> Result<(), Failure> {
-    state::write(&settings.state_dir, &url.name(), deploy).map_err(|e| {
+fn record(scope: &state::Scope, deploy: &state::Deploy) -> Result<(), Failure> {
+    scope.write(deploy).map_err(|e| {
         Failure::new(
             Exit::Failed,
             format!(
@@ -425,16 +440,11 @@ fn record(settings: &Settings, url: &DatabaseUrl, deploy: &state::Deploy) -> Res
 
 /// The batch the health guard rolled back is not applied again (a release that breaks its app
 /// would otherwise loop: migrate, unhealthy, restore, restart) unless `--retry-failed`.
-async fn refuse_failed_batch(
-    settings: &Settings,
-    url: &DatabaseUrl,
+fn refuse_failed_batch(
+    failed: &state::FailedBatch,
     batch: &[&migrator::MigrationFile],
     retry: bool,
 ) -> Result<(), Failure> {
-    let store = settings.store().await?;
-    let Some(failed) = state::find_failed(&settings.state_dir, &store, &url.name()).await? else {
-        return Ok(());
-    };
     // Compared as sets: the guard read repeatable files back in the database's collation order.
     let mut pending: Vec<state::BatchFile> =
         batch.iter().map(|f| state::BatchFile::of(f)).collect();
@@ -466,6 +476,102 @@ async fn refuse_failed_batch(
             failed.snapshot
         ),
     ))
+}
+
+/// A deploy the health guard judged unhealthy but could not undo (its restore failed, or it was
+/// killed while undoing): its batch is still applied and the release is broken. `migrate`
+/// refuses to go on (and to record a deploy that would hide it from the guard) until the undo
+/// is done (`dbward health --restore-on-failure` retries it) or the batch is accepted
+/// (`--retry-failed`). A batch no longer applied was undone by other means (a restore by
+/// hand): from then on it is a rolled-back batch like any other.
+async fn refuse_unfinished_undo(
+    scope: &state::Scope,
+    store: &backup::Store,
+    failed: &state::FailedBatch,
+    plan: &Plan<'_>,
+    applied_repeatable: &[migrator::AppliedRepeatable],
+    retry: bool,
+) -> Result<(), Failure> {
+    let Some(why) = &failed.undo_failed else {
+        return Ok(());
+    };
+    let why = why.trim_end_matches('.');
+    let applied = |b: &state::BatchFile| {
+        if b.version == 0 && b.name.starts_with("R__") {
+            applied_repeatable
+                .iter()
+                .any(|r| format!("R__{}", r.name) == b.name && r.checksum.to_string() == b.checksum)
+        } else {
+            plan.applied
+                .iter()
+                .any(|a| a.version == b.version && a.checksum.to_string() == b.checksum)
+        }
+    };
+    let names: Vec<String> = failed.batch.iter().map(|f| f.label()).collect();
+    if !failed.batch.iter().all(applied) {
+        tracing::warn!(
+            "the batch the health guard could not undo ({}) is no longer applied: it was undone by other means; from now on it counts as rolled back",
+            names.join(", ")
+        );
+        let mut undone = failed.clone();
+        undone.undo_failed = None;
+        write_failed(scope, store, &undone).await;
+        return Ok(());
+    }
+    if retry {
+        tracing::warn!(
+            "keeping the batch the health guard could not undo ({}) (--retry-failed): the deploy of {} is accepted as it is",
+            names.join(", "),
+            failed.at
+        );
+        clear_failed(scope, store).await;
+        return Ok(());
+    }
+    Err(Failure::new(
+        Exit::Refused,
+        format!(
+            "the health guard found the deploy of this batch ({}) unhealthy at {} ({}) but could not undo it: {why}. \
+             The batch is still applied. Nothing was changed. Fix what stopped the undo, then run \
+             `dbward health --restore-on-failure` (it retries the undo at once) or `dbward restore pre-deploy`; \
+             or keep the batch with `dbward migrate --retry-failed`.",
+            names.join(", "),
+            failed.at,
+            failed.reason,
+        ),
+    ))
+}
+
+/// Writes the failed-batch record to the state dir and the store (a new host, a fresh state
+/// volume still find it there). Failures are logged: the record informs later runs.
+pub async fn write_failed(scope: &state::Scope, store: &backup::Store, f: &state::FailedBatch) {
+    if let Err(e) = scope.write_failed(f) {
+        tracing::error!(
+            "recording the failed batch in the state dir failed: {}",
+            backup::error::chain(&e)
+        );
+    }
+    let mut f = f.clone();
+    f.database_id = scope.identity().map(str::to_string);
+    let json = serde_json::to_vec_pretty(&f).expect("serializes");
+    if let Err(e) = store.put(&state::failed_key(scope.name()), &json).await {
+        tracing::error!(
+            "recording the failed batch in the store failed: {}",
+            backup::error::chain(&e)
+        );
+    }
+}
+
+/// Forgets the failed batch in the state dir and the store.
+async fn clear_failed(scope: &state::Scope, store: &backup::Store) {
+    if let Err(e) = scope.clear_failed() {
+        tracing::warn!("{}", backup::error::chain(&e));
+    }
+    if let Err(e) = store.delete(&state::failed_key(scope.name())).await {
+        tracing::warn!(
+            "removing the failed-batch record from the store: {}",
+            backup::error::chain(&e)
+        );
+    }
 }
 
 /// `migrate` creates a missing SQLite file (a first deploy must work), but a missing file whose

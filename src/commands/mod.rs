@@ -113,7 +113,8 @@ async fn locked(settings: &Settings, args: &crate::cli::LockedArgs) -> Result<Re
 async fn deploys_list(settings: &Settings) -> Result<Report, Failure> {
     let url = database_url(settings)?;
     let store = settings.store().await?;
-    let entries = crate::deploys::read(&settings.state_dir, &store, &url.name()).await;
+    let scope = crate::state::Scope::of(&settings.state_dir, &url).await;
+    let entries = crate::deploys::read(&scope, &store).await;
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {

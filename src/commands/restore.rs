@@ -94,19 +94,9 @@ async fn physical(
         match args.snapshot.as_deref() {
             Some("latest") | None => Which::Latest,
             // The last deploy's restore point (or base).
-            Some("pre-deploy") => Which::Base(
-                crate::state::read(&settings.state_dir, &url.name())?
-                    .and_then(|d| d.pre_deploy_snapshot)
-                    .ok_or_else(|| {
-                        Failure::new(
-                            Exit::Failed,
-                            format!(
-                                "the last `migrate` of {} took no pre-deploy snapshot; name a base or restore point instead",
-                                url.display()
-                            ),
-                        )
-                    })?,
-            ),
+            Some("pre-deploy") => {
+                Which::Base(crate::service::select::pre_deploy_id(settings, url).await?)
+            }
             Some(id) => Which::Base(id.to_string()),
         }
     };

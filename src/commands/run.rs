@@ -21,6 +21,19 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
             "run needs a health URL: --url, DBWARD_HEALTH_URL, or `url` under [health]",
         ));
     }
+    // The guard found the last deploy unhealthy and could not undo it: it retries first
+    // (`migrate` would refuse to go on).
+    if let Ok(url) = super::database_url(settings) {
+        let scope = crate::state::Scope::of(&settings.state_dir, &url).await;
+        let retry = scope
+            .read()
+            .ok()
+            .flatten()
+            .and_then(|d| super::health::unfinished_undo(&scope, &d));
+        if let Some(reason) = retry {
+            return Err(super::health::guard(settings, &reason, health.on_failure).await);
+        }
+    }
     let migrate = MigrateArgs {
         retry_failed: false,
         restore_if_missing: args.restore_if_missing,

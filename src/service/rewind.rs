@@ -220,7 +220,9 @@ pub async fn prepare(
 ) -> Result<Prepared, Failure> {
     let cfg = settings.pitr.server.as_ref().expect("checked");
     let mut lock = Database::open_locked(url, Open::Existing, LOCK_WAIT).await?;
-    let deploy = crate::state::read(&settings.state_dir, &url.name())?;
+    let deploy = crate::state::Scope::of(&settings.state_dir, url)
+        .await
+        .read()?;
     if let Some(at) = deploy.as_ref().and_then(|d| d.restored.as_ref()) {
         return Err(Failure::new(
             Exit::Failed,
@@ -296,13 +298,19 @@ pub async fn finish(
     drop(lock);
     tracing::warn!("rewind: stopping the cluster: sh -c {:?}", cfg.stop);
     let stop = run(settings, &cfg.stop).await;
-    if let Some(pid) = wait_stopped(&data_dir).await {
+    // A `stop` that failed is given only a moment for a postmaster it did stop to exit.
+    let limit = if stop.is_err() {
+        GONE_LIMIT
+    } else {
+        STOP_LIMIT
+    };
+    if let Some(pid) = wait_stopped(&data_dir, limit).await {
         return Err(Failure::new(
             Exit::Failed,
             format!(
                 "the cluster did not stop (postmaster {pid} still runs on {} {} after `stop` returned{}); nothing was changed. If it stops later, start it again: {}",
                 data_dir.display(),
-                migrator::error::humanize(STOP_LIMIT),
+                migrator::error::humanize(limit),
                 stop.err().map(|e| format!("; {e}")).unwrap_or_default(),
                 cfg.start
             ),
@@ -508,11 +516,11 @@ fn head_text(h: &Option<backup::manifest::Head>) -> String {
 
 /// Waits for the postmaster on `data_dir` to exit; its pid if it still runs after
 /// [`STOP_LIMIT`] (a stop command may return before it is gone).
-async fn wait_stopped(data_dir: &Path) -> Option<i32> {
+async fn wait_stopped(data_dir: &Path, limit: Duration) -> Option<i32> {
     let waited = Instant::now();
     loop {
         let pid = server::postmaster_pid(data_dir)?;
-        if waited.elapsed() > STOP_LIMIT {
+        if waited.elapsed() > limit {
             return Some(pid);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -531,8 +539,13 @@ async fn put_back(
 ) -> Failure {
     let data_dir = &cfg.data_dir;
     tracing::error!("rewind failed: {why}; putting the old data directory back");
-    let _ = run(settings, &cfg.stop).await;
-    if let Some(pid) = wait_stopped(data_dir).await {
+    let stop = run(settings, &cfg.stop).await;
+    let limit = if stop.is_err() {
+        GONE_LIMIT
+    } else {
+        STOP_LIMIT
+    };
+    if let Some(pid) = wait_stopped(data_dir, limit).await {
         // The restored directory keeps its name: it is not moved under a live server.
         dir.keep();
         return Failure::new(

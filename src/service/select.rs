@@ -73,13 +73,7 @@ async fn resolve_in(
     mine(Vec::new())?;
     let id = match which {
         "latest" => return latest(settings, store, url, &mine).await,
-        "pre-deploy" => {
-            let deploy = state::read(&settings.state_dir, &db)?;
-            match deploy.and_then(|d| d.pre_deploy_snapshot) {
-                Some(id) => id,
-                None => return Err(Failure::new(Exit::Failed, format!("the last `migrate` of {} took no pre-deploy snapshot (nothing was pending, or it was a first deploy); name a snapshot id instead", url.display()))),
-            }
-        }
+        "pre-deploy" => pre_deploy_id(settings, url).await?,
         id => id.to_string(),
     };
     let key = backup::manifest_key(&db, &id);
@@ -109,6 +103,33 @@ async fn resolve_in(
             ),
         )),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// The pre-deploy snapshot of the newest deploy that changed the database and took one, on any
+/// host (the deploy log, this host's and the store's): a later `migrate` that found nothing
+/// pending does not hide it.
+pub async fn pre_deploy_id(settings: &Settings, url: &DatabaseUrl) -> Result<String, Failure> {
+    let scope = state::Scope::of(&settings.state_dir, url).await;
+    let store = settings.store().await?;
+    match crate::deploys::last_pre_deploy(&scope, &store).await {
+        Some(e) => {
+            let id = e.snapshot.expect("chosen for its snapshot");
+            tracing::info!(
+                "pre-deploy: snapshot {id}, taken by the deploy at {} on {} ({})",
+                e.at,
+                e.host,
+                e.outcome
+            );
+            Ok(id)
+        }
+        None => Err(Failure::new(
+            Exit::Failed,
+            format!(
+                "no deploy of {} that changed it took a pre-deploy snapshot (the deploy log, here and in the store, has none: a first deploy, or --no-snapshot); name a snapshot id instead (`dbward snapshots`)",
+                url.display()
+            ),
+        )),
     }
 }
 

@@ -86,6 +86,25 @@ pub fn listed_ids(c: &mut Command) -> Vec<String> {
         .collect()
 }
 
+/// The state dir's record `what` (`last-deploy`, `failed-batch`, `replaced`) of database `db`:
+/// `<what>-<db>.<key>.json`, where the key is the database's identity; `None` when there is
+/// none, and a panic when there are several.
+pub fn state_file(state_dir: &Path, what: &str, db: &str) -> Option<PathBuf> {
+    let prefix = format!("{what}-{db}.");
+    let found: Vec<PathBuf> = std::fs::read_dir(state_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(&prefix) && n.ends_with(".json")
+        })
+        .collect();
+    assert!(found.len() <= 1, "several {what} records: {found:?}");
+    found.into_iter().next()
+}
+
 /// A project directory with a `migrations/` folder.
 pub struct Project {
     pub dir: tempfile::TempDir,
