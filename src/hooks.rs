@@ -1,11 +1,16 @@
-//! `[hooks] after_migrate`: command lines run with `sh -c` once a batch has committed (the
-//! compose deploy that refreshes derived tables), while `migrate` still holds the migration
-//! lock, so two deploys never run them at once. Their output goes to stderr as it comes (a
-//! long refresh shows progress; `--json` on stdout stays one document).
+//! The operator's commands dbward runs: `[hooks] after_migrate` (command lines run with
+//! `sh -c` once a batch has committed, while `migrate` still holds the migration lock, so two
+//! deploys never run them at once), the health guard's `--check` commands, the `locked`
+//! command's job and the rewind's `[pitr.server]` commands. Each runs with dbward's environment
+//! less the store's credentials and the snapshot keys (`dbconn::child::user`), in a process
+//! group of its own: a command that overruns its deadline is killed with everything it
+//! started, and a wait longer than 10 s says what it waits for.
 
 use std::os::fd::AsFd;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
 
 use crate::settings::Settings;
 
@@ -21,18 +26,9 @@ pub struct Batch<'a> {
     pub head: Option<i64>,
 }
 
-/// Variables a job dbward starts never inherits: the store's credentials and the snapshot
-/// keys are dbward's, not the job's.
-const WITHHELD: &[&str] = &[
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ACCESS_KEY_ID",
-    "DBWARD_AGE_PASSPHRASE",
-    "DBWARD_AGE_IDENTITY_FILE",
-];
-
 /// Runs each hook in order; the first that fails (non-zero exit, signal, timeout, cannot
-/// start) stops the rest and is the error, naming it.
+/// start) stops the rest and is the error, naming it. Their output goes to stderr as it comes
+/// (a long refresh shows progress; `--json` on stdout stays one document).
 pub async fn after_migrate(settings: &Settings, batch: &Batch<'_>) -> Result<(), String> {
     for cmd in &settings.hooks.after_migrate {
         tracing::info!("after-migrate hook: sh -c {cmd:?}");
@@ -49,11 +45,7 @@ pub async fn after_migrate(settings: &Settings, batch: &Batch<'_>) -> Result<(),
     Ok(())
 }
 
-async fn run_one(
-    settings: &Settings,
-    cmd: &str,
-    batch: &Batch<'_>,
-) -> Result<std::process::ExitStatus, String> {
+async fn run_one(settings: &Settings, cmd: &str, batch: &Batch<'_>) -> Result<ExitStatus, String> {
     let stderr = std::io::stderr()
         .as_fd()
         .try_clone_to_owned()
@@ -73,33 +65,163 @@ async fn run_one(
         .spawn()
         .map_err(|e| format!("after-migrate hook `{cmd}` could not start: {e}"))?;
     let timeout = settings.hooks.timeout;
-    match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => {
-            status.map_err(|e| format!("after-migrate hook `{cmd}` could not be waited on: {e}"))
-        }
-        Err(_) => {
-            let _ = child.kill().await;
-            Err(format!(
-                "after-migrate hook `{cmd}` did not finish within hooks.timeout = {}; it was killed",
-                humanize(timeout)
-            ))
-        }
+    match wait_bounded(&mut child, timeout, &format!("the after-migrate hook `{cmd}`")).await {
+        Ok(Some(status)) => Ok(status),
+        Ok(None) => Err(format!(
+            "after-migrate hook `{cmd}` did not finish within hooks.timeout = {}; it was killed, with every process it started",
+            humanize(timeout)
+        )),
+        Err(e) => Err(format!(
+            "after-migrate hook `{cmd}` could not be waited on: {e}"
+        )),
     }
 }
 
-/// A job dbward starts for the operator (a hook, a `locked` job, a health check): dbward's
-/// environment less the store's credentials and the snapshot keys, plus `DBWARD_DATABASE_URL`;
+/// A command dbward starts for the operator (a hook, a `locked` job, a health check, a
+/// `[pitr.server]` command): `dbconn::child::user` (dbward's environment less the store's
+/// credentials and the snapshot keys, a process group of its own), plus `DBWARD_DATABASE_URL`;
 /// killed if dbward is stopped.
 pub fn command(settings: &Settings, program: &str) -> tokio::process::Command {
-    let mut c = tokio::process::Command::new(program);
+    let mut c = tokio::process::Command::from(dbconn::child::user(program));
     c.kill_on_drop(true);
-    for k in WITHHELD {
-        c.env_remove(k);
-    }
     if let Some(url) = &settings.database {
         c.env("DBWARD_DATABASE_URL", url);
     }
     c
+}
+
+/// A command that shares dbward's terminal (stdin is one) stays in dbward's process group, the
+/// terminal's foreground one, so that it can read it (`locked -- psql`); otherwise it keeps the
+/// group of its own [`command`] gave it.
+pub fn foreground_if_terminal(c: &mut tokio::process::Command) {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        // SAFETY: getpgrp(2) has no preconditions.
+        c.process_group(unsafe { libc::getpgrp() });
+    }
+}
+
+/// Waits for `child` (started by [`command`]) at most `limit`, saying from 10 s on what it
+/// waits for; past the limit its whole process group is killed and the answer is `Ok(None)`. A
+/// caller that drops this future (a stop request) kills the group too.
+pub async fn wait_bounded(
+    child: &mut tokio::process::Child,
+    limit: Duration,
+    what: &str,
+) -> std::io::Result<Option<ExitStatus>> {
+    let mut group = dbconn::child::Group::of(child.id());
+    let waited = dbconn::wait::announced(what, tokio::time::timeout(limit, child.wait())).await;
+    match waited {
+        Ok(status) => {
+            group.ended();
+            status.map(Some)
+        }
+        Err(_) => {
+            group.kill();
+            let _ = child.wait().await;
+            Ok(None)
+        }
+    }
+}
+
+/// The most of a command's output kept for its error message, and the longest line logged.
+const TAIL: usize = 4096;
+const LINE: usize = 2000;
+
+/// Runs `sh -c cmd` (see [`command`]) for at most `limit`, its output (stdout and stderr) sent
+/// to the log line by line as it comes (a line longer than 2,000 bytes is cut there), and kept
+/// only as its last 4 KiB for the answer: `Ok` with the exit status and that tail, `Err` when it
+/// could not run or did not finish in time (then killed with everything it started). Memory
+/// stays flat whatever the command prints.
+pub async fn run_captured(
+    settings: &Settings,
+    cmd: &str,
+    limit: Duration,
+    what: &str,
+) -> Result<(ExitStatus, String), String> {
+    let mut c = command(settings, "sh");
+    c.args(["-c", cmd])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c
+        .spawn()
+        .map_err(|e| format!("{what} could not run: {e}"))?;
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|r| tokio::spawn(log_lines(r, tail.clone())))
+    .collect();
+    let status = wait_bounded(&mut child, limit, what)
+        .await
+        .map_err(|e| format!("{what} could not be waited on: {e}"))?;
+    // What it printed before it ended; a process it left running that still holds the pipes
+    // is not waited for beyond a moment.
+    for r in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(1), r).await;
+    }
+    let tail = String::from_utf8_lossy(&tail.lock().expect("not poisoned")).into_owned();
+    match status {
+        Some(status) => Ok((status, tail)),
+        None => Err(format!(
+            "{what} did not finish within {}; it was killed, with every process it started",
+            humanize(limit)
+        )),
+    }
+}
+
+/// Reads `r` to its end in 8 KiB reads: each line to the log (cut at [`LINE`] bytes), the last
+/// [`TAIL`] bytes into `tail`.
+async fn log_lines(
+    mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    tail: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let mut buf = vec![0u8; 8192];
+    let mut line: Vec<u8> = Vec::new();
+    let mut cut = false;
+    let flush = |line: &mut Vec<u8>, cut: &mut bool| {
+        tracing::info!(
+            "  {}{}",
+            String::from_utf8_lossy(line).trim_end(),
+            if *cut { " [...]" } else { "" }
+        );
+        line.clear();
+        *cut = false;
+    };
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        {
+            let mut t = tail.lock().expect("not poisoned");
+            t.extend_from_slice(&buf[..n]);
+            let excess = t.len().saturating_sub(TAIL);
+            t.drain(..excess);
+        }
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                flush(&mut line, &mut cut);
+            } else if line.len() < LINE {
+                line.push(b);
+            } else {
+                cut = true;
+            }
+        }
+    }
+    if !line.is_empty() {
+        flush(&mut line, &mut cut);
+    }
 }
 
 fn join(v: impl Iterator<Item = impl ToString>) -> String {

@@ -41,6 +41,10 @@ fn main() -> ExitCode {
         .expect("a single-threaded tokio runtime always builds");
     let command = commands::name(&cli.command);
     let (result, stopped) = runtime.block_on(run_until_signalled(&cli));
+    // What a stopped (or failed) command left half done and queued to undo: a scratch database.
+    runtime.block_on(dbconn::cleanup::run_pending(
+        std::time::Duration::from_secs(60),
+    ));
     if stopped {
         // What the dropped command held is gone; files still held by a blocking thread (a
         // copy in progress) are removed with their run directories, and those threads are not

@@ -14,6 +14,8 @@ pub struct Settings {
     /// The database URL as given (may hold a password: never display it; show the parsed `DatabaseUrl::display`).
     pub database: Option<String>,
     pub migrations: PathBuf,
+    /// Whether the migrations folder was given (flag, environment, file) rather than defaulted.
+    pub migrations_given: bool,
     pub store: String,
     /// `store.mirrors`: more stores every snapshot is written to.
     pub store_mirrors: Vec<String>,
@@ -546,11 +548,14 @@ fn resolve(
             .or_else(|| env("DBWARD_DATABASE"))
             .or_else(|| env("DATABASE_URL"))
             .or_else(|| file.database.url.map(rebase_url)),
+        migrations_given: args.migrations.is_some()
+            || env("DBWARD_MIGRATIONS").is_some()
+            || file.database.migrations.is_some(),
         migrations: args
             .migrations
             .clone()
             .or_else(|| env("DBWARD_MIGRATIONS").map(PathBuf::from))
-            .or_else(|| file.database.migrations.map(rebase))
+            .or_else(|| file.database.migrations.clone().map(rebase))
             .unwrap_or_else(|| PathBuf::from("./migrations")),
         store: args
             .store

@@ -345,6 +345,16 @@ fn postgres_every_failure_point_by_error_kill_9_and_sigterm() {
             if action != Action::Kill {
                 no_temp_files(&p.path().join(".dbward/tmp"));
                 no_temp_files(&p.path().join(".dbward/snapshots/shop"));
+                // Trust round 3, defect 12: a stopped restore drops its half-filled database
+                // before it exits (not only the next restore).
+                assert_eq!(
+                    pg.psql(
+                        "postgres",
+                        "SELECT count(*) FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE 'dbward:%'"
+                    ),
+                    "0",
+                    "{at}: no marked database left by the stopped run"
+                );
             }
             let (code, _, err) = run(p.dbward(&url).args(&args));
             assert_eq!(code, 0, "{at}: the next run: {err}");

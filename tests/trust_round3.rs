@@ -330,3 +330,312 @@ fn r09_deploys_shows_every_hosts_entries() {
     assert_eq!(log[1]["applied"], serde_json::json!([2]));
     assert_eq!(log[2]["applied"], serde_json::json!([1]));
 }
+
+/// Runs `c` with its output captured, waiting at most a minute (a generous bound: the test
+/// fails, never hangs, if dbward or what it started holds the pipes).
+fn run_bounded(c: &mut Command) -> (i32, String, String) {
+    use std::io::Read;
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let (mut o, mut e) = (String::new(), String::new());
+        let _ = out.read_to_string(&mut o);
+        let _ = err.read_to_string(&mut e);
+        (o, e)
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("dbward did not finish within a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    while !reader.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dbward exited, but its output stayed open (a child it started still holds it)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (o, e) = reader.join().unwrap();
+    (status.code().unwrap_or(-1), o, e)
+}
+
+/// Whether process `pid` still runs (a zombie does not).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(|r| r.trim().to_string()))
+        .is_some_and(|state| !state.starts_with('Z'))
+}
+
+/// Defect 6: a hook or a `--check` that overran its deadline was reported killed, but only its
+/// `sh` was: what it started kept working after the migration lock was released, and a caller
+/// capturing dbward's output waited for it. Now the whole process group is killed.
+#[test]
+fn r06_a_command_past_its_deadline_is_killed_with_everything_it_started() {
+    let p = Project::new();
+    let pids = p.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        format!(
+            "[hooks]\nafter_migrate = [\"sleep 1000 & echo $! > {0}/hook; sleep 1000\"]\ntimeout = \"1s\"\n",
+            pids.display()
+        ),
+    )
+    .unwrap();
+    p.migration("V1__a.sql", "CREATE TABLE a (id INTEGER);\n");
+    let (code, _, err) = run_bounded(p.dbward("sqlite:app.db").arg("migrate"));
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("every process it started"), "{err}");
+    let hook_child: i32 = std::fs::read_to_string(pids.join("hook"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!alive(hook_child), "the hook's background child was killed");
+
+    let server = Http::status(200);
+    let check = format!(
+        "sleep 1000 & echo $! > {}/check; sleep 1000",
+        pids.display()
+    );
+    let (code, _, err) = run_bounded(p.dbward("sqlite:app.db").args([
+        "health",
+        "--url",
+        &server.url(),
+        "--timeout",
+        "1s",
+        "--check",
+        &check,
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("did not finish within 1s"), "{err}");
+    let check_child: i32 = std::fs::read_to_string(pids.join("check"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !alive(check_child),
+        "the check's background child was killed"
+    );
+}
+
+/// Low: a `--check` printing without end was buffered whole (300 MB of output, 890 MB of
+/// memory, one 300 MB log line). Now its lines are logged cut at 2,000 bytes and only its
+/// end is kept for the message.
+#[test]
+fn r06_a_check_that_prints_without_end_is_logged_in_bounded_lines() {
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id INTEGER);\n");
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    let server = Http::status(200);
+    // 64 MiB on one line, then a last word, and a failure.
+    let (code, _, err) = run_bounded(p.dbward("sqlite:app.db").args([
+        "health",
+        "--url",
+        &server.url(),
+        "--check",
+        "yes x | head -c 67108864 | tr -d '\\n'; echo; echo the-last-word; exit 3",
+    ]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the-last-word"), "the tail is kept");
+    let longest = err.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 8 << 10, "a log line of {longest} bytes");
+}
+
+/// Defect 11: `pg_dump --version`, `pg_controldata` and the drill's ephemeral cluster (whose
+/// postmaster's environment its OS user can read) inherited dbward's whole environment, the
+/// store's secret key included. Now dbward's tools and servers get only PATH, the locale, TZ,
+/// TMPDIR and PG*; the operator's commands (here `run`'s application) all but AWS_* and
+/// DBWARD_AGE_*.
+#[test]
+fn r11_servers_and_tools_get_the_minimal_environment_and_the_app_no_keys() {
+    let pg = common::Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id int);\n");
+    let secret = |c: &mut Command| {
+        c.env("AWS_SECRET_ACCESS_KEY", "aws-secret-9d1c")
+            .env("AWS_ACCESS_KEY_ID", "aws-key-9d1c")
+            .env("APP_SETTING", "for-the-app");
+    };
+    let mut c = p.dbward(&url);
+    secret(&mut c);
+    assert_eq!(run(c.args(["migrate"])).0, 0);
+    let mut c = p.dbward(&url);
+    secret(&mut c);
+    assert_eq!(run(c.args(["backup"])).0, 0);
+
+    // The drill's ephemeral cluster, looked at while the drill stands after its restore.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let marks = tempfile::tempdir().unwrap();
+    let mut c = p.dbward(&url);
+    secret(&mut c);
+    let mut drill = c
+        .args(["restore-drill", "latest"])
+        .env("DBWARD_DRILL_DATABASE", "ephemeral")
+        .env("TMPDIR", tmp.path())
+        .env("DBWARD_FAILPOINTS", "drill-after-restore=wait")
+        .env("DBWARD_FAILPOINT_DIR", marks.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !marks.path().join("drill-after-restore").exists() {
+        assert!(drill.try_wait().unwrap().is_none(), "the drill ended early");
+        assert!(std::time::Instant::now() < deadline, "never reached");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let cluster = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("dbward-drill-cluster-")
+        })
+        .expect("the ephemeral cluster is in TMPDIR")
+        .path();
+    let pid: i32 = std::fs::read_to_string(cluster.join("data/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ).replace('\0', "\n");
+    std::fs::write(marks.path().join("drill-after-restore.go"), "").unwrap();
+    let out = drill.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for denied in [
+        "aws-secret-9d1c",
+        "aws-key-9d1c",
+        "for-the-app",
+        "DATABASE_URL",
+    ] {
+        assert!(
+            !environ.contains(denied),
+            "{denied} in the postmaster's environment:\n{environ}"
+        );
+    }
+    assert!(environ.contains("PATH="), "{environ}");
+
+    // `run`'s application: the app's own settings, never the store's keys.
+    let server = Http::status(200);
+    let env_file = p.path().join("app-env.txt");
+    let mut c = p.dbward(&url);
+    secret(&mut c);
+    let (code, _, err) = run_bounded(c.args([
+        "run",
+        "--url",
+        &server.url(),
+        "--check",
+        "touch go",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "env > {}; while [ ! -e go ]; do sleep 0.05; done",
+            env_file.display()
+        ),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    assert!(env.contains("APP_SETTING=for-the-app"), "{env}");
+    assert!(
+        !env.contains("aws-secret-9d1c") && !env.contains("aws-key-9d1c"),
+        "{env}"
+    );
+}
+
+/// Defect 10: checks that could not fail. `--expect-body ""` (an unset `${DBWARD_RELEASE}` in a
+/// unit) matched every body; a drill whose migrations folder did not exist reported
+/// `migration-head` as passed without a folder to compare with.
+#[test]
+fn r10_an_empty_expected_body_and_a_missing_migrations_folder_are_configuration_errors() {
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id INTEGER);\n");
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    let server = Http::status(200);
+    for args in [
+        vec!["health", "--url", &server.url(), "--expect-body", ""],
+        vec![
+            "run",
+            "--url",
+            &server.url(),
+            "--expect-body",
+            " ",
+            "--",
+            "true",
+        ],
+    ] {
+        let (code, _, err) = run(p.dbward("sqlite:app.db").args(&args));
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("DBWARD_RELEASE"), "{err}");
+    }
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        "[health]\nexpect_body = \"\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["health", "--url", &server.url()]));
+    assert_eq!(code, 2, "{err}");
+    std::fs::remove_file(p.path().join("dbward.toml")).unwrap();
+
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("backup")).0, 0);
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args([
+        "--migrations",
+        "no-such-folder",
+        "restore-drill",
+        "latest",
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no-such-folder"), "{err}");
+    // No folder given and none here (a host that only drills): the head is checked against
+    // the manifest, and the report says that is all it was checked against.
+    std::fs::rename(p.path().join("migrations"), p.path().join("elsewhere")).unwrap();
+    let (code, out, err) =
+        run(p
+            .dbward("sqlite:app.db")
+            .args(["restore-drill", "latest", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let checks = json(&out)["report"]["checks"].clone();
+    let head = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "migration-head")
+        .unwrap()
+        .clone();
+    assert!(
+        head["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no migrations folder here"),
+        "{head}"
+    );
+}

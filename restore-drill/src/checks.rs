@@ -188,10 +188,17 @@ pub fn head_matches(head: Option<dbconn::Applied>, m: &Manifest, opts: &Options)
             None => return Err(format!("head V{v} is not in the migrations folder").into()),
         }
     }
+    let head = got
+        .map(|(v, _)| format!("V{v}"))
+        .unwrap_or_else(|| "no migration".into());
     Ok((
         (),
-        got.map(|(v, _)| format!("V{v}"))
-            .unwrap_or_else(|| "no migration".into()),
+        match opts.migrations {
+            Some(_) => head,
+            None => format!(
+                "{head}, as the manifest says (no migrations folder here to compare it with)"
+            ),
+        },
     ))
 }
 

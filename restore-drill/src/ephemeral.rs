@@ -23,13 +23,15 @@ fn is_root() -> bool {
     unsafe { geteuid() == 0 }
 }
 
+/// A server binary, as the cluster's owner, with a tool's environment (`dbconn::child::tool`:
+/// the postmaster inherits it, and its OS user can read it).
 fn as_owner(program: &Path) -> Command {
     if is_root() {
-        let mut c = Command::new("runuser");
+        let mut c = dbconn::child::tool("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);
         c
     } else {
-        Command::new(program)
+        dbconn::child::tool(program)
     }
 }
 
@@ -58,7 +60,7 @@ impl Ephemeral {
             .tempdir()
             .map_err(|e| e.to_string())?;
         if is_root() {
-            let ok = Command::new("chown")
+            let ok = dbconn::child::tool("chown")
                 .args(["-R", "postgres:postgres"])
                 .arg(dir.path())
                 .status()

@@ -103,12 +103,24 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
 }
 
 /// The migrations folder's files, when there is one: whether the restored head is known.
+/// The migrations folder's files, for the migration-head check. A folder that was given but
+/// does not exist is a configuration error (exit 2): the check would compare nothing and pass.
+/// Without the setting and without `./migrations` (a host that only drills), the head is
+/// checked against the manifest alone, and the check says so.
 fn migrations(settings: &Settings) -> Result<Option<Vec<migrator::MigrationFile>>, Failure> {
-    Ok(if settings.migrations.is_dir() {
-        Some(migrator::discover(&settings.migrations)?.versioned)
-    } else {
-        None
-    })
+    if settings.migrations.is_dir() {
+        return Ok(Some(migrator::discover(&settings.migrations)?.versioned));
+    }
+    if settings.migrations_given {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "the migrations folder {} does not exist (database.migrations, --migrations or DBWARD_MIGRATIONS): the drill's migration-head check would compare the restored head with nothing. Fix the setting, or leave it out to check the head against the snapshot's manifest alone",
+                settings.migrations.display()
+            ),
+        ));
+    }
+    Ok(None)
 }
 
 /// The receipt, `--report`, `--metrics` and the text of a drill's report.

@@ -19,7 +19,7 @@ use crate::settings::{Health, OnFailure, Settings};
 use crate::state;
 
 pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failure> {
-    let health = args.flags.apply(&settings.health);
+    let health = args.flags.apply(&settings.health)?;
     // A deploy whose after-migrate hook failed, or whose undo failed, is broken whatever the
     // application answers.
     if args.restore_on_failure {
@@ -91,30 +91,18 @@ pub async fn poll(h: &Health) -> Result<(u16, Duration), String> {
 pub async fn after_checks(settings: &Settings, h: &Health) -> Result<(), String> {
     for cmd in &h.checks {
         tracing::info!("health check: sh -c {cmd:?}");
-        let mut c = crate::hooks::command(settings, "sh");
-        c.args(["-c", cmd]);
-        let out = tokio::time::timeout(h.timeout, c.output())
-            .await
-            .map_err(|_| {
-                format!(
-                    "check `{cmd}` did not finish within {}",
-                    migrator::error::humanize(h.timeout)
-                )
-            })?
-            .map_err(|e| format!("check `{cmd}` could not run: {e}"))?;
-        let output = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in output.lines() {
-            tracing::info!("  {line}");
-        }
-        if !out.status.success() {
+        let (status, tail) =
+            crate::hooks::run_captured(settings, cmd, h.timeout, &format!("check `{cmd}`")).await?;
+        if !status.success() {
+            let tail = tail.trim();
+            let start = tail.len().saturating_sub(500);
+            let start = (start..=tail.len())
+                .find(|i| tail.is_char_boundary(*i))
+                .unwrap_or(tail.len());
             return Err(format!(
-                "check `{cmd}` failed ({}): {}",
-                out.status,
-                output.trim().chars().take(500).collect::<String>()
+                "check `{cmd}` failed ({status}): {}{}",
+                if start > 0 { "..." } else { "" },
+                &tail[start..]
             ));
         }
     }
@@ -508,9 +496,11 @@ fn guard_entry(
 }
 
 impl HealthFlags {
-    /// Flags over the `[health]` settings.
-    pub fn apply(&self, base: &Health) -> Health {
-        Health {
+    /// Flags over the `[health]` settings. An empty `expect_body` is a configuration error
+    /// (exit 2): it would match every body, turning the release check off unseen (an unset
+    /// `${DBWARD_RELEASE}` in a unit's `--expect-body`).
+    pub fn apply(&self, base: &Health) -> Result<Health, Failure> {
+        let health = Health {
             url: self.url.clone().or_else(|| base.url.clone()),
             timeout: self.timeout.unwrap_or(base.timeout),
             interval: self.interval.unwrap_or(base.interval),
@@ -530,6 +520,17 @@ impl HealthFlags {
             },
             probes: base.probes.clone(),
             on_failure: self.on_failure.unwrap_or(base.on_failure),
+        };
+        if health
+            .expect_body
+            .as_deref()
+            .is_some_and(|b| b.trim().is_empty())
+        {
+            return Err(Failure::new(
+                Exit::Usage,
+                "the text the health answer must contain (--expect-body, health.expect_body) is empty: it would match every answer, so the release check would pass anything. Is the variable it comes from (DBWARD_RELEASE?) unset? Give the text, or leave the setting out",
+            ));
         }
+        Ok(health)
     }
 }

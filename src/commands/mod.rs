@@ -97,10 +97,17 @@ async fn locked(settings: &Settings, args: &crate::cli::LockedArgs) -> Result<Re
     );
     let mut c = crate::hooks::command(settings, program);
     c.args(rest);
-    let status = c
-        .status()
-        .await
+    crate::hooks::foreground_if_terminal(&mut c);
+    let mut child = c
+        .spawn()
         .map_err(|e| Failure::new(Exit::Failed, format!("starting {program}: {e}")))?;
+    // A stop request kills the job with everything it started (its own group's).
+    let group = dbconn::child::Group::of(child.id());
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| Failure::new(Exit::Failed, format!("waiting for {program}: {e}")))?;
+    group.ended();
     let code = Exit::of_child(Some(status));
     Ok(Report {
         text: String::new(),

@@ -14,7 +14,7 @@ use crate::report::{Exit, Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure> {
-    let health = args.health.apply(&settings.health);
+    let health = args.health.apply(&settings.health)?;
     if health.url.is_none() {
         return Err(Failure::new(
             Exit::Usage,
@@ -56,11 +56,16 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
     let (program, rest) = args.cmd.split_first().expect("clap requires CMD");
-    let mut child = Command::new(program)
-        .args(rest)
+    // The application: dbward's environment less the store's credentials and the snapshot
+    // keys, in a process group of its own (killed whole once it ignored SIGTERM for --grace).
+    let mut app = Command::from(dbconn::child::user(program));
+    app.args(rest).kill_on_drop(true);
+    crate::hooks::foreground_if_terminal(&mut app);
+    let mut child = app
         .spawn()
         .map_err(|e| Failure::new(Exit::Failed, format!("starting {program}: {e}")))?;
     let pid = child.id().unwrap_or_default() as i32;
+    let group = dbconn::child::Group::of(child.id());
     // As a container's process 1, orphans of the application are ours to reap.
     let _reaper = (std::process::id() == 1).then(|| tokio::spawn(reap_orphans(pid)));
     tracing::info!(
@@ -79,7 +84,7 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         _ = int.recv() => return forward_and_wait(&mut child, pid, libc::SIGINT).await,
     };
     if let Err(reason) = verdict {
-        stop(&mut child, pid, args.grace).await;
+        stop(&mut child, pid, args.grace, group).await;
         return Err(super::health::guard(settings, &reason, health.on_failure).await);
     }
     tracing::info!("healthy; waiting on {program}");
@@ -148,17 +153,18 @@ async fn forward_and_wait(child: &mut Child, pid: i32, sig: i32) -> Result<Repor
     Ok(finished(child.wait().await.ok()))
 }
 
-/// SIGTERM, then SIGKILL after `grace`.
-async fn stop(child: &mut Child, pid: i32, grace: Duration) {
+/// SIGTERM, then SIGKILL to the whole process group after `grace`.
+async fn stop(child: &mut Child, pid: i32, grace: Duration, mut group: dbconn::child::Group) {
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
     }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         tracing::warn!(
-            "pid {pid} ignored SIGTERM for {}; killing it",
+            "pid {pid} ignored SIGTERM for {}; killing it and every process it started",
             migrator::error::humanize(grace)
         );
+        group.kill();
         let _ = child.kill().await;
     }
 }

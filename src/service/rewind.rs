@@ -32,6 +32,8 @@ use dbconn::fs::rename_new;
 const RECOVERY_LIMIT: Duration = Duration::from_secs(3600);
 /// How long the postmaster may take to exit once `stop` returned.
 const STOP_LIMIT: Duration = Duration::from_secs(120);
+/// How long a `[pitr.server]` command (`stop`, `start`) may run before it is killed.
+const COMMAND_LIMIT: Duration = Duration::from_secs(600);
 /// How long a postmaster may be gone, once `start` returned, before the start counts as failed.
 const GONE_LIMIT: Duration = Duration::from_secs(5);
 /// How long the migration lock is waited for before the rewind's preparation.
@@ -679,15 +681,26 @@ async fn run(settings: &Settings, cmd: &str) -> Result<(), String> {
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err);
-    let status = tokio::time::timeout(Duration::from_secs(600), c.status()).await;
-    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let status = match c.spawn() {
+        Ok(mut child) => {
+            crate::hooks::wait_bounded(&mut child, COMMAND_LIMIT, &format!("`{cmd}`")).await
+        }
+        Err(e) => Err(e),
+    };
+    // Only its end: a server's log it printed is not read whole into memory.
+    let text = tail_of(&out_path);
     let _ = std::fs::remove_file(&out_path);
     for line in text.lines() {
         tracing::info!("  {line}");
     }
     let status = status
-        .map_err(|_| format!("`{cmd}` did not finish within 10 minutes"))?
-        .map_err(|e| format!("`{cmd}` could not run: {e}"))?;
+        .map_err(|e| format!("`{cmd}` could not run: {e}"))?
+        .ok_or_else(|| {
+            format!(
+                "`{cmd}` did not finish within {}; it was killed, with every process it started",
+                migrator::error::humanize(COMMAND_LIMIT)
+            )
+        })?;
     if status.success() {
         Ok(())
     } else {
@@ -696,6 +709,19 @@ async fn run(settings: &Settings, cmd: &str) -> Result<(), String> {
             text.trim().chars().take(500).collect::<String>()
         ))
     }
+}
+
+/// The last 16 KiB of a file (what a command printed), as text.
+fn tail_of(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 << 10)));
+    let mut bytes = Vec::new();
+    let _ = f.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// A failure point of the crash-consistency suite (nothing without the `failpoints` feature).

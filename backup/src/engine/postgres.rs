@@ -125,7 +125,7 @@ async fn row_counts(c: &tokio_postgres::Client) -> Result<BTreeMap<String, u64>,
 
 /// `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → `15.18`.
 pub fn tool_version(tool: &str) -> Result<String, Error> {
-    let out = Command::new(tool)
+    let out = dbconn::child::tool(tool)
         .arg("--version")
         .output()
         .map_err(|e| Error::Tool {
@@ -182,19 +182,10 @@ pub fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
 /// `dbname`): the password in PGPASSWORD, never on the command line (visible in `ps`); TLS as
 /// the URL's sslmode.
 pub fn libpq_command(tool: &str, url: &PgUrl, dbname: Option<&str>) -> Command {
-    let mut cmd = Command::new(find_tool(tool).unwrap_or_else(|| tool.into()));
-    // Only what libpq and the tool need: never the store's credentials (AWS_*), the
-    // database URL (DATABASE_URL holds the password), or anything else of dbward's.
-    cmd.env_clear();
-    for (k, v) in std::env::vars_os() {
-        let k_str = k.to_string_lossy();
-        let keep = matches!(&*k_str, "PATH" | "HOME" | "LANG" | "TZ" | "TMPDIR" | "USER")
-            || k_str.starts_with("LC_")
-            || (k_str.starts_with("PG") && k_str != "PGPASSWORD");
-        if keep {
-            cmd.env(k, v);
-        }
-    }
+    // Only what libpq and the tool need (`dbconn::child::tool`): never the store's
+    // credentials (AWS_*), the database URL (DATABASE_URL holds the password), or anything else
+    // of dbward's.
+    let mut cmd = dbconn::child::tool(find_tool(tool).unwrap_or_else(|| tool.into()));
     // pg_amcheck takes the connection string as its operand; the others as --dbname.
     if tool == "pg_amcheck" {
         cmd.arg(conninfo(url, dbname));

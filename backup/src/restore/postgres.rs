@@ -230,6 +230,12 @@ async fn restore_from(
             e,
         )));
     }
+    // A stop request drops this future anywhere from here: the marked database is then dropped
+    // before the process exits (`main` runs the queued undo steps).
+    let undo = dbconn::cleanup::Undo::new(
+        format!("dropping {target}, the database the stopped restore was filling"),
+        drop_marked(url.clone(), target.clone(), live.clone()),
+    );
     if let Err(e) = dbconn::failpoint::hit("restore-pg-after-create") {
         drop_target().await;
         return Err(Stop::Final(Error::Restore(e)));
@@ -268,6 +274,7 @@ async fn restore_from(
         c.batch_execute(&format!("COMMENT ON DATABASE {} IS NULL", ident(&target)))
             .await
             .map_err(q("clearing the in-progress marker"))?;
+        undo.disarm();
         return Ok(Some(Outcome {
             database: target,
             replaced: None,
@@ -371,6 +378,7 @@ async fn restore_from(
         }
         return Err(Stop::Final(Error::Restore(msg)));
     }
+    undo.disarm();
     dbconn::committed::mark(format!(
         "the restored database was swapped in as {live} (the replaced one is {replaced})"
     ));
@@ -389,6 +397,51 @@ async fn restore_from(
         strategy_reason: None,
         copy: 0,
     }))
+}
+
+/// Drops `target` if it is still the database this restore of `live` created (its marker
+/// names exactly it): the undo of a restore stopped half way. Sessions still on it (pg_restore's,
+/// just killed) are ended.
+async fn drop_marked(url: PgUrl, target: String, live: String) -> Result<(), String> {
+    let admin = connect_to(&url, MAINTENANCE)
+        .await
+        .map_err(|e| e.to_string())?;
+    let c = admin.client();
+    let comment: Option<Option<String>> = c
+        .query_opt(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+            &[&target],
+        )
+        .await
+        .map_err(|e| describe(&e))?
+        .map(|r| r.get(0));
+    match comment {
+        None => Ok(()),
+        Some(Some(marker)) if marker == in_progress_marker(&target, &live) => {
+            // WITH (FORCE) ends pg_restore's lingering session (PostgreSQL 13 and later).
+            let version: String = c
+                .query_one("SHOW server_version_num", &[])
+                .await
+                .map_err(|e| describe(&e))?
+                .get(0);
+            let force = if version.parse::<u32>().unwrap_or(0) >= 130000 {
+                " WITH (FORCE)"
+            } else {
+                ""
+            };
+            c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {}{force}",
+                ident(&target)
+            ))
+            .await
+            .map_err(|e| describe(&e))?;
+            tracing::info!("dropped {target}");
+            Ok(())
+        }
+        Some(_) => Err(format!(
+            "{target} no longer carries this restore's marker: left as it is"
+        )),
+    }
 }
 
 #[derive(Default)]

@@ -211,7 +211,7 @@ pub fn postmaster_pid(data: &Path) -> Option<i32> {
 
 /// The settings hot standby needs at least the primary's values of, from `pg_controldata`.
 fn required_settings(bindir: &Path, data: &Path) -> Result<Vec<(&'static str, String)>, Error> {
-    let out = Command::new(bindir.join("pg_controldata"))
+    let out = dbconn::child::tool(bindir.join("pg_controldata"))
         .arg(data)
         .env("LC_ALL", "C")
         .output()
@@ -395,15 +395,8 @@ impl Server {
 
     fn pg_ctl(&self) -> Command {
         use std::os::unix::process::CommandExt;
-        let mut c = Command::new(self.bindir.join("pg_ctl"));
+        let mut c = dbconn::child::tool(self.bindir.join("pg_ctl"));
         c.arg("-D").arg(&self.data_dir);
-        c.env_clear();
-        for (k, v) in std::env::vars_os() {
-            let k_str = k.to_string_lossy();
-            if matches!(&*k_str, "PATH" | "LANG" | "TZ") || k_str.starts_with("LC_") {
-                c.env(k, v);
-            }
-        }
         if let Some(u) = &self.user {
             c.uid(u.uid).gid(u.gid);
             c.current_dir("/");
