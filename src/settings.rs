@@ -29,6 +29,8 @@ pub struct Settings {
     pub s3_part_size: Option<usize>,
     /// `store.ca_file` / `AWS_CA_BUNDLE`: CA certificates for the S3 endpoint.
     pub s3_ca_file: Option<PathBuf>,
+    /// `store.timeout` / `DBWARD_STORE_TIMEOUT`: the longest silence of a store request.
+    pub store_timeout: Duration,
     pub state_dir: PathBuf,
     /// `database.lock_timeout`: how long one migration may wait for a table lock.
     pub lock_timeout: Duration,
@@ -392,6 +394,7 @@ struct StoreSection {
     path_style: Option<bool>,
     part_size: Option<String>,
     ca_file: Option<PathBuf>,
+    timeout: Option<String>,
 }
 
 impl Settings {
@@ -435,6 +438,7 @@ impl Settings {
             part_size: self.s3_part_size,
             max_in_flight: 2,
             ca_file: self.s3_ca_file.clone(),
+            timeout: self.store_timeout,
         }
     }
 
@@ -500,6 +504,22 @@ fn resolve(
             .map_err(|e| SettingsError(format!("config key database.lock_timeout: {e}")))?,
         None => Duration::from_secs(5),
     };
+    let store_timeout = match env("DBWARD_STORE_TIMEOUT") {
+        Some(v) => {
+            parse_duration(&v).map_err(|e| SettingsError(format!("DBWARD_STORE_TIMEOUT: {e}")))?
+        }
+        None => duration_key(
+            "store.timeout",
+            file.store.timeout.as_deref(),
+            backup::store::s3::DEFAULT_TIMEOUT,
+        )?,
+    };
+    if store_timeout < Duration::from_secs(1) {
+        return Err(SettingsError(format!(
+            "store.timeout {}: at least 1s",
+            dbconn::error::humanize(store_timeout)
+        )));
+    }
     let s3_part_size = match &file.store.part_size {
         Some(v) => Some(parse_size(v).filter(|n| *n >= 5 << 20).ok_or_else(|| {
             SettingsError(format!(
@@ -578,9 +598,8 @@ fn resolve(
         s3_path_style: args.s3_path_style
             || path_style_env.or(file.store.path_style).unwrap_or(false),
         s3_part_size,
-        s3_ca_file: env("AWS_CA_BUNDLE")
-            .map(PathBuf::from)
-            .or_else(|| file.store.ca_file.clone().map(rebase)),
+        s3_ca_file: ca_file(env("AWS_CA_BUNDLE"), file.store.ca_file.clone().map(rebase)),
+        store_timeout,
         state_dir: args
             .state_dir
             .clone()
@@ -733,6 +752,24 @@ fn resolve(
             },
         },
     })
+}
+
+/// The CA file in effect: `AWS_CA_BUNDLE` over `store.ca_file` (the environment wins over the
+/// file), said when both are set and differ, so a system-wide `AWS_CA_BUNDLE` never overrides
+/// the configured one unseen.
+fn ca_file(env: Option<String>, file: Option<PathBuf>) -> Option<PathBuf> {
+    match (env.map(PathBuf::from), file) {
+        (Some(e), Some(f)) if e != f => {
+            tracing::warn!(
+                "the store's CA certificates come from AWS_CA_BUNDLE={} (the environment wins over the config file); store.ca_file = {} is not used: unset AWS_CA_BUNDLE for dbward (in its unit's environment) to use it",
+                e.display(),
+                f.display()
+            );
+            Some(e)
+        }
+        (Some(e), _) => Some(e),
+        (None, f) => f,
+    }
 }
 
 fn duration_key(

@@ -140,6 +140,7 @@ async fn the_s3_test_server_keeps_the_store_contract() {
         part_size: Some(5 << 20),
         max_in_flight: 2,
         ca_file: None,
+        timeout: backup::store::s3::DEFAULT_TIMEOUT,
     };
     let store = Store::open(&format!("s3://{}/contract", s3.bucket), &opts)
         .await
@@ -242,6 +243,7 @@ async fn stale_multipart_uploads_are_aborted_only_for_dbwards_own_keys() {
         part_size: Some(5 << 20),
         max_in_flight: 2,
         ca_file: None,
+        timeout: backup::store::s3::DEFAULT_TIMEOUT,
     };
     let store = Store::open("s3://uploads/pre", &opts).await.unwrap();
     let ours = |key: &str| {

@@ -639,3 +639,90 @@ fn r10_an_empty_expected_body_and_a_missing_migrations_folder_are_configuration_
         "{head}"
     );
 }
+
+/// Points `c` at an S3 endpoint with the test credentials, `store.timeout` = `timeout`.
+fn s3_at(c: &mut Command, endpoint: &str, timeout: &str) {
+    c.env("AWS_ACCESS_KEY_ID", common::S3_ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", common::S3_SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("DBWARD_STORE", "s3://snapshots/backups")
+        .env("DBWARD_S3_ENDPOINT", endpoint)
+        .env("DBWARD_S3_PATH_STYLE", "1")
+        .env("DBWARD_STORE_TIMEOUT", timeout);
+}
+
+/// Defect 7: a store that accepts connections and never answers held `migrate` (and the
+/// migration lock) for 15 minutes and more without a log line; `wal-push` was exposed the same
+/// way. Now no request may stay silent longer than `store.timeout`, retries are bounded, and
+/// the command fails, naming the store and the setting.
+#[test]
+fn r07_a_store_that_never_answers_fails_the_command_within_its_timeout() {
+    let silent = common::Silent::start();
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id INTEGER);\n");
+    assert_eq!(
+        run(p.dbward("sqlite:app.db").args(["migrate", "--no-snapshot"])).0,
+        0
+    );
+    sqlite(&p.path().join("app.db"), "INSERT INTO a VALUES (1)");
+    p.migration("V2__b.sql", "CREATE TABLE b (id INTEGER);\n");
+    let mut c = p.dbward("sqlite:app.db");
+    s3_at(&mut c, &silent.endpoint(), "2s");
+    let (code, _, err) = run_bounded(c.arg("migrate"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("store.timeout"), "{err}");
+    assert!(
+        err.contains(&silent.endpoint().replace("http://", "")) || err.contains("s3://snapshots"),
+        "{err}"
+    );
+    assert_eq!(
+        head(&p.path().join("app.db")),
+        "1",
+        "nothing applied without its snapshot"
+    );
+    // The lock went with the process: a deploy to a working store goes through.
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+
+    // PostgreSQL's archive_command fails (and PostgreSQL retries later).
+    let wal = p.path().join("00000002.history");
+    std::fs::write(&wal, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    let mut c = p.dbward("postgres://nobody@127.0.0.1:1/app");
+    s3_at(&mut c, &silent.endpoint(), "2s");
+    let (code, _, err) = run_bounded(c.arg("wal-push").arg(&wal));
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("store.timeout"), "{err}");
+}
+
+/// Defect 7, the other side: an upload on a slow link that keeps moving is never cut, however
+/// much longer than `store.timeout` each of its parts takes.
+#[test]
+fn r07_a_slow_upload_that_keeps_moving_is_never_cut() {
+    let s3 = common::S3::start();
+    // 1 MiB/s per connection; a part of 8 MiB takes 8 s, store.timeout is 1 s.
+    let slow = common::Throttle::start(s3.port, 1 << 20);
+    let p = Project::new();
+    p.migration(
+        "V1__blobs.sql",
+        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB);\n",
+    );
+    assert_eq!(
+        run(p.dbward("sqlite:app.db").args(["migrate", "--no-snapshot"])).0,
+        0
+    );
+    // 20 MiB that do not compress: three parts.
+    sqlite(
+        &p.path().join("app.db"),
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20) INSERT INTO blobs (b) SELECT randomblob(1048576) FROM n;",
+    );
+    let mut c = p.dbward("sqlite:app.db");
+    s3_at(&mut c, &slow.endpoint(), "1s");
+    let (code, out, err) = run_bounded(c.args(["backup", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let stored = json(&out)["snapshot"]["stored_bytes"].as_u64().unwrap();
+    assert!(stored > 16 << 20, "{stored} bytes: more than two parts");
+    // And the same snapshot comes back through the slow link.
+    let mut c = p.dbward("sqlite:app.db");
+    s3_at(&mut c, &slow.endpoint(), "1s");
+    let (code, _, err) = run_bounded(c.args(["restore-drill", "latest"]));
+    assert_eq!(code, 0, "{err}");
+}

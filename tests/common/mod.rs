@@ -792,3 +792,80 @@ impl Drop for PgBouncer {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP server on a free loopback port that accepts every connection, reads what it is sent,
+/// and never answers: a store that hangs.
+pub struct Silent {
+    pub port: u16,
+}
+
+impl Silent {
+    pub fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut buf = vec![0u8; 64 << 10];
+                    while matches!(std::io::Read::read(&mut stream, &mut buf), Ok(n) if n > 0) {}
+                });
+            }
+        });
+        Silent { port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A TCP proxy on a free loopback port to `target`, passing what clients send at most
+/// `bytes_per_second` per connection (answers pass at full speed): a slow link that keeps
+/// moving.
+pub struct Throttle {
+    pub port: u16,
+}
+
+impl Throttle {
+    pub fn start(target: u16, bytes_per_second: usize) -> Throttle {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut s_read, mut c_write) = (server, client);
+                std::thread::spawn(move || {
+                    let chunk = 16 << 10;
+                    let pause = Duration::from_secs_f64(chunk as f64 / bytes_per_second as f64);
+                    let mut buf = vec![0u8; chunk];
+                    loop {
+                        match std::io::Read::read(&mut c_read, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if s_write.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(pause.mul_f64(n as f64 / chunk as f64));
+                            }
+                        }
+                    }
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s_read, &mut c_write);
+                    let _ = c_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Throttle { port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}

@@ -6,9 +6,19 @@
 //!   them equal), at most `max_in_flight` at once; on any error the upload is aborted.
 //! - A manifest is written with `If-None-Match: *`: never overwritten.
 //! - Credentials come from the standard AWS chain; retries (throttling, 5xx, timeouts) are the
-//!   SDK's standard mode, bounded.
+//!   SDK's standard mode, bounded (4 attempts).
+//! - Every request is bounded by `store.timeout` of silence, never by its length: a request
+//!   without a body must get its answer's first byte within it (each attempt, and all its
+//!   attempts within twice that); a download fails
+//!   when no byte came for that long; an upload (a part, a manifest, a WAL file) goes through a
+//!   client without that bound, its body handed over in 64 KiB frames whose every hand-over
+//!   marks progress ([`Progress`]), and fails when nothing moved for that long plus the time
+//!   the kernel's send buffer (up to 4 MiB) takes to empty at 64 KiB/s. An upload that keeps
+//!   moving at 64 KiB/s or more is never cut. A wait past 10 s says what it waits for.
 
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
@@ -16,7 +26,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::primitives::{ByteStream, SdkBody};
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
@@ -27,7 +37,7 @@ use super::ObjectInfo;
 use crate::error::Error;
 use crate::pipeline::Msg;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct S3Options {
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -39,10 +49,32 @@ pub struct S3Options {
     /// A PEM file of CA certificates trusted besides the system's (`store.ca_file`,
     /// `AWS_CA_BUNDLE`): MinIO on a LAN, a corporate proxy.
     pub ca_file: Option<std::path::PathBuf>,
+    /// `store.timeout`: the longest silence any request may keep (see the module's doc).
+    pub timeout: Duration,
 }
 
+impl Default for S3Options {
+    fn default() -> S3Options {
+        S3Options {
+            endpoint: None,
+            region: None,
+            path_style: false,
+            part_size: None,
+            max_in_flight: 2,
+            ca_file: None,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// `store.timeout`'s default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct S3Store {
+    /// Requests without a body: each attempt must be answered within `store.timeout`.
     client: Client,
+    /// Uploads: bounded by their progress instead ([`S3Store::watched`]).
+    uploads: Client,
     bucket: String,
     prefix: String,
     opts: S3Options,
@@ -77,30 +109,65 @@ impl S3Store {
                 .is_some_and(|e| e.contains(".r2.cloudflarestorage.com"));
             if r2 { "auto" } else { "us-east-1" }.to_string()
         });
+        let connect = opts.timeout.min(Duration::from_secs(10));
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
             .region(Region::new(region))
             .retry_config(RetryConfig::standard().with_max_attempts(4))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(10))
-                    .operation_attempt_timeout(Duration::from_secs(300))
-                    .build(),
-            )
+            .timeout_config(TimeoutConfig::builder().connect_timeout(connect).build())
             .load()
             .await;
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(opts.path_style)
-            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
-            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        if let Some(endpoint) = &opts.endpoint {
-            conf = conf.endpoint_url(endpoint);
-        }
+        let client = |timeouts: TimeoutConfig| {
+            let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(opts.path_style)
+                .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+                .timeout_config(timeouts);
+            if let Some(endpoint) = &opts.endpoint {
+                conf = conf.endpoint_url(endpoint);
+            }
+            Client::from_conf(conf.build())
+        };
         S3Store {
-            client: Client::from_conf(conf.build()),
+            // Each attempt answered within the timeout, and the request (its retries
+            // included) within twice that: a store that took the connection and went silent
+            // is not retried for minutes.
+            client: client(
+                TimeoutConfig::builder()
+                    .connect_timeout(connect)
+                    .read_timeout(opts.timeout)
+                    .operation_timeout(opts.timeout * 2)
+                    .build(),
+            ),
+            uploads: client(TimeoutConfig::builder().connect_timeout(connect).build()),
             bucket,
             prefix,
             opts,
+        }
+    }
+
+    /// A request without a body, said in the log from 10 s on (each attempt is bounded by the
+    /// client's `store.timeout`).
+    async fn asked<T>(&self, what: String, fut: impl std::future::Future<Output = T>) -> T {
+        // Boxed: the SDK's futures are large, and every caller's future would carry them.
+        dbconn::wait::announced(what, Box::pin(fut)).await
+    }
+
+    /// The next chunk of a download, failed when none came for `store.timeout`.
+    async fn next_chunk(
+        &self,
+        body: &mut ByteStream,
+        key: &str,
+    ) -> Result<Option<bytes::Bytes>, Error> {
+        match tokio::time::timeout(self.opts.timeout, body.try_next()).await {
+            Ok(chunk) => chunk.map_err(|e| self.failed(key, chain(&e))),
+            Err(_) => Err(self.failed(
+                key,
+                format!(
+                    "no byte came for {} (store.timeout); the store stopped sending",
+                    humanize(self.opts.timeout)
+                ),
+            )),
         }
     }
 
@@ -145,25 +212,34 @@ impl S3Store {
         };
         let second = match rx.recv().await {
             Some(Msg::Done) => {
-                self.client
+                let progress = Progress::default();
+                let req = self
+                    .uploads
                     .put_object()
                     .bucket(&self.bucket)
                     .key(&full)
-                    .body(ByteStream::from(first))
-                    .send()
-                    .await
-                    .map_err(|e| self.err("uploading", key, e))?;
+                    .body(progress.body(first));
+                watched(
+                    self.opts.timeout,
+                    format!("uploading {}", self.describe(key)),
+                    progress,
+                    async { req.send().await.map_err(|e| self.err("uploading", key, e)) },
+                )
+                .await?;
                 return self.size(key).await;
             }
             Some(Msg::Data(d)) => d,
             None => return Err(incomplete()),
         };
         let upload = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
+            .asked(
+                format!("starting the multipart upload of {}", self.describe(key)),
+                self.client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&full)
+                    .send(),
+            )
             .await
             .map_err(|e| self.err("starting the multipart upload of", key, e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_string();
@@ -173,17 +249,20 @@ impl S3Store {
         match result {
             Ok(parts) => {
                 let completed = self
-                    .client
-                    .complete_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&full)
-                    .upload_id(&upload_id)
-                    .multipart_upload(
-                        CompletedMultipartUpload::builder()
-                            .set_parts(Some(parts))
-                            .build(),
+                    .asked(
+                        format!("completing the multipart upload of {}", self.describe(key)),
+                        self.client
+                            .complete_multipart_upload()
+                            .bucket(&self.bucket)
+                            .key(&full)
+                            .upload_id(&upload_id)
+                            .multipart_upload(
+                                CompletedMultipartUpload::builder()
+                                    .set_parts(Some(parts))
+                                    .build(),
+                            )
+                            .send(),
                     )
-                    .send()
                     .await;
                 if let Err(e) = completed {
                     // The server may have completed it anyway (a lost answer): the object is
@@ -254,18 +333,19 @@ impl S3Store {
                 done_parts.push(join(in_flight.join_next().await.expect("not empty"))?);
             }
             number += 1;
+            let progress = Progress::default();
             let req = self
-                .client
+                .uploads
                 .upload_part()
                 .bucket(&self.bucket)
                 .key(&full)
                 .upload_id(upload_id)
                 .part_number(number)
-                .body(ByteStream::from(chunk));
+                .body(progress.body(chunk));
             let what = format!("uploading part {number} of {}", self.describe(key));
-            in_flight.spawn(async move {
+            let part = watched(self.opts.timeout, what.clone(), progress, async move {
                 let out = req.send().await.map_err(|e| Error::Store {
-                    what: what.clone(),
+                    what,
                     message: sdk_message(&e),
                 })?;
                 Ok(CompletedPart::builder()
@@ -273,6 +353,7 @@ impl S3Store {
                     .set_e_tag(out.e_tag().map(str::to_string))
                     .build())
             });
+            in_flight.spawn(part);
         }
         while let Some(r) = in_flight.join_next().await {
             done_parts.push(join(r)?);
@@ -288,26 +369,35 @@ impl S3Store {
 
     async fn size(&self, key: &str) -> Result<u64, Error> {
         let head = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
+            .asked(
+                format!("checking {}", self.describe(key)),
+                self.client
+                    .head_object()
+                    .bucket(&self.bucket)
+                    .key(self.full_key(key))
+                    .send(),
+            )
             .await
             .map_err(|e| self.err("checking", key, e))?;
         Ok(head.content_length().unwrap_or(0).max(0) as u64)
     }
 
     pub async fn put_new(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
-        let result = self
-            .client
+        let progress = Progress::default();
+        let req = self
+            .uploads
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .if_none_match("*")
-            .body(ByteStream::from(bytes.to_vec()))
-            .send()
-            .await;
+            .body(progress.body(bytes.to_vec()));
+        let result = watched(
+            self.opts.timeout,
+            format!("writing {}", self.describe(key)),
+            progress,
+            async { Ok(req.send().await) },
+        )
+        .await?;
         match result {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("PreconditionFailed") => {
@@ -319,11 +409,7 @@ impl S3Store {
 
     pub async fn download(&self, key: &str, to: &mut impl std::io::Write) -> Result<(), Error> {
         let mut body = self.body(key).await?;
-        while let Some(chunk) = body
-            .try_next()
-            .await
-            .map_err(|e| self.failed(key, chain(&e)))?
-        {
+        while let Some(chunk) = self.next_chunk(&mut body, key).await? {
             to.write_all(&chunk)
                 .map_err(|e| self.failed(key, e.to_string()))?;
         }
@@ -337,11 +423,7 @@ impl S3Store {
         sink: &mut super::BlockSink,
     ) -> Result<(), Error> {
         let mut body = self.body(key).await?;
-        while let Some(chunk) = body
-            .try_next()
-            .await
-            .map_err(|e| self.failed(key, chain(&e)))?
-        {
+        while let Some(chunk) = self.next_chunk(&mut body, key).await? {
             sink.push(&chunk).await;
         }
         Ok(())
@@ -349,11 +431,14 @@ impl S3Store {
 
     async fn body(&self, key: &str) -> Result<ByteStream, Error> {
         let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
+            .asked(
+                format!("downloading {}", self.describe(key)),
+                self.client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(self.full_key(key))
+                    .send(),
+            )
             .await
             .map_err(|e| match e.code() {
                 Some("NoSuchKey") => Error::Missing(self.describe(key)),
@@ -370,34 +455,30 @@ impl S3Store {
     }
 
     pub async fn put(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
-        self.client
+        let progress = Progress::default();
+        let req = self
+            .uploads
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
-            .body(ByteStream::from(bytes.to_vec()))
-            .send()
-            .await
-            .map_err(|e| self.err("writing", key, e))?;
+            .body(progress.body(bytes.to_vec()));
+        watched(
+            self.opts.timeout,
+            format!("writing {}", self.describe(key)),
+            progress,
+            async { req.send().await.map_err(|e| self.err("writing", key, e)) },
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, Error> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|e| match e.code() {
-                Some("NoSuchKey") => Error::Missing(self.describe(key)),
-                _ => self.err("reading", key, e),
-            })?;
-        let body = out.body.collect().await.map_err(|e| Error::Store {
-            what: format!("reading {}", self.describe(key)),
-            message: chain(&e),
-        })?;
-        Ok(body.into_bytes().to_vec())
+        let mut body = self.body(key).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = self.next_chunk(&mut body, key).await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
     pub async fn list_after(
@@ -421,7 +502,10 @@ impl S3Store {
             .set_start_after(after.map(|a| format!("{prefix}{a}")))
             .into_paginator()
             .send();
-        while let Some(page) = pages.next().await {
+        while let Some(page) = self
+            .asked(format!("listing {}", self.describe(dir)), pages.next())
+            .await
+        {
             let page = page.map_err(|e| self.err("listing", dir, e))?;
             for o in page.contents() {
                 let Some(k) = o.key() else { continue };
@@ -438,13 +522,16 @@ impl S3Store {
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), Error> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-            .map_err(|e| self.err("deleting", key, e))?;
+        self.asked(
+            format!("deleting {}", self.describe(key)),
+            self.client
+                .delete_object()
+                .bucket(&self.bucket)
+                .key(self.full_key(key))
+                .send(),
+        )
+        .await
+        .map_err(|e| self.err("deleting", key, e))?;
         Ok(())
     }
 
@@ -514,6 +601,143 @@ impl S3Store {
     }
 }
 
+/// `fut` (one upload, its retries included), failed when nothing moved for `limit` by
+/// `progress` (see the module's doc), and said in the log from 10 s on.
+async fn watched<T>(
+    limit: Duration,
+    what: String,
+    progress: Progress,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let idle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if progress.stalled(limit) {
+                return;
+            }
+        }
+    };
+    // Boxed: the SDK's futures are large, and every caller's future would carry them.
+    let fut = Box::pin(fut);
+    let raced = async {
+        tokio::select! {
+            out = fut => Some(out),
+            () = idle => None,
+        }
+    };
+    match dbconn::wait::announced(&what, raced).await {
+        Some(out) => out,
+        None => Err(Error::Store {
+            what,
+            message: format!(
+                "nothing moved for {} (store.timeout): the store took the connection but stopped reading or answering; is it overloaded or unreachable?",
+                humanize(limit)
+            ),
+        }),
+    }
+}
+
+/// An upload's progress: when its body last handed a frame to the connection, and how many
+/// bytes it handed over (in this attempt).
+#[derive(Clone)]
+struct Progress {
+    started: Instant,
+    /// Milliseconds since `started` of the last frame (or of the attempt's start).
+    last: Arc<AtomicU64>,
+    handed: Arc<AtomicU64>,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            started: Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+            handed: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// The frames a body is handed over in; what the kernel's send buffer may hold (Linux's
+/// default ceiling, `net.ipv4.tcp_wmem`), and the slowest rate an upload still counts as moving
+/// at.
+const FRAME: usize = 64 << 10;
+const IN_FLIGHT: u64 = 4 << 20;
+const SLOWEST: u64 = 64 << 10;
+
+impl Progress {
+    fn mark(&self, bytes: u64) {
+        self.handed.fetch_add(bytes, Ordering::Relaxed);
+        self.last
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether nothing moved for `limit`, plus the time what the kernel may still be sending
+    /// takes at [`SLOWEST`]: the body is handed over in bursts, each when the send buffer has
+    /// room again, so a link moving at 1 MiB/s can leave seconds between two frames once up to
+    /// [`IN_FLIGHT`] bytes are buffered.
+    fn stalled(&self, limit: Duration) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let since = Duration::from_millis(now.saturating_sub(self.last.load(Ordering::Relaxed)));
+        let buffered = self.handed.load(Ordering::Relaxed).min(IN_FLIGHT);
+        since > limit + Duration::from_secs(buffered / SLOWEST)
+    }
+
+    /// `bytes` as a request body handed over in frames that mark this progress (built anew for
+    /// each attempt).
+    fn body(&self, bytes: Vec<u8>) -> ByteStream {
+        let bytes = bytes::Bytes::from(bytes);
+        let progress = self.clone();
+        ByteStream::new(SdkBody::retryable(move || {
+            progress.handed.store(0, Ordering::Relaxed);
+            progress.mark(0);
+            SdkBody::from_body_1_x(Frames {
+                data: bytes.clone(),
+                at: 0,
+                progress: progress.clone(),
+            })
+        }))
+    }
+}
+
+/// A body of bytes in memory, handed over a frame at a time.
+struct Frames {
+    data: bytes::Bytes,
+    at: usize,
+    progress: Progress,
+}
+
+impl http_body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.at >= this.data.len() {
+            return std::task::Poll::Ready(None);
+        }
+        let end = (this.at + FRAME).min(this.data.len());
+        let frame = this.data.slice(this.at..end);
+        this.progress.mark((end - this.at) as u64);
+        this.at = end;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(frame))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.at >= self.data.len()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact((self.data.len() - self.at) as u64)
+    }
+}
+
+fn humanize(d: Duration) -> String {
+    dbconn::error::humanize(d)
+}
+
 /// The service's code and message (and what to check), or the transport error's causes; not
 /// the SDK's debug dump.
 fn sdk_message<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -547,7 +771,15 @@ fn sdk_message<E: ProvideErrorMetadata + std::error::Error + 'static>(
             "{}; the server's certificate is not trusted: give its CA's PEM file as store.ca_file or AWS_CA_BUNDLE (or add the CA to the system's store)",
             chain(e)
         ),
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+        SdkError::TimeoutError(_) => format!(
+            "{}; the store did not answer within store.timeout: is store.endpoint (--s3-endpoint) right, reachable and not overloaded?",
+            chain(e)
+        ),
+        SdkError::DispatchFailure(d) if d.is_timeout() => format!(
+            "{}; the store did not answer within store.timeout: is store.endpoint (--s3-endpoint) right, reachable and not overloaded?",
+            chain(e)
+        ),
+        SdkError::DispatchFailure(_) => {
             format!(
                 "{}; is store.endpoint (--s3-endpoint) right and reachable?",
                 chain(e)
