@@ -32,7 +32,8 @@ pub struct Settings {
     /// `store.timeout` / `DBWARD_STORE_TIMEOUT`: the longest silence of a store request.
     pub store_timeout: Duration,
     pub state_dir: PathBuf,
-    /// `database.lock_timeout`: how long one migration may wait for a table lock.
+    /// `database.table_lock_timeout`: how long one statement of the batch may wait for a table
+    /// lock (not the migration lock: that is `--lock-timeout`).
     pub lock_timeout: Duration,
     /// `backup.level`: zstd level (1-19).
     pub level: i32,
@@ -144,6 +145,20 @@ impl Settings {
     }
 
     /// What restores and drills decrypt with (nothing: plaintext snapshots only).
+    /// The identities to open `m` with: none for a plaintext snapshot (an identity file that
+    /// is missing or unreadable then stops nothing), the configured ones otherwise.
+    pub fn identities_for(
+        &self,
+        m: &backup::Manifest,
+    ) -> Result<backup::crypt::Identities, backup::Error> {
+        if m.encryption.is_none() {
+            return Ok(backup::crypt::Identities::none());
+        }
+        let ids = self.identities()?;
+        ids.check_can_try(m)?;
+        Ok(ids)
+    }
+
     pub fn identities(&self) -> Result<backup::crypt::Identities, backup::Error> {
         let e = &self.encryption;
         let mut ids = match &e.identity_file {
@@ -381,6 +396,7 @@ struct DatabaseSection {
     migrate_url: Option<String>,
     migrations: Option<PathBuf>,
     lock_timeout: Option<String>,
+    table_lock_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -499,11 +515,28 @@ fn resolve(
     };
     let rebase_url = |u: String| rebase_url(&u, &base);
 
-    let lock_timeout = match file.database.lock_timeout {
-        Some(s) => parse_duration(&s)
-            .map_err(|e| SettingsError(format!("config key database.lock_timeout: {e}")))?,
-        None => Duration::from_secs(5),
+    // The wait for a table lock inside the batch: `database.table_lock_timeout`. Its older
+    // name, `database.lock_timeout`, read like the migration lock's wait (`--lock-timeout`),
+    // which it never was: still read, with a warning.
+    let (key, value) = match (
+        file.database.table_lock_timeout.clone(),
+        file.database.lock_timeout.clone(),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(SettingsError(
+                "config keys database.table_lock_timeout and database.lock_timeout (its older name) are both set: keep database.table_lock_timeout".into(),
+            ))
+        }
+        (Some(v), None) => ("database.table_lock_timeout", Some(v)),
+        (None, Some(v)) => {
+            tracing::warn!(
+                "config key database.lock_timeout is now database.table_lock_timeout (how long one statement of the batch waits for a table lock; --lock-timeout is how long `migrate` waits for the migration lock): rename it"
+            );
+            ("database.lock_timeout", Some(v))
+        }
+        (None, None) => ("database.table_lock_timeout", None),
     };
+    let lock_timeout = duration_key(key, value.as_deref(), Duration::from_secs(5))?;
     let store_timeout = match env("DBWARD_STORE_TIMEOUT") {
         Some(v) => {
             parse_duration(&v).map_err(|e| SettingsError(format!("DBWARD_STORE_TIMEOUT: {e}")))?
@@ -918,5 +951,40 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("database.lock_timeout"), "{err}");
+        let err = resolve(
+            &GlobalArgs::default(),
+            |_| None,
+            Some((
+                file("[database]\ntable_lock_timeout = \"soon\""),
+                ".".into(),
+            )),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("database.table_lock_timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_table_lock_wait_has_its_own_name_and_the_older_one_still_reads() {
+        let get = |s: &str| {
+            resolve(
+                &GlobalArgs::default(),
+                |_| None,
+                Some((file(s), ".".into())),
+            )
+        };
+        assert_eq!(
+            get("[database]\ntable_lock_timeout = \"2s\"")
+                .unwrap()
+                .lock_timeout,
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            get("[database]\nlock_timeout = \"3s\"")
+                .unwrap()
+                .lock_timeout,
+            Duration::from_secs(3)
+        );
+        assert!(get("[database]\nlock_timeout = \"3s\"\ntable_lock_timeout = \"2s\"").is_err());
     }
 }

@@ -126,6 +126,19 @@ impl Scope {
         }
     }
 
+    /// Whether the state dir can take a record now (it exists or can be made, it is writable,
+    /// its disk has room): checked before a batch is applied, since a committed batch whose
+    /// record cannot be written is a deploy the guard does not know.
+    pub fn check_writable(&self) -> Result<(), StateError> {
+        let probe = self
+            .dir
+            .join(format!(".dbward-probe-{}", std::process::id()));
+        backup::scratch::create_private_dir(&self.dir)
+            .and_then(|()| backup::scratch::write_atomic(&probe, &[b' '; 16 << 10], 0o600))
+            .map_err(StateError::io("writing a record into the", &self.dir))?;
+        std::fs::remove_file(&probe).map_err(StateError::io("removing the probe in the", &probe))
+    }
+
     pub fn read(&self) -> Result<Option<Deploy>, StateError> {
         let p = self.file("last-deploy", "json");
         Ok(read_json::<Deploy>(&p)?.filter(|d| self.mine(&d.database_id, &p)))

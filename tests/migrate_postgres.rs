@@ -27,7 +27,7 @@ fn a_migration_blocked_by_another_sessions_lock_fails_on_lock_timeout() {
     assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
     std::fs::write(
         p.path().join("dbward.toml"),
-        "[database]\nlock_timeout = \"1s\"\n",
+        "[database]\ntable_lock_timeout = \"1s\"\n",
     )
     .unwrap();
     p.migration(
@@ -47,7 +47,7 @@ fn a_migration_blocked_by_another_sessions_lock_fails_on_lock_timeout() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("V3__add_column.sql"), "{err}");
     assert!(
-        err.contains("55P03") && err.contains("database.lock_timeout (1s)"),
+        err.contains("55P03") && err.contains("database.table_lock_timeout (1s)"),
         "{err}"
     );
     assert!(started.elapsed() < Duration::from_secs(60));

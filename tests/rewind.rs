@@ -310,6 +310,17 @@ fn a_failed_deploy_rewinds_the_cluster_to_its_restore_point_and_keeps_the_old_on
         "{err}"
     );
     drop(copy);
+    // `pitr verify` says a base is due on the new timeline, and never that a restore does not
+    // follow it (trust round 3: it said so while restores followed it).
+    let (code, out, err) = run(d.p.dbward(&d.url).args(["pitr", "verify", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let verified = json(&out);
+    assert_eq!(verified["base_due"], true, "{verified}");
+    let said = format!("{out}{err}");
+    assert!(
+        said.contains("restores from that base follow it") && !said.contains("does not follow"),
+        "{said}"
+    );
     // The base is unchanged and the guard never rewinds the same deploy twice.
     assert!(d.base["id"].is_string());
     let (code, _, err) = run(&mut d.guard(&unhealthy));

@@ -726,3 +726,142 @@ fn r07_a_slow_upload_that_keeps_moving_is_never_cut() {
     let (code, _, err) = run_bounded(c.args(["restore-drill", "latest"]));
     assert_eq!(code, 0, "{err}");
 }
+
+/// Low: a migration file whose name is not UTF-8 panicked (exit 101) where a bad file is exit 3,
+/// and `V2__x.sql ` (a trailing space) was skipped without a word.
+#[test]
+fn r_low_odd_file_names_are_refused_by_name_never_panicked_on_or_skipped() {
+    use std::os::unix::ffi::OsStrExt;
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id INTEGER);\n");
+    let dir = p.path().join("migrations");
+    std::fs::write(
+        dir.join(std::ffi::OsStr::from_bytes(b"V2__caf\xe9.sql")),
+        "CREATE TABLE b (id INTEGER);\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("V3__c.sql "), "CREATE TABLE c (id INTEGER);\n").unwrap();
+    for json_flag in [false, true] {
+        let mut c = p.dbward("sqlite:app.db");
+        c.arg("migrate");
+        if json_flag {
+            c.arg("--json");
+        }
+        let (code, out, err) = run(&mut c);
+        assert_eq!(code, 3, "{out}{err}");
+        assert!(
+            err.contains("not valid UTF-8") && err.contains("whitespace"),
+            "{err}"
+        );
+        if json_flag {
+            assert_eq!(
+                json(&out)["file_problems"].as_array().unwrap().len(),
+                2,
+                "{out}"
+            );
+        }
+    }
+    assert!(!p.path().join("app.db").exists(), "nothing ran");
+}
+
+/// Lows: a missing `DBWARD_AGE_IDENTITY_FILE` blocked restoring a plaintext snapshot; a
+/// manifest file that cannot be read failed every `restore latest`; with the state dir on a full
+/// disk, `migrate` applied the batch, exited 0 with an ERROR line, and the guard never knew.
+#[test]
+fn r_low_plaintext_restores_need_no_key_an_unreadable_manifest_is_skipped_and_a_full_state_dir_stops_migrate(
+) {
+    let p = Project::new();
+    let snapshot = deployed(&p, "sqlite:app.db");
+    let db = p.path().join("app.db");
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .env("DBWARD_AGE_IDENTITY_FILE", "/nonexistent/key.txt")
+        .args(["restore", &snapshot, "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(head(&db), "1");
+
+    // A manifest file the user running dbward may not read: skipped as damaged (the project
+    // is given to an unprivileged user; root reads every file).
+    let folder = p.path().join(".dbward/snapshots/app");
+    let unreadable = folder.join("29991231T000000Z-manual-dead.json");
+    std::fs::write(&unreadable, "{}").unwrap();
+    let uid: u32 = tool(Command::new("id").args(["-u", "postgres"]))
+        .parse()
+        .unwrap();
+    let gid: u32 = tool(Command::new("id").args(["-g", "postgres"]))
+        .parse()
+        .unwrap();
+    tool(
+        Command::new("chown")
+            .args(["-R", &format!("{uid}:{gid}")])
+            .arg(p.path()),
+    );
+    std::fs::set_permissions(
+        &unreadable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o000),
+    )
+    .unwrap();
+    let mut c = p.dbward("sqlite:app.db");
+    c.args(["restore", "latest", "--yes", "--json"]);
+    std::os::unix::process::CommandExt::uid(&mut c, uid);
+    std::os::unix::process::CommandExt::gid(&mut c, gid);
+    let (code, out, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("29991231T000000Z-manual-dead.json"), "{err}");
+    assert!(json(&out)["snapshot"].is_string());
+    std::fs::remove_file(&unreadable).unwrap();
+
+    // The state dir on a full disk: refused before anything is applied.
+    let full = p.path().join("full-state");
+    std::fs::create_dir(&full).unwrap();
+    common::tool(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&full),
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(full.clone());
+    let _ = std::fs::write(full.join("ballast"), vec![0u8; 256 << 10]);
+    p.migration("V3__c.sql", "CREATE TABLE c (id INTEGER);\n");
+    let before = head(&db);
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .arg("--state-dir")
+        .arg(&full)
+        .arg("migrate"));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("nothing was applied"), "{err}");
+    assert_eq!(head(&db), before);
+}
+
+/// Low: `restore --to postgres://…/existing` exited 1 where SQLite's `--to` onto an existing
+/// file is a usage error (exit 2).
+#[test]
+fn r_low_restore_to_an_existing_postgres_database_is_a_usage_error() {
+    let pg = common::Pg::start();
+    let url = pg.create_db("shop");
+    pg.create_db("taken");
+    let p = Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id int);\n");
+    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
+    assert_eq!(run(p.dbward(&url).arg("backup")).0, 0);
+    let (code, _, err) =
+        run(p
+            .dbward(&url)
+            .args(["restore", "latest", "--yes", "--to", &pg.url("taken")]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("exists"), "{err}");
+    assert_eq!(
+        pg.psql(
+            "taken",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'a'"
+        ),
+        "0",
+        "left as it was"
+    );
+}

@@ -234,7 +234,19 @@ pub async fn read_manifest(
     database: &str,
     key: &str,
 ) -> Result<Result<Manifest, Damaged>, Error> {
-    let bytes = store.get_bytes(key).await?;
+    // A manifest file this store holds but cannot read (its mode, a directory in its place)
+    // is that manifest's problem, not the store's: set aside as damaged, so every other
+    // snapshot stays usable. A store that does not answer is the store's.
+    let bytes = match store.get_bytes(key).await {
+        Ok(bytes) => bytes,
+        Err(e @ Error::Io { .. }) => {
+            return Ok(Err(Damaged {
+                key: key.to_string(),
+                problem: format!("cannot be read: {}", crate::error::chain(&e)),
+            }))
+        }
+        Err(e) => return Err(e),
+    };
     Ok(serde_json::from_slice::<Manifest>(&bytes)
         .map_err(|e| format!("not a dbward manifest: {e}"))
         .and_then(|m| m.check_names(database, key).map(|()| m))

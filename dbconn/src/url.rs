@@ -272,10 +272,18 @@ fn display_of(c: &tokio_postgres::Config, ssl_mode: SslMode) -> String {
         .iter()
         .enumerate()
         .filter_map(|(i, h)| match h {
-            Host::Tcp(h) => Some(match ports.get(i).or(ports.first()) {
-                Some(p) => format!("{h}:{p}"),
-                None => h.clone(),
-            }),
+            Host::Tcp(h) => {
+                // An IPv6 address in brackets, as in the URL it came from.
+                let h = if h.contains(':') {
+                    format!("[{h}]")
+                } else {
+                    h.clone()
+                };
+                Some(match ports.get(i).or(ports.first()) {
+                    Some(p) => format!("{h}:{p}"),
+                    None => h,
+                })
+            }
             Host::Unix(p) => {
                 sockets.push(p.display().to_string());
                 None
@@ -404,5 +412,12 @@ mod tests {
             .to_string();
         assert!(err.contains("sslmode") && !err.contains("hunter2"), "{err}");
         assert!(DatabaseUrl::parse("mysql://x").is_err());
+        // An IPv6 host is shown (and located) in brackets, as a URL writes it.
+        let u = DatabaseUrl::parse("postgres://u@[::1]:5433/shop").unwrap();
+        assert_eq!(u.display(), "postgres://u@[::1]:5433/shop");
+        let DatabaseUrl::Postgres(pg) = &u else {
+            panic!()
+        };
+        assert_eq!(pg.location(), "[::1]:5433/shop");
     }
 }

@@ -58,8 +58,14 @@ impl Error {
 /// One problem with one file in the migrations folder, found before any database work.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FileProblem {
+    /// Shown lossily (a name that is not UTF-8 is one of the problems reported).
+    #[serde(serialize_with = "lossy")]
     pub file: PathBuf,
     pub problem: String,
+}
+
+fn lossy<S: serde::Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
 }
 
 impl std::fmt::Display for FileProblem {

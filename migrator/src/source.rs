@@ -214,8 +214,13 @@ fn read_one(path: &Path) -> Result<Option<MigrationFile>, String> {
     let Some((stem, ext)) = file_name.rsplit_once('.') else {
         return Ok(None);
     };
-    if !ext.eq_ignore_ascii_case("sql") {
+    if !ext.trim().eq_ignore_ascii_case("sql") {
         return Ok(None);
+    }
+    if ext != ext.trim() || stem != stem.trim() {
+        return Err(format!(
+            "the name {file_name:?} has whitespace around it; remove it (a migration is never skipped for its name)"
+        ));
     }
     let (version, name) = parse_name(stem, ext)?;
     let kind = if version.is_none() {
@@ -261,12 +266,19 @@ fn read_one(path: &Path) -> Result<Option<MigrationFile>, String> {
 
 /// A repeatable file's checksum: SipHash-1-3 with zero keys (refinery's hasher) of its name and
 /// text. Stable across Rust releases, unlike `std`'s `DefaultHasher`.
+/// Line endings do not count: a checkout that turns LF into CRLF (or back) is the same file,
+/// and re-applying a repeatable migration for it would be a deploy nobody asked for.
 fn repeatable_checksum(name: &str, sql: &str) -> u64 {
     use std::hash::Hasher;
     let mut h = siphasher::sip::SipHasher13::new();
     h.write(name.as_bytes());
     h.write_u8(0);
-    h.write(sql.as_bytes());
+    for (i, line) in sql.split('\n').enumerate() {
+        if i > 0 {
+            h.write_u8(b'\n');
+        }
+        h.write(line.strip_suffix('\r').unwrap_or(line).as_bytes());
+    }
     h.finish()
 }
 
@@ -344,6 +356,25 @@ mod tests {
     }
 
     #[test]
+    fn a_repeatable_checksum_ignores_line_endings_only() {
+        let lf = repeatable_checksum("views", "CREATE VIEW v AS\nSELECT 1;\n");
+        assert_eq!(
+            lf,
+            repeatable_checksum("views", "CREATE VIEW v AS\r\nSELECT 1;\r\n")
+        );
+        assert_ne!(
+            lf,
+            repeatable_checksum("views", "CREATE VIEW v AS\nSELECT 2;\n")
+        );
+        // Unchanged for a file without CR: histories already written stay valid.
+        let mut h = siphasher::sip::SipHasher13::new();
+        std::hash::Hasher::write(&mut h, b"views");
+        std::hash::Hasher::write_u8(&mut h, 0);
+        std::hash::Hasher::write(&mut h, b"CREATE VIEW v AS\nSELECT 1;\n");
+        assert_eq!(lf, std::hash::Hasher::finish(&h));
+    }
+
+    #[test]
     fn checksum_is_refinerys() {
         // The value refinery computes for this name and text, so its history tables read back.
         let m = Migration::unapplied("V1__initial", "CREATE TABLE t (id int);").unwrap();
@@ -366,6 +397,7 @@ mod tests {
         std::fs::write(p.join("V2__add-x.sql"), "select 1;").unwrap();
         std::fs::write(p.join("V3__empty.sql"), "  \n").unwrap();
         std::fs::write(p.join("V4__latin1.sql"), b"select '\xe9';").unwrap();
+        std::fs::write(p.join("V5__spaced.sql "), "select 1;").unwrap();
         std::fs::write(p.join("README.md"), "notes").unwrap();
         let Err(Error::Files { problems }) = discover(p) else {
             panic!("expected file problems")
@@ -380,6 +412,7 @@ mod tests {
                 "V2__add-x.sql",
                 "V3__empty.sql",
                 "V4__latin1.sql",
+                "V5__spaced.sql ",
                 "V1__b.sql"
             ]
         );

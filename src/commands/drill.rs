@@ -81,8 +81,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     };
     let migrations = migrations(settings)?;
     // An encrypted snapshot and no identity at all: refused before anything runs (exit 3).
-    let identities = settings.identities()?;
-    identities.check_can_try(&m)?;
+    let identities = settings.identities_for(&m)?;
     let opts = Options {
         identities,
         scratch,

@@ -126,6 +126,16 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     if let Some(f) = &failed {
         refuse_failed_batch(f, &batch, args.retry_failed)?;
     }
+    // The deploy's record must be writable before anything is applied.
+    scope.check_writable().map_err(|e| {
+        Failure::new(
+            Exit::Refused,
+            format!(
+                "{}; nothing was applied: a batch whose deploy record cannot be written is a deploy the health guard cannot undo. Free space in (or fix) the state dir, then run again",
+                backup::error::chain(&e)
+            ),
+        )
+    })?;
 
     // The pre-deploy snapshot: under the lock, once something is pending. A first deploy has
     // nothing to protect. If it fails, nothing is applied.

@@ -255,7 +255,7 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
     let since = since_base.as_ref().map(|s| s.bytes);
     let due_why = match (&since_base, settings.pitr.base_max_wal) {
         (Some(s), _) if s.later_timeline.is_some() => Some(format!(
-            "the archive holds timeline {}, after the newest base's: a restore from that base does not follow it (a promotion or a rewind happened since)",
+            "the archive holds timeline {}, after the newest base's (a promotion or a rewind happened since): restores from that base follow it, but deploys take dumps instead of restore points until a base of the current timeline exists",
             s.later_timeline.unwrap_or_default()
         )),
         (Some(s), Some(max)) if s.bytes > max => Some(format!(

@@ -188,9 +188,9 @@ async fn restore_with(
         backup::bytes(m.stored_bytes),
         opts.to.as_deref().unwrap_or(&url.display())
     );
-    // An encrypted snapshot needs an identity: refused before anything is fetched.
-    let identities = settings.identities()?;
-    identities.check_can_try(m)?;
+    // An encrypted snapshot needs an identity: refused before anything is fetched (a
+    // plaintext one needs none, whatever the identity settings say).
+    let identities = settings.identities_for(m)?;
     let outcome = match url {
         DatabaseUrl::Sqlite(live) => {
             restore::sqlite::restore(

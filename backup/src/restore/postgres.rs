@@ -205,6 +205,14 @@ async fn restore_from(
                 "this role may not create databases ({})",
                 describe(&e)
             ))
+        } else if opts.to.is_some()
+            && e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+        {
+            // As for a SQLite `--to` path that exists: a usage error, nothing touched.
+            Error::Target {
+                target: target.clone(),
+                problem: "the database exists; restore into a new name".into(),
+            }
         } else {
             q("creating the restore database")(e)
         }

@@ -356,9 +356,9 @@ fn apply_error(f: &MigrationFile, e: &tokio_postgres::Error, lock_timeout: Durat
         }
         if db.code() == &SqlState::LOCK_NOT_AVAILABLE {
             message.push_str(&format!(
-                "\nThe migration waited longer than database.lock_timeout ({}) for a lock another session holds \
+                "\nThe migration waited longer than database.table_lock_timeout ({}) for a lock another session holds \
                  (a long query or open transaction on the same table). It was stopped so it would not stall \
-                 the application's queries behind it. Retry when that session is done, or raise database.lock_timeout.",
+                 the application's queries behind it. Retry when that session is done, or raise database.table_lock_timeout.",
                 humanize(lock_timeout)
             ));
         }

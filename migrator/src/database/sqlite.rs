@@ -160,7 +160,7 @@ impl Sqlite {
                 Error::db(
                     "starting the batch",
                     format!(
-                        "{e} (waited database.lock_timeout = {} for the application's write lock; nothing was applied)",
+                        "{e} (waited database.table_lock_timeout = {} for the application's write lock; nothing was applied)",
                         humanize(busy_timeout)
                     ),
                 )
