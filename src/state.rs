@@ -320,6 +320,10 @@ pub struct Deploy {
     pub counters_before_apply: Option<migrator::database::Counters>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters_after: Option<migrator::database::Counters>,
+    /// The batch's transaction id (PostgreSQL, 32 bits): a rewind's count of what it discards
+    /// leaves the batch's own changes out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_xid: Option<u32>,
 }
 
 impl Deploy {

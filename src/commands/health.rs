@@ -354,7 +354,7 @@ async fn guard_inner(
     };
     super::migrate::write_failed(&scope, store, &failed).await;
     let undone = undo(settings, &url, &stores, &snapshot, &deploy, then).await;
-    let (restored, kept, rewound) = match undone {
+    let (restored, kept, rewound, counted) = match undone {
         Ok(done) => done,
         Err(mut f) => {
             // A second guard finds the deploy undone by the first: nothing failed.
@@ -410,11 +410,19 @@ async fn guard_inner(
     Ok(Failure {
         code: Exit::Restored,
         message: if rewound {
-            format!("unhealthy: {reason}. Rewound the cluster to the pre-deploy restore point {snapshot}; the failed cluster is kept as {kept}; {}", describe_discarded(&discard, true))
+            format!(
+                "unhealthy: {reason}. Rewound the cluster to the pre-deploy restore point {snapshot}; the failed cluster is kept as {kept}; {}",
+                counted.unwrap_or_else(|| describe_discarded(&discard, true))
+            )
         } else {
             format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true))
         },
-        details: json!({ "restored": restored, "rewound": rewound, "discarded": discard, "not_additive": deploy.not_additive }),
+        details: json!({
+            "discarded": if rewound { restored["discarded"].clone() } else { json!(discard) },
+            "restored": restored,
+            "rewound": rewound,
+            "not_additive": deploy.not_additive,
+        }),
         text: String::new(),
         damaged: false,
     })
@@ -430,7 +438,7 @@ async fn undo(
     snapshot: &str,
     deploy: &state::Deploy,
     head: Option<(i64, String)>,
-) -> Result<(serde_json::Value, String, bool), Failure> {
+) -> Result<(serde_json::Value, String, bool, Option<String>), Failure> {
     let point = match url {
         migrator::DatabaseUrl::Postgres(_) => {
             crate::service::physical::point(&stores[0], &url.name(), snapshot).await?
@@ -447,9 +455,31 @@ async fn undo(
         // cluster is stopped: a rewind that fails this far changed nothing.
         let checked = crate::service::rewind::check(settings, url, snapshot, head).await?;
         let prepared = crate::service::rewind::prepare(settings, url, checked).await?;
-        let r = crate::service::rewind::finish(settings, url, prepared).await?;
+        let r = crate::service::rewind::finish(settings, url, prepared, deploy.batch_xid).await?;
         let kept = format!("the data directory {}", r.kept.display());
-        return Ok((json!(r), kept, true));
+        let discarded = match (&r.discarded, &r.discarded_unknown) {
+            (Some(d), _) => format!(
+                "the rewind discarded {} committed row change(s) made after the restore point, in every database of the cluster ({}; {} inserted, {} updated, {} deleted; counted in the stopped cluster's WAL from {} to {}, the batch's own left out)",
+                d.total(),
+                if d.by_database.is_empty() {
+                    "none".to_string()
+                } else {
+                    d.by_database
+                        .iter()
+                        .map(|(db, n)| format!("{db}: {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                d.inserted,
+                d.updated,
+                d.deleted,
+                d.from_lsn,
+                d.to_lsn
+            ),
+            (None, Some(why)) => format!("what the rewind discarded could not be counted: {why}"),
+            (None, None) => String::new(),
+        };
+        return Ok((json!(r), kept, true, Some(discarded)));
     }
     tracing::warn!(
         "unhealthy after the deploy of {} that applied {:?}: restoring its pre-deploy snapshot {snapshot} \
@@ -477,7 +507,7 @@ async fn undo(
         .as_ref()
         .map(|r| r.to_string())
         .unwrap_or_default();
-    Ok((json!(outcome), kept, false))
+    Ok((json!(outcome), kept, false, None))
 }
 
 /// The deploy log's entry for what the guard did with `deploy`.

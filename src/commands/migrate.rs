@@ -183,7 +183,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         names.len(),
         names.join(", ")
     );
-    db.apply(&batch, settings.lock_timeout).await?;
+    let batch_xid = db.apply(&batch, settings.lock_timeout).await?;
     dbconn::committed::mark(format!(
         "the migration batch ({}) was committed",
         names.join(", ")
@@ -215,6 +215,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         counters_before_snapshot,
         counters_before_apply,
         counters_after,
+        batch_xid,
     };
     // The batch is committed: a failure to record it must not say otherwise (exit 1 promises
     // the database is as it was). Without the record the guard sees an older deploy whose head

@@ -59,6 +59,28 @@ pub struct Rewound {
     /// From the guard's decision to the promoted cluster, and how long the cluster was down.
     pub seconds: f64,
     pub downtime_seconds: f64,
+    /// What the rewind discarded: the committed row changes after the point in the stopped
+    /// cluster's WAL, every database's (named), the deploy's batch left out; or why they could
+    /// not be counted.
+    pub discarded: Option<Discarded>,
+    pub discarded_unknown: Option<String>,
+}
+
+/// [`backup::restore::waldump::Changes`] with the databases named.
+#[derive(Debug, serde::Serialize)]
+pub struct Discarded {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub by_database: std::collections::BTreeMap<String, u64>,
+    pub from_lsn: String,
+    pub to_lsn: String,
+}
+
+impl Discarded {
+    pub fn total(&self) -> u64 {
+        self.inserted + self.updated + self.deleted
+    }
 }
 
 /// A rewind checked and planned: nothing was changed yet.
@@ -281,6 +303,7 @@ pub async fn finish(
     settings: &Settings,
     url: &DatabaseUrl,
     prepared: Prepared,
+    batch_xid: Option<u32>,
 ) -> Result<Rewound, Failure> {
     let Prepared {
         checked,
@@ -414,14 +437,96 @@ pub async fn finish(
     tracing::warn!(
         "rewind: the cluster is at restore point {point_id} on a new timeline; restore points fall back to dumps until a new base is taken (`dbward backup --physical`)"
     );
+    let seconds = checked.started.elapsed().as_secs_f64();
+    // What was discarded, read from the stopped cluster's own WAL once the cluster runs again
+    // (not while it is down).
+    let (discarded, discarded_unknown) =
+        match count_discarded(settings, pg, &kept, &checked, batch_xid).await {
+            Ok(d) => (Some(d), None),
+            Err(why) => {
+                tracing::warn!("what the rewind discarded could not be counted: {why}");
+                (None, Some(why))
+            }
+        };
     Ok(Rewound {
         point: point_id.to_string(),
         base: checked.planned.base.id.clone(),
         data_dir,
         kept,
         recovered,
-        seconds: checked.started.elapsed().as_secs_f64(),
+        seconds,
         downtime_seconds: downtime,
+        discarded,
+        discarded_unknown,
+    })
+}
+
+/// The committed row changes in the kept (stopped) cluster's WAL after the restore point, in
+/// every database, the deploy's batch left out (`backup::restore::waldump`), with the
+/// databases named by the rewound cluster (the same oids).
+async fn count_discarded(
+    settings: &Settings,
+    pg: &dbconn::PgUrl,
+    kept: &Path,
+    checked: &Checked,
+    batch_xid: Option<u32>,
+) -> Result<Discarded, String> {
+    let Target::Point { lsn, .. } = &checked.planned.target else {
+        return Err("the rewind's target is not a restore point".into());
+    };
+    let major: u32 = std::fs::read_to_string(kept.join("PG_VERSION"))
+        .map_err(|e| format!("{}: {e}", kept.join("PG_VERSION").display()))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("PG_VERSION: {e}"))?;
+    let bindir = server::bindir(major).map_err(|e| e.to_string())?;
+    let store = settings
+        .store()
+        .await
+        .map_err(|e| backup::error::chain(&e))?;
+    let identities = settings.identities().map_err(|e| e.to_string())?;
+    let changes = backup::restore::waldump::discarded_since(
+        kept,
+        &bindir,
+        *lsn,
+        batch_xid,
+        Some((&store, pg.dbname(), &identities)),
+    )
+    .await
+    .map_err(|e| backup::error::chain(&e))?;
+    let names: std::collections::HashMap<u32, String> =
+        match dbconn::postgres::Postgres::connect(pg).await {
+            Ok(db) => db
+                .client()
+                .query("SELECT oid::int8, datname::text FROM pg_database", &[])
+                .await
+                .map(|rows| {
+                    rows.iter()
+                        .map(|r| (r.get::<_, i64>(0) as u32, r.get(1)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Err(_) => Default::default(),
+        };
+    Ok(Discarded {
+        inserted: changes.inserted,
+        updated: changes.updated,
+        deleted: changes.deleted,
+        by_database: changes
+            .by_database
+            .iter()
+            .map(|(oid, n)| {
+                (
+                    names
+                        .get(oid)
+                        .cloned()
+                        .unwrap_or_else(|| format!("database oid {oid}")),
+                    *n,
+                )
+            })
+            .collect(),
+        from_lsn: changes.from_lsn,
+        to_lsn: changes.to_lsn,
     })
 }
 

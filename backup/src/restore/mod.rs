@@ -6,6 +6,7 @@ pub mod physical;
 pub mod postgres;
 pub mod server;
 pub mod sqlite;
+pub mod waldump;
 
 use std::path::{Path, PathBuf};
 

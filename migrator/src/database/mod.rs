@@ -181,14 +181,15 @@ impl Database {
     /// Applies `batch` in one transaction, recording each file in its history table (versioned
     /// in refinery's, repeatable in dbward's); on any
     /// error nothing is applied. `lock_timeout` bounds each wait for a table lock
-    /// (PostgreSQL `lock_timeout`; SQLite busy timeout).
+    /// (PostgreSQL `lock_timeout`; SQLite busy timeout). Returns the batch's transaction id on
+    /// PostgreSQL (32 bits, as the WAL writes it).
     pub async fn apply(
         &mut self,
         batch: &[&MigrationFile],
         lock_timeout: Duration,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<u32>, Error> {
         match self {
-            Database::Sqlite(db) => db.apply(batch, lock_timeout),
+            Database::Sqlite(db) => db.apply(batch, lock_timeout).map(|()| None),
             Database::Postgres(db) => db.apply(batch, lock_timeout).await,
         }
     }

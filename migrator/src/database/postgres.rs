@@ -241,11 +241,13 @@ impl Session {
         result
     }
 
+    /// Returns the batch's transaction id (32 bits, as the WAL writes it): what the guard's
+    /// rewind leaves out when it counts the writes it discards.
     pub async fn apply(
         &mut self,
         batch: &[&MigrationFile],
         lock_timeout: Duration,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<u32>, Error> {
         let c = &self.conn.client();
         let ctx = |e: tokio_postgres::Error| Error::db("applying the batch", describe(&e));
         c.batch_execute("BEGIN").await.map_err(ctx)?;
@@ -336,7 +338,14 @@ impl Session {
                     .await
                     .map_err(ctx)?;
             }
-            c.batch_execute("COMMIT").await.map_err(ctx)
+            // The batch always wrote (its history rows): it has an id.
+            let xid: i64 = c
+                .query_one("SELECT txid_current()", &[])
+                .await
+                .map_err(ctx)?
+                .get(0);
+            c.batch_execute("COMMIT").await.map_err(ctx)?;
+            Ok(Some((xid as u64 % (1 << 32)) as u32))
         }
         .await;
         if result.is_err() {
