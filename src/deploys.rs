@@ -148,13 +148,12 @@ pub async fn read(scope: &Scope, store: &backup::Store) -> Vec<Entry> {
     out
 }
 
-/// The newest deploy that changed the database and took a pre-deploy snapshot, on any host:
-/// what `restore pre-deploy` restores (a later `migrate` that found nothing pending does not
-/// hide it).
-pub async fn last_pre_deploy(scope: &Scope, store: &backup::Store) -> Option<Entry> {
-    read(scope, store).await.into_iter().find(|e| {
-        e.event == "migrate"
-            && e.snapshot.is_some()
-            && (!e.applied.is_empty() || !e.repeatable.is_empty())
-    })
+/// The newest deploy that changed the database, on any host: `restore pre-deploy` restores its
+/// snapshot (a later `migrate` that found nothing pending does not hide it; one that took no
+/// snapshot is not skipped for an older one that did).
+pub async fn last_change(scope: &Scope, store: &backup::Store) -> Option<Entry> {
+    read(scope, store)
+        .await
+        .into_iter()
+        .find(|e| e.event == "migrate" && (!e.applied.is_empty() || !e.repeatable.is_empty()))
 }

@@ -97,7 +97,12 @@ impl Scope {
         let Ok(Some(deploy)) = read_json::<Deploy>(&old) else {
             return;
         };
-        if deploy.database != url.display() || !head_applied(url, deploy.head.as_ref()).await {
+        // The same URL (an IPv6 host was shown without brackets then), and its deploy this
+        // database's: its head applied here. (A deploy the guard rolled back proves nothing this
+        // way and stays; the store's copy of its failed batch still refuses the batch.)
+        let same_url =
+            deploy.database.replace(['[', ']'], "") == url.display().replace(['[', ']'], "");
+        if !same_url || !head_applied(url, deploy.head.as_ref()).await {
             tracing::warn!(
                 "{} is not {}'s (another database of the same name shares this state dir?): left as it is",
                 old.display(),
@@ -418,6 +423,28 @@ pub struct BatchFile {
     pub version: i64,
     pub name: String,
     pub checksum: String,
+}
+
+impl FailedBatch {
+    /// Whether every file of the batch is applied in this history (same version or name, same
+    /// checksum): the batch was not undone.
+    pub fn still_applied(
+        &self,
+        history: &[migrator::Applied],
+        repeatable: &[migrator::AppliedRepeatable],
+    ) -> bool {
+        self.batch.iter().all(|b| {
+            if b.version == 0 && b.name.starts_with("R__") {
+                repeatable.iter().any(|r| {
+                    format!("R__{}", r.name) == b.name && r.checksum.to_string() == b.checksum
+                })
+            } else {
+                history
+                    .iter()
+                    .any(|a| a.version == b.version && a.checksum.to_string() == b.checksum)
+            }
+        })
+    }
 }
 
 impl BatchFile {

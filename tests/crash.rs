@@ -654,3 +654,92 @@ fn a_guard_killed_while_undoing_leaves_an_unfinished_undo_that_the_next_guard_fi
         app.check(&at);
     }
 }
+
+/// The same guard killed once the restored file is in place, before its success is recorded:
+/// the undo did finish. The next `health --restore-on-failure` finds the batch no longer
+/// applied and records the undo as done (it does not retry it, nor fail on a head it no longer
+/// recognizes), and `migrate` then refuses the rolled-back batch like any other.
+#[test]
+fn a_guard_killed_after_its_swap_is_settled_by_the_next_guard_without_a_retry() {
+    let app = SqliteApp::new();
+    let db = app.p.path().join("app.db");
+    assert_eq!(run(&mut app.cmd(&["migrate"])).0, 0);
+    let server = common::Http::status(503);
+    let mut guard = app.cmd(&["health", "--restore-on-failure", "--timeout", "1s", "--url"]);
+    guard.arg(server.url());
+    provoke(guard, "restore-sqlite-after-swap", Action::Kill);
+    assert_eq!(
+        sqlite(&db, "SELECT max(version) FROM refinery_schema_history"),
+        "1",
+        "the swap happened"
+    );
+    let healthy = common::Http::status(200);
+    let (code, _, err) = run(&mut app.cmd(&[
+        "health",
+        "--restore-on-failure",
+        "--timeout",
+        "1s",
+        "--url",
+        &healthy.url(),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("recording it as rolled back"), "{err}");
+    let (code, _, err) = run(&mut app.cmd(&["migrate"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("rolled back by the health guard"), "{err}");
+    app.check("after the swap");
+}
+
+/// Review of round 3: an application that opened (so created) the database while the snapshot
+/// was fetched holds a file that still counts as missing (empty): it is the application's, and
+/// `--if-missing` leaves it alone rather than swap a file in under it.
+#[test]
+fn a_database_an_application_opened_meanwhile_is_never_restored_over() {
+    let app = SqliteApp::new();
+    let db = app.p.path().join("app.db");
+    std::fs::remove_file(&db).unwrap();
+    let _ = std::fs::remove_file(app.p.path().join("app.db-wal"));
+    let _ = std::fs::remove_file(app.p.path().join("app.db-shm"));
+    let mut holder = None;
+    let (code, err) = meanwhile_at(
+        app.cmd(&["restore", "latest", "--if-missing"]),
+        "restore-after-decompress",
+        || {
+            let mut child = Command::new("python3")
+                .arg("-c")
+                .arg("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA user_version').fetchone(); print('open', flush=True); time.sleep(120)")
+                .arg(&db)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            assert_eq!(line.trim(), "open");
+            holder = Some(child);
+        },
+    );
+    let mut holder = holder.unwrap();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("nothing restored"), "{err}");
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        0,
+        "left as the app made it"
+    );
+    let kept: Vec<_> = std::fs::read_dir(app.p.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("app.db.replaced-2")
+        })
+        .collect();
+    assert!(kept.is_empty(), "{kept:?}");
+}

@@ -587,6 +587,10 @@ fn a_restore_onto_a_full_disk_changes_nothing() {
     let before = listing(app.p.path());
     let (code, out, err) = run(&mut app.cmd(&["restore", &id, "--yes"]));
     assert_ne!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("space") || err.contains("disk"),
+        "the refusal names the full disk: {err}"
+    );
     assert_eq!(listing(app.p.path()), before, "{err}");
 }
 

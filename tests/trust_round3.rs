@@ -205,6 +205,23 @@ fn r05_restore_pre_deploy_finds_the_deploys_snapshot_after_a_no_op_migrate_and_o
         snapshot.as_str(),
         "the newer deploy's"
     );
+
+    // A newer deploy that took no snapshot is not skipped for an older one that did (that
+    // would undo more than the last deploy): refused, naming it.
+    p.migration("V3__c.sql", "CREATE TABLE c (id INTEGER);\n");
+    assert_eq!(
+        run(p.dbward("sqlite:app.db").args(["migrate", "--no-snapshot"])).0,
+        0
+    );
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["restore", "pre-deploy", "--yes"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("took no pre-deploy snapshot") && err.contains("V3"),
+        "{err}"
+    );
+    assert_eq!(head(&db), "3", "nothing restored");
 }
 
 /// Defect 8: state was keyed by the database's file name, so two apps' `app.db` sharing one
@@ -863,5 +880,41 @@ fn r_low_restore_to_an_existing_postgres_database_is_a_usage_error() {
         ),
         "0",
         "left as it was"
+    );
+}
+
+/// Review of round 3: an upload's body is streamed (signed UNSIGNED-PAYLOAD, and the SDK's CRC
+/// trailers are off for R2, B2 and MinIO), so its Content-MD5 is what makes the store refuse
+/// bytes that changed on the way: a bit flipped inside a snapshot's upload fails the backup,
+/// and no manifest claims it.
+#[test]
+fn r07_an_upload_whose_bytes_change_on_the_way_is_refused_by_the_store() {
+    let s3 = common::S3::start();
+    let tamper = common::Throttle::tampering(s3.port, 300_000);
+    let p = Project::new();
+    p.migration(
+        "V1__blobs.sql",
+        "CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB);\n",
+    );
+    assert_eq!(
+        run(p.dbward("sqlite:app.db").args(["migrate", "--no-snapshot"])).0,
+        0
+    );
+    sqlite(
+        &p.path().join("app.db"),
+        "INSERT INTO blobs (b) SELECT randomblob(1048576);",
+    );
+    let mut c = p.dbward("sqlite:app.db");
+    s3_at(&mut c, &tamper.endpoint(), "30s");
+    let (code, _, err) = run_bounded(c.arg("backup"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("BadDigest"), "{err}");
+    let mut c = p.dbward("sqlite:app.db");
+    s3_at(&mut c, &s3.endpoint(), "30s");
+    let (code, out, err) = run(c.args(["snapshots", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        json(&out)["snapshots"].as_array().unwrap().is_empty(),
+        "{out}"
     );
 }

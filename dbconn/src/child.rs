@@ -9,7 +9,8 @@
 //!   anything else of dbward's (a server's environment is readable by its OS user).
 //! - [`user`]: the operator's commands (`run`'s application, after-migrate hooks, `--check`,
 //!   `[pitr.server]` commands, `locked`'s job): dbward's environment less the store's
-//!   credentials and the snapshot keys (every `AWS_*` and `DBWARD_AGE_*` variable).
+//!   credentials and the snapshot keys (every `AWS_*` and `DBWARD_AGE_*` variable) and the
+//!   migration owner's `DBWARD_MIGRATE_URL`.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
@@ -24,11 +25,12 @@ fn tool_keeps(k: &OsStr) -> bool {
         || (k.starts_with("PG") && k != "PGPASSWORD")
 }
 
-/// Whether an operator's command is denied variable `k`: the store's credentials and the
-/// snapshot keys are dbward's.
+/// Whether an operator's command is denied variable `k`: the store's credentials, the
+/// snapshot keys and the migration owner's URL are dbward's (a hook is given the URL it needs
+/// as `DBWARD_DATABASE_URL`).
 pub fn withheld(k: &OsStr) -> bool {
     let k = k.to_string_lossy();
-    k.starts_with("AWS_") || k.starts_with("DBWARD_AGE_")
+    k.starts_with("AWS_") || k.starts_with("DBWARD_AGE_") || k == "DBWARD_MIGRATE_URL"
 }
 
 /// A tool or server of dbward's: the minimal environment, a process group of its own.

@@ -137,25 +137,59 @@ async fn broken(settings: &Settings) -> Option<String> {
     if deploy.restored.is_some() {
         return None;
     }
-    if let Some(e) = deploy.hook_failed {
+    if let Some(e) = &deploy.hook_failed {
         return Some(format!("the deploy at {} is broken: {e}", deploy.at));
     }
-    unfinished_undo(&scope, &deploy)
+    unfinished_undo(settings, &url, &scope, deploy).await
 }
 
-/// Why the guard must undo `deploy` again: it found it unhealthy and its undo did not finish.
-pub fn unfinished_undo(scope: &state::Scope, deploy: &state::Deploy) -> Option<String> {
+/// Why the guard must undo `deploy` again: it found it unhealthy and its undo did not finish,
+/// and the batch is still applied. An undo that did finish without being recorded as such
+/// (the guard killed right after the swap, a restore by hand) is settled here: the record says
+/// rolled back, the deploy restored, and there is nothing to retry.
+pub async fn unfinished_undo(
+    settings: &Settings,
+    url: &migrator::DatabaseUrl,
+    scope: &state::Scope,
+    mut deploy: state::Deploy,
+) -> Option<String> {
     if deploy.restored.is_some() {
         return None;
     }
-    let failed = scope.read_failed().ok()??;
-    let why = failed.undo_failed?;
-    (deploy.pre_deploy_snapshot.as_deref() == Some(failed.snapshot.as_str())).then(|| {
-        format!(
-            "the deploy at {} was found unhealthy at {} ({}), and its undo did not finish ({why}); retrying the undo",
-            deploy.at, failed.at, failed.reason
-        )
-    })
+    let mut failed = scope.read_failed().ok()??;
+    let why = failed.undo_failed.clone()?;
+    if deploy.pre_deploy_snapshot.as_deref() != Some(failed.snapshot.as_str()) {
+        return None;
+    }
+    let mut db = Database::open(url, Open::Existing).await.ok()?;
+    let (history, repeatable) = (
+        db.applied().await.ok()?,
+        db.applied_repeatable().await.ok()?,
+    );
+    drop(db);
+    if !failed.still_applied(&history, &repeatable) {
+        tracing::warn!(
+            "the undo of the deploy at {} was not recorded as finished, but its batch is no longer applied: recording it as rolled back",
+            deploy.at
+        );
+        failed.undo_failed = None;
+        if let Ok(store) = settings.store().await {
+            super::migrate::write_failed(scope, &store, &failed).await;
+        } else if let Err(e) = scope.write_failed(&failed) {
+            tracing::warn!("{}", backup::error::chain(&e));
+        }
+        deploy.restored = Some(backup::manifest::now_rfc3339(
+            time::OffsetDateTime::now_utc(),
+        ));
+        if let Err(e) = scope.write(&deploy) {
+            tracing::warn!("{}", backup::error::chain(&e));
+        }
+        return None;
+    }
+    Some(format!(
+        "the deploy at {} was found unhealthy at {} ({}), and its undo did not finish ({why}); retrying the undo",
+        deploy.at, failed.at, failed.reason
+    ))
 }
 
 fn ok(code: u16, expect: &[u16]) -> bool {
@@ -354,7 +388,7 @@ async fn guard_inner(
     };
     super::migrate::write_failed(&scope, store, &failed).await;
     let undone = undo(settings, &url, &stores, &snapshot, &deploy, then).await;
-    let (restored, kept, rewound, counted) = match undone {
+    let (mut restored, kept, rewind) = match undone {
         Ok(done) => done,
         Err(mut f) => {
             // A second guard finds the deploy undone by the first: nothing failed.
@@ -407,6 +441,17 @@ async fn guard_inner(
         format!("restored by the health guard: {reason}; {discard_text}"),
     );
     crate::deploys::append(&scope, Some(store), &logged).await;
+    // What a rewind discarded, counted from the stopped cluster's WAL once its success is
+    // recorded (a guard stopped while it counts has nothing left to undo).
+    let rewound = rewind.is_some();
+    let counted = match rewind {
+        Some(mut r) => {
+            crate::service::rewind::count_discarded(settings, &url, &mut r, deploy.batch_xid).await;
+            restored = json!(r);
+            Some(describe_rewind_discard(&r))
+        }
+        None => None,
+    };
     Ok(Failure {
         code: Exit::Restored,
         message: if rewound {
@@ -428,6 +473,32 @@ async fn guard_inner(
     })
 }
 
+/// What a rewind discarded, as the guard says it.
+fn describe_rewind_discard(r: &crate::service::rewind::Rewound) -> String {
+    match (&r.discarded, &r.discarded_unknown) {
+        (Some(d), _) => format!(
+            "the rewind discarded {} committed row change(s) made after the restore point, in every database of the cluster ({}; {} inserted, {} updated, {} deleted; counted in the stopped cluster's WAL from {} to {}, the batch's own left out)",
+            d.total(),
+            if d.by_database.is_empty() {
+                "none".to_string()
+            } else {
+                d.by_database
+                    .iter()
+                    .map(|(db, n)| format!("{db}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            d.inserted,
+            d.updated,
+            d.deleted,
+            d.from_lsn,
+            d.to_lsn
+        ),
+        (None, Some(why)) => format!("what the rewind discarded could not be counted: {why}"),
+        (None, None) => "what the rewind discarded was not counted".into(),
+    }
+}
+
 /// Undoes `deploy`: rewinds the cluster to its restore point ([pitr.server]), or restores its
 /// snapshot (a dump or a file). Returns what was restored (JSON), where the failed database is
 /// kept, and whether it was a rewind.
@@ -438,7 +509,14 @@ async fn undo(
     snapshot: &str,
     deploy: &state::Deploy,
     head: Option<(i64, String)>,
-) -> Result<(serde_json::Value, String, bool, Option<String>), Failure> {
+) -> Result<
+    (
+        serde_json::Value,
+        String,
+        Option<crate::service::rewind::Rewound>,
+    ),
+    Failure,
+> {
     let point = match url {
         migrator::DatabaseUrl::Postgres(_) => {
             crate::service::physical::point(&stores[0], &url.name(), snapshot).await?
@@ -455,31 +533,9 @@ async fn undo(
         // cluster is stopped: a rewind that fails this far changed nothing.
         let checked = crate::service::rewind::check(settings, url, snapshot, head).await?;
         let prepared = crate::service::rewind::prepare(settings, url, checked).await?;
-        let r = crate::service::rewind::finish(settings, url, prepared, deploy.batch_xid).await?;
+        let r = crate::service::rewind::finish(settings, url, prepared).await?;
         let kept = format!("the data directory {}", r.kept.display());
-        let discarded = match (&r.discarded, &r.discarded_unknown) {
-            (Some(d), _) => format!(
-                "the rewind discarded {} committed row change(s) made after the restore point, in every database of the cluster ({}; {} inserted, {} updated, {} deleted; counted in the stopped cluster's WAL from {} to {}, the batch's own left out)",
-                d.total(),
-                if d.by_database.is_empty() {
-                    "none".to_string()
-                } else {
-                    d.by_database
-                        .iter()
-                        .map(|(db, n)| format!("{db}: {n}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                },
-                d.inserted,
-                d.updated,
-                d.deleted,
-                d.from_lsn,
-                d.to_lsn
-            ),
-            (None, Some(why)) => format!("what the rewind discarded could not be counted: {why}"),
-            (None, None) => String::new(),
-        };
-        return Ok((json!(r), kept, true, Some(discarded)));
+        return Ok((json!(r), kept, Some(r)));
     }
     tracing::warn!(
         "unhealthy after the deploy of {} that applied {:?}: restoring its pre-deploy snapshot {snapshot} \
@@ -507,7 +563,7 @@ async fn undo(
         .as_ref()
         .map(|r| r.to_string())
         .unwrap_or_default();
-    Ok((json!(outcome), kept, false, None))
+    Ok((json!(outcome), kept, None))
 }
 
 /// The deploy log's entry for what the guard did with `deploy`.

@@ -103,10 +103,15 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         return Err(migrator::Error::Drift { drift: plan.drift }.into());
     }
     // The records of this database (found by its identity), and the store's copy of a failed
-    // batch (a fresh state volume still knows it).
+    // batch (a fresh state volume still knows it). With nothing pending and this host's own
+    // records there, the store is not asked: a no-op deploy does not wait on it.
     let scope = state::Scope::of(&settings.state_dir, &url).await;
     let store = settings.store().await?;
-    let failed = scope.find_failed(&store).await?;
+    let failed = if plan.batch().is_empty() && scope.read().ok().flatten().is_some() {
+        scope.read_failed()?
+    } else {
+        scope.find_failed(&store).await?
+    };
     if let Some(f) = &failed {
         refuse_unfinished_undo(
             &scope,
@@ -507,19 +512,8 @@ async fn refuse_unfinished_undo(
         return Ok(());
     };
     let why = why.trim_end_matches('.');
-    let applied = |b: &state::BatchFile| {
-        if b.version == 0 && b.name.starts_with("R__") {
-            applied_repeatable
-                .iter()
-                .any(|r| format!("R__{}", r.name) == b.name && r.checksum.to_string() == b.checksum)
-        } else {
-            plan.applied
-                .iter()
-                .any(|a| a.version == b.version && a.checksum.to_string() == b.checksum)
-        }
-    };
     let names: Vec<String> = failed.batch.iter().map(|f| f.label()).collect();
-    if !failed.batch.iter().all(applied) {
+    if !failed.still_applied(&plan.applied, applied_repeatable) {
         tracing::warn!(
             "the batch the health guard could not undo ({}) is no longer applied: it was undone by other means; from now on it counts as rolled back",
             names.join(", ")

@@ -25,11 +25,10 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
     // (`migrate` would refuse to go on).
     if let Ok(url) = super::database_url(settings) {
         let scope = crate::state::Scope::of(&settings.state_dir, &url).await;
-        let retry = scope
-            .read()
-            .ok()
-            .flatten()
-            .and_then(|d| super::health::unfinished_undo(&scope, &d));
+        let retry = match scope.read().ok().flatten() {
+            Some(d) => super::health::unfinished_undo(settings, &url, &scope, d).await,
+            None => None,
+        };
         if let Some(reason) = retry {
             return Err(super::health::guard(settings, &reason, health.on_failure).await);
         }

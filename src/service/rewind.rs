@@ -59,9 +59,11 @@ pub struct Rewound {
     /// From the guard's decision to the promoted cluster, and how long the cluster was down.
     pub seconds: f64,
     pub downtime_seconds: f64,
-    /// What the rewind discarded: the committed row changes after the point in the stopped
-    /// cluster's WAL, every database's (named), the deploy's batch left out; or why they could
-    /// not be counted.
+    #[serde(skip)]
+    pub point_lsn: u64,
+    /// What the rewind discarded ([`count_discarded`]): the committed row changes after the
+    /// point in the stopped cluster's WAL, every database's (named), the deploy's batch left
+    /// out; or why they could not be counted.
     pub discarded: Option<Discarded>,
     pub discarded_unknown: Option<String>,
 }
@@ -303,7 +305,6 @@ pub async fn finish(
     settings: &Settings,
     url: &DatabaseUrl,
     prepared: Prepared,
-    batch_xid: Option<u32>,
 ) -> Result<Rewound, Failure> {
     let Prepared {
         checked,
@@ -323,19 +324,12 @@ pub async fn finish(
     drop(lock);
     tracing::warn!("rewind: stopping the cluster: sh -c {:?}", cfg.stop);
     let stop = run(settings, &cfg.stop).await;
-    // A `stop` that failed is given only a moment for a postmaster it did stop to exit.
-    let limit = if stop.is_err() {
-        GONE_LIMIT
-    } else {
-        STOP_LIMIT
-    };
-    if let Some(pid) = wait_stopped(&data_dir, limit).await {
+    if let Some(pid) = wait_stopped(&data_dir, stop.is_err()).await {
         return Err(Failure::new(
             Exit::Failed,
             format!(
-                "the cluster did not stop (postmaster {pid} still runs on {} {} after `stop` returned{}); nothing was changed. If it stops later, start it again: {}",
+                "the cluster did not stop (postmaster {pid} still runs on {} after `stop` returned{}); nothing was changed. If it stops later, start it again: {}",
                 data_dir.display(),
-                migrator::error::humanize(limit),
                 stop.err().map(|e| format!("; {e}")).unwrap_or_default(),
                 cfg.start
             ),
@@ -438,16 +432,9 @@ pub async fn finish(
         "rewind: the cluster is at restore point {point_id} on a new timeline; restore points fall back to dumps until a new base is taken (`dbward backup --physical`)"
     );
     let seconds = checked.started.elapsed().as_secs_f64();
-    // What was discarded, read from the stopped cluster's own WAL once the cluster runs again
-    // (not while it is down).
-    let (discarded, discarded_unknown) =
-        match count_discarded(settings, pg, &kept, &checked, batch_xid).await {
-            Ok(d) => (Some(d), None),
-            Err(why) => {
-                tracing::warn!("what the rewind discarded could not be counted: {why}");
-                (None, Some(why))
-            }
-        };
+    let Target::Point { lsn: point_lsn, .. } = checked.planned.target else {
+        unreachable!("a rewind's target is its restore point")
+    };
     Ok(Rewound {
         point: point_id.to_string(),
         base: checked.planned.base.id.clone(),
@@ -456,24 +443,41 @@ pub async fn finish(
         recovered,
         seconds,
         downtime_seconds: downtime,
-        discarded,
-        discarded_unknown,
+        point_lsn,
+        discarded: None,
+        discarded_unknown: None,
     })
 }
 
-/// The committed row changes in the kept (stopped) cluster's WAL after the restore point, in
-/// every database, the deploy's batch left out (`backup::restore::waldump`), with the
-/// databases named by the rewound cluster (the same oids).
-async fn count_discarded(
+/// Fills `r.discarded` (or `r.discarded_unknown`): the committed row changes in the kept
+/// (stopped) cluster's WAL after the restore point, in every database, the deploy's batch
+/// (`batch_xid`) left out (`backup::restore::waldump`), the databases named by the rewound
+/// cluster (the same oids). Run once the cluster runs again and the rewind is recorded.
+pub async fn count_discarded(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    r: &mut Rewound,
+    batch_xid: Option<u32>,
+) {
+    let DatabaseUrl::Postgres(pg) = url else {
+        return;
+    };
+    match discarded_in(settings, pg, &r.kept, r.point_lsn, batch_xid).await {
+        Ok(d) => r.discarded = Some(d),
+        Err(why) => {
+            tracing::warn!("what the rewind discarded could not be counted: {why}");
+            r.discarded_unknown = Some(why);
+        }
+    }
+}
+
+async fn discarded_in(
     settings: &Settings,
     pg: &dbconn::PgUrl,
     kept: &Path,
-    checked: &Checked,
+    lsn: u64,
     batch_xid: Option<u32>,
 ) -> Result<Discarded, String> {
-    let Target::Point { lsn, .. } = &checked.planned.target else {
-        return Err("the rewind's target is not a restore point".into());
-    };
     let major: u32 = std::fs::read_to_string(kept.join("PG_VERSION"))
         .map_err(|e| format!("{}: {e}", kept.join("PG_VERSION").display()))?
         .trim()
@@ -488,7 +492,7 @@ async fn count_discarded(
     let changes = backup::restore::waldump::discarded_since(
         kept,
         &bindir,
-        *lsn,
+        lsn,
         batch_xid,
         Some((&store, pg.dbname(), &identities)),
     )
@@ -622,12 +626,17 @@ fn head_text(h: &Option<backup::manifest::Head>) -> String {
 }
 
 /// Waits for the postmaster on `data_dir` to exit; its pid if it still runs after
-/// [`STOP_LIMIT`] (a stop command may return before it is gone).
-async fn wait_stopped(data_dir: &Path, limit: Duration) -> Option<i32> {
+/// [`STOP_LIMIT`] (a stop command may return before it is gone). After a `stop` that failed
+/// (`stop_failed`), only while the postmaster says it is shutting down (`postmaster.pid`:
+/// `stopping`), or for [`GONE_LIMIT`]: a server still serving is not waited on for minutes.
+async fn wait_stopped(data_dir: &Path, stop_failed: bool) -> Option<i32> {
     let waited = Instant::now();
     loop {
         let pid = server::postmaster_pid(data_dir)?;
-        if waited.elapsed() > limit {
+        let stopping = server::postmaster_state(data_dir).as_deref() == Some("stopping");
+        if waited.elapsed() > STOP_LIMIT
+            || (stop_failed && !stopping && waited.elapsed() > GONE_LIMIT)
+        {
             return Some(pid);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -647,12 +656,7 @@ async fn put_back(
     let data_dir = &cfg.data_dir;
     tracing::error!("rewind failed: {why}; putting the old data directory back");
     let stop = run(settings, &cfg.stop).await;
-    let limit = if stop.is_err() {
-        GONE_LIMIT
-    } else {
-        STOP_LIMIT
-    };
-    if let Some(pid) = wait_stopped(data_dir, limit).await {
+    if let Some(pid) = wait_stopped(data_dir, stop.is_err()).await {
         // The restored directory keeps its name: it is not moved under a live server.
         dir.keep();
         return Failure::new(

@@ -112,9 +112,19 @@ async fn resolve_in(
 pub async fn pre_deploy_id(settings: &Settings, url: &DatabaseUrl) -> Result<String, Failure> {
     let scope = state::Scope::of(&settings.state_dir, url).await;
     let store = settings.store().await?;
-    match crate::deploys::last_pre_deploy(&scope, &store).await {
+    match crate::deploys::last_change(&scope, &store).await {
+        Some(e) if e.snapshot.is_none() => Err(Failure::new(
+            Exit::Failed,
+            format!(
+                "the newest deploy of {} (at {} on {}, {}) took no pre-deploy snapshot (--no-snapshot, or a first deploy): restoring an older one would undo more than that deploy. Name a snapshot id instead (`dbward snapshots`, `dbward deploys`)",
+                url.display(),
+                e.at,
+                e.host,
+                e.applied.iter().map(|v| format!("V{v}")).collect::<Vec<_>>().join(", ")
+            ),
+        )),
         Some(e) => {
-            let id = e.snapshot.expect("chosen for its snapshot");
+            let id = e.snapshot.expect("checked above");
             tracing::info!(
                 "pre-deploy: snapshot {id}, taken by the deploy at {} on {} ({})",
                 e.at,
@@ -126,7 +136,7 @@ pub async fn pre_deploy_id(settings: &Settings, url: &DatabaseUrl) -> Result<Str
         None => Err(Failure::new(
             Exit::Failed,
             format!(
-                "no deploy of {} that changed it took a pre-deploy snapshot (the deploy log, here and in the store, has none: a first deploy, or --no-snapshot); name a snapshot id instead (`dbward snapshots`)",
+                "no deploy of {} changed it (the deploy log, here and in the store, has none); name a snapshot id instead (`dbward snapshots`)",
                 url.display()
             ),
         )),

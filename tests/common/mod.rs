@@ -829,6 +829,16 @@ pub struct Throttle {
 
 impl Throttle {
     pub fn start(target: u16, bytes_per_second: usize) -> Throttle {
+        Throttle::with(target, bytes_per_second, None)
+    }
+
+    /// A proxy at full speed that flips one bit of what a client sends at byte `at` of its
+    /// connection (inside a large upload's body): bytes that change on the way.
+    pub fn tampering(target: u16, at: usize) -> Throttle {
+        Throttle::with(target, usize::MAX, Some(at))
+    }
+
+    fn with(target: u16, bytes_per_second: usize, tamper_at: Option<usize>) -> Throttle {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
@@ -843,10 +853,17 @@ impl Throttle {
                     let chunk = 16 << 10;
                     let pause = Duration::from_secs_f64(chunk as f64 / bytes_per_second as f64);
                     let mut buf = vec![0u8; chunk];
+                    let mut passed = 0usize;
                     loop {
                         match std::io::Read::read(&mut c_read, &mut buf) {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
+                                if let Some(at) = tamper_at {
+                                    if (passed..passed + n).contains(&at) {
+                                        buf[at - passed] ^= 0x01;
+                                    }
+                                }
+                                passed += n;
                                 if s_write.write_all(&buf[..n]).is_err() {
                                     break;
                                 }

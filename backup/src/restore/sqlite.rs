@@ -123,6 +123,19 @@ pub async fn restore(
             );
             return Ok(None);
         }
+        // An application that opened (so created) the database meanwhile holds a file that is
+        // still "missing" (empty, or no tables yet): it is the application's now.
+        if opts.if_missing {
+            let holders = holders(&real);
+            if !holders.is_empty() {
+                tracing::info!(
+                    "{} appeared while the snapshot was fetched (open in {}): nothing restored",
+                    live.display(),
+                    holders.join(", ")
+                );
+                return Ok(None);
+            }
+        }
         match swap_in(&real, restored)? {
             Swapped::In(kept) => (kept, Strategy::FileSwap),
             Swapped::Appeared if opts.if_missing => {
@@ -442,6 +455,11 @@ pub fn swap_in(db: &Path, restored: ScratchPath) -> Result<Swapped, Error> {
         // removed: a WAL may hold that database's last commits.
         let mut moved = Vec::new();
         for from in side_files(db) {
+            // Each file moves only while the database is still absent: a side file of a
+            // database that exists (created meanwhile) is that database's.
+            if db.symlink_metadata().is_ok() {
+                return Ok(Swapped::Appeared);
+            }
             let to = move_aside(&from)?;
             tracing::warn!(
                 "{} was missing but {} was there (left by a database that is gone; SQLite would have applied it to the restored file): kept as {}",
@@ -456,8 +474,8 @@ pub fn swap_in(db: &Path, restored: ScratchPath) -> Result<Swapped, Error> {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 // Someone's new database: it is left alone. The side files moved aside were
-                // there before it (SQLite creates a database's file before its side files),
-                // so they stay aside, where the warning above says.
+                // moved while it did not exist (a database's file comes before its side
+                // files), so they were a lost one's and stay aside, where the warning says.
                 return Ok(Swapped::Appeared);
             }
             Err(e) => {

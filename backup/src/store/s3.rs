@@ -73,7 +73,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct S3Store {
     /// Requests without a body: each attempt must be answered within `store.timeout`.
     client: Client,
-    /// Uploads: bounded by their progress instead ([`S3Store::watched`]).
+    /// CompleteMultipartUpload: the first byte of its answer within `store.timeout`, the rest
+    /// as long as it takes.
+    finishing: Client,
+    /// Uploads: bounded by their progress instead ([`watched`]).
     uploads: Client,
     bucket: String,
     prefix: String,
@@ -139,6 +142,14 @@ impl S3Store {
                     .operation_timeout(opts.timeout * 2)
                     .build(),
             ),
+            // CompleteMultipartUpload answers at once and may then take minutes to finish its
+            // answer (S3 sends whitespace meanwhile): its first byte is bounded, not its end.
+            finishing: client(
+                TimeoutConfig::builder()
+                    .connect_timeout(connect)
+                    .read_timeout(opts.timeout)
+                    .build(),
+            ),
             uploads: client(TimeoutConfig::builder().connect_timeout(connect).build()),
             bucket,
             prefix,
@@ -148,9 +159,12 @@ impl S3Store {
 
     /// A request without a body, said in the log from 10 s on (each attempt is bounded by the
     /// client's `store.timeout`).
-    async fn asked<T>(&self, what: String, fut: impl std::future::Future<Output = T>) -> T {
-        // Boxed: the SDK's futures are large, and every caller's future would carry them.
-        dbconn::wait::announced(what, Box::pin(fut)).await
+    fn asked<'a, T: 'a>(
+        &self,
+        what: String,
+        fut: impl std::future::Future<Output = T> + Send + 'a,
+    ) -> Boxed<'a, T> {
+        Box::pin(dbconn::wait::announced(what, fut))
     }
 
     /// The next chunk of a download, failed when none came for `store.timeout`.
@@ -218,6 +232,7 @@ impl S3Store {
                     .put_object()
                     .bucket(&self.bucket)
                     .key(&full)
+                    .content_md5(md5(&first))
                     .body(progress.body(first));
                 watched(
                     self.opts.timeout,
@@ -251,7 +266,7 @@ impl S3Store {
                 let completed = self
                     .asked(
                         format!("completing the multipart upload of {}", self.describe(key)),
-                        self.client
+                        self.finishing
                             .complete_multipart_upload()
                             .bucket(&self.bucket)
                             .key(&full)
@@ -341,6 +356,7 @@ impl S3Store {
                 .key(&full)
                 .upload_id(upload_id)
                 .part_number(number)
+                .content_md5(md5(&chunk))
                 .body(progress.body(chunk));
             let what = format!("uploading part {number} of {}", self.describe(key));
             let part = watched(self.opts.timeout, what.clone(), progress, async move {
@@ -390,6 +406,7 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(self.full_key(key))
             .if_none_match("*")
+            .content_md5(md5(bytes))
             .body(progress.body(bytes.to_vec()));
         let result = watched(
             self.opts.timeout,
@@ -461,6 +478,7 @@ impl S3Store {
             .put_object()
             .bucket(&self.bucket)
             .key(self.full_key(key))
+            .content_md5(md5(bytes))
             .body(progress.body(bytes.to_vec()));
         watched(
             self.opts.timeout,
@@ -601,9 +619,22 @@ impl S3Store {
     }
 }
 
+/// A store request's future, boxed as a trait object: the SDK's futures are large and deep, and
+/// every caller's future (a drill's, a restore's) would otherwise carry them inline.
+type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// `fut` (one upload, its retries included), failed when nothing moved for `limit` by
 /// `progress` (see the module's doc), and said in the log from 10 s on.
-async fn watched<T>(
+fn watched<'a, T: Send + 'a>(
+    limit: Duration,
+    what: String,
+    progress: Progress,
+    fut: impl std::future::Future<Output = Result<T, Error>> + Send + 'a,
+) -> Boxed<'a, Result<T, Error>> {
+    Box::pin(watched_inner(limit, what, progress, fut))
+}
+
+async fn watched_inner<T>(
     limit: Duration,
     what: String,
     progress: Progress,
@@ -617,8 +648,6 @@ async fn watched<T>(
             }
         }
     };
-    // Boxed: the SDK's futures are large, and every caller's future would carry them.
-    let fut = Box::pin(fut);
     let raced = async {
         tokio::select! {
             out = fut => Some(out),
@@ -736,6 +765,13 @@ impl http_body::Body for Frames {
 
 fn humanize(d: Duration) -> String {
     dbconn::error::humanize(d)
+}
+
+/// `Content-MD5` of an upload's body: a streamed body is signed `UNSIGNED-PAYLOAD`, so this is
+/// what makes the server refuse bytes that changed on the way (`BadDigest`).
+fn md5(bytes: &[u8]) -> String {
+    use md5::Digest;
+    aws_smithy_types::base64::encode(md5::Md5::digest(bytes))
 }
 
 /// The service's code and message (and what to check), or the transport error's causes; not
