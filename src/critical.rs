@@ -17,6 +17,13 @@ pub fn enter(what: &'static str) -> Section {
     Section(())
 }
 
+impl Section {
+    /// What the section now does (for the message a signal gets).
+    pub fn now(&self, what: &'static str) {
+        *HELD.lock().expect("not poisoned") = Some(what);
+    }
+}
+
 impl Drop for Section {
     fn drop(&mut self) {
         *HELD.lock().expect("not poisoned") = None;

@@ -94,6 +94,31 @@ pub struct PitrServer {
     /// them goes back to the restore point too).
     #[serde(default)]
     pub allow_other_databases: bool,
+    /// How long `stop` may run before it is killed with its process group (default 5m).
+    #[serde(default)]
+    pub stop_timeout: Option<String>,
+    /// How long `start` may run before it is killed with its process group (default 10m); the
+    /// promotion itself is read from the data directory and may take up to an hour.
+    #[serde(default)]
+    pub start_timeout: Option<String>,
+}
+
+impl PitrServer {
+    /// `stop_timeout` (checked when the settings are read).
+    pub fn stop_limit(&self) -> Duration {
+        self.stop_timeout
+            .as_deref()
+            .and_then(|s| parse_duration(s).ok())
+            .unwrap_or(Duration::from_secs(300))
+    }
+
+    /// `start_timeout` (checked when the settings are read).
+    pub fn start_limit(&self) -> Duration {
+        self.start_timeout
+            .as_deref()
+            .and_then(|s| parse_duration(s).ok())
+            .unwrap_or(Duration::from_secs(600))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -775,6 +800,17 @@ fn resolve(
                     return Err(SettingsError(
                         "config keys pitr.server.stop and pitr.server.start: both commands are needed".into(),
                     ))
+                }
+                Some(s)
+                    if [("stop_timeout", &s.stop_timeout), ("start_timeout", &s.start_timeout)]
+                        .iter()
+                        .any(|(_, v)| v.as_deref().is_some_and(|v| parse_duration(v).is_err())) =>
+                {
+                    return Err(SettingsError(format!(
+                        "config keys pitr.server.stop_timeout / start_timeout: `{}` / `{}` must be durations, like 5m",
+                        s.stop_timeout.as_deref().unwrap_or("unset"),
+                        s.start_timeout.as_deref().unwrap_or("unset")
+                    )))
                 }
                 // `/var/lib/postgresql/15/main/` names the same directory as without the slash.
                 Some(mut s) => {

@@ -6,6 +6,7 @@
 //! records.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -128,6 +129,43 @@ impl Scope {
                 ),
                 Err(e) => tracing::warn!("could not move {}: {e}", from.display()),
             }
+        }
+    }
+
+    /// The guard's own lock for this database on this host (`guard-<db>.<key>.lock`, an
+    /// exclusive lock the kernel releases when the process ends): a second guard waits for the
+    /// first to finish, then finds the deploy undone and stops. Waits at most `wait`, saying
+    /// from 10 s on what it waits for.
+    pub async fn guard_lock(&self, wait: Duration) -> Result<Option<std::fs::File>, StateError> {
+        let p = self.file("guard", "lock");
+        backup::scratch::create_private_dir(&self.dir)
+            .map_err(StateError::io("creating the", &self.dir))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(StateError::io("opening the", &p))?;
+        let taken = async {
+            loop {
+                match file.try_lock() {
+                    Ok(()) => return Ok(true),
+                    Err(std::fs::TryLockError::WouldBlock) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(std::fs::TryLockError::Error(e)) => return Err(e),
+                }
+            }
+        };
+        let what = format!(
+            "another guard of {} on this host (it holds {})",
+            self.name,
+            p.display()
+        );
+        match tokio::time::timeout(wait, dbconn::wait::announced(what, taken)).await {
+            Ok(Ok(_)) => Ok(Some(file)),
+            Ok(Err(e)) => Err(StateError::io("locking the", &p)(e)),
+            Err(_) => Ok(None),
         }
     }
 

@@ -26,15 +26,22 @@ struct Deployed {
 }
 
 fn deployed() -> Deployed {
+    deployed_with(|stop, start| (stop, start), "")
+}
+
+/// [`deployed`], with `[pitr.server]`'s `stop` and `start` made from the real ones by
+/// `commands`, and `extra` lines in that section.
+fn deployed_with(commands: impl Fn(String, String) -> (String, String), extra: &str) -> Deployed {
     let store = store_dir();
     let pg = archiving(store.path());
     switch_and_wait(&pg, store.path());
     let p = Project::new();
     let (stop, start) = pg.stop_start_commands();
+    let (stop, start) = commands(stop, start);
     std::fs::write(
         p.path().join("dbward.toml"),
         format!(
-            "[store]\nurl = {:?}\n\n[pitr.server]\ndata_dir = {:?}\nstop = {stop:?}\nstart = {start:?}\nuser = \"postgres\"\n",
+            "[store]\nurl = {:?}\n\n[pitr.server]\ndata_dir = {:?}\nstop = {stop:?}\nstart = {start:?}\nuser = \"postgres\"\n{extra}",
             store_url(store.path()),
             pg.data_dir().display().to_string()
         ),
@@ -419,4 +426,164 @@ fn wait_until(what: impl Fn() -> bool, name: &str) {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Trust for PITR, defect 1: the rewind dropped the migration lock before it ran `stop`, so a
+/// `migrate` started while the old cluster was stopping applied its batch, and the rewind then
+/// discarded it. Now the lock's session is held until the server is shutting down (when it
+/// takes no new connection), and taken again on the restored cluster before it can be written
+/// to: the `migrate` applies nothing.
+#[test]
+fn a_migrate_started_while_the_rewind_stops_the_cluster_applies_nothing() {
+    let d = deployed_with(|stop, start| (format!("sleep 3; {stop}"), start), "");
+    let pg = &d.pg;
+    let unhealthy = Http::status(503);
+    let (guard, points) = d.guard_paused_at(&unhealthy, "rewind-before-stop");
+    d.p.migration("V3__during.sql", "CREATE TABLE during_the_stop (x int);\n");
+    std::fs::write(points.path().join("rewind-before-stop.go"), "").unwrap();
+    // The deploy starts while `stop` sleeps, the old cluster still serving.
+    let migrate =
+        d.p.dbward(&d.url)
+            .args(["migrate", "--lock-timeout", "60s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let guarded = guard.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&guarded.stderr);
+    assert_eq!(guarded.status.code(), Some(5), "{err}");
+    let migrated = migrate.wait_with_output().unwrap();
+    let merr = String::from_utf8_lossy(&migrated.stderr);
+    assert_ne!(migrated.status.code(), Some(0), "the deploy got in: {merr}");
+    assert_eq!(
+        pg.psql("app", "SELECT to_regclass('during_the_stop') IS NULL"),
+        "t",
+        "{merr}"
+    );
+    assert_eq!(
+        pg.psql("app", "SELECT max(version) FROM refinery_schema_history"),
+        "1"
+    );
+}
+
+/// Trust for PITR, defect 1: two guards started together both rewound (the second stopped the
+/// first one's promoted cluster, both chose timeline 2, and every later `wal-push` failed). Now
+/// the second waits for the first and finds the deploy undone.
+#[test]
+fn two_guards_at_once_rewind_the_cluster_once() {
+    let d = deployed_with(|stop, start| (format!("sleep 3; {stop}"), start), "");
+    let pg = &d.pg;
+    let unhealthy = Http::status(503);
+    let spawn = || {
+        d.guard(&unhealthy)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut codes = [a.status.code(), b.status.code()];
+    codes.sort();
+    let errs = format!(
+        "{}\n---\n{}",
+        String::from_utf8_lossy(&a.stderr),
+        String::from_utf8_lossy(&b.stderr)
+    );
+    assert_eq!(codes, [Some(1), Some(5)], "{errs}");
+    assert!(errs.contains("never restored twice"), "{errs}");
+    assert_eq!(
+        d.beside_data_dir().len(),
+        1,
+        "one kept directory: {:?}",
+        d.beside_data_dir()
+    );
+    // The cluster archives on its new timeline: a switch reaches the archive.
+    pg.psql("app", "INSERT INTO orders VALUES (300)");
+    switch_and_wait(pg, d._store.path());
+    assert!(!pg.log().contains("already in the archive"), "{}", pg.log());
+}
+
+/// Trust for PITR, defect 3: a `start` that never returns kept the guard waiting although the
+/// server promoted at once; promotion is read from the data directory, and the command is
+/// killed with its process group when the guard is done.
+#[test]
+fn a_start_that_never_returns_does_not_hold_the_rewind() {
+    let d = deployed_with(
+        |stop, start| (stop, format!("{start}; exec sleep 1001.5")),
+        "",
+    );
+    let unhealthy = Http::status(503);
+    let (code, _, err) = run(&mut d.guard(&unhealthy));
+    assert_eq!(code, 5, "{err}");
+    // Done once the server promoted, not once `start` gave up at its deadline.
+    assert!(!err.contains("did not finish within"), "{err}");
+    assert_eq!(
+        d.pg.psql("app", "SELECT max(version) FROM refinery_schema_history"),
+        "1"
+    );
+    let sleeping = std::process::Command::new("pgrep")
+        .args(["-fx", "sleep 1001.5"])
+        .output()
+        .unwrap();
+    assert!(
+        sleeping.stdout.is_empty(),
+        "the start command was left running: {}",
+        String::from_utf8_lossy(&sleeping.stdout)
+    );
+}
+
+/// Trust for PITR, defects 3 and 4: a `stop` or `start` that hangs is killed at its
+/// `pitr.server.stop_timeout` / `start_timeout`. A hanging stop changes nothing; a hanging
+/// start of the rewound and then of the old cluster ends the guard at once, saying loudly that
+/// the cluster is down and how to start it.
+#[test]
+fn hanging_stop_and_start_commands_are_bounded_and_said_loudly() {
+    let d = deployed_with(
+        |_stop, _start| ("sleep 1000".into(), "sleep 1000".into()),
+        "stop_timeout = \"2s\"\nstart_timeout = \"2s\"\n",
+    );
+    let unhealthy = Http::status(503);
+    let (code, _, err) = run(&mut d.guard(&unhealthy));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("did not stop") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        d.pg.psql("app", "SELECT max(version) FROM refinery_schema_history"),
+        "2",
+        "still serving, unchanged"
+    );
+}
+
+/// Trust for PITR, defect 5: a `start` killed by a signal meant for dbward (a terminal's Ctrl-C,
+/// systemd's SIGTERM to the whole unit) undid the rewind. The signal waits for the section;
+/// `start` is tried once more.
+#[test]
+fn a_start_killed_by_a_signal_is_tried_again_and_the_rewind_finishes() {
+    let marks = tempfile::tempdir().unwrap();
+    let once = marks.path().join("killed-once");
+    let once_for = once.clone();
+    let d = deployed_with(
+        move |stop, start| {
+            (
+                stop,
+                format!(
+                    "if [ ! -e {0} ]; then touch {0}; kill -TERM $$; fi; {start}",
+                    once_for.display()
+                ),
+            )
+        },
+        "",
+    );
+    let unhealthy = Http::status(503);
+    let (code, _, err) = run(&mut d.guard(&unhealthy));
+    assert_eq!(code, 5, "{err}");
+    assert!(once.exists());
+    assert!(err.contains("starting it once more"), "{err}");
+    assert_eq!(
+        d.pg.psql("app", "SELECT max(version) FROM refinery_schema_history"),
+        "1"
+    );
 }

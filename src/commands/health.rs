@@ -200,6 +200,9 @@ fn ok(code: u16, expect: &[u16]) -> bool {
     }
 }
 
+/// How long a guard waits for another guard of the same database on this host.
+const GUARD_WAIT: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
+
 /// The restore-on-failure decision and action. Always a `Failure`: exit 5 when it restored,
 /// exit 1 (with the reason it did not) otherwise.
 pub async fn guard(settings: &Settings, reason: &str, on_failure: OnFailure) -> Failure {
@@ -267,6 +270,15 @@ async fn guard_inner(
         )
     };
     let scope = state::Scope::of(&settings.state_dir, &url).await;
+    // One guard at a time on this host: a second waits for the first, then finds the deploy
+    // undone (or not) in the records the first one wrote.
+    let Some(_guard_lock) = scope.guard_lock(GUARD_WAIT).await? else {
+        return Err(not(format!(
+            "another guard of {} on this host has been undoing it for {} and still is; see its log",
+            url.display(),
+            migrator::error::humanize(GUARD_WAIT)
+        )));
+    };
     let Some(mut deploy) = scope.read()? else {
         return Err(not(format!(
             "no deploy of {} is recorded in {}",

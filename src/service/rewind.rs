@@ -32,8 +32,8 @@ use dbconn::fs::rename_new;
 const RECOVERY_LIMIT: Duration = Duration::from_secs(3600);
 /// How long the postmaster may take to exit once `stop` returned.
 const STOP_LIMIT: Duration = Duration::from_secs(120);
-/// How long a `[pitr.server]` command (`stop`, `start`) may run before it is killed.
-const COMMAND_LIMIT: Duration = Duration::from_secs(600);
+/// How long the migration lock is tried on a rewound cluster that already promoted.
+const LOCK_AFTER_PROMOTION: Duration = Duration::from_secs(30);
 /// How long a postmaster may be gone, once `start` returned, before the start counts as failed.
 const GONE_LIMIT: Duration = Duration::from_secs(5);
 /// How long the migration lock is waited for before the rewind's preparation.
@@ -319,12 +319,10 @@ pub async fn finish(
     head_unmoved(&mut lock, &checked.deploy_head).await?;
     failpoint("rewind-before-stop").map_err(|e| Failure::new(Exit::Failed, e))?;
     // From the stop until the cluster runs again (on either directory), a signal waits.
-    let _section = crate::critical::enter("the cluster is stopped for its rewind");
-    // The lock's session ends with the server anyway.
-    drop(lock);
+    let section = crate::critical::enter("the cluster is being stopped for its rewind");
     tracing::warn!("rewind: stopping the cluster: sh -c {:?}", cfg.stop);
-    let stop = run(settings, &cfg.stop).await;
-    if let Some(pid) = wait_stopped(&data_dir, stop.is_err()).await {
+    let (stop, still) = stop_cluster(settings, cfg, &data_dir, Some(lock)).await;
+    if let Some(pid) = still {
         return Err(Failure::new(
             Exit::Failed,
             format!(
@@ -335,21 +333,26 @@ pub async fn finish(
             ),
         ));
     }
+    section.now("the cluster is stopped for its rewind");
     let down = Instant::now();
     if let Err(e) = stop {
         tracing::warn!("{e} (the cluster is stopped all the same)");
     }
     let restart_old = |why: String| async move {
-        let again = start_and_wait(settings, cfg, &cfg.data_dir, Wait::Ready).await;
+        let again = start_and_wait(settings, cfg, &cfg.data_dir, Wait::Ready, None).await;
         Failure::new(
             Exit::Failed,
             match again {
-                Ok(()) => format!("{why}; the old cluster runs again, unchanged"),
-                Err(e) => format!(
-                    "{why}; the old cluster, unchanged in {}, did not start again: {e}. Start it by hand: {}",
-                    cfg.data_dir.display(),
-                    cfg.start
-                ),
+                Ok(_) => format!("{why}; the old cluster runs again, unchanged"),
+                Err(e) => {
+                    let said = format!(
+                        "{why}; the old cluster, unchanged in {}, did not start again: {e}. THE CLUSTER IS DOWN: start it by hand: {}",
+                        cfg.data_dir.display(),
+                        cfg.start
+                    );
+                    tracing::error!("{said}");
+                    said
+                }
             },
         )
     };
@@ -404,14 +407,17 @@ pub async fn finish(
         kept.display(),
         cfg.start
     );
+    // The migration lock is taken again as soon as the restored cluster takes connections
+    // (still in recovery, before any write can be made), and held until it is verified.
     let started = async {
         failpoint("rewind-after-swap")?;
-        start_and_wait(settings, cfg, &data_dir, Wait::Promoted).await
+        start_and_wait(settings, cfg, &data_dir, Wait::Promoted, Some(url)).await
     }
     .await;
-    if let Err(why) = started {
-        return Err(put_back(settings, cfg, dir, &kept, why).await);
-    }
+    let _lock = match started {
+        Ok(lock) => lock,
+        Err(why) => return Err(put_back(settings, cfg, dir, &kept, why).await),
+    };
     let downtime = down.elapsed().as_secs_f64();
     // Promoted: from here on the cluster may serve writes, and nothing is taken from it.
     dir.keep();
@@ -655,8 +661,8 @@ async fn put_back(
 ) -> Failure {
     let data_dir = &cfg.data_dir;
     tracing::error!("rewind failed: {why}; putting the old data directory back");
-    let stop = run(settings, &cfg.stop).await;
-    if let Some(pid) = wait_stopped(data_dir, stop.is_err()).await {
+    let (_, still) = stop_cluster(settings, cfg, data_dir, None).await;
+    if let Some(pid) = still {
         // The restored directory keeps its name: it is not moved under a live server.
         dir.keep();
         return Failure::new(
@@ -699,19 +705,20 @@ async fn put_back(
             ),
         );
     }
-    match start_and_wait(settings, cfg, data_dir, Wait::Ready).await {
-        Ok(()) => Failure::new(
+    match start_and_wait(settings, cfg, data_dir, Wait::Ready, None).await {
+        Ok(_) => Failure::new(
             Exit::Failed,
             format!("{why}; the old cluster was put back and runs again, unchanged"),
         ),
-        Err(e) => Failure::new(
-            Exit::Failed,
-            format!(
-                "{why}; the old data directory was put back in {}, but it did not start: {e}. Start it by hand: {}",
+        Err(e) => {
+            let said = format!(
+                "{why}; the old data directory was put back in {}, but it did not start: {e}. THE CLUSTER IS DOWN: start it by hand: {}",
                 data_dir.display(),
                 cfg.start
-            ),
-        ),
+            );
+            tracing::error!("{said}");
+            Failure::new(Exit::Failed, said)
+        }
     }
 }
 
@@ -725,58 +732,153 @@ enum Wait {
     Promoted,
 }
 
-/// Runs `pitr.server.start`, then waits, by the data directory's own files (no connection is
-/// needed, so a pool that takes every connection cannot stall it), until the server on
-/// `data_dir` is as `wait` says. A postmaster gone for [`GONE_LIMIT`] once `start` returned
-/// is a failed start; `start`'s own exit status only counts when no postmaster runs.
+/// Runs `stop` (bounded by `pitr.server.stop_timeout`), holding `lock` (the migration lock's
+/// session) until the server is shutting down: from then on it refuses new connections, so no
+/// deploy can start in between. Then waits for the postmaster to exit ([`wait_stopped`]).
+/// Returns `stop`'s own result and the pid of a postmaster that still runs.
+async fn stop_cluster(
+    settings: &Settings,
+    cfg: &PitrServer,
+    data_dir: &Path,
+    mut lock: Option<Database>,
+) -> (Result<(), String>, Option<i32>) {
+    let stop = run(settings, &cfg.stop, cfg.stop_limit());
+    tokio::pin!(stop);
+    let result = loop {
+        tokio::select! {
+            r = &mut stop => break r,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                let shutting_down = server::postmaster_pid(data_dir).is_none()
+                    || server::postmaster_state(data_dir).as_deref() == Some("stopping");
+                if lock.is_some() && shutting_down {
+                    lock = None;
+                }
+            }
+        }
+    };
+    drop(lock);
+    let still = wait_stopped(data_dir, result.is_err()).await;
+    (result, still)
+}
+
+/// Runs `pitr.server.start` (bounded by `pitr.server.start_timeout`) and meanwhile watches the
+/// data directory's own files (no connection is needed, so a pool that takes every connection
+/// cannot stall it) until the server on `data_dir` is as `wait` says: a server that promoted
+/// is not kept waiting on a `start` that has not returned. A postmaster gone for
+/// [`GONE_LIMIT`] once `start` returned is a failed start, tried once more (a `start` killed by
+/// a signal meant for dbward, as systemd sends to a whole unit); `start`'s own exit status only
+/// counts when no postmaster runs. With `lock_url`, the migration lock is taken on the server
+/// as soon as it takes connections (during recovery, before any write is possible) and
+/// returned, held.
 async fn start_and_wait(
     settings: &Settings,
     cfg: &PitrServer,
     data_dir: &Path,
     wait: Wait,
-) -> Result<(), String> {
-    let started = run(settings, &cfg.start).await;
+    lock_url: Option<&DatabaseUrl>,
+) -> Result<Option<Database>, String> {
+    let mut tries = 0;
+    let mut lock: Option<Database> = None;
     let began = Instant::now();
-    let mut gone_since: Option<Instant> = None;
-    loop {
-        match server::postmaster_state(data_dir) {
-            Some(state) => {
-                gone_since = None;
-                let done = match wait {
-                    Wait::Ready => state == "ready",
-                    Wait::Promoted => !data_dir.join("recovery.signal").exists(),
-                };
-                if done {
-                    return Ok(());
+    'start: loop {
+        tries += 1;
+        let start = run(settings, &cfg.start, cfg.start_limit());
+        tokio::pin!(start);
+        let mut returned: Option<Result<(), String>> = None;
+        let mut gone_since: Option<Instant> = None;
+        let mut done_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                r = &mut start, if returned.is_none() => returned = Some(r),
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            match server::postmaster_state(data_dir) {
+                Some(state) => {
+                    gone_since = None;
+                    let connectable = state == "standby" || state == "ready";
+                    if let (Some(url), None, true) = (lock_url, &lock, connectable) {
+                        lock = try_lock(url).await;
+                    }
+                    let done = match wait {
+                        Wait::Ready => state == "ready",
+                        Wait::Promoted => !data_dir.join("recovery.signal").exists(),
+                    };
+                    if done {
+                        // Promoted: the lock, if it is not held yet, is tried a little longer.
+                        let since = *done_at.get_or_insert_with(Instant::now);
+                        if lock_url.is_none() || lock.is_some() {
+                            return Ok(lock);
+                        }
+                        if since.elapsed() > LOCK_AFTER_PROMOTION {
+                            tracing::warn!(
+                                "the rewound cluster runs, but the migration lock could not be taken on it within {}: a deploy could start before it is verified",
+                                migrator::error::humanize(LOCK_AFTER_PROMOTION)
+                            );
+                            return Ok(None);
+                        }
+                    }
+                }
+                None => {
+                    let Some(result) = &returned else {
+                        continue; // `start` still runs (and is bounded)
+                    };
+                    let since = *gone_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > GONE_LIMIT {
+                        if tries < 2 {
+                            tracing::warn!(
+                                "no server runs on {} after `{}` ({}): starting it once more",
+                                data_dir.display(),
+                                cfg.start,
+                                result
+                                    .as_ref()
+                                    .err()
+                                    .cloned()
+                                    .unwrap_or_else(|| "it returned".into())
+                            );
+                            continue 'start;
+                        }
+                        return Err(match result {
+                            Err(e) => e.clone(),
+                            Ok(()) => format!(
+                                "the server on {} stopped (its log says why: a restore point never reached ends recovery)",
+                                data_dir.display()
+                            ),
+                        });
+                    }
                 }
             }
-            None => {
-                let since = *gone_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > GONE_LIMIT {
-                    return Err(match started {
-                        Err(e) => e,
-                        Ok(()) => format!(
-                            "the server on {} stopped (its log says why: a restore point never reached ends recovery)",
-                            data_dir.display()
-                        ),
-                    });
-                }
+            if began.elapsed() > RECOVERY_LIMIT {
+                return Err(format!(
+                    "the server on {} did not finish starting within {}",
+                    data_dir.display(),
+                    migrator::error::humanize(RECOVERY_LIMIT)
+                ));
             }
         }
-        if began.elapsed() > RECOVERY_LIMIT {
-            return Err(format!(
-                "the server on {} did not finish starting within {}",
-                data_dir.display(),
-                migrator::error::humanize(RECOVERY_LIMIT)
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Runs a `[pitr.server]` command line with `sh -c`. Its output goes to a file (a server it
-/// starts may keep inherited pipes open for as long as it runs), then to the log.
-async fn run(settings: &Settings, cmd: &str) -> Result<(), String> {
+/// The migration lock on `url`, if it can be had at once (a server still starting answers
+/// nothing, or refuses).
+async fn try_lock(url: &DatabaseUrl) -> Option<Database> {
+    let locked = tokio::time::timeout(
+        Duration::from_secs(5),
+        Database::open_locked(url, Open::Existing, Duration::from_millis(200)),
+    )
+    .await;
+    match locked {
+        Ok(Ok(db)) => {
+            tracing::info!("rewind: the migration lock is held on the restored cluster");
+            Some(db)
+        }
+        _ => None,
+    }
+}
+
+/// Runs a `[pitr.server]` command line with `sh -c`, killed with its process group past
+/// `limit`. Its output goes to a file (a server it starts may keep inherited pipes open for as
+/// long as it runs), then to the log.
+async fn run(settings: &Settings, cmd: &str, limit: Duration) -> Result<(), String> {
     let dir = settings.temp_dir();
     backup::scratch::create_private_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let out_path = dir.join(format!(".dbward-rewind-{}.out", std::process::id()));
@@ -791,9 +893,7 @@ async fn run(settings: &Settings, cmd: &str) -> Result<(), String> {
         .stdout(out)
         .stderr(err);
     let status = match c.spawn() {
-        Ok(mut child) => {
-            crate::hooks::wait_bounded(&mut child, COMMAND_LIMIT, &format!("`{cmd}`")).await
-        }
+        Ok(mut child) => crate::hooks::wait_bounded(&mut child, limit, &format!("`{cmd}`")).await,
         Err(e) => Err(e),
     };
     // Only its end: a server's log it printed is not read whole into memory.
@@ -807,7 +907,7 @@ async fn run(settings: &Settings, cmd: &str) -> Result<(), String> {
         .ok_or_else(|| {
             format!(
                 "`{cmd}` did not finish within {}; it was killed, with every process it started",
-                migrator::error::humanize(COMMAND_LIMIT)
+                migrator::error::humanize(limit)
             )
         })?;
     if status.success() {
