@@ -529,3 +529,97 @@ fn a_base_is_due_once_the_wal_since_the_newest_grows_past_base_max_wal() {
     let (verified, _) = with_config(&["pitr", "verify"]);
     assert_eq!(verified["base_due"], false, "{verified}");
 }
+
+/// Replaces `name` in the archive by `contents` the way a confused or damaged host would:
+/// through `wal-push` itself, so that dbward's own records and checks agree with it (the
+/// stored object and its record are removed first, as nothing else would overwrite them).
+fn replace_in_archive(pg: &Pg, store: &Path, name: &str, contents: &[u8]) {
+    let wal = store.join("app/wal");
+    for ext in ["zst", "json"] {
+        std::fs::remove_file(wal.join(format!("{name}.{ext}"))).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(name), contents).unwrap();
+    let (code, _, err) = run(dbward(pg, store).arg("wal-push").arg(dir.path().join(name)));
+    assert_eq!(code, 0, "{err}");
+}
+
+/// `wal-fetch` of `name`: its bytes.
+fn fetched(pg: &Pg, store: &Path, name: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(dbward(pg, store)
+        .args(["wal-fetch", name])
+        .arg(dir.path().join(name)));
+    assert_eq!(code, 0, "{err}");
+    std::fs::read(dir.path().join(name)).unwrap()
+}
+
+/// Trust for PITR, defect 2: a segment in the middle of the archive that passes dbward's
+/// checks but not PostgreSQL's (another position's WAL under its name, or contents damaged
+/// before the push) ended recovery there, and `restore latest --physical` and the drill
+/// promoted the copy and reported success, the WAL after it silently left out. Now replay
+/// short of the archive's newest segment fails both, and nothing is left behind.
+#[test]
+fn recovery_that_stops_short_of_the_archives_end_fails_the_restore_and_the_drill() {
+    let store = store_dir();
+    let pg = archiving(store.path());
+    switch_and_wait(&pg, store.path());
+    take_base(&pg, store.path());
+    let mut segments = Vec::new();
+    for i in 0..4 {
+        pg.psql(
+            "app",
+            &format!(
+                "INSERT INTO t SELECT generate_series({0}, {0} + 99)",
+                10_000 + i * 100
+            ),
+        );
+        segments.push(switch_and_wait(&pg, store.path()));
+    }
+    let copies = copies_dir();
+    // Sound, the archive's end restores.
+    let copy = restore(&pg, store.path(), copies.path(), "sound", &["latest"])
+        .unwrap_or_else(|(code, err)| panic!("exit {code}: {err}"));
+    drop(copy);
+    // The second of them replaced by the first's bytes (a segment of another position, which
+    // dbward's checks cannot tell), then by its own bytes with one flipped in its middle.
+    let (victim, donor) = (segments[1].clone(), segments[0].clone());
+    let own = fetched(&pg, store.path(), &victim);
+    for (case, bytes) in [
+        ("foreign", fetched(&pg, store.path(), &donor)),
+        ("damaged", {
+            // Its first page's records, past the page header, overwritten.
+            let mut b = own.clone();
+            b[40..8192].fill(0x5a);
+            b
+        }),
+    ] {
+        replace_in_archive(&pg, store.path(), &victim, &bytes);
+        let failed = restore(&pg, store.path(), copies.path(), case, &["latest"]);
+        let (code, err) = match failed {
+            Err(e) => e,
+            Ok(copy) => panic!(
+                "{case}: the restore reported success (replayed to {}, the archive's segments {segments:?}, {victim} replaced)",
+                copy.psql("SELECT pg_last_wal_replay_lsn()")
+            ),
+        };
+        assert_eq!(code, 1, "{case}: {err}");
+        assert!(
+            err.contains("short of the archive's newest segment"),
+            "{case}: {err}"
+        );
+        assert!(
+            !copies.path().join(case).exists(),
+            "{case}: the copy was left"
+        );
+        let (code, out, err) = run(dbward(&pg, store.path())
+            .env("TMPDIR", copies.path())
+            .args(["--json", "restore-drill", "--physical"]));
+        assert_ne!(code, 0, "{case}: the drill passed: {out}{err}");
+        assert!(
+            out.contains("short of the archive's newest segment"),
+            "{case}: {out}"
+        );
+    }
+    replace_in_archive(&pg, store.path(), &victim, &own);
+}

@@ -631,6 +631,7 @@ pub async fn materialize(
     );
     let recovered = server::recovered(&client).await?;
     drop(client);
+    reached_the_end(planned, &recovered)?;
     let as_user = s
         .user
         .as_ref()
@@ -659,6 +660,36 @@ pub async fn materialize(
         server,
         dir,
     })
+}
+
+/// A recovery to the end of the archive must end in its newest segment: PostgreSQL ends a
+/// recovery without a target wherever the WAL stops making sense (a segment of another cluster
+/// under a name the archive's checks let pass, contents damaged before they were pushed) and
+/// promotes there, as if nothing came after. Short of the newest segment is a failure, naming
+/// both: the restore (or the drill) does not report success on part of the archive. (With a
+/// target, PostgreSQL itself refuses to promote short of it.)
+fn reached_the_end(planned: &Planned, recovered: &server::Recovered) -> Result<(), backup::Error> {
+    if !matches!(planned.target, Target::End) {
+        return Ok(());
+    }
+    let Some(seg) = planned.base.physical.as_ref().map(|p| p.segment_bytes) else {
+        return Ok(());
+    };
+    let replayed = recovered
+        .replayed_to_lsn
+        .as_deref()
+        .and_then(backup::engine::basebackup::parse_lsn);
+    let last = backup::engine::basebackup::segment_number(&planned.plan.last, seg);
+    match (replayed, last) {
+        (Some(lsn), Some(last)) if lsn / seg >= last => Ok(()),
+        (lsn, _) => Err(backup::Error::Recovery(format!(
+            "replay ended at {} (segment {}), short of the archive's newest segment {}: PostgreSQL refused the WAL from there on (another cluster's segment under that name, or contents damaged before they were pushed; its log says which) and would have promoted without the rest. Nothing was restored; `dbward pitr verify` and the server log above name the segment",
+            recovered.replayed_to_lsn.as_deref().unwrap_or("an unknown position"),
+            lsn.map(|l| backup::engine::basebackup::segment_name(planned.plan.timeline, l, seg))
+                .unwrap_or_else(|| "?".into()),
+            planned.plan.last
+        ))),
+    }
 }
 
 /// `postgres://USER@/DB?host=DIR&port=5432`: the copy, over its socket.
