@@ -587,3 +587,93 @@ fn a_start_killed_by_a_signal_is_tried_again_and_the_rewind_finishes() {
         "1"
     );
 }
+
+/// Trust for PITR, defect 6: files the configuration includes came from the base, not the live
+/// cluster: an `include_dir` added after the base made the rewound cluster fail to start (and
+/// the failed deploy stay live), and settings in them reverted. Every file the live
+/// configuration reads in the data directory is carried over now.
+#[test]
+fn files_the_live_configuration_includes_are_carried_into_the_rewound_cluster() {
+    let d = deployed();
+    let pg = &d.pg;
+    let data = pg.data_dir();
+    let conf_d = data.join("conf.d");
+    std::fs::create_dir(&conf_d).unwrap();
+    std::fs::write(
+        conf_d.join("tuning.conf"),
+        "maintenance_work_mem = '77MB'\n",
+    )
+    .unwrap();
+    let mut main = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+    main.push_str("include_dir 'conf.d'\n");
+    std::fs::write(data.join("postgresql.conf"), main).unwrap();
+    common::give_to_postgres(&data);
+    pg.psql("postgres", "SELECT pg_reload_conf()");
+    assert_eq!(pg.psql("app", "SHOW maintenance_work_mem"), "77MB");
+    let unhealthy = Http::status(503);
+    let (code, _, err) = run(&mut d.guard(&unhealthy));
+    assert_eq!(code, 5, "{err}\nthe server's log:\n{}", pg.log());
+    assert_eq!(pg.psql("app", "SHOW maintenance_work_mem"), "77MB");
+    assert_eq!(
+        pg.psql("app", "SELECT max(version) FROM refinery_schema_history"),
+        "1"
+    );
+}
+
+/// Trust for PITR, defect 8: a streaming standby without a replication slot stays on the
+/// abandoned timeline, serving the failed deploy's data; the guard says so, in its message and
+/// the deploy log.
+#[test]
+fn a_streaming_standby_without_a_slot_is_named_by_the_rewind() {
+    let d = deployed();
+    let pg = &d.pg;
+    let dir = common::server_dir("dbward-test-standby-");
+    common::give_to_postgres(dir.path());
+    let runuser = |c: &mut std::process::Command| {
+        if nix_root() {
+            let mut r = std::process::Command::new("runuser");
+            r.args(["-u", "postgres", "--"])
+                .arg(c.get_program())
+                .args(c.get_args());
+            common::tool(&mut r)
+        } else {
+            common::tool(c)
+        }
+    };
+    runuser(
+        std::process::Command::new(common::pg_bindir().join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &pg.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-D",
+            ])
+            .arg(dir.path().join("data")),
+    );
+    let standby = common::Pg::start_in(dir);
+    wait_until(
+        || pg.psql("postgres", "SELECT count(*) FROM pg_stat_replication") == "1",
+        "the standby streaming",
+    );
+    let unhealthy = Http::status(503);
+    let (code, _, err) = run(&mut d.guard(&unhealthy));
+    assert_eq!(code, 5, "{err}");
+    assert!(
+        err.contains("streaming standbys are connected without a replication slot"),
+        "{err}"
+    );
+    let (_, out, _) = run(d.p.dbward(&d.url).args(["deploys", "--json"]));
+    assert!(out.contains("without a replication slot"), "{out}");
+    drop(standby);
+}
+
+fn nix_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

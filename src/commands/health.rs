@@ -231,7 +231,11 @@ fn discarded(
 }
 
 /// `done`: said after the restore ("discarded") rather than before ("would discard").
-fn describe_discarded(d: &Option<std::collections::BTreeMap<String, i64>>, done: bool) -> String {
+fn describe_discarded(
+    d: &Option<std::collections::BTreeMap<String, i64>>,
+    done: bool,
+    sqlite: bool,
+) -> String {
     let (would, was) = if done {
         ("", "were")
     } else {
@@ -243,7 +247,10 @@ fn describe_discarded(d: &Option<std::collections::BTreeMap<String, i64>>, done:
             if done { "ed" } else { "" }
         ),
         Some(d) if d.is_empty() => {
-            format!("no writes of the application since the snapshot {was} discarded, as far as its counters show (SQLite row counts miss updates)")
+            format!(
+                "no writes of the application since the snapshot {was} discarded, as far as its counters show{}",
+                if sqlite { " (SQLite row counts miss updates)" } else { "" }
+            )
         }
         Some(d) => format!(
             "the restore {would}discard{} {} write(s) the application made since the snapshot ({})",
@@ -345,7 +352,8 @@ async fn guard_inner(
         )));
     }
     let discard = discarded(&deploy, counters_now.as_ref());
-    let discard_text = describe_discarded(&discard, false);
+    let sqlite = matches!(url, migrator::DatabaseUrl::Sqlite(_));
+    let discard_text = describe_discarded(&discard, false, sqlite);
     let measured = json!({ "would_discard": discard, "not_additive": deploy.not_additive, "on_failure": on_failure });
     let keep = match on_failure {
         OnFailure::Report => Some(
@@ -445,12 +453,18 @@ async fn guard_inner(
             backup::error::chain(&e)
         );
     }
+    let warnings = rewind
+        .as_ref()
+        .map(|r| r.warnings.join("; "))
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("; warning: {w}"))
+        .unwrap_or_default();
     let logged = guard_entry(
         "restore",
         &url,
         &deploy,
         &snapshot,
-        format!("restored by the health guard: {reason}; {discard_text}"),
+        format!("restored by the health guard: {reason}; {discard_text}{warnings}"),
     );
     crate::deploys::append(&scope, Some(store), &logged).await;
     // What a rewind discarded, counted from the stopped cluster's WAL once its success is
@@ -468,11 +482,11 @@ async fn guard_inner(
         code: Exit::Restored,
         message: if rewound {
             format!(
-                "unhealthy: {reason}. Rewound the cluster to the pre-deploy restore point {snapshot}; the failed cluster is kept as {kept}; {}",
-                counted.unwrap_or_else(|| describe_discarded(&discard, true))
+                "unhealthy: {reason}. Rewound the cluster to the pre-deploy restore point {snapshot}; the failed cluster is kept as {kept}; {}{warnings}",
+                counted.unwrap_or_else(|| describe_discarded(&discard, true, sqlite))
             )
         } else {
-            format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true))
+            format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true, sqlite))
         },
         details: json!({
             "discarded": if rewound { restored["discarded"].clone() } else { json!(discard) },

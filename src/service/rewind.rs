@@ -61,6 +61,8 @@ pub struct Rewound {
     pub downtime_seconds: f64,
     #[serde(skip)]
     pub point_lsn: u64,
+    /// What the operator must know (standbys left on the abandoned timeline, slots gone).
+    pub warnings: Vec<String>,
     /// What the rewind discarded ([`count_discarded`]): the committed row changes after the
     /// point in the stopped cluster's WAL, every database's (named), the deploy's batch left
     /// out; or why they could not be counted.
@@ -99,6 +101,13 @@ pub struct Checked {
     user: OsUser,
     gid: u32,
     mode: u32,
+    /// The files in the data directory the live configuration reads besides the four main
+    /// ones (`include_dir`, `include`, SSL keys and certificates), relative to it: carried
+    /// into the restored directory from the stopped cluster.
+    carried: Vec<PathBuf>,
+    /// What the operator must know about the rewind (standbys it leaves behind): said in the
+    /// log and the deploy log.
+    warnings: Vec<String>,
 }
 
 /// Checks everything a rewind to restore point `point_id` needs before anything is changed;
@@ -181,12 +190,41 @@ pub async fn check(
             live.tablespaces.join(", ")
         )));
     }
+    let mut warnings = Vec::new();
     if !live.replication_slots.is_empty() {
-        tracing::warn!(
+        warnings.push(format!(
             "the cluster has replication slots ({}): a base holds none, so the rewound cluster has none; standbys and logical consumers of them must be set up again",
             live.replication_slots.join(", ")
-        );
+        ));
     }
+    if !live.standbys_without_slot.is_empty() {
+        warnings.push(format!(
+            "streaming standbys are connected without a replication slot ({}): they stay on the abandoned timeline, serving the failed deploy's data, until they are rebuilt from the rewound cluster",
+            live.standbys_without_slot.join(", ")
+        ));
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let carried = match &live.config_files {
+        Ok(files) => files
+            .iter()
+            .filter_map(|f| {
+                f.strip_prefix(&live.data_directory)
+                    .or_else(|_| f.strip_prefix(&data_dir))
+                    .ok()
+                    .map(Path::to_path_buf)
+            })
+            .filter(|rel| !CONFIG_FILES.iter().any(|c| rel == Path::new(c)))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(
+                "the files the live configuration reads could not be listed ({e}): only {} are carried into the rewound cluster; grant pg_read_all_settings to dbward's role",
+                CONFIG_FILES.join(", ")
+            );
+            Vec::new()
+        }
+    };
     let chosen = choose(settings, url, &Which::Base(point_id.to_string())).await?;
     let Target::Point { .. } = chosen.target else {
         return Err(refused(format!("{point_id} is not a restore point")));
@@ -226,6 +264,8 @@ pub async fn check(
         user,
         gid: meta.gid(),
         mode: meta.mode() & 0o7777,
+        carried,
+        warnings,
     })
 }
 
@@ -450,6 +490,7 @@ pub async fn finish(
         seconds,
         downtime_seconds: downtime,
         point_lsn,
+        warnings: checked.warnings.clone(),
         discarded: None,
         discarded_unknown: None,
     })
@@ -541,13 +582,19 @@ async fn discarded_in(
 }
 
 /// The live cluster's configuration files (those in its data directory, as the stopped cluster
-/// leaves them) copied over the base's in `to`, byte for byte with their modes; returns the
+/// leaves them: the four main ones, and every other one its configuration reads there, an
+/// `include_dir`'s files, SSL keys and certificates) copied over the base's in `to`, byte for
+/// byte with their modes (a directory they are in is made with its live mode); returns the
 /// live `postgresql.auto.conf` (empty when there is none), put back after the promotion.
 fn live_config(live: &Path, to: &Path, checked: &Checked) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut auto = Vec::new();
-    for name in CONFIG_FILES {
-        let from = live.join(name);
+    let names = CONFIG_FILES
+        .iter()
+        .map(PathBuf::from)
+        .chain(checked.carried.iter().cloned());
+    for name in names {
+        let from = live.join(&name);
         let Ok(meta) = std::fs::symlink_metadata(&from) else {
             continue; // kept elsewhere (Debian: /etc/postgresql)
         };
@@ -555,7 +602,30 @@ fn live_config(live: &Path, to: &Path, checked: &Checked) -> Result<Vec<u8>, Str
             continue;
         }
         let bytes = std::fs::read(&from).map_err(|e| format!("reading {}: {e}", from.display()))?;
-        let dest = to.join(name);
+        let dest = to.join(&name);
+        // The directories it is in (an include_dir added after the base), as the live ones.
+        let mut made = Vec::new();
+        for dir in name
+            .ancestors()
+            .skip(1)
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            if !to.join(dir).exists() {
+                made.push(dir.to_path_buf());
+            }
+        }
+        for dir in made.iter().rev() {
+            let mode = std::fs::metadata(live.join(dir))
+                .map(|m| m.mode() & 0o7777)
+                .unwrap_or(0o700);
+            std::fs::create_dir(to.join(dir))
+                .and_then(|()| {
+                    std::fs::set_permissions(to.join(dir), std::fs::Permissions::from_mode(mode))
+                })
+                .map_err(|e| format!("making {}: {e}", to.join(dir).display()))?;
+            std::os::unix::fs::lchown(to.join(dir), Some(checked.user.uid), Some(checked.gid))
+                .map_err(|e| format!("giving {} to its owner: {e}", to.join(dir).display()))?;
+        }
         let _ = std::fs::remove_file(&dest); // the base's copy, extracted by this run
         server::write_new(&dest, &bytes, meta.mode() & 0o7777)
             .map_err(|e| backup::error::chain(&e))?;
@@ -564,7 +634,7 @@ fn live_config(live: &Path, to: &Path, checked: &Checked) -> Result<Vec<u8>, Str
         // The mode exactly, whatever the umask took from it at creation.
         let _ =
             std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(meta.mode() & 0o7777));
-        if name == "postgresql.auto.conf" {
+        if name == Path::new("postgresql.auto.conf") {
             auto = bytes;
         }
     }

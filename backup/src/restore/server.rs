@@ -584,6 +584,13 @@ pub struct LiveCluster {
     /// Tablespaces besides `pg_default` and `pg_global`, and replication slots.
     pub tablespaces: Vec<String>,
     pub replication_slots: Vec<String>,
+    /// Streaming standbys connected without a replication slot (`application_name (address)`).
+    pub standbys_without_slot: Vec<String>,
+    /// Every file the live configuration reads (`pg_file_settings`: the main file, its
+    /// `include`, `include_if_exists` and `include_dir` files, `postgresql.auto.conf`; and the
+    /// SSL, `hba_file` and `ident_file` settings), absolute; `Err` when they cannot be listed
+    /// (a role without `pg_read_all_settings`).
+    pub config_files: Result<Vec<PathBuf>, String>,
 }
 
 pub async fn live_cluster(url: &dbconn::PgUrl) -> Result<LiveCluster, Error> {
@@ -602,12 +609,43 @@ pub async fn live_cluster(url: &dbconn::PgUrl) -> Result<LiveCluster, Error> {
         )
         .await
         .map_err(|e| Error::Source(dbconn::postgres::describe(&e)))?;
+    let data_directory = PathBuf::from(row.get::<_, String>(0));
+    let standbys_without_slot: Vec<String> = db
+        .client()
+        .query_one(
+            "SELECT coalesce(array_agg(coalesce(nullif(application_name, ''), 'pid ' || pid) || ' (' || coalesce(client_addr::text, 'local socket') || ')' ORDER BY pid), '{}') \
+             FROM pg_stat_replication r WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.active_pid = r.pid)",
+            &[],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or_default();
+    let config_files = db
+        .client()
+        .query_one(
+            "SELECT coalesce(array_agg(DISTINCT f), '{}') FROM ( \
+               SELECT sourcefile AS f FROM pg_file_settings WHERE sourcefile IS NOT NULL \
+               UNION SELECT setting FROM pg_settings \
+                 WHERE name IN ('ssl_cert_file', 'ssl_key_file', 'ssl_ca_file', 'ssl_crl_file', 'hba_file', 'ident_file', 'config_file') \
+                 AND setting <> '') s",
+            &[],
+        )
+        .await
+        .map(|r| {
+            r.get::<_, Vec<String>>(0)
+                .into_iter()
+                .map(|f| data_directory.join(f)) // a relative setting is the data directory's
+                .collect()
+        })
+        .map_err(|e| dbconn::postgres::describe(&e));
     Ok(LiveCluster {
-        data_directory: PathBuf::from(row.get::<_, String>(0)),
+        data_directory,
         system_identifier: row.get(1),
         other_databases: row.get(2),
         tablespaces: row.get(3),
         replication_slots: row.get(4),
+        standbys_without_slot,
+        config_files,
     })
 }
 
