@@ -677,3 +677,44 @@ fn nix_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// Trust for PITR, defect 7: `pitr verify` exited 0 while the last deploy's restore point could
+/// not be restored (its segment missing, a segment damaged in the store), and the guard then
+/// refused during the incident. It now fetches and checks every WAL file from the point's base
+/// to the point, and says whether the point is restorable.
+#[test]
+fn pitr_verify_says_whether_the_last_deploys_restore_point_can_be_restored() {
+    let d = deployed();
+    let verify = || run(d.p.dbward(&d.url).args(["pitr", "verify", "--json"]));
+    let (code, out, err) = verify();
+    assert_eq!(code, 0, "{err}");
+    let doc = json(&out);
+    assert_eq!(doc["restore_point"]["point"], d.point["id"], "{doc}");
+    assert!(doc["restore_point"]["problem"].is_null(), "{doc}");
+    assert!(
+        doc["restore_point"]["segments_checked"].as_u64().unwrap() > 0,
+        "{doc}"
+    );
+
+    let wal = d._store.path().join("app/wal");
+    let segment = d.point["point"]["segment"].as_str().unwrap().to_string();
+    // Damaged in the store: its compressed bytes changed (its record unchanged).
+    let object = wal.join(format!("{segment}.zst"));
+    let good = std::fs::read(&object).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() - 10;
+    bad[at] ^= 0xff;
+    std::fs::write(&object, &bad).unwrap();
+    let (code, out, err) = verify();
+    assert_eq!(code, 3, "{err}");
+    assert!(json(&out)["restore_point"]["problem"].is_string(), "{out}");
+    assert!(err.contains("cannot be restored"), "{err}");
+    // Missing.
+    std::fs::remove_file(&object).unwrap();
+    let (code, _, err) = verify();
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains(&segment), "{err}");
+    std::fs::write(&object, &good).unwrap();
+    let (code, _, err) = verify();
+    assert_eq!(code, 0, "{err}");
+}

@@ -279,6 +279,31 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
         tracing::warn!("{why}");
         text.push_str(&format!("  {why}\n"));
     }
+    // What a rewind or a restore to the last deploy's restore point needs, checked now rather
+    // than found missing during the incident.
+    let url = super::database_url(settings)?;
+    let point = crate::service::physical::check_newest_point(settings, &url).await?;
+    match &point {
+        Some(c) => match &c.problem {
+            None => text.push_str(&format!(
+                "  the newest restore point {} is restorable: base {}, {} WAL file(s) fetched and checked\n",
+                c.point,
+                c.base.as_deref().unwrap_or("?"),
+                c.segments_checked
+            )),
+            Some(why) => {
+                text.push_str(&format!(
+                    "  the newest restore point {} CANNOT be restored: {why}\n",
+                    c.point
+                ));
+                problems.push(format!(
+                    "the newest restore point {} (the last deploy's) cannot be restored: {why}",
+                    c.point
+                ));
+            }
+        },
+        None => text.push_str("  no restore point yet\n"),
+    }
     if let Some(path) = &args.metrics {
         let without_wal = base_rows.iter().filter(|b| b["ok"] != true).count();
         restore_drill::metrics::write_textfile(
@@ -287,7 +312,7 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
         )
         .map_err(|e| Failure::new(Exit::Failed, format!("--metrics {}: {e}", path.display())))?;
     }
-    let json = json!({ "archive": v, "bases": base_rows, "wal_since_base_bytes": since, "base_due": due, "problems": problems });
+    let json = json!({ "archive": v, "bases": base_rows, "wal_since_base_bytes": since, "base_due": due, "restore_point": point, "problems": problems });
     if problems.is_empty() {
         return Ok(Report {
             text,
