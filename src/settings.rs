@@ -31,6 +31,8 @@ pub struct Settings {
     pub s3_ca_file: Option<PathBuf>,
     /// `store.timeout` / `DBWARD_STORE_TIMEOUT`: the longest silence of a store request.
     pub store_timeout: Duration,
+    /// `store.group`: the group a `file://` store's folders and files are shared with.
+    pub store_group: Option<u32>,
     pub state_dir: PathBuf,
     /// `database.table_lock_timeout`: how long one statement of the batch may wait for a table
     /// lock (not the migration lock: that is `--lock-timeout`).
@@ -436,6 +438,7 @@ struct StoreSection {
     part_size: Option<String>,
     ca_file: Option<PathBuf>,
     timeout: Option<String>,
+    group: Option<String>,
 }
 
 impl Settings {
@@ -471,8 +474,8 @@ impl Settings {
         resolve(args, env, file)
     }
 
-    pub fn s3_options(&self) -> backup::S3Options {
-        backup::S3Options {
+    pub fn store_options(&self) -> backup::StoreOptions {
+        backup::StoreOptions {
             endpoint: self.s3_endpoint.clone(),
             region: self.s3_region.clone(),
             path_style: self.s3_path_style,
@@ -480,19 +483,20 @@ impl Settings {
             max_in_flight: 2,
             ca_file: self.s3_ca_file.clone(),
             timeout: self.store_timeout,
+            group: self.store_group,
         }
     }
 
     /// Opens the snapshot store.
     pub async fn store(&self) -> Result<backup::Store, backup::Error> {
-        backup::Store::open(&self.store, &self.s3_options()).await
+        backup::Store::open(&self.store, &self.store_options()).await
     }
 
     /// The primary store, then each mirror, opened.
     pub async fn stores(&self) -> Result<Vec<backup::Store>, backup::Error> {
         let mut all = vec![self.store().await?];
         for url in &self.store_mirrors {
-            all.push(backup::Store::open(url, &self.s3_options()).await?);
+            all.push(backup::Store::open(url, &self.store_options()).await?);
         }
         Ok(all)
     }
@@ -658,6 +662,14 @@ fn resolve(
         s3_part_size,
         s3_ca_file: ca_file(env("AWS_CA_BUNDLE"), file.store.ca_file.clone().map(rebase)),
         store_timeout,
+        store_group: match &file.store.group {
+            Some(g) => Some(group_id(g).ok_or_else(|| {
+                SettingsError(format!(
+                    "config key store.group: no group `{g}` on this host (a name or a number)"
+                ))
+            })?),
+            None => None,
+        },
         state_dir: args
             .state_dir
             .clone()
@@ -821,6 +833,18 @@ fn resolve(
             },
         },
     })
+}
+
+/// A group's id, by name or number.
+fn group_id(g: &str) -> Option<u32> {
+    if let Ok(n) = g.parse() {
+        return Some(n);
+    }
+    let name = std::ffi::CString::new(g).ok()?;
+    // SAFETY: getgrnam with a NUL-terminated name; the result is read at once, before any
+    // other call that could reuse its static buffer.
+    let entry = unsafe { libc::getgrnam(name.as_ptr()) };
+    (!entry.is_null()).then(|| unsafe { (*entry).gr_gid })
 }
 
 /// The CA file in effect: `AWS_CA_BUNDLE` over `store.ca_file` (the environment wins over the

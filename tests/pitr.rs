@@ -623,3 +623,160 @@ fn recovery_that_stops_short_of_the_archives_end_fails_the_restore_and_the_drill
     }
     replace_in_archive(&pg, store.path(), &victim, &own);
 }
+
+/// Trust for PITR, defect 9: a `file://` store shared by the archiver (`postgres`) and the
+/// deploy hook (root) locked one of them out: whoever came first made the database's folder
+/// 0700. With `store.group`, folders are 2770 and files 0640 for that group, whoever makes
+/// them; while archiving fails, `backup --physical` refuses and `migrate` says so.
+#[test]
+fn a_local_store_shared_by_the_archiver_and_the_deploy_hook_needs_and_takes_a_group() {
+    let uid: u32 = tool(Command::new("id").args(["-u", "postgres"]))
+        .parse()
+        .unwrap();
+    let gid: u32 = tool(Command::new("id").args(["-g", "postgres"]))
+        .parse()
+        .unwrap();
+    let shared = server_dir("dbward-test-shared-");
+    common::give_to_postgres(shared.path());
+    // The store's root: the operator's, the group's to write in.
+    let root = shared.path().join("store");
+    std::fs::create_dir(&root).unwrap();
+    std::os::unix::fs::chown(&root, Some(0), Some(gid)).unwrap();
+    std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o2770)).unwrap();
+    let history = shared.path().join("00000002.history");
+    std::fs::write(&history, "1\t0/3000000\tno recovery target specified\n").unwrap();
+    std::os::unix::fs::chown(&history, Some(uid), Some(gid)).unwrap();
+    let as_postgres = |c: &mut Command| {
+        std::os::unix::process::CommandExt::uid(c, uid);
+        std::os::unix::process::CommandExt::gid(c, gid);
+    };
+    let db = "postgres://postgres@127.0.0.1:1/app";
+    for group in [None, Some("postgres")] {
+        let config = shared.path().join("dbward.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\nurl = \"file://{}\"\n{}",
+                root.display(),
+                group
+                    .map(|g| format!("group = \"{g}\"\n"))
+                    .unwrap_or_default()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        // Root writes first (here a push of its own; a deploy's snapshot makes the same
+        // folder): the database's folders are made by root.
+        let mut push_root = common::dbward(shared.path());
+        push_root.args([
+            "--config",
+            config.to_str().unwrap(),
+            "--database",
+            db,
+            "wal-push",
+        ]);
+        let root_history = shared.path().join("00000003.history");
+        std::fs::write(
+            &root_history,
+            "2\t0/4000000\tno recovery target specified\n",
+        )
+        .unwrap();
+        let (code, _, err) = run(push_root.arg(&root_history));
+        assert_eq!(code, 0, "{group:?}: {err}");
+        // Then PostgreSQL's archiver (user postgres).
+        let mut push = common::dbward(shared.path());
+        push.args([
+            "--config",
+            config.to_str().unwrap(),
+            "--database",
+            db,
+            "wal-push",
+        ])
+        .arg(&history);
+        as_postgres(&mut push);
+        let (code, _, err) = run(&mut push);
+        match group {
+            None => {
+                assert_ne!(code, 0, "without a group the archiver is locked out");
+                assert!(err.contains("ermission denied"), "{err}");
+            }
+            Some(_) => {
+                assert_eq!(code, 0, "{err}");
+                use std::os::unix::fs::MetadataExt;
+                for (path, mode) in [
+                    (root.join("app"), 0o2770),
+                    (root.join("app/wal"), 0o2770),
+                    (root.join("app/wal/00000002.history.json"), 0o640),
+                ] {
+                    let m = std::fs::metadata(&path).unwrap();
+                    assert_eq!(
+                        (m.gid(), m.mode() & 0o7777),
+                        (gid, mode),
+                        "{}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        std::fs::remove_dir_all(root.join("app")).unwrap();
+    }
+}
+
+/// Trust for PITR, defect 9, the server's side: while its archiving fails, `backup --physical`
+/// refuses before writing anything (a base without its WAL is useless), and a deploy says so.
+#[test]
+fn while_archiving_fails_a_base_is_refused_and_a_deploy_says_so() {
+    let store = store_dir();
+    let pg = archiving(store.path());
+    switch_and_wait(&pg, store.path());
+    // The archive's folder taken from the archiver (root's now, 0700, as a deploy hook that
+    // came first would leave it).
+    common::tool(
+        Command::new("chown")
+            .args(["-R", "root:root"])
+            .arg(store.path().join("app")),
+    );
+    std::fs::set_permissions(
+        store.path().join("app"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    pg.psql("app", "INSERT INTO t VALUES (1)");
+    pg.psql("postgres", "SELECT pg_switch_wal()");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while pg.psql("postgres", "SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archiver never failed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let before: Vec<_> = std::fs::read_dir(store.path().join("app"))
+        .unwrap()
+        .collect();
+    let (code, _, err) = run(dbward(&pg, store.path()).args(["backup", "--physical"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("archiving is failing") && err.contains("store.group"),
+        "{err}"
+    );
+    let after: Vec<_> = std::fs::read_dir(store.path().join("app"))
+        .unwrap()
+        .collect();
+    assert_eq!(before.len(), after.len(), "nothing was written");
+    let p = common::Project::new();
+    p.migration("V1__a.sql", "CREATE TABLE a (id int);\n");
+    let (code, _, err) =
+        run(p
+            .dbward(&pg.url("app"))
+            .args(["--store", &store_url(store.path()), "migrate"]));
+    assert_eq!(code, 0, "{err}");
+    p.migration("V2__b.sql", "CREATE TABLE b (id int);\n");
+    let (code, _, err) =
+        run(p
+            .dbward(&pg.url("app"))
+            .args(["--store", &store_url(store.path()), "migrate"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("WAL archiving is failing"), "{err}");
+}

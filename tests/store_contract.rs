@@ -133,7 +133,7 @@ async fn the_s3_test_server_keeps_the_store_contract() {
     // This test process talks to S3 itself: the SDK reads its credentials from the environment.
     std::env::set_var("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY);
     std::env::set_var("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY);
-    let opts = backup::S3Options {
+    let opts = backup::StoreOptions {
         endpoint: Some(s3.endpoint()),
         region: Some("us-east-1".into()),
         path_style: true,
@@ -141,6 +141,7 @@ async fn the_s3_test_server_keeps_the_store_contract() {
         max_in_flight: 2,
         ca_file: None,
         timeout: backup::store::s3::DEFAULT_TIMEOUT,
+        group: None,
     };
     let store = Store::open(&format!("s3://{}/contract", s3.bucket), &opts)
         .await
@@ -236,7 +237,7 @@ async fn stale_multipart_uploads_are_aborted_only_for_dbwards_own_keys() {
 
     std::env::set_var("AWS_ACCESS_KEY_ID", "k");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "s");
-    let opts = backup::S3Options {
+    let opts = backup::StoreOptions {
         endpoint: Some(format!("http://127.0.0.1:{}", moto.port)),
         region: Some("us-east-1".into()),
         path_style: true,
@@ -244,6 +245,7 @@ async fn stale_multipart_uploads_are_aborted_only_for_dbwards_own_keys() {
         max_in_flight: 2,
         ca_file: None,
         timeout: backup::store::s3::DEFAULT_TIMEOUT,
+        group: None,
     };
     let store = Store::open("s3://uploads/pre", &opts).await.unwrap();
     let ours = |key: &str| {

@@ -153,6 +153,9 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     } else {
         None
     };
+    if pg {
+        warn_if_archiving_fails(&url).await;
+    }
     let (taken, fallback) = if !will_snapshot {
         (None, None)
     } else {
@@ -575,6 +578,34 @@ async fn clear_failed(scope: &state::Scope, store: &backup::Store) {
         tracing::warn!(
             "removing the failed-batch record from the store: {}",
             backup::error::chain(&e)
+        );
+    }
+}
+
+/// WAL archiving that fails (a `file://` store the archiver's user cannot write since this
+/// command's user made its folder) does not stop a deploy, but it is said loudly: the WAL
+/// piles up on the server and restore points and bases cannot be taken.
+async fn warn_if_archiving_fails(url: &DatabaseUrl) {
+    let DatabaseUrl::Postgres(pg) = url else {
+        return;
+    };
+    let Ok(db) = dbconn::postgres::Postgres::connect(pg).await else {
+        return;
+    };
+    let failing = db
+        .client()
+        .query_opt(
+            "SELECT coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '') FROM pg_stat_archiver \
+             WHERE current_setting('archive_mode') <> 'off' \
+               AND last_failed_time > coalesce(last_archived_time, '-infinity')",
+            &[],
+        )
+        .await;
+    if let Ok(Some(row)) = failing {
+        tracing::warn!(
+            "the server's WAL archiving is failing (last failure on {}, at {}; pg_stat_archiver and the server log say why): WAL piles up and no restore point or base can be taken. A `file://` store written by two users (this command's and PostgreSQL's) needs store.group",
+            row.get::<_, String>(0),
+            row.get::<_, String>(1)
         );
     }
 }

@@ -168,7 +168,7 @@ async fn fetch_from(
     loop {
         tries += 1;
         let attempt = async {
-            let store = backup::Store::open(url, &settings.s3_options()).await?;
+            let store = backup::Store::open(url, &settings.store_options()).await?;
             backup::wal::fetch(&store, database, &args.name, &args.path, identities).await
         };
         match attempt.await {

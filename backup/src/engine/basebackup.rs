@@ -112,11 +112,26 @@ pub async fn prepare(
         })?;
     let applied = applied_on(c).await?;
     let database_id = dbconn::identity::read_pg(c).await?;
-    let failed_before: i64 = c
-        .query_one("SELECT failed_count FROM pg_stat_archiver", &[])
+    let archiver = c
+        .query_one(
+            "SELECT failed_count, \
+                    coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false), \
+                    coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '') \
+             FROM pg_stat_archiver",
+            &[],
+        )
         .await
-        .map_err(q)?
-        .get(0);
+        .map_err(q)?;
+    let failed_before: i64 = archiver.get(0);
+    // Archiving that fails now (a store directory the archiver's user cannot write, say) would
+    // leave the base without its WAL: refused before anything is written.
+    if archiver.get::<_, bool>(1) {
+        return Err(Error::Refused(format!(
+            "the server's WAL archiving is failing (its last failure, on {}, at {}, came after its last success; pg_stat_archiver and the server log say why): a base is useless without its WAL. A `file://` store written by two users (this command's and PostgreSQL's) needs store.group. Nothing was written.",
+            archiver.get::<_, String>(2),
+            archiver.get::<_, String>(3)
+        )));
+    }
 
     let mut cmd = libpq_command("pg_basebackup", url, None);
     cmd.args([

@@ -13,11 +13,13 @@ use crate::pipeline::Msg;
 
 pub struct LocalStore {
     root: PathBuf,
+    /// `store.group`: directories `2770` and files `0640` for it (else `0700` and `0600`).
+    group: Option<u32>,
 }
 
 impl LocalStore {
-    pub fn new(root: PathBuf) -> LocalStore {
-        LocalStore { root }
+    pub fn new(root: PathBuf, group: Option<u32>) -> LocalStore {
+        LocalStore { root, group }
     }
 
     pub fn path(&self, key: &str) -> PathBuf {
@@ -31,7 +33,27 @@ impl LocalStore {
             "creating store directory {}",
             dir.display()
         )))?;
+        if let Some(gid) = self.group {
+            // Every directory from the store's root down to this one: the group's to write in
+            // (the setgid bit gives what is made inside the same group).
+            // (The root itself is the operator's: set its group and mode once, by hand.)
+            let below: Vec<&Path> = dir
+                .ancestors()
+                .take_while(|d| *d != self.root && d.starts_with(&self.root))
+                .collect();
+            for d in below {
+                share(d, gid, 0o2770)?;
+            }
+        }
         Ok(dir)
+    }
+
+    /// A file put in place: readable by the store's group, when there is one.
+    fn shared(&self, file: &Path) -> Result<(), Error> {
+        match self.group {
+            Some(gid) => share(file, gid, 0o640),
+            None => Ok(()),
+        }
     }
 
     /// Writes into a temp file in this run's directory beside the object (see
@@ -67,6 +89,7 @@ impl LocalStore {
         if final_path.exists() {
             return Err(Error::Exists(final_path.display().to_string()));
         }
+        self.shared(&tmp)?;
         fs::rename(&*tmp, &final_path)
             .map_err(io(format!("renaming to {}", final_path.display())))?;
         tmp.keep();
@@ -90,6 +113,7 @@ impl LocalStore {
         f.write_all(bytes)
             .and_then(|_| f.sync_all())
             .map_err(Error::io(format!("writing {}", tmp.display())))?;
+        self.shared(&tmp)?;
         Ok((dir, self.path(key), tmp))
     }
 
@@ -193,4 +217,24 @@ pub fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(Error::io(format!("fsync directory {}", dir.display())))
+}
+
+/// Gives `path` (dbward's, in its own store) to group `gid` with `mode`, when it is not so
+/// already. A directory another user made cannot be changed by this one: that is said, with
+/// what to do.
+fn share(path: &Path, gid: u32, mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = fs::metadata(path).map_err(Error::io(format!("stat {}", path.display())))?;
+    if meta.gid() == gid && meta.mode() & 0o7777 == mode {
+        return Ok(());
+    }
+    let done = std::os::unix::fs::chown(path, None, Some(gid))
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)));
+    done.map_err(|e| Error::Store {
+        what: path.display().to_string(),
+        message: format!(
+            "giving it to group {gid} with mode {mode:o} (store.group): {e}; it belongs to uid {}: run once as that user (or root) to share it, or `chgrp -R` and `chmod g+rwxs` the store yourself",
+            meta.uid()
+        ),
+    })
 }

@@ -4,7 +4,7 @@
 pub mod local;
 pub mod s3;
 
-pub use s3::S3Options;
+pub use s3::StoreOptions;
 
 use std::io::Write;
 
@@ -29,7 +29,7 @@ pub enum Store {
 impl Store {
     /// `s3://bucket/prefix`, `file:///abs/dir`, `file://./rel/dir` (relative to the working
     /// directory).
-    pub async fn open(url: &str, s3: &S3Options) -> Result<Store, Error> {
+    pub async fn open(url: &str, s3: &StoreOptions) -> Result<Store, Error> {
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -71,7 +71,7 @@ impl Store {
                     problem: "the file system's root cannot be a store; name a directory of its own, such as file:///var/backups/app".into(),
                 });
             }
-            return Ok(Store::Local(local::LocalStore::new(path.into())));
+            return Ok(Store::Local(local::LocalStore::new(path.into(), s3.group)));
         }
         Err(Error::StoreUrl {
             url: url.into(),

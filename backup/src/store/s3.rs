@@ -38,7 +38,7 @@ use crate::error::Error;
 use crate::pipeline::Msg;
 
 #[derive(Debug, Clone)]
-pub struct S3Options {
+pub struct StoreOptions {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub path_style: bool,
@@ -51,11 +51,14 @@ pub struct S3Options {
     pub ca_file: Option<std::path::PathBuf>,
     /// `store.timeout`: the longest silence any request may keep (see the module's doc).
     pub timeout: Duration,
+    /// `store.group`, for a `file://` store shared by two users (the deploy hook's and
+    /// PostgreSQL's archiver): directories `2770` and files `0640` for this group.
+    pub group: Option<u32>,
 }
 
-impl Default for S3Options {
-    fn default() -> S3Options {
-        S3Options {
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
             endpoint: None,
             region: None,
             path_style: false,
@@ -63,6 +66,7 @@ impl Default for S3Options {
             max_in_flight: 2,
             ca_file: None,
             timeout: DEFAULT_TIMEOUT,
+            group: None,
         }
     }
 }
@@ -80,7 +84,7 @@ pub struct S3Store {
     uploads: Client,
     bucket: String,
     prefix: String,
-    opts: S3Options,
+    opts: StoreOptions,
 }
 
 const MIN_PART: usize = 8 << 20;
@@ -91,7 +95,7 @@ impl S3Store {
     pub async fn new(
         bucket: String,
         prefix: String,
-        opts: S3Options,
+        opts: StoreOptions,
         ca_pem: Option<Vec<u8>>,
     ) -> S3Store {
         let mut http =
@@ -868,7 +872,7 @@ mod tests {
 
     #[tokio::test]
     async fn parts_cover_the_database_in_10000() {
-        let s = S3Store::new("b".into(), String::new(), S3Options::default(), None).await;
+        let s = S3Store::new("b".into(), String::new(), StoreOptions::default(), None).await;
         assert_eq!(s.chunk_size(1 << 30), 8 << 20);
         let tib = 1u64 << 40;
         let part = s.chunk_size(tib) as u64;
