@@ -228,6 +228,20 @@ fn refusals_come_before_anything_is_written_and_a_failed_recovery_leaves_nothing
         .unwrap();
     assert!(running.stdout.is_empty(), "a server was left running");
 
+    // A time before the first base: refused (exit 3), nothing written.
+    let Err((code, err)) = restore(
+        &pg,
+        store.path(),
+        copies.path(),
+        "past",
+        &["--time", "2000-01-01T00:00:00Z"],
+    ) else {
+        panic!("restored to a time before every base")
+    };
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("cannot go back that far"), "{err}");
+    assert!(!copies.path().join("past").exists());
+
     // An existing directory is never written into.
     std::fs::create_dir(copies.path().join("taken")).unwrap();
     std::fs::write(copies.path().join("taken/keep"), "x").unwrap();

@@ -40,6 +40,10 @@ pub enum Error {
     #[error("{0}")]
     NoSpace(String),
 
+    /// The disk filled up while a step ran (it failed; what it wrote is removed).
+    #[error("{0}")]
+    Full(String),
+
     /// A restore that failed before it replaced anything.
     #[error("restore failed: {0}\nThe live database was not replaced.")]
     Restore(String),

@@ -629,8 +629,9 @@ pub async fn prune_unneeded(
         }
         if !names.is_empty() {
             tracing::info!(
-                "removed {} WAL files before {} (no kept base needs them)",
+                "removed {} WAL files, {} to {} (no kept base needs them)",
                 names.len(),
+                names.first().expect("not empty"),
                 names.last().expect("not empty")
             );
         }

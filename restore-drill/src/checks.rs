@@ -63,9 +63,10 @@ impl From<dbconn::Error> for CheckFailure {
 /// else the snapshot's.
 pub fn classify(e: backup::Error) -> CheckFailure {
     match e {
-        backup::Error::NoSpace(_) | backup::Error::Io { .. } | backup::Error::NoKey(_) => {
-            CheckFailure::Environment(backup::error::chain(&e))
-        }
+        backup::Error::NoSpace(_)
+        | backup::Error::Full(_)
+        | backup::Error::Io { .. }
+        | backup::Error::NoKey(_) => CheckFailure::Environment(backup::error::chain(&e)),
         e => CheckFailure::Snapshot(backup::error::chain(&e)),
     }
 }

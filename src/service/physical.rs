@@ -346,9 +346,10 @@ async fn pick(
                 .into_iter()
                 .find(|m| ended(m).is_some_and(|e| e <= *t))
                 .ok_or_else(|| {
-                    none(format!(
-                        "no base backup of {db} ended before {t}: the archive cannot go back that far"
-                    ))
+                    // Refused (exit 3), nothing written: not a failure of the restore.
+                    Failure::from(backup::Error::Refused(format!(
+                        "no base backup of {db} ended before {t}: the archive cannot go back that far; nothing was written"
+                    )))
                 })?;
             // PostgreSQL's own form: it refuses RFC 3339's `T` and `Z` here.
             let stamp = t

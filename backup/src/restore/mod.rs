@@ -177,7 +177,7 @@ where
                 return Ok((t, n));
             }
             // Not the copy's fault: every copy would meet it.
-            Err(e @ Error::NoSpace(_)) => return Err(e),
+            Err(e @ (Error::NoSpace(_) | Error::Full(_))) => return Err(e),
             Err(e) if stores.len() == 1 => return Err(e),
             Err(e) => {
                 tracing::warn!("{}", crate::error::chain(&e));

@@ -514,7 +514,7 @@ fn untar_into(
     {
         let failed = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::StorageFull {
-                Error::NoSpace(format!(
+                Error::Full(format!(
                     "extracting base {} into {}: {e}",
                     m.id,
                     dir.display()
@@ -582,7 +582,7 @@ fn untar_into(
         .unwrap_or_else(|_| Err(std::io::Error::other("the syncing thread panicked")))
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::StorageFull {
-                Error::NoSpace(format!("writing base {} into {}: {e}", m.id, dir.display()))
+                Error::Full(format!("writing base {} into {}: {e}", m.id, dir.display()))
             } else {
                 Error::io(format!("syncing base {} in {}", m.id, dir.display()))(e)
             }
