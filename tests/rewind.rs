@@ -718,3 +718,27 @@ fn pitr_verify_says_whether_the_last_deploys_restore_point_can_be_restored() {
     let (code, _, err) = verify();
     assert_eq!(code, 0, "{err}");
 }
+
+/// Trust for PITR, defect 1 (the other end): once the restored cluster takes connections, the
+/// rewind holds the migration lock on it until it is verified: a deploy started then waits.
+#[test]
+fn the_migration_lock_is_held_on_the_rewound_cluster_until_it_is_verified() {
+    let d = deployed();
+    let unhealthy = Http::status(503);
+    let (guard, points) = d.guard_paused_at(&unhealthy, "rewind-before-verify");
+    d.p.migration("V3__after.sql", "CREATE TABLE after_the_rewind (x int);\n");
+    let (code, _, err) = run(d.p.dbward(&d.url).args(["migrate", "--lock-timeout", "2s"]));
+    assert_eq!(code, 4, "the lock was free on the rewound cluster: {err}");
+    std::fs::write(points.path().join("rewind-before-verify.go"), "").unwrap();
+    let out = guard.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        d.pg.psql("app", "SELECT to_regclass('after_the_rewind') IS NULL"),
+        "t"
+    );
+}

@@ -29,6 +29,7 @@ pub const ALL: &[&str] = &[
     "drill-after-restore",
     "rewind-before-stop",
     "rewind-after-swap",
+    "rewind-before-verify",
 ];
 
 /// `Err` when the failure point `name` is set to `error`; never returns when it is set to

@@ -458,6 +458,10 @@ pub async fn finish(
         Ok(lock) => lock,
         Err(why) => return Err(put_back(settings, cfg, dir, &kept, why).await),
     };
+    // Promoted (nothing is undone from here), the migration lock held on the new cluster.
+    if let Err(e) = failpoint("rewind-before-verify") {
+        tracing::warn!("{e}");
+    }
     let downtime = down.elapsed().as_secs_f64();
     // Promoted: from here on the cluster may serve writes, and nothing is taken from it.
     dir.keep();
