@@ -132,43 +132,6 @@ impl Scope {
         }
     }
 
-    /// The guard's own lock for this database on this host (`guard-<db>.<key>.lock`, an
-    /// exclusive lock the kernel releases when the process ends): a second guard waits for the
-    /// first to finish, then finds the deploy undone and stops. Waits at most `wait`, saying
-    /// from 10 s on what it waits for.
-    pub async fn guard_lock(&self, wait: Duration) -> Result<Option<std::fs::File>, StateError> {
-        let p = self.file("guard", "lock");
-        backup::scratch::create_private_dir(&self.dir)
-            .map_err(StateError::io("creating the", &self.dir))?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(StateError::io("opening the", &p))?;
-        let taken = async {
-            loop {
-                match file.try_lock() {
-                    Ok(()) => return Ok(true),
-                    Err(std::fs::TryLockError::WouldBlock) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await
-                    }
-                    Err(std::fs::TryLockError::Error(e)) => return Err(e),
-                }
-            }
-        };
-        let what = format!(
-            "another guard of {} on this host (it holds {})",
-            self.name,
-            p.display()
-        );
-        match tokio::time::timeout(wait, dbconn::wait::announced(what, taken)).await {
-            Ok(Ok(_)) => Ok(Some(file)),
-            Ok(Err(e)) => Err(StateError::io("locking the", &p)(e)),
-            Err(_) => Ok(None),
-        }
-    }
-
     /// Whether the state dir can take a record now (it exists or can be made, it is writable,
     /// its disk has room): checked before a batch is applied, since a committed batch whose
     /// record cannot be written is a deploy the guard does not know.
@@ -274,6 +237,56 @@ impl Scope {
 
 /// An identity as a file-name part: hex digits and dashes only (it is dbward's own random hex;
 /// anything else is digested).
+/// The guard's own lock for `url`'s database on this host (`guard-<db>.at-<digest of where it
+/// is>.lock` in `state_dir`: keyed by where the database is, not by its identity, which cannot
+/// be read while a rewind has the cluster down; an exclusive lock the kernel releases when the
+/// process ends, on a file opened without following a link): a second guard waits for the
+/// first to finish, then finds the deploy undone and stops. Waits at most `wait`, saying from
+/// 10 s on what it waits for.
+pub async fn guard_lock(
+    state_dir: &Path,
+    url: &DatabaseUrl,
+    wait: Duration,
+) -> Result<Option<std::fs::File>, StateError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = state_dir.join(format!(
+        "guard-{}.at-{}.lock",
+        url.name(),
+        digest(&location(url))
+    ));
+    backup::scratch::create_private_dir(state_dir)
+        .map_err(StateError::io("creating the", state_dir))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&p)
+        .map_err(StateError::io("opening the", &p))?;
+    let taken = async {
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(true),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+    };
+    let what = format!(
+        "another guard of {} on this host (it holds {})",
+        url.name(),
+        p.display()
+    );
+    match tokio::time::timeout(wait, dbconn::wait::announced(what, taken)).await {
+        Ok(Ok(_)) => Ok(Some(file)),
+        Ok(Err(e)) => Err(StateError::io("locking the", &p)(e)),
+        Err(_) => Ok(None),
+    }
+}
+
 fn safe(id: &str) -> String {
     if !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         id.to_string()

@@ -735,6 +735,32 @@ fn a_local_store_shared_by_the_archiver_and_the_deploy_hook_needs_and_takes_a_gr
         }
         std::fs::remove_dir_all(root.join("app")).unwrap();
     }
+    // A link where the store keeps a folder is refused, not followed: its target is left as
+    // it was (neither its group nor its mode changed, nothing written in it).
+    let elsewhere = shared.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(
+        &elsewhere,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&elsewhere, root.join("app")).unwrap();
+    let mut push = common::dbward(shared.path());
+    push.args([
+        "--config",
+        shared.path().join("dbward.toml").to_str().unwrap(),
+        "--database",
+        db,
+        "wal-push",
+    ])
+    .arg(&history);
+    let (code, _, err) = run(&mut push);
+    assert_ne!(code, 0, "a link in the store was followed");
+    assert!(err.contains("symbolic link"), "{err}");
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&elsewhere).unwrap();
+    assert_eq!((m.gid(), m.mode() & 0o7777), (0, 0o755));
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 }
 
 /// Trust for PITR, defect 9, the server's side: while its archiving fails, `backup --physical`

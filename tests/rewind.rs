@@ -441,10 +441,11 @@ fn a_migrate_started_while_the_rewind_stops_the_cluster_applies_nothing() {
     let (guard, points) = d.guard_paused_at(&unhealthy, "rewind-before-stop");
     d.p.migration("V3__during.sql", "CREATE TABLE during_the_stop (x int);\n");
     std::fs::write(points.path().join("rewind-before-stop.go"), "").unwrap();
-    // The deploy starts while `stop` sleeps, the old cluster still serving.
+    // The deploy starts while `stop` sleeps, the old cluster still serving (told to retry
+    // the failed batch, so that only the lock can keep it out).
     let migrate =
         d.p.dbward(&d.url)
-            .args(["migrate", "--lock-timeout", "60s"])
+            .args(["migrate", "--retry-failed", "--lock-timeout", "60s"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -455,6 +456,8 @@ fn a_migrate_started_while_the_rewind_stops_the_cluster_applies_nothing() {
     let migrated = migrate.wait_with_output().unwrap();
     let merr = String::from_utf8_lossy(&migrated.stderr);
     assert_ne!(migrated.status.code(), Some(0), "the deploy got in: {merr}");
+    // It waited for the lock on the old cluster, and lost its session when that stopped.
+    assert!(merr.contains("terminating connection"), "{merr}");
     assert_eq!(
         pg.psql("app", "SELECT to_regclass('during_the_stop') IS NULL"),
         "t",
@@ -555,6 +558,39 @@ fn hanging_stop_and_start_commands_are_bounded_and_said_loudly() {
         "2",
         "still serving, unchanged"
     );
+}
+
+/// A `stop` that works and a `start` that hangs: the rewound cluster does not start, the old
+/// directory is put back, its start hangs as well: the guard ends at once (exit 1), saying
+/// loudly that the cluster is down and how to start it; started by hand, it is the old one,
+/// unchanged.
+#[test]
+fn a_start_that_hangs_after_a_stop_that_worked_says_the_cluster_is_down() {
+    let d = deployed_with(
+        |stop, _start| (stop, "exec sleep 1000".into()),
+        "start_timeout = \"2s\"\n",
+    );
+    let unhealthy = Http::status(503);
+    let (code, _, err) = run(&mut d.guard(&unhealthy));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("THE CLUSTER IS DOWN"), "{err}");
+    assert!(
+        err.contains("exec sleep 1000"),
+        "the command to run is named: {err}"
+    );
+    assert!(!d.pg.data_dir().join("recovery.signal").exists());
+    let (_, start) = d.pg.stop_start_commands();
+    let started = std::process::Command::new("sh")
+        .args(["-c", &start])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    assert_eq!(
+        d.pg.psql("app", "SELECT max(version) FROM refinery_schema_history"),
+        "2",
+        "the old cluster, unchanged"
+    );
+    assert!(d.beside_data_dir().is_empty(), "{:?}", d.beside_data_dir());
 }
 
 /// Trust for PITR, defect 5: a `start` killed by a signal meant for dbward (a terminal's Ctrl-C,

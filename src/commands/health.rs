@@ -276,16 +276,17 @@ async fn guard_inner(
             format!("unhealthy: {reason}. Not restoring: {why}"),
         )
     };
-    let scope = state::Scope::of(&settings.state_dir, &url).await;
     // One guard at a time on this host: a second waits for the first, then finds the deploy
-    // undone (or not) in the records the first one wrote.
-    let Some(_guard_lock) = scope.guard_lock(GUARD_WAIT).await? else {
+    // undone (or not) in the records the first one wrote (its scope read once the first is
+    // done: the database's identity cannot be read while a rewind has the cluster down).
+    let Some(_guard_lock) = state::guard_lock(&settings.state_dir, &url, GUARD_WAIT).await? else {
         return Err(not(format!(
             "another guard of {} on this host has been undoing it for {} and still is; see its log",
             url.display(),
             migrator::error::humanize(GUARD_WAIT)
         )));
     };
+    let scope = state::Scope::of(&settings.state_dir, &url).await;
     let Some(mut deploy) = scope.read()? else {
         return Err(not(format!(
             "no deploy of {} is recorded in {}",
@@ -468,10 +469,12 @@ async fn guard_inner(
     );
     crate::deploys::append(&scope, Some(store), &logged).await;
     // What a rewind discarded, counted from the stopped cluster's WAL once its success is
-    // recorded (a guard stopped while it counts has nothing left to undo).
+    // recorded (a guard stopped while it counts has nothing left to undo). Recorded: the
+    // migration lock on the rewound cluster is let go, and a deploy may begin.
     let rewound = rewind.is_some();
     let counted = match rewind {
         Some(mut r) => {
+            r.lock.release();
             crate::service::rewind::count_discarded(settings, &url, &mut r, deploy.batch_xid).await;
             restored = json!(r);
             Some(describe_rewind_discard(&r))

@@ -106,19 +106,28 @@ pub async fn check_newest_point(
         segments_checked: 0,
         problem: None,
     };
+    // What is wrong with the archive is the check's finding; a store that cannot be read
+    // now (a transport error, a full disk here) fails the check itself (exit 1).
     let chosen = match choose(settings, url, &Which::Base(point.id.clone())).await {
         Ok(c) => c,
+        Err(f) if f.code == Exit::Failed => return Err(f),
         Err(f) => {
             check.problem = Some(f.message);
             return Ok(Some(check));
         }
+    };
+    let finding = |e: backup::error::Error| match e.kind() {
+        backup::error::ErrorKind::Failed if !matches!(e, backup::error::Error::Missing(_)) => {
+            Err(Failure::from(e))
+        }
+        _ => Ok(backup::error::chain(&e)),
     };
     check.base = Some(chosen.base.id.clone());
     let identities = settings.identities()?;
     let plan = match physical::plan_wal(&stores[0], &db, &chosen.base, &chosen.target, None).await {
         Ok(p) => p,
         Err(e) => {
-            check.problem = Some(backup::error::chain(&e));
+            check.problem = Some(finding(e)?);
             return Ok(Some(check));
         }
     };
@@ -137,7 +146,7 @@ pub async fn check_newest_point(
                 break;
             }
             Err(e) => {
-                check.problem = Some(backup::error::chain(&e));
+                check.problem = Some(finding(e)?);
                 break;
             }
         }

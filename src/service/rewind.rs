@@ -11,8 +11,8 @@
 //! 3. [`finish`]: the stop; the live configuration files copied into the restored directory,
 //!    recovery to the point appended; the data directory moved aside (kept, as
 //!    `<data_dir>.dbward-replaced-<stamp>`), the restored one renamed into its place; the start,
-//!    and the wait until the server promoted (its `recovery.signal` gone, its postmaster alive)
-//!    and answers at the point. A failure before the promotion puts the old directory back and
+//!    the migration lock taken again on the read-only server, its promotion on that session
+//!    once recovery paused at the point, and the check that it answers at the point. A failure before the promotion puts the old directory back and
 //!    starts it; after it, nothing is taken away from a cluster that may already serve writes.
 
 use std::path::{Path, PathBuf};
@@ -32,8 +32,8 @@ use dbconn::fs::rename_new;
 const RECOVERY_LIMIT: Duration = Duration::from_secs(3600);
 /// How long the postmaster may take to exit once `stop` returned.
 const STOP_LIMIT: Duration = Duration::from_secs(120);
-/// How long the migration lock is tried on a rewound cluster that already promoted.
-const LOCK_AFTER_PROMOTION: Duration = Duration::from_secs(30);
+/// How long the migration lock is tried on the restored cluster once it takes connections.
+const LOCK_ON_RESTORED: Duration = Duration::from_secs(60);
 /// How long a postmaster may be gone, once `start` returned, before the start counts as failed.
 const GONE_LIMIT: Duration = Duration::from_secs(5);
 /// How long the migration lock is waited for before the rewind's preparation.
@@ -68,6 +68,29 @@ pub struct Rewound {
     /// out; or why they could not be counted.
     pub discarded: Option<Discarded>,
     pub discarded_unknown: Option<String>,
+    /// The migration lock on the rewound cluster, held until the guard recorded the rewind.
+    #[serde(skip)]
+    pub lock: HeldLock,
+}
+
+/// The migration lock's session on the rewound cluster: released when dropped, or by
+/// [`HeldLock::release`] once the guard recorded the rewind (no deploy starts before).
+pub struct HeldLock(Option<Database>);
+
+impl HeldLock {
+    pub fn release(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl std::fmt::Debug for HeldLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "HeldLock(held)"
+        } else {
+            "HeldLock(released)"
+        })
+    }
 }
 
 /// [`backup::restore::waldump::Changes`] with the databases named.
@@ -175,6 +198,12 @@ pub async fn check(
             live.data_directory.display()
         )));
     }
+    if !live.can_promote {
+        return Err(refused(format!(
+            "the role of {} may not run pg_promote, which promotes the rewound cluster on the session that holds the migration lock: `GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO <role>`",
+            pg.display
+        )));
+    }
     if !live.other_databases.is_empty() && !cfg.allow_other_databases {
         return Err(refused(format!(
             "the cluster holds other databases than {} ({}), and a rewind takes every one of them back to the restore point; set pitr.server.allow_other_databases = true if that is meant",
@@ -216,6 +245,16 @@ pub async fn check(
                     .map(Path::to_path_buf)
             })
             .filter(|rel| !CONFIG_FILES.iter().any(|c| rel == Path::new(c)))
+            .filter(|rel| {
+                let fit = carriable(rel);
+                if !fit {
+                    tracing::warn!(
+                        "not carrying {} into the rewound cluster: a configuration file is carried only by a plain path inside the data directory, outside PostgreSQL's own folders",
+                        rel.display()
+                    );
+                }
+                fit
+            })
             .collect(),
         Err(e) => {
             tracing::warn!(
@@ -379,7 +418,7 @@ pub async fn finish(
         tracing::warn!("{e} (the cluster is stopped all the same)");
     }
     let restart_old = |why: String| async move {
-        let again = start_and_wait(settings, cfg, &cfg.data_dir, Wait::Ready, None).await;
+        let again = start_and_wait(settings, cfg, &cfg.data_dir, Wait::Ready).await;
         Failure::new(
             Exit::Failed,
             match again {
@@ -449,12 +488,24 @@ pub async fn finish(
     );
     // The migration lock is taken again as soon as the restored cluster takes connections
     // (still in recovery, before any write can be made), and held until it is verified.
+    let Target::Point { lsn: point_lsn, .. } = checked.planned.target else {
+        unreachable!("a rewind's target is its restore point")
+    };
     let started = async {
         failpoint("rewind-after-swap")?;
-        start_and_wait(settings, cfg, &data_dir, Wait::Promoted, Some(url)).await
+        start_and_wait(
+            settings,
+            cfg,
+            &data_dir,
+            Wait::Promoted {
+                url,
+                lsn: point_lsn,
+            },
+        )
+        .await
     }
     .await;
-    let _lock = match started {
+    let lock = match started {
         Ok(lock) => lock,
         Err(why) => return Err(put_back(settings, cfg, dir, &kept, why).await),
     };
@@ -482,10 +533,8 @@ pub async fn finish(
         "rewind: the cluster is at restore point {point_id} on a new timeline; restore points fall back to dumps until a new base is taken (`dbward backup --physical`)"
     );
     let seconds = checked.started.elapsed().as_secs_f64();
-    let Target::Point { lsn: point_lsn, .. } = checked.planned.target else {
-        unreachable!("a rewind's target is its restore point")
-    };
     Ok(Rewound {
+        lock: HeldLock(lock),
         point: point_id.to_string(),
         base: checked.planned.base.id.clone(),
         data_dir,
@@ -585,6 +634,45 @@ async fn discarded_in(
     })
 }
 
+/// Whether a path the configuration names may be carried from the stopped cluster into the
+/// restored one: plain names only (no `..`, nothing absolute), and none of PostgreSQL's own
+/// folders and files (`global/pg_control` named as an SSL file must never be copied over the
+/// restored cluster's).
+fn carriable(rel: &Path) -> bool {
+    use std::path::Component;
+    let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
+    let first = rel
+        .components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let own = first.starts_with("pg_")
+        || matches!(
+            first.as_str(),
+            "global" | "base" | "PG_VERSION" | "postmaster.pid" | "postmaster.opts"
+        );
+    plain && !own && rel.components().count() > 0
+}
+
+/// `rel` inside `root` with no symbolic link on the way (every folder a real one, the file a
+/// regular file): `None` otherwise, or when it is not there.
+fn no_link_on_the_way(root: &Path, rel: &Path) -> Option<std::fs::Metadata> {
+    let mut at = root.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        let meta = std::fs::symlink_metadata(&at).ok()?;
+        let last = i + 1 == parts.len();
+        if meta.file_type().is_symlink() || (!last && !meta.is_dir()) || (last && !meta.is_file()) {
+            return None;
+        }
+        if last {
+            return Some(meta);
+        }
+    }
+    None
+}
+
 /// The live cluster's configuration files (those in its data directory, as the stopped cluster
 /// leaves them: the four main ones, and every other one its configuration reads there, an
 /// `include_dir`'s files, SSL keys and certificates) copied over the base's in `to`, byte for
@@ -599,12 +687,10 @@ fn live_config(live: &Path, to: &Path, checked: &Checked) -> Result<Vec<u8>, Str
         .chain(checked.carried.iter().cloned());
     for name in names {
         let from = live.join(&name);
-        let Ok(meta) = std::fs::symlink_metadata(&from) else {
-            continue; // kept elsewhere (Debian: /etc/postgresql)
+        // Read only through real folders to a regular file (a link could lead anywhere).
+        let Some(meta) = no_link_on_the_way(live, &name) else {
+            continue; // kept elsewhere (Debian: /etc/postgresql), or not a plain file
         };
-        if !meta.is_file() {
-            continue;
-        }
         let bytes = std::fs::read(&from).map_err(|e| format!("reading {}: {e}", from.display()))?;
         let dest = to.join(&name);
         // The directories it is in (an include_dir added after the base), as the live ones.
@@ -616,6 +702,17 @@ fn live_config(live: &Path, to: &Path, checked: &Checked) -> Result<Vec<u8>, Str
         {
             if !to.join(dir).exists() {
                 made.push(dir.to_path_buf());
+            }
+        }
+        // In the restored directory (all of it this run's, extracted without links), the
+        // folders on the way must be real ones too.
+        if let Some(parent) = name.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let mut at = to.to_path_buf();
+            for part in parent.components() {
+                at.push(part);
+                if std::fs::symlink_metadata(&at).is_ok_and(|m| !m.is_dir()) {
+                    return Err(format!("{} is not a folder", at.display()));
+                }
             }
         }
         for dir in made.iter().rev() {
@@ -779,7 +876,7 @@ async fn put_back(
             ),
         );
     }
-    match start_and_wait(settings, cfg, data_dir, Wait::Ready, None).await {
+    match start_and_wait(settings, cfg, data_dir, Wait::Ready).await {
         Ok(_) => Failure::new(
             Exit::Failed,
             format!("{why}; the old cluster was put back and runs again, unchanged"),
@@ -797,13 +894,14 @@ async fn put_back(
 }
 
 /// What a start waits for.
-#[derive(Clone, Copy, PartialEq)]
-enum Wait {
+#[derive(Clone, Copy)]
+enum Wait<'a> {
     /// The postmaster takes connections (`postmaster.pid` says `ready`).
     Ready,
-    /// Recovery ended and the server promoted: its `recovery.signal` is gone, the postmaster
-    /// alive.
-    Promoted,
+    /// Recovery paused at the restore point (`lsn`), read-only; then the migration lock is
+    /// taken on `url` and the server promoted on that session: no write is possible before
+    /// the lock is held.
+    Promoted { url: &'a DatabaseUrl, lsn: u64 },
 }
 
 /// Runs `stop` (bounded by `pitr.server.stop_timeout`), holding `lock` (the migration lock's
@@ -836,31 +934,32 @@ async fn stop_cluster(
 }
 
 /// Runs `pitr.server.start` (bounded by `pitr.server.start_timeout`) and meanwhile watches the
-/// data directory's own files (no connection is needed, so a pool that takes every connection
-/// cannot stall it) until the server on `data_dir` is as `wait` says: a server that promoted
-/// is not kept waiting on a `start` that has not returned. A postmaster gone for
-/// [`GONE_LIMIT`] once `start` returned is a failed start, tried once more (a `start` killed by
-/// a signal meant for dbward, as systemd sends to a whole unit); `start`'s own exit status only
-/// counts when no postmaster runs. With `lock_url`, the migration lock is taken on the server
-/// as soon as it takes connections (during recovery, before any write is possible) and
-/// returned, held.
+/// data directory's own files until the server on `data_dir` is as `wait` says (for
+/// [`Wait::Ready`] no connection is needed, so a pool that takes every connection cannot stall
+/// it): a server that is ready is not kept waiting on a `start` that has not returned. A
+/// postmaster gone for [`GONE_LIMIT`] once `start` returned is a failed start, tried once more
+/// (a `start` killed by a signal meant for dbward, as systemd sends to a whole unit); `start`'s
+/// own exit status only counts when no postmaster runs. For [`Wait::Promoted`], the migration
+/// lock is taken as soon as the server takes connections (in recovery, read-only), and once
+/// recovery paused at the point the server is promoted on that session, which is returned:
+/// the lock held.
 async fn start_and_wait(
     settings: &Settings,
     cfg: &PitrServer,
     data_dir: &Path,
-    wait: Wait,
-    lock_url: Option<&DatabaseUrl>,
+    wait: Wait<'_>,
 ) -> Result<Option<Database>, String> {
     let mut tries = 0;
-    let mut lock: Option<Database> = None;
     let began = Instant::now();
     'start: loop {
         tries += 1;
+        // The session of a server that went away is of no use on the next one.
+        let mut lock: Option<Database> = None;
+        let mut connectable_since: Option<Instant> = None;
         let start = run(settings, &cfg.start, cfg.start_limit());
         tokio::pin!(start);
         let mut returned: Option<Result<(), String>> = None;
         let mut gone_since: Option<Instant> = None;
-        let mut done_at: Option<Instant> = None;
         loop {
             tokio::select! {
                 r = &mut start, if returned.is_none() => returned = Some(r),
@@ -869,30 +968,53 @@ async fn start_and_wait(
             match server::postmaster_state(data_dir) {
                 Some(state) => {
                     gone_since = None;
-                    let connectable = state == "standby" || state == "ready";
-                    if let (Some(url), None, true) = (lock_url, &lock, connectable) {
-                        lock = try_lock(url).await;
-                    }
-                    let done = match wait {
-                        Wait::Ready => state == "ready",
-                        Wait::Promoted => !data_dir.join("recovery.signal").exists(),
-                    };
-                    if done {
-                        // Promoted: the lock, if it is not held yet, is tried a little longer.
-                        let since = *done_at.get_or_insert_with(Instant::now);
-                        if lock_url.is_none() || lock.is_some() {
-                            return Ok(lock);
+                    match wait {
+                        Wait::Ready => {
+                            if state == "ready" {
+                                return Ok(None);
+                            }
                         }
-                        if since.elapsed() > LOCK_AFTER_PROMOTION {
-                            tracing::warn!(
-                                "the rewound cluster runs, but the migration lock could not be taken on it within {}: a deploy could start before it is verified",
-                                migrator::error::humanize(LOCK_AFTER_PROMOTION)
-                            );
-                            return Ok(None);
+                        Wait::Promoted { url, lsn } => {
+                            if !data_dir.join("recovery.signal").exists() {
+                                // Recovery is set to pause: only a promotion from elsewhere
+                                // ends it, and writes may have begun without the lock.
+                                return Err(format!(
+                                    "the restored cluster on {} was promoted, but not by dbward (recovery pauses at the point for it to take the migration lock first)",
+                                    data_dir.display()
+                                ));
+                            }
+                            if state != "standby" && state != "ready" {
+                                continue;
+                            }
+                            let since = *connectable_since.get_or_insert_with(Instant::now);
+                            if lock.is_none() {
+                                lock = try_lock(url).await;
+                            }
+                            if let Some(db) = lock.as_mut() {
+                                match paused_at(db, lsn).await {
+                                    Ok(true) => {
+                                        promote(db, data_dir).await?;
+                                        return Ok(lock);
+                                    }
+                                    Ok(false) => {} // still replaying
+                                    Err(e) => {
+                                        tracing::warn!("rewind: the session holding the migration lock on the restored cluster failed ({e}); taking it again");
+                                        lock = None;
+                                        connectable_since = Some(Instant::now());
+                                    }
+                                }
+                            } else if since.elapsed() > LOCK_ON_RESTORED {
+                                return Err(format!(
+                                    "the migration lock could not be taken on the restored cluster within {} of its taking connections (are they all taken?); it was not promoted",
+                                    migrator::error::humanize(LOCK_ON_RESTORED)
+                                ));
+                            }
                         }
                     }
                 }
                 None => {
+                    lock = None;
+                    connectable_since = None;
                     let Some(result) = &returned else {
                         continue; // `start` still runs (and is bounded)
                     };
@@ -928,6 +1050,40 @@ async fn start_and_wait(
                     migrator::error::humanize(RECOVERY_LIMIT)
                 ));
             }
+        }
+    }
+}
+
+/// Whether recovery paused at the restore point (`lsn` replayed).
+async fn paused_at(db: &mut Database, lsn: u64) -> Result<bool, String> {
+    let sql = format!(
+        "SELECT pg_get_wal_replay_pause_state() = 'paused' AND pg_last_wal_replay_lsn() >= '{}'::pg_lsn",
+        backup::engine::basebackup::lsn_text(lsn)
+    );
+    match tokio::time::timeout(Duration::from_secs(30), db.probe(&sql)).await {
+        Ok(r) => r.map_err(|e| backup::error::chain(&e)),
+        Err(_) => Err("no answer within 30 s".into()),
+    }
+}
+
+/// Promotes the paused server on the session that holds the migration lock (`pg_promote`,
+/// waiting up to a minute), then checks that its `recovery.signal` is gone.
+async fn promote(db: &mut Database, data_dir: &Path) -> Result<(), String> {
+    tracing::info!("rewind: recovery paused at the restore point; promoting the cluster");
+    let done = tokio::time::timeout(
+        Duration::from_secs(90),
+        db.probe("SELECT pg_promote(true, 60)"),
+    )
+    .await;
+    match done {
+        Ok(Ok(true)) if !data_dir.join("recovery.signal").exists() => Ok(()),
+        Ok(Ok(_)) => Err("the restored cluster did not promote within 60 s of `pg_promote`".into()),
+        Ok(Err(e)) => Err(format!(
+            "promoting the restored cluster: {}",
+            backup::error::chain(&e)
+        )),
+        Err(_) => {
+            Err("promoting the restored cluster: no answer to `pg_promote` within 90 s".into())
         }
     }
 }

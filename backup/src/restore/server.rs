@@ -94,20 +94,24 @@ fn settings(
         ("hot_standby", "on".into()),
     ];
     s.extend(required.iter().cloned());
-    s.extend(recovery_settings(target, timeline));
+    s.extend(recovery_settings(target, timeline, "promote"));
     s
 }
 
-/// Recovery to `target` and a promotion there, on the base's timeline or along the one given
-/// (whose history file is fetched). A base of a cluster that was itself restored may carry
-/// another target: each is reset, so the one given is the only one.
-fn recovery_settings(target: &Target, timeline: Option<u32>) -> Vec<(&'static str, String)> {
+/// Recovery to `target` and `action` there (`promote`, or `pause`), on the base's timeline or
+/// along the one given (whose history file is fetched). A base of a cluster that was itself
+/// restored may carry another target: each is reset, so the one given is the only one.
+fn recovery_settings(
+    target: &Target,
+    timeline: Option<u32>,
+    action: &str,
+) -> Vec<(&'static str, String)> {
     let mut s = vec![
         (
             "recovery_target_timeline",
             timeline.map_or("current".to_string(), |t| t.to_string()),
         ),
-        ("recovery_target_action", "promote".into()),
+        ("recovery_target_action", action.into()),
     ];
     for t in [
         "recovery_target",
@@ -125,10 +129,15 @@ fn recovery_settings(target: &Target, timeline: Option<u32>) -> Vec<(&'static st
 /// Prepares a restored data directory to replace a cluster's own (the guard's rewind): its
 /// settings stay the cluster's (archiving on: the new timeline goes to the archive), with
 /// recovery to `target` appended to `postgresql.auto.conf`, `recovery.signal`, and every
-/// fetched WAL file marked archived already (the server must not push them again).
+/// fetched WAL file marked archived already (the server must not push them again). Recovery
+/// pauses at the target, read-only (`hot_standby = on`): the caller takes the migration lock
+/// and promotes it (`pg_promote`), so no write is possible before the lock is held.
 pub fn prepare_rewind(data: &Path, target: &Target, fetched: &[String]) -> Result<(), Error> {
-    let mut settings = vec![("restore_command", "false".to_string())];
-    settings.extend(recovery_settings(target, None));
+    let mut settings = vec![
+        ("restore_command", "false".to_string()),
+        ("hot_standby", "on".to_string()),
+    ];
+    settings.extend(recovery_settings(target, None, "pause"));
     let status = write_recovery(
         data,
         "# Added by dbward for its rewind of this cluster (removed once the server promoted):\n# every WAL file recovery needs is in pg_wal.",
@@ -591,6 +600,8 @@ pub struct LiveCluster {
     /// SSL, `hba_file` and `ident_file` settings), absolute; `Err` when they cannot be listed
     /// (a role without `pg_read_all_settings`).
     pub config_files: Result<Vec<PathBuf>, String>,
+    /// Whether this role may run `pg_promote` (a rewound cluster is promoted on its session).
+    pub can_promote: bool,
 }
 
 pub async fn live_cluster(url: &dbconn::PgUrl) -> Result<LiveCluster, Error> {
@@ -604,7 +615,8 @@ pub async fn live_cluster(url: &dbconn::PgUrl) -> Result<LiveCluster, Error> {
                       WHERE NOT datistemplate AND datname <> current_database() AND datname <> 'postgres'), '{}'), \
                     coalesce((SELECT array_agg(spcname::text ORDER BY spcname) FROM pg_tablespace \
                       WHERE spcname NOT IN ('pg_default', 'pg_global')), '{}'), \
-                    coalesce((SELECT array_agg(slot_name::text ORDER BY slot_name) FROM pg_replication_slots), '{}')",
+                    coalesce((SELECT array_agg(slot_name::text ORDER BY slot_name) FROM pg_replication_slots), '{}'), \
+                    has_function_privilege('pg_promote(boolean, integer)', 'EXECUTE')",
             &[],
         )
         .await
@@ -646,6 +658,7 @@ pub async fn live_cluster(url: &dbconn::PgUrl) -> Result<LiveCluster, Error> {
         replication_slots: row.get(4),
         standbys_without_slot,
         config_files,
+        can_promote: row.get(5),
     })
 }
 

@@ -29,6 +29,25 @@ impl LocalStore {
     fn prepare_dir(&self, key: &str) -> Result<PathBuf, Error> {
         let p = self.path(key);
         let dir = p.parent().unwrap_or(&self.root).to_path_buf();
+        // Below the root (the operator's, which may be a link) every folder is dbward's own:
+        // a link there is not followed, whatever it leads to.
+        let mut at = self.root.clone();
+        for part in dir
+            .strip_prefix(&self.root)
+            .unwrap_or(Path::new(""))
+            .components()
+        {
+            at.push(part);
+            match fs::symlink_metadata(&at) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(Error::Store {
+                        what: at.display().to_string(),
+                        message: "it is a symbolic link where the store keeps a folder of its own; not followed: replace the link with the folder itself".into(),
+                    })
+                }
+                _ => {}
+            }
+        }
         crate::scratch::create_private_dir(&dir).map_err(Error::io(format!(
             "creating store directory {}",
             dir.display()
@@ -37,10 +56,12 @@ impl LocalStore {
             // Every directory from the store's root down to this one: the group's to write in
             // (the setgid bit gives what is made inside the same group).
             // (The root itself is the operator's: set its group and mode once, by hand.)
-            let below: Vec<&Path> = dir
+            // From the top down, so that a link on the way is met (and refused) as itself.
+            let mut below: Vec<&Path> = dir
                 .ancestors()
                 .take_while(|d| *d != self.root && d.starts_with(&self.root))
                 .collect();
+            below.reverse();
             for d in below {
                 share(d, gid, 0o2770)?;
             }
@@ -220,21 +241,55 @@ pub fn sync_dir(dir: &Path) -> Result<(), Error> {
 }
 
 /// Gives `path` (dbward's, in its own store) to group `gid` with `mode`, when it is not so
-/// already. A directory another user made cannot be changed by this one: that is said, with
-/// what to do.
+/// already. Only a real directory or regular file this user owns is changed, through a handle
+/// opened without following a link: a link, or an entry another user made, is refused with
+/// what to do (root is not to change a file someone else placed in the store).
 fn share(path: &Path, gid: u32, mode: u32) -> Result<(), Error> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = fs::metadata(path).map_err(Error::io(format!("stat {}", path.display())))?;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let refused = |message: String| Error::Store {
+        what: path.display().to_string(),
+        message,
+    };
+    let dir = mode & 0o111 != 0;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(
+            libc::O_NOFOLLOW | libc::O_NONBLOCK | if dir { libc::O_DIRECTORY } else { 0 },
+        )
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                refused("it is a symbolic link; a store with store.group holds only real folders and files: replace the link with the folder itself".into())
+            } else {
+                Error::io(format!("opening {}", path.display()))(e)
+            }
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(Error::io(format!("stat {}", path.display())))?;
+    if (dir && !meta.is_dir()) || (!dir && !meta.is_file()) {
+        return Err(refused(format!(
+            "expected a {} here (store.group)",
+            if dir { "folder" } else { "regular file" }
+        )));
+    }
     if meta.gid() == gid && meta.mode() & 0o7777 == mode {
         return Ok(());
     }
-    let done = std::os::unix::fs::chown(path, None, Some(gid))
-        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)));
-    done.map_err(|e| Error::Store {
-        what: path.display().to_string(),
-        message: format!(
-            "giving it to group {gid} with mode {mode:o} (store.group): {e}; it belongs to uid {}: run once as that user (or root) to share it, or `chgrp -R` and `chmod g+rwxs` the store yourself",
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(refused(format!(
+            "it belongs to uid {}, not to this user (uid {me}), and is not yet group {gid} with mode {mode:o} (store.group): run once as uid {} to share it, or `chgrp -R` and `chmod g+rwxs` the store yourself",
+            meta.uid(),
             meta.uid()
-        ),
+        )));
+    }
+    let done = std::os::unix::fs::fchown(&file, None, Some(gid))
+        .and_then(|()| file.set_permissions(fs::Permissions::from_mode(mode)));
+    done.map_err(|e| {
+        refused(format!(
+            "giving it to group {gid} with mode {mode:o} (store.group): {e}; `chgrp -R` and `chmod g+rwxs` the store yourself"
+        ))
     })
 }

@@ -45,6 +45,21 @@ impl Session {
     /// closes (the process exits, or is killed: the server then releases it).
     pub async fn lock(&mut self, timeout: Duration) -> Result<(), Error> {
         self.conn.refuse_pooled().await?;
+        // The session idles while a snapshot is taken: a server-wide `idle_session_timeout`
+        // (PostgreSQL 14+) must not end it, and the lock with it, meanwhile.
+        self.conn
+            .client()
+            .batch_execute(
+                "SELECT set_config('idle_session_timeout', '0', false) \
+                 WHERE current_setting('server_version_num')::int >= 140000",
+            )
+            .await
+            .map_err(|e| {
+                Error::db(
+                    "setting the lock session's idle_session_timeout",
+                    describe(&e),
+                )
+            })?;
         let got: bool = self
             .conn
             .client()
