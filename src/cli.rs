@@ -1,5 +1,5 @@
 //! The command line: global setting flags (accepted before or after the command name) and the
-//! commands of DESIGN.md.
+//! commands of `docs/contract.md`.
 
 use std::path::PathBuf;
 

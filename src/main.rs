@@ -1,7 +1,8 @@
 //! dbward: keeps a production database safe through deploys.
 //!
 //! This binary parses the command line, resolves settings, and wires the library crates
-//! (`migrator`, later `backup` and `restore-drill`) into the commands of DESIGN.md.
+//! (`dbconn`, `migrator`, `backup`, `restore-drill`) into the commands of `docs/contract.md`:
+//! it decides and reports; the libraries act.
 
 mod cli;
 mod commands;

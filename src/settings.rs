@@ -1,4 +1,4 @@
-//! Settings, resolved as DESIGN.md says: flag > environment > config file > default.
+//! Settings, resolved as `docs/contract.md` says: flag > environment > config file > default.
 //! Unknown config keys are an error naming the key. Paths in the config file are relative to
 //! the file's own directory; paths from flags and the environment to the working directory.
 

@@ -1,5 +1,6 @@
 //! The manifest: one JSON object per snapshot, written last. A snapshot exists iff its manifest
-//! does. Field names are the contract of DESIGN.md; `format_version` guards later changes.
+//! does. Field names are the contract of `docs/contract.md` (`docs/manifest.schema.json`);
+//! `format_version` guards later changes.
 
 use std::collections::BTreeMap;
 
