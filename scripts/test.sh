@@ -55,7 +55,7 @@ fi
 command -v cargo-nextest >/dev/null || { log "installing cargo-nextest"; cargo install cargo-nextest --locked --quiet; }
 command -v cargo-deb >/dev/null || { log "installing cargo-deb"; cargo install cargo-deb --locked --quiet; }
 
-# Every test server keeps its files under this run's own directory (tests/common: server_dir),
+# Every test server keeps its files under this run's own directory (tests/it/common: server_dir),
 # so the cleanup ends exactly the servers a killed test process left (Drop did not run), and
 # never those of another checkout running its suite on the same machine.
 DBWARD_TEST_RUN_DIR=$(mktemp -d /tmp/dbward-test-run-XXXXXX)
@@ -69,7 +69,7 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 log "package"
-# The Debian package tests/package.rs installs (and purges) on this machine.
+# The Debian package tests/it/package.rs installs (and purges) on this machine.
 DBWARD_TEST_DEB=$(scripts/package.sh | tail -1)
 export DBWARD_TEST_DEB
 # The container image: built where a Docker engine answers; said loudly where none does.
@@ -81,5 +81,5 @@ else
   log "docker build SKIPPED: no Docker engine answers here (docker info failed); the Dockerfile was not built"
 fi
 log "tests"
-# The failure points of the crash-consistency suite (tests/crash.rs) are compiled in for tests only.
+# The failure points of the crash-consistency suite (tests/it/crash.rs) are compiled in for tests only.
 cargo nextest run --workspace --features dbward/failpoints --no-fail-fast "$@"

@@ -1,4 +1,4 @@
-//! Named failure points for the crash-consistency suite (`tests/crash.rs`). Compiled in only
+//! Named failure points for the crash-consistency suite (`tests/it/crash.rs`). Compiled in only
 //! with the `failpoints` feature (scripts/test.sh builds the tested binary with it); without
 //! it, [`hit`] is an empty inline function.
 //!

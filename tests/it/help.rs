@@ -1,0 +1,99 @@
+//! What operators read is pinned: `--help` of dbward and of every command, and how each kind of
+//! failure is rendered (message and exit code). A change here is a reviewed change: update the
+//! snapshots in `tests/snapshots/` with `INSTA_UPDATE=always cargo nextest run -E 'test(/^help::/)'`
+//! and read the diff.
+
+use crate::common;
+
+use std::process::Command;
+
+use common::{run, Project};
+
+/// `text`, pinned as `tests/snapshots/help__<name>.snap`.
+fn pinned(name: &str, text: String) {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path("../snapshots");
+    s.set_prepend_module_to_snapshot(false);
+    s.bind(|| insta::assert_snapshot!(format!("help__{name}"), text));
+}
+
+fn dbward() -> Command {
+    let p = std::env::temp_dir();
+    common::dbward(&p)
+}
+
+/// The commands `dbward --help` lists.
+fn commands() -> Vec<String> {
+    let (code, out, _) = run(dbward().arg("--help"));
+    assert_eq!(code, 0);
+    out.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect()
+}
+
+#[test]
+fn help_of_dbward_and_every_command() {
+    let (_, out, _) = run(dbward().arg("--help"));
+    pinned("dbward", out);
+    let commands = commands();
+    assert!(commands.len() >= 14, "{commands:?}");
+    for c in commands {
+        let (code, out, err) = run(dbward().args([c.as_str(), "--help"]));
+        assert_eq!(code, 0, "{c}: {err}");
+        pinned(&c, out);
+    }
+}
+
+/// One failure of each kind, as stderr and the exit code show it (paths and ports that change
+/// from run to run replaced).
+#[test]
+fn each_kind_of_failure_as_operators_read_it() {
+    let p = Project::new();
+    let root = p.path().display().to_string();
+    let mut cases = Vec::new();
+    let mut case = |name: &str, c: &mut Command| {
+        let (code, _, err) = run(c);
+        cases.push(format!(
+            "## {name} (exit {code})\n{}",
+            err.replace(&root, "<project>")
+        ));
+    };
+    case("usage: no database", common::dbward(p.path()).arg("status"));
+    case("usage: an unknown config key", &mut {
+        std::fs::write(p.path().join("bad.toml"), "[store]\nurll = \"x\"\n").unwrap();
+        let mut c = p.dbward("sqlite:app.db");
+        c.args(["--config", "bad.toml", "status"]);
+        c
+    });
+    case(
+        "usage: a migrations folder it cannot read, with its cause",
+        p.dbward("sqlite:app.db")
+            .args(["--migrations", "no-such-folder", "migrate"]),
+    );
+    p.migration("V1__bad-name.sql", "SELECT 1;");
+    case(
+        "refused: a migration file it cannot use",
+        p.dbward("sqlite:app.db").arg("migrate"),
+    );
+    p.remove("V1__bad-name.sql");
+    p.migration("V1__t.sql", "CREATE TABLE t (id INTEGER);\nVACUUM;\n");
+    case("refused: lint", p.dbward("sqlite:app.db").arg("migrate"));
+    p.migration(
+        "V1__t.sql",
+        "CREATE TABLE t (id INTEGER);\nINSERT INTO nope VALUES (1);\n",
+    );
+    case(
+        "failed: a migration, rolled back",
+        p.dbward("sqlite:app.db").arg("migrate"),
+    );
+    case(
+        "failed: no such snapshot",
+        p.dbward("sqlite:app.db")
+            .args(["restore", "20261122T093000Z-manual-3f2a", "--yes"]),
+    );
+    pinned("failures", cases.join("\n"));
+}

@@ -1,0 +1,173 @@
+//! What only PostgreSQL has: lock_timeout against another session, passwords, TLS (the migrate
+//! scenarios every engine shares are in `migrate.rs`).
+
+use crate::common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use common::{run, Pg, Project};
+
+fn shop(p: &Project) {
+    p.migration("V1__users.sql", "CREATE TABLE users (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, email text NOT NULL);\n")
+        .migration(
+            "V2__orders.sql",
+            "CREATE TABLE orders (id serial PRIMARY KEY, user_id bigint REFERENCES users (id));\n\
+             CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n  NEW.id := NEW.id;\n  RETURN NEW;\nEND;\n$$;\n\
+             DO $$ BEGIN PERFORM 1; END $$",
+        );
+}
+
+#[test]
+fn a_migration_blocked_by_another_sessions_lock_fails_on_lock_timeout() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    shop(&p);
+    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        "[database]\ntable_lock_timeout = \"1s\"\n",
+    )
+    .unwrap();
+    p.migration(
+        "V3__add_column.sql",
+        "ALTER TABLE users ADD COLUMN name text;\n",
+    );
+
+    let mut holder = pg.session("shop");
+    writeln!(
+        holder.stdin.as_mut().unwrap(),
+        "BEGIN; SELECT count(*) FROM users;"
+    )
+    .unwrap();
+    pg.wait_for("shop", "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'users' AND l.mode = 'AccessShareLock'", "1");
+    let started = Instant::now();
+    let (code, _, err) = run(p.dbward(&url).arg("migrate"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("V3__add_column.sql"), "{err}");
+    assert!(
+        err.contains("55P03") && err.contains("database.table_lock_timeout (1s)"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(
+        pg.psql("shop", "SELECT count(*) FROM refinery_schema_history"),
+        "2"
+    );
+}
+
+#[test]
+fn passwords_never_reach_the_output() {
+    let pg = Pg::start();
+    let p = Project::new();
+    shop(&p);
+    let url = format!(
+        "postgres://postgres:hunter2@127.0.0.1:{}/nope?sslmode=disable",
+        pg.port
+    );
+    let (code, out, err) = run(p.dbward(&url).args(["-v", "migrate", "--json"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("postgres://postgres:***@127.0.0.1"), "{err}");
+    assert!(err.contains("database \"nope\" does not exist"), "{err}");
+    assert!(
+        !err.contains("hunter2") && !out.contains("hunter2"),
+        "{err}{out}"
+    );
+}
+
+/// A CA and a server certificate for `localhost`, made with the openssl CLI.
+fn certificates(dir: &std::path::Path) {
+    let sh = format!(
+        "set -e; cd {dir}
+         openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=dbward-test-ca -keyout ca.key -out ca.crt 2>/dev/null
+         openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr 2>/dev/null
+         printf 'subjectAltName=DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
+         openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.crt 2>/dev/null
+         chmod 600 server.key",
+        dir = dir.display()
+    );
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(sh)
+        .status()
+        .unwrap_or_else(|e| panic!("openssl: {e}: {}", common::MISSING));
+    assert!(ok.success(), "openssl failed: {}", common::MISSING);
+}
+
+#[test]
+fn tls_require_and_verify_full_against_a_self_signed_server() {
+    // TCP connections without TLS are refused, so a success proves TLS was used.
+    let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n";
+    let pg = Pg::start_full(
+        &[
+            "ssl = on",
+            "ssl_cert_file = 'server.crt'",
+            "ssl_key_file = 'server.key'",
+        ],
+        Some(hba),
+        certificates,
+    );
+    let ca = pg.data_dir().join("ca.crt");
+    let p = Project::new();
+    shop(&p);
+    // psql over the socket, as TCP needs TLS now.
+    let sock = pg.data_dir();
+    let ok = std::process::Command::new(pg.bindir.join("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            "CREATE DATABASE shop",
+        ])
+        .arg("-h")
+        .arg(&sock)
+        .arg("-p")
+        .arg(pg.port.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+
+    let base = format!("postgres://postgres@localhost:{}/shop", pg.port);
+    let (code, _, err) = run(p.dbward(&format!("{base}?sslmode=disable")).arg("status"));
+    assert_eq!(code, 1, "plain TCP is rejected by pg_hba: {err}");
+
+    let (code, _, err) = run(p.dbward(&format!("{base}?sslmode=require")).arg("migrate"));
+    assert_eq!(code, 0, "{err}");
+
+    let verify = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let (code, _, err) = run(p.dbward(&verify).arg("status"));
+    assert_eq!(code, 0, "{err}");
+
+    // The certificate is for `localhost`, not 127.0.0.1: verify-full refuses, verify-ca accepts.
+    let by_ip = format!(
+        "postgres://postgres@127.0.0.1:{}/shop?sslrootcert={}",
+        pg.port,
+        ca.display()
+    );
+    let (code, _, err) = run(p
+        .dbward(&format!("{by_ip}&sslmode=verify-full"))
+        .arg("status"));
+    assert_eq!(code, 1);
+    assert!(err.contains("certificate"), "{err}");
+    let (code, _, err) = run(p
+        .dbward(&format!("{by_ip}&sslmode=verify-ca"))
+        .arg("status"));
+    assert_eq!(code, 0, "{err}");
+
+    // A root that did not sign the server's certificate is refused.
+    let other = tempfile::tempdir().unwrap();
+    certificates(other.path());
+    let wrong = format!(
+        "{base}?sslmode=verify-full&sslrootcert={}",
+        other.path().join("ca.crt").display()
+    );
+    let (code, _, err) = run(p.dbward(&wrong).arg("status"));
+    assert_eq!(code, 1, "{err}");
+}
