@@ -12,14 +12,13 @@ pub mod error;
 pub mod manifest;
 pub mod owner;
 pub mod pipeline;
-pub mod point;
+pub mod pitr;
 pub mod prune;
 pub mod restore;
 pub mod retention;
 pub mod scratch;
 pub mod snapshot;
 pub mod store;
-pub mod wal;
 
 pub use catalog::{
     check_folder_name, list, list_all, manifest_key, receipt_key, receipts, Damaged, DrillReceipt,

@@ -75,7 +75,7 @@ pub async fn prune(
                     .iter()
                     .find(|m| m.id == d.id)
                     .expect("decided from these");
-                if !crate::point::restorable(m, &bases) {
+                if !crate::pitr::point::restorable(m, &bases) {
                     d.keep = false;
                     d.reasons.clear();
                     tracing::info!("restore point {} has no base before it any more", m.id);
@@ -97,7 +97,7 @@ pub async fn prune(
                 let point = points.iter().find(|m| m.id == kept.id).expect("decided");
                 let Some(base) = mine
                     .iter()
-                    .filter(|b| crate::point::restorable(point, &[b]))
+                    .filter(|b| crate::pitr::point::restorable(point, &[b]))
                     .max_by_key(|b| (b.created(), b.id.clone()))
                 else {
                     continue;
@@ -212,7 +212,7 @@ pub async fn prune(
             .iter()
             .filter(|m| m.format == manifest::Format::Pgbase && !removed.contains(&m.id))
             .collect();
-        crate::wal::prune_unneeded(store, database, &staying, dry_run).await?
+        crate::pitr::wal::prune_unneeded(store, database, &staying, dry_run).await?
     };
     Ok(PruneReport {
         policy: *policy,

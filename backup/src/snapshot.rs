@@ -81,7 +81,7 @@ pub async fn take_to(
             None,
         ),
         DatabaseUrl::Postgres(pg) if req.physical => {
-            let (p, base) = engine::basebackup::prepare(pg, &id, primary, &req.database.name()).await?;
+            let (p, base) = crate::pitr::base::prepare(pg, &id, primary, &req.database.name()).await?;
             (p, Some(base))
         }
         DatabaseUrl::Postgres(pg) => (
@@ -324,11 +324,11 @@ pub async fn take_to(
 async fn base_facts(
     store: &Store,
     database: &str,
-    base: &engine::basebackup::Base,
+    base: &crate::pitr::base::Base,
 ) -> Result<manifest::Physical, Error> {
     let p = base.physical()?;
-    let archive = store.describe(&format!("{database}/{}/", crate::wal::DIR));
-    let cluster = crate::wal::read_cluster(store, database).await?;
+    let archive = store.describe(&format!("{database}/{}/", crate::pitr::wal::DIR));
+    let cluster = crate::pitr::wal::read_cluster(store, database).await?;
     if cluster.system_identifier != p.system_identifier {
         return Err(Error::Refused(format!(
             "the WAL archive at {archive} belongs to the cluster {}, and this base backup is of the cluster {}: \
@@ -336,8 +336,8 @@ async fn base_facts(
             cluster.system_identifier, p.system_identifier
         )));
     }
-    let stored = crate::wal::stored_from(store, database, &p.wal_first).await?;
-    if let Some(name) = engine::basebackup::segments(&p)?
+    let stored = crate::pitr::wal::stored_from(store, database, &p.wal_first).await?;
+    if let Some(name) = crate::pitr::base::segments(&p)?
         .into_iter()
         .find(|n| !stored.contains(n))
     {

@@ -87,7 +87,7 @@ async fn physical(
         )
     } else if let Some(l) = &args.lsn {
         Which::Lsn(
-            backup::engine::basebackup::parse_lsn(l)
+            backup::pitr::base::parse_lsn(l)
                 .ok_or_else(|| usage(format!("--lsn {l}: not an LSN (e.g. 0/4000028)")))?,
         )
     } else {

@@ -138,7 +138,7 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
     ));
     // PostgreSQL: the WAL archive's state, when the store holds one.
     let archive = match &url {
-        migrator::DatabaseUrl::Postgres(_) => match backup::wal::verify(store, &db).await {
+        migrator::DatabaseUrl::Postgres(_) => match backup::pitr::wal::verify(store, &db).await {
             Ok(v) => Some(v),
             Err(backup::Error::Refused(_)) => None, // no archive here
             Err(e) => {

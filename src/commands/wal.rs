@@ -1,5 +1,5 @@
 //! `dbward wal-push` and `dbward wal-fetch`: PostgreSQL's `archive_command` and
-//! `restore_command`, over the WAL archive in the store ([`backup::wal`]).
+//! `restore_command`, over the WAL archive in the store ([`backup::pitr::wal`]).
 //!
 //! PostgreSQL reads a `restore_command` exit of 1 to 125 as "not in the archive", and then
 //! ends recovery: it may promote a cluster that has not replayed what it should. So
@@ -54,12 +54,12 @@ pub async fn push(settings: &Settings, args: &WalPushArgs) -> Result<Report, Fai
     let stores = settings.stores().await?;
     let store = &stores[0];
     let encryption = settings.encryption()?;
-    let opts = backup::wal::PushOptions {
+    let opts = backup::pitr::wal::PushOptions {
         level: settings.level,
         encryption: encryption.as_deref(),
     };
     let all: Vec<&backup::Store> = stores.iter().collect();
-    let (pushed, failed) = backup::wal::push(&all, &database, &args.path, &opts).await?;
+    let (pushed, failed) = backup::pitr::wal::push(&all, &database, &args.path, &opts).await?;
     for (n, e) in &failed {
         let what = format!(
             "{} is archived in the primary store, not in mirror {n} ({}): {}",
@@ -112,7 +112,7 @@ pub async fn fetch(global: &GlobalArgs, args: &WalFetchArgs) -> Result<Report, F
     // The first mirror that has the file, in order.
     let from_mirrors = || async {
         for url in &settings.store_mirrors {
-            if let Ok(f @ backup::wal::Fetched::Restored { .. }) =
+            if let Ok(f @ backup::pitr::wal::Fetched::Restored { .. }) =
                 fetch_from(&settings, url, &database, args, &identities).await
             {
                 tracing::warn!("{} fetched from mirror {url}", args.name);
@@ -122,7 +122,7 @@ pub async fn fetch(global: &GlobalArgs, args: &WalFetchArgs) -> Result<Report, F
         None
     };
     let fetched = match primary {
-        Ok(f @ backup::wal::Fetched::Restored { .. }) => f,
+        Ok(f @ backup::pitr::wal::Fetched::Restored { .. }) => f,
         Ok(absent) => from_mirrors().await.unwrap_or(absent),
         Err(e) => {
             if !settings.store_mirrors.is_empty() {
@@ -139,11 +139,11 @@ pub async fn fetch(global: &GlobalArgs, args: &WalFetchArgs) -> Result<Report, F
         }
     };
     let code = match &fetched {
-        backup::wal::Fetched::Restored { bytes, .. } => {
+        backup::pitr::wal::Fetched::Restored { bytes, .. } => {
             tracing::info!("{} fetched ({bytes} bytes)", args.name);
             Exit::Success
         }
-        backup::wal::Fetched::Absent { .. } => {
+        backup::pitr::wal::Fetched::Absent { .. } => {
             // Routine: recovery asks for the next file until one is not there.
             tracing::info!("{} is not in the archive", args.name);
             Exit::Failed
@@ -163,13 +163,13 @@ async fn fetch_from(
     database: &str,
     args: &WalFetchArgs,
     identities: &backup::crypt::Identities,
-) -> Result<backup::wal::Fetched, backup::Error> {
+) -> Result<backup::pitr::wal::Fetched, backup::Error> {
     let mut tries = 0;
     loop {
         tries += 1;
         let attempt = async {
             let store = backup::Store::open(url, &settings.store_options()).await?;
-            backup::wal::fetch(&store, database, &args.name, &args.path, identities).await
+            backup::pitr::wal::fetch(&store, database, &args.name, &args.path, identities).await
         };
         match attempt.await {
             // Only what may pass: a store that did not answer, a read cut short. A damaged
@@ -194,7 +194,7 @@ async fn fetch_from(
 pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report, Failure> {
     let database = database(settings)?;
     let store = settings.store().await?;
-    let v = backup::wal::verify(&store, &database).await?;
+    let v = backup::pitr::wal::verify(&store, &database).await?;
     let bases = crate::service::physical::bases(&store, &database).await?;
     let mut text = format!("WAL archive of cluster {}\n", v.system_identifier);
     for t in &v.timelines {
@@ -229,8 +229,8 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
     let mut base_rows = Vec::new();
     for b in &bases {
         let Some(p) = &b.physical else { continue };
-        let stored = backup::wal::stored_from(&store, &database, &p.wal_first).await?;
-        let missing: Vec<String> = backup::engine::basebackup::segments(p)?
+        let stored = backup::pitr::wal::stored_from(&store, &database, &p.wal_first).await?;
+        let missing: Vec<String> = backup::pitr::base::segments(p)?
             .into_iter()
             .filter(|n| !stored.contains(n))
             .collect();
@@ -329,7 +329,7 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
 /// The archive's state as Prometheus gauges (node_exporter's textfile format).
 fn metrics(
     database: &str,
-    v: &backup::wal::Verified,
+    v: &backup::pitr::wal::Verified,
     bases: usize,
     without_wal: usize,
     since_base: Option<u64>,

@@ -1,6 +1,6 @@
 //! Point-in-time restore into a new data directory: which base a target needs, the WAL chain
 //! checked before anything is written, the base extracted and its WAL fetched, then a private
-//! server that recovers to the target and promotes ([`backup::restore::server`]).
+//! server that recovers to the target and promotes ([`backup::pitr::server`]).
 //!
 //! The live cluster is never contacted: the bases are the store folder owner's (its identity),
 //! so a restore works when the production server is gone.
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use backup::manifest::Format;
-use backup::restore::physical::{self, Target};
-use backup::restore::server::{self, OsUser, Server};
+use backup::pitr::physical::{self, Target};
+use backup::pitr::server::{self, OsUser, Server};
 use dbconn::fs::rename_new;
 use migrator::DatabaseUrl;
 use time::OffsetDateTime;
@@ -139,9 +139,9 @@ pub async fn check_newest_point(
     for name in plan.segments.iter().chain(&plan.histories) {
         // This run's own temp file (removed when dropped, also by a stop request).
         let dest = backup::scratch::temp_in(&dir, "verify-")?;
-        match backup::wal::fetch(&stores[0], &db, name, &dest, &identities).await {
-            Ok(backup::wal::Fetched::Restored { .. }) => check.segments_checked += 1,
-            Ok(backup::wal::Fetched::Absent { .. }) => {
+        match backup::pitr::wal::fetch(&stores[0], &db, name, &dest, &identities).await {
+            Ok(backup::pitr::wal::Fetched::Restored { .. }) => check.segments_checked += 1,
+            Ok(backup::pitr::wal::Fetched::Absent { .. }) => {
                 check.problem = Some(format!("WAL segment {name} is not in the archive"));
                 break;
             }
@@ -173,11 +173,11 @@ pub async fn wal_since_base(
     let Some(p) = bases.first().and_then(|b| b.physical.as_ref()) else {
         return Ok(None);
     };
-    let place = |name: &str| backup::engine::basebackup::segment_number(name, p.segment_bytes);
+    let place = |name: &str| backup::pitr::base::segment_number(name, p.segment_bytes);
     let Some(last) = place(&p.wal_last) else {
         return Ok(None);
     };
-    let stored = backup::wal::stored_from(store, db, &p.wal_last).await?;
+    let stored = backup::pitr::wal::stored_from(store, db, &p.wal_last).await?;
     let segments: Vec<&String> = stored.iter().filter(|n| n.len() == 24).collect();
     let places: std::collections::BTreeSet<u64> = segments
         .iter()
@@ -259,7 +259,7 @@ async fn pick(
     let stop_of = |m: &backup::Manifest| {
         m.physical
             .as_ref()
-            .and_then(|p| backup::engine::basebackup::parse_lsn(&p.stop_lsn))
+            .and_then(|p| backup::pitr::base::parse_lsn(&p.stop_lsn))
     };
     match which {
         Which::Base(id) => {
@@ -276,12 +276,12 @@ async fn pick(
                 .point
                 .as_ref()
                 .expect("a point's manifest has its facts");
-            let lsn = backup::engine::basebackup::parse_lsn(&p.lsn).ok_or_else(|| {
+            let lsn = backup::pitr::base::parse_lsn(&p.lsn).ok_or_else(|| {
                 backup::Error::Damaged(format!("restore point {id} has no LSN: `{}`", p.lsn))
             })?;
             let base = bases
                 .into_iter()
-                .find(|b| backup::point::restorable(&point, &[b]))
+                .find(|b| backup::pitr::point::restorable(&point, &[b]))
                 .ok_or_else(|| {
                     Failure::from(backup::Error::Refused(format!(
                         "no base backup of {db} on timeline {} ended before restore point {id} ({}): it cannot be restored any more",
@@ -308,20 +308,15 @@ async fn pick(
             };
             // The newest base the archive's newest timeline descends from: after a rewind,
             // a base taken on the abandoned branch would replay that branch.
-            let newest_tl = backup::wal::stored_from(store, db, "00000002.history")
+            let newest_tl = backup::pitr::wal::stored_from(store, db, "00000002.history")
                 .await?
                 .iter()
                 .filter_map(|n| u32::from_str_radix(n.get(..8)?, 16).ok())
                 .max();
             for b in &bases {
-                let on = backup::restore::physical::plan_wal(
-                    store,
-                    db,
-                    b,
-                    &Target::End,
-                    Some(identities),
-                )
-                .await;
+                let on =
+                    backup::pitr::physical::plan_wal(store, db, b, &Target::End, Some(identities))
+                        .await;
                 let reaches = match on {
                     Ok(plan) => {
                         let tl = plan.recovery_timeline.unwrap_or(plan.timeline);
@@ -376,7 +371,7 @@ async fn pick(
                 .ok_or_else(|| {
                     none(format!(
                         "no base backup of {db} is consistent before LSN {}",
-                        backup::engine::basebackup::lsn_text(*l)
+                        backup::pitr::base::lsn_text(*l)
                     ))
                 })?;
             Ok(Picked::of(m, Target::Lsn(*l)))
@@ -765,14 +760,14 @@ fn reached_the_end(planned: &Planned, recovered: &server::Recovered) -> Result<(
     let replayed = recovered
         .replayed_to_lsn
         .as_deref()
-        .and_then(backup::engine::basebackup::parse_lsn);
-    let last = backup::engine::basebackup::segment_number(&planned.plan.last, seg);
+        .and_then(backup::pitr::base::parse_lsn);
+    let last = backup::pitr::base::segment_number(&planned.plan.last, seg);
     match (replayed, last) {
         (Some(lsn), Some(last)) if lsn / seg >= last => Ok(()),
         (lsn, _) => Err(backup::Error::Recovery(format!(
             "replay ended at {} (segment {}), short of the archive's newest segment {}: PostgreSQL refused the WAL from there on (another cluster's segment under that name, or contents damaged before they were pushed; its log says which) and would have promoted without the rest. Nothing was restored; `dbward pitr verify` and the server log above name the segment",
             recovered.replayed_to_lsn.as_deref().unwrap_or("an unknown position"),
-            lsn.map(|l| backup::engine::basebackup::segment_name(planned.plan.timeline, l, seg))
+            lsn.map(|l| backup::pitr::base::segment_name(planned.plan.timeline, l, seg))
                 .unwrap_or_else(|| "?".into()),
             planned.plan.last
         ))),

@@ -18,8 +18,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use backup::restore::physical::Target;
-use backup::restore::server::{self, OsUser};
+use backup::pitr::physical::Target;
+use backup::pitr::server::{self, OsUser};
 use migrator::database::Open;
 use migrator::{Database, DatabaseUrl};
 
@@ -93,7 +93,7 @@ impl std::fmt::Debug for HeldLock {
     }
 }
 
-/// [`backup::restore::waldump::Changes`] with the databases named.
+/// [`backup::pitr::waldump::Changes`] with the databases named.
 #[derive(Debug, serde::Serialize)]
 pub struct Discarded {
     pub inserted: u64,
@@ -284,7 +284,7 @@ pub async fn check(
     let want_head = chosen.point.as_ref().and_then(|m| m.migration_head.clone());
     let planned = plan(settings, chosen).await?;
     // The restored directory goes beside the live one, which stays: the disk holds both.
-    let p = backup::restore::physical::physical_of(&planned.base)?;
+    let p = backup::pitr::physical::physical_of(&planned.base)?;
     backup::scratch::ensure_space(
         parent,
         planned.base.raw_bytes + planned.plan.segments.len() as u64 * p.segment_bytes,
@@ -551,7 +551,7 @@ pub async fn finish(
 
 /// Fills `r.discarded` (or `r.discarded_unknown`): the committed row changes in the kept
 /// (stopped) cluster's WAL after the restore point, in every database, the deploy's batch
-/// (`batch_xid`) left out (`backup::restore::waldump`), the databases named by the rewound
+/// (`batch_xid`) left out (`backup::pitr::waldump`), the databases named by the rewound
 /// cluster (the same oids). Run once the cluster runs again and the rewind is recorded.
 pub async fn count_discarded(
     settings: &Settings,
@@ -589,7 +589,7 @@ async fn discarded_in(
         .await
         .map_err(|e| backup::error::chain(&e))?;
     let identities = settings.identities().map_err(|e| e.to_string())?;
-    let changes = backup::restore::waldump::discarded_since(
+    let changes = backup::pitr::waldump::discarded_since(
         kept,
         &bindir,
         lsn,
@@ -1058,7 +1058,7 @@ async fn start_and_wait(
 async fn paused_at(db: &mut Database, lsn: u64) -> Result<bool, String> {
     let sql = format!(
         "SELECT pg_get_wal_replay_pause_state() = 'paused' AND pg_last_wal_replay_lsn() >= '{}'::pg_lsn",
-        backup::engine::basebackup::lsn_text(lsn)
+        backup::pitr::base::lsn_text(lsn)
     );
     match tokio::time::timeout(Duration::from_secs(30), db.probe(&sql)).await {
         Ok(r) => r.map_err(|e| backup::error::chain(&e)),

@@ -57,7 +57,7 @@ pub async fn pre_deploy(
     let point = async {
         let store = settings.store().await?;
         let bases = crate::service::physical::bases(&store, &db).await?;
-        backup::point::take(
+        backup::pitr::point::take(
             &store,
             &db,
             pg,

@@ -2,7 +2,6 @@
 //! facts the manifest records (versions, migration head, row counts), taken from the same
 //! point in time as the bytes.
 
-pub mod basebackup;
 pub mod postgres;
 pub mod sqlite;
 

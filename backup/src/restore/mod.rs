@@ -2,11 +2,8 @@
 //! result, and only then put it in place. A snapshot that fails a check is refused
 //! ([`Error::Refused`], exit 3) before the live database is touched.
 
-pub mod physical;
 pub mod postgres;
-pub mod server;
 pub mod sqlite;
-pub mod waldump;
 
 use std::path::{Path, PathBuf};
 
@@ -116,7 +113,7 @@ pub async fn fetch(store: &Store, m: &Manifest, dir: &Path) -> Result<ScratchPat
 }
 
 /// A data object missing from the store: the snapshot is damaged.
-fn missing_is_damage(e: Error, m: &Manifest) -> Error {
+pub(crate) fn missing_is_damage(e: Error, m: &Manifest) -> Error {
     match e {
         Error::Missing(what) => Error::Damaged(format!(
             "snapshot {} is damaged: its data object {what} is missing from the store; nothing was restored. Pick another one (`dbward snapshots`).",
@@ -127,7 +124,7 @@ fn missing_is_damage(e: Error, m: &Manifest) -> Error {
 }
 
 /// Refuses a download whose size or SHA-256 is not the manifest's.
-fn check_sum(store: &Store, m: &Manifest, size: u64, sha: &str) -> Result<(), Error> {
+pub(crate) fn check_sum(store: &Store, m: &Manifest, size: u64, sha: &str) -> Result<(), Error> {
     if size != m.stored_bytes || sha != m.sha256 {
         return Err(Error::Damaged(format!(
             "snapshot {} failed its checksum: {} holds {size} bytes with SHA-256 {sha}, the manifest says {} bytes with {}. \
@@ -154,7 +151,7 @@ pub async fn fetch_any(
 }
 
 /// Runs `attempt` on each copy in turn until one succeeds (see [`fetch_any`]).
-async fn try_copies<'a, T, F, Fut>(
+pub(crate) async fn try_copies<'a, T, F, Fut>(
     stores: &[&'a Store],
     m: &Manifest,
     attempt: F,

@@ -13,10 +13,10 @@ use dbconn::postgres::{applied_on, describe, Postgres};
 use dbconn::PgUrl;
 use time::OffsetDateTime;
 
-use crate::engine::basebackup::{lsn_text, parse_lsn};
 use crate::error::Error;
 use crate::manifest::{self, Format, Kind, Manifest, Point};
-use crate::restore::physical::{physical_of, plan_wal, Target};
+use crate::pitr::base::{lsn_text, parse_lsn};
+use crate::pitr::physical::{physical_of, plan_wal, Target};
 use crate::store::Store;
 
 /// How often the archive is asked for the switched segment.
@@ -100,7 +100,7 @@ pub async fn take(
             base.id, p.system_identifier, url.display
         )));
     }
-    let cluster = crate::wal::read_cluster(store, database).await?;
+    let cluster = crate::pitr::wal::read_cluster(store, database).await?;
     if cluster.system_identifier != sysid {
         return Err(unusable(format!(
             "the WAL archive at {} holds cluster {}, and {} is cluster {sysid}",
@@ -146,7 +146,7 @@ pub async fn take(
 
     // The archiver pushes the switched segment: waited for in the store.
     loop {
-        if crate::wal::stored_from(store, database, &switched)
+        if crate::pitr::wal::stored_from(store, database, &switched)
             .await?
             .contains(&switched)
         {

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use dbconn::postgres::{applied_on, describe, Postgres};
 use dbconn::PgUrl;
 
-use super::postgres::{libpq_command, major, tool_version};
-use super::{head, Keep, Prepared};
+use crate::engine::postgres::{libpq_command, major, tool_version};
+use crate::engine::{head, Keep, Prepared};
 use crate::error::Error;
 use crate::manifest::{Format, Physical};
 
@@ -102,7 +102,7 @@ pub async fn prepare(
             url.display
         )));
     }
-    crate::wal::read_cluster(store, database)
+    crate::pitr::wal::read_cluster(store, database)
         .await
         .map_err(|e| match e {
             Error::Refused(why) => Error::Refused(format!(
@@ -144,7 +144,7 @@ pub async fn prepare(
     .arg(format!("--label={label}"))
     .env("LC_MESSAGES", "C");
     let (mut child, stdout, stderr_thread) =
-        super::postgres::spawn_streaming(cmd, "pg_basebackup")?;
+        crate::engine::postgres::spawn_streaming(cmd, "pg_basebackup")?;
     let seen = Arc::new(Mutex::new(TarWatch::default()));
     let watched = seen.clone();
     let display = url.display.clone();

@@ -7,9 +7,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::engine::basebackup::parse_lsn;
 use crate::error::Error;
 use crate::manifest::{Manifest, Physical};
+use crate::pitr::base::parse_lsn;
 use crate::store::Store;
 
 /// Where recovery stops.
@@ -37,10 +37,7 @@ impl Target {
             Target::End => Vec::new(),
             Target::Point { name, .. } => vec![("recovery_target_name", name.clone())],
             Target::Time(t) => vec![("recovery_target_time", t.clone())],
-            Target::Lsn(l) => vec![(
-                "recovery_target_lsn",
-                crate::engine::basebackup::lsn_text(*l),
-            )],
+            Target::Lsn(l) => vec![("recovery_target_lsn", crate::pitr::base::lsn_text(*l))],
         }
     }
 
@@ -50,7 +47,7 @@ impl Target {
             Target::End => "the end of the archived WAL".into(),
             Target::Point { name, .. } => format!("restore point {name}"),
             Target::Time(t) => format!("time {t}"),
-            Target::Lsn(l) => format!("LSN {}", crate::engine::basebackup::lsn_text(*l)),
+            Target::Lsn(l) => format!("LSN {}", crate::pitr::base::lsn_text(*l)),
         }
     }
 }
@@ -89,20 +86,20 @@ pub async fn plan_wal(
     follow: Option<&crate::crypt::Identities>,
 ) -> Result<WalPlan, Error> {
     let p = physical_of(base)?;
-    let cluster = crate::wal::read_cluster(store, database).await?;
+    let cluster = crate::pitr::wal::read_cluster(store, database).await?;
     if cluster.system_identifier != p.system_identifier {
         return Err(Error::Refused(format!(
             "base {} is of cluster {}, and the WAL archive at {} holds the WAL of cluster {}: nothing was restored",
             base.id,
             p.system_identifier,
-            store.describe(&format!("{database}/{}/", crate::wal::DIR)),
+            store.describe(&format!("{database}/{}/", crate::pitr::wal::DIR)),
             cluster.system_identifier
         )));
     }
     // From the base's first segment on, and every timeline history file: those of later
     // timelines sort after it, those up to the base's own (`0000000N.history`, N >= 2) before.
     let first = p.wal_first.as_str().min("00000002.history");
-    let stored = crate::wal::stored_from(store, database, first).await?;
+    let stored = crate::pitr::wal::stored_from(store, database, first).await?;
     let path = match (follow, target) {
         (Some(identities), Target::End | Target::Time(_)) => {
             timeline_path(store, database, p, &stored, identities).await?
@@ -161,9 +158,9 @@ async fn read_history(
     let name = format!("{t:08X}.history");
     let dir = tempfile::tempdir().map_err(Error::io("creating a temp dir"))?;
     let dest = dir.path().join(&name);
-    match crate::wal::fetch(store, database, &name, &dest, identities).await? {
-        crate::wal::Fetched::Restored { .. } => {}
-        crate::wal::Fetched::Absent { .. } => {
+    match crate::pitr::wal::fetch(store, database, &name, &dest, identities).await? {
+        crate::pitr::wal::Fetched::Restored { .. } => {}
+        crate::pitr::wal::Fetched::Absent { .. } => {
             return Err(Error::Damaged(format!(
                 "{name} was listed in the archive and is gone"
             )))
@@ -200,9 +197,9 @@ fn chain(
             .find(|(_, until)| until.is_none_or(|u| n < u))
             .map_or(p.timeline, |(t, _)| *t)
     };
-    let name = |n: u64| crate::engine::basebackup::segment_from_number(tl_at(n), n, seg);
-    let number = |name: &str| crate::engine::basebackup::segment_number(name, seg);
-    let needed = crate::engine::basebackup::segments(p)?;
+    let name = |n: u64| crate::pitr::base::segment_from_number(tl_at(n), n, seg);
+    let number = |name: &str| crate::pitr::base::segment_number(name, seg);
+    let needed = crate::pitr::base::segments(p)?;
     let missing = |name: &str, why: &str| {
         Error::Refused(format!(
             "WAL segment {name} is not in the archive, and {why}: nothing was restored. `dbward pitr verify` lists the archive's gaps."
@@ -330,7 +327,7 @@ pub fn lsn(s: &str) -> Option<u64> {
 }
 
 /// Extracts base `m` into `dir` (which exists, is empty and is this run's), from the first copy
-/// that verifies. As with [`super::fetch_decoded_any`], the outer result is the fetch's (a
+/// that verifies. As with [`crate::restore::fetch_decoded_any`], the outer result is the fetch's (a
 /// copy that fails its checksum is refused and the next one tried, after `dir` was emptied),
 /// the inner one the extraction's.
 pub async fn extract_any(
@@ -340,7 +337,7 @@ pub async fn extract_any(
     identities: &crate::crypt::Identities,
 ) -> Result<(Result<(), Error>, usize), Error> {
     crate::scratch::ensure_space(dir, m.raw_bytes, &format!("extracting base {}", m.id))?;
-    super::try_copies(stores, m, |store| async move {
+    crate::restore::try_copies(stores, m, |store| async move {
         let r = extract(store, m, dir, identities).await;
         if !matches!(r, Ok(Ok(()))) {
             empty_dir(dir)?;
@@ -373,7 +370,7 @@ async fn extract(
     dir: &Path,
     identities: &crate::crypt::Identities,
 ) -> Result<Result<(), Error>, Error> {
-    let (tx, rx) = super::blocks();
+    let (tx, rx) = crate::restore::blocks();
     let mut untar = Joined(Some({
         let (dir, m, identities) = (dir.to_path_buf(), m.clone(), identities.clone());
         let input = crate::pipeline::BlockReader::new(rx);
@@ -386,8 +383,8 @@ async fn extract(
         .expect("joined once")
         .join()
         .unwrap_or_else(|_| Err(Error::Recovery("the extracting thread panicked".into())));
-    let (size, sha) = downloaded.map_err(|e| super::missing_is_damage(e, m))?;
-    super::check_sum(store, m, size, &sha)?;
+    let (size, sha) = downloaded.map_err(|e| crate::restore::missing_is_damage(e, m))?;
+    crate::restore::check_sum(store, m, size, &sha)?;
     Ok(untarred)
 }
 
@@ -475,7 +472,7 @@ fn untar_into(
     let mut decoding = Joined(Some(std::thread::spawn(move || -> Result<(), Error> {
         loop {
             let mut block = vec![0u8; 256 << 10];
-            let filled = match super::fill(&mut decoder, &mut block) {
+            let filled = match crate::restore::fill(&mut decoder, &mut block) {
                 Ok(k) => k,
                 Err(e) => {
                     let _ = blocks.send(Err(e));
@@ -616,9 +613,10 @@ pub async fn fetch_wal(
 ) -> Result<u64, Error> {
     let mut bytes = 0;
     for name in plan.segments.iter().chain(&plan.histories) {
-        match crate::wal::fetch(store, database, name, &pg_wal.join(name), identities).await? {
-            crate::wal::Fetched::Restored { bytes: n, .. } => bytes += n,
-            crate::wal::Fetched::Absent { .. } => {
+        match crate::pitr::wal::fetch(store, database, name, &pg_wal.join(name), identities).await?
+        {
+            crate::pitr::wal::Fetched::Restored { bytes: n, .. } => bytes += n,
+            crate::pitr::wal::Fetched::Absent { .. } => {
                 return Err(Error::Damaged(format!(
                     "WAL segment {name} was listed in the archive and is gone: nothing was restored"
                 )))

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::crypt::Identities;
-use crate::engine::basebackup::{lsn_text, parse_lsn, segment_from_number};
 use crate::error::Error;
+use crate::pitr::base::{lsn_text, parse_lsn, segment_from_number};
 use crate::store::Store;
 
 /// Committed row changes after a restore point.
@@ -79,10 +79,11 @@ pub async fn discarded_since(
                 data_dir.join("pg_wal").display()
             )));
         };
-        match crate::wal::fetch(store, database, &name, &dir.path().join(&name), identities).await?
+        match crate::pitr::wal::fetch(store, database, &name, &dir.path().join(&name), identities)
+            .await?
         {
-            crate::wal::Fetched::Restored { .. } => {}
-            crate::wal::Fetched::Absent { .. } => {
+            crate::pitr::wal::Fetched::Restored { .. } => {}
+            crate::pitr::wal::Fetched::Absent { .. } => {
                 return Err(Error::Restore(format!(
                     "WAL segment {name} is neither in the kept data directory nor in the archive"
                 )))

@@ -1,0 +1,14 @@
+//! Point-in-time recovery of a PostgreSQL cluster: the WAL archive ([`wal`]), base backups
+//! ([`base`]), restore points ([`point`]), the physical restore that builds a data directory
+//! from a base and the archive ([`physical`]), the private server that replays it
+//! ([`server`]), and the reading of the WAL a restore replayed ([`waldump`]).
+//!
+//! Below it in this crate: the stores, the pipeline, the logical engines and restores; above
+//! it: [`crate::snapshot`] (a snapshot may be a base) and [`crate::prune`].
+
+pub mod base;
+pub mod physical;
+pub mod point;
+pub mod server;
+pub mod wal;
+pub mod waldump;
