@@ -67,6 +67,11 @@ pub enum Error {
     #[error("{0} does not exist")]
     Missing(String),
 
+    /// What was asked for (a base, a restore point) is not there; the message says where it
+    /// was looked for and how to list what is.
+    #[error("{0}")]
+    NotFound(String),
+
     /// A write that must not overwrite (a manifest, a deploy record) found the object there.
     #[error("{0} already exists; not overwritten")]
     Exists(String),

@@ -11,6 +11,7 @@
 pub mod checks;
 pub mod ephemeral;
 pub mod metrics;
+pub mod physical;
 pub mod postgres;
 pub mod sqlite;
 

@@ -23,8 +23,8 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
             ));
         };
         let store = settings.store().await?;
-        let bases = crate::service::physical::bases(&store, &url.name()).await?;
-        let since = crate::service::physical::wal_since_base(&store, &url.name(), &bases).await?;
+        let bases = backup::pitr::cluster::bases(&store, &url.name()).await?;
+        let since = backup::pitr::cluster::wal_since_base(&store, &url.name(), &bases).await?;
         if let (Some(newest), Some(since)) = (bases.first(), since) {
             let bytes = since.bytes;
             // After a promotion or a rewind, a base of the new timeline is due at once.

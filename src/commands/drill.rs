@@ -20,8 +20,14 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     let stores = settings.stores().await?;
     let store = &stores[0];
     if args.physical {
-        use crate::service::physical::Which;
-        use crate::service::physical_drill::{drill, DrillOptions};
+        use backup::pitr::cluster::Which;
+        use restore_drill::physical::{drill, DrillOptions};
+        let migrator::DatabaseUrl::Postgres(live) = &url else {
+            return Err(Failure::new(
+                Exit::Usage,
+                "a physical drill restores a PostgreSQL cluster's base backup; the database is SQLite",
+            ));
+        };
         let which = match args.snapshot.as_str() {
             "latest" => Which::Latest,
             "random" => {
@@ -36,8 +42,13 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
             probes: settings.drill.probes.clone(),
             max_rto: settings.drill.max_rto,
             migrations: migrations(settings)?,
+            // The copy's server runs as `postgres` when dbward is root: its directory must be
+            // one that user can reach, which the state dir (0700) is not. `backup.temp_dir`
+            // when set, else the system's temp dir (TMPDIR).
+            temp_dir: settings.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
         };
-        let (m, report) = drill(settings, &url, &which, &opts).await?;
+        let archive = crate::service::pitr::archive(settings, &url).await?;
+        let (m, report) = drill(archive, live, &which, &opts).await?;
         return finish(settings, args, &url, &[store], &m, report).await;
     }
     let which = if args.snapshot == "random" {

@@ -548,7 +548,7 @@ async fn undo(
 > {
     let point = match url {
         migrator::DatabaseUrl::Postgres(_) => {
-            crate::service::physical::point(&stores[0], &url.name(), snapshot).await?
+            backup::pitr::cluster::point(&stores[0], &url.name(), snapshot).await?
         }
         migrator::DatabaseUrl::Sqlite(_) => None,
     };

@@ -74,7 +74,8 @@ async fn physical(
     url: &migrator::DatabaseUrl,
     args: &RestoreArgs,
 ) -> Result<Report, Failure> {
-    use crate::service::physical::{restore_to, Which};
+    use crate::service::pitr::restore_to;
+    use backup::pitr::cluster::Which;
     let usage = |m: String| Failure::new(Exit::Usage, m);
     let which = if let Some(t) = &args.time {
         Which::Time(

@@ -195,7 +195,7 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
     let database = database(settings)?;
     let store = settings.store().await?;
     let v = backup::pitr::wal::verify(&store, &database).await?;
-    let bases = crate::service::physical::bases(&store, &database).await?;
+    let bases = backup::pitr::cluster::bases(&store, &database).await?;
     let mut text = format!("WAL archive of cluster {}\n", v.system_identifier);
     for t in &v.timelines {
         text.push_str(&format!(
@@ -251,7 +251,7 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
         base_rows.iter().filter(|b| b["ok"] == true).count()
     ));
     // Replay time grows with the WAL since the newest base: past pitr.base_max_wal, one is due.
-    let since_base = crate::service::physical::wal_since_base(&store, &database, &bases).await?;
+    let since_base = backup::pitr::cluster::wal_since_base(&store, &database, &bases).await?;
     let since = since_base.as_ref().map(|s| s.bytes);
     let due_why = match (&since_base, settings.pitr.base_max_wal) {
         (Some(s), _) if s.later_timeline.is_some() => Some(format!(
@@ -282,7 +282,11 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
     // What a rewind or a restore to the last deploy's restore point needs, checked now rather
     // than found missing during the incident.
     let url = super::database_url(settings)?;
-    let point = crate::service::physical::check_newest_point(settings, &url).await?;
+    let point = backup::pitr::cluster::check_newest_point(
+        crate::service::pitr::archive(settings, &url).await?,
+        &settings.temp_dir(),
+    )
+    .await?;
     match &point {
         Some(c) => match &c.problem {
             None => text.push_str(&format!(

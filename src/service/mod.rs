@@ -2,8 +2,7 @@
 //! ([`take`]), and restoring one ([`restore`]). They return a value or a [`crate::report::Failure`]
 //! and never print.
 
-pub mod physical;
-pub mod physical_drill;
+pub mod pitr;
 pub mod restore;
 pub mod rewind;
 pub mod select;

@@ -23,9 +23,9 @@ use backup::pitr::server::{self, OsUser};
 use migrator::database::Open;
 use migrator::{Database, DatabaseUrl};
 
-use super::physical::{choose, fill, plan, NewDir, Which};
 use crate::report::{Exit, Failure};
 use crate::settings::{PitrServer, Settings};
+use backup::pitr::cluster::{choose, fill, plan, NewDir, Which};
 use dbconn::fs::rename_new;
 
 /// How long the rewound cluster may take to recover and promote, and the old one to start again.
@@ -114,7 +114,7 @@ impl Discarded {
 pub struct Checked {
     /// When the guard chose to rewind: the rewind's time counts from here.
     started: Instant,
-    planned: super::physical::Planned,
+    planned: backup::pitr::cluster::Planned,
     point_id: String,
     /// The point's migration head (what the rewound cluster must hold), and the deploy's (what
     /// the live one must still hold when it is stopped).
@@ -264,7 +264,8 @@ pub async fn check(
             Vec::new()
         }
     };
-    let chosen = choose(settings, url, &Which::Base(point_id.to_string())).await?;
+    let archive = crate::service::pitr::archive(settings, url).await?;
+    let chosen = choose(archive, &Which::Base(point_id.to_string())).await?;
     let Target::Point { .. } = chosen.target else {
         return Err(refused(format!("{point_id} is not a restore point")));
     };
@@ -282,7 +283,7 @@ pub async fn check(
         )));
     }
     let want_head = chosen.point.as_ref().and_then(|m| m.migration_head.clone());
-    let planned = plan(settings, chosen).await?;
+    let planned = plan(chosen).await?;
     // The restored directory goes beside the live one, which stays: the disk holds both.
     let p = backup::pitr::physical::physical_of(&planned.base)?;
     backup::scratch::ensure_space(

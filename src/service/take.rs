@@ -56,7 +56,7 @@ pub async fn pre_deploy(
     let db = url.name();
     let point = async {
         let store = settings.store().await?;
-        let bases = crate::service::physical::bases(&store, &db).await?;
+        let bases = backup::pitr::cluster::bases(&store, &db).await?;
         backup::pitr::point::take(
             &store,
             &db,

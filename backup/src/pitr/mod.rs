@@ -7,6 +7,7 @@
 //! it: [`crate::snapshot`] (a snapshot may be a base) and [`crate::prune`].
 
 pub mod base;
+pub mod cluster;
 pub mod physical;
 pub mod point;
 pub mod server;

@@ -1,14 +1,14 @@
 //! A physical drill: a base and the WAL archive restored by a private server into a scratch
-//! data directory, checked, then stopped and removed ([`super::physical`] does the restore).
+//! data directory, checked, then stopped and removed ([`backup::pitr::cluster`] does the
+//! restore).
 
+use std::path::PathBuf;
 use std::time::Instant;
 
-use migrator::DatabaseUrl;
+use backup::pitr::cluster::{choose, materialize, plan, Archive, Which};
+use backup::ErrorKind;
+use dbconn::PgUrl;
 use time::OffsetDateTime;
-
-use super::physical::{choose, materialize, plan, Which};
-use crate::report::{Exit, Failure};
-use crate::settings::Settings;
 
 /// What a physical drill checks beyond the restore itself.
 pub struct DrillOptions {
@@ -16,6 +16,8 @@ pub struct DrillOptions {
     pub max_rto: Option<std::time::Duration>,
     /// The migrations folder's files, when there is one: the copy's head must be one of them.
     pub migrations: Option<Vec<migrator::MigrationFile>>,
+    /// Where the scratch data directory is made: one the server's user can reach.
+    pub temp_dir: PathBuf,
 }
 
 /// A physical drill: the base and its WAL restored into a scratch data directory (in the temp
@@ -23,27 +25,21 @@ pub struct DrillOptions {
 /// whatever happened. The report's RTO runs from the first check to the promotion; its RPO is
 /// how long before the drill the last replayed transaction committed.
 pub async fn drill(
-    settings: &Settings,
-    url: &DatabaseUrl,
+    archive: Archive,
+    live: &PgUrl,
     which: &Which,
     opts: &DrillOptions,
-) -> Result<(backup::Manifest, restore_drill::Report), Failure> {
-    use restore_drill::checks::{classify, CheckFailure, Checks};
-    let DatabaseUrl::Postgres(live) = url else {
-        return Err(Failure::new(
-            Exit::Usage,
-            "a physical drill restores a PostgreSQL cluster's base backup; the database is SQLite",
-        ));
-    };
+) -> Result<(backup::Manifest, crate::Report), backup::Error> {
+    use crate::checks::{classify, CheckFailure, Checks};
     let now = OffsetDateTime::now_utc();
     let started = Instant::now();
     let mut checks = Checks::default();
-    let chosen = choose(settings, url, which).await?;
+    let chosen = choose(archive, which).await?;
     let m = chosen.base.clone();
     // The archive's refusals (a gap short of the target, a base whose WAL is gone, another
     // cluster's archive) fail the drill against the base; anything else (a missing server
     // binary, a bad setting) is this machine's.
-    let planned = match plan(settings, chosen).await {
+    let planned = match plan(chosen).await {
         Ok(p) => {
             let wal = &p.plan;
             let detail = format!(
@@ -60,26 +56,21 @@ pub async fn drill(
             checks.record("wal", (Ok(((), detail)), started.elapsed().as_secs_f64()));
             Some(p)
         }
-        Err(f) => {
-            let why = if f.code == Exit::Refused {
-                CheckFailure::Snapshot(f.message)
+        Err(e) => {
+            let why = if e.kind() == ErrorKind::Refused {
+                CheckFailure::Snapshot(backup::error::chain(&e))
             } else {
-                CheckFailure::Environment(f.message)
+                CheckFailure::Environment(backup::error::chain(&e))
             };
             checks.record::<()>("wal", (Err(why), started.elapsed().as_secs_f64()));
             None
         }
     };
-    // The copy's server runs as `postgres` when dbward is root: its directory must be one that
-    // user can reach, which the state dir (0700) is not. `backup.temp_dir` when set, else the
-    // system's temp dir (TMPDIR).
-    let parent = settings.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
-    backup::scratch::create_private_dir(&parent).map_err(|e| {
-        Failure::new(
-            Exit::Failed,
-            format!("creating the temp dir {}: {e}", parent.display()),
-        )
-    })?;
+    let parent = &opts.temp_dir;
+    backup::scratch::create_private_dir(parent).map_err(backup::Error::io(format!(
+        "creating the temp dir {}",
+        parent.display()
+    )))?;
     // Short: the copy's socket lives in it, and a socket's path has at most 107 bytes.
     let tag = {
         use std::hash::{BuildHasher, Hasher};
@@ -125,7 +116,7 @@ pub async fn drill(
             let db = dbconn::postgres::Postgres::connect(&r.url)
                 .await
                 .map_err(|e| CheckFailure::Environment(backup::error::chain(&e)))?;
-            Ok::<_, CheckFailure>(restore_drill::postgres::Restored {
+            Ok::<_, CheckFailure>(crate::postgres::Restored {
                 server: r.url.clone(),
                 name: live.dbname().to_string(),
                 db,
@@ -164,7 +155,7 @@ pub async fn drill(
                     checks
                         .run(
                             "probes",
-                            restore_drill::checks::probes_true(&opts.probes, |p| c.probe(p)),
+                            crate::checks::probes_true(&opts.probes, |p| c.probe(p)),
                         )
                         .await;
                 }
@@ -197,7 +188,7 @@ pub async fn drill(
         .created()
         .map(|c| (now - c).as_seconds_f64())
         .unwrap_or(f64::NAN);
-    let report = restore_drill::Report {
+    let report = crate::Report {
         snapshot: m.id.clone(),
         database: m.database.clone(),
         engine: m.engine.clone(),

@@ -1,6 +1,6 @@
 //! Point-in-time restore into a new data directory: which base a target needs, the WAL chain
 //! checked before anything is written, the base extracted and its WAL fetched, then a private
-//! server that recovers to the target and promotes ([`backup::pitr::server`]).
+//! server that recovers to the target and promotes ([`crate::pitr::server`]).
 //!
 //! The live cluster is never contacted: the bases are the store folder owner's (its identity),
 //! so a restore works when the production server is gone.
@@ -8,15 +8,24 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use backup::manifest::Format;
-use backup::pitr::physical::{self, Target};
-use backup::pitr::server::{self, OsUser, Server};
 use dbconn::fs::rename_new;
-use migrator::DatabaseUrl;
+use dbconn::DatabaseUrl;
 use time::OffsetDateTime;
 
-use crate::report::{Exit, Failure};
-use crate::settings::Settings;
+use crate::crypt::Identities;
+use crate::error::{Error, ErrorKind};
+use crate::manifest::{Format, Manifest};
+use crate::pitr::physical::{self, Target};
+use crate::pitr::server::{self, OsUser, Server};
+use crate::store::Store;
+
+/// Where one database's bases and WAL are: its stores (the primary first, then each mirror),
+/// its folder in them, and the identities that open encrypted objects.
+pub struct Archive {
+    pub stores: Vec<Store>,
+    pub db: String,
+    pub identities: Identities,
+}
 
 /// What a point-in-time restore is asked for.
 #[derive(Debug, Clone)]
@@ -55,17 +64,17 @@ pub struct Restored {
 
 /// This database's bases in the primary store, newest first (the folder owner's identity: the
 /// live server is not asked).
-pub async fn bases(store: &backup::Store, db: &str) -> Result<Vec<backup::Manifest>, Failure> {
-    let owner = backup::owner::read(store, db).await?;
-    let all = backup::catalog::list(store, db).await?;
-    Ok(backup::owner::mine(
+pub async fn bases(store: &Store, db: &str) -> Result<Vec<Manifest>, Error> {
+    let owner = crate::owner::read(store, db).await?;
+    let all = crate::catalog::list(store, db).await?;
+    crate::owner::mine(
         store,
         db,
         all,
-        &backup::owner::Live::Absent,
+        &crate::owner::Live::Absent,
         Format::Pgbase,
         owner.as_ref(),
-    )?)
+    )
 }
 
 /// The newest restore point (the last deploy's) as `pitr verify` checks it: restorable when
@@ -80,20 +89,21 @@ pub struct PointCheck {
     pub problem: Option<String>,
 }
 
-/// [`PointCheck`] of the newest restore point of `url`'s database (`None` without one).
+/// [`PointCheck`] of the newest restore point of the archive's database (`None` without
+/// one); the segments are fetched into `temp_dir`, one at a time.
 pub async fn check_newest_point(
-    settings: &Settings,
-    url: &DatabaseUrl,
-) -> Result<Option<PointCheck>, Failure> {
-    let stores = settings.stores().await?;
-    let db = url.name();
-    let owner = backup::owner::read(&stores[0], &db).await?;
-    let all = backup::catalog::list(&stores[0], &db).await?;
-    let points = backup::owner::mine(
+    archive: Archive,
+    temp_dir: &Path,
+) -> Result<Option<PointCheck>, Error> {
+    let stores = &archive.stores;
+    let db = archive.db.clone();
+    let owner = crate::owner::read(&stores[0], &db).await?;
+    let all = crate::catalog::list(&stores[0], &db).await?;
+    let points = crate::owner::mine(
         &stores[0],
         &db,
         all,
-        &backup::owner::Live::Absent,
+        &crate::owner::Live::Absent,
         Format::Pgpoint,
         owner.as_ref(),
     )?;
@@ -108,22 +118,21 @@ pub async fn check_newest_point(
     };
     // What is wrong with the archive is the check's finding; a store that cannot be read
     // now (a transport error, a full disk here) fails the check itself (exit 1).
-    let chosen = match choose(settings, url, &Which::Base(point.id.clone())).await {
+    let identities = archive.identities.clone();
+    let chosen = match choose(archive, &Which::Base(point.id.clone())).await {
         Ok(c) => c,
-        Err(f) if f.code == Exit::Failed => return Err(f),
-        Err(f) => {
-            check.problem = Some(f.message);
+        Err(e) if e.kind() == ErrorKind::Failed => return Err(e),
+        Err(e) => {
+            check.problem = Some(crate::error::chain(&e));
             return Ok(Some(check));
         }
     };
-    let finding = |e: backup::error::Error| match e.kind() {
-        backup::error::ErrorKind::Failed if !matches!(e, backup::error::Error::Missing(_)) => {
-            Err(Failure::from(e))
-        }
-        _ => Ok(backup::error::chain(&e)),
+    let stores = &chosen.archive.stores;
+    let finding = |e: Error| match e.kind() {
+        ErrorKind::Failed if !matches!(e, Error::Missing(_)) => Err(e),
+        _ => Ok(crate::error::chain(&e)),
     };
     check.base = Some(chosen.base.id.clone());
-    let identities = settings.identities()?;
     let plan = match physical::plan_wal(&stores[0], &db, &chosen.base, &chosen.target, None).await {
         Ok(p) => p,
         Err(e) => {
@@ -133,15 +142,14 @@ pub async fn check_newest_point(
     };
     // Each one fetched, decompressed and checked against its record, then removed: a segment
     // damaged in the store is found here, not during the incident.
-    let dir = settings.temp_dir();
-    backup::scratch::create_private_dir(&dir)
-        .map_err(|e| Failure::new(Exit::Failed, format!("{}: {e}", dir.display())))?;
+    let dir = temp_dir;
+    crate::scratch::create_private_dir(dir).map_err(Error::io(dir.display().to_string()))?;
     for name in plan.segments.iter().chain(&plan.histories) {
         // This run's own temp file (removed when dropped, also by a stop request).
-        let dest = backup::scratch::temp_in(&dir, "verify-")?;
-        match backup::pitr::wal::fetch(&stores[0], &db, name, &dest, &identities).await {
-            Ok(backup::pitr::wal::Fetched::Restored { .. }) => check.segments_checked += 1,
-            Ok(backup::pitr::wal::Fetched::Absent { .. }) => {
+        let dest = crate::scratch::temp_in(dir, "verify-")?;
+        match crate::pitr::wal::fetch(&stores[0], &db, name, &dest, &identities).await {
+            Ok(crate::pitr::wal::Fetched::Restored { .. }) => check.segments_checked += 1,
+            Ok(crate::pitr::wal::Fetched::Absent { .. }) => {
                 check.problem = Some(format!("WAL segment {name} is not in the archive"));
                 break;
             }
@@ -166,18 +174,18 @@ pub struct SinceBase {
 
 /// The archive after the newest of `bases` (newest first); `None` without a base.
 pub async fn wal_since_base(
-    store: &backup::Store,
+    store: &Store,
     db: &str,
-    bases: &[backup::Manifest],
-) -> Result<Option<SinceBase>, Failure> {
+    bases: &[Manifest],
+) -> Result<Option<SinceBase>, Error> {
     let Some(p) = bases.first().and_then(|b| b.physical.as_ref()) else {
         return Ok(None);
     };
-    let place = |name: &str| backup::pitr::base::segment_number(name, p.segment_bytes);
+    let place = |name: &str| crate::pitr::base::segment_number(name, p.segment_bytes);
     let Some(last) = place(&p.wal_last) else {
         return Ok(None);
     };
-    let stored = backup::pitr::wal::stored_from(store, db, &p.wal_last).await?;
+    let stored = crate::pitr::wal::stored_from(store, db, &p.wal_last).await?;
     let segments: Vec<&String> = stored.iter().filter(|n| n.len() == 24).collect();
     let places: std::collections::BTreeSet<u64> = segments
         .iter()
@@ -196,31 +204,26 @@ pub async fn wal_since_base(
 }
 
 /// The restore point `id` of this database (the folder owner's), if there is one.
-pub async fn point(
-    store: &backup::Store,
-    db: &str,
-    id: &str,
-) -> Result<Option<backup::Manifest>, Failure> {
-    let key = backup::manifest_key(db, id);
-    let m = match backup::catalog::read_manifest(store, db, &key).await {
+pub async fn point(store: &Store, db: &str, id: &str) -> Result<Option<Manifest>, Error> {
+    let key = crate::manifest_key(db, id);
+    let m = match crate::catalog::read_manifest(store, db, &key).await {
         Ok(Ok(m)) if m.format == Format::Pgpoint => m,
-        Ok(Ok(_)) | Err(backup::Error::Missing(_)) => return Ok(None),
+        Ok(Ok(_)) | Err(Error::Missing(_)) => return Ok(None),
         Ok(Err(d)) => {
-            return Err(backup::Error::Refused(format!(
+            return Err(Error::Refused(format!(
                 "snapshot {id} is damaged: {} {}; nothing was restored",
                 store.describe(&d.key),
                 d.problem
-            ))
-            .into())
+            )))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
-    let owner = backup::owner::read(store, db).await?;
-    Ok(backup::owner::mine(
+    let owner = crate::owner::read(store, db).await?;
+    Ok(crate::owner::mine(
         store,
         db,
         vec![m],
-        &backup::owner::Live::Absent,
+        &crate::owner::Live::Absent,
         Format::Pgpoint,
         owner.as_ref(),
     )?
@@ -230,14 +233,14 @@ pub async fn point(
 /// What `which` means: a base, where recovery stops, the restore point read on the way, and
 /// the WAL plan when choosing the base already checked it.
 struct Picked {
-    base: backup::Manifest,
+    base: Manifest,
     target: Target,
-    point: Option<backup::Manifest>,
+    point: Option<Manifest>,
     wal: Option<physical::WalPlan>,
 }
 
 impl Picked {
-    fn of(base: backup::Manifest, target: Target) -> Picked {
+    fn of(base: Manifest, target: Target) -> Picked {
         Picked {
             base,
             target,
@@ -249,17 +252,17 @@ impl Picked {
 
 /// The base and the recovery target `which` means.
 async fn pick(
-    store: &backup::Store,
+    store: &Store,
     db: &str,
     which: &Which,
-    identities: &backup::crypt::Identities,
-) -> Result<Picked, Failure> {
-    let none = |what: String| Failure::new(Exit::Failed, what);
+    identities: &Identities,
+) -> Result<Picked, Error> {
+    let none = Error::NotFound;
     let bases = bases(store, db).await?;
-    let stop_of = |m: &backup::Manifest| {
+    let stop_of = |m: &Manifest| {
         m.physical
             .as_ref()
-            .and_then(|p| backup::pitr::base::parse_lsn(&p.stop_lsn))
+            .and_then(|p| crate::pitr::base::parse_lsn(&p.stop_lsn))
     };
     match which {
         Which::Base(id) => {
@@ -276,17 +279,17 @@ async fn pick(
                 .point
                 .as_ref()
                 .expect("a point's manifest has its facts");
-            let lsn = backup::pitr::base::parse_lsn(&p.lsn).ok_or_else(|| {
-                backup::Error::Damaged(format!("restore point {id} has no LSN: `{}`", p.lsn))
+            let lsn = crate::pitr::base::parse_lsn(&p.lsn).ok_or_else(|| {
+                Error::Damaged(format!("restore point {id} has no LSN: `{}`", p.lsn))
             })?;
             let base = bases
                 .into_iter()
-                .find(|b| backup::pitr::point::restorable(&point, &[b]))
+                .find(|b| crate::pitr::point::restorable(&point, &[b]))
                 .ok_or_else(|| {
-                    Failure::from(backup::Error::Refused(format!(
+                    Error::Refused(format!(
                         "no base backup of {db} on timeline {} ended before restore point {id} ({}): it cannot be restored any more",
                         p.timeline, p.lsn
-                    )))
+                    ))
                 })?;
             let target = Target::Point {
                 name: p.name.clone(),
@@ -308,14 +311,14 @@ async fn pick(
             };
             // The newest base the archive's newest timeline descends from: after a rewind,
             // a base taken on the abandoned branch would replay that branch.
-            let newest_tl = backup::pitr::wal::stored_from(store, db, "00000002.history")
+            let newest_tl = crate::pitr::wal::stored_from(store, db, "00000002.history")
                 .await?
                 .iter()
                 .filter_map(|n| u32::from_str_radix(n.get(..8)?, 16).ok())
                 .max();
             for b in &bases {
                 let on =
-                    backup::pitr::physical::plan_wal(store, db, b, &Target::End, Some(identities))
+                    crate::pitr::physical::plan_wal(store, db, b, &Target::End, Some(identities))
                         .await;
                 let reaches = match on {
                     Ok(plan) => {
@@ -342,7 +345,7 @@ async fn pick(
         }
         Which::Time(t) => {
             // A base ends before its snapshot ends (manifest time plus duration).
-            let ended = |m: &backup::Manifest| {
+            let ended = |m: &Manifest| {
                 m.created()
                     .map(|c| c + std::time::Duration::from_millis(m.duration_ms))
             };
@@ -351,9 +354,9 @@ async fn pick(
                 .find(|m| ended(m).is_some_and(|e| e <= *t))
                 .ok_or_else(|| {
                     // Refused (exit 3), nothing written: not a failure of the restore.
-                    Failure::from(backup::Error::Refused(format!(
+                    Error::Refused(format!(
                         "no base backup of {db} ended before {t}: the archive cannot go back that far; nothing was written"
-                    )))
+                    ))
                 })?;
             // PostgreSQL's own form: it refuses RFC 3339's `T` and `Z` here.
             let stamp = t
@@ -371,7 +374,7 @@ async fn pick(
                 .ok_or_else(|| {
                     none(format!(
                         "no base backup of {db} is consistent before LSN {}",
-                        backup::pitr::base::lsn_text(*l)
+                        crate::pitr::base::lsn_text(*l)
                     ))
                 })?;
             Ok(Picked::of(m, Target::Lsn(*l)))
@@ -383,7 +386,7 @@ async fn pick(
 /// own beside the target (`.<name>.dbward-partial-<pid>`) and renamed to the target only once
 /// complete: a restore killed outright leaves no directory at the target that looks like a
 /// data directory.
-pub(crate) struct NewDir {
+pub struct NewDir {
     path: Option<PathBuf>,
     /// Its own name beside the target, where it is filled.
     partial: PathBuf,
@@ -391,8 +394,8 @@ pub(crate) struct NewDir {
 }
 
 impl NewDir {
-    fn create(path: &Path) -> Result<NewDir, backup::Error> {
-        let target = |problem: String| backup::Error::Target {
+    fn create(path: &Path) -> Result<NewDir, Error> {
+        let target = |problem: String| Error::Target {
             target: path.display().to_string(),
             problem,
         };
@@ -410,9 +413,9 @@ impl NewDir {
 
     /// A directory to fill beside `path`, which may exist (a rewind moves it aside before this
     /// one takes its name).
-    pub(crate) fn beside(path: &Path) -> Result<NewDir, backup::Error> {
+    pub fn beside(path: &Path) -> Result<NewDir, Error> {
         use std::os::unix::fs::DirBuilderExt;
-        let target = |problem: String| backup::Error::Target {
+        let target = |problem: String| Error::Target {
             target: path.display().to_string(),
             problem,
         };
@@ -435,13 +438,13 @@ impl NewDir {
     }
 
     /// Where it is now.
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         self.path.as_deref().expect("not kept yet")
     }
 
     /// Renames the filled directory to the target, which must still not exist.
-    pub(crate) fn publish(&mut self) -> Result<(), backup::Error> {
-        rename_new(self.path(), &self.target).map_err(|e| backup::Error::Target {
+    pub fn publish(&mut self) -> Result<(), Error> {
+        rename_new(self.path(), &self.target).map_err(|e| Error::Target {
             target: self.target.display().to_string(),
             problem: format!("renaming the restored directory there: {e}"),
         })?;
@@ -450,13 +453,13 @@ impl NewDir {
     }
 
     /// Renames it back from the target to its own name (a rewind that failed after the swap).
-    pub(crate) fn unpublish(&mut self) -> std::io::Result<()> {
+    pub fn unpublish(&mut self) -> std::io::Result<()> {
         rename_new(&self.target, &self.partial)?;
         self.path = Some(self.partial.clone());
         Ok(())
     }
 
-    pub(crate) fn keep(mut self) -> PathBuf {
+    pub fn keep(mut self) -> PathBuf {
         self.path.take().expect("kept once")
     }
 }
@@ -482,69 +485,58 @@ impl Drop for Started {
 
 /// What a point-in-time restore will do, checked before anything is written.
 pub struct Planned {
-    pub base: backup::Manifest,
+    pub base: Manifest,
     pub target: Target,
     pub plan: physical::WalPlan,
-    stores: Vec<backup::Store>,
-    db: String,
+    archive: Archive,
     pub bindir: PathBuf,
     user: Option<OsUser>,
-    identities: backup::crypt::Identities,
 }
 
 /// The base a restore or drill chose, and where recovery stops.
 pub struct Chosen {
-    pub base: backup::Manifest,
+    pub base: Manifest,
     pub target: Target,
     /// The restore point's manifest, when the target is one.
-    pub point: Option<backup::Manifest>,
+    pub point: Option<Manifest>,
     wal: Option<physical::WalPlan>,
-    stores: Vec<backup::Store>,
-    db: String,
+    archive: Archive,
 }
 
 /// Picks the base and the target `which` means.
-pub async fn choose(
-    settings: &Settings,
-    url: &DatabaseUrl,
-    which: &Which,
-) -> Result<Chosen, Failure> {
-    if matches!(url, DatabaseUrl::Sqlite(_)) {
-        return Err(Failure::new(
-            Exit::Usage,
-            "--physical restores a PostgreSQL cluster's base backup; the database is SQLite",
-        ));
-    }
-    let stores = settings.stores().await?;
-    let db = url.name();
-    backup::check_folder_name(&db)?;
-    let picked = pick(&stores[0], &db, which, &settings.identities()?).await?;
+pub async fn choose(archive: Archive, which: &Which) -> Result<Chosen, Error> {
+    crate::check_folder_name(&archive.db)?;
+    let picked = pick(&archive.stores[0], &archive.db, which, &archive.identities).await?;
     physical::physical_of(&picked.base)?;
     Ok(Chosen {
         base: picked.base,
         target: picked.target,
         point: picked.point,
         wal: picked.wal,
-        stores,
-        db,
+        archive,
     })
 }
 
 /// Checks the WAL chain from the chosen base to its target, and what the restore needs on
 /// this machine: nothing is written.
-pub async fn plan(settings: &Settings, chosen: Chosen) -> Result<Planned, Failure> {
+pub async fn plan(chosen: Chosen) -> Result<Planned, Error> {
     let Chosen {
         base,
         target,
         wal,
-        stores,
-        db,
+        archive,
         ..
     } = chosen;
-    let identities = settings.identities()?;
     let plan = match wal {
         Some(plan) => plan, // checked while choosing the base
-        None => physical::plan_wal(&stores[0], &db, &base, &target, Some(&identities)).await?,
+        None => {
+            let Archive {
+                stores,
+                db,
+                identities,
+            } = &archive;
+            physical::plan_wal(&stores[0], db, &base, &target, Some(identities)).await?
+        }
     };
     if let Some(t) = plan.recovery_timeline {
         tracing::info!(
@@ -563,23 +555,20 @@ pub async fn plan(settings: &Settings, chosen: Chosen) -> Result<Planned, Failur
             plan.last
         );
     }
-    let major = backup::engine::postgres::major(&base.server_version);
+    let major = crate::engine::postgres::major(&base.server_version);
     if major < 14 {
-        return Err(backup::Error::Refused(format!(
+        return Err(Error::Refused(format!(
             "base {} is of PostgreSQL {major}: a point-in-time restore needs 14 or newer (13 promotes short of a target it never reached)",
             base.id
-        ))
-        .into());
+        )));
     }
     Ok(Planned {
         bindir: server::bindir(major)?,
         user: OsUser::for_server()?,
-        identities,
+        archive,
         base,
         target,
         plan,
-        stores,
-        db,
     })
 }
 
@@ -594,7 +583,7 @@ pub struct Running {
 
 impl Running {
     /// Leaves the server running and the directory in place.
-    fn keep(self) -> Restored {
+    pub fn keep(self) -> Restored {
         let Running {
             restored,
             mut server,
@@ -609,36 +598,32 @@ impl Running {
 
 /// Extracts the planned base into `dir` (this run's, empty) and fetches its WAL into its
 /// `pg_wal`, after checking the disk can hold both.
-pub(crate) async fn fill(planned: &Planned, dir: &Path) -> Result<(), backup::Error> {
+pub async fn fill(planned: &Planned, dir: &Path) -> Result<(), Error> {
     let started = Instant::now();
     let Planned {
         base,
         plan,
-        stores,
-        db,
+        archive: Archive {
+            stores,
+            db,
+            identities,
+        },
         ..
     } = planned;
     let p = physical::physical_of(base)?;
     let wal_bytes = plan.segments.len() as u64 * p.segment_bytes;
-    backup::scratch::ensure_space(
+    crate::scratch::ensure_space(
         dir,
         base.raw_bytes + wal_bytes,
         &format!("base {} and its WAL", base.id),
     )?;
-    let copies = crate::service::select::in_order(stores, &stores[0]);
-    let (extracted, _) = physical::extract_any(&copies, base, dir, &planned.identities).await?;
+    let copies: Vec<&Store> = stores.iter().collect();
+    let (extracted, _) = physical::extract_any(&copies, base, dir, identities).await?;
     extracted?;
     remove_socket_locks(dir)?;
     let t_extract = started.elapsed().as_secs_f64();
     tracing::info!("base {} extracted in {t_extract:.2}s", base.id);
-    physical::fetch_wal(
-        &stores[0],
-        db,
-        plan,
-        &dir.join("pg_wal"),
-        &planned.identities,
-    )
-    .await?;
+    physical::fetch_wal(&stores[0], db, plan, &dir.join("pg_wal"), identities).await?;
     tracing::info!(
         "{} WAL segments fetched in {:.2}s",
         plan.segments.len(),
@@ -650,8 +635,8 @@ pub(crate) async fn fill(planned: &Planned, dir: &Path) -> Result<(), backup::Er
 /// A cluster whose socket lives in its data directory leaves the socket's lock file
 /// (`.s.PGSQL.<port>.lock`, a regular file) in its base: a server started on the restored copy
 /// would take it for another postmaster's. Removed from `dir`, which this run just extracted.
-fn remove_socket_locks(dir: &Path) -> Result<(), backup::Error> {
-    let io = |e: std::io::Error| backup::Error::io(format!("reading {}", dir.display()))(e);
+fn remove_socket_locks(dir: &Path) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::io(format!("reading {}", dir.display()))(e);
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let name = entry.map_err(io)?.file_name();
         let name = name.to_string_lossy();
@@ -671,7 +656,7 @@ pub async fn materialize(
     planned: &Planned,
     live: &dbconn::PgUrl,
     to: &Path,
-) -> Result<Running, backup::Error> {
+) -> Result<Running, Error> {
     let started = Instant::now();
     let Planned {
         base, target, plan, ..
@@ -750,7 +735,7 @@ pub async fn materialize(
 /// promotes there, as if nothing came after. Short of the newest segment is a failure, naming
 /// both: the restore (or the drill) does not report success on part of the archive. (With a
 /// target, PostgreSQL itself refuses to promote short of it.)
-fn reached_the_end(planned: &Planned, recovered: &server::Recovered) -> Result<(), backup::Error> {
+fn reached_the_end(planned: &Planned, recovered: &server::Recovered) -> Result<(), Error> {
     if !matches!(planned.target, Target::End) {
         return Ok(());
     }
@@ -760,14 +745,14 @@ fn reached_the_end(planned: &Planned, recovered: &server::Recovered) -> Result<(
     let replayed = recovered
         .replayed_to_lsn
         .as_deref()
-        .and_then(backup::pitr::base::parse_lsn);
-    let last = backup::pitr::base::segment_number(&planned.plan.last, seg);
+        .and_then(crate::pitr::base::parse_lsn);
+    let last = crate::pitr::base::segment_number(&planned.plan.last, seg);
     match (replayed, last) {
         (Some(lsn), Some(last)) if lsn / seg >= last => Ok(()),
-        (lsn, _) => Err(backup::Error::Recovery(format!(
+        (lsn, _) => Err(Error::Recovery(format!(
             "replay ended at {} (segment {}), short of the archive's newest segment {}: PostgreSQL refused the WAL from there on (another cluster's segment under that name, or contents damaged before they were pushed; its log says which) and would have promoted without the rest. Nothing was restored; `dbward pitr verify` and the server log above name the segment",
             recovered.replayed_to_lsn.as_deref().unwrap_or("an unknown position"),
-            lsn.map(|l| backup::pitr::base::segment_name(planned.plan.timeline, l, seg))
+            lsn.map(|l| crate::pitr::base::segment_name(planned.plan.timeline, l, seg))
                 .unwrap_or_else(|| "?".into()),
             planned.plan.last
         ))),
@@ -775,7 +760,7 @@ fn reached_the_end(planned: &Planned, recovered: &server::Recovered) -> Result<(
 }
 
 /// `postgres://USER@/DB?host=DIR&port=5432`: the copy, over its socket.
-fn copy_url(user: &str, db: &str, dir: &Path) -> Result<dbconn::PgUrl, backup::Error> {
+fn copy_url(user: &str, db: &str, dir: &Path) -> Result<dbconn::PgUrl, Error> {
     let enc = |s: &str| {
         s.bytes()
             .map(|b| match b {
@@ -796,40 +781,9 @@ fn copy_url(user: &str, db: &str, dir: &Path) -> Result<dbconn::PgUrl, backup::E
     match DatabaseUrl::parse(&text) {
         Ok(DatabaseUrl::Postgres(pg)) => Ok(*pg),
         Ok(DatabaseUrl::Sqlite(_)) => unreachable!("a postgres:// URL"),
-        Err(e) => Err(backup::Error::Recovery(format!(
+        Err(e) => Err(Error::Recovery(format!(
             "the restored copy's URL: {}",
-            backup::error::chain(&e)
+            crate::error::chain(&e)
         ))),
-    }
-}
-
-/// Restores `which` into the new directory `to` and leaves its server running. A failure
-/// leaves no directory and no server behind.
-pub async fn restore_to(
-    settings: &Settings,
-    url: &DatabaseUrl,
-    which: &Which,
-    to: &Path,
-) -> Result<Restored, Failure> {
-    let DatabaseUrl::Postgres(pg) = url else {
-        return Err(Failure::new(
-            Exit::Usage,
-            "--physical restores a PostgreSQL cluster's base backup; the database is SQLite",
-        ));
-    };
-    let planned = plan(settings, choose(settings, url, which).await?).await?;
-    let existed = to.exists();
-    match materialize(&planned, pg, to).await {
-        Ok(running) => Ok(running.keep()),
-        Err(e) => {
-            let mut f = Failure::from(e);
-            if !existed {
-                f.message.push_str(&format!(
-                    "\nNothing was changed: {} was not kept, and no server runs on it.",
-                    to.display()
-                ));
-            }
-            Err(f)
-        }
     }
 }
