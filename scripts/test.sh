@@ -66,11 +66,17 @@ trap cleanup EXIT
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
-log "cargo clippy"
-cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+# One build does the compiling and clippy's checking: clippy-driver (the compiler with clippy's
+# lints) compiles the workspace's own crates, every target the suite runs and every feature
+# there is (`failpoints` is the only one), with every warning an error. That is
+# `cargo clippy --workspace --all-targets --all-features -- -D warnings` (the workspace has no
+# benches or examples) without a second compilation of the whole tree.
+export RUSTC_WORKSPACE_WRAPPER=clippy-driver RUSTFLAGS="-D warnings"
+log "build with clippy's lints (the suite, with the failure points of tests/it/crash.rs)"
+cargo build --workspace --tests --all-features --locked --quiet
 log "package"
 # The Debian package tests/it/package.rs installs (and purges) on this machine.
-DBWARD_TEST_DEB=$(scripts/package.sh | tail -1)
+DBWARD_TEST_DEB=$(scripts/package.sh --test | tail -1)
 export DBWARD_TEST_DEB
 # The container image: built where a Docker engine answers; said loudly where none does.
 if docker info >/dev/null 2>&1; then
@@ -81,5 +87,5 @@ else
   log "docker build SKIPPED: no Docker engine answers here (docker info failed); the Dockerfile was not built"
 fi
 log "tests"
-# The failure points of the crash-consistency suite (tests/it/crash.rs) are compiled in for tests only.
-cargo nextest run --workspace --features dbward/failpoints --no-fail-fast "$@"
+# .config/nextest.toml: how many at once, and the slow group that starts first.
+cargo nextest run --workspace --all-features --no-fail-fast "$@"
