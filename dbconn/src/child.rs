@@ -153,9 +153,28 @@ mod tests {
             .unwrap();
         drop(group);
         child.wait().unwrap();
-        // The grandchild is gone (reaped by init, or a zombie no longer running).
-        let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
-        let state = state.rsplit(')').next().unwrap_or_default().trim();
-        assert!(state.is_empty() || state.starts_with('Z'), "{state}");
+        // The grandchild goes (reaped by init, or a zombie no longer running). SIGKILL is
+        // acted on when the process next runs, which on a busy machine is a moment after
+        // `killpg` returned: waited for, for at most 30 s; a `sleep 1000` the signal never
+        // reached is still sleeping (S) then.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let stat =
+                std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            if state.is_empty() || state.starts_with('Z') {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the grandchild still runs 30 s after its group was killed: {state}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }

@@ -318,8 +318,23 @@ fn pg_check(pg: &Pg, p: &Project, at: &str) {
     manifests_have_their_data(&p.path().join(".dbward/snapshots/shop"));
 }
 
+// One test per way of stopping (each with its own server), so the three run side by side.
 #[test]
-fn postgres_every_failure_point_by_error_kill_9_and_sigterm() {
+fn postgres_every_failure_point_by_error() {
+    postgres_every_failure_point(Action::Error);
+}
+
+#[test]
+fn postgres_every_failure_point_by_kill_9() {
+    postgres_every_failure_point(Action::Kill);
+}
+
+#[test]
+fn postgres_every_failure_point_by_sigterm() {
+    postgres_every_failure_point(Action::Term);
+}
+
+fn postgres_every_failure_point(action: Action) {
     let pg = Pg::start();
     for point in dbconn::failpoint::ALL {
         let args: Vec<&str> = match *point {
@@ -334,49 +349,47 @@ fn postgres_every_failure_point_by_error_kill_9_and_sigterm() {
             "drill-after-restore" => vec!["restore-drill", "latest"],
             _ => continue, // prune is the same code for both engines
         };
-        for action in [Action::Error, Action::Kill, Action::Term] {
-            let p = Project::new();
-            let url = pg_app(&pg, &p);
-            let at = format!("{point} ({action:?})");
-            let mut cmd = p.dbward(&url);
-            cmd.args(&args);
-            provoke(cmd, point, action);
-            pg_check(&pg, &p, &at);
-            if action != Action::Kill {
-                no_temp_files(&p.path().join(".dbward/tmp"));
-                no_temp_files(&p.path().join(".dbward/snapshots/shop"));
-                // Trust round 3, defect 12: a stopped restore drops its half-filled database
-                // before it exits (not only the next restore).
-                assert_eq!(
-                    pg.psql(
-                        "postgres",
-                        "SELECT count(*) FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE 'dbward:%'"
-                    ),
-                    "0",
-                    "{at}: no marked database left by the stopped run"
-                );
-            }
-            let (code, _, err) = run(p.dbward(&url).args(&args));
-            assert_eq!(code, 0, "{at}: the next run: {err}");
-            pg_check(&pg, &p, &at);
+        let p = Project::new();
+        let url = pg_app(&pg, &p);
+        let at = format!("{point} ({action:?})");
+        let mut cmd = p.dbward(&url);
+        cmd.args(&args);
+        provoke(cmd, point, action);
+        pg_check(&pg, &p, &at);
+        if action != Action::Kill {
             no_temp_files(&p.path().join(".dbward/tmp"));
             no_temp_files(&p.path().join(".dbward/snapshots/shop"));
+            // Trust round 3, defect 12: a stopped restore drops its half-filled database
+            // before it exits (not only the next restore).
             assert_eq!(
                 pg.psql(
                     "postgres",
                     "SELECT count(*) FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE 'dbward:%'"
                 ),
                 "0",
-                "{at}: no marked leftover after the next run"
+                "{at}: no marked database left by the stopped run"
             );
-            // Each round starts from a fresh `shop`.
-            let dbs = pg.psql(
+        }
+        let (code, _, err) = run(p.dbward(&url).args(&args));
+        assert_eq!(code, 0, "{at}: the next run: {err}");
+        pg_check(&pg, &p, &at);
+        no_temp_files(&p.path().join(".dbward/tmp"));
+        no_temp_files(&p.path().join(".dbward/snapshots/shop"));
+        assert_eq!(
+            pg.psql(
                 "postgres",
-                "SELECT string_agg(datname, ' ') FROM pg_database WHERE datname LIKE 'shop%'",
-            );
-            for db in dbs.split_whitespace() {
-                pg.psql("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE)"));
-            }
+                "SELECT count(*) FROM pg_database WHERE shobj_description(oid, 'pg_database') LIKE 'dbward:%'"
+            ),
+            "0",
+            "{at}: no marked leftover after the next run"
+        );
+        // Each round starts from a fresh `shop`.
+        let dbs = pg.psql(
+            "postgres",
+            "SELECT string_agg(datname, ' ') FROM pg_database WHERE datname LIKE 'shop%'",
+        );
+        for db in dbs.split_whitespace() {
+            pg.psql("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE)"));
         }
     }
 }
