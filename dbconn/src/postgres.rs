@@ -74,8 +74,10 @@ impl Postgres {
     /// exits, and every later run would wait for a lock nobody holds. The probe: between two
     /// statements of this connection, a second connection opens a transaction (a pooler must
     /// give it a server connection to itself; most recently used first, that is the one this
-    /// connection just used). Directly, this connection's backend never changes and the second
-    /// one never shares it.
+    /// connection just used), and once it ends, its server connection is the most recently
+    /// used one, which a pooler gives this connection's next statement (a pool that already
+    /// held two server connections can pass the first two checks by chance, never the third).
+    /// Directly, this connection's backend never changes and the second one never shares it.
     pub async fn refuse_pooled(&self) -> Result<(), Error> {
         let before = backend_pid(&self.client).await?;
         let other = Postgres::connect(&self.url).await?;
@@ -86,8 +88,13 @@ impl Postgres {
             .map_err(|e| Error::db("checking the connection", describe(&e)))?;
         let theirs = backend_pid(&other.client).await?;
         let after = backend_pid(&self.client).await?;
-        let _ = other.client.batch_execute("ROLLBACK").await;
-        if before != after || theirs == before {
+        other
+            .client
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(|e| Error::db("checking the connection", describe(&e)))?;
+        let last = backend_pid(&self.client).await?;
+        if before != after || after != last || theirs == before {
             return Err(Error::Pooled {
                 what: self.display.clone(),
             });
