@@ -129,7 +129,7 @@ pub enum Asset {
 /// The command line's definition, with the exit codes from the one table in `report`.
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
-    let codes = crate::report::Exit::TABLE
+    let codes = crate::exit::Exit::TABLE
         .iter()
         .map(|e| format!("{} {}", e.code(), e.label()))
         .collect::<Vec<_>>()
@@ -148,7 +148,7 @@ pub fn parse() -> Cli {
     let fail = |e: clap::Error| -> ! {
         if e.use_stderr() && std::env::args_os().any(|a| a == "wal-fetch") {
             let _ = e.print();
-            std::process::exit(crate::report::Exit::WalUnavailable.code().into());
+            std::process::exit(crate::exit::Exit::WalUnavailable.code().into());
         }
         e.exit()
     };
@@ -226,7 +226,7 @@ pub struct HealthFlags {
     /// What the guard does with an unhealthy deploy [env: DBWARD_HEALTH_ON_FAILURE]
     /// [config: health.on_failure] [default: restore]
     #[arg(long, value_name = "WHAT")]
-    pub on_failure: Option<crate::settings::OnFailure>,
+    pub on_failure: Option<OnFailure>,
 }
 
 #[derive(Debug, Args)]
@@ -409,4 +409,18 @@ pub struct BaselineArgs {
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 30s, 10m, 1h ({e})"))
+}
+
+/// What the guard does when a deploy that changed the database is unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Restore the pre-deploy snapshot (the default).
+    #[default]
+    Restore,
+    /// Restore only when the batch was not purely additive (a release still running on the old
+    /// schema keeps working on an additive one, and keeps its writes).
+    RestoreIfDestructive,
+    /// Never restore: say what a restore would discard, exit 1.
+    Report,
 }

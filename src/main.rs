@@ -8,6 +8,7 @@ mod cli;
 mod commands;
 mod critical;
 mod deploys;
+mod exit;
 mod hooks;
 mod notify;
 mod probe;
@@ -32,7 +33,7 @@ fn main() -> ExitCode {
         let report = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             report(info);
-            std::process::exit(report::Exit::WalUnavailable.code().into());
+            std::process::exit(exit::Exit::WalUnavailable.code().into());
         }));
     }
 
@@ -106,7 +107,7 @@ async fn run_until_signalled(cli: &Cli) -> (Result<report::Report, report::Failu
     let (Ok(mut term), Ok(mut int)) = signals else {
         return (commands::run(cli).await, false);
     };
-    let stopped = |sig: &str, code: report::Exit| {
+    let stopped = |sig: &str, code: exit::Exit| {
         let message = match dbconn::committed::get() {
             Some(what) => format!(
                 "stopped by {sig} after {what}: that change stands; what came after it (records, cleanup) may be incomplete, and temp files were removed"
@@ -123,8 +124,8 @@ async fn run_until_signalled(cli: &Cli) -> (Result<report::Report, report::Failu
         let (sig, code) = tokio::select! {
             biased;
             r = &mut command => return (r, false),
-            _ = term.recv() => ("SIGTERM", report::Exit::Terminated),
-            _ = int.recv() => ("SIGINT", report::Exit::Interrupted),
+            _ = term.recv() => ("SIGTERM", exit::Exit::Terminated),
+            _ = int.recv() => ("SIGINT", exit::Exit::Interrupted),
         };
         match critical::held() {
             // Cut short here, the database would be left down: the command finishes first.

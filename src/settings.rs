@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{parse_duration, GlobalArgs};
+use crate::cli::{parse_duration, GlobalArgs, OnFailure};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -311,28 +311,13 @@ pub struct Health {
     pub on_failure: OnFailure,
 }
 
-/// What the guard does when a deploy that changed the database is unhealthy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnFailure {
-    /// Restore the pre-deploy snapshot (the default).
-    #[default]
-    Restore,
-    /// Restore only when the batch was not purely additive (a release still running on the old
-    /// schema keeps working on an additive one, and keeps its writes).
-    RestoreIfDestructive,
-    /// Never restore: say what a restore would discard, exit 1.
-    Report,
-}
-
-impl OnFailure {
-    fn parse(key: &str, v: &str) -> Result<OnFailure, SettingsError> {
-        <OnFailure as clap::ValueEnum>::from_str(v, false).map_err(|_| {
-            SettingsError(format!(
-                "{key}: `{v}` is not one of restore, restore-if-destructive, report"
-            ))
-        })
-    }
+/// An `on_failure` value of the config file or the environment.
+fn parse_on_failure(key: &str, v: &str) -> Result<OnFailure, SettingsError> {
+    <OnFailure as clap::ValueEnum>::from_str(v, false).map_err(|_| {
+        SettingsError(format!(
+            "{key}: `{v}` is not one of restore, restore-if-destructive, report"
+        ))
+    })
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -734,9 +719,9 @@ fn resolve(
             checks: file.health.checks.unwrap_or_default(),
             probes: file.health.probes.unwrap_or_default(),
             on_failure: match env("DBWARD_HEALTH_ON_FAILURE") {
-                Some(v) => OnFailure::parse("DBWARD_HEALTH_ON_FAILURE", &v)?,
+                Some(v) => parse_on_failure("DBWARD_HEALTH_ON_FAILURE", &v)?,
                 None => match &file.health.on_failure {
-                    Some(v) => OnFailure::parse("config key health.on_failure", v)?,
+                    Some(v) => parse_on_failure("config key health.on_failure", v)?,
                     None => OnFailure::Restore,
                 },
             },

@@ -5,21 +5,16 @@ use std::path::PathBuf;
 
 use crate::lint::Finding;
 use crate::plan::Drift;
+use crate::source::{list, SourceError};
 
 /// How the binary should report an error: the one kind both crates use.
 pub use dbconn::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read the migrations folder {} (setting `database.migrations`, flag --migrations)", path.display())]
-    Folder {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
-    #[error("{} migration file problem(s), nothing was run:\n{}", problems.len(), list(problems))]
-    Files { problems: Vec<FileProblem> },
+    /// The folder cannot be read, or a file in it cannot be used.
+    #[error(transparent)]
+    Source(#[from] SourceError),
 
     #[error("lint found {} error(s) in the migrations, nothing was run:\n{}", findings.len(), list(findings))]
     Lint { findings: Vec<Finding> },
@@ -43,8 +38,10 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Folder { .. } => ErrorKind::Usage,
-            Error::Files { .. } | Error::Lint { .. } | Error::Drift { .. } => ErrorKind::Refused,
+            Error::Source(SourceError::Folder { .. }) => ErrorKind::Usage,
+            Error::Source(SourceError::Files { .. }) | Error::Lint { .. } | Error::Drift { .. } => {
+                ErrorKind::Refused
+            }
             Error::Apply { .. } => ErrorKind::Failed,
             Error::Database(e) => e.kind(),
         }
@@ -53,33 +50,6 @@ impl Error {
     pub(crate) fn db(context: impl Into<String>, err: impl std::fmt::Display) -> Error {
         Error::Database(dbconn::Error::db(context, err))
     }
-}
-
-/// One problem with one file in the migrations folder, found before any database work.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct FileProblem {
-    /// Shown lossily (a name that is not UTF-8 is one of the problems reported).
-    #[serde(serialize_with = "lossy")]
-    pub file: PathBuf,
-    pub problem: String,
-}
-
-fn lossy<S: serde::Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&p.to_string_lossy())
-}
-
-impl std::fmt::Display for FileProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.file.display(), self.problem)
-    }
-}
-
-fn list<T: std::fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(|i| format!("  {i}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 pub use dbconn::error::humanize;

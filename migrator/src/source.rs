@@ -10,7 +10,47 @@ use std::path::{Path, PathBuf};
 
 use refinery_core::Migration;
 
-use crate::error::{Error, FileProblem};
+/// Why the migrations folder cannot be used; nothing was run.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read the migrations folder {} (setting `database.migrations`, flag --migrations)", path.display())]
+    Folder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{} migration file problem(s), nothing was run:\n{}", problems.len(), list(problems))]
+    Files { problems: Vec<FileProblem> },
+}
+
+/// One problem with one file in the migrations folder, found before any database work.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileProblem {
+    /// Shown lossily (a name that is not UTF-8 is one of the problems reported).
+    #[serde(serialize_with = "lossy")]
+    pub file: PathBuf,
+    pub problem: String,
+}
+
+fn lossy<S: serde::Serializer>(p: &std::path::Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+impl std::fmt::Display for FileProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.problem)
+    }
+}
+
+/// Items one per line, indented: the lists of problems in messages.
+pub(crate) fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| format!("  {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// One migration file, read and checked.
 #[derive(Debug, Clone)]
@@ -120,9 +160,9 @@ pub fn is_pg_dump_restrict(line: &str) -> bool {
 
 /// Reads every migration under `dir` (recursively, as refinery does): versioned files sorted by
 /// version, repeatable ones by name.
-pub fn discover(dir: &Path) -> Result<Migrations, Error> {
+pub fn discover(dir: &Path) -> Result<Migrations, SourceError> {
     let mut paths = Vec::new();
-    walk(dir, &mut paths).map_err(|source| Error::Folder {
+    walk(dir, &mut paths).map_err(|source| SourceError::Folder {
         path: dir.to_path_buf(),
         source,
     })?;
@@ -172,7 +212,7 @@ pub fn discover(dir: &Path) -> Result<Migrations, Error> {
             repeatable,
         })
     } else {
-        Err(Error::Files { problems })
+        Err(SourceError::Files { problems })
     }
 }
 
@@ -399,7 +439,7 @@ mod tests {
         std::fs::write(p.join("V4__latin1.sql"), b"select '\xe9';").unwrap();
         std::fs::write(p.join("V5__spaced.sql "), "select 1;").unwrap();
         std::fs::write(p.join("README.md"), "notes").unwrap();
-        let Err(Error::Files { problems }) = discover(p) else {
+        let Err(SourceError::Files { problems }) = discover(p) else {
             panic!("expected file problems")
         };
         let names: Vec<String> = problems
@@ -424,7 +464,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("R__views.sql"), "select 1;").unwrap();
         std::fs::write(dir.path().join("sub/R__views.sql"), "select 2;").unwrap();
-        let Err(Error::Files { problems }) = discover(dir.path()) else {
+        let Err(SourceError::Files { problems }) = discover(dir.path()) else {
             panic!("expected file problems")
         };
         assert_eq!(problems.len(), 1);

@@ -4,7 +4,8 @@ use serde_json::json;
 
 use super::database_url;
 use crate::cli::BackupArgs;
-use crate::report::{Exit, Failure, Report};
+use crate::exit::Exit;
+use crate::report::{Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failure> {

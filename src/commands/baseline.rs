@@ -10,7 +10,8 @@ use migrator::Database;
 
 use super::database_url;
 use crate::cli::BaselineArgs;
-use crate::report::{Exit, Failure, Report};
+use crate::exit::Exit;
+use crate::report::{Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Failure> {

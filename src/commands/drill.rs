@@ -11,7 +11,8 @@ use restore_drill::{Options, Scratch, Verdict};
 
 use super::database_url;
 use crate::cli::DrillArgs;
-use crate::report::{Exit, Failure, Report};
+use crate::exit::Exit;
+use crate::report::{Failure, Report};
 use crate::service::select::resolve;
 use crate::settings::Settings;
 

@@ -10,12 +10,14 @@ use migrator::database::Open;
 use migrator::Database;
 
 use super::database_url;
+use crate::cli::OnFailure;
 use crate::cli::{HealthArgs, HealthFlags};
+use crate::exit::Exit;
 use crate::probe;
-use crate::report::{Exit, Failure, Report};
+use crate::report::{Failure, Report};
 use crate::service::restore::{restore_snapshot, Options};
 use crate::service::select::resolve;
-use crate::settings::{Health, OnFailure, Settings};
+use crate::settings::{Health, Settings};
 use crate::state;
 
 pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failure> {

@@ -5,7 +5,8 @@ use serde_json::json;
 use migrator::{DatabaseUrl, Dialect, Severity};
 
 use super::dialect;
-use crate::report::{Exit, Failure, Report};
+use crate::exit::Exit;
+use crate::report::{Failure, Report};
 use crate::settings::Settings;
 
 pub fn run(settings: &Settings) -> Result<Report, Failure> {

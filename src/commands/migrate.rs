@@ -10,7 +10,8 @@ use migrator::{Database, DatabaseUrl, Kind, Plan, Severity};
 
 use super::{database_url, dialect};
 use crate::cli::MigrateArgs;
-use crate::report::{Exit, Failure, Report};
+use crate::exit::Exit;
+use crate::report::{Failure, Report};
 use crate::settings::Settings;
 use crate::state;
 

@@ -17,7 +17,8 @@ mod wal;
 use migrator::{DatabaseUrl, Dialect};
 
 use crate::cli::{Cli, Command};
-use crate::report::{Exit, Failure, Report};
+use crate::exit::Exit;
+use crate::report::{Failure, Report};
 use crate::settings::Settings;
 
 pub fn name(command: &Command) -> &'static str {

@@ -4,7 +4,8 @@ use serde_json::json;
 
 use super::{database_url, table};
 use crate::cli::PruneArgs;
-use crate::report::{Exit, Failure, Report};
+use crate::exit::Exit;
+use crate::report::{Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failure> {

@@ -6,7 +6,8 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use super::database_url;
 use crate::cli::RestoreArgs;
-use crate::report::{Exit, Failure, Report};
+use crate::exit::Exit;
+use crate::report::{Failure, Report};
 use crate::service::restore::{restore_if_missing, restore_snapshot, Options};
 use crate::service::select::resolve;
 use crate::settings::Settings;

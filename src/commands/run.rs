@@ -10,7 +10,8 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::{MigrateArgs, RunArgs};
-use crate::report::{Exit, Failure, Report};
+use crate::exit::Exit;
+use crate::report::{Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure> {

@@ -17,8 +17,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::ScheduleArgs;
+use crate::exit::Exit;
 use crate::notify;
-use crate::report::{Exit, Failure, Report};
+use crate::report::{Failure, Report};
 use crate::settings::{Schedule, Settings};
 
 /// How long a running job gets after SIGTERM when the scheduler stops, before SIGKILL.

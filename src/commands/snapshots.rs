@@ -5,7 +5,8 @@ use time::OffsetDateTime;
 
 use super::{database_url, table};
 use crate::cli::SnapshotsArgs;
-use crate::report::{Exit, Failure, Report};
+use crate::exit::Exit;
+use crate::report::{Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Failure> {

@@ -6,7 +6,8 @@ use migrator::database::Open;
 use migrator::{Database, DatabaseUrl, Drift, Plan};
 
 use super::{database_url, table};
-use crate::report::{Exit, Failure, Report};
+use crate::exit::Exit;
+use crate::report::{Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings) -> Result<Report, Failure> {

@@ -13,7 +13,8 @@ use migrator::DatabaseUrl;
 use serde_json::json;
 
 use crate::cli::{GlobalArgs, PitrVerifyArgs, WalFetchArgs, WalPushArgs};
-use crate::report::{Exit, Failure, Report};
+use crate::exit::Exit;
+use crate::report::{Failure, Report};
 use crate::settings::Settings;
 
 /// Tries a fetch makes before it gives up on a store that does not answer.

@@ -6,7 +6,8 @@ use std::path::Path;
 use backup::pitr::cluster::{self, Archive, Restored, Which};
 use migrator::DatabaseUrl;
 
-use crate::report::{Exit, Failure};
+use crate::exit::Exit;
+use crate::report::Failure;
 use crate::settings::Settings;
 
 /// The stores (primary, then mirrors), the database's folder and the identities, for a

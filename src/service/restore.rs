@@ -11,7 +11,8 @@ use backup::restore::{self, Outcome, Replaced};
 use migrator::DatabaseUrl;
 
 use super::select::in_order;
-use crate::report::{Exit, Failure};
+use crate::exit::Exit;
+use crate::report::Failure;
 use crate::settings::Settings;
 
 /// How long a restore waits for a running `migrate` (the same default as `--lock-timeout`).

@@ -23,7 +23,8 @@ use backup::pitr::server::{self, OsUser};
 use migrator::database::Open;
 use migrator::{Database, DatabaseUrl};
 
-use crate::report::{Exit, Failure};
+use crate::exit::Exit;
+use crate::report::Failure;
 use crate::settings::{PitrServer, Settings};
 use backup::pitr::cluster::{choose, fill, plan, NewDir, Which};
 use dbconn::fs::rename_new;

@@ -3,7 +3,8 @@
 
 use migrator::DatabaseUrl;
 
-use crate::report::{Exit, Failure};
+use crate::exit::Exit;
+use crate::report::Failure;
 use crate::settings::Settings;
 use crate::state;
 

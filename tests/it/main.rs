@@ -5,6 +5,7 @@
 mod common;
 
 mod adopt;
+mod architecture;
 mod backup;
 mod backup_s3;
 mod blue_green;
