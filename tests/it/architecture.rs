@@ -276,3 +276,43 @@ fn only_main_writes_stdout() {
         "stdout written outside src/main.rs: {writers:?}"
     );
 }
+
+/// The product contract is docs/contract.md; nothing points at a design document the
+/// repository does not have.
+#[test]
+fn docs_point_at_files_that_exist() {
+    assert!(root().join("docs/contract.md").is_file());
+    let mut citing = Vec::new();
+    let mut read = 0;
+    let mut stack = vec![root()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if p.is_dir() {
+                if !name.starts_with('.') && name != "target" {
+                    stack.push(p);
+                }
+                continue;
+            }
+            if !["rs", "md", "sh", "py", "toml"]
+                .iter()
+                .any(|x| p.extension().is_some_and(|e| e == *x))
+                // Tests may name it to assert it is absent.
+                || p.starts_with(root().join("tests"))
+            {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            read += 1;
+            if text.contains(&format!("{}.md", "DESIGN")) {
+                citing.push(p.strip_prefix(root()).unwrap().display().to_string());
+            }
+        }
+    }
+    assert!(read > 50, "the walk read the sources ({read})");
+    assert!(
+        citing.is_empty(),
+        "files citing a DESIGN.md that does not exist: {citing:?}"
+    );
+}

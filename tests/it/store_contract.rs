@@ -99,6 +99,108 @@ async fn contract(store: &Store, what: &str) {
     }
     assert_eq!(store.list("many").await.unwrap().len(), 1005, "{what}");
 
+    // list_after: exactly the keys whose name (relative to the folder) sorts after the one
+    // given (itself excluded, a name between two keys works), one level, `None` being all;
+    // `restore latest` and the catalog's time windows rely on it.
+    let names = |listed: Vec<::backup::store::ObjectInfo>| {
+        let mut v: Vec<String> = listed.into_iter().map(|o| o.key).collect();
+        v.sort();
+        v
+    };
+    for k in [
+        "win/20261101T000000Z-a.json",
+        "win/20261102T000000Z-b.json",
+        "win/20261103T000000Z-c.json",
+    ] {
+        store.put(k, b"{}").await.unwrap();
+    }
+    store
+        .put("win/sub/20261104T000000Z-d.json", b"{}")
+        .await
+        .unwrap();
+    assert_eq!(
+        names(
+            store
+                .list_after("win", Some("20261102T000000Z-b.json"))
+                .await
+                .unwrap()
+        ),
+        ["win/20261103T000000Z-c.json"],
+        "{what}: after an existing name"
+    );
+    assert_eq!(
+        names(store.list_after("win", Some("20261101T5")).await.unwrap()),
+        ["win/20261102T000000Z-b.json", "win/20261103T000000Z-c.json"],
+        "{what}: after a name between two keys"
+    );
+    assert_eq!(
+        names(store.list_after("win", None).await.unwrap()),
+        [
+            "win/20261101T000000Z-a.json",
+            "win/20261102T000000Z-b.json",
+            "win/20261103T000000Z-c.json"
+        ],
+        "{what}: None is every name of that level, and none below it"
+    );
+    assert!(
+        store
+            .list_after("win", Some("20261199"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "{what}: after the last name"
+    );
+
+    // download_blocks: the object's bytes in blocks of BLOCK (the last one shorter), with the
+    // size and SHA-256 `download` gives; a receiver that goes away early does not cut the
+    // hashing short (a damaged object is told by its checksum); a missing object is `Missing`.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let reader = tokio::spawn(async move {
+        let mut blocks = Vec::new();
+        while let Some(b) = rx.recv().await {
+            blocks.push(b);
+        }
+        blocks
+    });
+    let (n_blocks, sha_blocks) = store.download_blocks(data_key, tx).await.unwrap();
+    let blocks = reader.await.unwrap();
+    assert_eq!((n_blocks, &sha_blocks), (n, &sha), "{what}");
+    let (last, full) = blocks.split_last().unwrap();
+    assert!(
+        full.iter().all(|b| b.len() == ::backup::store::BLOCK)
+            && last.len() <= ::backup::store::BLOCK,
+        "{what}: block sizes {:?}",
+        blocks.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert_eq!(blocks.concat(), payload, "{what}");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let quitter = tokio::spawn(async move {
+        rx.recv().await;
+        drop(rx);
+    });
+    let (n_quit, sha_quit) = store.download_blocks(data_key, tx).await.unwrap();
+    quitter.await.unwrap();
+    assert_eq!(
+        (n_quit, &sha_quit),
+        (n, &sha),
+        "{what}: the receiver left after one block"
+    );
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    assert!(
+        matches!(
+            store.download_blocks("db/none.sqlite.zst", tx).await,
+            Err(Error::Missing(_))
+        ),
+        "{what}: download_blocks of a missing object"
+    );
+    assert!(
+        matches!(
+            store.download("db/none.sqlite.zst", &mut Vec::new()).await,
+            Err(Error::Missing(_))
+        ),
+        "{what}: download of a missing object"
+    );
+
     // Missing objects, and deletes (idempotent).
     assert!(
         matches!(
