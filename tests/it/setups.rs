@@ -339,8 +339,9 @@ fn compose_app_with_run_as_entrypoint_fresh_volume_and_rollback() {
                     "http://127.0.0.1:8080/health",
                     format!("http://127.0.0.1:{port}/health"),
                 ),
-                // A broken release is given up on sooner than in production.
-                ("timeout = \"60s\"", "timeout = \"3s\"".to_string()),
+                // A broken release is given up on sooner than in production (a healthy one
+                // still has time to start on a busy machine).
+                ("timeout = \"60s\"", "timeout = \"10s\"".to_string()),
             ],
         ),
     )
@@ -472,7 +473,7 @@ fn blue_green_sqlite_with_a_primary_store_and_a_local_mirror_keeping_3() {
                 ("/data/dbward", format!("{root}/data/dbward")),
                 ("/app/migrations", format!("{root}/migrations")),
                 ("file:///backups/app", format!("file://{root}/backups/app")),
-                ("timeout = \"60s\"", "timeout = \"3s\"".to_string()),
+                ("timeout = \"60s\"", "timeout = \"10s\"".to_string()),
             ],
         ),
     )
@@ -668,7 +669,7 @@ fn metrics_dashboard_with_repeatable_metric_sql_and_refresh_hooks() {
                     format!("http://127.0.0.1:{port}/health"),
                 ),
             ],
-        ) + "timeout = \"3s\"\n",
+        ) + "timeout = \"10s\"\n",
     )
     .unwrap();
     let path = format!("{}:/usr/bin:/bin", pg.bindir.display());
