@@ -46,7 +46,11 @@ pub async fn record_and_trim(settings: &Settings, url: &DatabaseUrl, name: &str,
                     settings.keep_replaced
                 ),
                 Err(e) => {
-                    tracing::warn!("keeping the replaced copy {}: {e}", c.name);
+                    tracing::warn!(
+                        "keeping the replaced copy {}: {}",
+                        c.name,
+                        backup::error::chain(&e)
+                    );
                     kept.push(c);
                 }
             }
@@ -75,37 +79,12 @@ fn engine(url: &DatabaseUrl) -> &'static str {
     }
 }
 
-/// Removes one recorded copy by its exact name (a SQLite file with the side files dbward
-/// moved aside with it; a PostgreSQL database nobody is connected to).
-async fn remove(url: &DatabaseUrl, c: &ReplacedCopy) -> Result<(), String> {
+/// Removes one recorded copy by its exact name, if it was recorded for this engine.
+async fn remove(url: &DatabaseUrl, c: &ReplacedCopy) -> Result<(), backup::Error> {
     if c.engine != engine(url) {
-        return Err("recorded for another engine".into());
+        return Err(backup::Error::Refused("recorded for another engine".into()));
     }
-    match url {
-        DatabaseUrl::Sqlite(_) => {
-            for suffix in dbconn::sqlite::SIDE_FILES.iter().chain([&""]) {
-                let p = format!("{}{suffix}", c.name);
-                match std::fs::remove_file(&p) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(format!("removing {p}: {e}")),
-                }
-            }
-            Ok(())
-        }
-        DatabaseUrl::Postgres(pg) => {
-            let mut admin = (**pg).clone();
-            admin.config.dbname("postgres");
-            let db = dbconn::postgres::Postgres::connect(&admin)
-                .await
-                .map_err(|e| e.to_string())?;
-            let ident = dbconn::sql::ident(&c.name);
-            db.client()
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {ident}"))
-                .await
-                .map_err(|e| dbconn::postgres::describe(&e))
-        }
-    }
+    backup::restore::replaced::remove(url, &c.name).await
 }
 
 /// The recorded copies that still exist, with their size in bytes, for `status`.
@@ -116,35 +95,7 @@ pub async fn list(settings: &Settings, url: &DatabaseUrl) -> Vec<(ReplacedCopy, 
         .unwrap_or_default();
     let mut out = Vec::new();
     for c in copies {
-        let size = match url {
-            DatabaseUrl::Sqlite(_) => {
-                let path = std::path::Path::new(&c.name);
-                let sizes: Vec<u64> = dbconn::sqlite::SIDE_FILES
-                    .iter()
-                    .map(|s| dbconn::sqlite::suffixed(path, s))
-                    .chain([path.to_path_buf()])
-                    .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
-                    .collect();
-                (!sizes.is_empty()).then(|| sizes.iter().sum())
-            }
-            DatabaseUrl::Postgres(pg) => {
-                let mut admin = (**pg).clone();
-                admin.config.dbname("postgres");
-                match dbconn::postgres::Postgres::connect(&admin).await {
-                    Ok(db) => db
-                        .client()
-                        .query_opt(
-                            "SELECT pg_database_size(datname) FROM pg_database WHERE datname = $1",
-                            &[&c.name],
-                        )
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|r| r.get::<_, i64>(0) as u64),
-                    Err(_) => None,
-                }
-            }
-        };
+        let size = backup::restore::replaced::size(url, &c.name).await;
         if size.is_some() {
             out.push((c, size));
         }

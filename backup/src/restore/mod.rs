@@ -3,6 +3,7 @@
 //! ([`Error::Refused`], exit 3) before the live database is touched.
 
 pub mod postgres;
+pub mod replaced;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};
