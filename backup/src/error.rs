@@ -32,10 +32,6 @@ pub enum Error {
     #[error("{0}")]
     AfterChange(String),
 
-    /// The rename swap cannot be used here (why); a restore in place can.
-    #[error("a rename swap is impossible: {0}")]
-    NeedsInPlace(String),
-
     /// Not enough disk space for a step (refused before it started).
     #[error("{0}")]
     NoSpace(String),

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use backup::restore::postgres::Swapped;
 use backup::restore::{self, Outcome, Replaced};
 use migrator::DatabaseUrl;
 
@@ -267,7 +268,7 @@ async fn restore_postgres(
     // dropped and the next one restored); an encrypted snapshot no identity opens is refused
     // before pg_restore starts, and before any session is ended.
     let swapped = match swap_blocked {
-        Some(why) => Err(backup::Error::NeedsInPlace(why)),
+        Some(why) => Swapped::NeedsInPlace(why),
         None => {
             restore::postgres::restore_any(
                 &target_url,
@@ -281,11 +282,11 @@ async fn restore_postgres(
                 },
             )
             .await?
-            .0
+            .0?
         }
     };
     let outcome = match swapped {
-        Err(backup::Error::NeedsInPlace(why)) if opts.to.is_none() => {
+        Swapped::NeedsInPlace(why) => {
             let (fetched, copy) = restore::fetch_any(stores, m, &settings.temp_dir()).await?;
             // An encrypted snapshot no identity opens is refused here, before a session is
             // ended or the in-place restore's snapshot taken.
@@ -341,10 +342,8 @@ async fn restore_postgres(
             out.copy = copy;
             out
         }
-        other => match other? {
-            Some(out) => out,
-            None => return Ok(None),
-        },
+        Swapped::Done(Some(out)) => out,
+        Swapped::Done(None) => return Ok(None),
     };
     Ok(Some(outcome))
 }

@@ -82,28 +82,47 @@ fn in_progress_marker(target: &str, live: &str) -> String {
 ///
 /// The outer result is the copy's: one that is unreachable, missing, or not the manifest's
 /// bytes is named and the next is tried, from the start (its half-restored database dropped).
-/// The inner result is the restore's, final: `Ok(None)` when, with [`Options::if_missing`],
-/// the database existed once the lock was held (nothing was restored).
+/// The inner result is the restore's, final (see [`Swapped`]).
 pub async fn restore_any(
     url: &PgUrl,
     stores: &[&crate::store::Store],
     m: &Manifest,
     opts: &Options,
-) -> Result<(Result<Option<Outcome>, Error>, usize), Error> {
+) -> Result<(Result<Swapped, Error>, usize), Error> {
     super::try_copies(stores, m, |store| async move {
         match restore_from(url, store, m, opts).await {
-            Ok(out) => Ok(Ok(out)),
+            Ok(out) => Ok(Ok(Swapped::Done(out))),
+            Err(Stop::InPlace(why)) => Ok(Ok(Swapped::NeedsInPlace(why))),
             Err(Stop::Copy(e)) => Err(e),
             Err(Stop::Final(e)) => Ok(Err(e)),
         }
     })
     .await
-    .map(|(r, n)| (r.map(|o| o.map(|o| Outcome { copy: n, ..o })), n))
+    .map(|(r, n)| {
+        let r = r.map(|s| match s {
+            Swapped::Done(o) => Swapped::Done(o.map(|o| Outcome { copy: n, ..o })),
+            other => other,
+        });
+        (r, n)
+    })
 }
 
-/// Why [`restore_from`] stopped: the copy it streamed (another may do), or anything else.
+/// What a restore beside the live database came to.
+#[derive(Debug)]
+pub enum Swapped {
+    /// Restored and swapped in; `None` when, with [`Options::if_missing`], the database existed
+    /// once the lock was held (nothing was restored).
+    Done(Option<Outcome>),
+    /// Nothing was changed: a rename swap cannot be used here (why: this role may not create
+    /// databases), and a restore in place ([`restore_in_place`]) can.
+    NeedsInPlace(String),
+}
+
+/// Why [`restore_from`] stopped: the copy it streamed (another may do), a swap that cannot be
+/// made here (before anything was changed), or anything else.
 enum Stop {
     Copy(Error),
+    InPlace(String),
     Final(Error),
 }
 
@@ -201,21 +220,29 @@ async fn restore_from(
     .await
     .map_err(|e| {
         if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
-            Error::NeedsInPlace(format!(
-                "this role may not create databases ({})",
-                describe(&e)
-            ))
-        } else if opts.to.is_some()
-            && e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
-        {
-            // As for a SQLite `--to` path that exists: a usage error, nothing touched.
-            Error::Target {
-                target: target.clone(),
-                problem: "the database exists; restore into a new name".into(),
-            }
-        } else {
-            q("creating the restore database")(e)
+            let why = format!("this role may not create databases ({})", describe(&e));
+            return match &opts.to {
+                None => Stop::InPlace(why),
+                // A new database this role cannot create: the target's problem.
+                Some(_) => Stop::Final(Error::Target {
+                    target: target.clone(),
+                    problem: format!("cannot create it: {why}"),
+                }),
+            };
         }
+        Stop::Final(
+            if opts.to.is_some()
+                && e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+            {
+                // As for a SQLite `--to` path that exists: a usage error, nothing touched.
+                Error::Target {
+                    target: target.clone(),
+                    problem: "the database exists; restore into a new name".into(),
+                }
+            } else {
+                q("creating the restore database")(e)
+            },
+        )
     })?;
     let drop_target = || async {
         if let Err(e) = c
