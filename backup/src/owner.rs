@@ -206,7 +206,7 @@ pub async fn is_missing(url: &DatabaseUrl) -> Result<bool, Error> {
         }
         DatabaseUrl::Postgres(pg) => match dbconn::postgres::Postgres::connect(pg).await {
             Ok(db) => Ok(!db.has_user_tables().await?),
-            Err(e) if e.to_string().contains("does not exist") => Ok(true),
+            Err(dbconn::Error::NoDatabase { .. }) => Ok(true),
             Err(e) => Err(e.into()),
         },
     }

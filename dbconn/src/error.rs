@@ -30,6 +30,11 @@ pub enum Error {
     #[error("cannot open {what}: {message}")]
     Open { what: String, message: String },
 
+    /// The server answered that the database does not exist (SQLSTATE 3D000): a decision
+    /// (a missing database is restored by `--if-missing`), never read from the message's text.
+    #[error("cannot open {what}: {message}")]
+    NoDatabase { what: String, message: String },
+
     #[error("timed out after {} waiting for the migration lock on {what}{}; another `dbward migrate` is still running. Raise --lock-timeout, or find the holder and let it finish.", humanize(*waited), holder.as_deref().map(|h| format!(" (held by {h})")).unwrap_or_default())]
     LockTimeout {
         what: String,
@@ -52,7 +57,9 @@ impl Error {
             Error::Url { .. } => ErrorKind::Usage,
             Error::Pooled { .. } | Error::Refused { .. } => ErrorKind::Refused,
             Error::LockTimeout { .. } => ErrorKind::LockTimeout,
-            Error::Open { .. } | Error::Database { .. } => ErrorKind::Failed,
+            Error::Open { .. } | Error::NoDatabase { .. } | Error::Database { .. } => {
+                ErrorKind::Failed
+            }
         }
     }
 

@@ -22,14 +22,14 @@ pub struct Postgres {
 impl Postgres {
     pub async fn connect(url: &PgUrl) -> Result<Postgres, Error> {
         let connector = tls::connector(url)?;
-        let (client, connection) =
-            url.config
-                .connect(connector)
-                .await
-                .map_err(|e| Error::Open {
-                    what: url.display.clone(),
-                    message: describe(&e),
-                })?;
+        let (client, connection) = url.config.connect(connector).await.map_err(|e| {
+            let (what, message) = (url.display.clone(), describe(&e));
+            if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) {
+                Error::NoDatabase { what, message }
+            } else {
+                Error::Open { what, message }
+            }
+        })?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!("postgres connection closed: {e}");
