@@ -104,6 +104,21 @@ fn a_missing_postgres_database_is_restored_and_an_existing_one_never() {
         "never over an existing one"
     );
 
+    // A role the server does not know is not a missing database (the server says 28000, not
+    // 3D000): a failure naming it, nothing restored.
+    let stranger = url.replacen("postgres@", "nobody_here@", 1);
+    assert_ne!(stranger, url);
+    let (code, _, err) =
+        run(p
+            .dbward(&stranger)
+            .args(["restore", "latest", "--if-missing", "--json"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("nobody_here") && !err.contains("is missing"),
+        "{err}"
+    );
+    assert_eq!(pg.psql("shop", "SELECT count(*) FROM accounts"), "2");
+
     // The server was rebuilt: the database does not exist.
     pg.psql("postgres", "DROP DATABASE shop");
     let (code, out, err) =
