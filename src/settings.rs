@@ -478,12 +478,17 @@ impl Settings {
     }
 
     /// The primary store, then each mirror, opened.
-    pub async fn stores(&self) -> Result<Vec<backup::Store>, backup::Error> {
-        let mut all = vec![self.store().await?];
+    pub async fn stores(&self) -> Result<backup::StoreSet, backup::Error> {
+        let primary = self.store().await?;
+        let mut mirrors = Vec::new();
         for url in &self.store_mirrors {
-            all.push(backup::Store::open(url, &self.store_options()).await?);
+            mirrors.push(backup::Store::open(url, &self.store_options()).await?);
         }
-        Ok(all)
+        Ok(backup::StoreSet::new(
+            primary,
+            mirrors,
+            self.store_require_all,
+        ))
     }
 
     /// Where restore downloads and copies of non-WAL SQLite databases are staged.

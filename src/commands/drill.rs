@@ -19,7 +19,7 @@ use crate::settings::Settings;
 pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
     let stores = settings.stores().await?;
-    let store = &stores[0];
+    let store = stores.primary();
     if args.physical {
         use backup::pitr::cluster::Which;
         use restore_drill::physical::{drill, DrillOptions};

@@ -392,7 +392,7 @@ async fn guard_inner(
     }
     tracing::warn!("restoring: {discard_text}");
     let stores = settings.stores().await?;
-    let store = &stores[0];
+    let store = stores.primary();
     // From here on the guard undoes the deploy. The batch is recorded first, as one whose undo
     // has not finished: a `migrate` that starts meanwhile (a restarting unit, another host)
     // refuses it, and so does one after a failed or killed undo, instead of recording a deploy
@@ -536,7 +536,7 @@ fn describe_rewind_discard(r: &crate::service::rewind::Rewound) -> String {
 async fn undo(
     settings: &Settings,
     url: &migrator::DatabaseUrl,
-    stores: &[backup::Store],
+    stores: &backup::StoreSet,
     snapshot: &str,
     deploy: &state::Deploy,
     head: Option<(i64, String)>,
@@ -550,7 +550,7 @@ async fn undo(
 > {
     let point = match url {
         migrator::DatabaseUrl::Postgres(_) => {
-            backup::pitr::cluster::point(&stores[0], &url.name(), snapshot).await?
+            backup::pitr::cluster::point(stores.primary(), &url.name(), snapshot).await?
         }
         migrator::DatabaseUrl::Sqlite(_) => None,
     };

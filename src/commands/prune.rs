@@ -18,35 +18,30 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
     let url = database_url(settings)?;
     let stores = settings.stores().await?;
     let live = backup::owner::live_identity(&url).await?;
-    let report = backup::prune(
-        &stores[0],
-        &url.name(),
-        &settings.retention,
-        args.dry_run,
-        &live,
-        backup::owner::formats_of(&url),
-    )
-    .await?;
     // Every mirror by the same policy, over its own listing.
+    let db = url.name();
+    let formats = backup::owner::formats_of(&url);
+    let (report, in_mirrors) = stores
+        .each(|store| {
+            backup::prune(
+                store,
+                &db,
+                &settings.retention,
+                args.dry_run,
+                &live,
+                formats,
+            )
+        })
+        .await?;
     let mut mirrors = Vec::new();
-    for (n, store) in stores.iter().enumerate().skip(1) {
-        match backup::prune(
-            store,
-            &url.name(),
-            &settings.retention,
-            args.dry_run,
-            &live,
-            backup::owner::formats_of(&url),
-        )
-        .await
-        {
-            Ok(r) => {
-                mirrors.push(json!({ "mirror": n, "removed": r.removed, "orphans": r.orphans }))
-            }
+    for backup::InMirror { mirror, result } in in_mirrors {
+        match result {
+            Ok(r) => mirrors
+                .push(json!({ "mirror": mirror, "removed": r.removed, "orphans": r.orphans })),
             Err(e) => {
                 let e = backup::error::chain(&e);
-                tracing::warn!("retention in mirror {n}: {e}");
-                mirrors.push(json!({ "mirror": n, "error": e }));
+                tracing::warn!("retention in mirror {mirror}: {e}");
+                mirrors.push(json!({ "mirror": mirror, "error": e }));
             }
         }
     }

@@ -12,7 +12,7 @@ use crate::settings::Settings;
 pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
     let stores = settings.stores().await?;
-    let store = &stores[0];
+    let store = stores.primary();
     let db = url.name();
     let backup::Listing {
         snapshots: mut all,
@@ -25,7 +25,7 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
         .map(|m| (m.id.clone(), vec!["primary".to_string()]))
         .collect();
     let mut unreachable = Vec::new();
-    for (n, mirror) in stores.iter().enumerate().skip(1) {
+    for (n, mirror) in stores.mirrors() {
         match listing(mirror, &db, args.limit).await {
             Ok(list) => {
                 for d in &list.damaged {

@@ -53,13 +53,13 @@ fn database(settings: &Settings) -> Result<String, Failure> {
 pub async fn push(settings: &Settings, args: &WalPushArgs) -> Result<Report, Failure> {
     let database = database(settings)?;
     let stores = settings.stores().await?;
-    let store = &stores[0];
+    let store = stores.primary();
     let encryption = settings.encryption()?;
     let opts = backup::pitr::wal::PushOptions {
         level: settings.level,
         encryption: encryption.as_deref(),
     };
-    let all: Vec<&backup::Store> = stores.iter().collect();
+    let all: Vec<&backup::Store> = stores.all().iter().collect();
     let (pushed, failed) = backup::pitr::wal::push(&all, &database, &args.path, &opts).await?;
     for (n, e) in &failed {
         let what = format!(

@@ -11,7 +11,6 @@ use backup::restore::postgres::Swapped;
 use backup::restore::{self, Outcome, Replaced};
 use migrator::DatabaseUrl;
 
-use super::select::in_order;
 use crate::exit::Exit;
 use crate::report::Failure;
 use crate::settings::Settings;
@@ -86,10 +85,10 @@ pub async fn restore_if_missing(
     // primary that answers but lost its snapshots must not start the database fresh.
     let stores = settings.stores().await?;
     let mut found = None;
-    for (n, store) in stores.iter().enumerate() {
+    for (n, store) in stores.all().iter().enumerate() {
         let listing = match backup::list_all(store, &url.name()).await {
             Ok(l) => l,
-            Err(e) if n + 1 < stores.len() => {
+            Err(e) if n + 1 < stores.all().len() => {
                 tracing::warn!("{}", backup::error::chain(&e));
                 continue;
             }
@@ -133,7 +132,7 @@ pub async fn restore_if_missing(
             url.display(),
             m.id
         );
-        let copies = in_order(&stores, store);
+        let copies = stores.starting_at(store);
         match restore_with(settings, &copies, url, m, &opts, true).await {
             Ok(None) => return Ok(IfMissing::Exists),
             Ok(Some(restored)) => return Ok(IfMissing::Restored(restored)),

@@ -8,27 +8,17 @@ use crate::report::Failure;
 use crate::settings::Settings;
 use crate::state;
 
-/// `first`, then every other store in their order: where a restore fetches from.
-pub fn in_order<'a>(
-    stores: &'a [backup::Store],
-    first: &'a backup::Store,
-) -> Vec<&'a backup::Store> {
-    std::iter::once(first)
-        .chain(stores.iter().filter(|s| !std::ptr::eq(*s, first)))
-        .collect()
-}
-
 /// Finds the manifest for an id, `latest`, or `pre-deploy` (from the state dir), in the primary
 /// store, else in the first mirror that has it (the primary unreachable, or the snapshot missing
 /// there). Returns it with the stores to fetch from, that one first.
 pub async fn resolve<'a>(
     settings: &Settings,
-    stores: &'a [backup::Store],
+    stores: &'a backup::StoreSet,
     url: &DatabaseUrl,
     which: &str,
 ) -> Result<(backup::Manifest, Vec<&'a backup::Store>), Failure> {
     let mut first_failure = None;
-    for (n, store) in stores.iter().enumerate() {
+    for (n, store) in stores.all().iter().enumerate() {
         match resolve_in(settings, store, url, which).await {
             Ok(m) => {
                 if n > 0 {
@@ -38,10 +28,10 @@ pub async fn resolve<'a>(
                         store.describe(&m.data_key)
                     );
                 }
-                return Ok((m, in_order(stores, store)));
+                return Ok((m, stores.starting_at(store)));
             }
             Err(f) => {
-                if stores.len() > 1 {
+                if stores.all().len() > 1 {
                     tracing::warn!("{}: {}", store.describe(""), f.message);
                 }
                 first_failure.get_or_insert(f);

@@ -19,25 +19,19 @@ pub async fn retain(
         return Ok(None);
     }
     let live = backup::owner::Live::Present(m.database_id.clone());
-    let mut removed = None;
-    for (n, store) in settings.stores().await?.iter().enumerate() {
-        let result = backup::prune(
-            store,
-            &url.name(),
-            &settings.retention,
-            false,
-            &live,
-            &[m.format],
-        )
-        .await;
-        match result {
-            Ok(r) if n == 0 => removed = Some(r.removed),
-            Ok(_) => {}
-            Err(e) if n == 0 => return Err(e.into()),
-            Err(e) => tracing::warn!("retention in mirror {n}: {}", backup::error::chain(&e)),
+    let db = url.name();
+    let stores = settings.stores().await?;
+    let formats = [m.format];
+    let (primary, mirrors) = stores
+        .each(|store| backup::prune(store, &db, &settings.retention, false, &live, &formats))
+        .await?;
+    for backup::InMirror { mirror, result } in mirrors {
+        if let Err(e) = result {
+            let e = backup::error::chain(&e);
+            tracing::warn!("retention in mirror {mirror}: {e}");
         }
     }
-    Ok(removed)
+    Ok(Some(primary.removed))
 }
 
 /// `migrate`'s pre-deploy snapshot. With `[pitr.server]` (the guard can rewind this cluster)
@@ -98,8 +92,7 @@ pub async fn take(
     physical: bool,
 ) -> Result<backup::Manifest, Failure> {
     let stores = settings.stores().await?;
-    let (primary, mirrors) = stores.split_first().expect("a primary store");
-    let mirrors: Vec<&backup::Store> = mirrors.iter().collect();
+    let mirrors: Vec<&backup::Store> = stores.mirrors().map(|(_, s)| s).collect();
     let temp_dir = settings.temp_dir();
     let bar = progress_bar();
     let req = backup::Request {
@@ -119,7 +112,7 @@ pub async fn take(
             })
         }),
     };
-    let result = backup::take_to(primary, &mirrors, settings.store_require_all, &req).await;
+    let result = backup::take_to(stores.primary(), &mirrors, stores.require_all(), &req).await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

@@ -17,12 +17,13 @@ use crate::error::{Error, ErrorKind};
 use crate::manifest::{Format, Manifest};
 use crate::pitr::physical::{self, Target};
 use crate::pitr::server::{self, OsUser, Server};
+use crate::store::set::StoreSet;
 use crate::store::Store;
 
 /// Where one database's bases and WAL are: its stores (the primary first, then each mirror),
 /// its folder in them, and the identities that open encrypted objects.
 pub struct Archive {
-    pub stores: Vec<Store>,
+    pub stores: StoreSet,
     pub db: String,
     pub identities: Identities,
 }
@@ -97,10 +98,10 @@ pub async fn check_newest_point(
 ) -> Result<Option<PointCheck>, Error> {
     let stores = &archive.stores;
     let db = archive.db.clone();
-    let owner = crate::owner::read(&stores[0], &db).await?;
-    let all = crate::catalog::list(&stores[0], &db).await?;
+    let owner = crate::owner::read(stores.primary(), &db).await?;
+    let all = crate::catalog::list(stores.primary(), &db).await?;
     let points = crate::owner::mine(
-        &stores[0],
+        stores.primary(),
         &db,
         all,
         &crate::owner::Live::Absent,
@@ -133,13 +134,14 @@ pub async fn check_newest_point(
         _ => Ok(crate::error::chain(&e)),
     };
     check.base = Some(chosen.base.id.clone());
-    let plan = match physical::plan_wal(&stores[0], &db, &chosen.base, &chosen.target, None).await {
-        Ok(p) => p,
-        Err(e) => {
-            check.problem = Some(finding(e)?);
-            return Ok(Some(check));
-        }
-    };
+    let plan =
+        match physical::plan_wal(stores.primary(), &db, &chosen.base, &chosen.target, None).await {
+            Ok(p) => p,
+            Err(e) => {
+                check.problem = Some(finding(e)?);
+                return Ok(Some(check));
+            }
+        };
     // Each one fetched, decompressed and checked against its record, then removed: a segment
     // damaged in the store is found here, not during the incident.
     let dir = temp_dir;
@@ -147,7 +149,7 @@ pub async fn check_newest_point(
     for name in plan.segments.iter().chain(&plan.histories) {
         // This run's own temp file (removed when dropped, also by a stop request).
         let dest = crate::scratch::temp_in(dir, "verify-")?;
-        match crate::pitr::wal::fetch(&stores[0], &db, name, &dest, &identities).await {
+        match crate::pitr::wal::fetch(stores.primary(), &db, name, &dest, &identities).await {
             Ok(crate::pitr::wal::Fetched::Restored { .. }) => check.segments_checked += 1,
             Ok(crate::pitr::wal::Fetched::Absent { .. }) => {
                 check.problem = Some(format!("WAL segment {name} is not in the archive"));
@@ -506,7 +508,13 @@ pub struct Chosen {
 /// Picks the base and the target `which` means.
 pub async fn choose(archive: Archive, which: &Which) -> Result<Chosen, Error> {
     crate::check_folder_name(&archive.db)?;
-    let picked = pick(&archive.stores[0], &archive.db, which, &archive.identities).await?;
+    let picked = pick(
+        archive.stores.primary(),
+        &archive.db,
+        which,
+        &archive.identities,
+    )
+    .await?;
     physical::physical_of(&picked.base)?;
     Ok(Chosen {
         base: picked.base,
@@ -535,7 +543,7 @@ pub async fn plan(chosen: Chosen) -> Result<Planned, Error> {
                 db,
                 identities,
             } = &archive;
-            physical::plan_wal(&stores[0], db, &base, &target, Some(identities)).await?
+            physical::plan_wal(stores.primary(), db, &base, &target, Some(identities)).await?
         }
     };
     if let Some(t) = plan.recovery_timeline {
@@ -617,13 +625,13 @@ pub async fn fill(planned: &Planned, dir: &Path) -> Result<(), Error> {
         base.raw_bytes + wal_bytes,
         &format!("base {} and its WAL", base.id),
     )?;
-    let copies: Vec<&Store> = stores.iter().collect();
+    let copies: Vec<&Store> = stores.all().iter().collect();
     let (extracted, _) = physical::extract_any(&copies, base, dir, identities).await?;
     extracted?;
     remove_socket_locks(dir)?;
     let t_extract = started.elapsed().as_secs_f64();
     tracing::info!("base {} extracted in {t_extract:.2}s", base.id);
-    physical::fetch_wal(&stores[0], db, plan, &dir.join("pg_wal"), identities).await?;
+    physical::fetch_wal(stores.primary(), db, plan, &dir.join("pg_wal"), identities).await?;
     tracing::info!(
         "{} WAL segments fetched in {:.2}s",
         plan.segments.len(),

@@ -3,6 +3,7 @@
 
 pub mod local;
 pub mod s3;
+pub mod set;
 
 pub use s3::StoreOptions;
 
