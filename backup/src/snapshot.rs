@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::catalog::{check_folder_name, manifest_key};
 use crate::error::Error;
 use crate::manifest::{self, Kind, Manifest};
+use crate::store::set::StoreSet;
 use crate::store::Store;
 use crate::{bytes, hostname};
 use crate::{crypt, engine, owner, pipeline};
@@ -42,7 +43,7 @@ pub type Progress = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// Takes one snapshot into `store` and returns its manifest (already stored).
 pub async fn take(store: &Store, req: &Request<'_>) -> Result<Manifest, Error> {
-    take_to(store, &[], true, req).await.map(|t| t.manifest)
+    take_into(store, &[], true, req).await.map(|t| t.manifest)
 }
 
 /// A snapshot taken to a primary store and its mirrors.
@@ -59,7 +60,12 @@ pub struct Taken {
 /// every mirror, and a copy that failed anywhere leaves no complete snapshot on the primary
 /// (the data objects this run wrote are removed, by their exact keys); without it, a failing
 /// mirror is reported in [`Taken::failed_mirrors`] and the others go on.
-pub async fn take_to(
+pub async fn take_to(stores: &StoreSet, req: &Request<'_>) -> Result<Taken, Error> {
+    let mirrors: Vec<&Store> = stores.mirrors().map(|(_, s)| s).collect();
+    take_into(stores.primary(), &mirrors, stores.require_all(), req).await
+}
+
+async fn take_into(
     primary: &Store,
     mirrors: &[&Store],
     require_all: bool,

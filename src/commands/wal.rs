@@ -59,8 +59,7 @@ pub async fn push(settings: &Settings, args: &WalPushArgs) -> Result<Report, Fai
         level: settings.level,
         encryption: encryption.as_deref(),
     };
-    let all: Vec<&backup::Store> = stores.all().iter().collect();
-    let (pushed, failed) = backup::pitr::wal::push(&all, &database, &args.path, &opts).await?;
+    let (pushed, failed) = backup::pitr::wal::push(&stores, &database, &args.path, &opts).await?;
     for (n, e) in &failed {
         let what = format!(
             "{} is archived in the primary store, not in mirror {n} ({}): {}",

@@ -92,7 +92,6 @@ pub async fn take(
     physical: bool,
 ) -> Result<backup::Manifest, Failure> {
     let stores = settings.stores().await?;
-    let mirrors: Vec<&backup::Store> = stores.mirrors().map(|(_, s)| s).collect();
     let temp_dir = settings.temp_dir();
     let bar = progress_bar();
     let req = backup::Request {
@@ -112,7 +111,7 @@ pub async fn take(
             })
         }),
     };
-    let result = backup::take_to(stores.primary(), &mirrors, stores.require_all(), &req).await;
+    let result = backup::take_to(&stores, &req).await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -126,12 +125,12 @@ pub async fn take(
             backup::error::chain(e)
         );
     }
-    if !mirrors.is_empty() {
+    if stores.all().len() > 1 {
         tracing::info!(
             "snapshot {} stored in {} of {} stores",
             taken.manifest.id,
-            1 + mirrors.len() - taken.failed_mirrors.len(),
-            1 + mirrors.len()
+            stores.all().len() - taken.failed_mirrors.len(),
+            stores.all().len()
         );
     }
     Ok(taken.manifest)

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::crypt::{Encryption, Identities};
 use crate::error::Error;
+use crate::store::set::StoreSet;
 use crate::store::Store;
 
 /// The folder of a database's WAL archive, under its own folder in the store.
@@ -163,12 +164,12 @@ pub struct Pushed {
 }
 
 /// Archives the WAL file at `path` in `database`'s archive, in the primary store and then in
-/// each mirror (`stores[0]` first), read and encoded once. A file already stored with the same
+/// each mirror, read and encoded once. A file already stored with the same
 /// contents is success (PostgreSQL repeats a push whose answer it did not see); different
 /// contents under the same name are refused, and the stored copy stays. The primary's failure
-/// is the error; a mirror's is returned beside the result, by its index in `stores`.
+/// is the error; a mirror's is returned beside the result, by its number (1, 2, ...).
 pub async fn push(
-    stores: &[&Store],
+    stores: &StoreSet,
     database: &str,
     path: &Path,
     opts: &PushOptions<'_>,
@@ -194,16 +195,13 @@ pub async fn push(
     let object = encode(&header, &raw, opts.level, opts.encryption)?;
     drop(raw);
     let key = key(database, &name, opts.encryption.is_some());
-    let mut stored = None;
-    let mut failed = Vec::new();
-    for (n, store) in stores.iter().enumerate() {
-        match push_one(store, database, &header, sysid, &key, &object, opts).await {
-            Ok(s) if n == 0 => stored = s,
-            Ok(_) => {}
-            Err(e) if n == 0 => return Err(e),
-            Err(e) => failed.push((n, e)),
-        }
-    }
+    let (stored, mirrors) = stores
+        .each(|store| push_one(store, database, &header, sysid, &key, &object, opts))
+        .await?;
+    let failed = mirrors
+        .into_iter()
+        .filter_map(|m| m.result.err().map(|e| (m.mirror, e)))
+        .collect();
     Ok((
         Pushed {
             name,
