@@ -518,29 +518,146 @@ fn read_config(path: &Path) -> Result<FileConfig, SettingsError> {
     toml::from_str(&text).map_err(|e| SettingsError(format!("config file {}: {e}", path.display())))
 }
 
-/// The pure part of [`Settings::load`], with the environment and the file passed in.
+/// The pure part of [`Settings::load`], with the environment and the file passed in: each
+/// section of the file resolved on its own, flags and environment over the file's values.
 fn resolve(
     args: &GlobalArgs,
     env: impl Fn(&str) -> Option<String>,
     file: Option<(FileConfig, PathBuf)>,
 ) -> Result<Settings, SettingsError> {
     let (file, base) = file.unwrap_or_default();
-    let rebase = |p: PathBuf| {
-        if p.is_relative() && base != Path::new("") {
-            base.join(p)
+    let base = Base(base);
+    let env: Env = &env;
+    let FileConfig {
+        state_dir,
+        database,
+        store,
+        retention,
+        backup,
+        health,
+        drill,
+        schedule,
+        notify,
+        restore,
+        hooks,
+        encryption,
+        pitr,
+    } = file;
+    let lock_timeout = table_lock_timeout(&database)?;
+    let store = store_section(args, env, store, &base)?;
+    Ok(Settings {
+        // dbward's own URL: a direct one (migrate_url) wins over the application's, which may
+        // go through a transaction-mode pooler where a session lock cannot hold.
+        database: args
+            .database
+            .clone()
+            .or_else(|| env("DBWARD_MIGRATE_URL"))
+            .or_else(|| database.migrate_url.clone().map(|u| base.url(u)))
+            .or_else(|| env("DBWARD_DATABASE"))
+            .or_else(|| env("DATABASE_URL"))
+            .or_else(|| database.url.clone().map(|u| base.url(u))),
+        migrations_given: args.migrations.is_some()
+            || env("DBWARD_MIGRATIONS").is_some()
+            || database.migrations.is_some(),
+        migrations: args
+            .migrations
+            .clone()
+            .or_else(|| env("DBWARD_MIGRATIONS").map(PathBuf::from))
+            .or_else(|| database.migrations.clone().map(|p| base.path(p)))
+            .unwrap_or_else(|| PathBuf::from("./migrations")),
+        store: store.url,
+        store_mirrors: store.mirrors,
+        store_require_all: store.require_all,
+        s3_endpoint: store.endpoint,
+        s3_region: store.region,
+        s3_path_style: store.path_style,
+        s3_part_size: store.part_size,
+        s3_ca_file: store.ca_file,
+        store_timeout: store.timeout,
+        store_group: store.group,
+        state_dir: args
+            .state_dir
+            .clone()
+            .or_else(|| env("DBWARD_STATE_DIR").map(PathBuf::from))
+            .or_else(|| state_dir.map(|p| base.path(p)))
+            // Under systemd with StateDirectory= (the packaged units): /var/lib/dbward. The
+            // first directory when the unit names several.
+            .or_else(|| {
+                env("STATE_DIRECTORY")
+                    .and_then(|v| v.split(':').next().map(PathBuf::from))
+                    .filter(|p| p.is_absolute())
+            })
+            .unwrap_or_else(|| PathBuf::from("./.dbward")),
+        lock_timeout,
+        level: match backup.level {
+            Some(l) if (1..=19).contains(&l) => l,
+            Some(l) => {
+                return Err(SettingsError(format!(
+                    "config key backup.level: {l} is not a zstd level from 1 to 19"
+                )))
+            }
+            None => 3,
+        },
+        temp_dir: args
+            .temp_dir
+            .clone()
+            .or_else(|| env("DBWARD_TEMP_DIR").map(PathBuf::from))
+            .or_else(|| backup.temp_dir.map(|p| base.path(p))),
+        drill: drill_section(env, drill, &base)?,
+        schedule,
+        notify,
+        health: health_section(env, health)?,
+        retention: backup::retention::Policy {
+            keep_last: retention.keep_last.unwrap_or(0),
+            keep_daily: retention.keep_daily.unwrap_or(0),
+            keep_weekly: retention.keep_weekly.unwrap_or(0),
+            keep_monthly: retention.keep_monthly.unwrap_or(0),
+        },
+        keep_replaced: restore.keep_replaced.unwrap_or(3),
+        restore_if_missing: env("DBWARD_RESTORE_IF_MISSING")
+            .map(|v| matches!(v.as_str(), "1" | "true" | "yes"))
+            .or(restore.if_missing)
+            .unwrap_or(false),
+        encryption: encryption_section(env, encryption, &base)?,
+        hooks: Hooks {
+            after_migrate: hooks.after_migrate.unwrap_or_default(),
+            always: hooks.always.unwrap_or(false),
+            timeout: duration_key(
+                "hooks.timeout",
+                hooks.timeout.as_deref(),
+                Duration::from_secs(3600),
+            )?,
+        },
+        pitr: pitr_section(pitr)?,
+    })
+}
+
+/// The environment as [`resolve`] reads it.
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The config file's directory: relative paths and `file://` URLs in the file are taken from
+/// there, not from wherever dbward runs.
+struct Base(PathBuf);
+
+impl Base {
+    fn path(&self, p: PathBuf) -> PathBuf {
+        if p.is_relative() && self.0 != Path::new("") {
+            self.0.join(p)
         } else {
             p
         }
-    };
-    let rebase_url = |u: String| rebase_url(&u, &base);
+    }
 
-    // The wait for a table lock inside the batch: `database.table_lock_timeout`. Its older
-    // name, `database.lock_timeout`, read like the migration lock's wait (`--lock-timeout`),
-    // which it never was: still read, with a warning.
-    let (key, value) = match (
-        file.database.table_lock_timeout.clone(),
-        file.database.lock_timeout.clone(),
-    ) {
+    fn url(&self, u: String) -> String {
+        rebase_url(&u, &self.0)
+    }
+}
+
+/// The wait for a table lock inside the batch: `database.table_lock_timeout`. Its older name,
+/// `database.lock_timeout`, read like the migration lock's wait (`--lock-timeout`), which it
+/// never was: still read, with a warning.
+fn table_lock_timeout(db: &DatabaseSection) -> Result<Duration, SettingsError> {
+    let (key, value) = match (db.table_lock_timeout.clone(), db.lock_timeout.clone()) {
         (Some(_), Some(_)) => {
             return Err(SettingsError(
                 "config keys database.table_lock_timeout and database.lock_timeout (its older name) are both set: keep database.table_lock_timeout".into(),
@@ -555,24 +672,46 @@ fn resolve(
         }
         (None, None) => ("database.table_lock_timeout", None),
     };
-    let lock_timeout = duration_key(key, value.as_deref(), Duration::from_secs(5))?;
-    let store_timeout = match env("DBWARD_STORE_TIMEOUT") {
+    duration_key(key, value.as_deref(), Duration::from_secs(5))
+}
+
+/// `[store]`, resolved.
+struct StoreResolved {
+    url: String,
+    mirrors: Vec<String>,
+    require_all: bool,
+    endpoint: Option<String>,
+    region: Option<String>,
+    path_style: bool,
+    part_size: Option<usize>,
+    ca_file: Option<PathBuf>,
+    timeout: Duration,
+    group: Option<u32>,
+}
+
+fn store_section(
+    args: &GlobalArgs,
+    env: Env,
+    file: StoreSection,
+    base: &Base,
+) -> Result<StoreResolved, SettingsError> {
+    let timeout = match env("DBWARD_STORE_TIMEOUT") {
         Some(v) => {
             parse_duration(&v).map_err(|e| SettingsError(format!("DBWARD_STORE_TIMEOUT: {e}")))?
         }
         None => duration_key(
             "store.timeout",
-            file.store.timeout.as_deref(),
+            file.timeout.as_deref(),
             backup::store::s3::DEFAULT_TIMEOUT,
         )?,
     };
-    if store_timeout < Duration::from_secs(1) {
+    if timeout < Duration::from_secs(1) {
         return Err(SettingsError(format!(
             "store.timeout {}: at least 1s",
-            dbconn::error::humanize(store_timeout)
+            dbconn::error::humanize(timeout)
         )));
     }
-    let s3_part_size = match &file.store.part_size {
+    let part_size = match &file.part_size {
         Some(v) => Some(parse_size(v).filter(|n| *n >= 5 << 20).ok_or_else(|| {
             SettingsError(format!(
                 "config key store.part_size: `{v}` is not a size of at least 5MiB, like 16MiB"
@@ -580,8 +719,8 @@ fn resolve(
         })?),
         None => None,
     };
-    let store_require_all = match env("DBWARD_STORE_REQUIRE")
-        .or(file.store.require.clone())
+    let require_all = match env("DBWARD_STORE_REQUIRE")
+        .or(file.require.clone())
         .as_deref()
     {
         None | Some("all") => true,
@@ -592,67 +731,46 @@ fn resolve(
             )))
         }
     };
-    let store_mirrors: Vec<String> = match env("DBWARD_STORE_MIRRORS") {
+    let mirrors: Vec<String> = match env("DBWARD_STORE_MIRRORS") {
         Some(v) => v
             .split([',', ' '])
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .collect(),
         None => file
-            .store
             .mirrors
             .clone()
             .unwrap_or_default()
             .into_iter()
-            .map(rebase_url)
+            .map(|u| base.url(u))
             .collect(),
     };
     let path_style_env =
         env("DBWARD_S3_PATH_STYLE").map(|v| matches!(v.as_str(), "1" | "true" | "yes"));
-    Ok(Settings {
-        // dbward's own URL: a direct one (migrate_url) wins over the application's, which may
-        // go through a transaction-mode pooler where a session lock cannot hold.
-        database: args
-            .database
-            .clone()
-            .or_else(|| env("DBWARD_MIGRATE_URL"))
-            .or_else(|| file.database.migrate_url.clone().map(rebase_url))
-            .or_else(|| env("DBWARD_DATABASE"))
-            .or_else(|| env("DATABASE_URL"))
-            .or_else(|| file.database.url.map(rebase_url)),
-        migrations_given: args.migrations.is_some()
-            || env("DBWARD_MIGRATIONS").is_some()
-            || file.database.migrations.is_some(),
-        migrations: args
-            .migrations
-            .clone()
-            .or_else(|| env("DBWARD_MIGRATIONS").map(PathBuf::from))
-            .or_else(|| file.database.migrations.clone().map(rebase))
-            .unwrap_or_else(|| PathBuf::from("./migrations")),
-        store: args
+    Ok(StoreResolved {
+        url: args
             .store
             .clone()
             .or_else(|| env("DBWARD_STORE"))
-            .or_else(|| file.store.url.map(rebase_url))
+            .or_else(|| file.url.map(|u| base.url(u)))
             .unwrap_or_else(|| "file://./.dbward/snapshots".into()),
-        store_mirrors,
-        store_require_all,
-        s3_endpoint: args
+        mirrors,
+        require_all,
+        endpoint: args
             .s3_endpoint
             .clone()
             .or_else(|| env("DBWARD_S3_ENDPOINT"))
-            .or(file.store.endpoint),
-        s3_region: args
+            .or(file.endpoint),
+        region: args
             .s3_region
             .clone()
             .or_else(|| env("AWS_REGION"))
-            .or(file.store.region),
-        s3_path_style: args.s3_path_style
-            || path_style_env.or(file.store.path_style).unwrap_or(false),
-        s3_part_size,
-        s3_ca_file: ca_file(env("AWS_CA_BUNDLE"), file.store.ca_file.clone().map(rebase)),
-        store_timeout,
-        store_group: match &file.store.group {
+            .or(file.region),
+        path_style: args.s3_path_style || path_style_env.or(file.path_style).unwrap_or(false),
+        part_size,
+        ca_file: ca_file(env("AWS_CA_BUNDLE"), file.ca_file.map(|p| base.path(p))),
+        timeout,
+        group: match &file.group {
             Some(g) => Some(group_id(g).ok_or_else(|| {
                 SettingsError(format!(
                     "config key store.group: no group `{g}` on this host (a name or a number)"
@@ -660,167 +778,126 @@ fn resolve(
             })?),
             None => None,
         },
-        state_dir: args
-            .state_dir
-            .clone()
-            .or_else(|| env("DBWARD_STATE_DIR").map(PathBuf::from))
-            .or_else(|| file.state_dir.map(rebase))
-            // Under systemd with StateDirectory= (the packaged units): /var/lib/dbward. The
-            // first directory when the unit names several.
-            .or_else(|| {
-                env("STATE_DIRECTORY")
-                    .and_then(|v| v.split(':').next().map(PathBuf::from))
-                    .filter(|p| p.is_absolute())
-            })
-            .unwrap_or_else(|| PathBuf::from("./.dbward")),
-        lock_timeout,
-        level: match file.backup.level {
-            Some(l) if (1..=19).contains(&l) => l,
-            Some(l) => {
+    })
+}
+
+fn drill_section(env: Env, file: DrillSection, base: &Base) -> Result<Drill, SettingsError> {
+    let optional = |key: &str, v: Option<String>| {
+        v.as_deref()
+            .map(|v| duration_key(key, Some(v), Duration::ZERO))
+            .transpose()
+    };
+    Ok(Drill {
+        database: env("DBWARD_DRILL_DATABASE").or(file.database),
+        probes: file.probes.unwrap_or_default(),
+        metrics: file.metrics.map(|p| base.path(p)),
+        max_rto: optional("drill.max_rto", file.max_rto)?,
+        max_snapshot_age: optional("drill.max_snapshot_age", file.max_snapshot_age)?,
+    })
+}
+
+fn health_section(env: Env, file: HealthSection) -> Result<Health, SettingsError> {
+    Ok(Health {
+        url: env("DBWARD_HEALTH_URL").or(file.url),
+        timeout: duration_key(
+            "health.timeout",
+            file.timeout.as_deref(),
+            Duration::from_secs(60),
+        )?,
+        interval: duration_key(
+            "health.interval",
+            file.interval.as_deref(),
+            Duration::from_secs(1),
+        )?,
+        expect_status: file.expect_status.unwrap_or_default(),
+        expect_body: file.expect_body,
+        checks: file.checks.unwrap_or_default(),
+        probes: file.probes.unwrap_or_default(),
+        on_failure: match env("DBWARD_HEALTH_ON_FAILURE") {
+            Some(v) => parse_on_failure("DBWARD_HEALTH_ON_FAILURE", &v)?,
+            None => match &file.on_failure {
+                Some(v) => parse_on_failure("config key health.on_failure", v)?,
+                None => OnFailure::Restore,
+            },
+        },
+    })
+}
+
+fn encryption_section(
+    env: Env,
+    file: EncryptionSection,
+    base: &Base,
+) -> Result<Encryption, SettingsError> {
+    let mut recipients = file.recipients.unwrap_or_default();
+    if let Some(f) = file.recipients_file {
+        let f = base.path(f);
+        let text = std::fs::read_to_string(&f).map_err(|e| {
+            SettingsError(format!(
+                "config key encryption.recipients_file: {}: {e}",
+                f.display()
+            ))
+        })?;
+        recipients.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    Ok(Encryption {
+        recipients,
+        identity_file: env("DBWARD_AGE_IDENTITY_FILE")
+            .map(PathBuf::from)
+            .or_else(|| file.identity_file.map(|p| base.path(p))),
+        passphrase: env("DBWARD_AGE_PASSPHRASE").map(Secret),
+        manifest_details: file.manifest_details.unwrap_or(true),
+    })
+}
+
+fn pitr_section(file: PitrSection) -> Result<Pitr, SettingsError> {
+    Ok(Pitr {
+        restore_point_wait: duration_key(
+            "pitr.restore_point_wait",
+            file.restore_point_wait.as_deref(),
+            Duration::from_secs(30),
+        )?,
+        base_max_wal: match &file.base_max_wal {
+            Some(v) => Some(parse_size(v).filter(|n| *n >= 16 << 20).ok_or_else(|| {
+                SettingsError(format!(
+                    "config key pitr.base_max_wal: `{v}` is not a size of at least 16MiB, like 4GiB"
+                ))
+            })? as u64),
+            None => None,
+        },
+        server: match file.server {
+            Some(s) if !s.data_dir.is_absolute() => {
                 return Err(SettingsError(format!(
-                    "config key backup.level: {l} is not a zstd level from 1 to 19"
+                    "config key pitr.server.data_dir: `{}` is not an absolute path",
+                    s.data_dir.display()
                 )))
             }
-            None => 3,
-        },
-        temp_dir: args
-            .temp_dir
-            .clone()
-            .or_else(|| env("DBWARD_TEMP_DIR").map(PathBuf::from))
-            .or_else(|| file.backup.temp_dir.map(rebase)),
-        drill: Drill {
-            database: env("DBWARD_DRILL_DATABASE").or(file.drill.database),
-            probes: file.drill.probes.unwrap_or_default(),
-            metrics: file.drill.metrics.map(rebase),
-            max_rto: file
-                .drill
-                .max_rto
-                .as_deref()
-                .map(|v| duration_key("drill.max_rto", Some(v), Duration::ZERO))
-                .transpose()?,
-            max_snapshot_age: file
-                .drill
-                .max_snapshot_age
-                .as_deref()
-                .map(|v| duration_key("drill.max_snapshot_age", Some(v), Duration::ZERO))
-                .transpose()?,
-        },
-        schedule: file.schedule,
-        notify: file.notify,
-        health: Health {
-            url: env("DBWARD_HEALTH_URL").or(file.health.url),
-            timeout: duration_key(
-                "health.timeout",
-                file.health.timeout.as_deref(),
-                Duration::from_secs(60),
-            )?,
-            interval: duration_key(
-                "health.interval",
-                file.health.interval.as_deref(),
-                Duration::from_secs(1),
-            )?,
-            expect_status: file.health.expect_status.unwrap_or_default(),
-            expect_body: file.health.expect_body,
-            checks: file.health.checks.unwrap_or_default(),
-            probes: file.health.probes.unwrap_or_default(),
-            on_failure: match env("DBWARD_HEALTH_ON_FAILURE") {
-                Some(v) => parse_on_failure("DBWARD_HEALTH_ON_FAILURE", &v)?,
-                None => match &file.health.on_failure {
-                    Some(v) => parse_on_failure("config key health.on_failure", v)?,
-                    None => OnFailure::Restore,
-                },
-            },
-        },
-        retention: backup::retention::Policy {
-            keep_last: file.retention.keep_last.unwrap_or(0),
-            keep_daily: file.retention.keep_daily.unwrap_or(0),
-            keep_weekly: file.retention.keep_weekly.unwrap_or(0),
-            keep_monthly: file.retention.keep_monthly.unwrap_or(0),
-        },
-        keep_replaced: file.restore.keep_replaced.unwrap_or(3),
-        restore_if_missing: env("DBWARD_RESTORE_IF_MISSING")
-            .map(|v| matches!(v.as_str(), "1" | "true" | "yes"))
-            .or(file.restore.if_missing)
-            .unwrap_or(false),
-        encryption: Encryption {
-            recipients: {
-                let mut r = file.encryption.recipients.clone().unwrap_or_default();
-                if let Some(f) = &file.encryption.recipients_file {
-                    let f = rebase(f.clone());
-                    let text = std::fs::read_to_string(&f).map_err(|e| {
-                        SettingsError(format!(
-                            "config key encryption.recipients_file: {}: {e}",
-                            f.display()
-                        ))
-                    })?;
-                    r.extend(
-                        text.lines()
-                            .map(str::trim)
-                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                            .map(str::to_string),
-                    );
-                }
-                r
-            },
-            identity_file: env("DBWARD_AGE_IDENTITY_FILE")
-                .map(PathBuf::from)
-                .or_else(|| file.encryption.identity_file.clone().map(rebase)),
-            passphrase: env("DBWARD_AGE_PASSPHRASE").map(Secret),
-            manifest_details: file.encryption.manifest_details.unwrap_or(true),
-        },
-        hooks: Hooks {
-            after_migrate: file.hooks.after_migrate.unwrap_or_default(),
-            always: file.hooks.always.unwrap_or(false),
-            timeout: duration_key(
-                "hooks.timeout",
-                file.hooks.timeout.as_deref(),
-                Duration::from_secs(3600),
-            )?,
-        },
-        pitr: Pitr {
-            restore_point_wait: duration_key(
-                "pitr.restore_point_wait",
-                file.pitr.restore_point_wait.as_deref(),
-                Duration::from_secs(30),
-            )?,
-            base_max_wal: match &file.pitr.base_max_wal {
-                Some(v) => Some(parse_size(v).filter(|n| *n >= 16 << 20).ok_or_else(|| {
-                    SettingsError(format!(
-                        "config key pitr.base_max_wal: `{v}` is not a size of at least 16MiB, like 4GiB"
-                    ))
-                })? as u64),
-                None => None,
-            },
-            server: match file.pitr.server {
-                Some(s) if !s.data_dir.is_absolute() => {
-                    return Err(SettingsError(format!(
-                        "config key pitr.server.data_dir: `{}` is not an absolute path",
-                        s.data_dir.display()
-                    )))
-                }
-                Some(s) if s.stop.trim().is_empty() || s.start.trim().is_empty() => {
-                    return Err(SettingsError(
-                        "config keys pitr.server.stop and pitr.server.start: both commands are needed".into(),
-                    ))
-                }
+            Some(s) if s.stop.trim().is_empty() || s.start.trim().is_empty() => {
+                return Err(SettingsError(
+                    "config keys pitr.server.stop and pitr.server.start: both commands are needed".into(),
+                ))
+            }
+            Some(s)
+                if [("stop_timeout", &s.stop_timeout), ("start_timeout", &s.start_timeout)]
+                    .iter()
+                    .any(|(_, v)| v.as_deref().is_some_and(|v| parse_duration(v).is_err())) =>
+            {
+                return Err(SettingsError(format!(
+                    "config keys pitr.server.stop_timeout / start_timeout: `{}` / `{}` must be durations, like 5m",
+                    s.stop_timeout.as_deref().unwrap_or("unset"),
+                    s.start_timeout.as_deref().unwrap_or("unset")
+                )))
+            }
+            // `/var/lib/postgresql/15/main/` names the same directory as without the slash.
+            Some(mut s) => {
+                s.data_dir = s.data_dir.components().collect();
                 Some(s)
-                    if [("stop_timeout", &s.stop_timeout), ("start_timeout", &s.start_timeout)]
-                        .iter()
-                        .any(|(_, v)| v.as_deref().is_some_and(|v| parse_duration(v).is_err())) =>
-                {
-                    return Err(SettingsError(format!(
-                        "config keys pitr.server.stop_timeout / start_timeout: `{}` / `{}` must be durations, like 5m",
-                        s.stop_timeout.as_deref().unwrap_or("unset"),
-                        s.start_timeout.as_deref().unwrap_or("unset")
-                    )))
-                }
-                // `/var/lib/postgresql/15/main/` names the same directory as without the slash.
-                Some(mut s) => {
-                    s.data_dir = s.data_dir.components().collect();
-                    Some(s)
-                }
-                None => None,
-            },
+            }
+            None => None,
         },
     })
 }
