@@ -14,41 +14,12 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
     let stores = settings.stores().await?;
     let store = stores.primary();
     let db = url.name();
-    let backup::Listing {
-        snapshots: mut all,
+    let Gathered {
+        mut all,
         damaged,
-    } = listing(store, &db, args.limit).await?;
-    // Where each snapshot has a copy: `primary`, `mirror 1`, ...; a mirror's snapshots that the
-    // primary lacks are listed too.
-    let mut copies: std::collections::BTreeMap<String, Vec<String>> = all
-        .iter()
-        .map(|m| (m.id.clone(), vec!["primary".to_string()]))
-        .collect();
-    let mut unreachable = Vec::new();
-    for (n, mirror) in stores.mirrors() {
-        match listing(mirror, &db, args.limit).await {
-            Ok(list) => {
-                for d in &list.damaged {
-                    tracing::warn!("skipping {}: {}", mirror.describe(&d.key), d.problem);
-                }
-                for m in list.snapshots {
-                    let at = copies.entry(m.id.clone()).or_default();
-                    if at.is_empty() {
-                        all.push(m);
-                    }
-                    at.push(format!("mirror {n}"));
-                }
-            }
-            Err(e) => {
-                let e = backup::error::chain(&e);
-                tracing::warn!("mirror {n}: {e}");
-                unreachable.push(format!(
-                    "mirror {n} ({}): {e}",
-                    settings.store_mirrors[n - 1]
-                ));
-            }
-        }
-    }
+        copies,
+        unreachable,
+    } = gather(settings, &stores, &db, args.limit).await?;
     all.sort_by(|a, b| (b.created(), &b.id).cmp(&(a.created(), &a.id)));
     if let Some(n) = args.limit {
         all.truncate(n);
@@ -64,56 +35,7 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
     let now = OffsetDateTime::now_utc();
     let rows: Vec<Vec<String>> = all
         .iter()
-        .map(|m| {
-            let age = m
-                .created()
-                .map(|t| age_of(now - t))
-                .unwrap_or_else(|| "?".into());
-            let head = m
-                .migration_head
-                .as_ref()
-                .map(|h| format!("V{} {}", h.version, h.name))
-                .unwrap_or_else(|| "-".into());
-            // When this snapshot was last proven restorable (or failed to be).
-            let drilled = match drills.get(&m.id) {
-                Some(r) => {
-                    let when = OffsetDateTime::parse(
-                        &r.at,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .map(|t| age_of(now - t) + " ago")
-                    .unwrap_or_else(|_| r.at.clone());
-                    if r.success {
-                        format!("ok {when}")
-                    } else {
-                        format!("FAILED {when}")
-                    }
-                }
-                None => "never".into(),
-            };
-            vec![
-                m.id.clone(),
-                m.kind.as_str().into(),
-                match m.format {
-                    backup::manifest::Format::Sqlite => "file",
-                    backup::manifest::Format::Pgdump => "dump",
-                    backup::manifest::Format::Pgbase => "base",
-                    backup::manifest::Format::Pgpoint => "point",
-                }
-                .into(),
-                age,
-                backup::bytes(m.raw_bytes),
-                backup::bytes(m.stored_bytes),
-                if m.format == backup::manifest::Format::Pgpoint {
-                    "-".into() // a restore point stores no data of its own
-                } else {
-                    format!("{:.1}x", m.raw_bytes as f64 / m.stored_bytes.max(1) as f64)
-                },
-                head,
-                drilled,
-                copies.get(&m.id).map(|c| c.join(", ")).unwrap_or_default(),
-            ]
-        })
+        .map(|m| row(m, drills.get(&m.id), copies.get(&m.id), now))
         .collect();
     let mut text = table(
         &[
@@ -170,6 +92,117 @@ pub async fn run(settings: &Settings, args: &SnapshotsArgs) -> Result<Report, Fa
         json: json!({ "database": url.name(), "store": settings.store, "mirrors": settings.store_mirrors, "snapshots": all, "copies": copies, "unreachable": unreachable, "damaged": damaged, "drills": drills, "wal_archive": archive }),
         code: Exit::Success,
     })
+}
+
+/// The snapshots of every store: the primary's, then each mirror's that the primary lacks.
+struct Gathered {
+    all: Vec<backup::Manifest>,
+    damaged: Vec<backup::Damaged>,
+    /// Where each snapshot has a copy: `primary`, `mirror 1`, ...
+    copies: std::collections::BTreeMap<String, Vec<String>>,
+    /// The mirrors that could not be listed, and why.
+    unreachable: Vec<String>,
+}
+
+async fn gather(
+    settings: &Settings,
+    stores: &backup::StoreSet,
+    db: &str,
+    limit: Option<usize>,
+) -> Result<Gathered, Failure> {
+    let backup::Listing {
+        snapshots: mut all,
+        damaged,
+    } = listing(stores.primary(), db, limit).await?;
+    let mut copies: std::collections::BTreeMap<String, Vec<String>> = all
+        .iter()
+        .map(|m| (m.id.clone(), vec!["primary".to_string()]))
+        .collect();
+    let mut unreachable = Vec::new();
+    for (n, mirror) in stores.mirrors() {
+        match listing(mirror, db, limit).await {
+            Ok(list) => {
+                for d in &list.damaged {
+                    tracing::warn!("skipping {}: {}", mirror.describe(&d.key), d.problem);
+                }
+                for m in list.snapshots {
+                    let at = copies.entry(m.id.clone()).or_default();
+                    if at.is_empty() {
+                        all.push(m);
+                    }
+                    at.push(format!("mirror {n}"));
+                }
+            }
+            Err(e) => {
+                let e = backup::error::chain(&e);
+                tracing::warn!("mirror {n}: {e}");
+                unreachable.push(format!(
+                    "mirror {n} ({}): {e}",
+                    settings.store_mirrors[n - 1]
+                ));
+            }
+        }
+    }
+    Ok(Gathered {
+        all,
+        damaged,
+        copies,
+        unreachable,
+    })
+}
+
+/// One snapshot's row of the table.
+fn row(
+    m: &backup::Manifest,
+    drill: Option<&backup::DrillReceipt>,
+    copies: Option<&Vec<String>>,
+    now: OffsetDateTime,
+) -> Vec<String> {
+    let age = m
+        .created()
+        .map(|t| age_of(now - t))
+        .unwrap_or_else(|| "?".into());
+    let head = m
+        .migration_head
+        .as_ref()
+        .map(|h| format!("V{} {}", h.version, h.name))
+        .unwrap_or_else(|| "-".into());
+    // When this snapshot was last proven restorable (or failed to be).
+    let drilled = match drill {
+        Some(r) => {
+            let when = OffsetDateTime::parse(&r.at, &time::format_description::well_known::Rfc3339)
+                .map(|t| age_of(now - t) + " ago")
+                .unwrap_or_else(|_| r.at.clone());
+            if r.success {
+                format!("ok {when}")
+            } else {
+                format!("FAILED {when}")
+            }
+        }
+        None => "never".into(),
+    };
+    vec![
+        m.id.clone(),
+        m.kind.as_str().into(),
+        match m.format {
+            backup::manifest::Format::Sqlite => "file",
+            backup::manifest::Format::Pgdump => "dump",
+            backup::manifest::Format::Pgbase => "base",
+            backup::manifest::Format::Pgpoint => "point",
+        }
+        .into(),
+        age,
+        backup::bytes(m.raw_bytes),
+        backup::bytes(m.stored_bytes),
+        if m.format == backup::manifest::Format::Pgpoint {
+            "-".into() // a restore point stores no data of its own
+        } else {
+            format!("{:.1}x", m.raw_bytes as f64 / m.stored_bytes.max(1) as f64)
+        },
+        head,
+        drilled,
+        copies.map(|c| c.join(", ")).unwrap_or_default(),
+    ]
 }
 
 /// A store's snapshots of `db`: all of them, or with `--limit N` its newest N (the newest N
