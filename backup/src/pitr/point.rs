@@ -36,16 +36,89 @@ pub async fn take(
     let started = Instant::now();
     let at = OffsetDateTime::now_utc();
     let id = manifest::snapshot_id(at, kind);
-    let unusable = |why: String| Error::Refused(why);
     let base = base.ok_or_else(|| {
-        unusable(format!(
+        Error::Refused(format!(
             "there is no base backup of {database} in {} (take one: `dbward backup --physical`)",
             store.describe(database)
         ))
     })?;
-    let p = physical_of(base)?;
+    physical_of(base)?;
     let db = Postgres::connect(url).await?;
     let c = db.client();
+    let cluster = check(c, store, database, url, base).await?;
+    let applied = applied_on(c).await?;
+    let database_id = dbconn::identity::read_pg(c).await?;
+    let (point_lsn, switched) = create(c, &id).await?;
+    drop(db);
+    wait_archived(store, database, &switched, started, wait).await?;
+    // The base's WAL and everything after it up to the point, without a gap.
+    let target = Target::Point {
+        name: id.clone(),
+        lsn: point_lsn,
+    };
+    plan_wal(store, database, base, &target, None).await?;
+
+    let manifest = Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        id: id.clone(),
+        kind,
+        label: None,
+        created_at: manifest::now_rfc3339(at),
+        engine: "postgres".into(),
+        server_version: cluster.server_version,
+        pg_dump_version: None,
+        physical: None,
+        point: Some(Point {
+            name: id.clone(),
+            lsn: lsn_text(point_lsn),
+            timeline: cluster.timeline,
+            segment: switched,
+            system_identifier: cluster.system_identifier,
+            base: base.id.clone(),
+        }),
+        database: database.to_string(),
+        database_id,
+        host: crate::hostname(),
+        dbward_version: env!("CARGO_PKG_VERSION").into(),
+        format: Format::Pgpoint,
+        data_key: String::new(),
+        raw_bytes: 0,
+        stored_bytes: 0,
+        sha256: String::new(),
+        compression: manifest::Compression {
+            algorithm: "none".into(),
+            level: 0,
+        },
+        encryption: None,
+        migration_head: crate::engine::head(applied),
+        row_counts: Default::default(),
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("serializes");
+    store
+        .put_new(&crate::catalog::manifest_key(database, &id), &json)
+        .await?;
+    Ok(manifest)
+}
+
+/// The live cluster, as a point taken now would need it.
+struct Cluster {
+    server_version: String,
+    system_identifier: String,
+    timeline: u32,
+}
+
+/// Every check before anything is written: no tablespace beyond pg_default, a primary, an
+/// archiver that is not failing, the base's and the archive's cluster, the base's timeline.
+async fn check(
+    c: &tokio_postgres::Client,
+    store: &Store,
+    database: &str,
+    url: &PgUrl,
+    base: &Manifest,
+) -> Result<Cluster, Error> {
+    let unusable = |why: String| Error::Refused(why);
+    let p = physical_of(base)?;
     let q = |e: tokio_postgres::Error| Error::Source(describe(&e));
     let row = c
         .query_one(
@@ -119,17 +192,20 @@ pub async fn take(
             base.id, p.timeline
         )));
     }
-    let applied = applied_on(c).await?;
-    let database_id = dbconn::identity::read_pg(c).await?;
+    Ok(Cluster {
+        server_version,
+        system_identifier: sysid,
+        timeline,
+    })
+}
 
+/// `pg_create_restore_point`, then a WAL switch: the point's LSN and the switched segment.
+async fn create(c: &tokio_postgres::Client, id: &str) -> Result<(u64, String), Error> {
     let row = c
-        .query_one(
-            "SELECT pg_create_restore_point($1)::text",
-            &[&id.as_str()],
-        )
+        .query_one("SELECT pg_create_restore_point($1)::text", &[&id])
         .await
         .map_err(|e| {
-            unusable(format!(
+            Error::Refused(format!(
                 "pg_create_restore_point failed: {} (the role needs superuser, or GRANT EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal() TO it)",
                 describe(&e)
             ))
@@ -140,20 +216,30 @@ pub async fn take(
     let switched: String = c
         .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
         .await
-        .map_err(|e| unusable(format!("pg_switch_wal failed: {}", describe(&e))))?
+        .map_err(|e| Error::Refused(format!("pg_switch_wal failed: {}", describe(&e))))?
         .get(0);
-    drop(db);
+    Ok((point_lsn, switched))
+}
 
-    // The archiver pushes the switched segment: waited for in the store.
+/// The archiver pushes the switched segment: waited for in the store, until `wait` after
+/// `started`.
+async fn wait_archived(
+    store: &Store,
+    database: &str,
+    switched: &str,
+    started: Instant,
+    wait: Duration,
+) -> Result<(), Error> {
     loop {
-        if crate::pitr::wal::stored_from(store, database, &switched)
+        if crate::pitr::wal::stored_from(store, database, switched)
             .await?
-            .contains(&switched)
+            .iter()
+            .any(|n| n == switched)
         {
-            break;
+            return Ok(());
         }
         if started.elapsed() > wait {
-            return Err(unusable(format!(
+            return Err(Error::Refused(format!(
                 "WAL segment {switched} (holding the restore point) did not reach the archive at {} within {} (is archive_command failing? see pg_stat_archiver)",
                 store.describe(database),
                 humantime(wait)
@@ -161,54 +247,6 @@ pub async fn take(
         }
         tokio::time::sleep(POLL).await;
     }
-    // The base's WAL and everything after it up to the point, without a gap.
-    let target = Target::Point {
-        name: id.clone(),
-        lsn: point_lsn,
-    };
-    plan_wal(store, database, base, &target, None).await?;
-
-    let manifest = Manifest {
-        format_version: manifest::FORMAT_VERSION,
-        id: id.clone(),
-        kind,
-        label: None,
-        created_at: manifest::now_rfc3339(at),
-        engine: "postgres".into(),
-        server_version,
-        pg_dump_version: None,
-        physical: None,
-        point: Some(Point {
-            name: id.clone(),
-            lsn: lsn_text(point_lsn),
-            timeline,
-            segment: switched,
-            system_identifier: sysid,
-            base: base.id.clone(),
-        }),
-        database: database.to_string(),
-        database_id,
-        host: crate::hostname(),
-        dbward_version: env!("CARGO_PKG_VERSION").into(),
-        format: Format::Pgpoint,
-        data_key: String::new(),
-        raw_bytes: 0,
-        stored_bytes: 0,
-        sha256: String::new(),
-        compression: manifest::Compression {
-            algorithm: "none".into(),
-            level: 0,
-        },
-        encryption: None,
-        migration_head: crate::engine::head(applied),
-        row_counts: Default::default(),
-        duration_ms: started.elapsed().as_millis() as u64,
-    };
-    let json = serde_json::to_vec_pretty(&manifest).expect("serializes");
-    store
-        .put_new(&crate::catalog::manifest_key(database, &id), &json)
-        .await?;
-    Ok(manifest)
 }
 
 fn humantime(d: Duration) -> String {
