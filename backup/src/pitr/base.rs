@@ -36,102 +36,16 @@ pub async fn prepare(
     let version = tool_version("pg_basebackup")?;
     let db = Postgres::connect(url).await?;
     let c = db.client();
-    let q = |e: tokio_postgres::Error| Error::Source(describe(&e));
-    let row = c
-        .query_one(
-            "SELECT current_setting('server_version'), current_setting('server_version_num')::int, \
-                    (SELECT system_identifier::text FROM pg_control_system()), \
-                    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
-                    current_setting('archive_mode') || ' ' || (current_setting('archive_command') <> '' OR coalesce(current_setting('archive_library', true), '') <> '')::text, \
-                    (SELECT sum(pg_database_size(oid))::bigint FROM pg_database), \
-                    (SELECT string_agg(spcname, ', ') FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))",
-            &[],
-        )
-        .await
-        .map_err(q)?;
-    let (server_version, server_num, sysid, seg, archive_mode, size, tablespaces): (
-        String,
-        i32,
-        String,
-        i64,
-        String,
-        Option<i64>,
-        Option<String>,
-    ) = (
-        row.get(0),
-        row.get(1),
-        row.get(2),
-        row.get(3),
-        row.get(4),
-        row.get(5),
-        row.get(6),
-    );
-    let server_major = (server_num / 10000) as u32;
-    if server_major < 14 {
-        return Err(Error::Refused(format!(
-            "point-in-time recovery through dbward needs PostgreSQL 14 or newer; this server is {server_version} (PostgreSQL 13 promotes short of a recovery target it never reached, where 14 stops). Use logical snapshots (`dbward backup` without --physical)."
-        )));
-    }
-    if major(&version) < server_major.max(13) {
-        return Err(Error::Refused(format!(
-            "pg_basebackup {version} cannot take a base backup of this server ({server_version}): it needs pg_basebackup {} or newer (with backup manifests). \
-             Install those client tools and put their pg_basebackup first on PATH.",
-            server_major.max(13)
-        )));
-    }
-    if let Some(names) = tablespaces {
-        return Err(Error::Refused(format!(
-            "this cluster has tablespaces besides pg_default ({names}); a physical base is one tar of the data directory and cannot hold them. \
-             Use logical snapshots (`dbward backup` without --physical) for this cluster."
-        )));
-    }
-    let (archive_mode, archiver_set) = archive_mode
-        .split_once(' ')
-        .map(|(m, set)| (m.to_string(), set == "true"))
-        .unwrap_or((archive_mode, false));
-    if archive_mode != "off" && !archiver_set {
-        return Err(Error::Refused(format!(
-            "archive_mode is {archive_mode} on {} but archive_command is empty: nothing is archived, and a base would wait for its WAL without end. Set archive_command = 'dbward -q wal-push %p' and reload the server.",
-            url.display
-        )));
-    }
-    if archive_mode == "off" {
-        return Err(Error::Refused(format!(
-            "archive_mode is off on {}: a base backup is useless without the WAL after it. \
-             Set archive_mode = on and archive_command = 'dbward -q wal-push %p' (see the README's \"Point-in-time recovery\"), restart the server, and try again.",
-            url.display
-        )));
-    }
-    crate::pitr::wal::read_cluster(store, database)
-        .await
-        .map_err(|e| match e {
-            Error::Refused(why) => Error::Refused(format!(
-                "{why}. A base needs the cluster's WAL archive in this store first: set archive_command = 'dbward -q wal-push %p' with this store, and wait for a first segment to be archived (or run SELECT pg_switch_wal()). Nothing was written."
-            )),
-            e => e,
-        })?;
+    let checked = check(c, url, &version, store, database).await?;
     let applied = applied_on(c).await?;
     let database_id = dbconn::identity::read_pg(c).await?;
-    let archiver = c
-        .query_one(
-            "SELECT failed_count, \
-                    coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false), \
-                    coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '') \
-             FROM pg_stat_archiver",
-            &[],
-        )
-        .await
-        .map_err(q)?;
-    let failed_before: i64 = archiver.get(0);
-    // Archiving that fails now (a store directory the archiver's user cannot write, say) would
-    // leave the base without its WAL: refused before anything is written.
-    if archiver.get::<_, bool>(1) {
-        return Err(Error::Refused(format!(
-            "the server's WAL archiving is failing (its last failure, on {}, at {}, came after its last success; pg_stat_archiver and the server log say why): a base is useless without its WAL. A `file://` store written by two users (this command's and PostgreSQL's) needs store.group. Nothing was written.",
-            archiver.get::<_, String>(2),
-            archiver.get::<_, String>(3)
-        )));
-    }
+    let Checked {
+        server_version,
+        sysid,
+        seg,
+        size,
+        failed_before,
+    } = checked;
 
     let mut cmd = libpq_command("pg_basebackup", url, None);
     cmd.args([
@@ -202,6 +116,130 @@ pub async fn prepare(
             seen,
         },
     ))
+}
+
+/// The server, as a base needs it: facts for the manifest, and every refusal before anything
+/// is written.
+struct Checked {
+    server_version: String,
+    sysid: String,
+    seg: i64,
+    size: Option<i64>,
+    /// The archiver's failures so far: the watch during the backup counts new ones.
+    failed_before: i64,
+}
+
+/// PostgreSQL 14 or newer, a `pg_basebackup` as new as the server, no tablespace beyond
+/// pg_default, archiving on and set, the cluster's WAL archive in this store, and an archiver
+/// that is not failing.
+async fn check(
+    c: &tokio_postgres::Client,
+    url: &PgUrl,
+    version: &str,
+    store: &crate::store::Store,
+    database: &str,
+) -> Result<Checked, Error> {
+    let q = |e: tokio_postgres::Error| Error::Source(describe(&e));
+    let row = c
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int, \
+                    (SELECT system_identifier::text FROM pg_control_system()), \
+                    (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
+                    current_setting('archive_mode') || ' ' || (current_setting('archive_command') <> '' OR coalesce(current_setting('archive_library', true), '') <> '')::text, \
+                    (SELECT sum(pg_database_size(oid))::bigint FROM pg_database), \
+                    (SELECT string_agg(spcname, ', ') FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    let (server_version, server_num, sysid, seg, archive_mode, size, tablespaces): (
+        String,
+        i32,
+        String,
+        i64,
+        String,
+        Option<i64>,
+        Option<String>,
+    ) = (
+        row.get(0),
+        row.get(1),
+        row.get(2),
+        row.get(3),
+        row.get(4),
+        row.get(5),
+        row.get(6),
+    );
+    let server_major = (server_num / 10000) as u32;
+    if server_major < 14 {
+        return Err(Error::Refused(format!(
+            "point-in-time recovery through dbward needs PostgreSQL 14 or newer; this server is {server_version} (PostgreSQL 13 promotes short of a recovery target it never reached, where 14 stops). Use logical snapshots (`dbward backup` without --physical)."
+        )));
+    }
+    if major(version) < server_major.max(13) {
+        return Err(Error::Refused(format!(
+            "pg_basebackup {version} cannot take a base backup of this server ({server_version}): it needs pg_basebackup {} or newer (with backup manifests). \
+             Install those client tools and put their pg_basebackup first on PATH.",
+            server_major.max(13)
+        )));
+    }
+    if let Some(names) = tablespaces {
+        return Err(Error::Refused(format!(
+            "this cluster has tablespaces besides pg_default ({names}); a physical base is one tar of the data directory and cannot hold them. \
+             Use logical snapshots (`dbward backup` without --physical) for this cluster."
+        )));
+    }
+    let (archive_mode, archiver_set) = archive_mode
+        .split_once(' ')
+        .map(|(m, set)| (m.to_string(), set == "true"))
+        .unwrap_or((archive_mode, false));
+    if archive_mode != "off" && !archiver_set {
+        return Err(Error::Refused(format!(
+            "archive_mode is {archive_mode} on {} but archive_command is empty: nothing is archived, and a base would wait for its WAL without end. Set archive_command = 'dbward -q wal-push %p' and reload the server.",
+            url.display
+        )));
+    }
+    if archive_mode == "off" {
+        return Err(Error::Refused(format!(
+            "archive_mode is off on {}: a base backup is useless without the WAL after it. \
+             Set archive_mode = on and archive_command = 'dbward -q wal-push %p' (see the README's \"Point-in-time recovery\"), restart the server, and try again.",
+            url.display
+        )));
+    }
+    crate::pitr::wal::read_cluster(store, database)
+        .await
+        .map_err(|e| match e {
+            Error::Refused(why) => Error::Refused(format!(
+                "{why}. A base needs the cluster's WAL archive in this store first: set archive_command = 'dbward -q wal-push %p' with this store, and wait for a first segment to be archived (or run SELECT pg_switch_wal()). Nothing was written."
+            )),
+            e => e,
+        })?;
+    let archiver = c
+        .query_one(
+            "SELECT failed_count, \
+                    coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false), \
+                    coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '') \
+             FROM pg_stat_archiver",
+            &[],
+        )
+        .await
+        .map_err(q)?;
+    let failed_before: i64 = archiver.get(0);
+    // Archiving that fails now (a store directory the archiver's user cannot write, say) would
+    // leave the base without its WAL: refused before anything is written.
+    if archiver.get::<_, bool>(1) {
+        return Err(Error::Refused(format!(
+            "the server's WAL archiving is failing (its last failure, on {}, at {}, came after its last success; pg_stat_archiver and the server log say why): a base is useless without its WAL. A `file://` store written by two users (this command's and PostgreSQL's) needs store.group. Nothing was written.",
+            archiver.get::<_, String>(2),
+            archiver.get::<_, String>(3)
+        )));
+    }
+    Ok(Checked {
+        server_version,
+        sysid,
+        seg,
+        size,
+        failed_before,
+    })
 }
 
 /// What the archiver watch found, and whether the child may still be signalled.
