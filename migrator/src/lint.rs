@@ -318,6 +318,21 @@ fn check_statement(
     savepoints: &mut Vec<String>,
     findings: &mut Vec<RawFinding>,
 ) {
+    errors_of(stmt, dialect, savepoints, findings);
+    warnings_of(stmt, findings);
+    let at = stmt[0].at;
+    if let Some(why) = not_additive_statement(stmt) {
+        findings.push((at, Severity::Note, "not-additive", why));
+    }
+}
+
+/// What breaks the batch's one transaction, or is silently ignored in it: errors.
+fn errors_of(
+    stmt: &[Tok],
+    dialect: Dialect,
+    savepoints: &mut Vec<String>,
+    findings: &mut Vec<RawFinding>,
+) {
     let w = |i: usize| stmt.get(i).and_then(|t| t.word.as_deref()).unwrap_or("");
     let has = |word: &str| stmt.iter().any(|t| t.word.as_deref() == Some(word));
     let find = |word: &str| stmt.iter().find(|t| t.word.as_deref() == Some(word));
@@ -440,7 +455,13 @@ fn check_statement(
         }
         _ => {}
     }
+}
 
+/// What deletes data, or cannot be used until the batch commits: warnings.
+fn warnings_of(stmt: &[Tok], findings: &mut Vec<RawFinding>) {
+    let w = |i: usize| stmt.get(i).and_then(|t| t.word.as_deref()).unwrap_or("");
+    let has = |word: &str| stmt.iter().any(|t| t.word.as_deref() == Some(word));
+    let at = stmt[0].at;
     let mut warn = |at: Location, rule: &'static str, msg: String| {
         findings.push((at, Severity::Warning, rule, msg))
     };
@@ -466,9 +487,6 @@ fn check_statement(
         }
         ("ALTER", "TYPE") if has("ADD") && has("VALUE") => warn(at, "enum-value", "a value added by `ALTER TYPE ... ADD VALUE` cannot be used until the batch commits; later migrations of the same batch must not use it".into()),
         _ => {}
-    }
-    if let Some(why) = not_additive_statement(stmt) {
-        findings.push((at, Severity::Note, "not-additive", why));
     }
 }
 
