@@ -63,20 +63,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
 
     // Everything that can be checked without the database is checked first.
     let files = migrator::discover(&settings.migrations)?;
-    // Read once: the gate's errors and warnings, and the notes that name what is not purely
-    // additive (kept for the deploy record of the batch's files).
-    let (notes, findings): (Vec<_>, Vec<_>) = migrator::lint::all(files.all(), dialect(&url))
-        .into_iter()
-        .partition(|f| f.severity == Severity::Note);
-    let (errors, warnings): (Vec<_>, Vec<_>) = findings
-        .into_iter()
-        .partition(|f| f.severity == Severity::Error);
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
-    if !errors.is_empty() {
-        return Err(migrator::Error::Lint { findings: errors }.into());
-    }
+    let (notes, warnings) = lint_gate(&files, &url)?;
 
     if args.dry_run {
         return dry_run(&url, &files, &warnings).await;
@@ -132,16 +119,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     if let Some(f) = &failed {
         refuse_failed_batch(f, &batch, args.retry_failed)?;
     }
-    // The deploy's record must be writable before anything is applied.
-    scope.check_writable().map_err(|e| {
-        Failure::new(
-            Exit::Refused,
-            format!(
-                "{}; nothing was applied: a batch whose deploy record cannot be written is a deploy the health guard cannot undo. Free space in (or fix) the state dir, then run again",
-                backup::error::chain(&e)
-            ),
-        )
-    })?;
+    refuse_unwritable(&scope)?;
 
     // The pre-deploy snapshot: under the lock, once something is pending. A first deploy has
     // nothing to protect. If it fails, nothing is applied.
@@ -157,21 +135,11 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     if pg {
         warn_if_archiving_fails(&url).await;
     }
-    let (taken, fallback) = if !will_snapshot {
-        (None, None)
-    } else {
-        let (m, fallback) = crate::service::take::pre_deploy(settings, &url).await?;
-        match &m.point {
-            Some(p) => tracing::info!(
-                "pre-deploy restore point {} at {} (WAL segment {} archived) in {} ms",
-                m.id,
-                p.lsn,
-                p.segment,
-                m.duration_ms
-            ),
-            None => tracing::info!("pre-deploy snapshot {}", m.id),
-        }
+    let (taken, fallback) = if will_snapshot {
+        let (m, fallback) = pre_deploy_snapshot(settings, &url).await?;
         (Some(m), fallback)
+    } else {
+        (None, None)
     };
     let snapshot = taken.as_ref().map(|m| m.id.clone());
 
@@ -187,60 +155,21 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         .map(|f| format!("{}:{}: {}", f.file.display(), f.line, f.message))
         .collect();
     let names: Vec<String> = batch.iter().map(|f| f.file_name()).collect();
-    tracing::info!(
-        "applying {} migration(s) in one transaction: {}",
-        names.len(),
-        names.join(", ")
-    );
-    let batch_xid = db.apply(&batch, settings.lock_timeout).await?;
-    dbconn::committed::mark(format!(
-        "the migration batch ({}) was committed",
-        names.join(", ")
-    ));
-    failpoint("migrate-after-commit")?;
+    let batch_xid = apply(&mut db, &batch, &names, settings.lock_timeout).await?;
     let counters_after = if will_snapshot {
         counters(&mut db).await
     } else {
         None
     };
-    let head = plan
-        .pending
-        .last()
-        .map(|f| f.head())
-        .or_else(|| plan.head().map(migrator::Applied::head));
-    let applied: Vec<i64> = plan.pending.iter().map(|f| f.version).collect();
-    let repeatable: Vec<String> = plan.repeatable.iter().map(|f| f.name.clone()).collect();
     let mut deploy = state::Deploy {
-        database: url.display(),
-        database_id: None,
-        at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
-        pre_deploy_snapshot: snapshot.clone(),
-        applied: applied.clone(),
-        head: head.clone(),
-        restored: None,
-        repeatable: repeatable.clone(),
-        hook_failed: None,
-        not_additive,
         counters_before_snapshot,
         counters_before_apply,
         counters_after,
         batch_xid,
+        ..new_deploy(&url, &plan, snapshot.clone(), not_additive)
     };
-    // The batch is committed: a failure to record it must not say otherwise (exit 1 promises
-    // the database is as it was). Without the record the guard sees an older deploy whose head
-    // no longer matches, so it never restores on a wrong basis.
-    // A first deploy's database got its identity in the batch: its records are keyed by it.
-    let scope = state::Scope::of(&settings.state_dir, &url).await;
-    let recorded = record(&scope, &deploy);
-    if let Err(e) = &recorded {
-        tracing::error!(
-            "{}; the health guard will not restore this deploy automatically (restore it by id: {})",
-            e.message,
-            snapshot.as_deref().unwrap_or("no pre-deploy snapshot was taken")
-        );
-    }
-    // A batch went through: any record of a rolled-back one is stale.
-    clear_failed(&scope, &store).await;
+    let head = deploy.head.clone();
+    let (scope, recorded) = record_committed(settings, &url, &store, &deploy).await;
     let head_text = head
         .as_ref()
         .map(|h| format!("V{} {}", h.version, h.name))
@@ -250,42 +179,19 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         names.len(),
         started.elapsed().as_secs_f64()
     );
-    let mut json = json!({
+    let json = json!({
         "database": url.display(),
         "applied": batch.iter().map(|f| applied_json(f)).collect::<Vec<_>>(),
         "head": head,
         "snapshot": snapshot,
         "snapshot_format": taken.as_ref().map(|m| m.format),
         "restore_point_fallback": fallback,
-        "deploy_recorded": recorded.is_ok(),
+        "deploy_recorded": recorded,
         "elapsed_ms": started.elapsed().as_millis() as u64,
     });
-    let hooks = crate::hooks::Batch {
-        applied: &applied,
-        repeatable: &repeatable,
-        snapshot: snapshot.as_deref(),
-        head: head.as_ref().map(|h| h.version),
-    };
-    if let Err(e) = crate::hooks::after_migrate(settings, &hooks).await {
-        json["hook_failed"] = json!(e);
-        deploy.hook_failed = Some(e.clone());
-        if recorded.is_ok() {
-            if let Err(f) = record(&scope, &deploy) {
-                tracing::error!("{}", f.message);
-            }
-        }
-        return Err(hook_failure(&e, &names, snapshot.as_deref(), json));
-    }
-    // Retention over the stores, now that the deploy is done (the new snapshot is the newest,
-    // so it is kept). A failure here is not the deploy's.
+    let json = hooks_after(settings, &scope, &mut deploy, recorded, &names, json).await?;
     if let Some(m) = &taken {
-        match crate::service::take::retain(settings, &url, m).await {
-            Ok(Some(removed)) if !removed.is_empty() => {
-                tracing::info!("retention removed {}", removed.join(", "))
-            }
-            Ok(_) => {}
-            Err(f) => tracing::warn!("retention after the deploy: {}", f.message),
-        }
+        retain_after(settings, &url, m).await;
     }
     Ok(Report {
         text: format!(
@@ -296,6 +202,188 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         json,
         code: Exit::Success,
     })
+}
+
+/// Applies the batch in one transaction, and marks the point of no return once it committed
+/// (a stop request from then on says what stands). Returns the batch's transaction id.
+async fn apply(
+    db: &mut Database,
+    batch: &[&migrator::MigrationFile],
+    names: &[String],
+    lock_timeout: std::time::Duration,
+) -> Result<Option<u32>, Failure> {
+    tracing::info!(
+        "applying {} migration(s) in one transaction: {}",
+        names.len(),
+        names.join(", ")
+    );
+    let batch_xid = db.apply(batch, lock_timeout).await?;
+    dbconn::committed::mark(format!(
+        "the migration batch ({}) was committed",
+        names.join(", ")
+    ));
+    failpoint("migrate-after-commit")?;
+    Ok(batch_xid)
+}
+
+/// Records the committed batch. A failure to record it must not say otherwise (exit 1 promises
+/// the database is as it was): it is logged, and without the record the guard sees an older
+/// deploy whose head no longer matches, so it never restores on a wrong basis. A first
+/// deploy's database got its identity in the batch: its records are keyed by it. Any record of
+/// a rolled-back batch is stale now. Returns the scope and whether the record was written.
+async fn record_committed(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    store: &backup::Store,
+    deploy: &state::Deploy,
+) -> (state::Scope, bool) {
+    let scope = state::Scope::of(&settings.state_dir, url).await;
+    let recorded = record(&scope, deploy);
+    if let Err(e) = &recorded {
+        tracing::error!(
+            "{}; the health guard will not restore this deploy automatically (restore it by id: {})",
+            e.message,
+            deploy
+                .pre_deploy_snapshot
+                .as_deref()
+                .unwrap_or("no pre-deploy snapshot was taken")
+        );
+    }
+    clear_failed(&scope, store).await;
+    (scope, recorded.is_ok())
+}
+
+/// The after-migrate hooks, still under the lock. A failing hook is exit 6, and the deploy's
+/// record (when it was written) gets `hook_failed`, so the guard restores it without polling.
+async fn hooks_after(
+    settings: &Settings,
+    scope: &state::Scope,
+    deploy: &mut state::Deploy,
+    recorded: bool,
+    names: &[String],
+    mut json: serde_json::Value,
+) -> Result<serde_json::Value, Failure> {
+    let batch = crate::hooks::Batch {
+        applied: &deploy.applied,
+        repeatable: &deploy.repeatable,
+        snapshot: deploy.pre_deploy_snapshot.as_deref(),
+        head: deploy.head.as_ref().map(|h| h.version),
+    };
+    let Err(e) = crate::hooks::after_migrate(settings, &batch).await else {
+        return Ok(json);
+    };
+    json["hook_failed"] = json!(e);
+    deploy.hook_failed = Some(e.clone());
+    if recorded {
+        if let Err(f) = record(scope, deploy) {
+            tracing::error!("{}", f.message);
+        }
+    }
+    Err(hook_failure(
+        &e,
+        names,
+        deploy.pre_deploy_snapshot.as_deref(),
+        json,
+    ))
+}
+
+/// The deploy's record must be writable before anything is applied: a batch whose record
+/// cannot be written is a deploy the health guard cannot undo.
+fn refuse_unwritable(scope: &state::Scope) -> Result<(), Failure> {
+    scope.check_writable().map_err(|e| {
+        Failure::new(
+            Exit::Refused,
+            format!(
+                "{}; nothing was applied: a batch whose deploy record cannot be written is a deploy the health guard cannot undo. Free space in (or fix) the state dir, then run again",
+                backup::error::chain(&e)
+            ),
+        )
+    })
+}
+
+/// The record of a deploy that applies `plan`'s batch (its counters filled in by the caller).
+fn new_deploy(
+    url: &DatabaseUrl,
+    plan: &Plan,
+    snapshot: Option<String>,
+    not_additive: Vec<String>,
+) -> state::Deploy {
+    let head = plan
+        .pending
+        .last()
+        .map(|f| f.head())
+        .or_else(|| plan.head().map(migrator::Applied::head));
+    state::Deploy {
+        database: url.display(),
+        database_id: None,
+        at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
+        pre_deploy_snapshot: snapshot,
+        applied: plan.pending.iter().map(|f| f.version).collect(),
+        head,
+        restored: None,
+        repeatable: plan.repeatable.iter().map(|f| f.name.clone()).collect(),
+        hook_failed: None,
+        not_additive,
+        counters_before_snapshot: None,
+        counters_before_apply: None,
+        counters_after: None,
+        batch_xid: None,
+    }
+}
+
+/// The lint gate, read once: errors refuse the run (exit 3), warnings are logged, and the
+/// notes that name what is not purely additive are kept for the deploy record of the batch's
+/// files. Returns the notes and the warnings.
+fn lint_gate(
+    files: &migrator::Migrations,
+    url: &DatabaseUrl,
+) -> Result<(Vec<migrator::Finding>, Vec<migrator::Finding>), Failure> {
+    let (notes, findings): (Vec<_>, Vec<_>) = migrator::lint::all(files.all(), dialect(url))
+        .into_iter()
+        .partition(|f| f.severity == Severity::Note);
+    let (errors, warnings): (Vec<_>, Vec<_>) = findings
+        .into_iter()
+        .partition(|f| f.severity == Severity::Error);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if !errors.is_empty() {
+        return Err(migrator::Error::Lint { findings: errors }.into());
+    }
+    Ok((notes, warnings))
+}
+
+/// The pre-deploy snapshot (a restore point where the guard can rewind, else a dump or a
+/// file), said in the log; the second value says why a dump was taken where a restore point
+/// was wanted.
+async fn pre_deploy_snapshot(
+    settings: &Settings,
+    url: &DatabaseUrl,
+) -> Result<(backup::Manifest, Option<String>), Failure> {
+    let (m, fallback) = crate::service::take::pre_deploy(settings, url).await?;
+    match &m.point {
+        Some(p) => tracing::info!(
+            "pre-deploy restore point {} at {} (WAL segment {} archived) in {} ms",
+            m.id,
+            p.lsn,
+            p.segment,
+            m.duration_ms
+        ),
+        None => tracing::info!("pre-deploy snapshot {}", m.id),
+    }
+    Ok((m, fallback))
+}
+
+/// Retention over the stores, now that the deploy is done (the new snapshot is the newest, so
+/// it is kept). A failure here is not the deploy's.
+async fn retain_after(settings: &Settings, url: &DatabaseUrl, m: &backup::Manifest) {
+    match crate::service::take::retain(settings, url, m).await {
+        Ok(Some(removed)) if !removed.is_empty() => {
+            tracing::info!("retention removed {}", removed.join(", "))
+        }
+        Ok(_) => {}
+        Err(f) => tracing::warn!("retention after the deploy: {}", f.message),
+    }
 }
 
 /// Nothing to apply. A deploy whose after-migrate hooks failed is not finished: its hooks run
