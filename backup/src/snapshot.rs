@@ -76,40 +76,15 @@ async fn take_into(
     let id = manifest::snapshot_id(at, req.kind);
     // The identity is made before the snapshot, so the snapshot carries it.
     owner::ensure_identity(req.database, req.lock_timeout).await;
-    let (prepared, base) = match req.database {
-        DatabaseUrl::Sqlite(_) if req.physical => {
-            return Err(Error::Refused(
-                "a physical base backup is PostgreSQL's; a SQLite snapshot already is a copy of the database file (drop --physical)".into(),
-            ))
-        }
-        DatabaseUrl::Sqlite(path) => (
-            engine::sqlite::prepare(path, req.temp_dir, req.lock_timeout)?,
-            None,
-        ),
-        DatabaseUrl::Postgres(pg) if req.physical => {
-            let (p, base) = crate::pitr::base::prepare(pg, &id, primary, &req.database.name()).await?;
-            (p, Some(base))
-        }
-        DatabaseUrl::Postgres(pg) => (
-            engine::postgres::prepare(pg, req.lock_timeout).await?,
-            None,
-        ),
-    };
+    let (prepared, base) = prepare_source(req, &id, primary).await?;
     dbconn::failpoint::hit("backup-after-prepare").map_err(Error::Source)?;
     let database = req.database.name();
     check_folder_name(&database)?;
     let db_id = prepared.database_id.clone();
     check_owner(primary, &database, &db_id).await?;
     // (index into `mirrors`, store) of the mirrors still taking a copy.
-    let mut active: Vec<(usize, &Store)> = Vec::new();
-    let mut failed_mirrors = Vec::new();
-    for (i, m) in mirrors.iter().enumerate() {
-        match check_owner(m, &database, &db_id).await {
-            Ok(()) => active.push((i, m)),
-            Err(e) if require_all => return Err(e),
-            Err(e) => failed_mirrors.push((i, e)),
-        }
-    }
+    let (active, mut failed_mirrors) =
+        owned_mirrors(mirrors, &database, &db_id, require_all).await?;
     let data_key = manifest::data_key(&database, &id, prepared.format, req.encryption.is_some());
     let chunk_size = active
         .iter()
@@ -212,20 +187,11 @@ async fn take_into(
         None => None,
     };
     let mut copied = vec![false; all.len()];
-    for (n, result) in stored.into_iter().enumerate() {
-        let problem = match result {
-            Ok(size) if size == stats.stored_bytes => {
-                copied[n] = true;
-                continue;
-            }
-            Ok(size) => {
-                let _ = all[n].delete(&data_key).await;
-                Error::Store {
-                    what: all[n].describe(&data_key),
-                    message: format!("holds {size} bytes, {} were sent; the object was removed and no manifest written", stats.stored_bytes),
-                }
-            }
-            Err(e) => e,
+    let checked = check_copies(&all, stored, stats.stored_bytes, &data_key).await;
+    for (n, problem) in checked.into_iter().enumerate() {
+        let Some(problem) = problem else {
+            copied[n] = true;
+            continue;
         };
         if n == 0 || require_all {
             discard().await;
@@ -275,32 +241,13 @@ async fn take_into(
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
     // Mirrors first, the primary last: with `require_all`, a copy that failed anywhere leaves
     // no complete snapshot on the primary.
-    // With `require_all`, a failure undoes the mirrors' manifests written so far before their
-    // data: no store is left with a manifest whose data is gone.
-    let mut manifests_written: Vec<&Store> = Vec::new();
-    for n in 1..all.len() {
-        if !copied[n] {
-            continue;
+    match mirror_manifests(&all, &copied, &manifest, &json, require_all).await {
+        Ok(failed) => {
+            failed_mirrors.extend(failed.into_iter().map(|(n, e)| (active[n - 1].0, e)));
         }
-        let store = all[n];
-        let written = async {
-            store.put_new(&manifest_key(&database, &id), &json).await?;
-            manifests_written.push(store);
-            if let Some(db_id) = &manifest.database_id {
-                owner::claim(store, &database, db_id, &manifest.engine, &manifest.host).await?;
-            }
-            Ok::<(), Error>(())
-        }
-        .await;
-        if let Err(e) = written {
-            if require_all {
-                for s in manifests_written.iter().rev() {
-                    let _ = s.delete(&manifest_key(&database, &id)).await;
-                }
-                discard().await;
-                return Err(e);
-            }
-            failed_mirrors.push((active[n - 1].0, e));
+        Err(e) => {
+            discard().await;
+            return Err(e);
         }
     }
     primary
@@ -323,6 +270,129 @@ async fn take_into(
         manifest,
         failed_mirrors,
     })
+}
+
+/// The engine's source for `req`: a SQLite file's pages, a `pg_dump`, or a base
+/// (`pg_basebackup`, with what the manifest needs of it once the WAL is archived).
+async fn prepare_source(
+    req: &Request<'_>,
+    id: &str,
+    primary: &Store,
+) -> Result<(engine::Prepared, Option<crate::pitr::base::Base>), Error> {
+    Ok(match req.database {
+        DatabaseUrl::Sqlite(_) if req.physical => {
+            return Err(Error::Refused(
+                "a physical base backup is PostgreSQL's; a SQLite snapshot already is a copy of the database file (drop --physical)".into(),
+            ))
+        }
+        DatabaseUrl::Sqlite(path) => (
+            engine::sqlite::prepare(path, req.temp_dir, req.lock_timeout)?,
+            None,
+        ),
+        DatabaseUrl::Postgres(pg) if req.physical => {
+            let (p, base) =
+                crate::pitr::base::prepare(pg, id, primary, &req.database.name()).await?;
+            (p, Some(base))
+        }
+        DatabaseUrl::Postgres(pg) => (
+            engine::postgres::prepare(pg, req.lock_timeout).await?,
+            None,
+        ),
+    })
+}
+
+/// The mirrors whose folder is this database's (index into `mirrors`, store), and the others
+/// with why; with `require_all`, the first that is not is the error.
+#[allow(clippy::type_complexity)]
+async fn owned_mirrors<'a>(
+    mirrors: &[&'a Store],
+    database: &str,
+    db_id: &Option<String>,
+    require_all: bool,
+) -> Result<(Vec<(usize, &'a Store)>, Vec<(usize, Error)>), Error> {
+    let mut active = Vec::new();
+    let mut failed = Vec::new();
+    for (i, m) in mirrors.iter().enumerate() {
+        match check_owner(m, database, db_id).await {
+            Ok(()) => active.push((i, *m)),
+            Err(e) if require_all => return Err(e),
+            Err(e) => failed.push((i, e)),
+        }
+    }
+    Ok((active, failed))
+}
+
+/// Each upload against the bytes produced: `None` for a complete copy; an object of another
+/// size is removed (this run's own key) and is a problem, as is an upload that failed.
+async fn check_copies(
+    stores: &[&Store],
+    stored: Vec<Result<u64, Error>>,
+    expected: u64,
+    data_key: &str,
+) -> Vec<Option<Error>> {
+    let mut out = Vec::new();
+    for (store, result) in stores.iter().zip(stored) {
+        out.push(match result {
+            Ok(size) if size == expected => None,
+            Ok(size) => {
+                let _ = store.delete(data_key).await;
+                Some(Error::Store {
+                    what: store.describe(data_key),
+                    message: format!("holds {size} bytes, {expected} were sent; the object was removed and no manifest written"),
+                })
+            }
+            Err(e) => Some(e),
+        });
+    }
+    out
+}
+
+/// The manifest (and the folder's claim) in each mirror that holds a complete copy
+/// (`stores[1..]`, where `copied` says so). Without `require_all`, the mirrors that failed come
+/// back (by their place in `stores`). With it, a failure removes the mirrors' manifests written
+/// so far and is the error: no store is left with a manifest whose data the caller removes.
+async fn mirror_manifests(
+    stores: &[&Store],
+    copied: &[bool],
+    manifest: &Manifest,
+    json: &[u8],
+    require_all: bool,
+) -> Result<Vec<(usize, Error)>, Error> {
+    let key = manifest_key(&manifest.database, &manifest.id);
+    let mut written: Vec<&Store> = Vec::new();
+    let mut failed = Vec::new();
+    for n in 1..stores.len() {
+        if !copied[n] {
+            continue;
+        }
+        let store = stores[n];
+        let result = async {
+            store.put_new(&key, json).await?;
+            written.push(store);
+            if let Some(db_id) = &manifest.database_id {
+                owner::claim(
+                    store,
+                    &manifest.database,
+                    db_id,
+                    &manifest.engine,
+                    &manifest.host,
+                )
+                .await?;
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            if require_all {
+                for s in written.iter().rev() {
+                    let _ = s.delete(&key).await;
+                }
+                return Err(e);
+            }
+            failed.push((n, e));
+        }
+    }
+    Ok(failed)
 }
 
 /// A base's facts, once its stream ended, checked against the WAL archive in `store`: the

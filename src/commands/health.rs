@@ -320,27 +320,7 @@ async fn guard_inner(
         }
     };
     drop(db);
-    // The batch being rolled back, as the history recorded it: `migrate` refuses the same batch
-    // again, so a restart loop stops before it touches the database.
-    let batch: Vec<state::BatchFile> = history
-        .iter()
-        .filter(|a| deploy.applied.contains(&a.version))
-        .map(|a| state::BatchFile {
-            version: a.version,
-            name: a.name.clone(),
-            checksum: a.checksum.to_string(),
-        })
-        .chain(
-            repeatable
-                .iter()
-                .filter(|r| deploy.repeatable.contains(&r.name))
-                .map(|r| state::BatchFile {
-                    version: 0,
-                    name: format!("R__{}", r.name),
-                    checksum: r.checksum.to_string(),
-                }),
-        )
-        .collect();
+    let batch = batch_of(&history, &repeatable, &deploy);
     let head = history.into_iter().max_by_key(|a| a.version);
     let now = head.map(|h| (h.version, h.checksum.to_string()));
     let then = deploy
@@ -358,25 +338,7 @@ async fn guard_inner(
     let sqlite = matches!(url, migrator::DatabaseUrl::Sqlite(_));
     let discard_text = describe_discarded(&discard, false, sqlite);
     let measured = json!({ "would_discard": discard, "not_additive": deploy.not_additive, "on_failure": on_failure });
-    let keep = match on_failure {
-        OnFailure::Report => Some(
-            "health.on_failure = report; restore it by hand with `dbward restore pre-deploy`"
-                .to_string(),
-        ),
-        OnFailure::RestoreIfDestructive if deploy.not_additive.is_empty() => Some(format!(
-            "the batch ({}) is purely additive, so the release still running on the old schema can keep running on this one (health.on_failure = restore-if-destructive); fix the new release, or restore by hand with `dbward restore pre-deploy`",
-            batch.iter().map(|b| b.label()).collect::<Vec<_>>().join(", ")
-        )),
-        OnFailure::RestoreIfDestructive => {
-            tracing::warn!(
-                "the batch is not purely additive: {}",
-                deploy.not_additive.join("; ")
-            );
-            None
-        }
-        OnFailure::Restore => None,
-    };
-    if let Some(why) = keep {
+    if let Some(why) = keep_reason(on_failure, &deploy, &batch) {
         let mut f = not(format!("{why}; {discard_text}"));
         f.details = measured;
         let logged = guard_entry(
@@ -413,37 +375,16 @@ async fn guard_inner(
     let undone = undo(settings, &url, &stores, &snapshot, &deploy, then).await;
     let (mut restored, kept, rewind) = match undone {
         Ok(done) => done,
-        Err(mut f) => {
-            // A second guard finds the deploy undone by the first: nothing failed.
-            if scope
-                .read()
-                .ok()
-                .flatten()
-                .is_some_and(|d| d.restored.is_some())
-            {
-                failed.undo_failed = None;
-                super::migrate::write_failed(&scope, store, &failed).await;
-                return Err(f);
-            }
-            let first_line = f.message.lines().next().unwrap_or_default().to_string();
-            failed.undo_failed = Some(first_line.clone());
-            super::migrate::write_failed(&scope, store, &failed).await;
-            let logged = guard_entry(
-                "guard",
-                &url,
-                &deploy,
-                &snapshot,
-                format!("undo failed: {reason}; {first_line}"),
-            );
-            crate::deploys::append(&scope, Some(store), &logged).await;
-            let next = " The batch is still applied, and `migrate` refuses to go on until it is undone: fix the cause, then run `dbward health --restore-on-failure` again (it retries the undo at once), or `dbward restore pre-deploy`; or keep the batch with `dbward migrate --retry-failed`.";
-            let at = f.message.find("\nCaused by:").unwrap_or(f.message.len());
-            f.message.insert_str(at, next);
-            f.message.insert_str(
-                0,
-                &format!("unhealthy: {reason}. Undoing the deploy failed: "),
-            );
-            return Err(f);
+        Err(f) => {
+            let undo = Undo {
+                scope: &scope,
+                store,
+                url: &url,
+                deploy: &deploy,
+                snapshot: &snapshot,
+                reason,
+            };
+            return Err(undo.failed(failed, f).await);
         }
     };
     failed.undo_failed = None;
@@ -502,6 +443,108 @@ async fn guard_inner(
         text: String::new(),
         damaged: false,
     })
+}
+
+/// The batch being rolled back, as the history recorded it: `migrate` refuses the same batch
+/// again, so a restart loop stops before it touches the database.
+fn batch_of(
+    history: &[migrator::Applied],
+    repeatable: &[migrator::AppliedRepeatable],
+    deploy: &state::Deploy,
+) -> Vec<state::BatchFile> {
+    history
+        .iter()
+        .filter(|a| deploy.applied.contains(&a.version))
+        .map(|a| state::BatchFile {
+            version: a.version,
+            name: a.name.clone(),
+            checksum: a.checksum.to_string(),
+        })
+        .chain(
+            repeatable
+                .iter()
+                .filter(|r| deploy.repeatable.contains(&r.name))
+                .map(|r| state::BatchFile {
+                    version: 0,
+                    name: format!("R__{}", r.name),
+                    checksum: r.checksum.to_string(),
+                }),
+        )
+        .collect()
+}
+
+/// Why `health.on_failure` keeps the deploy in place (`None`: it is undone).
+fn keep_reason(
+    on_failure: OnFailure,
+    deploy: &state::Deploy,
+    batch: &[state::BatchFile],
+) -> Option<String> {
+    match on_failure {
+        OnFailure::Report => Some(
+            "health.on_failure = report; restore it by hand with `dbward restore pre-deploy`"
+                .to_string(),
+        ),
+        OnFailure::RestoreIfDestructive if deploy.not_additive.is_empty() => Some(format!(
+            "the batch ({}) is purely additive, so the release still running on the old schema can keep running on this one (health.on_failure = restore-if-destructive); fix the new release, or restore by hand with `dbward restore pre-deploy`",
+            batch.iter().map(|b| b.label()).collect::<Vec<_>>().join(", ")
+        )),
+        OnFailure::RestoreIfDestructive => {
+            tracing::warn!(
+                "the batch is not purely additive: {}",
+                deploy.not_additive.join("; ")
+            );
+            None
+        }
+        OnFailure::Restore => None,
+    }
+}
+
+/// The deploy a guard is undoing, and where its records go.
+struct Undo<'a> {
+    scope: &'a state::Scope,
+    store: &'a backup::Store,
+    url: &'a migrator::DatabaseUrl,
+    deploy: &'a state::Deploy,
+    snapshot: &'a str,
+    reason: &'a str,
+}
+
+impl Undo<'_> {
+    /// An undo that failed (`f`): recorded as unfinished, so `migrate` refuses to go on and
+    /// the next guard retries it, and said with what to do next. A second guard that finds the
+    /// deploy undone by the first has nothing failed to record.
+    async fn failed(&self, mut failed: state::FailedBatch, mut f: Failure) -> Failure {
+        let undone_meanwhile = self
+            .scope
+            .read()
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.restored.is_some());
+        if undone_meanwhile {
+            failed.undo_failed = None;
+            super::migrate::write_failed(self.scope, self.store, &failed).await;
+            return f;
+        }
+        let first_line = f.message.lines().next().unwrap_or_default().to_string();
+        failed.undo_failed = Some(first_line.clone());
+        super::migrate::write_failed(self.scope, self.store, &failed).await;
+        let logged = guard_entry(
+            "guard",
+            self.url,
+            self.deploy,
+            self.snapshot,
+            format!("undo failed: {}; {first_line}", self.reason),
+        );
+        crate::deploys::append(self.scope, Some(self.store), &logged).await;
+        let next = " The batch is still applied, and `migrate` refuses to go on until it is undone: fix the cause, then run `dbward health --restore-on-failure` again (it retries the undo at once), or `dbward restore pre-deploy`; or keep the batch with `dbward migrate --retry-failed`.";
+        let at = f.message.find("\nCaused by:").unwrap_or(f.message.len());
+        f.message.insert_str(at, next);
+        f.message.insert_str(
+            0,
+            &format!("unhealthy: {}. Undoing the deploy failed: ", self.reason),
+        );
+        f
+    }
 }
 
 /// What a rewind discarded, as the guard says it.
