@@ -309,17 +309,7 @@ async fn guard_inner(
             "the last deploy took no pre-deploy snapshot (a first deploy, or --no-snapshot)".into(),
         ));
     };
-    let mut db = Database::open(&url, Open::Existing).await?;
-    let history = db.applied().await?;
-    let repeatable = db.applied_repeatable().await?;
-    let counters_now = match db.write_counters().await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!("{e}");
-            None
-        }
-    };
-    drop(db);
+    let (history, repeatable, counters_now) = read_live(&url).await?;
     let batch = batch_of(&history, &repeatable, &deploy);
     let head = history.into_iter().max_by_key(|a| a.version);
     let now = head.map(|h| (h.version, h.checksum.to_string()));
@@ -339,17 +329,12 @@ async fn guard_inner(
     let discard_text = describe_discarded(&discard, false, sqlite);
     let measured = json!({ "would_discard": discard, "not_additive": deploy.not_additive, "on_failure": on_failure });
     if let Some(why) = keep_reason(on_failure, &deploy, &batch) {
-        let mut f = not(format!("{why}; {discard_text}"));
-        f.details = measured;
-        let logged = guard_entry(
-            "guard",
-            &url,
-            &deploy,
-            &snapshot,
-            format!("not restored: {reason}; {why}; {discard_text}"),
-        );
+        let outcome = format!("not restored: {reason}; {why}; {discard_text}");
+        let logged = guard_entry("guard", &url, &deploy, &snapshot, outcome);
         let store = settings.store().await.ok();
         crate::deploys::append(&scope, store.as_ref(), &logged).await;
+        let mut f = not(format!("{why}; {discard_text}"));
+        f.details = measured;
         return Err(f);
     }
     tracing::warn!("restoring: {discard_text}");
@@ -361,7 +346,7 @@ async fn guard_inner(
     // that would hide this one from the next guard. It becomes "rolled back" only once the
     // undo succeeded.
     let began = backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc());
-    let mut failed = state::FailedBatch {
+    let failed = state::FailedBatch {
         at: began.clone(),
         reason: reason.to_string(),
         snapshot: snapshot.clone(),
@@ -372,45 +357,31 @@ async fn guard_inner(
         )),
     };
     super::migrate::write_failed(&scope, store, &failed).await;
+    let records = Undo {
+        scope: &scope,
+        store,
+        url: &url,
+        snapshot: &snapshot,
+        reason,
+    };
     let undone = undo(settings, &url, &stores, &snapshot, &deploy, then).await;
     let (mut restored, kept, rewind) = match undone {
         Ok(done) => done,
-        Err(f) => {
-            let undo = Undo {
-                scope: &scope,
-                store,
-                url: &url,
-                deploy: &deploy,
-                snapshot: &snapshot,
-                reason,
-            };
-            return Err(undo.failed(failed, f).await);
-        }
+        Err(f) => return Err(records.failed(&deploy, failed, f).await),
     };
-    failed.undo_failed = None;
-    super::migrate::write_failed(&scope, store, &failed).await;
-    let now = backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc());
-    deploy.restored = Some(now.clone());
-    if let Err(e) = scope.write(&deploy) {
-        tracing::error!(
-            "restored, but recording it failed: {}",
-            backup::error::chain(&e)
-        );
-    }
     let warnings = rewind
         .as_ref()
         .map(|r| r.warnings.join("; "))
         .filter(|w| !w.is_empty())
         .map(|w| format!("; warning: {w}"))
         .unwrap_or_default();
-    let logged = guard_entry(
-        "restore",
-        &url,
-        &deploy,
-        &snapshot,
-        format!("restored by the health guard: {reason}; {discard_text}{warnings}"),
-    );
-    crate::deploys::append(&scope, Some(store), &logged).await;
+    records
+        .succeeded(
+            &mut deploy,
+            failed,
+            format!("restored by the health guard: {reason}; {discard_text}{warnings}"),
+        )
+        .await;
     // What a rewind discarded, counted from the stopped cluster's WAL once its success is
     // recorded (a guard stopped while it counts has nothing left to undo). Recorded: the
     // migration lock on the rewound cluster is let go, and a deploy may begin.
@@ -443,6 +414,31 @@ async fn guard_inner(
         text: String::new(),
         damaged: false,
     })
+}
+
+/// The live database's history, repeatable history and write counters (`None`, said, where
+/// they cannot be read).
+async fn read_live(
+    url: &migrator::DatabaseUrl,
+) -> Result<
+    (
+        Vec<migrator::Applied>,
+        Vec<migrator::AppliedRepeatable>,
+        Option<migrator::database::Counters>,
+    ),
+    Failure,
+> {
+    let mut db = Database::open(url, Open::Existing).await?;
+    let history = db.applied().await?;
+    let repeatable = db.applied_repeatable().await?;
+    let counters = match db.write_counters().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
+    Ok((history, repeatable, counters))
 }
 
 /// The batch being rolled back, as the history recorded it: `migrate` refuses the same batch
@@ -499,12 +495,11 @@ fn keep_reason(
     }
 }
 
-/// The deploy a guard is undoing, and where its records go.
+/// Where a guard's undo of a deploy is recorded, and why it undoes it.
 struct Undo<'a> {
     scope: &'a state::Scope,
     store: &'a backup::Store,
     url: &'a migrator::DatabaseUrl,
-    deploy: &'a state::Deploy,
     snapshot: &'a str,
     reason: &'a str,
 }
@@ -513,7 +508,12 @@ impl Undo<'_> {
     /// An undo that failed (`f`): recorded as unfinished, so `migrate` refuses to go on and
     /// the next guard retries it, and said with what to do next. A second guard that finds the
     /// deploy undone by the first has nothing failed to record.
-    async fn failed(&self, mut failed: state::FailedBatch, mut f: Failure) -> Failure {
+    async fn failed(
+        &self,
+        deploy: &state::Deploy,
+        mut failed: state::FailedBatch,
+        mut f: Failure,
+    ) -> Failure {
         let undone_meanwhile = self
             .scope
             .read()
@@ -531,7 +531,7 @@ impl Undo<'_> {
         let logged = guard_entry(
             "guard",
             self.url,
-            self.deploy,
+            deploy,
             self.snapshot,
             format!("undo failed: {}; {first_line}", self.reason),
         );
@@ -544,6 +544,29 @@ impl Undo<'_> {
             &format!("unhealthy: {}. Undoing the deploy failed: ", self.reason),
         );
         f
+    }
+
+    /// An undo that succeeded: the batch is rolled back (no longer unfinished), the deploy is
+    /// marked restored (never restored twice), and the deploy log says `outcome`.
+    async fn succeeded(
+        &self,
+        deploy: &mut state::Deploy,
+        mut failed: state::FailedBatch,
+        outcome: String,
+    ) {
+        failed.undo_failed = None;
+        super::migrate::write_failed(self.scope, self.store, &failed).await;
+        deploy.restored = Some(backup::manifest::now_rfc3339(
+            time::OffsetDateTime::now_utc(),
+        ));
+        if let Err(e) = self.scope.write(deploy) {
+            tracing::error!(
+                "restored, but recording it failed: {}",
+                backup::error::chain(&e)
+            );
+        }
+        let logged = guard_entry("restore", self.url, deploy, self.snapshot, outcome);
+        crate::deploys::append(self.scope, Some(self.store), &logged).await;
     }
 }
 
