@@ -86,34 +86,30 @@ async fn take_into(
     let (active, mut failed_mirrors) =
         owned_mirrors(mirrors, &database, &db_id, require_all).await?;
     let data_key = manifest::data_key(&database, &id, prepared.format, req.encryption.is_some());
-    let chunk_size = active
-        .iter()
-        .map(|(_, s)| s.chunk_size(prepared.size_hint))
-        .fold(primary.chunk_size(prepared.size_hint), usize::max);
+    let all: Vec<&Store> = std::iter::once(primary)
+        .chain(active.iter().map(|(_, s)| *s))
+        .collect();
+    // Chunks of the largest size any store needs for a database this size.
     let opts = pipeline::Options {
         level: req.level,
         workers: prepared.workers,
-        chunk_size,
+        chunk_size: all
+            .iter()
+            .map(|s| s.chunk_size(prepared.size_hint))
+            .fold(0, usize::max),
         encryption: req.encryption.clone(),
     };
     tracing::info!(
         "snapshot {id}: {} → {}",
         req.database.display(),
-        std::iter::once(primary)
-            .chain(active.iter().map(|(_, s)| *s))
+        all.iter()
             .map(|s| s.describe(&data_key))
             .collect::<Vec<_>>()
             .join(", ")
     );
 
+    let mut manifest = draft(req, &id, at, &database, &data_key, &prepared);
     let engine::Prepared {
-        format,
-        engine,
-        server_version,
-        pg_dump_version,
-        head,
-        database_id,
-        row_counts,
         mut reader,
         finish,
         keep,
@@ -132,24 +128,13 @@ async fn take_into(
         };
         pipeline::compress(&mut reader, finish, &opts, tx, &report)
     });
-    let all: Vec<&Store> = std::iter::once(primary)
-        .chain(active.iter().map(|(_, s)| *s))
-        .collect();
-    let mut senders = Vec::new();
-    let mut uploads = Vec::new();
-    for s in &all {
-        let (tx, rx) = mpsc::channel(2);
-        senders.push(Some(tx));
-        uploads.push(s.put_stream(&data_key, rx));
-    }
-    let fan_out = fan_out(rx, senders, require_all);
-    let (stored, produced, ()) =
-        tokio::join!(futures_util::future::join_all(uploads), producer, fan_out);
+    let (stored, produced) = tokio::join!(upload_all(&all, &data_key, rx, require_all), producer);
     let produced =
         produced.map_err(|e| Error::Source(format!("the compression thread panicked: {e}")))?;
-    drop(keep); // ends the exporting transaction / removes the temp copy
-                // The copies whose upload completed: removed again (by their exact key, this run's own)
-                // when the snapshot as a whole fails.
+    // Ends the exporting transaction, or removes the temp copy.
+    drop(keep);
+    // The copies whose upload completed: removed again (by their exact key, this run's own)
+    // when the snapshot as a whole fails.
     let completed: Vec<bool> = stored.iter().map(Result::is_ok).collect();
     let discard = || async {
         for (s, done) in all.iter().zip(&completed) {
@@ -160,19 +145,9 @@ async fn take_into(
     };
     let stats = match produced {
         Ok(stats) => stats,
-        // The source's own failure is the cause; "the store stopped receiving" is the store's
-        // error's echo, so the store's error is the one to report.
         Err(e) => {
             discard().await;
-            let stopped = stored.into_iter().enumerate().find_map(|(n, r)| match r {
-                Err(se) if n == 0 || require_all => Some(se),
-                _ => None,
-            });
-            return Err(match (e, stopped) {
-                (e @ Error::Source(_), _) => e,
-                (_, Some(se)) => se,
-                (e, None) => e,
-            });
+            return Err(stream_failure(e, stored, require_all));
         }
     };
     // A base counts only with the WAL that makes it consistent in the primary's archive.
@@ -201,42 +176,12 @@ async fn take_into(
     }
 
     let elapsed = started.elapsed();
-    let manifest = Manifest {
-        format_version: manifest::FORMAT_VERSION,
-        id: id.clone(),
-        kind: req.kind,
-        label: req.label.clone(),
-        created_at: manifest::now_rfc3339(at),
-        engine: engine.into(),
-        server_version,
-        pg_dump_version,
-        physical,
-        point: None,
-        database: database.clone(),
-        database_id,
-        host: hostname(),
-        dbward_version: env!("CARGO_PKG_VERSION").into(),
-        format,
-        data_key: data_key.clone(),
-        raw_bytes: stats.raw_bytes,
-        stored_bytes: stats.stored_bytes,
-        sha256: stats.sha256,
-        compression: manifest::Compression {
-            algorithm: "zstd".into(),
-            level: req.level,
-        },
-        encryption: req.encryption.as_ref().map(|e| manifest::Encryption {
-            scheme: "age".into(),
-            recipients: e.names(),
-        }),
-        migration_head: head,
-        row_counts: if req.manifest_details {
-            row_counts
-        } else {
-            Default::default()
-        },
-        duration_ms: elapsed.as_millis() as u64,
-    };
+    manifest.physical = physical;
+    manifest.raw_bytes = stats.raw_bytes;
+    manifest.stored_bytes = stats.stored_bytes;
+    manifest.sha256 = stats.sha256;
+    manifest.duration_ms = elapsed.as_millis() as u64;
+    let manifest = manifest;
     dbconn::failpoint::hit("backup-before-manifest").map_err(Error::Source)?;
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
     // Mirrors first, the primary last: with `require_all`, a copy that failed anywhere leaves
@@ -257,19 +202,110 @@ async fn take_into(
     if let Some(db_id) = &manifest.database_id {
         owner::claim(primary, &database, db_id, &manifest.engine, &manifest.host).await?;
     }
-    tracing::info!(
-        "snapshot {id} stored: {} raw, {} stored ({:.1}x), {:.1}s, {:.0} MB/s",
-        bytes(stats.raw_bytes),
-        bytes(stats.stored_bytes),
-        stats.raw_bytes as f64 / stats.stored_bytes.max(1) as f64,
-        elapsed.as_secs_f64(),
-        stats.raw_bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-3),
-    );
+    log_stored(&manifest, elapsed);
     failed_mirrors.sort_by_key(|(i, _)| *i);
     Ok(Taken {
         manifest,
         failed_mirrors,
     })
+}
+
+/// The manifest of snapshot `id` as far as the source's facts go: what the stream produces
+/// (sizes, checksum, a base's WAL range, the time it took) is filled in once it is stored.
+fn draft(
+    req: &Request<'_>,
+    id: &str,
+    at: OffsetDateTime,
+    database: &str,
+    data_key: &str,
+    prepared: &engine::Prepared,
+) -> Manifest {
+    Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        id: id.to_string(),
+        kind: req.kind,
+        label: req.label.clone(),
+        created_at: manifest::now_rfc3339(at),
+        engine: prepared.engine.into(),
+        server_version: prepared.server_version.clone(),
+        pg_dump_version: prepared.pg_dump_version.clone(),
+        physical: None,
+        point: None,
+        database: database.to_string(),
+        database_id: prepared.database_id.clone(),
+        host: hostname(),
+        dbward_version: env!("CARGO_PKG_VERSION").into(),
+        format: prepared.format,
+        data_key: data_key.to_string(),
+        raw_bytes: 0,
+        stored_bytes: 0,
+        sha256: String::new(),
+        compression: manifest::Compression {
+            algorithm: "zstd".into(),
+            level: req.level,
+        },
+        encryption: req.encryption.as_ref().map(|e| manifest::Encryption {
+            scheme: "age".into(),
+            recipients: e.names(),
+        }),
+        migration_head: prepared.head.clone(),
+        row_counts: if req.manifest_details {
+            prepared.row_counts.clone()
+        } else {
+            Default::default()
+        },
+        duration_ms: 0,
+    }
+}
+
+/// `snapshot <id> stored: 1.2 GiB raw, 300 MiB stored (4.1x), 12.0s, 100 MB/s`.
+fn log_stored(m: &Manifest, elapsed: std::time::Duration) {
+    tracing::info!(
+        "snapshot {} stored: {} raw, {} stored ({:.1}x), {:.1}s, {:.0} MB/s",
+        m.id,
+        bytes(m.raw_bytes),
+        bytes(m.stored_bytes),
+        m.raw_bytes as f64 / m.stored_bytes.max(1) as f64,
+        elapsed.as_secs_f64(),
+        m.raw_bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-3),
+    );
+}
+
+/// Why a stream that did not complete failed: the source's own failure is the cause; "the
+/// store stopped receiving" is the echo of a store's error (the primary's, or any copy's under
+/// `require_all`), so that store's error is the one to report.
+fn stream_failure(e: Error, stored: Vec<Result<u64, Error>>, require_all: bool) -> Error {
+    let stopped = stored.into_iter().enumerate().find_map(|(n, r)| match r {
+        Err(se) if n == 0 || require_all => Some(se),
+        _ => None,
+    });
+    match (e, stopped) {
+        (e @ Error::Source(_), _) => e,
+        (_, Some(se)) => se,
+        (e, None) => e,
+    }
+}
+
+/// Every store's upload of the compressed stream on `rx`, fanned out (one bounded channel
+/// each, see [`fan_out`]); each upload's result, in the order of `stores`.
+async fn upload_all(
+    stores: &[&Store],
+    data_key: &str,
+    rx: mpsc::Receiver<pipeline::Msg>,
+    require_all: bool,
+) -> Vec<Result<u64, Error>> {
+    let mut senders = Vec::new();
+    let mut uploads = Vec::new();
+    for s in stores {
+        let (tx, rx) = mpsc::channel(2);
+        senders.push(Some(tx));
+        uploads.push(s.put_stream(data_key, rx));
+    }
+    let (stored, ()) = tokio::join!(
+        futures_util::future::join_all(uploads),
+        fan_out(rx, senders, require_all)
+    );
+    stored
 }
 
 /// The engine's source for `req`: a SQLite file's pages, a `pg_dump`, or a base
