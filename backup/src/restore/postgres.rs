@@ -118,6 +118,232 @@ pub enum Swapped {
     NeedsInPlace(String),
 }
 
+/// The swap of a restored database in for the live one.
+struct Swap<'a> {
+    live: &'a str,
+    target: &'a str,
+    /// Whether the live database exists (an empty server being recovered has nothing to
+    /// rename aside).
+    live_exists: bool,
+    /// The live database's comment, carried over to the one swapped in.
+    live_comment: Option<String>,
+}
+
+impl Swap<'_> {
+    /// Both renames in one transaction on `c` (see inside); with `terminate`, a second
+    /// connection ends the live database's sessions meanwhile. Returns the replaced
+    /// database's name and the sessions ended; on an error nothing was changed.
+    async fn run(
+        &self,
+        c: &tokio_postgres::Client,
+        url: &PgUrl,
+        terminate: bool,
+    ) -> Result<(String, Terminated), Error> {
+        // Both renames in ONE transaction. The first takes an exclusive lock on the live database
+        // that makes new connections wait, then waits (up to 5 s) for the sessions on it to leave,
+        // while a second connection ends them. Nothing is changed until COMMIT: if this process is
+        // killed at any point, the transaction is rolled back and the live database stays as it was,
+        // accepting connections.
+        let replaced = derived_name(self.live, "replaced");
+        let swap_sql = format!(
+            "BEGIN; {aside} ALTER DATABASE {target_i} RENAME TO {live_i}; COMMENT ON DATABASE {live_i} IS {comment}; COMMIT;",
+            aside = if self.live_exists {
+                format!("ALTER DATABASE {} RENAME TO {};", ident(self.live), ident(&replaced))
+            } else {
+                String::new()
+            },
+            live_i = ident(self.live),
+            target_i = ident(self.target),
+            comment = self.live_comment.as_deref().map(literal).unwrap_or_else(|| "NULL".into()),
+        );
+        let terminator = if terminate {
+            Some(connect_to(url, MAINTENANCE).await?)
+        } else {
+            None
+        };
+        let swapper_pid: i32 = c
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .map_err(|e| Error::Restore(format!("reading the session's pid: {}", describe(&e))))?
+            .get(0);
+        let mut ended = Terminated::default();
+        let swap = {
+            let swap = c.batch_execute(&swap_sql);
+            tokio::pin!(swap);
+            match &terminator {
+                None => swap.await,
+                Some(t) => loop {
+                    tokio::select! {
+                        r = &mut swap => break r,
+                        r = terminate_sessions(t.client(), self.live, swapper_pid, &mut ended) => {
+                            if let Err(e) = r {
+                                // The swap is in flight: let it finish (or fail) on its own.
+                                tracing::warn!("could not end sessions on {}: {e}", self.live);
+                                break swap.await;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
+                },
+            }
+        };
+        if let Err(e) = swap {
+            let _ = c.batch_execute("ROLLBACK").await;
+            let mut msg = format!(
+                "swapping in the restored database: {}; {} is unchanged",
+                describe(&e),
+                self.live
+            );
+            if !ended.refused.is_empty() {
+                msg.push_str(&format!(
+                    ". These sessions could not be ended: {} (ending another role's session needs membership in that role or in pg_signal_backend, and a superuser's needs a superuser)",
+                    ended.refused.join("; ")
+                ));
+            }
+            return Err(Error::Restore(msg));
+        }
+        Ok((replaced, ended))
+    }
+}
+
+/// Streams the snapshot from `store` through the decoder into `pg_restore` into `target`, then
+/// checks the copy (its checksum first: a damaged object explains whatever pg_restore made of
+/// it, and another copy may do) and the restored database against the manifest.
+async fn fill(
+    url: &PgUrl,
+    store: &crate::store::Store,
+    m: &Manifest,
+    opts: &Options,
+    target: &str,
+    pg_restore_version: &str,
+) -> Result<(), Stop> {
+    let (tx, rx) = super::blocks();
+    let (downloaded, restored) = tokio::join!(
+        store.download_blocks(&m.data_key, tx),
+        pg_restore(
+            url,
+            target,
+            crate::pipeline::BlockReader::new(rx),
+            m,
+            &opts.identities,
+            pg_restore_version,
+            &[],
+        )
+    );
+    let (size, sha) = downloaded.map_err(|e| Stop::Copy(super::missing_is_damage(e, m)))?;
+    super::check_sum(store, m, size, &sha).map_err(Stop::Copy)?;
+    dbconn::failpoint::hit("restore-after-fetch").map_err(Error::Restore)?;
+    restored?;
+    dbconn::failpoint::hit("restore-pg-after-pg-restore").map_err(Error::Restore)?;
+    check_restored(&connect_to(url, target).await?, m).await?;
+    Ok(())
+}
+
+/// Leftovers of a killed restore of `live`: only databases that carry dbward's in-progress
+/// marker naming exactly themselves and this live database, and that nobody is connected to.
+async fn drop_strays(c: &tokio_postgres::Client, live: &str) -> Result<(), Error> {
+    let q = |what: &'static str| {
+        move |e: tokio_postgres::Error| Error::Restore(format!("{what}: {}", describe(&e)))
+    };
+    let strays = c
+        .query(
+            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database",
+            &[],
+        )
+        .await
+        .map_err(q("listing leftover restore databases"))?;
+    for s in strays {
+        let (name, comment): (String, Option<String>) = (s.get(0), s.get(1));
+        if name == live || comment.as_deref() != Some(in_progress_marker(&name, live).as_str()) {
+            continue;
+        }
+        if !sessions(c, &name).await?.is_empty() {
+            tracing::warn!("leaving {name}: it carries dbward's in-progress marker, but sessions are connected to it");
+            continue;
+        }
+        tracing::info!("dropping {name}, left by an interrupted restore of {live}");
+        c.batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&name)))
+            .await
+            .map_err(q("dropping a leftover restore database"))?;
+    }
+    Ok(())
+}
+
+/// `CREATE DATABASE target`, owned by the live database's owner, and marked as this restore's. A role that may not create
+/// databases stops the swap before anything changed (a restore in place can go on; with
+/// `--to`, the target's problem), as does a `--to` database that exists.
+async fn create_target(
+    c: &tokio_postgres::Client,
+    live: &str,
+    target: &str,
+    opts: &Options,
+) -> Result<(), Stop> {
+    let owner: Option<String> = c
+        .query_opt(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            &[&live],
+        )
+        .await
+        .map_err(|e| Error::Restore(format!("reading the database owner: {}", describe(&e))))?
+        .and_then(|r| r.get(0));
+    let owner_clause = owner
+        .map(|o| format!(" OWNER {}", ident(&o)))
+        .unwrap_or_default();
+    c.batch_execute(&format!(
+        "CREATE DATABASE {} TEMPLATE template0{owner_clause}",
+        ident(target)
+    ))
+    .await
+    .map_err(|e| {
+        if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+            let why = format!("this role may not create databases ({})", describe(&e));
+            return match &opts.to {
+                None => Stop::InPlace(why),
+                // A new database this role cannot create: the target's problem.
+                Some(_) => Stop::Final(Error::Target {
+                    target: target.to_string(),
+                    problem: format!("cannot create it: {why}"),
+                }),
+            };
+        }
+        Stop::Final(
+            if opts.to.is_some()
+                && e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+            {
+                // As for a SQLite `--to` path that exists: a usage error, nothing touched.
+                Error::Target {
+                    target: target.to_string(),
+                    problem: "the database exists; restore into a new name".into(),
+                }
+            } else {
+                Error::Restore(format!("creating the restore database: {}", describe(&e)))
+            },
+        )
+    })?;
+    // Marked as dbward's, restore in progress, before anything is written into it: only a
+    // database with this marker is ever dropped as a leftover.
+    let marked = c
+        .batch_execute(&format!(
+            "COMMENT ON DATABASE {} IS {}",
+            ident(target),
+            literal(&in_progress_marker(target, live))
+        ))
+        .await;
+    if let Err(e) = marked {
+        if let Err(d) = c
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(target)))
+            .await
+        {
+            tracing::warn!("could not drop {target}: {}", describe(&d));
+        }
+        return Err(Stop::Final(Error::Restore(format!(
+            "marking the restore database as dbward's: {}",
+            describe(&e)
+        ))));
+    }
+    Ok(())
+}
+
 /// Why [`restore_from`] stopped: the copy it streamed (another may do), a swap that cannot be
 /// made here (before anything was changed), or anything else.
 enum Stop {
@@ -170,80 +396,12 @@ async fn restore_from(
         return Ok(None);
     }
 
-    // Leftovers of a killed restore of this database: only databases that carry dbward's
-    // in-progress marker naming exactly themselves and this live database.
-    let strays = c
-        .query(
-            "SELECT datname, shobj_description(oid, 'pg_database') FROM pg_database",
-            &[],
-        )
-        .await
-        .map_err(q("listing leftover restore databases"))?;
-    for s in strays {
-        let (name, comment): (String, Option<String>) = (s.get(0), s.get(1));
-        if name == live || comment.as_deref() != Some(in_progress_marker(&name, &live).as_str()) {
-            continue;
-        }
-        if !sessions(c, &name).await?.is_empty() {
-            tracing::warn!("leaving {name}: it carries dbward's in-progress marker, but sessions are connected to it");
-            continue;
-        }
-        tracing::info!("dropping {name}, left by an interrupted restore of {live}");
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&name)))
-            .await
-            .map_err(q("dropping a leftover restore database"))?;
-    }
-
+    drop_strays(c, &live).await?;
     let target = match &opts.to {
         Some(t) => t.clone(),
         None => derived_name(&live, "restore"),
     };
-    let live_row = || async {
-        c.query_opt(
-            "SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
-            &[&live],
-        )
-        .await
-        .map_err(q("reading the database owner"))
-    };
-    let (owner, _): (Option<String>, Option<String>) = match &live_row().await? {
-        Some(r) => (r.get(0), r.get(1)),
-        None => (None, None),
-    };
-    let owner_clause = owner
-        .map(|o| format!(" OWNER {}", ident(&o)))
-        .unwrap_or_default();
-    c.batch_execute(&format!(
-        "CREATE DATABASE {} TEMPLATE template0{owner_clause}",
-        ident(&target)
-    ))
-    .await
-    .map_err(|e| {
-        if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
-            let why = format!("this role may not create databases ({})", describe(&e));
-            return match &opts.to {
-                None => Stop::InPlace(why),
-                // A new database this role cannot create: the target's problem.
-                Some(_) => Stop::Final(Error::Target {
-                    target: target.clone(),
-                    problem: format!("cannot create it: {why}"),
-                }),
-            };
-        }
-        Stop::Final(
-            if opts.to.is_some()
-                && e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
-            {
-                // As for a SQLite `--to` path that exists: a usage error, nothing touched.
-                Error::Target {
-                    target: target.clone(),
-                    problem: "the database exists; restore into a new name".into(),
-                }
-            } else {
-                q("creating the restore database")(e)
-            },
-        )
-    })?;
+    create_target(c, &live, &target, opts).await?;
     let drop_target = || async {
         if let Err(e) = c
             .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&target)))
@@ -252,19 +410,6 @@ async fn restore_from(
             tracing::warn!("could not drop {target}: {}", describe(&e));
         }
     };
-    if let Err(e) = c
-        .batch_execute(&format!(
-            "COMMENT ON DATABASE {} IS {}",
-            ident(&target),
-            literal(&in_progress_marker(&target, &live))
-        ))
-        .await
-    {
-        drop_target().await;
-        return Err(Stop::Final(q("marking the restore database as dbward's")(
-            e,
-        )));
-    }
     // A stop request drops this future anywhere from here: the marked database is then dropped
     // before the process exits (`main` runs the queued undo steps).
     let undo = dbconn::cleanup::Undo::new(
@@ -277,30 +422,7 @@ async fn restore_from(
     }
     tracing::info!("pg_restore into {target}");
 
-    let restored = async {
-        let (tx, rx) = super::blocks();
-        let (downloaded, restored) = tokio::join!(
-            store.download_blocks(&m.data_key, tx),
-            pg_restore(
-                url,
-                &target,
-                crate::pipeline::BlockReader::new(rx),
-                m,
-                &opts.identities,
-                &pg_restore_version,
-                &[],
-            )
-        );
-        // The copy first: a damaged object explains whatever pg_restore made of it.
-        let (size, sha) = downloaded.map_err(|e| Stop::Copy(super::missing_is_damage(e, m)))?;
-        super::check_sum(store, m, size, &sha).map_err(Stop::Copy)?;
-        dbconn::failpoint::hit("restore-after-fetch").map_err(Error::Restore)?;
-        restored?;
-        dbconn::failpoint::hit("restore-pg-after-pg-restore").map_err(Error::Restore)?;
-        Ok::<_, Stop>(check_restored(&connect_to(url, &target).await?, m).await?)
-    }
-    .await;
-    if let Err(e) = restored {
+    if let Err(e) = fill(url, store, m, opts, &target, &pg_restore_version).await {
         drop_target().await;
         return Err(e);
     }
@@ -330,8 +452,17 @@ async fn restore_from(
         tracing::info!("{live} appeared while the snapshot was restored: nothing restored");
         return Ok(None);
     }
-    let row = live_row().await?;
-    let live_comment: Option<String> = row.as_ref().and_then(|r| r.get(1));
+    let live_row = c
+        .query_opt(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+            &[&live],
+        )
+        .await
+        .map_err(q("reading the database owner"))?;
+    // A live database that does not exist (an empty server being recovered) has nothing to
+    // rename aside.
+    let live_exists = live_row.is_some();
+    let live_comment: Option<String> = live_row.and_then(|r| r.get(0));
 
     // The swap. Without --terminate-connections, open sessions refuse it.
     let sessions = lasting_sessions(c, &live).await?;
@@ -343,76 +474,23 @@ async fn restore_from(
             sessions.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("\n  ")
         ))));
     }
-    // Both renames in ONE transaction. The first takes an exclusive lock on the live database
-    // that makes new connections wait, then waits (up to 5 s) for the sessions on it to leave,
-    // while a second connection ends them. Nothing is changed until COMMIT: if this process is
-    // killed at any point, the transaction is rolled back and the live database stays as it was,
-    // accepting connections.
     if let Err(e) = dbconn::failpoint::hit("restore-pg-before-swap") {
         drop_target().await;
         return Err(Stop::Final(Error::Restore(e)));
     }
-    let replaced = derived_name(&live, "replaced");
-    // A live database that does not exist (an empty server being recovered) has nothing to
-    // rename aside.
-    let live_exists = row.is_some();
-    let swap_sql = format!(
-        "BEGIN; {aside} ALTER DATABASE {target_i} RENAME TO {live_i}; COMMENT ON DATABASE {live_i} IS {comment}; COMMIT;",
-        aside = if live_exists {
-            format!("ALTER DATABASE {} RENAME TO {};", ident(&live), ident(&replaced))
-        } else {
-            String::new()
-        },
-        live_i = ident(&live),
-        target_i = ident(&target),
-        comment = live_comment.as_deref().map(literal).unwrap_or_else(|| "NULL".into()),
-    );
-    let terminator = if opts.terminate_connections {
-        Some(connect_to(url, MAINTENANCE).await?)
-    } else {
-        None
+    let swap = Swap {
+        live: &live,
+        target: &target,
+        live_exists,
+        live_comment,
     };
-    let swapper_pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .map_err(q("reading the session's pid"))?
-        .get(0);
-    let mut ended = Terminated::default();
-    let swap = {
-        let swap = c.batch_execute(&swap_sql);
-        tokio::pin!(swap);
-        match &terminator {
-            None => swap.await,
-            Some(t) => loop {
-                tokio::select! {
-                    r = &mut swap => break r,
-                    r = terminate_sessions(t.client(), &live, swapper_pid, &mut ended) => {
-                        if let Err(e) = r {
-                            // The swap is in flight: let it finish (or fail) on its own.
-                            tracing::warn!("could not end sessions on {live}: {e}");
-                            break swap.await;
-                        }
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                }
-            },
+    let (replaced, ended) = match swap.run(c, url, opts.terminate_connections).await {
+        Ok(done) => done,
+        Err(e) => {
+            drop_target().await;
+            return Err(Stop::Final(e));
         }
     };
-    if let Err(e) = swap {
-        let _ = c.batch_execute("ROLLBACK").await;
-        drop_target().await;
-        let mut msg = format!(
-            "swapping in the restored database: {}; {live} is unchanged",
-            describe(&e)
-        );
-        if !ended.refused.is_empty() {
-            msg.push_str(&format!(
-                ". These sessions could not be ended: {} (ending another role's session needs membership in that role or in pg_signal_backend, and a superuser's needs a superuser)",
-                ended.refused.join("; ")
-            ));
-        }
-        return Err(Stop::Final(Error::Restore(msg)));
-    }
     undo.disarm();
     dbconn::committed::mark(format!(
         "the restored database was swapped in as {live} (the replaced one is {replaced})"
