@@ -220,51 +220,11 @@ pub async fn check(
             live.tablespaces.join(", ")
         )));
     }
-    let mut warnings = Vec::new();
-    if !live.replication_slots.is_empty() {
-        warnings.push(format!(
-            "the cluster has replication slots ({}): a base holds none, so the rewound cluster has none; standbys and logical consumers of them must be set up again",
-            live.replication_slots.join(", ")
-        ));
-    }
-    if !live.standbys_without_slot.is_empty() {
-        warnings.push(format!(
-            "streaming standbys are connected without a replication slot ({}): they stay on the abandoned timeline, serving the failed deploy's data, until they are rebuilt from the rewound cluster",
-            live.standbys_without_slot.join(", ")
-        ));
-    }
+    let warnings = warnings_of(&live);
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let carried = match &live.config_files {
-        Ok(files) => files
-            .iter()
-            .filter_map(|f| {
-                f.strip_prefix(&live.data_directory)
-                    .or_else(|_| f.strip_prefix(&data_dir))
-                    .ok()
-                    .map(Path::to_path_buf)
-            })
-            .filter(|rel| !CONFIG_FILES.iter().any(|c| rel == Path::new(c)))
-            .filter(|rel| {
-                let fit = carriable(rel);
-                if !fit {
-                    tracing::warn!(
-                        "not carrying {} into the rewound cluster: a configuration file is carried only by a plain path inside the data directory, outside PostgreSQL's own folders",
-                        rel.display()
-                    );
-                }
-                fit
-            })
-            .collect(),
-        Err(e) => {
-            tracing::warn!(
-                "the files the live configuration reads could not be listed ({e}): only {} are carried into the rewound cluster; grant pg_read_all_settings to dbward's role",
-                CONFIG_FILES.join(", ")
-            );
-            Vec::new()
-        }
-    };
+    let carried = carried_files(&live, &data_dir);
     let archive = crate::service::pitr::archive(settings, url).await?;
     let chosen = choose(archive, &Which::Base(point_id.to_string())).await?;
     let Target::Point { .. } = chosen.target else {
@@ -634,6 +594,59 @@ async fn discarded_in(
         from_lsn: changes.from_lsn,
         to_lsn: changes.to_lsn,
     })
+}
+
+/// What a rewind leaves undone, said before it starts: replication slots (a base holds none)
+/// and standbys streaming without one (they stay on the abandoned timeline).
+fn warnings_of(live: &server::LiveCluster) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if !live.replication_slots.is_empty() {
+        warnings.push(format!(
+            "the cluster has replication slots ({}): a base holds none, so the rewound cluster has none; standbys and logical consumers of them must be set up again",
+            live.replication_slots.join(", ")
+        ));
+    }
+    if !live.standbys_without_slot.is_empty() {
+        warnings.push(format!(
+            "streaming standbys are connected without a replication slot ({}): they stay on the abandoned timeline, serving the failed deploy's data, until they are rebuilt from the rewound cluster",
+            live.standbys_without_slot.join(", ")
+        ));
+    }
+    warnings
+}
+
+/// The configuration files the live server reads from inside its data directory (beyond
+/// PostgreSQL's own), by their path there: carried into the rewound cluster.
+fn carried_files(live: &server::LiveCluster, data_dir: &Path) -> Vec<PathBuf> {
+    match &live.config_files {
+        Ok(files) => files
+            .iter()
+            .filter_map(|f| {
+                f.strip_prefix(&live.data_directory)
+                    .or_else(|_| f.strip_prefix(data_dir))
+                    .ok()
+                    .map(Path::to_path_buf)
+            })
+            .filter(|rel| !CONFIG_FILES.iter().any(|c| rel == Path::new(c)))
+            .filter(|rel| {
+                let fit = carriable(rel);
+                if !fit {
+                    tracing::warn!(
+                        "not carrying {} into the rewound cluster: a configuration file is carried only by a plain path inside the data directory, outside PostgreSQL's own folders",
+                        rel.display()
+                    );
+                }
+                fit
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(
+                "the files the live configuration reads could not be listed ({e}): only {} are carried into the rewound cluster; grant pg_read_all_settings to dbward's role",
+                CONFIG_FILES.join(", ")
+            );
+            Vec::new()
+        }
+    }
 }
 
 /// Whether a path the configuration names may be carried from the stopped cluster into the
