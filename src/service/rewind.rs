@@ -403,46 +403,11 @@ pub async fn finish(
         Ok(auto) => auto,
         Err(e) => return Err(restart_old(e).await),
     };
-    let fetched: Vec<String> = checked
-        .planned
-        .plan
-        .segments
-        .iter()
-        .chain(&checked.planned.plan.histories)
-        .cloned()
-        .collect();
-    let prepared = server::prepare_rewind(dir.path(), &checked.planned.target, &fetched)
-        .and_then(|()| server::chown_tree_to(dir.path(), checked.user.uid, checked.gid));
-    if let Err(e) = prepared {
-        return Err(restart_old(backup::error::chain(&e)).await);
-    }
-    let kept = PathBuf::from(format!(
-        "{}.dbward-replaced-{}",
-        data_dir.display(),
-        backup::manifest::compact_stamp(time::OffsetDateTime::now_utc())
-    ));
-    if let Err(e) = rename_new(&data_dir, &kept) {
-        return Err(restart_old(format!(
-            "moving {} aside to {} failed: {e}",
-            data_dir.display(),
-            kept.display()
-        ))
-        .await);
-    }
-    if let Err(e) = dir.publish() {
-        let back = rename_new(&kept, &data_dir);
-        return Err(match back {
-            Ok(()) => restart_old(backup::error::chain(&e)).await,
-            Err(b) => Failure::new(
-                Exit::Failed,
-                format!(
-                    "{}; and moving the old data directory back from {} failed: {b}. Move it back and start the cluster by hand",
-                    backup::error::chain(&e),
-                    kept.display()
-                ),
-            ),
-        });
-    }
+    let kept = match swap_dirs(&mut dir, &data_dir, &checked) {
+        Ok(kept) => kept,
+        Err(SwapError::NotSwapped(why)) => return Err(restart_old(why).await),
+        Err(SwapError::Stuck(f)) => return Err(f),
+    };
     tracing::warn!(
         "rewind: the old data directory is kept as {}; starting the cluster on the restored one: sh -c {:?}",
         kept.display(),
@@ -594,6 +559,57 @@ async fn discarded_in(
         from_lsn: changes.from_lsn,
         to_lsn: changes.to_lsn,
     })
+}
+
+/// Why the directories were not swapped.
+enum SwapError {
+    /// Nothing moved, or it moved back: the old cluster can start again as it was.
+    NotSwapped(String),
+    /// The old data directory could not be moved back: said, for the operator.
+    Stuck(Failure),
+}
+
+/// The restored directory made ready to start (recovery to the point, the fetched WAL marked
+/// done, owned like the live one), the stopped cluster's directory moved aside under a new
+/// name, and the restored one renamed into its place. Returns where the old one is kept.
+fn swap_dirs(dir: &mut NewDir, data_dir: &Path, checked: &Checked) -> Result<PathBuf, SwapError> {
+    let fetched: Vec<String> = checked
+        .planned
+        .plan
+        .segments
+        .iter()
+        .chain(&checked.planned.plan.histories)
+        .cloned()
+        .collect();
+    server::prepare_rewind(dir.path(), &checked.planned.target, &fetched)
+        .and_then(|()| server::chown_tree_to(dir.path(), checked.user.uid, checked.gid))
+        .map_err(|e| SwapError::NotSwapped(backup::error::chain(&e)))?;
+    let kept = PathBuf::from(format!(
+        "{}.dbward-replaced-{}",
+        data_dir.display(),
+        backup::manifest::compact_stamp(time::OffsetDateTime::now_utc())
+    ));
+    rename_new(data_dir, &kept).map_err(|e| {
+        SwapError::NotSwapped(format!(
+            "moving {} aside to {} failed: {e}",
+            data_dir.display(),
+            kept.display()
+        ))
+    })?;
+    if let Err(e) = dir.publish() {
+        return Err(match rename_new(&kept, data_dir) {
+            Ok(()) => SwapError::NotSwapped(backup::error::chain(&e)),
+            Err(b) => SwapError::Stuck(Failure::new(
+                Exit::Failed,
+                format!(
+                    "{}; and moving the old data directory back from {} failed: {b}. Move it back and start the cluster by hand",
+                    backup::error::chain(&e),
+                    kept.display()
+                ),
+            )),
+        });
+    }
+    Ok(kept)
 }
 
 /// What a rewind leaves undone, said before it starts: replication slots (a base holds none)
