@@ -316,3 +316,59 @@ fn docs_point_at_files_that_exist() {
         "files citing a DESIGN.md that does not exist: {citing:?}"
     );
 }
+
+/// No function of the workspace's sources is longer than 150 lines (from its `fn` line to
+/// its closing brace, test modules included): long ones are split at their natural steps.
+#[test]
+fn no_function_is_longer_than_150_lines() {
+    const LIMIT: usize = 150;
+    let mut long = Vec::new();
+    let mut seen = 0;
+    for dir in [
+        "src",
+        "dbconn/src",
+        "migrator/src",
+        "backup/src",
+        "restore-drill/src",
+    ] {
+        for (_, path) in files(&root().join(dir)) {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                let body = line.trim_start();
+                let indent = line.len() - body.len();
+                let head = body
+                    .strip_prefix("pub ")
+                    .or_else(|| body.strip_prefix("pub(crate) "))
+                    .unwrap_or(body);
+                let head = head.strip_prefix("async ").unwrap_or(head);
+                if !head.starts_with("fn ") {
+                    continue;
+                }
+                seen += 1;
+                let close = format!("{}}}", " ".repeat(indent));
+                let end = lines[i + 1..]
+                    .iter()
+                    .position(|l| l.trim_end() == close)
+                    .map(|n| i + 1 + n);
+                if let Some(end) = end {
+                    if end - i + 1 > LIMIT {
+                        let name = head[3..].split(['(', '<']).next().unwrap_or("?");
+                        long.push(format!(
+                            "{}:{} {name}: {} lines",
+                            path.strip_prefix(root()).unwrap().display(),
+                            i + 1,
+                            end - i + 1
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(seen > 500, "the scan found the functions ({seen})");
+    assert!(
+        long.is_empty(),
+        "functions over {LIMIT} lines:\n{}",
+        long.join("\n")
+    );
+}
