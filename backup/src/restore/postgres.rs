@@ -37,12 +37,12 @@ pub fn rename_impossible(url: &PgUrl) -> Option<String> {
     })
 }
 
-/// The database a rename swap connects to.
-const MAINTENANCE: &str = "postgres";
+/// The database a rename swap, and the removal of a replaced copy, connect to.
+pub(crate) const MAINTENANCE: &str = "postgres";
 
 use dbconn::sql::{ident, literal};
 
-async fn connect_to(url: &PgUrl, db: &str) -> Result<Postgres, Error> {
+pub(crate) async fn connect_to(url: &PgUrl, db: &str) -> Result<Postgres, Error> {
     let mut other = url.clone();
     other.config.dbname(db);
     Ok(Postgres::connect(&other).await?)
@@ -239,6 +239,18 @@ async fn fill(
     Ok(())
 }
 
+/// Drops `target`, the database this restore created (its exact name), when the restore does
+/// not go on; a failure is said, and the marked database is then a leftover the next restore
+/// of this database drops.
+async fn drop_target(c: &tokio_postgres::Client, target: &str) {
+    if let Err(e) = c
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(target)))
+        .await
+    {
+        tracing::warn!("could not drop {target}: {}", describe(&e));
+    }
+}
+
 /// Leftovers of a killed restore of `live`: only databases that carry dbward's in-progress
 /// marker naming exactly themselves and this live database, and that nobody is connected to.
 async fn drop_strays(c: &tokio_postgres::Client, live: &str) -> Result<(), Error> {
@@ -330,12 +342,7 @@ async fn create_target(
         ))
         .await;
     if let Err(e) = marked {
-        if let Err(d) = c
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(target)))
-            .await
-        {
-            tracing::warn!("could not drop {target}: {}", describe(&d));
-        }
+        drop_target(c, target).await;
         return Err(Stop::Final(Error::Restore(format!(
             "marking the restore database as dbward's: {}",
             describe(&e)
@@ -402,14 +409,7 @@ async fn restore_from(
         None => derived_name(&live, "restore"),
     };
     create_target(c, &live, &target, opts).await?;
-    let drop_target = || async {
-        if let Err(e) = c
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&target)))
-            .await
-        {
-            tracing::warn!("could not drop {target}: {}", describe(&e));
-        }
-    };
+    let drop_target = || drop_target(c, &target);
     // A stop request drops this future anywhere from here: the marked database is then dropped
     // before the process exits (`main` runs the queued undo steps).
     let undo = dbconn::cleanup::Undo::new(

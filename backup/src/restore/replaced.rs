@@ -5,6 +5,7 @@
 
 use dbconn::DatabaseUrl;
 
+use super::postgres::{connect_to, MAINTENANCE};
 use crate::error::Error;
 
 /// Removes the copy `name` of `url`'s database: a SQLite file with its side files, or a
@@ -23,9 +24,7 @@ pub async fn remove(url: &DatabaseUrl, name: &str) -> Result<(), Error> {
             Ok(())
         }
         DatabaseUrl::Postgres(pg) => {
-            let mut admin = (**pg).clone();
-            admin.config.dbname("postgres");
-            let db = dbconn::postgres::Postgres::connect(&admin).await?;
+            let db = connect_to(pg, MAINTENANCE).await?;
             let ident = dbconn::sql::ident(name);
             db.client()
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {ident}"))
@@ -55,9 +54,7 @@ pub async fn size(url: &DatabaseUrl, name: &str) -> Option<u64> {
             (!sizes.is_empty()).then(|| sizes.iter().sum())
         }
         DatabaseUrl::Postgres(pg) => {
-            let mut admin = (**pg).clone();
-            admin.config.dbname("postgres");
-            let db = dbconn::postgres::Postgres::connect(&admin).await.ok()?;
+            let db = connect_to(pg, MAINTENANCE).await.ok()?;
             db.client()
                 .query_opt(
                     "SELECT pg_database_size(datname) FROM pg_database WHERE datname = $1",
