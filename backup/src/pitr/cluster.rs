@@ -66,6 +66,12 @@ pub struct Restored {
 /// This database's bases in the primary store, newest first (the folder owner's identity: the
 /// live server is not asked).
 pub async fn bases(store: &Store, db: &str) -> Result<Vec<Manifest>, Error> {
+    of_format(store, db, Format::Pgbase).await
+}
+
+/// This database's snapshots of `format` in `store`, newest first, by the folder owner's
+/// identity (the live server is not asked).
+async fn of_format(store: &Store, db: &str, format: Format) -> Result<Vec<Manifest>, Error> {
     let owner = crate::owner::read(store, db).await?;
     let all = crate::catalog::list(store, db).await?;
     crate::owner::mine(
@@ -73,7 +79,7 @@ pub async fn bases(store: &Store, db: &str) -> Result<Vec<Manifest>, Error> {
         db,
         all,
         &crate::owner::Live::Absent,
-        Format::Pgbase,
+        format,
         owner.as_ref(),
     )
 }
@@ -98,16 +104,7 @@ pub async fn check_newest_point(
 ) -> Result<Option<PointCheck>, Error> {
     let stores = &archive.stores;
     let db = archive.db.clone();
-    let owner = crate::owner::read(stores.primary(), &db).await?;
-    let all = crate::catalog::list(stores.primary(), &db).await?;
-    let points = crate::owner::mine(
-        stores.primary(),
-        &db,
-        all,
-        &crate::owner::Live::Absent,
-        Format::Pgpoint,
-        owner.as_ref(),
-    )?;
+    let points = of_format(stores.primary(), &db, Format::Pgpoint).await?;
     let Some(point) = points.first() else {
         return Ok(None);
     };
