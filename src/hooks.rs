@@ -65,7 +65,7 @@ async fn run_one(settings: &Settings, cmd: &str, batch: &Batch<'_>) -> Result<Ex
         .spawn()
         .map_err(|e| format!("after-migrate hook `{cmd}` could not start: {e}"))?;
     let timeout = settings.hooks.timeout;
-    match wait_bounded(&mut child, timeout, &format!("the after-migrate hook `{cmd}`")).await {
+    match dbconn::child::wait_bounded(&mut child, timeout, &format!("the after-migrate hook `{cmd}`")).await {
         Ok(Some(status)) => Ok(status),
         Ok(None) => Err(format!(
             "after-migrate hook `{cmd}` did not finish within hooks.timeout = {}; it was killed, with every process it started",
@@ -98,29 +98,6 @@ pub fn foreground_if_terminal(c: &mut tokio::process::Command) {
     if std::io::stdin().is_terminal() {
         // SAFETY: getpgrp(2) has no preconditions.
         c.process_group(unsafe { libc::getpgrp() });
-    }
-}
-
-/// Waits for `child` (started by [`command`]) at most `limit`, saying from 10 s on what it
-/// waits for; past the limit its whole process group is killed and the answer is `Ok(None)`. A
-/// caller that drops this future (a stop request) kills the group too.
-pub async fn wait_bounded(
-    child: &mut tokio::process::Child,
-    limit: Duration,
-    what: &str,
-) -> std::io::Result<Option<ExitStatus>> {
-    let mut group = dbconn::child::Group::of(child.id());
-    let waited = dbconn::wait::announced(what, tokio::time::timeout(limit, child.wait())).await;
-    match waited {
-        Ok(status) => {
-            group.ended();
-            status.map(Some)
-        }
-        Err(_) => {
-            group.kill();
-            let _ = child.wait().await;
-            Ok(None)
-        }
     }
 }
 
@@ -162,7 +139,7 @@ pub async fn run_captured(
     .flatten()
     .map(|r| tokio::spawn(log_lines(r, tail.clone())))
     .collect();
-    let status = wait_bounded(&mut child, limit, what)
+    let status = dbconn::child::wait_bounded(&mut child, limit, what)
         .await
         .map_err(|e| format!("{what} could not be waited on: {e}"))?;
     // What it printed before it ended; a process it left running that still holds the pipes

@@ -6,7 +6,6 @@
 
 mod cli;
 mod commands;
-mod critical;
 mod deploys;
 mod exit;
 mod hooks;
@@ -127,7 +126,7 @@ async fn run_until_signalled(cli: &Cli) -> (Result<report::Report, report::Failu
             _ = term.recv() => ("SIGTERM", exit::Exit::Terminated),
             _ = int.recv() => ("SIGINT", exit::Exit::Interrupted),
         };
-        match critical::held() {
+        match dbconn::critical::held() {
             // Cut short here, the database would be left down: the command finishes first.
             Some(what) => tracing::warn!("{sig} received while {what}: finishing that first"),
             None => return (Err(stopped(sig, code)), true),

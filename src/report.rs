@@ -91,6 +91,17 @@ impl From<backup::Error> for Failure {
     }
 }
 
+impl From<backup::pitr::rewind::Error> for Failure {
+    fn from(e: backup::pitr::rewind::Error) -> Failure {
+        use backup::pitr::rewind::Error;
+        match e {
+            Error::Refused(_) => Failure::new(Exit::Refused, e.to_string()),
+            Error::Failed(_) => Failure::new(Exit::Failed, e.to_string()),
+            Error::Backup(e) => e.into(),
+        }
+    }
+}
+
 impl From<dbconn::Error> for Failure {
     fn from(e: dbconn::Error) -> Failure {
         Failure::from(migrator::Error::Database(e))

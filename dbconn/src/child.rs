@@ -101,6 +101,30 @@ impl Drop for Group {
     }
 }
 
+/// Waits for `child` (started from [`tool`] or [`user`], made with tokio's `Command`) at most
+/// `limit`, saying from 10 s on what it waits for; past the limit its whole process group is
+/// killed and the answer is `Ok(None)`. A caller that drops this future (a stop request) kills
+/// the group too.
+pub async fn wait_bounded(
+    child: &mut tokio::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let mut group = Group::of(child.id());
+    let waited = crate::wait::announced(what, tokio::time::timeout(limit, child.wait())).await;
+    match waited {
+        Ok(status) => {
+            group.ended();
+            status.map(Some)
+        }
+        Err(_) => {
+            group.kill();
+            let _ = child.wait().await;
+            Ok(None)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,11 +10,13 @@
 pub mod child;
 pub mod cleanup;
 pub mod committed;
+pub mod critical;
 pub mod error;
 pub mod failpoint;
 pub mod fs;
 pub mod history;
 pub mod identity;
+pub mod lock;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;

@@ -571,7 +571,7 @@ impl Undo<'_> {
 }
 
 /// What a rewind discarded, as the guard says it.
-fn describe_rewind_discard(r: &crate::service::rewind::Rewound) -> String {
+fn describe_rewind_discard(r: &backup::pitr::rewind::Rewound) -> String {
     match (&r.discarded, &r.discarded_unknown) {
         (Some(d), _) => format!(
             "the rewind discarded {} committed row change(s) made after the restore point, in every database of the cluster ({}; {} inserted, {} updated, {} deleted; counted in the stopped cluster's WAL from {} to {}, the batch's own left out)",
@@ -610,7 +610,7 @@ async fn undo(
     (
         serde_json::Value,
         String,
-        Option<crate::service::rewind::Rewound>,
+        Option<backup::pitr::rewind::Rewound>,
     ),
     Failure,
 > {
@@ -628,9 +628,7 @@ async fn undo(
         );
         // Checked and prepared (the base extracted beside the running cluster) before the
         // cluster is stopped: a rewind that fails this far changed nothing.
-        let checked = crate::service::rewind::check(settings, url, snapshot, head).await?;
-        let prepared = crate::service::rewind::prepare(settings, url, checked).await?;
-        let r = crate::service::rewind::finish(settings, url, prepared).await?;
+        let r = crate::service::rewind::rewind(settings, url, snapshot, head).await?;
         let kept = format!("the data directory {}", r.kept.display());
         return Ok((json!(r), kept, Some(r)));
     }

@@ -678,23 +678,9 @@ async fn warn_if_archiving_fails(url: &DatabaseUrl) {
     let DatabaseUrl::Postgres(pg) = url else {
         return;
     };
-    let Ok(db) = dbconn::postgres::Postgres::connect(pg).await else {
-        return;
-    };
-    let failing = db
-        .client()
-        .query_opt(
-            "SELECT coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '') FROM pg_stat_archiver \
-             WHERE current_setting('archive_mode') <> 'off' \
-               AND last_failed_time > coalesce(last_archived_time, '-infinity')",
-            &[],
-        )
-        .await;
-    if let Ok(Some(row)) = failing {
+    if let Some((wal, at)) = backup::pitr::wal::archiving_failure(pg).await {
         tracing::warn!(
-            "the server's WAL archiving is failing (last failure on {}, at {}; pg_stat_archiver and the server log say why): WAL piles up and no restore point or base can be taken. A `file://` store written by two users (this command's and PostgreSQL's) needs store.group",
-            row.get::<_, String>(0),
-            row.get::<_, String>(1)
+            "the server's WAL archiving is failing (last failure on {wal}, at {at}; pg_stat_archiver and the server log say why): WAL piles up and no restore point or base can be taken. A `file://` store written by two users (this command's and PostgreSQL's) needs store.group"
         );
     }
 }

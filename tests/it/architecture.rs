@@ -277,6 +277,57 @@ fn only_main_writes_stdout() {
     );
 }
 
+/// What only a library crate does: talk to a database, run a server's tools, move or remove
+/// directories. The binary decides and reports; it never does them itself.
+const DATABASE_WORK: [&str; 9] = [
+    ".client()",
+    "tokio_postgres",
+    "rusqlite",
+    "batch_execute",
+    "query_opt(",
+    "query_one(",
+    "pg_ctl",
+    "remove_dir_all",
+    "fs::rename(",
+];
+
+/// The files under `dir` that do [`DATABASE_WORK`] (comments left out), with what they do.
+fn doing_database_work(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for (_, path) in files(dir) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap();
+            for w in DATABASE_WORK {
+                if code.contains(w) {
+                    found.push(format!(
+                        "{}: {w}",
+                        path.strip_prefix(root()).unwrap().display()
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_binary_does_no_database_or_cluster_work() {
+    // The scan sees such work where it is: in the library crates.
+    let in_backup = doing_database_work(&root().join("backup/src"));
+    assert!(
+        in_backup.iter().any(|f| f.contains(".client()"))
+            && in_backup.iter().any(|f| f.contains("pg_ctl")),
+        "the scan finds the libraries' database work: {in_backup:?}"
+    );
+    let in_binary = doing_database_work(&root().join("src"));
+    assert!(
+        in_binary.is_empty(),
+        "database or cluster work in the binary (it belongs in a library crate):\n{}",
+        in_binary.join("\n")
+    );
+}
+
 /// The product contract is docs/contract.md; nothing points at a design document the
 /// repository does not have.
 #[test]

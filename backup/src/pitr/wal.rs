@@ -748,6 +748,24 @@ pub async fn verify(store: &Store, database: &str) -> Result<Verified, Error> {
     Ok(verified)
 }
 
+/// The WAL file and time of the server's last failed archiving, when archiving is on and it
+/// failed after its last success (`pg_stat_archiver`); `None` when it works, is off, or the
+/// server cannot be asked.
+pub async fn archiving_failure(pg: &dbconn::PgUrl) -> Option<(String, String)> {
+    let db = dbconn::postgres::Postgres::connect(pg).await.ok()?;
+    let row = db
+        .client()
+        .query_opt(
+            "SELECT coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, '') FROM pg_stat_archiver \
+             WHERE current_setting('archive_mode') <> 'off' \
+               AND last_failed_time > coalesce(last_archived_time, '-infinity')",
+            &[],
+        )
+        .await
+        .ok()??;
+    Some((row.get(0), row.get(1)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,20 +2,16 @@
 //! runs in one transaction with `SET LOCAL lock_timeout`, each file as one simple-query batch
 //! (so files may end without `;` and hold `DO $$ ... $$` blocks).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::error::{ErrorPosition, SqlState};
-use tokio_postgres::Client;
 
 use dbconn::history::{self, Applied, AppliedRepeatable};
-use dbconn::postgres::{applied_on, backend_pid, describe, Postgres};
+use dbconn::postgres::{applied_on, describe, Postgres};
 use dbconn::PgUrl;
 
 use crate::error::{humanize, Error};
 use crate::source::{Kind, MigrationFile};
-
-/// The advisory lock key: "dbward" and 1, so it is recognisable in `pg_locks`.
-pub const LOCK_KEY: i64 = 0x6462_7761_7264_0001;
 
 /// A migration session: a connection ([`dbconn::postgres::Postgres`]) that takes the migration
 /// lock and applies a batch.
@@ -41,119 +37,11 @@ impl Session {
         Ok(self.conn.has_user_tables().await?)
     }
 
-    /// Takes the session advisory lock, waiting at most `timeout`. Held until the connection
-    /// closes (the process exits, or is killed: the server then releases it).
+    /// Takes the migration lock ([`dbconn::lock::take`]), waiting at most `timeout`. Held
+    /// until the connection closes (the process exits, or is killed: the server then releases
+    /// it).
     pub async fn lock(&mut self, timeout: Duration) -> Result<(), Error> {
-        self.conn.refuse_pooled().await?;
-        // The session idles while a snapshot is taken: a server-wide `idle_session_timeout`
-        // (PostgreSQL 14+) must not end it, and the lock with it, meanwhile.
-        self.conn
-            .client()
-            .batch_execute(
-                "SELECT set_config('idle_session_timeout', '0', false) \
-                 WHERE current_setting('server_version_num')::int >= 140000",
-            )
-            .await
-            .map_err(|e| {
-                Error::db(
-                    "setting the lock session's idle_session_timeout",
-                    describe(&e),
-                )
-            })?;
-        let got: bool = self
-            .conn
-            .client()
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
-            .await
-            .map_err(|e| Error::db("taking the migration lock", describe(&e)))?
-            .get(0);
-        if got {
-            return self.check_session_lock().await;
-        }
-        let holder = self.lock_holder().await;
-        tracing::info!(
-            "waiting up to {} for the migration lock, held by {}",
-            humanize(timeout),
-            holder.as_deref().unwrap_or("another session")
-        );
-        let ms = timeout.as_millis().max(1);
-        let started = Instant::now();
-        let result = self
-            .conn
-            .client()
-            .batch_execute(&format!(
-                "SET lock_timeout = {ms}; SELECT pg_advisory_lock({LOCK_KEY}); RESET lock_timeout;"
-            ))
-            .await;
-        match result {
-            Ok(()) => {
-                tracing::info!(
-                    "got the migration lock after {}",
-                    humanize(started.elapsed())
-                );
-                self.check_session_lock().await
-            }
-            Err(e) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                let _ = self.conn.client().batch_execute("RESET lock_timeout").await;
-                Err(dbconn::Error::LockTimeout {
-                    what: self.conn.display().to_string(),
-                    waited: timeout,
-                    holder,
-                }
-                .into())
-            }
-            Err(e) => Err(Error::db("waiting for the migration lock", describe(&e))),
-        }
-    }
-
-    /// The backend that holds the migration lock.
-    async fn lock_holder_pid(c: &Client) -> Result<Option<i32>, Error> {
-        Ok(c.query_opt(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
-               AND classid = ($1::int8 >> 32)::oid AND objid = ($1::int8 & 4294967295)::oid LIMIT 1",
-            &[&LOCK_KEY],
-        )
-        .await
-        .map_err(|e| Error::db("checking the migration lock", describe(&e)))?
-        .map(|r| r.get(0)))
-    }
-
-    /// After the lock was granted: it must be this session's.
-    async fn check_session_lock(&mut self) -> Result<(), Error> {
-        let holder = Self::lock_holder_pid(self.conn.client()).await?;
-        let mine = backend_pid(self.conn.client()).await?;
-        if holder != Some(mine) {
-            let _ = self
-                .conn
-                .client()
-                .batch_execute(&format!("SELECT pg_advisory_unlock({LOCK_KEY})"))
-                .await;
-            return Err(dbconn::Error::Pooled {
-                what: self.conn.display().to_string(),
-            }
-            .into());
-        }
-        Ok(())
-    }
-
-    async fn lock_holder(&self) -> Option<String> {
-        let row = self.conn.client()
-            .query_opt(
-                "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket'), \
-                        to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') \
-                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-                 WHERE l.locktype = 'advisory' AND l.granted \
-                   AND l.classid = ($1::int8 >> 32)::oid AND l.objid = ($1::int8 & 4294967295)::oid \
-                 LIMIT 1",
-                &[&LOCK_KEY],
-            )
-            .await
-            .ok()??;
-        let (pid, app, addr, since): (i32, String, String, String) =
-            (row.get(0), row.get(1), row.get(2), row.get(3));
-        Some(format!(
-            "pid {pid} `{app}` from {addr}, connected since {since}"
-        ))
+        Ok(dbconn::lock::take(&self.conn, timeout).await?)
     }
 
     pub async fn applied(&mut self) -> Result<Vec<Applied>, Error> {
