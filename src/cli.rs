@@ -406,9 +406,19 @@ pub struct BaselineArgs {
     pub version: i64,
 }
 
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like 30s, 10m, 1h ({e})"))
+/// A duration that does not parse (its text, and humantime's reason).
+#[derive(Debug, thiserror::Error)]
+#[error("`{text}` is not a duration like 30s, 10m, 1h ({reason})")]
+pub struct BadDuration {
+    text: String,
+    reason: humantime::DurationError,
+}
+
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, BadDuration> {
+    humantime::parse_duration(s).map_err(|reason| BadDuration {
+        text: s.to_string(),
+        reason,
+    })
 }
 
 /// What the guard does when a deploy that changed the database is unhealthy.

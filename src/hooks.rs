@@ -14,6 +14,26 @@ use tokio::io::AsyncReadExt;
 
 use crate::settings::Settings;
 
+/// Why an operator's command did not succeed. Its text is what the deploy records and the
+/// operator reads (`hook_failed`, a check's failure).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// It could not be started, or waited on.
+    #[error("{what} could not {step}: {cause}")]
+    NotRun {
+        what: String,
+        step: &'static str,
+        cause: std::io::Error,
+    },
+    /// It exited with a failure (or was ended by a signal).
+    #[error("{what} failed ({status})")]
+    Failed { what: String, status: ExitStatus },
+    /// It ran past its limit (`limit`: the limit as said, e.g. `hooks.timeout = 5m`) and was
+    /// killed with its process group.
+    #[error("{what} did not finish within {limit}; it was killed, with every process it started")]
+    TimedOut { what: String, limit: String },
+}
+
 /// What the hooks are told about the batch, in their environment.
 pub struct Batch<'a> {
     /// `DBWARD_APPLIED`: the versions applied, space-separated.
@@ -29,13 +49,16 @@ pub struct Batch<'a> {
 /// Runs each hook in order; the first that fails (non-zero exit, signal, timeout, cannot
 /// start) stops the rest and is the error, naming it. Their output goes to stderr as it comes
 /// (a long refresh shows progress; `--json` on stdout stays one document).
-pub async fn after_migrate(settings: &Settings, batch: &Batch<'_>) -> Result<(), String> {
+pub async fn after_migrate(settings: &Settings, batch: &Batch<'_>) -> Result<(), Error> {
     for cmd in &settings.hooks.after_migrate {
         tracing::info!("after-migrate hook: sh -c {cmd:?}");
         let started = std::time::Instant::now();
         let status = run_one(settings, cmd, batch).await?;
         if !status.success() {
-            return Err(format!("after-migrate hook `{cmd}` failed ({status})"));
+            return Err(Error::Failed {
+                what: format!("after-migrate hook `{cmd}`"),
+                status,
+            });
         }
         tracing::info!(
             "after-migrate hook `{cmd}` done in {:.1}s",
@@ -45,11 +68,17 @@ pub async fn after_migrate(settings: &Settings, batch: &Batch<'_>) -> Result<(),
     Ok(())
 }
 
-async fn run_one(settings: &Settings, cmd: &str, batch: &Batch<'_>) -> Result<ExitStatus, String> {
+async fn run_one(settings: &Settings, cmd: &str, batch: &Batch<'_>) -> Result<ExitStatus, Error> {
+    let what = format!("after-migrate hook `{cmd}`");
+    let not_run = |step, cause| Error::NotRun {
+        what: what.clone(),
+        step,
+        cause,
+    };
     let stderr = std::io::stderr()
         .as_fd()
         .try_clone_to_owned()
-        .map_err(|e| format!("after-migrate hook `{cmd}` could not start: {e}"))?;
+        .map_err(|e| not_run("start", e))?;
     let mut c = command(settings, "sh");
     c.args(["-c", cmd])
         .stdin(Stdio::null())
@@ -61,19 +90,15 @@ async fn run_one(settings: &Settings, cmd: &str, batch: &Batch<'_>) -> Result<Ex
             "DBWARD_HEAD",
             batch.head.map(|v| v.to_string()).unwrap_or_default(),
         );
-    let mut child = c
-        .spawn()
-        .map_err(|e| format!("after-migrate hook `{cmd}` could not start: {e}"))?;
+    let mut child = c.spawn().map_err(|e| not_run("start", e))?;
     let timeout = settings.hooks.timeout;
-    match dbconn::child::wait_bounded(&mut child, timeout, &format!("the after-migrate hook `{cmd}`")).await {
+    match dbconn::child::wait_bounded(&mut child, timeout, &format!("the {what}")).await {
         Ok(Some(status)) => Ok(status),
-        Ok(None) => Err(format!(
-            "after-migrate hook `{cmd}` did not finish within hooks.timeout = {}; it was killed, with every process it started",
-            humanize(timeout)
-        )),
-        Err(e) => Err(format!(
-            "after-migrate hook `{cmd}` could not be waited on: {e}"
-        )),
+        Ok(None) => Err(Error::TimedOut {
+            limit: format!("hooks.timeout = {}", humanize(timeout)),
+            what,
+        }),
+        Err(e) => Err(not_run("be waited on", e)),
     }
 }
 
@@ -115,15 +140,17 @@ pub async fn run_captured(
     cmd: &str,
     limit: Duration,
     what: &str,
-) -> Result<(ExitStatus, String), String> {
+) -> Result<(ExitStatus, String), Error> {
     let mut c = command(settings, "sh");
     c.args(["-c", cmd])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = c
-        .spawn()
-        .map_err(|e| format!("{what} could not run: {e}"))?;
+    let mut child = c.spawn().map_err(|cause| Error::NotRun {
+        what: what.to_string(),
+        step: "run",
+        cause,
+    })?;
     let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
     let readers: Vec<_> = [
         child
@@ -141,7 +168,11 @@ pub async fn run_captured(
     .collect();
     let status = dbconn::child::wait_bounded(&mut child, limit, what)
         .await
-        .map_err(|e| format!("{what} could not be waited on: {e}"))?;
+        .map_err(|cause| Error::NotRun {
+            what: what.to_string(),
+            step: "be waited on",
+            cause,
+        })?;
     // What it printed before it ended; a process it left running that still holds the pipes
     // is not waited for beyond a moment.
     for r in readers {
@@ -150,10 +181,10 @@ pub async fn run_captured(
     let tail = String::from_utf8_lossy(&tail.lock().expect("not poisoned")).into_owned();
     match status {
         Some(status) => Ok((status, tail)),
-        None => Err(format!(
-            "{what} did not finish within {}; it was killed, with every process it started",
-            humanize(limit)
-        )),
+        None => Err(Error::TimedOut {
+            what: what.to_string(),
+            limit: humanize(limit),
+        }),
     }
 }
 

@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             } else {
                 let _ = stdout.write_all(failure.text.as_bytes());
             }
-            tracing::error!("{}", failure.message);
+            tracing::error!("{}", failure.full());
             failure.code.code()
         }
     };

@@ -6,14 +6,24 @@ use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+/// Why a GET got no HTTP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL is not one this probe can ask: a setting to fix, not an unhealthy app.
+    #[error("health URL `{0}` must start with http:// (point it at the application's local port)")]
+    NotHttp(String),
+    /// The endpoint could not be reached or did not answer HTTP (the app may still start).
+    #[error("{0}")]
+    NoAnswer(String),
+}
+
 /// GETs `url` (`http://host[:port]/path`) and returns the response's status code and the first
 /// 64 KiB of its body (headers stripped).
-pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!(
-            "health URL `{url}` must start with http:// (point it at the application's local port)"
-        )
-    })?;
+pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), Error> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| Error::NotHttp(url.to_string()))?;
+    let no_answer = Error::NoAnswer;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -25,16 +35,16 @@ pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
     };
     let addr = addr_text
         .to_socket_addrs()
-        .map_err(|e| format!("{authority}: {e}"))?
+        .map_err(|e| no_answer(format!("{authority}: {e}")))?
         .next()
-        .ok_or_else(|| format!("{authority}: no address"))?;
+        .ok_or_else(|| no_answer(format!("{authority}: no address")))?;
     let mut conn = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("connecting to {authority}: {e}"))?;
+        .map_err(|e| no_answer(format!("connecting to {authority}: {e}")))?;
     conn.set_read_timeout(Some(timeout))
         .and_then(|_| conn.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| no_answer(format!("{authority}: {e}")))?;
     write!(conn, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: dbward-health\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("sending to {authority}: {e}"))?;
+        .map_err(|e| no_answer(format!("sending to {authority}: {e}")))?;
     // `Connection: close`: the answer ends when the server closes; read at most 64 KiB of it.
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
@@ -44,7 +54,7 @@ pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
             Ok(n) => answer.extend_from_slice(&buf[..n]),
             // A read timeout after the status line still leaves a usable answer.
             Err(_) if answer.windows(2).any(|w| w == b"\r\n") => break,
-            Err(e) => return Err(format!("reading from {authority}: {e}")),
+            Err(e) => return Err(no_answer(format!("reading from {authority}: {e}"))),
         }
     }
     let text = String::from_utf8_lossy(&answer);
@@ -55,7 +65,7 @@ pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
         .nth(1)
         .filter(|_| line.starts_with("HTTP/"))
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{authority} did not answer HTTP: `{line}`"))?;
+        .ok_or_else(|| no_answer(format!("{authority} did not answer HTTP: `{line}`")))?;
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())

@@ -18,7 +18,11 @@ pub struct Report {
 #[derive(Debug)]
 pub struct Failure {
     pub code: Exit,
+    /// What failed, and what to do next: one headline (context and hints are added to it).
     pub message: String,
+    /// What caused it, outermost first, the root cause last: said after the headline as
+    /// `Caused by:` lines ([`Failure::full`]).
+    pub causes: Vec<String>,
     /// Structured details for `--json` (lint findings, drift, ...).
     pub details: Value,
     /// A result for people, printed on stdout without `--json` (a drill's check list).
@@ -32,14 +36,41 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
+            causes: Vec::new(),
             details: Value::Null,
             text: String::new(),
             damaged: false,
         }
     }
 
+    /// A failure of `code` whose headline is `e`'s message and whose causes are `e`'s sources.
+    pub fn of(code: Exit, e: &dyn std::error::Error) -> Failure {
+        let mut causes = Vec::new();
+        let mut source = e.source();
+        while let Some(cause) = source {
+            causes.push(cause.to_string());
+            source = cause.source();
+        }
+        Failure {
+            causes,
+            ..Failure::new(code, e.to_string())
+        }
+    }
+
+    /// The headline, then each cause on its own line under `Caused by:`.
+    pub fn full(&self) -> String {
+        let mut text = self.message.clone();
+        if !self.causes.is_empty() {
+            text.push_str("\nCaused by:");
+            for cause in &self.causes {
+                text.push_str(&format!("\n    {cause}"));
+            }
+        }
+        text
+    }
+
     pub fn to_json(&self, command: &str) -> Value {
-        let mut doc = json!({ "command": command, "ok": false, "exit_code": self.code.code(), "error": self.message });
+        let mut doc = json!({ "command": command, "ok": false, "exit_code": self.code.code(), "error": self.full() });
         if let (Value::Object(doc), Value::Object(details)) = (&mut doc, &self.details) {
             doc.extend(details.clone());
         }
@@ -47,24 +78,9 @@ impl Failure {
     }
 }
 
-/// An error's message, then each cause it carries on its own line, as `Caused by:` (the last
-/// is the root cause).
-pub fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    if source.is_some() {
-        text.push_str("\nCaused by:");
-    }
-    while let Some(cause) = source {
-        text.push_str(&format!("\n    {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
 impl From<crate::state::StateError> for Failure {
     fn from(e: crate::state::StateError) -> Failure {
-        Failure::new(Exit::Failed, with_causes(&e))
+        Failure::of(Exit::Failed, &e)
     }
 }
 
@@ -85,7 +101,7 @@ impl From<backup::Error> for Failure {
             ErrorKind::Refused => Exit::Refused,
             ErrorKind::Failed => Exit::Failed,
         };
-        let mut f = Failure::new(code, with_causes(&e));
+        let mut f = Failure::of(code, &e);
         f.damaged = matches!(e, Error::Damaged(_));
         f
     }
@@ -137,11 +153,8 @@ impl From<migrator::Error> for Failure {
             _ => Value::Null,
         };
         Failure {
-            code,
-            message: with_causes(&e),
             details,
-            text: String::new(),
-            damaged: false,
+            ..Failure::of(code, &e)
         }
     }
 }

@@ -249,7 +249,7 @@ pub async fn read_manifest(
     };
     Ok(serde_json::from_slice::<Manifest>(&bytes)
         .map_err(|e| format!("not a dbward manifest: {e}"))
-        .and_then(|m| m.check_names(database, key).map(|()| m))
+        .and_then(|m| m.check_names(database, key).map(|()| m).map_err(|e| e.0))
         .map_err(|problem| Damaged {
             key: key.to_string(),
             problem,

@@ -260,16 +260,22 @@ pub fn data_key(database: &str, id: &str, format: Format, encrypted: bool) -> St
     format!("{database}/{id}.{}.zst{age}", format.extension())
 }
 
+/// Why a manifest is not where, or not named as, dbward's naming scheme puts it: it is damaged.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Misnamed(pub String);
+
 impl Manifest {
     /// A manifest read from `key` in `database`'s folder is one of dbward's only if its id has
     /// dbward's form, it sits at `<id>.json`, and its data key is `<id>.<format>.zst` beside
     /// it. Anything else is damaged: never restored from, never followed when deleting.
-    pub fn check_names(&self, database: &str, key: &str) -> Result<(), String> {
+    pub fn check_names(&self, database: &str, key: &str) -> Result<(), Misnamed> {
+        let misnamed = |why: String| Err(Misnamed(why));
         if !is_snapshot_id(&self.id) {
-            return Err(format!("its id `{}` is not a dbward snapshot id", self.id));
+            return misnamed(format!("its id `{}` is not a dbward snapshot id", self.id));
         }
         if key != format!("{database}/{}.json", self.id) {
-            return Err(format!(
+            return misnamed(format!(
                 "it names snapshot `{}` but is not at {}/{}.json",
                 self.id, database, self.id
             ));
@@ -277,20 +283,20 @@ impl Manifest {
         if self.format == Format::Pgpoint {
             return match (&self.point, self.data_key.is_empty(), &self.encryption) {
                 (Some(p), true, None) if p.name == self.id => Ok(()),
-                _ => {
-                    Err("a restore point has a `point` named by its id, and no data object".into())
-                }
+                _ => misnamed(
+                    "a restore point has a `point` named by its id, and no data object".into(),
+                ),
             };
         }
         if self.point.is_some() {
-            return Err("only a restore point has `point` facts".into());
+            return misnamed("only a restore point has `point` facts".into());
         }
         let want = data_key(database, &self.id, self.format, self.encryption.is_some());
         if self.data_key != want {
-            return Err(format!("its data key `{}` is not `{want}`", self.data_key));
+            return misnamed(format!("its data key `{}` is not `{want}`", self.data_key));
         }
         if (self.format == Format::Pgbase) != self.physical.is_some() {
-            return Err("its format and its `physical` facts disagree".into());
+            return misnamed("its format and its `physical` facts disagree".into());
         }
         Ok(())
     }

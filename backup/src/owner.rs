@@ -272,8 +272,9 @@ pub async fn ensure_identity(
         Ok(id) => Some(id),
         Err(e) => {
             tracing::warn!(
-                "could not give {} an identity (its snapshots will carry none): {e}",
-                url.display()
+                "could not give {} an identity (its snapshots will carry none): {}",
+                url.display(),
+                crate::error::chain(&e)
             );
             None
         }

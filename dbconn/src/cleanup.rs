@@ -9,7 +9,10 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-type Step = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// Why a step failed, with its causes.
+pub type StepError = Box<dyn std::error::Error + Send + Sync>;
+
+type Step = Pin<Box<dyn Future<Output = Result<(), StepError>> + Send>>;
 
 static PENDING: Mutex<Vec<(String, Step)>> = Mutex::new(Vec::new());
 
@@ -21,13 +24,13 @@ pub struct Undo {
 
 impl Undo {
     /// `what`: for the log (`dropping the scratch database x`).
-    pub fn new(
+    pub fn new<E: std::error::Error + Send + Sync + 'static>(
         what: impl Into<String>,
-        step: impl Future<Output = Result<(), String>> + Send + 'static,
+        step: impl Future<Output = Result<(), E>> + Send + 'static,
     ) -> Undo {
         Undo {
             what: what.into(),
-            step: Some(Box::pin(step)),
+            step: Some(Box::pin(async move { step.await.map_err(StepError::from) })),
         }
     }
 
@@ -56,7 +59,15 @@ pub async fn run_pending(limit: Duration) {
         tracing::info!("undoing what was half done: {what}");
         match tokio::time::timeout(limit, step).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("{what} failed: {e}"),
+            Ok(Err(e)) => {
+                let mut text = e.to_string();
+                let mut cause = e.source();
+                while let Some(c) = cause {
+                    text.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                tracing::warn!("{what} failed: {text}");
+            }
             Err(_) => tracing::warn!(
                 "{what} did not finish within {}; given up",
                 crate::error::humanize(limit)

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use tokio_postgres::error::DbError;
+
 /// How the binary should report an error (see the exit codes in docs/contract.md); `migrator`
 /// uses the same kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +44,14 @@ pub enum Error {
         holder: Option<String>,
     },
 
-    #[error("{context}: {message}")]
-    Database { context: String, message: String },
+    /// A statement, connection step or file operation the database failed: what dbward was
+    /// doing (`context`), and what the driver said, kept whole (its SQLSTATE: [`Error::sqlstate`]).
+    #[error("{context}")]
+    Database {
+        context: String,
+        #[source]
+        source: Driver,
+    },
 
     /// A database path in a state nothing may be done with: a symbolic link to nothing, side
     /// files of a database that is gone.
@@ -63,11 +71,69 @@ impl Error {
         }
     }
 
-    pub fn db(context: impl Into<String>, err: impl std::fmt::Display) -> Error {
+    pub fn db(context: impl Into<String>, err: impl Into<Driver>) -> Error {
         Error::Database {
             context: context.into(),
-            message: err.to_string(),
+            source: err.into(),
         }
+    }
+
+    /// The SQLSTATE of the PostgreSQL server's error, where the server gave one: what decisions
+    /// are made on, never the message's text.
+    pub fn sqlstate(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            Error::Database {
+                source: Driver::Postgres(e),
+                ..
+            } => e.code(),
+            _ => None,
+        }
+    }
+}
+
+/// What the database driver said, kept whole: PostgreSQL's error (with its SQLSTATE, shown with
+/// the server's detail, hint and position), SQLite's, or another step's (a TLS set-up, a task).
+#[derive(Debug)]
+pub enum Driver {
+    Postgres(tokio_postgres::Error),
+    Sqlite(rusqlite::Error),
+    Other(String),
+}
+
+impl std::fmt::Display for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Driver::Postgres(e) => f.write_str(&describe(e)),
+            Driver::Sqlite(e) => write!(f, "{e}"),
+            Driver::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Its text is the whole of what the driver said (a PostgreSQL error's causes are in it).
+impl std::error::Error for Driver {}
+
+impl From<tokio_postgres::Error> for Driver {
+    fn from(e: tokio_postgres::Error) -> Driver {
+        Driver::Postgres(e)
+    }
+}
+
+impl From<rusqlite::Error> for Driver {
+    fn from(e: rusqlite::Error) -> Driver {
+        Driver::Sqlite(e)
+    }
+}
+
+impl From<String> for Driver {
+    fn from(s: String) -> Driver {
+        Driver::Other(s)
+    }
+}
+
+impl From<&str> for Driver {
+    fn from(s: &str) -> Driver {
+        Driver::Other(s.to_string())
     }
 }
 
@@ -86,4 +152,33 @@ pub fn humanize(d: Duration) -> String {
         }
     }
     out
+}
+
+/// The server's own words: severity, message, detail, hint, where.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        // Client-side: connection refused, TLS failure, ... `source` holds the reason.
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(inner) = src {
+            s.push_str(&format!(": {inner}"));
+            src = inner.source();
+        }
+        return s;
+    };
+    db_message(db)
+}
+
+fn db_message(db: &DbError) -> String {
+    let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    if let Some(d) = db.detail() {
+        s.push_str(&format!("\n  detail: {d}"));
+    }
+    if let Some(h) = db.hint() {
+        s.push_str(&format!("\n  hint: {h}"));
+    }
+    if let Some(w) = db.where_() {
+        s.push_str(&format!("\n  where: {w}"));
+    }
+    s
 }

@@ -133,9 +133,11 @@ pub fn row(
     checksum: Option<String>,
 ) -> Result<Applied, Error> {
     let checksum = checksum.unwrap_or_default();
-    let checksum = checksum.parse().map_err(|_| Error::Database {
-        context: format!("reading {TABLE}"),
-        message: format!("version {version} has checksum `{checksum}`, not a number; was the table edited by hand?"),
+    let checksum = checksum.parse().map_err(|_| {
+        Error::db(
+            format!("reading {TABLE}"),
+            format!("version {version} has checksum `{checksum}`, not a number; was the table edited by hand?"),
+        )
     })?;
     Ok(Applied {
         version,
@@ -177,11 +179,13 @@ pub fn repeatable_row(
     applied_on: String,
     checksum: String,
 ) -> Result<AppliedRepeatable, Error> {
-    let value = checksum.parse().map_err(|_| Error::Database {
-        context: format!("reading {REPEATABLE_TABLE}"),
-        message: format!(
-            "R__{name} has checksum `{checksum}`, not a number; was the table edited by hand?"
-        ),
+    let value = checksum.parse().map_err(|_| {
+        Error::db(
+            format!("reading {REPEATABLE_TABLE}"),
+            format!(
+                "R__{name} has checksum `{checksum}`, not a number; was the table edited by hand?"
+            ),
+        )
     })?;
     Ok(AppliedRepeatable {
         name,

@@ -18,7 +18,7 @@ fn new_id() -> Result<String, Error> {
     let mut b = [0u8; 16];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| Error::db("making a database identity", e))?;
+        .map_err(|e| Error::db("making a database identity", e.to_string()))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
@@ -66,12 +66,7 @@ pub fn ensure_sqlite(conn: &rusqlite::Connection) -> Result<String, Error> {
 /// The identity of a PostgreSQL database, if it has one (the table as the search path finds
 /// it, as for the history table).
 pub async fn read_pg(c: &tokio_postgres::Client) -> Result<Option<String>, Error> {
-    let ctx = |e: tokio_postgres::Error| {
-        Error::db(
-            "reading the database identity",
-            super::postgres::describe(&e),
-        )
-    };
+    let ctx = |e: tokio_postgres::Error| Error::db("reading the database identity", e);
     let exists: bool = c
         .query_one("SELECT to_regclass('dbward_identity') IS NOT NULL", &[])
         .await
@@ -94,12 +89,7 @@ pub async fn ensure_pg(c: &tokio_postgres::Client) -> Result<String, Error> {
     if let Some(id) = read_pg(c).await? {
         return Ok(id);
     }
-    let ctx = |e: tokio_postgres::Error| {
-        Error::db(
-            "creating the database identity",
-            super::postgres::describe(&e),
-        )
-    };
+    let ctx = |e: tokio_postgres::Error| Error::db("creating the database identity", e);
     let id = new_id()?;
     c.batch_execute(CREATE_PG).await.map_err(ctx)?;
     c.execute(

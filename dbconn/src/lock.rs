@@ -9,7 +9,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::error::{humanize, Error};
-use crate::postgres::{backend_pid, describe, Postgres};
+use crate::postgres::{backend_pid, Postgres};
 
 /// The advisory lock key: "dbward" and 1, so it is recognisable in `pg_locks`.
 pub const LOCK_KEY: i64 = 0x6462_7761_7264_0001;
@@ -27,17 +27,12 @@ pub async fn take(conn: &Postgres, timeout: Duration) -> Result<(), Error> {
              WHERE current_setting('server_version_num')::int >= 140000",
         )
         .await
-        .map_err(|e| {
-            Error::db(
-                "setting the lock session's idle_session_timeout",
-                describe(&e),
-            )
-        })?;
+        .map_err(|e| Error::db("setting the lock session's idle_session_timeout", e))?;
     let got: bool = conn
         .client()
         .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
         .await
-        .map_err(|e| Error::db("taking the migration lock", describe(&e)))?
+        .map_err(|e| Error::db("taking the migration lock", e))?
         .get(0);
     if got {
         return check_session_lock(conn).await;
@@ -72,7 +67,7 @@ pub async fn take(conn: &Postgres, timeout: Duration) -> Result<(), Error> {
                 holder,
             })
         }
-        Err(e) => Err(Error::db("waiting for the migration lock", describe(&e))),
+        Err(e) => Err(Error::db("waiting for the migration lock", e)),
     }
 }
 
@@ -84,7 +79,7 @@ async fn holder_pid(c: &Client) -> Result<Option<i32>, Error> {
         &[&LOCK_KEY],
     )
     .await
-    .map_err(|e| Error::db("checking the migration lock", describe(&e)))?
+    .map_err(|e| Error::db("checking the migration lock", e))?
     .map(|r| r.get(0)))
 }
 

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use tokio_postgres::error::DbError;
 use tokio_postgres::Client;
 
+pub use crate::error::describe;
 use crate::error::Error;
 use crate::history::{self, Applied};
 use crate::sql::ident;
@@ -40,13 +40,13 @@ impl Postgres {
         let version: i32 = client
             .query_one("SELECT current_setting('server_version_num')::int", &[])
             .await
-            .map_err(|e| Error::db("reading the server version", describe(&e)))?
+            .map_err(|e| Error::db("reading the server version", e))?
             .get(0);
         if version >= 140000 {
             client
                 .batch_execute("SET client_connection_check_interval = 1000")
                 .await
-                .map_err(|e| Error::db("setting client_connection_check_interval", describe(&e)))?;
+                .map_err(|e| Error::db("setting client_connection_check_interval", e))?;
         }
         Ok(Postgres {
             client,
@@ -85,14 +85,14 @@ impl Postgres {
             .client
             .batch_execute("BEGIN")
             .await
-            .map_err(|e| Error::db("checking the connection", describe(&e)))?;
+            .map_err(|e| Error::db("checking the connection", e))?;
         let theirs = backend_pid(&other.client).await?;
         let after = backend_pid(&self.client).await?;
         other
             .client
             .batch_execute("ROLLBACK")
             .await
-            .map_err(|e| Error::db("checking the connection", describe(&e)))?;
+            .map_err(|e| Error::db("checking the connection", e))?;
         let last = backend_pid(&self.client).await?;
         if before != after || after != last || theirs == before {
             return Err(Error::Pooled {
@@ -112,7 +112,7 @@ impl Postgres {
                 &[],
             )
             .await
-            .map_err(|e| Error::db("reading the schema", describe(&e)))?
+            .map_err(|e| Error::db("reading the schema", e))?
             .get(0))
     }
 }
@@ -121,7 +121,7 @@ impl Postgres {
 pub async fn backend_pid(c: &Client) -> Result<i32, Error> {
     Ok(c.query_one("SELECT pg_backend_pid()", &[])
         .await
-        .map_err(|e| Error::db("checking the connection", describe(&e)))?
+        .map_err(|e| Error::db("checking the connection", e))?
         .get(0))
 }
 
@@ -137,7 +137,7 @@ pub async fn row_counts(c: &Client) -> Result<BTreeMap<String, u64>, Error> {
             &[],
         )
         .await
-        .map_err(|e| Error::db("listing tables", describe(&e)))?;
+        .map_err(|e| Error::db("listing tables", e))?;
     let mut out = BTreeMap::new();
     for t in tables {
         let (schema, table): (String, String) = (t.get(0), t.get(1));
@@ -157,12 +157,7 @@ pub async fn count_rows(c: &Client, schema: &str, table: &str) -> Result<u64, Er
     let n: i64 = c
         .query_one(&sql, &[])
         .await
-        .map_err(|e| {
-            Error::db(
-                format!("counting the rows of {schema}.{table}"),
-                describe(&e),
-            )
-        })?
+        .map_err(|e| Error::db(format!("counting the rows of {schema}.{table}"), e))?
         .get(0);
     Ok(n as u64)
 }
@@ -175,7 +170,7 @@ pub async fn applied_on(client: &Client) -> Result<Vec<Applied>, Error> {
             &[],
         )
         .await
-        .map_err(|e| Error::db("reading the migration history", describe(&e)))?
+        .map_err(|e| Error::db("reading the migration history", e))?
         .get(0);
     if !exists {
         return Ok(Vec::new());
@@ -183,37 +178,8 @@ pub async fn applied_on(client: &Client) -> Result<Vec<Applied>, Error> {
     let rows = client
         .query(history::SELECT, &[])
         .await
-        .map_err(|e| Error::db("reading the migration history", describe(&e)))?;
+        .map_err(|e| Error::db("reading the migration history", e))?;
     rows.iter()
         .map(|r| history::row(r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect()
-}
-
-/// The server's own words: severity, message, detail, hint, where.
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    let Some(db) = e.as_db_error() else {
-        // Client-side: connection refused, TLS failure, ... `source` holds the reason.
-        let mut s = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(inner) = src {
-            s.push_str(&format!(": {inner}"));
-            src = inner.source();
-        }
-        return s;
-    };
-    db_message(db)
-}
-
-fn db_message(db: &DbError) -> String {
-    let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-    if let Some(d) = db.detail() {
-        s.push_str(&format!("\n  detail: {d}"));
-    }
-    if let Some(h) = db.hint() {
-        s.push_str(&format!("\n  hint: {h}"));
-    }
-    if let Some(w) = db.where_() {
-        s.push_str(&format!("\n  where: {w}"));
-    }
-    s
 }

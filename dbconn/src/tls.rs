@@ -23,7 +23,7 @@ pub fn connector(url: &PgUrl) -> Result<MakeRustlsConnect, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| Error::db("TLS setup", e))?;
+        .map_err(|e| Error::db("TLS setup", e.to_string()))?;
     let config = match url.ssl_mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
             .dangerous()
@@ -33,7 +33,7 @@ pub fn connector(url: &PgUrl) -> Result<MakeRustlsConnect, Error> {
             let roots = Arc::new(roots(url)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                 .build()
-                .map_err(|e| Error::db("TLS setup", e))?;
+                .map_err(|e| Error::db("TLS setup", e.to_string()))?;
             if url.ssl_mode == SslMode::VerifyFull {
                 builder.with_webpki_verifier(webpki).with_no_client_auth()
             } else {

@@ -47,7 +47,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn db(context: impl Into<String>, err: impl std::fmt::Display) -> Error {
+    pub(crate) fn db(context: impl Into<String>, err: impl Into<dbconn::error::Driver>) -> Error {
         Error::Database(dbconn::Error::db(context, err))
     }
 }

@@ -34,6 +34,10 @@ pub enum CheckFailure {
     Environment(String),
 }
 
+/// Why a check cannot run here: it is skipped, and says why.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
 impl From<String> for CheckFailure {
     fn from(s: String) -> CheckFailure {
         CheckFailure::Snapshot(s)

@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 
 use dbconn::DatabaseUrl;
 
+use crate::checks::CheckFailure;
+
 pub struct Ephemeral {
     dir: tempfile::TempDir,
     bindir: PathBuf,
@@ -36,7 +38,8 @@ fn as_owner(program: &Path) -> Command {
 }
 
 /// The newest `/usr/lib/postgresql/<major>/bin` with initdb, if its major is at least `min`.
-fn bindir(min: u32) -> Result<(u32, PathBuf), String> {
+fn bindir(min: u32) -> Result<(u32, PathBuf), CheckFailure> {
+    let env = CheckFailure::Environment;
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -47,26 +50,27 @@ fn bindir(min: u32) -> Result<(u32, PathBuf), String> {
     found.sort();
     match found.pop() {
         Some((major, dir)) if major >= min => Ok((major, dir)),
-        Some((major, _)) => Err(format!("the newest local PostgreSQL server binaries are version {major}, older than the dump's {min}")),
-        None => Err("no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql".into()),
+        Some((major, _)) => Err(env(format!("the newest local PostgreSQL server binaries are version {major}, older than the dump's {min}"))),
+        None => Err(env("no PostgreSQL server binaries (initdb, pg_ctl) under /usr/lib/postgresql".into())),
     }
 }
 
 impl Ephemeral {
-    pub fn start(min_major: u32) -> Result<Ephemeral, String> {
+    pub fn start(min_major: u32) -> Result<Ephemeral, CheckFailure> {
+        let env = CheckFailure::Environment;
         let (major, bindir) = bindir(min_major)?;
         let dir = tempfile::Builder::new()
             .prefix("dbward-drill-cluster-")
             .tempdir()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| env(format!("making the scratch cluster's directory: {e}")))?;
         if is_root() {
             let ok = dbconn::child::tool("chown")
                 .args(["-R", "postgres:postgres"])
                 .arg(dir.path())
                 .status()
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| env(format!("chown: {e}")))?;
             if !ok.success() {
-                return Err("running as root, the cluster must belong to a `postgres` user, and there is none".into());
+                return Err(env("running as root, the cluster must belong to a `postgres` user, and there is none".into()));
             }
         }
         let data = dir.path().join("data");
@@ -84,18 +88,18 @@ impl Ephemeral {
             ])
             .arg(&data)
             .output()
-            .map_err(|e| format!("initdb: {e}"))?;
+            .map_err(|e| env(format!("initdb: {e}")))?;
         if !out.status.success() {
-            return Err(format!(
+            return Err(env(format!(
                 "initdb failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            )));
         }
         let mut last = String::new();
         for _ in 0..3 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
-                .map_err(|e| e.to_string())?
+                .map_err(|e| env(format!("choosing a port: {e}")))?
                 .port();
             let out = as_owner(&bindir.join("pg_ctl"))
                 .arg("-D")
@@ -110,7 +114,7 @@ impl Ephemeral {
                 .args(["-w", "-t", "60", "start"])
                 .stdout(Stdio::null())
                 .output()
-                .map_err(|e| format!("pg_ctl: {e}"))?;
+                .map_err(|e| env(format!("pg_ctl: {e}")))?;
             if out.status.success() {
                 let url = match DatabaseUrl::parse(&format!(
                     "postgres://dbward@127.0.0.1:{port}/postgres?sslmode=disable"
@@ -125,10 +129,10 @@ impl Ephemeral {
             }
             last = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
         }
-        Err(format!(
+        Err(env(format!(
             "the ephemeral cluster did not start: {}",
             last.trim()
-        ))
+        )))
     }
 }
 

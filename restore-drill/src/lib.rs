@@ -220,7 +220,7 @@ impl ScratchDb {
     }
 
     /// `None`: the engine has no such check; `Some(Err(why))`: it cannot run here.
-    async fn amcheck_available(&self) -> Option<Result<(), String>> {
+    async fn amcheck_available(&self) -> Option<Result<(), checks::Unavailable>> {
         match self {
             ScratchDb::Sqlite(_) => None,
             ScratchDb::Postgres(p) => Some(p.amcheck_available().await),
@@ -416,7 +416,7 @@ async fn run_checks(
         None => true,
         Some(Ok(timed)) => checks.record("amcheck", timed).is_some(),
         Some(Err(why)) => {
-            checks.skipped("amcheck", why);
+            checks.skipped("amcheck", why.0);
             true
         }
     };

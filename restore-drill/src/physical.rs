@@ -192,7 +192,7 @@ async fn check_copy(checks: &mut Checks, r: &Running, live: &PgUrl, opts: &Drill
                 Ok(()) => {
                     checks.run("amcheck", c.amcheck()).await;
                 }
-                Err(why) => checks.skipped("amcheck", why),
+                Err(why) => checks.skipped("amcheck", why.0),
             }
             checks
                 .run("migration-head", async {

@@ -9,7 +9,7 @@ use dbconn::postgres::{applied_on, describe, Postgres};
 use dbconn::sql::{ident, literal};
 use dbconn::PgUrl;
 
-use crate::checks::{classify, CheckFailure, Outcome};
+use crate::checks::{classify, CheckFailure, Outcome, Unavailable};
 use crate::ephemeral::Ephemeral;
 use crate::{Options, Scratch};
 
@@ -42,7 +42,7 @@ pub struct Restored {
 /// A fresh ephemeral cluster of the dump's major version or newer, kept in `cleanup` until the
 /// drill is done; its URL.
 pub fn ephemeral(pg_dump_major: u32, cleanup: &mut Cleanup) -> Outcome<PgUrl> {
-    let c = Ephemeral::start(pg_dump_major).map_err(CheckFailure::Environment)?;
+    let c = Ephemeral::start(pg_dump_major)?;
     let detail = format!("ephemeral cluster at {}", c.url.display);
     let url = c.url.clone();
     cleanup.cluster = Some(c);
@@ -136,19 +136,21 @@ impl Restored {
 
     /// `Err(why)` when amcheck cannot run here (no pg_amcheck, or the extension cannot be
     /// installed): the check is skipped, and says why.
-    pub async fn amcheck_available(&self) -> Result<(), String> {
+    pub async fn amcheck_available(&self) -> Result<(), Unavailable> {
         if backup::engine::postgres::find_tool("pg_amcheck").is_none() {
-            return Err("pg_amcheck is not installed (PostgreSQL 14+ client tools)".into());
+            return Err(Unavailable(
+                "pg_amcheck is not installed (PostgreSQL 14+ client tools)".into(),
+            ));
         }
         self.db
             .client()
             .batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")
             .await
             .map_err(|e| {
-                format!(
+                Unavailable(format!(
                     "the amcheck extension cannot be installed here: {}",
                     describe(&e)
-                )
+                ))
             })
     }
 

@@ -229,11 +229,12 @@ async fn finish(
             .map(|c| format!("{}: {}", c.name, c.detail))
             .unwrap_or_default();
         Err(Failure {
-            code: Exit::Failed,
-            message: format!("restore drill of {} failed at {failed}", m.id),
             details: json!({ "report": report_json }),
             text,
-            damaged: false,
+            ..Failure::new(
+                Exit::Failed,
+                format!("restore drill of {} failed at {failed}", m.id),
+            )
         })
     }
 }

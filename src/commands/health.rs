@@ -44,19 +44,46 @@ pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failu
             code: Exit::Success,
         }),
         Err(reason) if args.restore_on_failure => {
-            Err(guard(settings, &reason, health.on_failure).await)
+            Err(guard(settings, &reason.to_string(), health.on_failure).await)
         }
         Err(reason) => Err(Failure::new(Exit::Failed, format!("unhealthy: {reason}"))),
     }
 }
 
+/// Why a release is not healthy: the guard's reason, in its message and the deploy log.
+#[derive(Debug, thiserror::Error)]
+pub enum Unhealthy {
+    /// A setting the check needs is missing or unusable: the health URL (not `http://`), the
+    /// database URL for the SQL probes.
+    #[error("{0}")]
+    Setting(String),
+    /// The endpoint's last answer (or why there was none) once the timeout ran out.
+    #[error("{last} (still unhealthy after {})", migrator::error::humanize(*waited))]
+    Endpoint { last: String, waited: Duration },
+    /// A `--check` command failed (the end of its output), or could not run.
+    #[error("{what}{output}")]
+    Check {
+        what: crate::hooks::Error,
+        output: String,
+    },
+    /// A SQL probe returned false.
+    #[error("probe `{0}` returned false")]
+    ProbeFalse(String),
+    /// A SQL probe could not run.
+    #[error("probe `{sql}` failed: {}", backup::error::chain(cause))]
+    ProbeFailed { sql: String, cause: migrator::Error },
+    /// The application exited before it was healthy (`run`).
+    #[error("{0}")]
+    Exited(String),
+}
+
 /// Polls until a status in `expect_status` (any 2xx by default) or the timeout. Returns the
 /// healthy status and how long it took, or why it was not healthy.
-pub async fn poll(h: &Health) -> Result<(u16, Duration), String> {
+pub async fn poll(h: &Health) -> Result<(u16, Duration), Unhealthy> {
     let Some(url) = h.url.clone() else {
-        return Err(
+        return Err(Unhealthy::Setting(
             "no health URL: give --url, set DBWARD_HEALTH_URL, or `url` under [health]".into(),
-        );
+        ));
     };
     let started = Instant::now();
     loop {
@@ -64,7 +91,7 @@ pub async fn poll(h: &Health) -> Result<(u16, Duration), String> {
         let u = url.clone();
         let result = tokio::task::spawn_blocking(move || probe::get(&u, per_try))
             .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+            .unwrap_or_else(|e| Err(probe::Error::NoAnswer(e.to_string())));
         let last = match result {
             Ok((code, body)) if ok(code, &h.expect_status) => match &h.expect_body {
                 Some(want) if !body.contains(want.as_str()) => format!(
@@ -74,14 +101,14 @@ pub async fn poll(h: &Health) -> Result<(u16, Duration), String> {
                 _ => return Ok((code, started.elapsed())),
             },
             Ok((code, _)) => format!("{url} answered {code}"),
-            Err(e) if e.contains("must start with http://") => return Err(e),
-            Err(e) => e,
+            Err(e @ probe::Error::NotHttp(_)) => return Err(Unhealthy::Setting(e.to_string())),
+            Err(e @ probe::Error::NoAnswer(_)) => e.to_string(),
         };
         if started.elapsed() + h.interval > h.timeout {
-            return Err(format!(
-                "{last} (still unhealthy after {})",
-                migrator::error::humanize(h.timeout)
-            ));
+            return Err(Unhealthy::Endpoint {
+                last,
+                waited: h.timeout,
+            });
         }
         tokio::time::sleep(h.interval).await;
     }
@@ -90,43 +117,45 @@ pub async fn poll(h: &Health) -> Result<(u16, Duration), String> {
 /// What must hold once the endpoint is healthy: each `--check` command exits 0 (within the
 /// health timeout; its output goes to the log), then each SQL probe returns true against the
 /// live database. The first that does not is the reason the deploy is unhealthy.
-pub async fn after_checks(settings: &Settings, h: &Health) -> Result<(), String> {
+pub async fn after_checks(settings: &Settings, h: &Health) -> Result<(), Unhealthy> {
     for cmd in &h.checks {
         tracing::info!("health check: sh -c {cmd:?}");
-        let (status, tail) =
-            crate::hooks::run_captured(settings, cmd, h.timeout, &format!("check `{cmd}`")).await?;
+        let what = format!("check `{cmd}`");
+        let (status, tail) = crate::hooks::run_captured(settings, cmd, h.timeout, &what)
+            .await
+            .map_err(|e| Unhealthy::Check {
+                what: e,
+                output: String::new(),
+            })?;
         if !status.success() {
             let tail = tail.trim();
             let start = tail.len().saturating_sub(500);
             let start = (start..=tail.len())
                 .find(|i| tail.is_char_boundary(*i))
                 .unwrap_or(tail.len());
-            return Err(format!(
-                "check `{cmd}` failed ({status}): {}{}",
-                if start > 0 { "..." } else { "" },
-                &tail[start..]
-            ));
+            return Err(Unhealthy::Check {
+                what: crate::hooks::Error::Failed { what, status },
+                output: format!(": {}{}", if start > 0 { "..." } else { "" }, &tail[start..]),
+            });
         }
     }
     if !h.probes.is_empty() {
-        let url = database_url(settings).map_err(|f| f.message)?;
+        let url = database_url(settings).map_err(|f| Unhealthy::Setting(f.full()))?;
         for sql in &h.probes {
-            match probe_sql(&url, sql).await {
+            let answer = async { Database::open(&url, Open::Existing).await?.probe(sql).await };
+            match answer.await {
                 Ok(true) => tracing::info!("health probe true: {sql}"),
-                Ok(false) => return Err(format!("probe `{sql}` returned false")),
-                Err(e) => return Err(format!("probe `{sql}` failed: {e}")),
+                Ok(false) => return Err(Unhealthy::ProbeFalse(sql.clone())),
+                Err(cause) => {
+                    return Err(Unhealthy::ProbeFailed {
+                        sql: sql.clone(),
+                        cause,
+                    })
+                }
             }
         }
     }
     Ok(())
-}
-
-/// One SQL probe against the live database.
-async fn probe_sql(url: &migrator::DatabaseUrl, sql: &str) -> Result<bool, String> {
-    let mut db = Database::open(url, Open::Existing)
-        .await
-        .map_err(|e| e.to_string())?;
-    db.probe(sql).await.map_err(|e| e.to_string())
 }
 
 /// Why the last deploy is broken whatever the application answers, if it is and was not undone
@@ -395,24 +424,22 @@ async fn guard_inner(
         }
         None => None,
     };
-    Ok(Failure {
-        code: Exit::Restored,
-        message: if rewound {
-            format!(
+    let message = if rewound {
+        format!(
                 "unhealthy: {reason}. Rewound the cluster to the pre-deploy restore point {snapshot}; the failed cluster is kept as {kept}; {}{warnings}",
                 counted.unwrap_or_else(|| describe_discarded(&discard, true, sqlite))
             )
-        } else {
-            format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true, sqlite))
-        },
+    } else {
+        format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true, sqlite))
+    };
+    Ok(Failure {
         details: json!({
             "discarded": if rewound { restored["discarded"].clone() } else { json!(discard) },
             "restored": restored,
             "rewound": rewound,
             "not_additive": deploy.not_additive,
         }),
-        text: String::new(),
-        damaged: false,
+        ..Failure::new(Exit::Restored, message)
     })
 }
 
@@ -434,7 +461,7 @@ async fn read_live(
     let counters = match db.write_counters().await {
         Ok(c) => Some(c),
         Err(e) => {
-            tracing::warn!("{e}");
+            tracing::warn!("{}", backup::error::chain(&e));
             None
         }
     };
@@ -537,11 +564,9 @@ impl Undo<'_> {
         );
         crate::deploys::append(self.scope, Some(self.store), &logged).await;
         let next = " The batch is still applied, and `migrate` refuses to go on until it is undone: fix the cause, then run `dbward health --restore-on-failure` again (it retries the undo at once), or `dbward restore pre-deploy`; or keep the batch with `dbward migrate --retry-failed`.";
-        let at = f.message.find("\nCaused by:").unwrap_or(f.message.len());
-        f.message.insert_str(at, next);
-        f.message.insert_str(
-            0,
-            &format!("unhealthy: {}. Undoing the deploy failed: ", self.reason),
+        f.message = format!(
+            "unhealthy: {}. Undoing the deploy failed: {}{next}",
+            self.reason, f.message
         );
         f
     }

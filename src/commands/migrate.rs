@@ -28,7 +28,7 @@ pub async fn run(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         Ok(r) => (&r.json, "applied".to_string()),
         Err(f) => (
             &f.details,
-            format!("failed (exit {}): {}", f.code.code(), f.message),
+            format!("failed (exit {}): {}", f.code.code(), f.full()),
         ),
     };
     let applied: Vec<i64> = doc["applied"]
@@ -272,11 +272,12 @@ async fn hooks_after(
     let Err(e) = crate::hooks::after_migrate(settings, &batch).await else {
         return Ok(json);
     };
+    let e = e.to_string();
     json["hook_failed"] = json!(e);
     deploy.hook_failed = Some(e.clone());
     if recorded {
         if let Err(f) = record(scope, deploy) {
-            tracing::error!("{}", f.message);
+            tracing::error!("{}", f.full());
         }
     }
     Err(hook_failure(
@@ -382,7 +383,7 @@ async fn retain_after(settings: &Settings, url: &DatabaseUrl, m: &backup::Manife
             tracing::info!("retention removed {}", removed.join(", "))
         }
         Ok(_) => {}
-        Err(f) => tracing::warn!("retention after the deploy: {}", f.message),
+        Err(f) => tracing::warn!("retention after the deploy: {}", f.full()),
     }
 }
 
@@ -430,6 +431,7 @@ async fn nothing_pending(
                 })
             }
             Err(e) => {
+                let e = e.to_string();
                 deploy.hook_failed = Some(e.clone());
                 record(scope, &deploy)?;
                 json["hook_failed"] = json!(e);
@@ -469,6 +471,7 @@ async fn nothing_pending(
             head: deploy.head.as_ref().map(|h| h.version),
         };
         if let Err(e) = crate::hooks::after_migrate(settings, &hooks).await {
+            let e = e.to_string();
             json["hook_failed"] = json!(e);
             return Err(hook_failure(&e, &[], None, json));
         }
@@ -488,7 +491,8 @@ async fn counters(db: &mut Database) -> Option<migrator::database::Counters> {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(
-                "{e} (the health guard will not be able to say what a restore discards)"
+                "{} (the health guard will not be able to say what a restore discards)",
+                backup::error::chain(&e)
             );
             None
         }
@@ -517,11 +521,11 @@ fn hook_failure(
         )
     };
     Failure {
-        code: Exit::HookFailed,
-        message: format!("{e}; {what}; this deploy is broken: {undo}"),
         details,
-        text: String::new(),
-        damaged: false,
+        ..Failure::new(
+            Exit::HookFailed,
+            format!("{e}; {what}; this deploy is broken: {undo}"),
+        )
     }
 }
 

@@ -31,7 +31,9 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
             None => None,
         };
         if let Some(reason) = retry {
-            return Err(super::health::guard(settings, &reason, health.on_failure).await);
+            return Err(
+                super::health::guard(settings, &reason.to_string(), health.on_failure).await,
+            );
         }
     }
     let migrate = MigrateArgs {
@@ -46,7 +48,7 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         Ok(_) => {}
         // The batch is in, its hook failed: the deploy is broken, so the guard acts at once.
         Err(f) if f.code == Exit::HookFailed => {
-            return Err(super::health::guard(settings, &f.message, health.on_failure).await)
+            return Err(super::health::guard(settings, &f.full(), health.on_failure).await)
         }
         Err(f) => return Err(f),
     }
@@ -74,18 +76,20 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         health.url.as_deref().unwrap_or_default()
     );
 
+    // An app that exits in the same moment as its verdict is judged by the verdict.
     let verdict = tokio::select! {
+        biased;
         r = async {
             super::health::poll(&health).await?;
             super::health::after_checks(settings, &health).await
         } => r,
-        status = child.wait() => Err(format!("{program} exited ({}) before it was healthy", describe(status.ok()))),
+        status = child.wait() => Err(super::health::Unhealthy::Exited(format!("{program} exited ({}) before it was healthy", describe(status.ok())))),
         _ = term.recv() => return forward_and_wait(&mut child, pid, libc::SIGTERM).await,
         _ = int.recv() => return forward_and_wait(&mut child, pid, libc::SIGINT).await,
     };
     if let Err(reason) = verdict {
         stop(&mut child, pid, args.grace, group).await;
-        return Err(super::health::guard(settings, &reason, health.on_failure).await);
+        return Err(super::health::guard(settings, &reason.to_string(), health.on_failure).await);
     }
     tracing::info!("healthy; waiting on {program}");
     let status = tokio::select! {

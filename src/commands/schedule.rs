@@ -372,6 +372,11 @@ fn jobs(s: &Schedule) -> Result<(Vec<Job>, Tz), Failure> {
     Ok((jobs, tz))
 }
 
+/// Why a schedule expression does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadSchedule(String);
+
 /// A parsed schedule: its runs are the union of these (one, or two for a crontab line that
 /// restricts both day fields).
 pub struct Expr(Vec<cron::Schedule>);
@@ -382,9 +387,9 @@ pub struct Expr(Vec<cron::Schedule>);
 /// In the crontab form, when both day of month and day of week are restricted, a day matches
 /// if EITHER does, as cron has always done (`0 0 1 * 1`: the 1st of each month and every
 /// Monday); the cron crate would require both.
-pub fn parse(expr: &str) -> Result<Expr, String> {
+pub fn parse(expr: &str) -> Result<Expr, BadSchedule> {
     let fields: Vec<&str> = expr.split_whitespace().collect();
-    let one = |s: String| cron::Schedule::from_str(&s).map_err(|e| e.to_string());
+    let one = |s: String| cron::Schedule::from_str(&s).map_err(|e| BadSchedule(e.to_string()));
     match fields.len() {
         5 => {
             let (min, hour, dom, month) = (fields[0], fields[1], fields[2], fields[3]);
@@ -402,18 +407,18 @@ pub fn parse(expr: &str) -> Result<Expr, String> {
             }
         }
         6 | 7 => Ok(Expr(vec![one(fields.join(" "))?])),
-        n => Err(format!(
+        n => Err(BadSchedule(format!(
             "{n} fields; expected 5 (crontab) or 6-7 (with seconds)"
-        )),
+        ))),
     }
 }
 
 /// Crontab day-of-week numbers (0-7, 0 and 7 = Sunday) to the cron crate's (1-7, 1 = Sunday).
 /// Numeric ranges are expanded so that `5-7` (Fri-Sun) does not become the invalid `6-1`.
-fn crontab_dow(field: &str) -> Result<String, String> {
-    let map = |n: u32| -> Result<u32, String> {
+fn crontab_dow(field: &str) -> Result<String, BadSchedule> {
+    let map = |n: u32| -> Result<u32, BadSchedule> {
         if n > 7 {
-            return Err(format!("day of week {n} is not 0-7"));
+            return Err(BadSchedule(format!("day of week {n} is not 0-7")));
         }
         Ok(n % 7 + 1)
     };
@@ -424,7 +429,7 @@ fn crontab_dow(field: &str) -> Result<String, String> {
                 r,
                 Some(
                     s.parse::<u32>()
-                        .map_err(|_| format!("bad step in `{item}`"))?,
+                        .map_err(|_| BadSchedule(format!("bad step in `{item}`")))?,
                 ),
             ),
             None => (item, None),

@@ -142,7 +142,7 @@ pub async fn restore_if_missing(
                 tracing::warn!(
                     "snapshot {} does not verify ({}); trying the one before",
                     m.id,
-                    f.message
+                    f.full()
                 );
             }
             Err(f) => return Err(f),
@@ -330,10 +330,8 @@ async fn restore_postgres(
             .map_err(|e| {
                 let mut f = Failure::from(e);
                 if let Some(k) = &kept {
-                    // On the failure's own line, before any `Caused by:` lines.
-                    let hint = format!(" (the state before is snapshot {})", k.id);
-                    let at = f.message.find("\nCaused by:").unwrap_or(f.message.len());
-                    f.message.insert_str(at, &hint);
+                    f.message
+                        .push_str(&format!(" (the state before is snapshot {})", k.id));
                 }
                 f
             })?;

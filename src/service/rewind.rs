@@ -60,9 +60,9 @@ pub async fn count_discarded(
         Err(f) => {
             tracing::warn!(
                 "what the rewind discarded could not be counted: {}",
-                f.message
+                f.full()
             );
-            r.discarded_unknown = Some(f.message);
+            r.discarded_unknown = Some(f.full());
         }
     }
 }

@@ -32,7 +32,7 @@ pub async fn resolve<'a>(
             }
             Err(f) => {
                 if stores.all().len() > 1 {
-                    tracing::warn!("{}: {}", store.describe(""), f.message);
+                    tracing::warn!("{}: {}", store.describe(""), f.full());
                 }
                 first_failure.get_or_insert(f);
             }

@@ -65,7 +65,7 @@ pub async fn pre_deploy(
     match point.await {
         Ok(m) => Ok((m, None)),
         Err(f) => {
-            let why = format!("no restore point: {}; taking a dump instead", f.message);
+            let why = format!("no restore point: {}; taking a dump instead", f.full());
             tracing::warn!("{why}");
             let m = snapshot(settings, url, backup::Kind::PreDeploy, None).await?;
             Ok((m, Some(why)))

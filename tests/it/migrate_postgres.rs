@@ -171,3 +171,49 @@ fn tls_require_and_verify_full_against_a_self_signed_server() {
     let (code, _, err) = run(p.dbward(&wrong).arg("status"));
     assert_eq!(code, 1, "{err}");
 }
+
+/// A server's error is kept whole: its SQLSTATE is there to decide on, its words are the cause
+/// under what dbward was doing, and the command says them as a `Caused by:` line.
+#[test]
+fn a_server_error_keeps_its_sqlstate_and_is_said_as_the_cause() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let Ok(dbconn::DatabaseUrl::Postgres(u)) = dbconn::DatabaseUrl::parse(&url) else {
+            panic!("a PostgreSQL URL: {url}")
+        };
+        let db = dbconn::postgres::Postgres::connect(&u).await.unwrap();
+        let e = dbconn::postgres::count_rows(db.client(), "public", "no_such_table")
+            .await
+            .unwrap_err();
+        assert_eq!(e.sqlstate().map(|c| c.code()), Some("42P01"), "{e:?}");
+        assert_eq!(e.to_string(), "counting the rows of public.no_such_table");
+        let cause = std::error::Error::source(&e)
+            .expect("the server's words are the cause")
+            .to_string();
+        assert!(
+            cause.contains("42P01") && cause.contains("no_such_table"),
+            "{cause}"
+        );
+    });
+
+    // A history row edited by hand: the command names what it read, then why it failed.
+    let p = Project::new();
+    shop(&p);
+    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
+    pg.psql(
+        "shop",
+        "UPDATE refinery_schema_history SET checksum = 'edited' WHERE version = 1",
+    );
+    let (code, out, _) = run(p.dbward(&url).args(["status", "--json"]));
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        common::json(&out)["error"],
+        "reading refinery_schema_history\nCaused by:\n    version 1 has checksum `edited`, not a number; was the table edited by hand?",
+        "{out}"
+    );
+}

@@ -670,7 +670,8 @@ fn run_restores_a_missing_database_beside_a_stale_wal_and_starts_the_app_on_the_
     app.put_stale(&app.db(), &["-wal", "-shm"]);
     let server = Http::status(200);
     // The check (run once the endpoint answers) reads the database the app was started on and
-    // tells the app to finish.
+    // tells the app to finish, which it does a moment later: an app that exits while its checks
+    // still run is one that exited before it was healthy.
     let (code, out, err) = run(&mut app.cmd(&[
         "run",
         "--restore-if-missing",
@@ -681,7 +682,7 @@ fn run_restores_a_missing_database_beside_a_stale_wal_and_starts_the_app_on_the_
         "--",
         "sh",
         "-c",
-        "while [ ! -e go ]; do sleep 0.05; done",
+        "while [ ! -e go ]; do sleep 0.05; done; sleep 3",
     ]));
     assert_eq!(code, 0, "{out}{err}");
     let seen = std::fs::read_to_string(app.p.path().join("seen")).unwrap();

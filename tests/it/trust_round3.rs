@@ -574,7 +574,8 @@ fn r11_servers_and_tools_get_the_minimal_environment_and_the_app_no_keys() {
         "sh",
         "-c",
         &format!(
-            "env > {}; while [ ! -e go ]; do sleep 0.05; done",
+            // Ends a moment after its check: not while the check still runs.
+            "env > {}; while [ ! -e go ]; do sleep 0.05; done; sleep 3",
             env_file.display()
         ),
     ]));

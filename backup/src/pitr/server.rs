@@ -599,7 +599,7 @@ pub struct LiveCluster {
     /// `include`, `include_if_exists` and `include_dir` files, `postgresql.auto.conf`; and the
     /// SSL, `hba_file` and `ident_file` settings), absolute; `Err` when they cannot be listed
     /// (a role without `pg_read_all_settings`).
-    pub config_files: Result<Vec<PathBuf>, String>,
+    pub config_files: Result<Vec<PathBuf>, dbconn::Error>,
     /// Whether this role may run `pg_promote` (a rewound cluster is promoted on its session).
     pub can_promote: bool,
 }
@@ -649,7 +649,7 @@ pub async fn live_cluster(url: &dbconn::PgUrl) -> Result<LiveCluster, Error> {
                 .map(|f| data_directory.join(f)) // a relative setting is the data directory's
                 .collect()
         })
-        .map_err(|e| dbconn::postgres::describe(&e));
+        .map_err(|e| dbconn::Error::db("listing the configuration files", e));
     Ok(LiveCluster {
         data_directory,
         system_identifier: row.get(1),
@@ -660,16 +660,4 @@ pub async fn live_cluster(url: &dbconn::PgUrl) -> Result<LiveCluster, Error> {
         config_files,
         can_promote: row.get(5),
     })
-}
-
-/// Whether the server at `url` is out of recovery; `Err` with the reason it did not answer.
-pub async fn out_of_recovery(url: &dbconn::PgUrl) -> Result<bool, String> {
-    let db = dbconn::postgres::Postgres::connect(url)
-        .await
-        .map_err(|e| e.to_string())?;
-    db.client()
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .map(|row| !row.get::<_, bool>(0))
-        .map_err(|e| dbconn::postgres::describe(&e))
 }

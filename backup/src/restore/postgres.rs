@@ -515,10 +515,9 @@ async fn restore_from(
 /// Drops `target` if it is still the database this restore of `live` created (its marker
 /// names exactly it): the undo of a restore stopped half way. Sessions still on it (pg_restore's,
 /// just killed) are ended.
-async fn drop_marked(url: PgUrl, target: String, live: String) -> Result<(), String> {
-    let admin = connect_to(&url, MAINTENANCE)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn drop_marked(url: PgUrl, target: String, live: String) -> Result<(), Error> {
+    let admin = connect_to(&url, MAINTENANCE).await?;
+    let db = |e: tokio_postgres::Error| dbconn::Error::db(format!("dropping {target}"), e);
     let c = admin.client();
     let comment: Option<Option<String>> = c
         .query_opt(
@@ -526,7 +525,7 @@ async fn drop_marked(url: PgUrl, target: String, live: String) -> Result<(), Str
             &[&target],
         )
         .await
-        .map_err(|e| describe(&e))?
+        .map_err(db)?
         .map(|r| r.get(0));
     match comment {
         None => Ok(()),
@@ -535,7 +534,7 @@ async fn drop_marked(url: PgUrl, target: String, live: String) -> Result<(), Str
             let version: String = c
                 .query_one("SHOW server_version_num", &[])
                 .await
-                .map_err(|e| describe(&e))?
+                .map_err(db)?
                 .get(0);
             let force = if version.parse::<u32>().unwrap_or(0) >= 130000 {
                 " WITH (FORCE)"
@@ -547,13 +546,15 @@ async fn drop_marked(url: PgUrl, target: String, live: String) -> Result<(), Str
                 ident(&target)
             ))
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(db)?;
             tracing::info!("dropped {target}");
             Ok(())
         }
-        Some(_) => Err(format!(
-            "{target} no longer carries this restore's marker: left as it is"
-        )),
+        Some(_) => Err(dbconn::Error::Refused {
+            what: target.clone(),
+            problem: "no longer carries this restore's marker: left as it is".into(),
+        }
+        .into()),
     }
 }
 
@@ -789,8 +790,9 @@ pub async fn restore_in_place(
     dbconn::committed::mark(format!("the snapshot was applied to {live} in place"));
     if let Err(e) = check_restored(&Postgres::connect(url).await?, m).await {
         return Err(Error::AfterChange(format!(
-            "the archive was applied to {live} in place, but the check that followed failed: {e}. \
-             The state before the restore is kept as a snapshot (see the log above); restore it to go back"
+            "the archive was applied to {live} in place, but the check that followed failed: {}. \
+             The state before the restore is kept as a snapshot (see the log above); restore it to go back",
+            crate::error::chain(&e)
         )));
     }
     Ok(Outcome {

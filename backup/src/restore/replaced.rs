@@ -29,12 +29,7 @@ pub async fn remove(url: &DatabaseUrl, name: &str) -> Result<(), Error> {
             db.client()
                 .batch_execute(&format!("DROP DATABASE IF EXISTS {ident}"))
                 .await
-                .map_err(|e| {
-                    Error::Database(dbconn::Error::db(
-                        format!("dropping {ident}"),
-                        dbconn::postgres::describe(&e),
-                    ))
-                })
+                .map_err(|e| Error::Database(dbconn::Error::db(format!("dropping {ident}"), e)))
         }
     }
 }

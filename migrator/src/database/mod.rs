@@ -88,7 +88,7 @@ impl Database {
                     sqlite::Sqlite::open_locked(&path, create, timeout)
                 })
                 .await
-                .map_err(|e| Error::db("waiting for the migration lock", e))??;
+                .map_err(|e| Error::db("waiting for the migration lock", e.to_string()))??;
                 Ok(Database::Sqlite(db))
             }
             DatabaseUrl::Postgres(_) => {
@@ -132,7 +132,7 @@ impl Database {
                 .client()
                 .query_one(sql, &[])
                 .await
-                .map_err(|e| Error::db("running the probe", dbconn::postgres::describe(&e)))?
+                .map_err(|e| Error::db("running the probe", e))?
                 .try_get::<_, bool>(0)
                 .map_err(|e| {
                     Error::db(

@@ -49,9 +49,8 @@ impl Session {
     }
 
     pub async fn applied_repeatable(&mut self) -> Result<Vec<AppliedRepeatable>, Error> {
-        let ctx = |e: tokio_postgres::Error| {
-            Error::db("reading the repeatable-migration history", describe(&e))
-        };
+        let ctx =
+            |e: tokio_postgres::Error| Error::db("reading the repeatable-migration history", e);
         let exists: bool = self
             .conn
             .client()
@@ -86,7 +85,7 @@ impl Session {
     pub async fn write_counters(
         &mut self,
     ) -> Result<std::collections::BTreeMap<String, i64>, Error> {
-        let ctx = |e: tokio_postgres::Error| Error::db("reading pg_stat_user_tables", describe(&e));
+        let ctx = |e: tokio_postgres::Error| Error::db("reading pg_stat_user_tables", e);
         let flush = self
             .conn
             .client()
@@ -122,7 +121,7 @@ impl Session {
 
     pub async fn record(&mut self, files: &[&MigrationFile]) -> Result<(), Error> {
         let c = &self.conn.client();
-        let ctx = |e: tokio_postgres::Error| Error::db("recording the baseline", describe(&e));
+        let ctx = |e: tokio_postgres::Error| Error::db("recording the baseline", e);
         c.batch_execute("BEGIN").await.map_err(ctx)?;
         let result = async {
             c.batch_execute(history::CREATE).await.map_err(ctx)?;
@@ -152,7 +151,7 @@ impl Session {
         lock_timeout: Duration,
     ) -> Result<Option<u32>, Error> {
         let c = &self.conn.client();
-        let ctx = |e: tokio_postgres::Error| Error::db("applying the batch", describe(&e));
+        let ctx = |e: tokio_postgres::Error| Error::db("applying the batch", e);
         c.batch_execute("BEGIN").await.map_err(ctx)?;
         let result = async {
             c.batch_execute(&format!(

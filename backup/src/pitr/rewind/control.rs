@@ -197,7 +197,7 @@ pub(super) async fn start_and_wait(
                                     }
                                     Ok(false) => {} // still replaying
                                     Err(e) => {
-                                        tracing::warn!("rewind: the session holding the migration lock on the restored cluster failed ({e}); taking it again");
+                                        tracing::warn!("rewind: the session holding the migration lock on the restored cluster failed ({}); taking it again", chain(&e));
                                         lock = None;
                                         connectable_since = Some(Instant::now());
                                     }
@@ -289,9 +289,11 @@ async fn promote(db: &Postgres, data_dir: &Path) -> Result<(), Error> {
 
 /// The one boolean `sql` returns on `db`'s session.
 async fn ask(db: &Postgres, sql: &str) -> Result<bool, Error> {
-    let row = db.client().query_one(sql, &[]).await.map_err(|e| {
-        dbconn::Error::db(format!("asking `{sql}`"), dbconn::postgres::describe(&e))
-    })?;
+    let row = db
+        .client()
+        .query_one(sql, &[])
+        .await
+        .map_err(|e| dbconn::Error::db(format!("asking `{sql}`"), e))?;
     row.try_get::<_, bool>(0)
         .map_err(|e| Error::Failed(format!("`{sql}` did not return one boolean: {e}")))
 }

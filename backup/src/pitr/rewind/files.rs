@@ -115,7 +115,8 @@ pub(super) fn carried_files(live: &server::LiveCluster, data_dir: &Path) -> Vec<
             .collect(),
         Err(e) => {
             tracing::warn!(
-                "the files the live configuration reads could not be listed ({e}): only {} are carried into the rewound cluster; grant pg_read_all_settings to dbward's role",
+                "the files the live configuration reads could not be listed ({}): only {} are carried into the rewound cluster; grant pg_read_all_settings to dbward's role",
+                crate::error::chain(e),
                 CONFIG_FILES.join(", ")
             );
             Vec::new()
