@@ -28,7 +28,7 @@ pub use error::{Error, ErrorKind};
 pub use manifest::{Kind, Manifest};
 pub use prune::{prune, PruneReport};
 pub use snapshot::{take, take_to, Progress, Request, Taken};
-pub use store::set::{InMirror, StoreSet};
+pub use store::set::{Found, InMirror, StoreSet};
 pub use store::{Store, StoreOptions};
 
 /// This host's name, as manifests, the deploy log and notifications record it.

@@ -70,6 +70,25 @@ impl IfMissing {
     }
 }
 
+/// This database's snapshots in `store`, newest first; `None` when it holds none.
+async fn candidates_in(
+    store: &backup::Store,
+    url: &DatabaseUrl,
+) -> Result<Option<Vec<backup::Manifest>>, backup::Error> {
+    let db = url.name();
+    let listing = backup::list_all(store, &db).await?;
+    let folder_owner = backup::owner::read(store, &db).await?;
+    let candidates = backup::owner::mine(
+        store,
+        &db,
+        listing.snapshots,
+        &backup::owner::Live::Absent,
+        backup::owner::format_of(url),
+        folder_owner.as_ref(),
+    )?;
+    Ok((!candidates.is_empty()).then_some(candidates))
+}
+
 /// A database that is missing (a fresh volume, a new server) gets the newest of its snapshots
 /// that verifies; one that exists is left alone. Never restores over an existing database: for
 /// SQLite, "missing" is checked again under the migration lock.
@@ -82,45 +101,40 @@ pub async fn restore_if_missing(
         return Ok(IfMissing::Exists);
     }
     // The newest snapshots of the first store that has any (the primary, else a mirror): a
-    // primary that answers but lost its snapshots must not start the database fresh.
+    // primary that answers but lost its snapshots must not start the database fresh, and
+    // neither may a store that does not answer (it may hold them).
     let stores = settings.stores().await?;
-    let mut found = None;
-    for (n, store) in stores.all().iter().enumerate() {
-        let listing = match backup::list_all(store, &url.name()).await {
-            Ok(l) => l,
-            Err(e) if n + 1 < stores.all().len() => {
-                tracing::warn!("{}", backup::error::chain(&e));
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let folder_owner = backup::owner::read(store, &url.name()).await?;
-        let candidates = backup::owner::mine(
-            store,
-            &url.name(),
-            listing.snapshots,
-            &backup::owner::Live::Absent,
-            backup::owner::format_of(url),
-            folder_owner.as_ref(),
-        )?;
-        if !candidates.is_empty() {
-            if n > 0 {
-                tracing::warn!(
-                    "the primary store holds no snapshot of {}; using mirror {n}",
-                    url.name()
-                );
-            }
-            found = Some((store, candidates));
-            break;
-        }
-    }
-    let Some((store, candidates)) = found else {
+    let found = stores
+        .find(|store| candidates_in(store, url), |_, store, e| {
+            tracing::warn!("{}: {}", store.describe(""), backup::error::chain(e))
+        })
+        .await
+        .map_err(|e| {
+            let mut f = Failure::from(e);
+            f.message.push_str(&format!(
+                "; {} is missing, and not started fresh while a store that may hold its snapshots does not answer",
+                url.display()
+            ));
+            f
+        })?;
+    let Some(backup::Found {
+        at,
+        store,
+        value: candidates,
+    }) = found
+    else {
         tracing::warn!(
             "{} is missing and no store holds a snapshot of it: starting fresh",
             url.display()
         );
         return Ok(IfMissing::NoSnapshot);
     };
+    if at > 0 {
+        tracing::warn!(
+            "the primary store holds no snapshot of {}; using mirror {at}",
+            url.name()
+        );
+    }
     let opts = Options {
         force: false,
         terminate_connections: false,

@@ -17,28 +17,30 @@ pub async fn resolve<'a>(
     url: &DatabaseUrl,
     which: &str,
 ) -> Result<(backup::Manifest, Vec<&'a backup::Store>), Failure> {
-    let mut first_failure = None;
-    for (n, store) in stores.all().iter().enumerate() {
-        match resolve_in(settings, store, url, which).await {
-            Ok(m) => {
-                if n > 0 {
-                    tracing::warn!(
-                        "snapshot {} found in mirror {n} ({})",
-                        m.id,
-                        store.describe(&m.data_key)
-                    );
-                }
-                return Ok((m, stores.starting_at(store)));
-            }
-            Err(f) => {
-                if stores.all().len() > 1 {
+    let several = stores.all().len() > 1;
+    let found = stores
+        .find(
+            |store| async move { resolve_in(settings, store, url, which).await.map(Some) },
+            |_, store, f: &Failure| {
+                if several {
                     tracing::warn!("{}: {}", store.describe(""), f.full());
                 }
-                first_failure.get_or_insert(f);
-            }
-        }
+            },
+        )
+        .await?;
+    let backup::Found {
+        at,
+        store,
+        value: m,
+    } = found.expect("resolve_in finds the manifest or fails");
+    if at > 0 {
+        tracing::warn!(
+            "snapshot {} found in mirror {at} ({})",
+            m.id,
+            store.describe(&m.data_key)
+        );
     }
-    Err(first_failure.expect("there is always a primary store"))
+    Ok((m, stores.starting_at(store)))
 }
 
 /// The manifest `which` names in `store`. `latest` reads manifests newest first, a few at a

@@ -449,3 +449,52 @@ fn a_fresh_volume_and_an_empty_primary_restore_from_the_mirror() {
         "2"
     );
 }
+
+/// A fresh volume is started fresh only when every store answered that it holds no snapshot:
+/// a primary that cannot be read is not "no snapshot", whether the mirror has one or not.
+#[test]
+fn a_fresh_volume_is_not_started_fresh_while_a_store_does_not_answer() {
+    let p = Project::new();
+    let primary = p.path().join("primary");
+    let mirror = p.path().join("mirror");
+    let cmd = || {
+        let mut c = p.dbward("sqlite:app.db");
+        c.env("DBWARD_STORE", format!("file://{}", primary.display()))
+            .env(
+                "DBWARD_STORE_MIRRORS",
+                format!("file://{}", mirror.display()),
+            );
+        c
+    };
+    p.migration("V1__a.sql", "CREATE TABLE a (id INTEGER);\n");
+    // The primary's folder for this database cannot be listed (a file where it should be), and
+    // the mirror holds nothing: refused, and no database is made.
+    std::fs::create_dir_all(&primary).unwrap();
+    std::fs::write(primary.join("app"), "not a folder").unwrap();
+    let (code, out, err) = run(cmd().args(["migrate", "--restore-if-missing", "--json"]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        json(&out)["error"].as_str().unwrap().contains(
+            "not started fresh while a store that may hold its snapshots does not answer"
+        ),
+        "{out}"
+    );
+    assert!(!p.path().join("app.db").exists(), "{err}");
+
+    // With a snapshot in the mirror, the mirror's is restored.
+    std::fs::remove_file(primary.join("app")).unwrap();
+    assert_eq!(run(cmd().arg("migrate")).0, 0);
+    sqlite(&p.path().join("app.db"), "INSERT INTO a VALUES (7)");
+    let (code, _, err) = run(cmd().arg("backup"));
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_dir_all(primary.join("app")).unwrap();
+    std::fs::write(primary.join("app"), "not a folder").unwrap();
+    std::fs::remove_file(p.path().join("app.db")).unwrap();
+    let (code, _, err) = run(cmd().args(["restore", "latest", "--if-missing"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("using mirror 1"), "{err}");
+    assert_eq!(
+        sqlite(&p.path().join("app.db"), "SELECT count(*) FROM a"),
+        "1"
+    );
+}

@@ -2,7 +2,8 @@
 //! whether a write needs every copy (`store.require = all`) or the primary's (`primary`).
 //! What the commands share about them lives here once: the primary's result is the job's and
 //! a mirror's failure is reported beside it ([`StoreSet::each`]); a read starts where the
-//! manifest was found and falls back through the others ([`StoreSet::starting_at`]).
+//! manifest was found and falls back through the others ([`StoreSet::starting_at`]); a search
+//! takes the first store that has what it looks for ([`StoreSet::find`]).
 
 use std::future::Future;
 
@@ -13,6 +14,14 @@ pub struct StoreSet {
     /// The primary first; never empty.
     stores: Vec<Store>,
     require_all: bool,
+}
+
+/// Where a read found what it looked for ([`StoreSet::find`]).
+pub struct Found<'a, T> {
+    /// 0 for the primary, `n` for mirror `n`.
+    pub at: usize,
+    pub store: &'a Store,
+    pub value: T,
 }
 
 /// What a job did in one mirror (numbered from 1, in `store.mirrors` order).
@@ -75,5 +84,36 @@ impl StoreSet {
             });
         }
         Ok((primary, mirrors))
+    }
+
+    /// Asks each store in order (the primary first) for what `job` looks for: the first that
+    /// has it (`Ok(Some)`) ends the search. `Ok(None)` only when every store answered that it
+    /// has none; when none has it and one could not answer, that store's failure (the first):
+    /// what it holds is unknown, so "nowhere" cannot be said. `failed` hears each failure as it
+    /// comes (to say it, when a later store may still answer).
+    pub async fn find<'a, T, E, F, Fut>(
+        &'a self,
+        job: F,
+        mut failed: impl FnMut(usize, &Store, &E),
+    ) -> Result<Option<Found<'a, T>>, E>
+    where
+        F: Fn(&'a Store) -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+    {
+        let mut first_failure = None;
+        for (at, store) in self.stores.iter().enumerate() {
+            match job(store).await {
+                Ok(Some(value)) => return Ok(Some(Found { at, store, value })),
+                Ok(None) => {}
+                Err(e) => {
+                    failed(at, store, &e);
+                    first_failure.get_or_insert(e);
+                }
+            }
+        }
+        match first_failure {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
     }
 }
