@@ -30,6 +30,7 @@ mod repeatable;
 mod restore;
 mod restore_states;
 mod rewind;
+mod round_trip;
 mod schedule;
 mod secrets;
 mod setups;

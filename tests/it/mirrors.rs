@@ -39,13 +39,6 @@ fn manifests(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn flip_a_byte(path: &Path) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(path, bytes).unwrap();
-}
-
 #[test]
 fn blue_green_sqlite_pre_deploy_snapshot_in_both_stores_and_the_guard_restores_from_the_mirror() {
     let s3 = S3::start();
@@ -91,7 +84,7 @@ fn blue_green_sqlite_pre_deploy_snapshot_in_both_stores_and_the_guard_restores_f
     );
 
     // The primary's copy rots; the app is unhealthy: the guard restores the mirror's copy.
-    flip_a_byte(&in_s3(&s3, &data_key));
+    common::flip_a_byte(&in_s3(&s3, &data_key));
     let server = Http::status(503);
     let (code, out, err) = run(dbward(&p, &s3, "sqlite:app.db", &mirror).args([
         "health",
@@ -282,7 +275,7 @@ fn a_postgres_restore_streams_and_a_damaged_copy_falls_back_to_the_mirror() {
     let (copy, _) = restore();
     assert!(copy.starts_with("s3://"), "{copy}");
 
-    flip_a_byte(&in_s3(&s3, &format!("shop/{id}.pgdump.zst")));
+    common::flip_a_byte(&in_s3(&s3, &format!("shop/{id}.pgdump.zst")));
     pg.psql("shop", "DELETE FROM items");
     let (copy, err) = restore();
     assert!(
@@ -300,7 +293,7 @@ fn a_postgres_restore_streams_and_a_damaged_copy_falls_back_to_the_mirror() {
     );
 
     // Damaged everywhere: refused (exit 3), the live database left as it was.
-    flip_a_byte(&mirror.join(format!("shop/{id}.pgdump.zst")));
+    common::flip_a_byte(&mirror.join(format!("shop/{id}.pgdump.zst")));
     pg.psql("shop", "DELETE FROM items WHERE id > 10");
     let (code, _, err) = run(dbward(&p, &s3, &url, &mirror).args(["restore", &id, "--yes"]));
     assert_eq!(code, 3, "{err}");
@@ -403,20 +396,22 @@ fn walk(dir: &Path) -> usize {
 /// A primary that answers but holds no snapshot (a wiped bucket): a fresh volume is restored
 /// from the mirror, not started empty; a drill of the mirror's copy leaves its receipt there,
 /// none on the primary.
+/// dbward on `sqlite:app.db` with two directories as stores: `primary` and one mirror.
+fn local_stores(p: &Project, primary: &Path, mirror: &Path) -> Command {
+    let mut c = p.dbward("sqlite:app.db");
+    c.env("DBWARD_STORE", format!("file://{}", primary.display()))
+        .env(
+            "DBWARD_STORE_MIRRORS",
+            format!("file://{}", mirror.display()),
+        );
+    c
+}
+
 #[test]
 fn a_fresh_volume_and_an_empty_primary_restore_from_the_mirror() {
     let p = Project::new();
-    let primary = p.path().join("primary");
-    let mirror = p.path().join("mirror");
-    let cmd = || {
-        let mut c = p.dbward("sqlite:app.db");
-        c.env("DBWARD_STORE", format!("file://{}", primary.display()))
-            .env(
-                "DBWARD_STORE_MIRRORS",
-                format!("file://{}", mirror.display()),
-            );
-        c
-    };
+    let (primary, mirror) = (p.path().join("primary"), p.path().join("mirror"));
+    let cmd = || local_stores(&p, &primary, &mirror);
     p.migration(
         "V1__a.sql",
         "CREATE TABLE a (id INTEGER);\nINSERT INTO a VALUES (1), (2);\n",
@@ -426,7 +421,7 @@ fn a_fresh_volume_and_an_empty_primary_restore_from_the_mirror() {
     assert_eq!(code, 0);
     let id = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
     // The primary's copy rots: the drill proves the mirror's, and says so.
-    flip_a_byte(&primary.join(format!("app/{id}.sqlite.zst")));
+    common::flip_a_byte(&primary.join(format!("app/{id}.sqlite.zst")));
     let (code, _, err) = run(cmd().args(["restore-drill", &id]));
     assert_eq!(code, 0, "{err}");
     assert!(
@@ -455,17 +450,8 @@ fn a_fresh_volume_and_an_empty_primary_restore_from_the_mirror() {
 #[test]
 fn a_fresh_volume_is_not_started_fresh_while_a_store_does_not_answer() {
     let p = Project::new();
-    let primary = p.path().join("primary");
-    let mirror = p.path().join("mirror");
-    let cmd = || {
-        let mut c = p.dbward("sqlite:app.db");
-        c.env("DBWARD_STORE", format!("file://{}", primary.display()))
-            .env(
-                "DBWARD_STORE_MIRRORS",
-                format!("file://{}", mirror.display()),
-            );
-        c
-    };
+    let (primary, mirror) = (p.path().join("primary"), p.path().join("mirror"));
+    let cmd = || local_stores(&p, &primary, &mirror);
     p.migration("V1__a.sql", "CREATE TABLE a (id INTEGER);\n");
     // The primary's folder for this database cannot be listed (a file where it should be), and
     // the mirror holds nothing: refused, and no database is made.

@@ -104,6 +104,14 @@ pub fn state_file(state_dir: &Path, what: &str, db: &str) -> Option<PathBuf> {
     found.into_iter().next()
 }
 
+/// Flips every bit of the byte in the middle of `path`: a stored object damaged in place.
+pub fn flip_a_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(path, bytes).unwrap();
+}
+
 /// A project directory with a `migrations/` folder.
 pub struct Project {
     pub dir: tempfile::TempDir,
