@@ -98,6 +98,10 @@ pub enum Command {
     RestoreDrill(DrillArgs),
     /// Run the [schedule] jobs (backup, drill, prune) on their cron expressions until SIGTERM.
     Schedule(ScheduleArgs),
+    /// SQLite: protect every commit, continuously: a base, then each --interval a step of the
+    /// pages that changed, in the store and its mirrors (until SIGTERM; `restore --stream`
+    /// builds any of those states back).
+    Replicate(ReplicateArgs),
     /// PostgreSQL's archive_command (`dbward wal-push %p`): store WAL file PATH in the
     /// archive, compressed (and encrypted when encryption is on); 0 only once it is stored.
     WalPush(WalPushArgs),
@@ -110,6 +114,16 @@ pub enum Command {
     /// Print the man page or a shell's completion script on stdout (for packagers).
     #[command(hide = true)]
     Generate(GenerateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplicateArgs {
+    /// How often a step is shipped when the database changed.
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
+    /// Ship one step (the base, when the stream must begin) and exit.
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]
@@ -260,7 +274,7 @@ pub struct RestoreArgs {
     /// A snapshot id, `latest`, or `pre-deploy` (the one the last `migrate` took). With
     /// --physical: a base's id (recovered to its end) or `latest` (the newest base, recovered
     /// to the end of the archived WAL).
-    #[arg(required_unless_present_any = ["time", "lsn"], conflicts_with_all = ["time", "lsn"])]
+    #[arg(required_unless_present_any = ["time", "lsn", "stream"], conflicts_with_all = ["time", "lsn", "stream"])]
     pub snapshot: Option<String>,
     /// Do not ask for confirmation (required without a terminal).
     #[arg(long)]
@@ -284,14 +298,13 @@ pub struct RestoreArgs {
     /// (--to DIR), and start a private server on it (its own socket in DIR, archiving off).
     #[arg(long, requires = "to")]
     pub physical: bool,
+    /// SQLite: build the newest state of the stream `dbward replicate` ships (with --time: the
+    /// state as of that time) into a new file (--to PATH), checked.
+    #[arg(long, requires = "to", conflicts_with_all = ["physical", "if_missing"])]
+    pub stream: bool,
     /// With --physical: recover to this time (RFC 3339, e.g. 2026-11-26T09:30:00Z), from the
-    /// newest base that ended before it.
-    #[arg(
-        long,
-        value_name = "TIME",
-        requires = "physical",
-        conflicts_with = "lsn"
-    )]
+    /// newest base that ended before it. With --stream: the last state read by then.
+    #[arg(long, value_name = "TIME", conflicts_with = "lsn")]
     pub time: Option<String>,
     /// With --physical: recover to this LSN (e.g. 0/4000028).
     #[arg(long, value_name = "LSN", requires = "physical")]

@@ -99,7 +99,10 @@ async fn run_until_signalled(cli: &Cli) -> (Result<report::Report, report::Failu
     );
     if matches!(
         cli.command,
-        cli::Command::Run(_) | cli::Command::Schedule(_) | cli::Command::RestoreDrill(_)
+        cli::Command::Run(_)
+            | cli::Command::Schedule(_)
+            | cli::Command::RestoreDrill(_)
+            | cli::Command::Replicate(_)
     ) {
         return (commands::run(cli).await, false);
     }

@@ -19,6 +19,7 @@ pub mod retention;
 pub mod scratch;
 pub mod snapshot;
 pub mod store;
+pub mod stream;
 
 pub use catalog::{
     check_folder_name, list, list_all, manifest_key, receipt_key, receipts, Damaged, DrillReceipt,

@@ -7,6 +7,7 @@ mod health;
 mod lint;
 mod migrate;
 mod prune;
+mod replicate;
 mod restore;
 mod run;
 mod schedule;
@@ -37,6 +38,7 @@ pub fn name(command: &Command) -> &'static str {
         Command::Run(_) => "run",
         Command::RestoreDrill(_) => "restore-drill",
         Command::Schedule(_) => "schedule",
+        Command::Replicate(_) => "replicate",
         Command::Generate(_) => "generate",
         Command::WalPush(_) => "wal-push",
         Command::WalFetch(_) => "wal-fetch",
@@ -73,6 +75,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::Run(args) => run::run(&settings, args).await,
         Command::RestoreDrill(args) => drill::run(&settings, args).await,
         Command::Schedule(args) => schedule::run(&settings, args).await,
+        Command::Replicate(args) => replicate::run(&settings, args).await,
         Command::WalPush(args) => wal::push(&settings, args).await,
         Command::Pitr(crate::cli::PitrCommand::Verify(args)) => wal::verify(&settings, args).await,
         Command::Generate(_) | Command::WalFetch(_) => {

@@ -4,6 +4,8 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
+use serde_json::json;
+
 use super::database_url;
 use crate::cli::RestoreArgs;
 use crate::exit::Exit;
@@ -14,8 +16,17 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
+    if args.time.is_some() && !args.physical && !args.stream {
+        return Err(Failure::new(
+            Exit::Usage,
+            "--time goes with --physical (PostgreSQL) or --stream (SQLite)",
+        ));
+    }
     if args.physical {
         return physical(settings, &url, args).await;
+    }
+    if args.stream {
+        return stream(settings, &url, args).await;
     }
     let snapshot = args.snapshot.as_deref().unwrap_or("latest");
     if args.if_missing {
@@ -153,4 +164,100 @@ fn confirm(yes: bool, question: &str) -> Result<(), Failure> {
             "not confirmed; nothing was restored",
         ))
     }
+}
+
+/// `restore --stream --to PATH [--time T]`: the stream's state built into a new file, checked,
+/// then given its name (never over an existing file). From the primary store, else the first
+/// mirror that has the stream.
+async fn stream(
+    settings: &Settings,
+    url: &migrator::DatabaseUrl,
+    args: &RestoreArgs,
+) -> Result<Report, Failure> {
+    let usage = |m: String| Failure::new(Exit::Usage, m);
+    if !matches!(url, migrator::DatabaseUrl::Sqlite(_)) {
+        return Err(usage(
+            "--stream restores a SQLite database's stream (`dbward replicate`); for PostgreSQL use --physical".into(),
+        ));
+    }
+    let until = match &args.time {
+        Some(t) => Some(
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| {
+                    usage(format!(
+                        "--time {t}: not an RFC 3339 time ({e}); e.g. 2026-11-26T09:30:00Z"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let to = std::path::PathBuf::from(args.to.as_deref().expect("clap: --stream requires --to"));
+    if to.exists() {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "--to {}: it exists; --stream builds a new file",
+                to.display()
+            ),
+        ));
+    }
+    let name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let partial = to.with_file_name(format!(".{name}.dbward-partial-{}", std::process::id()));
+    let stores = settings.stores().await?;
+    let identities = settings.identities()?;
+    let db = url.name();
+    let found = stores
+        .find(
+            |store| {
+                let (partial, db, identities) = (&partial, &db, &identities);
+                async move {
+                    // This run's own partial file, from an earlier store's try.
+                    let _ = std::fs::remove_file(partial);
+                    backup::stream::restore::build(store, db, identities, until, partial).await
+                }
+            },
+            |_, store, e| tracing::warn!("{}: {}", store.describe(""), backup::error::chain(e)),
+        )
+        .await;
+    let restored = match found {
+        Ok(Some(f)) => f.value,
+        Ok(None) => {
+            return Err(Failure::new(
+                Exit::Failed,
+                format!(
+                    "no store holds a stream of {}{} (`dbward replicate` ships one)",
+                    url.display(),
+                    args.time
+                        .as_ref()
+                        .map(|t| format!(" that began by {t}"))
+                        .unwrap_or_default()
+                ),
+            ))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = dbconn::fs::rename_new(&partial, &to) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(Failure::new(
+            Exit::Failed,
+            format!("giving the restored file its name {}: {e}", to.display()),
+        ));
+    }
+    Ok(Report {
+        text: format!(
+            "restored the state read at {} (generation {}, step {}) into {}\n",
+            restored.captured_at,
+            restored.generation,
+            restored.seq,
+            to.display()
+        ),
+        json: json!({ "restored": restored, "to": to }),
+        code: Exit::Success,
+    })
 }

@@ -35,6 +35,7 @@ mod schedule;
 mod secrets;
 mod setups;
 mod store_contract;
+mod stream;
 mod trust;
 mod trust_round3;
 mod wal;

@@ -1,0 +1,550 @@
+//! The replicator: a generation's base, then a step each time the database changed, shipped to
+//! every store (the primary must take each step; a mirror that fails is said and skipped).
+//!
+//! What it keeps on this host (`<state>/`, its own folder): `stream.json` ([`Local`]: the
+//! generation, the last step shipped, the WAL position and the state hash it ends at) and
+//! `pages` (every page's hash, [`super::pages::Table`]). Both are written after the primary
+//! acknowledged the step they describe; a replicator stopped before that writes the step again
+//! on its next start, finds it there (a step is written once) and starts a new generation. A
+//! local state that does not match the database file (another inode), the store (no such
+//! generation) or its own page table starts a new generation too: a stream never forks.
+//!
+//! One replicator per database: `<db>.dbward-replicate-lock` beside the file is held (`flock`)
+//! for as long as it runs.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::capture::{Pinned, Source};
+use super::pages::{self, Table};
+use super::step::{self, Header};
+use super::wal::Position;
+use super::Generation;
+use crate::crypt::Encryption;
+use crate::error::Error;
+use crate::store::set::StoreSet;
+use crate::store::Store;
+
+/// How the replicator runs.
+pub struct Options {
+    pub level: i32,
+    pub encryption: Option<Arc<Encryption>>,
+    /// How long the write lock is waited for behind the application's writer.
+    pub busy: Duration,
+    /// This database's folder of local state (made private if missing).
+    pub state_dir: PathBuf,
+}
+
+/// What the replicator keeps on this host between steps.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Local {
+    pub generation: String,
+    /// The last step the primary took (0: only the base).
+    pub seq: u64,
+    pub position: Option<Position>,
+    pub page_size: u32,
+    pub page_count: u32,
+    pub state: String,
+    /// The database file's identity when the generation began.
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// What one [`Replica::step`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Shipped {
+    pub generation: String,
+    /// `None` when nothing changed since the last step.
+    pub seq: Option<u64>,
+    pub pages: u32,
+    pub stored_bytes: u64,
+    /// Why a new generation began with this step, if it did.
+    pub new_generation: Option<String>,
+    /// Mirrors that did not take it, with why.
+    pub mirrors_failed: Vec<String>,
+}
+
+pub struct Replica {
+    source: Source,
+    stores: StoreSet,
+    database: String,
+    opts: Options,
+    local: Option<(Local, Table)>,
+    _lease: std::fs::File,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    Error::io(what)
+}
+
+impl Replica {
+    /// Takes the database's replication lease and opens it; the next [`Replica::step`] goes on
+    /// from the local state when it still matches, or starts a new generation.
+    pub async fn open(
+        path: &Path,
+        stores: StoreSet,
+        database: &str,
+        opts: Options,
+    ) -> Result<Replica, Error> {
+        let lease = lease(path)?;
+        let source = Source::open(path, opts.busy)?;
+        crate::scratch::create_private_dir(&opts.state_dir)
+            .map_err(io(format!("making {}", opts.state_dir.display())))?;
+        let mut r = Replica {
+            source,
+            stores,
+            database: database.to_string(),
+            opts,
+            local: None,
+            _lease: lease,
+        };
+        r.local = r.resume().await;
+        Ok(r)
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.opts.state_dir.join("stream.json")
+    }
+
+    fn table_file(&self) -> PathBuf {
+        self.opts.state_dir.join("pages")
+    }
+
+    /// The local state, if it still describes this file and the primary's stream.
+    async fn resume(&self) -> Option<(Local, Table)> {
+        let text = std::fs::read(self.state_file()).ok()?;
+        let local: Local = serde_json::from_slice(&text).ok()?;
+        let meta = std::fs::metadata(self.source.path()).ok()?;
+        if (meta.dev(), meta.ino()) != (local.dev, local.ino) {
+            tracing::warn!(
+                "the database file was replaced since the last step: a new generation begins"
+            );
+            return None;
+        }
+        let key = super::generation_key(&self.database, &local.generation);
+        if let Err(e) = self.stores.primary().get_bytes(&key).await {
+            tracing::warn!(
+                "generation {} is not in the primary store ({}): a new generation begins",
+                local.generation,
+                crate::error::chain(&e)
+            );
+            return None;
+        }
+        let state = u128::from_str_radix(&local.state, 16).ok()?;
+        let table = Table::open(&self.table_file(), local.page_count, state).ok()??;
+        Some((local, table))
+    }
+
+    fn save(&self, local: &Local, table: &Table) -> Result<(), Error> {
+        table.sync().map_err(io("writing the page hashes"))?;
+        let path = self.state_file();
+        let tmp = path.with_extension("json.tmp");
+        let mut f =
+            std::fs::File::create(&tmp).map_err(io(format!("writing {}", tmp.display())))?;
+        f.write_all(&serde_json::to_vec_pretty(local).expect("serializable"))
+            .and_then(|()| f.sync_all())
+            .map_err(io(format!("writing {}", tmp.display())))?;
+        std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))
+    }
+
+    /// Ships what changed since the last step (a new generation when there is none to go on
+    /// from, or which pages changed cannot be told from the WAL... then every page is compared
+    /// with its hash, and only those that differ are shipped).
+    pub async fn step(&mut self) -> Result<Shipped, Error> {
+        let Some((local, table)) = self.local.take() else {
+            return self
+                .new_generation("first start, or the last one cannot be continued")
+                .await;
+        };
+        match self.next_step(&local, table).await {
+            Ok((shipped, local, table)) => {
+                self.local = Some((local, table));
+                Ok(shipped)
+            }
+            Err(e) => {
+                // The local state may be ahead of the store now: the next step starts anew.
+                self.local = None;
+                Err(e)
+            }
+        }
+    }
+
+    async fn next_step(
+        &mut self,
+        local: &Local,
+        mut table: Table,
+    ) -> Result<(Shipped, Local, Table), Error> {
+        let spool = self.opts.state_dir.join("step.payload");
+        let seq = local.seq + 1;
+        let captured_at = crate::manifest::now_rfc3339(time::OffsetDateTime::now_utc());
+        // The pages that differ from their hashes, recorded into the payload file.
+        let (changed, to, page_size, page_count) = {
+            let pinned = self.source.pin(local.position)?;
+            if pinned.page_size != local.page_size {
+                drop(pinned);
+                return self
+                    .retry_as_new("the page size changed (VACUUM with a new page_size)")
+                    .await;
+            }
+            let changed = differing(&pinned, local, &table, &spool)?;
+            (
+                changed,
+                pinned.changes.to,
+                pinned.page_size,
+                pinned.page_count,
+            )
+        };
+        if changed.is_empty() && page_count == local.page_count {
+            let mut next = local.clone();
+            next.position = to;
+            self.save(&next, &table)?;
+            return Ok((
+                Shipped {
+                    generation: local.generation.clone(),
+                    seq: None,
+                    pages: 0,
+                    stored_bytes: 0,
+                    new_generation: None,
+                    mirrors_failed: Vec::new(),
+                },
+                next,
+                table,
+            ));
+        }
+        // The state after the step: the table's, with the changed pages' new hashes.
+        for (pgno, new) in &changed {
+            table
+                .put(*pgno, *new)
+                .map_err(io("writing the page hashes"))?;
+        }
+        table
+            .truncate(page_count)
+            .map_err(io("writing the page hashes"))?;
+        let state = table.state();
+        let mut header = Header {
+            dbward_step: 1,
+            generation: local.generation.clone(),
+            seq,
+            captured_at,
+            page_size,
+            page_count,
+            pages: changed.len() as u32,
+            payload_bytes: 0,
+            payload_sha256: String::new(),
+            state: pages::text(state),
+        };
+        let object = self.opts.state_dir.join("step.object");
+        {
+            let mut out = std::fs::File::create(&object)
+                .map_err(io(format!("writing {}", object.display())))?;
+            step::encode(
+                &mut header,
+                &spool,
+                self.opts.level,
+                self.opts.encryption.as_deref(),
+                &mut out,
+            )?;
+        }
+        let encrypted = self.opts.encryption.is_some();
+        let key = super::step_key(&self.database, &local.generation, seq, encrypted);
+        let (stored_bytes, mirrors_failed) = self.ship(&key, &object).await?;
+        let next = Local {
+            seq,
+            position: to,
+            page_count,
+            state: pages::text(state),
+            ..local.clone()
+        };
+        self.save(&next, &table)?;
+        Ok((
+            Shipped {
+                generation: local.generation.clone(),
+                seq: Some(seq),
+                pages: header.pages,
+                stored_bytes,
+                new_generation: None,
+                mirrors_failed,
+            },
+            next,
+            table,
+        ))
+    }
+
+    async fn retry_as_new(&mut self, why: &str) -> Result<(Shipped, Local, Table), Error> {
+        let shipped = self.new_generation(why).await?;
+        let (local, table) = self.local.take().expect("a new generation was recorded");
+        Ok((shipped, local, table))
+    }
+
+    /// Stores the object at `path` under `key` in every store: the primary must take it; each
+    /// mirror that does not is said. Its size.
+    async fn ship(&self, key: &str, path: &Path) -> Result<(u64, Vec<String>), Error> {
+        let (bytes, mirrors) = self.stores.each(|store| put_file(store, key, path)).await?;
+        let failed = mirrors
+            .into_iter()
+            .filter_map(|m| {
+                m.result.err().map(|e| {
+                    let said = format!("mirror {}: {}", m.mirror, crate::error::chain(&e));
+                    tracing::warn!("{said}");
+                    said
+                })
+            })
+            .collect();
+        Ok((bytes, failed))
+    }
+
+    /// A new generation: every page of one pinned state as the base, then its record.
+    async fn new_generation(&mut self, reason: &str) -> Result<Shipped, Error> {
+        let generation = super::new_generation_id();
+        tracing::info!(
+            "stream of sqlite:{}: generation {generation} begins ({reason})",
+            self.source.path().display()
+        );
+        let raw = self.opts.state_dir.join("base.raw");
+        let mut table = Table::create(&self.table_file()).map_err(io("writing the page hashes"))?;
+        let (to, page_size, page_count) = {
+            let pinned = self.source.pin(None)?;
+            let mut out = std::io::BufWriter::new(
+                std::fs::File::create(&raw).map_err(io(format!("writing {}", raw.display())))?,
+            );
+            pinned.each_page(|pgno, page| {
+                table
+                    .set(pgno, page)
+                    .map_err(io("writing the page hashes"))?;
+                out.write_all(page)
+                    .map_err(io(format!("writing {}", raw.display())))
+            })?;
+            out.flush()
+                .map_err(io(format!("writing {}", raw.display())))?;
+            (pinned.changes.to, pinned.page_size, pinned.page_count)
+        };
+        let object = self.opts.state_dir.join("base.object");
+        compress_file(
+            &raw,
+            &object,
+            self.opts.level,
+            self.opts.encryption.as_deref(),
+        )?;
+        let _ = std::fs::remove_file(&raw);
+        let encrypted = self.opts.encryption.is_some();
+        let base_key = super::base_key(&self.database, &generation, encrypted);
+        let (stored, mut mirrors_failed) = self.ship(&base_key, &object).await?;
+        let sha = sha256_of(&object)?;
+        let _ = std::fs::remove_file(&object);
+        let record = Generation {
+            dbward_stream: 1,
+            generation: generation.clone(),
+            started_at: crate::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
+            reason: reason.to_string(),
+            page_size,
+            page_count,
+            state: pages::text(table.state()),
+            base_key,
+            base_stored_bytes: stored,
+            base_sha256: sha,
+        };
+        let json = serde_json::to_vec_pretty(&record).expect("serializable");
+        let key = super::generation_key(&self.database, &generation);
+        let (_, mirrors) = self
+            .stores
+            .each(|store| {
+                let json = json.clone();
+                let key = key.clone();
+                async move { store.put_new(&key, &json).await }
+            })
+            .await?;
+        for m in mirrors {
+            if let Err(e) = m.result {
+                mirrors_failed.push(format!("mirror {}: {}", m.mirror, crate::error::chain(&e)));
+            }
+        }
+        let meta = std::fs::metadata(self.source.path())
+            .map_err(io(format!("reading {}", self.source.path().display())))?;
+        let local = Local {
+            generation: generation.clone(),
+            seq: 0,
+            position: to,
+            page_size,
+            page_count,
+            state: pages::text(table.state()),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        self.save(&local, &table)?;
+        self.local = Some((local, table));
+        Ok(Shipped {
+            generation,
+            seq: None,
+            pages: page_count,
+            stored_bytes: stored,
+            new_generation: Some(reason.to_string()),
+            mirrors_failed,
+        })
+    }
+}
+
+/// The pages of `pinned` that differ from `table`, written as a payload to `spool`: each with
+/// its new hash. Pages the WAL names (and every page past the last step's size), or every page
+/// when the WAL cannot tell.
+fn differing(
+    pinned: &Pinned<'_>,
+    local: &Local,
+    table: &Table,
+    spool: &Path,
+) -> Result<Vec<(u32, u128)>, Error> {
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(spool).map_err(io(format!("writing {}", spool.display())))?,
+    );
+    let mut changed = Vec::new();
+    let mut consider = |pgno: u32, page: &[u8]| -> Result<(), Error> {
+        let new = pages::hash(pgno, page);
+        if pgno > local.page_count
+            || table.hash_of(pgno).map_err(io("reading the page hashes"))? != new
+        {
+            step::record(&mut out, pgno, page)
+                .map_err(io(format!("writing {}", spool.display())))?;
+            changed.push((pgno, new));
+        }
+        Ok(())
+    };
+    // Without a position (the WAL was empty or gone when the last step was read), the WAL
+    // seen now may not be the first since: which pages changed is unknown.
+    let unknown = pinned.changes.unknown.or(local
+        .position
+        .is_none()
+        .then_some("the WAL was empty at the last step"));
+    if let Some(why) = unknown {
+        tracing::info!("{why}: comparing every page with its hash");
+        pinned.each_page(&mut consider)?;
+    } else {
+        let mut wanted: std::collections::BTreeSet<u32> = pinned
+            .changes
+            .pages
+            .iter()
+            .copied()
+            .filter(|p| *p <= pinned.page_count)
+            .collect();
+        wanted.extend(local.page_count + 1..=pinned.page_count);
+        for pgno in wanted {
+            let page = pinned.page(pgno)?;
+            consider(pgno, &page)?;
+        }
+    }
+    out.flush()
+        .map_err(io(format!("writing {}", spool.display())))?;
+    Ok(changed)
+}
+
+/// `raw` compressed (and encrypted) into `object`.
+fn compress_file(
+    raw: &Path,
+    object: &Path,
+    level: i32,
+    encryption: Option<&Encryption>,
+) -> Result<(), Error> {
+    let err = io(format!("compressing {}", raw.display()));
+    let run = || -> std::io::Result<()> {
+        let mut input = std::fs::File::open(raw)?;
+        let out = std::fs::File::create(object)?;
+        match encryption {
+            None => {
+                let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+                enc.include_checksum(true)?;
+                std::io::copy(&mut input, &mut enc)?;
+                enc.finish()?.sync_all()
+            }
+            Some(e) => {
+                let w = e
+                    .encryptor()
+                    .map_err(|e| std::io::Error::other(e.to_string()))?
+                    .wrap_output(out)?;
+                let mut enc = zstd::stream::write::Encoder::new(w, level)?;
+                enc.include_checksum(true)?;
+                std::io::copy(&mut input, &mut enc)?;
+                enc.finish()?.finish()?.sync_all()
+            }
+        }
+    };
+    run().map_err(err)
+}
+
+fn sha256_of(path: &Path) -> Result<String, Error> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).map_err(io(format!("reading {}", path.display())))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(io(format!("reading {}", path.display())))?;
+    Ok(crate::pipeline::hex(&h.finalize()))
+}
+
+/// Objects up to this size are written in one request that never overwrites.
+const SMALL: u64 = 16 << 20;
+
+/// The file at `path` stored under `key`, written once; its size.
+async fn put_file(store: &Store, key: &str, path: &Path) -> Result<u64, Error> {
+    let size = std::fs::metadata(path)
+        .map_err(io(format!("reading {}", path.display())))?
+        .len();
+    if size <= SMALL {
+        let bytes = std::fs::read(path).map_err(io(format!("reading {}", path.display())))?;
+        store.put_new(key, &bytes).await?;
+        return Ok(size);
+    }
+    let chunk = store.chunk_size(size);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let path = path.to_path_buf();
+    let feed = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&path)?;
+        loop {
+            let mut buf = vec![0u8; chunk];
+            let mut n = 0;
+            while n < chunk {
+                let got = f.read(&mut buf[n..])?;
+                if got == 0 {
+                    break;
+                }
+                n += got;
+            }
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            if tx.blocking_send(crate::pipeline::Msg::Data(buf)).is_err() {
+                return Ok(());
+            }
+        }
+        let _ = tx.blocking_send(crate::pipeline::Msg::Done);
+        Ok(())
+    });
+    let stored = store.put_stream(key, rx).await?;
+    feed.await
+        .map_err(|e| Error::Source(format!("reading {key} to store it: {e}")))?
+        .map_err(io(format!("reading {key} to store it")))?;
+    Ok(stored)
+}
+
+/// The replication lease on `db`: `<db>.dbward-replicate-lock`, held (`flock`) while this
+/// process replicates it. Another replicator of the same file is refused.
+fn lease(db: &Path) -> Result<std::fs::File, Error> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".dbward-replicate-lock");
+    let path = PathBuf::from(name);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("opening {}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Refused(format!(
+            "sqlite:{} is already replicated by another process (it holds {}): one replicator per database",
+            db.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(format!("locking {}", path.display()))(e)),
+    }
+}

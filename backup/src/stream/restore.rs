@@ -1,0 +1,208 @@
+//! A stream's state built back into a new file: the newest generation's base (or the newest that
+//! began by a given time), then its steps in order up to the last one (or the last captured by
+//! that time), then the checks: the file's page hashes sum to the last step's state, and
+//! `PRAGMA integrity_check` says ok. A gap in the steps, a step that does not decode or match
+//! its header, or a state that does not match refuses the restore (damaged).
+
+use std::io::Write;
+use std::path::Path;
+
+use time::OffsetDateTime;
+
+use super::{pages, step, Generation};
+use crate::crypt::Identities;
+use crate::error::Error;
+use crate::store::Store;
+
+/// What a restore from the stream built.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restored {
+    pub generation: String,
+    /// The last step applied (0: the base alone).
+    pub seq: u64,
+    /// When the restored state was read on the replicator's host.
+    pub captured_at: String,
+    pub page_count: u32,
+    pub state: String,
+    pub steps_applied: u64,
+}
+
+fn parse_time(t: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The generations in `store`, newest first.
+pub async fn generations(store: &Store, database: &str) -> Result<Vec<Generation>, Error> {
+    let mut names: Vec<String> = store
+        .list(&super::dir(database))
+        .await?
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.key.rsplit('/').next()?.strip_suffix(".json")?.to_string();
+            (!name.is_empty() && !name.contains('.')).then_some(name)
+        })
+        .collect();
+    names.sort();
+    names.reverse();
+    let mut out = Vec::new();
+    for name in names {
+        let key = super::generation_key(database, &name);
+        let bytes = store.get_bytes(&key).await?;
+        let g: Generation = serde_json::from_slice(&bytes).map_err(|e| {
+            Error::Damaged(format!(
+                "{key} is not a stream generation dbward wrote: {e}"
+            ))
+        })?;
+        if g.generation != name {
+            return Err(Error::Damaged(format!(
+                "{key} names generation {}",
+                g.generation
+            )));
+        }
+        out.push(g);
+    }
+    Ok(out)
+}
+
+/// Builds the stream's newest state (with `until`: the newest captured at or before it) into
+/// `to`, which must not exist yet; checked as the module says. `None` when the store holds no
+/// stream of `database` (or none that began by `until`).
+pub async fn build(
+    store: &Store,
+    database: &str,
+    identities: &Identities,
+    until: Option<OffsetDateTime>,
+    to: &Path,
+) -> Result<Option<Restored>, Error> {
+    let chosen = generations(store, database).await?.into_iter().find(|g| {
+        match (until, parse_time(&g.started_at)) {
+            (None, _) => true,
+            (Some(t), Some(started)) => started <= t,
+            (Some(_), None) => false,
+        }
+    });
+    let Some(g) = chosen else {
+        return Ok(None);
+    };
+    base_into(store, &g, identities, to).await?;
+    let mut state = g.state.clone();
+    let mut last = (0u64, g.started_at.clone(), g.page_count);
+    let dir = super::generation_dir(database, &g.generation);
+    let mut steps: Vec<(u64, String)> = store
+        .list(&dir)
+        .await?
+        .into_iter()
+        .filter_map(|o| super::seq_of(&o.key).map(|s| (s, o.key)))
+        .collect();
+    steps.sort();
+    let mut applied = 0;
+    for (seq, key) in steps {
+        if seq != last.0 + 1 {
+            return Err(Error::Damaged(format!(
+                "the stream of generation {} has no step {} (the next is {seq}): it cannot be followed past step {}",
+                g.generation,
+                last.0 + 1,
+                last.0
+            )));
+        }
+        let object = store.get_bytes(&key).await?;
+        // The header says when the state was read: a step past `until` ends the restore.
+        if let Some(t) = until {
+            let mut plain: Box<dyn std::io::Read + '_> = if key.ends_with(".age") {
+                Box::new(identities.open(&object[..], &format!("{key} is encrypted (age)"), "")?)
+            } else {
+                Box::new(&object[..])
+            };
+            let h = step::header_from(&mut plain, &key)?;
+            if parse_time(&h.captured_at).is_none_or(|c| c > t) {
+                break;
+            }
+        }
+        let h = step::apply(&object, &key, identities, to)?;
+        if h.generation != g.generation || h.seq != seq || h.page_size != g.page_size {
+            return Err(Error::Damaged(format!(
+                "{key} says it is step {} of generation {}",
+                h.seq, h.generation
+            )));
+        }
+        state = h.state;
+        last = (seq, h.captured_at, h.page_count);
+        applied += 1;
+    }
+    check(to, g.page_size, &state)?;
+    Ok(Some(Restored {
+        generation: g.generation,
+        seq: last.0,
+        captured_at: last.1,
+        page_count: last.2,
+        state,
+        steps_applied: applied,
+    }))
+}
+
+/// The generation's base, decoded into `to` (a new file), checked against its record.
+async fn base_into(
+    store: &Store,
+    g: &Generation,
+    identities: &Identities,
+    to: &Path,
+) -> Result<(), Error> {
+    let object = store.get_bytes(&g.base_key).await?;
+    let sha = {
+        use sha2::{Digest, Sha256};
+        crate::pipeline::hex(&Sha256::digest(&object))
+    };
+    if sha != g.base_sha256 {
+        return Err(Error::Damaged(format!(
+            "{} failed its checksum (SHA-256 {sha}, the generation's record says {})",
+            g.base_key, g.base_sha256
+        )));
+    }
+    let plain: Box<dyn std::io::Read + '_> = if g.base_key.ends_with(".age") {
+        Box::new(identities.open(
+            &object[..],
+            &format!("{} is encrypted (age)", g.base_key),
+            "",
+        )?)
+    } else {
+        Box::new(&object[..])
+    };
+    let mut dec = zstd::stream::read::Decoder::new(plain)
+        .map_err(|e| Error::Damaged(format!("{} does not decode: {e}", g.base_key)))?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(Error::io(format!("creating {}", to.display())))?;
+    std::io::copy(&mut dec, &mut out)
+        .map_err(|e| Error::Damaged(format!("{} does not decode: {e}", g.base_key)))?;
+    out.flush()
+        .and_then(|()| out.sync_all())
+        .map_err(Error::io(format!("writing {}", to.display())))
+}
+
+/// The built file's page hashes sum to `state`, and SQLite finds it whole.
+fn check(file: &Path, page_size: u32, state: &str) -> Result<(), Error> {
+    let got = pages::text(
+        pages::of_file(file, page_size)
+            .map_err(Error::io(format!("reading {}", file.display())))?,
+    );
+    if got != state {
+        return Err(Error::Damaged(format!(
+            "the restored state's page hashes sum to {got}, and the stream says {state}"
+        )));
+    }
+    // Opened as any new file is (its WAL and shared memory come and go beside it): nothing is
+    // written to it.
+    let c = rusqlite::Connection::open(file)
+        .map_err(|e| Error::Damaged(format!("{} does not open: {e}", file.display())))?;
+    let verdict: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(|e| Error::Damaged(format!("integrity_check of {}: {e}", file.display())))?;
+    if verdict != "ok" {
+        return Err(Error::Damaged(format!(
+            "integrity_check of the restored state: {verdict}"
+        )));
+    }
+    Ok(())
+}

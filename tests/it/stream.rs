@@ -1,0 +1,259 @@
+//! `dbward replicate` and `restore --stream`: a SQLite database's every state, shipped as a
+//! base and steps, built back to its newest state or the one as of a time, checked; real
+//! SQLite files written by a real writer, the store a directory (and a mirror).
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{json, run, sqlite, Project};
+
+/// A WAL-mode database `app.db` with table `t` and rows 1..=100.
+fn app() -> Project {
+    let p = Project::new();
+    sqlite(
+        &p.path().join("app.db"),
+        "PRAGMA journal_mode = WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) \
+         INSERT INTO t SELECT i, hex(randomblob(200)) FROM n;",
+    );
+    p
+}
+
+fn db(p: &Project) -> PathBuf {
+    p.path().join("app.db")
+}
+
+fn once(p: &Project) -> serde_json::Value {
+    let (code, out, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["--json", "replicate", "--once"]));
+    assert_eq!(code, 0, "{err}");
+    json(&out)["shipped"].clone()
+}
+
+/// `restore --stream --to <name>` (and its extra arguments): the rows of `t` it holds.
+fn restored_rows(p: &Project, name: &str, extra: &[&str]) -> String {
+    let (code, out, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["--json", "restore", "--stream", "--to", name])
+        .args(extra));
+    assert_eq!(code, 0, "{out}{err}");
+    sqlite(&p.path().join(name), "SELECT count(*) FROM t")
+}
+
+fn side_files(dir: &Path, name: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(name) && n != name || n.contains("dbward-partial"))
+        .collect()
+}
+
+#[test]
+fn steps_follow_writes_checkpoints_and_vacuum_and_any_step_restores() {
+    let p = app();
+    let base = once(&p);
+    assert!(base["new_generation"].is_string(), "{base}");
+    sqlite(&db(&p), "INSERT INTO t SELECT id + 100, v FROM t");
+    let first = once(&p);
+    assert_eq!(first["seq"], 1, "{first}");
+    assert!(first["pages"].as_u64().unwrap() > 0, "{first}");
+    // Nothing changed: nothing shipped.
+    assert!(once(&p)["seq"].is_null());
+    std::thread::sleep(Duration::from_millis(1100));
+    let between = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // The application checkpoints (and the WAL restarts, or is cut) between steps, and VACUUMs:
+    // the stream follows, by the WAL when it can, by the page hashes when it cannot.
+    sqlite(
+        &db(&p),
+        "DELETE FROM t WHERE id > 150; PRAGMA wal_checkpoint(TRUNCATE); INSERT INTO t VALUES (1000, 'x');",
+    );
+    assert_eq!(once(&p)["seq"], 2);
+    sqlite(&db(&p), "DELETE FROM t WHERE id > 20; VACUUM;");
+    let shrunk = once(&p);
+    assert_eq!(shrunk["seq"], 3, "{shrunk}");
+
+    assert_eq!(restored_rows(&p, "newest.db", &[]), "20");
+    assert_eq!(restored_rows(&p, "then.db", &["--time", &between]), "200");
+    assert_eq!(
+        sqlite(&p.path().join("newest.db"), "PRAGMA integrity_check"),
+        "ok"
+    );
+    assert!(
+        side_files(p.path(), "newest.db").is_empty(),
+        "{:?}",
+        side_files(p.path(), "newest.db")
+    );
+
+    // The standard tools alone build the same state (docs/stream-restore.py).
+    let store = p.path().join(".dbward/snapshots/app/stream");
+    let generation = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| d.is_dir())
+        .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/stream-restore.py");
+    let out = common::tool(
+        Command::new("python3")
+            .arg(&script)
+            .arg(&generation)
+            .arg(p.path().join("by-script.db")),
+    );
+    assert!(out.contains("3 step(s)"), "{out}");
+    assert_eq!(
+        std::fs::read(p.path().join("by-script.db")).unwrap(),
+        std::fs::read(p.path().join("newest.db")).unwrap()
+    );
+
+    // A damaged step is refused, and nothing is left at the target.
+    let step = generation.join("0000000000000002.step.zst");
+    common::flip_a_byte(&step);
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["restore", "--stream", "--to", "bad.db"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(!p.path().join("bad.db").exists());
+    assert!(side_files(p.path(), "bad.db").is_empty());
+}
+
+#[test]
+fn a_running_replicator_ships_every_commit_and_a_second_one_is_refused() {
+    let p = app();
+    let mut replicator = p
+        .dbward("sqlite:app.db")
+        .args(["replicate", "--interval", "100ms"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once it shipped its base, a second replicator of the same file is refused.
+    let stream = p.path().join(".dbward/snapshots/app/stream");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_dir(&stream)
+        .is_ok_and(|mut d| d.any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".json")))
+    {
+        assert!(Instant::now() < deadline, "no generation began");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args(["replicate", "--once"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("already replicated"), "{err}");
+    // A writer commits one row at a time, checkpointing now and then as applications do.
+    let conn = rusqlite::Connection::open(db(&p)).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    for i in 0..300 {
+        conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+        if i % 97 == 0 {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .unwrap();
+        }
+    }
+    let want: String = conn
+        .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+        .unwrap()
+        .to_string();
+    // Every commit reaches the store (restored while the replicator runs).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let name = format!("copy-{n}.db");
+        if restored_rows(&p, &name, &[]) == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the last commits never reached the stream"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc::kill(replicator.id() as i32, libc::SIGTERM) };
+    let status = replicator.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// An encrypted stream (age recipients) goes to the primary and the mirror; its objects are
+/// not readable without the identity, the identity restores it, and a primary that lost its
+/// stream leaves the mirror's to restore.
+#[test]
+fn an_encrypted_stream_is_mirrored_and_restores_with_the_identity() {
+    let p = app();
+    let key = p.path().join("key.txt");
+    common::tool(Command::new("age-keygen").arg("-o").arg(&key));
+    let public = common::tool(Command::new("age-keygen").arg("-y").arg(&key));
+    let mirror = p.path().join("mirror");
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        format!(
+            "[encryption]\nrecipients = [{:?}]\n\n[store]\nmirrors = [\"file://{}\"]\n",
+            public.trim(),
+            mirror.display()
+        ),
+    )
+    .unwrap();
+    once(&p);
+    sqlite(
+        &db(&p),
+        "INSERT INTO t (v) VALUES ('secret after the base')",
+    );
+    assert_eq!(once(&p)["seq"], 1);
+    let primary = p.path().join(".dbward/snapshots/app/stream");
+    for root in [&primary, &mirror.join("app/stream")] {
+        let objects: Vec<PathBuf> = walk(root);
+        assert!(
+            objects
+                .iter()
+                .any(|o| o.to_string_lossy().ends_with(".step.zst.age")),
+            "{objects:?}"
+        );
+        for o in objects
+            .iter()
+            .filter(|o| !o.to_string_lossy().ends_with(".json"))
+        {
+            let bytes = std::fs::read(o).unwrap();
+            assert!(
+                !bytes.windows(6).any(|w| w == b"secret"),
+                "{} holds plaintext",
+                o.display()
+            );
+        }
+    }
+    // Without the identity: refused.
+    let (code, _, err) =
+        run(p
+            .dbward("sqlite:app.db")
+            .args(["restore", "--stream", "--to", "no-key.db"]));
+    assert_ne!(code, 0, "{err}");
+    assert!(!p.path().join("no-key.db").exists());
+    // With it, from the mirror once the primary lost its stream.
+    std::fs::remove_dir_all(&primary).unwrap();
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .env("DBWARD_AGE_IDENTITY_FILE", &key)
+        .args(["restore", "--stream", "--to", "with-key.db"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        sqlite(&p.path().join("with-key.db"), "SELECT count(*) FROM t"),
+        "101"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
