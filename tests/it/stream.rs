@@ -257,3 +257,30 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A step the primary store does not take changes nothing recorded: the next one ships the
+/// same changes in the same generation, with the next number, rather than a new base.
+#[test]
+fn a_step_the_store_refused_is_shipped_again_in_the_same_generation() {
+    let p = app();
+    let generation = once(&p)["generation"].as_str().unwrap().to_string();
+    sqlite(&db(&p), "INSERT INTO t (v) VALUES ('first')");
+    assert_eq!(once(&p)["seq"], 1);
+    // The generation's folder is not a folder for a moment: the store cannot write the step.
+    let dir = p
+        .path()
+        .join(".dbward/snapshots/app/stream")
+        .join(&generation);
+    let aside = dir.with_extension("aside");
+    std::fs::rename(&dir, &aside).unwrap();
+    std::fs::write(&dir, "in the way").unwrap();
+    sqlite(&db(&p), "INSERT INTO t (v) VALUES ('second')");
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args(["replicate", "--once"]));
+    assert_ne!(code, 0, "{err}");
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&aside, &dir).unwrap();
+    let next = once(&p);
+    assert_eq!(next["generation"], generation.as_str(), "{next}");
+    assert_eq!(next["seq"], 2, "{next}");
+    assert_eq!(restored_rows(&p, "after.db", &[]), "102");
+}

@@ -67,6 +67,19 @@ pub struct Shipped {
     pub mirrors_failed: Vec<String>,
 }
 
+/// What [`Replica::next_step`] came to.
+enum Next {
+    Shipped(Shipped, Local),
+    NewGeneration(&'static str),
+}
+
+/// A step that failed: before anything was recorded (the next goes on from the same place),
+/// or after the page hashes moved (the next begins a new generation).
+enum Failed {
+    Before(Error),
+    After(Error),
+}
+
 pub struct Replica {
     source: Source,
     stores: StoreSet,
@@ -154,42 +167,41 @@ impl Replica {
     /// from, or which pages changed cannot be told from the WAL... then every page is compared
     /// with its hash, and only those that differ are shipped).
     pub async fn step(&mut self) -> Result<Shipped, Error> {
-        let Some((local, table)) = self.local.take() else {
+        let Some((local, mut table)) = self.local.take() else {
             return self
                 .new_generation("first start, or the last one cannot be continued")
                 .await;
         };
-        match self.next_step(&local, table).await {
-            Ok((shipped, local, table)) => {
-                self.local = Some((local, table));
+        match self.next_step(&local, &mut table).await {
+            Ok(Next::Shipped(shipped, next)) => {
+                self.local = Some((next, table));
                 Ok(shipped)
             }
-            Err(e) => {
-                // The local state may be ahead of the store now: the next step starts anew.
-                self.local = None;
+            Ok(Next::NewGeneration(why)) => self.new_generation(why).await,
+            // Nothing was recorded: the next step goes on from the same place.
+            Err(Failed::Before(e)) => {
+                self.local = Some((local, table));
                 Err(e)
             }
+            // The page hashes moved past the recorded state: the next step starts anew.
+            Err(Failed::After(e)) => Err(e),
         }
     }
 
-    async fn next_step(
-        &mut self,
-        local: &Local,
-        mut table: Table,
-    ) -> Result<(Shipped, Local, Table), Error> {
+    /// The step after `local`. The page table changes only once the primary took the step.
+    async fn next_step(&mut self, local: &Local, table: &mut Table) -> Result<Next, Failed> {
         let spool = self.opts.state_dir.join("step.payload");
         let seq = local.seq + 1;
         let captured_at = crate::manifest::now_rfc3339(time::OffsetDateTime::now_utc());
         // The pages that differ from their hashes, recorded into the payload file.
         let (changed, to, page_size, page_count) = {
-            let pinned = self.source.pin(local.position)?;
+            let pinned = self.source.pin(local.position).map_err(Failed::Before)?;
             if pinned.page_size != local.page_size {
-                drop(pinned);
-                return self
-                    .retry_as_new("the page size changed (VACUUM with a new page_size)")
-                    .await;
+                return Ok(Next::NewGeneration(
+                    "the page size changed (VACUUM with a new page_size)",
+                ));
             }
-            let changed = differing(&pinned, local, &table, &spool)?;
+            let changed = differing(&pinned, local, table, &spool).map_err(Failed::Before)?;
             (
                 changed,
                 pinned.changes.to,
@@ -198,10 +210,12 @@ impl Replica {
             )
         };
         if changed.is_empty() && page_count == local.page_count {
-            let mut next = local.clone();
-            next.position = to;
-            self.save(&next, &table)?;
-            return Ok((
+            let next = Local {
+                position: to,
+                ..local.clone()
+            };
+            self.save(&next, table).map_err(Failed::Before)?;
+            return Ok(Next::Shipped(
                 Shipped {
                     generation: local.generation.clone(),
                     seq: None,
@@ -211,19 +225,9 @@ impl Replica {
                     mirrors_failed: Vec::new(),
                 },
                 next,
-                table,
             ));
         }
-        // The state after the step: the table's, with the changed pages' new hashes.
-        for (pgno, new) in &changed {
-            table
-                .put(*pgno, *new)
-                .map_err(io("writing the page hashes"))?;
-        }
-        table
-            .truncate(page_count)
-            .map_err(io("writing the page hashes"))?;
-        let state = table.state();
+        let state = state_after(table, &changed, page_count).map_err(Failed::Before)?;
         let mut header = Header {
             dbward_step: 1,
             generation: local.generation.clone(),
@@ -237,29 +241,35 @@ impl Replica {
             state: pages::text(state),
         };
         let object = self.opts.state_dir.join("step.object");
-        {
-            let mut out = std::fs::File::create(&object)
-                .map_err(io(format!("writing {}", object.display())))?;
-            step::encode(
-                &mut header,
-                &spool,
-                self.opts.level,
-                self.opts.encryption.as_deref(),
-                &mut out,
-            )?;
-        }
+        self.encode_to(&mut header, &spool, &object)
+            .map_err(Failed::Before)?;
         let encrypted = self.opts.encryption.is_some();
         let key = super::step_key(&self.database, &local.generation, seq, encrypted);
-        let (stored_bytes, mirrors_failed) = self.ship(&key, &object).await?;
-        let next = Local {
-            seq,
-            position: to,
-            page_count,
-            state: pages::text(state),
-            ..local.clone()
-        };
-        self.save(&next, &table)?;
-        Ok((
+        let (stored_bytes, mirrors_failed) =
+            self.ship(&key, &object).await.map_err(Failed::Before)?;
+        // The primary has it: the table and the record follow.
+        let recorded = (|| {
+            for (pgno, new) in &changed {
+                table
+                    .put(*pgno, *new)
+                    .map_err(io("writing the page hashes"))?;
+            }
+            table
+                .truncate(page_count)
+                .map_err(io("writing the page hashes"))?;
+            debug_assert_eq!(table.state(), state);
+            let next = Local {
+                seq,
+                position: to,
+                page_count,
+                state: pages::text(state),
+                ..local.clone()
+            };
+            self.save(&next, table)?;
+            Ok::<_, Error>(next)
+        })();
+        let next = recorded.map_err(Failed::After)?;
+        Ok(Next::Shipped(
             Shipped {
                 generation: local.generation.clone(),
                 seq: Some(seq),
@@ -269,14 +279,20 @@ impl Replica {
                 mirrors_failed,
             },
             next,
-            table,
         ))
     }
 
-    async fn retry_as_new(&mut self, why: &str) -> Result<(Shipped, Local, Table), Error> {
-        let shipped = self.new_generation(why).await?;
-        let (local, table) = self.local.take().expect("a new generation was recorded");
-        Ok((shipped, local, table))
+    /// The step's object: `header` and the payload at `spool`, encoded into `object`.
+    fn encode_to(&self, header: &mut Header, spool: &Path, object: &Path) -> Result<(), Error> {
+        let mut out =
+            std::fs::File::create(object).map_err(io(format!("writing {}", object.display())))?;
+        step::encode(
+            header,
+            spool,
+            self.opts.level,
+            self.opts.encryption.as_deref(),
+            &mut out,
+        )
     }
 
     /// Stores the object at `path` under `key` in every store: the primary must take it; each
@@ -547,4 +563,18 @@ fn lease(db: &Path) -> Result<std::fs::File, Error> {
         ))),
         Err(std::fs::TryLockError::Error(e)) => Err(io(format!("locking {}", path.display()))(e)),
     }
+}
+
+/// The state's hash once `changed` pages have their new hashes and the pages past
+/// `page_count` are gone; the table itself is not changed.
+fn state_after(table: &Table, changed: &[(u32, u128)], page_count: u32) -> Result<u128, Error> {
+    let hash_of = |pgno| table.hash_of(pgno).map_err(io("reading the page hashes"));
+    let mut state = table.state();
+    for (pgno, new) in changed {
+        state = state.wrapping_sub(hash_of(*pgno)?).wrapping_add(*new);
+    }
+    for pgno in page_count + 1..=table.pages() {
+        state = state.wrapping_sub(hash_of(pgno)?);
+    }
+    Ok(state)
 }
