@@ -298,9 +298,9 @@ pub struct RestoreArgs {
     /// (--to DIR), and start a private server on it (its own socket in DIR, archiving off).
     #[arg(long, requires = "to")]
     pub physical: bool,
-    /// SQLite: build the newest state of the stream `dbward replicate` ships (with --time: the
-    /// state as of that time) into a new file (--to PATH), checked.
-    #[arg(long, requires = "to", conflicts_with_all = ["physical", "if_missing"])]
+    /// SQLite: restore the newest state of the stream `dbward replicate` ships (with --time:
+    /// the last state read by then), checked, over the database or into --to PATH.
+    #[arg(long, conflicts_with_all = ["physical", "if_missing"])]
     pub stream: bool,
     /// With --physical: recover to this time (RFC 3339, e.g. 2026-11-26T09:30:00Z), from the
     /// newest base that ended before it. With --stream: the last state read by then.

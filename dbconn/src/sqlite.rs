@@ -201,6 +201,45 @@ pub fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     )
 }
 
+/// `<db>.dbward-replicate-lock`: the lease `dbward replicate` holds (`flock`) on a database
+/// for as long as it ships its stream, with its pid inside.
+pub fn lease_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".dbward-replicate-lock");
+    PathBuf::from(name)
+}
+
+/// Takes the replication lease on `db` (see [`lease_path`]); `Ok(None)` when another process
+/// holds it.
+pub fn take_lease(db: &Path) -> std::io::Result<Option<File>> {
+    use std::io::Write;
+    let path = lease_path(db);
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Ok(None),
+        Err(TryLockError::Error(e)) => return Err(e),
+    }
+    f.set_len(0)?;
+    writeln!(f, "{}", std::process::id())?;
+    Ok(Some(f))
+}
+
+/// The pid of the `dbward replicate` that holds `db`'s lease now, if one does.
+pub fn replicator(db: &Path) -> Option<u32> {
+    let path = lease_path(db);
+    let f = File::open(&path).ok()?;
+    match f.try_lock_shared() {
+        Ok(()) => None,
+        Err(TryLockError::WouldBlock) => std::fs::read_to_string(&path).ok()?.trim().parse().ok(),
+        Err(TryLockError::Error(_)) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,21 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Fail
         });
     }
     let stores = settings.stores().await?;
-    let (m, copies) = resolve(settings, &stores, &url, snapshot).await?;
+    let resolved = resolve(settings, &stores, &url, snapshot).await;
+    // SQLite: `latest` is the newest state, the stream's when it is newer than any snapshot.
+    if snapshot == "latest" {
+        if let Some(at) = crate::service::stream::newest(settings, &url).await? {
+            let newer = match &resolved {
+                Ok((m, _)) => m.created().is_none_or(|c| c < at),
+                Err(_) => true,
+            };
+            if newer {
+                tracing::info!("the stream's newest state (read at {at}) is newer than the newest snapshot: restoring it");
+                return stream(settings, &url, args).await;
+            }
+        }
+    }
+    let (m, copies) = resolved?;
     let target = args.to.as_deref().unwrap_or("the live database");
     confirm(
         args.yes,
@@ -166,98 +180,65 @@ fn confirm(yes: bool, question: &str) -> Result<(), Failure> {
     }
 }
 
-/// `restore --stream --to PATH [--time T]`: the stream's state built into a new file, checked,
-/// then given its name (never over an existing file). From the primary store, else the first
-/// mirror that has the stream.
+/// `restore --stream [--time T] [--to PATH]`: the stream's state (the newest, or the last read
+/// by T) built, checked and put in place (or at PATH), as a snapshot is.
 async fn stream(
     settings: &Settings,
     url: &migrator::DatabaseUrl,
     args: &RestoreArgs,
 ) -> Result<Report, Failure> {
-    let usage = |m: String| Failure::new(Exit::Usage, m);
-    if !matches!(url, migrator::DatabaseUrl::Sqlite(_)) {
-        return Err(usage(
-            "--stream restores a SQLite database's stream (`dbward replicate`); for PostgreSQL use --physical".into(),
-        ));
-    }
     let until = match &args.time {
         Some(t) => Some(
             time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
                 .map_err(|e| {
-                    usage(format!(
-                        "--time {t}: not an RFC 3339 time ({e}); e.g. 2026-11-26T09:30:00Z"
-                    ))
+                    Failure::new(
+                        Exit::Usage,
+                        format!(
+                            "--time {t}: not an RFC 3339 time ({e}); e.g. 2026-11-26T09:30:00Z"
+                        ),
+                    )
                 })?,
         ),
         None => None,
     };
-    let to = std::path::PathBuf::from(args.to.as_deref().expect("clap: --stream requires --to"));
-    if to.exists() {
-        return Err(Failure::new(
-            Exit::Usage,
-            format!(
-                "--to {}: it exists; --stream builds a new file",
-                to.display()
+    if args.to.is_none() {
+        confirm(
+            args.yes,
+            &format!(
+                "Restore the stream's state{} over {}?",
+                args.time
+                    .as_ref()
+                    .map(|t| format!(" as of {t}"))
+                    .unwrap_or_else(|| " (the newest)".into()),
+                url.display()
             ),
-        ));
+        )?;
     }
-    let name = to
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let partial = to.with_file_name(format!(".{name}.dbward-partial-{}", std::process::id()));
-    let stores = settings.stores().await?;
-    let identities = settings.identities()?;
-    let db = url.name();
-    let found = stores
-        .find(
-            |store| {
-                let (partial, db, identities) = (&partial, &db, &identities);
-                async move {
-                    // This run's own partial file, from an earlier store's try.
-                    let _ = std::fs::remove_file(partial);
-                    backup::stream::restore::build(store, db, identities, until, partial).await
-                }
-            },
-            |_, store, e| tracing::warn!("{}: {}", store.describe(""), backup::error::chain(e)),
-        )
-        .await;
-    let restored = match found {
-        Ok(Some(f)) => f.value,
-        Ok(None) => {
-            return Err(Failure::new(
-                Exit::Failed,
-                format!(
-                    "no store holds a stream of {}{} (`dbward replicate` ships one)",
-                    url.display(),
-                    args.time
-                        .as_ref()
-                        .map(|t| format!(" that began by {t}"))
-                        .unwrap_or_default()
-                ),
-            ))
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e.into());
-        }
-    };
-    if let Err(e) = dbconn::fs::rename_new(&partial, &to) {
-        let _ = std::fs::remove_file(&partial);
-        return Err(Failure::new(
-            Exit::Failed,
-            format!("giving the restored file its name {}: {e}", to.display()),
-        ));
-    }
+    let restored = crate::service::stream::restore(
+        settings,
+        url,
+        until,
+        args.to.as_deref(),
+        args.force,
+        false,
+    )
+    .await?
+    .expect("without --if-missing a restore happens or fails");
     Ok(Report {
         text: format!(
-            "restored the state read at {} (generation {}, step {}) into {}\n",
-            restored.captured_at,
-            restored.generation,
-            restored.seq,
-            to.display()
+            "restored the stream's state read at {} (generation {}, step {}) into {}{}\n",
+            restored.stream.captured_at,
+            restored.stream.generation,
+            restored.stream.seq,
+            restored.outcome.database,
+            restored
+                .outcome
+                .replaced
+                .as_ref()
+                .map(|r| format!("; the replaced database is kept as {r}"))
+                .unwrap_or_default()
         ),
-        json: json!({ "restored": restored, "to": to }),
+        json: json!({ "restored": restored }),
         code: Exit::Success,
     })
 }

@@ -6,4 +6,5 @@ pub mod pitr;
 pub mod restore;
 pub mod rewind;
 pub mod select;
+pub mod stream;
 pub mod take;

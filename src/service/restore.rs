@@ -16,7 +16,7 @@ use crate::report::Failure;
 use crate::settings::Settings;
 
 /// How long a restore waits for a running `migrate` (the same default as `--lock-timeout`).
-const LOCK_WAIT: Duration = Duration::from_secs(600);
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(600);
 
 pub struct Options {
     pub force: bool,
@@ -40,6 +40,8 @@ pub enum IfMissing {
     Exists,
     NoSnapshot,
     Restored(Restored),
+    /// From the stream, newer than the newest snapshot (SQLite).
+    Streamed(super::stream::Restored),
 }
 
 impl IfMissing {
@@ -57,6 +59,13 @@ impl IfMissing {
                     r.snapshot
                 )
             }
+            IfMissing::Streamed(r) => format!(
+                "{} was missing: restored the stream's state read at {} (generation {}, step {})",
+                url.display(),
+                r.stream.captured_at,
+                r.stream.generation,
+                r.stream.seq
+            ),
         }
     }
 
@@ -66,6 +75,7 @@ impl IfMissing {
             IfMissing::Exists => json!({ "missing": false, "restored": null }),
             IfMissing::NoSnapshot => json!({ "missing": true, "restored": null }),
             IfMissing::Restored(r) => json!({ "missing": true, "restored": r }),
+            IfMissing::Streamed(r) => json!({ "missing": true, "restored": r }),
         }
     }
 }
@@ -117,6 +127,38 @@ pub async fn restore_if_missing(
             ));
             f
         })?;
+    // SQLite: the stream's newest state, when it is newer than the newest snapshot.
+    let newest_snapshot = found
+        .as_ref()
+        .and_then(|f| f.value.first())
+        .and_then(|m| m.created());
+    let stream_at = match super::stream::newest(settings, url).await {
+        Ok(at) => at,
+        // A stream that cannot be read may hold newer data than the snapshots: said, and the
+        // snapshots restore; with none, it is the failure.
+        Err(f) if newest_snapshot.is_some() => {
+            tracing::warn!("{}; restoring the newest snapshot", f.full());
+            None
+        }
+        Err(f) => return Err(f),
+    };
+    if let Some(stream_at) = stream_at {
+        if newest_snapshot.is_none_or(|t| t < stream_at) {
+            tracing::warn!(
+                "{} is missing: restoring the newest state of its stream (read at {stream_at}) before anything else",
+                url.display()
+            );
+            match super::stream::restore(settings, url, None, None, false, true).await {
+                Ok(None) => return Ok(IfMissing::Exists),
+                Ok(Some(r)) => return Ok(IfMissing::Streamed(r)),
+                Err(f) if f.damaged && newest_snapshot.is_some() => tracing::warn!(
+                    "the stream does not verify ({}); restoring the newest snapshot instead",
+                    f.full()
+                ),
+                Err(f) => return Err(f),
+            }
+        }
+    }
     let Some(backup::Found {
         at,
         store,

@@ -5,7 +5,7 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{json, run, sqlite, Project};
@@ -129,7 +129,8 @@ fn a_running_replicator_ships_every_commit_and_a_second_one_is_refused() {
     let mut replicator = p
         .dbward("sqlite:app.db")
         .args(["replicate", "--interval", "100ms"])
-        .stderr(Stdio::piped())
+        // Its log goes to a file: a pipe nobody reads would stop it once full.
+        .stderr(std::fs::File::create(p.path().join("replicate.log")).unwrap())
         .spawn()
         .unwrap();
     // Once it shipped its base, a second replicator of the same file is refused.
@@ -283,4 +284,82 @@ fn a_step_the_store_refused_is_shipped_again_in_the_same_generation() {
     assert_eq!(next["generation"], generation.as_str(), "{next}");
     assert_eq!(next["seq"], 2, "{next}");
     assert_eq!(restored_rows(&p, "after.db", &[]), "102");
+}
+
+/// `restore --stream --to` until the rows of `t` are `want` (the replicator ships meanwhile).
+fn wait_for_rows(p: &Project, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 0.. {
+        // Before the first base, there is no stream yet.
+        let name = format!("wait-{want}-{n}.db");
+        let (code, _, _) = run(p
+            .dbward("sqlite:app.db")
+            .args(["restore", "--stream", "--to", &name]));
+        if code == 0 && sqlite(&p.path().join(&name), "SELECT count(*) FROM t") == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream never reached {want} rows"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A restore that puts another file at the path while the replicator runs: the stream follows
+/// the new file, in a new generation (the old one stays restorable up to the swap).
+#[test]
+fn a_file_restored_under_a_running_replicator_begins_a_new_generation() {
+    let p = app();
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["--json", "backup"]));
+    assert_eq!(code, 0, "{err}");
+    let snapshot = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
+    let mut replicator = p
+        .dbward("sqlite:app.db")
+        .args(["replicate", "--interval", "100ms"])
+        // Its log goes to a file: a pipe nobody reads would stop it once full.
+        .stderr(std::fs::File::create(p.path().join("replicate.log")).unwrap())
+        .spawn()
+        .unwrap();
+    sqlite(
+        &db(&p),
+        "INSERT INTO t SELECT id + 100, v FROM t WHERE id <= 50",
+    );
+    wait_for_rows(&p, "150");
+    // dbward's own replicator is not an application holding the file: no --force.
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["restore", &snapshot, "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    sqlite(&db(&p), "INSERT INTO t (v) VALUES ('after the restore')");
+    wait_for_rows(&p, "101");
+    unsafe { libc::kill(replicator.id() as i32, libc::SIGTERM) };
+    let status = replicator.wait().unwrap();
+    let log = std::fs::read_to_string(p.path().join("replicate.log")).unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("the database file was replaced"), "{log}");
+
+    // `latest` is the newest state: the stream's, newer than the snapshot.
+    sqlite(&db(&p), "DELETE FROM t WHERE id > 10");
+    let (code, out, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["--json", "restore", "latest", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        json(&out)["restored"]["stream"]["generation"].is_string(),
+        "{out}"
+    );
+    assert_eq!(sqlite(&db(&p), "SELECT count(*) FROM t"), "101");
+
+    // An empty volume gets the stream's newest state back.
+    for side in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(p.path().join(format!("app.db{side}")));
+    }
+    let (code, out, err) =
+        run(p
+            .dbward("sqlite:app.db")
+            .args(["--json", "restore", "latest", "--if-missing"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(json(&out)["restored"]["stream"]["seq"].is_u64(), "{out}");
+    assert_eq!(sqlite(&db(&p), "SELECT count(*) FROM t"), "101");
 }

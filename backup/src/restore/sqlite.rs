@@ -45,6 +45,25 @@ pub async fn restore(
     m: &Manifest,
     opts: &Options,
 ) -> Result<Option<Outcome>, Error> {
+    place(live, opts, |dir| async move {
+        let (restored, copy) =
+            super::fetch_decoded_any(stores, m, &dir, TEMP_PREFIX, &opts.identities).await?;
+        let restored = restored?;
+        check_durable(&restored, m)?;
+        Ok((restored, copy))
+    })
+    .await
+}
+
+/// Puts the file `build` makes (in the directory it is given: the database's own, a temp file
+/// of this run's, checked; with the index of the store copy it came from) in place as the
+/// database `live`, or at `opts.to`, as [`restore`] says: under the migration lock, refused
+/// while other processes hold the file (unless forced), swapped in atomically.
+pub async fn place<F, Fut>(live: &Path, opts: &Options, build: F) -> Result<Option<Outcome>, Error>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = Result<(ScratchPath, usize), Error>>,
+{
     let real = dbconn::sqlite::real_path(live)?;
     let target = opts.to.clone().unwrap_or_else(|| real.clone());
     let dir = dir_of(&target);
@@ -80,10 +99,7 @@ pub async fn restore(
             );
         }
     }
-    let (restored, copy) =
-        super::fetch_decoded_any(stores, m, &dir, TEMP_PREFIX, &opts.identities).await?;
-    let restored = restored?;
-    check_durable(&restored, m)?;
+    let (restored, copy) = build(dir.clone()).await?;
     let (replaced, strategy) = if opts.to.is_some() {
         adopt_ownership(&restored, None)?;
         // Side files that appeared beside the target while the snapshot was fetched would be
@@ -303,9 +319,13 @@ fn umask() -> u32 {
 /// connection SQLite's own lock on the WAL index shows (see [`wal_index_holder`]) that /proc
 /// does not: one in another container sharing the volume.
 pub fn holders(db: &Path) -> Vec<String> {
+    // dbward's own replicator only reads: it follows a file put in place as a new generation.
+    let replicator = dbconn::sqlite::replicator(db).map(|pid| format!("pid {pid} "));
     let mut out = proc_holders(db);
+    out.retain(|h| replicator.as_ref().is_none_or(|r| !h.starts_with(r)));
     match wal_index_holder(db) {
         Some(pid) if pid > 0 && out.iter().any(|h| h.starts_with(&format!("pid {pid} "))) => {}
+        Some(pid) if pid > 0 && replicator.as_deref() == Some(&format!("pid {pid} ")) => {}
         Some(pid) if pid > 0 => out.push(format!(
             "pid {pid} (seen through SQLite's lock on {}-shm)",
             db.display()

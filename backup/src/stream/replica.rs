@@ -167,11 +167,26 @@ impl Replica {
     /// from, or which pages changed cannot be told from the WAL... then every page is compared
     /// with its hash, and only those that differ are shipped).
     pub async fn step(&mut self) -> Result<Shipped, Error> {
+        // The file at the path is the one followed: a restore (or a copy by hand) that put
+        // another file there is a new database to the stream, read through new connections.
+        let path = self.source.path().to_path_buf();
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            Error::Source(format!(
+                "sqlite:{}: {e} (a restore may be putting it in place; the next step looks again)",
+                path.display()
+            ))
+        })?;
         let Some((local, mut table)) = self.local.take() else {
             return self
                 .new_generation("first start, or the last one cannot be continued")
                 .await;
         };
+        if (meta.dev(), meta.ino()) != (local.dev, local.ino) {
+            self.source = Source::open(&path, self.opts.busy)?;
+            return self
+                .new_generation("the database file was replaced (a restore, or a copy)")
+                .await;
+        }
         match self.next_step(&local, &mut table).await {
             Ok(Next::Shipped(shipped, next)) => {
                 self.local = Some((next, table));
@@ -433,7 +448,7 @@ fn differing(
         .is_none()
         .then_some("the WAL was empty at the last step"));
     if let Some(why) = unknown {
-        tracing::info!("{why}: comparing every page with its hash");
+        tracing::debug!("{why}: comparing every page with its hash");
         pinned.each_page(&mut consider)?;
     } else {
         let mut wanted: std::collections::BTreeSet<u32> = pinned
@@ -542,27 +557,19 @@ async fn put_file(store: &Store, key: &str, path: &Path) -> Result<u64, Error> {
     Ok(stored)
 }
 
-/// The replication lease on `db`: `<db>.dbward-replicate-lock`, held (`flock`) while this
-/// process replicates it. Another replicator of the same file is refused.
+/// The replication lease on `db` (`dbconn::sqlite::take_lease`): another replicator of the same
+/// file is refused.
 fn lease(db: &Path) -> Result<std::fs::File, Error> {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".dbward-replicate-lock");
-    let path = PathBuf::from(name);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io(format!("opening {}", path.display())))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Refused(format!(
-            "sqlite:{} is already replicated by another process (it holds {}): one replicator per database",
-            db.display(),
-            path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(io(format!("locking {}", path.display()))(e)),
-    }
+    let path = dbconn::sqlite::lease_path(db);
+    dbconn::sqlite::take_lease(db)
+        .map_err(io(format!("locking {}", path.display())))?
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "sqlite:{} is already replicated by another process (it holds {}): one replicator per database",
+                db.display(),
+                path.display()
+            ))
+        })
 }
 
 /// The state's hash once `changed` pages have their new hashes and the pages past

@@ -64,8 +64,38 @@ pub async fn generations(store: &Store, database: &str) -> Result<Vec<Generation
     Ok(out)
 }
 
+/// Where the stream's newest state stands: its generation, its last step (0: the base alone)
+/// and when that state was read. `None` when the store holds no stream of `database`.
+pub async fn newest(
+    store: &Store,
+    database: &str,
+    identities: &Identities,
+) -> Result<Option<(String, u64, String)>, Error> {
+    let Some(g) = generations(store, database).await?.into_iter().next() else {
+        return Ok(None);
+    };
+    let last = store
+        .list(&super::generation_dir(database, &g.generation))
+        .await?
+        .into_iter()
+        .filter_map(|o| super::seq_of(&o.key).map(|s| (s, o.key)))
+        .max();
+    let Some((seq, key)) = last else {
+        return Ok(Some((g.generation, 0, g.started_at)));
+    };
+    let object = store.get_bytes(&key).await?;
+    let mut plain: Box<dyn std::io::Read + '_> = if key.ends_with(".age") {
+        Box::new(identities.open(&object[..], &format!("{key} is encrypted (age)"), "")?)
+    } else {
+        Box::new(&object[..])
+    };
+    let h = step::header_from(&mut plain, &key)?;
+    Ok(Some((g.generation, seq, h.captured_at)))
+}
+
 /// Builds the stream's newest state (with `until`: the newest captured at or before it) into
-/// `to`, which must not exist yet; checked as the module says. `None` when the store holds no
+/// `to`, a file of the caller's (a temp file: what it holds is replaced); checked as the module
+/// says. `None` when the store holds no
 /// stream of `database` (or none that began by `until`).
 pub async fn build(
     store: &Store,
@@ -171,7 +201,8 @@ async fn base_into(
         .map_err(|e| Error::Damaged(format!("{} does not decode: {e}", g.base_key)))?;
     let mut out = std::fs::OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .open(to)
         .map_err(Error::io(format!("creating {}", to.display())))?;
     std::io::copy(&mut dec, &mut out)
