@@ -39,7 +39,8 @@ def state_of(path, page_size):
 def main(gen_dir, out):
     with open(out, "xb") as f:
         f.write(zstd_d(os.path.join(gen_dir, "base.sqlite.zst")))
-    steps = sorted(n for n in os.listdir(gen_dir) if n.endswith(".step.zst"))
+    # The steps themselves (compacted ones, `<first>-<last>.L<n>.step.zst`, are shortcuts).
+    steps = sorted(n for n in os.listdir(gen_dir) if n.endswith(".step.zst") and ".L" not in n)
     state = None
     page_size = None
     for expected, name in enumerate(steps, start=1):

@@ -22,6 +22,41 @@ fn app() -> Project {
     p
 }
 
+/// `dbward replicate` running in the background, its log in `replicate.log`; killed if the
+/// test ends without stopping it (a failed assertion), so no replicator outlives its test.
+struct Replicator(Option<std::process::Child>);
+
+impl Replicator {
+    fn start(p: &Project) -> Replicator {
+        Replicator(Some(
+            p.dbward("sqlite:app.db")
+                .args(["replicate", "--interval", "100ms"])
+                // A file: a pipe nobody reads would stop it once full.
+                .stderr(std::fs::File::create(p.path().join("replicate.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        ))
+    }
+
+    /// SIGTERM, then its exit status and log.
+    fn stop(mut self, p: &Project) -> (std::process::ExitStatus, String) {
+        let mut child = self.0.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        let log = std::fs::read_to_string(p.path().join("replicate.log")).unwrap();
+        (status, log)
+    }
+}
+
+impl Drop for Replicator {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn db(p: &Project) -> PathBuf {
     p.path().join("app.db")
 }
@@ -126,13 +161,7 @@ fn steps_follow_writes_checkpoints_and_vacuum_and_any_step_restores() {
 #[test]
 fn a_running_replicator_ships_every_commit_and_a_second_one_is_refused() {
     let p = app();
-    let mut replicator = p
-        .dbward("sqlite:app.db")
-        .args(["replicate", "--interval", "100ms"])
-        // Its log goes to a file: a pipe nobody reads would stop it once full.
-        .stderr(std::fs::File::create(p.path().join("replicate.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let replicator = Replicator::start(&p);
     // Once it shipped its base, a second replicator of the same file is refused.
     let stream = p.path().join(".dbward/snapshots/app/stream");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -175,9 +204,8 @@ fn a_running_replicator_ships_every_commit_and_a_second_one_is_refused() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    unsafe { libc::kill(replicator.id() as i32, libc::SIGTERM) };
-    let status = replicator.wait().unwrap();
-    assert!(status.success(), "{status}");
+    let (status, log) = replicator.stop(&p);
+    assert!(status.success(), "{status}: {log}");
 }
 
 /// An encrypted stream (age recipients) goes to the primary and the mirror; its objects are
@@ -314,13 +342,7 @@ fn a_file_restored_under_a_running_replicator_begins_a_new_generation() {
     let (code, out, err) = run(p.dbward("sqlite:app.db").args(["--json", "backup"]));
     assert_eq!(code, 0, "{err}");
     let snapshot = json(&out)["snapshot"]["id"].as_str().unwrap().to_string();
-    let mut replicator = p
-        .dbward("sqlite:app.db")
-        .args(["replicate", "--interval", "100ms"])
-        // Its log goes to a file: a pipe nobody reads would stop it once full.
-        .stderr(std::fs::File::create(p.path().join("replicate.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let replicator = Replicator::start(&p);
     sqlite(
         &db(&p),
         "INSERT INTO t SELECT id + 100, v FROM t WHERE id <= 50",
@@ -333,9 +355,7 @@ fn a_file_restored_under_a_running_replicator_begins_a_new_generation() {
     assert_eq!(code, 0, "{err}");
     sqlite(&db(&p), "INSERT INTO t (v) VALUES ('after the restore')");
     wait_for_rows(&p, "101");
-    unsafe { libc::kill(replicator.id() as i32, libc::SIGTERM) };
-    let status = replicator.wait().unwrap();
-    let log = std::fs::read_to_string(p.path().join("replicate.log")).unwrap();
+    let (status, log) = replicator.stop(&p);
     assert!(status.success(), "{log}");
     assert!(log.contains("the database file was replaced"), "{log}");
 
@@ -362,4 +382,73 @@ fn a_file_restored_under_a_running_replicator_begins_a_new_generation() {
     assert_eq!(code, 0, "{err}");
     assert!(json(&out)["restored"]["stream"]["seq"].is_u64(), "{out}");
     assert_eq!(sqlite(&db(&p), "SELECT count(*) FROM t"), "101");
+}
+
+/// Every 30 steps are merged into one object, which a restore reads instead of them; a time
+/// inside such a span is reached through the steps themselves.
+#[test]
+fn compacted_steps_shorten_a_restore_and_any_step_is_still_reached() {
+    let p = app();
+    once(&p);
+    let mut times = Vec::new();
+    for i in 1..=65 {
+        sqlite(&db(&p), &format!("INSERT INTO t (v) VALUES ('step {i}')"));
+        assert_eq!(once(&p)["seq"], i);
+        times.push(
+            time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap(),
+        );
+    }
+    let stream = p.path().join(".dbward/snapshots/app/stream");
+    let generation = std::fs::read_dir(&stream)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| d.is_dir())
+        .unwrap();
+    let mut compacted: Vec<String> = std::fs::read_dir(&generation)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".L"))
+        .collect();
+    compacted.sort();
+    assert_eq!(
+        compacted,
+        [
+            "0000000000000001-000000000000001e.L1.step.zst",
+            "000000000000001f-000000000000003c.L1.step.zst"
+        ]
+    );
+    let (code, out, err) =
+        run(p
+            .dbward("sqlite:app.db")
+            .args(["--json", "restore", "--stream", "--to", "newest.db"]));
+    assert_eq!(code, 0, "{err}");
+    // Two compacted objects and the five steps after them.
+    assert_eq!(
+        json(&out)["restored"]["stream"]["objects_applied"],
+        7,
+        "{out}"
+    );
+    assert_eq!(
+        sqlite(&p.path().join("newest.db"), "SELECT count(*) FROM t"),
+        "165"
+    );
+    // Step 40 (inside the second span): the first span whole, then ten steps.
+    assert_eq!(
+        restored_rows(&p, "at-40.db", &["--time", &times[39]]),
+        "140"
+    );
+    // The standard tools alone still build the newest state from the steps themselves.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/stream-restore.py");
+    common::tool(
+        Command::new("python3")
+            .arg(&script)
+            .arg(&generation)
+            .arg(p.path().join("by-script.db")),
+    );
+    assert_eq!(
+        std::fs::read(p.path().join("by-script.db")).unwrap(),
+        std::fs::read(p.path().join("newest.db")).unwrap()
+    );
 }

@@ -81,20 +81,84 @@ pub fn step_key(database: &str, generation: &str, seq: u64, encrypted: bool) -> 
     )
 }
 
-/// The step number a key of [`step_key`]'s form holds.
-pub fn seq_of(key: &str) -> Option<u64> {
-    let name = key.rsplit('/').next()?;
-    let (hex, rest) = name.split_once('.')?;
-    (hex.len() == 16 && (rest == "step.zst" || rest == "step.zst.age"))
-        .then(|| u64::from_str_radix(hex, 16).ok())
-        .flatten()
+/// How many objects of the level below one compacted object of each level merges: 30 steps
+/// (30 s at the default interval), 10 of those (5 min), 12 of those (1 h). A restore reads at
+/// most a few dozen objects a day after the base, whatever the interval.
+pub const LEVELS: [u64; 3] = [30, 10, 12];
+
+/// The steps a level-`level` object spans (1 for a step itself).
+pub fn span(level: u32) -> u64 {
+    LEVELS[..level as usize].iter().product()
 }
 
-/// A new generation's name: the time and a random tail, so that names sort by age.
-pub fn new_generation_id() -> String {
+/// `<database>/stream/<generation>/<first>-<last>.L<level>.step.zst[.age]`: steps `first..=last`
+/// merged (each page's last version), for restores that read fewer objects.
+pub fn compacted_key(
+    database: &str,
+    generation: &str,
+    level: u32,
+    first: u64,
+    last: u64,
+    encrypted: bool,
+) -> String {
     format!(
-        "{}-{:04x}",
-        crate::manifest::compact_stamp(time::OffsetDateTime::now_utc()),
+        "{}/{first:016x}-{last:016x}.L{level}.step{}",
+        generation_dir(database, generation),
+        suffix(encrypted)
+    )
+}
+
+/// What a step object's key says: its level (0 for a step) and the steps it spans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span {
+    pub first: u64,
+    pub last: u64,
+    pub level: u32,
+}
+
+/// The span a key of [`step_key`]'s or [`compacted_key`]'s form holds.
+pub fn span_of(key: &str) -> Option<Span> {
+    let name = key.rsplit('/').next()?;
+    let (stem, rest) = name.split_once('.')?;
+    let hex = |h: &str| {
+        (h.len() == 16)
+            .then(|| u64::from_str_radix(h, 16).ok())
+            .flatten()
+    };
+    if rest == "step.zst" || rest == "step.zst.age" {
+        let seq = hex(stem)?;
+        return Some(Span {
+            first: seq,
+            last: seq,
+            level: 0,
+        });
+    }
+    let (first, last) = stem.split_once('-')?;
+    let (level, tail) = rest.strip_prefix('L')?.split_once('.')?;
+    let level: u32 = level.parse().ok()?;
+    let (first, last) = (hex(first)?, hex(last)?);
+    ((tail == "step.zst" || tail == "step.zst.age")
+        && (1..=LEVELS.len() as u32).contains(&level)
+        && last >= first
+        && last - first + 1 == span(level)
+        && first % span(level) == 1 % span(level))
+    .then_some(Span { first, last, level })
+}
+
+/// The step number a key of [`step_key`]'s form holds.
+pub fn seq_of(key: &str) -> Option<u64> {
+    span_of(key).filter(|s| s.level == 0).map(|s| s.last)
+}
+
+/// A new generation's name: the time to the microsecond and a random tail, so that names sort
+/// by age (`20261206T160528123456Z-f464`).
+pub fn new_generation_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = crate::manifest::compact_stamp(now);
+    format!(
+        "{}{:06}Z-{:04x}",
+        stamp.trim_end_matches('Z'),
+        now.microsecond(),
         crate::manifest::random_u16()
     )
 }
@@ -104,11 +168,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn generation_names_sort_by_age() {
+        let a = new_generation_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_generation_id();
+        assert!(a < b, "{a} {b}");
+        assert_eq!(a.len(), "20261206T160528123456Z-f464".len(), "{a}");
+    }
+
+    #[test]
     fn step_keys_read_back_and_nothing_else_does() {
         let k = step_key("app", "g", 42, true);
         assert_eq!(k, "app/stream/g/000000000000002a.step.zst.age");
         assert_eq!(seq_of(&k), Some(42));
         assert_eq!(seq_of("app/stream/g/base.sqlite.zst"), None);
         assert_eq!(seq_of("app/stream/g/2a.step.zst"), None);
+        let c = compacted_key("app", "g", 1, 31, 60, false);
+        assert_eq!(
+            span_of(&c),
+            Some(Span {
+                first: 31,
+                last: 60,
+                level: 1
+            })
+        );
+        assert_eq!(seq_of(&c), None);
+        // A span that is not the level's is not one of ours.
+        assert_eq!(span_of(&compacted_key("app", "g", 1, 31, 61, false)), None);
+        assert_eq!(
+            span_of(&compacted_key("app", "g", 2, 1, 300, true))
+                .unwrap()
+                .level,
+            2
+        );
     }
 }

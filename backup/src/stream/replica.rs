@@ -247,6 +247,7 @@ impl Replica {
             dbward_step: 1,
             generation: local.generation.clone(),
             seq,
+            first: None,
             captured_at,
             page_size,
             page_count,
@@ -284,6 +285,14 @@ impl Replica {
             Ok::<_, Error>(next)
         })();
         let next = recorded.map_err(Failed::After)?;
+        // Kept for the compacted steps that will hold it; they are a restore's shortcut, so
+        // one that cannot be made is said, and the steps stay.
+        if let Err(e) = self.compact(&spool, &header).await {
+            tracing::warn!(
+                "compacting the steps up to {seq}: {} (a restore reads the steps themselves)",
+                crate::error::chain(&e)
+            );
+        }
         Ok(Next::Shipped(
             Shipped {
                 generation: local.generation.clone(),
@@ -295,6 +304,83 @@ impl Replica {
             },
             next,
         ))
+    }
+
+    /// The local folder of a generation's level-`level` payloads, kept until the level above
+    /// merges them (`<state>/levels/<generation>/<level>`, all of it this replicator's).
+    fn level_dir(&self, generation: &str, level: u32) -> PathBuf {
+        self.opts
+            .state_dir
+            .join("levels")
+            .join(generation)
+            .join(level.to_string())
+    }
+
+    /// Keeps step `last`'s payload (`spool`), then ships each compacted step that ends with it:
+    /// at every [`super::span`]`(level)`-th step, the payloads of the level below merged.
+    async fn compact(&self, spool: &Path, last: &Header) -> Result<(), Error> {
+        let dir = |level: u32| self.level_dir(&last.generation, level);
+        let keep = |level: u32, seq: u64| dir(level).join(format!("{seq:016x}"));
+        std::fs::create_dir_all(dir(0))
+            .and_then(|()| std::fs::rename(spool, keep(0, last.seq)))
+            .map_err(io("keeping the step's payload"))?;
+        for level in 1..=super::LEVELS.len() as u32 {
+            let (span, below) = (super::span(level), super::span(level - 1));
+            if !last.seq.is_multiple_of(span) {
+                break;
+            }
+            let first = last.seq - span + 1;
+            let parts: Vec<PathBuf> = (1..=span / below)
+                .map(|k| keep(level - 1, first - 1 + k * below))
+                .collect();
+            let missing = parts.iter().any(|p| !p.exists());
+            if missing {
+                // A replicator restarted meanwhile: that span goes without its shortcut.
+                for p in &parts {
+                    let _ = std::fs::remove_file(p);
+                }
+                tracing::debug!(
+                    "steps {first}..={} are not all kept here: not compacted",
+                    last.seq
+                );
+                break;
+            }
+            std::fs::create_dir_all(dir(level)).map_err(io("making the compaction folder"))?;
+            let merged = keep(level, last.seq);
+            let pages = step::merge(
+                &parts,
+                last.page_size,
+                last.page_count,
+                &self.opts.state_dir.join("merge.pages"),
+                &merged,
+            )?;
+            let mut header = Header {
+                first: Some(first),
+                pages,
+                payload_bytes: 0,
+                payload_sha256: String::new(),
+                ..last.clone()
+            };
+            let object = self.opts.state_dir.join("compacted.object");
+            self.encode_to(&mut header, &merged, &object)?;
+            let key = super::compacted_key(
+                &self.database,
+                &last.generation,
+                level,
+                first,
+                last.seq,
+                self.opts.encryption.is_some(),
+            );
+            self.ship(&key, &object).await?;
+            let _ = std::fs::remove_file(&object);
+            for p in &parts {
+                let _ = std::fs::remove_file(p);
+            }
+            if level as usize == super::LEVELS.len() {
+                let _ = std::fs::remove_file(&merged);
+            }
+        }
+        Ok(())
     }
 
     /// The step's object: `header` and the payload at `spool`, encoded into `object`.
@@ -334,6 +420,8 @@ impl Replica {
             "stream of sqlite:{}: generation {generation} begins ({reason})",
             self.source.path().display()
         );
+        // What an earlier generation kept for its compactions is of no use to this one.
+        let _ = std::fs::remove_dir_all(self.opts.state_dir.join("levels"));
         let raw = self.opts.state_dir.join("base.raw");
         let mut table = Table::create(&self.table_file()).map_err(io("writing the page hashes"))?;
         let (to, page_size, page_count) = {

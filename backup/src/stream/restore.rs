@@ -24,7 +24,8 @@ pub struct Restored {
     pub captured_at: String,
     pub page_count: u32,
     pub state: String,
-    pub steps_applied: u64,
+    /// Step objects applied after the base (a compacted one spans many steps).
+    pub objects_applied: u64,
 }
 
 fn parse_time(t: &str) -> Option<OffsetDateTime> {
@@ -42,6 +43,7 @@ pub async fn generations(store: &Store, database: &str) -> Result<Vec<Generation
             (!name.is_empty() && !name.contains('.')).then_some(name)
         })
         .collect();
+    // Newest first: names sort by the time they were made.
     names.sort();
     names.reverse();
     let mut out = Vec::new();
@@ -118,46 +120,73 @@ pub async fn build(
     let mut state = g.state.clone();
     let mut last = (0u64, g.started_at.clone(), g.page_count);
     let dir = super::generation_dir(database, &g.generation);
-    let mut steps: Vec<(u64, String)> = store
-        .list(&dir)
-        .await?
-        .into_iter()
-        .filter_map(|o| super::seq_of(&o.key).map(|s| (s, o.key)))
-        .collect();
-    steps.sort();
+    // Every step object by the step it starts at, the widest first.
+    let mut by_first: std::collections::BTreeMap<u64, Vec<(super::Span, String)>> =
+        Default::default();
+    for o in store.list(&dir).await? {
+        if let Some(span) = super::span_of(&o.key) {
+            by_first.entry(span.first).or_default().push((span, o.key));
+        }
+    }
+    for objects in by_first.values_mut() {
+        objects.sort_by_key(|o| std::cmp::Reverse(o.0.level));
+    }
+    let newest = by_first
+        .values()
+        .flatten()
+        .map(|(s, _)| s.last)
+        .max()
+        .unwrap_or(0);
     let mut applied = 0;
-    for (seq, key) in steps {
-        if seq != last.0 + 1 {
+    // From the base on, the widest object that starts where the state stands (and, with
+    // `until`, was read by then): a day of steps is a few dozen objects.
+    'next: while last.0 < newest {
+        let Some(objects) = by_first.get(&(last.0 + 1)) else {
             return Err(Error::Damaged(format!(
-                "the stream of generation {} has no step {} (the next is {seq}): it cannot be followed past step {}",
+                "the stream of generation {} has no step {} (its newest is {newest}): it cannot be followed past step {}",
                 g.generation,
                 last.0 + 1,
                 last.0
             )));
-        }
-        let object = store.get_bytes(&key).await?;
-        // The header says when the state was read: a step past `until` ends the restore.
-        if let Some(t) = until {
-            let mut plain: Box<dyn std::io::Read + '_> = if key.ends_with(".age") {
-                Box::new(identities.open(&object[..], &format!("{key} is encrypted (age)"), "")?)
-            } else {
-                Box::new(&object[..])
-            };
-            let h = step::header_from(&mut plain, &key)?;
-            if parse_time(&h.captured_at).is_none_or(|c| c > t) {
-                break;
+        };
+        for (span, key) in objects {
+            let object = store.get_bytes(key).await?;
+            // The header says when the state was read: past `until`, a narrower object (or
+            // none: the restore ends here).
+            if let Some(t) = until {
+                let mut plain: Box<dyn std::io::Read + '_> = if key.ends_with(".age") {
+                    Box::new(identities.open(
+                        &object[..],
+                        &format!("{key} is encrypted (age)"),
+                        "",
+                    )?)
+                } else {
+                    Box::new(&object[..])
+                };
+                let h = step::header_from(&mut plain, key)?;
+                if parse_time(&h.captured_at).is_none_or(|c| c > t) {
+                    continue;
+                }
             }
+            let h = step::apply(&object, key, identities, to)?;
+            let first = h.first.unwrap_or(h.seq);
+            if h.generation != g.generation
+                || h.seq != span.last
+                || first != span.first
+                || h.page_size != g.page_size
+            {
+                return Err(Error::Damaged(format!(
+                    "{key} says it holds steps {first}..={} of generation {}",
+                    h.seq, h.generation
+                )));
+            }
+            state = h.state;
+            last = (h.seq, h.captured_at, h.page_count);
+            applied += 1;
+            continue 'next;
         }
-        let h = step::apply(&object, &key, identities, to)?;
-        if h.generation != g.generation || h.seq != seq || h.page_size != g.page_size {
-            return Err(Error::Damaged(format!(
-                "{key} says it is step {} of generation {}",
-                h.seq, h.generation
-            )));
-        }
-        state = h.state;
-        last = (seq, h.captured_at, h.page_count);
-        applied += 1;
+        // Every object from here was read after `until`.
+        break;
     }
     check(to, g.page_size, &state)?;
     Ok(Some(Restored {
@@ -166,7 +195,7 @@ pub async fn build(
         captured_at: last.1,
         page_count: last.2,
         state,
-        steps_applied: applied,
+        objects_applied: applied,
     }))
 }
 

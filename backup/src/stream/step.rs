@@ -33,6 +33,10 @@ pub struct Header {
     /// The generation it continues (its base), and its place in it (1, 2, ...).
     pub generation: String,
     pub seq: u64,
+    /// A compacted step spans steps `first..=seq` (its pages are each page's last version
+    /// among them); a step itself has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<u64>,
     /// When the state was read (RFC 3339, UTC): every commit before it is in the state.
     pub captured_at: String,
     pub page_size: u32,
@@ -99,6 +103,63 @@ fn write_plain<W: Write + ?Sized>(
     std::io::copy(&mut std::fs::File::open(payload)?, &mut enc)?;
     enc.finish()?;
     Ok(())
+}
+
+/// The payloads at `parts`, in order, merged into one at `out`: each page's last version, in
+/// page order, pages past `page_count` left out; the number of pages. `scratch` (a file of the
+/// caller's) holds the pages meanwhile, at their places, so memory holds only their numbers.
+pub fn merge(
+    parts: &[std::path::PathBuf],
+    page_size: u32,
+    page_count: u32,
+    scratch: &Path,
+    out: &Path,
+) -> Result<u32, Error> {
+    let io = |what: String| Error::io(what);
+    let size = page_size as usize;
+    let pages = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(scratch)
+        .map_err(io(format!("creating {}", scratch.display())))?;
+    let mut present = std::collections::BTreeSet::new();
+    let mut rec = vec![0u8; 4 + size];
+    for part in parts {
+        let mut f = std::io::BufReader::new(
+            std::fs::File::open(part).map_err(io(format!("reading {}", part.display())))?,
+        );
+        loop {
+            match f.read_exact(&mut rec) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(io(format!("reading {}", part.display()))(e)),
+            }
+            let pgno = u32::from_be_bytes(rec[..4].try_into().expect("4 bytes"));
+            pages
+                .write_all_at(&rec[4..], u64::from(pgno - 1) * size as u64)
+                .map_err(io(format!("writing {}", scratch.display())))?;
+            present.insert(pgno);
+        }
+    }
+    let mut w = std::io::BufWriter::new(
+        std::fs::File::create(out).map_err(io(format!("writing {}", out.display())))?,
+    );
+    let mut page = vec![0u8; size];
+    let mut n = 0;
+    for pgno in present.into_iter().filter(|p| *p <= page_count) {
+        pages
+            .read_exact_at(&mut page, u64::from(pgno - 1) * size as u64)
+            .map_err(io(format!("reading {}", scratch.display())))?;
+        record(&mut w, pgno, &page).map_err(io(format!("writing {}", out.display())))?;
+        n += 1;
+    }
+    w.flush()
+        .map_err(io(format!("writing {}", out.display())))?;
+    drop(pages);
+    let _ = std::fs::remove_file(scratch);
+    Ok(n)
 }
 
 /// One page record of a payload.
