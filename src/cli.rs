@@ -264,6 +264,10 @@ pub struct RunArgs {
     /// `restore.if_missing = true`.
     #[arg(long)]
     pub restore_if_missing: bool,
+    /// SQLite: once migrated, replicate the database beside the application (as `dbward
+    /// replicate` does, a step each second while it changes) until it ends.
+    #[arg(long)]
+    pub replicate: bool,
     /// The application and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,

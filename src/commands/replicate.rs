@@ -20,22 +20,7 @@ use migrator::DatabaseUrl;
 const SAY_EVERY: Duration = Duration::from_secs(60);
 
 pub async fn run(settings: &Settings, args: &ReplicateArgs) -> Result<Report, Failure> {
-    let url = database_url(settings)?;
-    let DatabaseUrl::Sqlite(path) = &url else {
-        return Err(Failure::new(
-            Exit::Usage,
-            "replicate protects a SQLite database; a PostgreSQL cluster has its WAL archive (`dbward wal-push`, docs/contract.md)",
-        ));
-    };
-    let stores = settings.stores().await?;
-    let n_stores = stores.all().len();
-    let opts = Options {
-        level: settings.level,
-        encryption: settings.encryption()?,
-        busy: settings.lock_timeout.min(Duration::from_secs(5)),
-        state_dir: settings.state_dir.join("stream").join(url.name()),
-    };
-    let mut replica = Replica::open(path, stores, &url.name(), opts).await?;
+    let mut replica = open(settings).await?;
     if args.once {
         let shipped = replica.step().await?;
         return Ok(Report {
@@ -44,26 +29,62 @@ pub async fn run(settings: &Settings, args: &ReplicateArgs) -> Result<Report, Fa
             code: Exit::Success,
         });
     }
-    let per_hour = (3600.0 / args.interval.as_secs_f64().max(0.001)).ceil() as u64;
-    tracing::info!(
-        "replicating {} every {} while it changes: at most {per_hour} writes an hour to each of {n_stores} store(s), one per step",
-        url.display(),
-        humantime::format_duration(args.interval)
-    );
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
+    let stop = async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    let steps = until(&mut replica, args.interval, stop).await;
+    Ok(Report {
+        text: format!("replication stopped after {steps} step(s)\n"),
+        json: json!({ "steps": steps }),
+        // Stopping is what a service is asked to do: a clean end, as `schedule`'s.
+        code: Exit::Success,
+    })
+}
+
+/// The replicator of the configured SQLite database, its lease taken.
+async fn open(settings: &Settings) -> Result<Replica, Failure> {
+    let url = database_url(settings)?;
+    let DatabaseUrl::Sqlite(path) = &url else {
+        return Err(Failure::new(
+            Exit::Usage,
+            "replicate protects a SQLite database; a PostgreSQL cluster has its WAL archive (`dbward wal-push`, docs/contract.md)",
+        ));
+    };
+    let stores = settings.stores().await?;
+    let opts = Options {
+        level: settings.level,
+        encryption: settings.encryption()?,
+        busy: settings.lock_timeout.min(Duration::from_secs(5)),
+        state_dir: settings.state_dir.join("stream").join(url.name()),
+    };
+    Ok(Replica::open(path, stores, &url.name(), opts).await?)
+}
+
+/// Steps every `interval` until `stop` (then one last step); how many shipped something.
+async fn until(replica: &mut Replica, interval: Duration, stop: impl std::future::Future) -> u64 {
+    let per_hour = (3600.0 / interval.as_secs_f64().max(0.001)).ceil() as u64;
+    tracing::info!(
+        "replicating every {} while the database changes: at most {per_hour} writes an hour to each store, one per step",
+        humantime::format_duration(interval)
+    );
     let (mut steps, mut failures_since, mut said_at) = (0u64, 0u64, None::<Instant>);
-    let mut tick = tokio::time::interval(args.interval);
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    let mut stopping = false;
     loop {
-        let stop = tokio::select! {
-            _ = tick.tick() => false,
-            _ = term.recv() => true,
-            _ = int.recv() => true,
-        };
         // A stop request ships what changed first.
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop, if !stopping => stopping = true,
+        }
         match replica.step().await {
             Ok(shipped) => {
                 if shipped.seq.is_some() || shipped.new_generation.is_some() {
@@ -82,23 +103,87 @@ pub async fn run(settings: &Settings, args: &ReplicateArgs) -> Result<Report, Fa
                     tracing::error!(
                         "a step failed ({failures_since} since the last one said): {}; trying again every {}",
                         backup::error::chain(&e),
-                        humantime::format_duration(args.interval)
+                        humantime::format_duration(interval)
                     );
                     said_at = Some(Instant::now());
                 }
             }
         }
-        if stop {
+        if stopping {
             break;
         }
     }
     tracing::info!("replication stopped after {steps} step(s)");
-    Ok(Report {
-        text: format!("replication stopped after {steps} step(s)\n"),
-        json: json!({ "steps": steps }),
-        // Stopping is what a service is asked to do: a clean end, as `schedule`'s.
-        code: Exit::Success,
-    })
+    steps
+}
+
+/// Replication beside `run`'s application, on a thread of its own (a step's reads never hold
+/// the application's health checks up): stopped, after one last step, when dropped.
+pub struct Beside {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+/// How long the last step beside an application that ended may take before dbward exits
+/// without it (the step before it is in the store).
+const LAST_STEP: Duration = Duration::from_secs(60);
+
+/// Starts replication of the configured database beside the application; an error (not SQLite,
+/// not in WAL mode, another replicator) before the application starts.
+pub async fn beside(settings: &Settings, interval: Duration) -> Result<Beside, Failure> {
+    let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let settings = settings.clone();
+    std::thread::Builder::new()
+        .name("replicate".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = opened_tx.send(Err(Failure::new(Exit::Failed, e.to_string())));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let mut replica = match open(&settings).await {
+                    Ok(r) => r,
+                    Err(f) => {
+                        let _ = opened_tx.send(Err(f));
+                        return;
+                    }
+                };
+                let _ = opened_tx.send(Ok(()));
+                until(&mut replica, interval, stop_rx).await;
+                let _ = done_tx.send(());
+            });
+        })
+        .map_err(|e| Failure::new(Exit::Failed, format!("starting replication: {e}")))?;
+    match opened_rx.await {
+        Ok(Ok(())) => Ok(Beside {
+            stop: Some(stop_tx),
+            done,
+        }),
+        Ok(Err(f)) => Err(f),
+        Err(_) => Err(Failure::new(Exit::Failed, "replication did not start")),
+    }
+}
+
+impl Drop for Beside {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if self.done.recv_timeout(LAST_STEP).is_err() {
+            tracing::error!(
+                "the last step of replication did not finish within {}; exiting without it (the step before it is in the store)",
+                humantime::format_duration(LAST_STEP)
+            );
+        }
+    }
 }
 
 fn describe(s: &Shipped) -> String {

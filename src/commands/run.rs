@@ -52,6 +52,12 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         }
         Err(f) => return Err(f),
     }
+    // Stopped (after one last step) whenever `run` ends.
+    let _replicating = if args.replicate {
+        Some(super::replicate::beside(settings, Duration::from_secs(1)).await?)
+    } else {
+        None
+    };
 
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;

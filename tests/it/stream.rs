@@ -452,3 +452,41 @@ fn compacted_steps_shorten_a_restore_and_any_step_is_still_reached() {
         std::fs::read(p.path().join("newest.db")).unwrap()
     );
 }
+
+/// `run --replicate`: the application's writes are in the stream when it ends (one last step),
+/// and a fresh volume's `run --restore-if-missing` brings them back before the app starts.
+#[test]
+fn run_replicates_beside_the_app_and_a_fresh_volume_gets_its_last_writes_back() {
+    let p = app();
+    let server = common::Http::status(200);
+    let run_app = |script: &str| {
+        run(p.dbward("sqlite:app.db").args([
+            "run",
+            "--replicate",
+            "--restore-if-missing",
+            "--url",
+            &server.url(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]))
+    };
+    let (code, _, err) =
+        run_app("sleep 1; sqlite3 app.db \"INSERT INTO t (v) VALUES ('written by the app')\"");
+    assert_eq!(code, 0, "{err}");
+    // The volume is lost.
+    for side in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(p.path().join(format!("app.db{side}")));
+    }
+    let (code, _, err) = run_app("sqlite3 app.db 'SELECT count(*) FROM t' > seen; sleep 1");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("seen"))
+            .unwrap()
+            .trim(),
+        "101",
+        "{err}"
+    );
+    assert!(err.contains("restoring the newest state of its stream"), "{err}");
+}
