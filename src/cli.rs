@@ -118,8 +118,9 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct ReplicateArgs {
-    /// How often a step is shipped when the database changed.
-    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+    /// The shortest time between two steps: a change after a quiet time is shipped at once,
+    /// a steady stream of changes in one step each interval.
+    #[arg(long, value_name = "DUR", default_value = "500ms", value_parser = parse_duration)]
     pub interval: std::time::Duration,
     /// Ship one step (the base, when the stream must begin) and exit.
     #[arg(long)]
@@ -265,7 +266,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub restore_if_missing: bool,
     /// SQLite: once migrated, replicate the database beside the application (as `dbward
-    /// replicate` does, a step each second while it changes) until it ends.
+    /// replicate` does) until it ends.
     #[arg(long)]
     pub replicate: bool,
     /// The application and its arguments, after `--`.

@@ -16,8 +16,15 @@ use crate::settings::Settings;
 use backup::stream::replica::{Options, Replica, Shipped};
 use migrator::DatabaseUrl;
 
+/// `replicate --interval`'s default, and `run --replicate`'s.
+pub const INTERVAL: Duration = Duration::from_millis(500);
+
 /// How often a failing replicator says so.
 const SAY_EVERY: Duration = Duration::from_secs(60);
+/// How often the database's files are looked at for a change.
+const LOOK: Duration = Duration::from_millis(50);
+/// How long at most between steps whatever the files say.
+const ANYWAY: Duration = Duration::from_secs(60);
 
 pub async fn run(settings: &Settings, args: &ReplicateArgs) -> Result<Report, Failure> {
     let mut replica = open(settings).await?;
@@ -71,20 +78,35 @@ async fn open(settings: &Settings) -> Result<Replica, Failure> {
 async fn until(replica: &mut Replica, interval: Duration, stop: impl std::future::Future) -> u64 {
     let per_hour = (3600.0 / interval.as_secs_f64().max(0.001)).ceil() as u64;
     tracing::info!(
-        "replicating every {} while the database changes: at most {per_hour} writes an hour to each store, one per step",
+        "replicating every change, at most one step every {}: at most {per_hour} writes an hour to each store while the database changes, none while it does not",
         humantime::format_duration(interval)
     );
     let (mut steps, mut failures_since, mut said_at) = (0u64, 0u64, None::<Instant>);
-    let mut tick = tokio::time::interval(interval);
+    // Changes are looked for often (two `stat`s), and shipped at most every `interval`: a
+    // commit after a quiet time goes out at once, a steady stream of them in one step each
+    // interval.
+    let mut tick = tokio::time::interval(interval.min(LOOK));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(stop);
     let mut stopping = false;
+    let (mut last_step, mut seen) = (None::<Instant>, None);
     loop {
         // A stop request ships what changed first.
         tokio::select! {
             _ = tick.tick() => {}
             _ = &mut stop, if !stopping => stopping = true,
         }
+        let now = replica.fingerprint();
+        let since = last_step.map(|t| t.elapsed());
+        let due = since.is_none_or(|s| s >= interval);
+        // A step now and then whatever the files say (it ships nothing when nothing changed).
+        let anyway = since.is_none_or(|s| s >= ANYWAY) || failures_since > 0;
+        if !stopping && !(due && (now != seen || anyway)) {
+            continue;
+        }
+        // Taken before the step: a commit during it makes the next look differ.
+        seen = now;
+        last_step = Some(Instant::now());
         match replica.step().await {
             Ok(shipped) => {
                 if shipped.seq.is_some() || shipped.new_generation.is_some() {

@@ -54,7 +54,7 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
     }
     // Stopped (after one last step) whenever `run` ends.
     let _replicating = if args.replicate {
-        Some(super::replicate::beside(settings, Duration::from_secs(1)).await?)
+        Some(super::replicate::beside(settings, super::replicate::INTERVAL).await?)
     } else {
         None
     };

@@ -488,5 +488,8 @@ fn run_replicates_beside_the_app_and_a_fresh_volume_gets_its_last_writes_back() 
         "101",
         "{err}"
     );
-    assert!(err.contains("restoring the newest state of its stream"), "{err}");
+    assert!(
+        err.contains("restoring the newest state of its stream"),
+        "{err}"
+    );
 }

@@ -118,6 +118,21 @@ impl Replica {
         Ok(r)
     }
 
+    /// What a write to the database changes, read with two `stat`s and no lock: the WAL's
+    /// size and time, the database file's time and inode. When it is the same as at the last
+    /// step, nothing was committed meanwhile (a commit appends to the WAL; a checkpoint writes
+    /// the file).
+    pub fn fingerprint(&self) -> Option<(u64, std::time::SystemTime, std::time::SystemTime, u64)> {
+        let db = std::fs::metadata(self.source.path()).ok()?;
+        let mut wal = self.source.path().as_os_str().to_owned();
+        wal.push("-wal");
+        let (len, at) = match std::fs::metadata(PathBuf::from(wal)) {
+            Ok(w) => (w.len(), w.modified().ok()?),
+            Err(_) => (0, std::time::UNIX_EPOCH),
+        };
+        Some((len, at, db.modified().ok()?, db.ino()))
+    }
+
     fn state_file(&self) -> PathBuf {
         self.opts.state_dir.join("stream.json")
     }
