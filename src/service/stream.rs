@@ -40,9 +40,10 @@ pub async fn newest(
     let stores = settings.stores().await?;
     let identities = settings.identities()?;
     let db = url.name();
+    let id = whose(url, stores.primary()).await?;
     let found = stores
         .find(
-            |store| backup::stream::restore::newest(store, &db, &identities),
+            |store| backup::stream::restore::newest(store, &db, id.as_deref(), &identities),
             |_, store, e| {
                 tracing::warn!(
                     "{}: the stream cannot be read: {}",
@@ -78,6 +79,7 @@ pub async fn restore(
     let stores = settings.stores().await?;
     let identities = settings.identities()?;
     let db = url.name();
+    let id = whose(url, stores.primary()).await?;
     let built: Mutex<Option<(Built, String)>> = Mutex::new(None);
     let opts = restore::sqlite::Options {
         force,
@@ -86,12 +88,13 @@ pub async fn restore(
         lock_wait: super::restore::LOCK_WAIT,
         identities: backup::crypt::Identities::none(),
     };
-    let (stores, db, identities, built_ref) = (&stores, &db, &identities, &built);
+    let (stores, db, identities, built_ref, id) =
+        (&stores, &db, &identities, &built, id.as_deref());
     let outcome = restore::sqlite::place(live, &opts, |dir| async move {
         let file = backup::scratch::temp_in(&dir, restore::sqlite::TEMP_PREFIX)?;
         let found = stores
             .find(
-                |store| backup::stream::restore::build(store, db, identities, until, &file),
+                |store| backup::stream::restore::build(store, db, id, identities, until, &file),
                 |_, store, e| tracing::warn!("{}: {}", store.describe(""), backup::error::chain(e)),
             )
             .await?;
@@ -135,4 +138,15 @@ pub async fn restore(
         seconds: started.elapsed().as_secs_f64(),
         store,
     }))
+}
+
+/// The identity whose stream a restore of `url` takes: the live database's, or for a missing
+/// one the store folder owner's.
+async fn whose(url: &DatabaseUrl, primary: &backup::Store) -> Result<Option<String>, Failure> {
+    Ok(match backup::owner::live_identity(url).await? {
+        backup::owner::Live::Present(id) => id,
+        backup::owner::Live::Absent => backup::owner::read(primary, &url.name())
+            .await?
+            .map(|o| o.database_id),
+    })
 }

@@ -493,3 +493,84 @@ fn run_replicates_beside_the_app_and_a_fresh_volume_gets_its_last_writes_back() 
         "{err}"
     );
 }
+
+/// `kill -9` of the replicator at moments of a writer's load, then a restart: every time, the
+/// stream goes on (or begins a new generation) and ends at the database's last state; what is
+/// restorable is never damaged.
+#[test]
+fn a_replicator_killed_at_any_moment_restarts_without_losing_or_damaging_anything() {
+    let p = app();
+    let conn = rusqlite::Connection::open(db(&p)).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut written = 100;
+    for round in 0..6 {
+        let mut replicator = Replicator::start(&p);
+        // Writes while it runs, then a kill after a different delay each round.
+        for i in 0..40 {
+            conn.execute("INSERT INTO t (v) VALUES (?1)", [format!("{round}-{i}")])
+                .unwrap();
+            written += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(37 * round));
+        let mut child = replicator.0.take().unwrap();
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        // Whatever the stream holds restores, and holds no row that was never written.
+        let name = format!("after-kill-{round}.db");
+        let (code, _, err) = run(p
+            .dbward("sqlite:app.db")
+            .args(["restore", "--stream", "--to", &name]));
+        if code == 0 {
+            let rows: i64 = sqlite(&p.path().join(&name), "SELECT count(*) FROM t")
+                .parse()
+                .unwrap();
+            assert!(rows <= written, "{rows} rows restored, {written} written");
+            assert_eq!(
+                sqlite(&p.path().join(&name), "PRAGMA integrity_check"),
+                "ok"
+            );
+        } else {
+            assert!(err.contains("no store holds a stream"), "{err}");
+        }
+    }
+    // A last run ships what is left: the stream ends at the database's state.
+    let replicator = Replicator::start(&p);
+    wait_for_rows(&p, &written.to_string());
+    let (status, log) = replicator.stop(&p);
+    assert!(status.success(), "{log}");
+}
+
+/// The store folder is one database's: the stream of another database of the same name is
+/// refused there, as its snapshots would be.
+#[test]
+fn another_database_of_the_same_name_cannot_stream_into_the_folder() {
+    let a = app();
+    let store = format!("file://{}", a.path().join("shared").display());
+    let (code, _, err) = run(a
+        .dbward("sqlite:app.db")
+        .args(["--store", &store, "backup"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) =
+        run(a
+            .dbward("sqlite:app.db")
+            .args(["--store", &store, "replicate", "--once"]));
+    assert_eq!(code, 0, "{err}");
+    let b = app();
+    let (code, _, err) =
+        run(b
+            .dbward("sqlite:app.db")
+            .args(["--store", &store, "replicate", "--once"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("belongs to"), "{err}");
+    // A's stream restores; nothing of B's is in it.
+    let (code, _, err) = run(a.dbward("sqlite:app.db").args([
+        "--store",
+        &store,
+        "restore",
+        "--stream",
+        "--to",
+        "a-copy.db",
+    ]));
+    assert_eq!(code, 0, "{err}");
+}

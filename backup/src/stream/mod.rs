@@ -29,6 +29,10 @@ pub struct Generation {
     /// The format's version: 1.
     pub dbward_stream: u32,
     pub generation: String,
+    /// The database's identity (`dbward_identity`), when it has one: a restore takes only its
+    /// own database's generations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_id: Option<String>,
     /// When its base was read (RFC 3339, UTC).
     pub started_at: String,
     /// Why it began (`first start`, `the database file was replaced`, ...).

@@ -276,8 +276,17 @@ impl Replica {
             .map_err(Failed::Before)?;
         let encrypted = self.opts.encryption.is_some();
         let key = super::step_key(&self.database, &local.generation, seq, encrypted);
-        let (stored_bytes, mirrors_failed) =
-            self.ship(&key, &object).await.map_err(Failed::Before)?;
+        let (stored_bytes, mirrors_failed) = match self.ship(&key, &object).await {
+            Ok(shipped) => shipped,
+            // A replicator stopped right after storing this step, before recording it (or
+            // another wrote it): this stream cannot go on without forking.
+            Err(Error::Exists(_)) => {
+                return Ok(Next::NewGeneration(
+                    "the next step was already in the store (a replicator stopped right after storing it)",
+                ))
+            }
+            Err(e) => return Err(Failed::Before(e)),
+        };
         // The primary has it: the table and the record follow.
         let recorded = (|| {
             for (pgno, new) in &changed {
@@ -435,6 +444,26 @@ impl Replica {
             "stream of sqlite:{}: generation {generation} begins ({reason})",
             self.source.path().display()
         );
+        // The store folder is this database's (by its identity, as for snapshots): a stream of
+        // another database of the same name never mixes with its.
+        let url = dbconn::DatabaseUrl::Sqlite(self.source.path().to_path_buf());
+        let database_id = match crate::owner::live_identity(&url).await? {
+            crate::owner::Live::Present(id) => id,
+            crate::owner::Live::Absent => None,
+        };
+        match &database_id {
+            Some(id) => {
+                crate::owner::claim(
+                    self.stores.primary(),
+                    &self.database,
+                    id,
+                    "sqlite",
+                    &crate::hostname(),
+                )
+                .await?
+            }
+            None => crate::owner::check_unidentified(self.stores.primary(), &self.database).await?,
+        }
         // What an earlier generation kept for its compactions is of no use to this one.
         let _ = std::fs::remove_dir_all(self.opts.state_dir.join("levels"));
         let raw = self.opts.state_dir.join("base.raw");
@@ -471,6 +500,7 @@ impl Replica {
         let record = Generation {
             dbward_stream: 1,
             generation: generation.clone(),
+            database_id,
             started_at: crate::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
             reason: reason.to_string(),
             page_size,

@@ -32,8 +32,14 @@ fn parse_time(t: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
 }
 
-/// The generations in `store`, newest first.
-pub async fn generations(store: &Store, database: &str) -> Result<Vec<Generation>, Error> {
+/// The generations in `store` of the database whose identity is `id` (`None`: a database
+/// without one), newest first: a generation of another database of the same name is left out,
+/// as is one with an identity when this database has none (it is not provably this one's).
+pub async fn generations(
+    store: &Store,
+    database: &str,
+    id: Option<&str>,
+) -> Result<Vec<Generation>, Error> {
     let mut names: Vec<String> = store
         .list(&super::dir(database))
         .await?
@@ -61,7 +67,14 @@ pub async fn generations(store: &Store, database: &str) -> Result<Vec<Generation
                 g.generation
             )));
         }
-        out.push(g);
+        let ours = match (g.database_id.as_deref(), id) {
+            (Some(theirs), Some(ours)) => theirs == ours,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if ours {
+            out.push(g);
+        }
     }
     Ok(out)
 }
@@ -71,9 +84,10 @@ pub async fn generations(store: &Store, database: &str) -> Result<Vec<Generation
 pub async fn newest(
     store: &Store,
     database: &str,
+    id: Option<&str>,
     identities: &Identities,
 ) -> Result<Option<(String, u64, String)>, Error> {
-    let Some(g) = generations(store, database).await?.into_iter().next() else {
+    let Some(g) = generations(store, database, id).await?.into_iter().next() else {
         return Ok(None);
     };
     let last = store
@@ -102,17 +116,19 @@ pub async fn newest(
 pub async fn build(
     store: &Store,
     database: &str,
+    id: Option<&str>,
     identities: &Identities,
     until: Option<OffsetDateTime>,
     to: &Path,
 ) -> Result<Option<Restored>, Error> {
-    let chosen = generations(store, database).await?.into_iter().find(|g| {
-        match (until, parse_time(&g.started_at)) {
+    let chosen = generations(store, database, id)
+        .await?
+        .into_iter()
+        .find(|g| match (until, parse_time(&g.started_at)) {
             (None, _) => true,
             (Some(t), Some(started)) => started <= t,
             (Some(_), None) => false,
-        }
-    });
+        });
     let Some(g) = chosen else {
         return Ok(None);
     };
