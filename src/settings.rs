@@ -52,6 +52,9 @@ pub struct Settings {
     pub notify: Notify,
     /// `[retention]`: empty means keep everything.
     pub retention: backup::retention::Policy,
+    /// `retention.stream_window`: how long a SQLite stream's states stay restorable (`None`:
+    /// every generation is kept).
+    pub stream_window: Option<Duration>,
     /// `restore.keep_replaced`: how many replaced copies (recorded by dbward) to keep.
     pub keep_replaced: usize,
     /// `restore.if_missing`: `migrate` and `run` first restore a missing database.
@@ -397,6 +400,7 @@ struct RetentionSection {
     keep_daily: Option<u32>,
     keep_weekly: Option<u32>,
     keep_monthly: Option<u32>,
+    stream_window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -612,6 +616,14 @@ fn resolve(
             keep_daily: retention.keep_daily.unwrap_or(0),
             keep_weekly: retention.keep_weekly.unwrap_or(0),
             keep_monthly: retention.keep_monthly.unwrap_or(0),
+        },
+        stream_window: match &retention.stream_window {
+            Some(v) => Some(duration_key(
+                "retention.stream_window",
+                Some(v),
+                Duration::ZERO,
+            )?),
+            None => None,
         },
         keep_replaced: restore.keep_replaced.unwrap_or(3),
         restore_if_missing: env("DBWARD_RESTORE_IF_MISSING")

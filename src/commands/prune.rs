@@ -9,13 +9,21 @@ use crate::report::{Failure, Report};
 use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failure> {
-    if settings.retention.is_empty() {
+    if settings.retention.is_empty() && settings.stream_window.is_none() {
         return Err(Failure::new(
             Exit::Usage,
-            "no retention policy: set keep_last, keep_daily, keep_weekly or keep_monthly under [retention] in the config file (prune never deletes by default)",
+            "no retention policy: set keep_last, keep_daily, keep_weekly or keep_monthly (snapshots) or stream_window (a SQLite stream) under [retention] in the config file (prune never deletes by default)",
         ));
     }
     let url = database_url(settings)?;
+    let streams = stream_retention(settings, &url, args.dry_run).await?;
+    if settings.retention.is_empty() {
+        return Ok(Report {
+            text: streams.0,
+            json: json!({ "stream_generations_removed": streams.1 }),
+            code: Exit::Success,
+        });
+    }
     let stores = settings.stores().await?;
     let live = backup::owner::live_identity(&url).await?;
     // Every mirror by the same policy, over its own listing.
@@ -99,11 +107,52 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
             )),
         }
     }
+    text.push_str(&streams.0);
     let mut json = json!(report);
     json["mirrors"] = json!(mirrors);
+    json["stream_generations_removed"] = json!(streams.1);
     Ok(Report {
         text,
         json,
         code: Exit::Success,
     })
+}
+
+/// `retention.stream_window` over a SQLite database's stream, in every store: what it says, and
+/// the generations removed (or to remove) from the primary.
+async fn stream_retention(
+    settings: &Settings,
+    url: &migrator::DatabaseUrl,
+    dry_run: bool,
+) -> Result<(String, Vec<String>), Failure> {
+    let (Some(window), migrator::DatabaseUrl::Sqlite(_)) = (settings.stream_window, url) else {
+        return Ok((String::new(), Vec::new()));
+    };
+    let stores = settings.stores().await?;
+    let id = match backup::owner::live_identity(url).await? {
+        backup::owner::Live::Present(id) => id,
+        backup::owner::Live::Absent => backup::owner::read(stores.primary(), &url.name())
+            .await?
+            .map(|o| o.database_id),
+    };
+    let db = url.name();
+    let (removed, mirrors) = stores
+        .each(|store| backup::stream::prune::prune(store, &db, id.as_deref(), window, dry_run))
+        .await?;
+    for m in mirrors {
+        if let Err(e) = m.result {
+            tracing::warn!(
+                "stream retention in mirror {}: {}",
+                m.mirror,
+                backup::error::chain(&e)
+            );
+        }
+    }
+    let text = format!(
+        "stream: {} generation(s) older than retention.stream_window = {} {}\n",
+        removed.len(),
+        humantime::format_duration(window),
+        if dry_run { "to remove" } else { "removed" }
+    );
+    Ok((text, removed))
 }

@@ -19,6 +19,9 @@ use migrator::DatabaseUrl;
 /// `replicate --interval`'s default, and `run --replicate`'s.
 pub const INTERVAL: Duration = Duration::from_millis(500);
 
+/// How old a generation's base may grow before a new one is taken.
+const BASE_EVERY: Duration = Duration::from_secs(24 * 3600);
+
 /// How often a failing replicator says so.
 const SAY_EVERY: Duration = Duration::from_secs(60);
 /// How often the database's files are looked at for a change.
@@ -70,6 +73,8 @@ async fn open(settings: &Settings) -> Result<Replica, Failure> {
         encryption: settings.encryption()?,
         busy: settings.lock_timeout.min(Duration::from_secs(5)),
         state_dir: settings.state_dir.join("stream").join(url.name()),
+        base_every: BASE_EVERY,
+        stream_window: settings.stream_window,
     };
     Ok(Replica::open(path, stores, &url.name(), opts).await?)
 }

@@ -574,3 +574,63 @@ fn another_database_of_the_same_name_cannot_stream_into_the_folder() {
     ]));
     assert_eq!(code, 0, "{err}");
 }
+
+/// `retention.stream_window`: `prune` removes the generations whose states all ended before
+/// the window, never the newest, and a restore still builds the newest state.
+#[test]
+fn prune_removes_generations_older_than_the_stream_window() {
+    let p = app();
+    once(&p);
+    // The file is replaced (a copy put in its place): a second generation begins.
+    let copy = p.path().join("copy.db");
+    std::fs::copy(db(&p), &copy).unwrap();
+    sqlite(&copy, "INSERT INTO t (v) VALUES ('in the copy')");
+    std::fs::rename(&copy, db(&p)).unwrap();
+    let second = once(&p);
+    assert!(second["new_generation"].is_string(), "{second}");
+    let stream = p.path().join(".dbward/snapshots/app/stream");
+    let records = || {
+        std::fs::read_dir(&stream)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "json")
+            })
+            .count()
+    };
+    assert_eq!(records(), 2);
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        "[retention]\nstream_window = \"1s\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["--json", "prune", "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out)["stream_generations_removed"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(records(), 2, "a dry run removes nothing");
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("prune"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(records(), 1);
+    let dirs = std::fs::read_dir(&stream)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .map(|e| std::fs::read_dir(e.unwrap().path()).unwrap().count())
+        .collect::<Vec<_>>();
+    assert!(
+        dirs.contains(&0),
+        "the old generation's objects are gone: {dirs:?}"
+    );
+    assert_eq!(restored_rows(&p, "after-prune.db", &[]), "101");
+}

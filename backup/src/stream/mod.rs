@@ -15,6 +15,7 @@
 
 pub mod capture;
 pub mod pages;
+pub mod prune;
 pub mod replica;
 pub mod restore;
 pub mod step;

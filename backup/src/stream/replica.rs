@@ -36,6 +36,11 @@ pub struct Options {
     pub busy: Duration,
     /// This database's folder of local state (made private if missing).
     pub state_dir: PathBuf,
+    /// A new base once the generation is this old: a restore's base is never older.
+    pub base_every: Duration,
+    /// `retention.stream_window`: generations whose states all ended before it are removed
+    /// when a new one begins (`None`: kept).
+    pub stream_window: Option<Duration>,
 }
 
 /// What the replicator keeps on this host between steps.
@@ -51,6 +56,9 @@ pub struct Local {
     /// The database file's identity when the generation began.
     pub dev: u64,
     pub ino: u64,
+    /// When the generation began (RFC 3339).
+    #[serde(default)]
+    pub started_at: Option<String>,
 }
 
 /// What one [`Replica::step`] did.
@@ -69,7 +77,7 @@ pub struct Shipped {
 
 /// What [`Replica::next_step`] came to.
 enum Next {
-    Shipped(Shipped, Local),
+    Shipped(Box<(Shipped, Local)>),
     NewGeneration(&'static str),
 }
 
@@ -202,8 +210,19 @@ impl Replica {
                 .new_generation("the database file was replaced (a restore, or a copy)")
                 .await;
         }
+        let started = local.started_at.as_deref().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        });
+        if started.is_some_and(|t| time::OffsetDateTime::now_utc() - t >= self.opts.base_every) {
+            return self
+                .new_generation(
+                    "the base is older than a day: a new one bounds what a restore reads",
+                )
+                .await;
+        }
         match self.next_step(&local, &mut table).await {
-            Ok(Next::Shipped(shipped, next)) => {
+            Ok(Next::Shipped(done)) => {
+                let (shipped, next) = *done;
                 self.local = Some((next, table));
                 Ok(shipped)
             }
@@ -245,7 +264,7 @@ impl Replica {
                 ..local.clone()
             };
             self.save(&next, table).map_err(Failed::Before)?;
-            return Ok(Next::Shipped(
+            return Ok(Next::Shipped(Box::new((
                 Shipped {
                     generation: local.generation.clone(),
                     seq: None,
@@ -255,7 +274,7 @@ impl Replica {
                     mirrors_failed: Vec::new(),
                 },
                 next,
-            ));
+            ))));
         }
         let state = state_after(table, &changed, page_count).map_err(Failed::Before)?;
         let mut header = Header {
@@ -317,7 +336,7 @@ impl Replica {
                 crate::error::chain(&e)
             );
         }
-        Ok(Next::Shipped(
+        Ok(Next::Shipped(Box::new((
             Shipped {
                 generation: local.generation.clone(),
                 seq: Some(seq),
@@ -327,7 +346,7 @@ impl Replica {
                 mirrors_failed,
             },
             next,
-        ))
+        ))))
     }
 
     /// The local folder of a generation's level-`level` payloads, kept until the level above
@@ -527,6 +546,26 @@ impl Replica {
         }
         let meta = std::fs::metadata(self.source.path())
             .map_err(io(format!("reading {}", self.source.path().display())))?;
+        if let Some(window) = self.opts.stream_window {
+            let id = record.database_id.as_deref();
+            let (_, mirrors) = self
+                .stores
+                .each(|store| super::prune::prune(store, &self.database, id, window, false))
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!("stream retention: {}", crate::error::chain(&e));
+                    (Vec::new(), Vec::new())
+                });
+            for m in mirrors {
+                if let Err(e) = m.result {
+                    tracing::warn!(
+                        "stream retention in mirror {}: {}",
+                        m.mirror,
+                        crate::error::chain(&e)
+                    );
+                }
+            }
+        }
         let local = Local {
             generation: generation.clone(),
             seq: 0,
@@ -536,6 +575,7 @@ impl Replica {
             state: pages::text(table.state()),
             dev: meta.dev(),
             ino: meta.ino(),
+            started_at: Some(record.started_at.clone()),
         };
         self.save(&local, &table)?;
         self.local = Some((local, table));

@@ -1,0 +1,60 @@
+//! The stream's retention in time (`retention.stream_window`): a generation whose every state
+//! is older than the window (the next generation began before it) is removed; the newest is
+//! never. Only this database's generations are looked at (its identity), and only keys of the
+//! stream's own scheme inside a generation's folder are deleted: its record first (from then
+//! on it is not a generation a restore would take), then its base and its steps.
+
+use time::OffsetDateTime;
+
+use super::restore::generations;
+use crate::error::Error;
+use crate::store::Store;
+
+/// The generations removed (or, with `dry_run`, that would be), oldest first.
+pub async fn prune(
+    store: &Store,
+    database: &str,
+    id: Option<&str>,
+    window: std::time::Duration,
+    dry_run: bool,
+) -> Result<Vec<String>, Error> {
+    let horizon = OffsetDateTime::now_utc() - window;
+    let all = generations(store, database, id).await?;
+    let mut removed = Vec::new();
+    // Newest first: each generation's states end where the one before it in this list began.
+    for pair in all.windows(2) {
+        let (next, old) = (&pair[0], &pair[1]);
+        let ended = OffsetDateTime::parse(
+            &next.started_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(|e| Error::Damaged(format!("generation {}: started_at: {e}", next.generation)))?;
+        if ended >= horizon {
+            continue;
+        }
+        removed.push(old.generation.clone());
+        if dry_run {
+            continue;
+        }
+        store
+            .delete(&super::generation_key(database, &old.generation))
+            .await?;
+        let dir = super::generation_dir(database, &old.generation);
+        for o in store.list(&dir).await? {
+            let name = o.key.rsplit('/').next().unwrap_or_default();
+            let ours = super::span_of(&o.key).is_some()
+                || name == "base.sqlite.zst"
+                || name == "base.sqlite.zst.age";
+            if ours {
+                store.delete(&o.key).await?;
+            }
+        }
+        tracing::info!(
+            "removed stream generation {} (its states ended at {}, before the window)",
+            old.generation,
+            next.started_at
+        );
+    }
+    removed.reverse();
+    Ok(removed)
+}
