@@ -634,3 +634,37 @@ fn prune_removes_generations_older_than_the_stream_window() {
     );
     assert_eq!(restored_rows(&p, "after-prune.db", &[]), "101");
 }
+
+/// A mirror that cannot take the stream for a while gets every object it missed, in order,
+/// once it can: its copy restores alone.
+#[test]
+fn a_mirror_that_was_away_catches_up_and_restores_alone() {
+    let p = app();
+    let mirror = p.path().join("mirror");
+    std::fs::write(&mirror, "not a folder yet").unwrap();
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        format!("[store]\nmirrors = [\"file://{}\"]\n", mirror.display()),
+    )
+    .unwrap();
+    once(&p);
+    sqlite(
+        &db(&p),
+        "INSERT INTO t (v) VALUES ('while the mirror is away')",
+    );
+    let away = once(&p);
+    assert!(
+        !away["mirrors_failed"].as_array().unwrap().is_empty(),
+        "{away}"
+    );
+    // The mirror is back: the next step sends what it missed first.
+    std::fs::remove_file(&mirror).unwrap();
+    sqlite(&db(&p), "INSERT INTO t (v) VALUES ('after it came back')");
+    let back = once(&p);
+    assert!(
+        back["mirrors_failed"].as_array().unwrap().is_empty(),
+        "{back}"
+    );
+    std::fs::remove_dir_all(p.path().join(".dbward/snapshots/app/stream")).unwrap();
+    assert_eq!(restored_rows(&p, "from-the-mirror.db", &[]), "102");
+}

@@ -95,6 +95,8 @@ pub struct Replica {
     opts: Options,
     local: Option<(Local, Table)>,
     _lease: std::fs::File,
+    /// When each mirror's refusal was last said.
+    said: std::sync::Mutex<std::collections::HashMap<usize, std::time::Instant>>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -121,6 +123,7 @@ impl Replica {
             opts,
             local: None,
             _lease: lease,
+            said: Default::default(),
         };
         r.local = r.resume().await;
         Ok(r)
@@ -190,6 +193,7 @@ impl Replica {
     /// from, or which pages changed cannot be told from the WAL... then every page is compared
     /// with its hash, and only those that differ are shipped).
     pub async fn step(&mut self) -> Result<Shipped, Error> {
+        self.catch_up().await;
         // The file at the path is the one followed: a restore (or a copy by hand) that put
         // another file there is a new database to the stream, read through new connections.
         let path = self.source.path().to_path_buf();
@@ -439,21 +443,119 @@ impl Replica {
         )
     }
 
-    /// Stores the object at `path` under `key` in every store: the primary must take it; each
-    /// mirror that does not is said. Its size.
+    /// Stores the object at `path` under `key` in every store: the primary must take it. A
+    /// mirror that does not (or still has objects waiting) gets it later, in order, from its
+    /// spool ([`Replica::catch_up`]). Its size, and what the mirrors said.
     async fn ship(&self, key: &str, path: &Path) -> Result<(u64, Vec<String>), Error> {
-        let (bytes, mirrors) = self.stores.each(|store| put_file(store, key, path)).await?;
-        let failed = mirrors
-            .into_iter()
-            .filter_map(|m| {
-                m.result.err().map(|e| {
-                    let said = format!("mirror {}: {}", m.mirror, crate::error::chain(&e));
-                    tracing::warn!("{said}");
-                    said
-                })
-            })
-            .collect();
+        let bytes = put_file(self.stores.primary(), key, path).await?;
+        let mut failed = Vec::new();
+        for (n, store) in self.stores.mirrors() {
+            let sent = if self.waiting(n) {
+                Err(None)
+            } else {
+                put_file(store, key, path).await.map_err(Some)
+            };
+            if let Err(e) = sent {
+                let said = match e {
+                    Some(e) => format!("mirror {n}: {}", crate::error::chain(&e)),
+                    None => format!("mirror {n}: behind, objects before this one wait for it"),
+                };
+                tracing::debug!("{said}; kept to send again");
+                failed.push(said);
+                self.queue(n, key, path)?;
+            }
+        }
         Ok((bytes, failed))
+    }
+
+    /// Mirror `n`'s spool: the objects it has not taken yet, in order (`<seq>` and `<seq>.key`).
+    fn spool(&self, n: usize) -> PathBuf {
+        self.opts.state_dir.join("mirrors").join(n.to_string())
+    }
+
+    fn waiting(&self, n: usize) -> bool {
+        std::fs::read_dir(self.spool(n)).is_ok_and(|mut d| d.next().is_some())
+    }
+
+    /// Keeps a copy of the object at `path` for mirror `n`. A spool past [`SPOOL_MAX`] is
+    /// emptied instead, and said: the mirror's stream then has a gap until the next generation.
+    fn queue(&self, n: usize, key: &str, path: &Path) -> Result<(), Error> {
+        let dir = self.spool(n);
+        std::fs::create_dir_all(&dir).map_err(io(format!("making {}", dir.display())))?;
+        let held: u64 = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        if held > SPOOL_MAX {
+            tracing::error!(
+                "mirror {n} has not taken the stream's objects for a while: its spool ({held} bytes) is dropped, and its copy of the stream has a gap until the next generation begins"
+            );
+            std::fs::remove_dir_all(&dir).map_err(io(format!("emptying {}", dir.display())))?;
+            return Ok(());
+        }
+        let seq = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let at = dir.join(format!("{seq:032}"));
+        std::fs::copy(path, &at)
+            .and_then(|_| std::fs::write(at.with_extension("key"), key))
+            .map_err(io(format!("keeping {key} for mirror {n}")))?;
+        Ok(())
+    }
+
+    /// Sends each mirror's spool, oldest first, until one is refused (tried again next time).
+    async fn catch_up(&self) {
+        for (n, store) in self.stores.mirrors() {
+            let Ok(entries) = std::fs::read_dir(self.spool(n)) else {
+                continue;
+            };
+            let mut objects: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_none())
+                .collect();
+            objects.sort();
+            let mut sent = 0;
+            for object in objects {
+                let key_file = object.with_extension("key");
+                let Ok(key) = std::fs::read_to_string(&key_file) else {
+                    let _ = std::fs::remove_file(&object);
+                    continue;
+                };
+                match put_file(store, &key, &object).await {
+                    // Taken, or taken before (a catch-up cut short after the write).
+                    Ok(_) | Err(Error::Exists(_)) => {
+                        let _ = std::fs::remove_file(&object);
+                        let _ = std::fs::remove_file(&key_file);
+                        sent += 1;
+                    }
+                    Err(e) => {
+                        // Said once a minute, not at every step.
+                        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+                        if said
+                            .get(&n)
+                            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                        {
+                            tracing::warn!(
+                                "mirror {n} does not take the stream's objects ({}); they wait in {} and are sent again at each step",
+                                crate::error::chain(&e),
+                                self.spool(n).display()
+                            );
+                            said.insert(n, std::time::Instant::now());
+                        }
+                        break;
+                    }
+                }
+            }
+            if sent > 0 {
+                tracing::info!("mirror {n} caught up {sent} object(s) of the stream");
+            }
+        }
     }
 
     /// A new generation: every page of one pinned state as the base, then its record.
@@ -529,21 +631,16 @@ impl Replica {
             base_stored_bytes: stored,
             base_sha256: sha,
         };
-        let json = serde_json::to_vec_pretty(&record).expect("serializable");
+        let record_file = self.opts.state_dir.join("generation.json");
+        std::fs::write(
+            &record_file,
+            serde_json::to_vec_pretty(&record).expect("serializable"),
+        )
+        .map_err(io(format!("writing {}", record_file.display())))?;
         let key = super::generation_key(&self.database, &generation);
-        let (_, mirrors) = self
-            .stores
-            .each(|store| {
-                let json = json.clone();
-                let key = key.clone();
-                async move { store.put_new(&key, &json).await }
-            })
-            .await?;
-        for m in mirrors {
-            if let Err(e) = m.result {
-                mirrors_failed.push(format!("mirror {}: {}", m.mirror, crate::error::chain(&e)));
-            }
-        }
+        // After the base: in a mirror's spool too, behind it.
+        let (_, failed) = self.ship(&key, &record_file).await?;
+        mirrors_failed.extend(failed);
         let meta = std::fs::metadata(self.source.path())
             .map_err(io(format!("reading {}", self.source.path().display())))?;
         if let Some(window) = self.opts.stream_window {
@@ -682,6 +779,9 @@ fn sha256_of(path: &Path) -> Result<String, Error> {
     std::io::copy(&mut f, &mut h).map_err(io(format!("reading {}", path.display())))?;
     Ok(crate::pipeline::hex(&h.finalize()))
 }
+
+/// The most a mirror's spool holds before it is dropped (and said).
+const SPOOL_MAX: u64 = 1 << 30;
 
 /// Objects up to this size are written in one request that never overwrites.
 const SMALL: u64 = 16 << 20;
