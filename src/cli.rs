@@ -208,6 +208,10 @@ pub struct DrillArgs {
     /// by a private server in the temp dir, checked, then removed; reports RTO and RPO.
     #[arg(long)]
     pub physical: bool,
+    /// SQLite: drill the newest state of the stream `dbward replicate` ships, built apart and
+    /// checked; reports RTO and RPO.
+    #[arg(long, conflicts_with = "physical")]
+    pub stream: bool,
     /// Write the JSON report here too.
     #[arg(long, value_name = "FILE")]
     pub report: Option<std::path::PathBuf>,

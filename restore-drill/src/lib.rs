@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod physical;
 pub mod postgres;
 pub mod sqlite;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -20,6 +20,9 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     let url = database_url(settings)?;
     let stores = settings.stores().await?;
     let store = stores.primary();
+    if args.stream {
+        return stream(settings, args, &url, &stores).await;
+    }
     if args.physical {
         use backup::pitr::cluster::Which;
         use restore_drill::physical::{drill, DrillOptions};
@@ -180,6 +183,16 @@ async fn finish(
             );
         }
     }
+    present(settings, args, &m.id, report)
+}
+
+/// `--report`, `--metrics` and the text of a drill's report of `what`; exit 1 unless it passed.
+fn present(
+    settings: &Settings,
+    args: &DrillArgs,
+    what: &str,
+    report: restore_drill::Report,
+) -> Result<Report, Failure> {
     let report_json = serde_json::to_value(&report).expect("serializes");
     if let Some(path) = &args.report {
         std::fs::write(path, format!("{report_json:#}\n"))
@@ -192,8 +205,7 @@ async fn finish(
     }
 
     let mut text = format!(
-        "restore drill of {} ({} old)\n",
-        m.id,
+        "restore drill of {what} ({} old)\n",
         age(report.snapshot_age_seconds)
     );
     for c in &report.checks {
@@ -214,7 +226,7 @@ async fn finish(
     }
     if let Some(rpo) = report.rpo_seconds {
         text.push_str(&format!(
-            "recovery point (RPO): the last transaction recovered committed {rpo:.0}s before the drill\n"
+            "recovery point (RPO): the state recovered is from {rpo:.0}s before the drill\n"
         ));
     }
     if report.success {
@@ -233,7 +245,7 @@ async fn finish(
             text,
             ..Failure::new(
                 Exit::Failed,
-                format!("restore drill of {} failed at {failed}", m.id),
+                format!("restore drill of {what} failed at {failed}"),
             )
         })
     }
@@ -247,4 +259,32 @@ fn age(seconds: f64) -> String {
         7200..172800 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86400),
     }
+}
+
+/// `restore-drill --stream`: the newest state of a SQLite database's stream, drilled apart.
+async fn stream(
+    settings: &Settings,
+    args: &DrillArgs,
+    url: &DatabaseUrl,
+    stores: &backup::StoreSet,
+) -> Result<Report, Failure> {
+    if !matches!(url, DatabaseUrl::Sqlite(_)) {
+        return Err(Failure::new(
+            Exit::Usage,
+            "--stream drills a SQLite database's stream (`dbward replicate`)",
+        ));
+    }
+    let opts = Options {
+        identities: settings.identities()?,
+        scratch: Scratch::SameServer,
+        probes: settings.drill.probes.clone(),
+        max_rto: settings.drill.max_rto,
+        max_snapshot_age: settings.drill.max_snapshot_age,
+        migrations: migrations(settings)?,
+        temp_dir: settings.temp_dir(),
+    };
+    let id = crate::service::stream::whose(url, stores.primary()).await?;
+    let report = restore_drill::stream::drill(stores, &url.name(), id.as_deref(), &opts).await;
+    let what = report.snapshot.clone();
+    present(settings, args, &what, report)
 }

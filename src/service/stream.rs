@@ -142,7 +142,7 @@ pub async fn restore(
 
 /// The identity whose stream a restore of `url` takes: the live database's, or for a missing
 /// one the store folder owner's.
-async fn whose(url: &DatabaseUrl, primary: &backup::Store) -> Result<Option<String>, Failure> {
+pub async fn whose(url: &DatabaseUrl, primary: &backup::Store) -> Result<Option<String>, Failure> {
     Ok(match backup::owner::live_identity(url).await? {
         backup::owner::Live::Present(id) => id,
         backup::owner::Live::Absent => backup::owner::read(primary, &url.name())

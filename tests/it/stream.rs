@@ -668,3 +668,56 @@ fn a_mirror_that_was_away_catches_up_and_restores_alone() {
     std::fs::remove_dir_all(p.path().join(".dbward/snapshots/app/stream")).unwrap();
     assert_eq!(restored_rows(&p, "from-the-mirror.db", &[]), "102");
 }
+
+/// `restore-drill --stream`: the stream's newest state built apart and checked, with RTO and
+/// RPO, metrics for the textfile collector; a damaged step fails it.
+#[test]
+fn a_drill_of_the_stream_proves_its_newest_state() {
+    let p = app();
+    once(&p);
+    sqlite(&db(&p), "INSERT INTO t (v) VALUES ('drilled')");
+    once(&p);
+    let metrics = p.path().join("drill.prom");
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args([
+        "--json",
+        "restore-drill",
+        "--stream",
+        "--metrics",
+        metrics.to_str().unwrap(),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let report = &json(&out)["report"];
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["restore", "integrity", "migration-head"],
+        "{report}"
+    );
+    assert!(report["rto_seconds"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["rpo_seconds"].as_f64().unwrap() >= 0.0, "{report}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("dbward_drill_success{database=\"app\"} 1"),
+        "{prom}"
+    );
+    // A step damaged in the store fails the drill (exit 1), and nothing of it is left.
+    let generation = std::fs::read_dir(p.path().join(".dbward/snapshots/app/stream"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| d.is_dir())
+        .unwrap();
+    common::flip_a_byte(&generation.join("0000000000000001.step.zst"));
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["restore-drill", "--stream"]));
+    assert_eq!(code, 1, "{err}");
+    let left: Vec<_> = std::fs::read_dir(p.path().join(".dbward/tmp"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
