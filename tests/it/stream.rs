@@ -721,3 +721,73 @@ fn a_drill_of_the_stream_proves_its_newest_state() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The blue-green SQLite set-up's container on an S3 server (as R2), a local mirror and age:
+/// `run --replicate --restore-if-missing` while the app writes, the volume lost, the next
+/// container gets the last writes back before its app starts, the stream drills from S3, and
+/// the mirror alone restores it.
+#[test]
+fn blue_green_on_s3_with_a_mirror_and_age_gets_a_lost_volume_back() {
+    let p = app();
+    let s3 = common::S3::start();
+    let server = common::Http::status(200);
+    let key = p.path().join("key.txt");
+    common::tool(Command::new("age-keygen").arg("-o").arg(&key));
+    let public = common::tool(Command::new("age-keygen").arg("-y").arg(&key));
+    let mirror = p.path().join("mirror");
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        format!(
+            "[encryption]\nrecipients = [{:?}]\n\n[store]\nmirrors = [\"file://{}\"]\n",
+            public.trim(),
+            mirror.display()
+        ),
+    )
+    .unwrap();
+    let dbward = |args: &[&str]| {
+        let mut c = p.dbward("sqlite:app.db");
+        s3.configure(&mut c);
+        c.env("DBWARD_AGE_IDENTITY_FILE", &key).args(args);
+        c
+    };
+    let container = |script: &str| {
+        run(&mut dbward(&[
+            "run",
+            "--replicate",
+            "--restore-if-missing",
+            "--url",
+            &server.url(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]))
+    };
+    let (code, _, err) = container(
+        "sleep 1; for i in $(seq 20); do sqlite3 app.db \"INSERT INTO t (v) VALUES ('row $i')\"; sleep 0.05; done",
+    );
+    assert_eq!(code, 0, "{err}");
+    for side in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(p.path().join(format!("app.db{side}")));
+    }
+    let (code, _, err) = container("sqlite3 app.db 'SELECT count(*) FROM t' > seen; sleep 1");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("seen"))
+            .unwrap()
+            .trim(),
+        "120",
+        "{err}"
+    );
+    let (code, _, err) = run(&mut dbward(&["restore-drill", "--stream"]));
+    assert_eq!(code, 0, "{err}");
+    // The mirror alone, as the only store.
+    let mut from_mirror = dbward(&["restore", "--stream", "--to", "from-mirror.db"]);
+    from_mirror.env("DBWARD_STORE", format!("file://{}", mirror.display()));
+    let (code, _, err) = run(&mut from_mirror);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        sqlite(&p.path().join("from-mirror.db"), "SELECT count(*) FROM t"),
+        "120"
+    );
+}
