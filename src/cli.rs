@@ -125,6 +125,10 @@ pub struct ReplicateArgs {
     /// Ship one step (the base, when the stream must begin) and exit.
     #[arg(long)]
     pub once: bool,
+    /// Write Prometheus textfile metrics here after each step: when the newest state in the
+    /// primary store was read (its age is the lag), steps, failed steps.
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -49,7 +49,11 @@ pub async fn run(settings: &Settings, args: &ReplicateArgs) -> Result<Report, Fa
             _ = int.recv() => {}
         }
     };
-    let steps = until(&mut replica, args.interval, stop).await;
+    let metrics = args.metrics.as_deref().map(|path| Metrics {
+        path,
+        database: url_name(settings),
+    });
+    let steps = until(&mut replica, args.interval, stop, metrics.as_ref()).await;
     Ok(Report {
         text: format!("replication stopped after {steps} step(s)\n"),
         json: json!({ "steps": steps }),
@@ -79,8 +83,55 @@ async fn open(settings: &Settings) -> Result<Replica, Failure> {
     Ok(Replica::open(path, stores, &url.name(), opts).await?)
 }
 
+/// Where `--metrics` goes, and the database it is about.
+struct Metrics<'a> {
+    path: &'a std::path::Path,
+    database: String,
+}
+
+impl Metrics<'_> {
+    /// The gauges after a step: when the newest state in the primary was read, the counts.
+    fn write(&self, newest: Option<Instant>, steps: u64, failed: u64) {
+        let mut g = restore_drill::metrics::Gauges::new(&self.database);
+        if let Some(at) = newest {
+            let read_at = std::time::SystemTime::now() - at.elapsed();
+            let secs = read_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            g.gauge(
+                "dbward_stream_last_step_timestamp_seconds",
+                "When the newest state in the primary store was read (time() minus it: the replication lag).",
+                format!("{secs:.3}"),
+            );
+        }
+        g.gauge(
+            "dbward_stream_steps",
+            "Steps shipped since the replicator started.",
+            steps,
+        );
+        g.gauge(
+            "dbward_stream_failed_steps",
+            "Steps that failed since the last one that did not.",
+            failed,
+        );
+        if let Err(e) = restore_drill::metrics::write_textfile(self.path, &g.into_text()) {
+            tracing::warn!("--metrics {}: {e}", self.path.display());
+        }
+    }
+}
+
+fn url_name(settings: &Settings) -> String {
+    database_url(settings).map(|u| u.name()).unwrap_or_default()
+}
+
 /// Steps every `interval` until `stop` (then one last step); how many shipped something.
-async fn until(replica: &mut Replica, interval: Duration, stop: impl std::future::Future) -> u64 {
+async fn until(
+    replica: &mut Replica,
+    interval: Duration,
+    stop: impl std::future::Future,
+    metrics: Option<&Metrics<'_>>,
+) -> u64 {
     let per_hour = (3600.0 / interval.as_secs_f64().max(0.001)).ceil() as u64;
     tracing::info!(
         "replicating every change, at most one step every {}: at most {per_hour} writes an hour to each store while the database changes, none while it does not",
@@ -95,6 +146,9 @@ async fn until(replica: &mut Replica, interval: Duration, stop: impl std::future
     tokio::pin!(stop);
     let mut stopping = false;
     let (mut last_step, mut seen) = (None::<Instant>, None);
+    // When the newest state the primary took was read (a step that shipped nothing: the state
+    // had not changed, so the newest is the current one).
+    let mut newest = None::<Instant>;
     loop {
         // A stop request ships what changed first.
         tokio::select! {
@@ -112,8 +166,10 @@ async fn until(replica: &mut Replica, interval: Duration, stop: impl std::future
         // Taken before the step: a commit during it makes the next look differ.
         seen = now;
         last_step = Some(Instant::now());
+        let read_at = Instant::now();
         match replica.step().await {
             Ok(shipped) => {
+                newest = Some(read_at);
                 if shipped.seq.is_some() || shipped.new_generation.is_some() {
                     steps += 1;
                     tracing::debug!("{}", describe(&shipped).trim_end());
@@ -135,6 +191,9 @@ async fn until(replica: &mut Replica, interval: Duration, stop: impl std::future
                     said_at = Some(Instant::now());
                 }
             }
+        }
+        if let Some(m) = metrics {
+            m.write(newest, steps, failures_since);
         }
         if stopping {
             break;
@@ -184,7 +243,7 @@ pub async fn beside(settings: &Settings, interval: Duration) -> Result<Beside, F
                     }
                 };
                 let _ = opened_tx.send(Ok(()));
-                until(&mut replica, interval, stop_rx).await;
+                until(&mut replica, interval, stop_rx, None).await;
                 let _ = done_tx.send(());
             });
         })

@@ -30,7 +30,8 @@ impl Replicator {
     fn start(p: &Project) -> Replicator {
         Replicator(Some(
             p.dbward("sqlite:app.db")
-                .args(["replicate", "--interval", "100ms"])
+                .args(["replicate", "--interval", "100ms", "--metrics"])
+                .arg(p.path().join("replicate.prom"))
                 // A file: a pipe nobody reads would stop it once full.
                 .stderr(std::fs::File::create(p.path().join("replicate.log")).unwrap())
                 .spawn()
@@ -204,6 +205,25 @@ fn a_running_replicator_ships_every_commit_and_a_second_one_is_refused() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Its gauges say how old the newest state in the store is: the lag.
+    let prom = std::fs::read_to_string(p.path().join("replicate.prom")).unwrap();
+    let at: f64 = prom
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("dbward_stream_last_step_timestamp_seconds{database=\"app\"} ")
+        })
+        .unwrap_or_else(|| panic!("{prom}"))
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(now - at < 60.0, "{prom}");
+    assert!(
+        prom.contains("dbward_stream_failed_steps{database=\"app\"} 0"),
+        "{prom}"
+    );
     let (status, log) = replicator.stop(&p);
     assert!(status.success(), "{status}: {log}");
 }
