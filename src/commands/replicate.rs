@@ -76,7 +76,10 @@ async fn open(settings: &Settings) -> Result<Replica, Failure> {
         level: settings.level,
         encryption: settings.encryption()?,
         busy: settings.lock_timeout.min(Duration::from_secs(5)),
-        state_dir: settings.state_dir.join("stream").join(url.name()),
+        state_dir: settings
+            .state_dir
+            .join("stream")
+            .join(state_name(path, &url.name())),
         base_every: BASE_EVERY,
         stream_window: settings.stream_window,
     };
@@ -123,6 +126,16 @@ impl Metrics<'_> {
 
 fn url_name(settings: &Settings) -> String {
     database_url(settings).map(|u| u.name()).unwrap_or_default()
+}
+
+/// The replicator's local folder's name: the database's name and a hash of its real path, so
+/// two databases of one name (in two directories) never share one.
+fn state_name(path: &std::path::Path, name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let digest = Sha256::digest(real.as_os_str().as_encoded_bytes());
+    let tail: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{name}-{tail}")
 }
 
 /// Steps every `interval` until `stop` (then one last step); how many shipped something.

@@ -34,6 +34,8 @@ pub struct Pinned<'a> {
     pub changes: Changes,
     pub page_size: u32,
     pub page_count: u32,
+    /// When the write lock was held: every commit before it is in the state, none after it.
+    pub at: time::OffsetDateTime,
 }
 
 fn source_err(db: &Path, what: &str, e: impl std::fmt::Display) -> Error {
@@ -108,6 +110,7 @@ impl Source {
         self.lock
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(err("taking the write lock"))?;
+        let at = time::OffsetDateTime::now_utc();
         let pinned = (|| {
             let tail = wal::changes(&self.wal, from).map_err(Error::io("reading the WAL"))?;
             self.read
@@ -122,12 +125,10 @@ impl Source {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .map_err(err("reading its size"))?;
+            // The frames read ahead could not be followed (a restart in progress, say): what
+            // was read under the lock, from the last step, stands alone.
             let changes = if ahead.unknown.is_some() {
-                Changes {
-                    pages: ahead.pages,
-                    to: tail.to,
-                    unknown: ahead.unknown,
-                }
+                tail
             } else {
                 let mut pages = ahead.pages;
                 pages.extend(tail.pages);
@@ -153,6 +154,7 @@ impl Source {
             changes,
             page_size,
             page_count,
+            at,
         })
     }
 }

@@ -97,6 +97,8 @@ pub struct Replica {
     _lease: std::fs::File,
     /// When each mirror's refusal was last said.
     said: std::sync::Mutex<std::collections::HashMap<usize, std::time::Instant>>,
+    /// A mirror's spool was dropped: a new generation gives it a whole one again.
+    base_wanted: std::sync::atomic::AtomicBool,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -124,6 +126,7 @@ impl Replica {
             local: None,
             _lease: lease,
             said: Default::default(),
+            base_wanted: Default::default(),
         };
         r.local = r.resume().await;
         Ok(r)
@@ -208,6 +211,16 @@ impl Replica {
                 .new_generation("first start, or the last one cannot be continued")
                 .await;
         };
+        if self
+            .base_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return self
+                .new_generation(
+                    "a mirror's spool was dropped: a new base gives it a whole generation",
+                )
+                .await;
+        }
         if (meta.dev(), meta.ino()) != (local.dev, local.ino) {
             self.source = Source::open(&path, self.opts.busy)?;
             return self
@@ -245,9 +258,8 @@ impl Replica {
     async fn next_step(&mut self, local: &Local, table: &mut Table) -> Result<Next, Failed> {
         let spool = self.opts.state_dir.join("step.payload");
         let seq = local.seq + 1;
-        let captured_at = crate::manifest::now_rfc3339(time::OffsetDateTime::now_utc());
         // The pages that differ from their hashes, recorded into the payload file.
-        let (changed, to, page_size, page_count) = {
+        let (changed, to, page_size, page_count, captured_at) = {
             let pinned = self.source.pin(local.position).map_err(Failed::Before)?;
             if pinned.page_size != local.page_size {
                 return Ok(Next::NewGeneration(
@@ -260,6 +272,7 @@ impl Replica {
                 pinned.changes.to,
                 pinned.page_size,
                 pinned.page_count,
+                crate::manifest::now_rfc3339(pinned.at),
             )
         };
         if changed.is_empty() && page_count == local.page_count {
@@ -369,6 +382,7 @@ impl Replica {
         let dir = |level: u32| self.level_dir(&last.generation, level);
         let keep = |level: u32, seq: u64| dir(level).join(format!("{seq:016x}"));
         std::fs::create_dir_all(dir(0))
+            .and_then(|()| std::fs::File::open(spool)?.sync_all())
             .and_then(|()| std::fs::rename(spool, keep(0, last.seq)))
             .map_err(io("keeping the step's payload"))?;
         for level in 1..=super::LEVELS.len() as u32 {
@@ -495,13 +509,21 @@ impl Replica {
                 "mirror {n} has not taken the stream's objects for a while: its spool ({held} bytes) is dropped, and its copy of the stream has a gap until the next generation begins"
             );
             std::fs::remove_dir_all(&dir).map_err(io(format!("emptying {}", dir.display())))?;
+            self.base_wanted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(());
         }
-        let seq = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let at = dir.join(format!("{seq:032}"));
+        // The next number after those waiting: the order objects were made in, whatever the
+        // clock does.
+        let next = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+                    .max()
+                    .map_or(0, |m| m + 1)
+            })
+            .unwrap_or(0);
+        let at = dir.join(format!("{next:020}"));
         std::fs::copy(path, &at)
             .and_then(|_| std::fs::write(at.with_extension("key"), key))
             .map_err(io(format!("keeping {key} for mirror {n}")))?;
@@ -589,7 +611,7 @@ impl Replica {
         let _ = std::fs::remove_dir_all(self.opts.state_dir.join("levels"));
         let raw = self.opts.state_dir.join("base.raw");
         let mut table = Table::create(&self.table_file()).map_err(io("writing the page hashes"))?;
-        let (to, page_size, page_count) = {
+        let (to, page_size, page_count, started_at) = {
             let pinned = self.source.pin(None)?;
             let mut out = std::io::BufWriter::new(
                 std::fs::File::create(&raw).map_err(io(format!("writing {}", raw.display())))?,
@@ -603,7 +625,12 @@ impl Replica {
             })?;
             out.flush()
                 .map_err(io(format!("writing {}", raw.display())))?;
-            (pinned.changes.to, pinned.page_size, pinned.page_count)
+            (
+                pinned.changes.to,
+                pinned.page_size,
+                pinned.page_count,
+                crate::manifest::now_rfc3339(pinned.at),
+            )
         };
         let object = self.opts.state_dir.join("base.object");
         compress_file(
@@ -622,7 +649,7 @@ impl Replica {
             dbward_stream: 1,
             generation: generation.clone(),
             database_id,
-            started_at: crate::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
+            started_at,
             reason: reason.to_string(),
             page_size,
             page_count,

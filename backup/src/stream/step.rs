@@ -131,10 +131,24 @@ pub fn merge(
             std::fs::File::open(part).map_err(io(format!("reading {}", part.display())))?,
         );
         loop {
-            match f.read_exact(&mut rec) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(io(format!("reading {}", part.display()))(e)),
+            // A record cut short is a damaged payload, never the end of one.
+            let mut got = 0;
+            while got < rec.len() {
+                match f.read(&mut rec[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io(format!("reading {}", part.display()))(e)),
+                }
+            }
+            if got == 0 {
+                break;
+            }
+            if got < rec.len() {
+                return Err(Error::Damaged(format!(
+                    "{} ends in the middle of a page record",
+                    part.display()
+                )));
             }
             let pgno = u32::from_be_bytes(rec[..4].try_into().expect("4 bytes"));
             pages
