@@ -192,6 +192,24 @@ impl Identities {
         )
     }
 
+    /// An object's bytes as stored before encryption: decrypted when its key says it is
+    /// encrypted (`.age`), as they are otherwise; `after` ends a refusal's message.
+    pub fn plain<'a>(
+        &self,
+        object: &'a [u8],
+        key: &str,
+        after: &str,
+    ) -> Result<Box<dyn Read + 'a>, Error> {
+        if !key.ends_with(".age") {
+            return Ok(Box::new(object));
+        }
+        Ok(Box::new(self.open(
+            object,
+            &format!("{key} is encrypted (age)"),
+            after,
+        )?))
+    }
+
     /// age's reader over `input` (an object with no manifest: a WAL file), or the refusal:
     /// `Damaged` for what is not age, `NoKey` when no identity opens it. `what` names the
     /// object in the message, `after` says what that means.

@@ -219,6 +219,47 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The most a header frame holds: a header is a few hundred bytes; more is not one of ours.
+const HEADER_MAX: u32 = 64 << 10;
+
+/// Writes `header` as a zstd skippable frame (`magic`, one of 0x184D2A50-0x184D2A5F, then its
+/// length, both little-endian): `zstd -d` skips it, dbward reads it back with
+/// [`read_header_frame`].
+pub fn write_header_frame<W: Write + ?Sized>(
+    out: &mut W,
+    magic: u32,
+    header: &[u8],
+) -> std::io::Result<()> {
+    out.write_all(&magic.to_le_bytes())?;
+    out.write_all(&(header.len() as u32).to_le_bytes())?;
+    out.write_all(header)
+}
+
+/// Why a header frame was not read.
+pub enum HeaderFrame {
+    Unreadable(std::io::Error),
+    /// The input does not start with a frame of this magic (and a sane length).
+    NotOurs,
+}
+
+/// The header a stream starts with, written by [`write_header_frame`] with `magic`.
+pub fn read_header_frame(input: &mut impl Read, magic: u32) -> Result<Vec<u8>, HeaderFrame> {
+    let mut head = [0u8; 8];
+    input
+        .read_exact(&mut head)
+        .map_err(HeaderFrame::Unreadable)?;
+    let got = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+    let len = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
+    if got != magic || len > HEADER_MAX {
+        return Err(HeaderFrame::NotOurs);
+    }
+    let mut header = vec![0u8; len as usize];
+    input
+        .read_exact(&mut header)
+        .map_err(HeaderFrame::Unreadable)?;
+    Ok(header)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

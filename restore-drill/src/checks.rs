@@ -171,16 +171,10 @@ where
     Ok(((), format!("{} probe(s) true", probes.len())))
 }
 
-pub fn head_matches(head: Option<dbconn::Applied>, m: &Manifest, opts: &Options) -> Outcome<()> {
-    let got = head.as_ref().map(|h| (h.version, h.checksum.to_string()));
-    let want = m
-        .migration_head
-        .as_ref()
-        .map(|h| (h.version, h.checksum.clone()));
-    if got != want {
-        return Err(format!("restored head {got:?}, the manifest says {want:?}").into());
-    }
-    if let (Some(files), Some((v, sum))) = (&opts.migrations, &got) {
+/// The restored head (version, checksum) is one of the migrations folder's files, unchanged,
+/// when the folder is known.
+pub fn in_folder(got: &Option<(i64, String)>, opts: &Options) -> Result<(), CheckFailure> {
+    if let (Some(files), Some((v, sum))) = (&opts.migrations, got) {
         match files.iter().find(|f| f.version == *v) {
             Some(f) if f.checksum.to_string() == *sum => {}
             Some(f) => {
@@ -193,6 +187,19 @@ pub fn head_matches(head: Option<dbconn::Applied>, m: &Manifest, opts: &Options)
             None => return Err(format!("head V{v} is not in the migrations folder").into()),
         }
     }
+    Ok(())
+}
+
+pub fn head_matches(head: Option<dbconn::Applied>, m: &Manifest, opts: &Options) -> Outcome<()> {
+    let got = head.as_ref().map(|h| (h.version, h.checksum.to_string()));
+    let want = m
+        .migration_head
+        .as_ref()
+        .map(|h| (h.version, h.checksum.clone()));
+    if got != want {
+        return Err(format!("restored head {got:?}, the manifest says {want:?}").into());
+    }
+    in_folder(&got, opts)?;
     let head = got
         .map(|(v, _)| format!("V{v}"))
         .unwrap_or_else(|| "no migration".into());

@@ -129,19 +129,7 @@ async fn checks_of(c: &rusqlite::Connection, opts: &Options, checks: &mut Checks
 /// known).
 fn head_in_folder(head: Option<dbconn::Applied>, opts: &Options) -> Outcome<()> {
     let got = head.as_ref().map(|h| (h.version, h.checksum.to_string()));
-    if let (Some(files), Some((v, sum))) = (&opts.migrations, &got) {
-        match files.iter().find(|f| f.version == *v) {
-            Some(f) if f.checksum.to_string() == *sum => {}
-            Some(f) => {
-                return Err(format!(
-                    "head V{v} differs from {} in the migrations folder",
-                    f.path.display()
-                )
-                .into())
-            }
-            None => return Err(format!("head V{v} is not in the migrations folder").into()),
-        }
-    }
+    checks::in_folder(&got, opts)?;
     Ok((
         (),
         got.map(|(v, _)| format!("V{v}"))

@@ -129,12 +129,7 @@ async fn stream_retention(
         return Ok((String::new(), Vec::new()));
     };
     let stores = settings.stores().await?;
-    let id = match backup::owner::live_identity(url).await? {
-        backup::owner::Live::Present(id) => id,
-        backup::owner::Live::Absent => backup::owner::read(stores.primary(), &url.name())
-            .await?
-            .map(|o| o.database_id),
-    };
+    let id = crate::service::stream::whose(url, stores.primary()).await?;
     let db = url.name();
     let (removed, mirrors) = stores
         .each(|store| backup::stream::prune::prune(store, &db, id.as_deref(), window, dry_run))

@@ -103,15 +103,8 @@ async fn physical(
     use crate::service::pitr::restore_to;
     use backup::pitr::cluster::Which;
     let usage = |m: String| Failure::new(Exit::Usage, m);
-    let which = if let Some(t) = &args.time {
-        Which::Time(
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| {
-                    usage(format!(
-                        "--time {t}: not an RFC 3339 time ({e}); e.g. 2026-11-26T09:30:00Z"
-                    ))
-                })?,
-        )
+    let which = if let Some(t) = time_of(args)? {
+        Which::Time(t)
     } else if let Some(l) = &args.lsn {
         Which::Lsn(
             backup::pitr::base::parse_lsn(l)
@@ -187,20 +180,7 @@ async fn stream(
     url: &migrator::DatabaseUrl,
     args: &RestoreArgs,
 ) -> Result<Report, Failure> {
-    let until = match &args.time {
-        Some(t) => Some(
-            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| {
-                    Failure::new(
-                        Exit::Usage,
-                        format!(
-                            "--time {t}: not an RFC 3339 time ({e}); e.g. 2026-11-26T09:30:00Z"
-                        ),
-                    )
-                })?,
-        ),
-        None => None,
-    };
+    let until = time_of(args)?;
     if args.to.is_none() {
         confirm(
             args.yes,
@@ -241,4 +221,19 @@ async fn stream(
         json: json!({ "restored": restored }),
         code: Exit::Success,
     })
+}
+
+/// `--time`, parsed (RFC 3339).
+fn time_of(args: &RestoreArgs) -> Result<Option<time::OffsetDateTime>, Failure> {
+    let Some(t) = &args.time else {
+        return Ok(None);
+    };
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .map(Some)
+        .map_err(|e| {
+            Failure::new(
+                Exit::Usage,
+                format!("--time {t}: not an RFC 3339 time ({e}); e.g. 2026-11-26T09:30:00Z"),
+            )
+        })
 }

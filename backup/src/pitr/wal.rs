@@ -35,8 +35,6 @@ pub const DIR: &str = "wal";
 /// The skippable-frame magic number the header is stored under (zstd reserves
 /// 0x184D2A50-0x184D2A5F for frames a decoder skips).
 const HEADER_MAGIC: u32 = 0x184D_2A5D;
-/// A header is a few hundred bytes; more is not one of ours.
-const HEADER_MAX: u32 = 64 << 10;
 
 /// What the header of a stored WAL file says about it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -348,9 +346,8 @@ fn encode(
     let io = |what: &'static str| Error::io(format!("compressing {} ({what})", header.name));
     let json = serde_json::to_vec(header).expect("serializable");
     let mut plain = Vec::with_capacity(raw.len() / 3 + json.len() + 8);
-    plain.extend_from_slice(&HEADER_MAGIC.to_le_bytes());
-    plain.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    plain.extend_from_slice(&json);
+    crate::pipeline::write_header_frame(&mut plain, HEADER_MAGIC, &json)
+        .expect("writing to memory");
     let mut enc = zstd::stream::write::Encoder::new(plain, level).map_err(io("zstd init"))?;
     enc.include_checksum(true).map_err(io("zstd checksum"))?;
     enc.write_all(raw).map_err(io("zstd"))?;
@@ -366,42 +363,16 @@ fn encode(
     out.finish().map_err(io("age"))
 }
 
-/// The object's bytes as zstd (decrypted when its key says it is encrypted); `after` ends a
-/// refusal's message.
-fn plain_reader<'a>(
-    object: &'a [u8],
-    key: &str,
-    identities: &Identities,
-    after: &str,
-) -> Result<Box<dyn Read + 'a>, Error> {
-    if !key.ends_with(".age") {
-        return Ok(Box::new(object));
-    }
-    Ok(Box::new(identities.open(
-        object,
-        &format!("{key} is encrypted (age)"),
-        after,
-    )?))
-}
-
 fn damaged(key: &str, why: impl std::fmt::Display) -> Error {
     Error::Damaged(format!("{key} is not a WAL file dbward stored: {why}"))
 }
 
 fn header_from(input: &mut impl Read, key: &str) -> Result<Header, Error> {
-    let mut head = [0u8; 8];
-    input
-        .read_exact(&mut head)
-        .map_err(|e| damaged(key, format!("reading its header: {e}")))?;
-    let magic = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
-    let len = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
-    if magic != HEADER_MAGIC || len > HEADER_MAX {
-        return Err(damaged(key, "it does not start with dbward's header frame"));
-    }
-    let mut json = vec![0u8; len as usize];
-    input
-        .read_exact(&mut json)
-        .map_err(|e| damaged(key, format!("reading its header: {e}")))?;
+    use crate::pipeline::{read_header_frame, HeaderFrame};
+    let json = read_header_frame(input, HEADER_MAGIC).map_err(|e| match e {
+        HeaderFrame::Unreadable(e) => damaged(key, format!("reading its header: {e}")),
+        HeaderFrame::NotOurs => damaged(key, "it does not start with dbward's header frame"),
+    })?;
     serde_json::from_slice(&json).map_err(|e| damaged(key, format!("its header: {e}")))
 }
 
@@ -474,7 +445,7 @@ fn write_checked(
     dest: &Path,
     identities: &Identities,
 ) -> Result<u64, Error> {
-    let mut input = plain_reader(object, key, identities, "The WAL file was not fetched.")?;
+    let mut input = identities.plain(object, key, "The WAL file was not fetched.")?;
     let header = header_from(&mut input, key)?;
     if header.name != name {
         return Err(damaged(key, format!("its header names {}", header.name)));
@@ -837,7 +808,7 @@ mod tests {
         let object = encode(&header, &raw, 3, None).unwrap();
         // Any zstd decoder skips the header frame.
         assert_eq!(zstd::decode_all(&object[..]).unwrap(), raw);
-        let mut plain = plain_reader(&object, "k", &Identities::none(), "").unwrap();
+        let mut plain = Identities::none().plain(&object, "k", "").unwrap();
         assert_eq!(header_from(&mut plain, "k").unwrap(), header);
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("RECOVERYXLOG");

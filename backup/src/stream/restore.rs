@@ -100,12 +100,7 @@ pub async fn newest(
         return Ok(Some((g.generation, 0, g.started_at)));
     };
     let object = store.get_bytes(&key).await?;
-    let mut plain: Box<dyn std::io::Read + '_> = if key.ends_with(".age") {
-        Box::new(identities.open(&object[..], &format!("{key} is encrypted (age)"), "")?)
-    } else {
-        Box::new(&object[..])
-    };
-    let h = step::header_from(&mut plain, &key)?;
+    let h = step::header_of(&object, &key, identities)?;
     Ok(Some((g.generation, seq, h.captured_at)))
 }
 
@@ -170,16 +165,7 @@ pub async fn build(
             // The header says when the state was read: past `until`, a narrower object (or
             // none: the restore ends here).
             if let Some(t) = until {
-                let mut plain: Box<dyn std::io::Read + '_> = if key.ends_with(".age") {
-                    Box::new(identities.open(
-                        &object[..],
-                        &format!("{key} is encrypted (age)"),
-                        "",
-                    )?)
-                } else {
-                    Box::new(&object[..])
-                };
-                let h = step::header_from(&mut plain, key)?;
+                let h = step::header_of(&object, key, identities)?;
                 if parse_time(&h.captured_at).is_none_or(|c| c > t) {
                     continue;
                 }
@@ -233,15 +219,7 @@ async fn base_into(
             g.base_key, g.base_sha256
         )));
     }
-    let plain: Box<dyn std::io::Read + '_> = if g.base_key.ends_with(".age") {
-        Box::new(identities.open(
-            &object[..],
-            &format!("{} is encrypted (age)", g.base_key),
-            "",
-        )?)
-    } else {
-        Box::new(&object[..])
-    };
+    let plain = identities.plain(&object, &g.base_key, "")?;
     let mut dec = zstd::stream::read::Decoder::new(plain)
         .map_err(|e| Error::Damaged(format!("{} does not decode: {e}", g.base_key)))?;
     let mut out = std::fs::OpenOptions::new()

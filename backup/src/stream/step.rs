@@ -23,7 +23,6 @@ use crate::error::Error;
 
 /// The skippable-frame magic a step's header is stored under (the WAL archive's is 0x184D2A5D).
 pub const HEADER_MAGIC: u32 = 0x184D_2A5E;
-const HEADER_MAX: u32 = 64 << 10;
 
 /// What a step says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -95,9 +94,7 @@ fn write_plain<W: Write + ?Sized>(
     level: i32,
     out: &mut W,
 ) -> std::io::Result<()> {
-    out.write_all(&HEADER_MAGIC.to_le_bytes())?;
-    out.write_all(&(json.len() as u32).to_le_bytes())?;
-    out.write_all(json)?;
+    crate::pipeline::write_header_frame(out, HEADER_MAGIC, json)?;
     let mut enc = zstd::stream::write::Encoder::new(out, level)?;
     enc.include_checksum(true)?;
     std::io::copy(&mut std::fs::File::open(payload)?, &mut enc)?;
@@ -194,11 +191,7 @@ pub fn apply(
     identities: &Identities,
     to: &Path,
 ) -> Result<Header, Error> {
-    let mut plain: Box<dyn Read + '_> = if key.ends_with(".age") {
-        Box::new(identities.open(object, &format!("{key} is encrypted (age)"), "")?)
-    } else {
-        Box::new(object)
-    };
+    let mut plain = identities.plain(object, key, "")?;
     let header = header_from(&mut plain, key)?;
     if header.dbward_step != 1 {
         return Err(damaged(
@@ -247,20 +240,18 @@ pub fn apply(
     Ok(header)
 }
 
+/// The header of the step in `object` (as stored at `key`, decrypted with `identities` when it
+/// is encrypted).
+pub fn header_of(object: &[u8], key: &str, identities: &Identities) -> Result<Header, Error> {
+    header_from(&mut identities.plain(object, key, "")?, key)
+}
+
 /// A step's header, read from the first bytes of its plain (decrypted) object.
 pub fn header_from(input: &mut impl Read, key: &str) -> Result<Header, Error> {
-    let mut head = [0u8; 8];
-    input
-        .read_exact(&mut head)
-        .map_err(|e| damaged(key, format!("reading its header: {e}")))?;
-    let magic = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
-    let len = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
-    if magic != HEADER_MAGIC || len > HEADER_MAX {
-        return Err(damaged(key, "it does not start with a step's header frame"));
-    }
-    let mut json = vec![0u8; len as usize];
-    input
-        .read_exact(&mut json)
-        .map_err(|e| damaged(key, format!("reading its header: {e}")))?;
+    use crate::pipeline::{read_header_frame, HeaderFrame};
+    let json = read_header_frame(input, HEADER_MAGIC).map_err(|e| match e {
+        HeaderFrame::Unreadable(e) => damaged(key, format!("reading its header: {e}")),
+        HeaderFrame::NotOurs => damaged(key, "it does not start with a step's header frame"),
+    })?;
     serde_json::from_slice(&json).map_err(|e| damaged(key, format!("its header: {e}")))
 }
