@@ -58,6 +58,34 @@ impl Drop for Replicator {
     }
 }
 
+/// The project's settings encrypt to a new age key (`key.txt`, made by the real `age-keygen`)
+/// and mirror into `mirror/`: the key file and the mirror.
+fn encrypted_and_mirrored(p: &Project) -> (PathBuf, PathBuf) {
+    let key = p.path().join("key.txt");
+    common::tool(Command::new("age-keygen").arg("-o").arg(&key));
+    let public = common::tool(Command::new("age-keygen").arg("-y").arg(&key));
+    let mirror = p.path().join("mirror");
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        format!(
+            "[encryption]\nrecipients = [{:?}]\n\n[store]\nmirrors = [\"file://{}\"]\n",
+            public.trim(),
+            mirror.display()
+        ),
+    )
+    .unwrap();
+    (key, mirror)
+}
+
+/// The folder of the stream's (one) generation in the project's default store.
+fn generation_dir(p: &Project) -> PathBuf {
+    std::fs::read_dir(p.path().join(".dbward/snapshots/app/stream"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| d.is_dir())
+        .unwrap()
+}
+
 fn db(p: &Project) -> PathBuf {
     p.path().join("app.db")
 }
@@ -129,12 +157,7 @@ fn steps_follow_writes_checkpoints_and_vacuum_and_any_step_restores() {
     );
 
     // The standard tools alone build the same state (docs/stream-restore.py).
-    let store = p.path().join(".dbward/snapshots/app/stream");
-    let generation = std::fs::read_dir(&store)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|d| d.is_dir())
-        .unwrap();
+    let generation = generation_dir(&p);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/stream-restore.py");
     let out = common::tool(
         Command::new("python3")
@@ -234,19 +257,7 @@ fn a_running_replicator_ships_every_commit_and_a_second_one_is_refused() {
 #[test]
 fn an_encrypted_stream_is_mirrored_and_restores_with_the_identity() {
     let p = app();
-    let key = p.path().join("key.txt");
-    common::tool(Command::new("age-keygen").arg("-o").arg(&key));
-    let public = common::tool(Command::new("age-keygen").arg("-y").arg(&key));
-    let mirror = p.path().join("mirror");
-    std::fs::write(
-        p.path().join("dbward.toml"),
-        format!(
-            "[encryption]\nrecipients = [{:?}]\n\n[store]\nmirrors = [\"file://{}\"]\n",
-            public.trim(),
-            mirror.display()
-        ),
-    )
-    .unwrap();
+    let (key, mirror) = encrypted_and_mirrored(&p);
     once(&p);
     sqlite(
         &db(&p),
@@ -420,12 +431,7 @@ fn compacted_steps_shorten_a_restore_and_any_step_is_still_reached() {
                 .unwrap(),
         );
     }
-    let stream = p.path().join(".dbward/snapshots/app/stream");
-    let generation = std::fs::read_dir(&stream)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|d| d.is_dir())
-        .unwrap();
+    let generation = generation_dir(&p);
     let mut compacted: Vec<String> = std::fs::read_dir(&generation)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -726,11 +732,7 @@ fn a_drill_of_the_stream_proves_its_newest_state() {
         "{prom}"
     );
     // A step damaged in the store fails the drill (exit 1), and nothing of it is left.
-    let generation = std::fs::read_dir(p.path().join(".dbward/snapshots/app/stream"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|d| d.is_dir())
-        .unwrap();
+    let generation = generation_dir(&p);
     common::flip_a_byte(&generation.join("0000000000000001.step.zst"));
     let (code, _, err) = run(p
         .dbward("sqlite:app.db")
@@ -751,19 +753,7 @@ fn blue_green_on_s3_with_a_mirror_and_age_gets_a_lost_volume_back() {
     let p = app();
     let s3 = common::S3::start();
     let server = common::Http::status(200);
-    let key = p.path().join("key.txt");
-    common::tool(Command::new("age-keygen").arg("-o").arg(&key));
-    let public = common::tool(Command::new("age-keygen").arg("-y").arg(&key));
-    let mirror = p.path().join("mirror");
-    std::fs::write(
-        p.path().join("dbward.toml"),
-        format!(
-            "[encryption]\nrecipients = [{:?}]\n\n[store]\nmirrors = [\"file://{}\"]\n",
-            public.trim(),
-            mirror.display()
-        ),
-    )
-    .unwrap();
+    let (key, mirror) = encrypted_and_mirrored(&p);
     let dbward = |args: &[&str]| {
         let mut c = p.dbward("sqlite:app.db");
         s3.configure(&mut c);
