@@ -273,8 +273,8 @@ pub struct RunArgs {
     /// `restore.if_missing = true`.
     #[arg(long)]
     pub restore_if_missing: bool,
-    /// SQLite: once migrated, replicate the database beside the application (as `dbward
-    /// replicate` does) until it ends.
+    /// SQLite: replicate the database (as `dbward replicate` does) from before the migration,
+    /// whose pre-deploy snapshot is then a position of the stream, until the application ends.
     #[arg(long)]
     pub replicate: bool,
     /// The application and its arguments, after `--`.

@@ -42,6 +42,9 @@ pub enum Format {
     /// A restore point in the cluster's WAL archive (`pg_create_restore_point`): no data
     /// object of its own; a base before it and the archived WAL up to it restore it.
     Pgpoint,
+    /// A position in a SQLite database's stream (`dbward replicate`): no data object of its
+    /// own; the generation's base and its steps up to `seq` restore it.
+    Streampoint,
 }
 
 impl Format {
@@ -50,7 +53,7 @@ impl Format {
             Format::Sqlite => "sqlite",
             Format::Pgdump => "pgdump",
             Format::Pgbase => "base.tar",
-            Format::Pgpoint => "point",
+            Format::Pgpoint | Format::Streampoint => "point",
         }
     }
 }
@@ -78,6 +81,9 @@ pub struct Manifest {
     /// A restore point's facts (format `pgpoint` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub point: Option<Point>,
+    /// A stream position's facts (format `streampoint` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamPoint>,
     pub database: String,
     /// The identity kept inside the database (`dbward_identity`): whose snapshot this is.
     /// Absent in snapshots taken before identities existed.
@@ -136,6 +142,18 @@ pub struct Point {
     pub base: String,
 }
 
+/// A position in a SQLite database's stream: the state after step `seq` (0: the base alone) of
+/// `generation`, whose page hashes sum to `state`; the primary store held it before this
+/// manifest was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPoint {
+    pub generation: String,
+    pub seq: u64,
+    pub state: String,
+    /// When the replicator read that state (RFC 3339, UTC).
+    pub captured_at: String,
+}
+
 /// How a snapshot's object is encrypted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Encryption {
@@ -174,6 +192,22 @@ pub fn compact_stamp(at: OffsetDateTime) -> String {
     at.to_offset(time::UtcOffset::UTC)
         .format(&fmt)
         .expect("formats any time")
+}
+
+/// Whether `name` is a stream generation's name (`YYYYMMDDTHHMMSSuuuuuuZ-hhhh`, as
+/// `stream::new_generation_id` makes them): a stream position naming anything else is not
+/// dbward's.
+pub fn is_generation_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 27
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..21].iter().all(u8::is_ascii_digit)
+        && b[21] == b'Z'
+        && b[22] == b'-'
+        && b[23..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
 /// Whether `s` is an id [`snapshot_id`] makes: `YYYYMMDDTHHMMSSZ-<kind>-<4 hex>`. Only names
@@ -290,6 +324,18 @@ impl Manifest {
         }
         if self.point.is_some() {
             return misnamed("only a restore point has `point` facts".into());
+        }
+        if self.format == Format::Streampoint {
+            return match (&self.stream, self.data_key.is_empty(), &self.encryption) {
+                (Some(p), true, None) if is_generation_name(&p.generation) => Ok(()),
+                _ => misnamed(
+                    "a stream position has `stream` facts naming a generation, and no data object"
+                        .into(),
+                ),
+            };
+        }
+        if self.stream.is_some() {
+            return misnamed("only a stream position has `stream` facts".into());
         }
         let want = data_key(database, &self.id, self.format, self.encryption.is_some());
         if self.data_key != want {

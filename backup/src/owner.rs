@@ -173,11 +173,12 @@ pub fn format_of(url: &DatabaseUrl) -> Format {
     }
 }
 
-/// Every format of `url`'s snapshots: PostgreSQL's dumps, its cluster's base backups and
-/// restore points (in that order: a point's fate depends on the bases kept).
+/// Every format of `url`'s snapshots: SQLite's files and stream positions; PostgreSQL's
+/// dumps, its cluster's base backups and restore points (in that order: a point's fate depends
+/// on the bases kept).
 pub fn formats_of(url: &DatabaseUrl) -> &'static [Format] {
     match url {
-        DatabaseUrl::Sqlite(_) => &[Format::Sqlite],
+        DatabaseUrl::Sqlite(_) => &[Format::Sqlite, Format::Streampoint],
         DatabaseUrl::Postgres(_) => &[Format::Pgdump, Format::Pgbase, Format::Pgpoint],
     }
 }

@@ -55,6 +55,20 @@ pub async fn prune(
         owner: owner::read(store, database).await?,
         live,
         receipts: read_receipts(store, database, &objects).await?,
+        generations: if formats.contains(&manifest::Format::Streampoint) {
+            store.list(&crate::stream::dir(database)).await?
+        } else {
+            Vec::new()
+        }
+        .iter()
+        .filter_map(|o| {
+            let name = o
+                .key
+                .strip_prefix(&format!("{}/", crate::stream::dir(database)))?
+                .strip_suffix(".json")?;
+            crate::stream::is_generation_name(name).then(|| name.to_string())
+        })
+        .collect(),
     };
     let mut decisions = Vec::new();
     let mut removed = Vec::new();
@@ -114,6 +128,8 @@ struct Folder<'a> {
     owner: Option<owner::Owner>,
     live: &'a owner::Live,
     receipts: std::collections::HashMap<String, crate::catalog::DrillReceipt>,
+    /// The stream's generations whose records are in the folder (SQLite).
+    generations: std::collections::BTreeSet<String>,
 }
 
 impl Folder<'_> {
@@ -146,6 +162,24 @@ impl Folder<'_> {
                     d.keep = false;
                     d.reasons.clear();
                     tracing::info!("restore point {} has no base before it any more", m.id);
+                }
+            }
+        }
+        // A stream position whose generation is gone cannot be restored: it goes whatever the
+        // rules say (the stream's retention keeps every generation a position names).
+        if format == manifest::Format::Streampoint {
+            for d in decided.iter_mut().filter(|d| d.keep) {
+                let m = mine
+                    .iter()
+                    .find(|m| m.id == d.id)
+                    .expect("decided from these");
+                if m.stream
+                    .as_ref()
+                    .is_none_or(|p| !self.generations.contains(&p.generation))
+                {
+                    d.keep = false;
+                    d.reasons.clear();
+                    tracing::info!("stream position {} has no generation any more", m.id);
                 }
             }
         }
@@ -206,8 +240,11 @@ async fn remove_snapshot(
 ) -> Result<(), Error> {
     store.delete(&manifest_key(database, &m.id)).await?;
     dbconn::failpoint::hit("prune-after-manifest-delete").map_err(Error::AfterChange)?;
-    // A restore point has no data object of its own.
-    if m.format != manifest::Format::Pgpoint {
+    // A restore point or a stream position has no data object of its own.
+    if !matches!(
+        m.format,
+        manifest::Format::Pgpoint | manifest::Format::Streampoint
+    ) {
         store
             .delete(&manifest::data_key(
                 database,

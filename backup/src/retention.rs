@@ -100,6 +100,7 @@ mod tests {
             server_version: String::new(),
             pg_dump_version: None,
             physical: None,
+            stream: None,
             point: None,
             database: "app".into(),
             host: String::new(),

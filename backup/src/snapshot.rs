@@ -230,6 +230,7 @@ fn draft(
         server_version: prepared.server_version.clone(),
         pg_dump_version: prepared.pg_dump_version.clone(),
         physical: None,
+        stream: None,
         point: None,
         database: database.to_string(),
         database_id: prepared.database_id.clone(),

@@ -30,7 +30,7 @@ pub async fn drill(stores: &StoreSet, database: &str, id: Option<&str>, opts: &O
                             database,
                             id,
                             &opts.identities,
-                            None,
+                            &backup::stream::restore::Target::Newest,
                             &file,
                         )
                     },

@@ -79,6 +79,15 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
         args.snapshot.clone()
     };
     let (m, copies) = resolve(settings, &stores, &url, &which).await?;
+    if let Some(p) = &m.stream {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "snapshot {} is a position in the stream (step {} of generation {}), not a file: drill the stream with `dbward restore-drill --stream`, or restore the position with `dbward restore {} --to PATH`",
+                m.id, p.seq, p.generation, m.id
+            ),
+        ));
+    }
 
     let scratch = match (&settings.drill.database, &url) {
         (None, _) => Scratch::SameServer,

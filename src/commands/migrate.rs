@@ -370,7 +370,16 @@ async fn pre_deploy_snapshot(
             p.segment,
             m.duration_ms
         ),
-        None => tracing::info!("pre-deploy snapshot {}", m.id),
+        None => match &m.stream {
+            Some(p) => tracing::info!(
+                "pre-deploy stream position {}: step {} of generation {} (read at {}), in the primary store",
+                m.id,
+                p.seq,
+                p.generation,
+                p.captured_at
+            ),
+            None => tracing::info!("pre-deploy snapshot {}", m.id),
+        },
     }
     Ok((m, fallback))
 }

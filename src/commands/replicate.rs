@@ -76,10 +76,7 @@ async fn open(settings: &Settings) -> Result<Replica, Failure> {
         level: settings.level,
         encryption: settings.encryption()?,
         busy: settings.lock_timeout.min(Duration::from_secs(5)),
-        state_dir: settings
-            .state_dir
-            .join("stream")
-            .join(state_name(path, &url.name())),
+        state_dir: crate::service::stream::local_dir(settings, path, &url.name()),
         base_every: BASE_EVERY,
         stream_window: settings.stream_window,
     };
@@ -128,16 +125,6 @@ fn url_name(settings: &Settings) -> String {
     database_url(settings).map(|u| u.name()).unwrap_or_default()
 }
 
-/// The replicator's local folder's name: the database's name and a hash of its real path, so
-/// two databases of one name (in two directories) never share one.
-fn state_name(path: &std::path::Path, name: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let digest = Sha256::digest(real.as_os_str().as_encoded_bytes());
-    let tail: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{name}-{tail}")
-}
-
 /// Steps every `interval` until `stop` (then one last step); how many shipped something.
 async fn until(
     replica: &mut Replica,
@@ -173,14 +160,29 @@ async fn until(
         let due = since.is_none_or(|s| s >= interval);
         // A step now and then whatever the files say (it ships nothing when nothing changed).
         let anyway = since.is_none_or(|s| s >= ANYWAY) || failures_since > 0;
-        if !stopping && !(due && (now != seen || anyway)) {
+        // `migrate` asking for a position: a step at once, whatever the interval.
+        let asked = backup::stream::ask::take(replica.state_dir());
+        if !stopping && asked.is_empty() && !(due && (now != seen || anyway)) {
             continue;
         }
         // Taken before the step: a commit during it makes the next look differ.
         seen = now;
         last_step = Some(Instant::now());
         let read_at = Instant::now();
-        match replica.step().await {
+        let stepped = replica.step().await;
+        for a in &asked {
+            let answer = match (&stepped, replica.position()) {
+                (Ok(_), Some(p)) => Ok(p),
+                (Ok(_), None) => Err("the step recorded no position".to_string()),
+                (Err(e), _) => Err(backup::error::chain(e)),
+            };
+            backup::stream::ask::answer(
+                replica.state_dir(),
+                a,
+                answer.as_ref().map_err(String::clone),
+            );
+        }
+        match stepped {
             Ok(shipped) => {
                 newest = Some(read_at);
                 if shipped.seq.is_some() || shipped.new_generation.is_some() {

@@ -180,7 +180,8 @@ async fn stream(
     url: &migrator::DatabaseUrl,
     args: &RestoreArgs,
 ) -> Result<Report, Failure> {
-    let until = time_of(args)?;
+    use crate::service::stream::Target;
+    let target = time_of(args)?.map_or(Target::Newest, Target::Until);
     if args.to.is_none() {
         confirm(
             args.yes,
@@ -197,7 +198,7 @@ async fn stream(
     let restored = crate::service::stream::restore(
         settings,
         url,
-        until,
+        &target,
         args.to.as_deref(),
         args.force,
         false,

@@ -36,6 +36,21 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
             );
         }
     }
+    // With --replicate, replication starts before the migration wherever there is a database
+    // to follow (a missing one restored first): the deploy's pre-deploy point is then a
+    // position of the stream, taken in O(1). A first deploy starts it once the file exists.
+    let mut replicating = None;
+    if args.replicate {
+        let url = super::database_url(settings)?;
+        if args.restore_if_missing || settings.restore_if_missing {
+            let done = crate::service::restore::restore_if_missing(settings, &url).await?;
+            tracing::info!("{}", done.message(&url));
+        }
+        if !backup::owner::is_missing(&url).await? {
+            replicating =
+                Some(super::replicate::beside(settings, super::replicate::INTERVAL).await?);
+        }
+    }
     let migrate = MigrateArgs {
         retry_failed: false,
         restore_if_missing: args.restore_if_missing,
@@ -53,11 +68,10 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         Err(f) => return Err(f),
     }
     // Stopped (after one last step) whenever `run` ends.
-    let _replicating = if args.replicate {
-        Some(super::replicate::beside(settings, super::replicate::INTERVAL).await?)
-    } else {
-        None
-    };
+    if args.replicate && replicating.is_none() {
+        replicating = Some(super::replicate::beside(settings, super::replicate::INTERVAL).await?);
+    }
+    let _replicating = replicating;
 
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;

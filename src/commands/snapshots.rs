@@ -189,13 +189,14 @@ fn row(
             backup::manifest::Format::Pgdump => "dump",
             backup::manifest::Format::Pgbase => "base",
             backup::manifest::Format::Pgpoint => "point",
+            backup::manifest::Format::Streampoint => "stream",
         }
         .into(),
         age,
         backup::bytes(m.raw_bytes),
         backup::bytes(m.stored_bytes),
-        if m.format == backup::manifest::Format::Pgpoint {
-            "-".into() // a restore point stores no data of its own
+        if m.data_key.is_empty() {
+            "-".into() // a restore point or a stream position stores no data of its own
         } else {
             format!("{:.1}x", m.raw_bytes as f64 / m.stored_bytes.max(1) as f64)
         },

@@ -148,7 +148,16 @@ pub async fn restore_if_missing(
                 "{} is missing: restoring the newest state of its stream (read at {stream_at}) before anything else",
                 url.display()
             );
-            match super::stream::restore(settings, url, None, None, false, true).await {
+            match super::stream::restore(
+                settings,
+                url,
+                &super::stream::Target::Newest,
+                None,
+                false,
+                true,
+            )
+            .await
+            {
                 Ok(None) => return Ok(IfMissing::Exists),
                 Ok(Some(r)) => return Ok(IfMissing::Streamed(r)),
                 Err(f) if f.damaged && newest_snapshot.is_some() => tracing::warn!(
@@ -238,6 +247,32 @@ async fn restore_with(
     opts: &Options,
     if_missing: bool,
 ) -> Result<Option<Restored>, Failure> {
+    // A deploy's position in the stream: its generation's base and steps up to it.
+    if let (DatabaseUrl::Sqlite(_), Some(p)) = (url, &m.stream) {
+        tracing::info!(
+            "restoring snapshot {}: the stream's state at step {} of generation {} (read at {})",
+            m.id,
+            p.seq,
+            p.generation,
+            p.captured_at
+        );
+        let target = super::stream::Target::Point(p.clone());
+        let r = super::stream::restore(
+            settings,
+            url,
+            &target,
+            opts.to.as_deref(),
+            opts.force,
+            if_missing,
+        )
+        .await?;
+        return Ok(r.map(|r| Restored {
+            snapshot: m.id.clone(),
+            outcome: r.outcome,
+            seconds: r.seconds,
+            copy: r.store,
+        }));
+    }
     let started = Instant::now();
     tracing::info!(
         "restoring snapshot {} ({}) into {}",

@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 
 use backup::restore::{self, Outcome};
 use backup::stream::restore::Restored as Built;
+pub use backup::stream::restore::Target;
 use migrator::DatabaseUrl;
 
 use crate::exit::Exit;
@@ -58,13 +59,12 @@ pub async fn newest(
     }))
 }
 
-/// Builds the stream's state (the newest, or the last read at or before `until`) and puts it in
-/// place as `url`'s database (or at `to`); with `if_missing`, only while the database is still
-/// missing (`Ok(None)` otherwise).
+/// Builds the stream's state `target` and puts it in place as `url`'s database (or at `to`);
+/// with `if_missing`, only while the database is still missing (`Ok(None)` otherwise).
 pub async fn restore(
     settings: &Settings,
     url: &DatabaseUrl,
-    until: Option<OffsetDateTime>,
+    target: &Target,
     to: Option<&str>,
     force: bool,
     if_missing: bool,
@@ -94,18 +94,27 @@ pub async fn restore(
         let file = backup::scratch::temp_in(&dir, restore::sqlite::TEMP_PREFIX)?;
         let found = stores
             .find(
-                |store| backup::stream::restore::build(store, db, id, identities, until, &file),
+                |store| backup::stream::restore::build(store, db, id, identities, target, &file),
                 |_, store, e| tracing::warn!("{}: {}", store.describe(""), backup::error::chain(e)),
             )
             .await?;
         let Some(found) = found else {
-            return Err(backup::Error::NotFound(format!(
-                "no store holds a stream of {}{} (`dbward replicate` ships one)",
-                url.display(),
-                until
-                    .map(|t| format!(" that began by {t}"))
-                    .unwrap_or_default()
-            )));
+            return Err(backup::Error::NotFound(match target {
+                Target::Point(p) => format!(
+                    "no store holds generation {} of the stream of {} any more (the position at step {} was in it)",
+                    p.generation,
+                    url.display(),
+                    p.seq
+                ),
+                Target::Until(t) => format!(
+                    "no store holds a stream of {} that began by {t} (`dbward replicate` ships one)",
+                    url.display()
+                ),
+                Target::Newest => format!(
+                    "no store holds a stream of {} (`dbward replicate` ships one)",
+                    url.display()
+                ),
+            }));
         };
         *built_ref.lock().expect("not poisoned") =
             Some((found.value, found.store.describe(&backup::stream::dir(db))));
@@ -149,4 +158,56 @@ pub async fn whose(url: &DatabaseUrl, primary: &backup::Store) -> Result<Option<
             .await?
             .map(|o| o.database_id),
     })
+}
+
+/// The replicator's local folder: `<state-dir>/stream/<name>-<hash of the file's real path>`,
+/// so two databases of one name (in two directories) never share one.
+pub fn local_dir(settings: &Settings, path: &std::path::Path, name: &str) -> std::path::PathBuf {
+    use sha2::{Digest, Sha256};
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let digest = Sha256::digest(real.as_os_str().as_encoded_bytes());
+    let tail: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    settings
+        .state_dir
+        .join("stream")
+        .join(format!("{name}-{tail}"))
+}
+
+/// How long a running replicator has to take `migrate`'s request for a position.
+const TAKEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long its step (read, compress, upload) may take before `migrate` snapshots instead.
+const ANSWERED_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `migrate`'s pre-deploy point from the running replicator of the SQLite database at `path`:
+/// a position the primary store holds, recorded as a snapshot. `Ok(None)` when no replicator
+/// runs (a snapshot is what the deploy takes); `Err` says why the one that runs gave none.
+pub async fn pre_deploy_point(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    path: &std::path::Path,
+) -> Result<Option<backup::Manifest>, String> {
+    let Some(pid) = dbconn::sqlite::replicator(path) else {
+        return Ok(None);
+    };
+    let dir = local_dir(settings, path, &url.name());
+    let asked = tokio::task::spawn_blocking(move || {
+        backup::stream::ask::position(&dir, TAKEN_WITHIN, ANSWERED_WITHIN)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("the replicator (pid {pid}) gave no position: {e}"))?;
+    let store = settings
+        .store()
+        .await
+        .map_err(|e| backup::error::chain(&e))?;
+    let m =
+        backup::stream::point::record(&store, &url.name(), path, asked, backup::Kind::PreDeploy)
+            .await
+            .map_err(|e| {
+                format!(
+                    "recording the replicator's position: {}",
+                    backup::error::chain(&e)
+                )
+            })?;
+    Ok(Some(m))
 }

@@ -34,13 +34,31 @@ pub async fn retain(
     Ok(Some(primary.removed))
 }
 
-/// `migrate`'s pre-deploy snapshot. With `[pitr.server]` (the guard can rewind this cluster)
-/// a restore point, when the archive can take one; otherwise, or when it cannot, a dump. The
-/// second value says why a dump was taken where a restore point was wanted.
+/// `migrate`'s pre-deploy snapshot. SQLite with its replicator running: the position it ships
+/// at once ([`super::stream::pre_deploy_point`]). PostgreSQL with `[pitr.server]` (the guard
+/// can rewind this cluster): a restore point, when the archive can take one. Otherwise, or when
+/// those cannot, a dump or a file; the second value says why it was taken where a point was
+/// wanted.
 pub async fn pre_deploy(
     settings: &Settings,
     url: &DatabaseUrl,
 ) -> Result<(backup::Manifest, Option<String>), Failure> {
+    // SQLite with its replicator running: the position it ships now.
+    if let DatabaseUrl::Sqlite(path) = url {
+        return match super::stream::pre_deploy_point(settings, url, path).await {
+            Ok(Some(m)) => Ok((m, None)),
+            Ok(None) => Ok((
+                snapshot(settings, url, backup::Kind::PreDeploy, None).await?,
+                None,
+            )),
+            Err(why) => {
+                let why = format!("no stream position: {why}; taking a snapshot instead");
+                tracing::warn!("{why}");
+                let m = snapshot(settings, url, backup::Kind::PreDeploy, None).await?;
+                Ok((m, Some(why)))
+            }
+        };
+    }
     let (DatabaseUrl::Postgres(pg), Some(_)) = (url, &settings.pitr.server) else {
         return Ok((
             snapshot(settings, url, backup::Kind::PreDeploy, None).await?,

@@ -23,8 +23,9 @@ fn manifests_under(dir: &Path, out: &mut Vec<PathBuf>) {
         } else if name.ends_with(".json")
             && !name.ends_with(".drill.json")
             && name.as_bytes()[0].is_ascii_digit()
-            && p.parent()
-                .is_some_and(|d| !d.ends_with("deploys") && !d.ends_with("wal"))
+            && p.parent().is_some_and(|d| {
+                !d.ends_with("deploys") && !d.ends_with("wal") && !d.ends_with("stream")
+            })
         {
             out.push(p);
         }
@@ -123,6 +124,36 @@ fn every_kind_of_manifest_this_release_writes_follows_the_schema() {
         .env("DBWARD_AGE_PASSPHRASE", "pass phrase")
         .arg("backup"));
     assert_eq!(code, 0);
+    // A stream position as a deploy's pre-deploy snapshot (its replicator running).
+    common::sqlite(
+        &p.path().join("live.db"),
+        "PRAGMA journal_mode = WAL; CREATE TABLE l (id INTEGER);",
+    );
+    let mut replicator = p
+        .dbward("sqlite:live.db")
+        .arg("--store")
+        .arg(&store_url)
+        .args(["replicate", "--interval", "100ms"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let began = std::time::Instant::now();
+    while std::fs::read_dir(store.join("live/stream")).map_or(true, |d| d.count() == 0) {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(30),
+            "the replicator shipped no base"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, out, err) = run(p
+        .dbward("sqlite:live.db")
+        .arg("--store")
+        .arg(&store_url)
+        .args(["--json", "migrate"]));
+    unsafe { libc::kill(replicator.id() as i32, libc::SIGTERM) };
+    assert!(replicator.wait().unwrap().success());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["snapshot_format"], "streampoint", "{out}");
     // PostgreSQL, plaintext and encrypted.
     let pg = Pg::start();
     let url = pg.create_db("shop");

@@ -800,4 +800,193 @@ fn blue_green_on_s3_with_a_mirror_and_age_gets_a_lost_volume_back() {
         sqlite(&p.path().join("from-mirror.db"), "SELECT count(*) FROM t"),
         "120"
     );
+
+    // A release whose migration fails its health check: the pre-deploy point is the running
+    // replicator's position (no snapshot of the file is taken), and the guard puts it back.
+    p.migration(
+        "V1__release.sql",
+        "CREATE TABLE release (x INTEGER); INSERT INTO t (v) VALUES ('by the release');",
+    );
+    let sick = common::Http::status(503);
+    let (code, out, err) = run(&mut dbward(&[
+        "--json",
+        "run",
+        "--replicate",
+        "--restore-if-missing",
+        "--timeout",
+        "1s",
+        "--interval",
+        "200ms",
+        "--url",
+        &sick.url(),
+        "--",
+        "sleep",
+        "30",
+    ]));
+    assert_eq!(code, 5, "{out}{err}");
+    assert!(err.contains("pre-deploy stream position"), "{err}");
+    assert!(!err.contains("taking a snapshot instead"), "{err}");
+    assert_eq!(sqlite(&db(&p), "SELECT count(*) FROM t"), "120");
+    assert_eq!(
+        sqlite(
+            &db(&p),
+            "SELECT count(*) FROM sqlite_master WHERE name = 'release'"
+        ),
+        "0"
+    );
+    // The deploy log and the store name the position the guard restored.
+    let (code, out, err) = run(&mut dbward(&["--json", "snapshots"]));
+    assert_eq!(code, 0, "{err}");
+    let listed = json(&out);
+    let pre_deploy: Vec<&serde_json::Value> = listed["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["kind"] == "pre-deploy")
+        .collect();
+    assert_eq!(pre_deploy.len(), 1, "{out}");
+    assert_eq!(pre_deploy[0]["format"], "streampoint", "{out}");
+    let points = pre_deploy;
+    let (code, out, err) = run(&mut dbward(&["--json", "deploys"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(points[0]["id"].as_str().unwrap()), "{out}");
+    assert!(out.contains("restored by the health guard"), "{out}");
+}
+
+/// `migrate` beside a running replicator: the pre-deploy point is the stream's position the
+/// primary holds (recorded as a snapshot of format `streampoint`, no file copied), `restore
+/// pre-deploy` builds exactly that state, and the stream's retention keeps its generation.
+/// Without a replicator, a snapshot as before; with a lease held by something that never
+/// answers, a snapshot and the reason.
+#[test]
+fn a_deploy_beside_a_replicator_takes_its_position_and_restores_to_it() {
+    let p = app();
+    let replicator = Replicator::start(&p);
+    wait_for_rows(&p, "100");
+    sqlite(
+        &db(&p),
+        "INSERT INTO t (v) VALUES ('just before the deploy')",
+    );
+    p.migration(
+        "V1__release.sql",
+        "CREATE TABLE release (x INTEGER); INSERT INTO t (v) VALUES ('by the release');",
+    );
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["--json", "migrate"]));
+    assert_eq!(code, 0, "{err}");
+    let doc = json(&out);
+    assert_eq!(doc["snapshot_format"], "streampoint", "{out}");
+    assert!(doc["restore_point_fallback"].is_null(), "{out}");
+    let point = doc["snapshot"].as_str().unwrap().to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p.path().join(format!(".dbward/snapshots/app/{point}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["data_key"], "", "{manifest}");
+    assert!(manifest["stream"]["seq"].is_u64(), "{manifest}");
+    sqlite(&db(&p), "INSERT INTO t (v) VALUES ('after the deploy')");
+    wait_for_rows(&p, "103");
+
+    // The position, built into a new file: the row written just before the deploy, nothing
+    // of the release or after it.
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args([
+        "--json",
+        "restore",
+        "pre-deploy",
+        "--to",
+        "at-deploy.db",
+        "--yes",
+    ]));
+    assert_eq!(code, 0, "{out}{err}");
+    let at = p.path().join("at-deploy.db");
+    assert_eq!(sqlite(&at, "SELECT count(*) FROM t"), "101");
+    assert_eq!(
+        sqlite(
+            &at,
+            "SELECT count(*) FROM sqlite_master WHERE name = 'release'"
+        ),
+        "0"
+    );
+    // A drill of a position is the stream's drill: said, not attempted on a file.
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args(["restore-drill", &point]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("restore-drill --stream"), "{err}");
+    let (status, log) = replicator.stop(&p);
+    assert!(status.success(), "{log}");
+
+    // A new generation (the file replaced), then the window passes: the generation the
+    // deploy's position is in stays while the position does.
+    let copy = p.path().join("copy.db");
+    std::fs::copy(db(&p), &copy).unwrap();
+    std::fs::rename(&copy, db(&p)).unwrap();
+    assert!(once(&p)["new_generation"].is_string());
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        "[retention]\nstream_window = \"1s\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["--json", "prune"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out)["stream_generations_removed"],
+        serde_json::json!([]),
+        "{out}{err}"
+    );
+    assert!(err.contains("a deploy's position is in it"), "{err}");
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["restore", &point, "--to", "again.db", "--yes"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        sqlite(&p.path().join("again.db"), "SELECT count(*) FROM t"),
+        "101"
+    );
+
+    // No replicator: the deploy copies the file, as without a stream.
+    p.migration("V2__second.sql", "CREATE TABLE second (x INTEGER);");
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["--json", "migrate"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["snapshot_format"], "sqlite", "{out}");
+    assert!(json(&out)["restore_point_fallback"].is_null(), "{out}");
+
+    // A lease held by a process that never answers: a snapshot, and why.
+    let lease = p.path().join("app.db.dbward-replicate-lock");
+    // `--no-fork`: flock becomes the sleep, so killing it lets the lease go.
+    let mut holder = Command::new("flock")
+        .arg("--no-fork")
+        .arg(&lease)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    let held = Instant::now();
+    while dbward_lease_free(&lease) {
+        assert!(
+            held.elapsed() < Duration::from_secs(10),
+            "flock never took the lease"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&lease, format!("{}\n", holder.id())).unwrap();
+    p.migration("V3__third.sql", "CREATE TABLE third (x INTEGER);");
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["--json", "migrate"]));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["snapshot_format"], "sqlite", "{out}");
+    let why = json(&out)["restore_point_fallback"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(why.contains("no replicator took the request"), "{why}");
+}
+
+/// Whether nobody holds the lock file `lease` (a shared lock is granted at once).
+fn dbward_lease_free(lease: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(lease) else {
+        return true;
+    };
+    match f.try_lock_shared() {
+        Ok(()) => true,
+        Err(_) => false,
+    }
 }

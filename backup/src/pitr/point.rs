@@ -68,6 +68,7 @@ pub async fn take(
         server_version: cluster.server_version,
         pg_dump_version: None,
         physical: None,
+        stream: None,
         point: Some(Point {
             name: id.clone(),
             lsn: lsn_text(point_lsn),

@@ -13,8 +13,10 @@
 //! holding the application up; [`pages`] keeps the page hashes that prove a restored state;
 //! [`step`] is a step's format; [`replica`] ships a generation; [`restore`] builds a state back.
 
+pub mod ask;
 pub mod capture;
 pub mod pages;
+pub mod point;
 pub mod prune;
 pub mod replica;
 pub mod restore;
@@ -168,9 +170,20 @@ pub fn new_generation_id() -> String {
     )
 }
 
+pub use crate::manifest::is_generation_name;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generation_names_are_told_apart() {
+        assert!(is_generation_name(&new_generation_id()));
+        assert!(is_generation_name("20261206T160528123456Z-f464"));
+        assert!(!is_generation_name("20261206T160528Z-pre-deploy-f464"));
+        assert!(!is_generation_name("20261206T160528123456Z-F464"));
+        assert!(!is_generation_name("../20261206T16052812345Z-f464"));
+    }
 
     #[test]
     fn generation_names_sort_by_age() {

@@ -1,6 +1,6 @@
 //! The stream's retention in time (`retention.stream_window`): a generation whose every state
 //! is older than the window (the next generation began before it) is removed; the newest is
-//! never. Only this database's generations are looked at (its identity), and only keys of the
+//! never, nor one a deploy's stream position names (a snapshot, kept by the snapshots' rules). Only this database's generations are looked at (its identity), and only keys of the
 //! stream's own scheme inside a generation's folder are deleted: its record first (from then
 //! on it is not a generation a restore would take), then its base and its steps.
 
@@ -20,6 +20,14 @@ pub async fn prune(
 ) -> Result<Vec<String>, Error> {
     let horizon = OffsetDateTime::now_utc() - window;
     let all = generations(store, database, id).await?;
+    // A deploy's stream position (a snapshot until the snapshots' rules remove it) needs its
+    // generation whole: kept whatever the window says.
+    let named: std::collections::BTreeSet<String> = crate::catalog::list_all(store, database)
+        .await?
+        .snapshots
+        .into_iter()
+        .filter_map(|m| m.stream.map(|p| p.generation))
+        .collect();
     let mut removed = Vec::new();
     // Newest first: each generation's states end where the one before it in this list began.
     for pair in all.windows(2) {
@@ -30,6 +38,13 @@ pub async fn prune(
         )
         .map_err(|e| Error::Damaged(format!("generation {}: started_at: {e}", next.generation)))?;
         if ended >= horizon {
+            continue;
+        }
+        if named.contains(&old.generation) {
+            tracing::info!(
+                "stream generation {} is past the window but kept: a deploy's position is in it",
+                old.generation
+            );
             continue;
         }
         removed.push(old.generation.clone());

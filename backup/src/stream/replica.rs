@@ -59,6 +59,9 @@ pub struct Local {
     /// When the generation began (RFC 3339).
     #[serde(default)]
     pub started_at: Option<String>,
+    /// When the state after step `seq` was last read (RFC 3339).
+    #[serde(default)]
+    pub captured_at: Option<String>,
 }
 
 /// What one [`Replica::step`] did.
@@ -192,6 +195,24 @@ impl Replica {
         std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))
     }
 
+    /// The newest position the primary store holds: the state after the last step it took.
+    /// `None` before the first step, and after one that failed past its record (the next step
+    /// begins a new generation).
+    pub fn position(&self) -> Option<crate::manifest::StreamPoint> {
+        let (l, _) = self.local.as_ref()?;
+        Some(crate::manifest::StreamPoint {
+            generation: l.generation.clone(),
+            seq: l.seq,
+            state: l.state.clone(),
+            captured_at: l.captured_at.clone().or_else(|| l.started_at.clone())?,
+        })
+    }
+
+    /// This replicator's local folder (where [`super::ask`] requests are made).
+    pub fn state_dir(&self) -> &Path {
+        &self.opts.state_dir
+    }
+
     /// Ships what changed since the last step (a new generation when there is none to go on
     /// from, or which pages changed cannot be told from the WAL... then every page is compared
     /// with its hash, and only those that differ are shipped).
@@ -276,8 +297,10 @@ impl Replica {
             )
         };
         if changed.is_empty() && page_count == local.page_count {
+            // The same state, seen again now.
             let next = Local {
                 position: to,
+                captured_at: Some(captured_at),
                 ..local.clone()
             };
             self.save(&next, table).map_err(Failed::Before)?;
@@ -339,6 +362,7 @@ impl Replica {
                 position: to,
                 page_count,
                 state: pages::text(state),
+                captured_at: Some(header.captured_at.clone()),
                 ..local.clone()
             };
             self.save(&next, table)?;
@@ -700,6 +724,7 @@ impl Replica {
             dev: meta.dev(),
             ino: meta.ino(),
             started_at: Some(record.started_at.clone()),
+            captured_at: Some(record.started_at.clone()),
         };
         self.save(&local, &table)?;
         self.local = Some((local, table));

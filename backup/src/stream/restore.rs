@@ -14,6 +14,17 @@ use crate::crypt::Identities;
 use crate::error::Error;
 use crate::store::Store;
 
+/// Which state a restore builds.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The newest the store holds.
+    Newest,
+    /// The newest read at or before this time.
+    Until(OffsetDateTime),
+    /// Exactly this position (a deploy's, [`crate::manifest::StreamPoint`]).
+    Point(crate::manifest::StreamPoint),
+}
+
 /// What a restore from the stream built.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Restored {
@@ -104,25 +115,30 @@ pub async fn newest(
     Ok(Some((g.generation, seq, h.captured_at)))
 }
 
-/// Builds the stream's newest state (with `until`: the newest captured at or before it) into
-/// `to`, a file of the caller's (a temp file: what it holds is replaced); checked as the module
+/// Builds the stream's state `target` into `to`, a file of the caller's (a temp file: what it holds is replaced); checked as the module
 /// says. `None` when the store holds no
-/// stream of `database` (or none that began by `until`).
+/// stream of `database` (none that began by the time, or not the position's generation).
 pub async fn build(
     store: &Store,
     database: &str,
     id: Option<&str>,
     identities: &Identities,
-    until: Option<OffsetDateTime>,
+    target: &Target,
     to: &Path,
 ) -> Result<Option<Restored>, Error> {
+    let (until, point) = match target {
+        Target::Newest => (None, None),
+        Target::Until(t) => (Some(*t), None),
+        Target::Point(p) => (None, Some(p)),
+    };
     let chosen = generations(store, database, id)
         .await?
         .into_iter()
-        .find(|g| match (until, parse_time(&g.started_at)) {
-            (None, _) => true,
-            (Some(t), Some(started)) => started <= t,
-            (Some(_), None) => false,
+        .find(|g| match (point, until, parse_time(&g.started_at)) {
+            (Some(p), _, _) => g.generation == p.generation,
+            (None, None, _) => true,
+            (None, Some(t), Some(started)) => started <= t,
+            (None, Some(_), None) => false,
         });
     let Some(g) = chosen else {
         return Ok(None);
@@ -148,6 +164,8 @@ pub async fn build(
         .map(|(s, _)| s.last)
         .max()
         .unwrap_or(0);
+    // A position ends at its step: nothing past it is read.
+    let newest = point.map_or(newest, |p| p.seq);
     let mut applied = 0;
     // From the base on, the widest object that starts where the state stands (and, with
     // `until`, was read by then): a day of steps is a few dozen objects.
@@ -161,6 +179,9 @@ pub async fn build(
             )));
         };
         for (span, key) in objects {
+            if point.is_some_and(|p| span.last > p.seq) {
+                continue;
+            }
             let object = store.get_bytes(key).await?;
             // The header says when the state was read: past `until`, a narrower object (or
             // none: the restore ends here).
@@ -189,6 +210,14 @@ pub async fn build(
         }
         // Every object from here was read after `until`.
         break;
+    }
+    if let Some(p) = point {
+        if last.0 != p.seq || state != p.state {
+            return Err(Error::Damaged(format!(
+                "the stream of generation {} does not come to the position's state at step {} (it came to step {}, state {state}; the position says {})",
+                g.generation, p.seq, last.0, p.state
+            )));
+        }
     }
     check(to, g.page_size, &state)?;
     Ok(Some(Restored {

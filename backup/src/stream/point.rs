@@ -1,0 +1,94 @@
+//! A deploy's position in the stream, recorded as a snapshot of format `streampoint`: no data
+//! of its own, only which generation and step hold the state (and that state's hash), so that
+//! `restore pre-deploy`, the health guard, `snapshots` and retention treat it as they treat any
+//! snapshot. Taking one is O(1) in the database's size: the running replicator ships a step
+//! ([`super::ask`]) and this records where it ends.
+
+use std::path::Path;
+use std::time::Instant;
+
+use time::OffsetDateTime;
+
+use crate::catalog::manifest_key;
+use crate::error::Error;
+use crate::manifest::{self, Format, Kind, Manifest, StreamPoint};
+use crate::store::Store;
+
+/// Records `p`, a position the replicator of the SQLite database at `db` says `store` (its
+/// primary) holds, as a snapshot of `database`'s folder. Checked first: the generation is in
+/// the store, and it is this database's (its identity).
+pub async fn record(
+    store: &Store,
+    database: &str,
+    db: &Path,
+    p: StreamPoint,
+    kind: Kind,
+) -> Result<Manifest, Error> {
+    let started = Instant::now();
+    let (database_id, head) = identity_and_head(db)?;
+    let key = super::generation_key(database, &p.generation);
+    let bytes = store.get_bytes(&key).await.map_err(|e| match e {
+        Error::Missing(_) => Error::Refused(format!(
+            "the replicator's generation {} is not in {}",
+            p.generation,
+            store.describe(&key)
+        )),
+        e => e,
+    })?;
+    let g: super::Generation = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Damaged(format!("{key} is not a stream generation: {e}")))?;
+    if g.database_id != database_id {
+        return Err(Error::Refused(format!(
+            "generation {} is of the database {}, and {} is {}",
+            p.generation,
+            g.database_id.as_deref().unwrap_or("without an identity"),
+            db.display(),
+            database_id.as_deref().unwrap_or("without one")
+        )));
+    }
+    let at = OffsetDateTime::now_utc();
+    let id = manifest::snapshot_id(at, kind);
+    let m = Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        id: id.clone(),
+        kind,
+        label: None,
+        created_at: manifest::now_rfc3339(at),
+        engine: "sqlite".into(),
+        server_version: rusqlite::version().into(),
+        pg_dump_version: None,
+        physical: None,
+        point: None,
+        stream: Some(p),
+        database: database.to_string(),
+        database_id,
+        host: crate::hostname(),
+        dbward_version: env!("CARGO_PKG_VERSION").into(),
+        format: Format::Streampoint,
+        data_key: String::new(),
+        raw_bytes: 0,
+        stored_bytes: 0,
+        sha256: String::new(),
+        compression: manifest::Compression {
+            algorithm: "none".into(),
+            level: 0,
+        },
+        encryption: None,
+        migration_head: head,
+        row_counts: Default::default(),
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    let json = serde_json::to_vec_pretty(&m).expect("serializes");
+    store.put_new(&manifest_key(database, &id), &json).await?;
+    Ok(m)
+}
+
+/// The database's identity and migration head, read from the file (read-only, a moment's read
+/// transaction).
+fn identity_and_head(db: &Path) -> Result<(Option<String>, Option<manifest::Head>), Error> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| dbconn::Error::db(format!("opening sqlite:{}", db.display()), e))?;
+    let id = dbconn::identity::read_sqlite(&c)?;
+    let applied = dbconn::sqlite::applied_on(&c)?;
+    Ok((id, crate::engine::head(applied)))
+}
