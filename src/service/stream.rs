@@ -190,8 +190,10 @@ pub async fn pre_deploy_point(
         return Ok(None);
     };
     let dir = local_dir(settings, path, &url.name());
+    let db = path.to_path_buf();
     let asked = tokio::task::spawn_blocking(move || {
-        backup::stream::ask::position(&dir, TAKEN_WITHIN, ANSWERED_WITHIN)
+        let alive = || dbconn::sqlite::replicator(&db).is_some();
+        backup::stream::ask::position(&dir, TAKEN_WITHIN, ANSWERED_WITHIN, &alive)
     })
     .await
     .map_err(|e| e.to_string())?

@@ -33,6 +33,8 @@ pub enum NoPosition {
     NotTaken(Duration),
     #[error("the replicator did not answer within {0:?}")]
     NotAnswered(Duration),
+    #[error("the replicator stopped before it answered")]
+    Stopped,
     #[error("the replicator could not ship a step: {0}")]
     Refused(String),
     #[error("asking the replicator: {0}")]
@@ -81,11 +83,13 @@ fn write_whole(to: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Asks the replicator whose local folder is `dir` for a position the primary store holds,
 /// taken after this call began. Blocking; bounded by `taken_within` (for the request to be
-/// taken) plus `answered_within` (for the step).
+/// taken) plus `answered_within` (for the step), and given up as soon as `alive` says the
+/// replicator is gone.
 pub fn position(
     dir: &Path,
     taken_within: Duration,
     answered_within: Duration,
+    alive: &dyn Fn() -> bool,
 ) -> Result<StreamPoint, NoPosition> {
     let io = |what: &str, e: std::io::Error| NoPosition::Io(format!("{what}: {e}"));
     if !dir.is_dir() {
@@ -129,6 +133,9 @@ pub fn position(
         }
         if taken.elapsed() >= answered_within {
             return Err(NoPosition::NotAnswered(answered_within));
+        }
+        if !alive() && !answer.exists() {
+            return Err(NoPosition::Stopped);
         }
         std::thread::sleep(POLL);
     }
@@ -209,7 +216,13 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(5));
         });
-        let p = position(dir.path(), Duration::from_secs(10), Duration::from_secs(10)).unwrap();
+        let p = position(
+            dir.path(),
+            Duration::from_secs(10),
+            Duration::from_secs(10),
+            &|| true,
+        )
+        .unwrap();
         replicator.join().unwrap();
         assert_eq!(p, point());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -226,7 +239,13 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(5));
         });
-        let e = position(dir.path(), Duration::from_secs(10), Duration::from_secs(10)).unwrap_err();
+        let e = position(
+            dir.path(),
+            Duration::from_secs(10),
+            Duration::from_secs(10),
+            &|| true,
+        )
+        .unwrap_err();
         replicator.join().unwrap();
         assert!(
             matches!(e, NoPosition::Refused(ref m) if m == "the primary refused"),
@@ -241,6 +260,7 @@ mod tests {
             dir.path(),
             Duration::from_millis(100),
             Duration::from_secs(1),
+            &|| true,
         )
         .unwrap_err();
         assert!(matches!(e, NoPosition::NotTaken(_)), "{e}");
@@ -261,10 +281,36 @@ mod tests {
             dir.path(),
             Duration::from_secs(10),
             Duration::from_millis(100),
+            &|| true,
         )
         .unwrap_err();
         replicator.join().unwrap();
         assert!(matches!(e, NoPosition::NotAnswered(_)), "{e}");
+    }
+
+    #[test]
+    fn a_replicator_that_dies_after_taking_is_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let g = gone.clone();
+        let replicator = std::thread::spawn(move || loop {
+            if !take(&d).is_empty() {
+                g.store(true, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        });
+        let alive = || !gone.load(std::sync::atomic::Ordering::SeqCst);
+        let e = position(
+            dir.path(),
+            Duration::from_secs(10),
+            Duration::from_secs(600),
+            &alive,
+        )
+        .unwrap_err();
+        replicator.join().unwrap();
+        assert!(matches!(e, NoPosition::Stopped), "{e}");
     }
 
     #[test]
