@@ -108,7 +108,8 @@ pub enum Command {
     /// PostgreSQL's restore_command (`dbward wal-fetch %f %p`): fetch WAL file NAME into PATH,
     /// checked; exit 1 only when the archive does not have it, 126 when it cannot be fetched.
     WalFetch(WalFetchArgs),
-    /// Point-in-time recovery (PostgreSQL): `pitr verify` checks the WAL archive.
+    /// Point-in-time recovery: `pitr verify` checks the WAL archive (PostgreSQL) or the stream
+    /// (SQLite).
     #[command(subcommand)]
     Pitr(PitrCommand),
     /// Print the man page or a shell's completion script on stdout (for packagers).

@@ -192,6 +192,9 @@ async fn fetch_from(
 /// `pitr verify`: the archive's timelines, gaps and lag; exit 3 on a gap, or a lag beyond
 /// `--max-lag`.
 pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report, Failure> {
+    if let url @ DatabaseUrl::Sqlite(_) = super::database_url(settings)? {
+        return verify_stream(settings, &url, args).await;
+    }
     let database = database(settings)?;
     let store = settings.store().await?;
     let v = backup::pitr::wal::verify(&store, &database).await?;
@@ -375,4 +378,101 @@ fn metrics(
         time::OffsetDateTime::now_utc().unix_timestamp(),
     );
     g.into_text()
+}
+
+/// `pitr verify` of a SQLite database: its stream in the primary store ([`backup::stream::verify`]);
+/// exit 3 on a missing base or step, a deploy position that cannot be restored, or a lag beyond
+/// `--max-lag`.
+async fn verify_stream(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    args: &PitrVerifyArgs,
+) -> Result<Report, Failure> {
+    let store = settings.store().await?;
+    let db = url.name();
+    let id = crate::service::stream::whose(url, &store).await?;
+    let v = backup::stream::verify::verify(&store, &db, id.as_deref()).await?;
+    let mut text = format!("stream of {} in {}\n", url.display(), settings.store);
+    for g in &v.generations {
+        text.push_str(&format!(
+            "  generation {} (began {}): base and {} step(s){}\n",
+            g.generation,
+            g.started_at,
+            g.newest_seq,
+            if g.missing_steps.is_empty() && g.base_problem.is_none() {
+                ""
+            } else {
+                ", INCOMPLETE"
+            }
+        ));
+    }
+    if v.generations.is_empty() {
+        text.push_str("  no generation yet (is `dbward replicate` running?)\n");
+    }
+    if let Some(lag) = v.lag_seconds {
+        text.push_str(&format!("  newest object stored {lag:.0}s ago\n"));
+    }
+    text.push_str(&format!(
+        "  deploy positions: {} ({} restorable)\n",
+        v.positions,
+        v.positions - v.unrestorable_positions.len()
+    ));
+    let mut problems = v.problems();
+    if v.generations.is_empty() {
+        problems.push(format!(
+            "the store holds no stream of {} (`dbward replicate` ships one)",
+            url.display()
+        ));
+    }
+    if let (Some(max), Some(lag)) = (args.max_lag, v.lag_seconds) {
+        if lag > max.as_secs_f64() {
+            problems.push(format!(
+                "the newest object was stored {lag:.0}s ago, more than --max-lag {}s: is `dbward replicate` running, and does its store answer?",
+                max.as_secs()
+            ));
+        }
+    }
+    if let Some(path) = &args.metrics {
+        let mut g = restore_drill::metrics::Gauges::new(&db);
+        g.gauge(
+            "dbward_stream_lag_seconds",
+            "How long ago the stream's newest object was stored.",
+            v.lag_seconds.map_or("NaN".into(), |l| format!("{l:.0}")),
+        );
+        g.gauge(
+            "dbward_stream_missing_steps",
+            "Steps no object holds, before each generation's newest.",
+            v.missing_steps(),
+        );
+        g.gauge(
+            "dbward_stream_generations",
+            "Generations of the stream in the store.",
+            v.generations.len(),
+        );
+        g.gauge(
+            "dbward_stream_unrestorable_positions",
+            "Deploy positions whose generation cannot reach them.",
+            v.unrestorable_positions.len(),
+        );
+        g.gauge(
+            "dbward_stream_verify_timestamp_seconds",
+            "When pitr verify last ran (Unix time).",
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        );
+        restore_drill::metrics::write_textfile(path, &g.into_text()).map_err(|e| {
+            Failure::new(Exit::Failed, format!("--metrics {}: {e}", path.display()))
+        })?;
+    }
+    let json = json!({ "stream": v, "problems": problems });
+    if problems.is_empty() {
+        return Ok(Report {
+            text,
+            json,
+            code: Exit::Success,
+        });
+    }
+    let mut f = Failure::new(Exit::Refused, problems.join("; "));
+    f.text = text;
+    f.details = json;
+    Err(f)
 }

@@ -910,6 +910,11 @@ fn a_deploy_beside_a_replicator_takes_its_position_and_restores_to_it() {
     let (code, _, err) = run(p.dbward("sqlite:app.db").args(["restore-drill", &point]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("restore-drill --stream"), "{err}");
+    // A second deploy: the database has an identity now, its generation began without one.
+    p.migration("V2__again.sql", "CREATE TABLE again (x INTEGER);");
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["--json", "migrate"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["snapshot_format"], "streampoint", "{out}{err}");
     let (status, log) = replicator.stop(&p);
     assert!(status.success(), "{log}");
 
@@ -943,7 +948,7 @@ fn a_deploy_beside_a_replicator_takes_its_position_and_restores_to_it() {
     );
 
     // No replicator: the deploy copies the file, as without a stream.
-    p.migration("V2__second.sql", "CREATE TABLE second (x INTEGER);");
+    p.migration("V3__second.sql", "CREATE TABLE second (x INTEGER);");
     let (code, out, err) = run(p.dbward("sqlite:app.db").args(["--json", "migrate"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["snapshot_format"], "sqlite", "{out}");
@@ -967,7 +972,7 @@ fn a_deploy_beside_a_replicator_takes_its_position_and_restores_to_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::fs::write(&lease, format!("{}\n", holder.id())).unwrap();
-    p.migration("V3__third.sql", "CREATE TABLE third (x INTEGER);");
+    p.migration("V4__third.sql", "CREATE TABLE third (x INTEGER);");
     let (code, out, err) = run(p.dbward("sqlite:app.db").args(["--json", "migrate"]));
     let _ = holder.kill();
     let _ = holder.wait();
@@ -989,4 +994,60 @@ fn dbward_lease_free(lease: &Path) -> bool {
         Ok(()) => true,
         Err(_) => false,
     }
+}
+
+/// `pitr verify` of a SQLite database checks its stream from the store's listing: bases,
+/// steps without a gap, the deploys' positions, the lag; a step gone is exit 3, named.
+#[test]
+fn pitr_verify_checks_the_stream_and_the_deploys_positions() {
+    let p = app();
+    let replicator = Replicator::start(&p);
+    wait_for_rows(&p, "100");
+    sqlite(&db(&p), "INSERT INTO t (v) VALUES ('before the deploy')");
+    p.migration("V1__release.sql", "CREATE TABLE release (x INTEGER);");
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["--json", "migrate"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(&out)["snapshot_format"], "streampoint", "{out}");
+    let (status, log) = replicator.stop(&p);
+    assert!(status.success(), "{log}");
+
+    let metrics = p.path().join("stream.prom");
+    let verify = || {
+        run(p
+            .dbward("sqlite:app.db")
+            .args(["--json", "pitr", "verify", "--metrics"])
+            .arg(&metrics))
+    };
+    let (code, out, err) = verify();
+    assert_eq!(code, 0, "{out}{err}");
+    let v = json(&out);
+    assert_eq!(v["stream"]["positions"], 1, "{out}");
+    assert!(
+        v["stream"]["generations"][0]["newest_seq"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{out}"
+    );
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("dbward_stream_missing_steps{database=\"app\"} 0"),
+        "{prom}"
+    );
+
+    // Step 1 lost: the stream cannot be followed past the base, nor the position reached.
+    std::fs::remove_file(generation_dir(&p).join("0000000000000001.step.zst")).unwrap();
+    let (code, out, err) = verify();
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("step(s) missing"), "{err}");
+    assert!(err.contains("cannot be restored: step 1"), "{err}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("dbward_stream_missing_steps{database=\"app\"} 1"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("dbward_stream_unrestorable_positions{database=\"app\"} 1"),
+        "{prom}"
+    );
 }

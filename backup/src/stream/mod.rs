@@ -21,6 +21,7 @@ pub mod prune;
 pub mod replica;
 pub mod restore;
 pub mod step;
+pub mod verify;
 pub mod wal;
 
 /// The folder of a database's stream, under its own folder in the store.
@@ -171,6 +172,18 @@ pub fn new_generation_id() -> String {
 }
 
 pub use crate::manifest::is_generation_name;
+
+/// Whether something of the stream recorded with identity `theirs` is the database's whose
+/// identity is `ours`: one without an identity may be this database's from before it had one;
+/// one with another identity (or with one, when this database has none) is not provably this
+/// one's.
+pub fn is_ours(theirs: Option<&str>, ours: Option<&str>) -> bool {
+    match (theirs, ours) {
+        (Some(theirs), Some(ours)) => theirs == ours,
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
 
 #[cfg(test)]
 mod tests {

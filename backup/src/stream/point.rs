@@ -37,7 +37,8 @@ pub async fn record(
     })?;
     let g: super::Generation = serde_json::from_slice(&bytes)
         .map_err(|e| Error::Damaged(format!("{key} is not a stream generation: {e}")))?;
-    if g.database_id != database_id {
+    // The rule a restore follows.
+    if !super::is_ours(g.database_id.as_deref(), database_id.as_deref()) {
         return Err(Error::Refused(format!(
             "generation {} is of the database {}, and {} is {}",
             p.generation,

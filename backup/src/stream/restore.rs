@@ -78,12 +78,7 @@ pub async fn generations(
                 g.generation
             )));
         }
-        let ours = match (g.database_id.as_deref(), id) {
-            (Some(theirs), Some(ours)) => theirs == ours,
-            (Some(_), None) => false,
-            (None, _) => true,
-        };
-        if ours {
+        if super::is_ours(g.database_id.as_deref(), id) {
             out.push(g);
         }
     }
