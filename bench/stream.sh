@@ -10,7 +10,11 @@
 # held it (polled every 0.25 s; a restore's own time is part of it, so it is an upper bound),
 # the replica's size in bytes, its objects, the replicator's CPU seconds and peak RSS, and the
 # time to restore the newest state (checks included, median of 3; both restores are checked
-# with `integrity_check` and the last row here).
+# with `integrity_check` and the last row here). Then two more phases measure the RPO while the
+# writer runs: restores back to back, each one's newest commit against when the restore began
+# (how old the newest restorable state was at that moment: what a lost disk would lose) and
+# against when it ended (an upper bound: the restore's own time added), p50 and p99. They run
+# apart so that the restores' CPU does not weigh on the latency phases.
 # Usage: bench/stream.sh [SIZE_MIB=200] [SECONDS=60] [RATE=100]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +43,7 @@ import sqlite3, sys, time
 db, out, seconds, rate = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 c = sqlite3.connect(db, isolation_level=None, timeout=30)
 c.execute("PRAGMA busy_timeout = 30000")
-lat, start, n, last = [], time.monotonic(), 0, 0
+lat, times, start, n, last = [], [], time.monotonic(), 0, 0
 while time.monotonic() - start < seconds:
     t = time.monotonic()
     c.execute("BEGIN IMMEDIATE")
@@ -47,12 +51,14 @@ while time.monotonic() - start < seconds:
     c.execute("COMMIT")
     last = cur.lastrowid
     lat.append((time.monotonic() - t) * 1000)
+    times.append(f"{last} {time.time():.6f}")
     n += 1
     pause = start + n / rate - time.monotonic()
     if pause > 0:
         time.sleep(pause)
 open(out + ".lat", "w").write("\n".join(f"{x:.3f}" for x in lat))
 open(out + ".last", "w").write(f"{last} {time.time():.3f}\n")
+open(out + ".times", "w").write("\n".join(times))
 PY
 }
 
@@ -72,6 +78,29 @@ restore_newest() {
   esac
   [ "$(sqlite3 "$2" 'PRAGMA integrity_check')" = ok ] || { echo "$1: the restored database fails integrity_check" >&2; exit 1; }
   sqlite3 "$2" "SELECT max(id) FROM events"
+}
+
+# rpo_phase LABEL: the replicator of LABEL and the writer, and restores back to back while it
+# writes: "START END NEWEST_ID" per restore to $WORK/LABEL.samples.
+rpo_phase() {
+  local label=$1
+  cp "$WORK/base.db" "$WORK/$label.db"
+  rm -rf "$WORK/dbward-store" "$WORK/dbward-state" "$WORK/litestream-replica"
+  case $label in
+    dbward) "$DBWARD" -q --database "sqlite:$WORK/dbward.db" --store "file://$WORK/dbward-store" --state-dir "$WORK/dbward-state" replicate & REPLICATOR_PID=$! ;;
+    litestream) litestream replicate "$WORK/litestream.db" "file://$WORK/litestream-replica" >"$WORK/litestream.log" 2>&1 & REPLICATOR_PID=$! ;;
+  esac
+  sleep 3
+  writer "$WORK/$label.db" "$label-rpo" & local writing=$!
+  sleep 2 # the writer under way
+  : > "$WORK/$label.samples"
+  while kill -0 "$writing" 2>/dev/null; do
+    local t0=$EPOCHREALTIME
+    got=$(restore_newest "$label" "$WORK/$label-rpo.db" || echo 0)
+    echo "$t0 $EPOCHREALTIME $got" >> "$WORK/$label.samples"
+  done
+  wait "$writing"
+  kill "$REPLICATOR_PID"; wait "$REPLICATOR_PID" 2>/dev/null || true; REPLICATOR_PID=
 }
 
 phase() {
@@ -108,6 +137,16 @@ for label in alone dbward litestream; do
   echo "phase: $label" >&2
   phase "$label"
 done
+# The size and restore rows are read from the latency phases' replicas: kept apart.
+mv "$WORK/dbward-store" "$WORK/dbward-store.kept"
+mv "$WORK/litestream-replica" "$WORK/litestream-replica.kept"
+for label in dbward litestream; do
+  echo "phase: $label, RPO while writing" >&2
+  rpo_phase "$label"
+done
+rm -rf "$WORK/dbward-store" "$WORK/litestream-replica"
+mv "$WORK/dbward-store.kept" "$WORK/dbward-store"
+mv "$WORK/litestream-replica.kept" "$WORK/litestream-replica"
 
 python3 - "$WORK" "$SIZE" "$SECONDS_LOAD" "$RATE" <<'PY'
 import os, statistics, subprocess, sys
@@ -136,6 +175,21 @@ md = statistics.median(float(x.split()[0]) for x in open(os.path.join(work, "dbw
 ml = statistics.median(float(x.split()[0]) for x in open(os.path.join(work, "litestream.restore")))
 print(f"{'restore newest (s)':22}{'':12}{md:12.2f}{ml:12.2f}{md / ml:8.2f}")
 (cd, hd), (cl, hl) = (open(os.path.join(work, f + ".proc")).read().split() for f in ("dbward", "litestream"))
+def rpo(label):
+    commit = dict(line.split() for line in open(os.path.join(work, label + "-rpo.times")))
+    starts, ends = [], []
+    for line in open(os.path.join(work, label + ".samples")):
+        t0, t1, newest = line.split()
+        if newest in commit:
+            starts.append(float(t0) - float(commit[newest]))
+            ends.append(float(t1) - float(commit[newest]))
+    def pct(xs, q):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(len(xs) * q))]
+    return pct(starts, 0.5), pct(starts, 0.99), pct(ends, 0.5), pct(ends, 0.99), len(starts)
+pd, pl = rpo("dbward"), rpo("litestream")
+print(f"{'RPO at restore start':22}{'':12}{pd[0]:6.2f}/{pd[1]:5.2f}{pl[0]:6.2f}/{pl[1]:5.2f}  p50/p99 s, {pd[4]} and {pl[4]} restores")
+print(f"{'RPO at restore end':22}{'':12}{pd[2]:6.2f}/{pd[3]:5.2f}{pl[2]:6.2f}/{pl[3]:5.2f}  p50/p99 s (upper bound)")
 print(f"{'replicator CPU (s)':22}{'':12}{float(cd):12.2f}{float(cl):12.2f}")
 print(f"{'replicator peak RSS':22}{'':12}{int(hd) // 1024:10} M{int(hl) // 1024:10} M")
 print(f"zstd -3 of the database file: {len(subprocess.run(['zstd', '-3', '-c', os.path.join(work, 'base.db')], capture_output=True).stdout)} bytes")

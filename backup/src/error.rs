@@ -28,6 +28,11 @@ pub enum Error {
     #[error("{0}")]
     Refused(String),
 
+    /// Another replicator holds the database's stream (the `flock` beside the file, or the
+    /// lease in the store): refused, exit 3; `run --replicate` stands by instead.
+    #[error("{0}")]
+    Held(String),
+
     /// A failure after the live database was changed; the message says what is where.
     #[error("{0}")]
     AfterChange(String),
@@ -92,9 +97,11 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::StoreUrl { .. } | Error::Target { .. } => ErrorKind::Usage,
-            Error::Refused(_) | Error::NoSpace(_) | Error::NoKey(_) | Error::Damaged(_) => {
-                ErrorKind::Refused
-            }
+            Error::Refused(_)
+            | Error::Held(_)
+            | Error::NoSpace(_)
+            | Error::NoKey(_)
+            | Error::Damaged(_) => ErrorKind::Refused,
             Error::Database(e) if e.kind() == dbconn::ErrorKind::Usage => ErrorKind::Usage,
             Error::Database(e) if e.kind() == dbconn::ErrorKind::Refused => ErrorKind::Refused,
             _ => ErrorKind::Failed,

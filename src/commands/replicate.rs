@@ -30,7 +30,10 @@ const LOOK: Duration = Duration::from_millis(50);
 const ANYWAY: Duration = Duration::from_secs(60);
 
 pub async fn run(settings: &Settings, args: &ReplicateArgs) -> Result<Report, Failure> {
-    let mut replica = open(settings).await?;
+    let mut replica = match open(settings).await? {
+        Opened::Ready(r) => *r,
+        Opened::Held(why) => return Err(Failure::new(Exit::Refused, why)),
+    };
     if args.once {
         let shipped = replica.step().await?;
         return Ok(Report {
@@ -53,7 +56,7 @@ pub async fn run(settings: &Settings, args: &ReplicateArgs) -> Result<Report, Fa
         path,
         database: url_name(settings),
     });
-    let steps = until(&mut replica, args.interval, stop, metrics.as_ref()).await;
+    let steps = until(&mut replica, args.interval, stop, metrics.as_ref()).await?;
     Ok(Report {
         text: format!("replication stopped after {steps} step(s)\n"),
         json: json!({ "steps": steps }),
@@ -62,8 +65,15 @@ pub async fn run(settings: &Settings, args: &ReplicateArgs) -> Result<Report, Fa
     })
 }
 
-/// The replicator of the configured SQLite database, its lease taken.
-async fn open(settings: &Settings) -> Result<Replica, Failure> {
+/// What [`open`] came to.
+enum Opened {
+    Ready(Box<Replica>),
+    /// Another replicator holds the database's stream (here or in the store): why.
+    Held(String),
+}
+
+/// The replicator of the configured SQLite database, its leases taken.
+async fn open(settings: &Settings) -> Result<Opened, Failure> {
     let url = database_url(settings)?;
     let DatabaseUrl::Sqlite(path) = &url else {
         return Err(Failure::new(
@@ -80,7 +90,11 @@ async fn open(settings: &Settings) -> Result<Replica, Failure> {
         base_every: BASE_EVERY,
         stream_window: settings.stream_window,
     };
-    Ok(Replica::open(path, stores, &url.name(), opts).await?)
+    match Replica::open(path, stores, &url.name(), opts).await {
+        Ok(r) => Ok(Opened::Ready(Box::new(r))),
+        Err(backup::Error::Held(why)) => Ok(Opened::Held(why)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Where `--metrics` goes, and the database it is about.
@@ -125,16 +139,17 @@ fn url_name(settings: &Settings) -> String {
     database_url(settings).map(|u| u.name()).unwrap_or_default()
 }
 
-/// Steps every `interval` until `stop` (then one last step); how many shipped something.
+/// Steps every `interval` until `stop` (then one last step); how many shipped something. Ends
+/// early, with the error, when another replicator took the stream over.
 async fn until(
     replica: &mut Replica,
     interval: Duration,
     stop: impl std::future::Future,
     metrics: Option<&Metrics<'_>>,
-) -> u64 {
+) -> Result<u64, backup::Error> {
     let per_hour = (3600.0 / interval.as_secs_f64().max(0.001)).ceil() as u64;
     tracing::info!(
-        "replicating every change, at most one step every {}: at most {per_hour} writes an hour to each store while the database changes, none while it does not",
+        "replicating every change, at most one step every {}: at most {per_hour} writes an hour to each store while the database changes, none while it does not; and the lease in the primary store, one write and one listing a minute",
         humantime::format_duration(interval)
     );
     let (mut steps, mut failures_since, mut said_at) = (0u64, 0u64, None::<Instant>);
@@ -195,6 +210,10 @@ async fn until(
                     said_at = None;
                 }
             }
+            Err(e @ backup::Error::Held(_)) => {
+                tracing::error!("replication stops: {e}");
+                return Err(e);
+            }
             Err(e) => {
                 failures_since += 1;
                 if said_at.is_none_or(|t| t.elapsed() >= SAY_EVERY) {
@@ -215,7 +234,7 @@ async fn until(
         }
     }
     tracing::info!("replication stopped after {steps} step(s)");
-    steps
+    Ok(steps)
 }
 
 /// Replication beside `run`'s application, on a thread of its own (a step's reads never hold
@@ -230,7 +249,8 @@ pub struct Beside {
 const LAST_STEP: Duration = Duration::from_secs(60);
 
 /// Starts replication of the configured database beside the application; an error (not SQLite,
-/// not in WAL mode, another replicator) before the application starts.
+/// not in WAL mode) before the application starts. While another replicator holds the stream,
+/// this one stands by ([`standing_by`]).
 pub async fn beside(settings: &Settings, interval: Duration) -> Result<Beside, Failure> {
     let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -250,15 +270,10 @@ pub async fn beside(settings: &Settings, interval: Duration) -> Result<Beside, F
                 }
             };
             rt.block_on(async move {
-                let mut replica = match open(&settings).await {
-                    Ok(r) => r,
-                    Err(f) => {
-                        let _ = opened_tx.send(Err(f));
-                        return;
-                    }
-                };
-                let _ = opened_tx.send(Ok(()));
-                until(&mut replica, interval, stop_rx, None).await;
+                let mut stop_rx = stop_rx;
+                if let Some(mut replica) = standing_by(&settings, opened_tx, &mut stop_rx).await {
+                    let _ = until(&mut replica, interval, &mut stop_rx, None).await;
+                }
                 let _ = done_tx.send(());
             });
         })
@@ -270,6 +285,61 @@ pub async fn beside(settings: &Settings, interval: Duration) -> Result<Beside, F
         }),
         Ok(Err(f)) => Err(f),
         Err(_) => Err(Failure::new(Exit::Failed, "replication did not start")),
+    }
+}
+
+/// How often a replicator standing by looks whether the other one stopped.
+const STANDBY: Duration = Duration::from_secs(5);
+
+/// The replicator beside the application, once no other one holds the stream: while another
+/// does (the other slot of a blue-green pair, on the same volume; another host, in the store),
+/// this one stands by, said once, and the application starts meanwhile. `None` when stopped
+/// first, or when it cannot start (said to `opened` before the application starts, else
+/// logged).
+async fn standing_by(
+    settings: &Settings,
+    opened: tokio::sync::oneshot::Sender<Result<(), Failure>>,
+    stop: &mut tokio::sync::oneshot::Receiver<()>,
+) -> Option<Replica> {
+    let mut opened = Some(opened);
+    let mut stood_by = false;
+    loop {
+        match open(settings).await {
+            Ok(Opened::Ready(r)) => {
+                if let Some(tx) = opened.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                if stood_by {
+                    tracing::info!("the other replicator stopped: this one replicates now");
+                }
+                return Some(*r);
+            }
+            Ok(Opened::Held(why)) => {
+                if !stood_by {
+                    tracing::warn!(
+                        "{why}; standing by: this one replicates once that one stops (looked at every {})",
+                        humantime::format_duration(STANDBY)
+                    );
+                    stood_by = true;
+                }
+                if let Some(tx) = opened.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(STANDBY) => {}
+                    _ = &mut *stop => return None,
+                }
+            }
+            Err(f) => {
+                match opened.take() {
+                    Some(tx) => {
+                        let _ = tx.send(Err(f));
+                    }
+                    None => tracing::error!("replication cannot start: {}", f.full()),
+                }
+                return None;
+            }
+        }
     }
 }
 

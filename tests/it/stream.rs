@@ -1051,3 +1051,61 @@ fn pitr_verify_checks_the_stream_and_the_deploys_positions() {
         "{prom}"
     );
 }
+
+/// Across machines the lease is in the store: a copy of the database elsewhere (another file,
+/// its own local state: another host as far as the stream can tell) writing into the same
+/// folder is refused while the stream's newest object is fresh, and `run --replicate` there
+/// stands by instead of failing, its application started.
+#[test]
+fn a_second_host_is_refused_while_the_stream_is_held_and_run_stands_by() {
+    let p = app();
+    let replicator = Replicator::start(&p);
+    wait_for_rows(&p, "100");
+    let other = p.path().join("other");
+    std::fs::create_dir_all(other.join("migrations")).unwrap();
+    std::fs::copy(db(&p), other.join("app.db")).unwrap();
+    let store = format!("file://{}", p.path().join(".dbward/snapshots").display());
+    let on_other = |args: &[&str]| {
+        let mut c = common::dbward(&other);
+        c.args(["--database", "sqlite:app.db", "--store", &store])
+            .args(args);
+        c
+    };
+    let (code, _, err) = run(&mut on_other(&["replicate", "--once"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("written by another replicator"), "{err}");
+    assert!(
+        err.contains(&format!("pid {}", replicator.0.as_ref().unwrap().id())),
+        "{err}"
+    );
+
+    let server = common::Http::status(200);
+    let (code, _, err) = run(&mut on_other(&[
+        "run",
+        "--replicate",
+        "--url",
+        &server.url(),
+        "--",
+        "sh",
+        "-c",
+        "sqlite3 app.db \"INSERT INTO t (v) VALUES ('on the other host')\"",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("standing by"), "{err}");
+    assert_eq!(
+        sqlite(
+            &other.join("app.db"),
+            "SELECT count(*) FROM t WHERE v = 'on the other host'"
+        ),
+        "1"
+    );
+    // The stream stayed the first host's: one generation, and it holds no row of the other.
+    let (status, log) = replicator.stop(&p);
+    assert!(status.success(), "{log}");
+    let generations = std::fs::read_dir(p.path().join(".dbward/snapshots/app/stream"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
+    assert_eq!(generations, 1);
+    assert_eq!(restored_rows(&p, "first-host.db", &[]), "100");
+}

@@ -15,6 +15,7 @@
 
 pub mod ask;
 pub mod capture;
+pub mod lease;
 pub mod pages;
 pub mod point;
 pub mod prune;

@@ -59,7 +59,8 @@ pub async fn prune(
             let name = o.key.rsplit('/').next().unwrap_or_default();
             let ours = super::span_of(&o.key).is_some()
                 || name == "base.sqlite.zst"
-                || name == "base.sqlite.zst.age";
+                || name == "base.sqlite.zst.age"
+                || name == super::lease::NAME;
             if ours {
                 store.delete(&o.key).await?;
             }

@@ -102,6 +102,9 @@ pub struct Replica {
     said: std::sync::Mutex<std::collections::HashMap<usize, std::time::Instant>>,
     /// A mirror's spool was dropped: a new generation gives it a whole one again.
     base_wanted: std::sync::atomic::AtomicBool,
+    /// Who this replicator is, in the store's lease ([`super::lease`]), and when it last said so.
+    holder: super::lease::Holder,
+    renewed: Option<std::time::Instant>,
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -118,6 +121,7 @@ impl Replica {
         opts: Options,
     ) -> Result<Replica, Error> {
         let lease = lease(path)?;
+        let holder = super::lease::Holder::me(path)?;
         let source = Source::open(path, opts.busy)?;
         crate::scratch::create_private_dir(&opts.state_dir)
             .map_err(io(format!("making {}", opts.state_dir.display())))?;
@@ -130,8 +134,20 @@ impl Replica {
             _lease: lease,
             said: Default::default(),
             base_wanted: Default::default(),
+            holder,
+            renewed: None,
         };
         r.local = r.resume().await;
+        // Across machines, the lease in the store: the newest generation is not another's.
+        let mine = r.local.as_ref().map(|(l, _)| l.generation.clone());
+        super::lease::check(
+            r.stores.primary(),
+            &r.database,
+            r.identity().await?.as_deref(),
+            mine.as_deref(),
+            &r.holder,
+        )
+        .await?;
         Ok(r)
     }
 
@@ -213,10 +229,49 @@ impl Replica {
         &self.opts.state_dir
     }
 
+    /// The database's identity (`dbward_identity`), read now.
+    async fn identity(&self) -> Result<Option<String>, Error> {
+        let url = dbconn::DatabaseUrl::Sqlite(self.source.path().to_path_buf());
+        Ok(match crate::owner::live_identity(&url).await? {
+            crate::owner::Live::Present(id) => id,
+            crate::owner::Live::Absent => None,
+        })
+    }
+
+    /// [`Replica::step`], then the lease in the store renewed when it is due: a newer
+    /// generation begun by another holder stops this replicator ([`Error::Held`]); a store
+    /// that does not answer the renewal is said, and tried again at the next step.
+    pub async fn step(&mut self) -> Result<Shipped, Error> {
+        let shipped = self.step_only().await?;
+        let due = self
+            .renewed
+            .is_none_or(|t| t.elapsed() >= super::lease::RENEW);
+        if due || shipped.new_generation.is_some() {
+            let id = self.identity().await?;
+            match super::lease::renew(
+                self.stores.primary(),
+                &self.database,
+                id.as_deref(),
+                &shipped.generation,
+                &self.holder,
+            )
+            .await
+            {
+                Ok(()) => self.renewed = Some(std::time::Instant::now()),
+                Err(e @ Error::Held(_)) => return Err(e),
+                Err(e) => tracing::warn!(
+                    "renewing the stream's lease in the store: {}",
+                    crate::error::chain(&e)
+                ),
+            }
+        }
+        Ok(shipped)
+    }
+
     /// Ships what changed since the last step (a new generation when there is none to go on
     /// from, or which pages changed cannot be told from the WAL... then every page is compared
     /// with its hash, and only those that differ are shipped).
-    pub async fn step(&mut self) -> Result<Shipped, Error> {
+    async fn step_only(&mut self) -> Result<Shipped, Error> {
         self.catch_up().await;
         // The file at the path is the one followed: a restore (or a copy by hand) that put
         // another file there is a new database to the stream, read through new connections.
@@ -889,7 +944,7 @@ fn lease(db: &Path) -> Result<std::fs::File, Error> {
     dbconn::sqlite::take_lease(db)
         .map_err(io(format!("locking {}", path.display())))?
         .ok_or_else(|| {
-            Error::Refused(format!(
+            Error::Held(format!(
                 "sqlite:{} is already replicated by another process (it holds {}): one replicator per database",
                 db.display(),
                 path.display()

@@ -89,7 +89,8 @@ pub async fn verify(store: &Store, database: &str, id: Option<&str>) -> Result<V
                 covered.extend(span.first..=span.last);
                 newest_seq = newest_seq.max(span.last);
             }
-            if i == 0 {
+            // The holder's renewals say the replicator is there, not that data was stored.
+            if i == 0 && !o.key.ends_with(&format!("/{}", super::lease::NAME)) {
                 newest_stored = newest_stored.max(o.modified);
             }
         }
