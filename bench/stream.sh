@@ -84,6 +84,9 @@ restore_newest() {
 # writes: "START END NEWEST_ID" per restore to $WORK/LABEL.samples.
 rpo_phase() {
   local label=$1
+  # A fresh file: the latency phase's WAL may still be beside it (the replicator's connection
+  # closed last, without a checkpoint), and an old WAL beside a new file is replayed into it.
+  rm -f "$WORK/$label.db" "$WORK/$label.db-wal" "$WORK/$label.db-shm"
   cp "$WORK/base.db" "$WORK/$label.db"
   rm -rf "$WORK/dbward-store" "$WORK/dbward-state" "$WORK/litestream-replica"
   case $label in

@@ -104,8 +104,9 @@ struct Metrics<'a> {
 }
 
 impl Metrics<'_> {
-    /// The gauges after a step: when the newest state in the primary was read, the counts.
-    fn write(&self, newest: Option<Instant>, steps: u64, failed: u64) {
+    /// The gauges after a step: when the newest state the required stores hold was read, the
+    /// counts.
+    fn write(&self, newest: Option<Instant>, steps: u64, failed: u64, waiting: u64) {
         let mut g = restore_drill::metrics::Gauges::new(&self.database);
         if let Some(at) = newest {
             let read_at = std::time::SystemTime::now() - at.elapsed();
@@ -115,7 +116,7 @@ impl Metrics<'_> {
                 .unwrap_or(0.0);
             g.gauge(
                 "dbward_stream_last_step_timestamp_seconds",
-                "When the newest state in the primary store was read (time() minus it: the replication lag).",
+                "When the newest state the required stores hold was read: the primary's, with store.require = all the slowest store's (time() minus it: the replication lag).",
                 format!("{secs:.3}"),
             );
         }
@@ -128,6 +129,11 @@ impl Metrics<'_> {
             "dbward_stream_failed_steps",
             "Steps that failed since the last one that did not.",
             failed,
+        );
+        g.gauge(
+            "dbward_stream_mirror_waiting_objects",
+            "Objects waiting in this host's spools for mirrors that did not take them yet.",
+            waiting,
         );
         if let Err(e) = restore_drill::metrics::write_textfile(self.path, &g.into_text()) {
             tracing::warn!("--metrics {}: {e}", self.path.display());
@@ -164,6 +170,10 @@ async fn until(
     // When the newest state the primary took was read (a step that shipped nothing: the state
     // had not changed, so the newest is the current one).
     let mut newest = None::<Instant>;
+    // The same, for the newest state every store holds (no mirror has objects waiting).
+    let mut newest_everywhere = None::<Instant>;
+    let (taken_tx, taken) = std::sync::mpsc::channel();
+    let _taker = Taker::start(replica.state_dir().to_path_buf(), taken_tx);
     loop {
         // A stop request ships what changed first.
         tokio::select! {
@@ -175,8 +185,9 @@ async fn until(
         let due = since.is_none_or(|s| s >= interval);
         // A step now and then whatever the files say (it ships nothing when nothing changed).
         let anyway = since.is_none_or(|s| s >= ANYWAY) || failures_since > 0;
-        // `migrate` asking for a position: a step at once, whatever the interval.
-        let asked = backup::stream::ask::take(replica.state_dir());
+        // `migrate` asking for a position (taken meanwhile, even during a long step): a step
+        // at once, whatever the interval, begun after the request was.
+        let asked: Vec<_> = taken.try_iter().collect();
         if !stopping && asked.is_empty() && !(due && (now != seen || anyway)) {
             continue;
         }
@@ -200,6 +211,9 @@ async fn until(
         match stepped {
             Ok(shipped) => {
                 newest = Some(read_at);
+                if replica.mirrors_waiting() == 0 {
+                    newest_everywhere = Some(read_at);
+                }
                 if shipped.seq.is_some() || shipped.new_generation.is_some() {
                     steps += 1;
                     tracing::debug!("{}", describe(&shipped).trim_end());
@@ -227,7 +241,12 @@ async fn until(
             }
         }
         if let Some(m) = metrics {
-            m.write(newest, steps, failures_since);
+            let lag_from = if replica.require_all() {
+                newest_everywhere
+            } else {
+                newest
+            };
+            m.write(lag_from, steps, failures_since, replica.mirrors_waiting());
         }
         if stopping {
             break;
@@ -237,10 +256,49 @@ async fn until(
     Ok(steps)
 }
 
+/// Takes `migrate`'s requests for a position ([`backup::stream::ask`]) every look, on a thread
+/// of its own, so that one is taken within the second the asker waits even while a long step
+/// (a new base, a mirror catching up) runs; each is answered after the next step.
+struct Taker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Taker {
+    fn start(
+        dir: std::path::PathBuf,
+        to: std::sync::mpsc::Sender<backup::stream::ask::Taken>,
+    ) -> Taker {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ask".into())
+            .spawn(move || {
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    for t in backup::stream::ask::take(&dir) {
+                        if to.send(t).is_err() {
+                            return;
+                        }
+                    }
+                    std::thread::sleep(LOOK);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("requests for a position will not be taken: {e}");
+        }
+        Taker { stop }
+    }
+}
+
+impl Drop for Taker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Replication beside `run`'s application, on a thread of its own (a step's reads never hold
 /// the application's health checks up): stopped, after one last step, when dropped.
 pub struct Beside {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
     done: std::sync::mpsc::Receiver<()>,
 }
 
@@ -253,7 +311,7 @@ const LAST_STEP: Duration = Duration::from_secs(60);
 /// this one stands by ([`standing_by`]).
 pub async fn beside(settings: &Settings, interval: Duration) -> Result<Beside, Failure> {
     let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (done_tx, done) = std::sync::mpsc::channel();
     let settings = settings.clone();
     std::thread::Builder::new()
@@ -271,8 +329,19 @@ pub async fn beside(settings: &Settings, interval: Duration) -> Result<Beside, F
             };
             rt.block_on(async move {
                 let mut stop_rx = stop_rx;
-                if let Some(mut replica) = standing_by(&settings, opened_tx, &mut stop_rx).await {
-                    let _ = until(&mut replica, interval, &mut stop_rx, None).await;
+                // Whether `run` asked to stop, answered as often as it is asked.
+                let mut opened = Some(opened_tx);
+                // Taken over by another replicator: standing by again, until run ends.
+                while let Some(mut replica) =
+                    standing_by(&settings, &mut opened, &mut stop_rx).await
+                {
+                    let stop = async {
+                        let _ = stop_rx.wait_for(|s| *s).await;
+                    };
+                    match until(&mut replica, interval, stop, None).await {
+                        Err(backup::Error::Held(_)) => continue,
+                        _ => break,
+                    }
                 }
                 let _ = done_tx.send(());
             });
@@ -293,18 +362,28 @@ const STANDBY: Duration = Duration::from_secs(5);
 
 /// The replicator beside the application, once no other one holds the stream: while another
 /// does (the other slot of a blue-green pair, on the same volume; another host, in the store),
-/// this one stands by, said once, and the application starts meanwhile. `None` when stopped
-/// first, or when it cannot start (said to `opened` before the application starts, else
-/// logged).
+/// this one stands by, said once, and the application starts meanwhile. A problem at the first
+/// try (not SQLite, not in WAL mode, no store) is said to `opened`, before the application
+/// starts; later ones are said once a minute and tried again. `None` once stopped.
 async fn standing_by(
     settings: &Settings,
-    opened: tokio::sync::oneshot::Sender<Result<(), Failure>>,
-    stop: &mut tokio::sync::oneshot::Receiver<()>,
+    opened: &mut Option<tokio::sync::oneshot::Sender<Result<(), Failure>>>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Replica> {
-    let mut opened = Some(opened);
-    let mut stood_by = false;
+    let (mut stood_by, mut said_at) = (false, None::<Instant>);
     loop {
-        match open(settings).await {
+        // The other slot's replicator holds the lease beside the file: not even tried (a try
+        // takes that lease for a moment, and a `migrate` then would ask nobody).
+        let held_here = match database_url(settings) {
+            Ok(DatabaseUrl::Sqlite(path)) => dbconn::sqlite::replicator(&path)
+                .map(|pid| format!("sqlite:{} is replicated by pid {pid}", path.display())),
+            _ => None,
+        };
+        let tried = match held_here {
+            Some(why) => Ok(Opened::Held(why)),
+            None => open(settings).await,
+        };
+        match tried {
             Ok(Opened::Ready(r)) => {
                 if let Some(tx) = opened.take() {
                     let _ = tx.send(Ok(()));
@@ -322,23 +401,30 @@ async fn standing_by(
                     );
                     stood_by = true;
                 }
-                if let Some(tx) = opened.take() {
-                    let _ = tx.send(Ok(()));
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(STANDBY) => {}
-                    _ = &mut *stop => return None,
-                }
             }
-            Err(f) => {
-                match opened.take() {
-                    Some(tx) => {
-                        let _ = tx.send(Err(f));
+            Err(f) => match opened.take() {
+                Some(tx) => {
+                    let _ = tx.send(Err(f));
+                    return None;
+                }
+                None => {
+                    if said_at.is_none_or(|t| t.elapsed() >= SAY_EVERY) {
+                        tracing::error!(
+                            "replication cannot start now: {}; trying again every {}",
+                            f.full(),
+                            humantime::format_duration(STANDBY)
+                        );
+                        said_at = Some(Instant::now());
                     }
-                    None => tracing::error!("replication cannot start: {}", f.full()),
                 }
-                return None;
-            }
+            },
+        }
+        if let Some(tx) = opened.take() {
+            let _ = tx.send(Ok(()));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STANDBY) => {}
+            _ = stop.wait_for(|s| *s) => return None,
         }
     }
 }
@@ -346,7 +432,7 @@ async fn standing_by(
 impl Drop for Beside {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         if self.done.recv_timeout(LAST_STEP).is_err() {
             tracing::error!(

@@ -198,12 +198,12 @@ pub async fn pre_deploy_point(
     .await
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("the replicator (pid {pid}) gave no position: {e}"))?;
-    let store = settings
-        .store()
+    let stores = settings
+        .stores()
         .await
         .map_err(|e| backup::error::chain(&e))?;
-    let m =
-        backup::stream::point::record(&store, &url.name(), path, asked, backup::Kind::PreDeploy)
+    let (m, failed) =
+        backup::stream::point::record(&stores, &url.name(), path, asked, backup::Kind::PreDeploy)
             .await
             .map_err(|e| {
                 format!(
@@ -211,5 +211,11 @@ pub async fn pre_deploy_point(
                     backup::error::chain(&e)
                 )
             })?;
+    for f in failed {
+        tracing::warn!(
+            "the stream position {} has no copy in {f} (the primary has it)",
+            m.id
+        );
+    }
     Ok(Some(m))
 }

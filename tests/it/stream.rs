@@ -1109,3 +1109,116 @@ fn a_second_host_is_refused_while_the_stream_is_held_and_run_stands_by() {
     assert_eq!(generations, 1);
     assert_eq!(restored_rows(&p, "first-host.db", &[]), "100");
 }
+
+/// With `store.require = all`, the lag the replicator reports is the slowest store's: while a
+/// mirror does not take the stream, its objects wait in the spool (counted) and the newest state
+/// every store holds does not move; once it is back, it catches up and the lag is current.
+#[test]
+fn with_every_store_required_the_lag_is_the_slowest_stores() {
+    let p = app();
+    let mirror = p.path().join("mirror");
+    std::fs::write(&mirror, "not a folder yet").unwrap();
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        format!(
+            "[store]\nmirrors = [\"file://{}\"]\nrequire = \"all\"\n",
+            mirror.display()
+        ),
+    )
+    .unwrap();
+    let replicator = Replicator::start(&p);
+    let metrics = p.path().join("replicate.prom");
+    let gauge = |name: &str| -> Option<f64> {
+        let text = std::fs::read_to_string(&metrics).ok()?;
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let until = |what: &str, ok: &dyn Fn() -> bool| {
+        let began = Instant::now();
+        while !ok() {
+            assert!(began.elapsed() < Duration::from_secs(30), "{what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    sqlite(
+        &db(&p),
+        "INSERT INTO t (v) VALUES ('while the mirror is away')",
+    );
+    until("objects waiting for the mirror", &|| {
+        gauge("dbward_stream_mirror_waiting_objects").is_some_and(|n| n >= 1.0)
+    });
+    // No state is in every store yet: no timestamp to take a lag from.
+    assert_eq!(gauge("dbward_stream_last_step_timestamp_seconds"), None);
+    std::fs::remove_file(&mirror).unwrap();
+    sqlite(&db(&p), "INSERT INTO t (v) VALUES ('after it came back')");
+    until("the mirror caught up", &|| {
+        gauge("dbward_stream_mirror_waiting_objects") == Some(0.0)
+            && gauge("dbward_stream_last_step_timestamp_seconds").is_some()
+    });
+    let (status, log) = replicator.stop(&p);
+    assert!(status.success(), "{log}");
+}
+
+/// Every object of the stream's generation folders dated `seconds` back: a holder that has been
+/// silent that long, as far as the store's lease can tell.
+fn age_generations(p: &Project, seconds: u64) {
+    let stream = p.path().join(".dbward/snapshots/app/stream");
+    for d in std::fs::read_dir(&stream).unwrap() {
+        let d = d.unwrap().path();
+        if !d.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&d).unwrap() {
+            let f = f.unwrap().path();
+            let then = std::time::SystemTime::now() - Duration::from_secs(seconds);
+            std::fs::File::options()
+                .write(true)
+                .open(&f)
+                .unwrap()
+                .set_modified(then)
+                .unwrap();
+        }
+    }
+}
+
+/// A holder silent for longer than the lease is taken over by another host (a new generation);
+/// when the first comes back, it does not go on from its own older generation (that would fork
+/// the stream, and the other's newer one would stop it at its first renewal): it begins a new one,
+/// and renews it.
+#[test]
+fn a_silent_holder_is_taken_over_and_coming_back_begins_anew() {
+    let p = app();
+    let first = once(&p);
+    let other = p.path().join("other");
+    std::fs::create_dir_all(other.join("migrations")).unwrap();
+    std::fs::copy(db(&p), other.join("app.db")).unwrap();
+    let store = format!("file://{}", p.path().join(".dbward/snapshots").display());
+    let on_other = || {
+        let mut c = common::dbward(&other);
+        c.args(["--json", "--database", "sqlite:app.db", "--store", &store])
+            .args(["replicate", "--once"]);
+        c
+    };
+    let (code, _, err) = run(&mut on_other());
+    assert_eq!(code, 3, "held while fresh: {err}");
+    age_generations(&p, 200);
+    let (code, out, err) = run(&mut on_other());
+    assert_eq!(code, 0, "{err}");
+    let second = json(&out)["shipped"].clone();
+    assert_ne!(second["generation"], first["generation"], "{out}");
+    // The first host is back: the other's generation is fresh, so it is held...
+    let (code, _, err) = run(p.dbward("sqlite:app.db").args(["replicate", "--once"]));
+    assert_eq!(code, 3, "{err}");
+    // ...and once that one is silent too, the first begins anew instead of going on from its
+    // own older generation; its next step goes on from that.
+    age_generations(&p, 200);
+    let third = once(&p);
+    assert!(third["new_generation"].is_string(), "{third}");
+    assert_ne!(third["generation"], second["generation"]);
+    sqlite(&db(&p), "INSERT INTO t (v) VALUES ('back')");
+    let fourth = once(&p);
+    assert_eq!(fourth["generation"], third["generation"], "{fourth}");
+    assert!(fourth["new_generation"].is_null(), "{fourth}");
+    assert_eq!(restored_rows(&p, "after-the-takeovers.db", &[]), "101");
+}

@@ -148,7 +148,7 @@ pub struct Taken {
 }
 
 /// The replicator's side: takes every request waiting in `dir` (removing it), and removes the
-/// answers nobody read for a minute. Cheap: one listing of its own folder.
+/// answers nobody read for a minute (and the temp files of a writer killed before its rename). Cheap: one listing of its own folder.
 pub fn take(dir: &Path) -> Vec<Taken> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -164,7 +164,10 @@ pub fn take(dir: &Path) -> Vec<Taken> {
                     nonce: n.to_string(),
                 });
             }
-        } else if nonce_of(name, ANSWER).is_some() {
+        } else if nonce_of(name, ANSWER).is_some()
+            || nonce_of(name, ".request.tmp").is_some()
+            || nonce_of(name, ".answer.tmp").is_some()
+        {
             let old = e
                 .metadata()
                 .and_then(|m| m.modified())

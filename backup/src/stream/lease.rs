@@ -98,6 +98,15 @@ pub async fn hold(
         .await
 }
 
+/// What [`check`] found the newest generation to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Newest {
+    /// None yet, or the one this replicator's local state goes on from.
+    Mine,
+    /// Another one, not held: this replicator may go on, from a new generation.
+    Other(String),
+}
+
 /// Refused ([`Error::Held`]) when the newest generation of `database` (identity `id`) other
 /// than `mine` (the one this replicator's local state goes on from) is held by another machine
 /// or file: an object stored in it less than [`TTL`] ago.
@@ -107,16 +116,16 @@ pub async fn check(
     id: Option<&str>,
     mine: Option<&str>,
     me: &Holder,
-) -> Result<(), Error> {
+) -> Result<Newest, Error> {
     let Some(g) = super::restore::generations(store, database, id)
         .await?
         .into_iter()
         .next()
     else {
-        return Ok(());
+        return Ok(Newest::Mine);
     };
     if Some(g.generation.as_str()) == mine {
-        return Ok(());
+        return Ok(Newest::Mine);
     }
     let holder: Option<Holder> = match store.get_bytes(&key(database, &g.generation)).await {
         Ok(bytes) => serde_json::from_slice(&bytes).ok(),
@@ -124,7 +133,7 @@ pub async fn check(
         Err(e) => return Err(e),
     };
     if holder.as_ref().is_some_and(|h| h.same_file(me)) {
-        return Ok(());
+        return Ok(Newest::Other(g.generation));
     }
     let newest = store
         .list(&super::generation_dir(database, &g.generation))
@@ -144,7 +153,7 @@ pub async fn check(
             age.as_secs(),
             TTL.as_secs()
         ))),
-        _ => Ok(()),
+        _ => Ok(Newest::Other(g.generation)),
     }
 }
 
@@ -259,8 +268,14 @@ mod tests {
         );
         // The same lease file (a restarted replicator of the same file), or the generation its
         // own local state goes on from: not held.
-        check(&s, "app", None, None, &a).await.unwrap();
-        check(&s, "app", None, Some(g), &b).await.unwrap();
+        assert_eq!(
+            check(&s, "app", None, None, &a).await.unwrap(),
+            Newest::Other(g.into())
+        );
+        assert_eq!(
+            check(&s, "app", None, Some(g), &b).await.unwrap(),
+            Newest::Mine
+        );
     }
 
     #[tokio::test]

@@ -12,18 +12,22 @@ use time::OffsetDateTime;
 use crate::catalog::manifest_key;
 use crate::error::Error;
 use crate::manifest::{self, Format, Kind, Manifest, StreamPoint};
-use crate::store::Store;
+use crate::store::set::StoreSet;
 
-/// Records `p`, a position the replicator of the SQLite database at `db` says `store` (its
-/// primary) holds, as a snapshot of `database`'s folder. Checked first: the generation is in
-/// the store, and it is this database's (its identity).
+/// Records `p`, a position the replicator of the SQLite database at `db` says the primary store
+/// holds, as a snapshot of `database`'s folder, in the primary (it must take it) and in each
+/// mirror (whose copy of the stream follows; its retention keeps the generation a position
+/// names, and a restore finds it there when the primary cannot be read). Checked first: the
+/// generation is in the primary, and it is this database's (its identity). Returns the manifest
+/// and the mirrors that did not take it, with why.
 pub async fn record(
-    store: &Store,
+    stores: &StoreSet,
     database: &str,
     db: &Path,
     p: StreamPoint,
     kind: Kind,
-) -> Result<Manifest, Error> {
+) -> Result<(Manifest, Vec<String>), Error> {
+    let store = stores.primary();
     let started = Instant::now();
     let (database_id, head) = identity_and_head(db)?;
     let key = super::generation_key(database, &p.generation);
@@ -80,8 +84,15 @@ pub async fn record(
         duration_ms: started.elapsed().as_millis() as u64,
     };
     let json = serde_json::to_vec_pretty(&m).expect("serializes");
-    store.put_new(&manifest_key(database, &id), &json).await?;
-    Ok(m)
+    let key = manifest_key(database, &id);
+    store.put_new(&key, &json).await?;
+    let mut failed = Vec::new();
+    for (n, mirror) in stores.mirrors() {
+        if let Err(e) = mirror.put_new(&key, &json).await {
+            failed.push(format!("mirror {n}: {}", crate::error::chain(&e)));
+        }
+    }
+    Ok((m, failed))
 }
 
 /// The database's identity and migration head, read from the file (read-only, a moment's read

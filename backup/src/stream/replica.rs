@@ -138,16 +138,37 @@ impl Replica {
             renewed: None,
         };
         r.local = r.resume().await;
-        // Across machines, the lease in the store: the newest generation is not another's.
+        // Across machines, the lease in the store: the newest generation is not another's
+        // (refused while it is held); and the local state goes on only from the newest one (a
+        // newer one, begun by another holder meanwhile, is not forked: a new generation begins).
         let mine = r.local.as_ref().map(|(l, _)| l.generation.clone());
-        super::lease::check(
+        let id = r.identity().await?;
+        match super::lease::check(
             r.stores.primary(),
             &r.database,
-            r.identity().await?.as_deref(),
+            id.as_deref(),
             mine.as_deref(),
             &r.holder,
         )
-        .await?;
+        .await
+        {
+            Ok(super::lease::Newest::Mine) => {}
+            Ok(super::lease::Newest::Other(g)) => {
+                if let Some(mine) = mine {
+                    tracing::warn!(
+                        "generation {g} began after this replicator's {mine} (another replicator held the stream meanwhile): a new generation begins here"
+                    );
+                    r.local = None;
+                }
+            }
+            Err(e @ Error::Held(_)) => return Err(e),
+            // The store does not answer: said; the lease is looked at again at the first
+            // renewal, and a newer holder's generation stops this one then.
+            Err(e) => tracing::warn!(
+                "the stream's lease in the store cannot be read now ({}); replicating, and looking again at the first renewal",
+                crate::error::chain(&e)
+            ),
+        }
         Ok(r)
     }
 
@@ -247,7 +268,18 @@ impl Replica {
             .renewed
             .is_none_or(|t| t.elapsed() >= super::lease::RENEW);
         if due || shipped.new_generation.is_some() {
-            let id = self.identity().await?;
+            // The step is in the store whatever the renewal comes to: only another holder's
+            // newer generation makes this an error.
+            let id = match self.identity().await {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(
+                        "renewing the stream's lease: the identity cannot be read now: {}",
+                        crate::error::chain(&e)
+                    );
+                    return Ok(shipped);
+                }
+            };
             match super::lease::renew(
                 self.stores.primary(),
                 &self.database,
@@ -566,6 +598,29 @@ impl Replica {
         self.opts.state_dir.join("mirrors").join(n.to_string())
     }
 
+    /// Objects waiting in the mirrors' spools, all mirrors.
+    pub fn mirrors_waiting(&self) -> u64 {
+        self.stores
+            .mirrors()
+            .map(|(n, _)| {
+                std::fs::read_dir(self.spool(n)).map_or(0, |d| {
+                    d.flatten()
+                        .filter(|e| {
+                            e.file_name()
+                                .to_str()
+                                .is_some_and(|n| n.parse::<u64>().is_ok())
+                        })
+                        .count() as u64
+                })
+            })
+            .sum()
+    }
+
+    /// `store.require = all`: a state counts once every store holds it.
+    pub fn require_all(&self) -> bool {
+        self.stores.require_all()
+    }
+
     fn waiting(&self, n: usize) -> bool {
         std::fs::read_dir(self.spool(n)).is_ok_and(|mut d| d.next().is_some())
     }
@@ -743,6 +798,15 @@ impl Replica {
             serde_json::to_vec_pretty(&record).expect("serializable"),
         )
         .map_err(io(format!("writing {}", record_file.display())))?;
+        // Who writes it, before its record makes it a generation: a replicator killed right
+        // after the record is still this one to the store's lease when it restarts.
+        super::lease::hold(
+            self.stores.primary(),
+            &self.database,
+            &generation,
+            &self.holder,
+        )
+        .await?;
         let key = super::generation_key(&self.database, &generation);
         // After the base: in a mirror's spool too, behind it.
         let (_, failed) = self.ship(&key, &record_file).await?;

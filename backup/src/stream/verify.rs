@@ -1,7 +1,9 @@
 //! A stream checked from its store's listing, without downloading it: every generation's base
 //! is there at the size its record says, its steps run from 1 to the newest without a gap (a
 //! compacted object covers the steps it holds), every deploy's position is in a generation that
-//! reaches its step, and how long ago the newest object was stored (the lag).
+//! reaches its step (through objects that end by it, as a restore reads them), and how long ago
+//! the newest object was stored (the lag; the replicator's lease renewal counts, as it follows
+//! a step that found the database unchanged).
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -73,12 +75,14 @@ impl Verified {
 pub async fn verify(store: &Store, database: &str, id: Option<&str>) -> Result<Verified, Error> {
     let gens = generations(store, database, id).await?;
     let mut checked = Vec::new();
+    let mut spans_of = Vec::new();
     let mut newest_stored: Option<SystemTime> = None;
     for (i, g) in gens.iter().enumerate() {
         let objects = store
             .list(&super::generation_dir(database, &g.generation))
             .await?;
         let mut covered = BTreeSet::new();
+        let mut spans = Vec::new();
         let mut newest_seq = 0;
         let mut base = None;
         for o in &objects {
@@ -88,9 +92,12 @@ pub async fn verify(store: &Store, database: &str, id: Option<&str>) -> Result<V
             if let Some(span) = super::span_of(&o.key) {
                 covered.extend(span.first..=span.last);
                 newest_seq = newest_seq.max(span.last);
+                spans.push(span);
             }
-            // The holder's renewals say the replicator is there, not that data was stored.
-            if i == 0 && !o.key.ends_with(&format!("/{}", super::lease::NAME)) {
+            // The holder's renewal follows a step the primary took (one that found nothing
+            // changed stores nothing else): while the database does not change, it says the
+            // stream is current, to the minute.
+            if i == 0 {
                 newest_stored = newest_stored.max(o.modified);
             }
         }
@@ -103,6 +110,7 @@ pub async fn verify(store: &Store, database: &str, id: Option<&str>) -> Result<V
             )),
             Some(_) => None,
         };
+        spans_of.push(spans);
         checked.push(Checked {
             generation: g.generation.clone(),
             started_at: g.started_at.clone(),
@@ -124,20 +132,24 @@ pub async fn verify(store: &Store, database: &str, id: Option<&str>) -> Result<V
             continue;
         }
         positions += 1;
-        let why = match checked.iter().find(|c| c.generation == p.generation) {
+        let found = checked.iter().position(|c| c.generation == p.generation);
+        let why = match found.map(|i| (&checked[i], &spans_of[i])) {
             None => Some(format!(
                 "its generation {} is not in the store",
                 p.generation
             )),
-            Some(c) if c.base_problem.is_some() => c.base_problem.clone(),
-            Some(c) if c.newest_seq < p.seq => Some(format!(
+            Some((c, _)) if c.base_problem.is_some() => c.base_problem.clone(),
+            Some((c, _)) if c.newest_seq < p.seq => Some(format!(
                 "generation {} holds steps up to {}, and the position is at {}",
                 p.generation, c.newest_seq, p.seq
             )),
-            Some(c) => c
-                .missing_steps
-                .iter()
-                .find(|s| **s <= p.seq)
+            // As a restore reads it: only objects that end by the position's step.
+            Some((_, spans)) => (1..=p.seq)
+                .find(|s| {
+                    !spans
+                        .iter()
+                        .any(|sp| sp.last <= p.seq && (sp.first..=sp.last).contains(s))
+                })
                 .map(|s| format!("step {s} of generation {} is missing", p.generation)),
         };
         if let Some(why) = why {
