@@ -10,7 +10,8 @@
 # held it (polled every 0.25 s; a restore's own time is part of it, so it is an upper bound),
 # the replica's size in bytes, its objects, the replicator's CPU seconds and peak RSS, and the
 # time to restore the newest state (checks included, median of 3; both restores are checked
-# with `integrity_check` and the last row here). Then two more phases measure the RPO while the
+# with `integrity_check` and the last row here), and to restore the state as of the middle of
+# the load (`restore --stream --time`, `litestream restore -timestamp`). Then two more phases measure the RPO while the
 # writer runs: restores back to back, each one's newest commit against when the restore began
 # (how old the newest restorable state was at that moment: what a lost disk would lose) and
 # against when it ended (an upper bound: the restore's own time added), p50 and p99. They run
@@ -106,6 +107,16 @@ rpo_phase() {
   kill "$REPLICATOR_PID"; wait "$REPLICATOR_PID" 2>/dev/null || true; REPLICATOR_PID=
 }
 
+# restore_at LABEL OUT TIME: restores the state as of TIME (RFC 3339) into OUT, checked.
+restore_at() {
+  rm -f "$2" "$2-wal" "$2-shm"
+  case $1 in
+    dbward) "$DBWARD" -q --database "sqlite:$WORK/dbward.db" --store "file://$WORK/dbward-store" --state-dir "$WORK/dbward-state" restore --stream --time "$3" --to "$2" >/dev/null ;;
+    litestream) litestream restore -timestamp "$3" -o "$2" "file://$WORK/litestream-replica" >/dev/null 2>&1 ;;
+  esac
+  [ "$(sqlite3 "$2" 'PRAGMA integrity_check')" = ok ] || { echo "$1: the restore as of $3 fails integrity_check" >&2; exit 1; }
+}
+
 phase() {
   local label=$1
   cp "$WORK/base.db" "$WORK/$label.db"
@@ -133,6 +144,14 @@ phase() {
     local t0=$EPOCHREALTIME
     restore_newest "$label" "$WORK/$label-out.db" >/dev/null
     awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.4f\n", b - a }' >> "$WORK/$label.restore"
+  done
+  # The state as of the middle of the load.
+  local mid
+  mid=$(python3 -c "import datetime, sys; xs = open(sys.argv[1]).read().split(); t = float(xs[len(xs) // 2 | 1]); print(datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%fZ'))" "$WORK/$label.times")
+  for _ in 1 2 3; do
+    local t0=$EPOCHREALTIME
+    restore_at "$label" "$WORK/$label-at.db" "$mid"
+    awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.4f\n", b - a }' >> "$WORK/$label.restore-at"
   done
 }
 
@@ -177,6 +196,9 @@ print(f"{'replica objects':22}{'':12}{fd:12}{fl:12}")
 md = statistics.median(float(x.split()[0]) for x in open(os.path.join(work, "dbward.restore")))
 ml = statistics.median(float(x.split()[0]) for x in open(os.path.join(work, "litestream.restore")))
 print(f"{'restore newest (s)':22}{'':12}{md:12.2f}{ml:12.2f}{md / ml:8.2f}")
+td = statistics.median(float(x) for x in open(os.path.join(work, "dbward.restore-at")))
+tl = statistics.median(float(x) for x in open(os.path.join(work, "litestream.restore-at")))
+print(f"{'restore --time (s)':22}{'':12}{td:12.2f}{tl:12.2f}{td / tl:8.2f}  (to newest: {td / md:.2f}x and {tl / ml:.2f}x)")
 (cd, hd), (cl, hl) = (open(os.path.join(work, f + ".proc")).read().split() for f in ("dbward", "litestream"))
 def rpo(label):
     commit = dict(line.split() for line in open(os.path.join(work, label + "-rpo.times")))
