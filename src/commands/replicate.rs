@@ -328,8 +328,8 @@ pub async fn beside(settings: &Settings, interval: Duration) -> Result<Beside, F
                 }
             };
             rt.block_on(async move {
-                let mut stop_rx = stop_rx;
                 // Whether `run` asked to stop, answered as often as it is asked.
+                let mut stop_rx = stop_rx;
                 let mut opened = Some(opened_tx);
                 // Taken over by another replicator: standing by again, until run ends.
                 while let Some(mut replica) =

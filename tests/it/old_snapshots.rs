@@ -1,9 +1,10 @@
 //! Snapshots written by earlier releases restore with this one, and with the standard tools:
 //! `tests/fixtures/snapshots/plain` was written by dbward 0.1.0 before encryption existed
 //! (a SQLite `app` and a PostgreSQL `shop`), `age` by the first release with encryption, to
-//! the committed test key `fixture-key.txt`; `migrations/` holds the files they were migrated
-//! with (the drill checks the head against them). Never regenerate these: add new ones beside
-//! them.
+//! the committed test key `fixture-key.txt`; `stream` by the first release with streams (a
+//! SQLite stream and a deploy's position in it); `migrations/` holds the files they were
+//! migrated with (the drill checks the head against them). Never regenerate these: add new ones
+//! beside them.
 
 use crate::common;
 
@@ -141,4 +142,60 @@ fn postgres_snapshots_of_earlier_releases_restore_with_dbward_and_pg_restore() {
         ]));
         assert!(listing.contains("TABLE public items"), "{listing}");
     }
+}
+
+/// A SQLite stream written by the first release with streams (`stream/`): a generation's base
+/// and steps, and a deploy's position (a `streampoint` snapshot, taken by `migrate` beside the
+/// running replicator, before `V1__notes.sql`). Its newest state and the position restore with
+/// this release, and the newest state also with `docs/stream-restore.py` and `zstd` alone.
+#[test]
+fn sqlite_streams_of_earlier_releases_restore_with_dbward_and_the_script() {
+    let p = Project::new();
+    let store = store_copy(&p, "stream");
+    let point = id_in(&store, "app");
+    let dbward = || {
+        let mut c = p.dbward("sqlite:app.db");
+        c.arg("--migrations")
+            .arg(fixtures().join("migrations/app"))
+            .arg("--store")
+            .arg(format!("file://{}", store.display()));
+        c
+    };
+    let newest = p.path().join("newest.db");
+    let (code, _, err) =
+        run(dbward().args(["restore", "--stream", "--to", newest.to_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sqlite(&newest, "SELECT count(*) FROM legacy"), "2");
+    assert_eq!(
+        sqlite(&newest, "SELECT group_concat(body, '|') FROM notes"),
+        "kept since 0.1.0|second|after the deploy"
+    );
+    let at = p.path().join("at-the-deploy.db");
+    let (code, _, err) =
+        run(dbward().args(["restore", &point, "--yes", "--to", at.to_str().unwrap()]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sqlite(&at, "SELECT count(*) FROM legacy"), "2");
+    assert_eq!(
+        sqlite(
+            &at,
+            "SELECT count(*) FROM sqlite_master WHERE name = 'notes'"
+        ),
+        "0"
+    );
+
+    // Without dbward.
+    let generation = std::fs::read_dir(store.join("app/stream"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|d| d.is_dir())
+        .unwrap();
+    let by_hand = p.path().join("by-hand.db");
+    tool(
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/stream-restore.py"))
+            .arg(&generation)
+            .arg(&by_hand),
+    );
+    assert_eq!(sqlite(&by_hand, "PRAGMA integrity_check"), "ok");
+    assert_eq!(sqlite(&by_hand, "SELECT count(*) FROM notes"), "3");
 }
