@@ -60,13 +60,21 @@ impl std::fmt::Display for Finding {
     }
 }
 
-/// Lints every file; findings come in file order, then line order. Notes are left out.
+/// Lints every file; findings come in file order, then line order. The notes on how dbward runs
+/// a file (a placeholder, a wrapping transaction dropped, a pragma that does nothing) are kept;
+/// the not-additive ones are `migrate`'s ([`all`]).
 pub fn lint<'a>(
     files: impl IntoIterator<Item = &'a MigrationFile>,
     dialect: Dialect,
 ) -> Vec<Finding> {
-    findings(files, dialect, |s| s != Severity::Note)
+    findings(files, dialect, |_| true)
+        .into_iter()
+        .filter(|f| f.rule != NOT_ADDITIVE)
+        .collect()
 }
+
+/// The rule of the notes that say a statement is not purely additive.
+pub const NOT_ADDITIVE: &str = "not-additive";
 
 /// Every finding, notes included: what `migrate` reads once, for its gate (errors, warnings)
 /// and for the batch's statements that are not purely additive (notes: the expand step of
@@ -120,16 +128,94 @@ const WINDOW: usize = 1 << 20;
 /// after it is tokenized again with the next window, so a cut through a string, a comment or a
 /// `$$` body never changes a token. Statements are checked as they complete and dropped.
 pub fn lint_sql(sql: &str, dialect: Dialect) -> Vec<RawFinding> {
-    lint_windowed(sql, dialect, WINDOW)
+    lint_windowed(sql, dialect, WINDOW).findings
 }
 
-fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Vec<RawFinding> {
+/// Where a file's own wrapping transaction is: its leading `BEGIN` statement and its trailing
+/// `COMMIT` (each from its first token to its `;`, or to the end of the file), when those are
+/// the file's only transaction control. dbward runs the file inside the batch's transaction
+/// without them ([`crate::MigrationFile::executable_sql`]).
+pub fn wrapping_transaction(
+    sql: &str,
+    dialect: Dialect,
+) -> Option<[(Location, Option<Location>); 2]> {
+    lint_windowed(sql, dialect, WINDOW).wrap
+}
+
+/// What one pass over a file finds.
+#[derive(Debug)]
+struct Linted {
+    findings: Vec<RawFinding>,
+    wrap: Option<[(Location, Option<Location>); 2]>,
+}
+
+/// The transaction control a file holds, as the pass meets it: whether its first statement is
+/// a plain `BEGIN` (and where it runs), where its last plain `COMMIT` is, and how many
+/// statements control the transaction.
+#[derive(Default)]
+struct TxControl {
+    statements: usize,
+    begin: Option<(Location, Option<Location>)>,
+    /// The newest plain `COMMIT`/`END` and the statement count when it was met.
+    commit: Option<((Location, Option<Location>), usize)>,
+    control: usize,
+}
+
+impl TxControl {
+    fn see(&mut self, stmt: &[Tok], semi: Option<Location>) {
+        self.statements += 1;
+        let w = |i: usize| stmt.get(i).and_then(|t| t.word.as_deref());
+        let rest_is = |from: usize, allowed: &[&str]| {
+            stmt.len() <= from + 1 && w(from).is_none_or(|x| allowed.contains(&x))
+        };
+        let plain_begin = match w(0) {
+            Some("BEGIN") => {
+                // SQLite's locking modes change nothing inside dbward's transaction.
+                let from =
+                    usize::from(matches!(w(1), Some("DEFERRED" | "IMMEDIATE" | "EXCLUSIVE")));
+                rest_is(1 + from, &["TRANSACTION", "WORK"])
+            }
+            Some("START") => w(1) == Some("TRANSACTION") && stmt.len() == 2,
+            _ => false,
+        };
+        let plain_commit =
+            matches!(w(0), Some("COMMIT" | "END")) && rest_is(1, &["TRANSACTION", "WORK"]);
+        let control = matches!(
+            w(0),
+            Some("BEGIN" | "COMMIT" | "END" | "ABORT" | "ROLLBACK")
+        ) || (w(0) == Some("START") && w(1) == Some("TRANSACTION"));
+        // `ROLLBACK TO` a savepoint is not the transaction's.
+        let control = control
+            && !(w(0) == Some("ROLLBACK") && stmt.iter().any(|t| t.word.as_deref() == Some("TO")));
+        if control {
+            self.control += 1;
+        }
+        let span = (stmt[0].at, semi);
+        if plain_begin && self.statements == 1 {
+            self.begin = Some(span);
+        }
+        if plain_commit {
+            self.commit = Some((span, self.statements));
+        }
+    }
+
+    /// The wrapping pair, when the first statement begins, the last commits, and nothing else
+    /// controls the transaction.
+    fn wrap(&self) -> Option<[(Location, Option<Location>); 2]> {
+        let begin = self.begin?;
+        let (commit, at) = self.commit?;
+        (at == self.statements && at > 1 && self.control == 2).then_some([begin, commit])
+    }
+}
+
+fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Linted {
     let d: &dyn SqlDialect = match dialect {
         Dialect::Sqlite => &SQLiteDialect {},
         Dialect::Any | Dialect::Postgres => &PostgreSqlDialect {},
     };
     let mut findings = Vec::new();
     let mut savepoints: Vec<String> = Vec::new();
+    let mut tx = TxControl::default();
     let mut pos = 0;
     // Where `pos` is in the file, 1-based: every location in a window is shifted by it.
     let mut base = Location { line: 1, column: 1 };
@@ -151,7 +237,10 @@ fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Vec<RawFin
                 "syntax",
                 format!("cannot tokenize: {}", e.message),
             ));
-            return findings;
+            return Linted {
+                findings,
+                wrap: None,
+            };
         }
         let mut stmts = statements(std::mem::take(&mut buf));
         // Before the last window, the statement after the last top-level `;` may be cut.
@@ -171,14 +260,15 @@ fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Vec<RawFin
                 }
             }
         };
-        for (stmt, _) in &mut stmts {
+        for (stmt, semi) in &mut stmts {
             for t in stmt.iter_mut() {
                 t.at = shift(base, t.at);
             }
+            tx.see(stmt, semi.map(|at| shift(base, at)));
             check_statement(stmt, dialect, &mut savepoints, &mut findings);
         }
         let Some(semi) = resume else {
-            return findings;
+            return finish(findings, &tx);
         };
         // Resume right after that `;`.
         let line_start: usize = text
@@ -201,6 +291,37 @@ fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Vec<RawFin
         pos += line_start + col_byte;
         window = first_window;
     }
+}
+
+/// The pass's findings, with what is only known once the whole file was read: a file without a
+/// statement is a placeholder, and a file wrapped in its own `BEGIN`/`COMMIT` has those two
+/// dropped (notes, not errors).
+fn finish(mut findings: Vec<RawFinding>, tx: &TxControl) -> Linted {
+    if tx.statements == 0 {
+        findings.push((
+            Location { line: 1, column: 1 },
+            Severity::Note,
+            "placeholder",
+            "the file holds no SQL (a placeholder, as projects that number their migrations across engines ship): it is recorded as applied and runs nothing".into(),
+        ));
+    }
+    let wrap = tx.wrap();
+    if let Some([begin, commit]) = wrap {
+        findings.retain(|(at, _, rule, _)| {
+            !(*rule == "transaction-control" && (*at == begin.0 || *at == commit.0))
+        });
+        findings.push((
+            begin.0,
+            Severity::Note,
+            "wrapping-transaction",
+            format!(
+                "the file's own leading `BEGIN` and trailing `COMMIT` (line {}) are its only transaction control: dbward drops those two and runs the file inside the batch's one transaction",
+                commit.0.line
+            ),
+        ));
+        findings.sort_by_key(|(at, ..)| (at.line, at.column));
+    }
+    Linted { findings, wrap }
 }
 
 /// A location in a window that starts at `base`, as a location in the file.
@@ -322,7 +443,7 @@ fn check_statement(
     warnings_of(stmt, findings);
     let at = stmt[0].at;
     if let Some(why) = not_additive_statement(stmt) {
-        findings.push((at, Severity::Note, "not-additive", why));
+        findings.push((at, Severity::Note, NOT_ADDITIVE, why));
     }
 }
 
@@ -445,7 +566,8 @@ fn errors_of(
             let ignored = |n: &str| matches!(n, "FOREIGN_KEYS" | "JOURNAL_MODE");
             let name = if ignored(w(1)) { w(1) } else { w(3) };
             if name == "FOREIGN_KEYS" {
-                error(at, "ignored-in-transaction", "`PRAGMA foreign_keys` is silently ignored inside a transaction, and dbward applies the batch in one transaction. It is not needed: dbward already runs the batch with foreign keys off (as SQLite's 12-step table rebuild asks) and runs `PRAGMA foreign_key_check` before COMMIT, failing the batch if any row dangles".to_string());
+                // SQLite's own 12-step table rebuild begins with it: harmless, so a note.
+                findings.push((at, Severity::Note, "ignored-in-transaction", "`PRAGMA foreign_keys` does nothing inside a transaction, and is not needed: dbward runs the batch with foreign keys off (as SQLite's 12-step table rebuild asks) and runs `PRAGMA foreign_key_check` before COMMIT, failing the batch if any row dangles".to_string()));
             } else if ignored(name) {
                 error(at, "ignored-in-transaction", format!("`PRAGMA {}` is silently ignored inside a transaction, and dbward applies the batch in one transaction; set it in the application's connection instead", name.to_ascii_lowercase()));
             }
@@ -672,10 +794,8 @@ CREATE TABLE "commit" (id int);
 
     #[test]
     fn sqlite_pragmas() {
-        assert_eq!(
-            rules("PRAGMA foreign_keys = ON;", Dialect::Sqlite),
-            [(1, Severity::Error, "ignored-in-transaction")]
-        );
+        // foreign_keys is a note (how_dbward_runs_a_file_is_a_note_not_an_error).
+        assert_eq!(rules("PRAGMA foreign_keys = ON;", Dialect::Sqlite), []);
         assert_eq!(
             rules("PRAGMA main.journal_mode=WAL;", Dialect::Any),
             [(1, Severity::Error, "ignored-in-transaction")]
@@ -743,7 +863,7 @@ CREATE TABLE "commit" (id int);
             CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT 2; END;\n\
             DO $$ BEGIN COMMIT; END $$;\n  VACUUM;;\nSELECT 'é;ü'; COMMIT;\nDROP TABLE a";
         let full = lint_windowed(sql, Dialect::Postgres, usize::MAX / 4);
-        assert!(full.len() >= 4, "{full:?}");
+        assert!(full.findings.len() >= 4, "{full:?}");
         for w in 1..sql.len() + 2 {
             let got = lint_windowed(sql, Dialect::Postgres, w);
             assert_eq!(format!("{got:?}"), format!("{full:?}"), "window {w}");
@@ -757,6 +877,76 @@ CREATE TABLE "commit" (id int);
                 "window {w}"
             );
         }
+    }
+
+    #[test]
+    fn a_wrapped_file_is_found_whatever_the_window() {
+        let sql = "-- golang-migrate style\nBEGIN;\nCREATE TABLE a (x text DEFAULT 'a;b');\nINSERT INTO a VALUES ('é;ü');\nCOMMIT;\n";
+        let full = lint_windowed(sql, Dialect::Postgres, usize::MAX / 4);
+        assert!(full.wrap.is_some(), "{full:?}");
+        for w in 1..sql.len() + 2 {
+            let got = lint_windowed(sql, Dialect::Postgres, w);
+            assert_eq!(format!("{got:?}"), format!("{full:?}"), "window {w}");
+        }
+    }
+
+    #[test]
+    fn how_dbward_runs_a_file_is_a_note_not_an_error() {
+        let notes = |sql: &str, dialect| -> Vec<(u64, Severity, &'static str)> {
+            lint_sql(sql, dialect)
+                .into_iter()
+                .filter(|f| f.2 != NOT_ADDITIVE)
+                .map(|(at, s, r, _)| (at.line, s, r))
+                .collect()
+        };
+        // Placeholders: empty, blank, comments only.
+        for sql in [
+            "",
+            "  \n",
+            "-- nothing for SQLite in this version\n",
+            "/* none */",
+        ] {
+            assert_eq!(
+                notes(sql, Dialect::Sqlite),
+                [(1, Severity::Note, "placeholder")],
+                "{sql:?}"
+            );
+        }
+        // SQLite's 12-step table rebuild, as its documentation writes it.
+        let rebuild = "PRAGMA foreign_keys=off;\nCREATE TABLE new_t (id INTEGER PRIMARY KEY);\nINSERT INTO new_t SELECT id FROM t;\nDROP TABLE t;\nALTER TABLE new_t RENAME TO t;\nPRAGMA foreign_keys=on;\n";
+        assert_eq!(
+            notes(rebuild, Dialect::Sqlite)
+                .into_iter()
+                .filter(|f| f.1 != Severity::Warning)
+                .collect::<Vec<_>>(),
+            [
+                (1, Severity::Note, "ignored-in-transaction"),
+                (6, Severity::Note, "ignored-in-transaction")
+            ]
+        );
+        // A leading BEGIN and a trailing COMMIT: one note, no error.
+        assert_eq!(
+            notes(
+                "BEGIN;\nCREATE TABLE t (id int);\nCOMMIT;",
+                Dialect::Postgres
+            ),
+            [(1, Severity::Note, "wrapping-transaction")]
+        );
+        // Anything more is still refused.
+        assert_eq!(
+            notes(
+                "BEGIN;\nCREATE TABLE t (id int);\nCOMMIT;\nCREATE TABLE u (id int);",
+                Dialect::Postgres
+            ),
+            [
+                (1, Severity::Error, "transaction-control"),
+                (3, Severity::Error, "transaction-control")
+            ]
+        );
+        assert_eq!(
+            notes("BEGIN;\nCOMMIT;", Dialect::Postgres),
+            [(1, Severity::Note, "wrapping-transaction")]
+        );
     }
 
     #[test]

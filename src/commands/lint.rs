@@ -16,15 +16,16 @@ pub fn run(settings: &Settings) -> Result<Report, Failure> {
     };
     let migrations = migrator::discover(&settings.migrations)?;
     let findings = migrator::lint::lint(migrations.all(), dialect);
-    let errors = findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .count();
-    let warnings = findings.len() - errors;
+    let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
+    let (errors, warnings, notes) = (
+        count(Severity::Error),
+        count(Severity::Warning),
+        count(Severity::Note),
+    );
 
     let mut text: String = findings.iter().map(|f| format!("{f}\n")).collect();
     text.push_str(&format!(
-        "{} migration file(s) in {}: {errors} error(s), {warnings} warning(s)\n",
+        "{} migration file(s) in {}: {errors} error(s), {warnings} warning(s), {notes} note(s)\n",
         migrations.all().count(),
         settings.migrations.display()
     ));
@@ -35,6 +36,7 @@ pub fn run(settings: &Settings) -> Result<Report, Failure> {
             "files": migrations.all().count(),
             "errors": errors,
             "warnings": warnings,
+            "notes": notes,
             "findings": findings,
         }),
         code: if errors > 0 {

@@ -151,6 +151,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     };
     let not_additive: Vec<String> = notes
         .iter()
+        .filter(|n| n.rule == migrator::lint::NOT_ADDITIVE)
         .filter(|n| batch.iter().any(|f| f.path == n.file))
         .map(|f| format!("{}:{}: {}", f.file.display(), f.line, f.message))
         .collect();
@@ -347,6 +348,14 @@ fn lint_gate(
         .partition(|f| f.severity == Severity::Error);
     for w in &warnings {
         tracing::warn!("{w}");
+    }
+    // How dbward runs a file (a placeholder, a wrapping transaction dropped, a pragma that
+    // does nothing): said, never in the way.
+    for n in notes
+        .iter()
+        .filter(|n| n.rule != migrator::lint::NOT_ADDITIVE)
+    {
+        tracing::info!("{n}");
     }
     if !errors.is_empty() {
         return Err(migrator::Error::Lint { findings: errors }.into());

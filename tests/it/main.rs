@@ -25,6 +25,7 @@ mod old_snapshots;
 mod package;
 mod pitr;
 mod private_ca;
+mod real_folders;
 mod recipes;
 mod repeatable;
 mod restore;

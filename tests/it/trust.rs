@@ -614,12 +614,15 @@ ALTER TABLE parent_new RENAME TO parent;
     let (code, _, err) = run(p.dbward("sqlite:app.db").args(["migrate", "--no-snapshot"]));
     assert_eq!(code, 0, "{err}");
 
+    // SQLite's own table-rebuild recipe begins with the pragma: a note saying why it is not
+    // needed, never in the way (the check above stays).
     p.migration("V4__fk.sql", "PRAGMA foreign_keys = OFF;\n");
     let (code, out, err) = run(p.dbward("sqlite:app.db").arg("lint"));
-    assert_eq!(code, 3, "{err}");
+    assert_eq!(code, 0, "{err}");
     assert!(
-        (out + &err).contains("dbward already runs the batch with foreign keys off"),
-        "the lint message says why it is not needed"
+        out.contains("note[ignored-in-transaction]")
+            && out.contains("dbward runs the batch with foreign keys off"),
+        "the lint note says why it is not needed: {out}"
     );
 }
 

@@ -208,12 +208,9 @@ impl Session {
             let mut repeatable = history::Columns::default();
             for f in batch {
                 tracing::info!("applying {}", f.file_name());
-                let (sql, dropped) = f.executable_sql();
-                for line in dropped {
-                    tracing::info!(
-                        "{}:{line}: dropping pg_dump's psql meta-command (not SQL)",
-                        f.file_name()
-                    );
+                let (sql, dropped) = f.executable_sql(crate::lint::Dialect::Postgres);
+                for what in dropped {
+                    tracing::info!("{}:{what}", f.file_name());
                 }
                 c.batch_execute(&format!("{sql}\n;{reset}"))
                     .await

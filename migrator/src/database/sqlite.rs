@@ -267,12 +267,9 @@ fn foreign_key_check(
 fn execute_file(conn: &Connection, f: &MigrationFile) -> Result<(), Error> {
     use rusqlite::ffi;
     use std::ffi::{CStr, CString};
-    let (sql, dropped) = f.executable_sql();
-    for line in dropped {
-        tracing::info!(
-            "{}:{line}: dropping pg_dump's psql meta-command (not SQL)",
-            f.file_name()
-        );
+    let (sql, dropped) = f.executable_sql(crate::lint::Dialect::Sqlite);
+    for what in dropped {
+        tracing::info!("{}:{what}", f.file_name());
     }
     let text = CString::new(sql.as_bytes()).map_err(|e| Error::Apply {
         file: f.path.clone(),
