@@ -37,6 +37,9 @@ pub struct Settings {
     /// `database.table_lock_timeout`: how long one statement of the batch may wait for a table
     /// lock (not the migration lock: that is `--lock-timeout`).
     pub lock_timeout: Duration,
+    /// `migrate.lock_retries`: how many times a batch that waited `lock_timeout` for a table
+    /// lock (PostgreSQL's `lock_not_available`) is tried again, with backoff and jitter.
+    pub lock_retries: u32,
     /// `backup.level`: zstd level (1-19).
     pub level: i32,
     /// `backup.temp_dir`: where restore downloads and copies of non-WAL SQLite databases are
@@ -271,7 +274,18 @@ struct FileConfig {
     encryption: EncryptionSection,
     #[serde(default)]
     pitr: PitrSection,
+    #[serde(default)]
+    migrate: MigrateSection,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateSection {
+    lock_retries: Option<u32>,
+}
+
+/// `migrate.lock_retries`' default: with the backoff, about a minute of tries.
+pub const LOCK_RETRIES: u32 = 4;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -546,6 +560,7 @@ fn resolve(
         hooks,
         encryption,
         pitr,
+        migrate,
     } = file;
     let lock_timeout = table_lock_timeout(&database)?;
     let store = store_section(args, env, store, &base)?;
@@ -593,6 +608,7 @@ fn resolve(
             })
             .unwrap_or_else(|| PathBuf::from("./.dbward")),
         lock_timeout,
+        lock_retries: migrate.lock_retries.unwrap_or(LOCK_RETRIES),
         level: match backup.level {
             Some(l) if (1..=19).contains(&l) => l,
             Some(l) => {

@@ -28,6 +28,9 @@ pub enum Error {
         /// 1-based line and column in the file, where the database reported one.
         position: Option<(usize, usize)>,
         message: String,
+        /// A statement waited longer than the table-lock timeout (PostgreSQL's
+        /// `lock_not_available`): the batch may go through when tried again.
+        lock_wait: bool,
     },
 
     /// Connecting, locking, reading or writing the database.

@@ -156,7 +156,14 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         .map(|f| format!("{}:{}: {}", f.file.display(), f.line, f.message))
         .collect();
     let names: Vec<String> = batch.iter().map(|f| f.file_name()).collect();
-    let batch_xid = apply(&mut db, &batch, &names, settings.lock_timeout).await?;
+    let batch_xid = apply(
+        &mut db,
+        &batch,
+        &names,
+        settings.lock_timeout,
+        settings.lock_retries,
+    )
+    .await?;
     let counters_after = if will_snapshot {
         counters(&mut db).await
     } else {
@@ -212,19 +219,54 @@ async fn apply(
     batch: &[&migrator::MigrationFile],
     names: &[String],
     lock_timeout: std::time::Duration,
+    lock_retries: u32,
 ) -> Result<Option<u32>, Failure> {
     tracing::info!(
         "applying {} migration(s) in one transaction: {}",
         names.len(),
         names.join(", ")
     );
-    let batch_xid = db.apply(batch, lock_timeout).await?;
+    // A statement that waited `lock_timeout` for a table lock rolled the batch back (so the
+    // application's queries never queue behind it for longer): tried again after a pause, as
+    // the session holding the lock (a long query, the nightly dump) may be done by then.
+    let mut attempt = 0;
+    let batch_xid = loop {
+        match db.apply(batch, lock_timeout).await {
+            Err(migrator::Error::Apply {
+                lock_wait: true,
+                file,
+                ..
+            }) if attempt < lock_retries => {
+                attempt += 1;
+                let pause = lock_backoff(attempt);
+                tracing::warn!(
+                    "{} waited longer than database.table_lock_timeout ({}) for a table lock; the batch was rolled back; trying again in {} (retry {attempt} of {lock_retries}, migrate.lock_retries)",
+                    file.display(),
+                    migrator::error::humanize(lock_timeout),
+                    migrator::error::humanize(pause)
+                );
+                tokio::time::sleep(pause).await;
+            }
+            other => break other?,
+        }
+    };
     dbconn::committed::mark(format!(
         "the migration batch ({}) was committed",
         names.join(", ")
     ));
     failpoint("migrate-after-commit")?;
     Ok(batch_xid)
+}
+
+/// The pause before retry `attempt` (from 1): 2 s doubling to at most 16 s, each between half
+/// and one and a half of that (jitter: two runners retrying do not collide again).
+fn lock_backoff(attempt: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let base = 2f64 * f64::from(1u32 << attempt.saturating_sub(1).min(3));
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let jitter = 0.5 + (h.finish() % 1000) as f64 / 1000.0;
+    std::time::Duration::from_secs_f64(base * jitter)
 }
 
 /// Records the committed batch. A failure to record it must not say otherwise (exit 1 promises
@@ -784,4 +826,19 @@ async fn dry_run(
         json,
         code: Exit::Success,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lock_retries_back_off_with_jitter_up_to_16_seconds() {
+        for attempt in 1..=8u32 {
+            let base = 2f64 * f64::from(1u32 << (attempt - 1).min(3));
+            let pause = super::lock_backoff(attempt).as_secs_f64();
+            assert!(
+                (base * 0.5..=base * 1.5).contains(&pause),
+                "retry {attempt}: {pause}"
+            );
+        }
+    }
 }

@@ -25,9 +25,10 @@ fn a_migration_blocked_by_another_sessions_lock_fails_on_lock_timeout() {
     let p = Project::new();
     shop(&p);
     assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
+    // No retry: the first wait that times out fails the deploy.
     std::fs::write(
         p.path().join("dbward.toml"),
-        "[database]\ntable_lock_timeout = \"1s\"\n",
+        "[database]\ntable_lock_timeout = \"1s\"\n\n[migrate]\nlock_retries = 0\n",
     )
     .unwrap();
     p.migration(
@@ -56,6 +57,71 @@ fn a_migration_blocked_by_another_sessions_lock_fails_on_lock_timeout() {
     assert_eq!(
         pg.psql("shop", "SELECT count(*) FROM refinery_schema_history"),
         "2"
+    );
+}
+
+/// With retries (the default), a batch that timed out waiting for a table lock is rolled back
+/// and tried again after a pause: once the other session is done, the deploy goes through,
+/// and no query of the application queued behind the migration for longer than the timeout.
+#[test]
+fn a_migration_blocked_by_a_lock_goes_through_once_the_lock_is_gone() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    shop(&p);
+    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        "[database]\ntable_lock_timeout = \"1s\"\n",
+    )
+    .unwrap();
+    p.migration(
+        "V3__add_column.sql",
+        "ALTER TABLE users ADD COLUMN name text;\n",
+    );
+    let mut holder = pg.session("shop");
+    writeln!(
+        holder.stdin.as_mut().unwrap(),
+        "BEGIN; SELECT count(*) FROM users;"
+    )
+    .unwrap();
+    pg.wait_for("shop", "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'users' AND l.mode = 'AccessShareLock'", "1");
+    let log = p.path().join("migrate.log");
+    let mut migrate = p
+        .dbward(&url)
+        .arg("migrate")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The first try timed out and a retry is waiting: the other session ends.
+    let began = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("trying again in")
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "no retry was said: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let status = migrate.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{said}");
+    assert!(
+        said.contains("retry 1 of 4, migrate.lock_retries"),
+        "{said}"
+    );
+    assert_eq!(
+        pg.psql("shop", "SELECT count(*) FROM refinery_schema_history"),
+        "3"
+    );
+    assert_eq!(
+        pg.psql("shop", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'name'"),
+        "1"
     );
 }
 

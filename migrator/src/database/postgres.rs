@@ -258,15 +258,18 @@ impl Session {
 fn apply_error(f: &MigrationFile, e: &tokio_postgres::Error, lock_timeout: Duration) -> Error {
     let mut message = describe(e);
     let mut position = None;
+    let mut lock_wait = false;
     if let Some(db) = e.as_db_error() {
         if let Some(ErrorPosition::Original(p)) = db.position() {
             position = Some(f.line_col(char_to_byte(&f.sql, *p as usize)));
         }
         if db.code() == &SqlState::LOCK_NOT_AVAILABLE {
+            lock_wait = true;
             message.push_str(&format!(
                 "\nThe migration waited longer than database.table_lock_timeout ({}) for a lock another session holds \
                  (a long query or open transaction on the same table). It was stopped so it would not stall \
-                 the application's queries behind it. Retry when that session is done, or raise database.table_lock_timeout.",
+                 the application's queries behind it. Retry when that session is done, or raise database.table_lock_timeout \
+                 (or migrate.lock_retries).",
                 humanize(lock_timeout)
             ));
         }
@@ -275,6 +278,7 @@ fn apply_error(f: &MigrationFile, e: &tokio_postgres::Error, lock_timeout: Durat
         file: f.path.clone(),
         position,
         message,
+        lock_wait,
     }
 }
 

@@ -257,6 +257,7 @@ fn foreign_key_check(
             shown.join("; "),
             if rows.len() > 10 { "; ..." } else { "" }
         ),
+        lock_wait: false,
     })
 }
 
@@ -275,6 +276,7 @@ fn execute_file(conn: &Connection, f: &MigrationFile) -> Result<(), Error> {
         file: f.path.clone(),
         position: Some(f.line_col(e.nul_position())),
         message: "a NUL byte in the file".into(),
+        lock_wait: false,
     })?;
     // SAFETY: `db` is this connection's handle, used on this thread only while `conn` is
     // borrowed; every statement prepared here is finalized before the next one, and `text`
@@ -304,6 +306,7 @@ fn execute_file(conn: &Connection, f: &MigrationFile) -> Result<(), Error> {
                     file: f.path.clone(),
                     position: Some(f.line_col(pos)),
                     message: errmsg(),
+                    lock_wait: false,
                 });
             }
             if stmt.is_null() {
@@ -323,6 +326,7 @@ fn execute_file(conn: &Connection, f: &MigrationFile) -> Result<(), Error> {
                     file: f.path.clone(),
                     position: Some(f.line_col(skip_blank(&f.sql, at))),
                     message,
+                    lock_wait: false,
                 });
             }
             tail = next;
