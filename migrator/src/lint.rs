@@ -142,6 +142,74 @@ pub fn wrapping_transaction(
     lint_windowed(sql, dialect, WINDOW).wrap
 }
 
+/// The text to execute: the file, less pg_dump's `\restrict <key>` / `\unrestrict <key>`
+/// lines (psql meta-commands that current `pg_dump` releases write around a schema dump;
+/// they are not SQL) and less the file's own wrapping `BEGIN` and `COMMIT` when they are its
+/// only transaction control ([`wrapping_transaction`]: the batch's transaction
+/// holds it). Each is blanked with spaces, so every byte offset, line and column stays the
+/// file's. Returns the text and what was dropped, one line each (`12: ...`), to be said.
+pub fn executable(f: &MigrationFile, dialect: Dialect) -> (std::borrow::Cow<'_, str>, Vec<String>) {
+    let mut said = Vec::new();
+    let mut blank: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut offset = 0;
+    for (i, l) in f.sql.split_inclusive('\n').enumerate() {
+        if crate::source::is_pg_dump_restrict(l) {
+            let body = l.trim_end_matches(['\n', '\r']);
+            blank.push(offset..offset + body.len());
+            said.push(format!(
+                "{}: dropping pg_dump's psql meta-command (not SQL)",
+                i + 1
+            ));
+        }
+        offset += l.len();
+    }
+    if let Some([begin, commit]) = wrapping_transaction(&f.sql, dialect) {
+        for (from, to) in [begin, commit] {
+            let start = byte_at(&f.sql, from.line, from.column);
+            let end = to.map_or(f.sql.len(), |t| {
+                let at = byte_at(&f.sql, t.line, t.column);
+                at + f.sql[at..].chars().next().map_or(0, char::len_utf8)
+            });
+            blank.push(start..end);
+        }
+        said.push(format!(
+            "{}: dropping the file's own BEGIN and its COMMIT (line {}): it runs inside the batch's transaction",
+            begin.0.line, commit.0.line
+        ));
+    }
+    if blank.is_empty() {
+        return (std::borrow::Cow::Borrowed(&f.sql), said);
+    }
+    let mut text = f.sql.clone().into_bytes();
+    for r in blank {
+        for b in &mut text[r] {
+            // Line breaks stay, so lines and columns do too.
+            if *b != b'\n' && *b != b'\r' {
+                *b = b' ';
+            }
+        }
+    }
+    // Only ASCII bytes of whole characters were replaced by spaces, or whole multi-byte
+    // characters inside the blanked statements byte by byte: still UTF-8.
+    let text = String::from_utf8(text).expect("spaces keep the text UTF-8");
+    (std::borrow::Cow::Owned(text), said)
+}
+
+/// The byte offset of a 1-based line and (character) column of `sql`.
+fn byte_at(sql: &str, line: u64, column: u64) -> usize {
+    let line_start: usize = sql
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1) as usize)
+        .map(str::len)
+        .sum();
+    line_start
+        + sql[line_start..]
+            .chars()
+            .take(column.saturating_sub(1) as usize)
+            .map(char::len_utf8)
+            .sum::<usize>()
+}
+
 /// What one pass over a file finds.
 #[derive(Debug)]
 struct Linted {
@@ -215,6 +283,8 @@ fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Linted {
     };
     let mut findings = Vec::new();
     let mut savepoints: Vec<String> = Vec::new();
+    // Tables this file creates: empty, so nothing on them waits for a lock.
+    let mut created: Vec<String> = Vec::new();
     let mut tx = TxControl::default();
     let mut pos = 0;
     // Where `pos` is in the file, 1-based: every location in a window is shifted by it.
@@ -265,7 +335,7 @@ fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Linted {
                 t.at = shift(base, t.at);
             }
             tx.see(stmt, semi.map(|at| shift(base, at)));
-            check_statement(stmt, dialect, &mut savepoints, &mut findings);
+            check_statement(stmt, dialect, &mut savepoints, &mut created, &mut findings);
         }
         let Some(semi) = resume else {
             return finish(findings, &tx);
@@ -359,6 +429,14 @@ fn statements(
                 },
                 true,
             )),
+            // Kept as a word, so a schema-qualified name can be read (`public . users`).
+            Token::Period => Some((
+                Tok {
+                    word: Some(".".into()),
+                    at: t.span.start,
+                },
+                false,
+            )),
             // A psql meta-command (`\restrict`, `\connect`): kept as the word `\`.
             Token::Backslash => Some((
                 Tok {
@@ -437,10 +515,14 @@ fn check_statement(
     stmt: &[Tok],
     dialect: Dialect,
     savepoints: &mut Vec<String>,
+    created: &mut Vec<String>,
     findings: &mut Vec<RawFinding>,
 ) {
     errors_of(stmt, dialect, savepoints, findings);
     warnings_of(stmt, findings);
+    if dialect == Dialect::Postgres {
+        lock_warnings_of(stmt, created, findings);
+    }
     let at = stmt[0].at;
     if let Some(why) = not_additive_statement(stmt) {
         findings.push((at, Severity::Note, NOT_ADDITIVE, why));
@@ -608,6 +690,90 @@ fn warnings_of(stmt: &[Tok], findings: &mut Vec<RawFinding>) {
             }
         }
         ("ALTER", "TYPE") if has("ADD") && has("VALUE") => warn(at, "enum-value", "a value added by `ALTER TYPE ... ADD VALUE` cannot be used until the batch commits; later migrations of the same batch must not use it".into()),
+        _ => {}
+    }
+}
+
+/// The name at `i` (the last part of a schema-qualified one: `public . users` is `USERS`), with
+/// the index after it. Quoted names are not read (`None`).
+fn name_at(stmt: &[Tok], mut i: usize) -> (Option<String>, usize) {
+    let w = |i: usize| stmt.get(i).and_then(|t| t.word.clone());
+    while w(i + 1).as_deref() == Some(".") {
+        i += 2;
+    }
+    (w(i).filter(|n| n != "."), i + 1)
+}
+
+/// Functions whose value differs row by row: a column added with one as its default is written
+/// into every row (a rewrite), unlike a constant or `now()`.
+const VOLATILE: &[&str] = &[
+    "RANDOM",
+    "GEN_RANDOM_UUID",
+    "UUID_GENERATE_V4",
+    "UUID_GENERATE_V1",
+    "CLOCK_TIMESTAMP",
+    "TIMEOFDAY",
+    "NEXTVAL",
+];
+
+/// PostgreSQL DDL that takes a lock readers or writers queue behind for as long as it scans or
+/// rewrites a big table, or that breaks the release still running during a rolling deploy:
+/// warnings, with the lock-safe way. Tables created earlier in the same file are empty: not
+/// warned about.
+fn lock_warnings_of(stmt: &[Tok], created: &mut Vec<String>, findings: &mut Vec<RawFinding>) {
+    let w = |i: usize| stmt.get(i).and_then(|t| t.word.as_deref()).unwrap_or("");
+    let has = |word: &str| stmt.iter().any(|t| t.word.as_deref() == Some(word));
+    let at = stmt[0].at;
+    let mut warn = |at: Location, rule: &'static str, msg: &str| {
+        findings.push((at, Severity::Warning, rule, msg.to_string()))
+    };
+    let skip = |mut i: usize, words: &[&str]| {
+        while words.contains(&w(i)) {
+            i += 1;
+        }
+        i
+    };
+    match (w(0), w(1)) {
+        ("CREATE", "TABLE") | ("CREATE", "UNLOGGED") => {
+            let i = skip(2, &["TABLE", "IF", "NOT", "EXISTS"]);
+            if let (Some(name), _) = name_at(stmt, i) {
+                created.push(name);
+            }
+        }
+        ("CREATE", "INDEX") | ("CREATE", "UNIQUE") if !has("CONCURRENTLY") => {
+            let Some(on) = stmt.iter().position(|t| t.word.as_deref() == Some("ON")) else {
+                return;
+            };
+            let (table, _) = name_at(stmt, skip(on + 1, &["ONLY"]));
+            if table.is_none_or(|t| !created.contains(&t)) {
+                warn(at, "locks-table", "`CREATE INDEX` blocks every write to the table while it builds; on a big table, build it `CONCURRENTLY` outside the batch (its own deploy step)");
+            }
+        }
+        ("ALTER", "TABLE") => {
+            let (table, after) = name_at(stmt, skip(2, &["IF", "EXISTS", "ONLY"]));
+            if table.is_some_and(|t| created.contains(&t)) {
+                return;
+            }
+            for i in after..stmt.len() {
+                let t = &stmt[i];
+                match t.word.as_deref() {
+                    Some("TYPE") if (after..i).any(|j| w(j) == "ALTER") && w(i - 1) != "ADD" => warn(t.at, "locks-table", "`ALTER COLUMN ... TYPE` rewrites the table (most type changes) under an ACCESS EXCLUSIVE lock: every query waits for the whole rewrite. Add a new column, fill it in batches, then switch over"),
+                    Some("SET") if w(i + 1) == "NOT" && w(i + 2) == "NULL" => warn(t.at, "locks-table", "`SET NOT NULL` scans the whole table under an ACCESS EXCLUSIVE lock; first add `CHECK (col IS NOT NULL) NOT VALID` and `VALIDATE CONSTRAINT` it (a lighter lock), then `SET NOT NULL` uses it (PostgreSQL 12+)"),
+                    Some("DEFAULT") if (after..i).any(|j| w(j) == "ADD") && VOLATILE.contains(&w(i + 1)) => warn(t.at, "locks-table", "a column added with a volatile default (`random()`, `gen_random_uuid()`, `clock_timestamp()`, `nextval()`) is written into every row: a rewrite under an ACCESS EXCLUSIVE lock. Add it without the default, set the default, fill existing rows in batches"),
+                    Some("ADD") => {
+                        let kind = if w(i + 1) == "CONSTRAINT" { w(i + 3) } else { w(i + 1) };
+                        let not_valid = (i..stmt.len()).any(|j| w(j) == "NOT" && w(j + 1) == "VALID");
+                        match kind {
+                            "FOREIGN" | "CHECK" if !not_valid => warn(t.at, "locks-table", "a constraint added without `NOT VALID` checks every row while it holds its lock; add it `NOT VALID`, then `VALIDATE CONSTRAINT` in a later migration (that takes a lock writers do not wait for)"),
+                            "UNIQUE" | "PRIMARY" | "EXCLUDE" if !(has("USING") && has("INDEX")) => warn(t.at, "locks-table", "a unique or primary key constraint builds its index under an ACCESS EXCLUSIVE lock; build a unique index `CONCURRENTLY` first (outside the batch), then `ADD CONSTRAINT ... USING INDEX`"),
+                            _ => {}
+                        }
+                    }
+                    Some("RENAME") => warn(t.at, "breaks-running-release", "a rename breaks the release still running on the old schema during a rolling deploy (its queries name the old one); add the new name beside the old (a column, a view), switch the code, then drop the old one"),
+                    _ => {}
+                }
+            }
+        }
         _ => {}
     }
 }
@@ -879,6 +1045,50 @@ CREATE TABLE "commit" (id int);
         }
     }
 
+    fn file(sql: &str) -> MigrationFile {
+        MigrationFile {
+            path: "V1__x.sql".into(),
+            version: 1,
+            name: "x".into(),
+            sql: sql.into(),
+            checksum: 0,
+            kind: crate::source::Kind::Versioned,
+        }
+    }
+
+    #[test]
+    fn a_wrapping_transaction_is_blanked_in_place_and_nothing_else() {
+        let f = file("-- up\nBEGIN;\nCREATE TABLE t (x text DEFAULT 'é');\nCOMMIT;\n");
+        let (sql, said) = executable(&f, Dialect::Postgres);
+        assert_eq!(
+            sql,
+            "-- up\n      \nCREATE TABLE t (x text DEFAULT 'é');\n       \n"
+        );
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with("2: dropping the file's own BEGIN"),
+            "{said:?}"
+        );
+        // Without a `;` after the COMMIT, to the end of the file; SQLite's locking modes too.
+        let f = file("BEGIN IMMEDIATE TRANSACTION;\nDELETE FROM t;\nEND");
+        assert_eq!(
+            executable(&f, Dialect::Sqlite).0,
+            "                            \nDELETE FROM t;\n   "
+        );
+        // Any other transaction control, or a BEGIN that is not first: the text runs as it is
+        // (and lint refuses it).
+        for sql in [
+            "BEGIN;\nCOMMIT;\nBEGIN;\nSELECT 1;\nCOMMIT;",
+            "SELECT 1;\nBEGIN;\nSELECT 2;\nCOMMIT;",
+            "BEGIN;\nSELECT 1;\nROLLBACK;",
+            "BEGIN;\nSELECT 1;\nCOMMIT;\nSELECT 2;",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE;\nSELECT 1;\nCOMMIT;",
+        ] {
+            let f = file(sql);
+            assert_eq!(executable(&f, Dialect::Postgres).0, sql, "{sql}");
+        }
+    }
+
     #[test]
     fn a_wrapped_file_is_found_whatever_the_window() {
         let sql = "-- golang-migrate style\nBEGIN;\nCREATE TABLE a (x text DEFAULT 'a;b');\nINSERT INTO a VALUES ('é;ü');\nCOMMIT;\n";
@@ -947,6 +1157,49 @@ CREATE TABLE "commit" (id int);
             notes("BEGIN;\nCOMMIT;", Dialect::Postgres),
             [(1, Severity::Note, "wrapping-transaction")]
         );
+    }
+
+    #[test]
+    fn ddl_that_locks_a_busy_table_is_a_warning_on_postgres_only() {
+        let warned = |sql: &str, dialect| -> Vec<(u64, &'static str)> {
+            lint_sql(sql, dialect)
+                .into_iter()
+                .filter(|f| matches!(f.2, "locks-table" | "breaks-running-release"))
+                .map(|(at, _, r, _)| (at.line, r))
+                .collect()
+        };
+        for sql in [
+            "CREATE INDEX i ON public.users (email);",
+            "CREATE UNIQUE INDEX IF NOT EXISTS i ON ONLY users (email);",
+            "ALTER TABLE users ALTER COLUMN id TYPE bigint;",
+            "ALTER TABLE users ALTER id SET DATA TYPE bigint;",
+            "ALTER TABLE IF EXISTS users ALTER COLUMN email SET NOT NULL;",
+            "ALTER TABLE users ADD COLUMN token uuid DEFAULT gen_random_uuid();",
+            "ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (user_id) REFERENCES users (id);",
+            "ALTER TABLE orders ADD CHECK (total > 0);",
+            "ALTER TABLE users ADD CONSTRAINT u UNIQUE (email);",
+            "ALTER TABLE users ADD PRIMARY KEY (id);",
+            "ALTER TABLE users RENAME COLUMN email TO mail;",
+            "ALTER TABLE users RENAME TO people;",
+        ] {
+            assert_eq!(warned(sql, Dialect::Postgres).len(), 1, "{sql}");
+            assert_eq!(warned(sql, Dialect::Sqlite), [], "{sql}");
+            assert_eq!(warned(sql, Dialect::Any), [], "{sql}");
+        }
+        for sql in [
+            "CREATE INDEX CONCURRENTLY i ON users (email);",
+            "ALTER TABLE users ADD COLUMN note text DEFAULT 'x';",
+            "ALTER TABLE users ADD COLUMN at timestamptz DEFAULT now();",
+            "ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID;",
+            "ALTER TABLE orders VALIDATE CONSTRAINT fk;",
+            "ALTER TABLE users ADD CONSTRAINT u UNIQUE USING INDEX users_email;",
+            "ALTER TABLE users ADD COLUMN kind text;",
+            "ALTER TYPE mood ADD VALUE 'meh';",
+            // A table this file creates is empty: nothing waits on it.
+            "CREATE TABLE IF NOT EXISTS app.items (id int, sku text);\nCREATE INDEX i ON app.items (sku);\nALTER TABLE items ALTER COLUMN sku SET NOT NULL;",
+        ] {
+            assert_eq!(warned(sql, Dialect::Postgres), [], "{sql}");
+        }
     }
 
     #[test]

@@ -102,78 +102,6 @@ impl MigrationFile {
         (line, col)
     }
 
-    /// The text to execute: the file, less pg_dump's `\restrict <key>` / `\unrestrict <key>`
-    /// lines (psql meta-commands that current `pg_dump` releases write around a schema dump;
-    /// they are not SQL) and less the file's own wrapping `BEGIN` and `COMMIT` when they are its
-    /// only transaction control ([`crate::lint::wrapping_transaction`]: the batch's transaction
-    /// holds it). Each is blanked with spaces, so every byte offset, line and column stays the
-    /// file's. Returns the text and what was dropped, one line each (`12: ...`), to be said.
-    pub fn executable_sql(
-        &self,
-        dialect: crate::lint::Dialect,
-    ) -> (std::borrow::Cow<'_, str>, Vec<String>) {
-        let mut said = Vec::new();
-        let mut blank: Vec<std::ops::Range<usize>> = Vec::new();
-        let mut offset = 0;
-        for (i, l) in self.sql.split_inclusive('\n').enumerate() {
-            if is_pg_dump_restrict(l) {
-                let body = l.trim_end_matches(['\n', '\r']);
-                blank.push(offset..offset + body.len());
-                said.push(format!(
-                    "{}: dropping pg_dump's psql meta-command (not SQL)",
-                    i + 1
-                ));
-            }
-            offset += l.len();
-        }
-        if let Some([begin, commit]) = crate::lint::wrapping_transaction(&self.sql, dialect) {
-            for (from, to) in [begin, commit] {
-                let start = self.byte_at(from.line, from.column);
-                let end = to.map_or(self.sql.len(), |t| {
-                    let at = self.byte_at(t.line, t.column);
-                    at + self.sql[at..].chars().next().map_or(0, char::len_utf8)
-                });
-                blank.push(start..end);
-            }
-            said.push(format!(
-                "{}: dropping the file's own BEGIN and its COMMIT (line {}): it runs inside the batch's transaction",
-                begin.0.line, commit.0.line
-            ));
-        }
-        if blank.is_empty() {
-            return (std::borrow::Cow::Borrowed(&self.sql), said);
-        }
-        let mut text = self.sql.clone().into_bytes();
-        for r in blank {
-            for b in &mut text[r] {
-                // Line breaks stay, so lines and columns do too.
-                if *b != b'\n' && *b != b'\r' {
-                    *b = b' ';
-                }
-            }
-        }
-        // Only ASCII bytes of whole characters were replaced by spaces, or whole multi-byte
-        // characters inside the blanked statements byte by byte: still UTF-8.
-        let text = String::from_utf8(text).expect("spaces keep the text UTF-8");
-        (std::borrow::Cow::Owned(text), said)
-    }
-
-    /// The byte offset of a 1-based line and (character) column.
-    fn byte_at(&self, line: u64, column: u64) -> usize {
-        let line_start: usize = self
-            .sql
-            .split_inclusive('\n')
-            .take(line.saturating_sub(1) as usize)
-            .map(str::len)
-            .sum();
-        line_start
-            + self.sql[line_start..]
-                .chars()
-                .take(column.saturating_sub(1) as usize)
-                .map(char::len_utf8)
-                .sum::<usize>()
-    }
-
     /// `V3 add_orders` or `R__refresh_views`: how the migration is named in a short list.
     pub fn label(&self) -> String {
         match self.kind {
@@ -495,51 +423,6 @@ mod tests {
                 "V1__b.sql"
             ]
         );
-    }
-
-    fn file(sql: &str) -> MigrationFile {
-        MigrationFile {
-            path: "V1__x.sql".into(),
-            version: 1,
-            name: "x".into(),
-            sql: sql.into(),
-            checksum: 0,
-            kind: Kind::Versioned,
-        }
-    }
-
-    #[test]
-    fn a_wrapping_transaction_is_blanked_in_place_and_nothing_else() {
-        use crate::lint::Dialect;
-        let f = file("-- up\nBEGIN;\nCREATE TABLE t (x text DEFAULT 'é');\nCOMMIT;\n");
-        let (sql, said) = f.executable_sql(Dialect::Postgres);
-        assert_eq!(
-            sql,
-            "-- up\n      \nCREATE TABLE t (x text DEFAULT 'é');\n       \n"
-        );
-        assert_eq!(said.len(), 1, "{said:?}");
-        assert!(
-            said[0].starts_with("2: dropping the file's own BEGIN"),
-            "{said:?}"
-        );
-        // Without a `;` after the COMMIT, to the end of the file; SQLite's locking modes too.
-        let f = file("BEGIN IMMEDIATE TRANSACTION;\nDELETE FROM t;\nEND");
-        assert_eq!(
-            f.executable_sql(Dialect::Sqlite).0,
-            "                            \nDELETE FROM t;\n   "
-        );
-        // Any other transaction control, or a BEGIN that is not first: the text runs as it is
-        // (and lint refuses it).
-        for sql in [
-            "BEGIN;\nCOMMIT;\nBEGIN;\nSELECT 1;\nCOMMIT;",
-            "SELECT 1;\nBEGIN;\nSELECT 2;\nCOMMIT;",
-            "BEGIN;\nSELECT 1;\nROLLBACK;",
-            "BEGIN;\nSELECT 1;\nCOMMIT;\nSELECT 2;",
-            "BEGIN ISOLATION LEVEL SERIALIZABLE;\nSELECT 1;\nCOMMIT;",
-        ] {
-            let f = file(sql);
-            assert_eq!(f.executable_sql(Dialect::Postgres).0, sql, "{sql}");
-        }
     }
 
     #[test]

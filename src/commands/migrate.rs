@@ -156,14 +156,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         .map(|f| format!("{}:{}: {}", f.file.display(), f.line, f.message))
         .collect();
     let names: Vec<String> = batch.iter().map(|f| f.file_name()).collect();
-    let batch_xid = apply(
-        &mut db,
-        &batch,
-        &names,
-        settings.lock_timeout,
-        settings.lock_retries,
-    )
-    .await?;
+    let batch_xid = apply(&mut db, &batch, &names, settings).await?;
     let counters_after = if will_snapshot {
         counters(&mut db).await
     } else {
@@ -218,9 +211,9 @@ async fn apply(
     db: &mut Database,
     batch: &[&migrator::MigrationFile],
     names: &[String],
-    lock_timeout: std::time::Duration,
-    lock_retries: u32,
+    settings: &Settings,
 ) -> Result<Option<u32>, Failure> {
+    let (lock_timeout, lock_retries) = (settings.lock_timeout, settings.lock_retries);
     tracing::info!(
         "applying {} migration(s) in one transaction: {}",
         names.len(),

@@ -208,7 +208,7 @@ impl Session {
             let mut repeatable = history::Columns::default();
             for f in batch {
                 tracing::info!("applying {}", f.file_name());
-                let (sql, dropped) = f.executable_sql(crate::lint::Dialect::Postgres);
+                let (sql, dropped) = crate::lint::executable(f, crate::lint::Dialect::Postgres);
                 for what in dropped {
                     tracing::info!("{}:{what}", f.file_name());
                 }

@@ -268,7 +268,7 @@ fn foreign_key_check(
 fn execute_file(conn: &Connection, f: &MigrationFile) -> Result<(), Error> {
     use rusqlite::ffi;
     use std::ffi::{CStr, CString};
-    let (sql, dropped) = f.executable_sql(crate::lint::Dialect::Sqlite);
+    let (sql, dropped) = crate::lint::executable(f, crate::lint::Dialect::Sqlite);
     for what in dropped {
         tracing::info!("{}:{what}", f.file_name());
     }
