@@ -411,6 +411,11 @@ pub struct MigrateArgs {
     /// How long to wait for another migrate run's lock (exit 4 after it), e.g. 30s, 10m.
     #[arg(long, value_name = "DUR", default_value = "10m", value_parser = parse_duration)]
     pub lock_timeout: std::time::Duration,
+    /// PostgreSQL: while a dbward backup of the database runs, wait for it (up to
+    /// --lock-timeout, progress every 10s) instead of stopping at once (exit 4): DDL would
+    /// queue behind the dump's locks and stall the application.
+    #[arg(long)]
+    pub wait_for_backup: bool,
     /// Why this deploy, for the deploy log (`dbward deploys`); the release comes from
     /// DBWARD_RELEASE.
     #[arg(long, value_name = "TEXT")]

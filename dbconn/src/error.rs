@@ -44,6 +44,11 @@ pub enum Error {
         holder: Option<String>,
     },
 
+    /// Another of dbward's jobs holds what this one needs (a dump running when a batch would
+    /// begin, a batch running when a dump would): exit 4, as a lock wait that timed out.
+    #[error("{message}")]
+    Busy { message: String },
+
     /// A statement, connection step or file operation the database failed: what dbward was
     /// doing (`context`), and what the driver said, kept whole (its SQLSTATE: [`Error::sqlstate`]).
     #[error("{context}")]
@@ -64,7 +69,7 @@ impl Error {
         match self {
             Error::Url { .. } => ErrorKind::Usage,
             Error::Pooled { .. } | Error::Refused { .. } => ErrorKind::Refused,
-            Error::LockTimeout { .. } => ErrorKind::LockTimeout,
+            Error::LockTimeout { .. } | Error::Busy { .. } => ErrorKind::LockTimeout,
             Error::Open { .. } | Error::NoDatabase { .. } | Error::Database { .. } => {
                 ErrorKind::Failed
             }

@@ -2,6 +2,11 @@
 //! long as the session lives. `migrate` takes it for its batch; the guard's rewind takes it
 //! before it stops the cluster and again on the restored one before its promotion, so no deploy
 //! runs meanwhile. (SQLite's is a lock file: [`crate::sqlite::lock_file`].)
+//!
+//! Backups and batches share a second key, [`BACKUP_KEY`]: a `pg_dump` holds it shared for its
+//! whole run, a migration batch exclusive while it runs, so DDL never queues behind a dump's
+//! locks (stalling the application's queries behind it) and a dump never begins under a batch.
+//! A dump's own session holds it; the key is per database.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +18,12 @@ use crate::postgres::{backend_pid, Postgres};
 
 /// The advisory lock key: "dbward" and 1, so it is recognisable in `pg_locks`.
 pub const LOCK_KEY: i64 = 0x6462_7761_7264_0001;
+
+/// Backups (shared) against batches (exclusive): "dbward" and 2.
+pub const BACKUP_KEY: i64 = 0x6462_7761_7264_0002;
+
+/// How often a wait for [`BACKUP_KEY`] says it is waiting.
+const SAY_EVERY: Duration = Duration::from_secs(10);
 
 /// Takes the migration lock on `conn`'s session, waiting at most `timeout`. Held until the
 /// connection closes (the process exits, or is killed: the server then releases it). Refused
@@ -118,4 +129,115 @@ async fn holder(c: &Client) -> Option<String> {
     Some(format!(
         "pid {pid} `{app}` from {addr}, connected since {since}"
     ))
+}
+
+/// The sessions other than this one holding [`BACKUP_KEY`] in `mode` (`ShareLock`: dumps,
+/// `ExclusiveLock`: a batch), said as `pid N `app` from ADDR, running since T`.
+async fn backup_key_holders(c: &Client, mode: &str) -> Result<Vec<String>, Error> {
+    let rows = c
+        .query(
+            "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket'), \
+                    to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.mode = $2 AND l.pid <> pg_backend_pid() \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND l.classid = ($1::int8 >> 32)::oid AND l.objid = ($1::int8 & 4294967295)::oid",
+            &[&BACKUP_KEY, &mode],
+        )
+        .await
+        .map_err(|e| Error::db("looking for dbward backups and batches", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (pid, app, addr, since): (i32, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            format!("pid {pid} `{app}` from {addr}, running since {since}")
+        })
+        .collect())
+}
+
+/// A batch begins: [`BACKUP_KEY`] taken exclusive on this session (given back by
+/// [`backups_again`], or when the session ends). With a dump running, waits for it at most
+/// `wait` (zero: not at all), said every 10 s; then [`Error::Busy`], naming the dump.
+pub async fn exclude_backups(conn: &Postgres, wait: Duration) -> Result<(), Error> {
+    let started = Instant::now();
+    let mut said = None::<Instant>;
+    loop {
+        let got: bool = conn
+            .client()
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&BACKUP_KEY])
+            .await
+            .map_err(|e| Error::db("keeping backups out of the batch", e))?
+            .get(0);
+        if got {
+            return Ok(());
+        }
+        let dumps = backup_key_holders(conn.client(), "ShareLock").await?;
+        let who = if dumps.is_empty() {
+            "another dbward job".to_string()
+        } else {
+            format!("a dbward backup ({})", dumps.join("; "))
+        };
+        if started.elapsed() >= wait {
+            return Err(Error::Busy {
+                message: format!(
+                    "{who} is dumping {}: DDL now would queue behind the dump's locks and stall the application's queries behind it. Nothing was applied; run the deploy again once the backup is done, or pass --wait-for-backup",
+                    conn.display()
+                ),
+            });
+        }
+        if said.is_none_or(|t| t.elapsed() >= SAY_EVERY) {
+            tracing::info!(
+                "waiting for {who} to finish before the batch (waited {} of {})",
+                humanize(started.elapsed()),
+                humanize(wait)
+            );
+            said = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The batch is over: backups may run again.
+pub async fn backups_again(conn: &Postgres) {
+    let _ = conn
+        .client()
+        .query_one("SELECT pg_advisory_unlock($1)", &[&BACKUP_KEY])
+        .await;
+}
+
+/// A dump begins: [`BACKUP_KEY`] taken shared on `c`'s session, held until it ends. A batch
+/// running (it holds the key exclusive) is waited for at most `wait`, said every 10 s; then
+/// [`Error::Busy`].
+pub async fn share_with_backups(c: &Client, what: &str, wait: Duration) -> Result<(), Error> {
+    let started = Instant::now();
+    let mut said = None::<Instant>;
+    loop {
+        let got: bool = c
+            .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&BACKUP_KEY])
+            .await
+            .map_err(|e| Error::db("taking the backups' lock", e))?
+            .get(0);
+        if got {
+            return Ok(());
+        }
+        let batch = backup_key_holders(c, "ExclusiveLock").await?.join("; ");
+        if started.elapsed() >= wait {
+            return Err(Error::Busy {
+                message: format!(
+                    "a migration batch of {what} ({batch}) ran for all of the {} this backup waited; nothing was dumped: try again once it is done",
+                    humanize(wait)
+                ),
+            });
+        }
+        if said.is_none_or(|t| t.elapsed() >= SAY_EVERY) {
+            tracing::info!(
+                "waiting for the migration batch of {what} ({batch}) before dumping (waited {} of {})",
+                humanize(started.elapsed()),
+                humanize(wait)
+            );
+            said = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

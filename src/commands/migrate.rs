@@ -120,6 +120,8 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         refuse_failed_batch(f, &batch, args.retry_failed)?;
     }
     refuse_unwritable(&scope)?;
+    // A dbward backup running now is said before a snapshot is taken (exit 4), not after.
+    keep_backups_out(&mut db, args).await?;
 
     // The pre-deploy snapshot: under the lock, once something is pending. A first deploy has
     // nothing to protect. If it fails, nothing is applied.
@@ -156,7 +158,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         .map(|f| format!("{}:{}: {}", f.file.display(), f.line, f.message))
         .collect();
     let names: Vec<String> = batch.iter().map(|f| f.file_name()).collect();
-    let batch_xid = apply(&mut db, &batch, &names, settings).await?;
+    let batch_xid = apply(&mut db, &batch, &names, settings, args).await?;
     let counters_after = if will_snapshot {
         counters(&mut db).await
     } else {
@@ -212,6 +214,7 @@ async fn apply(
     batch: &[&migrator::MigrationFile],
     names: &[String],
     settings: &Settings,
+    args: &MigrateArgs,
 ) -> Result<Option<u32>, Failure> {
     let (lock_timeout, lock_retries) = (settings.lock_timeout, settings.lock_retries);
     tracing::info!(
@@ -219,11 +222,51 @@ async fn apply(
         names.len(),
         names.join(", ")
     );
+    // No dbward dump begins while the batch runs (it would hold locks the DDL queues behind);
+    // one that began since the check above is waited for, or said (exit 4).
+    db.exclude_backups(backup_wait(args)).await?;
+    let applied = apply_retrying(db, batch, lock_timeout, lock_retries).await;
+    db.backups_again().await;
+    let batch_xid = applied?;
+    dbconn::committed::mark(format!(
+        "the migration batch ({}) was committed",
+        names.join(", ")
+    ));
+    failpoint("migrate-after-commit")?;
+    Ok(batch_xid)
+}
+
+/// How long `migrate` waits for a dbward backup that is running: `--wait-for-backup`'s bound,
+/// else not at all.
+fn backup_wait(args: &MigrateArgs) -> std::time::Duration {
+    if args.wait_for_backup {
+        args.lock_timeout
+    } else {
+        std::time::Duration::ZERO
+    }
+}
+
+/// PostgreSQL: stops at once (exit 4) while a dbward dump of the database runs, or with
+/// `--wait-for-backup` waits for it; backups may run again afterwards (the pre-deploy dump
+/// among them).
+async fn keep_backups_out(db: &mut Database, args: &MigrateArgs) -> Result<(), Failure> {
+    db.exclude_backups(backup_wait(args)).await?;
+    db.backups_again().await;
+    Ok(())
+}
+
+/// The batch, tried again after a table-lock wait timed out (see [`apply`]).
+async fn apply_retrying(
+    db: &mut Database,
+    batch: &[&migrator::MigrationFile],
+    lock_timeout: std::time::Duration,
+    lock_retries: u32,
+) -> Result<Option<u32>, Failure> {
     // A statement that waited `lock_timeout` for a table lock rolled the batch back (so the
     // application's queries never queue behind it for longer): tried again after a pause, as
     // the session holding the lock (a long query, the nightly dump) may be done by then.
     let mut attempt = 0;
-    let batch_xid = loop {
+    loop {
         match db.apply(batch, lock_timeout).await {
             Err(migrator::Error::Apply {
                 lock_wait: true,
@@ -240,15 +283,9 @@ async fn apply(
                 );
                 tokio::time::sleep(pause).await;
             }
-            other => break other?,
+            other => return Ok(other?),
         }
-    };
-    dbconn::committed::mark(format!(
-        "the migration batch ({}) was committed",
-        names.join(", ")
-    ));
-    failpoint("migrate-after-commit")?;
-    Ok(batch_xid)
+    }
 }
 
 /// The pause before retry `attempt` (from 1): 2 s doubling to at most 16 s, each between half

@@ -58,6 +58,7 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         dry_run: false,
         no_snapshot: false,
         lock_timeout: Duration::from_secs(600),
+        wait_for_backup: false,
     };
     match super::migrate::run(settings, &migrate).await {
         Ok(_) => {}

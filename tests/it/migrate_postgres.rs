@@ -125,6 +125,116 @@ fn a_migration_blocked_by_a_lock_goes_through_once_the_lock_is_gone() {
     );
 }
 
+/// dbward's backups and batches keep out of each other's way on one database (the advisory key
+/// "dbward" 2: a dump holds it shared, a batch exclusive).
+const BACKUP_KEY: i64 = 0x6462_7761_7264_0002;
+
+/// A session holding the backup key as a running dump (`shared`) or batch does.
+fn holding(pg: &Pg, shared: bool) -> std::process::Child {
+    let mut s = pg.session("shop");
+    let f = if shared {
+        "pg_advisory_lock_shared"
+    } else {
+        "pg_advisory_lock"
+    };
+    writeln!(s.stdin.as_mut().unwrap(), "SELECT {f}({BACKUP_KEY});").unwrap();
+    let mode = if shared { "ShareLock" } else { "ExclusiveLock" };
+    pg.wait_for(
+        "shop",
+        &format!("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = '{mode}' AND objid = ({BACKUP_KEY}::int8 & 4294967295)::oid"),
+        "1",
+    );
+    s
+}
+
+/// Polls the file `log` until it holds `text`.
+fn wait_said(log: &std::path::Path, text: &str) {
+    let began = Instant::now();
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "never said {text:?}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_deploy_never_queues_ddl_behind_a_running_backup_and_a_backup_waits_for_a_batch() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    shop(&p);
+    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
+    p.migration(
+        "V3__add_column.sql",
+        "ALTER TABLE users ADD COLUMN name text;\n",
+    );
+    let snapshots = || {
+        std::fs::read_dir(p.path().join(".dbward/snapshots/shop"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = snapshots();
+
+    // A dump is running: the deploy stops at once (exit 4), before any snapshot, and says why.
+    let mut dump = holding(&pg, true);
+    let (code, _, err) = run(p.dbward(&url).arg("migrate"));
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("a dbward backup (pid") && err.contains("--wait-for-backup"),
+        "{err}"
+    );
+    assert_eq!(snapshots(), before, "no snapshot was taken");
+    assert_eq!(
+        pg.psql("shop", "SELECT count(*) FROM refinery_schema_history"),
+        "2"
+    );
+
+    // --wait-for-backup: it waits, said, and goes on once the dump is done.
+    let log = p.path().join("migrate.log");
+    let mut migrate = p
+        .dbward(&url)
+        .args(["migrate", "--wait-for-backup"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_said(&log, "waiting for a dbward backup");
+    dump.kill().unwrap();
+    dump.wait().unwrap();
+    assert!(
+        migrate.wait().unwrap().success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert_eq!(
+        pg.psql("shop", "SELECT count(*) FROM refinery_schema_history"),
+        "3"
+    );
+
+    // A batch is running: a backup waits for it, said, then dumps.
+    let mut batch = holding(&pg, false);
+    let log = p.path().join("backup.log");
+    let mut backup = p
+        .dbward(&url)
+        .arg("backup")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_said(&log, "waiting for the migration batch");
+    batch.kill().unwrap();
+    batch.wait().unwrap();
+    assert!(
+        backup.wait().unwrap().success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+}
+
 #[test]
 fn passwords_never_reach_the_output() {
     let pg = Pg::start();

@@ -15,6 +15,9 @@ use super::{head, Keep, Prepared};
 use crate::error::Error;
 use crate::manifest::Format;
 
+/// How long a dump waits for a migration batch that is running.
+const BATCH_WAIT: Duration = Duration::from_secs(600);
+
 pub async fn prepare(url: &PgUrl, lock_wait_timeout: Duration) -> Result<Prepared, Error> {
     let pg_dump_version = tool_version("pg_dump")?;
     let db = Postgres::connect(url).await?;
@@ -35,6 +38,9 @@ pub async fn prepare(url: &PgUrl, lock_wait_timeout: Duration) -> Result<Prepare
         )));
     }
 
+    // No migration batch runs while the dump does (it would queue behind the dump's locks):
+    // one running is waited for.
+    dbconn::lock::share_with_backups(c, &url.display, BATCH_WAIT).await?;
     c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(q)?;

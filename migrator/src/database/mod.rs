@@ -107,6 +107,23 @@ impl Database {
         }
     }
 
+    /// PostgreSQL: keeps dbward's dumps of this database out until [`Database::backups_again`]
+    /// (or the session's end), waiting at most `wait` for one that runs ([`dbconn::lock`]'s
+    /// `BACKUP_KEY`), else exit 4 naming it. SQLite: a dump reads without blocking DDL: nothing.
+    pub async fn exclude_backups(&mut self, wait: Duration) -> Result<(), Error> {
+        match self {
+            Database::Sqlite(_) => Ok(()),
+            Database::Postgres(db) => db.exclude_backups(wait).await,
+        }
+    }
+
+    /// Backups may run again (see [`Database::exclude_backups`]).
+    pub async fn backups_again(&mut self) {
+        if let Database::Postgres(db) = self {
+            db.backups_again().await
+        }
+    }
+
     /// The history table's rows, oldest first; empty if there is no table yet.
     pub async fn applied(&mut self) -> Result<Vec<Applied>, Error> {
         match self {

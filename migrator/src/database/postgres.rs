@@ -44,6 +44,14 @@ impl Session {
         Ok(dbconn::lock::take(&self.conn, timeout).await?)
     }
 
+    pub async fn exclude_backups(&mut self, wait: Duration) -> Result<(), Error> {
+        Ok(dbconn::lock::exclude_backups(&self.conn, wait).await?)
+    }
+
+    pub async fn backups_again(&mut self) {
+        dbconn::lock::backups_again(&self.conn).await
+    }
+
     pub async fn applied(&mut self) -> Result<Vec<Applied>, Error> {
         Ok(applied_on(self.conn.client()).await?)
     }
