@@ -131,8 +131,9 @@ async fn take_into(
     let (stored, produced) = tokio::join!(upload_all(&all, &data_key, rx, require_all), producer);
     let produced =
         produced.map_err(|e| Error::Source(format!("the compression thread panicked: {e}")))?;
-    // Ends the exporting transaction, or removes the temp copy.
-    drop(keep);
+    // Ends the exporting transaction (and gives the backups' lock back), or removes the temp
+    // copy.
+    keep.end().await;
     // The copies whose upload completed: removed again (by their exact key, this run's own)
     // when the snapshot as a whole fails.
     let completed: Vec<bool> = stored.iter().map(Result::is_ok).collect();

@@ -206,6 +206,22 @@ pub async fn backups_again(conn: &Postgres) {
         .await;
 }
 
+/// A dump ended: [`BACKUP_KEY`] given back on `c`'s session now (waiting at most 10 s), not
+/// when the closing connection's backend ends: a batch looking right after (the deploy whose
+/// pre-deploy dump this was) must not find it still held.
+pub async fn dump_done(c: &Client) {
+    let sql = format!("ROLLBACK; SELECT pg_advisory_unlock_shared({BACKUP_KEY})");
+    let unlock = c.batch_execute(&sql);
+    if tokio::time::timeout(Duration::from_secs(10), unlock)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "giving the backups' lock back took more than 10 s; it goes with the session"
+        );
+    }
+}
+
 /// A dump begins: [`BACKUP_KEY`] taken shared on `c`'s session, held until it ends. A batch
 /// running (it holds the key exclusive) is waited for at most `wait`, said every 10 s; then
 /// [`Error::Busy`].

@@ -320,17 +320,7 @@ pub async fn verify(settings: &Settings, args: &PitrVerifyArgs) -> Result<Report
         .map_err(|e| Failure::new(Exit::Failed, format!("--metrics {}: {e}", path.display())))?;
     }
     let json = json!({ "archive": v, "bases": base_rows, "wal_since_base_bytes": since, "base_due": due, "restore_point": point, "problems": problems });
-    if problems.is_empty() {
-        return Ok(Report {
-            text,
-            json,
-            code: Exit::Success,
-        });
-    }
-    let mut f = Failure::new(Exit::Refused, problems.join("; "));
-    f.text = text;
-    f.details = json;
-    Err(f)
+    verdict(text, json, &problems)
 }
 
 /// The archive's state as Prometheus gauges (node_exporter's textfile format).
@@ -464,6 +454,11 @@ async fn verify_stream(
         })?;
     }
     let json = json!({ "stream": v, "problems": problems });
+    verdict(text, json, &problems)
+}
+
+/// `pitr verify`'s outcome: the report, or exit 3 naming every problem (the report kept).
+fn verdict(text: String, json: serde_json::Value, problems: &[String]) -> Result<Report, Failure> {
     if problems.is_empty() {
         return Ok(Report {
             text,

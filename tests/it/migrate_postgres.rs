@@ -18,24 +18,21 @@ fn shop(p: &Project) {
         );
 }
 
-#[test]
-fn a_migration_blocked_by_another_sessions_lock_fails_on_lock_timeout() {
-    let pg = Pg::start();
-    let url = pg.create_db("shop");
-    let p = Project::new();
-    shop(&p);
-    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
-    // No retry: the first wait that times out fails the deploy.
+/// `shop` migrated, with `table_lock_timeout = 1s` (and `config`), a pending V3 that needs an
+/// ACCESS EXCLUSIVE lock on `users`, and another session in a transaction that read `users`
+/// (returned: it holds its lock until killed).
+fn blocked_by_a_reader(pg: &Pg, p: &Project, url: &str, config: &str) -> std::process::Child {
+    shop(p);
+    assert_eq!(run(p.dbward(url).arg("migrate")).0, 0);
     std::fs::write(
         p.path().join("dbward.toml"),
-        "[database]\ntable_lock_timeout = \"1s\"\n\n[migrate]\nlock_retries = 0\n",
+        format!("[database]\ntable_lock_timeout = \"1s\"\n{config}"),
     )
     .unwrap();
     p.migration(
         "V3__add_column.sql",
         "ALTER TABLE users ADD COLUMN name text;\n",
     );
-
     let mut holder = pg.session("shop");
     writeln!(
         holder.stdin.as_mut().unwrap(),
@@ -43,6 +40,16 @@ fn a_migration_blocked_by_another_sessions_lock_fails_on_lock_timeout() {
     )
     .unwrap();
     pg.wait_for("shop", "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'users' AND l.mode = 'AccessShareLock'", "1");
+    holder
+}
+
+#[test]
+fn a_migration_blocked_by_another_sessions_lock_fails_on_lock_timeout() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    // No retry: the first wait that times out fails the deploy.
+    let mut holder = blocked_by_a_reader(&pg, &p, &url, "\n[migrate]\nlock_retries = 0\n");
     let started = Instant::now();
     let (code, _, err) = run(p.dbward(&url).arg("migrate"));
     assert_eq!(code, 1, "{err}");
@@ -68,24 +75,7 @@ fn a_migration_blocked_by_a_lock_goes_through_once_the_lock_is_gone() {
     let pg = Pg::start();
     let url = pg.create_db("shop");
     let p = Project::new();
-    shop(&p);
-    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
-    std::fs::write(
-        p.path().join("dbward.toml"),
-        "[database]\ntable_lock_timeout = \"1s\"\n",
-    )
-    .unwrap();
-    p.migration(
-        "V3__add_column.sql",
-        "ALTER TABLE users ADD COLUMN name text;\n",
-    );
-    let mut holder = pg.session("shop");
-    writeln!(
-        holder.stdin.as_mut().unwrap(),
-        "BEGIN; SELECT count(*) FROM users;"
-    )
-    .unwrap();
-    pg.wait_for("shop", "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'users' AND l.mode = 'AccessShareLock'", "1");
+    let mut holder = blocked_by_a_reader(&pg, &p, &url, "");
     let log = p.path().join("migrate.log");
     let mut migrate = p
         .dbward(&url)
@@ -94,18 +84,7 @@ fn a_migration_blocked_by_a_lock_goes_through_once_the_lock_is_gone() {
         .spawn()
         .unwrap();
     // The first try timed out and a retry is waiting: the other session ends.
-    let began = Instant::now();
-    while !std::fs::read_to_string(&log)
-        .unwrap()
-        .contains("trying again in")
-    {
-        assert!(
-            began.elapsed() < Duration::from_secs(60),
-            "no retry was said: {}",
-            std::fs::read_to_string(&log).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_said(&log, "trying again in");
     holder.kill().unwrap();
     holder.wait().unwrap();
     let status = migrate.wait().unwrap();

@@ -38,6 +38,16 @@ pub enum Keep {
     Transaction(dbconn::postgres::Postgres),
 }
 
+impl Keep {
+    /// Ends what was kept: the exporting transaction and the backups' lock (given back now, not
+    /// when the connection's backend ends), the temp copy.
+    pub async fn end(self) {
+        if let Keep::Transaction(db) = &self {
+            dbconn::lock::dump_done(db.client()).await;
+        }
+    }
+}
+
 pub(crate) fn head(rows: Vec<dbconn::Applied>) -> Option<Head> {
     rows.iter()
         .max_by_key(|a| a.version)
