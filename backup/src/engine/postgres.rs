@@ -40,7 +40,17 @@ pub async fn prepare(url: &PgUrl, lock_wait_timeout: Duration) -> Result<Prepare
 
     // No migration batch runs while the dump does (it would queue behind the dump's locks):
     // one running is waited for.
-    dbconn::lock::share_with_backups(c, &url.display, BATCH_WAIT).await?;
+    match dbconn::lock::share_with_backups(c, &url.display, BATCH_WAIT).await {
+        Ok(()) => {}
+        Err(e @ dbconn::Error::Busy { .. }) => return Err(e.into()),
+        // A server that cannot take it (a standby that refuses advisory locks, say): the dump
+        // goes on without keeping batches out, as before there was a key; said.
+        Err(e) => tracing::warn!(
+            "{}: the backups' lock cannot be taken ({}); dumping without keeping migration batches out",
+            url.display,
+            crate::error::chain(&e)
+        ),
+    }
     c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(q)?;
