@@ -81,12 +81,7 @@ pub async fn run(settings: &Settings, args: &RestoreArgs) -> Result<Report, Fail
             "restored {} into {}{}\n",
             m.id,
             restored.outcome.database,
-            restored
-                .outcome
-                .replaced
-                .as_ref()
-                .map(|r| format!("; the replaced database is kept as {r}"))
-                .unwrap_or_default()
+            kept(&restored.outcome)
         ),
         json: serde_json::to_value(&restored).expect("serializes"),
         code: Exit::Success,
@@ -212,12 +207,7 @@ async fn stream(
             restored.stream.generation,
             restored.stream.seq,
             restored.outcome.database,
-            restored
-                .outcome
-                .replaced
-                .as_ref()
-                .map(|r| format!("; the replaced database is kept as {r}"))
-                .unwrap_or_default()
+            kept(&restored.outcome)
         ),
         json: json!({ "restored": restored }),
         code: Exit::Success,
@@ -237,4 +227,13 @@ fn time_of(args: &RestoreArgs) -> Result<Option<time::OffsetDateTime>, Failure> 
                 format!("--time {t}: not an RFC 3339 time ({e}); e.g. 2026-11-26T09:30:00Z"),
             )
         })
+}
+
+/// `; the replaced database is kept as ...`, or nothing when nothing was replaced.
+fn kept(outcome: &backup::restore::Outcome) -> String {
+    outcome
+        .replaced
+        .as_ref()
+        .map(|r| format!("; the replaced database is kept as {r}"))
+        .unwrap_or_default()
 }

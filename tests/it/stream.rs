@@ -108,6 +108,21 @@ fn restored_rows(p: &Project, name: &str, extra: &[&str]) -> String {
     sqlite(&p.path().join(name), "SELECT count(*) FROM t")
 }
 
+/// The volume is lost: the database and its WAL and shared memory are gone.
+fn lose_volume(p: &Project) {
+    for side in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(p.path().join(format!("app.db{side}")));
+    }
+}
+
+/// What the application wrote to `seen` (a row count it read).
+fn seen(p: &Project) -> String {
+    std::fs::read_to_string(p.path().join("seen"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 fn side_files(dir: &Path, name: &str) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -403,9 +418,7 @@ fn a_file_restored_under_a_running_replicator_begins_a_new_generation() {
     assert_eq!(sqlite(&db(&p), "SELECT count(*) FROM t"), "101");
 
     // An empty volume gets the stream's newest state back.
-    for side in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(p.path().join(format!("app.db{side}")));
-    }
+    lose_volume(&p);
     let (code, out, err) =
         run(p
             .dbward("sqlite:app.db")
@@ -501,19 +514,10 @@ fn run_replicates_beside_the_app_and_a_fresh_volume_gets_its_last_writes_back() 
     let (code, _, err) =
         run_app("sleep 1; sqlite3 app.db \"INSERT INTO t (v) VALUES ('written by the app')\"");
     assert_eq!(code, 0, "{err}");
-    // The volume is lost.
-    for side in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(p.path().join(format!("app.db{side}")));
-    }
+    lose_volume(&p);
     let (code, _, err) = run_app("sqlite3 app.db 'SELECT count(*) FROM t' > seen; sleep 1");
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        std::fs::read_to_string(p.path().join("seen"))
-            .unwrap()
-            .trim(),
-        "101",
-        "{err}"
-    );
+    assert_eq!(seen(&p), "101", "{err}");
     assert!(
         err.contains("restoring the newest state of its stream"),
         "{err}"
@@ -777,18 +781,10 @@ fn blue_green_on_s3_with_a_mirror_and_age_gets_a_lost_volume_back() {
         "sleep 1; for i in $(seq 20); do sqlite3 app.db \"INSERT INTO t (v) VALUES ('row $i')\"; sleep 0.05; done",
     );
     assert_eq!(code, 0, "{err}");
-    for side in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(p.path().join(format!("app.db{side}")));
-    }
+    lose_volume(&p);
     let (code, _, err) = container("sqlite3 app.db 'SELECT count(*) FROM t' > seen; sleep 1");
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        std::fs::read_to_string(p.path().join("seen"))
-            .unwrap()
-            .trim(),
-        "120",
-        "{err}"
-    );
+    assert_eq!(seen(&p), "120", "{err}");
     let (code, _, err) = run(&mut dbward(&["restore-drill", "--stream"]));
     assert_eq!(code, 0, "{err}");
     // The mirror alone, as the only store.
