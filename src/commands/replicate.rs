@@ -208,10 +208,12 @@ async fn until(
                 answer.as_ref().map_err(String::clone),
             );
         }
+        // The mirrors' spools, read once a step: for the lag and the gauge.
+        let waiting = replica.mirrors_waiting();
         match stepped {
             Ok(shipped) => {
                 newest = Some(read_at);
-                if replica.mirrors_waiting() == 0 {
+                if waiting == 0 {
                     newest_everywhere = Some(read_at);
                 }
                 if shipped.seq.is_some() || shipped.new_generation.is_some() {
@@ -246,7 +248,7 @@ async fn until(
             } else {
                 newest
             };
-            m.write(lag_from, steps, failures_since, replica.mirrors_waiting());
+            m.write(lag_from, steps, failures_since, waiting);
         }
         if stopping {
             break;
