@@ -40,6 +40,10 @@ pub struct Settings {
     /// `migrate.lock_retries`: how many times a batch that waited `lock_timeout` for a table
     /// lock (PostgreSQL's `lock_not_available`) is tried again, with backoff and jitter.
     pub lock_retries: u32,
+    /// `migrate.no_transaction_lock_timeout`: how long a statement of a non-transactional file
+    /// that cannot run in a transaction (a concurrent index build) may wait for each lock;
+    /// `None` (the default): as long as it takes, said every 10 s.
+    pub no_transaction_lock_timeout: Option<Duration>,
     /// `backup.level`: zstd level (1-19).
     pub level: i32,
     /// `backup.temp_dir`: where restore downloads and copies of non-WAL SQLite databases are
@@ -282,6 +286,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct MigrateSection {
     lock_retries: Option<u32>,
+    no_transaction_lock_timeout: Option<String>,
 }
 
 /// `migrate.lock_retries`' default: with the backoff, about a minute of tries.
@@ -609,6 +614,16 @@ fn resolve(
             .unwrap_or_else(|| PathBuf::from("./.dbward")),
         lock_timeout,
         lock_retries: migrate.lock_retries.unwrap_or(LOCK_RETRIES),
+        no_transaction_lock_timeout: match migrate.no_transaction_lock_timeout.as_deref() {
+            None | Some("none") => None,
+            Some(v) => Some(duration_key(
+                "migrate.no_transaction_lock_timeout",
+                Some(v),
+                Duration::ZERO,
+            )?)
+            // 0 is PostgreSQL's "no limit" too.
+            .filter(|d| !d.is_zero()),
+        },
         level: match backup.level {
             Some(l) if (1..=19).contains(&l) => l,
             Some(l) => {

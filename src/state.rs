@@ -156,6 +156,23 @@ impl Scope {
         write_json(&self.dir, &self.file("last-deploy", "json"), &deploy)
     }
 
+    /// Puts back the deploy record that stood before this run wrote its own (`None`: there was
+    /// none, and the one this run wrote is removed): a batch that changed nothing leaves the
+    /// records as they were.
+    pub fn put_back(&self, previous: Option<&Deploy>) -> Result<(), StateError> {
+        match previous {
+            Some(d) => self.write(d),
+            None => {
+                let p = self.file("last-deploy", "json");
+                match std::fs::remove_file(&p) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(StateError::io("removing the", &p)(e)),
+                }
+            }
+        }
+    }
+
     pub fn read_failed(&self) -> Result<Option<FailedBatch>, StateError> {
         let p = self.file("failed-batch", "json");
         Ok(read_json::<FailedBatch>(&p)?.filter(|f| self.mine(&f.database_id, &p)))
@@ -380,6 +397,11 @@ pub struct Deploy {
     /// leaves the batch's own changes out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_xid: Option<u32>,
+    /// Set when the deploy stopped after part of its batch committed (a non-transactional
+    /// file, or the batch after one, failed): why. The next `migrate` resumes it under the same
+    /// pre-deploy snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfinished: Option<String>,
 }
 
 impl Deploy {

@@ -5,13 +5,17 @@
 //! `DBWARD_FAILPOINTS="name=action;name=action"`, where the action is `error` (the step fails
 //! as if its own work had failed) or `wait` (the process writes `<name>` into
 //! `DBWARD_FAILPOINT_DIR` and stops there, so a test can `kill -9` it at exactly that point, or
-//! send it a signal and then let it go on by creating `<name>.go` there).
+//! send it a signal and then let it go on by creating `<name>.go` there). `action@N` acts on the
+//! N-th time the point is met (1-based) and lets the others pass: the statements of a
+//! non-transactional file meet the same points one after the other.
 
 /// Every failure point, in the order a run meets them; the suite drives each one.
 pub const ALL: &[&str] = &[
     "migrate-after-lock",
     "migrate-after-snapshot",
     "migrate-mid-batch",
+    "migrate-statement-started",
+    "migrate-statement-ran",
     "migrate-after-commit",
     "backup-after-prepare",
     "backup-before-manifest",
@@ -40,11 +44,31 @@ pub fn hit(name: &str) -> Result<(), String> {
     let Ok(spec) = std::env::var("DBWARD_FAILPOINTS") else {
         return Ok(());
     };
+    static MET: std::sync::Mutex<Vec<(String, usize)>> = std::sync::Mutex::new(Vec::new());
+    let met = {
+        let mut m = MET.lock().unwrap_or_else(|e| e.into_inner());
+        let i = match m.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                m.push((name.to_string(), 0));
+                m.len() - 1
+            }
+        };
+        m[i].1 += 1;
+        m[i].1
+    };
     for item in spec.split(';') {
         let Some((point, action)) = item.split_once('=') else {
             continue;
         };
         if point != name {
+            continue;
+        }
+        let (action, nth) = match action.split_once('@') {
+            Some((a, n)) => (a, n.parse().ok()),
+            None => (action, None),
+        };
+        if nth.is_some_and(|n: usize| n != met) {
             continue;
         }
         match action {

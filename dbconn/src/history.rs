@@ -119,9 +119,7 @@ pub fn values(version: i64, name: &str, checksum: u64) -> Values {
     Values {
         version,
         name: name.to_string(),
-        applied_on: OffsetDateTime::now_utc()
-            .format(&Rfc3339)
-            .expect("RFC 3339 formats any UTC time"),
+        applied_on: now(),
         checksum: checksum.to_string(),
     }
 }
@@ -192,4 +190,38 @@ pub fn repeatable_row(
         applied_on,
         checksum: value,
     })
+}
+
+/// Every table dbward keeps in the application's database, as a SQL list: left out of the
+/// application's tables wherever they are counted or listed.
+pub const OWN_TABLES: &str = "'refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history', 'dbward_statement_progress'";
+
+/// The statements of a non-transactional file that ran (`completed_on` set) or began (not set):
+/// a rerun resumes after the last completed one. A file's rows are removed, by its version,
+/// in the transaction that records it in the history table.
+pub const PROGRESS_TABLE: &str = "dbward_statement_progress";
+
+pub const CREATE_PROGRESS: &str = "CREATE TABLE IF NOT EXISTS dbward_statement_progress(
+             version BIGINT NOT NULL,
+             statement INTEGER NOT NULL,
+             statement_checksum VARCHAR(255) NOT NULL,
+             started_on VARCHAR(255) NOT NULL,
+             completed_on VARCHAR(255),
+             PRIMARY KEY (version, statement))";
+
+/// One statement's record: its 0-based place in the file, the checksum of its text, whether it
+/// completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub statement: i64,
+    pub checksum: String,
+    pub started_on: String,
+    pub completed: bool,
+}
+
+/// The time now as the history tables write it (RFC 3339, UTC).
+pub fn now() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .expect("RFC 3339 formats any UTC time")
 }

@@ -106,9 +106,9 @@ impl Postgres {
         Ok(self
             .client
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                &format!("SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                   AND n.nspname NOT LIKE 'pg\\_%' AND c.relname NOT IN ('refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history'))",
+                   AND n.nspname NOT LIKE 'pg\\_%' AND c.relname NOT IN ({}))", crate::history::OWN_TABLES),
                 &[],
             )
             .await

@@ -186,7 +186,7 @@ pub fn applied_on(conn: &Connection) -> Result<Vec<Applied>, Error> {
 /// Whether the database has tables of its own (not only dbward's and refinery's).
 pub fn has_user_tables(conn: &Connection) -> Result<bool, Error> {
     conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT IN ('refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history'))",
+        &format!("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT IN ({}))", crate::history::OWN_TABLES),
         [],
         |r| r.get(0),
     )

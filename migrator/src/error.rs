@@ -33,6 +33,22 @@ pub enum Error {
         lock_wait: bool,
     },
 
+    /// A statement of a non-transactional file failed: the statements before it completed and
+    /// stay applied (recorded), and a rerun resumes at this one.
+    #[error("migration {}{} failed at statement {statement} of {of}: {message}\nThe file runs outside a transaction: {}. Fix the cause, then run `dbward migrate` again: it resumes at statement {statement}.", file.display(), position.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default(), completed_text(*statement))]
+    Statement {
+        file: PathBuf,
+        position: Option<(usize, usize)>,
+        /// 1-based.
+        statement: usize,
+        of: usize,
+        message: String,
+    },
+
+    /// A partly applied non-transactional file no longer matches the record of what ran.
+    #[error("{}: {message}. Nothing was run.", file.display())]
+    Resume { file: PathBuf, message: String },
+
     /// Connecting, locking, reading or writing the database.
     #[error(transparent)]
     Database(#[from] dbconn::Error),
@@ -45,7 +61,8 @@ impl Error {
             Error::Source(SourceError::Files { .. }) | Error::Lint { .. } | Error::Drift { .. } => {
                 ErrorKind::Refused
             }
-            Error::Apply { .. } => ErrorKind::Failed,
+            Error::Apply { .. } | Error::Statement { .. } => ErrorKind::Failed,
+            Error::Resume { .. } => ErrorKind::Refused,
             Error::Database(e) => e.kind(),
         }
     }
@@ -56,3 +73,12 @@ impl Error {
 }
 
 pub use dbconn::error::humanize;
+
+/// What stands of a non-transactional file whose statement `failed` (1-based) did not complete.
+fn completed_text(failed: usize) -> String {
+    match failed {
+        1 => "no statement of it completed".into(),
+        2 => "its statement 1 completed and stays applied".into(),
+        n => format!("its statements 1 to {} completed and stay applied", n - 1),
+    }
+}

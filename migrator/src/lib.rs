@@ -16,5 +16,5 @@ pub use database::{Database, Open};
 pub use dbconn::{Applied, AppliedRepeatable, DatabaseUrl, Head};
 pub use error::{Error, ErrorKind};
 pub use lint::{Dialect, Finding, Severity};
-pub use plan::{Drift, Plan};
+pub use plan::{Drift, Phase, Plan};
 pub use source::{discover, Kind, MigrationFile, Migrations};

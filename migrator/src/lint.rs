@@ -96,8 +96,15 @@ fn findings<'a>(
     files
         .into_iter()
         .flat_map(move |f| {
-            lint_sql(&f.sql, dialect)
-                .into_iter()
+            let mut raw = if f.no_transaction {
+                pass(&f.sql, dialect, true, WINDOW).findings
+            } else {
+                lint_sql(&f.sql, dialect)
+            };
+            if f.no_transaction && f.kind == crate::source::Kind::Repeatable {
+                raw.insert(0, (Location { line: 1, column: 1 }, Severity::Error, "no-transaction", "a repeatable migration cannot run outside a transaction (it is re-applied whenever it changes, inside the batch); move what needs it to a versioned file".into()));
+            }
+            raw.into_iter()
                 .filter(move |(_, severity, _, _)| keep(*severity))
                 .map(move |(at, severity, rule, message)| Finding {
                     file: f.path.clone(),
@@ -195,6 +202,129 @@ pub fn executable(f: &MigrationFile, dialect: Dialect) -> (std::borrow::Cow<'_, 
     (std::borrow::Cow::Owned(text), said)
 }
 
+/// One statement of a non-transactional file, as it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// Its text in the file: from its first token to its `;` (included).
+    pub range: std::ops::Range<usize>,
+    /// 1-based line of its first token.
+    pub line: u64,
+    /// It cannot run inside a transaction; any other statement runs in one, with its record.
+    pub outside: bool,
+    /// The index a concurrent build creates or drops, for the checks around it.
+    pub index: Option<IndexChange>,
+}
+
+/// What a concurrent index statement does, with names as the file writes them (quoted ones
+/// with their quotes, so PostgreSQL reads them back the same).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexChange {
+    /// `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] index ON [ONLY] table`: the index
+    /// is made in the table's schema.
+    Create { index: String, table: String },
+    /// `DROP INDEX CONCURRENTLY [IF EXISTS] index` (one index).
+    Drop { index: String },
+}
+
+impl Statement {
+    pub fn text<'a>(&self, f: &'a MigrationFile) -> &'a str {
+        &f.sql[self.range.clone()]
+    }
+}
+
+/// The statements of a non-transactional file, in order: what dbward runs one at a time.
+/// psql meta-commands (pg_dump's `\restrict` lines) are left out.
+pub fn split(f: &MigrationFile, dialect: Dialect) -> Vec<Statement> {
+    pass(&f.sql, dialect, true, WINDOW)
+        .spans
+        .into_iter()
+        .filter_map(|span| {
+            let start = byte_at(&f.sql, span.start.line, span.start.column);
+            let end = span.semi.map_or(f.sql.len(), |t| {
+                let at = byte_at(&f.sql, t.line, t.column);
+                at + f.sql[at..].chars().next().map_or(0, char::len_utf8)
+            });
+            let text = &f.sql[start..end];
+            if text.starts_with('\\') {
+                return None;
+            }
+            let index = match dialect {
+                Dialect::Sqlite => None,
+                Dialect::Any | Dialect::Postgres => index_change(text),
+            };
+            Some(Statement {
+                range: start..end,
+                line: span.start.line,
+                outside: span.outside,
+                index,
+            })
+        })
+        .collect()
+}
+
+/// Reads a concurrent index statement's names (see [`IndexChange`]).
+fn index_change(text: &str) -> Option<IndexChange> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, text)
+        .tokenize()
+        .ok()?;
+    let toks: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_) | Token::EOF))
+        .collect();
+    let kw = |i: usize| match toks.get(i) {
+        Some(Token::Word(w)) if w.quote_style.is_none() => w.value.to_ascii_uppercase(),
+        _ => String::new(),
+    };
+    let ident = |i: usize| match toks.get(i) {
+        Some(Token::Word(w)) => Some(match w.quote_style {
+            Some(q) => format!("{q}{}{q}", w.value.replace(q, &format!("{q}{q}"))),
+            None => w.value.clone(),
+        }),
+        _ => None,
+    };
+    // A dotted name from `i`, with the index after it.
+    let chain = |mut i: usize| {
+        let mut parts = vec![ident(i)?];
+        while matches!(toks.get(i + 1), Some(Token::Period)) {
+            parts.push(ident(i + 2)?);
+            i += 2;
+        }
+        Some((parts.join("."), i + 1))
+    };
+    match kw(0).as_str() {
+        "CREATE" => {
+            let mut i = if kw(1) == "UNIQUE" { 2 } else { 1 };
+            if kw(i) != "INDEX" || kw(i + 1) != "CONCURRENTLY" {
+                return None;
+            }
+            i += 2;
+            if kw(i) == "IF" {
+                i += 3;
+            }
+            if kw(i) == "ON" {
+                return None;
+            }
+            let index = ident(i)?;
+            if kw(i + 1) != "ON" {
+                return None;
+            }
+            i += 2;
+            if kw(i) == "ONLY" {
+                i += 1;
+            }
+            let (table, _) = chain(i)?;
+            Some(IndexChange::Create { index, table })
+        }
+        "DROP" if kw(1) == "INDEX" && kw(2) == "CONCURRENTLY" => {
+            let i = if kw(3) == "IF" { 5 } else { 3 };
+            let (index, after) = chain(i)?;
+            // One index only: a list is left to the database.
+            (!matches!(toks.get(after), Some(Token::Comma))).then_some(IndexChange::Drop { index })
+        }
+        _ => None,
+    }
+}
+
 /// The byte offset of a 1-based line and (character) column of `sql`.
 fn byte_at(sql: &str, line: u64, column: u64) -> usize {
     let line_start: usize = sql
@@ -215,6 +345,17 @@ fn byte_at(sql: &str, line: u64, column: u64) -> usize {
 struct Linted {
     findings: Vec<RawFinding>,
     wrap: Option<[(Location, Option<Location>); 2]>,
+    /// A non-transactional file's statements, in order (empty for any other file).
+    spans: Vec<Span>,
+}
+
+/// Where one statement of a non-transactional file is, and whether it cannot run inside a
+/// transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Span {
+    start: Location,
+    semi: Option<Location>,
+    outside: bool,
 }
 
 /// The transaction control a file holds, as the pass meets it: whether its first statement is
@@ -277,6 +418,12 @@ impl TxControl {
 }
 
 fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Linted {
+    pass(sql, dialect, false, first_window)
+}
+
+/// One pass over a file. A non-transactional one (`no_tx`) may hold what cannot run inside a
+/// transaction, and its statements' places are kept ([`Linted::spans`]).
+fn pass(sql: &str, dialect: Dialect, no_tx: bool, first_window: usize) -> Linted {
     let d: &dyn SqlDialect = match dialect {
         Dialect::Sqlite => &SQLiteDialect {},
         Dialect::Any | Dialect::Postgres => &PostgreSqlDialect {},
@@ -286,6 +433,7 @@ fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Linted {
     // Tables this file creates: empty, so nothing on them waits for a lock.
     let mut created: Vec<String> = Vec::new();
     let mut tx = TxControl::default();
+    let mut spans = Vec::new();
     let mut pos = 0;
     // Where `pos` is in the file, 1-based: every location in a window is shifted by it.
     let mut base = Location { line: 1, column: 1 };
@@ -310,6 +458,7 @@ fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Linted {
             return Linted {
                 findings,
                 wrap: None,
+                spans: Vec::new(),
             };
         }
         let mut stmts = statements(std::mem::take(&mut buf));
@@ -334,11 +483,38 @@ fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Linted {
             for t in stmt.iter_mut() {
                 t.at = shift(base, t.at);
             }
-            tx.see(stmt, semi.map(|at| shift(base, at)));
+            let semi = semi.map(|at| shift(base, at));
+            tx.see(stmt, semi);
+            let before = findings.len();
             check_statement(stmt, dialect, &mut savepoints, &mut created, &mut findings);
+            if no_tx {
+                // What cannot run inside a transaction is why the file has its marker.
+                let mut outside = false;
+                let mut i = before;
+                while i < findings.len() {
+                    let (_, severity, rule, _) = &findings[i];
+                    if *severity == Severity::Error && OUTSIDE_RULES.contains(rule) {
+                        findings.remove(i);
+                        outside = true;
+                    } else {
+                        i += 1;
+                    }
+                }
+                no_tx_checks(stmt, dialect, &mut findings);
+                spans.push(Span {
+                    start: stmt[0].at,
+                    semi,
+                    outside,
+                });
+            }
         }
         let Some(semi) = resume else {
-            return finish(findings, &tx);
+            let mut linted = finish(findings, &tx, no_tx);
+            if no_tx {
+                no_tx_notes(&mut linted.findings, &spans);
+                linted.spans = spans;
+            }
+            return linted;
         };
         // Resume right after that `;`.
         let line_start: usize = text
@@ -366,7 +542,7 @@ fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Linted {
 /// The pass's findings, with what is only known once the whole file was read: a file without a
 /// statement is a placeholder, and a file wrapped in its own `BEGIN`/`COMMIT` has those two
 /// dropped (notes, not errors).
-fn finish(mut findings: Vec<RawFinding>, tx: &TxControl) -> Linted {
+fn finish(mut findings: Vec<RawFinding>, tx: &TxControl, no_tx: bool) -> Linted {
     if tx.statements == 0 {
         findings.push((
             Location { line: 1, column: 1 },
@@ -375,7 +551,8 @@ fn finish(mut findings: Vec<RawFinding>, tx: &TxControl) -> Linted {
             "the file holds no SQL (a placeholder, as projects that number their migrations across engines ship): it is recorded as applied and runs nothing".into(),
         ));
     }
-    let wrap = tx.wrap();
+    // A non-transactional file runs statement by statement: its BEGIN and COMMIT would be run.
+    let wrap = tx.wrap().filter(|_| !no_tx);
     if let Some([begin, commit]) = wrap {
         findings.retain(|(at, _, rule, _)| {
             !(*rule == "transaction-control" && (*at == begin.0 || *at == commit.0))
@@ -391,7 +568,44 @@ fn finish(mut findings: Vec<RawFinding>, tx: &TxControl) -> Linted {
         ));
         findings.sort_by_key(|(at, ..)| (at.line, at.column));
     }
-    Linted { findings, wrap }
+    Linted {
+        findings,
+        wrap,
+        spans: Vec::new(),
+    }
+}
+
+/// The rules of statements that cannot run inside a transaction (or do nothing in one): errors
+/// in a file that runs in the batch, allowed in a non-transactional one.
+const OUTSIDE_RULES: &[&str] = &["no-transaction", "ignored-in-transaction"];
+
+/// A non-transactional file's own rules: a concurrent index build must name its index, so that
+/// an earlier attempt's INVALID index can be found and its validity checked.
+fn no_tx_checks(stmt: &[Tok], dialect: Dialect, findings: &mut Vec<RawFinding>) {
+    if dialect == Dialect::Sqlite {
+        return;
+    }
+    let w = |i: usize| stmt.get(i).and_then(|t| t.word.as_deref());
+    let from = if w(1) == Some("UNIQUE") { 2 } else { 1 };
+    if w(0) == Some("CREATE") && w(from) == Some("INDEX") && w(from + 1) == Some("CONCURRENTLY") {
+        let mut i = from + 2;
+        if w(i) == Some("IF") {
+            i += 3;
+        }
+        if w(i) == Some("ON") {
+            findings.push((stmt[0].at, Severity::Error, "unnamed-concurrent-index", "name the index (`CREATE INDEX CONCURRENTLY name ON ...`): dbward finds an earlier attempt's INVALID index, and checks the new one is valid, by its name".into()));
+        }
+    }
+}
+
+/// The note every non-transactional file gets, and the warning for one whose marker buys
+/// nothing (none of its statements needs to run outside a transaction).
+fn no_tx_notes(findings: &mut Vec<RawFinding>, spans: &[Span]) {
+    let at = Location { line: 1, column: 1 };
+    findings.insert(0, (at, Severity::Note, "no-transaction", "marked to run outside a transaction: its statements run one at a time, each recorded as it completes, and a rerun resumes after the last completed one; the files before it are one atomic batch, those after it another".into()));
+    if !spans.iter().any(|s| s.outside) && !spans.is_empty() {
+        findings.insert(1, (at, Severity::Warning, "needless-no-transaction", "nothing in this file needs to run outside a transaction (`CREATE INDEX CONCURRENTLY`, `VACUUM`, ...); without the marker it would be part of the atomic batch".into()));
+    }
 }
 
 /// A location in a window that starts at `base`, as a location in the file.
@@ -1053,6 +1267,7 @@ CREATE TABLE "commit" (id int);
             sql: sql.into(),
             checksum: 0,
             kind: crate::source::Kind::Versioned,
+            no_transaction: false,
         }
     }
 
@@ -1220,5 +1435,122 @@ CREATE TABLE "commit" (id int);
             ),
             [(1, Severity::Error, "psql-meta-command")]
         );
+    }
+
+    fn marked(sql: &str) -> MigrationFile {
+        MigrationFile {
+            no_transaction: crate::source::no_transaction_marker(sql).is_some(),
+            ..file(sql)
+        }
+    }
+
+    #[test]
+    fn the_markers_of_dbward_sqlx_goose_and_dbmate() {
+        for first in [
+            "-- dbward:no-transaction",
+            "-- no-transaction",
+            "-- +goose NO TRANSACTION",
+            "  -- migrate:up transaction:false  ",
+        ] {
+            assert!(
+                marked(&format!("\n{first}\nVACUUM;\n")).no_transaction,
+                "{first}"
+            );
+        }
+        // Only on the first line that is not blank, and only as written.
+        assert!(!marked("SELECT 1;\n-- dbward:no-transaction\n").no_transaction);
+        assert!(!marked("-- dbward:no-transaction please\n").no_transaction);
+    }
+
+    #[test]
+    fn a_marked_file_may_hold_what_cannot_run_in_a_transaction() {
+        let findings = |f: &MigrationFile| -> Vec<(u64, Severity, &'static str)> {
+            lint([f], Dialect::Postgres)
+                .into_iter()
+                .map(|f| (f.line, f.severity, f.rule))
+                .collect()
+        };
+        let body = "CREATE INDEX CONCURRENTLY a_b ON a (b);\nVACUUM a;\nBEGIN;\n";
+        assert_eq!(
+            findings(&file(body)),
+            [
+                (1, Severity::Error, "no-transaction"),
+                (2, Severity::Error, "no-transaction"),
+                (3, Severity::Error, "transaction-control"),
+            ]
+        );
+        // Marked: allowed, but transaction control never is.
+        assert_eq!(
+            findings(&marked(&format!("-- dbward:no-transaction\n{body}"))),
+            [
+                (1, Severity::Note, "no-transaction"),
+                (4, Severity::Error, "transaction-control"),
+            ]
+        );
+        // A marker nothing needs is a warning; an unnamed concurrent index an error.
+        assert_eq!(
+            findings(&marked(
+                "-- dbward:no-transaction\nCREATE TABLE t (id int);\n"
+            )),
+            [
+                (1, Severity::Note, "no-transaction"),
+                (1, Severity::Warning, "needless-no-transaction"),
+            ]
+        );
+        assert_eq!(
+            findings(&marked(
+                "-- dbward:no-transaction\nCREATE INDEX CONCURRENTLY IF NOT EXISTS ON a (b);\n"
+            )),
+            [
+                (1, Severity::Note, "no-transaction"),
+                (2, Severity::Error, "unnamed-concurrent-index"),
+            ]
+        );
+        // A repeatable file cannot be marked.
+        let mut r = marked("-- dbward:no-transaction\nVACUUM;\n");
+        r.kind = crate::source::Kind::Repeatable;
+        assert_eq!(findings(&r)[0], (1, Severity::Error, "no-transaction"));
+    }
+
+    #[test]
+    fn a_marked_file_splits_into_its_statements_with_the_indexes_they_change() {
+        let f = marked(
+            "-- dbward:no-transaction\n\\restrict abc\n\
+             CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS \"Odd\"\"Name\" ON ONLY sales.\"Orders\" (id);\n\
+             -- a comment\nUPDATE t SET a = ';' WHERE b = $$x;y$$;\n\
+             DROP INDEX CONCURRENTLY IF EXISTS public.old_idx CASCADE;\n\
+             DROP INDEX CONCURRENTLY a, b;\n\
+             SELECT 1",
+        );
+        let st = split(&f, Dialect::Postgres);
+        let texts: Vec<&str> = st.iter().map(|s| s.text(&f)).collect();
+        assert_eq!(
+            texts,
+            [
+                "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS \"Odd\"\"Name\" ON ONLY sales.\"Orders\" (id);",
+                "UPDATE t SET a = ';' WHERE b = $$x;y$$;",
+                "DROP INDEX CONCURRENTLY IF EXISTS public.old_idx CASCADE;",
+                "DROP INDEX CONCURRENTLY a, b;",
+                "SELECT 1",
+            ]
+        );
+        assert_eq!(
+            st.iter().map(|s| (s.line, s.outside)).collect::<Vec<_>>(),
+            [(3, true), (5, false), (6, true), (7, true), (8, false)]
+        );
+        assert_eq!(
+            st[0].index,
+            Some(IndexChange::Create {
+                index: "\"Odd\"\"Name\"".into(),
+                table: "sales.\"Orders\"".into()
+            })
+        );
+        assert_eq!(
+            st[2].index,
+            Some(IndexChange::Drop {
+                index: "public.old_idx".into()
+            })
+        );
+        assert_eq!(st[3].index, None, "a list is left to the database");
     }
 }

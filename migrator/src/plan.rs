@@ -48,6 +48,15 @@ impl std::fmt::Display for Drift {
     }
 }
 
+/// One step of a batch ([`Plan::phases`]).
+#[derive(Debug, Clone)]
+pub enum Phase<'a> {
+    /// Files applied together in one transaction.
+    Batch(Vec<&'a MigrationFile>),
+    /// A non-transactional file, run one statement at a time.
+    Statements(&'a MigrationFile),
+}
+
 #[derive(Debug)]
 pub struct Plan<'a> {
     pub applied: Vec<Applied>,
@@ -86,6 +95,29 @@ impl<'a> Plan<'a> {
             .chain(&self.repeatable)
             .copied()
             .collect()
+    }
+
+    /// The batch in the order it runs: the transactional files up to a non-transactional one
+    /// form one atomic batch, that file runs on its own ([`Phase::Statements`]), and so on;
+    /// repeatable files join the last atomic batch (or make one at the end).
+    pub fn phases(&self) -> Vec<Phase<'a>> {
+        let mut phases = Vec::new();
+        let mut batch = Vec::new();
+        for f in &self.pending {
+            if f.no_transaction {
+                if !batch.is_empty() {
+                    phases.push(Phase::Batch(std::mem::take(&mut batch)));
+                }
+                phases.push(Phase::Statements(f));
+            } else {
+                batch.push(*f);
+            }
+        }
+        batch.extend(self.repeatable.iter().copied());
+        if !batch.is_empty() {
+            phases.push(Phase::Batch(batch));
+        }
+        phases
     }
 
     fn versioned(files: &'a [MigrationFile], mut applied: Vec<Applied>) -> Plan<'a> {
@@ -148,6 +180,7 @@ mod tests {
             sql: "select 1".into(),
             checksum,
             kind: crate::source::Kind::Versioned,
+            no_transaction: false,
         }
     }
 
@@ -202,6 +235,39 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_non_transactional_file_splits_the_batch() {
+        let mut files = vec![file(1, 1), file(2, 2), file(3, 3), file(4, 4), file(5, 5)];
+        files[2].no_transaction = true;
+        files[3].no_transaction = true;
+        let mut r = file(0, 9);
+        r.kind = crate::source::Kind::Repeatable;
+        let migrations = Migrations {
+            versioned: files,
+            repeatable: vec![r],
+        };
+        let plan = Plan::new(&migrations, vec![applied(1, 1)], &[]);
+        let shape: Vec<String> = plan
+            .phases()
+            .iter()
+            .map(|p| match p {
+                Phase::Batch(b) => format!(
+                    "batch {:?}",
+                    b.iter().map(|f| f.version).collect::<Vec<_>>()
+                ),
+                Phase::Statements(f) => format!("alone {}", f.version),
+            })
+            .collect();
+        assert_eq!(shape, ["batch [2]", "alone 3", "alone 4", "batch [5, 0]"]);
+        // The last file alone, with nothing after it: no empty batch.
+        let plan = Plan::new(&migrations, vec![applied(1, 1), applied(2, 2)], &[]);
+        let mut no_repeatable = plan;
+        no_repeatable.repeatable.clear();
+        no_repeatable.pending.truncate(2);
+        assert_eq!(no_repeatable.phases().len(), 2);
+        assert!(matches!(no_repeatable.phases()[1], Phase::Statements(_)));
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct MigrationFile {
     /// (keys 0, 0) of the name and text, computed the same way.
     pub checksum: u64,
     pub kind: Kind,
+    /// Marked to run outside a transaction ([`no_transaction_marker`]): one statement at a
+    /// time, each recorded as it completes, between the atomic batches before and after it.
+    pub no_transaction: bool,
 }
 
 /// Whether a file is applied once, in version order, or again whenever it changes.
@@ -261,6 +264,7 @@ fn read_one(path: &Path) -> Result<Option<MigrationFile>, String> {
         }
         None => repeatable_checksum(name, &sql),
     };
+    let no_transaction = no_transaction_marker(&sql).is_some();
     Ok(Some(MigrationFile {
         path: path.to_path_buf(),
         version: version.unwrap_or(0),
@@ -268,7 +272,24 @@ fn read_one(path: &Path) -> Result<Option<MigrationFile>, String> {
         sql,
         checksum,
         kind,
+        no_transaction,
     }))
+}
+
+/// The markers that make a file non-transactional, each on the file's first line that is not
+/// blank: dbward's own, and those of the tools a folder may come from (sqlx, goose, dbmate).
+pub const NO_TRANSACTION_MARKERS: &[&str] = &[
+    "-- dbward:no-transaction",
+    "-- no-transaction",
+    "-- +goose NO TRANSACTION",
+    "-- migrate:up transaction:false",
+];
+
+/// The marker of a file that runs outside a transaction, when its first line that is not blank
+/// is one of [`NO_TRANSACTION_MARKERS`] (surrounding whitespace aside).
+pub fn no_transaction_marker(sql: &str) -> Option<&'static str> {
+    let first = sql.lines().map(str::trim).find(|l| !l.is_empty())?;
+    NO_TRANSACTION_MARKERS.iter().copied().find(|m| *m == first)
 }
 
 /// A repeatable file's checksum: SipHash-1-3 with zero keys (refinery's hasher) of its name and

@@ -123,53 +123,48 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     // A dbward backup running now is said before a snapshot is taken (exit 4), not after.
     keep_backups_out(&mut db, args).await?;
 
-    // The pre-deploy snapshot: under the lock, once something is pending. A first deploy has
-    // nothing to protect. If it fails, nothing is applied.
-    // What a restore of this deploy would discard is measured from the application's write
-    // counters (PostgreSQL: before the snapshot and before the batch; both: after it).
-    let pg = matches!(url, DatabaseUrl::Postgres(_));
-    let will_snapshot = !(first_deploy || args.no_snapshot);
-    let counters_before_snapshot = if pg && will_snapshot {
-        counters(&mut db).await
-    } else {
-        None
-    };
-    if pg {
-        warn_if_archiving_fails(&url).await;
-    }
-    let (taken, fallback) = if will_snapshot {
-        let (m, fallback) = pre_deploy_snapshot(settings, &url).await?;
-        (Some(m), fallback)
-    } else {
-        (None, None)
-    };
-    let snapshot = taken.as_ref().map(|m| m.id.clone());
-
-    failpoint("migrate-after-snapshot")?;
-    let counters_before_apply = if pg && will_snapshot {
-        counters(&mut db).await
-    } else {
-        None
-    };
-    let not_additive: Vec<String> = notes
-        .iter()
-        .filter(|n| n.rule == migrator::lint::NOT_ADDITIVE)
-        .filter(|n| batch.iter().any(|f| f.path == n.file))
-        .map(|f| format!("{}:{}: {}", f.file.display(), f.line, f.message))
-        .collect();
+    let (base, taken, fallback) = begin_deploy(
+        &mut db,
+        settings,
+        args,
+        &url,
+        &scope,
+        &plan,
+        first_deploy,
+        &notes,
+    )
+    .await?;
+    let snapshot = base.pre_deploy_snapshot.clone();
     let names: Vec<String> = batch.iter().map(|f| f.file_name()).collect();
-    let batch_xid = apply(&mut db, &batch, &names, settings, args).await?;
-    let counters_after = if will_snapshot {
+    // A database without its identity yet (a first deploy) gets its records once the batch
+    // made one.
+    let previous = scope.read().ok().flatten();
+    let pre_recorded = scope.identity().is_some() && record(&scope, &base).is_ok();
+    let batch_xid = match apply(&mut db, &plan.phases(), settings, args).await {
+        Ok(xid) => xid,
+        Err(stopped) if !stopped.part_way => {
+            // Nothing changed: the records are as they were.
+            if pre_recorded {
+                if let Err(e) = scope.put_back(previous.as_ref()) {
+                    tracing::warn!("{e}");
+                }
+            }
+            return Err(stopped.failure);
+        }
+        Err(stopped) => {
+            return Err(stopped_part_way(settings, &url, &store, &plan, base, stopped).await)
+        }
+    };
+    let counters_after = if snapshot.is_some() {
         counters(&mut db).await
     } else {
         None
     };
     let mut deploy = state::Deploy {
-        counters_before_snapshot,
-        counters_before_apply,
         counters_after,
-        batch_xid,
-        ..new_deploy(&url, &plan, snapshot.clone(), not_additive)
+        batch_xid: base.batch_xid.or(batch_xid),
+        unfinished: None,
+        ..base
     };
     let head = deploy.head.clone();
     let (scope, recorded) = record_committed(settings, &url, &store, &deploy).await;
@@ -207,33 +202,243 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     })
 }
 
-/// Applies the batch in one transaction, and marks the point of no return once it committed
-/// (a stop request from then on says what stands). Returns the batch's transaction id.
-async fn apply(
+/// The deploy's record before its batch runs: the pre-deploy snapshot taken (under the lock,
+/// once something is pending; if it fails, nothing is applied), or the unfinished deploy this
+/// run resumes. Returns it with the snapshot taken and why a restore point fell back to a copy.
+#[allow(clippy::too_many_arguments)]
+async fn begin_deploy(
     db: &mut Database,
-    batch: &[&migrator::MigrationFile],
-    names: &[String],
     settings: &Settings,
     args: &MigrateArgs,
-) -> Result<Option<u32>, Failure> {
+    url: &DatabaseUrl,
+    scope: &state::Scope,
+    plan: &Plan<'_>,
+    first_deploy: bool,
+    notes: &[migrator::Finding],
+) -> Result<(state::Deploy, Option<backup::Manifest>, Option<String>), Failure> {
+    let batch = plan.batch();
+    // The pre-deploy snapshot: under the lock, once something is pending. A first deploy has
+    // nothing to protect; a deploy that stopped part way is resumed under its own snapshot.
+    // If it fails, nothing is applied.
+    // What a restore of this deploy would discard is measured from the application's write
+    // counters (PostgreSQL: before the snapshot and before the batch; both: after it).
+    let resumed = resumable(scope, plan);
+    let pg = matches!(url, DatabaseUrl::Postgres(_));
+    let will_snapshot = !(first_deploy || args.no_snapshot || resumed.is_some());
+    let counters_before_snapshot = if pg && will_snapshot {
+        counters(db).await
+    } else {
+        None
+    };
+    if pg {
+        warn_if_archiving_fails(url).await;
+    }
+    let (taken, fallback) = if will_snapshot {
+        let (m, fallback) = pre_deploy_snapshot(settings, url).await?;
+        (Some(m), fallback)
+    } else {
+        (None, None)
+    };
+    let snapshot = match &resumed {
+        Some(d) => d.pre_deploy_snapshot.clone(),
+        None => taken.as_ref().map(|m| m.id.clone()),
+    };
+
+    failpoint("migrate-after-snapshot")?;
+    let counters_before_apply = if pg && will_snapshot {
+        counters(db).await
+    } else {
+        None
+    };
+    let not_additive: Vec<String> = notes
+        .iter()
+        .filter(|n| n.rule == migrator::lint::NOT_ADDITIVE)
+        .filter(|n| batch.iter().any(|f| f.path == n.file))
+        .map(|f| format!("{}:{}: {}", f.file.display(), f.line, f.message))
+        .collect();
+    // The deploy is recorded as under way before anything runs: killed part way, the next run
+    // resumes it under the same snapshot (and a record that stays unfinished says so).
+    let base = match resumed {
+        Some(r) => state::Deploy {
+            repeatable: union(
+                &r.repeatable,
+                &plan
+                    .repeatable
+                    .iter()
+                    .map(|f| f.name.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            not_additive: union(&r.not_additive, &not_additive),
+            unfinished: Some(UNDER_WAY.into()),
+            hook_failed: None,
+            counters_after: None,
+            ..r
+        },
+        None => state::Deploy {
+            counters_before_snapshot,
+            counters_before_apply,
+            unfinished: Some(UNDER_WAY.into()),
+            ..new_deploy(url, plan, snapshot.clone(), not_additive)
+        },
+    };
+    Ok((base, taken, fallback))
+}
+
+/// Applies the batch phase by phase ([`Plan::phases`]): each atomic batch in one transaction,
+/// each non-transactional file statement by statement. The point of no return is marked as
+/// soon as something committed (a stop request from then on says what stands). Returns the
+/// first atomic batch's transaction id; on a failure, what committed before it.
+async fn apply<'a>(
+    db: &mut Database,
+    phases: &[migrator::Phase<'a>],
+    settings: &Settings,
+    args: &MigrateArgs,
+) -> Result<Option<u32>, Stopped<'a>> {
     let (lock_timeout, lock_retries) = (settings.lock_timeout, settings.lock_retries);
-    tracing::info!(
-        "applying {} migration(s) in one transaction: {}",
-        names.len(),
-        names.join(", ")
-    );
-    // No dbward dump begins while the batch runs (it would hold locks the DDL queues behind);
-    // one that began since the check above is waited for, or said (exit 4).
-    db.exclude_backups(backup_wait(args)).await?;
-    let applied = apply_retrying(db, batch, lock_timeout, lock_retries).await;
-    db.backups_again().await;
-    let batch_xid = applied?;
-    dbconn::committed::mark(format!(
-        "the migration batch ({}) was committed",
-        names.join(", ")
+    let mut xid = None;
+    let mut committed: Vec<&'a migrator::MigrationFile> = Vec::new();
+    for phase in phases {
+        let result = match phase {
+            migrator::Phase::Batch(batch) => {
+                let names: Vec<String> = batch.iter().map(|f| f.file_name()).collect();
+                tracing::info!(
+                    "applying {} migration(s) in one transaction: {}",
+                    names.len(),
+                    names.join(", ")
+                );
+                // No dbward dump begins while the batch runs (it would hold locks the DDL
+                // queues behind); one that began since the check above is waited for, or
+                // said (exit 4).
+                let applied = match db.exclude_backups(backup_wait(args)).await {
+                    Ok(()) => apply_retrying(db, batch, lock_timeout, lock_retries).await,
+                    Err(e) => Err(e.into()),
+                };
+                db.backups_again().await;
+                applied.map(|x| {
+                    xid = xid.or(x);
+                })
+            }
+            migrator::Phase::Statements(f) => db
+                .apply_statements(f, lock_timeout, settings.no_transaction_lock_timeout)
+                .await
+                .map_err(Failure::from),
+        };
+        if let Err(failure) = result {
+            let part_way = !committed.is_empty() || matches!(phase, migrator::Phase::Statements(_));
+            return Err(Stopped {
+                failure,
+                committed,
+                part_way,
+            });
+        }
+        committed.extend(match phase {
+            migrator::Phase::Batch(b) => b.clone(),
+            migrator::Phase::Statements(f) => vec![*f],
+        });
+        let names: Vec<String> = committed.iter().map(|f| f.file_name()).collect();
+        dbconn::committed::mark(format!(
+            "the migrations {} were committed",
+            names.join(", ")
+        ));
+        failpoint("migrate-after-commit").map_err(|failure| Stopped {
+            failure,
+            committed: committed.clone(),
+            part_way: true,
+        })?;
+    }
+    Ok(xid)
+}
+
+/// A batch that did not apply whole: the failure, the files that committed before it, and
+/// whether the database changed (something committed, or a non-transactional file ran part of
+/// its statements).
+struct Stopped<'a> {
+    failure: Failure,
+    committed: Vec<&'a migrator::MigrationFile>,
+    part_way: bool,
+}
+
+/// What an unfinished deploy record says while its batch runs.
+const UNDER_WAY: &str = "under way (a record that stays so: the run was killed)";
+
+/// The deploy to resume: the newest record, when it did not finish and what is pending now is
+/// what it had left to do (the end of its batch, same versions, same order). A deploy whose
+/// files changed otherwise (a fix in a new file) is a new deploy, with its own snapshot.
+fn resumable(scope: &state::Scope, plan: &Plan) -> Option<state::Deploy> {
+    let d = scope.read().ok().flatten()?;
+    d.unfinished.as_ref()?;
+    let pending: Vec<i64> = plan.pending.iter().map(|f| f.version).collect();
+    (!pending.is_empty() && d.applied.ends_with(&pending)).then(|| {
+        tracing::info!(
+            "resuming the deploy of {} that stopped part way ({}): its pre-deploy snapshot {} covers it, no new one is taken",
+            d.at,
+            d.unfinished.as_deref().unwrap_or_default(),
+            d.pre_deploy_snapshot.as_deref().unwrap_or("(none: a first deploy)")
+        );
+        d
+    })
+}
+
+/// `a`, then what of `b` is not in it.
+fn union(a: &[String], b: &[String]) -> Vec<String> {
+    let mut out = a.to_vec();
+    out.extend(b.iter().filter(|x| !a.contains(x)).cloned());
+    out
+}
+
+/// A deploy that stopped part way is recorded as such (the guard can undo it with its
+/// pre-deploy snapshot, the next `migrate` resumes it), and the failure says what stands.
+async fn stopped_part_way(
+    settings: &Settings,
+    url: &DatabaseUrl,
+    store: &backup::Store,
+    plan: &Plan<'_>,
+    base: state::Deploy,
+    stopped: Stopped<'_>,
+) -> Failure {
+    let Stopped {
+        failure, committed, ..
+    } = stopped;
+    let head = committed
+        .iter()
+        .rev()
+        .find(|f| f.kind == Kind::Versioned)
+        .map(|f| f.head())
+        .or_else(|| plan.head().map(migrator::Applied::head));
+    // The record keeps the whole batch as the deploy's (a rerun finishes it), with the head
+    // that stands now.
+    let deploy = state::Deploy {
+        head,
+        unfinished: Some(
+            failure
+                .message
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        ..base
+    };
+    let (_, recorded) = record_committed(settings, url, store, &deploy).await;
+    let names: Vec<String> = committed.iter().map(|f| f.file_name()).collect();
+    let mut failure = failure;
+    failure.message.push_str(&format!(
+        "\nThe deploy stopped part way: {}. {}`dbward migrate` run again resumes it{}.",
+        if names.is_empty() {
+            "nothing before it committed".to_string()
+        } else {
+            format!("committed before it: {}", names.join(", "))
+        },
+        match &deploy.pre_deploy_snapshot {
+            Some(id) => format!("The pre-deploy snapshot {id} covers the whole deploy (`dbward restore pre-deploy` undoes it); "),
+            None => String::new(),
+        },
+        if recorded { "" } else { " (its record could not be written: see above)" }
     ));
-    failpoint("migrate-after-commit")?;
-    Ok(batch_xid)
+    failure.details["applied"] =
+        serde_json::Value::Array(committed.iter().map(|f| applied_json(f)).collect());
+    failure.details["snapshot"] = json!(deploy.pre_deploy_snapshot);
+    failure
 }
 
 /// How long `migrate` waits for a dbward backup that is running: `--wait-for-backup`'s bound,
@@ -402,6 +607,7 @@ fn new_deploy(
         counters_before_apply: None,
         counters_after: None,
         batch_xid: None,
+        unfinished: None,
     }
 }
 

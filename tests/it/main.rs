@@ -21,6 +21,7 @@ mod migrate;
 mod migrate_postgres;
 mod migrate_sqlite;
 mod mirrors;
+mod no_transaction;
 mod old_snapshots;
 mod package;
 mod pitr;

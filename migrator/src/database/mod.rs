@@ -211,3 +211,92 @@ impl Database {
         }
     }
 }
+
+impl Database {
+    /// Runs a non-transactional file one statement at a time ([`crate::lint::split`]), each
+    /// recorded in `dbward_statement_progress` as it completes; a rerun resumes after the last
+    /// completed one. A statement that can run in a transaction runs in one with its record.
+    /// Those that cannot wait at most `outside_wait` for each lock (`None`: as long as it takes,
+    /// said every 10 s); the others `lock_timeout`. Once all completed, the file is recorded in
+    /// the history table and its progress rows are removed, in one transaction.
+    pub async fn apply_statements(
+        &mut self,
+        f: &MigrationFile,
+        lock_timeout: Duration,
+        outside_wait: Option<Duration>,
+    ) -> Result<(), Error> {
+        match self {
+            Database::Sqlite(db) => db.apply_statements(f, lock_timeout, outside_wait),
+            Database::Postgres(db) => db.apply_statements(f, lock_timeout, outside_wait).await,
+        }
+    }
+}
+
+/// How a rerun picks up a non-transactional file: how many statements completed, and whether
+/// the next one was started (by an earlier run, with the same text).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Resume {
+    pub done: usize,
+    pub started: bool,
+}
+
+/// A statement's checksum in the progress table: SipHash-1-3 (zero keys) of its text.
+pub(crate) fn statement_checksum(text: &str) -> String {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new();
+    h.write(text.as_bytes());
+    h.finish().to_string()
+}
+
+/// Reads a file's progress rows against its statements. The completed ones must be the first
+/// ones, each with the text it ran; the statement after them may have been started.
+pub(crate) fn resume(
+    f: &MigrationFile,
+    statements: &[crate::lint::Statement],
+    rows: &[dbconn::history::Progress],
+) -> Result<Resume, Error> {
+    let refuse = |message: String| Error::Resume {
+        file: f.path.clone(),
+        message,
+    };
+    let mut done = 0;
+    let mut started = false;
+    for row in rows {
+        let i = usize::try_from(row.statement).unwrap_or(usize::MAX);
+        if i != done || started {
+            return Err(refuse(format!(
+                "the record of its statements is out of order at statement {} (was {} edited by hand?)",
+                row.statement + 1,
+                dbconn::history::PROGRESS_TABLE
+            )));
+        }
+        let Some(st) = statements.get(i) else {
+            return Err(refuse(format!(
+                "statement {} of it ran on {}, but the file now has {} statement(s): it was edited after it partly ran. Restore the statements that ran",
+                i + 1,
+                row.started_on,
+                statements.len()
+            )));
+        };
+        let same = statement_checksum(st.text(f)) == row.checksum;
+        if row.completed {
+            if !same {
+                let (line, _) = f.line_col(st.range.start);
+                return Err(refuse(format!(
+                    "statement {} (line {line}) completed on {}, and its text has changed since: a partly applied file may change only in the statements that have not completed. Restore its text",
+                    i + 1,
+                    row.started_on
+                )));
+            }
+            done += 1;
+        } else {
+            started = same;
+            if !same {
+                // The statement that failed was edited (a fix): it runs anew, and nothing an
+                // earlier attempt of it left is taken for its own.
+                break;
+            }
+        }
+    }
+    Ok(Resume { done, started })
+}

@@ -119,7 +119,7 @@ impl Session {
             .map_err(ctx)?;
         let rows = self.conn.client()
             .query(
-                "SELECT schemaname || '.' || relname, (n_tup_ins + n_tup_upd + n_tup_del)::int8                  FROM pg_catalog.pg_stat_user_tables                  WHERE relname NOT IN ('refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history')",
+                &format!("SELECT schemaname || '.' || relname, (n_tup_ins + n_tup_upd + n_tup_del)::int8                  FROM pg_catalog.pg_stat_user_tables                  WHERE relname NOT IN ({})", dbconn::history::OWN_TABLES),
                 &[],
             )
             .await
@@ -177,38 +177,14 @@ impl Session {
             dbconn::identity::ensure_pg(c).await?;
             // dbward's own statements name the history table with the schema it is in now: a
             // file may empty the search path (every pg_dump does).
-            let schema: Option<String> = c
-                .query_one(
-                    "SELECT n.nspname::text FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace \
-                     WHERE t.oid = to_regclass('refinery_schema_history')",
-                    &[],
-                )
-                .await
-                .map_err(ctx)?
-                .get(0);
-            let schema = schema.ok_or_else(|| {
-                Error::db("applying the batch", "the history table is not on the search path")
-            })?;
+            let schema = own_schema(c).await?;
             // Each file starts from the session state the batch started with, as if each ran
             // in its own psql: what one file SETs does not leak into the next.
-            let check_interval: Option<String> = c
-                .query_one(
-                    "SELECT current_setting('client_connection_check_interval', true)",
-                    &[],
-                )
-                .await
-                .map_err(ctx)?
-                .get(0);
-            let mut reset = format!(
-                "RESET ALL; RESET ROLE; SET LOCAL lock_timeout = {};",
+            let reset = format!(
+                "{} SET LOCAL lock_timeout = {};",
+                session_reset(c).await?,
                 lock_timeout.as_millis()
             );
-            if let Some(v) = check_interval.filter(|v| !v.is_empty()) {
-                reset.push_str(&format!(
-                    " SET client_connection_check_interval = {};",
-                    dbconn::sql::literal(&v)
-                ));
-            }
             // One round trip per file (its statements, then the reset, in one simple query: the
             // newline ends a trailing `--` comment, the `;` a last statement without one), and
             // the history rows of the whole batch in one statement at its end.
@@ -233,7 +209,12 @@ impl Session {
             }
             if !versioned.is_empty() {
                 let v = &versioned;
-                let rows = [&v.versions as _, &v.names as _, &v.applied_on as _, &v.checksums as _];
+                let rows = [
+                    &v.versions as _,
+                    &v.names as _,
+                    &v.applied_on as _,
+                    &v.checksums as _,
+                ];
                 c.execute(&history::insert_many_pg_in(&schema), &rows)
                     .await
                     .map_err(ctx)?;
@@ -261,6 +242,407 @@ impl Session {
         }
         result
     }
+}
+
+/// A non-transactional file, statement by statement ([`super::Database::apply_statements`]).
+impl Session {
+    pub async fn apply_statements(
+        &mut self,
+        f: &MigrationFile,
+        lock_timeout: Duration,
+        outside_wait: Option<Duration>,
+    ) -> Result<(), Error> {
+        let statements = crate::lint::split(f, crate::lint::Dialect::Postgres);
+        let c = self.conn.client();
+        let ctx = |e: tokio_postgres::Error| Error::db("applying a non-transactional migration", e);
+        c.batch_execute(&format!(
+            "{}; {}",
+            history::CREATE,
+            history::CREATE_PROGRESS
+        ))
+        .await
+        .map_err(ctx)?;
+        dbconn::identity::ensure_pg(c).await?;
+        let schema = own_schema(c).await?;
+        let progress = format!(
+            "{}.{}",
+            dbconn::sql::ident(&schema),
+            history::PROGRESS_TABLE
+        );
+        let rows = progress_rows(c, &progress, f.version).await?;
+        let resume = super::resume(f, &statements, &rows)?;
+        let of = statements.len();
+        tracing::info!(
+            "applying {} outside a transaction: {of} statement(s), one at a time{}",
+            f.file_name(),
+            match resume.done {
+                0 => String::new(),
+                n => format!(", resuming at statement {} ({n} completed earlier)", n + 1),
+            }
+        );
+        let reset = session_reset(c).await?;
+        let mark_started = format!(
+            "INSERT INTO {progress} (version, statement, statement_checksum, started_on) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (version, statement) DO UPDATE SET statement_checksum = excluded.statement_checksum, \
+             started_on = excluded.started_on, completed_on = NULL"
+        );
+        let mark_done = format!(
+            "UPDATE {progress} SET completed_on = $3 WHERE version = $1 AND statement = $2"
+        );
+        for (i, st) in statements.iter().enumerate().skip(resume.done) {
+            let text = st.text(f);
+            let n = i as i32;
+            let failed = |message: String, position: Option<(usize, usize)>| Error::Statement {
+                file: f.path.clone(),
+                position: position.or(Some(f.line_col(st.range.start))),
+                statement: i + 1,
+                of,
+                message,
+            };
+            if resume.started && i == resume.done && self.completed_before(f, st).await? {
+                tracing::info!(
+                    "{}: statement {} of {of} (line {}) had completed before the last run stopped: recorded, not run again",
+                    f.file_name(),
+                    i + 1,
+                    st.line
+                );
+                c.execute(&mark_done, &[&f.version, &n, &history::now()])
+                    .await
+                    .map_err(ctx)?;
+                continue;
+            }
+            c.execute(
+                &mark_started,
+                &[
+                    &f.version,
+                    &n,
+                    &super::statement_checksum(text),
+                    &history::now(),
+                ],
+            )
+            .await
+            .map_err(ctx)?;
+            dbconn::failpoint::hit("migrate-statement-started").map_err(|e| failed(e, None))?;
+            if st.outside {
+                let wait = outside_wait.map_or(0, |d| d.as_millis());
+                c.batch_execute(&format!("SET lock_timeout = {wait}"))
+                    .await
+                    .map_err(ctx)?;
+                self.run_watched(f, i, of, st)
+                    .await
+                    .map_err(|e| statement_error(f, st, &e, outside_wait, &failed))?;
+                dbconn::failpoint::hit("migrate-statement-ran").map_err(|e| failed(e, None))?;
+                if let Some(crate::lint::IndexChange::Create { index, table }) = &st.index {
+                    match self.index_valid(table, index).await? {
+                        Some((_, true)) => {}
+                        Some((name, false)) => return Err(failed(format!("the index {name} it builds is INVALID (a concurrent build that failed, or one left by an earlier attempt that `IF NOT EXISTS` accepted). Drop it (`DROP INDEX CONCURRENTLY {name};`), then run `dbward migrate` again"), None)),
+                        None => return Err(failed(format!("the index {index} on {table} it builds is not there after it ran"), None)),
+                    }
+                }
+                c.execute(&mark_done, &[&f.version, &n, &history::now()])
+                    .await
+                    .map_err(ctx)?;
+            } else {
+                let result = async {
+                    c.batch_execute(&format!(
+                        "BEGIN; SET LOCAL lock_timeout = {}",
+                        lock_timeout.as_millis()
+                    ))
+                    .await
+                    .map_err(ctx)?;
+                    c.batch_execute(text)
+                        .await
+                        .map_err(|e| statement_error(f, st, &e, Some(lock_timeout), &failed))?;
+                    c.execute(&mark_done, &[&f.version, &n, &history::now()])
+                        .await
+                        .map_err(ctx)?;
+                    c.batch_execute("COMMIT").await.map_err(ctx)
+                }
+                .await;
+                if result.is_err() {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                }
+                result?;
+            }
+        }
+        // The session as it was, then the file's record and the end of its progress rows.
+        c.batch_execute(&reset).await.map_err(ctx)?;
+        record_file(c, &schema, &progress, f).await
+    }
+
+    /// Whether a statement an earlier run started (with the same text) is already done in the
+    /// catalog: a concurrent build whose index is valid, a concurrent drop whose index is gone.
+    /// An INVALID index that earlier attempt left is dropped here (it is that statement's: the
+    /// run that started it was recorded), so the build starts anew.
+    async fn completed_before(
+        &self,
+        f: &MigrationFile,
+        st: &crate::lint::Statement,
+    ) -> Result<bool, Error> {
+        let ctx = |e: tokio_postgres::Error| Error::db("checking an earlier attempt's index", e);
+        match &st.index {
+            Some(crate::lint::IndexChange::Create { index, table }) => {
+                match self.index_valid(table, index).await? {
+                    Some((_, true)) => Ok(true),
+                    Some((name, false)) => {
+                        tracing::warn!(
+                            "{}: dropping the INVALID index {name} that the interrupted attempt of its statement on line {} left, then building it again",
+                            f.file_name(),
+                            st.line
+                        );
+                        // Two queries: one simple query of two statements is a transaction.
+                        let c = self.conn.client();
+                        c.batch_execute("SET lock_timeout = 0").await.map_err(ctx)?;
+                        c.batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {name}"))
+                            .await
+                            .map_err(ctx)?;
+                        Ok(false)
+                    }
+                    None => Ok(false),
+                }
+            }
+            Some(crate::lint::IndexChange::Drop { index }) => {
+                let gone: bool = self
+                    .conn
+                    .client()
+                    .query_one("SELECT to_regclass($1::text) IS NULL", &[index])
+                    .await
+                    .map_err(ctx)?
+                    .get(0);
+                Ok(gone)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The index `index` (as the file names it) of `table`, schema-qualified, and whether it is
+    /// valid; `None` when there is no such index.
+    async fn index_valid(&self, table: &str, index: &str) -> Result<Option<(String, bool)>, Error> {
+        let row = self
+            .conn
+            .client()
+            .query_opt(
+                "SELECT format('%I.%I', n.nspname, c.relname), i.indisvalid \
+                 FROM pg_catalog.pg_class t \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace \
+                 JOIN pg_catalog.pg_index i ON i.indrelid = t.oid \
+                 JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+                 WHERE t.oid = to_regclass($1::text) \
+                   AND c.oid = to_regclass(format('%I', n.nspname) || '.' || $2::text)",
+                &[&table, &index],
+            )
+            .await
+            .map_err(|e| Error::db("checking the index's validity", e))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Runs a statement that cannot run in a transaction, saying every 10 s what it is doing and
+    /// what it waits for (from a second connection: the index build's phase and progress, the
+    /// sessions it waits on).
+    async fn run_watched(
+        &self,
+        f: &MigrationFile,
+        i: usize,
+        of: usize,
+        st: &crate::lint::Statement,
+    ) -> Result<(), tokio_postgres::Error> {
+        const EVERY: Duration = Duration::from_secs(10);
+        let c = self.conn.client();
+        let pid = dbconn::postgres::backend_pid(c).await.ok();
+        let started = std::time::Instant::now();
+        let run = c.batch_execute(st.text(f));
+        tokio::pin!(run);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
+        let mut watcher: Option<Postgres> = None;
+        loop {
+            tokio::select! {
+                r = &mut run => return r,
+                _ = tick.tick() => {
+                    let what = match pid {
+                        Some(pid) => self.what_it_waits_for(&mut watcher, pid).await,
+                        None => String::new(),
+                    };
+                    tracing::info!(
+                        "{}: statement {} of {of} (line {}) still running after {}s{what}",
+                        f.file_name(),
+                        i + 1,
+                        st.line,
+                        started.elapsed().as_secs()
+                    );
+                }
+            }
+        }
+    }
+
+    /// `: <phase>, blocks N of M; waiting for pid P (state since T: query)`, or nothing when it
+    /// cannot be read within a few seconds.
+    async fn what_it_waits_for(&self, watcher: &mut Option<Postgres>, pid: i32) -> String {
+        const QUERY: &str = "SELECT \
+            (SELECT p.phase || CASE WHEN p.blocks_total > 0 THEN format(', blocks %s of %s', p.blocks_done, p.blocks_total) ELSE '' END \
+               FROM pg_catalog.pg_stat_progress_create_index p WHERE p.pid = $1), \
+            (SELECT string_agg(format('pid %s (%s since %s: %s)', a.pid, coalesce(a.state, '?'), \
+                      coalesce(to_char(a.xact_start, 'HH24:MI:SS'), '?'), left(coalesce(a.query, '?'), 80)), '; ') \
+               FROM pg_catalog.pg_stat_activity a \
+              WHERE a.pid = ANY (pg_catalog.pg_blocking_pids($1)) \
+                 OR a.pid = (SELECT nullif(current_locker_pid, 0) FROM pg_catalog.pg_stat_progress_create_index WHERE pid = $1))";
+        let look = async {
+            if watcher.is_none() {
+                *watcher = Some(Postgres::connect(self.conn.url()).await.ok()?);
+            }
+            let row = watcher
+                .as_ref()?
+                .client()
+                .query_one(QUERY, &[&pid])
+                .await
+                .ok()?;
+            let phase: Option<String> = row.get(0);
+            let waits: Option<String> = row.get(1);
+            Some(match (phase, waits) {
+                (Some(p), Some(w)) => format!(": {p}; waiting for {w}"),
+                (Some(p), None) => format!(": {p}"),
+                (None, Some(w)) => format!("; waiting for {w}"),
+                (None, None) => String::new(),
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(5), look)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+}
+
+/// A file's progress rows ([`history::PROGRESS_TABLE`]), in statement order.
+async fn progress_rows(
+    c: &tokio_postgres::Client,
+    progress: &str,
+    version: i64,
+) -> Result<Vec<history::Progress>, Error> {
+    let rows = c
+        .query(
+            &format!("SELECT statement::int8, statement_checksum, started_on, completed_on IS NOT NULL FROM {progress} WHERE version = $1 ORDER BY statement"),
+            &[&version],
+        )
+        .await
+        .map_err(|e| Error::db("reading the statements' progress", e))?;
+    Ok(rows
+        .iter()
+        .map(|r| history::Progress {
+            statement: r.get(0),
+            checksum: r.get(1),
+            started_on: r.get(2),
+            completed: r.get(3),
+        })
+        .collect())
+}
+
+/// A non-transactional file whose statements all completed: its history row, and its progress
+/// rows removed (by its version: its own), in one transaction.
+async fn record_file(
+    c: &tokio_postgres::Client,
+    schema: &str,
+    progress: &str,
+    f: &MigrationFile,
+) -> Result<(), Error> {
+    let ctx = |e: tokio_postgres::Error| Error::db("recording a non-transactional migration", e);
+    let mut row = history::Columns::default();
+    row.push(history::values(f.version, &f.name, f.checksum));
+    let result = async {
+        c.batch_execute("BEGIN").await.map_err(ctx)?;
+        let cols = [
+            &row.versions as _,
+            &row.names as _,
+            &row.applied_on as _,
+            &row.checksums as _,
+        ];
+        c.execute(&history::insert_many_pg_in(schema), &cols)
+            .await
+            .map_err(ctx)?;
+        c.execute(
+            &format!("DELETE FROM {progress} WHERE version = $1"),
+            &[&f.version],
+        )
+        .await
+        .map_err(ctx)?;
+        c.batch_execute("COMMIT").await.map_err(ctx)
+    }
+    .await;
+    if result.is_err() {
+        let _ = c.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// A statement of a non-transactional file that failed, with the place the server names in
+/// the file, and what a lock wait that ran out was.
+fn statement_error(
+    f: &MigrationFile,
+    st: &crate::lint::Statement,
+    e: &tokio_postgres::Error,
+    lock_timeout: Option<Duration>,
+    failed: &dyn Fn(String, Option<(usize, usize)>) -> Error,
+) -> Error {
+    let mut message = describe(e);
+    let mut position = None;
+    if let Some(db) = e.as_db_error() {
+        if let Some(ErrorPosition::Original(p)) = db.position() {
+            let text = st.text(f);
+            position = Some(f.line_col(st.range.start + char_to_byte(text, *p as usize)));
+        }
+        if db.code() == &SqlState::LOCK_NOT_AVAILABLE {
+            let setting = if st.outside {
+                "migrate.no_transaction_lock_timeout"
+            } else {
+                "database.table_lock_timeout"
+            };
+            message.push_str(&format!(
+                "\nIt waited longer than {setting} ({}) for a lock another session holds.",
+                lock_timeout.map_or("no limit".into(), humanize)
+            ));
+        }
+    }
+    failed(message, position)
+}
+
+/// The schema of the history table (dbward's own tables are made beside it): dbward's own
+/// statements name it, as a file may empty the search path (every pg_dump does).
+async fn own_schema(c: &tokio_postgres::Client) -> Result<String, Error> {
+    let schema: Option<String> = c
+        .query_one(
+            "SELECT n.nspname::text FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace \
+             WHERE t.oid = to_regclass('refinery_schema_history')",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::db("finding the history table", e))?
+        .get(0);
+    schema.ok_or_else(|| {
+        Error::db(
+            "finding the history table",
+            "the history table is not on the search path",
+        )
+    })
+}
+
+/// What puts the session back as it was before a file ran (its `SET`s, its role), keeping the
+/// client-connection check dbward's connection started with.
+async fn session_reset(c: &tokio_postgres::Client) -> Result<String, Error> {
+    let check_interval: Option<String> = c
+        .query_one(
+            "SELECT current_setting('client_connection_check_interval', true)",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::db("reading the session's settings", e))?
+        .get(0);
+    let mut reset = "RESET ALL; RESET ROLE;".to_string();
+    if let Some(v) = check_interval.filter(|v| !v.is_empty()) {
+        reset.push_str(&format!(
+            " SET client_connection_check_interval = {};",
+            dbconn::sql::literal(&v)
+        ));
+    }
+    Ok(reset)
 }
 
 fn apply_error(f: &MigrationFile, e: &tokio_postgres::Error, lock_timeout: Duration) -> Error {

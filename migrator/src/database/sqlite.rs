@@ -88,7 +88,7 @@ impl Sqlite {
         let ctx = |e: rusqlite::Error| Error::db("counting rows", e);
         let names: Vec<String> = self
             .conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT IN ('refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history')")
+            .prepare(&format!("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT IN ({})", dbconn::history::OWN_TABLES))
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .map_err(ctx)?;
         let mut out = std::collections::BTreeMap::new();
@@ -114,13 +114,7 @@ impl Sqlite {
     }
 
     pub fn has_user_tables(&mut self) -> Result<bool, Error> {
-        self.conn
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT IN ('refinery_schema_history', 'dbward_identity', 'dbward_repeatable_history'))",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| Error::db("reading the schema", e))
+        Ok(dbconn::sqlite::has_user_tables(&self.conn)?)
     }
 
     pub fn record(&mut self, files: &[&MigrationFile]) -> Result<(), Error> {
@@ -196,6 +190,133 @@ impl Sqlite {
             foreign_key_check(&tx, &last.path, &dangling_before)?;
         }
         // Dropping an uncommitted transaction rolls it back.
+        tx.commit().map_err(ctx)
+    }
+}
+
+/// A non-transactional file, statement by statement ([`super::Database::apply_statements`]).
+impl Sqlite {
+    pub fn apply_statements(
+        &mut self,
+        f: &MigrationFile,
+        busy_timeout: Duration,
+        outside_wait: Option<Duration>,
+    ) -> Result<(), Error> {
+        let statements = crate::lint::split(f, crate::lint::Dialect::Sqlite);
+        let of = statements.len();
+        let ctx = |e: rusqlite::Error| Error::db("applying a non-transactional migration", e);
+        let conn = &mut self.conn;
+        conn.busy_timeout(busy_timeout).map_err(ctx)?;
+        // Each statement stands alone: foreign keys are enforced as the application has them.
+        conn.execute_batch("PRAGMA foreign_keys = ON")
+            .map_err(ctx)?;
+        {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(ctx)?;
+            tx.execute_batch(&format!(
+                "{}; {}",
+                history::CREATE,
+                history::CREATE_PROGRESS
+            ))
+            .map_err(ctx)?;
+            dbconn::identity::ensure_sqlite(&tx)?;
+            tx.commit().map_err(ctx)?;
+        }
+        let rows: Vec<history::Progress> = conn
+            .prepare(&format!("SELECT statement, statement_checksum, started_on, completed_on IS NOT NULL FROM {} WHERE version = ?1 ORDER BY statement", history::PROGRESS_TABLE))
+            .and_then(|mut s| {
+                s.query_map([f.version], |r| {
+                    Ok(history::Progress {
+                        statement: r.get(0)?,
+                        checksum: r.get(1)?,
+                        started_on: r.get(2)?,
+                        completed: r.get(3)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(ctx)?;
+        let resume = super::resume(f, &statements, &rows)?;
+        tracing::info!(
+            "applying {} outside a transaction: {of} statement(s), one at a time{}",
+            f.file_name(),
+            match resume.done {
+                0 => String::new(),
+                n => format!(", resuming at statement {} ({n} completed earlier)", n + 1),
+            }
+        );
+        let mark_started = format!(
+            "INSERT INTO {} (version, statement, statement_checksum, started_on) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (version, statement) DO UPDATE SET statement_checksum = excluded.statement_checksum, \
+             started_on = excluded.started_on, completed_on = NULL",
+            history::PROGRESS_TABLE
+        );
+        let mark_done = format!(
+            "UPDATE {} SET completed_on = ?3 WHERE version = ?1 AND statement = ?2",
+            history::PROGRESS_TABLE
+        );
+        for (i, st) in statements.iter().enumerate().skip(resume.done) {
+            let text = st.text(f);
+            let failed = |message: String| Error::Statement {
+                file: f.path.clone(),
+                position: Some(f.line_col(st.range.start)),
+                statement: i + 1,
+                of,
+                message,
+            };
+            let step = |e: rusqlite::Error| failed(e.to_string());
+            conn.execute(
+                &mark_started,
+                rusqlite::params![
+                    f.version,
+                    i as i64,
+                    super::statement_checksum(text),
+                    history::now()
+                ],
+            )
+            .map_err(ctx)?;
+            dbconn::failpoint::hit("migrate-statement-started").map_err(failed)?;
+            if st.outside {
+                // SQLite's longest busy wait stands for "as long as it takes".
+                let wait = outside_wait.unwrap_or(Duration::from_millis(i32::MAX as u64));
+                conn.busy_timeout(wait).map_err(ctx)?;
+                let ran = conn.execute_batch(text).map_err(step);
+                conn.busy_timeout(busy_timeout).map_err(ctx)?;
+                ran?;
+                dbconn::failpoint::hit("migrate-statement-ran").map_err(failed)?;
+                conn.execute(
+                    &mark_done,
+                    rusqlite::params![f.version, i as i64, history::now()],
+                )
+                .map_err(ctx)?;
+            } else {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(step)?;
+                tx.execute_batch(text).map_err(step)?;
+                tx.execute(
+                    &mark_done,
+                    rusqlite::params![f.version, i as i64, history::now()],
+                )
+                .map_err(ctx)?;
+                tx.commit().map_err(ctx)?;
+            }
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(ctx)?;
+        let v = history::values(f.version, &f.name, f.checksum);
+        tx.execute(
+            history::INSERT_SQLITE,
+            rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
+        )
+        .map_err(ctx)?;
+        tx.execute(
+            &format!("DELETE FROM {} WHERE version = ?1", history::PROGRESS_TABLE),
+            [f.version],
+        )
+        .map_err(ctx)?;
         tx.commit().map_err(ctx)
     }
 }
