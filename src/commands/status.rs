@@ -14,11 +14,15 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
     let url = database_url(settings)?;
     let files = migrator::discover(&settings.migrations)?;
     let missing_file = matches!(&url, DatabaseUrl::Sqlite(p) if !p.exists());
-    let (applied, applied_repeatable) = if missing_file {
-        (Vec::new(), Vec::new())
+    let (applied, applied_repeatable, progress) = if missing_file {
+        (Vec::new(), Vec::new(), Default::default())
     } else {
         let mut db = Database::open(&url, Open::Existing).await?;
-        (db.applied().await?, db.applied_repeatable().await?)
+        (
+            db.applied().await?,
+            db.applied_repeatable().await?,
+            db.statement_progress().await?,
+        )
     };
     let plan = Plan::new(&files, applied, &applied_repeatable);
 
@@ -58,15 +62,21 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
         }
     }
     for f in &plan.pending {
+        // A non-transactional file a run stopped in: how far it got (`migrate` resumes it).
+        let state = match progress.get(&f.version) {
+            Some(done) => format!(
+                "partly applied: {done} of {} statements",
+                migrator::lint::split(f, super::dialect(&url)).len()
+            ),
+            None => "pending".into(),
+        };
         rows.push(vec![
             f.version.to_string(),
             f.name.clone(),
-            "pending".into(),
+            state.clone(),
             String::new(),
         ]);
-        items.push(
-            json!({ "version": f.version, "name": f.name, "state": "pending", "file": f.path }),
-        );
+        items.push(json!({ "version": f.version, "name": f.name, "state": state, "completed_statements": progress.get(&f.version), "file": f.path }));
     }
     for r in &files.repeatable {
         let state = if plan.repeatable.iter().any(|p| p.name == r.name) {

@@ -248,6 +248,39 @@ fn a_build_killed_while_it_waits_leaves_an_invalid_index_the_rerun_rebuilds() {
     pg_done(&pg, "shop", "rerun");
 }
 
+/// The guard's restore undoes the whole deploy, its non-transactional file included: the index
+/// it built is gone, the one it dropped is back, the update it made is undone.
+#[test]
+fn the_guard_undoes_a_deploy_whose_file_ran_outside_a_transaction() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    pg_project(&p, &url);
+    let (code, _, err) = run(&mut migrate(&p, &url));
+    assert_eq!(code, 0, "{err}");
+    pg_done(&pg, "shop", "migrate");
+    let server = common::Http::status(503);
+    let (code, _, err) = run(p.dbward(&url).args([
+        "health",
+        "--restore-on-failure",
+        "--timeout",
+        "2s",
+        "--interval",
+        "200ms",
+        "--url",
+        &server.url(),
+    ]));
+    assert_eq!(code, 5, "{err}");
+    assert_eq!(
+        pg.psql("shop", "SELECT max(version) FROM refinery_schema_history"),
+        "1"
+    );
+    assert_eq!(
+        pg.psql("shop", "SELECT to_regclass('orders_customer_idx') IS NULL AND to_regclass('orders_old_idx') IS NOT NULL AND (SELECT note FROM orders WHERE id = 1) = ''"),
+        "t"
+    );
+}
+
 /// A concurrent unique build over duplicates fails: the batch before it stays committed, the
 /// deploy is recorded as stopped part way under its pre-deploy snapshot, and the rerun (once the
 /// data is fixed) resumes without a new snapshot and rebuilds the index its own attempt left
@@ -488,6 +521,9 @@ fn a_completed_statement_may_not_change_the_failed_one_may() {
             && err.contains("resumes at statement 2"),
         "{err}"
     );
+    let (code, out, err) = run(p.dbward("sqlite:app.db").arg("status"));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("partly applied: 1 of 2 statements"), "{out}");
     p.migration(
         "V2__two.sql",
         "-- dbward:no-transaction\nINSERT INTO items (note) VALUES ('uno');\nINSERT INTO nowhere VALUES (1);\n",

@@ -232,6 +232,39 @@ impl Database {
     }
 }
 
+impl Database {
+    /// How many statements of each partly applied non-transactional file completed, by
+    /// version (empty when none is).
+    pub async fn statement_progress(
+        &mut self,
+    ) -> Result<std::collections::BTreeMap<i64, i64>, Error> {
+        let sql = format!(
+            "SELECT version, count(completed_on) FROM {} GROUP BY version",
+            dbconn::history::PROGRESS_TABLE
+        );
+        let ctx = |e: String| Error::db("reading the statements' progress", e);
+        match self {
+            Database::Sqlite(db) => db.progress(&sql).map_err(|e| ctx(e.to_string())),
+            Database::Postgres(db) => {
+                let c = db.client();
+                let exists: bool = c
+                    .query_one(
+                        "SELECT to_regclass($1::text) IS NOT NULL",
+                        &[&dbconn::history::PROGRESS_TABLE],
+                    )
+                    .await
+                    .map_err(|e| ctx(e.to_string()))?
+                    .get(0);
+                if !exists {
+                    return Ok(Default::default());
+                }
+                let rows = c.query(&sql, &[]).await.map_err(|e| ctx(e.to_string()))?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            }
+        }
+    }
+}
+
 /// How a rerun picks up a non-transactional file: how many statements completed, and whether
 /// the next one was started (by an earlier run, with the same text).
 #[derive(Debug, PartialEq, Eq)]

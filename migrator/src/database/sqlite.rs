@@ -194,6 +194,21 @@ impl Sqlite {
     }
 }
 
+impl Sqlite {
+    /// Rows of `sql` (version, count) over the progress table; none when it does not exist.
+    pub(crate) fn progress(
+        &self,
+        sql: &str,
+    ) -> rusqlite::Result<std::collections::BTreeMap<i64, i64>> {
+        if !table_exists(&self.conn, history::PROGRESS_TABLE)? {
+            return Ok(Default::default());
+        }
+        let mut stmt = self.conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+}
+
 /// A non-transactional file, statement by statement ([`super::Database::apply_statements`]).
 impl Sqlite {
     pub fn apply_statements(
