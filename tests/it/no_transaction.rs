@@ -24,11 +24,24 @@ const CONCURRENT: &str = "-- dbward:no-transaction\n\
      UPDATE orders SET note = note || 'x' WHERE id = 1;\n\
      DROP INDEX CONCURRENTLY orders_old_idx;\n";
 
-/// `orders` migrated (V1), then the file that runs outside a transaction and one after it.
-fn pg_project(p: &Project, url: &str) {
+/// `orders` migrated (V1) on `url`.
+fn orders(p: &Project, url: &str) {
     p.migration("V1__orders.sql", ORDERS);
     let (code, _, err) = run(p.dbward(url).arg("migrate"));
     assert_eq!(code, 0, "{err}");
+}
+
+/// A server with a database `shop` whose `orders` is migrated (V1), and its project.
+fn shop() -> (Pg, String, Project) {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    orders(&p, &url);
+    (pg, url, p)
+}
+
+/// Pending: the file that runs outside a transaction, and one after it.
+fn pending(p: &Project) {
     p.migration("V2__indexes.sql", CONCURRENT).migration(
         "V3__extra.sql",
         "ALTER TABLE orders ADD COLUMN extra int;\n",
@@ -68,10 +81,8 @@ fn pg_done(pg: &Pg, db: &str, at: &str) {
 
 #[test]
 fn a_concurrent_index_runs_between_two_atomic_batches() {
-    let pg = Pg::start();
-    let url = pg.create_db("shop");
-    let p = Project::new();
-    pg_project(&p, &url);
+    let (pg, url, p) = shop();
+    pending(&p);
     // Lint allows what cannot run in a transaction only in a marked file.
     let (code, out, err) = run(p.dbward(&url).arg("lint"));
     assert_eq!(code, 0, "{out}{err}");
@@ -153,7 +164,8 @@ fn killed_or_failed_at_any_statement_a_rerun_applies_each_once_and_every_index_i
                 let db = format!("shop_{}_{nth}_{how:?}", &point[18..]).to_lowercase();
                 let url = pg.create_db(&db);
                 let p = Project::new();
-                pg_project(&p, &url);
+                orders(&p, &url);
+                pending(&p);
                 let at = format!("{point}@{nth} ({how:?})");
                 let err = stop_at(migrate(&p, &url), point, nth, how);
                 if how == Stop::Error {
@@ -192,15 +204,8 @@ fn migrate(p: &Project, url: &str) -> Command {
 /// started the statement) and builds it again.
 #[test]
 fn a_build_killed_while_it_waits_leaves_an_invalid_index_the_rerun_rebuilds() {
-    let pg = Pg::start();
-    let url = pg.create_db("shop");
-    let p = Project::new();
-    p.migration("V1__orders.sql", ORDERS);
-    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
-    p.migration("V2__indexes.sql", CONCURRENT).migration(
-        "V3__extra.sql",
-        "ALTER TABLE orders ADD COLUMN extra int;\n",
-    );
+    let (pg, url, p) = shop();
+    pending(&p);
     let mut writer = pg.session("shop");
     writeln!(
         writer.stdin.as_mut().unwrap(),
@@ -252,10 +257,8 @@ fn a_build_killed_while_it_waits_leaves_an_invalid_index_the_rerun_rebuilds() {
 /// it built is gone, the one it dropped is back, the update it made is undone.
 #[test]
 fn the_guard_undoes_a_deploy_whose_file_ran_outside_a_transaction() {
-    let pg = Pg::start();
-    let url = pg.create_db("shop");
-    let p = Project::new();
-    pg_project(&p, &url);
+    let (pg, url, p) = shop();
+    pending(&p);
     let (code, _, err) = run(&mut migrate(&p, &url));
     assert_eq!(code, 0, "{err}");
     pg_done(&pg, "shop", "migrate");
@@ -287,11 +290,7 @@ fn the_guard_undoes_a_deploy_whose_file_ran_outside_a_transaction() {
 /// INVALID.
 #[test]
 fn a_failed_build_stops_the_deploy_part_way_and_the_rerun_resumes_under_the_same_snapshot() {
-    let pg = Pg::start();
-    let url = pg.create_db("shop");
-    let p = Project::new();
-    p.migration("V1__orders.sql", ORDERS);
-    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
+    let (pg, url, p) = shop();
     p.migration("V2__code.sql", "ALTER TABLE orders ADD COLUMN code int;\nUPDATE orders SET code = id % 1000;\n")
         .migration(
             "V3__unique.sql",
@@ -392,11 +391,7 @@ fn a_failed_build_stops_the_deploy_part_way_and_the_rerun_resumes_under_the_same
 /// accepts it, the validity check fails naming it, and it is still there.
 #[test]
 fn an_invalid_index_dbward_did_not_start_is_named_and_left_alone() {
-    let pg = Pg::start();
-    let url = pg.create_db("shop");
-    let p = Project::new();
-    p.migration("V1__orders.sql", ORDERS);
-    assert_eq!(run(p.dbward(&url).arg("migrate")).0, 0);
+    let (pg, url, p) = shop();
     // Somebody's failed build by hand.
     let out = Command::new(common::pg_bindir().join("psql"))
         .args([

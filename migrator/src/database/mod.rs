@@ -281,8 +281,9 @@ pub(crate) fn statement_checksum(text: &str) -> String {
     h.finish().to_string()
 }
 
-/// Reads a file's progress rows against its statements. The completed ones must be the first
-/// ones, each with the text it ran; the statement after them may have been started.
+/// Reads a file's progress rows against its statements, and says where the run begins. The
+/// completed ones must be the first ones, each with the text it ran; the statement after them
+/// may have been started.
 pub(crate) fn resume(
     f: &MigrationFile,
     statements: &[crate::lint::Statement],
@@ -331,5 +332,14 @@ pub(crate) fn resume(
             }
         }
     }
+    tracing::info!(
+        "applying {} outside a transaction: {} statement(s), one at a time{}",
+        f.file_name(),
+        statements.len(),
+        match done {
+            0 => String::new(),
+            n => format!(", resuming at statement {} ({n} completed earlier)", n + 1),
+        }
+    );
     Ok(Resume { done, started })
 }

@@ -272,14 +272,6 @@ impl Session {
         let rows = progress_rows(c, &progress, f.version).await?;
         let resume = super::resume(f, &statements, &rows)?;
         let of = statements.len();
-        tracing::info!(
-            "applying {} outside a transaction: {of} statement(s), one at a time{}",
-            f.file_name(),
-            match resume.done {
-                0 => String::new(),
-                n => format!(", resuming at statement {} ({n} completed earlier)", n + 1),
-            }
-        );
         let reset = session_reset(c).await?;
         let mark_started = format!(
             "INSERT INTO {progress} (version, statement, statement_checksum, started_on) VALUES ($1, $2, $3, $4) \

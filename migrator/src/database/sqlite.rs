@@ -253,14 +253,6 @@ impl Sqlite {
             })
             .map_err(ctx)?;
         let resume = super::resume(f, &statements, &rows)?;
-        tracing::info!(
-            "applying {} outside a transaction: {of} statement(s), one at a time{}",
-            f.file_name(),
-            match resume.done {
-                0 => String::new(),
-                n => format!(", resuming at statement {} ({n} completed earlier)", n + 1),
-            }
-        );
         let mark_started = format!(
             "INSERT INTO {} (version, statement, statement_checksum, started_on) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (version, statement) DO UPDATE SET statement_checksum = excluded.statement_checksum, \
