@@ -222,7 +222,13 @@ async fn begin_deploy(
     // If it fails, nothing is applied.
     // What a restore of this deploy would discard is measured from the application's write
     // counters (PostgreSQL: before the snapshot and before the batch; both: after it).
-    let resumed = resumable(scope, plan);
+    // A statement of the first pending file recorded: that file ran in part.
+    let progress = db.statement_progress().await.unwrap_or_default();
+    let ran_in_part = plan
+        .pending
+        .first()
+        .is_some_and(|f| progress.contains_key(&f.version));
+    let resumed = resumable(scope, plan, ran_in_part);
     let pg = matches!(url, DatabaseUrl::Postgres(_));
     let will_snapshot = !(first_deploy || args.no_snapshot || resumed.is_some());
     let counters_before_snapshot = if pg && will_snapshot {
@@ -361,14 +367,17 @@ struct Stopped<'a> {
 /// What an unfinished deploy record says while its batch runs.
 const UNDER_WAY: &str = "under way (a record that stays so: the run was killed)";
 
-/// The deploy to resume: the newest record, when it did not finish and what is pending now is
-/// what it had left to do (the end of its batch, same versions, same order). A deploy whose
-/// files changed otherwise (a fix in a new file) is a new deploy, with its own snapshot.
-fn resumable(scope: &state::Scope, plan: &Plan) -> Option<state::Deploy> {
+/// The deploy to resume: the newest record, when it did not finish, part of it ran (some of its
+/// files are applied, or the first pending one `ran_in_part`), and what is pending now is what
+/// it had left to do (the end of its batch, same versions, same order). A deploy that changed
+/// nothing before it stopped gets a new snapshot (the application wrote since the old one); a
+/// deploy whose files changed otherwise (a fix in a new file) is a new deploy.
+fn resumable(scope: &state::Scope, plan: &Plan, ran_in_part: bool) -> Option<state::Deploy> {
     let d = scope.read().ok().flatten()?;
     d.unfinished.as_ref()?;
     let pending: Vec<i64> = plan.pending.iter().map(|f| f.version).collect();
-    (!pending.is_empty() && d.applied.ends_with(&pending)).then(|| {
+    let ran = d.applied.len() > pending.len() || ran_in_part;
+    (ran && !pending.is_empty() && d.applied.ends_with(&pending)).then(|| {
         tracing::info!(
             "resuming the deploy of {} that stopped part way ({}): its pre-deploy snapshot {} covers it, no new one is taken",
             d.at,
