@@ -173,6 +173,50 @@ impl Manifest {
     pub fn created(&self) -> Option<OffsetDateTime> {
         OffsetDateTime::parse(&self.created_at, &Rfc3339).ok()
     }
+
+    /// The manifest of a position rather than a copy (a PostgreSQL restore point, a SQLite
+    /// stream position): no data object, so no key, no bytes, no checksum, no compression. The
+    /// caller fills in the position (`point` or `stream`), the server, the identity, the head
+    /// and the duration.
+    pub fn of_position(
+        id: String,
+        kind: Kind,
+        at: OffsetDateTime,
+        engine: &str,
+        format: Format,
+        database: &str,
+    ) -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            id,
+            kind,
+            label: None,
+            created_at: now_rfc3339(at),
+            engine: engine.into(),
+            server_version: String::new(),
+            pg_dump_version: None,
+            physical: None,
+            point: None,
+            stream: None,
+            database: database.to_string(),
+            database_id: None,
+            host: crate::hostname(),
+            dbward_version: env!("CARGO_PKG_VERSION").into(),
+            format,
+            data_key: String::new(),
+            raw_bytes: 0,
+            stored_bytes: 0,
+            sha256: String::new(),
+            compression: Compression {
+                algorithm: "none".into(),
+                level: 0,
+            },
+            encryption: None,
+            migration_head: None,
+            row_counts: Default::default(),
+            duration_ms: 0,
+        }
+    }
 }
 
 /// A time-sortable id: `20261122T093000Z-pre-deploy-3f2a`.

@@ -27,7 +27,12 @@ fn deployed(p: &Project) {
 }
 
 fn health(p: &Project, url: &str) -> Command {
-    let mut c = p.dbward("sqlite:app.db");
+    guard(p, "sqlite:app.db", url)
+}
+
+/// `health --restore-on-failure` of `database`, polling `url` every 200 ms for 2 s.
+pub fn guard(p: &Project, database: &str, url: &str) -> Command {
+    let mut c = p.dbward(database);
     c.args([
         "health",
         "--restore-on-failure",

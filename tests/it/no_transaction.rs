@@ -40,6 +40,11 @@ fn shop() -> (Pg, String, Project) {
     (pg, url, p)
 }
 
+/// The newest version in `shop`'s history.
+fn head(pg: &Pg) -> String {
+    pg.psql("shop", "SELECT max(version) FROM refinery_schema_history")
+}
+
 /// Pending: the file that runs outside a transaction, and one after it.
 fn pending(p: &Project) {
     p.migration("V2__indexes.sql", CONCURRENT).migration(
@@ -263,21 +268,9 @@ fn the_guard_undoes_a_deploy_whose_file_ran_outside_a_transaction() {
     assert_eq!(code, 0, "{err}");
     pg_done(&pg, "shop", "migrate");
     let server = common::Http::status(503);
-    let (code, _, err) = run(p.dbward(&url).args([
-        "health",
-        "--restore-on-failure",
-        "--timeout",
-        "2s",
-        "--interval",
-        "200ms",
-        "--url",
-        &server.url(),
-    ]));
+    let (code, _, err) = run(&mut crate::health::guard(&p, &url, &server.url()));
     assert_eq!(code, 5, "{err}");
-    assert_eq!(
-        pg.psql("shop", "SELECT max(version) FROM refinery_schema_history"),
-        "1"
-    );
+    assert_eq!(head(&pg), "1");
     assert_eq!(
         pg.psql("shop", "SELECT to_regclass('orders_customer_idx') IS NULL AND to_regclass('orders_old_idx') IS NOT NULL AND (SELECT note FROM orders WHERE id = 1) = ''"),
         "t"
@@ -316,10 +309,7 @@ fn a_failed_build_stops_the_deploy_part_way_and_the_rerun_resumes_under_the_same
             && err.contains("covers the whole deploy"),
         "{err}"
     );
-    assert_eq!(
-        pg.psql("shop", "SELECT max(version) FROM refinery_schema_history"),
-        "2"
-    );
+    assert_eq!(head(&pg), "2");
     let state = p.path().join(".dbward");
     let record =
         json(&std::fs::read_to_string(state_file(&state, "last-deploy", "shop").unwrap()).unwrap());
@@ -377,10 +367,7 @@ fn a_failed_build_stops_the_deploy_part_way_and_the_rerun_resumes_under_the_same
             .dbward(&url)
             .args(["restore", "pre-deploy", "--yes", "--terminate-connections"]));
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        pg.psql("shop", "SELECT max(version) FROM refinery_schema_history"),
-        "1"
-    );
+    assert_eq!(head(&pg), "1");
     assert_eq!(
         pg.psql("shop", "SELECT count(*) FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'code'"),
         "0"

@@ -59,16 +59,7 @@ pub async fn take(
     plan_wal(store, database, base, &target, None).await?;
 
     let manifest = Manifest {
-        format_version: manifest::FORMAT_VERSION,
-        id: id.clone(),
-        kind,
-        label: None,
-        created_at: manifest::now_rfc3339(at),
-        engine: "postgres".into(),
         server_version: cluster.server_version,
-        pg_dump_version: None,
-        physical: None,
-        stream: None,
         point: Some(Point {
             name: id.clone(),
             lsn: lsn_text(point_lsn),
@@ -77,23 +68,10 @@ pub async fn take(
             system_identifier: cluster.system_identifier,
             base: base.id.clone(),
         }),
-        database: database.to_string(),
         database_id,
-        host: crate::hostname(),
-        dbward_version: env!("CARGO_PKG_VERSION").into(),
-        format: Format::Pgpoint,
-        data_key: String::new(),
-        raw_bytes: 0,
-        stored_bytes: 0,
-        sha256: String::new(),
-        compression: manifest::Compression {
-            algorithm: "none".into(),
-            level: 0,
-        },
-        encryption: None,
         migration_head: crate::engine::head(applied),
-        row_counts: Default::default(),
         duration_ms: started.elapsed().as_millis() as u64,
+        ..Manifest::of_position(id.clone(), kind, at, "postgres", Format::Pgpoint, database)
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("serializes");
     store

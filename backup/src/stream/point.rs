@@ -54,34 +54,19 @@ pub async fn record(
     let at = OffsetDateTime::now_utc();
     let id = manifest::snapshot_id(at, kind);
     let m = Manifest {
-        format_version: manifest::FORMAT_VERSION,
-        id: id.clone(),
-        kind,
-        label: None,
-        created_at: manifest::now_rfc3339(at),
-        engine: "sqlite".into(),
         server_version: rusqlite::version().into(),
-        pg_dump_version: None,
-        physical: None,
-        point: None,
         stream: Some(p),
-        database: database.to_string(),
         database_id,
-        host: crate::hostname(),
-        dbward_version: env!("CARGO_PKG_VERSION").into(),
-        format: Format::Streampoint,
-        data_key: String::new(),
-        raw_bytes: 0,
-        stored_bytes: 0,
-        sha256: String::new(),
-        compression: manifest::Compression {
-            algorithm: "none".into(),
-            level: 0,
-        },
-        encryption: None,
         migration_head: head,
-        row_counts: Default::default(),
         duration_ms: started.elapsed().as_millis() as u64,
+        ..Manifest::of_position(
+            id.clone(),
+            kind,
+            at,
+            "sqlite",
+            Format::Streampoint,
+            database,
+        )
     };
     let json = serde_json::to_vec_pretty(&m).expect("serializes");
     let key = manifest_key(database, &id);

@@ -130,8 +130,7 @@ impl Session {
     pub async fn record(&mut self, files: &[&MigrationFile]) -> Result<(), Error> {
         let c = &self.conn.client();
         let ctx = |e: tokio_postgres::Error| Error::db("recording the baseline", e);
-        c.batch_execute("BEGIN").await.map_err(ctx)?;
-        let result = async {
+        in_transaction(c, "BEGIN", ctx, async {
             c.batch_execute(history::CREATE).await.map_err(ctx)?;
             dbconn::identity::ensure_pg(c).await?;
             for f in files {
@@ -142,13 +141,9 @@ impl Session {
                 .await
                 .map_err(ctx)?;
             }
-            c.batch_execute("COMMIT").await.map_err(ctx)
-        }
-        .await;
-        if result.is_err() {
-            let _ = c.batch_execute("ROLLBACK").await;
-        }
-        result
+            Ok(())
+        })
+        .await
     }
 
     /// Returns the batch's transaction id (32 bits, as the WAL writes it): what the guard's
@@ -160,8 +155,7 @@ impl Session {
     ) -> Result<Option<u32>, Error> {
         let c = &self.conn.client();
         let ctx = |e: tokio_postgres::Error| Error::db("applying the batch", e);
-        c.batch_execute("BEGIN").await.map_err(ctx)?;
-        let result = async {
+        in_transaction(c, "BEGIN", ctx, async {
             c.batch_execute(&format!(
                 "SET LOCAL lock_timeout = {}",
                 lock_timeout.as_millis()
@@ -232,15 +226,9 @@ impl Session {
                 .await
                 .map_err(ctx)?
                 .get(0);
-            c.batch_execute("COMMIT").await.map_err(ctx)?;
             Ok(Some((xid as u64 % (1 << 32)) as u32))
-        }
-        .await;
-        if result.is_err() {
-            // Ignored: the error that matters is the one above, and a dead connection rolls back.
-            let _ = c.batch_execute("ROLLBACK").await;
-        }
-        result
+        })
+        .await
     }
 }
 
@@ -335,26 +323,20 @@ impl Session {
                     .await
                     .map_err(ctx)?;
             } else {
-                let result = async {
-                    c.batch_execute(&format!(
-                        "BEGIN; SET LOCAL lock_timeout = {}",
-                        lock_timeout.as_millis()
-                    ))
-                    .await
-                    .map_err(ctx)?;
+                let begin = format!(
+                    "BEGIN; SET LOCAL lock_timeout = {}",
+                    lock_timeout.as_millis()
+                );
+                in_transaction(c, &begin, ctx, async {
                     c.batch_execute(text)
                         .await
                         .map_err(|e| statement_error(f, st, &e, Some(lock_timeout), &failed))?;
                     c.execute(&mark_done, &[&f.version, &n, &history::now()])
                         .await
                         .map_err(ctx)?;
-                    c.batch_execute("COMMIT").await.map_err(ctx)
-                }
-                .await;
-                if result.is_err() {
-                    let _ = c.batch_execute("ROLLBACK").await;
-                }
-                result?;
+                    Ok(())
+                })
+                .await?;
             }
         }
         // The session as it was, then the file's record and the end of its progress rows.
@@ -539,8 +521,7 @@ async fn record_file(
     let ctx = |e: tokio_postgres::Error| Error::db("recording a non-transactional migration", e);
     let mut row = history::Columns::default();
     row.push(history::values(f.version, &f.name, f.checksum));
-    let result = async {
-        c.batch_execute("BEGIN").await.map_err(ctx)?;
+    in_transaction(c, "BEGIN", ctx, async {
         let cols = [
             &row.versions as _,
             &row.names as _,
@@ -556,7 +537,26 @@ async fn record_file(
         )
         .await
         .map_err(ctx)?;
-        c.batch_execute("COMMIT").await.map_err(ctx)
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `body` in a transaction on `c`: `begin` (a `BEGIN`, with what must run first in the same
+/// query), then `body`, then `COMMIT`, each failure of dbward's own statements said with `ctx`.
+/// On any error, a `ROLLBACK` whose own error is ignored: the error that matters is the first
+/// one, and a dead connection rolls back.
+async fn in_transaction<T>(
+    c: &tokio_postgres::Client,
+    begin: &str,
+    ctx: impl Fn(tokio_postgres::Error) -> Error,
+    body: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let result = async {
+        c.batch_execute(begin).await.map_err(&ctx)?;
+        let value = body.await?;
+        c.batch_execute("COMMIT").await.map_err(&ctx)?;
+        Ok(value)
     }
     .await;
     if result.is_err() {
