@@ -127,7 +127,7 @@ fn holding(pg: &Pg, shared: bool) -> std::process::Child {
 }
 
 /// Polls the file `log` until it holds `text`.
-fn wait_said(log: &std::path::Path, text: &str) {
+pub fn wait_said(log: &std::path::Path, text: &str) {
     let began = Instant::now();
     while !std::fs::read_to_string(log)
         .unwrap_or_default()

@@ -529,3 +529,76 @@ fn a_completed_statement_may_not_change_the_failed_one_may() {
         "one,two"
     );
 }
+
+/// A statement that cannot run in a transaction waits for the database's lock as long as it
+/// takes (the default), saying every 10 s what it waits for, and runs once the lock is free. The
+/// other connection takes its write lock once the statement's record is written (a failure
+/// point holds the run there): the record itself waits `table_lock_timeout`, as every write.
+#[test]
+fn sqlite_vacuum_waits_for_the_lock_and_says_so() {
+    let p = Project::new();
+    p.migration(
+        "V1__items.sql",
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT);\n",
+    );
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("migrate")).0, 0);
+    p.migration("V2__vacuum.sql", "-- dbward:no-transaction\nVACUUM;\n");
+    let db = p.path().join("app.db");
+    let marks = tempfile::tempdir().unwrap();
+    let log = p.path().join("migrate.log");
+    let mut migrate = migrate(&p, "sqlite:app.db")
+        .env("DBWARD_FAILPOINTS", "migrate-statement-started=wait")
+        .env("DBWARD_FAILPOINT_DIR", marks.path())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !marks.path().join("migrate-statement-started").exists() {
+        assert!(Instant::now() < deadline, "never reached the statement");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut holder = Command::new("sqlite3")
+        .arg(&db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(
+        holder.stdin.as_mut().unwrap(),
+        "BEGIN IMMEDIATE; INSERT INTO items (note) VALUES ('held'); SELECT 'holding';"
+    )
+    .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "holding");
+    std::fs::write(marks.path().join("migrate-statement-started.go"), "").unwrap();
+    crate::migrate_postgres::wait_said(
+        &log,
+        "V2__vacuum.sql: statement 1 of 1 (line 2) has waited 10s for the database's lock",
+    );
+    holder
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"COMMIT;\n.quit\n")
+        .unwrap();
+    holder.wait().unwrap();
+    let status = migrate.wait().unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    assert_eq!(
+        sqlite(&db, "SELECT count(*) FROM items WHERE note = 'held'"),
+        "1"
+    );
+    assert_eq!(
+        sqlite(&db, "SELECT max(version) FROM refinery_schema_history"),
+        "2"
+    );
+}

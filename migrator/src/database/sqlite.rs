@@ -285,12 +285,17 @@ impl Sqlite {
             .map_err(ctx)?;
             dbconn::failpoint::hit("migrate-statement-started").map_err(failed)?;
             if st.outside {
-                // SQLite's longest busy wait stands for "as long as it takes".
-                let wait = outside_wait.unwrap_or(Duration::from_millis(i32::MAX as u64));
-                conn.busy_timeout(wait).map_err(ctx)?;
-                let ran = conn.execute_batch(text).map_err(step);
+                let ran = run_waiting(conn, text, outside_wait, |waited| {
+                    tracing::info!(
+                        "{}: statement {} of {of} (line {}) has waited {}s for the database's lock (another connection is writing, or reading in a long transaction)",
+                        f.file_name(),
+                        i + 1,
+                        st.line,
+                        waited.as_secs()
+                    )
+                });
                 conn.busy_timeout(busy_timeout).map_err(ctx)?;
-                ran?;
+                ran.map_err(step)?;
                 dbconn::failpoint::hit("migrate-statement-ran").map_err(failed)?;
                 conn.execute(
                     &mark_done,
@@ -325,6 +330,33 @@ impl Sqlite {
         )
         .map_err(ctx)?;
         tx.commit().map_err(ctx)
+    }
+}
+
+/// Runs a statement that cannot run in a transaction, waiting for the database's lock at most
+/// `wait` (`None`: as long as it takes), and calling `say` every 10 s of waiting. A statement
+/// that found the database busy did nothing (it runs on its own, in autocommit): it is tried
+/// again.
+fn run_waiting(
+    conn: &Connection,
+    text: &str,
+    wait: Option<Duration>,
+    say: impl Fn(Duration),
+) -> rusqlite::Result<()> {
+    const EVERY: Duration = Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    loop {
+        let left = wait.map(|w| w.saturating_sub(started.elapsed()));
+        conn.busy_timeout(left.map_or(EVERY, |l| l.min(EVERY)))?;
+        match conn.execute_batch(text) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && left.is_none_or(|l| l > EVERY) =>
+            {
+                say(started.elapsed())
+            }
+            other => return other,
+        }
     }
 }
 
