@@ -1042,14 +1042,34 @@ async fn dry_run(
     };
     let plan = Plan::new(files, applied, &repeatable);
     let mut text = format!("plan for {} (at {}):\n", url.display(), head_text(&plan));
-    for f in plan.batch() {
-        text.push_str(&format!("  apply {}\n", f.path.display()));
+    let phases = plan.phases();
+    for phase in &phases {
+        match phase {
+            migrator::Phase::Batch(b) => {
+                for f in b {
+                    text.push_str(&format!("  apply {}\n", f.path.display()));
+                }
+            }
+            migrator::Phase::Statements(f) => text.push_str(&format!(
+                "  apply {} outside a transaction, statement by statement\n",
+                f.path.display()
+            )),
+        }
     }
     for d in &plan.drift {
         text.push_str(&format!("  drift: {d}\n"));
     }
+    // Without a marked file, the batch is one phase.
+    let how = if phases
+        .iter()
+        .any(|p| matches!(p, migrator::Phase::Statements(_)))
+    {
+        format!("in {} steps (atomic batches, and the files marked to run outside a transaction between them)", phases.len())
+    } else {
+        "in one transaction".to_string()
+    };
     text.push_str(&format!(
-        "{} migration(s) would be applied in one transaction; lint: 0 errors, {} warning(s); dry run, nothing changed\n",
+        "{} migration(s) would be applied {how}; lint: 0 errors, {} warning(s); dry run, nothing changed\n",
         plan.pending.len(),
         warnings.len()
     ));

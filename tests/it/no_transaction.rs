@@ -104,6 +104,13 @@ fn a_concurrent_index_runs_between_two_atomic_batches() {
     );
     p.remove("V4__more.sql");
 
+    let (code, out, err) = run(p.dbward(&url).args(["migrate", "--dry-run"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("V2__indexes.sql outside a transaction, statement by statement")
+            && out.contains("2 migration(s) would be applied in 2 steps"),
+        "{out}"
+    );
     let (code, out, err) = run(p.dbward(&url).args(["migrate", "--json"]));
     assert_eq!(code, 0, "{err}");
     pg_done(&pg, "shop", "migrate");
