@@ -24,6 +24,9 @@ python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v age >/dev/null || missing+=(age)
 command -v dpkg-deb >/dev/null || missing+=(dpkg-dev)
+# java: runs the reference that computes Flyway's checksums as Flyway reads files.
+command -v java >/dev/null || missing+=(default-jre-headless)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   [ "$(id -u)" = 0 ] || { echo "need root to install ${missing[*]} (or install them yourself)" >&2; exit 1; }
@@ -54,6 +57,12 @@ if ! command -v s3s-fs >/dev/null; then
 fi
 command -v cargo-nextest >/dev/null || { log "installing cargo-nextest"; cargo install cargo-nextest --locked --quiet; }
 command -v cargo-deb >/dev/null || { log "installing cargo-deb"; cargo install cargo-deb --locked --quiet; }
+# The migration tools whose histories dbward adopts, as real peers (tests/it/importers.rs).
+if ! command -v sqlx >/dev/null; then
+  log "installing sqlx-cli"
+  cargo install sqlx-cli --version 0.9.0 --locked --no-default-features --features rustls,postgres,sqlite --quiet
+fi
+command -v dbmate >/dev/null || { log "installing dbmate"; npm install -g --silent dbmate@2.36.0; }
 
 # Every test server keeps its files under this run's own directory (tests/it/common: server_dir),
 # so the cleanup ends exactly the servers a killed test process left (Drop did not run), and

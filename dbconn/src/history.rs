@@ -59,6 +59,23 @@ pub const CREATE: &str = "CREATE TABLE IF NOT EXISTS refinery_schema_history(
              applied_on VARCHAR(255),
              checksum VARCHAR(255))";
 
+/// Widens refinery's INT4 `version` to BIGINT (the layout of refinery's `int8-versions`), in
+/// the transaction that first records a version beyond 32 bits (a timestamp version); a table
+/// already BIGINT is left alone. PostgreSQL only: SQLite's integers are 64 bits already.
+/// dbward reads either (`SELECT` casts), so nothing else changes.
+pub const WIDEN_PG: &str = "DO $$ BEGIN
+  IF (SELECT atttypid FROM pg_catalog.pg_attribute
+      WHERE attrelid = 'refinery_schema_history'::regclass AND attname = 'version')
+     = 'pg_catalog.int4'::regtype THEN
+    ALTER TABLE refinery_schema_history ALTER COLUMN version TYPE bigint;
+  END IF;
+END $$";
+
+/// Whether recording `versions` needs [`WIDEN_PG`].
+pub fn needs_wide(mut versions: impl Iterator<Item = i64>) -> bool {
+    versions.any(|v| i32::try_from(v).is_err())
+}
+
 pub const SELECT: &str = "SELECT CAST(version AS BIGINT), name, applied_on, checksum \
                           FROM refinery_schema_history ORDER BY version ASC";
 
@@ -159,6 +176,10 @@ pub const SELECT_REPEATABLE: &str =
 
 pub const UPSERT_REPEATABLE_SQLITE: &str =
     "INSERT INTO dbward_repeatable_history (name, applied_on, checksum) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (name) DO UPDATE SET applied_on = excluded.applied_on, checksum = excluded.checksum";
+
+pub const UPSERT_REPEATABLE_PG: &str =
+    "INSERT INTO dbward_repeatable_history (name, applied_on, checksum) VALUES ($1, $2, $3) \
      ON CONFLICT (name) DO UPDATE SET applied_on = excluded.applied_on, checksum = excluded.checksum";
 
 /// Every repeatable file of a batch in one upsert, with the table named in `schema` (a file may

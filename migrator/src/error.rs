@@ -49,6 +49,16 @@ pub enum Error {
     #[error("{}: {message}. Nothing was run.", file.display())]
     Resume { file: PathBuf, message: String },
 
+    /// Another tool's history cannot be adopted as it stands ([`crate::adopt`]).
+    #[error(
+        "{tool}'s history ({table}) cannot be adopted: {message}. Nothing was run or recorded."
+    )]
+    Adopt {
+        tool: &'static str,
+        table: &'static str,
+        message: String,
+    },
+
     /// Connecting, locking, reading or writing the database.
     #[error(transparent)]
     Database(#[from] dbconn::Error),
@@ -62,7 +72,7 @@ impl Error {
                 ErrorKind::Refused
             }
             Error::Apply { .. } | Error::Statement { .. } => ErrorKind::Failed,
-            Error::Resume { .. } => ErrorKind::Refused,
+            Error::Resume { .. } | Error::Adopt { .. } => ErrorKind::Refused,
             Error::Database(e) => e.kind(),
         }
     }

@@ -1265,8 +1265,10 @@ CREATE TABLE "commit" (id int);
             version: 1,
             name: "x".into(),
             sql: sql.into(),
+            text: sql.into(),
             checksum: 0,
             kind: crate::source::Kind::Versioned,
+            layout: crate::layout::Layout::Dbward,
             no_transaction: false,
         }
     }

@@ -178,8 +178,10 @@ mod tests {
             version,
             name: "m".into(),
             sql: "select 1".into(),
+            text: "select 1".into(),
             checksum,
             kind: crate::source::Kind::Versioned,
+            layout: crate::layout::Layout::Dbward,
             no_transaction: false,
         }
     }
@@ -247,6 +249,7 @@ mod tests {
         let migrations = Migrations {
             versioned: files,
             repeatable: vec![r],
+            layout: Some(crate::layout::Layout::Dbward),
         };
         let plan = Plan::new(&migrations, vec![applied(1, 1)], &[]);
         let shape: Vec<String> = plan
@@ -288,6 +291,7 @@ mod tests {
         let migrations = Migrations {
             versioned: vec![file(1, 10)],
             repeatable: vec![r.clone()],
+            layout: Some(crate::layout::Layout::Dbward),
         };
         let same = AppliedRepeatable {
             name: "views".into(),

@@ -1,15 +1,17 @@
-//! Finding migrations on disk: `V<version>__<name>.sql`, refinery's convention, and
-//! repeatable `R__<name>.sql` files (Flyway's), re-applied whenever their text changes.
+//! Finding migrations on disk, in the layout of the tool that wrote them ([`crate::layout`]):
+//! `V<version>__<name>.sql`, refinery's convention, with repeatable `R__<name>.sql` files
+//! (Flyway's), re-applied whenever their text changes; or sqlx's, golang-migrate's, goose's,
+//! dbmate's or diesel's files, of which only the up part is read.
 //!
 //! Unlike refinery's loader, nothing is skipped silently: a `.sql` file whose name does not
-//! match, a duplicate version, a file that is not UTF-8 is an error naming the file. An empty
-//! file is a placeholder (lint says so): it is applied, and runs nothing.
-//! The checksum is refinery's own ([`refinery_core::Migration::unapplied`]), so a history table
+//! match, a duplicate version, a file that is not UTF-8, a folder mixing two layouts is an
+//! error naming the file. An empty file is a placeholder (lint says so): it is applied, and
+//! runs nothing. The checksum is refinery's own (name, version, up part), so a history table
 //! written by refinery is read back without re-baselining.
 
 use std::path::{Path, PathBuf};
 
-use refinery_core::Migration;
+use crate::layout::{self, Layout, Named};
 
 /// Why the migrations folder cannot be used; nothing was run.
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +62,15 @@ pub struct MigrationFile {
     /// The version of a versioned file; 0 for a repeatable one.
     pub version: i64,
     pub name: String,
+    /// What runs: the up part ([`layout::sections`]; the whole file in most layouts).
     pub sql: String,
-    /// Versioned: refinery's SipHash-1-3 of name, version and text. Repeatable: SipHash-1-3
+    /// The whole file as read: what another tool's checksum covers.
+    pub text: String,
+    /// Versioned: refinery's SipHash-1-3 of name, version and up part. Repeatable: SipHash-1-3
     /// (keys 0, 0) of the name and text, computed the same way.
     pub checksum: u64,
     pub kind: Kind,
+    pub layout: Layout,
     /// Marked to run outside a transaction ([`no_transaction_marker`]): one statement at a
     /// time, each recorded as it completes, between the atomic batches before and after it.
     pub no_transaction: bool,
@@ -87,6 +93,8 @@ pub struct Migrations {
     pub versioned: Vec<MigrationFile>,
     /// By name.
     pub repeatable: Vec<MigrationFile>,
+    /// The folder's layout; `None` for a folder without migrations.
+    pub layout: Option<Layout>,
 }
 
 impl Migrations {
@@ -179,10 +187,29 @@ pub fn discover(dir: &Path) -> Result<Migrations, SourceError> {
             )
         },
     ));
+    let layout = files.iter().chain(&repeatable).map(|f| f.layout).next();
+    if let Some(first) = files.iter().chain(&repeatable).next() {
+        problems.extend(
+            files
+                .iter()
+                .chain(&repeatable)
+                .filter(|f| f.layout != first.layout)
+                .map(|f| FileProblem {
+                    file: f.path.clone(),
+                    problem: format!(
+                        "is written as {}, but {} is {}: a migrations folder holds one layout",
+                        f.layout.describe(),
+                        first.path.display(),
+                        first.layout.describe()
+                    ),
+                }),
+        );
+    }
     if problems.is_empty() {
         Ok(Migrations {
             versioned: files,
             repeatable,
+            layout,
         })
     } else {
         Err(SourceError::Files { problems })
@@ -219,61 +246,76 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `Ok(None)` for files that are not SQL (a README beside the migrations is fine).
+/// `Ok(None)` for files that are not migrations (a README beside them, a down part).
 fn read_one(path: &Path) -> Result<Option<MigrationFile>, String> {
-    let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
-        return Err("file name is not valid UTF-8".into());
-    };
-    let Some((stem, ext)) = file_name.rsplit_once('.') else {
-        return Ok(None);
-    };
-    if !ext.trim().eq_ignore_ascii_case("sql") {
+    let named = layout::name(path)?;
+    if named == Named::Other {
         return Ok(None);
     }
-    if ext != ext.trim() || stem != stem.trim() {
-        return Err(format!(
-            "the name {file_name:?} has whitespace around it; remove it (a migration is never skipped for its name)"
-        ));
-    }
-    let (version, name) = parse_name(stem, ext)?;
-    let kind = if version.is_none() {
-        Kind::Repeatable
-    } else {
-        Kind::Versioned
-    };
-
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    let sql = String::from_utf8(bytes).map_err(|e| {
+    let text = String::from_utf8(bytes).map_err(|e| {
         format!(
             "not valid UTF-8 (first bad byte at offset {}); save the file as UTF-8",
             e.utf8_error().valid_up_to()
         )
     })?;
-    if let Some(at) = sql.find('\0') {
+    if let Some(at) = text.find('\0') {
         return Err(format!(
             "contains a NUL byte at offset {at}; SQLite would silently stop reading the file there. Remove it (a file saved as UTF-16, or binary data pasted in?)"
         ));
     }
-    let checksum = match version {
-        Some(version) => {
-            let migration = Migration::unapplied(stem, &sql)
-                .map_err(|e| format!("refinery does not accept this name: {e}"))?;
-            debug_assert_eq!(i64::from(migration.version()), version);
-            debug_assert_eq!(migration.name(), name);
-            migration.checksum()
+    let (version, name, kind, layout, sql) = match named {
+        Named::Other => return Ok(None),
+        Named::Versioned { version, name } => {
+            (version, name, Kind::Versioned, Layout::Dbward, text.clone())
         }
-        None => repeatable_checksum(name, &sql),
+        Named::Repeatable { name } => (0, name, Kind::Repeatable, Layout::Dbward, text.clone()),
+        Named::Tool {
+            layout: Layout::Sqlx,
+            version,
+            name,
+        } => {
+            let (layout, up) = layout::sections(&text)?;
+            (version, name, Kind::Versioned, layout, up.to_string())
+        }
+        Named::Tool {
+            layout,
+            version,
+            name,
+        } => (version, name, Kind::Versioned, layout, text.clone()),
     };
-    let no_transaction = no_transaction_marker(&sql).is_some();
+    let checksum = match kind {
+        Kind::Versioned => versioned_checksum(name, version, &sql),
+        Kind::Repeatable => repeatable_checksum(name, &sql),
+    };
+    let no_transaction = no_transaction_marker(&sql).is_some()
+        || (layout == Layout::Diesel && layout::diesel_no_transaction(path)?);
     Ok(Some(MigrationFile {
         path: path.to_path_buf(),
-        version: version.unwrap_or(0),
+        version,
         name: name.to_string(),
         sql,
+        text,
         checksum,
         kind,
+        layout,
         no_transaction,
     }))
+}
+
+/// refinery's checksum of a versioned file: SipHash-1-3 (zero keys) of its name, version and
+/// text, so a history refinery wrote reads back. A version that fits 32 bits is hashed as
+/// refinery's default `i32`; a larger one as its `int8-versions` `i64`.
+fn versioned_checksum(name: &str, version: i64, sql: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = siphasher::sip::SipHasher13::new();
+    name.hash(&mut h);
+    match i32::try_from(version) {
+        Ok(v) => v.hash(&mut h),
+        Err(_) => version.hash(&mut h),
+    }
+    sql.hash(&mut h);
+    h.finish()
 }
 
 /// The markers that make a file non-transactional, each on the file's first line that is not
@@ -310,78 +352,9 @@ fn repeatable_checksum(name: &str, sql: &str) -> u64 {
     h.finish()
 }
 
-/// `V12__add_users` → (Some(12), "add_users"); `R__views` → (None, "views"). Stricter than
-/// refinery's unanchored pattern, which would read `V1__add-users` as a migration named `add`.
-fn parse_name<'a>(stem: &'a str, ext: &str) -> Result<(Option<i64>, &'a str), String> {
-    const EXPECTED: &str = "expected V<version>__<name>.sql (e.g. V3__add_orders.sql) or R__<name>.sql (a repeatable migration), with a name of letters, digits and underscores";
-    if ext != "sql" {
-        return Err(format!("extension `.{ext}` must be lowercase `.sql`"));
-    }
-    if let Some(name) = stem.strip_prefix("R__") {
-        if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
-            return Err(format!(
-                "name `{name}` has characters other than letters, digits and `_`; {EXPECTED}"
-            ));
-        }
-        return Ok((None, name));
-    }
-    if stem.starts_with('U') {
-        return Err(
-            "unversioned (U) migrations are not supported; rename it to V<version>__<name>.sql"
-                .into(),
-        );
-    }
-    let rest = stem
-        .strip_prefix('V')
-        .ok_or_else(|| format!("name does not start with V; {EXPECTED}"))?;
-    let (digits, name) = rest
-        .split_once("__")
-        .ok_or_else(|| format!("no `__` between version and name; {EXPECTED}"))?;
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "version `{digits}` is not a whole number; {EXPECTED}"
-        ));
-    }
-    if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
-        return Err(format!(
-            "name `{name}` has characters other than letters, digits and `_`; {EXPECTED}"
-        ));
-    }
-    // refinery stores versions as INT4 by default.
-    let version: i32 = digits
-        .parse()
-        .map_err(|_| format!("version {digits} is larger than {}", i32::MAX))?;
-    Ok((Some(i64::from(version)), name))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names() {
-        assert_eq!(parse_name("V1__init", "sql"), Ok((Some(1), "init")));
-        assert_eq!(
-            parse_name("V0012__add_users_2", "sql"),
-            Ok((Some(12), "add_users_2"))
-        );
-        assert_eq!(parse_name("R__views", "sql"), Ok((None, "views")));
-        assert!(parse_name("R__", "sql").is_err());
-        assert!(parse_name("R__a-b", "sql").is_err());
-        for bad in [
-            "V1__add-users",
-            "V1_init",
-            "v1__init",
-            "V__init",
-            "V1.1__x",
-            "V1__",
-            "U1__x",
-            "init",
-        ] {
-            assert!(parse_name(bad, "sql").is_err(), "{bad} must be refused");
-        }
-        assert!(parse_name("V1__init", "SQL").is_err());
-    }
 
     #[test]
     fn a_repeatable_checksum_ignores_line_endings_only() {
@@ -405,7 +378,8 @@ mod tests {
     #[test]
     fn checksum_is_refinerys() {
         // The value refinery computes for this name and text, so its history tables read back.
-        let m = Migration::unapplied("V1__initial", "CREATE TABLE t (id int);").unwrap();
+        let m =
+            refinery_core::Migration::unapplied("V1__initial", "CREATE TABLE t (id int);").unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("V1__initial.sql"),

@@ -29,6 +29,21 @@ pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Fai
     }
     let mut db =
         Database::open_locked(&url, Open::Existing, std::time::Duration::from_secs(600)).await?;
+    let migrations = migrator::discover(&settings.migrations)?;
+    if let Some(a) = migrator::adopt::history(&mut db, &migrations)
+        .await?
+        .to_adopt()
+    {
+        return Err(Failure::new(
+            Exit::Refused,
+            format!(
+                "{} holds {}'s history ({}): `dbward migrate` adopts it with which files ran and their checksums; baseline would forget both. Nothing was recorded.",
+                url.display(),
+                a.tool.name(),
+                a.tool.table()
+            ),
+        ));
+    }
     let applied = db.applied().await?;
     if !applied.is_empty() {
         return Err(Failure::new(

@@ -84,9 +84,15 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     // A SQLite file that was empty until now (opening created it) is a first deploy: nothing to
     // snapshot. Looked at under the lock, so a restore swapping the file in is never mistaken.
     let first_deploy = matches!(&url, DatabaseUrl::Sqlite(p) if std::fs::metadata(p).map_or(true, |m| m.len() == 0));
-    // Read under the lock: a runner that waited sees what the other one applied.
-    let applied_repeatable = db.applied_repeatable().await?;
-    let plan = Plan::new(&files, db.applied().await?, &applied_repeatable);
+    // Read under the lock: a runner that waited sees what the other one applied. Another
+    // tool's history is adopted first: recorded in dbward's, nothing run.
+    let mut history = migrator::adopt::history(&mut db, &files).await?;
+    if let Some(a) = history.to_adopt() {
+        migrator::adopt::record(&mut db, a).await?;
+        history = migrator::adopt::history(&mut db, &files).await?;
+    }
+    let applied_repeatable = history.repeatable;
+    let plan = Plan::new(&files, history.applied, &applied_repeatable);
     if !plan.drift.is_empty() {
         return Err(migrator::Error::Drift { drift: plan.drift }.into());
     }
@@ -1033,15 +1039,23 @@ async fn dry_run(
     files: &migrator::Migrations,
     warnings: &[migrator::Finding],
 ) -> Result<Report, Failure> {
-    let (applied, repeatable) = match url {
-        DatabaseUrl::Sqlite(p) if !p.exists() => (Vec::new(), Vec::new()),
+    let (applied, repeatable, adoption) = match url {
+        DatabaseUrl::Sqlite(p) if !p.exists() => (Vec::new(), Vec::new(), None),
         _ => {
             let mut db = Database::open(url, Open::Existing).await?;
-            (db.applied().await?, db.applied_repeatable().await?)
+            let h = migrator::adopt::history(&mut db, files).await?;
+            (h.applied, h.repeatable, h.adoption)
         }
     };
     let plan = Plan::new(files, applied, &repeatable);
     let mut text = format!("plan for {} (at {}):\n", url.display(), head_text(&plan));
+    if let Some(a) = adoption.as_ref().filter(|a| !a.adopted) {
+        text.push_str(&format!(
+            "  adopt {}'s history: record {} migration(s) it applied, without running them\n",
+            a.tool.name(),
+            a.files.len() + a.repeatable.len()
+        ));
+    }
     let phases = plan.phases();
     for phase in &phases {
         match phase {
@@ -1078,6 +1092,7 @@ async fn dry_run(
         "dry_run": true,
         "head": plan.head(),
         "pending": plan.batch().into_iter().map(applied_json).collect::<Vec<_>>(),
+        "adopt": adoption.as_ref().filter(|a| !a.adopted).map(|a| json!({ "tool": a.tool, "table": a.tool.table(), "migrations": a.files.len() + a.repeatable.len() })),
         "drift": plan.drift,
         "lint": warnings,
     });

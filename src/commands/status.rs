@@ -14,13 +14,15 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
     let url = database_url(settings)?;
     let files = migrator::discover(&settings.migrations)?;
     let missing_file = matches!(&url, DatabaseUrl::Sqlite(p) if !p.exists());
-    let (applied, applied_repeatable, progress) = if missing_file {
-        (Vec::new(), Vec::new(), Default::default())
+    let (applied, applied_repeatable, adoption, progress) = if missing_file {
+        (Vec::new(), Vec::new(), None, Default::default())
     } else {
         let mut db = Database::open(&url, Open::Existing).await?;
+        let h = migrator::adopt::history(&mut db, &files).await?;
         (
-            db.applied().await?,
-            db.applied_repeatable().await?,
+            h.applied,
+            h.repeatable,
+            h.adoption,
             db.statement_progress().await?,
         )
     };
@@ -112,6 +114,12 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
     for d in &plan.drift {
         text.push_str(&format!("drift: {d}\n"));
     }
+    if let Some(layout) = files.layout {
+        text.push_str(&format!("layout: {}\n", layout.describe()));
+    }
+    if let Some(a) = &adoption {
+        text.push_str(&format!("history: {}\n", a.describe()));
+    }
     let replaced = crate::replaced::list(settings, &url).await;
     let now = time::OffsetDateTime::now_utc();
     for (c, size) in &replaced {
@@ -134,6 +142,8 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             "pending": plan.pending.len() + plan.repeatable.len(),
             "migrations": items,
             "drift": plan.drift,
+            "layout": files.layout,
+            "other_history": adoption.as_ref().map(|a| json!({ "tool": a.tool, "table": a.tool.table(), "state": if a.adopted { "adopted" } else { "adopted at the next migrate" }, "runner_not_to_run": a.tool.runner() })),
             "replaced_copies": replaced.iter().map(|(c, size)| json!({ "name": c.name, "at": c.at, "snapshot": c.snapshot, "bytes": size })).collect::<Vec<_>>(),
         }),
         code: if plan.drift.is_empty() {

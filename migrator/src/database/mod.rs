@@ -233,6 +233,64 @@ impl Database {
 }
 
 impl Database {
+    pub fn dialect(&self) -> crate::lint::Dialect {
+        match self {
+            Database::Sqlite(_) => crate::lint::Dialect::Sqlite,
+            Database::Postgres(_) => crate::lint::Dialect::Postgres,
+        }
+    }
+
+    /// The columns of `table` (PostgreSQL: in the first schema of the search path), or `None`
+    /// when there is no such table.
+    pub async fn columns(&mut self, table: &str) -> Result<Option<Vec<String>>, Error> {
+        let ctx = |e: String| Error::db(format!("looking for the table {table}"), e);
+        let names: Vec<String> = match self {
+            Database::Sqlite(db) => db
+                .conn()
+                .prepare("SELECT name FROM pragma_table_info(?1)")
+                .and_then(|mut s| s.query_map([table], |r| r.get(0))?.collect())
+                .map_err(|e| ctx(e.to_string()))?,
+            Database::Postgres(db) => db
+                .client()
+                .query(
+                    "SELECT column_name::text FROM information_schema.columns \
+                     WHERE table_schema = current_schema() AND table_name = $1",
+                    &[&table],
+                )
+                .await
+                .map_err(|e| ctx(e.to_string()))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        };
+        Ok((!names.is_empty()).then_some(names))
+    }
+
+    /// Every row of a query, each value as text (`None` for NULL; SQLite's blobs in hex): how
+    /// another tool's history is read, whatever types its columns have.
+    pub async fn text_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, Error> {
+        let ctx = |e: String| Error::db(format!("reading `{sql}`"), e);
+        match self {
+            Database::Sqlite(db) => db.text_rows(sql).map_err(|e| ctx(e.to_string())),
+            Database::Postgres(db) => {
+                let messages = db
+                    .client()
+                    .simple_query(sql)
+                    .await
+                    .map_err(|e| ctx(e.to_string()))?;
+                Ok(messages
+                    .iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                        }
+                        _ => None,
+                    })
+                    .collect())
+            }
+        }
+    }
+
     /// How many statements of each partly applied non-transactional file completed, by
     /// version (empty when none is).
     pub async fn statement_progress(

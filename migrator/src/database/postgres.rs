@@ -127,18 +127,32 @@ impl Session {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// Records `files` as applied without running them: versioned files in the history table,
+    /// repeatable ones in dbward's, in one transaction.
     pub async fn record(&mut self, files: &[&MigrationFile]) -> Result<(), Error> {
         let c = &self.conn.client();
-        let ctx = |e: tokio_postgres::Error| Error::db("recording the baseline", e);
+        let ctx = |e: tokio_postgres::Error| Error::db("recording migrations as applied", e);
         in_transaction(c, "BEGIN", ctx, async {
             c.batch_execute(history::CREATE).await.map_err(ctx)?;
+            if files.iter().any(|f| f.kind == Kind::Repeatable) {
+                c.batch_execute(history::CREATE_REPEATABLE)
+                    .await
+                    .map_err(ctx)?;
+            }
+            widen(c, files).await?;
             dbconn::identity::ensure_pg(c).await?;
             for f in files {
-                c.execute(
-                    history::INSERT_PG,
-                    &history::values(f.version, &f.name, f.checksum).as_params(),
-                )
-                .await
+                let v = history::values(f.version, &f.name, f.checksum);
+                match f.kind {
+                    Kind::Versioned => c.execute(history::INSERT_PG, &v.as_params()).await,
+                    Kind::Repeatable => {
+                        c.execute(
+                            history::UPSERT_REPEATABLE_PG,
+                            &[&v.name, &v.applied_on, &v.checksum],
+                        )
+                        .await
+                    }
+                }
                 .map_err(ctx)?;
             }
             Ok(())
@@ -163,6 +177,7 @@ impl Session {
             .await
             .map_err(ctx)?;
             c.batch_execute(history::CREATE).await.map_err(ctx)?;
+            widen(c, batch).await?;
             if batch.iter().any(|f| f.kind == Kind::Repeatable) {
                 c.batch_execute(history::CREATE_REPEATABLE)
                     .await
@@ -250,6 +265,7 @@ impl Session {
         ))
         .await
         .map_err(ctx)?;
+        widen(c, &[f]).await?;
         dbconn::identity::ensure_pg(c).await?;
         let schema = own_schema(c).await?;
         let progress = format!(
@@ -540,6 +556,17 @@ async fn record_file(
         Ok(())
     })
     .await
+}
+
+/// Widens the history table's versions to BIGINT when one of `files` needs it
+/// ([`history::WIDEN_PG`]), in the transaction that records them.
+async fn widen(c: &tokio_postgres::Client, files: &[&MigrationFile]) -> Result<(), Error> {
+    if history::needs_wide(files.iter().map(|f| f.version)) {
+        c.batch_execute(history::WIDEN_PG)
+            .await
+            .map_err(|e| Error::db("widening the history table's versions to BIGINT", e))?;
+    }
+    Ok(())
 }
 
 /// Runs `body` in a transaction on `c`: `begin` (a `BEGIN`, with what must run first in the same

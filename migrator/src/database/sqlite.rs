@@ -118,19 +118,28 @@ impl Sqlite {
     }
 
     pub fn record(&mut self, files: &[&MigrationFile]) -> Result<(), Error> {
-        let ctx = |e: rusqlite::Error| Error::db("recording the baseline", e);
+        let ctx = |e: rusqlite::Error| Error::db("recording migrations as applied", e);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(ctx)?;
         tx.execute_batch(history::CREATE).map_err(ctx)?;
+        if files.iter().any(|f| f.kind == Kind::Repeatable) {
+            tx.execute_batch(history::CREATE_REPEATABLE).map_err(ctx)?;
+        }
         dbconn::identity::ensure_sqlite(&tx)?;
         for f in files {
             let v = history::values(f.version, &f.name, f.checksum);
-            tx.execute(
-                history::INSERT_SQLITE,
-                rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
-            )
+            match f.kind {
+                Kind::Versioned => tx.execute(
+                    history::INSERT_SQLITE,
+                    rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
+                ),
+                Kind::Repeatable => tx.execute(
+                    history::UPSERT_REPEATABLE_SQLITE,
+                    rusqlite::params![v.name, v.applied_on, v.checksum],
+                ),
+            }
             .map_err(ctx)?;
         }
         tx.commit().map_err(ctx)
@@ -195,6 +204,32 @@ impl Sqlite {
 }
 
 impl Sqlite {
+    /// Every row of `sql`, each value as text (NULL as `None`, a blob in hex).
+    pub(crate) fn text_rows(&self, sql: &str) -> rusqlite::Result<Vec<Vec<Option<String>>>> {
+        use rusqlite::types::ValueRef;
+        let mut stmt = self.conn.prepare(sql)?;
+        let n = stmt.column_count();
+        let rows = stmt.query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        ValueRef::Null => None,
+                        ValueRef::Integer(v) => Some(v.to_string()),
+                        ValueRef::Real(v) => Some(v.to_string()),
+                        ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+                        ValueRef::Blob(b) => Some(b.iter().map(|x| format!("{x:02x}")).collect()),
+                    })
+                })
+                .collect()
+        })?;
+        rows.collect()
+    }
+
+    /// The table names of the database's own columns query ([`super::Database::columns`]).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Rows of `sql` (version, count) over the progress table; none when it does not exist.
     pub(crate) fn progress(
         &self,
