@@ -63,6 +63,10 @@ if ! command -v sqlx >/dev/null; then
   cargo install sqlx-cli --version 0.9.0 --locked --no-default-features --features rustls,postgres,sqlite --quiet
 fi
 command -v dbmate >/dev/null || { log "installing dbmate"; npm install -g --silent dbmate@2.36.0; }
+if ! command -v refinery >/dev/null; then
+  log "installing refinery_cli"
+  cargo install refinery_cli --version 0.10.0 --locked --no-default-features --features postgresql,sqlite-bundled --quiet
+fi
 
 # Every test server keeps its files under this run's own directory (tests/it/common: server_dir),
 # so the cleanup ends exactly the servers a killed test process left (Drop did not run), and

@@ -496,6 +496,9 @@ pub struct BatchFile {
     pub version: i64,
     pub name: String,
     pub checksum: String,
+    /// A version with parts, as written (Flyway's `1.1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_text: Option<String>,
 }
 
 impl FailedBatch {
@@ -530,15 +533,20 @@ impl BatchFile {
                 migrator::Kind::Repeatable => format!("R__{}", f.name),
             },
             checksum: f.checksum.to_string(),
+            version_text: f.version_text.clone(),
         }
     }
 
-    /// `V3 add_orders` or `R__views`.
+    /// `V3 add_orders`, `V1.1 fix` or `R__views`.
     pub fn label(&self) -> String {
         if self.version == 0 && self.name.starts_with("R__") {
             self.name.clone()
         } else {
-            format!("V{} {}", self.version, self.name)
+            format!(
+                "{} {}",
+                dbconn::history::label(self.version, self.version_text.as_deref()),
+                self.name
+            )
         }
     }
 }

@@ -9,12 +9,87 @@ use crate::error::Error;
 /// One row of `refinery_schema_history`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Applied {
+    /// The row's key: the version itself when it is a whole number, else [`dotted_key`].
     pub version: i64,
     pub name: String,
     pub applied_on: String,
     /// refinery's checksum, stored as decimal text (and shown as text: JSON numbers lose u64s).
     #[serde(serialize_with = "as_text")]
     pub checksum: u64,
+    /// A version with parts (Flyway's `1.1`), as written: the column `version_text`, which
+    /// only a history holding one has.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_text: Option<String>,
+}
+
+/// A version as it is ordered: its parts (`1.10.2` is [1, 10, 2]; a whole number one part).
+pub fn order(version: i64, text: Option<&str>) -> Vec<u64> {
+    match text {
+        Some(t) => t
+            .split('.')
+            .map(|p| p.parse().unwrap_or(u64::MAX))
+            .collect(),
+        None => vec![u64::try_from(version).unwrap_or(0)],
+    }
+}
+
+/// How a version is shown: `V12`, `V1.1`.
+pub fn label(version: i64, text: Option<&str>) -> String {
+    match text {
+        Some(t) => format!("V{t}"),
+        None => format!("V{version}"),
+    }
+}
+
+/// The parts of a Flyway version as Flyway compares them: `_` and `.` separate parts, each a
+/// whole number (leading zeros do not count), trailing zero parts dropped (`1.0` is `1`).
+/// `None` unless every part is digits.
+pub fn version_parts(text: &str) -> Option<Vec<u64>> {
+    let mut parts = Vec::new();
+    for p in text.split(['.', '_']) {
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        parts.push(p.parse().ok()?);
+    }
+    while parts.len() > 1 && parts.last() == Some(&0) {
+        parts.pop();
+    }
+    Some(parts)
+}
+
+/// A version with parts as the history keys it: a number below zero, from SipHash-1-3 (zero
+/// keys) of its parts joined by `.` (stable across releases), never a whole number's key.
+/// Order is not in the key; it is in `version_text` ([`order`]). Two versions with one key
+/// would be refused where the folder is read.
+pub fn dotted_key(parts: &[u64]) -> i64 {
+    use std::hash::Hasher;
+    let text = parts
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(".");
+    let mut h = siphasher::sip::SipHasher13::new();
+    h.write(text.as_bytes());
+    -1 - (h.finish() >> 2) as i64
+}
+
+/// The newest applied migration of a history: the database's schema version. Versions with
+/// parts are ordered by them, so the answer is the same wherever the history is read.
+pub fn newest(rows: &[Applied]) -> Option<&Applied> {
+    rows.iter()
+        .max_by_key(|a| order(a.version, a.version_text.as_deref()))
+}
+
+impl Applied {
+    /// `V12 name`, `V1.1 name`.
+    pub fn label(&self) -> String {
+        format!(
+            "{} {}",
+            label(self.version, self.version_text.as_deref()),
+            self.name
+        )
+    }
 }
 
 fn as_text<S: serde::Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -28,6 +103,20 @@ pub struct Head {
     pub version: i64,
     pub name: String,
     pub checksum: String,
+    /// A version with parts, as written (Flyway's `1.1`); absent for a whole number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_text: Option<String>,
+}
+
+impl Head {
+    /// `V12 name`, `V1.1 name`.
+    pub fn label(&self) -> String {
+        format!(
+            "{} {}",
+            label(self.version, self.version_text.as_deref()),
+            self.name
+        )
+    }
 }
 
 impl Applied {
@@ -36,6 +125,7 @@ impl Applied {
             version: self.version,
             name: self.name.clone(),
             checksum: self.checksum.to_string(),
+            version_text: self.version_text.clone(),
         }
     }
 }
@@ -78,6 +168,37 @@ pub fn needs_wide(mut versions: impl Iterator<Item = i64>) -> bool {
 
 pub const SELECT: &str = "SELECT CAST(version AS BIGINT), name, applied_on, checksum \
                           FROM refinery_schema_history ORDER BY version ASC";
+
+/// [`SELECT`] with `version_text`, on PostgreSQL whether or not the table has that column yet
+/// (a row as JSON has no such key then: NULL).
+pub const SELECT_PG: &str =
+    "SELECT CAST(version AS BIGINT), name, applied_on, checksum, to_jsonb(h)->>'version_text' \
+     FROM refinery_schema_history h ORDER BY version ASC";
+
+/// [`SELECT`] with `version_text`, for a SQLite table that has the column.
+pub const SELECT_WITH_TEXT: &str =
+    "SELECT CAST(version AS BIGINT), name, applied_on, checksum, version_text \
+     FROM refinery_schema_history ORDER BY version ASC";
+
+/// The column a version with parts needs, added in the transaction that first records one
+/// (older histories, and histories of whole numbers only, never get it). Then each such row's
+/// text ([`SET_TEXT_SQLITE`], [`set_text_pg_in`]). PostgreSQL: [`add_text_pg_in`].
+pub fn add_text_pg_in(schema: &str) -> String {
+    format!(
+        "ALTER TABLE {}.refinery_schema_history ADD COLUMN IF NOT EXISTS version_text VARCHAR(255)",
+        crate::sql::ident(schema)
+    )
+}
+pub const ADD_TEXT_SQLITE: &str =
+    "ALTER TABLE refinery_schema_history ADD COLUMN version_text VARCHAR(255)";
+pub const SET_TEXT_SQLITE: &str =
+    "UPDATE refinery_schema_history SET version_text = ?2 WHERE version = ?1";
+pub fn set_text_pg_in(schema: &str) -> String {
+    format!(
+        "UPDATE {}.refinery_schema_history SET version_text = $2 WHERE version = $1",
+        crate::sql::ident(schema)
+    )
+}
 
 pub const INSERT_PG: &str =
     "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
@@ -146,6 +267,7 @@ pub fn row(
     name: Option<String>,
     applied_on: Option<String>,
     checksum: Option<String>,
+    version_text: Option<String>,
 ) -> Result<Applied, Error> {
     let checksum = checksum.unwrap_or_default();
     let checksum = checksum.parse().map_err(|_| {
@@ -159,6 +281,7 @@ pub fn row(
         name: name.unwrap_or_default(),
         applied_on: applied_on.unwrap_or_default(),
         checksum,
+        version_text,
     })
 }
 

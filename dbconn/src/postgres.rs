@@ -176,10 +176,10 @@ pub async fn applied_on(client: &Client) -> Result<Vec<Applied>, Error> {
         return Ok(Vec::new());
     }
     let rows = client
-        .query(history::SELECT, &[])
+        .query(history::SELECT_PG, &[])
         .await
         .map_err(|e| Error::db("reading the migration history", e))?;
     rows.iter()
-        .map(|r| history::row(r.get(0), r.get(1), r.get(2), r.get(3)))
+        .map(|r| history::row(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect()
 }

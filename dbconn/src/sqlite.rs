@@ -172,15 +172,36 @@ pub fn applied_on(conn: &Connection) -> Result<Vec<Applied>, Error> {
     if !table_exists(conn, history::TABLE).map_err(ctx)? {
         return Ok(Vec::new());
     }
-    let mut stmt = conn.prepare(history::SELECT).map_err(ctx)?;
+    let select = if has_version_text(conn).map_err(ctx)? {
+        history::SELECT_WITH_TEXT
+    } else {
+        history::SELECT
+    };
+    let mut stmt = conn.prepare(select).map_err(ctx)?;
     let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_map([], |r| {
+            let text = if r.as_ref().column_count() > 4 {
+                r.get(4)?
+            } else {
+                None
+            };
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, text))
+        })
         .map_err(ctx)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(ctx)?;
     rows.into_iter()
-        .map(|(v, n, a, c)| history::row(v, n, a, c))
+        .map(|(v, n, a, c, t)| history::row(v, n, a, c, t))
         .collect()
+}
+
+/// Whether the history table has the `version_text` column (a version with parts was recorded).
+pub fn has_version_text(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('refinery_schema_history') WHERE name = 'version_text'",
+        [],
+        |r| r.get(0),
+    )
 }
 
 /// Whether the database has tables of its own (not only dbward's and refinery's).

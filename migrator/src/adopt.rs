@@ -98,13 +98,24 @@ impl Tool {
     }
 }
 
+/// Where another tool's history stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Standing {
+    /// dbward's history is empty: `migrate` records the tool's files in it first.
+    Pending,
+    /// dbward's history holds rows: adopted earlier (or a leftover); only reported.
+    Adopted,
+    /// A table of that name, but the folder is not in the tool's layout (another tool's
+    /// table, such as Rails' `schema_migrations`, or a folder that moved on): only reported.
+    Unrelated,
+}
+
 /// Another tool's history in the database.
 #[derive(Debug)]
 pub struct Adoption<'a> {
     pub tool: Tool,
-    /// Whether dbward's history already holds rows: then the tool's table is only reported
-    /// (adopted earlier, or a leftover), and `files` is empty.
-    pub adopted: bool,
+    pub standing: Standing,
     /// The versioned files the tool applied, by version.
     pub files: Vec<&'a MigrationFile>,
     /// Repeatable files the tool applied with the text they have now (Flyway): not run again.
@@ -123,6 +134,7 @@ impl Adoption<'_> {
                 name: f.name.clone(),
                 applied_on: on.clone(),
                 checksum: f.checksum,
+                version_text: f.version_text.clone(),
             })
             .collect();
         let repeatable = self
@@ -140,21 +152,26 @@ impl Adoption<'_> {
     /// What `status` says of it.
     pub fn describe(&self) -> String {
         let t = self.tool;
-        if self.adopted {
-            format!(
+        match self.standing {
+            Standing::Adopted => format!(
                 "{}'s history ({}) is left as it was: dbward is this database's runner now; do not run {} against it",
                 t.name(),
                 t.table(),
                 t.runner()
-            )
-        } else {
-            format!(
+            ),
+            Standing::Pending => format!(
                 "{}'s history ({}): {} migration(s) applied by {}, adopted into dbward's history at the next `dbward migrate` (the table is left as it was)",
                 t.name(),
                 t.table(),
                 self.files.len() + self.repeatable.len(),
                 t.name()
-            )
+            ),
+            Standing::Unrelated => format!(
+                "a table named like {}'s history ({}) is there, but the migrations folder is not in {}'s layout: not adopted, left alone",
+                t.name(),
+                t.table(),
+                t.name()
+            ),
         }
     }
 }
@@ -170,7 +187,9 @@ pub struct History<'a> {
 impl History<'_> {
     /// Another tool's history that `migrate` records into dbward's before anything runs.
     pub fn to_adopt(&self) -> Option<&Adoption<'_>> {
-        self.adoption.as_ref().filter(|a| !a.adopted)
+        self.adoption
+            .as_ref()
+            .filter(|a| a.standing == Standing::Pending)
     }
 }
 
@@ -179,7 +198,7 @@ pub async fn history<'a>(db: &mut Database, files: &'a Migrations) -> Result<His
     let repeatable = db.applied_repeatable().await?;
     let adoption = find(db, files, !applied.is_empty() || !repeatable.is_empty()).await?;
     match &adoption {
-        Some(a) if !a.adopted => {
+        Some(a) if a.standing == Standing::Pending => {
             let (applied, repeatable) = a.as_applied();
             Ok(History {
                 applied,
@@ -226,16 +245,24 @@ pub async fn find<'a>(
             }
         }
     }
-    let Some(&tool) = found.first() else {
+    let Some(&first) = found.first() else {
         return Ok(None);
     };
-    if own_rows {
-        return Ok(Some(Adoption {
+    let reported = |tool, standing| {
+        Ok(Some(Adoption {
             tool,
-            adopted: true,
+            standing,
             files: Vec::new(),
             repeatable: Vec::new(),
-        }));
+        }))
+    };
+    // Only a tool that writes the folder's layout can have run its files.
+    found.retain(|t| files.layout.is_some_and(|l| t.layouts().contains(&l)));
+    let Some(&tool) = found.first() else {
+        return reported(first, Standing::Unrelated);
+    };
+    if own_rows {
+        return reported(tool, Standing::Adopted);
     }
     let refuse = |message: String| Error::Adopt {
         tool: tool.name(),
@@ -248,17 +275,8 @@ pub async fn find<'a>(
             .map(|t| format!("{}'s {}", t.name(), t.table()))
             .collect();
         return Err(refuse(format!(
-            "the database holds the histories of {}, and dbward cannot tell which one is true. Drop the table of the tool that no longer runs (after checking it is stale), then run dbward again",
+            "the database holds the histories of {}, both tools that write this folder's layout, and dbward cannot tell which one is true. Once you have checked which one is stale, drop its table yourself (dbward never drops a table it did not create), then run dbward again",
             names.join(" and ")
-        )));
-    }
-    if !files.layout.is_some_and(|l| tool.layouts().contains(&l)) {
-        return Err(refuse(format!(
-            "the migrations folder is {}, not the layout {} writes ({}). Point `database.migrations` at the folder {} ran",
-            files.layout.map_or("empty", |l| l.describe()),
-            tool.name(),
-            tool.layouts().iter().map(|l| l.describe()).collect::<Vec<_>>().join(" or "),
-            tool.name()
         )));
     }
     let dialect = db.dialect();
@@ -393,12 +411,19 @@ async fn flyway(db: &mut Database, h: &mut Kept) -> Result<(), Fault> {
     Ok(())
 }
 
+/// A Flyway version as the folder's files are keyed ([`crate::layout`]): a whole number, or
+/// the key of a version with parts.
 fn flyway_version(v: &str) -> Result<i64, Fault> {
-    v.parse().map_err(|_| {
+    let parts = dbconn::history::version_parts(v.trim()).ok_or_else(|| {
         Fault::Refused(format!(
-            "Flyway version {v} has parts (a dotted version): dbward's history keeps whole-number versions, so this history cannot be adopted yet"
+            "Flyway version `{v}` is not whole numbers separated by `.`"
         ))
-    })
+    })?;
+    match parts[..] {
+        [whole] => i64::try_from(whole)
+            .map_err(|_| Fault::Refused(format!("Flyway version {v} is larger than {}", i64::MAX))),
+        _ => Ok(dbconn::history::dotted_key(&parts)),
+    }
 }
 
 fn number(v: &Option<String>) -> Result<i64, Fault> {
@@ -435,7 +460,10 @@ fn map(tool: Tool, h: Kept, files: &Migrations) -> Result<Option<Adoption<'_>>, 
                 tool.name()
             ));
         }
-        applied.extend(by_version.range(..=up_to).map(|(_, f)| *f));
+        let limit = by_version
+            .get(&up_to)
+            .map_or_else(|| dbconn::history::order(up_to, None), |f| f.order());
+        applied.extend(files.versioned.iter().filter(|f| f.order() <= limit));
     }
     let mut missing = BTreeSet::new();
     for (version, kept) in &h.versions {
@@ -475,7 +503,7 @@ fn map(tool: Tool, h: Kept, files: &Migrations) -> Result<Option<Adoption<'_>>, 
             tool.name()
         ));
     }
-    applied.sort_by_key(|f| f.version);
+    applied.sort_by_key(|f| f.order());
     let repeatable = files
         .repeatable
         .iter()
@@ -487,7 +515,7 @@ fn map(tool: Tool, h: Kept, files: &Migrations) -> Result<Option<Adoption<'_>>, 
         .collect();
     Ok(Some(Adoption {
         tool,
-        adopted: false,
+        standing: Standing::Pending,
         files: applied,
         repeatable,
     }))

@@ -52,8 +52,13 @@ impl Layout {
 pub enum Named<'a> {
     /// Not a migration (a README, a down part, diesel's `metadata.toml`): not read.
     Other,
-    /// `V<version>__<name>.sql`.
-    Versioned { version: i64, name: &'a str },
+    /// `V<version>__<name>.sql`; `text` for a version with parts (Flyway's `V1.1__`, `V1_1__`),
+    /// whose `version` is then its key ([`dbconn::history::dotted_key`]).
+    Versioned {
+        version: i64,
+        name: &'a str,
+        text: Option<String>,
+    },
     /// `R__<name>.sql`.
     Repeatable { name: &'a str },
     /// A file of another tool's layout: [`Layout::Sqlx`] here stands for every
@@ -182,26 +187,43 @@ fn dbward(stem: &str) -> Result<Named<'_>, String> {
     let (digits, name) = rest
         .split_once("__")
         .ok_or_else(|| format!("no `__` between version and name; {V}"))?;
-    if digits.contains(['.', '_'])
-        && digits
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'_')
-    {
-        return Err(format!(
-            "version `{digits}` has parts (Flyway's dotted versions): dbward's history keeps whole-number versions, so a folder with dotted versions cannot be adopted yet; rename it to a whole-number version before the first dbward migrate"
-        ));
-    }
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("version `{digits}` is not a whole number; {V}"));
-    }
     if !name_ok(name) {
         return Err(format!(
             "name `{name}` has characters other than letters, digits and `_`; {V}"
         ));
     }
+    if digits.contains(['.', '_']) {
+        // Flyway's versions with parts: `1.1`, `1_1`, `2.0.1`.
+        let parts = dbconn::history::version_parts(digits).ok_or_else(|| {
+            format!("version `{digits}` is not whole numbers separated by `.` or `_`; {V}")
+        })?;
+        return Ok(match parts[..] {
+            [whole] => Named::Versioned {
+                version: i64::try_from(whole)
+                    .map_err(|_| format!("version {digits} is larger than {}", i64::MAX))?,
+                name,
+                text: None,
+            },
+            _ => Named::Versioned {
+                version: dbconn::history::dotted_key(&parts),
+                name,
+                text: Some(
+                    parts
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join("."),
+                ),
+            },
+        });
+    }
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("version `{digits}` is not a whole number; {V}"));
+    }
     Ok(Named::Versioned {
         version: version(digits)?,
         name,
+        text: None,
     })
 }
 
@@ -304,14 +326,16 @@ mod tests {
             named("V1__init.sql"),
             Ok(Named::Versioned {
                 version: 1,
-                name: "init"
+                name: "init",
+                text: None
             })
         );
         assert_eq!(
             named("V0012__add_users_2.sql"),
             Ok(Named::Versioned {
                 version: 12,
-                name: "add_users_2"
+                name: "add_users_2",
+                text: None
             })
         );
         assert_eq!(
@@ -355,7 +379,8 @@ mod tests {
             "V1_init.sql",
             "v1__init.sql",
             "V__init.sql",
-            "V1.1__x.sql",
+            "V1..1__x.sql",
+            "V1.a__x.sql",
             "V1__.sql",
             "U1__x.sql",
             "init.sql",
@@ -367,7 +392,18 @@ mod tests {
         ] {
             assert!(named(bad).is_err(), "{bad} must be refused");
         }
-        assert!(named("V1.1__x.sql").unwrap_err().contains("dotted"));
+        // Flyway's versions with parts: `_` is `.`, trailing zero parts do not count.
+        let dotted = |p| match named(p).unwrap() {
+            Named::Versioned { version, text, .. } => (version, text),
+            other => panic!("{other:?}"),
+        };
+        let (key, text) = dotted("V1.1__x.sql");
+        assert_eq!(text.as_deref(), Some("1.1"));
+        assert!(key < 0, "a key no whole number has");
+        assert_eq!(dotted("V1_1__x.sql"), (key, text.clone()));
+        assert_eq!(dotted("V1.1.0__x.sql"), (key, text));
+        assert_eq!(dotted("V01.10__x.sql").1.as_deref(), Some("1.10"));
+        assert_eq!(dotted("V2.0__x.sql"), (2, None), "2.0 is version 2");
     }
 
     #[test]

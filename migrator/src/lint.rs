@@ -1263,6 +1263,7 @@ CREATE TABLE "commit" (id int);
         MigrationFile {
             path: "V1__x.sql".into(),
             version: 1,
+            version_text: None,
             name: "x".into(),
             sql: sql.into(),
             text: sql.into(),

@@ -14,6 +14,7 @@ impl crate::source::MigrationFile {
             version: self.version,
             name: self.name.clone(),
             checksum: self.checksum.to_string(),
+            version_text: self.version_text.clone(),
         }
     }
 }
@@ -29,12 +30,18 @@ pub enum Drift {
         file: PathBuf,
     },
     /// Applied, but no file has this version any more.
-    Missing { version: i64, name: String },
+    Missing {
+        version: i64,
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        version_text: Option<String>,
+    },
     /// Not applied, with a version below the newest applied one (a late merge).
     OutOfOrder {
         version: i64,
         file: PathBuf,
-        newest_applied: i64,
+        /// How the newest applied version is shown (`V12`, `V1.1`).
+        newest_applied: String,
     },
 }
 
@@ -42,8 +49,8 @@ impl std::fmt::Display for Drift {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Drift::Changed { file, .. } => write!(f, "{}: changed since it was applied (checksum differs)", file.display()),
-            Drift::Missing { version, name } => write!(f, "V{version}__{name}.sql: applied, but missing from the migrations folder"),
-            Drift::OutOfOrder { file, newest_applied, .. } => write!(f, "{}: not applied, but older than the newest applied migration V{newest_applied} (merged late)", file.display()),
+            Drift::Missing { version, name, version_text } => write!(f, "{}__{name}.sql: applied, but missing from the migrations folder", dbconn::history::label(*version, version_text.as_deref())),
+            Drift::OutOfOrder { file, newest_applied, .. } => write!(f, "{}: not applied, but older than the newest applied migration {newest_applied} (merged late)", file.display()),
         }
     }
 }
@@ -121,7 +128,7 @@ impl<'a> Plan<'a> {
     }
 
     fn versioned(files: &'a [MigrationFile], mut applied: Vec<Applied>) -> Plan<'a> {
-        applied.sort_by_key(|a| a.version);
+        applied.sort_by_key(|a| dbconn::history::order(a.version, a.version_text.as_deref()));
         let by_version: BTreeMap<i64, &MigrationFile> =
             files.iter().map(|f| (f.version, f)).collect();
         let mut drift = Vec::new();
@@ -136,21 +143,29 @@ impl<'a> Plan<'a> {
                 None => drift.push(Drift::Missing {
                     version: a.version,
                     name: a.name.clone(),
+                    version_text: a.version_text.clone(),
                 }),
             }
         }
-        let newest = applied.last().map(|a| a.version);
+        let newest = applied.last();
         let mut pending = Vec::new();
         for f in files {
             if applied.iter().any(|a| a.version == f.version) {
                 continue;
             }
             match newest {
-                Some(n) if f.version < n => drift.push(Drift::OutOfOrder {
-                    version: f.version,
-                    file: f.path.clone(),
-                    newest_applied: n,
-                }),
+                Some(n)
+                    if f.order() < dbconn::history::order(n.version, n.version_text.as_deref()) =>
+                {
+                    drift.push(Drift::OutOfOrder {
+                        version: f.version,
+                        file: f.path.clone(),
+                        newest_applied: dbconn::history::label(
+                            n.version,
+                            n.version_text.as_deref(),
+                        ),
+                    })
+                }
                 _ => pending.push(f),
             }
         }
@@ -176,6 +191,7 @@ mod tests {
         MigrationFile {
             path: format!("V{version}__m.sql").into(),
             version,
+            version_text: None,
             name: "m".into(),
             sql: "select 1".into(),
             text: "select 1".into(),
@@ -192,6 +208,7 @@ mod tests {
             name: "m".into(),
             applied_on: String::new(),
             checksum,
+            version_text: None,
         }
     }
 
@@ -228,14 +245,50 @@ mod tests {
                 },
                 Drift::Missing {
                     version: 4,
-                    name: "m".into()
+                    name: "m".into(),
+                    version_text: None
                 },
                 Drift::OutOfOrder {
                     version: 3,
                     file: "V3__m.sql".into(),
-                    newest_applied: 5
+                    newest_applied: "V5".into()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn versions_with_parts_are_ordered_by_their_parts() {
+        let dotted = |text: &str, checksum: u64| {
+            let parts: Vec<u64> = text.split('.').map(|p| p.parse().unwrap()).collect();
+            let mut f = file(dbconn::history::dotted_key(&parts), checksum);
+            f.version_text = Some(text.into());
+            f
+        };
+        let mut files = vec![file(1, 1), dotted("1.10", 3), dotted("1.9", 2), file(2, 4)];
+        files.sort_by_key(|f| f.order());
+        let mut a19 = applied(files[1].version, 2);
+        a19.version_text = Some("1.9".into());
+        // Applied: 1 and 1.9 (read back in key order, which is not version order).
+        let plan = Plan::versioned(&files, vec![a19, applied(1, 1)]);
+        assert_eq!(plan.head().unwrap().version_text.as_deref(), Some("1.9"));
+        assert!(plan.drift.is_empty(), "{:?}", plan.drift);
+        assert_eq!(
+            plan.pending.iter().map(|f| f.label()).collect::<Vec<_>>(),
+            ["V1.10 m", "V2 m"]
+        );
+        // 1.10 applied, then a 1.5 appears: merged late.
+        let mut a110 = applied(files[2].version, 3);
+        a110.version_text = Some("1.10".into());
+        let mut late = files.clone();
+        late.insert(2, dotted("1.5", 9));
+        let mut a19 = applied(files[1].version, 2);
+        a19.version_text = Some("1.9".into());
+        let plan = Plan::versioned(&late, vec![applied(1, 1), a110, a19]);
+        assert!(
+            matches!(&plan.drift[..], [Drift::OutOfOrder { newest_applied, .. }] if newest_applied == "V1.10"),
+            "{:?}",
+            plan.drift
         );
     }
 

@@ -59,8 +59,11 @@ pub(crate) fn list<T: std::fmt::Display>(items: &[T]) -> String {
 #[derive(Debug, Clone)]
 pub struct MigrationFile {
     pub path: PathBuf,
-    /// The version of a versioned file; 0 for a repeatable one.
+    /// The version of a versioned file (a version with parts: its key,
+    /// [`dbconn::history::dotted_key`]); 0 for a repeatable one.
     pub version: i64,
+    /// A version with parts as written (Flyway's `1.1`); `None` for a whole number.
+    pub version_text: Option<String>,
     pub name: String,
     /// What runs: the up part ([`layout::sections`]; the whole file in most layouts).
     pub sql: String,
@@ -113,10 +116,20 @@ impl MigrationFile {
         (line, col)
     }
 
-    /// `V3 add_orders` or `R__refresh_views`: how the migration is named in a short list.
+    /// How the version is ordered ([`dbconn::history::order`]).
+    pub fn order(&self) -> Vec<u64> {
+        dbconn::history::order(self.version, self.version_text.as_deref())
+    }
+
+    /// `V3 add_orders`, `V1.1 fix` or `R__refresh_views`: how the migration is named in a
+    /// short list.
     pub fn label(&self) -> String {
         match self.kind {
-            Kind::Versioned => format!("V{} {}", self.version, self.name),
+            Kind::Versioned => format!(
+                "{} {}",
+                dbconn::history::label(self.version, self.version_text.as_deref()),
+                self.name
+            ),
             Kind::Repeatable => format!("R__{}", self.name),
         }
     }
@@ -175,14 +188,16 @@ pub fn discover(dir: &Path) -> Result<Migrations, SourceError> {
         )
         },
     ));
-    files.sort_by_key(|f| f.version);
+    files.sort_by_key(|f| f.order());
     problems.extend(same_key(
         &files,
         |f| f.version,
         |f, before| {
             format!(
                 "version {} is also used by {}; every migration needs its own version",
-                f.version,
+                f.version_text
+                    .clone()
+                    .unwrap_or_else(|| f.version.to_string()),
                 before.path.display()
             )
         },
@@ -264,9 +279,15 @@ fn read_one(path: &Path) -> Result<Option<MigrationFile>, String> {
             "contains a NUL byte at offset {at}; SQLite would silently stop reading the file there. Remove it (a file saved as UTF-16, or binary data pasted in?)"
         ));
     }
+    let mut version_text = None;
     let (version, name, kind, layout, sql) = match named {
         Named::Other => return Ok(None),
-        Named::Versioned { version, name } => {
+        Named::Versioned {
+            version,
+            name,
+            text: dotted,
+        } => {
+            version_text = dotted;
             (version, name, Kind::Versioned, Layout::Dbward, text.clone())
         }
         Named::Repeatable { name } => (0, name, Kind::Repeatable, Layout::Dbward, text.clone()),
@@ -293,6 +314,7 @@ fn read_one(path: &Path) -> Result<Option<MigrationFile>, String> {
     Ok(Some(MigrationFile {
         path: path.to_path_buf(),
         version,
+        version_text,
         name: name.to_string(),
         sql,
         text,

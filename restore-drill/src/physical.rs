@@ -205,7 +205,7 @@ async fn check_copy(checks: &mut Checks, r: &Running, live: &PgUrl, opts: &Drill
                                 h.version, h.name
                             )))
                         }
-                        (Some(h), _) => format!("V{} {}", h.version, h.name),
+                        (Some(h), _) => h.label(),
                     };
                     Ok(((), detail))
                 })

@@ -182,10 +182,7 @@ impl Restored {
     }
 
     pub async fn head(&self) -> Result<Option<dbconn::Applied>, CheckFailure> {
-        Ok(applied_on(self.db.client())
-            .await?
-            .into_iter()
-            .max_by_key(|a| a.version))
+        Ok(dbconn::history::newest(&applied_on(self.db.client()).await?).cloned())
     }
 
     pub async fn row_counts(&self) -> Result<BTreeMap<String, u64>, CheckFailure> {

@@ -39,9 +39,7 @@ pub fn integrity(c: &Connection) -> Outcome<()> {
 }
 
 pub fn head(c: &Connection) -> Result<Option<dbconn::Applied>, CheckFailure> {
-    Ok(dbconn::sqlite::applied_on(c)?
-        .into_iter()
-        .max_by_key(|a| a.version))
+    Ok(dbconn::history::newest(&dbconn::sqlite::applied_on(c)?).cloned())
 }
 
 pub fn row_counts(c: &Connection) -> Result<BTreeMap<String, u64>, CheckFailure> {

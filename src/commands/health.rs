@@ -340,8 +340,7 @@ async fn guard_inner(
     };
     let (history, repeatable, counters_now) = read_live(&url).await?;
     let batch = batch_of(&history, &repeatable, &deploy);
-    let head = history.into_iter().max_by_key(|a| a.version);
-    let now = head.map(|h| (h.version, h.checksum.to_string()));
+    let now = dbconn::history::newest(&history).map(|h| (h.version, h.checksum.to_string()));
     let then = deploy
         .head
         .as_ref()
@@ -482,6 +481,7 @@ fn batch_of(
             version: a.version,
             name: a.name.clone(),
             checksum: a.checksum.to_string(),
+            version_text: a.version_text.clone(),
         })
         .chain(
             repeatable
@@ -491,6 +491,7 @@ fn batch_of(
                     version: 0,
                     name: format!("R__{}", r.name),
                     checksum: r.checksum.to_string(),
+                    version_text: None,
                 }),
         )
         .collect()

@@ -176,7 +176,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     let (scope, recorded) = record_committed(settings, &url, &store, &deploy).await;
     let head_text = head
         .as_ref()
-        .map(|h| format!("V{} {}", h.version, h.name))
+        .map(|h| h.label())
         .unwrap_or_else(|| "no versioned migration".into());
     tracing::info!(
         "applied {} migration(s) in {:.2}s; head is {head_text}",
@@ -842,7 +842,12 @@ fn hook_failure(
 
 fn applied_json(f: &migrator::MigrationFile) -> serde_json::Value {
     match f.kind {
-        Kind::Versioned => json!({ "version": f.version, "name": f.name, "file": f.path }),
+        Kind::Versioned => match &f.version_text {
+            None => json!({ "version": f.version, "name": f.name, "file": f.path }),
+            Some(text) => {
+                json!({ "version": f.version, "version_text": text, "name": f.name, "file": f.path })
+            }
+        },
         Kind::Repeatable => json!({ "repeatable": f.name, "file": f.path }),
     }
 }
@@ -1029,7 +1034,7 @@ fn failpoint(name: &str) -> Result<(), Failure> {
 
 fn head_text(plan: &Plan) -> String {
     plan.head()
-        .map(|h| format!("V{} {}", h.version, h.name))
+        .map(|h| h.label())
         .unwrap_or_else(|| "no migration".into())
 }
 
@@ -1049,7 +1054,10 @@ async fn dry_run(
     };
     let plan = Plan::new(files, applied, &repeatable);
     let mut text = format!("plan for {} (at {}):\n", url.display(), head_text(&plan));
-    if let Some(a) = adoption.as_ref().filter(|a| !a.adopted) {
+    if let Some(a) = adoption
+        .as_ref()
+        .filter(|a| a.standing == migrator::adopt::Standing::Pending)
+    {
         text.push_str(&format!(
             "  adopt {}'s history: record {} migration(s) it applied, without running them\n",
             a.tool.name(),
@@ -1092,7 +1100,7 @@ async fn dry_run(
         "dry_run": true,
         "head": plan.head(),
         "pending": plan.batch().into_iter().map(applied_json).collect::<Vec<_>>(),
-        "adopt": adoption.as_ref().filter(|a| !a.adopted).map(|a| json!({ "tool": a.tool, "table": a.tool.table(), "migrations": a.files.len() + a.repeatable.len() })),
+        "adopt": adoption.as_ref().filter(|a| a.standing == migrator::adopt::Standing::Pending).map(|a| json!({ "tool": a.tool, "table": a.tool.table(), "migrations": a.files.len() + a.repeatable.len() })),
         "drift": plan.drift,
         "lint": warnings,
     });

@@ -165,7 +165,7 @@ fn row(
     let head = m
         .migration_head
         .as_ref()
-        .map(|h| format!("V{} {}", h.version, h.name))
+        .map(|h| h.label())
         .unwrap_or_else(|| "-".into());
     // When this snapshot was last proven restorable (or failed to be).
     let drilled = match drill {

@@ -37,23 +37,19 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             None => "applied",
         };
         rows.push(vec![
-            a.version.to_string(),
+            shown(a.version, &a.version_text),
             a.name.clone(),
             state.into(),
             a.applied_on.clone(),
         ]);
-        items.push(json!({ "version": a.version, "name": a.name, "state": state, "applied_on": a.applied_on }));
+        items.push(json!({ "version": a.version, "version_text": a.version_text, "name": a.name, "state": state, "applied_on": a.applied_on }));
     }
     for d in &plan.drift {
         if let Drift::OutOfOrder { version, file, .. } = d {
-            let name = files
-                .versioned
-                .iter()
-                .find(|f| f.version == *version)
-                .map(|f| f.name.clone())
-                .unwrap_or_default();
+            let file_of = files.versioned.iter().find(|f| f.version == *version);
+            let name = file_of.map(|f| f.name.clone()).unwrap_or_default();
             rows.push(vec![
-                version.to_string(),
+                shown(*version, &file_of.and_then(|f| f.version_text.clone())),
                 name.clone(),
                 "out-of-order".into(),
                 String::new(),
@@ -73,12 +69,12 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             None => "pending".into(),
         };
         rows.push(vec![
-            f.version.to_string(),
+            shown(f.version, &f.version_text),
             f.name.clone(),
             state.clone(),
             String::new(),
         ]);
-        items.push(json!({ "version": f.version, "name": f.name, "state": state, "completed_statements": progress.get(&f.version), "file": f.path }));
+        items.push(json!({ "version": f.version, "version_text": f.version_text, "name": f.name, "state": state, "completed_statements": progress.get(&f.version), "file": f.path }));
     }
     for r in &files.repeatable {
         let state = if plan.repeatable.iter().any(|p| p.name == r.name) {
@@ -104,7 +100,7 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
     text.push_str(&table(&["VERSION", "NAME", "STATE", "APPLIED ON"], &rows));
     let head = plan
         .head()
-        .map(|h| format!("V{} {}", h.version, h.name))
+        .map(|h| h.label())
         .unwrap_or_else(|| "none".into());
     text.push_str(&format!(
         "head: {head}; {} pending; {} drifted\n",
@@ -143,7 +139,7 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             "migrations": items,
             "drift": plan.drift,
             "layout": files.layout,
-            "other_history": adoption.as_ref().map(|a| json!({ "tool": a.tool, "table": a.tool.table(), "state": if a.adopted { "adopted" } else { "adopted at the next migrate" }, "runner_not_to_run": a.tool.runner() })),
+            "other_history": adoption.as_ref().map(|a| json!({ "tool": a.tool, "table": a.tool.table(), "state": a.standing, "runner_not_to_run": a.tool.runner() })),
             "replaced_copies": replaced.iter().map(|(c, size)| json!({ "name": c.name, "at": c.at, "snapshot": c.snapshot, "bytes": size })).collect::<Vec<_>>(),
         }),
         code: if plan.drift.is_empty() {
@@ -152,4 +148,9 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             Exit::Refused
         },
     })
+}
+
+/// A version as the VERSION column shows it: `12`, or `1.1` for a version with parts.
+fn shown(version: i64, text: &Option<String>) -> String {
+    text.clone().unwrap_or_else(|| version.to_string())
 }

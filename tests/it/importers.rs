@@ -94,10 +94,7 @@ fn sqlx_history_is_adopted_with_its_checksums_postgres_and_sqlite() {
         "-- a new file, written the way the team did\nALTER TABLE users ADD COLUMN name text;\n",
     );
 
-    assert_eq!(
-        other_history(&p, &app)["state"],
-        "adopted at the next migrate"
-    );
+    assert_eq!(other_history(&p, &app)["state"], "pending");
     assert_eq!(migrate_applies(&p, &app), [20240103120000]);
     assert_eq!(
         pg.psql(
@@ -306,6 +303,25 @@ fn golang_migrate_goose_and_diesel_histories_as_documented() {
         ),
         "2false"
     );
+    // Two tools that write this layout: dbward cannot tell which history is true.
+    let both = golang("both_tools", false);
+    pg.psql("both_tools", "CREATE TABLE _sqlx_migrations (version bigint PRIMARY KEY, description text NOT NULL, installed_on timestamptz NOT NULL DEFAULT now(), success boolean NOT NULL, checksum bytea NOT NULL, execution_time bigint NOT NULL)");
+    refused(
+        &p,
+        &both,
+        &["sqlx's _sqlx_migrations and golang-migrate's schema_migrations"],
+    );
+    // A table named like dbmate's (Rails and others write one too) beside a folder dbmate
+    // cannot have run: left alone, and the database is built from the folder as usual.
+    let rails = pg.create_db("rails");
+    pg.psql("rails", "CREATE TABLE schema_migrations (version varchar PRIMARY KEY); INSERT INTO schema_migrations VALUES ('20240101000000');");
+    assert_eq!(other_history(&p, &rails)["state"], "unrelated");
+    let (code, _, err) = run(p.dbward(&rails).arg("migrate"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        pg.psql("rails", "SELECT count(*) FROM refinery_schema_history"),
+        "3"
+    );
     let dirty = golang("dirty", true);
     refused(
         &p,
@@ -465,17 +481,204 @@ fn flyway_history_is_adopted_with_its_crc32_checksums() {
     let failed = setup("failed", sums[0], false);
     refused(&p, &failed, &["V2__seed.sql as failed", "flyway repair"]);
 
-    // Two tools' histories: dbward cannot tell which one is true.
-    let both = setup("two_tools", sums[0], true);
-    pg.psql("two_tools", "CREATE TABLE goose_db_version (id serial, version_id bigint NOT NULL, is_applied boolean NOT NULL)");
-    refused(
-        &p,
-        &both,
-        &["Flyway's flyway_schema_history and goose's goose_db_version"],
-    );
+    // A table of another tool whose layout the folder is not in is left alone.
+    let goose_too = setup("goose_too", sums[0], true);
+    pg.psql("goose_too", "CREATE TABLE goose_db_version (id serial, version_id bigint NOT NULL, is_applied boolean NOT NULL)");
+    assert_eq!(migrate_applies(&p, &goose_too), [3]);
     // baseline would forget what Flyway knows: it points to migrate.
     let fresh = setup("fresh", sums[0], true);
     let (code, _, err) = run(p.dbward(&fresh).args(["baseline", "2"]));
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("`dbward migrate` adopts it"), "{err}");
+}
+
+#[test]
+fn flyway_versions_with_parts_are_ordered_part_by_part_and_kept_as_written() {
+    // SQLite, dbward's own folder: `_` and `.` separate parts; 1.10 comes after 1.9.
+    let p = Project::new();
+    p.migration("V1__init.sql", "CREATE TABLE t (a INTEGER);\n")
+        .migration("V1_1__eleven.sql", "INSERT INTO t VALUES (11);\n")
+        .migration("V1.10__one_ten.sql", "INSERT INTO t VALUES (110);\n")
+        .migration("V1.9__nineteen.sql", "INSERT INTO t VALUES (19);\n");
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["migrate", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let texts: Vec<serde_json::Value> = json(&out)["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["version_text"].clone())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            serde_json::Value::Null,
+            "1.1".into(),
+            "1.9".into(),
+            "1.10".into()
+        ]
+    );
+    let db = p.path().join("app.db");
+    assert_eq!(sqlite(&db, "SELECT group_concat(a) FROM t"), "11,19,110");
+    assert_eq!(
+        sqlite(&db, "SELECT group_concat(coalesce(version_text, version), ' ') FROM (SELECT * FROM refinery_schema_history ORDER BY applied_on)"),
+        "1 1.1 1.9 1.10"
+    );
+    // The head every reader computes (a snapshot's manifest here) is the newest by parts.
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["backup", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let head = &json(&out)["snapshot"]["migration_head"];
+    assert_eq!(head["version_text"], "1.10", "{out}");
+    assert_eq!(head["name"], "one_ten");
+    p.migration("V2__two.sql", "INSERT INTO t VALUES (2);\n");
+    let (code, out, err) = run(p.dbward("sqlite:app.db").args(["status"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1.10     one_ten"), "{out}");
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("migrate"));
+    assert_eq!(code, 0, "{err}");
+    p.migration("V1.5__late.sql", "INSERT INTO t VALUES (15);\n");
+    let (code, _, err) = run(p.dbward("sqlite:app.db").arg("migrate"));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("V1.5__late.sql: not applied, but older than the newest applied migration V2"),
+        "{err}"
+    );
+
+    // PostgreSQL, adopted from Flyway with a version with parts in its history.
+    let pg = Pg::start();
+    let f = Project::new();
+    write(
+        &f,
+        "V1__init.sql",
+        "CREATE TABLE orders (id int PRIMARY KEY, total numeric);\n",
+    );
+    write(&f, "V1_1__seed.sql", "INSERT INTO orders VALUES (1, 10);\n");
+    let dir = migrations(&f);
+    let sums = flyway_checksums(&[dir.join("V1__init.sql"), dir.join("V1_1__seed.sql")]);
+    pg.create_db("shop");
+    pg.psql("shop", "CREATE TABLE orders (id int PRIMARY KEY, total numeric); INSERT INTO orders VALUES (1, 10);");
+    pg.psql("shop", &format!("CREATE TABLE flyway_schema_history (installed_rank integer NOT NULL PRIMARY KEY, version varchar(50), description varchar(200) NOT NULL, type varchar(20) NOT NULL, script varchar(1000) NOT NULL, checksum integer, installed_by varchar(100) NOT NULL, installed_on timestamp NOT NULL DEFAULT now(), execution_time integer NOT NULL, success boolean NOT NULL);
+        INSERT INTO flyway_schema_history VALUES
+          (1, '1', 'init', 'SQL', 'V1__init.sql', {}, 'postgres', now(), 5, true),
+          (2, '1.1', 'seed', 'SQL', 'V1_1__seed.sql', {}, 'postgres', now(), 5, true);", sums[0], sums[1]));
+    write(
+        &f,
+        "V1.2__add_status.sql",
+        "ALTER TABLE orders ADD COLUMN status text NOT NULL DEFAULT 'new';\n",
+    );
+    write(
+        &f,
+        "V2__add_note.sql",
+        "ALTER TABLE orders ADD COLUMN note text;\n",
+    );
+    let url = pg.url("shop");
+    let (code, out, err) = run(f.dbward(&url).args(["migrate", "--json"]));
+    assert_eq!(code, 0, "{out}{err}");
+    let applied: Vec<String> = json(&out)["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a["file"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(applied, ["V1.2__add_status.sql", "V2__add_note.sql"]);
+    assert_eq!(
+        pg.psql("shop", "SELECT string_agg(coalesce(version_text, version::text), ' ' ORDER BY applied_on, version) FROM refinery_schema_history"),
+        pg.psql("shop", "SELECT '1 1.1 1.2 2'"),
+    );
+    let (code, out, _) = run(f.dbward(&url).args(["status", "--json"]));
+    assert_eq!(code, 0);
+    assert_eq!(json(&out)["head"]["name"], "add_note", "{out}");
+}
+
+/// `refinery migrate` with the real refinery CLI, the database from the environment.
+fn refinery(dir: &Path, url: &str) -> String {
+    tool(
+        Command::new("refinery")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap())
+            .env("DATABASE_URL", url)
+            .args(["migrate", "-e", "DATABASE_URL", "-d", "-m", "-p"])
+            .arg(dir),
+    )
+}
+
+#[test]
+fn refinerys_history_is_dbwards_own_both_ways_with_the_real_refinery_cli() {
+    let pg = Pg::start();
+    for engine in ["postgres", "sqlite"] {
+        let p = Project::new();
+        p.migration(
+            "V1__create_users.sql",
+            "CREATE TABLE users (id integer PRIMARY KEY, email text);\n",
+        )
+        .migration(
+            "V2__seed.sql",
+            "INSERT INTO users VALUES (1, 'a@example.com');\n",
+        );
+        let url = if engine == "postgres" {
+            pg.create_db("app")
+        } else {
+            format!("sqlite:{}", p.path().join("app.db").display())
+        };
+        let q = |sql: &str| {
+            if engine == "postgres" {
+                pg.psql("app", sql)
+            } else {
+                sqlite(&p.path().join("app.db"), sql)
+            }
+        };
+        if engine == "sqlite" {
+            std::fs::File::create(p.path().join("app.db")).unwrap();
+        }
+        refinery(&migrations(&p), &url);
+        // dbward reads refinery's rows as its own: nothing to adopt, nothing drifted.
+        p.migration(
+            "V3__add_name.sql",
+            "ALTER TABLE users ADD COLUMN name text;\n",
+        );
+        let (code, out, err) = run(p.dbward(&url).args(["migrate", "--json"]));
+        assert_eq!(code, 0, "{engine}: {out}{err}");
+        assert!(!err.contains("adopted"), "{err}");
+        let applied: Vec<i64> = json(&out)["applied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["version"].as_i64().unwrap())
+            .collect();
+        assert_eq!(applied, [3], "{engine}");
+        // And refinery reads dbward's rows as its own: with divergence and missing checks on,
+        // it applies only what comes after.
+        p.migration(
+            "V4__index.sql",
+            "CREATE INDEX users_email ON users (email);\n",
+        );
+        let said = refinery(&migrations(&p), &url);
+        assert!(
+            said.contains("applying migration: V4__index") && !said.contains("V3__"),
+            "{engine}: {said}"
+        );
+        assert_eq!(
+            q("SELECT count(*) FROM refinery_schema_history"),
+            "4",
+            "{engine}"
+        );
+        assert_eq!(
+            q("SELECT count(*) FROM users WHERE name IS NULL"),
+            "1",
+            "{engine}"
+        );
+        let (code, out, err) = run(p.dbward(&url).args(["status", "--json"]));
+        assert_eq!(code, 0, "{engine}: {err}");
+        let doc = json(&out);
+        assert_eq!(doc["pending"], 0, "{out}");
+        assert_eq!(doc["head"]["version"], 4, "{out}");
+        assert!(doc["drift"].as_array().unwrap().is_empty(), "{out}");
+    }
 }

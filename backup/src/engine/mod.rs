@@ -49,7 +49,5 @@ impl Keep {
 }
 
 pub(crate) fn head(rows: Vec<dbconn::Applied>) -> Option<Head> {
-    rows.iter()
-        .max_by_key(|a| a.version)
-        .map(dbconn::Applied::head)
+    dbconn::history::newest(&rows).map(dbconn::Applied::head)
 }

@@ -141,6 +141,7 @@ impl Session {
             }
             widen(c, files).await?;
             dbconn::identity::ensure_pg(c).await?;
+            let schema = own_schema(c).await?;
             for f in files {
                 let v = history::values(f.version, &f.name, f.checksum);
                 match f.kind {
@@ -155,7 +156,7 @@ impl Session {
                 }
                 .map_err(ctx)?;
             }
-            Ok(())
+            record_texts(c, &schema, files).await
         })
         .await
     }
@@ -227,6 +228,7 @@ impl Session {
                 c.execute(&history::insert_many_pg_in(&schema), &rows)
                     .await
                     .map_err(ctx)?;
+                record_texts(c, &schema, batch).await?;
             }
             if !repeatable.is_empty() {
                 let r = &repeatable;
@@ -547,6 +549,7 @@ async fn record_file(
         c.execute(&history::insert_many_pg_in(schema), &cols)
             .await
             .map_err(ctx)?;
+        record_texts(c, schema, &[f]).await?;
         c.execute(
             &format!("DELETE FROM {progress} WHERE version = $1"),
             &[&f.version],
@@ -556,6 +559,31 @@ async fn record_file(
         Ok(())
     })
     .await
+}
+
+/// The text of each version with parts among `files`, in the column only such a history has
+/// ([`history::add_text_pg_in`]), in the transaction that records them.
+async fn record_texts(
+    c: &tokio_postgres::Client,
+    schema: &str,
+    files: &[&MigrationFile],
+) -> Result<(), Error> {
+    let ctx = |e: tokio_postgres::Error| Error::db("recording versions with parts", e);
+    let mut added = false;
+    for f in files.iter().filter(|f| f.kind == Kind::Versioned) {
+        if let Some(text) = &f.version_text {
+            if !added {
+                c.batch_execute(&history::add_text_pg_in(schema))
+                    .await
+                    .map_err(ctx)?;
+                added = true;
+            }
+            c.execute(&history::set_text_pg_in(schema), &[&f.version, text])
+                .await
+                .map_err(ctx)?;
+        }
+    }
+    Ok(())
 }
 
 /// Widens the history table's versions to BIGINT when one of `files` needs it

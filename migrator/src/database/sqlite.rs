@@ -129,18 +129,7 @@ impl Sqlite {
         }
         dbconn::identity::ensure_sqlite(&tx)?;
         for f in files {
-            let v = history::values(f.version, &f.name, f.checksum);
-            match f.kind {
-                Kind::Versioned => tx.execute(
-                    history::INSERT_SQLITE,
-                    rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
-                ),
-                Kind::Repeatable => tx.execute(
-                    history::UPSERT_REPEATABLE_SQLITE,
-                    rusqlite::params![v.name, v.applied_on, v.checksum],
-                ),
-            }
-            .map_err(ctx)?;
+            record_row(&tx, f).map_err(ctx)?;
         }
         tx.commit().map_err(ctx)
     }
@@ -179,18 +168,7 @@ impl Sqlite {
         for f in batch {
             tracing::info!("applying {}", f.file_name());
             execute_file(&tx, f)?;
-            let v = history::values(f.version, &f.name, f.checksum);
-            match f.kind {
-                Kind::Versioned => tx.execute(
-                    history::INSERT_SQLITE,
-                    rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
-                ),
-                Kind::Repeatable => tx.execute(
-                    history::UPSERT_REPEATABLE_SQLITE,
-                    rusqlite::params![v.name, v.applied_on, v.checksum],
-                ),
-            }
-            .map_err(ctx)?;
+            record_row(&tx, f).map_err(ctx)?;
             dbconn::failpoint::hit("migrate-mid-batch")
                 .map_err(|e| Error::db("applying the batch", e))?;
         }
@@ -353,12 +331,7 @@ impl Sqlite {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(ctx)?;
-        let v = history::values(f.version, &f.name, f.checksum);
-        tx.execute(
-            history::INSERT_SQLITE,
-            rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
-        )
-        .map_err(ctx)?;
+        record_row(&tx, f).map_err(ctx)?;
         tx.execute(
             &format!("DELETE FROM {} WHERE version = ?1", history::PROGRESS_TABLE),
             [f.version],
@@ -553,4 +526,31 @@ fn skip_blank(text: &str, at: usize) -> usize {
             return i.min(b.len());
         }
     }
+}
+
+/// `f`'s history row: a versioned file in refinery's table (a version with parts with its text,
+/// in the column only such a history has), a repeatable one in dbward's.
+fn record_row(tx: &rusqlite::Transaction<'_>, f: &MigrationFile) -> rusqlite::Result<()> {
+    let v = history::values(f.version, &f.name, f.checksum);
+    match f.kind {
+        Kind::Versioned => {
+            tx.execute(
+                history::INSERT_SQLITE,
+                rusqlite::params![v.version, v.name, v.applied_on, v.checksum],
+            )?;
+            if let Some(text) = &f.version_text {
+                if !dbconn::sqlite::has_version_text(tx)? {
+                    tx.execute_batch(history::ADD_TEXT_SQLITE)?;
+                }
+                tx.execute(history::SET_TEXT_SQLITE, rusqlite::params![f.version, text])?;
+            }
+        }
+        Kind::Repeatable => {
+            tx.execute(
+                history::UPSERT_REPEATABLE_SQLITE,
+                rusqlite::params![v.name, v.applied_on, v.checksum],
+            )?;
+        }
+    }
+    Ok(())
 }

@@ -327,11 +327,8 @@ pub async fn prepare(
 
 /// The live migration head is still the deploy's: nobody migrated since the guard decided.
 async fn head_unmoved(db: &Postgres, want: &Option<(i64, String)>) -> Result<(), Error> {
-    let now = dbconn::postgres::applied_on(db.client())
-        .await?
-        .into_iter()
-        .max_by_key(|a| a.version)
-        .map(|a| (a.version, a.checksum.to_string()));
+    let rows = dbconn::postgres::applied_on(db.client()).await?;
+    let now = dbconn::history::newest(&rows).map(|a| (a.version, a.checksum.to_string()));
     if &now != want {
         return Err(Error::Failed(format!(
             "the migration head moved since the guard decided (now {}); not rewinding",
@@ -509,7 +506,7 @@ async fn verify(
 
 fn head_text(h: &Option<crate::manifest::Head>) -> String {
     h.as_ref()
-        .map(|h| format!("V{} {}", h.version, h.name))
+        .map(|h| h.label())
         .unwrap_or_else(|| "none".into())
 }
 
