@@ -434,8 +434,9 @@ pub struct LockedArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BaselineArgs {
-    /// The newest migration the database already holds (V1 = the schema it has today).
-    pub version: i64,
+    /// The newest migration the database already holds (V1 = the schema it has today; `1.1`
+    /// for a version with parts).
+    pub version: String,
 }
 
 /// A duration that does not parse (its text, and humantime's reason).

@@ -36,14 +36,30 @@ pub enum Error {
 
 /// What the hooks are told about the batch, in their environment.
 pub struct Batch<'a> {
-    /// `DBWARD_APPLIED`: the versions applied, space-separated.
-    pub applied: &'a [i64],
+    /// `DBWARD_APPLIED`: the versions applied, space-separated (`1.1` for a version with parts).
+    pub applied: Vec<String>,
     /// `DBWARD_APPLIED_REPEATABLE`: the repeatable migrations applied, by name.
     pub repeatable: &'a [String],
     /// `DBWARD_SNAPSHOT`: the pre-deploy snapshot's id, when one was taken.
     pub snapshot: Option<&'a str>,
-    /// `DBWARD_HEAD`: the migration head's version.
-    pub head: Option<i64>,
+    /// `DBWARD_HEAD`: the migration head's version, as written.
+    pub head: Option<String>,
+}
+
+impl<'a> Batch<'a> {
+    /// What a deploy's record tells its hooks.
+    pub fn of(deploy: &'a crate::state::Deploy) -> Batch<'a> {
+        Batch {
+            applied: deploy.applied.iter().map(|v| deploy.shown(*v)).collect(),
+            repeatable: &deploy.repeatable,
+            snapshot: deploy.pre_deploy_snapshot.as_deref(),
+            head: deploy.head.as_ref().map(|h| {
+                h.version_text
+                    .clone()
+                    .unwrap_or_else(|| h.version.to_string())
+            }),
+        }
+    }
 }
 
 /// Runs each hook in order; the first that fails (non-zero exit, signal, timeout, cannot
@@ -86,10 +102,7 @@ async fn run_one(settings: &Settings, cmd: &str, batch: &Batch<'_>) -> Result<Ex
     c.env("DBWARD_APPLIED", join(batch.applied.iter()))
         .env("DBWARD_APPLIED_REPEATABLE", batch.repeatable.join(" "))
         .env("DBWARD_SNAPSHOT", batch.snapshot.unwrap_or_default())
-        .env(
-            "DBWARD_HEAD",
-            batch.head.map(|v| v.to_string()).unwrap_or_default(),
-        );
+        .env("DBWARD_HEAD", batch.head.as_deref().unwrap_or_default());
     let mut child = c.spawn().map_err(|e| not_run("start", e))?;
     let timeout = settings.hooks.timeout;
     match dbconn::child::wait_bounded(&mut child, timeout, &format!("the {what}")).await {

@@ -368,6 +368,9 @@ pub struct Deploy {
     pub pre_deploy_snapshot: Option<String>,
     /// Versions this deploy applied; empty for a deploy with nothing pending.
     pub applied: Vec<i64>,
+    /// The text of each applied version with parts (Flyway's `1.1`), by its key.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub version_texts: std::collections::BTreeMap<i64, String>,
     /// The migration head right after the deploy.
     pub head: Option<Head>,
     /// Set when the health guard restored this deploy's snapshot (it never does so twice).
@@ -402,6 +405,16 @@ pub struct Deploy {
     /// pre-deploy snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unfinished: Option<String>,
+}
+
+impl Deploy {
+    /// An applied version as written: `12`, or `1.1` for a version with parts.
+    pub fn shown(&self, version: i64) -> String {
+        self.version_texts
+            .get(&version)
+            .cloned()
+            .unwrap_or_else(|| version.to_string())
+    }
 }
 
 impl Deploy {

@@ -409,6 +409,22 @@ pub fn now_rfc3339(at: OffsetDateTime) -> String {
         .expect("RFC 3339 formats any time")
 }
 
+/// Whether a restored history's head (the newest by version parts, [`dbconn::history::newest`])
+/// is not the manifest's: `Some` says how.
+pub fn head_differs(applied: &[dbconn::Applied], m: &Manifest) -> Option<String> {
+    let head = dbconn::history::newest(applied);
+    let want = m.migration_head.as_ref();
+    if head.map(|h| h.version) == want.map(|h| h.version) {
+        return None;
+    }
+    let shown = |l: Option<String>| l.unwrap_or_else(|| "none".into());
+    Some(format!(
+        "migration head {} differs from the manifest's {}",
+        shown(head.map(|h| h.label())),
+        shown(want.map(|h| h.label()))
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

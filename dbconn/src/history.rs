@@ -60,8 +60,8 @@ pub fn version_parts(text: &str) -> Option<Vec<u64>> {
 
 /// A version with parts as the history keys it: a number below zero, from SipHash-1-3 (zero
 /// keys) of its parts joined by `.` (stable across releases), never a whole number's key.
-/// Order is not in the key; it is in `version_text` ([`order`]). Two versions with one key
-/// would be refused where the folder is read.
+/// Order is not in the key; it is in `version_text` ([`order`]). Two versions of a folder
+/// with one key (odds of 2^-62 a pair) are refused where the folder is read.
 pub fn dotted_key(parts: &[u64]) -> i64 {
     use std::hash::Hasher;
     let text = parts

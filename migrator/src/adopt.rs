@@ -292,9 +292,17 @@ pub async fn find<'a>(
 #[derive(Debug, Default)]
 struct Kept {
     versions: BTreeMap<i64, Option<String>>,
-    /// Every version up to this one is applied (golang-migrate's one row, Flyway's baseline).
-    up_to: Option<i64>,
+    /// Every version up to these parts is applied: golang-migrate's one row (its file must
+    /// be there), Flyway's baseline (a version the folder need not have: files start after it).
+    up_to: Option<UpTo>,
     repeatable: BTreeMap<String, String>,
+}
+
+#[derive(Debug)]
+struct UpTo {
+    parts: Vec<u64>,
+    key: i64,
+    file_needed: bool,
 }
 
 enum Fault {
@@ -348,7 +356,11 @@ async fn read(db: &mut Database, tool: Tool, dialect: Dialect) -> Result<Kept, F
                         "golang-migrate marked version {version} dirty: a migration failed part way and may have left part of its changes. Fix the database by hand, then `migrate force <version>` to the version it now holds; dbward adopts a clean state only"
                     )));
                 }
-                h.up_to = Some(version);
+                h.up_to = Some(UpTo {
+                    parts: dbconn::history::order(version, None),
+                    key: version,
+                    file_needed: true,
+                });
             }
         }
         Tool::Goose => {
@@ -394,12 +406,20 @@ async fn flyway(db: &mut Database, h: &mut Kept) -> Result<(), Fault> {
         }
         match (kind.as_str(), &row[0]) {
             ("SCHEMA", _) => {}
-            ("BASELINE", Some(v)) => h.up_to = Some(flyway_version(v)?),
+            ("BASELINE", Some(v)) => {
+                h.up_to = Some(UpTo {
+                    parts: dbconn::history::version_parts(v.trim()).unwrap_or_default(),
+                    key: flyway_version(v)?,
+                    file_needed: false,
+                })
+            }
             ("SQL", Some(v)) => {
                 h.versions.insert(flyway_version(v)?, row[3].clone());
             }
             ("SQL", None) => {
-                h.repeatable.insert(script, row[3].clone().unwrap_or_default());
+                // `script` is the path below Flyway's location; dbward matches by file name.
+                let name = script.rsplit('/').next().unwrap_or_default().to_string();
+                h.repeatable.insert(name, row[3].clone().unwrap_or_default());
             }
             (other, _) => {
                 return Err(Fault::Refused(format!(
@@ -449,21 +469,33 @@ fn truth(v: &Option<String>) -> Result<bool, Fault> {
 
 /// Each applied version to its file, each checksum the tool kept compared with the file's.
 fn map(tool: Tool, h: Kept, files: &Migrations) -> Result<Option<Adoption<'_>>, String> {
+    if tool == Tool::Flyway {
+        // Flyway replaces `${name}` placeholders (on by default); dbward runs files as written.
+        let placeholders: Vec<String> = files
+            .all()
+            .filter(|f| f.sql.contains("${"))
+            .map(|f| f.path.display().to_string())
+            .collect();
+        if !placeholders.is_empty() {
+            return Err(format!(
+                "{} hold `${{...}}`, which Flyway replaces with its placeholders' values and dbward would run as written. Write the values into the files (Flyway's checksums then change: recompute them with `flyway repair`), then run dbward again",
+                placeholders.join(", ")
+            ));
+        }
+    }
     let by_version: BTreeMap<i64, &MigrationFile> =
         files.versioned.iter().map(|f| (f.version, f)).collect();
     let mut applied = Vec::new();
-    if let Some(up_to) = h.up_to {
-        if !by_version.contains_key(&up_to) && !h.versions.contains_key(&up_to) {
+    if let Some(up_to) = &h.up_to {
+        if up_to.file_needed && !by_version.contains_key(&up_to.key) {
             return Err(format!(
-                "{} says the database is at version {up_to}, and no file of the folder has that version. Point `database.migrations` at the folder {} ran",
+                "{} says the database is at version {}, and no file of the folder has that version. Point `database.migrations` at the folder {} ran",
                 tool.name(),
+                up_to.parts.iter().map(u64::to_string).collect::<Vec<_>>().join("."),
                 tool.name()
             ));
         }
-        let limit = by_version
-            .get(&up_to)
-            .map_or_else(|| dbconn::history::order(up_to, None), |f| f.order());
-        applied.extend(files.versioned.iter().filter(|f| f.order() <= limit));
+        applied.extend(files.versioned.iter().filter(|f| f.order() <= up_to.parts));
     }
     let mut missing = BTreeSet::new();
     for (version, kept) in &h.versions {

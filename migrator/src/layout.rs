@@ -177,7 +177,7 @@ fn dbward(stem: &str) -> Result<Named<'_>, String> {
     }
     if stem.starts_with('U') {
         return Err(
-            "unversioned (U) migrations are not supported; rename it to V<version>__<name>.sql"
+            "a `U` file (refinery's unversioned migrations, Flyway's undo migrations) is not run by dbward; rename it to V<version>__<name>.sql, or move an undo file out of the folder"
                 .into(),
         );
     }

@@ -188,7 +188,9 @@ pub fn discover(dir: &Path) -> Result<Migrations, SourceError> {
         )
         },
     ));
-    files.sort_by_key(|f| f.order());
+    // Duplicates are found by key (two versions with parts cannot share one unseen), then the
+    // files are put in version order.
+    files.sort_by_key(|f| f.version);
     problems.extend(same_key(
         &files,
         |f| f.version,
@@ -202,6 +204,7 @@ pub fn discover(dir: &Path) -> Result<Migrations, SourceError> {
             )
         },
     ));
+    files.sort_by_key(|f| f.order());
     let layout = files.iter().chain(&repeatable).map(|f| f.layout).next();
     if let Some(first) = files.iter().chain(&repeatable).next() {
         problems.extend(
@@ -310,7 +313,12 @@ fn read_one(path: &Path) -> Result<Option<MigrationFile>, String> {
         Kind::Repeatable => repeatable_checksum(name, &sql),
     };
     let no_transaction = no_transaction_marker(&sql).is_some()
-        || (layout == Layout::Diesel && layout::diesel_no_transaction(path)?);
+        || (layout == Layout::Diesel && layout::diesel_no_transaction(path)?)
+        // goose reads its annotation on any line of the file, not only the first.
+        || (layout == Layout::Goose
+            && sql
+                .lines()
+                .any(|l| l.trim().eq_ignore_ascii_case("-- +goose NO TRANSACTION")));
     Ok(Some(MigrationFile {
         path: path.to_path_buf(),
         version,

@@ -200,8 +200,8 @@ pub fn head_matches(head: Option<dbconn::Applied>, m: &Manifest, opts: &Options)
         return Err(format!("restored head {got:?}, the manifest says {want:?}").into());
     }
     in_folder(&got, opts)?;
-    let head = got
-        .map(|(v, _)| format!("V{v}"))
+    let head = head
+        .map(|h| dbconn::history::label(h.version, h.version_text.as_deref()))
         .unwrap_or_else(|| "no migration".into());
     Ok((
         (),

@@ -16,20 +16,22 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
-    let files = migrator::discover(&settings.migrations)?.versioned;
-    if !files.iter().any(|f| f.version == args.version) {
+    let migrations = migrator::discover(&settings.migrations)?;
+    let files = &migrations.versioned;
+    // The version as written (`3`, `V3`, `1.1`), ordered as the folder is.
+    let wanted = dbconn::history::version_parts(args.version.trim_start_matches(['V', 'v']));
+    let Some(target) = files.iter().find(|f| Some(f.order()) == wanted) else {
         return Err(Failure::new(
             Exit::Usage,
             format!(
-                "no migration V{} in {}: baseline names the newest migration the database already holds",
+                "no migration with version {} in {}: baseline names the newest migration the database already holds",
                 args.version,
                 settings.migrations.display()
             ),
         ));
-    }
+    };
     let mut db =
         Database::open_locked(&url, Open::Existing, std::time::Duration::from_secs(600)).await?;
-    let migrations = migrator::discover(&settings.migrations)?;
     if let Some(a) = migrator::adopt::history(&mut db, &migrations)
         .await?
         .to_adopt()
@@ -49,10 +51,10 @@ pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Fai
         return Err(Failure::new(
             Exit::Refused,
             format!(
-                "{} already has a migration history ({} applied, newest V{}); baseline only adopts a database that has none. Nothing was recorded.",
+                "{} already has a migration history ({} applied, newest {}); baseline only adopts a database that has none. Nothing was recorded.",
                 url.display(),
                 applied.len(),
-                applied.iter().map(|a| a.version).max().unwrap_or_default()
+                dbconn::history::newest(&applied).map(|a| a.label()).unwrap_or_default()
             ),
         ));
     }
@@ -65,8 +67,10 @@ pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Fai
             ),
         ));
     }
-    let upto: Vec<&migrator::MigrationFile> =
-        files.iter().filter(|f| f.version <= args.version).collect();
+    let upto: Vec<&migrator::MigrationFile> = files
+        .iter()
+        .filter(|f| f.order() <= target.order())
+        .collect();
     db.record(&upto).await?;
     let names: Vec<String> = upto.iter().map(|f| f.file_name()).collect();
     tracing::info!(
@@ -76,9 +80,9 @@ pub async fn run(settings: &Settings, args: &BaselineArgs) -> Result<Report, Fai
     );
     Ok(Report {
         text: format!(
-            "recorded as applied (not run): {}\nthe next `dbward migrate` applies what comes after V{}\n",
+            "recorded as applied (not run): {}\nthe next `dbward migrate` applies what comes after {}\n",
             names.join(", "),
-            args.version
+            target.label()
         ),
         json: json!({
             "database": url.display(),

@@ -340,7 +340,8 @@ async fn guard_inner(
     };
     let (history, repeatable, counters_now) = read_live(&url).await?;
     let batch = batch_of(&history, &repeatable, &deploy);
-    let now = dbconn::history::newest(&history).map(|h| (h.version, h.checksum.to_string()));
+    let newest = dbconn::history::newest(&history);
+    let now = newest.map(|h| (h.version, h.checksum.to_string()));
     let then = deploy
         .head
         .as_ref()
@@ -348,8 +349,8 @@ async fn guard_inner(
     if now != then {
         return Err(not(format!(
             "the migration head moved since that deploy (now {}, the deploy left {}); someone migrated since",
-            now.map(|n| format!("V{}", n.0)).unwrap_or_else(|| "none".into()),
-            then.map(|t| format!("V{}", t.0)).unwrap_or_else(|| "none".into())
+            newest.map(|h| h.label()).unwrap_or_else(|| "none".into()),
+            deploy.head.as_ref().map(|h| h.label()).unwrap_or_else(|| "none".into())
         )));
     }
     let discard = discarded(&deploy, counters_now.as_ref());

@@ -84,18 +84,7 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     // A SQLite file that was empty until now (opening created it) is a first deploy: nothing to
     // snapshot. Looked at under the lock, so a restore swapping the file in is never mistaken.
     let first_deploy = matches!(&url, DatabaseUrl::Sqlite(p) if std::fs::metadata(p).map_or(true, |m| m.len() == 0));
-    // Read under the lock: a runner that waited sees what the other one applied. Another
-    // tool's history is adopted first: recorded in dbward's, nothing run.
-    let mut history = migrator::adopt::history(&mut db, &files).await?;
-    if let Some(a) = history.to_adopt() {
-        migrator::adopt::record(&mut db, a).await?;
-        history = migrator::adopt::history(&mut db, &files).await?;
-    }
-    let applied_repeatable = history.repeatable;
-    let plan = Plan::new(&files, history.applied, &applied_repeatable);
-    if !plan.drift.is_empty() {
-        return Err(migrator::Error::Drift { drift: plan.drift }.into());
-    }
+    let (plan, applied_repeatable) = plan_under_lock(&mut db, &files).await?;
     // The records of this database (found by its identity), and the store's copy of a failed
     // batch (a fresh state volume still knows it). With nothing pending and this host's own
     // records there, the store is not asked: a no-op deploy does not wait on it.
@@ -206,6 +195,32 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         json,
         code: Exit::Success,
     })
+}
+
+/// The plan, from the history read under the lock (a runner that waited sees what the other one
+/// applied); drift refuses it. Another tool's history stands in for dbward's (its files as rows)
+/// until, the plan holding, it is recorded in dbward's (nothing run), before the deploy records
+/// are looked up: the recording gives the database its identity.
+async fn plan_under_lock<'a>(
+    db: &mut Database,
+    files: &'a migrator::Migrations,
+) -> Result<(Plan<'a>, Vec<migrator::AppliedRepeatable>), Failure> {
+    let migrator::adopt::History {
+        applied,
+        repeatable,
+        adoption,
+    } = migrator::adopt::history(db, files).await?;
+    let plan = Plan::new(files, applied, &repeatable);
+    if !plan.drift.is_empty() {
+        return Err(migrator::Error::Drift { drift: plan.drift }.into());
+    }
+    if let Some(a) = adoption
+        .as_ref()
+        .filter(|a| a.standing == migrator::adopt::Standing::Pending)
+    {
+        migrator::adopt::record(db, a).await?;
+    }
+    Ok((plan, repeatable))
 }
 
 /// The deploy's record before its batch runs: the pre-deploy snapshot taken (under the lock,
@@ -556,13 +571,8 @@ async fn hooks_after(
     names: &[String],
     mut json: serde_json::Value,
 ) -> Result<serde_json::Value, Failure> {
-    let batch = crate::hooks::Batch {
-        applied: &deploy.applied,
-        repeatable: &deploy.repeatable,
-        snapshot: deploy.pre_deploy_snapshot.as_deref(),
-        head: deploy.head.as_ref().map(|h| h.version),
-    };
-    let Err(e) = crate::hooks::after_migrate(settings, &batch).await else {
+    let Err(e) = crate::hooks::after_migrate(settings, &crate::hooks::Batch::of(deploy)).await
+    else {
         return Ok(json);
     };
     let e = e.to_string();
@@ -613,6 +623,11 @@ fn new_deploy(
         at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
         pre_deploy_snapshot: snapshot,
         applied: plan.pending.iter().map(|f| f.version).collect(),
+        version_texts: plan
+            .pending
+            .iter()
+            .filter_map(|f| Some((f.version, f.version_text.clone()?)))
+            .collect(),
         head,
         restored: None,
         repeatable: plan.repeatable.iter().map(|f| f.name.clone()).collect(),
@@ -723,13 +738,7 @@ async fn nothing_pending(
             deploy.at,
             deploy.hook_failed.as_deref().unwrap_or_default()
         );
-        let hooks = crate::hooks::Batch {
-            applied: &deploy.applied,
-            repeatable: &deploy.repeatable,
-            snapshot: deploy.pre_deploy_snapshot.as_deref(),
-            head: deploy.head.as_ref().map(|h| h.version),
-        };
-        let result = crate::hooks::after_migrate(settings, &hooks).await;
+        let result = crate::hooks::after_migrate(settings, &crate::hooks::Batch::of(&deploy)).await;
         json["snapshot"] = json!(deploy.pre_deploy_snapshot);
         return match result {
             Ok(()) => {
@@ -775,13 +784,10 @@ async fn nothing_pending(
     record(scope, &deploy)?;
     tracing::info!("nothing pending; {} is at {head_text}", url.display());
     if settings.hooks.always && !settings.hooks.after_migrate.is_empty() {
-        let hooks = crate::hooks::Batch {
-            applied: &[],
-            repeatable: &[],
-            snapshot: None,
-            head: deploy.head.as_ref().map(|h| h.version),
-        };
-        if let Err(e) = crate::hooks::after_migrate(settings, &hooks).await {
+        // Nothing applied, no snapshot: only the head.
+        if let Err(e) =
+            crate::hooks::after_migrate(settings, &crate::hooks::Batch::of(&deploy)).await
+        {
             let e = e.to_string();
             json["hook_failed"] = json!(e);
             return Err(hook_failure(&e, &[], None, json));

@@ -14,18 +14,24 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
     let url = database_url(settings)?;
     let files = migrator::discover(&settings.migrations)?;
     let missing_file = matches!(&url, DatabaseUrl::Sqlite(p) if !p.exists());
-    let (applied, applied_repeatable, adoption, progress) = if missing_file {
-        (Vec::new(), Vec::new(), None, Default::default())
-    } else {
-        let mut db = Database::open(&url, Open::Existing).await?;
-        let h = migrator::adopt::history(&mut db, &files).await?;
+    let (history, unadoptable, progress) = if missing_file {
         (
-            h.applied,
-            h.repeatable,
-            h.adoption,
-            db.statement_progress().await?,
+            migrator::adopt::History {
+                applied: Vec::new(),
+                repeatable: Vec::new(),
+                adoption: None,
+            },
+            None,
+            Default::default(),
         )
+    } else {
+        read_history(&url, &files).await?
     };
+    let migrator::adopt::History {
+        applied,
+        repeatable: applied_repeatable,
+        adoption,
+    } = history;
     let plan = Plan::new(&files, applied, &applied_repeatable);
 
     let mut rows = Vec::new();
@@ -116,6 +122,9 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
     if let Some(a) = &adoption {
         text.push_str(&format!("history: {}\n", a.describe()));
     }
+    if let Some(e) = &unadoptable {
+        text.push_str(&format!("history: {e}\n"));
+    }
     let replaced = crate::replaced::list(settings, &url).await;
     let now = time::OffsetDateTime::now_utc();
     for (c, size) in &replaced {
@@ -139,10 +148,11 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             "migrations": items,
             "drift": plan.drift,
             "layout": files.layout,
+            "unadoptable": unadoptable,
             "other_history": adoption.as_ref().map(|a| json!({ "tool": a.tool, "table": a.tool.table(), "state": a.standing, "runner_not_to_run": a.tool.runner() })),
             "replaced_copies": replaced.iter().map(|(c, size)| json!({ "name": c.name, "at": c.at, "snapshot": c.snapshot, "bytes": size })).collect::<Vec<_>>(),
         }),
-        code: if plan.drift.is_empty() {
+        code: if plan.drift.is_empty() && unadoptable.is_none() {
             Exit::Success
         } else {
             Exit::Refused
@@ -153,4 +163,33 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
 /// A version as the VERSION column shows it: `12`, or `1.1` for a version with parts.
 fn shown(version: i64, text: &Option<String>) -> String {
     text.clone().unwrap_or_else(|| version.to_string())
+}
+
+/// The history the plan is made from ([`migrator::adopt::history`]), why another tool's
+/// history cannot be adopted as it stands (said with the rest, not instead of it), and the
+/// progress of partly applied files.
+async fn read_history<'a>(
+    url: &DatabaseUrl,
+    files: &'a migrator::Migrations,
+) -> Result<
+    (
+        migrator::adopt::History<'a>,
+        Option<String>,
+        std::collections::BTreeMap<i64, i64>,
+    ),
+    Failure,
+> {
+    let mut db = Database::open(url, Open::Existing).await?;
+    let (history, unadoptable) = match migrator::adopt::history(&mut db, files).await {
+        Err(e @ migrator::Error::Adopt { .. }) => (
+            migrator::adopt::History {
+                applied: db.applied().await?,
+                repeatable: db.applied_repeatable().await?,
+                adoption: None,
+            },
+            Some(e.to_string()),
+        ),
+        other => (other?, None),
+    };
+    Ok((history, unadoptable, db.statement_progress().await?))
 }

@@ -335,6 +335,14 @@ fn golang_migrate_goose_and_diesel_histories_as_documented() {
         ),
         "t"
     );
+    // status says why, with the rest of what it knows (every file pending), and exits 3.
+    let (code, out, err) = run(p.dbward(&dirty).arg("status"));
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("history: golang-migrate's history (schema_migrations) cannot be adopted"),
+        "{out}"
+    );
+    assert!(out.contains("3 pending"), "{out}");
 
     // goose (SQLite): the newest row of a version says whether it stands applied.
     let g = Project::new();
@@ -520,7 +528,7 @@ fn flyway_versions_with_parts_are_ordered_part_by_part_and_kept_as_written() {
     let db = p.path().join("app.db");
     assert_eq!(sqlite(&db, "SELECT group_concat(a) FROM t"), "11,19,110");
     assert_eq!(
-        sqlite(&db, "SELECT group_concat(coalesce(version_text, version), ' ') FROM (SELECT * FROM refinery_schema_history ORDER BY applied_on)"),
+        sqlite(&db, "SELECT group_concat(coalesce(version_text, version), ' ') FROM (SELECT * FROM refinery_schema_history ORDER BY rowid)"),
         "1 1.1 1.9 1.10"
     );
     // The head every reader computes (a snapshot's manifest here) is the newest by parts.
@@ -529,6 +537,57 @@ fn flyway_versions_with_parts_are_ordered_part_by_part_and_kept_as_written() {
     let head = &json(&out)["snapshot"]["migration_head"];
     assert_eq!(head["version_text"], "1.10", "{out}");
     assert_eq!(head["name"], "one_ten");
+    // And a restore checks the copy's head the same way.
+    let (code, _, err) = run(p
+        .dbward("sqlite:app.db")
+        .args(["restore", "latest", "--yes", "--to", "copy.db"]));
+    assert_eq!(code, 0, "{err}");
+    // baseline names a version with parts, and records exactly the files up to it.
+    let b = Project::new();
+    b.migration(
+        "V1__init.sql",
+        "CREATE TABLE t (a INTEGER);
+",
+    )
+    .migration(
+        "V1.1__a.sql",
+        "SELECT 1;
+",
+    )
+    .migration(
+        "V2__b.sql",
+        "SELECT 1;
+",
+    )
+    .migration(
+        "V2.1__c.sql",
+        "SELECT 1;
+",
+    )
+    .migration(
+        "V3__d.sql",
+        "SELECT 1;
+",
+    );
+    sqlite(&b.path().join("app.db"), "CREATE TABLE t (a INTEGER)");
+    let (code, out, err) = run(b.dbward("sqlite:app.db").args(["baseline", "2", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<&str> = json(&out)["recorded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|n| match n {
+            "init" => "V1",
+            "a" => "V1.1",
+            "b" => "V2",
+            "c" => "V2.1",
+            _ => "V3",
+        })
+        .collect();
+    assert_eq!(names, ["V1", "V1.1", "V2"]);
     p.migration("V2__two.sql", "INSERT INTO t VALUES (2);\n");
     let (code, out, err) = run(p.dbward("sqlite:app.db").args(["status"]));
     assert_eq!(code, 0, "{err}");
@@ -567,7 +626,7 @@ fn flyway_versions_with_parts_are_ordered_part_by_part_and_kept_as_written() {
     );
     write(
         &f,
-        "V2__add_note.sql",
+        "V2.1__add_note.sql",
         "ALTER TABLE orders ADD COLUMN note text;\n",
     );
     let url = pg.url("shop");
@@ -587,14 +646,60 @@ fn flyway_versions_with_parts_are_ordered_part_by_part_and_kept_as_written() {
                 .to_string()
         })
         .collect();
-    assert_eq!(applied, ["V1.2__add_status.sql", "V2__add_note.sql"]);
+    assert_eq!(applied, ["V1.2__add_status.sql", "V2.1__add_note.sql"]);
     assert_eq!(
-        pg.psql("shop", "SELECT string_agg(coalesce(version_text, version::text), ' ' ORDER BY applied_on, version) FROM refinery_schema_history"),
-        pg.psql("shop", "SELECT '1 1.1 1.2 2'"),
+        pg.psql("shop", "SELECT string_agg(coalesce(version_text, version::text), ' ' ORDER BY coalesce(version_text, version::text)) FROM refinery_schema_history"),
+        "1 1.1 1.2 2.1",
     );
+    // The head is 2.1 wherever it is read: status, a snapshot's manifest, a restore's check.
     let (code, out, _) = run(f.dbward(&url).args(["status", "--json"]));
     assert_eq!(code, 0);
-    assert_eq!(json(&out)["head"]["name"], "add_note", "{out}");
+    assert_eq!(json(&out)["head"]["version_text"], "2.1", "{out}");
+    let (code, out, err) = run(f.dbward(&url).args(["backup", "--json"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out)["snapshot"]["migration_head"]["version_text"],
+        "2.1"
+    );
+    let copy = pg.url("shop_copy");
+    let (code, _, err) = run(f
+        .dbward(&url)
+        .args(["restore", "latest", "--yes", "--to", &copy]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        pg.psql(
+            "shop_copy",
+            "SELECT count(*) FROM orders WHERE note IS NULL"
+        ),
+        "1"
+    );
+
+    // Flyway's baseline (baselineOnMigrate): files start after its version.
+    let g = Project::new();
+    write(
+        &g,
+        "V2__orders.sql",
+        "CREATE TABLE orders (id int PRIMARY KEY);\n",
+    );
+    write(&g, "V3__seed.sql", "INSERT INTO orders VALUES (1);\n");
+    pg.create_db("baselined");
+    pg.psql("baselined", "CREATE TABLE legacy (id int); CREATE TABLE flyway_schema_history (installed_rank integer NOT NULL PRIMARY KEY, version varchar(50), description varchar(200) NOT NULL, type varchar(20) NOT NULL, script varchar(1000) NOT NULL, checksum integer, installed_by varchar(100) NOT NULL, installed_on timestamp NOT NULL DEFAULT now(), execution_time integer NOT NULL, success boolean NOT NULL);
+        INSERT INTO flyway_schema_history VALUES (1, '1', '<< Flyway Baseline >>', 'BASELINE', '<< Flyway Baseline >>', NULL, 'postgres', now(), 0, true);");
+    let baselined = pg.url("baselined");
+    assert_eq!(migrate_applies(&g, &baselined), [2, 3]);
+    // A Flyway placeholder would run as written: refused before anything runs.
+    write(
+        &g,
+        "V4__tenant.sql",
+        "INSERT INTO orders VALUES (${tenant_id});\n",
+    );
+    pg.create_db("placeholders");
+    pg.psql("placeholders", "CREATE TABLE flyway_schema_history (installed_rank integer NOT NULL PRIMARY KEY, version varchar(50), description varchar(200) NOT NULL, type varchar(20) NOT NULL, script varchar(1000) NOT NULL, checksum integer, installed_by varchar(100) NOT NULL, installed_on timestamp NOT NULL DEFAULT now(), execution_time integer NOT NULL, success boolean NOT NULL);");
+    refused(
+        &g,
+        &pg.url("placeholders"),
+        &["V4__tenant.sql", "placeholders"],
+    );
 }
 
 /// `refinery migrate` with the real refinery CLI, the database from the environment.

@@ -863,11 +863,8 @@ pub fn check_versions(m: &Manifest) -> Result<String, Error> {
 /// The restored database's migration head and row counts must be the manifest's.
 pub async fn check_restored(db: &Postgres, m: &Manifest) -> Result<(), Error> {
     let c = db.client();
-    let head = applied_on(c).await?.into_iter().map(|a| a.version).max();
-    if head != m.migration_head.as_ref().map(|h| h.version) {
-        return Err(Error::Damaged(format!(
-            "the restored database's migration head {head:?} differs from the manifest's"
-        )));
+    if let Some(differs) = crate::manifest::head_differs(&applied_on(c).await?, m) {
+        return Err(Error::Damaged(format!("the restored database's {differs}")));
     }
     // Every table counted (a schema or table name may hold a dot, so the manifest's
     // `schema.table` keys are matched whole, never split); tables the archive does not hold

@@ -268,11 +268,8 @@ pub fn check(path: &Path, m: &Manifest) -> Result<(), Error> {
         return Err(refuse(format!("integrity_check says {verdict}")));
     }
     let applied = dbconn::sqlite::applied_on(&c)?;
-    let head = applied.iter().map(|a| a.version).max();
-    if head != m.migration_head.as_ref().map(|h| h.version) {
-        return Err(refuse(format!(
-            "migration head {head:?} differs from the manifest's"
-        )));
+    if let Some(differs) = crate::manifest::head_differs(&applied, m) {
+        return Err(refuse(differs));
     }
     Ok(())
 }
