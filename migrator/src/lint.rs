@@ -149,6 +149,30 @@ pub fn wrapping_transaction(
     lint_windowed(sql, dialect, WINDOW).wrap
 }
 
+/// The file with the key of each pg_dump `\restrict <key>` / `\unrestrict <key>` line blanked
+/// (same length: every location stays the file's). The key is random letters and digits, and
+/// one such as `0B7...` does not tokenize (a binary literal's prefix); the command word stays,
+/// for its warning.
+fn restrict_keys_blanked(sql: &str) -> std::borrow::Cow<'_, str> {
+    if !sql.contains("restrict ") {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    for l in sql.split_inclusive('\n') {
+        if crate::source::is_pg_dump_restrict(l) {
+            let (command, rest) = l.split_once(' ').unwrap_or((l, ""));
+            out.push_str(command);
+            out.push(' ');
+            let key = rest.trim_end_matches(['\n', '\r']);
+            out.extend(std::iter::repeat_n(' ', key.len()));
+            out.push_str(&rest[key.len()..]);
+        } else {
+            out.push_str(l);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// The text to execute: the file, less pg_dump's `\restrict <key>` / `\unrestrict <key>`
 /// lines (psql meta-commands that current `pg_dump` releases write around a schema dump;
 /// they are not SQL) and less the file's own wrapping `BEGIN` and `COMMIT` when they are its
@@ -424,6 +448,8 @@ fn lint_windowed(sql: &str, dialect: Dialect, first_window: usize) -> Linted {
 /// One pass over a file. A non-transactional one (`no_tx`) may hold what cannot run inside a
 /// transaction, and its statements' places are kept ([`Linted::spans`]).
 fn pass(sql: &str, dialect: Dialect, no_tx: bool, first_window: usize) -> Linted {
+    let keys_blanked = restrict_keys_blanked(sql);
+    let sql: &str = &keys_blanked;
     let d: &dyn SqlDialect = match dialect {
         Dialect::Sqlite => &SQLiteDialect {},
         Dialect::Any | Dialect::Postgres => &PostgreSqlDialect {},
@@ -1418,6 +1444,19 @@ CREATE TABLE "commit" (id int);
         ] {
             assert_eq!(warned(sql, Dialect::Postgres), [], "{sql}");
         }
+    }
+
+    #[test]
+    fn a_restrict_key_that_looks_like_a_binary_literal_still_lints() {
+        // pg_dump's keys are random: `0B` then letters is a binary literal's prefix to the
+        // tokenizer, which must never see it.
+        let sql = "\\restrict 0BZgk9Qw1\nCREATE TABLE t (a int);\n\\unrestrict 0BZgk9Qw1\n";
+        let found = lint_sql(sql, Dialect::Postgres);
+        assert!(
+            found.iter().all(|f| f.2 == "psql-meta-command"),
+            "{found:?}"
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
     }
 
     #[test]
