@@ -6,8 +6,11 @@
 #     --database sqlite:/data/app.db --store file:///var/lib/dbward/snapshots snapshots
 # In docker compose, use it as the one-shot `migrate` service before the app, or copy
 # /usr/bin/dbward into the app's image (`COPY --from=dbward /usr/bin/dbward /usr/bin/`) and
-# make `dbward run -- APP` its entrypoint (README: Recipes).
-FROM rust:1.92-slim-bookworm AS build
+# make `dbward run -- APP` its entrypoint (README: Recipes). /usr/bin/dbward is where the Debian
+# package puts it too. It runs as the user `dbward` (uid 10001), which owns the state dir.
+# The Rust toolchain is the oldest every locked dependency builds with (Cargo.toml's
+# rust-version; tests/it/toolchain.rs checks both against `cargo metadata`).
+FROM rust:1.94.1-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked && cp target/release/dbward /dbward
@@ -17,9 +20,12 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates postgresql-client zstd \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /dbward /usr/bin/dbward
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/dbward --shell /usr/sbin/nologin dbward \
+ && install -d -o dbward -g dbward -m 0750 /var/lib/dbward
 # The state dir (deploy records, failed batches, replaced copies): keep it on a volume. Given as
 # STATE_DIRECTORY, which ranks below a config file's state_dir (DBWARD_STATE_DIR would win).
 ENV STATE_DIRECTORY=/var/lib/dbward
 VOLUME /var/lib/dbward
+USER dbward
 ENTRYPOINT ["/usr/bin/dbward"]
 CMD ["--help"]

@@ -381,8 +381,9 @@ pub struct BackupArgs {
     /// pitr.base_max_wal, or there is no base); otherwise exit 0 and take none.
     #[arg(long, requires = "physical")]
     pub if_due: bool,
-    /// Mark the snapshot `scheduled` (set by `dbward schedule`).
-    #[arg(long, hide = true)]
+    /// Mark the snapshot `scheduled`, not `manual`: what timers, cron lines and `dbward
+    /// schedule` run (`snapshots` shows the kind; retention treats both alike).
+    #[arg(long)]
     pub scheduled: bool,
 }
 

@@ -146,11 +146,27 @@ fn init_logging(verbose: u8, quiet: u8) {
         (_, 1) => LevelFilter::WARN,
         _ => LevelFilter::ERROR,
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .without_time()
-        .with_max_level(level)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    // The AWS SDK's credential chain warns about each provider it tries (a screenful of debug
+    // text for missing keys); dbward's own error says once what to set. Shown with -v.
+    let sdk = if level >= LevelFilter::DEBUG {
+        level
+    } else {
+        LevelFilter::ERROR
+    };
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_default(level)
+        .with_target("aws_config", sdk);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_target(false)
+                .without_time()
+                .with_filter(filter),
+        )
         .init();
 }

@@ -790,13 +790,40 @@ fn store_section(
     };
     let path_style_env =
         env("DBWARD_S3_PATH_STYLE").map(|v| matches!(v.as_str(), "1" | "true" | "yes"));
+    let url = args
+        .store
+        .clone()
+        .or_else(|| env("DBWARD_STORE"))
+        .or_else(|| file.url.map(|u| base.url(u)))
+        .unwrap_or_else(|| "file://./.dbward/snapshots".into());
+    // S3 settings beside stores that are all directories are a set-up gone wrong (a store URL
+    // left at its default, say), not something to ignore.
+    let s3_keys: Vec<&str> = [
+        (
+            "store.endpoint (--s3-endpoint)",
+            args.s3_endpoint.is_some() || file.endpoint.is_some(),
+        ),
+        (
+            "store.region (--s3-region)",
+            args.s3_region.is_some() || file.region.is_some(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect();
+    if !s3_keys.is_empty()
+        && !std::iter::once(&url)
+            .chain(&mirrors)
+            .any(|u| u.starts_with("s3://"))
+    {
+        return Err(SettingsError(format!(
+            "{} set, but the store is {url}{}: they apply to s3:// stores only. Set the store to s3://BUCKET/PREFIX, or remove them",
+            s3_keys.join(" and "),
+            if mirrors.is_empty() { String::new() } else { format!(" and its mirrors are {}", mirrors.join(", ")) }
+        )));
+    }
     Ok(StoreResolved {
-        url: args
-            .store
-            .clone()
-            .or_else(|| env("DBWARD_STORE"))
-            .or_else(|| file.url.map(|u| base.url(u)))
-            .unwrap_or_else(|| "file://./.dbward/snapshots".into()),
+        url,
         mirrors,
         require_all,
         endpoint: args

@@ -84,6 +84,16 @@ impl DatabaseUrl {
             }
             return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
         }
+        // A bare file path (no scheme, no `=`, no `@`: nothing a password hides in) is shown,
+        // with the URL it most likely means.
+        if !url.is_empty() && !url.contains([':', '=', '@']) && !url.contains(char::is_whitespace) {
+            return Err(Error::Url {
+                url: url.to_string(),
+                problem: format!(
+                    "a file path is not a database URL; for a SQLite file write `sqlite:{url}`"
+                ),
+            });
+        }
         let Some(rest) = url
             .strip_prefix("postgres://")
             .or_else(|| url.strip_prefix("postgresql://"))

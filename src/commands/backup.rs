@@ -16,6 +16,23 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
             "--physical takes a PostgreSQL cluster's base backup; a SQLite snapshot already is a copy of the database file",
         ));
     }
+    if let migrator::DatabaseUrl::Sqlite(path) = &url {
+        // Said once, before anything else is tried (the database's identity, a staging copy).
+        if std::fs::symlink_metadata(path).is_err() {
+            let cwd = std::env::current_dir().map(|d| d.display().to_string());
+            return Err(Failure::new(
+                Exit::Failed,
+                format!(
+                    "{}: the database file does not exist, so there is nothing to back up. Check `database.url`{}; a new database is created by `dbward migrate`",
+                    url.display(),
+                    match (path.is_relative(), cwd) {
+                        (true, Ok(d)) => format!(" (a relative path is read from the working directory, here {d})"),
+                        _ => String::new(),
+                    }
+                ),
+            ));
+        }
+    }
     if args.if_due {
         let Some(max) = settings.pitr.base_max_wal else {
             return Err(Failure::new(

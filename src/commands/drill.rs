@@ -207,11 +207,22 @@ fn present(
         std::fs::write(path, format!("{report_json:#}\n"))
             .map_err(|e| Failure::new(Exit::Failed, format!("--report {}: {e}", path.display())))?;
     }
-    if let Some(path) = args.metrics.as_ref().or(settings.drill.metrics.as_ref()) {
-        restore_drill::metrics::write(path, &report).map_err(|e| {
-            Failure::new(Exit::Failed, format!("--metrics {}: {e}", path.display()))
-        })?;
-    }
+    // The metrics are a view of the verdict, never the verdict: a file that cannot be written
+    // is a warning (and `metrics_error` in --json), and the drill's result decides the exit.
+    let metrics = match (&args.metrics, &settings.drill.metrics) {
+        (Some(p), _) => Some((p, "--metrics")),
+        (None, Some(p)) => Some((p, "the setting drill.metrics")),
+        (None, None) => None,
+    };
+    let metrics_error = metrics.and_then(|(path, origin)| {
+        let e = restore_drill::metrics::write(path, &report).err()?;
+        let said = format!(
+            "could not write the drill's metrics to {} ({origin}): {e}; the drill's own result stands. Create that directory (node_exporter's textfile collector reads it), or remove {origin}",
+            path.display()
+        );
+        tracing::warn!("{said}");
+        Some(said)
+    });
 
     let mut text = format!(
         "restore drill of {what} ({} old)\n",
@@ -241,7 +252,7 @@ fn present(
     if report.success {
         Ok(Report {
             text,
-            json: json!({ "report": report_json }),
+            json: json!({ "report": report_json, "metrics_error": metrics_error }),
             code: Exit::Success,
         })
     } else {
@@ -250,7 +261,7 @@ fn present(
             .map(|c| format!("{}: {}", c.name, c.detail))
             .unwrap_or_default();
         Err(Failure {
-            details: json!({ "report": report_json }),
+            details: json!({ "report": report_json, "metrics_error": metrics_error }),
             text,
             ..Failure::new(
                 Exit::Failed,

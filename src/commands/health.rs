@@ -43,6 +43,19 @@ pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failu
             json: json!({ "healthy": true, "status": status, "seconds": waited.as_secs_f64() }),
             code: Exit::Success,
         }),
+        // A setting that is missing or unusable says nothing of the release: exit 2, and the
+        // guard never restores for it.
+        Err(Unhealthy::Setting(what)) => Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "{what}; nothing was checked{}",
+                if args.restore_on_failure {
+                    ", and nothing restored"
+                } else {
+                    ""
+                }
+            ),
+        )),
         Err(reason) if args.restore_on_failure => {
             Err(guard(settings, &reason.to_string(), health.on_failure).await)
         }

@@ -139,7 +139,7 @@ async fn deploys_list(settings: &Settings) -> Result<Report, Failure> {
                     .join(","),
                 format!("{}@{}", e.user, e.host),
                 e.release.clone().unwrap_or_default(),
-                e.outcome.clone(),
+                short(&e.outcome),
                 e.reason.clone().unwrap_or_default(),
             ]
         })
@@ -154,6 +154,17 @@ async fn deploys_list(settings: &Settings) -> Result<Report, Failure> {
         json: serde_json::json!({ "database": url.name(), "deploys": entries }),
         code: Exit::Success,
     })
+}
+
+/// A table cell of a long text (a failure's whole message): its first line, cut at 60
+/// characters with `…`; `--json` keeps the whole text.
+fn short(text: &str) -> String {
+    let first = text.lines().next().unwrap_or_default();
+    match first.char_indices().nth(60) {
+        Some((at, _)) => format!("{}…", &first[..at]),
+        None if text.lines().nth(1).is_some() => format!("{first} …"),
+        None => first.to_string(),
+    }
 }
 
 /// The database setting, parsed (exit 2 if missing or malformed).

@@ -92,6 +92,25 @@ fn a_good_sqlite_snapshot_passes_with_report_metrics_and_receipt() {
     no_drill_leftovers(&p);
     let (_, out, _) = run(p.dbward("sqlite:app.db").arg("snapshots"));
     assert!(out.contains("DRILLED") && out.contains("ok "), "{out}");
+
+    // A metrics file that cannot be written (node_exporter's directory is not on this host) is
+    // a warning: the drill passed, and its exit says so.
+    std::fs::write(
+        p.path().join("dbward.toml"),
+        "[drill]\nmetrics = \"no-such-dir/drill.prom\"\n",
+    )
+    .unwrap();
+    let (code, out, err) =
+        run(p
+            .dbward("sqlite:app.db")
+            .args(["restore-drill", "latest", "--json"]));
+    assert_eq!(code, 0, "{out}{err}");
+    let said = json(&out)["metrics_error"].as_str().unwrap().to_string();
+    assert!(
+        said.contains("no-such-dir/drill.prom (the setting drill.metrics)"),
+        "{said}"
+    );
+    assert!(err.contains("the drill's own result stands"), "{err}");
 }
 
 /// A snapshot of a database in WAL mode (streamed page by page) is a WAL-mode file: the drill

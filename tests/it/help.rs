@@ -95,5 +95,34 @@ fn each_kind_of_failure_as_operators_read_it() {
         p.dbward("sqlite:app.db")
             .args(["restore", "20261122T093000Z-manual-3f2a", "--yes"]),
     );
+    // What a newcomer's first mistakes say: each names the fault and the next step.
+    case(
+        "usage: a file path as the database",
+        common::dbward(p.path()).args(["--database", "demo.db", "status"]),
+    );
+    case("usage: S3 settings beside a directory store", &mut {
+        std::fs::write(
+            p.path().join("s3.toml"),
+            "[store]\nurl = \"file:///srv/snapshots\"\nendpoint = \"https://example.r2.cloudflarestorage.com\"\nregion = \"auto\"\n",
+        )
+        .unwrap();
+        let mut c = p.dbward("sqlite:app.db");
+        c.args(["--config", "s3.toml", "snapshots"]);
+        c
+    });
+    case(
+        "usage: health without a URL, under the guard",
+        p.dbward("sqlite:app.db")
+            .args(["health", "--restore-on-failure"]),
+    );
+    case(
+        "failed: a backup of a database file that does not exist",
+        p.dbward("sqlite:missing.db").arg("backup"),
+    );
+    case(
+        "failed: restore pre-deploy before any deploy",
+        p.dbward("sqlite:app.db")
+            .args(["restore", "pre-deploy", "--yes"]),
+    );
     pinned("failures", cases.join("\n"));
 }

@@ -39,6 +39,7 @@ mod secrets;
 mod setups;
 mod store_contract;
 mod stream;
+mod toolchain;
 mod trust;
 mod trust_round3;
 mod wal;
