@@ -7,8 +7,12 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SETUPS = [
     ("systemd", "A service under systemd (a code forge, an analytics API)",
      "`ExecStartPre=dbward migrate`, `ExecStartPost=dbward health --restore-on-failure` with a "
-     "contract check and SQL probes, a nightly backup and a weekly drill as timers whose failure "
-     "alerts. `DBWARD_RELEASE` in the environment file names the release in the deploy log."),
+     "contract check and SQL probes, on top of the Debian package: its nightly backup and weekly "
+     "drill timers (`systemctl enable --now dbward-backup.timer dbward-drill.timer`, which alert "
+     "through `dbward-alert@` on failure) read the same `/etc/dbward/dbward.toml` and "
+     "`/etc/dbward/env` and keep their records in the same `/var/lib/dbward`. Without the "
+     "package, copy its units from [packaging/deb/](packaging/deb/). `DBWARD_RELEASE` in the "
+     "environment file names the release in the deploy log."),
     ("cron", "Nightly jobs from cron",
      "The same jobs as the timers, for hosts without them."),
     ("compose", "A compose app with dbward as its entrypoint (small-apps platform)",

@@ -18,9 +18,15 @@ use common::{run, tool, MISSING};
 /// this test (checked before installing).
 struct Installed;
 
+/// The config an admin writes beside the example: the test writes it, and removes it (and
+/// the directory, if empty) on every path out.
+const ADMINS_CONFIG: &str = "/etc/dbward/dbward.toml";
+
 impl Drop for Installed {
     fn drop(&mut self) {
         let _ = Command::new("dpkg").args(["--purge", "dbward"]).output();
+        let _ = std::fs::remove_file(ADMINS_CONFIG);
+        let _ = std::fs::remove_dir("/etc/dbward");
     }
 }
 
@@ -156,8 +162,10 @@ fn the_debian_package_installs_runs_and_purges_cleanly() {
     let wants = Path::new("/etc/systemd/system/timers.target.wants/dbward-backup.timer");
     assert!(wants.exists(), "systemctl enable made no link");
 
-    // Purged: every file the package installed is gone, the example config included.
-    drop(_purge);
+    // Purged: every file the package installed is gone, the example config included; what the
+    // admin wrote stays (the README says so).
+    std::fs::write(ADMINS_CONFIG, "# the admin's own config\n").unwrap();
+    let _ = Command::new("dpkg").args(["--purge", "dbward"]).output();
     assert!(!known_to_dpkg(), "dpkg still lists dbward");
     assert!(
         !wants.exists(),
@@ -165,9 +173,16 @@ fn the_debian_package_installs_runs_and_purges_cleanly() {
     );
     for f in [
         "/usr/bin/dbward",
-        "/etc/dbward",
+        "/etc/dbward/dbward.example.toml",
+        "/etc/dbward/env.example",
         "/lib/systemd/system/dbward-backup.service",
     ] {
         assert!(!Path::new(f).exists(), "{f} is left after dpkg --purge");
     }
+    assert!(
+        Path::new(ADMINS_CONFIG).is_file(),
+        "dpkg --purge removed the admin's own config"
+    );
+    drop(_purge);
+    assert!(!Path::new("/etc/dbward").exists());
 }

@@ -12,13 +12,16 @@ use std::time::{Duration, Instant};
 
 use common::{free_port, json, run, sqlite, Pg, Project, S3};
 
+/// A file of `recipes/` (or, `packaging/...`, of the package the recipes run on), with the
+/// paths a real host has replaced by this one's.
 fn recipe(path: &str, subs: &[(&str, String)]) -> String {
-    let mut text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("recipes")
-            .join(path),
-    )
-    .unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = if path.starts_with("packaging/") {
+        root.join(path)
+    } else {
+        root.join("recipes").join(path)
+    };
+    let mut text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{path}: {e}"));
     for (from, to) in subs {
         assert!(text.contains(from), "{path} has no `{from}`");
         text = text.replace(from, to);
@@ -138,7 +141,7 @@ fn systemd_service_on_postgres_with_a_contract_check() {
         recipe(
             "systemd/dbward.toml",
             &[
-                ("/var/lib/app/dbward", format!("{root}/state")),
+                ("/var/lib/dbward", format!("{root}/state")),
                 ("/opt/app/current/migrations", format!("{root}/migrations")),
                 (
                     "/opt/app/current/bin/contract-check",
@@ -156,11 +159,8 @@ fn systemd_service_on_postgres_with_a_contract_check() {
     let unit = recipe(
         "systemd/app.service",
         &[
-            (
-                "/usr/local/bin/dbward",
-                env!("CARGO_BIN_EXE_dbward").to_string(),
-            ),
-            ("/etc/app/dbward.toml", config.display().to_string()),
+            ("/usr/bin/dbward", env!("CARGO_BIN_EXE_dbward").to_string()),
+            ("/etc/dbward/dbward.toml", config.display().to_string()),
         ],
     );
     // What the unit's EnvironmentFile holds (the store's endpoint is the test server's).
@@ -351,8 +351,8 @@ fn compose_app_with_run_as_entrypoint_fresh_volume_and_rollback() {
     let entrypoint: Vec<String> = compose_entrypoint("compose/compose.yaml", "app")
         .into_iter()
         .map(|a| {
-            a.replace("/usr/local/bin/dbward", env!("CARGO_BIN_EXE_dbward"))
-                .replace("/etc/dbward.toml", config.to_str().unwrap())
+            a.replace("/usr/bin/dbward", env!("CARGO_BIN_EXE_dbward"))
+                .replace("/etc/dbward/dbward.toml", config.to_str().unwrap())
         })
         .collect();
     let container = |release: &str, broken: bool| {
@@ -485,8 +485,8 @@ fn blue_green_sqlite_with_a_primary_store_and_a_local_mirror_keeping_3() {
         let entrypoint: Vec<String> = compose_entrypoint("blue-green/compose.yaml", name)
             .into_iter()
             .map(|a| {
-                a.replace("/usr/local/bin/dbward", env!("CARGO_BIN_EXE_dbward"))
-                    .replace("/etc/dbward.toml", config.to_str().unwrap())
+                a.replace("/usr/bin/dbward", env!("CARGO_BIN_EXE_dbward"))
+                    .replace("/etc/dbward/dbward.toml", config.to_str().unwrap())
                     .replace(recipe_port, &port.to_string())
             })
             .collect();
@@ -773,7 +773,7 @@ fn staging_drill_after_a_major_schema_change() {
         recipe(
             "systemd/dbward.toml",
             &[
-                ("/var/lib/app/dbward", format!("{root}/state")),
+                ("/var/lib/dbward", format!("{root}/state")),
                 ("/opt/app/current/migrations", format!("{root}/migrations")),
                 ("/var/lib/node_exporter/textfile", root.clone()),
             ],
@@ -784,11 +784,8 @@ fn staging_drill_after_a_major_schema_change() {
         let text = recipe(
             unit,
             &[
-                (
-                    "/usr/local/bin/dbward",
-                    env!("CARGO_BIN_EXE_dbward").to_string(),
-                ),
-                ("/etc/app/dbward.toml", config.display().to_string()),
+                ("/usr/bin/dbward", env!("CARGO_BIN_EXE_dbward").to_string()),
+                ("/etc/dbward/dbward.toml", config.display().to_string()),
             ],
         );
         let argv = &unit_commands(&text, "ExecStart")[0];
@@ -829,9 +826,9 @@ fn staging_drill_after_a_major_schema_change() {
     let (code, _, err) = migrate();
     assert_eq!(code, 0, "{err}");
     // The nightly backup unit, then the weekly drill unit.
-    let (code, _, err) = unit_exec("systemd/dbward-backup.service");
+    let (code, _, err) = unit_exec("packaging/deb/dbward-backup.service");
     assert_eq!(code, 0, "{err}");
-    let (code, out, err) = unit_exec("systemd/dbward-drill.service");
+    let (code, out, err) = unit_exec("packaging/deb/dbward-drill.service");
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
         out.contains("V2"),
