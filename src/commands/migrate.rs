@@ -167,7 +167,8 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
         .as_ref()
         .map(|h| h.label())
         .unwrap_or_else(|| "no versioned migration".into());
-    tracing::info!(
+    // The result is the report (stdout); the log says it only with -v.
+    tracing::debug!(
         "applied {} migration(s) in {:.2}s; head is {head_text}",
         names.len(),
         started.elapsed().as_secs_f64()
@@ -188,8 +189,9 @@ async fn migrate(settings: &Settings, args: &MigrateArgs) -> Result<Report, Fail
     }
     Ok(Report {
         text: format!(
-            "applied {} migration(s): {}\nhead: {head_text}\n",
+            "applied {} migration(s) in {:.2}s: {}\nhead: {head_text}\n",
             names.len(),
+            started.elapsed().as_secs_f64(),
             names.join(", ")
         ),
         json,
@@ -782,7 +784,7 @@ async fn nothing_pending(
         ..Default::default()
     };
     record(scope, &deploy)?;
-    tracing::info!("nothing pending; {} is at {head_text}", url.display());
+    tracing::debug!("nothing pending; {} is at {head_text}", url.display());
     if settings.hooks.always && !settings.hooks.after_migrate.is_empty() {
         // Nothing applied, no snapshot: only the head.
         if let Err(e) =
