@@ -18,7 +18,9 @@ cargo build --profile "$profile" --locked --bin dbward
 assets=target/assets
 mkdir -p "$assets"
 bin=target/$out/dbward
-"$bin" generate man | gzip -9n > "$assets/dbward.1.gz"
+rm -rf "$assets/man" && mkdir -p "$assets/man"
+"$bin" generate man --dir "$assets/man" >/dev/null
+gzip -9n "$assets"/man/*.1
 "$bin" generate bash > "$assets/dbward.bash"
 "$bin" generate zsh > "$assets/_dbward"
 "$bin" generate fish > "$assets/dbward.fish"

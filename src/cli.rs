@@ -135,11 +135,15 @@ pub struct ReplicateArgs {
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     pub what: Asset,
+    /// With `man`: write every page into DIR (dbward.1, dbward-migrate.1, ...) instead of
+    /// dbward(1) to stdout.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Asset {
-    /// The man page, dbward(1), in roff.
+    /// The man page, dbward(1), in roff (with --dir: every page, dbward-COMMAND(1) too).
     Man,
     Bash,
     Zsh,
@@ -176,14 +180,161 @@ pub fn parse() -> Cli {
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| fail(e))
 }
 
+/// Every man page, by file name: dbward(1) with its EXIT STATUS, ENVIRONMENT, FILES and
+/// EXAMPLES, then dbward-COMMAND(1) for each command its SUBCOMMANDS section names (and
+/// dbward-pitr-verify(1) below dbward-pitr(1)).
+pub fn man_pages() -> Vec<(String, String)> {
+    // Without clap's `help` commands: `--help` is every page's option, and the pages say the rest.
+    let mut cmd = command()
+        .disable_help_subcommand(true)
+        .mut_subcommand("pitr", |c| c.disable_help_subcommand(true));
+    cmd.build();
+    let mut pages = vec![("dbward.1".to_string(), top_page(&cmd))];
+    fn below(parent: &str, cmd: &clap::Command, pages: &mut Vec<(String, String)>) {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = format!("{parent}-{}", sub.get_name());
+            let mut out = Vec::new();
+            // clap names are `&'static str` (its `string` feature is not built): a page is
+            // rendered once, by a process that then exits.
+            let page = sub
+                .clone()
+                .name(&*name.clone().leak())
+                .bin_name(name.replace('-', " "));
+            clap_mangen::Man::new(page)
+                .render(&mut out)
+                .expect("rendering into memory");
+            let mut text = String::from_utf8(out).expect("clap writes UTF-8");
+            text.push_str(&format!(
+                ".SH \"EXIT STATUS\"\nAs for every command: see \\fBdbward\\fR(1).\n.SH \"SEE ALSO\"\n\\fB{}\\fR(1), /usr/share/doc/dbward/contract.md\n",
+                parent.replace('-', "\\-")
+            ));
+            pages.push((format!("{name}.1"), text));
+            below(&name, sub, pages);
+        }
+    }
+    below("dbward", &cmd, &mut pages);
+    pages
+}
+
+/// dbward(1): clap's page, then what an operator looks up in a man page.
+fn top_page(cmd: &clap::Command) -> String {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .render(&mut out)
+        .expect("rendering into memory");
+    let mut page = String::from_utf8(out).expect("clap writes UTF-8");
+    let item = |term: &str, text: &str| {
+        format!(
+            ".TP\n\\fB{}\\fR\n{}\n",
+            term.replace('-', "\\-"),
+            text.replace('-', "\\-")
+        )
+    };
+    page.push_str(".SH \"EXIT STATUS\"\n");
+    for e in crate::exit::Exit::TABLE {
+        page.push_str(&item(&e.code().to_string(), e.label()));
+    }
+    page.push_str(&item(
+        "run, locked",
+        "the command's own code (128 + the signal that ended it)",
+    ));
+    page.push_str(".SH ENVIRONMENT\nEach setting's flag wins over its variable, which wins over the config file. The main ones:\n");
+    for (var, what) in [
+        (
+            "DBWARD_DATABASE, DATABASE_URL",
+            "the database URL (sqlite:PATH or postgres://...)",
+        ),
+        (
+            "DBWARD_MIGRATE_URL",
+            "a direct URL for migrations, when the application's goes through a pooler",
+        ),
+        ("DBWARD_MIGRATIONS", "the migrations folder"),
+        (
+            "DBWARD_STORE, DBWARD_STORE_MIRRORS",
+            "the snapshot store and its mirrors",
+        ),
+        (
+            "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION",
+            "S3 credentials and region",
+        ),
+        (
+            "DBWARD_STATE_DIR, STATE_DIRECTORY",
+            "the state dir (deploy records)",
+        ),
+        ("DBWARD_HEALTH_URL", "the health endpoint the guard polls"),
+        (
+            "DBWARD_RELEASE",
+            "the release's name, in the deploy log and for the hooks",
+        ),
+        (
+            "DBWARD_AGE_IDENTITY_FILE, DBWARD_AGE_PASSPHRASE",
+            "what opens encrypted snapshots",
+        ),
+    ] {
+        page.push_str(&item(var, what));
+    }
+    page.push_str(".SH FILES\n");
+    for (path, what) in [
+        (
+            "./dbward.toml",
+            "the config file when --config is not given",
+        ),
+        (
+            "/etc/dbward/dbward.toml",
+            "the Debian package's config (copy dbward.example.toml)",
+        ),
+        (
+            "/etc/dbward/env",
+            "secrets for the package's units: DATABASE_URL, AWS_* keys (mode 0600)",
+        ),
+        (
+            "/var/lib/dbward",
+            "the package's state dir: deploy records, failed batches",
+        ),
+        (
+            "./.dbward/",
+            "the default state dir and local snapshot store, without a config",
+        ),
+        (
+            "DB.dbward-lock",
+            "beside a SQLite database: the migration lock",
+        ),
+    ] {
+        page.push_str(&item(path, what));
+    }
+    page.push_str(".SH EXAMPLES\n");
+    for (example, what) in [
+        (
+            "dbward --database sqlite:app.db migrate",
+            "apply ./migrations to app.db, after a pre-deploy snapshot",
+        ),
+        (
+            "dbward --config /etc/dbward/dbward.toml health --restore-on-failure",
+            "the guard after a deploy",
+        ),
+        (
+            "dbward --config /etc/dbward/dbward.toml backup --scheduled",
+            "a nightly backup",
+        ),
+        (
+            "dbward --config /etc/dbward/dbward.toml restore-drill latest",
+            "prove the newest snapshot restores",
+        ),
+    ] {
+        page.push_str(&item(example, what));
+    }
+    page.push_str(
+        ".SH \"SEE ALSO\"\n/usr/share/doc/dbward/README.md, /usr/share/doc/dbward/contract.md\n",
+    );
+    page
+}
+
 /// The man page or a completion script for `what`.
 pub fn generate(what: Asset) -> String {
     let mut out = Vec::new();
     let mut cmd = command();
     match what {
-        Asset::Man => clap_mangen::Man::new(cmd)
-            .render(&mut out)
-            .expect("rendering into memory"),
+        Asset::Man => return man_pages().swap_remove(0).1,
         Asset::Bash => {
             clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "dbward", &mut out)
         }

@@ -49,6 +49,21 @@ pub fn name(command: &Command) -> &'static str {
 pub async fn run(cli: &Cli) -> Result<Report, Failure> {
     if let Command::Generate(args) = &cli.command {
         // Needs no settings: packaging runs it anywhere.
+        if let (crate::cli::Asset::Man, Some(dir)) = (args.what, &args.dir) {
+            let mut written = Vec::new();
+            for (name, page) in crate::cli::man_pages() {
+                let path = dir.join(&name);
+                std::fs::write(&path, page).map_err(|e| {
+                    Failure::new(Exit::Failed, format!("writing {}: {e}", path.display()))
+                })?;
+                written.push(name);
+            }
+            return Ok(Report {
+                text: format!("{}\n", written.join("\n")),
+                json: serde_json::json!({ "written": written }),
+                code: Exit::Success,
+            });
+        }
         return Ok(Report {
             text: crate::cli::generate(args.what),
             json: serde_json::Value::Null,

@@ -126,3 +126,49 @@ fn each_kind_of_failure_as_operators_read_it() {
     );
     pinned("failures", cases.join("\n"));
 }
+
+/// One man page per command, each one dbward(1) (or dbward-pitr(1)) names, and dbward(1) with
+/// the sections a man page reader looks for.
+#[test]
+fn a_man_page_for_every_command_and_the_sections_readers_look_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(dbward().args(["generate", "man", "--dir"]).arg(dir.path()));
+    assert_eq!(code, 0, "{err}");
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let top = read("dbward.1");
+    for section in [
+        ".SH SUBCOMMANDS",
+        ".SH \"EXIT STATUS\"",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+        ".SH EXAMPLES",
+    ] {
+        assert!(top.contains(section), "{section} in dbward(1)");
+    }
+    let mut named = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for (i, _) in text.match_indices("dbward\\-") {
+            // `dbward\-restore\-drill(1)`: letters, `\` and `-`, then `(1)`.
+            let rest = &text[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '\\' || c == '-'))
+                .unwrap_or(rest.len());
+            if rest[end..].starts_with("(1)") {
+                named.push(rest[..end].replace('\\', ""));
+            }
+        }
+    }
+    for command in commands() {
+        assert!(
+            named.contains(&format!("dbward-{command}")),
+            "dbward(1) names dbward-{command}(1): {named:?}"
+        );
+    }
+    for page in named {
+        assert!(
+            dir.path().join(format!("{page}.1")).is_file(),
+            "{page}(1) is named, not written"
+        );
+    }
+}

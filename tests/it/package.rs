@@ -92,6 +92,22 @@ fn the_debian_package_installs_runs_and_purges_cleanly() {
         man.contains("restore\\-drill"),
         "the man page lists the commands: {man}"
     );
+    // The pages dbward(1) names (and the one dbward-pitr(1) names) are installed.
+    for page in ["dbward-migrate", "dbward-restore-drill", "dbward-pitr"] {
+        assert!(
+            man.contains(&format!("{}(1)", page.replace('-', "\\-"))),
+            "dbward(1) names {page}(1)"
+        );
+    }
+    for page in [
+        "dbward-migrate",
+        "dbward-restore-drill",
+        "dbward-pitr",
+        "dbward-pitr-verify",
+    ] {
+        let path = format!("/usr/share/man/man1/{page}.1.gz");
+        assert!(Path::new(&path).is_file(), "{path} is not installed");
+    }
     let bash = tool(Command::new("bash").args([
         "-c",
         "source /usr/share/bash-completion/completions/dbward && complete -p dbward",
