@@ -9,7 +9,8 @@
 # make `dbward run -- APP` its entrypoint (README: Recipes). /usr/bin/dbward is where the Debian
 # package puts it too. It runs as the user `dbward` (uid 10001), which owns the state dir.
 # The Rust toolchain is the oldest every locked dependency builds with (Cargo.toml's
-# rust-version; tests/it/toolchain.rs checks both against `cargo metadata`).
+# rust-version; tests/it/toolchain.rs checks both against `cargo metadata`). Without a Docker
+# engine, scripts/image.sh builds the same image from Debian's packages (the suite runs it).
 FROM rust:1.94.1-slim-bookworm AS build
 WORKDIR /src
 COPY . .

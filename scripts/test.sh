@@ -5,8 +5,10 @@
 # age (encrypted snapshots are opened with the real CLI), dpkg-deb and cargo-deb (the Debian
 # package is built and installed),
 # the S3 test server s3s-fs, boto3 and croniter.
+# mmdebstrap, umoci and runc (the container image is built from Debian's packages and run).
 # Nothing in the suite skips: a dependency this script cannot install fails the run. (The one
-# step outside the suite that can be skipped, the container image build, says so aloud.)
+# step outside the suite that can be skipped, `docker build` of the Dockerfile where no Docker
+# engine runs, says so aloud; the image itself is always built and run.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,10 @@ python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v age >/dev/null || missing+=(age)
 command -v dpkg-deb >/dev/null || missing+=(dpkg-dev)
+# The container image is built with mmdebstrap and umoci, and run with runc.
+command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+command -v umoci >/dev/null || missing+=(umoci)
+command -v runc >/dev/null || missing+=(runc)
 # java: runs the reference that computes Flyway's checksums as Flyway reads files.
 command -v java >/dev/null || missing+=(default-jre-headless)
 command -v npm >/dev/null || missing+=(npm)
@@ -91,13 +97,17 @@ log "package"
 # The Debian package tests/it/package.rs installs (and purges) on this machine.
 DBWARD_TEST_DEB=$(scripts/package.sh --test | tail -1)
 export DBWARD_TEST_DEB
-# The container image: built where a Docker engine answers; said loudly where none does.
+# The container image, built from Debian's packages without a Docker engine (scripts/image.sh);
+# tests/it/image.rs runs it with runc. The Dockerfile itself is built where an engine answers.
+log "image"
+DBWARD_TEST_IMAGE=$(scripts/image.sh target/debug/dbward target/image | tail -1)
+export DBWARD_TEST_IMAGE
 if docker info >/dev/null 2>&1; then
   log "docker build"
   docker build -q -t dbward:test . >/dev/null
   [ "$(docker run --rm dbward:test --version)" = "dbward $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ]
 else
-  log "docker build SKIPPED: no Docker engine answers here (docker info failed); the Dockerfile was not built"
+  log "docker build SKIPPED: no Docker engine answers here (docker info failed); the same image was built by scripts/image.sh"
 fi
 log "tests"
 # .config/nextest.toml: how many at once, and the slow group that starts first.

@@ -16,11 +16,21 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure> {
     let health = args.health.apply(&settings.health)?;
-    if health.url.is_none() {
-        return Err(Failure::new(
-            Exit::Usage,
-            "run needs a health URL: --url, DBWARD_HEALTH_URL, or `url` under [health]",
-        ));
+    match health.url.as_deref() {
+        None => {
+            return Err(Failure::new(
+                Exit::Usage,
+                "run needs a health URL: --url, DBWARD_HEALTH_URL, or `url` under [health]",
+            ))
+        }
+        // Said before anything runs: found after the start, it would reach the guard.
+        Some(u) if !u.starts_with("http://") => {
+            return Err(Failure::new(
+                Exit::Usage,
+                crate::probe::Error::NotHttp(u.to_string()).to_string(),
+            ))
+        }
+        Some(_) => {}
     }
     // The guard found the last deploy unhealthy and could not undo it: it retries first
     // (`migrate` would refuse to go on).
