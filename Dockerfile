@@ -27,6 +27,11 @@ RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/dbward --shell
 # STATE_DIRECTORY, which ranks below a config file's state_dir (DBWARD_STATE_DIR would win).
 ENV STATE_DIRECTORY=/var/lib/dbward
 VOLUME /var/lib/dbward
+# Relative paths (the default local store, ./.dbward/snapshots) land in the state volume.
+WORKDIR /var/lib/dbward
+# A data volume dbward writes to (a SQLite database and its lock file) must be writable by
+# uid 10001: give the service `user: "10001"` and the volume that owner, or run as root with
+# `user: root`. A state volume an earlier, root-run image wrote needs `chown -R 10001:10001`.
 USER dbward
 ENTRYPOINT ["/usr/bin/dbward"]
 CMD ["--help"]

@@ -9,6 +9,7 @@
 set -euo pipefail
 bin=${1:?usage: scripts/image.sh BINARY DIR}
 out=${2:?usage: scripts/image.sh BINARY DIR}
+[ "$(basename "$bin")" = dbward ] || { echo "image.sh: the binary must be named dbward" >&2; exit 1; }
 for tool in mmdebstrap umoci; do
   command -v "$tool" >/dev/null || { echo "image.sh: $tool is missing (apt-get install mmdebstrap umoci)" >&2; exit 1; }
 done
@@ -20,8 +21,10 @@ mmdebstrap --quiet --variant=minbase --include=ca-certificates,postgresql-client
   --customize-hook='chroot "$1" useradd --system -K SYS_UID_MAX=10001 --uid 10001 --gid dbward --home-dir /var/lib/dbward --shell /usr/sbin/nologin dbward' \
   --customize-hook='chroot "$1" install -d -o dbward -g dbward -m 0750 /var/lib/dbward' \
   --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/archives/*.deb' \
-  bookworm "$out/rootfs.tar" http://deb.debian.org/debian
-[ "$(basename "$bin")" = dbward ] || { echo "image.sh: the binary must be named dbward" >&2; exit 1; }
+  bookworm "$out/rootfs.tar" \
+  "deb http://deb.debian.org/debian bookworm main" \
+  "deb http://deb.debian.org/debian bookworm-updates main" \
+  "deb http://deb.debian.org/debian-security bookworm-security main"
 umoci init --layout "$out/oci"
 umoci new --image "$out/oci:dbward"
 umoci raw add-layer --image "$out/oci:dbward" "$out/rootfs.tar"

@@ -191,6 +191,8 @@ pub fn man_pages() -> Vec<(String, String)> {
     cmd.build();
     let mut pages = vec![("dbward.1".to_string(), top_page(&cmd))];
     fn below(parent: &str, cmd: &clap::Command, pages: &mut Vec<(String, String)>) {
+        // How the command is typed: `dbward restore-drill`, `dbward pitr verify`.
+        let typed = cmd.get_bin_name().unwrap_or(cmd.get_name()).to_string();
         for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
             let name = format!("{parent}-{}", sub.get_name());
             let mut out = Vec::new();
@@ -199,7 +201,7 @@ pub fn man_pages() -> Vec<(String, String)> {
             let page = sub
                 .clone()
                 .name(&*name.clone().leak())
-                .bin_name(name.replace('-', " "));
+                .bin_name(format!("{typed} {}", sub.get_name()));
             clap_mangen::Man::new(page)
                 .render(&mut out)
                 .expect("rendering into memory");
@@ -238,7 +240,7 @@ fn top_page(cmd: &clap::Command) -> String {
         "run, locked",
         "the command's own code (128 + the signal that ended it)",
     ));
-    page.push_str(".SH ENVIRONMENT\nEach setting's flag wins over its variable, which wins over the config file. The main ones:\n");
+    page.push_str(".SH ENVIRONMENT\nA flag wins over its variable, which mostly wins over the config file (the exceptions, such as STATE_DIRECTORY below the file's state_dir, are in contract.md). The main ones:\n");
     for (var, what) in [
         (
             "DBWARD_DATABASE, DATABASE_URL",

@@ -811,7 +811,11 @@ fn store_section(
     .into_iter()
     .filter_map(|(k, set)| set.then_some(k))
     .collect();
-    if !s3_keys.is_empty()
+    // A store given by flag or environment for one run (`--store file:///backups/app` to
+    // restore from the mirror when the primary is gone) does not make the file's S3 keys wrong.
+    let store_overridden = args.store.is_some() || env("DBWARD_STORE").is_some();
+    if !store_overridden
+        && !s3_keys.is_empty()
         && !std::iter::once(&url)
             .chain(&mirrors)
             .any(|u| u.starts_with("s3://"))
@@ -1136,6 +1140,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("databse"), "{err}");
+    }
+
+    #[test]
+    fn s3_keys_beside_a_directory_store_are_refused_unless_the_store_is_given_for_the_run() {
+        let cfg = "[store]\nurl = \"file:///srv/snapshots\"\nendpoint = \"https://x.r2.cloudflarestorage.com\"\nregion = \"auto\"\n";
+        let err = resolve(
+            &GlobalArgs::default(),
+            |_| None,
+            Some((file(cfg), "/".into())),
+        )
+        .expect_err("refused");
+        assert!(err.0.contains("apply to s3:// stores only"), "{}", err.0);
+        // An R2 primary with a directory mirror, read from the mirror for one run.
+        let r2 = "[store]\nurl = \"s3://backups/app\"\nmirrors = [\"file:///backups/app\"]\nendpoint = \"https://x.r2.cloudflarestorage.com\"\n";
+        let args = GlobalArgs {
+            store: Some("file:///backups/app".into()),
+            ..GlobalArgs::default()
+        };
+        let s = resolve(&args, |_| None, Some((file(r2), "/".into()))).unwrap();
+        assert_eq!(s.store, "file:///backups/app");
+        let env = |k: &str| (k == "DBWARD_STORE").then(|| "file:///backups/app".to_string());
+        assert!(resolve(&GlobalArgs::default(), env, Some((file(cfg), "/".into()))).is_ok());
     }
 
     #[test]

@@ -84,9 +84,14 @@ impl DatabaseUrl {
             }
             return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
         }
-        // A bare file path (no scheme, no `=`, no `@`: nothing a password hides in) is shown,
-        // with the URL it most likely means.
-        if !url.is_empty() && !url.contains([':', '=', '@']) && !url.contains(char::is_whitespace) {
+        // A bare file path is shown, with the URL it most likely means: only one that looks
+        // like a path (a `/`, or a SQLite file's suffix), never a bare word, which may be a
+        // password put in the wrong variable.
+        let path_like = url.contains('/')
+            || [".db", ".sqlite", ".sqlite3"]
+                .iter()
+                .any(|ext| url.ends_with(ext));
+        if path_like && !url.contains([':', '=', '@']) && !url.contains(char::is_whitespace) {
             return Err(Error::Url {
                 url: url.to_string(),
                 problem: format!(
@@ -390,6 +395,13 @@ mod tests {
                 .display(),
             "postgres://app:***@db:5433/app?sslmode=require"
         );
+        // A bare word is never shown (a password in the wrong variable); a path is, with a hint.
+        let err = DatabaseUrl::parse("b7f3c9e1a2d4hunter2")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = DatabaseUrl::parse("data/app.db").unwrap_err().to_string();
+        assert!(err.contains("`sqlite:data/app.db`"), "{err}");
         let err = DatabaseUrl::parse("host=db password=hunter2 dbname=app")
             .unwrap_err()
             .to_string();

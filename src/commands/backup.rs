@@ -18,7 +18,8 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
     }
     if let migrator::DatabaseUrl::Sqlite(path) = &url {
         // Said once, before anything else is tried (the database's identity, a staging copy).
-        if std::fs::symlink_metadata(path).is_err() {
+        if std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
             let cwd = std::env::current_dir().map(|d| d.display().to_string());
             return Err(Failure::new(
                 Exit::Failed,

@@ -48,9 +48,9 @@ pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failu
         Err(Unhealthy::Setting(what)) => Err(Failure::new(
             Exit::Usage,
             format!(
-                "{what}; nothing was checked{}",
+                "{what}{}",
                 if args.restore_on_failure {
-                    ", and nothing restored"
+                    "; a setting says nothing of the release: nothing was restored"
                 } else {
                     ""
                 }

@@ -71,7 +71,12 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         wait_for_backup: false,
     };
     match super::migrate::run(settings, &migrate).await {
-        Ok(_) => {}
+        // The container's log is the one place the operator reads what the deploy applied.
+        Ok(report) => {
+            for line in report.text.lines() {
+                tracing::info!("{line}");
+            }
+        }
         // The batch is in, its hook failed: the deploy is broken, so the guard acts at once.
         Err(f) if f.code == Exit::HookFailed => {
             return Err(super::health::guard(settings, &f.full(), health.on_failure).await)

@@ -165,6 +165,13 @@ fn a_man_page_for_every_command_and_the_sections_readers_look_for() {
             "dbward(1) names dbward-{command}(1): {named:?}"
         );
     }
+    // Each page's synopsis is the command as typed.
+    assert!(
+        read("dbward-restore-drill.1").contains("\\fBdbward restore\\-drill\\fR"),
+        "{}",
+        read("dbward-restore-drill.1")
+    );
+    assert!(read("dbward-pitr-verify.1").contains("\\fBdbward pitr verify\\fR"));
     for page in named {
         assert!(
             dir.path().join(format!("{page}.1")).is_file(),

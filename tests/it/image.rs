@@ -124,14 +124,39 @@ fn the_image_runs_dbward_as_process_1_with_its_own_user_and_the_packages_paths()
     });
     std::fs::write(&config, spec.to_string()).unwrap();
 
-    let id = format!("dbward-test-{}", std::process::id());
-    let log = dir.path().join("run.log");
+    // First deploy: nothing to snapshot. Then a release with a new migration: its pre-deploy
+    // snapshot goes to the default store, relative to the working directory, in the volume.
+    let first = deploy(dir.path(), &bundle, &state, "first");
+    assert!(first.contains("applied 4 migration(s)"), "{first}");
+    assert_eq!(uid(&state.join("app.db")), 10001, "{first}");
+    std::fs::write(
+        app.join("migrations/V5__add_note.sql"),
+        "ALTER TABLE users ADD COLUMN note TEXT;\n",
+    )
+    .unwrap();
+    let second = deploy(dir.path(), &bundle, &state, "second");
+    assert!(second.contains("applied 1 migration(s)"), "{second}");
+    let snapshots: Vec<_> = std::fs::read_dir(state.join(".dbward/snapshots/app"))
+        .unwrap_or_else(|e| panic!("no snapshot in the volume ({e}): {second}"))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sqlite.zst"))
+        .collect();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}: {second}");
+}
+
+/// One start of the container (`run` as process 1) until it is healthy, then `docker stop`:
+/// SIGTERM to process 1. Checks who runs what, and that the application got the signal and
+/// the container ended with it; returns what dbward said.
+fn deploy(dir: &Path, bundle: &Path, state: &Path, name: &str) -> String {
+    let _ = std::fs::remove_file(state.join("app-stopped"));
+    let id = format!("dbward-test-{}-{name}", std::process::id());
+    let log = dir.join(format!("{name}.log"));
     let mut runc = Command::new("runc")
         .args(["run", "--bundle"])
-        .arg(&bundle)
+        .arg(bundle)
         .arg(&id)
         .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.path().join("run.out")).unwrap())
+        .stdout(std::fs::File::create(dir.join(format!("{name}.out"))).unwrap())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap_or_else(|e| panic!("runc: {e}: {MISSING}"));
@@ -147,7 +172,6 @@ fn the_image_runs_dbward_as_process_1_with_its_own_user_and_the_packages_paths()
         "10001",
         "the application runs as the image's user"
     );
-    assert_eq!(uid(&state.join("app.db")), 10001, "{}", said());
     // The container's process 1 (its init, as runc reports it) is dbward.
     let state_json: serde_json::Value =
         serde_json::from_str(&tool(Command::new("runc").args(["state", &id]))).unwrap();
@@ -182,4 +206,5 @@ fn the_image_runs_dbward_as_process_1_with_its_own_user_and_the_packages_paths()
         "the application got the SIGTERM"
     );
     drop(container);
+    said()
 }
