@@ -201,23 +201,7 @@ fn pg_dump(pg: &Pg, db: &str, what: &str) -> String {
 /// applies them (one file at a time).
 fn psql_one_by_one(pg: &Pg, db: &str, files: &[std::path::PathBuf]) {
     for f in files {
-        common::tool(
-            Command::new(common::pg_bindir().join("psql"))
-                .args([
-                    "-X",
-                    "-q",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                    "-p",
-                ])
-                .arg(pg.port.to_string())
-                .args(["-d", db, "-f"])
-                .arg(f),
-        );
+        pg.psql_file(db, f);
     }
 }
 

@@ -391,6 +391,11 @@ impl Pg {
         c
     }
 
+    /// Runs a file of SQL (`psql -f`, as a runner applies one file), panics on error.
+    pub fn psql_file(&self, db: &str, file: &Path) -> String {
+        tool(self.psql_cmd(db).arg("-f").arg(file))
+    }
+
     /// Runs SQL, panics on error, returns the trimmed output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = self.psql_cmd(db).arg("-c").arg(sql).output().unwrap();
