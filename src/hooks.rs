@@ -53,11 +53,10 @@ impl<'a> Batch<'a> {
             applied: deploy.applied.iter().map(|v| deploy.shown(*v)).collect(),
             repeatable: &deploy.repeatable,
             snapshot: deploy.pre_deploy_snapshot.as_deref(),
-            head: deploy.head.as_ref().map(|h| {
-                h.version_text
-                    .clone()
-                    .unwrap_or_else(|| h.version.to_string())
-            }),
+            head: deploy
+                .head
+                .as_ref()
+                .map(|h| dbconn::history::shown(h.version, h.version_text.as_deref())),
         }
     }
 }

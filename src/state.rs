@@ -410,10 +410,10 @@ pub struct Deploy {
 impl Deploy {
     /// An applied version as written: `12`, or `1.1` for a version with parts.
     pub fn shown(&self, version: i64) -> String {
-        self.version_texts
-            .get(&version)
-            .cloned()
-            .unwrap_or_else(|| version.to_string())
+        dbconn::history::shown(
+            version,
+            self.version_texts.get(&version).map(String::as_str),
+        )
     }
 }
 

@@ -33,12 +33,14 @@ pub fn order(version: i64, text: Option<&str>) -> Vec<u64> {
     }
 }
 
-/// How a version is shown: `V12`, `V1.1`.
+/// A version as written: `12`, or `1.1` for a version with parts.
+pub fn shown(version: i64, text: Option<&str>) -> String {
+    text.map_or_else(|| version.to_string(), str::to_string)
+}
+
+/// How a version is named in messages: `V12`, `V1.1`.
 pub fn label(version: i64, text: Option<&str>) -> String {
-    match text {
-        Some(t) => format!("V{t}"),
-        None => format!("V{version}"),
-    }
+    format!("V{}", shown(version, text))
 }
 
 /// The parts of a Flyway version as Flyway compares them: `_` and `.` separate parts, each a
@@ -72,6 +74,25 @@ pub fn dotted_key(parts: &[u64]) -> i64 {
     let mut h = siphasher::sip::SipHasher13::new();
     h.write(text.as_bytes());
     -1 - (h.finish() >> 2) as i64
+}
+
+/// The key and, for a version with parts, the text of the version `parts` ([`version_parts`])
+/// make: `2.0` is version 2, `1.10` has the key [`dotted_key`] gives it and the text `1.10`.
+/// `None` for a whole number beyond `i64`.
+pub fn keyed(parts: &[u64]) -> Option<(i64, Option<String>)> {
+    match parts {
+        [whole] => i64::try_from(*whole).ok().map(|v| (v, None)),
+        _ => Some((
+            dotted_key(parts),
+            Some(
+                parts
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join("."),
+            ),
+        )),
+    }
 }
 
 /// The newest applied migration of a history: the database's schema version. Versions with

@@ -197,11 +197,16 @@ pub fn applied_on(conn: &Connection) -> Result<Vec<Applied>, Error> {
 
 /// Whether the history table has the `version_text` column (a version with parts was recorded).
 pub fn has_version_text(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('refinery_schema_history') WHERE name = 'version_text'",
-        [],
-        |r| r.get(0),
-    )
+    Ok(columns(conn, history::TABLE)?
+        .iter()
+        .any(|c| c == "version_text"))
+}
+
+/// The columns of `table`; none when there is no such table.
+pub fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<String>> {
+    conn.prepare("SELECT name FROM pragma_table_info(?1)")?
+        .query_map([table], |r| r.get(0))?
+        .collect()
 }
 
 /// Whether the database has tables of its own (not only dbward's and refinery's).

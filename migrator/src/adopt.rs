@@ -439,11 +439,9 @@ fn flyway_version(v: &str) -> Result<i64, Fault> {
             "Flyway version `{v}` is not whole numbers separated by `.`"
         ))
     })?;
-    match parts[..] {
-        [whole] => i64::try_from(whole)
-            .map_err(|_| Fault::Refused(format!("Flyway version {v} is larger than {}", i64::MAX))),
-        _ => Ok(dbconn::history::dotted_key(&parts)),
-    }
+    dbconn::history::keyed(&parts)
+        .map(|(key, _)| key)
+        .ok_or_else(|| Fault::Refused(format!("Flyway version {v} is larger than {}", i64::MAX)))
 }
 
 fn number(v: &Option<String>) -> Result<i64, Fault> {

@@ -197,24 +197,12 @@ fn dbward(stem: &str) -> Result<Named<'_>, String> {
         let parts = dbconn::history::version_parts(digits).ok_or_else(|| {
             format!("version `{digits}` is not whole numbers separated by `.` or `_`; {V}")
         })?;
-        return Ok(match parts[..] {
-            [whole] => Named::Versioned {
-                version: i64::try_from(whole)
-                    .map_err(|_| format!("version {digits} is larger than {}", i64::MAX))?,
-                name,
-                text: None,
-            },
-            _ => Named::Versioned {
-                version: dbconn::history::dotted_key(&parts),
-                name,
-                text: Some(
-                    parts
-                        .iter()
-                        .map(u64::to_string)
-                        .collect::<Vec<_>>()
-                        .join("."),
-                ),
-            },
+        let (version, text) = dbconn::history::keyed(&parts)
+            .ok_or_else(|| format!("version {digits} is larger than {}", i64::MAX))?;
+        return Ok(Named::Versioned {
+            version,
+            name,
+            text,
         });
     }
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {

@@ -197,9 +197,7 @@ pub fn discover(dir: &Path) -> Result<Migrations, SourceError> {
         |f, before| {
             format!(
                 "version {} is also used by {}; every migration needs its own version",
-                f.version_text
-                    .clone()
-                    .unwrap_or_else(|| f.version.to_string()),
+                dbconn::history::shown(f.version, f.version_text.as_deref()),
                 before.path.display()
             )
         },

@@ -43,7 +43,7 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             None => "applied",
         };
         rows.push(vec![
-            shown(a.version, &a.version_text),
+            dbconn::history::shown(a.version, a.version_text.as_deref()),
             a.name.clone(),
             state.into(),
             a.applied_on.clone(),
@@ -55,7 +55,7 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             let file_of = files.versioned.iter().find(|f| f.version == *version);
             let name = file_of.map(|f| f.name.clone()).unwrap_or_default();
             rows.push(vec![
-                shown(*version, &file_of.and_then(|f| f.version_text.clone())),
+                dbconn::history::shown(*version, file_of.and_then(|f| f.version_text.as_deref())),
                 name.clone(),
                 "out-of-order".into(),
                 String::new(),
@@ -75,7 +75,7 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             None => "pending".into(),
         };
         rows.push(vec![
-            shown(f.version, &f.version_text),
+            dbconn::history::shown(f.version, f.version_text.as_deref()),
             f.name.clone(),
             state.clone(),
             String::new(),
@@ -158,11 +158,6 @@ pub async fn run(settings: &Settings) -> Result<Report, Failure> {
             Exit::Refused
         },
     })
-}
-
-/// A version as the VERSION column shows it: `12`, or `1.1` for a version with parts.
-fn shown(version: i64, text: &Option<String>) -> String {
-    text.clone().unwrap_or_else(|| version.to_string())
 }
 
 /// The history the plan is made from ([`migrator::adopt::history`]), why another tool's

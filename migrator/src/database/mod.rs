@@ -245,11 +245,9 @@ impl Database {
     pub async fn columns(&mut self, table: &str) -> Result<Option<Vec<String>>, Error> {
         let ctx = |e: String| Error::db(format!("looking for the table {table}"), e);
         let names: Vec<String> = match self {
-            Database::Sqlite(db) => db
-                .conn()
-                .prepare("SELECT name FROM pragma_table_info(?1)")
-                .and_then(|mut s| s.query_map([table], |r| r.get(0))?.collect())
-                .map_err(|e| ctx(e.to_string()))?,
+            Database::Sqlite(db) => {
+                dbconn::sqlite::columns(db.conn(), table).map_err(|e| ctx(e.to_string()))?
+            }
             Database::Postgres(db) => db
                 .client()
                 .query(
