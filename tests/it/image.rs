@@ -81,7 +81,7 @@ fn the_image_runs_dbward_as_process_1_with_its_own_user_and_the_packages_paths()
     }
     std::fs::write(
         app.join("app.sh"),
-        "#!/bin/sh\nid -u > /var/lib/dbward/app-uid\ntrap 'echo stopped > /var/lib/dbward/app-stopped; exit 0' TERM\nwhile :; do sleep 0.2; done\n",
+        "#!/bin/sh\ntrap 'echo stopped > /var/lib/dbward/app-stopped; exit 0' TERM\nid -u > /var/lib/dbward/app-uid.new && mv /var/lib/dbward/app-uid.new /var/lib/dbward/app-uid\nwhile :; do sleep 0.2; done\n",
     )
     .unwrap();
     std::fs::set_permissions(
@@ -149,6 +149,7 @@ fn the_image_runs_dbward_as_process_1_with_its_own_user_and_the_packages_paths()
 /// the container ended with it; returns what dbward said.
 fn deploy(dir: &Path, bundle: &Path, state: &Path, name: &str) -> String {
     let _ = std::fs::remove_file(state.join("app-stopped"));
+    let _ = std::fs::remove_file(state.join("app-uid"));
     let id = format!("dbward-test-{}-{name}", std::process::id());
     let log = dir.join(format!("{name}.log"));
     let mut runc = Command::new("runc")
@@ -164,6 +165,12 @@ fn deploy(dir: &Path, bundle: &Path, state: &Path, name: &str) -> String {
     let said = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until("the application to be healthy", said, || {
         said().contains("healthy; waiting on")
+    });
+    // The health endpoint is this test's and answers at once: the application may still be
+    // starting. It sets its SIGTERM trap, then writes its user id whole (a rename): a file there is
+    // complete and the trap is set.
+    wait_until("the application to say who it runs as", said, || {
+        state.join("app-uid").exists()
     });
     assert_eq!(
         std::fs::read_to_string(state.join("app-uid"))
