@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod archive;
+pub mod unit;
 
 pub const MISSING: &str = "run scripts/test.sh, which installs the test dependencies";
 
