@@ -150,7 +150,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()>
     let mut tmp = tempfile::Builder::new()
         .prefix(".dbward-write-")
         .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(&dir)?;
+        .tempfile_in(&dir)
+        .map_err(|e| {
+            // tempfile's message names its random file; the directory is what a reader can fix.
+            let said = e.to_string();
+            let cause = said.split(" at path \"").next().unwrap_or(&said);
+            std::io::Error::new(e.kind(), format!("{}: {cause}", dir.display()))
+        })?;
     // The mode asked for, whatever the umask took away.
     tmp.as_file()
         .set_permissions(std::fs::Permissions::from_mode(mode))?;

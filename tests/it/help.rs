@@ -124,6 +124,31 @@ fn each_kind_of_failure_as_operators_read_it() {
         p.dbward("sqlite:app.db")
             .args(["restore", "pre-deploy", "--yes"]),
     );
+    case(
+        "failed: an S3 store without credentials",
+        p.dbward("sqlite:app.db")
+            .args([
+                "--store",
+                "s3://backups/app",
+                "--s3-endpoint",
+                "http://127.0.0.1:9",
+            ])
+            .env("HOME", p.path())
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .arg("snapshots"),
+    );
+    // A drill that passed, whose metrics file has nowhere to go: a warning, exit 0.
+    assert_eq!(run(p.dbward("sqlite:app.db").arg("backup")).0, 0);
+    case(
+        "passed: a drill whose metrics file cannot be written",
+        p.dbward("sqlite:app.db").args([
+            "-q",
+            "restore-drill",
+            "latest",
+            "--metrics",
+            "no-such-dir/dbward.prom",
+        ]),
+    );
     pinned("failures", cases.join("\n"));
 }
 

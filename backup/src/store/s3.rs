@@ -803,7 +803,7 @@ fn sdk_message<E: ProvideErrorMetadata + std::error::Error + 'static>(
         }
         SdkError::DispatchFailure(_) if chain(e).to_ascii_lowercase().contains("credentials") => {
             format!(
-                "{}; no AWS credentials were found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (in the unit's EnvironmentFile), a profile, or an instance role",
+                "no AWS credentials for the store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in /etc/dbward/env (the units' EnvironmentFile; in a shell, export them), or use a profile or an instance role. What the SDK tried: {}",
                 chain(e)
             )
         }
