@@ -204,3 +204,51 @@ fn a_man_page_for_every_command_and_the_sections_readers_look_for() {
         );
     }
 }
+
+/// `dbward deploys` as operators read it: one short line per event, a guard's long failure
+/// cut in its OUTCOME cell (`--json` keeps it whole). The moment and the host change from run
+/// to run: they are replaced, and columns are joined by ` | ` so their widths do not matter.
+#[test]
+fn the_deploy_log_as_operators_read_it() {
+    let p = Project::new();
+    p.migration("V1__t.sql", "CREATE TABLE t (id INTEGER);\n");
+    let dbward = || {
+        let mut c = p.dbward("sqlite:app.db");
+        c.env("USER", "deployer").env("DBWARD_RELEASE", "4f2c9e1");
+        c
+    };
+    assert_eq!(run(dbward().args(["migrate", "--reason", "first"])).0, 0);
+    p.migration("V2__u.sql", "CREATE TABLE u (id INTEGER);\n");
+    assert_eq!(run(dbward().arg("migrate")).0, 0);
+    let (code, _, err) = run(dbward().args([
+        "health",
+        "--restore-on-failure",
+        "--url",
+        "http://127.0.0.1:9/healthz",
+        "--timeout",
+        "1s",
+    ]));
+    assert_eq!(code, 5, "{err}");
+    let (code, json, _) = run(dbward().args(["deploys", "--json"]));
+    assert_eq!(code, 0);
+    let doc = common::json(&json);
+    let entries = doc["deploys"].as_array().unwrap();
+    let (code, mut text, err) = run(dbward().arg("deploys"));
+    assert_eq!(code, 0, "{err}");
+    for e in entries {
+        text = text.replace(e["at"].as_str().unwrap(), "<at>");
+        text = text.replace(e["host"].as_str().unwrap(), "<host>");
+    }
+    let text: String = text
+        .lines()
+        .map(|l| {
+            l.split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect::<Vec<_>>()
+                .join(" | ")
+                + "\n"
+        })
+        .collect();
+    pinned("deploy-log", text);
+}
