@@ -31,6 +31,9 @@ pub struct Entry {
     pub reason: Option<String>,
     /// `applied`, `failed: ...`, `restored by the health guard: ...`.
     pub outcome: String,
+    /// The guard's: what the other hosts (`[health] hosts`) answered, and the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<crate::hosts::Verdict>,
 }
 
 impl Entry {
@@ -49,6 +52,7 @@ impl Entry {
                 .filter(|r| !r.is_empty()),
             reason: None,
             outcome,
+            hosts: None,
         }
     }
 }

@@ -9,6 +9,7 @@ mod commands;
 mod deploys;
 mod exit;
 mod hooks;
+mod hosts;
 mod notify;
 mod probe;
 mod replaced;

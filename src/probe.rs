@@ -72,3 +72,12 @@ pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), Error> {
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// Whether `code` is a healthy answer: one of `expect`, or any 2xx when it is empty.
+pub fn accepted(code: u16, expect: &[u16]) -> bool {
+    if expect.is_empty() {
+        (200..300).contains(&code)
+    } else {
+        expect.contains(&code)
+    }
+}

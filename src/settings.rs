@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::{parse_duration, GlobalArgs, OnFailure};
 
@@ -331,6 +331,21 @@ pub struct Health {
     pub probes: Vec<String>,
     /// `health.on_failure`: what the guard does with an unhealthy deploy.
     pub on_failure: OnFailure,
+    /// `health.hosts`: the other instances' health URLs, asked before the guard undoes a
+    /// deploy (see `crate::hosts`).
+    pub hosts: Vec<String>,
+    /// `health.hosts_rule`.
+    pub hosts_rule: HostsRule,
+}
+
+/// When the other hosts let the guard undo a deploy: `all` of them unhealthy, or a `majority`
+/// of all hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostsRule {
+    #[default]
+    All,
+    Majority,
 }
 
 /// An `on_failure` value of the config file or the environment.
@@ -403,6 +418,8 @@ struct HealthSection {
     checks: Option<Vec<String>>,
     probes: Option<Vec<String>>,
     on_failure: Option<String>,
+    hosts: Option<Vec<String>>,
+    hosts_rule: Option<HostsRule>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -871,7 +888,15 @@ fn drill_section(env: Env, file: DrillSection, base: &Base) -> Result<Drill, Set
 }
 
 fn health_section(env: Env, file: HealthSection) -> Result<Health, SettingsError> {
+    let hosts = file.hosts.unwrap_or_default();
+    if let Some(bad) = hosts.iter().find(|h| !h.starts_with("http://")) {
+        return Err(SettingsError(format!(
+            "health.hosts: `{bad}` is not an http:// URL (each other host's health endpoint, as this host reaches it)"
+        )));
+    }
     Ok(Health {
+        hosts,
+        hosts_rule: file.hosts_rule.unwrap_or_default(),
         url: env("DBWARD_HEALTH_URL").or(file.url),
         timeout: duration_key(
             "health.timeout",

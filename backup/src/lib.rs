@@ -32,8 +32,12 @@ pub use snapshot::{take, take_to, Progress, Request, Taken};
 pub use store::set::{Found, InMirror, StoreSet};
 pub use store::{Store, StoreOptions};
 
-/// This host's name, as manifests, the deploy log and notifications record it.
+/// This host's name, as manifests, the deploy log, leases and notifications record it:
+/// `DBWARD_HOST` when set (hosts whose system names say nothing, containers), else the system's.
 pub fn hostname() -> String {
+    if let Some(name) = std::env::var("DBWARD_HOST").ok().filter(|h| !h.is_empty()) {
+        return name;
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())

@@ -26,7 +26,7 @@ pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failu
     // application answers.
     if args.restore_on_failure {
         if let Some(reason) = broken(settings).await {
-            return Err(guard(settings, &reason, health.on_failure).await);
+            return Err(guard(settings, &reason, &health).await);
         }
     }
     let verdict = match poll(&health).await {
@@ -57,7 +57,7 @@ pub async fn run(settings: &Settings, args: &HealthArgs) -> Result<Report, Failu
             ),
         )),
         Err(reason) if args.restore_on_failure => {
-            Err(guard(settings, &reason.to_string(), health.on_failure).await)
+            Err(guard(settings, &reason.to_string(), &health).await)
         }
         Err(reason) => Err(Failure::new(Exit::Failed, format!("unhealthy: {reason}"))),
     }
@@ -106,7 +106,7 @@ pub async fn poll(h: &Health) -> Result<(u16, Duration), Unhealthy> {
             .await
             .unwrap_or_else(|e| Err(probe::Error::NoAnswer(e.to_string())));
         let last = match result {
-            Ok((code, body)) if ok(code, &h.expect_status) => match &h.expect_body {
+            Ok((code, body)) if probe::accepted(code, &h.expect_status) => match &h.expect_body {
                 Some(want) if !body.contains(want.as_str()) => format!(
                     "{url} answered {code}, but its body does not contain `{want}` (the body begins: `{}`)",
                     body.chars().take(200).collect::<String>().trim()
@@ -236,21 +236,13 @@ pub async fn unfinished_undo(
     ))
 }
 
-fn ok(code: u16, expect: &[u16]) -> bool {
-    if expect.is_empty() {
-        (200..300).contains(&code)
-    } else {
-        expect.contains(&code)
-    }
-}
-
 /// How long a guard waits for another guard of the same database on this host.
 const GUARD_WAIT: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
 
 /// The restore-on-failure decision and action. Always a `Failure`: exit 5 when it restored,
 /// exit 1 (with the reason it did not) otherwise.
-pub async fn guard(settings: &Settings, reason: &str, on_failure: OnFailure) -> Failure {
-    match guard_inner(settings, reason, on_failure).await {
+pub async fn guard(settings: &Settings, reason: &str, health: &Health) -> Failure {
+    match guard_inner(settings, reason, health).await {
         Ok(f) | Err(f) => f,
     }
 }
@@ -311,8 +303,9 @@ fn describe_discarded(
 async fn guard_inner(
     settings: &Settings,
     reason: &str,
-    on_failure: OnFailure,
+    health: &Health,
 ) -> Result<Failure, Failure> {
+    let on_failure = health.on_failure;
     let url = database_url(settings)?;
     let not = |why: String| {
         Failure::new(
@@ -379,6 +372,7 @@ async fn guard_inner(
         f.details = measured;
         return Err(f);
     }
+    let hosts = hosts_allow(settings, health, &scope, &url, &deploy, &snapshot, reason).await?;
     tracing::warn!("restoring: {discard_text}");
     let stores = settings.stores().await?;
     let store = stores.primary();
@@ -405,25 +399,18 @@ async fn guard_inner(
         url: &url,
         snapshot: &snapshot,
         reason,
+        hosts: hosts.as_ref(),
     };
     let undone = undo(settings, &url, &stores, &snapshot, &deploy, then).await;
     let (mut restored, kept, rewind) = match undone {
         Ok(done) => done,
         Err(f) => return Err(records.failed(&deploy, failed, f).await),
     };
-    let warnings = rewind
-        .as_ref()
-        .map(|r| r.warnings.join("; "))
-        .filter(|w| !w.is_empty())
-        .map(|w| format!("; warning: {w}"))
-        .unwrap_or_default();
-    records
-        .succeeded(
-            &mut deploy,
-            failed,
-            format!("restored by the health guard: {reason}; {discard_text}{warnings}"),
-        )
-        .await;
+    let warnings = rewind_warnings(rewind.as_ref());
+    let hosts_said = hosts_said(hosts.as_ref());
+    let outcome =
+        format!("restored by the health guard: {reason}; {discard_text}{warnings}{hosts_said}");
+    records.succeeded(&mut deploy, failed, outcome).await;
     // What a rewind discarded, counted from the stopped cluster's WAL once its success is
     // recorded (a guard stopped while it counts has nothing left to undo). Recorded: the
     // migration lock on the rewound cluster is let go, and a deploy may begin.
@@ -444,16 +431,62 @@ async fn guard_inner(
             )
     } else {
         format!("unhealthy: {reason}. Restored the pre-deploy snapshot {snapshot}; the failed database is kept as {kept}; {}", describe_discarded(&discard, true, sqlite))
-    };
+    } + &hosts_said;
     Ok(Failure {
         details: json!({
             "discarded": if rewound { restored["discarded"].clone() } else { json!(discard) },
             "restored": restored,
             "rewound": rewound,
             "not_additive": deploy.not_additive,
+            "hosts": hosts,
         }),
         ..Failure::new(Exit::Restored, message)
     })
+}
+
+/// What the other hosts of a shared database (`health.hosts`) say to undoing `deploy`:
+/// `None` when none are set, or when this retries an undo that already began (its decision was
+/// taken). The rule not met: the decision goes to the deploy log, and the guard's failure
+/// (exit 1) comes back.
+async fn hosts_allow(
+    settings: &Settings,
+    health: &Health,
+    scope: &state::Scope,
+    url: &migrator::DatabaseUrl,
+    deploy: &state::Deploy,
+    snapshot: &str,
+    reason: &str,
+) -> Result<Option<crate::hosts::Verdict>, Failure> {
+    let retrying = scope
+        .read_failed()
+        .ok()
+        .flatten()
+        .is_some_and(|f| f.undo_failed.is_some() && f.snapshot == snapshot);
+    if health.hosts.is_empty() || retrying {
+        return Ok(None);
+    }
+    let verdict = crate::hosts::ask_until_met(health).await;
+    if verdict.met {
+        tracing::warn!("the other hosts: {verdict}");
+        return Ok(Some(verdict));
+    }
+    let why = format!("the other hosts: {verdict}");
+    let mut logged = guard_entry(
+        "guard",
+        url,
+        deploy,
+        snapshot,
+        format!("not restored: {reason}; {why}"),
+    );
+    logged.hosts = Some(verdict.clone());
+    let store = settings.store().await.ok();
+    crate::deploys::append(scope, store.as_ref(), &logged).await;
+    let mut f = Failure::new(
+        Exit::Failed,
+        format!("unhealthy: {reason}. Not restoring: {why}. The database stays as the serving hosts use it; fix or roll back this host's release, or restore by hand with `dbward restore pre-deploy`"),
+    );
+    f.details = json!({ "hosts": verdict });
+    Err(f)
 }
 
 /// The live database's history, repeatable history and write counters (`None`, said, where
@@ -544,6 +577,8 @@ struct Undo<'a> {
     url: &'a migrator::DatabaseUrl,
     snapshot: &'a str,
     reason: &'a str,
+    /// The other hosts' answers that let the undo go ahead.
+    hosts: Option<&'a crate::hosts::Verdict>,
 }
 
 impl Undo<'_> {
@@ -605,9 +640,26 @@ impl Undo<'_> {
                 backup::error::chain(&e)
             );
         }
-        let logged = guard_entry("restore", self.url, deploy, self.snapshot, outcome);
+        let mut logged = guard_entry("restore", self.url, deploy, self.snapshot, outcome);
+        logged.hosts = self.hosts.cloned();
         crate::deploys::append(self.scope, Some(self.store), &logged).await;
     }
+}
+
+/// `; warning: ...` for what a rewind warned of.
+fn rewind_warnings(rewind: Option<&backup::pitr::rewind::Rewound>) -> String {
+    rewind
+        .map(|r| r.warnings.join("; "))
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("; warning: {w}"))
+        .unwrap_or_default()
+}
+
+/// `; the other hosts: ...` when they were asked.
+fn hosts_said(hosts: Option<&crate::hosts::Verdict>) -> String {
+    hosts
+        .map(|v| format!("; the other hosts: {v}"))
+        .unwrap_or_default()
 }
 
 /// What a rewind discarded, as the guard says it.
@@ -741,6 +793,8 @@ impl HealthFlags {
             },
             probes: base.probes.clone(),
             on_failure: self.on_failure.unwrap_or(base.on_failure),
+            hosts: base.hosts.clone(),
+            hosts_rule: base.hosts_rule,
         };
         if health
             .expect_body

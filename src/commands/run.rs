@@ -41,9 +41,7 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
             None => None,
         };
         if let Some(reason) = retry {
-            return Err(
-                super::health::guard(settings, &reason.to_string(), health.on_failure).await,
-            );
+            return Err(super::health::guard(settings, &reason.to_string(), &health).await);
         }
     }
     // With --replicate, replication starts before the migration wherever there is a database
@@ -79,7 +77,7 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
         }
         // The batch is in, its hook failed: the deploy is broken, so the guard acts at once.
         Err(f) if f.code == Exit::HookFailed => {
-            return Err(super::health::guard(settings, &f.full(), health.on_failure).await)
+            return Err(super::health::guard(settings, &f.full(), &health).await)
         }
         Err(f) => return Err(f),
     }
@@ -125,7 +123,7 @@ pub async fn run(settings: &Settings, args: &RunArgs) -> Result<Report, Failure>
     };
     if let Err(reason) = verdict {
         stop(&mut child, pid, args.grace, group).await;
-        return Err(super::health::guard(settings, &reason.to_string(), health.on_failure).await);
+        return Err(super::health::guard(settings, &reason.to_string(), &health).await);
     }
     tracing::info!("healthy; waiting on {program}");
     let status = tokio::select! {

@@ -17,6 +17,7 @@ mod encryption;
 mod harness;
 mod health;
 mod help;
+mod hosts;
 mod image;
 mod importers;
 mod migrate;
