@@ -319,7 +319,7 @@ fn top_page(cmd: &clap::Command) -> String {
             "a nightly backup",
         ),
         (
-            "dbward --config /etc/dbward/dbward.toml restore-drill latest",
+            "dbward --config /etc/dbward/dbward.toml restore-drill --scheduled latest",
             "prove the newest snapshot restores",
         ),
     ] {
@@ -376,6 +376,10 @@ pub struct DrillArgs {
     /// Write Prometheus textfile metrics here (for node_exporter's textfile collector).
     #[arg(long, value_name = "FILE")]
     pub metrics: Option<std::path::PathBuf>,
+    /// A scheduled drill: what timers, cron lines and `dbward schedule` run. With
+    /// schedule.once_within, done once per database across hosts
+    #[arg(long)]
+    pub scheduled: bool,
 }
 
 #[derive(Debug, Args)]
@@ -535,7 +539,8 @@ pub struct BackupArgs {
     #[arg(long, requires = "physical")]
     pub if_due: bool,
     /// Mark the snapshot `scheduled`, not `manual`: what timers, cron lines and `dbward
-    /// schedule` run (`snapshots` shows the kind; retention treats both alike).
+    /// schedule` run (`snapshots` shows the kind; retention treats both alike). With
+    /// schedule.once_within, done once per database across hosts
     #[arg(long)]
     pub scheduled: bool,
 }

@@ -10,6 +10,7 @@ mod deploys;
 mod exit;
 mod hooks;
 mod hosts;
+mod jobs;
 mod notify;
 mod probe;
 mod replaced;

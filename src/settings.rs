@@ -55,6 +55,9 @@ pub struct Settings {
     pub drill: Drill,
     /// `[schedule]`.
     pub schedule: Schedule,
+    /// `schedule.once_within`: a scheduled job done by any host this recently is not done again
+    /// (see `crate::jobs`).
+    pub once_within: Option<Duration>,
     /// `[notify]`.
     pub notify: Notify,
     /// `[retention]`: empty means keep everything.
@@ -372,6 +375,8 @@ pub struct Schedule {
     /// A base when one is due (`backup --physical --if-due`: `pitr.base_max_wal`), checked
     /// this often.
     pub base_if_due: Option<String>,
+    /// One scheduled job per database across hosts: a job any host did this recently is done.
+    pub once_within: Option<String>,
     /// healthchecks.io-style ping URL per job name.
     #[serde(default, rename = "ping")]
     pub pings: std::collections::BTreeMap<String, String>,
@@ -656,6 +661,15 @@ fn resolve(
             .or_else(|| env("DBWARD_TEMP_DIR").map(PathBuf::from))
             .or_else(|| backup.temp_dir.map(|p| base.path(p))),
         drill: drill_section(env, drill, &base)?,
+        once_within: match &schedule.once_within {
+            Some(v) => Some(duration_key(
+                "schedule.once_within",
+                Some(v),
+                Duration::ZERO,
+            )?)
+            .filter(|d| !d.is_zero()),
+            None => None,
+        },
         schedule,
         notify,
         health: health_section(env, health)?,

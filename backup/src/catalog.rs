@@ -18,6 +18,62 @@ pub struct DrillReceipt {
     pub failed_check: Option<String>,
 }
 
+/// One drill in the database's drill history (`<database>/drills/<at>-<tag>.json`, one small
+/// record per drill that ran, whatever its verdict; never pruned with its snapshot, so trends and
+/// "done by host B" outlive the snapshots).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DrillRecord {
+    /// RFC 3339, UTC: when the drill ended.
+    pub at: String,
+    pub host: String,
+    pub snapshot: String,
+    pub success: bool,
+    pub rto_seconds: Option<f64>,
+    pub failed_check: Option<String>,
+    /// Run as a scheduled job (`restore-drill --scheduled`).
+    #[serde(default)]
+    pub scheduled: bool,
+}
+
+fn drill_records(database: &str) -> String {
+    format!("{database}/drills")
+}
+
+/// Adds `r` to `database`'s drill history: a new key of its own (its moment and this process),
+/// never written over.
+pub async fn record_drill(store: &Store, database: &str, r: &DrillRecord) -> Result<(), Error> {
+    check_folder_name(database)?;
+    let stamp: String = r.at.chars().filter(|c| c.is_ascii_alphanumeric()).collect();
+    let key = format!(
+        "{}/{stamp}-{:04x}.json",
+        drill_records(database),
+        std::process::id() % 0x10000
+    );
+    let json = serde_json::to_vec_pretty(r).expect("serializes");
+    store.put_new(&key, &json).await
+}
+
+/// The newest drill of `database`'s history, if any (its keys sort by their moment: one
+/// listing, one read). A record that does not parse is skipped with a warning.
+pub async fn newest_drill(store: &Store, database: &str) -> Result<Option<DrillRecord>, Error> {
+    check_folder_name(database)?;
+    let mut keys: Vec<String> = store
+        .list(&drill_records(database))
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    keys.sort();
+    while let Some(key) = keys.pop() {
+        match serde_json::from_slice(&store.get_bytes(&key).await?) {
+            Ok(r) => return Ok(Some(r)),
+            Err(e) => tracing::warn!("skipping {}: not a drill record: {e}", store.describe(&key)),
+        }
+    }
+    Ok(None)
+}
+
 pub fn receipt_key(database: &str, id: &str) -> String {
     format!("{database}/{id}.drill.json")
 }

@@ -7,6 +7,9 @@
 //! whole run, a migration batch exclusive while it runs, so DDL never queues behind a dump's
 //! locks (stalling the application's queries behind it) and a dump never begins under a batch.
 //! A dump's own session holds it; the key is per database.
+//!
+//! Scheduled jobs shared by several hosts take a lease: [`JobLease`] on [`BACKUP_JOB_KEY`] or
+//! [`DRILL_JOB_KEY`], before any other key.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,15 @@ pub const LOCK_KEY: i64 = 0x6462_7761_7264_0001;
 /// Backups (shared) against batches (exclusive): "dbward" and 2.
 pub const BACKUP_KEY: i64 = 0x6462_7761_7264_0002;
 
+/// A scheduled job's lease across hosts (`[schedule] once_within`): a backup (with the retention
+/// after it, and `prune`): "dbward" and 3; a drill: "dbward" and 4. Taken first, never while a
+/// job holds [`LOCK_KEY`] or [`BACKUP_KEY`], so no two of dbward's keys wait for each other.
+pub const BACKUP_JOB_KEY: i64 = 0x6462_7761_7264_0003;
+pub const DRILL_JOB_KEY: i64 = 0x6462_7761_7264_0004;
+
+/// How often a wait for a job's lease says who holds it.
+const SAY_LEASE_EVERY: Duration = Duration::from_secs(30);
+
 /// How often a wait for [`BACKUP_KEY`] says it is waiting.
 const SAY_EVERY: Duration = Duration::from_secs(10);
 
@@ -29,16 +41,7 @@ const SAY_EVERY: Duration = Duration::from_secs(10);
 /// connection closes (the process exits, or is killed: the server then releases it). Refused
 /// behind a transaction-mode pooler, where a session lock cannot hold.
 pub async fn take(conn: &Postgres, timeout: Duration) -> Result<(), Error> {
-    conn.refuse_pooled().await?;
-    // The session idles while a snapshot is taken: a server-wide `idle_session_timeout`
-    // (PostgreSQL 14+) must not end it, and the lock with it, meanwhile.
-    conn.client()
-        .batch_execute(
-            "SELECT set_config('idle_session_timeout', '0', false) \
-             WHERE current_setting('server_version_num')::int >= 140000",
-        )
-        .await
-        .map_err(|e| Error::db("setting the lock session's idle_session_timeout", e))?;
+    lock_session(conn).await?;
     let got: bool = conn
         .client()
         .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
@@ -82,6 +85,73 @@ pub async fn take(conn: &Postgres, timeout: Duration) -> Result<(), Error> {
     }
 }
 
+/// A session that will hold a lock while it idles: not behind a transaction-mode pooler, and
+/// not ended by a server-wide `idle_session_timeout` (PostgreSQL 14+) meanwhile.
+async fn lock_session(conn: &Postgres) -> Result<(), Error> {
+    conn.refuse_pooled().await?;
+    conn.client()
+        .batch_execute(
+            "SELECT set_config('idle_session_timeout', '0', false) \
+             WHERE current_setting('server_version_num')::int >= 140000",
+        )
+        .await
+        .map_err(|e| Error::db("setting the lock session's idle_session_timeout", e))
+}
+
+/// A scheduled job's lease ([`BACKUP_JOB_KEY`], [`DRILL_JOB_KEY`]): a session advisory lock on
+/// a connection of its own, held while this value lives; a process that dies lets it go with
+/// its session.
+pub struct JobLease {
+    _conn: Postgres,
+}
+
+impl JobLease {
+    /// Takes `key` on a new session named `name` (its `application_name`, which a host waiting
+    /// for it shows), waiting at most `wait` and saying every 30 s who holds it. `Ok(Err(holder))`
+    /// when the wait ran out.
+    pub async fn take(
+        url: &crate::url::PgUrl,
+        key: i64,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Result<JobLease, String>, Error> {
+        let conn = Postgres::connect(url).await?;
+        lock_session(&conn).await?;
+        conn.client()
+            .query_one("SELECT set_config('application_name', $1, false)", &[&name])
+            .await
+            .map_err(|e| Error::db("naming the lease's session", e))?;
+        let started = Instant::now();
+        let mut said = None::<Instant>;
+        loop {
+            let got: bool = conn
+                .client()
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await
+                .map_err(|e| Error::db("taking a scheduled job's lease", e))?
+                .get(0);
+            if got {
+                return Ok(Ok(JobLease { _conn: conn }));
+            }
+            let holder = holder_of(conn.client(), key)
+                .await
+                .unwrap_or_else(|| "another session".into());
+            if started.elapsed() >= wait {
+                return Ok(Err(holder));
+            }
+            if said.is_none_or(|t| t.elapsed() >= SAY_LEASE_EVERY) {
+                tracing::info!(
+                    "waiting for {holder} (waited {} of at most {})",
+                    humanize(started.elapsed()),
+                    humanize(wait)
+                );
+                said = Some(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
 /// The backend that holds the migration lock.
 async fn holder_pid(c: &Client) -> Result<Option<i32>, Error> {
     Ok(c.query_opt(
@@ -112,15 +182,21 @@ async fn check_session_lock(conn: &Postgres) -> Result<(), Error> {
 
 /// Who holds the migration lock, for the message of a wait.
 async fn holder(c: &Client) -> Option<String> {
+    holder_of(c, LOCK_KEY).await
+}
+
+/// Who holds the advisory lock `key` in this database.
+async fn holder_of(c: &Client, key: i64) -> Option<String> {
     let row = c
         .query_opt(
             "SELECT a.pid, coalesce(a.application_name, ''), coalesce(host(a.client_addr), 'local socket'), \
                     to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') \
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
              WHERE l.locktype = 'advisory' AND l.granted \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                AND l.classid = ($1::int8 >> 32)::oid AND l.objid = ($1::int8 & 4294967295)::oid \
              LIMIT 1",
-            &[&LOCK_KEY],
+            &[&key],
         )
         .await
         .ok()??;

@@ -61,6 +61,26 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
             }
         }
     }
+    // One scheduled backup per database across hosts: this host's turn (held to the end,
+    // retention included), or the record of another's.
+    let _turn = if args.scheduled {
+        let job = crate::jobs::Job::Backup {
+            physical: args.physical,
+        };
+        match crate::jobs::turn(settings, &url, job).await? {
+            crate::jobs::Decision::Run(turn) => Some(turn),
+            crate::jobs::Decision::Done(said) => {
+                tracing::info!("{said}");
+                return Ok(Report {
+                    text: format!("{said}\n"),
+                    json: json!({ "snapshot": null, "done": said }),
+                    code: Exit::Success,
+                });
+            }
+        }
+    } else {
+        None
+    };
     let kind = if args.scheduled {
         backup::Kind::Scheduled
     } else {

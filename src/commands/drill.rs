@@ -18,6 +18,22 @@ use crate::settings::Settings;
 
 pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failure> {
     let url = database_url(settings)?;
+    // One scheduled drill per database across hosts.
+    let _turn = if args.scheduled {
+        match crate::jobs::turn(settings, &url, crate::jobs::Job::Drill).await? {
+            crate::jobs::Decision::Run(turn) => Some(turn),
+            crate::jobs::Decision::Done(said) => {
+                tracing::info!("{said}");
+                return Ok(Report {
+                    text: format!("{said}\n"),
+                    json: serde_json::json!({ "success": null, "done": said }),
+                    code: Exit::Success,
+                });
+            }
+        }
+    } else {
+        None
+    };
     let stores = settings.stores().await?;
     let store = stores.primary();
     if args.stream {
@@ -188,6 +204,22 @@ async fn finish(
         {
             tracing::error!(
                 "could not store the drill receipt: {}",
+                backup::error::chain(&e)
+            );
+        }
+        // And the drill history, which outlives the snapshot.
+        let record = backup::DrillRecord {
+            at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
+            host: backup::hostname(),
+            snapshot: m.id.clone(),
+            success: report.success,
+            rto_seconds: report.rto_seconds,
+            failed_check: receipt.failed_check.clone(),
+            scheduled: args.scheduled,
+        };
+        if let Err(e) = backup::record_drill(store, &url.name(), &record).await {
+            tracing::error!(
+                "could not add the drill to the store's drill history: {}",
                 backup::error::chain(&e)
             );
         }

@@ -336,7 +336,7 @@ async fn guard_inner(
     }
     if !deploy.changed() {
         return Err(not(
-            "the last deploy applied no migrations, so the database is not what changed".into(),
+            "this host's last deploy applied no migrations, so the database is not what changed here (where hosts share a database, the guard of the host whose deploy applied the batch decides)".into(),
         ));
     }
     let Some(snapshot) = deploy.pre_deploy_snapshot.clone() else {

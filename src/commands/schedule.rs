@@ -340,7 +340,11 @@ fn jobs(s: &Schedule) -> Result<(Vec<Job>, Tz), Failure> {
     let mut jobs = Vec::new();
     for (name, expr, args) in [
         ("backup", &s.backup, vec!["backup", "--scheduled"]),
-        ("drill", &s.drill, vec!["restore-drill", "latest"]),
+        (
+            "drill",
+            &s.drill,
+            vec!["restore-drill", "--scheduled", "latest"],
+        ),
         ("prune", &s.prune, vec!["prune"]),
         ("base", &s.base, vec!["backup", "--scheduled", "--physical"]),
         (
@@ -351,7 +355,7 @@ fn jobs(s: &Schedule) -> Result<(Vec<Job>, Tz), Failure> {
         (
             "pitr_drill",
             &s.pitr_drill,
-            vec!["restore-drill", "--physical", "latest"],
+            vec!["restore-drill", "--scheduled", "--physical", "latest"],
         ),
     ] {
         let Some(expr) = expr else { continue };

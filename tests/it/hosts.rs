@@ -195,3 +195,117 @@ fn a_majority_rule_undoes_when_more_than_half_the_hosts_fail() {
         "0"
     );
 }
+
+/// `[schedule] once_within` on every host: the hosts' timers fire for one shared PostgreSQL
+/// database.
+fn scheduled(h: &Host, url: &str, job: &[&str]) -> Command {
+    let config = h.p.path().join("schedule.toml");
+    std::fs::write(&config, "[schedule]\nonce_within = \"1h\"\n").unwrap();
+    let mut c = h.dbward(url);
+    c.arg("--config").arg(&config).args(job);
+    c
+}
+
+#[test]
+fn three_hosts_timers_make_one_backup_and_one_drill_and_a_failed_one_is_done_by_the_next() {
+    let pg = Pg::start();
+    let url = pg.create_db("shop");
+    let p = Project::new();
+    let all = hosts(&p, &["a", "b", "c"]);
+    p.migration(
+        "V1__t.sql",
+        "CREATE TABLE t (id int PRIMARY KEY);\nINSERT INTO t SELECT generate_series(1, 1000);\n",
+    );
+    assert_eq!(run(all[0].dbward(&url).arg("migrate")).0, 0);
+    let scheduled_snapshots = || {
+        let (code, out, err) = run(all[2].dbward(&url).args(["snapshots", "--json"]));
+        assert_eq!(code, 0, "{err}");
+        json(&out)["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["kind"] == "scheduled")
+            .map(|s| s["host"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+
+    // A backup that fails on its host (no pg_dump there) leaves no record: the next host's
+    // timer backs up.
+    let empty = tempfile::tempdir().unwrap();
+    let (code, _, err) =
+        run(scheduled(&all[0], &url, &["backup", "--scheduled"]).env("PATH", empty.path()));
+    assert_ne!(code, 0, "a backup without pg_dump succeeded: {err}");
+    assert_eq!(scheduled_snapshots(), Vec::<String>::new());
+
+    // The three timers fire at once: one host backs up, the two others wait for its lease,
+    // then find its snapshot and say so.
+    let children: Vec<_> = all
+        .iter()
+        .map(|h| {
+            scheduled(h, &url, &["backup", "--scheduled"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut done_by = Vec::new();
+    for (h, child) in all.iter().zip(children) {
+        let out = child.wait_with_output().unwrap();
+        let (said, err) = (common::stdout(&out), common::stderr(&out));
+        assert!(out.status.success(), "{}: {err}", h.name);
+        if said.contains("was done by host") {
+            done_by.push(h.name);
+        }
+    }
+    let made = scheduled_snapshots();
+    assert_eq!(made.len(), 1, "one backup of three timers: {made:?}");
+    assert_eq!(done_by.len(), 2, "{done_by:?}");
+    assert!(!done_by.contains(&made[0].as_str()), "{done_by:?} {made:?}");
+
+    // The weekly drill: the first host drills, the next ones find it done.
+    for (i, h) in all.iter().enumerate() {
+        let (code, out, err) = run(&mut scheduled(
+            h,
+            &url,
+            &["restore-drill", "--scheduled", "latest"],
+        ));
+        assert_eq!(code, 0, "{}: {err}", h.name);
+        assert_eq!(
+            out.contains("was done by host a") && out.contains("passed"),
+            i > 0,
+            "{}: {out}",
+            h.name
+        );
+    }
+    // The drill history in the store: one record, the drilling host's.
+    let drills = p.path().join("store").join(pg_name(&url)).join("drills");
+    let records: Vec<_> = std::fs::read_dir(&drills)
+        .unwrap_or_else(|e| panic!("{}: {e}", drills.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = json(&std::fs::read_to_string(&records[0]).unwrap());
+    assert_eq!(
+        (record["host"].as_str(), record["success"].as_bool()),
+        (Some("a"), Some(true))
+    );
+
+    // Without once_within, every scheduled run does its job, as before.
+    assert_eq!(
+        run(all[1].dbward(&url).args(["backup", "--scheduled"])).0,
+        0
+    );
+    assert_eq!(scheduled_snapshots().len(), 2);
+}
+
+/// The store folder of a PostgreSQL URL's database (its name).
+fn pg_name(url: &str) -> String {
+    url.rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string()
+}

@@ -63,7 +63,7 @@ fn list_shows_the_next_five_runs_of_each_job() {
     );
     assert_eq!(
         doc["jobs"]["pitr_drill"]["command"],
-        serde_json::json!(["restore-drill", "--physical", "latest"])
+        serde_json::json!(["restore-drill", "--scheduled", "--physical", "latest"])
     );
 
     std::fs::write(
