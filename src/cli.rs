@@ -34,6 +34,15 @@ pub struct GlobalArgs {
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "verbose")]
     pub quiet: u8,
 
+    /// With [[databases]] in the config file: the one to act on [env: DBWARD_DB]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        env = "DBWARD_DB",
+        hide_env = true
+    )]
+    pub db: Option<String>,
     /// Database URL: sqlite:PATH or postgres://user@host:port/db [env: DBWARD_DATABASE, DATABASE_URL]
     #[arg(long, global = true, value_name = "URL")]
     pub database: Option<String>,

@@ -9,8 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::cli::{parse_duration, GlobalArgs, OnFailure};
 
+mod databases;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The `[[databases]]` entry these settings are (`None`: the single-database form).
+    pub name: Option<String>,
     /// The database URL as given (may hold a password: never display it; show the parsed `DatabaseUrl::display`).
     pub database: Option<String>,
     pub migrations: PathBuf,
@@ -472,36 +476,51 @@ struct StoreSection {
 }
 
 impl Settings {
+    /// The settings of the one database this command acts on: with `[[databases]]`, the one
+    /// `--db` names (exit 2 without it when there are several).
     pub fn load(args: &GlobalArgs) -> Result<Settings, SettingsError> {
+        let mut all = Settings::load_all(args)?;
+        if all.len() > 1 {
+            return Err(SettingsError(format!(
+                "several databases are configured ({}); this command acts on one: give --db NAME (or set DBWARD_DB)",
+                names(&all)
+            )));
+        }
+        Ok(all.remove(0))
+    }
+
+    /// The settings of every database configured (with `--db`: of that one).
+    pub fn load_all(args: &GlobalArgs) -> Result<Vec<Settings>, SettingsError> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let file = match &args.config {
-            Some(path) => {
-                let config = read_config(path)?;
-                if config.encryption.identity_file.is_some() {
-                    warn_if_readable_by_others(
-                        path,
-                        "the config file (it names the age identity file)",
-                    );
-                }
-                let with_password = [&config.database.url, &config.database.migrate_url]
-                    .into_iter()
-                    .flatten()
-                    .any(|u| has_password(u));
-                if with_password {
-                    warn_if_readable_by_others(path, "the config file (a database URL in it holds a password; DATABASE_URL in an environment file only its owner reads is the better place)");
-                }
-                Some((config, base_dir(path)))
-            }
-            None => {
-                let default = Path::new("dbward.toml");
-                if default.exists() {
-                    Some((read_config(default)?, PathBuf::from(".")))
-                } else {
-                    None
-                }
-            }
+        let path = match &args.config {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from("dbward.toml")).filter(|p| p.exists()),
         };
-        resolve(args, env, file)
+        let Some(path) = path else {
+            if args.db.is_some() {
+                return Err(no_databases());
+            }
+            return Ok(vec![resolve(args, env, None)?]);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| SettingsError(format!("config file {}: {e}", path.display())))?;
+        let entries = databases::read(&path, &text)?;
+        let base = if args.config.is_some() {
+            base_dir(&path)
+        } else {
+            PathBuf::from(".")
+        };
+        for e in &entries {
+            warn_about_secrets(&path, &e.config);
+        }
+        if entries[0].name.is_none() {
+            if args.db.is_some() {
+                return Err(no_databases());
+            }
+            let config = entries.into_iter().next().expect("one").config;
+            return Ok(vec![resolve(args, env, Some((config, base)))?]);
+        }
+        several(args, env, entries, base)
     }
 
     pub fn store_options(&self) -> backup::StoreOptions {
@@ -557,10 +576,106 @@ fn base_dir(config: &Path) -> PathBuf {
     }
 }
 
-fn read_config(path: &Path) -> Result<FileConfig, SettingsError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| SettingsError(format!("config file {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| SettingsError(format!("config file {}: {e}", path.display())))
+/// The warnings a config file's secrets call for, when others may read it.
+fn warn_about_secrets(path: &Path, config: &FileConfig) {
+    if config.encryption.identity_file.is_some() {
+        warn_if_readable_by_others(path, "the config file (it names the age identity file)");
+    }
+    let with_password = [&config.database.url, &config.database.migrate_url]
+        .into_iter()
+        .flatten()
+        .any(|u| has_password(u));
+    if with_password {
+        warn_if_readable_by_others(path, "the config file (a database URL in it holds a password; DATABASE_URL in an environment file only its owner reads is the better place)");
+    }
+}
+
+fn no_databases() -> SettingsError {
+    SettingsError(
+        "--db NAME (DBWARD_DB) picks one of the config file's [[databases]] entries, and the config file has none"
+            .into(),
+    )
+}
+
+/// The names of `all`, for messages.
+pub fn names(all: &[Settings]) -> String {
+    all.iter()
+        .filter_map(|s| s.name.clone())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `[[databases]]` form: every entry resolved (each database's URL and migrations are its
+/// entry's: the variables that name one database are not read), `--db`'s alone when given.
+/// Two entries whose snapshots would share a store folder are refused.
+fn several(
+    args: &GlobalArgs,
+    env: impl Fn(&str) -> Option<String>,
+    entries: Vec<databases::Entry>,
+    base: PathBuf,
+) -> Result<Vec<Settings>, SettingsError> {
+    if args.database.is_some() {
+        return Err(SettingsError("--database names one database, and the config file lists several ([[databases]]): pick one with --db NAME".into()));
+    }
+    if args.migrations.is_some() && args.db.is_none() {
+        return Err(SettingsError("--migrations names one database's folder, and the config file lists several ([[databases]]): pick one with --db NAME".into()));
+    }
+    const ONE_DATABASE: [&str; 4] = [
+        "DBWARD_DATABASE",
+        "DATABASE_URL",
+        "DBWARD_MIGRATE_URL",
+        "DBWARD_MIGRATIONS",
+    ];
+    let env = |k: &str| {
+        if ONE_DATABASE.contains(&k) {
+            None
+        } else {
+            env(k)
+        }
+    };
+    let mut all = Vec::new();
+    let mut folders: Vec<(String, String, String)> = Vec::new();
+    for e in entries {
+        let name = e.name.expect("an entry has a name");
+        let mut s = resolve(args, env, Some((e.config, base.clone())))
+            .map_err(|err| SettingsError(format!("[[databases]] `{name}`: {}", err.0)))?;
+        let url = s
+            .database
+            .as_deref()
+            .ok_or_else(|| SettingsError(format!("[[databases]] `{name}` has no `url`")))?;
+        let folder = migrator::DatabaseUrl::parse(url)
+            .map_err(|err| SettingsError(format!("[[databases]] `{name}`: {err}")))?
+            .name();
+        if let Some((other, _, _)) = folders
+            .iter()
+            .find(|(_, store, f)| *store == s.store && *f == folder)
+        {
+            return Err(SettingsError(format!(
+                "[[databases]] `{other}` and `{name}` would keep their snapshots in the same folder `{folder}` of {}: give one of them its own store (`[databases.store] url`)",
+                s.store
+            )));
+        }
+        folders.push((name.clone(), s.store.clone(), folder));
+        s.name = Some(name);
+        all.push(s);
+    }
+    match &args.db {
+        None => Ok(all),
+        Some(db) => match all
+            .into_iter()
+            .find(|s| s.name.as_deref() == Some(db.as_str()))
+        {
+            Some(s) => Ok(vec![s]),
+            None => Err(SettingsError(format!(
+                "--db {db}: the config file has no such [[databases]] entry ({})",
+                folders
+                    .iter()
+                    .map(|f| f.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        },
+    }
 }
 
 /// The pure part of [`Settings::load`], with the environment and the file passed in: each
@@ -592,6 +707,7 @@ fn resolve(
     let lock_timeout = table_lock_timeout(&database)?;
     let store = store_section(args, env, store, &base)?;
     Ok(Settings {
+        name: None,
         // dbward's own URL: a direct one (migrate_url) wins over the application's, which may
         // go through a transaction-mode pooler where a session lock cannot hold.
         database: args

@@ -74,7 +74,11 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         // Loads its own settings: a failure to is not "not in the archive" (exit 1).
         return wal::fetch(&cli.global, args).await;
     }
-    let settings = Settings::load(&cli.global)?;
+    let mut all = Settings::load_all(&cli.global)?;
+    if all.len() > 1 {
+        return several(&all, cli).await;
+    }
+    let settings = all.remove(0);
     match &cli.command {
         Command::Migrate(args) => migrate::run(&settings, args).await,
         Command::Status => status::run(&settings).await,
@@ -89,7 +93,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::Health(args) => health::run(&settings, args).await,
         Command::Run(args) => run::run(&settings, args).await,
         Command::RestoreDrill(args) => drill::run(&settings, args).await,
-        Command::Schedule(args) => schedule::run(&settings, args).await,
+        Command::Schedule(args) => schedule::run(std::slice::from_ref(&settings), args).await,
         Command::Replicate(args) => replicate::run(&settings, args).await,
         Command::WalPush(args) => wal::push(&settings, args).await,
         Command::Pitr(crate::cli::PitrCommand::Verify(args)) => wal::verify(&settings, args).await,
@@ -131,6 +135,61 @@ async fn locked(settings: &Settings, args: &crate::cli::LockedArgs) -> Result<Re
     Ok(Report {
         text: String::new(),
         json: serde_json::json!({ "command_exit_code": code.code() }),
+        code,
+    })
+}
+
+/// A command with several databases configured (`[[databases]]`, no `--db`): the ones that
+/// are safe on all of them run on each in turn, one database's failure never stopping the
+/// others (the first failure's exit code, every one logged); the others need `--db`.
+async fn several(all: &[Settings], cli: &Cli) -> Result<Report, Failure> {
+    if let Command::Schedule(args) = &cli.command {
+        return schedule::run(all, args).await;
+    }
+    let mut text = String::new();
+    let mut docs = Vec::new();
+    let mut code = Exit::Success;
+    for settings in all {
+        let db = settings.name.clone().unwrap_or_default();
+        let result = match &cli.command {
+            Command::Status => status::run(settings).await,
+            Command::Snapshots(args) => snapshots::run(settings, args).await,
+            Command::Backup(args) => backup::run(settings, args).await,
+            Command::RestoreDrill(args) => drill::run(settings, args).await,
+            // Before any database was touched: the first one is where this is decided.
+            _ => {
+                return Err(Failure::new(
+                    Exit::Usage,
+                    format!(
+                        "several databases are configured ({}); `{}` acts on one: give --db NAME (or set DBWARD_DB). status, snapshots, backup, restore-drill and schedule act on all of them",
+                        crate::settings::names(all),
+                        name(&cli.command)
+                    ),
+                ))
+            }
+        };
+        let (said, doc, this) = match result {
+            Ok(r) => (r.text, r.json, r.code),
+            Err(f) => {
+                tracing::error!("{db}: {}", f.full());
+                let doc = f.to_json(name(&cli.command));
+                (format!("{}{}\n", f.text, f.message), doc, f.code)
+            }
+        };
+        text.push_str(&format!("== {db} ==\n{said}"));
+        docs.push(serde_json::json!({
+            "database": db,
+            "ok": this == Exit::Success,
+            "exit_code": this.code(),
+            "result": doc,
+        }));
+        if code == Exit::Success {
+            code = this;
+        }
+    }
+    Ok(Report {
+        text,
+        json: serde_json::json!({ "databases": docs }),
         code,
     })
 }

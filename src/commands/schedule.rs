@@ -26,11 +26,15 @@ use crate::settings::{Schedule, Settings};
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
 struct Job {
-    name: &'static str,
+    /// `backup`, or `app/backup` for the database `app` of several (`[[databases]]`).
+    name: String,
     expr: String,
     schedule: Expr,
-    args: Vec<&'static str>,
+    tz: Tz,
+    /// The child's command (`--db NAME` first, for one of several databases).
+    args: Vec<String>,
     ping: Option<String>,
+    notify: crate::settings::Notify,
 }
 
 #[derive(Clone, Copy)]
@@ -62,8 +66,8 @@ impl Tz {
     }
 }
 
-pub async fn run(settings: &Settings, args: &ScheduleArgs) -> Result<Report, Failure> {
-    let (jobs, tz) = jobs(&settings.schedule)?;
+pub async fn run(all: &[Settings], args: &ScheduleArgs) -> Result<Report, Failure> {
+    let jobs = all_jobs(all)?;
     if jobs.is_empty() {
         return Err(Failure::new(
             Exit::Usage,
@@ -78,9 +82,9 @@ pub async fn run(settings: &Settings, args: &ScheduleArgs) -> Result<Report, Fai
             let mut times = Vec::new();
             let mut t = now;
             for _ in 0..5 {
-                match tz.next_after(&j.schedule, t) {
+                match j.tz.next_after(&j.schedule, t) {
                     Some(n) => {
-                        times.push(tz.show(n));
+                        times.push(j.tz.show(n));
                         t = n;
                     }
                     None => break,
@@ -91,7 +95,7 @@ pub async fn run(settings: &Settings, args: &ScheduleArgs) -> Result<Report, Fai
                 text.push_str(&format!("  {t}\n"));
             }
             out.insert(
-                j.name.into(),
+                j.name.clone(),
                 json!({ "expression": j.expr, "command": j.args, "next": times }),
             );
         }
@@ -106,18 +110,18 @@ pub async fn run(settings: &Settings, args: &ScheduleArgs) -> Result<Report, Fai
         signal(SignalKind::terminate()).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| Failure::new(Exit::Failed, e.to_string()))?;
-    let running: Arc<Mutex<HashMap<&'static str, u32>>> = Arc::default();
+    let running: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut next: Vec<Option<DateTime<Utc>>> = jobs
         .iter()
-        .map(|j| tz.next_after(&j.schedule, Utc::now()))
+        .map(|j| j.tz.next_after(&j.schedule, Utc::now()))
         .collect();
     for (j, n) in jobs.iter().zip(&next) {
         tracing::info!(
             "job {} ({}): next run {}",
             j.name,
             j.expr,
-            n.map(|t| tz.show(t)).unwrap_or_else(|| "never".into())
+            n.map(|t| j.tz.show(t)).unwrap_or_else(|| "never".into())
         );
     }
     loop {
@@ -138,8 +142,12 @@ pub async fn run(settings: &Settings, args: &ScheduleArgs) -> Result<Report, Fai
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         }
         let job = &jobs[i];
-        next[i] = tz.next_after(&job.schedule, when.max(Utc::now()));
-        if running.lock().expect("not poisoned").contains_key(job.name) {
+        next[i] = job.tz.next_after(&job.schedule, when.max(Utc::now()));
+        if running
+            .lock()
+            .expect("not poisoned")
+            .contains_key(&job.name)
+        {
             tracing::warn!(
                 "job {}: the previous run is still going; this run is skipped",
                 job.name
@@ -147,20 +155,20 @@ pub async fn run(settings: &Settings, args: &ScheduleArgs) -> Result<Report, Fai
             continue;
         }
         tasks.spawn(run_job(
-            job.name,
+            job.name.clone(),
             job.args.clone(),
             job.ping.clone(),
-            settings.notify.clone(),
+            job.notify.clone(),
             running.clone(),
         ));
     }
 
     // Stopping: running jobs get SIGTERM (a backup is abandoned, never half-written), then SIGKILL.
-    let pids: Vec<(&str, u32)> = running
+    let pids: Vec<(String, u32)> = running
         .lock()
         .expect("not poisoned")
         .iter()
-        .map(|(k, v)| (*k, *v))
+        .map(|(k, v)| (k.clone(), *v))
         .collect();
     for (name, pid) in &pids {
         tracing::info!("stopping: job {name} (pid {pid}) is abandoned");
@@ -193,11 +201,11 @@ pub async fn run(settings: &Settings, args: &ScheduleArgs) -> Result<Report, Fai
 /// Runs one job as a child `dbward` with this process's own flags, its output forwarded to our
 /// stderr. Pings and notifies; never fails the scheduler.
 async fn run_job(
-    name: &'static str,
-    job_args: Vec<&'static str>,
+    name: String,
+    job_args: Vec<String>,
     ping: Option<String>,
     notify_cfg: crate::settings::Notify,
-    running: Arc<Mutex<HashMap<&'static str, u32>>>,
+    running: Arc<Mutex<HashMap<String, u32>>>,
 ) {
     if let Some(p) = &ping {
         notify::ping(p, "/start");
@@ -217,7 +225,10 @@ async fn run_job(
         Err(e) => (None, format!("could not start: {e}")),
         Ok(mut child) => {
             if let Some(pid) = child.id() {
-                running.lock().expect("not poisoned").insert(name, pid);
+                running
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(name.clone(), pid);
             }
             let stderr = child.stderr.take();
             let logs = async {
@@ -239,7 +250,7 @@ async fn run_job(
             };
             let ((), out) = tokio::join!(logs, result);
             let status = child.wait().await;
-            running.lock().expect("not poisoned").remove(name);
+            running.lock().expect("not poisoned").remove(&name);
             let error = serde_json::from_slice::<serde_json::Value>(&out)
                 .ok()
                 .and_then(|doc| doc["error"].as_str().map(str::to_string))
@@ -280,7 +291,7 @@ async fn run_job(
 
 /// This process's arguments with `schedule [--list]` replaced by the job's command, so the job
 /// sees the same config file and setting flags.
-fn child_args(job: &[&str]) -> Vec<OsString> {
+fn child_args(job: &[String]) -> Vec<OsString> {
     rewrite(std::env::args_os().skip(1).collect(), job)
 }
 
@@ -299,7 +310,7 @@ fn value_flags() -> Vec<String> {
         .collect()
 }
 
-fn rewrite(args: Vec<OsString>, job: &[&str]) -> Vec<OsString> {
+fn rewrite(args: Vec<OsString>, job: &[impl AsRef<str>]) -> Vec<OsString> {
     let value_flags = value_flags();
     let mut out = Vec::new();
     let mut replaced = false;
@@ -311,7 +322,7 @@ fn rewrite(args: Vec<OsString>, job: &[&str]) -> Vec<OsString> {
             continue;
         }
         if !replaced && a == "schedule" {
-            out.extend(job.iter().map(OsString::from));
+            out.extend(job.iter().map(|a| OsString::from(a.as_ref())));
             replaced = true;
             continue;
         }
@@ -326,7 +337,23 @@ fn rewrite(args: Vec<OsString>, job: &[&str]) -> Vec<OsString> {
     out
 }
 
-fn jobs(s: &Schedule) -> Result<(Vec<Job>, Tz), Failure> {
+/// Every database's jobs: with several (`[[databases]]`), each named and run for its own
+/// database (`app/backup`: `dbward --db app backup --scheduled`), on its own schedule.
+fn all_jobs(all: &[Settings]) -> Result<Vec<Job>, Failure> {
+    let mut out = Vec::new();
+    for settings in all {
+        for mut job in jobs(&settings.schedule, &settings.notify)? {
+            if let Some(db) = &settings.name {
+                job.name = format!("{db}/{}", job.name);
+                job.args.splice(0..0, ["--db".to_string(), db.clone()]);
+            }
+            out.push(job);
+        }
+    }
+    Ok(out)
+}
+
+fn jobs(s: &Schedule, notify: &crate::settings::Notify) -> Result<Vec<Job>, Failure> {
     let tz = match s.timezone.as_deref().unwrap_or("UTC") {
         "UTC" | "utc" => Tz::Utc,
         "local" => Tz::Local,
@@ -366,14 +393,16 @@ fn jobs(s: &Schedule) -> Result<(Vec<Job>, Tz), Failure> {
             )
         })?;
         jobs.push(Job {
-            name,
+            name: name.to_string(),
             expr: expr.clone(),
             schedule,
-            args,
+            tz,
+            args: args.into_iter().map(str::to_string).collect(),
             ping: s.pings.get(name).cloned(),
+            notify: notify.clone(),
         });
     }
-    Ok((jobs, tz))
+    Ok(jobs)
 }
 
 /// Why a schedule expression does not parse.

@@ -11,6 +11,7 @@ mod backup_s3;
 mod blue_green;
 mod contract;
 mod crash;
+mod databases;
 mod drill;
 mod empty_volume;
 mod encryption;

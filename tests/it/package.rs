@@ -90,12 +90,17 @@ fn install() -> Installed {
     installed
 }
 
-const UNITS: [&str; 5] = [
+const UNITS: [&str; 9] = [
     "dbward-backup.service",
     "dbward-backup.timer",
     "dbward-drill.service",
     "dbward-drill.timer",
     "dbward-alert@.service",
+    // One instance per database of [[databases]]: `dbward-backup@NAME.timer`.
+    "dbward-backup@.service",
+    "dbward-backup@.timer",
+    "dbward-drill@.service",
+    "dbward-drill@.timer",
 ];
 
 #[test]
@@ -147,13 +152,23 @@ fn the_debian_package_installs_runs_and_purges_cleanly() {
         .map(|u| format!("/lib/systemd/system/{u}"))
         .collect();
     common::systemd_verify(&units);
-    for t in ["dbward-backup.timer", "dbward-drill.timer"] {
+    for t in [
+        "dbward-backup.timer",
+        "dbward-drill.timer",
+        "dbward-backup@.timer",
+        "dbward-drill@.timer",
+    ] {
         let wants = Path::new("/etc/systemd/system/timers.target.wants").join(t);
         assert!(!wants.exists(), "{t} was enabled by installing the package");
         let unit = std::fs::read_to_string(format!("/lib/systemd/system/{t}")).unwrap();
         assert!(unit.contains("WantedBy=timers.target"), "{unit}");
     }
-    for s in ["dbward-backup.service", "dbward-drill.service"] {
+    for s in [
+        "dbward-backup.service",
+        "dbward-drill.service",
+        "dbward-backup@.service",
+        "dbward-drill@.service",
+    ] {
         let unit = std::fs::read_to_string(format!("/lib/systemd/system/{s}")).unwrap();
         assert!(
             unit.contains("ConditionPathExists=/etc/dbward/dbward.toml")
@@ -193,9 +208,17 @@ fn the_debian_package_installs_runs_and_purges_cleanly() {
 
     // An admin enabled a timer; removing the package disables it again (prerm), so nothing is
     // left to start a binary that is gone.
-    tool(Command::new("systemctl").args(["enable", "dbward-backup.timer"]));
+    tool(Command::new("systemctl").args([
+        "enable",
+        "dbward-backup.timer",
+        "dbward-drill@app.timer",
+    ]));
     let wants = Path::new("/etc/systemd/system/timers.target.wants/dbward-backup.timer");
-    assert!(wants.exists(), "systemctl enable made no link");
+    let instance = Path::new("/etc/systemd/system/timers.target.wants/dbward-drill@app.timer");
+    assert!(
+        wants.exists() && instance.exists(),
+        "systemctl enable made no link"
+    );
 
     // Purged: every file the package installed is gone, the example config included; what the
     // admin wrote stays (the README says so).
@@ -203,8 +226,8 @@ fn the_debian_package_installs_runs_and_purges_cleanly() {
     let _ = Command::new("dpkg").args(["--purge", "dbward"]).output();
     assert!(!known_to_dpkg(), "dpkg still lists dbward");
     assert!(
-        !wants.exists(),
-        "the enabled timer's link outlived the package"
+        !wants.exists() && !instance.exists(),
+        "an enabled timer's link outlived the package"
     );
     for f in [
         "/usr/bin/dbward",
