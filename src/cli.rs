@@ -261,6 +261,14 @@ fn top_page(cmd: &clap::Command) -> String {
         ),
         ("DBWARD_MIGRATIONS", "the migrations folder"),
         (
+            "DBWARD_DB",
+            "with [[databases]] in the config file, the one to act on (--db)",
+        ),
+        (
+            "DBWARD_HOST",
+            "this host's name in the deploy log, manifests and leases (default: the system's)",
+        ),
+        (
             "DBWARD_STORE, DBWARD_STORE_MIRRORS",
             "the snapshot store and its mirrors",
         ),
