@@ -5,7 +5,8 @@
 # age (encrypted snapshots are opened with the real CLI), dpkg-deb and cargo-deb (the Debian
 # package is built and installed),
 # the S3 test server s3s-fs, boto3 and croniter.
-# mmdebstrap, umoci and runc (the container image is built from Debian's packages and run).
+# mmdebstrap, umoci and runc (the container image is built from Debian's packages and run),
+# chromium (the status page is rendered headless).
 # Nothing in the suite skips: a dependency this script cannot install fails the run. (The one
 # step outside the suite that can be skipped, `docker build` of the Dockerfile where no Docker
 # engine runs, says so aloud; the image itself is always built and run.)
@@ -33,6 +34,8 @@ command -v runc >/dev/null || missing+=(runc)
 # java: runs the reference that computes Flyway's checksums as Flyway reads files.
 command -v java >/dev/null || missing+=(default-jre-headless)
 command -v npm >/dev/null || missing+=(npm)
+# chromium: renders `dbward report --html` headless, as a phone's browser would.
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   [ "$(id -u)" = 0 ] || { echo "need root to install ${missing[*]} (or install them yourself)" >&2; exit 1; }

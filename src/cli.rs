@@ -107,6 +107,9 @@ pub enum Command {
     RestoreDrill(DrillArgs),
     /// Run the [schedule] jobs (backup, drill, prune) on their cron expressions until SIGTERM.
     Schedule(ScheduleArgs),
+    /// The state of every database in the store, from the store alone: last backup and its
+    /// age, sizes, drill verdicts and RTO, WAL/stream activity, deploys (--html: a status page).
+    Report(ReportArgs),
     /// SQLite: protect every commit, continuously: a base, then each --interval a step of the
     /// pages that changed, in the store and its mirrors (until SIGTERM; `restore --stream`
     /// builds any of those states back).
@@ -560,6 +563,17 @@ pub struct BackupArgs {
     /// schedule.once_within, done once per database across hosts
     #[arg(long)]
     pub scheduled: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Write the status page here: one self-contained HTML file (no script, no external asset).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
+    /// Write Prometheus textfile gauges here: each database's last backup, last drill and its
+    /// verdict, WAL and stream activity, as timestamps.
+    #[arg(long, value_name = "FILE")]
+    pub metrics: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

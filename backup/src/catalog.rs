@@ -53,25 +53,41 @@ pub async fn record_drill(store: &Store, database: &str, r: &DrillRecord) -> Res
     store.put_new(&key, &json).await
 }
 
-/// The newest drill of `database`'s history, if any (its keys sort by their moment: one
-/// listing, one read). A record that does not parse is skipped with a warning.
+/// The newest drill of `database`'s history, if any.
 pub async fn newest_drill(store: &Store, database: &str) -> Result<Option<DrillRecord>, Error> {
     check_folder_name(database)?;
+    Ok(newest_records(store, &drill_records(database), 1)
+        .await?
+        .pop())
+}
+
+/// The newest `n` JSON records of a folder whose keys sort by their moment (the drill history,
+/// the deploy log), newest first: one listing, `n` reads. One that does not parse is skipped
+/// with a warning.
+pub async fn newest_records<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    dir: &str,
+    n: usize,
+) -> Result<Vec<T>, Error> {
     let mut keys: Vec<String> = store
-        .list(&drill_records(database))
+        .list(dir)
         .await?
         .into_iter()
         .map(|o| o.key)
         .filter(|k| k.ends_with(".json"))
         .collect();
     keys.sort();
-    while let Some(key) = keys.pop() {
-        match serde_json::from_slice(&store.get_bytes(&key).await?) {
-            Ok(r) => return Ok(Some(r)),
-            Err(e) => tracing::warn!("skipping {}: not a drill record: {e}", store.describe(&key)),
+    let mut out = Vec::new();
+    for key in keys.iter().rev() {
+        if out.len() == n {
+            break;
+        }
+        match serde_json::from_slice(&store.get_bytes(key).await?) {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!("skipping {}: not readable: {e}", store.describe(key)),
         }
     }
-    Ok(None)
+    Ok(out)
 }
 
 pub fn receipt_key(database: &str, id: &str) -> String {

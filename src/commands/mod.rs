@@ -8,6 +8,7 @@ mod lint;
 mod migrate;
 mod prune;
 mod replicate;
+mod report;
 mod restore;
 mod run;
 mod schedule;
@@ -38,6 +39,7 @@ pub fn name(command: &Command) -> &'static str {
         Command::Run(_) => "run",
         Command::RestoreDrill(_) => "restore-drill",
         Command::Schedule(_) => "schedule",
+        Command::Report(_) => "report",
         Command::Replicate(_) => "replicate",
         Command::Generate(_) => "generate",
         Command::WalPush(_) => "wal-push",
@@ -75,6 +77,10 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         return wal::fetch(&cli.global, args).await;
     }
     let mut all = Settings::load_all(&cli.global)?;
+    if let Command::Report(args) = &cli.command {
+        // Every database of every store configured: from the stores alone.
+        return report::run(&all, args).await;
+    }
     if all.len() > 1 {
         return several(&all, cli).await;
     }
@@ -97,7 +103,7 @@ pub async fn run(cli: &Cli) -> Result<Report, Failure> {
         Command::Replicate(args) => replicate::run(&settings, args).await,
         Command::WalPush(args) => wal::push(&settings, args).await,
         Command::Pitr(crate::cli::PitrCommand::Verify(args)) => wal::verify(&settings, args).await,
-        Command::Generate(_) | Command::WalFetch(_) => {
+        Command::Generate(_) | Command::WalFetch(_) | Command::Report(_) => {
             unreachable!("answered above, before the settings")
         }
     }

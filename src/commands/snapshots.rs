@@ -219,7 +219,7 @@ async fn listing(
     }
 }
 
-fn age_of(d: time::Duration) -> String {
+pub(super) fn age_of(d: time::Duration) -> String {
     let s = d.whole_seconds().max(0);
     match s {
         0..60 => format!("{s}s"),

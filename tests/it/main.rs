@@ -33,6 +33,7 @@ mod private_ca;
 mod real_folders;
 mod recipes;
 mod repeatable;
+mod report;
 mod restore;
 mod restore_states;
 mod rewind;

@@ -99,6 +99,14 @@ async fn contract(store: &Store, what: &str) {
     }
     assert_eq!(store.list("many").await.unwrap().len(), 1005, "{what}");
 
+    // The folders under the root, one per database (`report` lists them), names only, sorted.
+    store.put("db/deploys/x.json", b"{}").await.unwrap();
+    assert_eq!(
+        store.folders().await.unwrap(),
+        ["db", "many"],
+        "{what}: a folder's subfolders are not the root's"
+    );
+
     // list_after: exactly the keys whose name (relative to the folder) sorts after the one
     // given (itself excluded, a name between two keys works), one level, `None` being all;
     // `restore latest` and the catalog's time windows rely on it.

@@ -188,6 +188,23 @@ impl LocalStore {
         })
     }
 
+    /// The folders directly under the store's root.
+    pub fn folders(&self) -> Result<Vec<String>, Error> {
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("listing {}", self.root.display()))(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(Error::io(format!("listing {}", self.root.display())))?;
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(out)
+    }
+
     pub fn list_after(&self, dir: &str, after: Option<&str>) -> Result<Vec<ObjectInfo>, Error> {
         let d = self.path(dir);
         let entries = match fs::read_dir(&d) {

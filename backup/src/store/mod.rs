@@ -171,6 +171,16 @@ impl Store {
     }
 
     /// Objects under `dir` (one level), in no particular order.
+    /// The folders directly under the store's root (one per database), sorted.
+    pub async fn folders(&self) -> Result<Vec<String>, Error> {
+        let mut out = match self {
+            Store::Local(s) => s.folders()?,
+            Store::S3(s) => s.folders().await?,
+        };
+        out.sort();
+        Ok(out)
+    }
+
     pub async fn list(&self, dir: &str) -> Result<Vec<ObjectInfo>, Error> {
         self.list_after(dir, None).await
     }

@@ -503,6 +503,38 @@ impl S3Store {
         Ok(out)
     }
 
+    /// The folders directly under the store's root (its prefix): the names before the next `/`.
+    pub async fn folders(&self) -> Result<Vec<String>, Error> {
+        let prefix = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = self
+            .asked(format!("listing {}", self.describe("")), pages.next())
+            .await
+        {
+            let page = page.map_err(|e| self.err("listing", "", e))?;
+            for p in page.common_prefixes() {
+                let Some(p) = p.prefix() else { continue };
+                let name = p.strip_prefix(&prefix).unwrap_or(p).trim_end_matches('/');
+                if !name.is_empty() {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn list_after(
         &self,
         dir: &str,
