@@ -19,7 +19,7 @@ pub struct Cli {
 }
 
 /// Every setting flag is global: every command accepts it and ignores the ones it does not need.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Default, Clone, Args)]
 pub struct GlobalArgs {
     /// Config file (TOML). Default: ./dbward.toml if present.
     #[arg(long, global = true, value_name = "FILE")]

@@ -100,7 +100,7 @@ pub async fn ask_until_met(h: &Health) -> Verdict {
     }
 }
 
-/// One round: every host asked at once, each within the probe's limit.
+/// One round: every host asked at once, each within the probe's limit in all.
 async fn ask(h: &Health) -> Vec<Answer> {
     let per_try = h.interval.max(Duration::from_secs(2)).min(h.timeout);
     let asks: Vec<_> = h
@@ -108,12 +108,12 @@ async fn ask(h: &Health) -> Vec<Answer> {
         .iter()
         .map(|url| {
             let url = url.clone();
-            tokio::task::spawn_blocking(move || (probe::get(&url, per_try), url))
+            tokio::spawn(async move { (probe::ask(&url, per_try).await, url) })
         })
         .collect();
     let mut answers = Vec::new();
     for ask in asks {
-        let (result, url) = ask.await.expect("the probe does not panic");
+        let (result, url) = ask.await.expect("asking a host does not panic");
         answers.push(match result {
             Ok((status, _)) => Answer {
                 serving: probe::accepted(status, &h.expect_status),

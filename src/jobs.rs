@@ -3,14 +3,14 @@
 //! prunes) and drills; the others say who did, and exit 0.
 //!
 //! - **A lease** (PostgreSQL): a session advisory lock of the database, one key per kind of job
-//!   (`dbconn::lock::BACKUP_JOB_KEY`, `DRILL_JOB_KEY`), taken on a session of its own named
+//!   (`dbconn::lock::BACKUP_JOB_KEY` and the others), taken on a session of its own named
 //!   `dbward <job> on <host>` and held for the whole job. A host whose timer fires while another
 //!   runs the job waits for it (at most `once_within`, saying who holds it), then looks at the
 //!   record: a job that failed there left none, and this host does it. A process that dies lets
 //!   the lease go with its session. A SQLite file is one machine's: no lease across hosts.
 //! - **The record** (the store, read under the lease): the newest scheduled snapshot of the same
-//!   kind (logical or base), or the newest scheduled drill of the drill history; one younger than
-//!   `once_within`, by any host, means the job is done.
+//!   kind (logical or base), or the newest scheduled drill of the same kind in the drill history;
+//!   one younger than `once_within`, by any host, means the job is done.
 //!
 //! Without `once_within` every scheduled run does its job, as before.
 
@@ -22,12 +22,17 @@ use crate::exit::Exit;
 use crate::report::Failure;
 use crate::settings::Settings;
 
+/// How many of the newest drills are read to find the newest scheduled one of a kind.
+const DRILLS_READ: usize = 20;
+
 #[derive(Debug, Clone, Copy)]
 pub enum Job {
     /// `backup --scheduled` (and the retention after it; `--physical`: a base).
     Backup { physical: bool },
-    /// `restore-drill --scheduled`.
-    Drill,
+    /// `restore-drill --scheduled` of this kind.
+    Drill(backup::DrillKind),
+    /// `prune`: the backup job's lease, no record.
+    Prune,
 }
 
 impl Job {
@@ -35,7 +40,20 @@ impl Job {
         match self {
             Job::Backup { physical: false } => "scheduled backup",
             Job::Backup { physical: true } => "scheduled base backup",
-            Job::Drill => "scheduled drill",
+            Job::Drill(backup::DrillKind::Snapshot) => "scheduled drill",
+            Job::Drill(backup::DrillKind::Physical) => "scheduled drill of the base and archive",
+            Job::Drill(backup::DrillKind::Stream) => "scheduled drill of the stream",
+            Job::Prune => "prune",
+        }
+    }
+
+    fn key(self) -> i64 {
+        use dbconn::lock::*;
+        match self {
+            Job::Backup { physical: false } | Job::Prune => BACKUP_JOB_KEY,
+            Job::Backup { physical: true } => BASE_JOB_KEY,
+            Job::Drill(backup::DrillKind::Physical) => PITR_DRILL_JOB_KEY,
+            Job::Drill(_) => DRILL_JOB_KEY,
         }
     }
 }
@@ -52,16 +70,6 @@ pub enum Decision {
     Done(String),
 }
 
-/// `prune`'s turn: the backup job's lease (never beside another host's backup and its
-/// retention), no record.
-pub async fn prune_turn(settings: &Settings, url: &DatabaseUrl) -> Result<Turn, Failure> {
-    let lease = match settings.once_within {
-        Some(within) => lease(url, Job::Backup { physical: false }, within).await?,
-        None => None,
-    };
-    Ok(Turn { _lease: lease })
-}
-
 /// Takes this host's turn at `job` on `url`, or finds it done.
 pub async fn turn(settings: &Settings, url: &DatabaseUrl, job: Job) -> Result<Decision, Failure> {
     let Some(within) = settings.once_within else {
@@ -74,6 +82,16 @@ pub async fn turn(settings: &Settings, url: &DatabaseUrl, job: Job) -> Result<De
     Ok(Decision::Run(Turn { _lease: lease }))
 }
 
+/// The lease alone, for a job that runs whatever was done before (`prune`; a base backup
+/// `--if-due`, which its own measure decides): never beside another host's run of the same kind.
+pub async fn lease_only(settings: &Settings, url: &DatabaseUrl, job: Job) -> Result<Turn, Failure> {
+    let lease = match settings.once_within {
+        Some(within) => lease(url, job, within).await?,
+        None => None,
+    };
+    Ok(Turn { _lease: lease })
+}
+
 async fn lease(
     url: &DatabaseUrl,
     job: Job,
@@ -82,17 +100,13 @@ async fn lease(
     let DatabaseUrl::Postgres(pg) = url else {
         return Ok(None);
     };
-    let key = match job {
-        Job::Drill => dbconn::lock::DRILL_JOB_KEY,
-        Job::Backup { .. } => dbconn::lock::BACKUP_JOB_KEY,
-    };
     let name = format!("dbward {} on {}", job.name(), backup::hostname());
-    match dbconn::lock::JobLease::take(pg, key, &name, within).await? {
+    match dbconn::lock::JobLease::take(pg, job.key(), &name, within).await? {
         Ok(lease) => Ok(Some(lease)),
         Err(holder) => Err(Failure::new(
             Exit::Failed,
             format!(
-                "the {} of {} is still held by {holder} after schedule.once_within ({}): it has run longer than the period it covers. Nothing was done here; see that host's log",
+                "the lease of the {} of {} is still held by {holder} after schedule.once_within ({}), longer than the period it covers: nothing was done here; see that host's log",
                 job.name(),
                 url.display(),
                 migrator::error::humanize(within)
@@ -132,16 +146,17 @@ async fn done(
                 .filter(|m| m.created().is_some_and(|c| c >= since))
                 .map(|m| said(&m.host, &m.created_at, format!("snapshot {}", m.id))))
         }
-        Job::Drill => {
-            let newest = backup::newest_drill(&store, &db).await?;
-            Ok(newest
+        Job::Drill(kind) => {
+            let drills = backup::drills(&store, &db, DRILLS_READ).await?;
+            Ok(drills
+                .into_iter()
+                .find(|r| r.scheduled && r.kind == kind)
                 .filter(|r| {
-                    r.scheduled
-                        && time::OffsetDateTime::parse(
-                            &r.at,
-                            &time::format_description::well_known::Rfc3339,
-                        )
-                        .is_ok_and(|at| at >= since)
+                    time::OffsetDateTime::parse(
+                        &r.at,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .is_ok_and(|at| at >= since)
                 })
                 .map(|r| {
                     let verdict = match (&r.success, &r.failed_check) {
@@ -156,5 +171,6 @@ async fn done(
                     )
                 }))
         }
+        Job::Prune => Ok(None),
     }
 }

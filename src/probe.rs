@@ -81,3 +81,18 @@ pub fn accepted(code: u16, expect: &[u16]) -> bool {
         expect.contains(&code)
     }
 }
+
+/// [`get`] from async code, within `timeout` in all (a name lookup, or an answer that drips in
+/// a byte per read timeout, cannot hold the caller longer): past it, no answer.
+pub async fn ask(url: &str, timeout: std::time::Duration) -> Result<(u16, String), Error> {
+    let u = url.to_string();
+    let asked = tokio::task::spawn_blocking(move || get(&u, timeout));
+    match tokio::time::timeout(timeout + std::time::Duration::from_secs(1), asked).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => Err(Error::NoAnswer(e.to_string())),
+        Err(_) => Err(Error::NoAnswer(format!(
+            "{url} did not answer within {}",
+            migrator::error::humanize(timeout)
+        ))),
+    }
+}

@@ -626,18 +626,23 @@ fn several(
         "DBWARD_MIGRATE_URL",
         "DBWARD_MIGRATIONS",
     ];
-    let env = |k: &str| {
-        if ONE_DATABASE.contains(&k) {
-            None
-        } else {
-            env(k)
-        }
-    };
     let mut all = Vec::new();
     let mut folders: Vec<(String, String, String)> = Vec::new();
     for e in entries {
         let name = e.name.expect("an entry has a name");
-        let mut s = resolve(args, env, Some((e.config, base.clone())))
+        // The environment's and the command line's store stand in for the top level's: an
+        // entry with a store (or mirrors) of its own keeps them.
+        let env = |k: &str| match k {
+            _ if ONE_DATABASE.contains(&k) => None,
+            "DBWARD_STORE" if e.own_store => None,
+            "DBWARD_STORE_MIRRORS" if e.own_mirrors => None,
+            _ => env(k),
+        };
+        let mut entry_args = args.clone();
+        if e.own_store && args.db.is_none() {
+            entry_args.store = None;
+        }
+        let mut s = resolve(&entry_args, env, Some((e.config, base.clone())))
             .map_err(|err| SettingsError(format!("[[databases]] `{name}`: {}", err.0)))?;
         let url = s
             .database
@@ -646,19 +651,24 @@ fn several(
         let folder = migrator::DatabaseUrl::parse(url)
             .map_err(|err| SettingsError(format!("[[databases]] `{name}`: {err}")))?
             .name();
-        if let Some((other, _, _)) = folders
-            .iter()
-            .find(|(_, store, f)| *store == s.store && *f == folder)
-        {
-            return Err(SettingsError(format!(
-                "[[databases]] `{other}` and `{name}` would keep their snapshots in the same folder `{folder}` of {}: give one of them its own store (`[databases.store] url`)",
-                s.store
-            )));
+        // Every copy counts: the primary and each mirror.
+        for store in std::iter::once(&s.store).chain(&s.store_mirrors) {
+            if let Some((other, _, _)) = folders
+                .iter()
+                .find(|(_, st, f)| st == store && *f == folder)
+            {
+                return Err(SettingsError(format!(
+                    "[[databases]] `{other}` and `{name}` would keep their snapshots in the same folder `{folder}` of {store}: give one of them its own store (`[databases.store] url`, and `mirrors` when they share one)"
+                )));
+            }
         }
-        folders.push((name.clone(), s.store.clone(), folder));
+        for store in std::iter::once(&s.store).chain(&s.store_mirrors) {
+            folders.push((name.clone(), store.clone(), folder.clone()));
+        }
         s.name = Some(name);
         all.push(s);
     }
+    let listed = names(&all);
     match &args.db {
         None => Ok(all),
         Some(db) => match all
@@ -667,12 +677,7 @@ fn several(
         {
             Some(s) => Ok(vec![s]),
             None => Err(SettingsError(format!(
-                "--db {db}: the config file has no such [[databases]] entry ({})",
-                folders
-                    .iter()
-                    .map(|f| f.0.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "--db {db}: the config file has no such [[databases]] entry ({listed})"
             ))),
         },
     }

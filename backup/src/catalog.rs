@@ -27,12 +27,25 @@ pub struct DrillRecord {
     pub at: String,
     pub host: String,
     pub snapshot: String,
+    /// What was drilled: a snapshot, a base and the WAL archive, or a SQLite stream.
+    #[serde(default)]
+    pub kind: DrillKind,
     pub success: bool,
     pub rto_seconds: Option<f64>,
     pub failed_check: Option<String>,
     /// Run as a scheduled job (`restore-drill --scheduled`).
     #[serde(default)]
     pub scheduled: bool,
+}
+
+/// The kinds of drill (`restore-drill`, `--physical`, `--stream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillKind {
+    #[default]
+    Snapshot,
+    Physical,
+    Stream,
 }
 
 fn drill_records(database: &str) -> String {
@@ -53,12 +66,10 @@ pub async fn record_drill(store: &Store, database: &str, r: &DrillRecord) -> Res
     store.put_new(&key, &json).await
 }
 
-/// The newest drill of `database`'s history, if any.
-pub async fn newest_drill(store: &Store, database: &str) -> Result<Option<DrillRecord>, Error> {
+/// The newest `n` drills of `database`'s history, newest first.
+pub async fn drills(store: &Store, database: &str, n: usize) -> Result<Vec<DrillRecord>, Error> {
     check_folder_name(database)?;
-    Ok(newest_records(store, &drill_records(database), 1)
-        .await?
-        .pop())
+    newest_records(store, &drill_records(database), n).await
 }
 
 /// The newest `n` JSON records of a folder whose keys sort by their moment (the drill history,

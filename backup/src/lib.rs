@@ -22,8 +22,8 @@ pub mod store;
 pub mod stream;
 
 pub use catalog::{
-    check_folder_name, list, list_all, manifest_key, newest_drill, receipt_key, receipts,
-    record_drill, Damaged, DrillReceipt, DrillRecord, Listing,
+    check_folder_name, drills, list, list_all, manifest_key, receipt_key, receipts, record_drill,
+    Damaged, DrillKind, DrillReceipt, DrillRecord, Listing,
 };
 pub use error::{Error, ErrorKind};
 pub use manifest::{Kind, Manifest};

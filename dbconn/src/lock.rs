@@ -8,8 +8,8 @@
 //! locks (stalling the application's queries behind it) and a dump never begins under a batch.
 //! A dump's own session holds it; the key is per database.
 //!
-//! Scheduled jobs shared by several hosts take a lease: [`JobLease`] on [`BACKUP_JOB_KEY`] or
-//! [`DRILL_JOB_KEY`], before any other key.
+//! Scheduled jobs shared by several hosts take a lease: [`JobLease`] on [`BACKUP_JOB_KEY`],
+//! [`DRILL_JOB_KEY`], [`BASE_JOB_KEY`] or [`PITR_DRILL_JOB_KEY`], before any other key.
 
 use std::time::{Duration, Instant};
 
@@ -25,11 +25,14 @@ pub const LOCK_KEY: i64 = 0x6462_7761_7264_0001;
 /// Backups (shared) against batches (exclusive): "dbward" and 2.
 pub const BACKUP_KEY: i64 = 0x6462_7761_7264_0002;
 
-/// A scheduled job's lease across hosts (`[schedule] once_within`): a backup (with the retention
-/// after it, and `prune`): "dbward" and 3; a drill: "dbward" and 4. Taken first, never while a
-/// job holds [`LOCK_KEY`] or [`BACKUP_KEY`], so no two of dbward's keys wait for each other.
+/// A scheduled job's lease across hosts (`[schedule] once_within`), one per kind of job: a
+/// backup (with the retention after it, and `prune`): "dbward" and 3; a drill of a snapshot: 4;
+/// a base backup: 5; a drill of a base and the WAL archive: 6. Taken first, never while a job
+/// holds [`LOCK_KEY`] or [`BACKUP_KEY`], so no two of dbward's keys wait for each other.
 pub const BACKUP_JOB_KEY: i64 = 0x6462_7761_7264_0003;
 pub const DRILL_JOB_KEY: i64 = 0x6462_7761_7264_0004;
+pub const BASE_JOB_KEY: i64 = 0x6462_7761_7264_0005;
+pub const PITR_DRILL_JOB_KEY: i64 = 0x6462_7761_7264_0006;
 
 /// How often a wait for a job's lease says who holds it.
 const SAY_LEASE_EVERY: Duration = Duration::from_secs(30);

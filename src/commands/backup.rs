@@ -34,6 +34,16 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
             ));
         }
     }
+    let job = crate::jobs::Job::Backup {
+        physical: args.physical,
+    };
+    // Whether a base is due is its own measure (the WAL since the newest base), whoever took
+    // the last one: taken under the lease only, so two hosts never both find it due.
+    let _due_lease = if args.scheduled && args.if_due {
+        Some(crate::jobs::lease_only(settings, &url, job).await?)
+    } else {
+        None
+    };
     if args.if_due {
         let Some(max) = settings.pitr.base_max_wal else {
             return Err(Failure::new(
@@ -63,10 +73,7 @@ pub async fn run(settings: &Settings, args: &BackupArgs) -> Result<Report, Failu
     }
     // One scheduled backup per database across hosts: this host's turn (held to the end,
     // retention included), or the record of another's.
-    let _turn = if args.scheduled {
-        let job = crate::jobs::Job::Backup {
-            physical: args.physical,
-        };
+    let _turn = if args.scheduled && !args.if_due {
         match crate::jobs::turn(settings, &url, job).await? {
             crate::jobs::Decision::Run(turn) => Some(turn),
             crate::jobs::Decision::Done(said) => {

@@ -20,7 +20,7 @@ pub async fn run(settings: &Settings, args: &DrillArgs) -> Result<Report, Failur
     let url = database_url(settings)?;
     // One scheduled drill per database across hosts.
     let _turn = if args.scheduled {
-        match crate::jobs::turn(settings, &url, crate::jobs::Job::Drill).await? {
+        match crate::jobs::turn(settings, &url, crate::jobs::Job::Drill(drill_kind(args))).await? {
             crate::jobs::Decision::Run(turn) => Some(turn),
             crate::jobs::Decision::Done(said) => {
                 tracing::info!("{said}");
@@ -207,24 +207,51 @@ async fn finish(
                 backup::error::chain(&e)
             );
         }
-        // And the drill history, which outlives the snapshot.
-        let record = backup::DrillRecord {
-            at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
-            host: backup::hostname(),
-            snapshot: m.id.clone(),
-            success: report.success,
-            rto_seconds: report.rto_seconds,
-            failed_check: receipt.failed_check.clone(),
-            scheduled: args.scheduled,
-        };
-        if let Err(e) = backup::record_drill(store, &url.name(), &record).await {
-            tracing::error!(
-                "could not add the drill to the store's drill history: {}",
-                backup::error::chain(&e)
-            );
-        }
+        record(settings, args, url, &m.id, &report).await;
     }
     present(settings, args, &m.id, report)
+}
+
+/// Adds a drill that ran to the drill history in the primary store (which `report` and
+/// `schedule.once_within` read), whichever copy it drilled; outlives the snapshot.
+async fn record(
+    settings: &Settings,
+    args: &DrillArgs,
+    url: &DatabaseUrl,
+    snapshot: &str,
+    report: &restore_drill::Report,
+) {
+    let record = backup::DrillRecord {
+        at: backup::manifest::now_rfc3339(time::OffsetDateTime::now_utc()),
+        host: backup::hostname(),
+        snapshot: snapshot.to_string(),
+        kind: drill_kind(args),
+        success: report.success,
+        rto_seconds: report.rto_seconds,
+        failed_check: report.first_failure().map(|c| c.name.to_string()),
+        scheduled: args.scheduled,
+    };
+    let stored = match settings.store().await {
+        Ok(store) => backup::record_drill(&store, &url.name(), &record).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = stored {
+        tracing::error!(
+            "could not add the drill to the store's drill history: {}",
+            backup::error::chain(&e)
+        );
+    }
+}
+
+/// What kind of drill `args` asks for, as the drill history names it.
+pub fn drill_kind(args: &DrillArgs) -> backup::DrillKind {
+    if args.physical {
+        backup::DrillKind::Physical
+    } else if args.stream {
+        backup::DrillKind::Stream
+    } else {
+        backup::DrillKind::Snapshot
+    }
 }
 
 /// `--report`, `--metrics` and the text of a drill's report of `what`; exit 1 unless it passed.
@@ -338,5 +365,8 @@ async fn stream(
     let id = crate::service::stream::whose(url, stores.primary()).await?;
     let report = restore_drill::stream::drill(stores, &url.name(), id.as_deref(), &opts).await;
     let what = report.snapshot.clone();
+    if !report.environment_failure() {
+        record(settings, args, url, &what, &report).await;
+    }
     present(settings, args, &what, report)
 }

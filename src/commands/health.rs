@@ -101,10 +101,7 @@ pub async fn poll(h: &Health) -> Result<(u16, Duration), Unhealthy> {
     let started = Instant::now();
     loop {
         let per_try = h.interval.max(Duration::from_secs(2)).min(h.timeout);
-        let u = url.clone();
-        let result = tokio::task::spawn_blocking(move || probe::get(&u, per_try))
-            .await
-            .unwrap_or_else(|e| Err(probe::Error::NoAnswer(e.to_string())));
+        let result = probe::ask(&url, per_try).await;
         let last = match result {
             Ok((code, body)) if probe::accepted(code, &h.expect_status) => match &h.expect_body {
                 Some(want) if !body.contains(want.as_str()) => format!(
@@ -344,6 +341,12 @@ async fn guard_inner(
             "the last deploy took no pre-deploy snapshot (a first deploy, or --no-snapshot)".into(),
         ));
     };
+    // The other hosts first (their answer may take up to the health timeout): the live
+    // database is read, and its head checked, after it.
+    let hosts = match on_failure {
+        OnFailure::Report => None,
+        _ => hosts_allow(settings, health, &scope, &url, &deploy, &snapshot, reason).await?,
+    };
     let (history, repeatable, counters_now) = read_live(&url).await?;
     let batch = batch_of(&history, &repeatable, &deploy);
     let newest = dbconn::history::newest(&history);
@@ -372,7 +375,6 @@ async fn guard_inner(
         f.details = measured;
         return Err(f);
     }
-    let hosts = hosts_allow(settings, health, &scope, &url, &deploy, &snapshot, reason).await?;
     tracing::warn!("restoring: {discard_text}");
     let stores = settings.stores().await?;
     let store = stores.primary();

@@ -152,6 +152,14 @@ async fn several(all: &[Settings], cli: &Cli) -> Result<Report, Failure> {
     if let Command::Schedule(args) = &cli.command {
         return schedule::run(all, args).await;
     }
+    if let Command::RestoreDrill(args) = &cli.command {
+        if args.metrics.is_some() || args.report.is_some() {
+            return Err(Failure::new(
+                Exit::Usage,
+                "--metrics and --report name one file, and several databases are configured: each database's drill would write over the last one's. Give --db NAME, or set drill.metrics (each database then gets a file of its own)",
+            ));
+        }
+    }
     let mut text = String::new();
     let mut docs = Vec::new();
     let mut code = Exit::Success;

@@ -18,7 +18,7 @@ pub async fn run(settings: &Settings, args: &PruneArgs) -> Result<Report, Failur
     let url = database_url(settings)?;
     // With schedule.once_within, under the backup job's lease: never beside another host's
     // backup and its retention.
-    let _turn = crate::jobs::prune_turn(settings, &url).await?;
+    let _turn = crate::jobs::lease_only(settings, &url, crate::jobs::Job::Prune).await?;
     let streams = stream_retention(settings, &url, args.dry_run).await?;
     if settings.retention.is_empty() {
         return Ok(Report {

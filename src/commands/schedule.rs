@@ -343,7 +343,8 @@ fn all_jobs(all: &[Settings]) -> Result<Vec<Job>, Failure> {
     let mut out = Vec::new();
     for settings in all {
         for mut job in jobs(&settings.schedule, &settings.notify)? {
-            if let Some(db) = &settings.name {
+            // One of several: the child is told which (one picked with --db keeps its flag).
+            if let (Some(db), true) = (&settings.name, all.len() > 1) {
                 job.name = format!("{db}/{}", job.name);
                 job.args.splice(0..0, ["--db".to_string(), db.clone()]);
             }

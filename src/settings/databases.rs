@@ -15,6 +15,10 @@ use super::{FileConfig, SettingsError};
 pub(super) struct Entry {
     pub name: Option<String>,
     pub config: FileConfig,
+    /// The entry sets its own `store.url` / `store.mirrors` (not inherited from the top level,
+    /// which the environment's and the command line's store stand in for).
+    pub own_store: bool,
+    pub own_mirrors: bool,
 }
 
 /// The keys of `[database]`, written directly in an entry.
@@ -34,7 +38,12 @@ pub(super) fn read(path: &Path, text: &str) -> Result<Vec<Entry>, SettingsError>
     let Some(entries) = top.remove("databases") else {
         // The single-database form, read as before (its errors name line and column).
         let config = toml::from_str(text).map_err(|e| said(&e))?;
-        return Ok(vec![Entry { name: None, config }]);
+        return Ok(vec![Entry {
+            name: None,
+            config,
+            own_store: false,
+            own_mirrors: false,
+        }]);
     };
     let Value::Array(entries) = entries else {
         return Err(said(
@@ -67,12 +76,16 @@ pub(super) fn read(path: &Path, text: &str) -> Result<Vec<Entry>, SettingsError>
                 "two [[databases]] entries are named `{name}`"
             )));
         }
+        let own = |key: &str| entry.get("store").and_then(|t| t.get(key)).is_some();
+        let (own_store, own_mirrors) = (own("url"), own("mirrors"));
         let config = lay_over(&top, entry, &name)
             .try_into::<FileConfig>()
             .map_err(|e| said(&format!("[[databases]] `{name}`: {e}")))?;
         out.push(Entry {
             name: Some(name),
             config,
+            own_store,
+            own_mirrors,
         });
     }
     Ok(out)

@@ -9,7 +9,7 @@ use crate::common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{json, run};
+use common::{json, run, tool};
 
 const NAMES: [&str; 3] = ["app", "jobs", "cache"];
 
@@ -170,6 +170,17 @@ fn three_databases_in_one_config_back_up_drill_and_report_each() {
         "{jobs}"
     );
     assert_eq!(jobs.as_object().unwrap().len(), 6, "{jobs}");
+    // One picked with --db: its jobs run with that flag as given, once.
+    let (code, out, err) = run(dbward(root).args(["--db", "app", "--json", "schedule", "--list"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json(&out)["jobs"]["backup"]["command"],
+        serde_json::json!(["backup", "--scheduled"])
+    );
+    // One file for every database's drill would keep only the last: refused without --db.
+    let (code, _, err) = run(dbward(root).args(["restore-drill", "latest", "--metrics", "m.prom"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--db"), "{err}");
 }
 
 #[test]
@@ -196,6 +207,26 @@ fn entries_whose_snapshots_would_share_a_folder_and_flags_naming_one_database_ar
     let (code, _, err) = run(dbward(root).args(["--database", "sqlite:x.db", "snapshots"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--db"), "{err}");
+    // The environment's store stands in for the top level's; an entry's own store stays.
+    std::fs::write(
+        root.join("dbward.toml"),
+        format!("[store]\nurl = \"file://{r}/store\"\n[[databases]]\nname = \"a\"\nurl = \"sqlite:{r}/a.db\"\n[[databases]]\nname = \"b\"\nurl = \"sqlite:{r}/b.db\"\n[databases.store]\nurl = \"file://{r}/b-store\"\n"),
+    )
+    .unwrap();
+    for name in ["a", "b"] {
+        std::fs::write(root.join(format!("{name}.db")), "").unwrap();
+        tool(
+            Command::new("sqlite3")
+                .arg(root.join(format!("{name}.db")))
+                .arg("CREATE TABLE t (id INTEGER)"),
+        );
+    }
+    let (code, _, err) = run(dbward(root)
+        .env("DBWARD_STORE", format!("file://{r}/env-store"))
+        .args(["backup"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(root.join("env-store/a").is_dir() && root.join("b-store/b").is_dir());
+    assert!(!root.join("env-store/b").exists() && !root.join("store").exists());
     // --db without [[databases]] says what it is for.
     let (code, _, err) =
         run(common::dbward(root).args(["--database", "sqlite:x.db", "--db", "a", "status"]));

@@ -278,17 +278,56 @@ fn three_hosts_timers_make_one_backup_and_one_drill_and_a_failed_one_is_done_by_
             h.name
         );
     }
-    // The drill history in the store: one record, the drilling host's.
+    // A drill by hand in between is not the scheduled one: it hides nothing.
+    assert_eq!(
+        run(all[1].dbward(&url).args(["restore-drill", "latest"])).0,
+        0
+    );
+    let (code, out, err) = run(&mut scheduled(
+        &all[2],
+        &url,
+        &["restore-drill", "--scheduled", "latest"],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("was done by host a"), "{out}");
+    // The drill history in the store: the scheduled drill, the drilling host's, and the one
+    // by hand.
     let drills = p.path().join("store").join(pg_name(&url)).join("drills");
     let records: Vec<_> = std::fs::read_dir(&drills)
         .unwrap_or_else(|e| panic!("{}: {e}", drills.display()))
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(records.len(), 1, "{records:?}");
-    let record = json(&std::fs::read_to_string(&records[0]).unwrap());
+    assert_eq!(records.len(), 2, "{records:?}");
+    let mut records: Vec<serde_json::Value> = records
+        .iter()
+        .map(|p| json(&std::fs::read_to_string(p).unwrap()))
+        .collect();
+    records.sort_by_key(|r| r["at"].as_str().unwrap().to_string());
+    let seen = |r: &serde_json::Value| {
+        (
+            r["host"].as_str().map(str::to_string),
+            r["scheduled"].as_bool(),
+            r["kind"].as_str().map(str::to_string),
+            r["success"].as_bool(),
+        )
+    };
     assert_eq!(
-        (record["host"].as_str(), record["success"].as_bool()),
-        (Some("a"), Some(true))
+        seen(&records[0]),
+        (
+            Some("a".into()),
+            Some(true),
+            Some("snapshot".into()),
+            Some(true)
+        )
+    );
+    assert_eq!(
+        seen(&records[1]),
+        (
+            Some("b".into()),
+            Some(false),
+            Some("snapshot".into()),
+            Some(true)
+        )
     );
 
     // Without once_within, every scheduled run does its job, as before.

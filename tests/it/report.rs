@@ -195,13 +195,17 @@ fn the_status_page_shows_every_database_of_the_store_as_the_store_has_it() {
         let unix = tool(Command::new("date").args(["-u", "-d", created, "+%s"]));
         assert!(
             text.contains(&format!(
-                "dbward_last_backup_timestamp_seconds{{database=\"{name}\"}} {unix}\n"
+                "dbward_last_backup_timestamp_seconds{{database=\"{name}\",store=\"{}\"}} {unix}\n",
+                root.join("store").join(name).display()
             )),
             "{name}: {text}"
         );
     }
     assert!(
-        text.contains("dbward_last_drill_success{database=\"jobs\"} 0\n"),
+        text.contains(&format!(
+            "dbward_last_drill_success{{database=\"jobs\",store=\"{}\"}} 0\n",
+            root.join("store/jobs").display()
+        )),
         "{text}"
     );
     assert_eq!(

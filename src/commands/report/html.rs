@@ -39,10 +39,10 @@ pub fn page(o: &Overview) -> String {
         esc(&o.at)
     );
     h.push_str("<div class=\"wide\"><table id=\"summary\"><thead><tr><th>database</th><th>last backup</th><th>last drill</th><th>RTO</th><th>WAL / stream</th></tr></thead><tbody>\n");
-    for d in &o.databases {
+    for (i, d) in o.databases.iter().enumerate() {
         let drill = d.drills.first();
         h.push_str(&format!(
-            "<tr><td><a href=\"#db-{0}\">{0}</a></td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td></tr>\n",
+            "<tr><td><a href=\"#db-{i}\">{0}</a></td><td>{1}</td><td>{2}</td><td>{3}</td><td>{4}</td></tr>\n",
             esc(&d.name),
             d.last_backup_age_seconds
                 .map(|s| format!("{} ago", age(s)))
@@ -58,8 +58,8 @@ pub fn page(o: &Overview) -> String {
         ));
     }
     h.push_str("</tbody></table></div>\n");
-    for d in &o.databases {
-        h.push_str(&section(d));
+    for (i, d) in o.databases.iter().enumerate() {
+        h.push_str(&section(i, d));
     }
     h.push_str("</body></html>\n");
     h
@@ -87,9 +87,10 @@ fn activity(d: &Database) -> String {
     }
 }
 
-fn section(d: &Database) -> String {
+/// Database `i` of the page (its id: two stores may each hold a database of one name).
+fn section(i: usize, d: &Database) -> String {
     let mut h = format!(
-        "<section class=\"db\" id=\"db-{0}\" data-database=\"{0}\" data-snapshots=\"{1}\" data-drills=\"{2}\" data-deploys=\"{3}\" data-last-backup=\"{4}\">\n<h2>{0}</h2>\n<p class=\"muted\">{5}</p>\n",
+        "<section class=\"db\" id=\"db-{i}\" data-database=\"{0}\" data-snapshots=\"{1}\" data-drills=\"{2}\" data-deploys=\"{3}\" data-last-backup=\"{4}\">\n<h2>{0}</h2>\n<p class=\"muted\">{5}</p>\n",
         esc(&d.name),
         d.snapshots.len(),
         d.drills.len(),

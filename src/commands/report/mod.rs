@@ -317,8 +317,13 @@ fn gauges(o: &Overview) -> String {
             .iter()
             .filter_map(|d| {
                 let v = value(d)?;
-                let label = d.name.replace('\\', "\\\\").replace('"', "\\\"");
-                Some(format!("{name}{{database=\"{label}\"}} {v}\n"))
+                let label = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"");
+                // The store too: two stores may each hold a database of one name.
+                Some(format!(
+                    "{name}{{database=\"{}\",store=\"{}\"}} {v}\n",
+                    label(&d.name),
+                    label(&d.store)
+                ))
             })
             .collect();
         if !lines.is_empty() {
