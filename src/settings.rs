@@ -639,7 +639,7 @@ fn several(
             _ => env(k),
         };
         let mut entry_args = args.clone();
-        if e.own_store && args.db.is_none() {
+        if e.own_store && args.db.as_deref() != Some(name.as_str()) {
             entry_args.store = None;
         }
         let mut s = resolve(&entry_args, env, Some((e.config, base.clone())))
