@@ -151,13 +151,7 @@ async fn done(
             Ok(drills
                 .into_iter()
                 .find(|r| r.scheduled && r.kind == kind)
-                .filter(|r| {
-                    time::OffsetDateTime::parse(
-                        &r.at,
-                        &time::format_description::well_known::Rfc3339,
-                    )
-                    .is_ok_and(|at| at >= since)
-                })
+                .filter(|r| backup::manifest::parse_rfc3339(&r.at).is_some_and(|at| at >= since))
                 .map(|r| {
                     let verdict = match (&r.success, &r.failed_check) {
                         (true, _) => "passed".to_string(),

@@ -171,7 +171,7 @@ pub struct Compression {
 
 impl Manifest {
     pub fn created(&self) -> Option<OffsetDateTime> {
-        OffsetDateTime::parse(&self.created_at, &Rfc3339).ok()
+        parse_rfc3339(&self.created_at)
     }
 
     /// The manifest of a position rather than a copy (a PostgreSQL restore point, a SQLite
@@ -398,6 +398,11 @@ pub(crate) fn random_u16() -> u16 {
     h.write_u128(OffsetDateTime::now_utc().unix_timestamp_nanos() as u128);
     h.write_u32(std::process::id());
     h.finish() as u16
+}
+
+/// A moment as records write it (RFC 3339), read back; `None` for text that is not one.
+pub fn parse_rfc3339(at: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(at, &Rfc3339).ok()
 }
 
 /// RFC 3339 in UTC with milliseconds, so snapshots taken in the same second still sort.

@@ -268,19 +268,6 @@ fn edit(text: &str, edits: &[(&str, String)]) -> String {
     text
 }
 
-/// Every file under `dir`.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            out.extend(files(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
-}
-
 /// The application's process, stopped on every path out.
 struct App(Child);
 
@@ -451,7 +438,7 @@ fn the_readme_set_up_runs_on_the_installed_package_as_written() {
         let (code, err) = outcome(&unit.exec("ExecStart"));
         assert_eq!(code, 0, "{name}: {err}");
         // UMask=0077: what the job wrote is the owner's alone.
-        for f in files(&dir.path().join("backups")) {
+        for f in common::files_under(&dir.path().join("backups")) {
             assert_eq!(
                 mode(f.to_str().unwrap()) & 0o077,
                 0,
@@ -461,31 +448,10 @@ fn the_readme_set_up_runs_on_the_installed_package_as_written() {
         }
     }
     assert_eq!(mode(STATE_DIR), 0o700, "StateDirectoryMode=0700");
-    let cron =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/cron/dbward"))
-            .unwrap();
-    for line in cron
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-    {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(fields[5], "root", "{line}");
-        let mut command = line;
-        for f in &fields[..6] {
-            command = command.trim_start().strip_prefix(f).unwrap();
-        }
-        let out = Command::new("env")
-            .args([
-                "-i",
-                "PATH=/usr/bin:/bin",
-                "HOME=/root",
-                "/bin/sh",
-                "-c",
-                command.trim(),
-            ])
-            .current_dir("/")
-            .output()
-            .unwrap();
+    // The cron file's lines as written: no path substituted.
+    for (_, user, command) in crate::recipes::cron_lines() {
+        assert_eq!(user, "root", "{command}");
+        let out = crate::recipes::as_cron_runs(&command);
         assert!(out.status.success(), "{command}: {}", common::stderr(&out));
     }
     let pinged: Vec<String> = hooks

@@ -14,22 +14,8 @@ fn recipes() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes")
 }
 
-fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
-}
-
 fn all_recipes() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    files(&recipes(), &mut out);
-    out.sort();
-    out
+    common::files_under(&recipes())
 }
 
 #[test]
@@ -89,7 +75,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
 }
 
 /// The cron lines of `recipes/cron/dbward`: (schedule, user, command).
-fn cron_lines() -> Vec<(String, String, String)> {
+pub fn cron_lines() -> Vec<(String, String, String)> {
     std::fs::read_to_string(recipes().join("cron/dbward"))
         .unwrap()
         .lines()
@@ -106,6 +92,23 @@ fn cron_lines() -> Vec<(String, String, String)> {
             (schedule, user, rest.trim().to_string())
         })
         .collect()
+}
+
+/// `command` run as cron runs a line's command: its environment (`PATH=/usr/bin:/bin`, no
+/// other variable but `HOME`), `/bin/sh -c`, from `/`.
+pub fn as_cron_runs(command: &str) -> std::process::Output {
+    Command::new("env")
+        .args([
+            "-i",
+            "PATH=/usr/bin:/bin",
+            "HOME=/root",
+            "/bin/sh",
+            "-c",
+            command,
+        ])
+        .current_dir("/")
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -139,22 +142,12 @@ fn cron_lines_run_in_crons_environment_and_ping_only_on_success() {
     let lines = cron_lines();
     assert_eq!(lines.len(), 2);
     let cron = |command: &str| {
-        let command = command
-            .replace("/usr/bin/dbward", env!("CARGO_BIN_EXE_dbward"))
-            .replace("/etc/dbward/env", &env_file.display().to_string())
-            .replace("/etc/dbward/dbward.toml", &config.display().to_string());
-        // cron's environment: PATH=/usr/bin:/bin, /bin/sh, the home directory as cwd.
-        let mut c = Command::new("env");
-        c.args([
-            "-i",
-            "PATH=/usr/bin:/bin",
-            "HOME=/root",
-            "/bin/sh",
-            "-c",
-            &command,
-        ])
-        .current_dir("/");
-        c.output().unwrap()
+        as_cron_runs(
+            &command
+                .replace("/usr/bin/dbward", env!("CARGO_BIN_EXE_dbward"))
+                .replace("/etc/dbward/env", &env_file.display().to_string())
+                .replace("/etc/dbward/dbward.toml", &config.display().to_string()),
+        )
     };
     for (schedule, user, command) in &lines {
         assert_eq!(user, "root");

@@ -29,12 +29,9 @@ fn recipe(path: &str, subs: &[(&str, String)]) -> String {
     text
 }
 
-/// The values of `key=` lines of a unit, split into words (the recipes quote nothing).
+/// The command lines of a unit's `key=` lines, as systemd splits them (no variable expanded).
 fn unit_commands(unit: &str, key: &str) -> Vec<Vec<String>> {
-    unit.lines()
-        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
-        .map(|v| v.split_whitespace().map(str::to_string).collect())
-        .collect()
+    common::unit::Unit::new("recipe.service", unit).commands(key)
 }
 
 fn fixture_app() -> PathBuf {

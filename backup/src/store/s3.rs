@@ -505,33 +505,18 @@ impl S3Store {
 
     /// The folders directly under the store's root (its prefix): the names before the next `/`.
     pub async fn folders(&self) -> Result<Vec<String>, Error> {
-        let prefix = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
+        let root = self.folder_prefix("");
         let mut out = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&prefix)
-            .delimiter("/")
-            .into_paginator()
-            .send();
-        while let Some(page) = self
-            .asked(format!("listing {}", self.describe("")), pages.next())
-            .await
-        {
-            let page = page.map_err(|e| self.err("listing", "", e))?;
+        self.each_page("", None, |page| {
             for p in page.common_prefixes() {
                 let Some(p) = p.prefix() else { continue };
-                let name = p.strip_prefix(&prefix).unwrap_or(p).trim_end_matches('/');
+                let name = p.strip_prefix(&root).unwrap_or(p).trim_end_matches('/');
                 if !name.is_empty() {
                     out.push(name.to_string());
                 }
             }
-        }
+        })
+        .await?;
         Ok(out)
     }
 
@@ -540,27 +525,9 @@ impl S3Store {
         dir: &str,
         after: Option<&str>,
     ) -> Result<Vec<ObjectInfo>, Error> {
-        let prefix = format!("{}/", self.full_key(dir).trim_end_matches('/'));
-        let strip = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
+        let strip = self.folder_prefix("");
         let mut out = Vec::new();
-        let mut pages = self
-            .client
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .prefix(&prefix)
-            .delimiter("/")
-            .set_start_after(after.map(|a| format!("{prefix}{a}")))
-            .into_paginator()
-            .send();
-        while let Some(page) = self
-            .asked(format!("listing {}", self.describe(dir)), pages.next())
-            .await
-        {
-            let page = page.map_err(|e| self.err("listing", dir, e))?;
+        self.each_page(dir, after, |page| {
             for o in page.contents() {
                 let Some(k) = o.key() else { continue };
                 out.push(ObjectInfo {
@@ -571,8 +538,48 @@ impl S3Store {
                         .and_then(|t| SystemTime::try_from(*t).ok()),
                 });
             }
-        }
+        })
+        .await?;
         Ok(out)
+    }
+
+    /// The bucket's key prefix of folder `dir` (`""`: the store's root), ending in `/` (the root of
+    /// a store without a prefix: empty).
+    fn folder_prefix(&self, dir: &str) -> String {
+        let full = self.full_key(dir);
+        let full = full.trim_end_matches('/');
+        if full.is_empty() {
+            String::new()
+        } else {
+            format!("{full}/")
+        }
+    }
+
+    /// One level of folder `dir` (after the name `after`), each page of the listing handed to
+    /// `page` as it comes, every page asked within the store's timeout.
+    async fn each_page(
+        &self,
+        dir: &str,
+        after: Option<&str>,
+        mut page: impl FnMut(aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output),
+    ) -> Result<(), Error> {
+        let prefix = self.folder_prefix(dir);
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&prefix)
+            .delimiter("/")
+            .set_start_after(after.map(|a| format!("{prefix}{a}")))
+            .into_paginator()
+            .send();
+        while let Some(next) = self
+            .asked(format!("listing {}", self.describe(dir)), pages.next())
+            .await
+        {
+            page(next.map_err(|e| self.err("listing", dir, e))?);
+        }
+        Ok(())
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), Error> {

@@ -168,12 +168,7 @@ async fn database(
     }
     let last_backup = snapshots.first().cloned();
     let last_backup_age_seconds = last_backup.as_ref().and_then(|s| {
-        time::OffsetDateTime::parse(
-            &s.created_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .ok()
-        .map(|t| (now - t).whole_seconds())
+        backup::manifest::parse_rfc3339(&s.created_at).map(|t| (now - t).whole_seconds())
     });
     Ok(Some(Database {
         name: name.to_string(),
@@ -272,11 +267,7 @@ fn text(o: &Overview) -> String {
 /// Prometheus textfile gauges, one series per database: timestamps, which alert rules turn
 /// into ages (`time() - dbward_last_backup_timestamp_seconds > 26 * 3600`).
 fn gauges(o: &Overview) -> String {
-    let ts = |at: &str| {
-        time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-            .ok()
-            .map(|t| t.unix_timestamp().to_string())
-    };
+    let ts = |at: &str| backup::manifest::parse_rfc3339(at).map(|t| t.unix_timestamp().to_string());
     type Value<'a> = Box<dyn Fn(&Database) -> Option<String> + 'a>;
     let metrics: [(&str, &str, Value); 6] = [
         (

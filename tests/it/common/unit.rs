@@ -197,6 +197,15 @@ impl Unit {
         (c, ignore)
     }
 
+    /// The words of each `key=` line (specifiers replaced, quotes and prefixes as systemd reads
+    /// them), variables left as written.
+    pub fn commands(&self, key: &str) -> Vec<Vec<String>> {
+        self.values(key)
+            .iter()
+            .map(|v| split(&self.specifiers(v.trim_start_matches(['-', '+']))))
+            .collect()
+    }
+
     /// Runs each `key=` line in order, as systemd runs `ExecStartPre=`/`ExecStart=` (oneshot)/
     /// `ExecStartPost=`: a failing line (not `-`) stops the rest. What each did, in order.
     pub fn exec(&self, key: &str) -> Vec<Ran> {
